@@ -1,0 +1,7 @@
+"""`python -m retinopathy` is the same as the `retinopathy` console script."""
+
+import sys
+
+from retinopathy.cli import main
+
+sys.exit(main())

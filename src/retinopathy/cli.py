@@ -1,0 +1,52 @@
+"""`retinopathy <command>`: a thin dispatcher over each module's ``main(argv)``.
+
+Each command lives in its own module with its own argparse ``main``; this file
+only maps names to modules, so ``retinopathy train`` in a DVC stage and
+``retinopathy.train.main([...])`` in a test run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from retinopathy.errors import RetinopathyError
+
+# command -> (module, one-line description). Modules are imported lazily so
+# that `retinopathy --help` does not pay for importing torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("retinopathy.demo", "write the synthetic demo dataset (course layout)"),
+    "import-kaggle": ("retinopathy.kaggle", "build the course's 512x512 dataset from the Kaggle download"),
+    "prepare": ("retinopathy.prepare", "check the raw data and write the index and summary"),
+    "weights": ("retinopathy.weights", "resolve the initial weights of each arm and write manifests"),
+    "train": ("retinopathy.train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
+    "evaluate": ("retinopathy.evaluate", "evaluate the best checkpoint of one arm on the test split"),
+    "report": ("retinopathy.report", "draw the figures and write plots/report.md"),
+    "bench": ("retinopathy.bench", "measure input-pipeline and training throughput"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: retinopathy <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`retinopathy <command> --help` describes each command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``retinopathy <command> [options]`` and return the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"retinopathy: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except RetinopathyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
