@@ -1,0 +1,320 @@
+"""Where a model's initial weights come from: none (scratch), ImageNet (torchvision), a file.
+
+Pretrained weights are loaded strictly into the 1000-class network, then the
+final Linear is replaced by a 5-way one, as the lab does. Nothing is ever
+silently replaced by random weights: every failure is a RetinopathyError that
+names the file and the fix.
+
+This module is also the `weights` DVC stage: it resolves the initial weights
+of each arm and writes a small manifest per arm (source and SHA-256, or why the
+weights are unavailable), so DVC reruns the pretrained arm exactly when its
+weights change or become available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import tempfile
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from retinopathy.config import ARMS, load_params
+from retinopathy.errors import RetinopathyError
+from retinopathy.resnet import ARCHITECTURES, ResNet
+
+# torchvision's ImageNet-1k weights, reached through its own weights API so the
+# file lands in (and is read from) the usual TORCH_HOME cache.
+IMAGENET = {
+    "resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V1,
+}
+WEIGHTS_KEY = "train.weights"  # the params.yaml key that points at a local file instead
+MANIFEST_DIR = Path("models/init")
+
+
+def new_model(name: str, num_classes: int = 1000) -> ResNet:
+    """An initialised ResNet of architecture ``name``.
+
+    Raises:
+        RetinopathyError: for an unknown name, listing the choices.
+    """
+    if name not in ARCHITECTURES:
+        raise RetinopathyError(
+            f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)} "
+            "(params.yaml key `model`)"
+        )
+    return ARCHITECTURES[name](num_classes=num_classes)
+
+
+def imagenet_cache_file(name: str) -> Path:
+    """The file torchvision reads ImageNet weights from: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET[name].url)
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_cached_hash(name: str, path: Path) -> str:
+    # torchvision checks the hash only when it downloads; a cached file that was
+    # copied in by hand is checked here against the hash prefix in its name.
+    digest = sha256_of(path)
+    expected = re.search(r"-([a-f0-9]+)\.", path.name)
+    if expected and not digest.startswith(expected.group(1)):
+        raise RetinopathyError(
+            f"{path}: SHA-256 {digest[:12]}... does not match the hash {expected.group(1)} in "
+            f"its name, so it is not torchvision's {IMAGENET[name]} file (corrupt or "
+            "replaced); delete it and download it again, or set "
+            f"`{WEIGHTS_KEY}` in params.yaml to your own .pth file"
+        )
+    return digest
+
+
+def offline_help(name: str) -> tuple[str, str]:
+    """The reason and the fix when ImageNet weights for ``name`` are not available."""
+    cache = imagenet_cache_file(name)
+    reason = (
+        f"ImageNet weights for {name} ({IMAGENET[name]}) are not in the torchvision cache "
+        f"({cache}) and could not be downloaded from {IMAGENET[name].url}"
+    )
+    fix = (
+        f"with network, run `retinopathy weights` once (it downloads to that path); offline, "
+        f"copy {cache.name} into {cache.parent}/ (or set TORCH_HOME), or set `{WEIGHTS_KEY}` "
+        "in params.yaml to a local .pth state-dict file"
+    )
+    return reason, fix
+
+
+def fetch_imagenet(name: str, download: bool = True) -> Path:
+    """Make sure torchvision's ImageNet file for ``name`` is cached; return its path.
+
+    Raises:
+        RetinopathyError: with the exact cache path, file name, URL and the
+            params.yaml key to use instead, if the file is absent and cannot
+            be downloaded (no network), or if a cached file fails its hash check.
+    """
+    new_model(name)  # validates the name
+    cache = imagenet_cache_file(name)
+    if not cache.exists():
+        if not download:
+            reason, fix = offline_help(name)
+            raise RetinopathyError(f"{reason}; {fix}")
+        try:
+            # check_hash: torchvision verifies the SHA-256 prefix in the file name.
+            IMAGENET[name].get_state_dict(progress=True, check_hash=True, weights_only=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as error:
+            reason, fix = offline_help(name)
+            raise RetinopathyError(f"{reason} ({error}); {fix}") from None
+    _check_cached_hash(name, cache)
+    return cache
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a torchvision-layout state dict, or the model of a checkpoint of this project.
+
+    Raises:
+        RetinopathyError: if the file is missing or holds something else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RetinopathyError(
+            f"{path}: weights file not found; fix the path in `{WEIGHTS_KEY}` (params.yaml) "
+            "or use `imagenet`"
+        )
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise RetinopathyError(
+            f"{path}: not a PyTorch state-dict file ({type(error).__name__}: {error}); "
+            "save one with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a checkpoint written by `retinopathy train`
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RetinopathyError(
+            f"{path}: holds a {type(obj).__name__}, not a state dict of tensors; "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    # Checkpoints saved from DataParallel/DDP or torch.compile prefix every key.
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(key.startswith(prefix) for key in obj):
+            obj = {key[len(prefix):]: value for key, value in obj.items()}
+    return obj
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a message that says what did not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} keys missing: {few(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+        if shapes:
+            problems.append(f"{len(shapes)} shapes differ: {few(shapes)}")
+        raise RetinopathyError(
+            f"{source}: does not fit {type(model).__name__} "
+            f"({'; '.join(problems)}); use a torchvision-layout state dict of the same "
+            "architecture as `model` in params.yaml"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def build_model(name: str, num_classes: int = 5, weights: str | Path | None = None) -> ResNet:
+    """A model ready for training.
+
+    Args:
+        name: ``resnet18`` or ``resnet50``.
+        num_classes: outputs of the final Linear layer (5 grades).
+        weights: ``None`` for random initialisation (the scratch arm);
+            ``"imagenet"`` for torchvision's ImageNet-1k weights, from the
+            TORCH_HOME cache or downloaded once with a hash check; or the path
+            of a ``.pth``/``.pt`` file with a torchvision-layout state dict (or
+            a checkpoint of this project).
+
+    Pretrained weights are loaded strictly into a network whose final layer
+    matches the file (1000 classes for ImageNet); the final Linear is then
+    replaced by a fresh ``num_classes``-way one, as the lab does.
+
+    Raises:
+        RetinopathyError: unknown name, missing or incompatible file, or
+            ImageNet weights that are neither cached nor downloadable.
+    """
+    if weights is None:
+        return new_model(name, num_classes)
+    if str(weights) == "imagenet":
+        path = fetch_imagenet(name)
+        state = read_state_dict(path)
+        source = f"{path} (torchvision {IMAGENET[name]})"
+    else:
+        path = Path(weights)
+        state = read_state_dict(path)
+        source = str(path)
+    if "fc.weight" not in state:
+        raise RetinopathyError(f"{source}: has no `fc.weight`; is it a ResNet state dict?")
+    model = new_model(name, num_classes=state["fc.weight"].shape[0])
+    load_strict(model, state, source)
+    if model.fc.out_features != num_classes:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def describe_scratch(model: str, seed: int) -> dict[str, Any]:
+    """Manifest of the scratch arm: random initialisation, nothing external."""
+    return {
+        "arm": "scratch",
+        "available": True,
+        "model": model,
+        "source": "random",
+        "description": f"random initialisation (Kaiming normal, torch seed {seed})",
+    }
+
+
+def describe_pretrained(model: str, weights: str, download: bool = True) -> dict[str, Any]:
+    """Manifest of the pretrained arm: where its weights come from and their SHA-256.
+
+    ImageNet weights that are neither cached nor downloadable give a manifest
+    with ``available: false``, the reason and the fix (the arm is then skipped).
+    A file named in ``train.weights`` that is missing or does not fit is an error.
+    """
+    if weights == "imagenet":
+        try:
+            path = fetch_imagenet(model, download=download)
+        except RetinopathyError as error:
+            if "does not match the hash" in str(error):
+                raise  # a corrupt file is the user's to fix, not a reason to skip
+            reason, fix = offline_help(model)
+            return {"arm": "pretrained", "available": False, "model": model,
+                    "source": "imagenet", "reason": reason, "fix": fix}
+        return {
+            "arm": "pretrained",
+            "available": True,
+            "model": model,
+            "source": "imagenet",
+            "description": f"torchvision {IMAGENET[model]} (ImageNet-1k)",
+            "file": path.name,
+            "sha256": sha256_of(path),
+        }
+    path = Path(weights)
+    build_model(model, weights=path)  # fails early and clearly if the file does not fit
+    return {
+        "arm": "pretrained",
+        "available": True,
+        "model": model,
+        "source": "file",
+        "description": f"state dict from {path}",
+        "file": str(path),
+        "sha256": sha256_of(path),
+    }
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
+        json.dump(data, out, indent=2)
+        out.write("\n")
+    os.replace(out.name, path)
+
+
+def manifest_path(arm: str, root: Path = MANIFEST_DIR) -> Path:
+    """Where the manifest of ``arm`` is written."""
+    return root / f"{arm}.json"
+
+
+def read_manifest(arm: str, root: Path = MANIFEST_DIR) -> dict[str, Any]:
+    """Read the manifest the `weights` stage wrote for ``arm``."""
+    path = manifest_path(arm, root)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: not found; run `dvc repro weights` first") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy weights [--params params.yaml] [--out models/init]``."""
+    parser = argparse.ArgumentParser(prog="retinopathy weights", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, default=MANIFEST_DIR)
+    parser.add_argument("--no-download", action="store_true",
+                        help="only look in the torchvision cache; never download")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    manifests = {
+        "scratch": describe_scratch(params.model, params.train.seed),
+        "pretrained": describe_pretrained(params.model, params.train.weights,
+                                          download=not args.no_download),
+    }
+    assert set(manifests) == set(ARMS)
+    for arm, manifest in manifests.items():
+        write_json_atomic(manifest_path(arm, args.out), manifest)
+        state = manifest.get("description") or f"UNAVAILABLE: {manifest['reason']}"
+        print(f"{arm}: {state}")
+    if not manifests["pretrained"]["available"]:
+        print(f"warning: the pretrained arm will be skipped. Fix: {manifests['pretrained']['fix']}")
+    return 0
