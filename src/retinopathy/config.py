@@ -1,0 +1,235 @@
+"""params.yaml -> typed, validated, frozen dataclasses.
+
+Every stage calls :func:`load_params` before it writes anything, so an unknown
+key or a bad value stops the pipeline with a message that lists what is
+allowed, instead of a KeyError halfway through training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retinopathy.errors import RetinopathyError
+
+MODELS = ("resnet18", "resnet50")
+ARMS = ("scratch", "pretrained")
+DEVICES = ("auto", "cpu", "cuda")
+NORMALIZATIONS = ("imagenet", "none")
+PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """The synthetic demo dataset written by `retinopathy demo-data`."""
+
+    seed: int = 0
+    train_size: int = 600
+    test_size: int = 200
+    image_size: int = 256
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the images are and how they are fed to the network."""
+
+    root: str = "data/demo"
+    image_size: int | None = 128  # None: use the files' own size (512 for the course data)
+    val_fraction: float = 0.0  # > 0: hold out a stratified validation split to pick the epoch
+    seed: int = 0  # seeds the validation split
+    num_workers: int | str = "auto"  # DataLoader worker processes; "auto" picks from the CPU count
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Optimisation hyperparameters and the speed switches of the training loop."""
+
+    epochs: int | dict[str, int] = 10  # one number, or one per model: {resnet18: 10, resnet50: 5}
+    batch_size: int = 4
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    weights: str = "imagenet"  # initial weights of the pretrained arm: "imagenet" or a file
+    normalize: str = "imagenet"  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: str = "auto"  # auto: on for CUDA, off on CPU
+    compile: bool = False  # torch.compile the model (CUDA; minutes of compile time)
+
+    def epochs_for(self, model: str) -> int:
+        """The number of epochs for ``model`` (``epochs`` may be one number or a mapping)."""
+        return self.epochs[model] if isinstance(self.epochs, dict) else self.epochs
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    model: str = "resnet18"
+    data: DataParams = dataclasses.field(default_factory=DataParams)
+    demo: DemoParams = dataclasses.field(default_factory=DemoParams)
+    train: TrainParams = dataclasses.field(default_factory=TrainParams)
+    source: str = "params.yaml"  # where these came from, for error messages
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as plain data (without ``source``), e.g. for a checkpoint."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+def _fail(source: str, key: str, problem: str) -> RetinopathyError:
+    return RetinopathyError(f"{source}: `{key}` {problem}")
+
+
+def _section(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``, rejecting unknown keys."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(source, prefix, f"must be a mapping of keys, got {raw!r}")
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise _fail(source, key, f"is not a known key; allowed here: {', '.join(allowed)}")
+    return raw
+
+
+def _int(source: str, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(source, key, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(source: str, key: str, value: Any, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(source, key, f"must be a number, got {value!r}")
+    if value < low or (high is not None and value >= high):
+        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise _fail(source, key, f"must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _choice(source: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(source, key, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _switch(source: str, key: str, value: Any) -> str:
+    # YAML reads on/off/true/false as booleans; accept those as the switch values.
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    return _choice(source, key, value, SWITCHES)
+
+
+def _demo(raw: Any, source: str) -> DemoParams:
+    raw = _section(DemoParams, raw, source, "demo")
+    out = DemoParams(**raw)
+    _int(source, "demo.seed", out.seed, 0)
+    _int(source, "demo.train_size", out.train_size, 5)
+    _int(source, "demo.test_size", out.test_size, 5)
+    _int(source, "demo.image_size", out.image_size, 32)
+    return out
+
+
+def _data(raw: Any, source: str) -> DataParams:
+    raw = _section(DataParams, raw, source, "data")
+    out = DataParams(**raw)
+    if not isinstance(out.root, str) or not out.root:
+        raise _fail(source, "data.root", f"must be a folder path, got {out.root!r}")
+    if out.image_size is not None:
+        _int(source, "data.image_size", out.image_size, 32)
+    _number(source, "data.val_fraction", out.val_fraction, 0.0, 0.9)
+    _int(source, "data.seed", out.seed, 0)
+    if out.num_workers != "auto":
+        _int(source, "data.num_workers", out.num_workers, 0)
+    return out
+
+
+def _train(raw: Any, source: str) -> TrainParams:
+    raw = _section(TrainParams, raw, source, "train")
+    out = TrainParams(**raw)
+    if isinstance(out.epochs, dict):
+        missing = [m for m in MODELS if m not in out.epochs]
+        extra = [m for m in out.epochs if m not in MODELS]
+        if missing or extra:
+            raise _fail(
+                source,
+                "train.epochs",
+                f"as a mapping needs exactly the keys {', '.join(MODELS)}; "
+                f"missing {missing or 'none'}, unknown {extra or 'none'}",
+            )
+        for model, epochs in out.epochs.items():
+            _int(source, f"train.epochs.{model}", epochs, 1)
+    else:
+        _int(source, "train.epochs", out.epochs, 1)
+    _int(source, "train.batch_size", out.batch_size, 1)
+    _number(source, "train.lr", out.lr, 0.0)
+    if out.lr == 0:
+        raise _fail(source, "train.lr", "must be > 0")
+    _number(source, "train.momentum", out.momentum, 0.0, 1.0)
+    _number(source, "train.weight_decay", out.weight_decay, 0.0)
+    _int(source, "train.seed", out.seed, 0)
+    _choice(source, "train.device", out.device, DEVICES)
+    if not isinstance(out.weights, str) or not out.weights:
+        raise _fail(source, "train.weights", "must be `imagenet` or the path of a .pth/.pt file")
+    _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
+    _choice(source, "train.precision", out.precision, PRECISIONS)
+    if not isinstance(out.compile, bool):
+        raise _fail(source, "train.compile", f"must be true or false, got {out.compile!r}")
+    return dataclasses.replace(
+        out,
+        lr=float(out.lr),
+        momentum=float(out.momentum),
+        weight_decay=float(out.weight_decay),
+        channels_last=_switch(source, "train.channels_last", out.channels_last),
+    )
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as read from YAML) and return :class:`Params`.
+
+    Raises:
+        RetinopathyError: naming the first unknown key or bad value and what is allowed.
+    """
+    if not isinstance(raw, dict):
+        raise RetinopathyError(f"{source}: must be a YAML mapping of keys; got {type(raw).__name__}")
+    _section(Params, raw, source, "")
+    model = raw.get("model", Params.model)
+    return Params(
+        model=_choice(source, "model", model, MODELS),
+        data=_data(raw.get("data"), source),
+        demo=_demo(raw.get("demo"), source),
+        train=_train(raw.get("train"), source),
+        source=source,
+    )
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        RetinopathyError: if the file is missing, is not YAML, or has a bad key or value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RetinopathyError(
+            f"{path}: not found; run from the project root or pass --params PATH"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise RetinopathyError(f"{path}{line}: not valid YAML ({error})") from None
+    return parse_params(raw, str(path))
