@@ -1,0 +1,217 @@
+"""The report stage on tiny hand-written metrics in the train/evaluate stages' formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from retinopathy.errors import RetinopathyError
+from retinopathy.report import main, write_report
+
+FIGURES = ("accuracy.png", "confusion_scratch.png", "confusion_pretrained.png", "best_accuracy.png")
+COUNTS = [
+    [137, 3, 6, 0, 1],
+    [8, 2, 0, 0, 0],
+    [9, 1, 19, 1, 0],
+    [1, 0, 2, 3, 0],
+    [0, 0, 1, 1, 5],
+]
+
+
+def _trained(arm: str, best: float, val: bool = False) -> dict:
+    info = {
+        "status": "trained", "model": "resnet18", "init": arm,
+        "weights": "random initialisation (seed 0)" if arm == "scratch" else "ImageNet",
+        "data": "data/demo", "synthetic": True,
+        "selection": "validation" if val else "test",
+        "selection_rule": "epoch with the highest "
+        + ("validation accuracy" if val else "test accuracy (the lab's rule)"),
+        "epochs": 4, "best_epoch": 3, "best_test_accuracy": best, "final_test_accuracy": 0.87,
+        "train_accuracy": 0.91, "test_accuracy": best, "balanced_accuracy": 0.61,
+        "quadratic_kappa": 0.72, "recall": {"0": 0.98, "1": 0.2, "2": 0.7, "3": 0.5, "4": 0.6},
+        "majority_baseline": 0.7336, "test_size": 200,
+    }
+    if val:
+        info["best_val_accuracy"] = 0.9
+    return info
+
+
+SKIPPED = {
+    "status": "skipped", "model": "resnet18", "init": "pretrained",
+    "reason": "ImageNet weights for resnet18 are not in the torchvision cache and could not be "
+    "downloaded (no network)",
+    "fix": "put resnet18-f37072fd.pth in /root/.cache/torch/hub/checkpoints/",
+}
+
+
+def _confusion_csv(rows: list[list[float]] | None) -> str:
+    lines = ["actual,0,1,2,3,4"]
+    for grade, row in enumerate(rows or []):
+        lines.append(",".join([str(grade), *(f"{v:.4f}" if isinstance(v, float) else str(v)
+                                             for v in row)]))
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> Path:
+    """Write metrics/ as the train and evaluate stages would; return its path."""
+    metrics = root / "metrics"
+    (metrics / "history").mkdir(parents=True)
+    (metrics / "confusion").mkdir()
+    header = "epoch,train_loss,train_accuracy,test_loss,test_accuracy"
+    header += ",val_loss,val_accuracy" if val else ""
+    for arm, best in (("scratch", 0.885), ("pretrained", 0.925)):
+        history = [header]
+        if arm not in skip:
+            for epoch in range(1, 5):
+                test = best - 0.02 * (4 - epoch)
+                row = [epoch, 1.2 / epoch, 0.6 + 0.08 * epoch, 1.0 / epoch, test]
+                history.append(",".join(map(str, row + ([0.9 / epoch, 0.8] if val else []))))
+        (metrics / "history" / f"{arm}.csv").write_text("\n".join(history) + "\n")
+        info = SKIPPED if arm in skip else _trained(arm, best, val)
+        (metrics / f"{arm}.json").write_text(json.dumps(info))
+        normalized = [[c / sum(row) for c in row] for row in COUNTS]
+        trained = arm not in skip
+        (metrics / "confusion" / f"{arm}_normalized.csv").write_text(
+            _confusion_csv(normalized if trained else None))
+        (metrics / "confusion" / f"{arm}_counts.csv").write_text(
+            _confusion_csv(COUNTS if trained else None))
+    return metrics
+
+
+def _check_figures(out: Path) -> None:
+    for name in FIGURES:
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+            assert 400 <= image.width <= 2000 and 300 <= image.height <= 2000, (name, image.size)
+
+
+def test_both_arms_trained(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path)
+    out = tmp_path / "plots"
+    write_report(metrics, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "report.md"])
+    _check_figures(out)
+    report = (out / "report.md").read_text()
+    for name in FIGURES:
+        assert f"]({name})" in report
+    for number in ("88.5%", "92.5%", "87.0%", "91.0%", "61.0%", "0.720", "73.4%", "98.0%", "20.0%"):
+        assert number in report
+    assert "SYNTHETIC" in report
+    assert "highest test accuracy (the lab's rule)" in report
+    assert "skipped" not in report
+    assert not list(tmp_path.glob(".plots.*")), "temporary folders left behind"
+
+
+def test_pretrained_skipped(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path, skip=("pretrained",))
+    out = tmp_path / "plots"
+    write_report(metrics, out)
+    _check_figures(out)
+    report = (out / "report.md").read_text()
+    assert SKIPPED["reason"] in report and SKIPPED["fix"] in report
+    assert "| status | trained | skipped |" in report
+    assert "88.5%" in report
+
+
+def test_all_arms_skipped(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path, skip=("scratch", "pretrained"))
+    write_report(metrics, tmp_path / "plots")
+    _check_figures(tmp_path / "plots")
+    assert "| status | skipped | skipped |" in (tmp_path / "plots" / "report.md").read_text()
+
+
+def test_validation_split_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = write_metrics(tmp_path, val=True)
+    out = tmp_path / "nested" / "plots"
+    assert main(["--metrics", str(metrics), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "highest validation accuracy" in report and "90.0%" in report
+    assert "lab's rule" not in report
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_rerun_replaces_old_output(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path)
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / "stale.png").write_bytes(b"old")
+    write_report(metrics, out)
+    assert not (out / "stale.png").exists()
+    assert (out / "report.md").exists()
+
+
+def _break_normalized(metrics: Path) -> Path:
+    path = metrics / "confusion" / "scratch_normalized.csv"
+    path.write_text(_confusion_csv(COUNTS))  # counts where fractions belong: rows sum to > 1
+    return path
+
+
+def _drop_column(metrics: Path) -> Path:
+    path = metrics / "confusion" / "pretrained_normalized.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    return path
+
+
+def _drop_history_column(metrics: Path) -> Path:
+    path = metrics / "history" / "scratch.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(line.split(",", 1)[1] for line in lines) + "\n")
+    return path
+
+
+def _remove_json(metrics: Path) -> Path:
+    path = metrics / "pretrained.json"
+    path.unlink()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (_break_normalized, "sum to 1"),
+        (_drop_column, "4 missing"),
+        (_drop_history_column, "epoch missing"),
+        (_remove_json, "dvc repro evaluate"),
+    ],
+)
+@pytest.mark.parametrize("existing", [False, True])
+def test_errors_name_the_file_and_leave_no_output(
+    tmp_path: Path, damage, words: str, existing: bool
+) -> None:
+    metrics = write_metrics(tmp_path)
+    out = tmp_path / "plots"
+    if existing:
+        out.mkdir()
+        (out / "report.md").write_text("previous report\n")
+    path = damage(metrics)
+    with pytest.raises(RetinopathyError) as caught:
+        write_report(metrics, out)
+    assert str(path) in str(caught.value) and words in str(caught.value)
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["report.md"]
+        assert (out / "report.md").read_text() == "previous report\n"
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics"] + ["plots"] * existing)
+
+
+def test_stale_counts_are_rejected(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path)
+    counts = metrics / "confusion" / "scratch_counts.csv"
+    counts.write_text(_confusion_csv([list(reversed(row)) for row in COUNTS]))
+    with pytest.raises(RetinopathyError, match="stale"):
+        write_report(metrics, tmp_path / "plots")
+
+
+def test_percent_instead_of_fraction_is_rejected(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path)
+    path = metrics / "scratch.json"
+    path.write_text(json.dumps({**_trained("scratch", 0.885), "best_test_accuracy": 88.5}))
+    with pytest.raises(RetinopathyError, match="fraction"):
+        write_report(metrics, tmp_path / "plots")
