@@ -1,0 +1,103 @@
+"""Checkpoints that survive a kill: atomic writes, a config fingerprint, safe loading.
+
+After every epoch `train` writes ``last.pt`` (model, optimizer, epoch, history,
+RNG state, fingerprint, config) through a temporary file and ``os.replace``,
+so a run killed at any moment leaves either the previous checkpoint or the new
+one, never half of one (the pattern of timm's CheckpointSaver). Loading uses
+``weights_only=True``: a checkpoint is data, not code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import retinopathy
+
+# Settings that change how fast training runs but not what it computes, so a
+# run may resume across them. Everything else in params is fingerprinted.
+NOT_FINGERPRINTED = {("data", "num_workers"), ("train", "epochs")}
+
+
+def code_digest() -> str:
+    """SHA-256 over this package's source files.
+
+    A checkpoint made by other code is not resumed from: the same code, params
+    and data give the same history, which is what makes a resume honest.
+    """
+    digest = hashlib.sha256()
+    package = Path(retinopathy.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
+                       index_sha: str, world_size: int) -> dict[str, Any]:
+    """What determines a training run's result, as plain data."""
+    trimmed = {
+        section: (
+            {k: v for k, v in values.items() if (section, k) not in NOT_FINGERPRINTED}
+            if isinstance(values, dict) else values
+        )
+        for section, values in params.items()
+        if section != "demo"  # the demo section reaches training only through the index
+    }
+    return {
+        "params": trimmed,
+        "init": init,
+        "weights_sha256": weights_sha,
+        "index_sha256": index_sha,
+        "world_size": world_size,
+        "code_sha256": code_digest(),
+    }
+
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    """A short stable hash of :func:`fingerprint_inputs`."""
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _short(value: Any) -> Any:
+    return value[:12] + "..." if isinstance(value, str) and len(value) > 16 else value
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys whose values differ between two fingerprint inputs, e.g. ``params.train.lr: 0.01 -> 0.1``."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += describe_difference(a, b, name + ".")
+        elif a != b:
+            changes.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return changes
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_atomic` (tensors only, no pickled code)."""
+    return torch.load(path, map_location=device, weights_only=True)

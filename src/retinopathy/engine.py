@@ -1,0 +1,312 @@
+"""The training and inference loops, the device and its speed switches, and DDP plumbing.
+
+Batches stay uint8 until they reach the device (4x fewer bytes than float32 to
+copy); scaling to [0,1] and ImageNet normalisation happen there. On CUDA the
+fast path is on by default: bf16 autocast, channels_last, cuDNN autotuning,
+fused SGD, non-blocking copies from pinned memory. On CPU these do not help
+(or are slower), so ``auto`` leaves them off there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from retinopathy.config import TrainParams
+from retinopathy.errors import RetinopathyError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place in a (possibly single-process) run started by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes checkpoints, history and metrics."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def start_process(device_pref: str) -> tuple[Process, torch.device]:
+    """Join the torchrun process group if there is one, and pick the device.
+
+    torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a
+    single process. NCCL on CUDA, gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    process = Process(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_pref, process.local_rank)
+    if process.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return process, device
+
+
+def end_process(process: Process) -> None:
+    if process.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RetinopathyError(
+                "params.yaml: train.device is `cuda` but PyTorch sees no CUDA GPU; "
+                "set train.device to `auto` or `cpu`"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def all_sum(values: list[float], process: Process, device: torch.device) -> list[float]:
+    """Sum a few numbers over all processes (a no-op in a single process)."""
+    if not process.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class ShardSampler(Sampler[int]):
+    """Every index exactly once over all processes: rank r takes r, r+W, r+2W, ...
+
+    Unlike DistributedSampler it never pads with repeats, so the test accuracy
+    summed over processes counts each test image once.
+    """
+
+    def __init__(self, size: int, process: Process) -> None:
+        self.indices = list(range(process.rank, size, process.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), split across processes.
+
+    Seeding each epoch's permutation from the epoch number, not from a running
+    generator, is what lets a resumed run see exactly the same batches as an
+    uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int, process: Process) -> None:
+        self.size, self.seed, self.process, self.epoch = size, seed, process, 0
+        self.per_process = math.ceil(size / process.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        # Pad by wrapping so every process runs the same number of steps (DDP needs it).
+        order += order[: self.per_process * self.process.world_size - self.size]
+        return iter(order[self.process.rank :: self.process.world_size])
+
+    def __len__(self) -> int:
+        return self.per_process
+
+
+# ---------------------------------------------------------------- speed switches
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The resolved speed switches; see :func:`fast_path`."""
+
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    pin_memory: bool
+    num_workers: int
+
+
+def default_workers(device: torch.device) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # On CUDA decoding is the bottleneck: use the cores. On CPU the model needs
+    # them; one worker overlaps decoding with compute without starving it.
+    return min(8, max(cpus - 1, 1)) if device.type == "cuda" else min(1, cpus - 1)
+
+
+def fast_path(train: TrainParams, device: torch.device, num_workers: int | str) -> FastPath:
+    """Resolve ``auto`` switches for ``device``; refuse combinations that cannot work."""
+    cuda = device.type == "cuda"
+    bf16 = train.precision == "bf16" or (train.precision == "auto" and cuda)
+    channels_last = train.channels_last == "on" or (train.channels_last == "auto" and cuda)
+    workers = default_workers(device) if num_workers == "auto" else int(num_workers)
+    return FastPath(bf16, channels_last, train.compile, pin_memory=cuda, num_workers=workers)
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN autotuning (input sizes are fixed) and TF32 matmuls on CUDA."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def make_optimizer(model: nn.Module, train: TrainParams, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum and weight decay; the fused CUDA kernel where there is one."""
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                           weight_decay=train.weight_decay, **fused)
+
+
+def loader(dataset: Dataset, batch_size: int, sampler: Sampler[int], fast: FastPath) -> DataLoader:
+    """A DataLoader of uint8 batches with pinned memory and persistent workers where they help."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=fast.num_workers,
+        pin_memory=fast.pin_memory,
+        persistent_workers=fast.num_workers > 0,
+        prefetch_factor=4 if fast.num_workers > 0 else None,
+    )
+
+
+class InputTransform(nn.Module):
+    """uint8 [B,3,H,W] on the device -> float in [0,1] -> optional ImageNet normalisation."""
+
+    def __init__(self, normalize: str, channels_last: bool) -> None:
+        super().__init__()
+        mean = torch.tensor(IMAGENET_MEAN if normalize == "imagenet" else (0.0, 0.0, 0.0))
+        std = torch.tensor(IMAGENET_STD if normalize == "imagenet" else (1.0, 1.0, 1.0))
+        # Fold the /255 into the affine map: x * (1/(255 std)) - mean/std, one fused op.
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, images: Tensor) -> Tensor:
+        # uint8 from the fast loader; float [0,1] (the Dataset's default contract) is
+        # brought back to 0-255 because the /255 is folded into `scale`.
+        images = images.float() if images.dtype == torch.uint8 else images * 255.0
+        return torch.addcmul(self.shift, images, self.scale).contiguous(memory_format=self.memory_format)
+
+
+def autocast(device: torch.device, fast: FastPath):
+    """bf16 autocast on the device when the fast path asks for it."""
+    if fast.bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# ---------------------------------------------------------------- loops
+
+
+@dataclass
+class EpochResult:
+    """Loss and accuracy over one pass, summed over all processes."""
+
+    loss: float
+    accuracy: float
+    count: int
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; training must stop."""
+
+
+def train_epoch(model: nn.Module, batches: Iterable, transform: InputTransform,
+                optimizer: torch.optim.Optimizer, device: torch.device, fast: FastPath,
+                process: Process, description: str = "train") -> EpochResult:
+    """One pass of SGD over ``batches``; cross-entropy on raw logits.
+
+    Raises:
+        NonFiniteLoss: as soon as a (checked) loss is NaN or infinite.
+    """
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    # Reading the loss forces a GPU sync; on CUDA check every 25 steps instead of each.
+    check_every = 25 if device.type == "cuda" else 1
+    bar = tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
+               mininterval=1.0, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar, start=1):
+        images = transform(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, fast):
+            logits = model(images)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.numel()
+        if step % check_every == 0 and not torch.isfinite(loss_sum):
+            raise NonFiniteLoss(f"step {step}")
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteLoss(f"step {count}")
+    total_loss, total_correct, total = all_sum(
+        [loss_sum.item(), float(correct.item()), float(count)], process, device)
+    return EpochResult(total_loss / total, total_correct / total, int(total))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable, transform: InputTransform, device: torch.device,
+            fast: FastPath, process: Process, description: str = "test") -> tuple[Tensor, Tensor]:
+    """Predicted and true grades of this process's shard (CPU int64 tensors), in eval mode."""
+    model.eval()
+    predicted, actual = [], []
+    bar = tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
+               mininterval=1.0, dynamic_ncols=True)
+    for images, labels in bar:
+        with autocast(device, fast):
+            logits = model(transform(images.to(device, non_blocking=True)))
+        predicted.append(logits.argmax(1).cpu())
+        actual.append(labels)
+    if not predicted:
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    return torch.cat(predicted), torch.cat(actual).long()
+
+
+@torch.no_grad()
+def evaluate_epoch(model: nn.Module, batches: Iterable, transform: InputTransform,
+                   device: torch.device, fast: FastPath, process: Process,
+                   description: str = "test") -> EpochResult:
+    """Mean cross-entropy and accuracy over a whole split (all processes together)."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum, correct, count = 0.0, 0, 0
+    bar = tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
+               mininterval=1.0, dynamic_ncols=True)
+    for images, labels in bar:
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, fast):
+            logits = model(transform(images.to(device, non_blocking=True)))
+        loss_sum += criterion(logits.float(), labels).item()
+        correct += int((logits.argmax(1) == labels).sum().item())
+        count += labels.numel()
+    loss_sum, correct, count = all_sum([loss_sum, float(correct), float(count)], process, device)
+    if count == 0:
+        raise RetinopathyError("evaluation over an empty split; check the prepared index")
+    return EpochResult(loss_sum / count, correct / count, int(count))
