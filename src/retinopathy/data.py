@@ -1,0 +1,431 @@
+"""Label files -> records, their validation, image decoding and the Dataset.
+
+The course layout is one folder holding ``<name>.jpeg`` images and four
+header-less CSVs with one value per line (see ``SPLIT_FILES``): line *i* of
+``*_img.csv`` names an image and line *i* of ``*_label.csv`` is its grade 0-4.
+
+The course's template read these with ``pandas.read_csv`` and its default
+header row, which silently dropped the first image of each split. Here every
+line is a record. What we accept and normalise (a header row, a UTF-8 BOM,
+CRLF line endings, trailing blank lines, names listed with ``.jpeg``) is
+returned as human-readable notes; everything else is a ``RetinopathyError``
+that names the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from retinopathy.errors import RetinopathyError, where
+from retinopathy.images import decode_image
+
+__all__ = [
+    "NUM_CLASSES",
+    "SPLIT_FILES",
+    "CourseSplits",
+    "Record",
+    "RetinopathyDataset",
+    "check_images",
+    "class_counts",
+    "decode_image",
+    "image_path",
+    "read_course_splits",
+    "read_split",
+]
+
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train_img.csv", "train_label.csv"),
+    "test": ("test_img.csv", "test_label.csv"),
+}
+NUM_CLASSES = 5
+IMAGE_SUFFIX = ".jpeg"
+
+# First lines of an image list that are column names, not images (Kaggle's
+# trainLabels.csv says "image", APTOS says "id_code").
+_IMAGE_HEADERS = frozenset(
+    {"image", "images", "img", "name", "id", "id_code", "image_id", "image_name", "filename"}
+)
+# "Clearly a word" (label, level, diagnosis, image_name): letters only, so a
+# first line such as "-1", "2.0" or "2576_right" is never taken for a header.
+_WORD = re.compile(r"[A-Za-z][A-Za-z_ -]*")
+_INTEGER = re.compile(r"[0-9]+")
+# Characters that cannot be part of a listed name: separators of another CSV
+# dialect, quotes, path separators and whitespace.
+_BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\]")
+_OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+_MAX_LISTED_FAILURES = 20
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image: ``image`` is the name as listed, without extension."""
+
+    image: str
+    label: int
+
+
+@dataclass(frozen=True)
+class CourseSplits:
+    """Both course splits, checked against each other, plus what was normalised."""
+
+    train: list[Record]
+    test: list[Record]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A parsed split with the 1-based CSV line of every record, for error messages."""
+
+    records: list[Record]
+    img_path: Path
+    lab_path: Path
+    img_lines: list[int]
+    lab_lines: list[int]
+    notes: list[str]
+
+
+def image_path(root: str | Path, name: str) -> Path:
+    """Return where the course layout stores image ``name``: ``root / f"{name}.jpeg"``."""
+    return Path(root) / f"{name}{IMAGE_SUFFIX}"
+
+
+def _split_files(root: Path, split: str) -> tuple[Path, Path]:
+    if split not in SPLIT_FILES:
+        raise RetinopathyError(f"unknown split {split!r}; expected one of {sorted(SPLIT_FILES)}")
+    img_name, lab_name = SPLIT_FILES[split]
+    return root / img_name, root / lab_name
+
+
+def _read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """Read a one-value-per-line file as ``(line number, stripped text)`` pairs.
+
+    Accepts (and notes) a UTF-8 BOM, CRLF line endings, surrounding whitespace
+    and trailing blank lines; a blank line anywhere else is an error.
+    """
+    if not path.is_file():
+        needed = ", ".join(name for pair in SPLIT_FILES.values() for name in pair)
+        raise RetinopathyError(
+            f"{path}: file not found; the course layout needs {needed} in {path.parent} "
+            "(one value per line, no header)"
+        )
+    data = path.read_bytes()
+    notes: list[str] = []
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+        notes.append(f"{path.name}: UTF-8 BOM removed")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise RetinopathyError(
+            f"{where(path, line)}: not UTF-8 text ({error.reason}); save the file as UTF-8"
+        ) from None
+    raw = text.split("\n")
+    if raw[-1] == "":
+        raw.pop()  # the final newline of a normal text file, not a blank line
+    crlf = 0
+    stripped = 0
+    lines: list[tuple[int, str]] = []
+    for number, line in enumerate(raw, start=1):
+        if line.endswith("\r"):
+            line = line[:-1]
+            crlf += 1
+        if "\r" in line:
+            raise RetinopathyError(
+                f"{where(path, number)}: bare carriage return (old Mac line endings); "
+                "save the file with \\n or \\r\\n line endings"
+            )
+        value = line.strip()
+        stripped += value != line
+        lines.append((number, value))
+    if crlf:
+        terminated = len(raw) - (not text.endswith("\n"))  # the last line may lack a newline
+        mixed = "" if crlf >= terminated else " on some lines"
+        notes.append(f"{path.name}: CRLF line endings{mixed}")
+    if stripped:
+        notes.append(f"{path.name}: whitespace around the value stripped on {stripped} line(s)")
+    trailing = 0
+    while lines and not lines[-1][1]:
+        lines.pop()
+        trailing += 1
+    if trailing:
+        notes.append(f"{path.name}: {trailing} trailing blank line(s) ignored")
+    for number, value in lines:
+        if not value:
+            raise RetinopathyError(
+                f"{where(path, number)}: blank line; every line must hold one value "
+                "(the files pair up line by line) - delete the blank line"
+            )
+    return lines, notes
+
+
+def _parse_split(root: str | Path, split: str) -> _Split:
+    """Read and validate one split; see ``read_split``."""
+    img_path, lab_path = _split_files(Path(root), split)
+    imgs, notes = _read_lines(img_path)
+    labs, lab_notes = _read_lines(lab_path)
+    notes += lab_notes
+
+    # Header rows, only where unambiguous: a label header is a word where an
+    # integer belongs; an image header is a known column name, or a word when
+    # the label file has a header too and both files have the same length.
+    lab_header = bool(labs) and bool(_WORD.fullmatch(labs[0][1]))
+    img_header = bool(imgs) and (
+        imgs[0][1].lower() in _IMAGE_HEADERS
+        or (lab_header and len(imgs) == len(labs) and bool(_WORD.fullmatch(imgs[0][1])))
+    )
+    headers: list[str] = []
+    if img_header:
+        headers.append(f"{img_path.name}: header row {imgs[0][1]!r} skipped")
+        imgs = imgs[1:]
+    if lab_header:
+        headers.append(f"{lab_path.name}: header row {labs[0][1]!r} skipped")
+        labs = labs[1:]
+    notes += headers
+
+    if not imgs and not labs:
+        raise RetinopathyError(
+            f"{img_path} and {lab_path}: the {split} split is empty; list one image per line"
+        )
+    if len(imgs) != len(labs):
+        skipped = f" ({'; '.join(headers)})" if headers else ""
+        raise RetinopathyError(
+            f"{img_path} has {len(imgs)} image lines but {lab_path} has {len(labs)} label "
+            f"lines{skipped}; the files pair up line by line - regenerate both from the same table"
+        )
+
+    names = [value for _, value in imgs]
+    for number, name in imgs:
+        _check_name(img_path, number, name)
+    with_suffix = [name.endswith(IMAGE_SUFFIX) for name in names]
+    if all(with_suffix):
+        # Unambiguous: every name carries the layout's own extension, so
+        # stripping it points at exactly the files that were listed.
+        names = [name[: -len(IMAGE_SUFFIX)] for name in names]
+        notes.append(f"{img_path.name}: '{IMAGE_SUFFIX}' extension stripped from all {len(names)} names")
+    elif any(with_suffix):
+        first = with_suffix.index(True)
+        other = with_suffix.index(False)
+        raise RetinopathyError(
+            f"{where(img_path, imgs[first][0])}: {imgs[first][1]!r} is listed with "
+            f"'{IMAGE_SUFFIX}' but {where(img_path, imgs[other][0])}: {imgs[other][1]!r} is not; "
+            "list every image by its name without extension"
+        )
+
+    records: list[Record] = []
+    seen: dict[str, int] = {}
+    for name, (img_line, _), (lab_line, text) in zip(names, imgs, labs, strict=True):
+        if not _INTEGER.fullmatch(text) or int(text) >= NUM_CLASSES:
+            raise RetinopathyError(
+                f"{where(lab_path, lab_line)}: label {text!r} is not an integer grade "
+                f"0-{NUM_CLASSES - 1}; fix the value"
+            )
+        if name in seen:
+            raise RetinopathyError(
+                f"{where(img_path, img_line)}: image {name!r} is listed twice in the {split} "
+                f"split, also at line {seen[name]}; delete one of the two lines (and its label)"
+            )
+        seen[name] = img_line
+        records.append(Record(name, int(text)))
+    return _Split(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
+
+
+def _check_name(path: Path, line: int, name: str) -> None:
+    if _BAD_NAME_CHARS.search(name) or name == IMAGE_SUFFIX:
+        raise RetinopathyError(
+            f"{where(path, line)}: {name!r} is not an image name (it contains a separator, quote "
+            "or space); list one bare name per line, e.g. 2576_right"
+        )
+    lower = name.lower()
+    if lower.endswith(_OTHER_EXTENSIONS) or (
+        lower.endswith(IMAGE_SUFFIX) and not name.endswith(IMAGE_SUFFIX)
+    ):
+        raise RetinopathyError(
+            f"{where(path, line)}: {name!r} has a file extension; list names without one - the "
+            f"images are read as <name>{IMAGE_SUFFIX}, so convert or rename the file to match"
+        )
+
+
+def read_split(root: str | Path, split: str) -> tuple[list[Record], list[str]]:
+    """Read one split's image and label lists.
+
+    Args:
+        root: Folder holding the course CSVs (``SPLIT_FILES``).
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        The records in file order (every line is a record), and notes on what
+        was accepted and normalised.
+
+    Raises:
+        RetinopathyError: a missing file, a blank line inside a file, a label
+            that is not an integer 0-4, files of different lengths, an empty
+            split, a duplicated image or an unusable image name; the message
+            names the file and the 1-based line.
+    """
+    parsed = _parse_split(root, split)
+    return parsed.records, parsed.notes
+
+
+def read_course_splits(root: str | Path) -> CourseSplits:
+    """Read both splits and check that no image is in both.
+
+    Args:
+        root: Folder holding the four course CSVs.
+
+    Returns:
+        The train and test records (file order) and the notes of both.
+
+    Raises:
+        RetinopathyError: anything ``read_split`` rejects, or an image listed
+            in both splits (named with both file:line locations).
+    """
+    train = _parse_split(root, "train")
+    test = _parse_split(root, "test")
+    train_lines = dict(zip((r.image for r in train.records), train.img_lines, strict=True))
+    for record, line in zip(test.records, test.img_lines, strict=True):
+        if record.image in train_lines:
+            raise RetinopathyError(
+                f"image {record.image!r} is in both splits: "
+                f"{where(train.img_path, train_lines[record.image])} and "
+                f"{where(test.img_path, line)}; "
+                "an image belongs to exactly one split - remove it from one (and its label line)"
+            )
+    return CourseSplits(train.records, test.records, train.notes + test.notes)
+
+
+def class_counts(records: Sequence[Record]) -> list[int]:
+    """Count the records of each grade: a list of length ``NUM_CLASSES``."""
+    counts = [0] * NUM_CLASSES
+    for record in records:
+        if not 0 <= record.label < NUM_CLASSES:
+            raise RetinopathyError(
+                f"image {record.image!r} has label {record.label}, outside 0-{NUM_CLASSES - 1}"
+            )
+        counts[record.label] += 1
+    return counts
+
+
+def _listing_lines(root: Path) -> dict[str, str]:
+    """Map image name -> "file:line" of the CSV line that lists it under ``root``."""
+    found: dict[str, str] = {}
+    for split in SPLIT_FILES:
+        try:
+            parsed = _parse_split(root, split)
+        except RetinopathyError:
+            continue  # only used to annotate another error; that error is still raised
+        for record, line in zip(parsed.records, parsed.img_lines, strict=True):
+            found.setdefault(record.image, where(parsed.img_path, line))
+    return found
+
+
+def _check_one(path: Path) -> str | None:
+    try:
+        decode_image(path)
+    except RetinopathyError as error:
+        return str(error)
+    return None
+
+
+def check_images(root: str | Path, records: Sequence[Record], workers: int = 1) -> None:
+    """Fully decode every listed image, so broken files fail here and not mid-training.
+
+    Args:
+        root: Folder holding ``<name>.jpeg`` for every record (and the split CSVs,
+            used to say which line lists a broken image).
+        records: The records to check.
+        workers: Threads decoding in parallel (the decoders release the GIL).
+
+    Raises:
+        RetinopathyError: listing every missing, unreadable, truncated or corrupt
+            image (the first 20 in full) with the CSV line that lists it.
+    """
+    root = Path(root)
+    paths = [image_path(root, record.image) for record in records]
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_check_one, paths, chunksize=64))
+    else:
+        results = [_check_one(path) for path in paths]
+    failures = [(record, message) for record, message in zip(records, results, strict=True) if message]
+    if not failures:
+        return
+    listed = _listing_lines(root)
+    lines = [
+        f"  {listed.get(record.image, 'not listed in the split CSVs of ' + str(root))}: "
+        f"{record.image!r} -> {message}"
+        for record, message in failures[:_MAX_LISTED_FAILURES]
+    ]
+    if len(failures) > _MAX_LISTED_FAILURES:
+        lines.append(f"  ... and {len(failures) - _MAX_LISTED_FAILURES} more")
+    raise RetinopathyError(
+        f"{len(failures)} of {len(records)} images cannot be used:\n" + "\n".join(lines) + "\n"
+        "Copy the missing or broken files again, or remove their lines from both CSVs."
+    )
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class RetinopathyDataset(Dataset):
+    """Fundus images and grades of one split of the course layout.
+
+    ``dataset[i]`` is ``(image, label)``: image a [3, H, W] tensor, float32 in
+    [0, 1] (the lab's transform, pixel / 255) or, with ``dtype=torch.uint8``,
+    the raw pixels for a pipeline that scales on the GPU; label an int 0-4.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        image_size: int | None = None,
+        *,
+        records: Sequence[Record] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """Create the dataset.
+
+        Args:
+            root: Folder of the course layout (images and CSVs).
+            split: Split name; used to read the CSVs when ``records`` is None.
+            image_size: Resize every image to this square size; None keeps it.
+            records: Use these records instead of reading the split's CSVs.
+            dtype: ``torch.float32`` (scaled to [0, 1]) or ``torch.uint8`` (raw).
+        """
+        if dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
+        self.root = Path(root)
+        self.split = split
+        self.image_size = image_size
+        self.dtype = dtype
+        self.notes: list[str] = []
+        if records is None:
+            records, self.notes = read_split(self.root, split)
+        self.records: list[Record] = list(records)
+
+    @property
+    def labels(self) -> list[int]:
+        """The grade of every record, in order."""
+        return [record.label for record in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        record = self.records[index]
+        array = decode_image(image_path(self.root, record.image), self.image_size)
+        image = torch.from_numpy(array).permute(2, 0, 1)
+        if self.dtype == torch.float32:
+            # float32 from the start: the lab's np.asarray(img) / 255 went through float64.
+            image = image.float().div_(255)
+        return image, record.label
