@@ -180,8 +180,8 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
-    elif process.is_main and paths.best.exists():
-        paths.best.unlink()  # from another configuration: never mix it with this run
+    # Otherwise an older best.pt stays until this run's first epoch replaces it
+    # (evaluate checks that best.pt and status.json share a fingerprint).
 
     net: nn.Module = model
     if process.distributed:

@@ -39,6 +39,8 @@ IMAGENET = {
 }
 WEIGHTS_KEY = "train.weights"  # the params.yaml key that points at a local file instead
 MANIFEST_DIR = Path("models/init")
+# Set to 1 on machines where a download attempt would hang (e.g. a firewall that drops packets).
+NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
 
 
 def new_model(name: str, num_classes: int = 1000) -> ResNet:
@@ -302,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, default=MANIFEST_DIR)
     parser.add_argument("--no-download", action="store_true",
-                        help="only look in the torchvision cache; never download")
+                        help="only look in the torchvision cache; never download "
+                             f"(also when the environment sets {NO_DOWNLOAD_ENV}=1)")
     args = parser.parse_args(argv)
+    download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
     params = load_params(args.params)
     manifests = {
         "scratch": describe_scratch(params.model, params.train.seed),
         "pretrained": describe_pretrained(params.model, params.train.weights,
-                                          download=not args.no_download),
+                                          download=download),
     }
     assert set(manifests) == set(ARMS)
     for arm, manifest in manifests.items():

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny project (params, demo data, prepared index, manifests) in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retinopathy import prepare, weights
+from retinopathy.config import load_params
+from retinopathy.demo import write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough that an epoch of ResNet18 takes about a second on one CPU core.
+TINY_PARAMS = {
+    "model": "resnet18",
+    "data": {"root": "data/demo", "image_size": 32, "num_workers": 0},
+    "demo": {"seed": 0, "train_size": 40, "test_size": 12, "image_size": 64},
+    "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "seed": 0, "device": "cpu"},
+}
+
+
+def write_params(folder: Path, **overrides: dict) -> Path:
+    """Write TINY_PARAMS (sections updated by ``overrides``) to folder/params.yaml."""
+    params = {key: (dict(value) if isinstance(value, dict) else value) for key, value in TINY_PARAMS.items()}
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _quiet_environment(monkeypatch, tmp_path_factory):
+    """No analytics, no downloads, and an empty torch cache for every test."""
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv(weights.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+
+
+@pytest.fixture()
+def tiny_project(tmp_path, monkeypatch) -> Path:
+    """A folder with params.yaml, demo data, data/prepared and models/init; cwd set to it."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    params = load_params(tmp_path / "params.yaml")
+    write_demo_dataset(tmp_path / "data/demo", seed=0, train_size=params.demo.train_size,
+                       test_size=params.demo.test_size, image_size=params.demo.image_size)
+    prepare.prepare(params, tmp_path / "data/prepared")
+    assert weights.main([]) == 0
+    return tmp_path
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a child process: this one's, with the venv's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

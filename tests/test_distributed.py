@@ -1,0 +1,60 @@
+"""`torchrun --nproc_per_node=2` trains with DDP over gloo on the CPU, reduces, resumes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import subprocess_env, write_params
+from retinopathy import checkpoint, engine
+from retinopathy.config import load_params
+from retinopathy.data import RetinopathyDataset
+from retinopathy.prepare import read_index
+from retinopathy.resnet import resnet18
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(folder, *args):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "retinopathy", "train", "--init", "scratch", *args]
+    return subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
+    first = torchrun(tiny_project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # Only rank 0 reports and writes: each epoch line appears once.
+    assert first.stdout.count("scratch epoch 2/2:") == 1
+
+    last = checkpoint.load(tiny_project / "models/scratch/last.pt")
+    assert last["epoch"] == 2 and last["fingerprint_inputs"]["world_size"] == 2
+    with open(tiny_project / "metrics/history/scratch.csv") as stream:
+        history = list(csv.DictReader(stream))
+    assert len(history) == 2
+
+    # The test accuracy summed over both ranks equals a single-process evaluation
+    # of the saved model over the whole test split (no image lost or counted twice).
+    params = load_params(tiny_project / "params.yaml")
+    model = resnet18(num_classes=5)
+    model.load_state_dict(last["model"])
+    records = read_index(tiny_project / "data/prepared/index.csv")["test"]
+    dataset = RetinopathyDataset(tiny_project / params.data.root, "test", params.data.image_size,
+                                 records=records, dtype=torch.uint8)
+    fast = engine.fast_path(params.train, torch.device("cpu"), 0)
+    batches = engine.loader(dataset, 5, engine.ShardSampler(len(dataset), engine.Process()), fast)
+    result = engine.evaluate_epoch(model, batches, engine.InputTransform(params.train.normalize, False),
+                                   torch.device("cpu"), fast, engine.Process())
+    assert result.count == len(records)
+    assert float(history[-1]["test_accuracy"]) == pytest.approx(result.accuracy, abs=1e-6)
+
+    write_params(tiny_project, train={"epochs": 3})
+    resumed = torchrun(tiny_project)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming after epoch 2 of 3" in resumed.stdout
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt")["epoch"] == 3

@@ -1,0 +1,111 @@
+"""The fast path agrees with the plain path; samplers cover every image exactly as promised."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from retinopathy import engine
+from retinopathy.config import TrainParams
+from retinopathy.resnet import resnet18
+
+CPU = torch.device("cpu")
+
+
+def test_uint8_input_equals_the_float_contract_after_transform():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    transform = engine.InputTransform("imagenet", channels_last=False)
+    via_uint8 = transform(images)
+    via_float = transform(images.float() / 255)  # what RetinopathyDataset returns by default
+    torch.testing.assert_close(via_uint8, via_float, atol=1e-5, rtol=1e-5)
+    mean = torch.tensor(engine.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(engine.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(via_uint8, (images.float() / 255 - mean) / std, atol=1e-5, rtol=1e-5)
+    plain = engine.InputTransform("none", channels_last=False)(images)
+    torch.testing.assert_close(plain, images.float() / 255)
+
+
+def one_step(model, fast, images, labels, optimizer_kind):
+    model = copy.deepcopy(model)
+    if fast.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if optimizer_kind == "project":
+        optimizer = engine.make_optimizer(model, TrainParams(lr=0.05), CPU)  # foreach on CPU
+    else:  # the textbook per-parameter loop
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
+                                    foreach=False)
+    transform = engine.InputTransform("imagenet", fast.channels_last)
+    result = engine.train_epoch(model, [(images, labels)], transform, optimizer, CPU, fast,
+                                engine.Process())
+    return model, result
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fast_path_agrees_with_plain_fp32(bf16):
+    torch.manual_seed(0)
+    model = resnet18(num_classes=5)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 4])
+    plain = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False, num_workers=0)
+    fast = engine.FastPath(bf16=bf16, channels_last=True, compile=False, pin_memory=False, num_workers=0)
+    plain_model, plain_result = one_step(model, plain, images, labels, "textbook")
+    fast_model, fast_result = one_step(model, fast, images, labels, "project")
+    tolerance = 3e-2 if bf16 else 1e-4  # bf16 keeps 8 bits of mantissa
+    assert fast_result.loss == pytest.approx(plain_result.loss, rel=tolerance)
+    # The SGD updates agree: per parameter in fp32 (channels_last only changes the
+    # memory layout); as a whole in bf16, whose 8-bit mantissa makes the small,
+    # nearly cancelling gradients of a random network on random images noisy.
+    before = dict(model.named_parameters())
+    fast_params = dict(fast_model.named_parameters())
+    plain_updates, fast_updates = [], []
+    for name, after in plain_model.named_parameters():
+        plain_update = (after - before[name]).detach().flatten()
+        fast_update = (fast_params[name] - before[name]).detach().flatten()
+        plain_updates.append(plain_update)
+        fast_updates.append(fast_update)
+        if not bf16:
+            error = (fast_update - plain_update).norm() / plain_update.norm().clamp_min(1e-12)
+            assert error < 1e-3, f"{name}: relative update error {error:.3g}"
+    cosine = torch.nn.functional.cosine_similarity(torch.cat(plain_updates), torch.cat(fast_updates), dim=0)
+    assert cosine > (0.9 if bf16 else 0.99999)
+    plain_model.eval(), fast_model.eval()
+    with torch.no_grad():
+        x = engine.InputTransform("imagenet", False)(images)
+        with engine.autocast(CPU, fast):
+            fast_logits = fast_model(x.contiguous(memory_format=torch.channels_last)).float()
+        torch.testing.assert_close(fast_logits, plain_model(x), atol=5 * tolerance, rtol=5 * tolerance)
+
+
+def test_auto_switches_are_off_on_cpu():
+    fast = engine.fast_path(TrainParams(), CPU, "auto")
+    assert not fast.bf16 and not fast.channels_last and not fast.pin_memory
+    forced = engine.fast_path(TrainParams(precision="bf16", channels_last="on"), CPU, 0)
+    assert forced.bf16 and forced.channels_last and forced.num_workers == 0
+
+
+def test_epoch_shuffle_depends_only_on_seed_and_epoch_and_splits_across_processes():
+    single = engine.EpochShuffleSampler(10, seed=3, process=engine.Process())
+    single.set_epoch(2)
+    first = list(single)
+    torch.manual_seed(999)  # global RNG state must not matter
+    again = engine.EpochShuffleSampler(10, seed=3, process=engine.Process())
+    again.set_epoch(2)
+    assert list(again) == first and sorted(first) == list(range(10))
+    again.set_epoch(3)
+    assert list(again) != first
+
+    shards = []
+    for rank in range(3):
+        sampler = engine.EpochShuffleSampler(10, seed=3, process=engine.Process(rank, 3, rank))
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+    assert {len(shard) for shard in shards} == {4}  # equal steps on every process
+    assert set().union(*shards) == set(range(10))
+
+
+def test_shard_sampler_counts_every_test_image_once():
+    shards = [list(engine.ShardSampler(11, engine.Process(rank, 4, rank))) for rank in range(4)]
+    flat = [i for shard in shards for i in shard]
+    assert sorted(flat) == list(range(11))

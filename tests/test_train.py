@@ -1,0 +1,182 @@
+"""Training, resuming, skipping and evaluating one arm on a tiny synthetic project."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models as tvm
+import yaml
+
+from conftest import subprocess_env, write_params
+from retinopathy import checkpoint, engine, evaluate, train, weights
+from retinopathy.config import load_params
+from retinopathy.errors import RetinopathyError
+
+
+def run_arm(folder: Path, init: str = "scratch") -> dict:
+    """Train one arm with ``folder`` as the working directory (stages use relative paths)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        return train.train_arm(load_params("params.yaml"), train.Paths(init))
+    finally:
+        os.chdir(before)
+
+
+def read_history(folder: Path, init: str = "scratch") -> list[dict[str, str]]:
+    with open(folder / "metrics/history" / f"{init}.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_trains_evaluates_and_writes_every_output(tiny_project):
+    status = run_arm(tiny_project)
+    assert status["status"] == "trained" and status["selection"] == "test"
+    history = read_history(tiny_project)
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    last = checkpoint.load(tiny_project / "models/scratch/last.pt")
+    assert last["epoch"] == 2 and set(last) >= {"model", "optimizer", "history", "rng", "fingerprint", "config"}
+    best = checkpoint.load(tiny_project / "models/scratch/best.pt")
+    assert best["epoch"] == status["best_epoch"]
+
+    params = load_params(tiny_project / "params.yaml")
+    result = evaluate.evaluate_arm(params, train.Paths("scratch"))
+    # The evaluated checkpoint reproduces the accuracy recorded during training.
+    assert result["test_accuracy"] == pytest.approx(result["best_test_accuracy"], abs=1e-9)
+    assert result["test_size"] == 12
+    assert result["majority_baseline"] == pytest.approx(
+        json.loads((tiny_project / "data/prepared/summary.json").read_text())["majority_baseline"]["test_accuracy"])
+    with open(tiny_project / "metrics/confusion/scratch_normalized.csv") as stream:
+        rows = list(csv.reader(stream))[1:]
+    for row in rows:
+        total = sum(map(float, row[1:]))
+        assert total == pytest.approx(1.0, abs=1e-5) or total == 0
+    with open(tiny_project / "metrics/predictions/scratch.csv") as stream:
+        predictions = list(csv.DictReader(stream))
+    assert len(predictions) == 12 and set(predictions[0]) == {"actual", "predicted"}
+    correct = sum(row["actual"] == row["predicted"] for row in predictions)
+    assert correct / 12 == pytest.approx(result["test_accuracy"])
+
+
+def test_pretrained_arm_is_skipped_offline_with_reason_and_fix(tiny_project):
+    assert run_arm(tiny_project, "pretrained")["status"] == "skipped"
+    assert read_history(tiny_project, "pretrained") == []
+    result = evaluate.evaluate_arm(load_params(tiny_project / "params.yaml"), train.Paths("pretrained"))
+    assert result["status"] == "skipped"
+    assert "resnet18-f37072fd.pth" in result["reason"] and "train.weights" in result["fix"]
+    assert not (tiny_project / "models/pretrained/last.pt").exists()
+
+
+def test_pretrained_arm_trains_from_a_state_dict_file(tiny_project):
+    path = tiny_project / "test-written-weights.pth"
+    torch.save(tvm.resnet18().state_dict(), path)
+    write_params(tiny_project, train={"weights": str(path), "epochs": 1})
+    assert weights.main([]) == 0
+    status = run_arm(tiny_project, "pretrained")
+    assert status["status"] == "trained"
+    assert str(path) in status["weights"] and "imagenet" not in status["weights"].lower()
+
+
+def test_more_epochs_continue_and_match_an_uninterrupted_run(tiny_project, tmp_path_factory):
+    twin = tmp_path_factory.mktemp("twin")
+    shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
+    run_arm(tiny_project)  # 2 epochs in one go
+
+    write_params(twin, train={"epochs": 1})
+    run_arm(twin)
+    write_params(twin, train={"epochs": 2})
+    run_arm(twin)  # resumes after epoch 1
+    assert read_history(twin) == read_history(tiny_project)
+
+
+def test_changed_params_do_not_resume(tiny_project, capsys):
+    run_arm(tiny_project)
+    write_params(tiny_project, train={"lr": 0.02})
+    run_arm(tiny_project)
+    out = capsys.readouterr().out
+    assert "made with other settings, not resuming" in out and "train.lr: 0.01 -> 0.02" in out
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt")["config"]["train"]["lr"] == 0.02
+
+
+def test_killed_run_resumes_with_the_same_history(tiny_project, tmp_path_factory):
+    write_params(tiny_project, data={"image_size": 64}, train={"epochs": 4})
+    twin = tmp_path_factory.mktemp("twin")
+    shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
+    run_arm(twin)  # uninterrupted reference, in-process
+
+    command = [sys.executable, "-m", "retinopathy", "train", "--init", "scratch"]
+    child = subprocess.Popen(command, cwd=tiny_project, env=subprocess_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tiny_project / "models/scratch/last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)  # no chance to clean up
+    child.wait()
+    killed_after = checkpoint.load(last)["epoch"]
+    assert 1 <= killed_after < 4, "the kill should land before the last epoch"
+
+    resumed = subprocess.run(command, cwd=tiny_project, env=subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {killed_after} of 4" in resumed.stdout, resumed.stdout
+    assert read_history(tiny_project) == read_history(twin)
+    assert not list((tiny_project / "models/scratch").glob("*.tmp")), "no temporary file left behind"
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project, monkeypatch):
+    real = engine.train_epoch
+    calls = []
+
+    def second_epoch_diverges(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise engine.NonFiniteLoss("step 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_epoch", second_epoch_diverges)
+    with pytest.raises(RetinopathyError, match=r"NaN or infinite in epoch 2 \(step 3\).*train\.lr.*epoch 1\) is kept"):
+        run_arm(tiny_project)
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt")["epoch"] == 1
+    assert len(read_history(tiny_project)) == 1
+
+
+def test_train_epoch_detects_a_nan_loss():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    batches = [(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8), torch.tensor([0, 1]))]
+    fast = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False, num_workers=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    transform = engine.InputTransform("none", channels_last=False)
+    with pytest.raises(engine.NonFiniteLoss):
+        engine.train_epoch(model, batches, transform, optimizer, torch.device("cpu"), fast, engine.Process())
+
+
+def test_validation_split_picks_the_epoch(tiny_project):
+    write_params(tiny_project, data={"val_fraction": 0.25})
+    from retinopathy import prepare
+
+    prepare.prepare(load_params(tiny_project / "params.yaml"), tiny_project / "data/prepared")
+    status = run_arm(tiny_project)
+    assert status["selection"] == "validation"
+    history = read_history(tiny_project)
+    assert "val_accuracy" in history[0]
+    result = evaluate.evaluate_arm(load_params(tiny_project / "params.yaml"), train.Paths("scratch"))
+    assert result["selection"] == "validation" and "validation" in result["selection_rule"]
+    best = max(history, key=lambda row: float(row["val_accuracy"]))
+    assert result["best_epoch"] == int(best["epoch"])
+
+
+def test_dvc_train_stage_depends_on_all_fingerprinted_code():
+    stage = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]["train"]
+    for name in checkpoint.TRAINING_CODE:
+        assert f"src/retinopathy/{name}" in stage["deps"], name
