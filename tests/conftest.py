@@ -23,9 +23,20 @@ TINY_PARAMS = {
 }
 
 
+def tiny_params() -> dict:
+    """The project's params.yaml with TINY_PARAMS laid over it (DVC wants every key present)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    return params
+
+
 def write_params(folder: Path, **overrides: dict) -> Path:
-    """Write TINY_PARAMS (sections updated by ``overrides``) to folder/params.yaml."""
-    params = {key: (dict(value) if isinstance(value, dict) else value) for key, value in TINY_PARAMS.items()}
+    """Write :func:`tiny_params` (sections updated by ``overrides``) to folder/params.yaml."""
+    params = tiny_params()
     for section, values in overrides.items():
         if isinstance(values, dict):
             params[section].update(values)

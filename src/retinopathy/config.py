@@ -56,7 +56,7 @@ class TrainParams:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
-    weights: str = "imagenet"  # initial weights of the pretrained arm: "imagenet" or a file
+    weights: str | dict[str, str] = "imagenet"  # pretrained arm: "imagenet" or a file; or one per model
     normalize: str = "imagenet"  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str = "auto"  # auto: on for CUDA, off on CPU
@@ -65,6 +65,10 @@ class TrainParams:
     def epochs_for(self, model: str) -> int:
         """The number of epochs for ``model`` (``epochs`` may be one number or a mapping)."""
         return self.epochs[model] if isinstance(self.epochs, dict) else self.epochs
+
+    def weights_for(self, model: str) -> str:
+        """The pretrained arm's initial weights for ``model`` (``weights`` may be a mapping)."""
+        return self.weights[model] if isinstance(self.weights, dict) else self.weights
 
 
 @dataclass(frozen=True)
@@ -154,19 +158,19 @@ def _data(raw: Any, source: str) -> DataParams:
     return out
 
 
+def _per_model(source: str, key: str, mapping: dict) -> None:
+    missing = [m for m in MODELS if m not in mapping]
+    extra = [m for m in mapping if m not in MODELS]
+    if missing or extra:
+        raise _fail(source, key, f"as a mapping needs exactly the keys {', '.join(MODELS)}; "
+                    f"missing {missing or 'none'}, unknown {extra or 'none'}")
+
+
 def _train(raw: Any, source: str) -> TrainParams:
     raw = _section(TrainParams, raw, source, "train")
     out = TrainParams(**raw)
     if isinstance(out.epochs, dict):
-        missing = [m for m in MODELS if m not in out.epochs]
-        extra = [m for m in out.epochs if m not in MODELS]
-        if missing or extra:
-            raise _fail(
-                source,
-                "train.epochs",
-                f"as a mapping needs exactly the keys {', '.join(MODELS)}; "
-                f"missing {missing or 'none'}, unknown {extra or 'none'}",
-            )
+        _per_model(source, "train.epochs", out.epochs)
         for model, epochs in out.epochs.items():
             _int(source, f"train.epochs.{model}", epochs, 1)
     else:
@@ -179,8 +183,13 @@ def _train(raw: Any, source: str) -> TrainParams:
     _number(source, "train.weight_decay", out.weight_decay, 0.0)
     _int(source, "train.seed", out.seed, 0)
     _choice(source, "train.device", out.device, DEVICES)
-    if not isinstance(out.weights, str) or not out.weights:
-        raise _fail(source, "train.weights", "must be `imagenet` or the path of a .pth/.pt file")
+    if isinstance(out.weights, dict):
+        _per_model(source, "train.weights", out.weights)
+    for model in MODELS:
+        value = out.weights_for(model)
+        if not isinstance(value, str) or not value:
+            raise _fail(source, "train.weights", "must be `imagenet` or the path of a .pth/.pt file "
+                        f"(or a mapping of those per model: {', '.join(MODELS)}); got {value!r}")
     _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
     _choice(source, "train.precision", out.precision, PRECISIONS)
     if not isinstance(out.compile, bool):

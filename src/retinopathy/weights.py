@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     manifests = {
         "scratch": describe_scratch(params.model, params.train.seed),
-        "pretrained": describe_pretrained(params.model, params.train.weights,
+        "pretrained": describe_pretrained(params.model, params.train.weights_for(params.model),
                                           download=download),
     }
     assert set(manifests) == set(ARMS)

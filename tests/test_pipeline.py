@@ -1,0 +1,105 @@
+"""End to end with DVC, on tiny data in a temporary copy of the project.
+
+Offline `dvc repro` trains the scratch arm and reports the pretrained arm as
+skipped; pointing `train.weights` at a state-dict file that this test writes
+itself (random torchvision weights, never called ImageNet) reruns only the
+pretrained arm and what follows; then `dvc metrics show`, `dvc plots diff`,
+`dvc exp run -S model=resnet50` and `dvc exp show` work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models as tvm
+import yaml
+
+from conftest import REPO, subprocess_env, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def run(folder: Path, *command: str) -> str:
+    result = subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> set[str]:
+    """Stages DVC ran, from its "Running stage 'x':" lines."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture()
+def project(tmp_path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copytree(REPO / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", folder)
+    params = tiny_params()
+    params["train"]["epochs"] = {"resnet18": 2, "resnet50": 1}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(folder, "git", "init", "-q")
+    run(folder, "git", "config", "user.email", "test@example.com")
+    run(folder, "git", "config", "user.name", "test")
+    run(folder, "dvc", "init", "-q")
+    run(folder, "git", "add", "-A")
+    run(folder, "git", "commit", "-qm", "tiny project")
+    return folder
+
+
+def commit(folder: Path, message: str) -> None:
+    run(folder, "git", "add", "-A")
+    run(folder, "git", "commit", "-qm", message)
+
+
+def test_dvc_pipeline_end_to_end(project, tmp_path):
+    # 1. Offline: scratch trained, pretrained skipped with the reason and the fix.
+    output = run(project, "dvc", "repro")
+    assert {"demo-data", "prepare", "weights", "train@scratch", "train@pretrained",
+            "evaluate@scratch", "evaluate@pretrained", "report"} <= ran(output)
+    assert "warning: pretrained arm skipped" in output
+    scratch = json.loads((project / "metrics/scratch.json").read_text())
+    skipped = json.loads((project / "metrics/pretrained.json").read_text())
+    assert scratch["status"] == "trained" and scratch["model"] == "resnet18"
+    assert skipped["status"] == "skipped" and "train.weights" in skipped["fix"]
+    report = (project / "plots/report.md").read_text()
+    assert "skipped" in report and skipped["fix"] in report
+    commit(project, "offline run")
+
+    # 2. Nothing changed: only the always-changed weights stage runs.
+    assert ran(run(project, "dvc", "repro")) == {"weights"}
+
+    # 3. Weights from files the test writes: only the pretrained arm and what follows rerun.
+    files = {}
+    for arch in ("resnet18", "resnet50"):
+        files[arch] = str(tmp_path / f"test-written-{arch}.pth")
+        torch.save(getattr(tvm, arch)().state_dict(), files[arch])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["weights"] = files
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run(project, "dvc", "repro")
+    assert ran(output) == {"weights", "train@pretrained", "evaluate@pretrained", "report"}
+    pretrained = json.loads((project / "metrics/pretrained.json").read_text())
+    assert pretrained["status"] == "trained" and files["resnet18"] in pretrained["weights"]
+    assert "imagenet" not in json.dumps(pretrained).lower()
+    assert "Skipped arms" not in (project / "plots/report.md").read_text()
+
+    metrics = run(project, "dvc", "metrics", "show")
+    assert "metrics/scratch.json" in metrics and "metrics/pretrained.json" in metrics
+    run(project, "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "plots-html"))
+    assert (tmp_path / "plots-html" / "index.html").is_file()
+    commit(project, "pretrained from a file")
+
+    # 4. The experiment switch, exactly as typed by a user.
+    output = run(project, "dvc", "exp", "run", "-S", "model=resnet50")
+    assert {"train@scratch", "train@pretrained"} <= ran(output)
+    shown = run(project, "dvc", "exp", "show", "--no-pager", "--csv")
+    assert "resnet50" in shown and "resnet18" in shown
+    assert json.loads((project / "metrics/scratch.json").read_text())["model"] == "resnet50"
