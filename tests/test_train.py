@@ -44,7 +44,8 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     history = read_history(tiny_project)
     assert [int(row["epoch"]) for row in history] == [1, 2]
     last = checkpoint.load(tiny_project / "models/scratch/last.pt")
-    assert last["epoch"] == 2 and set(last) >= {"model", "optimizer", "history", "rng", "fingerprint", "config"}
+    assert last["epoch"] == 2
+    assert set(last) >= {"model", "optimizer", "history", "rng", "fingerprint", "config"}
     best = checkpoint.load(tiny_project / "models/scratch/best.pt")
     assert best["epoch"] == status["best_epoch"]
 
@@ -53,8 +54,8 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     # The evaluated checkpoint reproduces the accuracy recorded during training.
     assert result["test_accuracy"] == pytest.approx(result["best_test_accuracy"], abs=1e-9)
     assert result["test_size"] == 12
-    assert result["majority_baseline"] == pytest.approx(
-        json.loads((tiny_project / "data/prepared/summary.json").read_text())["majority_baseline"]["test_accuracy"])
+    summary = json.loads((tiny_project / "data/prepared/summary.json").read_text())
+    assert result["majority_baseline"] == pytest.approx(summary["majority_baseline"]["test_accuracy"])
     with open(tiny_project / "metrics/confusion/scratch_normalized.csv") as stream:
         rows = list(csv.reader(stream))[1:]
     for row in rows:
@@ -143,7 +144,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "train_epoch", second_epoch_diverges)
-    with pytest.raises(RetinopathyError, match=r"NaN or infinite in epoch 2 \(step 3\).*train\.lr.*epoch 1\) is kept"):
+    expected = r"NaN or infinite in epoch 2 \(step 3\).*train\.lr.*epoch 1\) is kept"
+    with pytest.raises(RetinopathyError, match=expected):
         run_arm(tiny_project)
     assert checkpoint.load(tiny_project / "models/scratch/last.pt")["epoch"] == 1
     assert len(read_history(tiny_project)) == 1
