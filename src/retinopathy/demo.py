@@ -1,0 +1,504 @@
+"""The built-in demo dataset: synthetic fundus photographs in the course layout.
+
+`retinopathy demo-data` writes a small, deterministic dataset that looks like
+the course's (four header-less CSVs plus ``<name>.jpeg`` files in one folder),
+so the whole pipeline runs on a laptop CPU without a download. The images are
+drawn, not photographed: a lit orange-red fundus with an optic disc, a macula and
+branching vessels, plus lesions whose kind and number follow the clinical
+scale (ICDR: none, mild, moderate, severe non-proliferative, proliferative).
+Lesions are drawn larger than life so that a small network can learn them from
+a few hundred images at 128 px; the demo shows that the pipeline works, not
+what real images look like.
+
+Geometry is drawn in the orientation of a right eye (optic disc on the right)
+and mirrored for a left eye. Masks are drawn with Pillow at twice the output
+size and reduced, which anti-aliases thin vessels and tiny dots cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from retinopathy.errors import RetinopathyError
+
+# Class counts of the course's train split (grades 0-4); the demo copies its imbalance.
+COURSE_TRAIN_COUNTS = (20656, 1955, 4210, 698, 581)
+GRADES = 5
+JPEG_QUALITY = 90
+SPLITS = ("train", "test")
+README_MARKER = "SYNTHETIC DEMO DATASET"
+
+_SS = 2  # supersampling factor of the drawn masks
+# SeedSequence keys are (seed, purpose, split, index): a fixed length, because
+# SeedSequence pads short keys with zeros, so [s, 1] and [s, 1, 0] would collide.
+_PURPOSE_IMAGE, _PURPOSE_ORDER = 1, 2
+
+Point = tuple[float, float]
+
+
+def class_counts(total: int) -> list[int]:
+    """Split ``total`` images over the five grades like the course's train split.
+
+    Args:
+        total: Number of images, >= 0.
+
+    Returns:
+        Counts per grade 0-4 summing to ``total``, proportional to
+        (20656, 1955, 4210, 698, 581) with largest-remainder rounding; every
+        grade gets at least one image when ``total >= 5`` (taken from the largest).
+    """
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise RetinopathyError(f"class_counts: total must be an integer >= 0, got {total!r}")
+    whole = sum(COURSE_TRAIN_COUNTS)
+    quotas = [total * c / whole for c in COURSE_TRAIN_COUNTS]
+    counts = [math.floor(q) for q in quotas]
+    # Largest remainder first; ties go to the lower grade, so the result is unique.
+    order = sorted(range(GRADES), key=lambda g: (-(quotas[g] - counts[g]), g))
+    for g in order[: total - sum(counts)]:
+        counts[g] += 1
+    if total >= GRADES:
+        for g in range(GRADES):
+            if counts[g] == 0:
+                counts[counts.index(max(counts))] -= 1
+                counts[g] = 1
+    return counts
+
+
+class _Canvas:
+    """Named alpha masks drawn with Pillow at ``_SS`` times the output size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.layers: dict[str, tuple[Image.Image, ImageDraw.ImageDraw]] = {}
+
+    def _draw(self, layer: str) -> ImageDraw.ImageDraw:
+        if layer not in self.layers:
+            image = Image.new("L", (self.size * _SS, self.size * _SS), 0)
+            self.layers[layer] = (image, ImageDraw.Draw(image))
+        return self.layers[layer][1]
+
+    def disc(self, layer: str, x: float, y: float, r: float) -> None:
+        x, y, r = x * _SS, y * _SS, max(r * _SS, 0.5)
+        self._draw(layer).ellipse([x - r, y - r, x + r, y + r], fill=255)
+
+    def ellipse(self, layer: str, x: float, y: float, a: float, b: float, theta: float) -> None:
+        t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+        c, s = math.cos(theta), math.sin(theta)
+        u, v = a * np.cos(t), b * np.sin(t)
+        pts = np.column_stack((x + c * u - s * v, y + s * u + c * v)) * _SS
+        self._draw(layer).polygon(pts.ravel().tolist(), fill=255)
+
+    def line(self, layer: str, p: Point, q: Point, width: float) -> None:
+        w = max(1, round(width * _SS))
+        pts = [(p[0] * _SS, p[1] * _SS), (q[0] * _SS, q[1] * _SS)]
+        self._draw(layer).line(pts, fill=255, width=w)
+        if w >= 3:  # round joints, or thick polylines show notches at each bend
+            self.disc(layer, q[0], q[1], w / 2 / _SS)
+
+    def clear_above(self, layer: str, y: float) -> None:
+        self._draw(layer).rectangle([0, 0, self.size * _SS, y * _SS], fill=0)
+
+    def alpha(self, layer: str, blur: float = 0.0) -> np.ndarray | None:
+        """The layer reduced to output size as float32 [size, size] in [0, 1], or None."""
+        if layer not in self.layers:
+            return None
+        image = self.layers[layer][0].reduce(_SS)
+        if blur > 0:
+            image = image.filter(ImageFilter.GaussianBlur(blur))
+        return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _uniform_in_fundus(
+    rng: np.random.Generator, cx: float, cy: float, r: float, avoid: tuple[float, float, float],
+    quadrant: int | None = None, spread: float = 0.85,
+) -> Point:
+    """A random point in the fundus (optionally one quadrant), away from the optic disc."""
+    while True:
+        rho = r * spread * math.sqrt(rng.uniform(0.02, 1.0))
+        if quadrant is None:
+            phi = rng.uniform(0, 2 * np.pi)
+        else:
+            phi = (quadrant + rng.uniform(0.05, 0.95)) * np.pi / 2
+        x, y = cx + rho * math.cos(phi), cy + rho * math.sin(phi)
+        if math.hypot(x - avoid[0], y - avoid[1]) > avoid[2]:
+            return x, y
+
+
+def _grow_vessels(
+    rng: np.random.Generator, start: Point, angle: float, width: float, pull_to: float,
+    pull: float, fundus: tuple[float, float, float],
+) -> list[tuple[Point, Point, float, int]]:
+    """One vessel tree as (from, to, width, depth) segments: a random walk that tapers and forks.
+
+    The trunk bends toward direction ``pull_to`` at rate ``pull``, which makes the
+    temporal arcades curve around the macula; branches wander freely.
+    """
+    cx, cy, r = fundus
+    step, min_width = 0.035 * r, 0.005 * r
+    segments: list[tuple[Point, Point, float, int]] = []
+    stack = [(start, angle, width, 0)]
+    while stack:
+        (x, y), a, w, depth = stack.pop()
+        for _ in range(80):
+            if w < min_width:
+                break
+            target = pull_to if depth == 0 else a
+            a += pull * math.remainder(target - a, 2 * math.pi) + rng.normal(0.0, 0.12)
+            nx, ny = x + step * math.cos(a), y + step * math.sin(a)
+            if math.hypot(nx - cx, ny - cy) > 0.97 * r:
+                break
+            segments.append(((x, y), (nx, ny), w, depth))
+            x, y, w = nx, ny, w * 0.975
+            if depth < 4 and rng.random() < 0.13:
+                side = 1.0 if rng.random() < 0.5 else -1.0
+                stack.append(((x, y), a + side * rng.uniform(0.5, 1.0), w * 0.7, depth + 1))
+                w *= 0.9
+    return segments
+
+
+def _blot(canvas: _Canvas, layer: str, rng: np.random.Generator, p: Point, radius: float) -> None:
+    """An irregular blob: a few overlapping random ellipses."""
+    for _ in range(int(rng.integers(2, 5))):
+        ox, oy = rng.normal(0.0, 0.35 * radius, size=2)
+        a = radius * rng.uniform(0.55, 1.0)
+        canvas.ellipse(layer, p[0] + ox, p[1] + oy, a, a * rng.uniform(0.6, 1.0),
+                       rng.uniform(0, np.pi))
+
+
+def _draw_lesions(
+    canvas: _Canvas, grade: int, rng: np.random.Generator, fundus: tuple[float, float, float],
+    disc: tuple[float, float, float], macula: Point, veins: list[tuple[Point, Point, float, int]],
+) -> None:
+    """Draw the lesions of ``grade`` (cumulative along the clinical scale) onto ``canvas``."""
+    if grade == 0:
+        return
+    cx, cy, r = fundus
+    avoid = (disc[0], disc[1], 1.6 * disc[2])
+
+    def anywhere(quadrant: int | None = None) -> Point:
+        return _uniform_in_fundus(rng, cx, cy, r, avoid, quadrant)
+
+    # Microaneurysms: dark red dots, the only sign of grade 1. Drawn much larger
+    # than real ones (1.5-2 px radius at 128 px, wider than most vessels) so that
+    # they survive downscaling and do not pass for vessel ends.
+    n_ma = {1: (6, 13), 2: (8, 18), 3: (15, 30), 4: (15, 30)}[grade]
+    for _ in range(int(rng.integers(*n_ma))):
+        canvas.disc("haem", *anywhere(), r * rng.uniform(0.026, 0.036))
+    if grade < 2:
+        return
+    # Blot haemorrhages; severe and worse: in all four quadrants, plus flame-shaped
+    # ones lying along the nerve fibres (radial from the disc).
+    if grade == 2:
+        blots = [anywhere() for _ in range(int(rng.integers(3, 8)))]
+    else:
+        blots = [anywhere(q) for q in range(4) for _ in range(int(rng.integers(3, 6)))]
+        for _ in range(int(rng.integers(3, 7))):
+            x, y = anywhere()
+            canvas.ellipse("haem", x, y, r * rng.uniform(0.05, 0.08), r * rng.uniform(0.015, 0.025),
+                           math.atan2(y - disc[1], x - disc[0]))
+    for p in blots:
+        _blot(canvas, "haem", rng, p, r * rng.uniform(0.03, 0.055))
+    # Hard exudates: bright yellow specks in clusters around the posterior pole.
+    for _ in range(int(rng.integers(1, 4 if grade == 2 else 6))):
+        ccx = macula[0] + rng.normal(0.0, 0.3 * r)
+        ccy = macula[1] + rng.normal(0.0, 0.3 * r)
+        for _ in range(int(rng.integers(4, 10))):
+            x, y = ccx + rng.normal(0.0, 0.07 * r), ccy + rng.normal(0.0, 0.07 * r)
+            if math.hypot(x - cx, y - cy) < 0.9 * r:
+                canvas.disc("exudate", x, y, r * rng.uniform(0.015, 0.03))
+    if grade < 3:
+        return
+    # Cotton-wool spots: soft pale patches near the arcades (blurred when composited).
+    for _ in range(int(rng.integers(3, 7))):
+        x, y = _uniform_in_fundus(rng, cx, cy, r, avoid, spread=0.6)
+        _blot(canvas, "cotton", rng, (x, y), r * rng.uniform(0.06, 0.1))
+    # Venous beading: sausage-like swellings along stretches of the main veins.
+    trunk = [s for s in veins if s[3] == 0]
+    for i, (_, q, w, _) in enumerate(trunk):
+        if i % 3 == 0 and rng.random() < 0.6:
+            canvas.disc("vein", q[0], q[1], w * rng.uniform(0.9, 1.3))
+    if grade < 4:
+        return
+    # New vessels: tufts of fine tortuous loops at the disc (NVD) or elsewhere (NVE).
+    for k in range(int(rng.integers(2, 5))):
+        if k == 0 and rng.random() < 0.6:
+            tx, ty = disc[0] + rng.normal(0, disc[2]), disc[1] + rng.normal(0, disc[2])
+        else:
+            tx, ty = anywhere()
+        for _ in range(int(rng.integers(20, 35))):
+            x, y = tx + rng.normal(0.0, 0.07 * r), ty + rng.normal(0.0, 0.07 * r)
+            a = rng.uniform(0, 2 * np.pi)
+            for _ in range(int(rng.integers(4, 10))):
+                a += rng.normal(0.0, 0.9)
+                nx, ny = x + 0.02 * r * math.cos(a), y + 0.02 * r * math.sin(a)
+                canvas.line("nv", (x, y), (nx, ny), r * rng.uniform(0.008, 0.014))
+                x, y = nx, ny
+        canvas.disc("fibrous", tx, ty, 0.14 * r)
+    # Pre-retinal haemorrhage: a boat-shaped pool with a flat top (the fluid level).
+    if rng.random() < 0.6:
+        x, y = anywhere()
+        a, b = r * rng.uniform(0.12, 0.18), r * rng.uniform(0.08, 0.12)
+        canvas.ellipse("preretinal", x, y, a, b, 0.0)
+        canvas.clear_above("preretinal", y - 0.3 * b)
+
+
+def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str | None = None
+                  ) -> np.ndarray:
+    """One synthetic fundus photograph.
+
+    Everything that does not depend on the grade (framing, colours, disc, vessels,
+    noise) is drawn from ``rng`` before the lesions, so the same generator state
+    gives the same eye at every grade, differing only by its lesions.
+
+    Args:
+        grade: Retinopathy grade 0-4 (none, mild, moderate, severe, proliferative).
+        rng: Source of all randomness.
+        size: Width and height in pixels (>= 16).
+        eye: "left" or "right"; None draws one from ``rng``. A left eye is the mirror image.
+
+    Returns:
+        uint8 array [size, size, 3], RGB.
+    """
+    if grade not in range(GRADES):
+        raise RetinopathyError(f"render_fundus: grade must be 0-4, got {grade!r}")
+    if size < 16:
+        raise RetinopathyError(f"render_fundus: size must be >= 16 pixels, got {size!r}")
+    if eye is None:
+        eye = "left" if rng.random() < 0.5 else "right"
+    if eye not in ("left", "right"):
+        raise RetinopathyError(f"render_fundus: eye must be 'left' or 'right', got {eye!r}")
+
+    # Framing and colours vary per image, as between cameras and patients.
+    r = size * rng.uniform(0.42, 0.47)
+    cx, cy = size / 2 + rng.normal(0.0, 0.015 * size, size=2)
+    fundus = (cx, cy, r)
+    base = np.array([rng.uniform(0.8, 0.95), rng.uniform(0.3, 0.42), rng.uniform(0.1, 0.2)],
+                    dtype=np.float32) * rng.uniform(0.85, 1.1)
+    vignette, tilt = rng.uniform(0.45, 0.65), rng.normal(0.0, 0.06, size=2)
+    dr = r * rng.uniform(0.085, 0.1)
+    disc = (cx + r * rng.uniform(0.3, 0.36), cy + r * rng.normal(0.0, 0.04), dr)
+    macula = (cx - r * rng.uniform(0.02, 0.08), cy + r * rng.normal(0.0, 0.03))
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    d = np.hypot(xx - cx, yy - cy) / r
+    inside = np.clip((1.0 - d) * r + 0.5, 0.0, 1.0)[..., None]  # ~1 px anti-aliased rim
+    shade = (1.0 - vignette * np.minimum(d, 1.0) ** 2.5
+             + tilt[0] * (xx - cx) / r + tilt[1] * (yy - cy) / r)
+    # Low-frequency mottling of the choroid: a coarse noise grid, upsampled smoothly.
+    coarse = Image.fromarray(rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32))
+    mottle = np.asarray(coarse.resize((size, size), Image.BICUBIC), dtype=np.float32)
+    albedo = base * (1.0 + 0.04 * mottle)[..., None]
+    dm = np.hypot(xx - macula[0], yy - macula[1]) / (0.13 * r)
+    albedo *= (1.0 - 0.25 * np.exp(-0.5 * dm**2))[..., None]
+    dd = np.hypot(xx - disc[0], yy - disc[1]) / dr
+    albedo = _mix(albedo, np.clip((1.0 - dd) * dr / 1.5 + 0.5, 0, 1), np.array([1.05, 0.85, 0.55]))
+    albedo = _mix(albedo, np.exp(-0.5 * (dd / 0.35) ** 2), np.array([1.1, 1.0, 0.8]))
+
+    canvas = _Canvas(size)
+    veins: list[tuple[Point, Point, float, int]] = []
+    # Four arcades (superior/inferior, temporal/nasal), each with a vein and an artery.
+    for sign in (-1.0, 1.0):
+        for kind, width, offset in (("vein", 0.028, 0.0), ("artery", 0.02, 0.15)):
+            start = (disc[0] + rng.normal(0, 0.2 * dr), disc[1] + sign * 0.3 * dr)
+            temporal = np.pi - sign * (1.1 + offset + rng.normal(0, 0.1))
+            nasal = sign * (0.9 + offset + rng.normal(0, 0.15))
+            for angle, pull_to, pull in ((temporal, np.pi, 0.07), (nasal, 0.0, 0.03)):
+                segs = _grow_vessels(rng, start, angle, width * r, pull_to, pull, fundus)
+                for p, q, w, _ in segs:
+                    canvas.line(kind, p, q, w)
+                if kind == "vein":
+                    veins += segs
+    noise = rng.normal(0.0, 1.2 / 255, size=(size, size, 3)).astype(np.float32)
+
+    _draw_lesions(canvas, grade, rng, fundus, disc, macula, veins)
+    fibrous = canvas.alpha("fibrous", blur=0.04 * r)
+    layers: list[tuple[str, float, np.ndarray, float]] = [
+        # (layer, blur in px, colour, opacity) in drawing order, back to front.
+        ("cotton", 0.02 * r, np.array([1.0, 0.95, 0.88]), 0.9),
+        ("vein", 0.4, base * [0.6, 0.32, 0.45], 0.95),
+        ("artery", 0.4, base * [0.82, 0.55, 0.6], 0.9),
+        ("haem", 0.4, base * [0.35, 0.12, 0.25], 0.97),
+        ("exudate", 0.3, np.array([1.15, 1.0, 0.42]), 1.0),
+        ("nv", 0.3, base * [0.75, 0.25, 0.35], 1.0),
+        ("preretinal", 1.0, base * [0.38, 0.1, 0.2], 0.95),
+    ]
+    if fibrous is not None:
+        albedo = _mix(albedo, 0.5 * fibrous, np.array([0.95, 0.85, 0.75]))
+    for name, blur, colour, opacity in layers:
+        alpha = canvas.alpha(name, blur)
+        if alpha is not None:
+            albedo = _mix(albedo, opacity * alpha, colour)
+
+    image = albedo * (shade[..., None] * inside) + 0.012 * (1.0 - inside) + noise
+    image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image[:, ::-1]) if eye == "left" else image
+
+
+def _mix(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Alpha-blend ``colour`` over ``image`` (float32 [H, W, 3]) with ``alpha`` [H, W]."""
+    a = alpha[..., None].astype(np.float32)
+    return image * (1.0 - a) + np.asarray(colour, dtype=np.float32) * a
+
+
+def _check_size(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+        maximum is not None and value > maximum
+    ):
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise RetinopathyError(f"demo: {name} must be an integer {bound}, got {value!r}; "
+                               f"fix `demo.{name}` in params.yaml")
+    return value
+
+
+def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: int
+                 ) -> list[int]:
+    """Write one split's images and CSVs; returns its class counts."""
+    counts = class_counts(n)
+    grades = np.repeat(np.arange(GRADES), counts)
+    code = SPLITS.index(split)
+    order = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_ORDER, code, 0]))
+    grades = order.permutation(grades)
+    names = []
+    for i, grade in enumerate(grades.tolist()):
+        number = first + i
+        eye = "left" if number % 2 else "right"
+        name = f"demo_{number:05d}_{eye}"
+        rng = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_IMAGE, code, number]))
+        pixels = render_fundus(grade, rng, size, eye=eye)
+        # Fixed quality and 4:4:4 chroma (tiny yellow/red lesions differ mainly in
+        # colour); no optimize/progressive/EXIF, so the bytes are reproducible.
+        Image.fromarray(pixels).save(folder / f"{name}.jpeg", "JPEG",
+                                            quality=JPEG_QUALITY, subsampling=0)
+        names.append(name)
+    (folder / f"{split}_img.csv").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    labels = "".join(f"{g}\n" for g in grades.tolist())
+    (folder / f"{split}_label.csv").write_text(labels, encoding="utf-8")
+    return counts
+
+
+def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int) -> str:
+    lines = [
+        f"{README_MARKER} - NOT REAL PATIENT IMAGES",
+        "",
+        "Every image in this folder was drawn by a program (`retinopathy demo-data`,",
+        "module retinopathy.demo); none is a photograph of a person. The lesions are",
+        "exaggerated so that a small network can learn them quickly on a CPU. Use this",
+        "folder to try the pipeline, never to judge a model for clinical use.",
+        "",
+        f"seed: {seed}",
+        f"image size: {size}x{size} px, RGB JPEG quality {JPEG_QUALITY}",
+    ]
+    for split in SPLITS:
+        per_grade = ", ".join(f"grade {g}: {c}" for g, c in enumerate(counts[split]))
+        lines.append(f"{split}: {sizes[split]} images ({per_grade})")
+    lines += [
+        "",
+        "Layout (as the course's dataset): train_img.csv / test_img.csv list image names",
+        "without extension, train_label.csv / test_label.csv the grade 0-4 on the same",
+        "line; no header; the images are <name>.jpeg in this folder.",
+        "Regenerate with `retinopathy demo-data` (byte-identical for the same settings",
+        "and the same numpy and Pillow versions).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size: int,
+                       image_size: int) -> None:
+    """Write the demo dataset to ``out``, atomically and deterministically.
+
+    The folder is built next to ``out`` under a temporary name and then swapped
+    in, so an interrupted run never leaves a half-written dataset. Each image is
+    seeded from (seed, split, index), so the same arguments give byte-identical files
+    (with the same numpy and Pillow: their float maths and JPEG encoder make the bytes).
+
+    Args:
+        out: Destination folder; an existing demo folder there is replaced entirely.
+        seed: Integer 0 <= seed < 2**32.
+        train_size: Number of training images (>= 5, so every grade occurs).
+        test_size: Number of test images (>= 5).
+        image_size: Width and height of the images in pixels (32-2048).
+
+    Raises:
+        RetinopathyError: on a bad setting, or if ``out`` exists and is not a demo
+            folder (refusing to delete what this command did not write).
+    """
+    _check_size("seed", seed, 0, 2**32 - 1)
+    _check_size("train_size", train_size, 5)
+    _check_size("test_size", test_size, 5)
+    _check_size("image_size", image_size, 32, 2048)
+    _check_replaceable(Path(out))
+    # Absolute, so that `--out .` or `--out data/demo/` still has a real name and parent.
+    out = Path(os.path.abspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        sizes = {"train": train_size, "test": test_size}
+        counts = {
+            "train": _write_split(work, "train", seed, 0, train_size, image_size),
+            "test": _write_split(work, "test", seed, train_size, test_size, image_size),
+        }
+        (work / "README.txt").write_text(_readme(seed, sizes, counts, image_size),
+                                         encoding="utf-8")
+        os.chmod(work, 0o755)  # mkdtemp makes it 0700; the dataset should be as readable as any
+        if out.exists():
+            # Two renames in one folder: the old dataset is whole until the new one is.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(work, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but an empty folder or an earlier demo dataset."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise RetinopathyError(f"{out}: exists and is not a folder; remove it or pass --out DIR")
+    readme = out / "README.txt"
+    is_demo = readme.is_file() and readme.read_text(errors="replace").startswith(README_MARKER)
+    if any(out.iterdir()) and not is_demo:
+        raise RetinopathyError(
+            f"{out}: exists and is not a demo dataset (no README.txt from `retinopathy "
+            "demo-data`); refusing to replace it. Pass another --out, or delete the folder."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI ``retinopathy demo-data [--params params.yaml] [--out data/demo]``.
+
+    Args:
+        argv: Arguments after the command name; None reads ``sys.argv``.
+
+    Returns:
+        The exit status (0).
+    """
+    parser = argparse.ArgumentParser(
+        prog="retinopathy demo-data",
+        description="Write the synthetic demo dataset (course layout) from the `demo` "
+        "section of params.yaml.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    parser.add_argument("--out", default="data/demo", help="output folder (replaced)")
+    args = parser.parse_args(argv)
+    from retinopathy.config import load_params  # lazily: the config pulls in yaml
+
+    demo = load_params(args.params).demo
+    write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,
+                       test_size=demo.test_size, image_size=demo.image_size)
+    print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images "
+          f"({demo.image_size} px, seed {demo.seed}) to {args.out}")
+    return 0
+
