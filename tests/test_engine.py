@@ -109,3 +109,19 @@ def test_shard_sampler_counts_every_test_image_once():
     shards = [list(engine.ShardSampler(11, engine.Process(rank, 4, rank))) for rank in range(4)]
     flat = [i for shard in shards for i in shard]
     assert sorted(flat) == list(range(11))
+
+
+def test_batchnorm_recalibration_averages_the_batch_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    batches = [(torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8), torch.zeros(4)) for _ in range(3)]
+    transform = engine.InputTransform("none", channels_last=False)
+    plain = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False, num_workers=0)
+    weight_before = model[0].weight.clone()
+    engine.recalibrate_batchnorm(model, batches, transform, CPU, plain, engine.Process())
+    inputs = [transform(images) for images, _ in batches]
+    expected_mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
+    expected_var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in inputs]).mean(0)
+    torch.testing.assert_close(model[0].running_mean, expected_mean)
+    torch.testing.assert_close(model[0].running_var, expected_var)
+    assert model[0].momentum == 0.1 and torch.equal(model[0].weight, weight_before)

@@ -57,6 +57,7 @@ class TrainParams:
     seed: int = 0
     device: str = "auto"
     weights: str | dict[str, str] = "imagenet"  # pretrained arm: "imagenet" or a file; or one per model
+    precise_bn_images: int = 0  # > 0: re-estimate BatchNorm statistics on this many train images per epoch
     normalize: str = "imagenet"  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str = "auto"  # auto: on for CUDA, off on CPU
@@ -182,6 +183,7 @@ def _train(raw: Any, source: str) -> TrainParams:
     _number(source, "train.momentum", out.momentum, 0.0, 1.0)
     _number(source, "train.weight_decay", out.weight_decay, 0.0)
     _int(source, "train.seed", out.seed, 0)
+    _int(source, "train.precise_bn_images", out.precise_bn_images, 0)
     _choice(source, "train.device", out.device, DEVICES)
     if isinstance(out.weights, dict):
         _per_model(source, "train.weights", out.weights)

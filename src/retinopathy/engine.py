@@ -94,11 +94,13 @@ class ShardSampler(Sampler[int]):
     """Every index exactly once over all processes: rank r takes r, r+W, r+2W, ...
 
     Unlike DistributedSampler it never pads with repeats, so the test accuracy
-    summed over processes counts each test image once.
+    summed over processes counts each test image once. ``indices`` restricts
+    it to a subset (default: all of ``range(size)``).
     """
 
-    def __init__(self, size: int, process: Process) -> None:
-        self.indices = list(range(process.rank, size, process.world_size))
+    def __init__(self, size: int, process: Process, indices: list[int] | None = None) -> None:
+        every = list(range(size)) if indices is None else indices
+        self.indices = every[process.rank :: process.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -269,6 +271,35 @@ def train_epoch(model: nn.Module, batches: Iterable, transform: InputTransform,
     total_loss, total_correct, total = all_sum(
         [loss_sum.item(), float(correct.item()), float(count)], process, device)
     return EpochResult(total_loss / total, total_correct / total, int(total))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable, transform: InputTransform,
+                          device: torch.device, fast: FastPath, process: Process) -> None:
+    """Re-estimate every BatchNorm's running mean and variance with the current weights.
+
+    During a short run from scratch the weights move faster than the running
+    averages (momentum 0.1) follow, so eval-mode accuracy can swing from epoch
+    to epoch although the model has learned; averaging the batch statistics of
+    a pass over training images fixes that ("precise BN": Wu & Johnson 2021,
+    "Rethinking 'Batch' in BatchNorm"). Weights and optimizer are untouched.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over all batches of the pass
+    model.train()
+    for images, _ in tqdm(batches, desc="batchnorm", leave=False,
+                          disable=None if process.is_main else True, mininterval=1.0):
+        with autocast(device, fast):
+            model(transform(images.to(device, non_blocking=True)))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+        if process.distributed:  # equal shards: the mean of the per-process averages
+            for buffer in (norm.running_mean, norm.running_var):
+                dist.all_reduce(buffer)
+                buffer /= process.world_size
 
 
 @torch.no_grad()

@@ -202,6 +202,14 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
         for name in ("val", "test") if name in datasets
     }
     transform = engine.InputTransform(train_cfg.normalize, fast.channels_last).to(device)
+    bn_batches = None
+    if train_cfg.precise_bn_images:
+        # The same training images every epoch, chosen by the seed alone.
+        generator = torch.Generator().manual_seed(train_cfg.seed)
+        order = torch.randperm(len(datasets["train"]), generator=generator)
+        subset = order[: train_cfg.precise_bn_images].tolist()
+        bn_batches = engine.loader(datasets["train"], per_process,
+                                   engine.ShardSampler(len(datasets["train"]), process, subset), fast)
 
     best = max((row[key] for row in history), default=-1.0)
     for epoch in range(len(history) + 1, epochs + 1):
@@ -215,6 +223,8 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
                 f"({where}); lower train.lr (now {train_cfg.lr}) in params.yaml. The last good "
                 f"checkpoint {paths.last} (epoch {len(history)}) is kept"
             ) from None
+        if bn_batches is not None:
+            engine.recalibrate_batchnorm(model, bn_batches, transform, device, fast, process)
         row: dict[str, float] = {"epoch": epoch, "train_loss": fit.loss, "train_accuracy": fit.accuracy}
         for name, batches in eval_batches.items():
             result = engine.evaluate_epoch(net, batches, transform, device, fast, process, name)
