@@ -247,6 +247,8 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
                 fontsize=13, color="grey", transform=ax.transAxes)
     ax.set_ylim(low, high)
     # Whole percents unless the curves span only a few points (then 0.5% steps need one).
+    # Ticks on multiples of 1, 2, 5 or 10 points, so whole-percent labels are exact.
+    ax.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0 if high - low >= 5 else 1))
     ax.grid(alpha=0.3)
     # Outside the axes: with up to 3 lines per arm a legend inside always hides some points.
