@@ -125,3 +125,14 @@ def test_batchnorm_recalibration_averages_the_batch_statistics():
     torch.testing.assert_close(model[0].running_mean, expected_mean)
     torch.testing.assert_close(model[0].running_var, expected_var)
     assert model[0].momentum == 0.1 and torch.equal(model[0].weight, weight_before)
+
+
+def test_collate_images_equals_the_default_collate():
+    from torch.utils.data import default_collate
+
+    hwc = [torch.randint(0, 256, (6, 5, 3), dtype=torch.uint8) for _ in range(3)]
+    batch = [(image.permute(2, 0, 1), label) for label, image in enumerate(hwc)]  # as the Dataset returns
+    images, labels = engine.collate_images(batch)
+    expected_images, expected_labels = default_collate(batch)
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+    assert images.is_contiguous(memory_format=torch.channels_last)

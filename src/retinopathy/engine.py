@@ -150,10 +150,15 @@ class FastPath:
 
 
 def default_workers(device: torch.device) -> int:
+    """DataLoader worker processes for ``data.num_workers: auto``.
+
+    On CUDA, decoding JPEGs is the bottleneck: every core but the main one.
+    On CPU the model's threads need the cores and decoding is a few percent of
+    a training step; a worker process competing with them was measured to
+    slow training several-fold on 2 cores (BENCHMARKS.md), so none.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # On CUDA decoding is the bottleneck: use the cores. On CPU the model needs
-    # them; one worker overlaps decoding with compute without starving it.
-    return min(8, max(cpus - 1, 1)) if device.type == "cuda" else min(1, cpus - 1)
+    return min(16, max(cpus - 1, 1)) if device.type == "cuda" else 0
 
 
 def fast_path(train: TrainParams, device: torch.device, num_workers: int | str) -> FastPath:
@@ -180,12 +185,26 @@ def make_optimizer(model: nn.Module, train: TrainParams, device: torch.device) -
                            weight_decay=train.weight_decay, **fused)
 
 
+def collate_images(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """Stack [3,H,W] images that are views of decoded HWC arrays, without reordering pixels.
+
+    The default collate copies each view into an NCHW block, a strided copy
+    that cost about a quarter of the loader's time at 512 px (BENCHMARKS.md).
+    Stacking the HWC arrays is a plain memcpy; the NCHW result is a view with
+    channels_last strides, which InputTransform lays out on the device.
+    """
+    images, labels = zip(*batch, strict=True)
+    stacked = torch.stack([image.permute(1, 2, 0) for image in images])
+    return stacked.permute(0, 3, 1, 2), torch.tensor(labels)
+
+
 def loader(dataset: Dataset, batch_size: int, sampler: Sampler[int], fast: FastPath) -> DataLoader:
     """A DataLoader of uint8 batches with pinned memory and persistent workers where they help."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate_images,
         num_workers=fast.num_workers,
         pin_memory=fast.pin_memory,
         persistent_workers=fast.num_workers > 0,
@@ -206,6 +225,8 @@ class InputTransform(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, images: Tensor) -> Tensor:
+        # Lay the batch out while it is still uint8 (4x fewer bytes than float).
+        images = images.contiguous(memory_format=self.memory_format)
         # uint8 from the fast loader; float [0,1] (the Dataset's default contract) is
         # brought back to 0-255 because the /255 is folded into `scale`.
         images = images.float() if images.dtype == torch.uint8 else images * 255.0

@@ -27,6 +27,7 @@ import hashlib
 import io
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     best = max((row[key] for row in history), default=-1.0)
     for epoch in range(len(history) + 1, epochs + 1):
         sampler.set_epoch(epoch)
+        started = time.perf_counter()
         try:
             fit = engine.train_epoch(net, train_batches, transform, optimizer, device, fast,
                                      process, f"{paths.init} epoch {epoch}/{epochs}")
@@ -223,6 +225,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
                 f"({where}); lower train.lr (now {train_cfg.lr}) in params.yaml. The last good "
                 f"checkpoint {paths.last} (epoch {len(history)}) is kept"
             ) from None
+        train_seconds = time.perf_counter() - started  # train_epoch ends by reading its totals: synced
         if bn_batches is not None:
             engine.recalibrate_batchnorm(model, bn_batches, transform, device, fast, process)
         row: dict[str, float] = {"epoch": epoch, "train_loss": fit.loss, "train_accuracy": fit.accuracy}
@@ -251,7 +254,9 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
             mark = " *" if improved else ""
             extra = f" val {row['val_accuracy']:.2%}" if with_val else ""
             print(f"{paths.init} epoch {epoch}/{epochs}: train {fit.accuracy:.2%} (loss "
-                  f"{fit.loss:.4f}) test {row['test_accuracy']:.2%}{extra}{mark}", flush=True)
+                  f"{fit.loss:.4f}) test {row['test_accuracy']:.2%}{extra}{mark}  "
+                  f"[{fit.count / train_seconds:.1f} img/s training, "
+                  f"{time.perf_counter() - started:.1f} s for the epoch]", flush=True)
 
     status: dict[str, Any] = {"status": "trained", "model": params.model, "init": paths.init}
     if process.is_main:
