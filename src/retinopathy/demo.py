@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import staged_folder
 
 # Class counts of the course's train split (grades 0-4); the demo copies its imbalance.
 COURSE_TRAIN_COUNTS = (20656, 1955, 4210, 698, 581)
@@ -435,11 +433,7 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
     _check_size("test_size", test_size, 5)
     _check_size("image_size", image_size, 32, 2048)
     _check_replaceable(Path(out))
-    # Absolute, so that `--out .` or `--out data/demo/` still has a real name and parent.
-    out = Path(os.path.abspath(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as work:
         sizes = {"train": train_size, "test": test_size}
         counts = {
             "train": _write_split(work, "train", seed, 0, train_size, image_size),
@@ -447,18 +441,6 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
         }
         (work / "README.txt").write_text(_readme(seed, sizes, counts, image_size),
                                          encoding="utf-8")
-        os.chmod(work, 0o755)  # mkdtemp makes it 0700; the dataset should be as readable as any
-        if out.exists():
-            # Two renames in one folder: the old dataset is whole until the new one is.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(work, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _check_replaceable(out: Path) -> None:

@@ -18,8 +18,6 @@ import argparse
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,10 @@ from retinopathy import checkpoint, engine
 from retinopathy.config import ARMS, Params, load_params
 from retinopathy.data import NUM_CLASSES, RetinopathyDataset
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import write_json_atomic, write_text_atomic
 from retinopathy.prepare import read_index
 from retinopathy.train import Paths
-from retinopathy.weights import new_model, write_json_atomic
+from retinopathy.weights import new_model
 
 GRADES = list(range(NUM_CLASSES))
 SELECTION_RULES = {
@@ -47,10 +46,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
-        out.write(text.getvalue())
-    os.replace(out.name, path)
+    write_text_atomic(path, text.getvalue())
 
 
 def confusion_tables(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

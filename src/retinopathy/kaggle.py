@@ -20,9 +20,7 @@ import contextlib
 import math
 import multiprocessing
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from retinopathy.data import (
     read_course_splits,
 )
 from retinopathy.errors import RetinopathyError, where
+from retinopathy.files import staged_folder
 
 DEFAULT_SPLIT_LISTS = Path("data/splits/lab")
 JPEG_QUALITY = 95
@@ -347,9 +346,7 @@ def import_kaggle(
             "Download or unpack them (Kaggle ships train.zip.001-005) before importing."
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out) as build:  # `out` is empty or absent (checked above)
         for split, (img_file, lab_file) in SPLIT_FILES.items():
             names = splits[split]
             (build / img_file).write_text("".join(f"{name}\n" for name in names))
@@ -358,12 +355,6 @@ def import_kaggle(
         blanks = _run(tasks, workers)
         course = read_course_splits(build)  # what prepare will read, checked before we publish
         check_images(build, course.train + course.test, workers=workers)
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename cannot replace a folder
-        build.rename(out)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
 
     left_out = len(labels) - len(chosen)
     print(

@@ -18,8 +18,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 from retinopathy.config import Params, load_params
 from retinopathy.data import NUM_CLASSES, Record, check_images, class_counts, read_course_splits
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import staged_folder
 
 SPLITS = ("train", "val", "test")
 
@@ -99,20 +98,13 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     splits = {"train": train, "val": val, "test": course.test}
     summary = build_summary(str(root), splits, course.notes, is_synthetic(root))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with staged_folder(out) as staging:
         with open(staging / "index.csv", "w", newline="") as stream:
             writer = csv.writer(stream, lineterminator="\n")
             writer.writerow(["split", "image", "label"])
             for name in SPLITS:
                 writer.writerows((name, r.image, r.label) for r in splits[name])
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import staged_folder
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import pyplot as plt  # noqa: E402
@@ -386,22 +384,6 @@ def render_markdown(arms: Sequence[Arm], model: str, data_label: str, synthetic:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Swap the finished staging folder in for ``out`` (two renames; never half of each)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None:  # put the previous report back rather than leave none
-            os.replace(old / out.name, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def write_report(
     metrics_dir: str | Path = "metrics",
     out: str | Path = "plots",
@@ -425,25 +407,18 @@ def write_report(
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(metrics_dir, name) for name in arms]
     model, data_label, synthetic = _describe_data(loaded)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the report is not
     try:
-        with plt.rc_context(STYLE):
+        with staged_folder(out) as staging, plt.rc_context(STYLE):
             plot_accuracy(loaded, f"{model} ({data_label}): accuracy per epoch",
                           staging / "accuracy.png")
             for arm in loaded:
                 plot_confusion(arm, model, staging / f"confusion_{arm.name}.png")
             plot_best(loaded, f"{model} ({data_label}):\nhighest test accuracy per arm",
                       staging / "best_accuracy.png")
-        text = render_markdown(loaded, model, data_label, synthetic)
-        (staging / "report.md").write_text(text, encoding="utf-8")
-        _publish(staging, out)
+            text = render_markdown(loaded, model, data_label, synthetic)
+            (staging / "report.md").write_text(text, encoding="utf-8")
     finally:
         plt.close("all")
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

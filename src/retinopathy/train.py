@@ -25,8 +25,6 @@ import argparse
 import csv
 import hashlib
 import io
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +38,9 @@ from retinopathy import checkpoint, engine
 from retinopathy.config import ARMS, Params, load_params
 from retinopathy.data import RetinopathyDataset
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import write_json_atomic, write_text_atomic
 from retinopathy.prepare import read_index
-from retinopathy.weights import build_model, read_manifest, write_json_atomic
+from retinopathy.weights import build_model, read_manifest
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
 VAL_FIELDS = ["val_loss", "val_accuracy"]
@@ -86,10 +85,7 @@ def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> N
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6f}" if k != "epoch" else row[k]) for k in fields})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
-        out.write(text.getvalue())
-    os.replace(out.name, path)
+    write_text_atomic(path, text.getvalue())
 
 
 def selection_key(with_val: bool) -> str:

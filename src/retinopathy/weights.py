@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import nn
 
 from retinopathy.config import ARMS, load_params
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import write_json_atomic
 from retinopathy.resnet import ARCHITECTURES, ResNet
 
 # torchvision's ImageNet-1k weights, reached through its own weights API so the
@@ -273,15 +273,6 @@ def describe_pretrained(model: str, weights: str, download: bool = True) -> dict
         "file": str(path),
         "sha256": sha256_of(path),
     }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as out:
-        json.dump(data, out, indent=2)
-        out.write("\n")
-    os.replace(out.name, path)
 
 
 def manifest_path(arm: str, root: Path = MANIFEST_DIR) -> Path:
