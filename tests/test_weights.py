@@ -122,3 +122,14 @@ def test_manifests_offline_and_with_file(tmp_path, torch_home, monkeypatch):
     assert manifest["available"] and manifest["source"] == "file"
     assert manifest["sha256"] == weights.sha256_of(path)
     assert "imagenet" not in json.dumps(manifest).lower()
+
+
+def test_a_corrupt_cached_file_stops_the_weights_stage_instead_of_skipping(tmp_path, torch_home, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("model: resnet18\n")
+    cache = weights.imagenet_cache_file("resnet18")
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"garbage")
+    with pytest.raises(weights.CorruptWeightsError, match="delete it and download it again"):
+        weights.main([])
+    assert not Path("models/init/pretrained.json").exists()

@@ -71,13 +71,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+class CorruptWeightsError(RetinopathyError):
+    """A cached ImageNet file fails its hash check: the user's to fix, never a reason to skip."""
+
+
 def _check_cached_hash(name: str, path: Path) -> str:
     # torchvision checks the hash only when it downloads; a cached file that was
     # copied in by hand is checked here against the hash prefix in its name.
     digest = sha256_of(path)
     expected = re.search(r"-([a-f0-9]+)\.", path.name)
     if expected and not digest.startswith(expected.group(1)):
-        raise RetinopathyError(
+        raise CorruptWeightsError(
             f"{path}: SHA-256 {digest[:12]}... does not match the hash {expected.group(1)} in "
             f"its name, so it is not torchvision's {IMAGENET[name]} file (corrupt or "
             "replaced); delete it and download it again, or set "
@@ -247,9 +251,9 @@ def describe_pretrained(model: str, weights: str, download: bool = True) -> dict
     if weights == "imagenet":
         try:
             path = fetch_imagenet(model, download=download)
-        except RetinopathyError as error:
-            if "does not match the hash" in str(error):
-                raise  # a corrupt file is the user's to fix, not a reason to skip
+        except CorruptWeightsError:
+            raise
+        except RetinopathyError:
             reason, fix = offline_help(model)
             return {"arm": "pretrained", "available": False, "model": model,
                     "source": "imagenet", "reason": reason, "fix": fix}
