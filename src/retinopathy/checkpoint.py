@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import retinopathy
+from retinopathy.files import public_mode
 
 # Settings that change how fast training runs but not what it computes, so a
 # run may resume across them. Everything else in params is fingerprinted.
@@ -98,6 +99,7 @@ def save_atomic(obj: Any, path: Path) -> None:
             torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 
+def public_mode(path: str | Path, folder: bool = False) -> None:
+    """Give a temporary file or folder the mode a plain ``open``/``mkdir`` would have.
+
+    ``tempfile`` makes its files 0600 and folders 0700; outputs shared with
+    other users (a multi-node run on a shared filesystem) must follow the umask.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -24,6 +35,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False, encoding="utf-8") as out:
         out.write(text)
+    public_mode(out.name)
     os.replace(out.name, path)
 
 
@@ -44,9 +56,7 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
     out = Path(os.path.abspath(out))  # `--out .` or `--out dir/` still has a name and a parent
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); outputs are not
+    public_mode(staging, folder=True)
     try:
         yield staging
         if out.exists():

@@ -250,7 +250,9 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0 if high - low >= 5 else 1))
     ax.grid(alpha=0.3)
     # Outside the axes: with up to 3 lines per arm a legend inside always hides some points.
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    # Long handles: with the short default the marker hides the gap that tells dashed from solid.
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+              handlelength=4)
     _save(fig, path)
 
 

@@ -71,6 +71,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+class WeightsUnavailableError(RetinopathyError):
+    """ImageNet weights are neither cached nor downloadable; ``cause`` says why."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class CorruptWeightsError(RetinopathyError):
     """A cached ImageNet file fails its hash check: the user's to fix, never a reason to skip."""
 
@@ -118,13 +126,14 @@ def fetch_imagenet(name: str, download: bool = True) -> Path:
     if not cache.exists():
         if not download:
             reason, fix = offline_help(name)
-            raise RetinopathyError(f"{reason}; {fix}")
+            raise WeightsUnavailableError(
+                f"{reason}; {fix}", f"downloads disabled by --no-download or {NO_DOWNLOAD_ENV}=1")
         try:
             # check_hash: torchvision verifies the SHA-256 prefix in the file name.
             IMAGENET[name].get_state_dict(progress=True, check_hash=True, weights_only=True)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
             reason, fix = offline_help(name)
-            raise RetinopathyError(f"{reason} ({error}); {fix}") from None
+            raise WeightsUnavailableError(f"{reason} ({error}); {fix}", str(error)) from None
     _check_cached_hash(name, cache)
     return cache
 
@@ -251,12 +260,10 @@ def describe_pretrained(model: str, weights: str, download: bool = True) -> dict
     if weights == "imagenet":
         try:
             path = fetch_imagenet(model, download=download)
-        except CorruptWeightsError:
-            raise
-        except RetinopathyError:
+        except WeightsUnavailableError as error:
             reason, fix = offline_help(model)
-            return {"arm": "pretrained", "available": False, "model": model,
-                    "source": "imagenet", "reason": reason, "fix": fix}
+            return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
+                    "reason": f"{reason} ({error.cause})", "fix": fix}
         return {
             "arm": "pretrained",
             "available": True,
