@@ -182,3 +182,12 @@ def test_dvc_train_stage_depends_on_all_fingerprinted_code():
     stage = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]["train"]
     for name in checkpoint.TRAINING_CODE:
         assert f"src/retinopathy/{name}" in stage["deps"], name
+
+
+def test_the_decoded_cache_changes_speed_only(tiny_project, tmp_path_factory):
+    twin = tmp_path_factory.mktemp("twin")
+    shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
+    run_arm(tiny_project)
+    write_params(twin, data={"cache_dir": str(tmp_path_factory.mktemp("pixels"))})
+    run_arm(twin)
+    assert read_history(twin) == read_history(tiny_project)

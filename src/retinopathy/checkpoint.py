@@ -23,7 +23,7 @@ from retinopathy.files import public_mode
 
 # Settings that change how fast training runs but not what it computes, so a
 # run may resume across them. Everything else in params is fingerprinted.
-NOT_FINGERPRINTED = {("data", "num_workers"), ("train", "epochs")}
+NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("train", "epochs")}
 
 
 # The modules whose code decides what training computes. dvc.yaml's train stage

@@ -43,6 +43,7 @@ class DataParams:
     val_fraction: float = 0.0  # > 0: hold out a stratified validation split to pick the epoch
     seed: int = 0  # seeds the validation split
     num_workers: int | str = "auto"  # DataLoader worker processes; "auto" picks from the CPU count
+    cache_dir: str | None = None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ def _data(raw: Any, source: str) -> DataParams:
     _int(source, "data.seed", out.seed, 0)
     if out.num_workers != "auto":
         _int(source, "data.num_workers", out.num_workers, 0)
+    if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
+        raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {out.cache_dir!r}")
     return out
 
 

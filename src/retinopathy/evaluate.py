@@ -27,11 +27,11 @@ from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusio
 
 from retinopathy import checkpoint, engine
 from retinopathy.config import ARMS, Params, load_params
-from retinopathy.data import NUM_CLASSES, RetinopathyDataset
+from retinopathy.data import NUM_CLASSES
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import write_json_atomic, write_text_atomic
 from retinopathy.prepare import read_index
-from retinopathy.train import Paths
+from retinopathy.train import Paths, open_dataset
 from retinopathy.weights import new_model
 
 GRADES = list(range(NUM_CLASSES))
@@ -124,8 +124,7 @@ def evaluate_arm(params: Params, paths: Paths, metrics: Path = Path("metrics")) 
     if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
     records = read_index(paths.prepared / "index.csv")["test"]
-    dataset = RetinopathyDataset(params.data.root, "test", params.data.image_size,
-                                 records=records, dtype=torch.uint8)
+    dataset = open_dataset(params, "test", records)
     batches = engine.loader(dataset, params.train.batch_size * 2,
                             engine.ShardSampler(len(dataset), process), fast)
     transform = engine.InputTransform(params.train.normalize, fast.channels_last).to(device)

@@ -33,8 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
 from retinopathy import checkpoint, engine
+from retinopathy.cache import DecodedCache
 from retinopathy.config import ARMS, Params, load_params
 from retinopathy.data import RetinopathyDataset
 from retinopathy.errors import RetinopathyError
@@ -186,10 +188,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     if fast.compile:
         net = torch.compile(net)
 
-    root = params.data.root
-    size = params.data.image_size
-    datasets = {name: RetinopathyDataset(root, name, size, records=records, dtype=torch.uint8)
-                for name, records in splits.items() if records}
+    datasets = {name: open_dataset(params, name, records) for name, records in splits.items() if records}
     per_process = train_cfg.batch_size // process.world_size
     sampler = engine.EpochShuffleSampler(len(datasets["train"]), train_cfg.seed, process)
     train_batches = engine.loader(datasets["train"], per_process, sampler, fast)
@@ -267,6 +266,13 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
         })
         write_json_atomic(paths.status, status)
     return status
+
+
+def open_dataset(params: Params, split: str, records: list) -> Dataset:
+    """The uint8 dataset of ``records``, behind the decoded-pixel cache when ``data.cache_dir`` is set."""
+    dataset = RetinopathyDataset(params.data.root, split, params.data.image_size, records=records,
+                                 dtype=torch.uint8)
+    return DecodedCache(dataset, params.data.cache_dir) if params.data.cache_dir else dataset
 
 
 def _weights_source(manifest: dict[str, Any]) -> str:
