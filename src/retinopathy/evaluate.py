@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy evaluate --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--init", choices=ARMS, required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     args = parser.parse_args(argv)
     result = evaluate_arm(load_params(args.params), Paths(args.init), args.metrics)

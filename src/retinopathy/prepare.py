@@ -122,7 +122,7 @@ def read_index(path: Path) -> dict[str, list[Record]]:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy prepare [--params params.yaml] [--out data/prepared]``."""
     parser = argparse.ArgumentParser(prog="retinopathy prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--out", type=Path, default=Path("data/prepared"))
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes that check the images open")

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retinopathy train", description=__doc__.split("\n")[0])
     parser.add_argument("--init", choices=ARMS, required=True,
                         help="scratch: random initialisation; pretrained: train.weights")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     train_arm(params, Paths(args.init))

@@ -303,7 +303,7 @@ def read_manifest(arm: str, root: Path = MANIFEST_DIR) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy weights [--params params.yaml] [--out models/init]``."""
     parser = argparse.ArgumentParser(prog="retinopathy weights", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--out", type=Path, default=MANIFEST_DIR)
     parser.add_argument("--no-download", action="store_true",
                         help="only look in the torchvision cache; never download "
