@@ -88,15 +88,15 @@ def test_bench_input_measures_both_sides(jpegs):
     comparisons = bench.bench_input(folder, records, CPU, source_size=64, seconds=0.01, rounds=2,
                                     workers=1, epoch_images=8)
     assert [c.name for c in comparisons] == ["64 px, 0 workers", "32 px, 0 workers",
-                                             "64 px, ours with workers"]
+                                             "64 px, decoded cache", "64 px, ours with workers"]
     assert comparisons[0].target == bench.INPUT_TARGET
-    assert comparisons[2].baseline is comparisons[0].baseline  # measured once, alternated with both
+    assert comparisons[3].baseline is comparisons[0].baseline  # measured once, alternated with both
     for c in comparisons:
         assert c.section == "input"
         check_comparison(c, rounds=2)
     without = bench.bench_input(folder, records, CPU, source_size=64, seconds=0.01, rounds=1,
                                 workers=0, epoch_images=4)
-    assert len(without) == 2
+    assert len(without) == 3  # no workers row
 
 
 def test_bench_models_same_weights_both_sides(jpegs):
@@ -161,7 +161,7 @@ def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert figures["machine"]["torch"] == torch.__version__
     assert figures["settings"]["sections"] == ["input", "models"]
-    assert [c["section"] for c in figures["comparisons"]] == ["input", "input", "models"]
+    assert [c["section"] for c in figures["comparisons"]] == ["input", "input", "input", "models"]
     for c in figures["comparisons"]:
         base, cand = c["baseline"]["images_per_s"], c["candidate"]["images_per_s"]
         assert base > 0 and cand > 0

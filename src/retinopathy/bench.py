@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from retinopathy import engine
+from retinopathy.cache import DecodedCache
 from retinopathy.config import MODELS, PRECISIONS, SWITCHES, TrainParams
 from retinopathy.data import NUM_CLASSES, Record, RetinopathyDataset, image_path
 from retinopathy.demo import render_fundus
@@ -372,6 +373,21 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
                    note=f"ours decodes at {half} px by DCT scaling; the reference decodes "
                    f"{source_size} px and resizes (Pillow, bilinear)"),
     ]
+    # Epochs after the first with data.cache_dir set: the pixels are read back, not decoded.
+    with tempfile.TemporaryDirectory(prefix="retinopathy-bench-cache-") as folder:
+        cached = DecodedCache(RetinopathyDataset(root, SPLIT, source_size, records=records,
+                                                 dtype=torch.uint8), folder)
+        for index in range(len(cached)):
+            cached[index]  # fill the cache: the first epoch's work
+        reused = alternate({"ours": _loader_pass(ours(source_size, no_workers)),
+                            "cached": _loader_pass(engine.loader(cached, batch, indices, no_workers))},
+                           seconds=seconds, rounds=rounds, sync=sync)
+    _relabel(reused["ours"], "ours, decoding")
+    _relabel(reused["cached"], "ours, from cache")
+    comparisons.append(Comparison(
+        "input", f"{source_size} px, decoded cache", reused["ours"], reused["cached"],
+        note="data.cache_dir: after the first epoch the uint8 pixels are read back from a "
+        "memory-mapped file instead of decoded; 0 workers on both sides"))
     if "ours_workers" in timed:
         n = with_workers.num_workers
         _relabel(timed["ours_workers"], f"ours, {n} worker{'s' * (n > 1)}")
