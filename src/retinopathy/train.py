@@ -12,7 +12,9 @@ when there is one). After every epoch it writes, in this order:
 
 All three are atomic, and the order makes a kill at any moment safe: a resumed
 run repeats at most the unfinished epoch and, because batches depend only on
-(seed, epoch), produces the same history as an uninterrupted run.
+(seed, epoch), produces the same history as an uninterrupted run. The history
+CSV is rewritten from the checkpoint each epoch rather than appended by a
+logger such as DVCLive, so it can never hold an epoch the checkpoint lacks.
 
 Runs under ``torchrun --nproc_per_node=N`` as DistributedDataParallel: every
 process trains on its share of each batch, accuracies are summed over all
