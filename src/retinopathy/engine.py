@@ -252,6 +252,12 @@ class EpochResult:
     count: int
 
 
+def progress(batches: Iterable, description: str, process: Process) -> Iterable:
+    """A progress bar on the main process (and only on a terminal); the batches unchanged elsewhere."""
+    return tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
+                mininterval=1.0, dynamic_ncols=True)
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; training must stop."""
 
@@ -271,9 +277,7 @@ def train_epoch(model: nn.Module, batches: Iterable, transform: InputTransform,
     count = 0
     # Reading the loss forces a GPU sync; on CUDA check every 25 steps instead of each.
     check_every = 25 if device.type == "cuda" else 1
-    bar = tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
-               mininterval=1.0, dynamic_ncols=True)
-    for step, (images, labels) in enumerate(bar, start=1):
+    for step, (images, labels) in enumerate(progress(batches, description, process), start=1):
         images = transform(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         with autocast(device, fast):
@@ -311,8 +315,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, transform: InputT
         norm.reset_running_stats()
         norm.momentum = None  # a plain average over all batches of the pass
     model.train()
-    for images, _ in tqdm(batches, desc="batchnorm", leave=False,
-                          disable=None if process.is_main else True, mininterval=1.0):
+    for images, _ in progress(batches, "batchnorm", process):
         with autocast(device, fast):
             model(transform(images.to(device, non_blocking=True)))
     for norm, momentum in zip(norms, momenta, strict=True):
@@ -323,19 +326,25 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, transform: InputT
                 buffer /= process.world_size
 
 
+def _eval_logits(model: nn.Module, batches: Iterable, transform: InputTransform,
+                 device: torch.device, fast: FastPath, process: Process,
+                 description: str) -> Iterator[tuple[Tensor, Tensor]]:
+    """Float32 logits and labels, on the device, for every batch, in eval mode."""
+    model.eval()
+    for images, labels in progress(batches, description, process):
+        with autocast(device, fast):
+            logits = model(transform(images.to(device, non_blocking=True)))
+        yield logits.float(), labels.to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, transform: InputTransform, device: torch.device,
             fast: FastPath, process: Process, description: str = "test") -> tuple[Tensor, Tensor]:
     """Predicted and true grades of this process's shard (CPU int64 tensors), in eval mode."""
-    model.eval()
     predicted, actual = [], []
-    bar = tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
-               mininterval=1.0, dynamic_ncols=True)
-    for images, labels in bar:
-        with autocast(device, fast):
-            logits = model(transform(images.to(device, non_blocking=True)))
+    for logits, labels in _eval_logits(model, batches, transform, device, fast, process, description):
         predicted.append(logits.argmax(1).cpu())
-        actual.append(labels)
+        actual.append(labels.cpu())
     if not predicted:
         return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     return torch.cat(predicted), torch.cat(actual).long()
@@ -346,19 +355,17 @@ def evaluate_epoch(model: nn.Module, batches: Iterable, transform: InputTransfor
                    device: torch.device, fast: FastPath, process: Process,
                    description: str = "test") -> EpochResult:
     """Mean cross-entropy and accuracy over a whole split (all processes together)."""
-    model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum, correct, count = 0.0, 0, 0
-    bar = tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
-               mininterval=1.0, dynamic_ncols=True)
-    for images, labels in bar:
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, fast):
-            logits = model(transform(images.to(device, non_blocking=True)))
-        loss_sum += criterion(logits.float(), labels).item()
-        correct += int((logits.argmax(1) == labels).sum().item())
+    # Totals stay on the device: reading them per batch would sync the GPU each step.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for logits, labels in _eval_logits(model, batches, transform, device, fast, process, description):
+        loss_sum += criterion(logits, labels).double()
+        correct += (logits.argmax(1) == labels).sum()
         count += labels.numel()
-    loss_sum, correct, count = all_sum([loss_sum, float(correct), float(count)], process, device)
-    if count == 0:
+    total_loss, total_correct, total = all_sum(
+        [loss_sum.item(), float(correct.item()), float(count)], process, device)
+    if total == 0:
         raise RetinopathyError("evaluation over an empty split; check the prepared index")
-    return EpochResult(loss_sum / count, correct / count, int(count))
+    return EpochResult(total_loss / total, total_correct / total, int(total))

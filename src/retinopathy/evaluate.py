@@ -112,7 +112,7 @@ def evaluate_arm(params: Params, paths: Paths, metrics: Path = Path("metrics")) 
     best = checkpoint.load(paths.best)
     if best.get("fingerprint") != status["fingerprint"]:
         raise RetinopathyError(f"{paths.best}: is not from the run in {paths.status}; rerun training")
-    history = checkpoint.load(paths.last)["history"]
+    history = status["history"]
     best_row = history[best["epoch"] - 1]
 
     process = engine.Process()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from retinopathy.data import RetinopathyDataset
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import write_json_atomic, write_text_atomic
 from retinopathy.prepare import read_index
-from retinopathy.weights import build_model, read_manifest
+from retinopathy.weights import build_model, read_manifest, sha256_of
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
 VAL_FIELDS = ["val_loss", "val_accuracy"]
@@ -107,10 +106,6 @@ def skip(paths: Paths, params: Params, manifest: dict[str, Any]) -> None:
     print(f"warning: {paths.init} arm skipped: {manifest['reason']}\n  fix: {manifest['fix']}")
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def resume_state(paths: Paths, inputs: dict[str, Any], epochs: int) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None (saying why) to start afresh."""
     if not paths.last.exists():
@@ -163,7 +158,8 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     with_val = bool(splits["val"])
     key = selection_key(with_val)
     inputs = checkpoint.fingerprint_inputs(params.to_dict(), paths.init, manifest.get("sha256"),
-                                           file_sha256(index), process.world_size)
+                                           sha256_of(index), process.world_size)
+    fingerprint = checkpoint.fingerprint(inputs)
 
     fast = engine.fast_path(train_cfg, device, params.data.num_workers)
     engine.configure_backends(device)
@@ -235,7 +231,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
             if improved:
                 best = row[key]
                 checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch,
-                                        key: row[key], "fingerprint": checkpoint.fingerprint(inputs)},
+                                        key: row[key], "fingerprint": fingerprint},
                                        paths.best)
             checkpoint.save_atomic({
                 "model": model.state_dict(),
@@ -243,7 +239,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
                 "epoch": epoch,
                 "history": history,
                 "rng": {"torch": torch.get_rng_state()},
-                "fingerprint": checkpoint.fingerprint(inputs),
+                "fingerprint": fingerprint,
                 "fingerprint_inputs": inputs,
                 "config": params.to_dict(),
             }, paths.last)
@@ -264,7 +260,8 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
             "best_epoch": int(best_row["epoch"]),
             "selection": "validation" if with_val else "test",
             "weights": manifest["description"],
-            "fingerprint": checkpoint.fingerprint(inputs),
+            "fingerprint": fingerprint,
+            "history": history,  # evaluate reads it here, not from the much larger last.pt
         })
         write_json_atomic(paths.status, status)
     return status
