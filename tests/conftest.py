@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,11 @@ def subprocess_env() -> dict[str, str]:
     env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture()
+def scratch_dir(tmp_path_factory):
+    """An empty folder outside tmp_path, removed after the test like tmp_path (checkpoints are large)."""
+    path = tmp_path_factory.mktemp("scratch")
+    yield path
+    shutil.rmtree(path)

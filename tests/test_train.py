@@ -87,8 +87,8 @@ def test_pretrained_arm_trains_from_a_state_dict_file(tiny_project):
     assert str(path) in status["weights"] and "imagenet" not in status["weights"].lower()
 
 
-def test_more_epochs_continue_and_match_an_uninterrupted_run(tiny_project, tmp_path_factory):
-    twin = tmp_path_factory.mktemp("twin")
+def test_more_epochs_continue_and_match_an_uninterrupted_run(tiny_project, scratch_dir):
+    twin = scratch_dir
     shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
     run_arm(tiny_project)  # 2 epochs in one go
 
@@ -108,9 +108,9 @@ def test_changed_params_do_not_resume(tiny_project, capsys):
     assert checkpoint.load(tiny_project / "models/scratch/last.pt")["config"]["train"]["lr"] == 0.02
 
 
-def test_killed_run_resumes_with_the_same_history(tiny_project, tmp_path_factory):
+def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir):
     write_params(tiny_project, data={"image_size": 64}, train={"epochs": 4})
-    twin = tmp_path_factory.mktemp("twin")
+    twin = scratch_dir
     shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
     run_arm(twin)  # uninterrupted reference, in-process
 
@@ -184,10 +184,10 @@ def test_dvc_train_stage_depends_on_all_fingerprinted_code():
         assert f"src/retinopathy/{name}" in stage["deps"], name
 
 
-def test_the_decoded_cache_changes_speed_only(tiny_project, tmp_path_factory):
-    twin = tmp_path_factory.mktemp("twin")
-    shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
+def test_the_decoded_cache_changes_speed_only(tiny_project, scratch_dir):
+    twin = scratch_dir / "twin"
+    shutil.copytree(tiny_project, twin)
     run_arm(tiny_project)
-    write_params(twin, data={"cache_dir": str(tmp_path_factory.mktemp("pixels"))})
+    write_params(twin, data={"cache_dir": str(scratch_dir / "pixels")})
     run_arm(twin)
     assert read_history(twin) == read_history(tiny_project)
