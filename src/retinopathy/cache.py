@@ -1,7 +1,8 @@
 """A cache of decoded images, so that every epoch after the first skips JPEG decoding.
 
-On a GPU, decoding 512x512 JPEGs bounds training (BENCHMARKS.md: 15 worker
-processes decode about 1,500 img/s while a ResNet18 step takes about 2,650).
+It is for machines where the DataLoader workers' JPEG decoding is what the
+GPU waits for (few CPU cores per GPU). On an H100 with 16 cores it changed
+nothing (BENCHMARKS.md, "The decoded cache on the H100"), so it is opt-in.
 With ``data.cache_dir`` set, the first epoch decodes each image once and
 stores its uint8 pixels in a memory-mapped file there (28,100 course images at
 512 px: 22 GB; a RAM-backed folder such as ``/dev/shm`` makes later reads run
