@@ -82,7 +82,7 @@ class CourseSplits:
 
 
 @dataclass(frozen=True)
-class _Split:
+class SplitListing:
     """A parsed split with the 1-based CSV line of every record, for error messages."""
 
     records: list[Record]
@@ -105,7 +105,7 @@ def _split_files(root: Path, split: str) -> tuple[Path, Path]:
     return root / img_name, root / lab_name
 
 
-def _read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
+def read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     """Read a one-value-per-line file as ``(line number, stripped text)`` pairs.
 
     Accepts (and notes) a UTF-8 BOM, CRLF line endings, surrounding whitespace
@@ -168,11 +168,14 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     return lines, notes
 
 
-def _parse_split(root: str | Path, split: str) -> _Split:
-    """Read and validate one split; see ``read_split``."""
+def parse_split(root: str | Path, split: str) -> SplitListing:
+    """Read and validate one split, keeping each record's CSV lines (``read_split`` drops them).
+
+    Public for ``kaggle``, which checks the course's lists against Kaggle's labels.
+    """
     img_path, lab_path = _split_files(Path(root), split)
-    imgs, notes = _read_lines(img_path)
-    labs, lab_notes = _read_lines(lab_path)
+    imgs, notes = read_lines(img_path)
+    labs, lab_notes = read_lines(lab_path)
     notes += lab_notes
 
     # Header rows, only where unambiguous: a label header is a word where an
@@ -236,7 +239,7 @@ def _parse_split(root: str | Path, split: str) -> _Split:
             )
         seen[name] = img_line
         records.append(Record(name, int(text)))
-    return _Split(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
+    return SplitListing(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
 
 
 def _check_name(path: Path, line: int, name: str) -> None:
@@ -272,7 +275,7 @@ def read_split(root: str | Path, split: str) -> tuple[list[Record], list[str]]:
             split, a duplicated image or an unusable image name; the message
             names the file and the 1-based line.
     """
-    parsed = _parse_split(root, split)
+    parsed = parse_split(root, split)
     return parsed.records, parsed.notes
 
 
@@ -289,8 +292,8 @@ def read_course_splits(root: str | Path) -> CourseSplits:
         RetinopathyError: anything ``read_split`` rejects, or an image listed
             in both splits (named with both file:line locations).
     """
-    train = _parse_split(root, "train")
-    test = _parse_split(root, "test")
+    train = parse_split(root, "train")
+    test = parse_split(root, "test")
     train_lines = dict(zip((r.image for r in train.records), train.img_lines, strict=True))
     for record, line in zip(test.records, test.img_lines, strict=True):
         if record.image in train_lines:
@@ -320,7 +323,7 @@ def _listing_lines(root: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for split in SPLIT_FILES:
         try:
-            parsed = _parse_split(root, split)
+            parsed = parse_split(root, split)
         except RetinopathyError:
             continue  # only used to annotate another error; that error is still raised
         for record, line in zip(parsed.records, parsed.img_lines, strict=True):

@@ -31,11 +31,11 @@ from tqdm import tqdm
 from retinopathy.data import (
     NUM_CLASSES,
     SPLIT_FILES,
-    _parse_split,
-    _read_lines,
     check_images,
     image_path,
+    parse_split,
     read_course_splits,
+    read_lines,
 )
 from retinopathy.errors import RetinopathyError, where
 from retinopathy.files import staged_folder
@@ -128,7 +128,7 @@ def read_kaggle_labels(labels_csv: str | Path) -> dict[str, tuple[int, int]]:
     path = Path(labels_csv)
     if not path.is_file():
         raise RetinopathyError(f"{path}: file not found; pass Kaggle's trainLabels.csv")
-    lines, _ = _read_lines(path)  # BOM, CRLF and trailing blank lines are harmless here
+    lines, _ = read_lines(path)  # BOM, CRLF and trailing blank lines are harmless here
     header = [field.strip().lower() for field in lines[0][1].split(",")] if lines else []
     if tuple(header) != LABELS_HEADER:
         found = repr(lines[0][1]) if lines else "an empty file"
@@ -172,7 +172,7 @@ def splits_from_lists(
     read_course_splits(split_lists)  # both splits valid and disjoint
     splits: dict[str, list[str]] = {}
     for split in SPLIT_FILES:
-        listing = _parse_split(split_lists, split)
+        listing = parse_split(split_lists, split)
         for record, img_line, lab_line in zip(
             listing.records, listing.img_lines, listing.lab_lines, strict=True
         ):
