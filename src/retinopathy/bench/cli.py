@@ -1,0 +1,104 @@
+"""`retinopathy bench [options]`: parse the options, run, print the table, optionally write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from retinopathy.bench.inputs import SOURCE_SIZE
+from retinopathy.bench.machine import cpu_seconds, other_load
+from retinopathy.bench.output import format_result
+from retinopathy.bench.results import SECTIONS
+from retinopathy.bench.runner import Settings, run
+from retinopathy.config import MODELS, PRECISIONS, SWITCHES
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be `auto` or a count >= 0, got {text}")
+    return value
+
+
+def _models(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in MODELS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(MODELS)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI ``retinopathy bench [options]``; prints the table, optionally writes JSON."""
+    parser = argparse.ArgumentParser(
+        prog="retinopathy bench",
+        description="Measure input-pipeline and training throughput on generated 512x512 JPEGs: "
+        "ours against the lab's loader, torchvision's ResNets and a plain fp32 loop. "
+        "Each comparison alternates its two sides in one process.")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--images", type=_positive_int, default=64,
+                        help="number of generated JPEGs (default 64)")
+    parser.add_argument("--source-size", type=_positive_int, default=SOURCE_SIZE,
+                        help="side of the generated JPEGs (default 512, the course's)")
+    parser.add_argument("--batch", type=_positive_int,
+                        help="training batch for (b)/(c) (default 8 on CPU, 64 on CUDA)")
+    parser.add_argument("--size", type=_positive_int,
+                        help="training image size for (b)/(c) (default 128 on CPU, 512 on CUDA)")
+    parser.add_argument("--seconds", type=_positive_float,
+                        help="time per side of each comparison (default 12 on CPU, 10 on CUDA)")
+    parser.add_argument("--rounds", type=_positive_int, default=6,
+                        help="alternating rounds per comparison (default 6)")
+    parser.add_argument("--workers", type=_workers, default="auto",
+                        help="DataLoader workers for the extra input row (default auto: "
+                        "engine's choice; 0 skips the row)")
+    parser.add_argument("--models", type=_models, default=MODELS,
+                        help="models for (b), comma-separated (default resnet18,resnet50)")
+    parser.add_argument("--fastpath-model", choices=MODELS, default="resnet18",
+                        help="model for (c) (default resnet18)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="fast-path precision for (c) (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--channels-last", choices=SWITCHES, default="auto",
+                        help="fast-path memory format for (c) (auto: on for CUDA, off on CPU)")
+    parser.add_argument("--threads", type=_positive_int,
+                        help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only this section (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    settings = Settings(device=args.device, images=args.images, source_size=args.source_size,
+                        batch=args.batch, size=args.size, seconds=args.seconds, rounds=args.rounds,
+                        workers=args.workers, models=args.models,
+                        fastpath_model=args.fastpath_model, precision=args.precision,
+                        channels_last=args.channels_last, threads=args.threads,
+                        sections=tuple(s for s in SECTIONS if s in (args.only or SECTIONS)))
+    start, cpu = time.perf_counter(), cpu_seconds()
+    result = run(settings, log=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
+    wall = time.perf_counter() - start
+    result.settings["wall_seconds"] = round(wall, 1)
+    result.machine["other_processes_cores"] = other_load(cpu, wall)
+    print(format_result(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.json}")
+    return 0

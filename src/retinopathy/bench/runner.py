@@ -1,0 +1,91 @@
+"""One run: generate the JPEGs, measure the chosen sections, return what they measured."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from retinopathy import engine
+from retinopathy.bench.inputs import INPUT_BATCH, JPEG_QUALITY, SOURCE_SIZE, bench_input, write_bench_images
+from retinopathy.bench.machine import describe_machine, load_average
+from retinopathy.bench.results import SECTIONS, BenchResult
+from retinopathy.bench.training import bench_fastpath, bench_models, image_bank
+from retinopathy.config import MODELS, TrainParams
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved options of one run."""
+
+    device: str = "auto"
+    images: int = 64
+    source_size: int = SOURCE_SIZE
+    batch: int | None = None  # None: 8 on CPU, 64 on CUDA
+    size: int | None = None  # None: 128 on CPU, 512 on CUDA
+    seconds: float | None = None  # None: 12 on CPU, 10 on CUDA
+    rounds: int = 6
+    workers: int | str = "auto"
+    models: tuple[str, ...] = MODELS
+    fastpath_model: str = "resnet18"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    sections: tuple[str, ...] = SECTIONS
+    epoch_images: int = 256  # images per timed loader pass (the JPEGs cycled)
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+
+    def resolve(self, device: torch.device) -> Settings:
+        """Fill the per-device defaults."""
+        cuda = device.type == "cuda"
+        return Settings(**{**self.__dict__,
+                           "batch": self.batch or (64 if cuda else 8),
+                           "size": self.size or (SOURCE_SIZE if cuda else 128),
+                           "seconds": self.seconds or (10.0 if cuda else 12.0)})
+
+
+def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> BenchResult:
+    """Generate the JPEGs, run the chosen sections and return what they measured."""
+    device = engine.resolve_device(settings.device)
+    settings = settings.resolve(device)
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, device, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -> BenchResult:
+    assert settings.seconds is not None and settings.size is not None and settings.batch is not None
+    result = BenchResult(describe_machine(device), {**settings.__dict__, "device": str(device),
+                                                   "jpeg_quality": JPEG_QUALITY,
+                                                   "input_batch": INPUT_BATCH})
+    train = TrainParams(batch_size=settings.batch, precision=settings.precision,
+                        channels_last=settings.channels_last)
+    with tempfile.TemporaryDirectory(prefix="retinopathy-bench-") as folder:
+        log(f"writing {settings.images} synthetic {settings.source_size}x{settings.source_size} "
+            f"JPEGs (quality {JPEG_QUALITY}) to {folder}")
+        records = write_bench_images(folder, settings.images, size=settings.source_size)
+        if "input" in settings.sections:
+            log("(a) input pipeline")
+            result.comparisons += bench_input(
+                folder, records, device, source_size=settings.source_size,
+                seconds=settings.seconds, rounds=settings.rounds, workers=settings.workers,
+                epoch_images=settings.epoch_images)
+        if "models" in settings.sections or "fastpath" in settings.sections:
+            batches = image_bank(folder, records, settings.size, settings.batch, device)
+            if "models" in settings.sections:
+                log(f"(b) models: {', '.join(settings.models)}")
+                result.comparisons += bench_models(batches, device, models=settings.models,
+                                                   seconds=settings.seconds, rounds=settings.rounds,
+                                                   train=TrainParams(batch_size=settings.batch))
+            if "fastpath" in settings.sections:
+                log(f"(c) fast path: {settings.fastpath_model}")
+                result.comparisons.append(bench_fastpath(
+                    batches, device, model_name=settings.fastpath_model, seconds=settings.seconds,
+                    rounds=settings.rounds, train=train))
+    result.machine["load_average_end"] = load_average()
+    return result

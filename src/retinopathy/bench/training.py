@@ -1,0 +1,192 @@
+"""(b) and (c): training-step throughput, ours against torchvision's and against a plain fp32 loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from retinopathy import engine
+from retinopathy.bench.inputs import SPLIT
+from retinopathy.bench.results import Comparison
+from retinopathy.bench.timing import alternate, relabel, sync_for
+from retinopathy.config import MODELS, TrainParams
+from retinopathy.data import NUM_CLASSES, Record, RetinopathyDataset
+from retinopathy.resnet import ARCHITECTURES
+
+MODEL_TARGET = 0.95  # ours within 5% of torchvision (faster is fine)
+
+
+def image_bank(root: str | Path, records: Sequence[Record], size: int, batch: int,
+               device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """Decoded uint8 batches (and labels) already on ``device``, reused by every step.
+
+    The images come from the JPEGs through our Dataset, so the model sees the
+    same pixels as in training, but decoding is outside the timed steps.
+    """
+    dataset = RetinopathyDataset(root, SPLIT, size, records=records, dtype=torch.uint8)
+    decoded = [dataset[i] for i in range(len(dataset))]
+    count = math.ceil(max(len(decoded), batch) / batch) * batch  # whole batches, cycling the images
+    images = torch.stack([decoded[i % len(decoded)][0] for i in range(count)]).to(device)
+    labels = torch.tensor([decoded[i % len(decoded)][1] for i in range(count)], device=device)
+    return [(images[i:i + batch], labels[i:i + batch]) for i in range(0, count, batch)]
+
+
+@dataclass(frozen=True)
+class BackendFlags:
+    """The global cuDNN/TF32 switches, set before each step of a side."""
+
+    benchmark: bool
+    matmul_tf32: bool
+    cudnn_tf32: bool
+
+    @classmethod
+    def current(cls) -> BackendFlags:
+        return cls(torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+                   torch.backends.cudnn.allow_tf32)
+
+    def apply(self) -> None:
+        if BackendFlags.current() != self:
+            torch.backends.cudnn.benchmark = self.benchmark
+            torch.backends.cuda.matmul.allow_tf32 = self.matmul_tf32
+            torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
+
+
+def fast_flags(device: torch.device) -> BackendFlags:
+    """What ``engine.configure_backends`` sets, without leaving it set."""
+    before = BackendFlags.current()
+    engine.configure_backends(device)
+    fast = BackendFlags.current()
+    before.apply()
+    return fast
+
+
+def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    transform: engine.InputTransform, batches: Sequence[tuple[Tensor, Tensor]],
+                    device: torch.device, fast: engine.FastPath, flags: BackendFlags
+                    ) -> Callable[[], int]:
+    """One training step per call, as ``engine.train_epoch`` does it, cycling ``batches``."""
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    step = 0
+
+    def run() -> int:
+        nonlocal step
+        flags.apply()
+        images, labels = batches[step % len(batches)]
+        step += 1
+        inputs = transform(images)
+        with engine.autocast(device, fast):
+            logits = model(inputs)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return labels.numel()
+    return run
+
+
+def _switches(fast: engine.FastPath, device: torch.device, optimizer: str) -> str:
+    parts = ["bf16 autocast" if fast.bf16 else "fp32",
+             "channels_last" if fast.channels_last else "contiguous"]
+    if device.type == "cuda":
+        parts.append("cudnn.benchmark+TF32")
+    return ", ".join([*parts, optimizer])
+
+
+def _optimizer_kind(device: torch.device) -> str:
+    return "fused SGD" if device.type == "cuda" else "foreach SGD"
+
+
+def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
+                 models: Sequence[str] = MODELS, seconds: float, rounds: int, warmup: int = 2,
+                 train: TrainParams | None = None, seed: int = 0) -> list[Comparison]:
+    """Training images/s of our ResNets against torchvision's, same weights and loop.
+
+    Both sides run with the device's fast-path switches (``train``'s, default
+    ``auto``), as training would.
+    """
+    import torchvision.models
+
+    train = train or TrainParams()
+    fast = engine.fast_path(train, device, 0)
+    flags = fast_flags(device)
+    transform = engine.InputTransform(train.normalize, fast.channels_last).to(device)
+    comparisons = []
+    for name in models:
+        torch.manual_seed(seed)
+        ours = ARCHITECTURES[name](num_classes=NUM_CLASSES)
+        theirs = getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+        units = {}
+        for side, model in (("torchvision", theirs), ("ours", ours)):
+            model = model.to(device)
+            if fast.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = engine.make_optimizer(model, train, device)
+            units[side] = train_step_unit(model, optimizer, transform, batches, device, fast, flags)
+        timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup,
+                          sync=sync_for(device))
+        relabel(timed["torchvision"], "torchvision")
+        relabel(timed["ours"], "ours")
+        images = batches[0][0]
+        comparisons.append(Comparison(
+            "models", f"{name}, batch {images.shape[0]}, {images.shape[-1]} px", timed["torchvision"],
+            timed["ours"], MODEL_TARGET, f"torchvision.models.{name} loaded with our weights; both "
+            f"{_switches(fast, device, _optimizer_kind(device))}"))
+        del units, ours, theirs
+    return comparisons
+
+
+def bench_fastpath(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
+                   model_name: str = "resnet18", seconds: float, rounds: int, warmup: int = 2,
+                   train: TrainParams | None = None, seed: int = 0) -> Comparison:
+    """Training images/s with ``engine.fast_path``'s switches against a plain fp32 loop.
+
+    The plain loop: fp32, contiguous tensors, ``torch.optim.SGD`` with its
+    default implementation, PyTorch's default cuDNN/TF32 settings. Both start
+    from the same weights and see the same batches.
+    """
+    train = train or TrainParams()
+    fast = engine.fast_path(train, device, 0)
+    plain = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False,
+                            num_workers=0)
+    default_flags = BackendFlags.current()
+    torch.manual_seed(seed)
+    base = ARCHITECTURES[model_name](num_classes=NUM_CLASSES).to(device)
+    cand = copy.deepcopy(base)
+    if fast.channels_last:
+        cand = cand.to(memory_format=torch.channels_last)
+    base_opt = torch.optim.SGD(base.parameters(), lr=train.lr, momentum=train.momentum,
+                               weight_decay=train.weight_decay)
+    cand_opt = engine.make_optimizer(cand, train, device)
+    units = {
+        "plain": train_step_unit(base, base_opt, engine.InputTransform(train.normalize, False).to(device),
+                                 batches, device, plain, default_flags),
+        "fast": train_step_unit(cand, cand_opt,
+                                engine.InputTransform(train.normalize, fast.channels_last).to(device),
+                                batches, device, fast, fast_flags(device)),
+    }
+    try:
+        timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup, sync=sync_for(device))
+    finally:
+        default_flags.apply()
+    switches = _switches(fast, device, _optimizer_kind(device))
+    relabel(timed["plain"], "plain fp32")
+    relabel(timed["fast"], "fast path")
+    same = not fast.bf16 and not fast.channels_last and device.type != "cuda"
+    note = f"--precision {train.precision} --channels-last {train.channels_last} -> {switches}"
+    if same:
+        note += ("; here only the SGD implementation differs from the plain loop, so the ratio "
+                 "mostly shows the noise (an A/A check)")
+    note += "; plain: fp32, contiguous, torch.optim.SGD's default implementation"
+    if device.type == "cuda":
+        note += ", PyTorch's default cuDNN/TF32 flags"
+    images = batches[0][0]
+    return Comparison("fastpath", f"{model_name}, batch {images.shape[0]}, {images.shape[-1]} px",
+                      timed["plain"], timed["fast"], note=note)
