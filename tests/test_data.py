@@ -110,18 +110,25 @@ def test_unknown_image_header_is_skipped_when_the_label_file_has_one_too(tmp_pat
     assert "test_img.csv: header row 'picture' skipped" in notes
 
 
-def test_header_in_label_file_only_pairs_the_remaining_lines(tmp_path: Path) -> None:
-    write_split(tmp_path, "train", "1_left\n1_right\n", "label\n1\n2\n")
+@pytest.mark.parametrize(
+    ("images", "labels", "expected", "note"),
+    [
+        pytest.param("1_left\n1_right\n", "label\n1\n2\n", [("1_left", 1), ("1_right", 2)],
+                     "train_label.csv: header row 'label' skipped", id="header-in-label-file-only"),
+        pytest.param("id_code\n1_left\n", "4\n", [("1_left", 4)],
+                     "train_img.csv: header row 'id_code' skipped", id="known-image-header-word"),
+        pytest.param("5_left\n 5_right ", "0\n1", [("5_left", 0), ("5_right", 1)],
+                     "train_img.csv: whitespace around the value stripped on 1 line(s)",
+                     id="no-final-newline-and-spaces"),
+    ],
+)
+def test_unambiguous_quirks_are_accepted_with_exactly_one_note(
+    tmp_path: Path, images: str, labels: str, expected: list[tuple[str, int]], note: str
+) -> None:
+    write_split(tmp_path, "train", images, labels)
     records, notes = read_split(tmp_path, "train")
-    assert records == [Record("1_left", 1), Record("1_right", 2)]
-    assert notes == ["train_label.csv: header row 'label' skipped"]
-
-
-def test_known_image_header_word_in_image_file_only(tmp_path: Path) -> None:
-    write_split(tmp_path, "train", "id_code\n1_left\n", "4\n")
-    records, notes = read_split(tmp_path, "train")
-    assert records == [Record("1_left", 4)]
-    assert notes == ["train_img.csv: header row 'id_code' skipped"]
+    assert records == [Record(name, label) for name, label in expected]
+    assert notes == [note]
 
 
 def test_image_like_first_line_is_not_taken_for_a_header(tmp_path: Path) -> None:
@@ -143,13 +150,6 @@ def test_bom_crlf_and_trailing_blank_lines_are_accepted_and_noted(tmp_path: Path
     assert "test_img.csv: CRLF line endings" in notes
     assert "test_label.csv: CRLF line endings" in notes
     assert "test_img.csv: 2 trailing blank line(s) ignored" in notes
-
-
-def test_missing_final_newline_and_surrounding_spaces(tmp_path: Path) -> None:
-    write_split(tmp_path, "train", "5_left\n 5_right ", "0\n1")
-    records, notes = read_split(tmp_path, "train")
-    assert records == [Record("5_left", 0), Record("5_right", 1)]
-    assert notes == ["train_img.csv: whitespace around the value stripped on 1 line(s)"]
 
 
 def test_names_listed_with_jpeg_extension_are_stripped_when_all_have_it(tmp_path: Path) -> None:
