@@ -201,6 +201,8 @@ def test_split_lists_naming_an_unknown_image(tmp_path: Path) -> None:
         ("image,level\n10_left,0\n10_right,1\n10_left,0\n", 4, "also at line 2"),
         ("image,level\n10_left,0,extra\n", 2, "expected 'image,level'"),
         ("image,level\n10_left,0\n\n10_right,1\n", 3, "blank line"),
+        ("image,level\n10_left,0\n10;x_right,1\n", 3, "is not an image name"),
+        ("image,level\n10_left.jpg,0\n", 2, "has a file extension"),
     ],
 )
 def test_bad_train_labels(tmp_path: Path, content: str, line: int, words: str) -> None:

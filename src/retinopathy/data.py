@@ -33,11 +33,17 @@ __all__ = [
     "CourseSplits",
     "Record",
     "RetinopathyDataset",
+    "SplitListing",
+    "check_grade",
     "check_images",
+    "check_name",
     "class_counts",
     "decode_image",
     "image_path",
+    "parse_course_splits",
+    "parse_split",
     "read_course_splits",
+    "read_lines",
     "read_split",
 ]
 
@@ -61,7 +67,7 @@ _INTEGER = re.compile(r"[0-9]+")
 # dialect, quotes, path separators and whitespace.
 _BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\]")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-_MAX_LISTED_FAILURES = 20
+MAX_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
 
     names = [value for _, value in imgs]
     for number, name in imgs:
-        _check_name(img_path, number, name)
+        check_name(img_path, number, name)
     with_suffix = [name.endswith(IMAGE_SUFFIX) for name in names]
     if all(with_suffix):
         # Unambiguous: every name carries the layout's own extension, so
@@ -227,22 +233,28 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
     records: list[Record] = []
     seen: dict[str, int] = {}
     for name, (img_line, _), (lab_line, text) in zip(names, imgs, labs, strict=True):
-        if not _INTEGER.fullmatch(text) or int(text) >= NUM_CLASSES:
-            raise RetinopathyError(
-                f"{where(lab_path, lab_line)}: label {text!r} is not an integer grade "
-                f"0-{NUM_CLASSES - 1}; fix the value"
-            )
+        grade = check_grade(lab_path, lab_line, text)
         if name in seen:
             raise RetinopathyError(
                 f"{where(img_path, img_line)}: image {name!r} is listed twice in the {split} "
                 f"split, also at line {seen[name]}; delete one of the two lines (and its label)"
             )
         seen[name] = img_line
-        records.append(Record(name, int(text)))
+        records.append(Record(name, grade))
     return SplitListing(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
 
 
-def _check_name(path: Path, line: int, name: str) -> None:
+def check_grade(path: Path, line: int, text: str) -> int:
+    """Return the grade written as ``text``; raise, naming path:line, unless it is an integer 0-4."""
+    if not _INTEGER.fullmatch(text) or int(text) >= NUM_CLASSES:
+        raise RetinopathyError(
+            f"{where(path, line)}: label {text!r} is not an integer grade 0-{NUM_CLASSES - 1}; fix the value"
+        )
+    return int(text)
+
+
+def check_name(path: Path, line: int, name: str) -> None:
+    """Raise, naming path:line, unless ``name`` is a bare image name (no separator, quote or extension)."""
     if _BAD_NAME_CHARS.search(name) or name == IMAGE_SUFFIX:
         raise RetinopathyError(
             f"{where(path, line)}: {name!r} is not an image name (it contains a separator, quote "
@@ -292,6 +304,13 @@ def read_course_splits(root: str | Path) -> CourseSplits:
         RetinopathyError: anything ``read_split`` rejects, or an image listed
             in both splits (named with both file:line locations).
     """
+    listings = parse_course_splits(root)
+    train, test = listings["train"], listings["test"]
+    return CourseSplits(train.records, test.records, train.notes + test.notes)
+
+
+def parse_course_splits(root: str | Path) -> dict[str, SplitListing]:
+    """Like :func:`read_course_splits`, keeping each record's CSV lines (see :func:`parse_split`)."""
     train = parse_split(root, "train")
     test = parse_split(root, "test")
     train_lines = dict(zip((r.image for r in train.records), train.img_lines, strict=True))
@@ -303,7 +322,7 @@ def read_course_splits(root: str | Path) -> CourseSplits:
                 f"{where(test.img_path, line)}; "
                 "an image belongs to exactly one split - remove it from one (and its label line)"
             )
-    return CourseSplits(train.records, test.records, train.notes + test.notes)
+    return {"train": train, "test": test}
 
 
 def class_counts(records: Sequence[Record]) -> list[int]:
@@ -356,7 +375,7 @@ def check_images(root: str | Path, records: Sequence[Record], workers: int = 1) 
     paths = [image_path(root, record.image) for record in records]
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_check_one, paths, chunksize=64))
+            results = list(pool.map(_check_one, paths))
     else:
         results = [_check_one(path) for path in paths]
     failures = [(record, message) for record, message in zip(records, results, strict=True) if message]
@@ -366,10 +385,10 @@ def check_images(root: str | Path, records: Sequence[Record], workers: int = 1) 
     lines = [
         f"  {listed.get(record.image, 'not listed in the split CSVs of ' + str(root))}: "
         f"{record.image!r} -> {message}"
-        for record, message in failures[:_MAX_LISTED_FAILURES]
+        for record, message in failures[:MAX_LISTED]
     ]
-    if len(failures) > _MAX_LISTED_FAILURES:
-        lines.append(f"  ... and {len(failures) - _MAX_LISTED_FAILURES} more")
+    if len(failures) > MAX_LISTED:
+        lines.append(f"  ... and {len(failures) - MAX_LISTED} more")
     raise RetinopathyError(
         f"{len(failures)} of {len(records)} images cannot be used:\n" + "\n".join(lines) + "\n"
         "Copy the missing or broken files again, or remove their lines from both CSVs."
@@ -411,9 +430,8 @@ class RetinopathyDataset(Dataset):
         self.split = split
         self.image_size = image_size
         self.dtype = dtype
-        self.notes: list[str] = []
         if records is None:
-            records, self.notes = read_split(self.root, split)
+            records, _ = read_split(self.root, split)
         self.records: list[Record] = list(records)
 
     @property

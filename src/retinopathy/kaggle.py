@@ -29,11 +29,14 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from retinopathy.data import (
+    MAX_LISTED,
     NUM_CLASSES,
     SPLIT_FILES,
+    check_grade,
     check_images,
+    check_name,
     image_path,
-    parse_split,
+    parse_course_splits,
     read_course_splits,
     read_lines,
 )
@@ -52,7 +55,6 @@ _BOX_SIDE = 256
 # scale (1/16 of the pixels) for 512x512 output.
 _DECODE_MARGIN = 1.5
 _PATIENT = re.compile(r"(.+)_(?:left|right)")
-_MAX_LISTED = 20
 
 
 class NoFundusError(RetinopathyError):
@@ -142,19 +144,14 @@ def read_kaggle_labels(labels_csv: str | Path) -> dict[str, tuple[int, int]]:
         if len(fields) != 2 or not fields[0]:
             raise RetinopathyError(f"{where(path, number)}: expected 'image,level', found {line!r}")
         name, level = fields
-        if re.search(r"[\s\"'/\\]", name):
-            raise RetinopathyError(f"{where(path, number)}: {name!r} is not an image name")
-        if not re.fullmatch(r"[0-9]+", level) or int(level) >= NUM_CLASSES:
-            raise RetinopathyError(
-                f"{where(path, number)}: level {level!r} of {name!r} is not an integer grade "
-                f"0-{NUM_CLASSES - 1}"
-            )
+        check_name(path, number, name)  # the same rule the course layout's lists obey
+        grade = check_grade(path, number, level)
         if name in labels:
             raise RetinopathyError(
                 f"{where(path, number)}: image {name!r} is listed twice, also at line "
                 f"{labels[name][1]}; delete one of the two lines"
             )
-        labels[name] = (int(level), number)
+        labels[name] = (grade, number)
     if not labels:
         raise RetinopathyError(f"{path}: no images listed under the header")
     return labels
@@ -169,10 +166,8 @@ def splits_from_lists(
         RetinopathyError: the lists are invalid, name an image that is not in
             ``trainLabels.csv``, or give it another grade (naming both lines).
     """
-    read_course_splits(split_lists)  # both splits valid and disjoint
     splits: dict[str, list[str]] = {}
-    for split in SPLIT_FILES:
-        listing = parse_split(split_lists, split)
+    for split, listing in parse_course_splits(split_lists).items():  # both valid and disjoint
         for record, img_line, lab_line in zip(
             listing.records, listing.img_lines, listing.lab_lines, strict=True
         ):
@@ -338,9 +333,9 @@ def import_kaggle(
     if missing:
         listed = "\n".join(
             f"  {where(labels_csv, labels[name][1])}: {image_path(images_dir, name)}"
-            for name in missing[:_MAX_LISTED]
+            for name in missing[:MAX_LISTED]
         )
-        more = f"\n  ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         raise RetinopathyError(
             f"{len(missing)} listed image(s) missing from {images_dir}:\n{listed}{more}\n"
             "Download or unpack them (Kaggle ships train.zip.001-005) before importing."
@@ -366,8 +361,8 @@ def import_kaggle(
     if blanks:
         print(
             f"warning: {len(blanks)} image(s) have no pixel brighter than the border threshold and "
-            f"were kept whole (padded to a square, not cropped): {', '.join(sorted(blanks)[:20])}"
-            + (" ..." if len(blanks) > 20 else ""),
+            f"were kept whole (padded to a square, not cropped): {', '.join(sorted(blanks)[:MAX_LISTED])}"
+            + (" ..." if len(blanks) > MAX_LISTED else ""),
             file=sys.stderr,
         )
 
