@@ -443,15 +443,19 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
                                          encoding="utf-8")
 
 
+def is_demo_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by :func:`write_demo_dataset` (its README starts with the marker)."""
+    readme = folder / "README.txt"
+    return readme.is_file() and readme.read_text(errors="replace").startswith(README_MARKER)
+
+
 def _check_replaceable(out: Path) -> None:
     """Refuse to replace anything but an empty folder or an earlier demo dataset."""
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
         raise RetinopathyError(f"{out}: exists and is not a folder; remove it or pass --out DIR")
-    readme = out / "README.txt"
-    is_demo = readme.is_file() and readme.read_text(errors="replace").startswith(README_MARKER)
-    if any(out.iterdir()) and not is_demo:
+    if any(out.iterdir()) and not is_demo_dataset(out):
         raise RetinopathyError(
             f"{out}: exists and is not a demo dataset (no README.txt from `retinopathy "
             "demo-data`); refusing to replace it. Pass another --out, or delete the folder."

@@ -25,6 +25,7 @@ import numpy as np
 
 from retinopathy.config import Params, load_params
 from retinopathy.data import NUM_CLASSES, Record, check_images, class_counts, read_course_splits
+from retinopathy.demo import is_demo_dataset
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import staged_folder
 
@@ -74,12 +75,6 @@ def build_summary(root: str, splits: dict[str, list[Record]], notes: list[str],
     }
 
 
-def is_synthetic(root: Path) -> bool:
-    """The demo generator marks its folder with a README that says SYNTHETIC."""
-    readme = root / "README.txt"
-    return readme.is_file() and "synthetic" in readme.read_text(errors="replace").lower()
-
-
 def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     """Check the data at ``params.data.root`` and write ``index.csv`` and ``summary.json`` to ``out``.
 
@@ -96,7 +91,7 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     check_images(root, course.train + course.test, workers=workers)
     train, val = split_validation(course.train, params.data.val_fraction, params.data.seed)
     splits = {"train": train, "val": val, "test": course.test}
-    summary = build_summary(str(root), splits, course.notes, is_synthetic(root))
+    summary = build_summary(str(root), splits, course.notes, is_demo_dataset(root))
 
     with staged_folder(out) as staging:
         with open(staging / "index.csv", "w", newline="") as stream:
@@ -125,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--out", type=Path, default=Path("data/prepared"))
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes that check the images open")
+                        help="threads that check the images open")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     summary = prepare(params, args.out, workers=args.workers)
