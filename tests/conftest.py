@@ -24,10 +24,9 @@ TINY_PARAMS = {
 }
 
 
-def tiny_params() -> dict:
-    """The project's params.yaml with TINY_PARAMS laid over it (DVC wants every key present)."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
+def _overlay(params: dict, sections: dict) -> dict:
+    """Update ``params`` section by section: a dict updates that section, a scalar replaces it."""
+    for section, values in sections.items():
         if isinstance(values, dict):
             params[section].update(values)
         else:
@@ -35,14 +34,14 @@ def tiny_params() -> dict:
     return params
 
 
+def tiny_params() -> dict:
+    """The project's params.yaml with TINY_PARAMS laid over it (DVC wants every key present)."""
+    return _overlay(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+
+
 def write_params(folder: Path, **overrides: dict) -> Path:
     """Write :func:`tiny_params` (sections updated by ``overrides``) to folder/params.yaml."""
-    params = tiny_params()
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            params[section].update(values)
-        else:
-            params[section] = values
+    params = _overlay(tiny_params(), overrides)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
