@@ -107,8 +107,15 @@ def image_path(root: str | Path, name: str) -> Path:
 def _split_files(root: Path, split: str) -> tuple[Path, Path]:
     if split not in SPLIT_FILES:
         raise RetinopathyError(f"unknown split {split!r}; expected one of {sorted(SPLIT_FILES)}")
-    img_name, lab_name = SPLIT_FILES[split]
-    return root / img_name, root / lab_name
+    files = tuple(root / name for name in SPLIT_FILES[split])
+    for path in files:
+        if not path.is_file():
+            needed = ", ".join(name for pair in SPLIT_FILES.values() for name in pair)
+            raise RetinopathyError(
+                f"{path}: file not found; the course layout needs {needed} in {path.parent} "
+                "(one value per line, no header)"
+            )
+    return files
 
 
 def read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
@@ -118,11 +125,7 @@ def read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     and trailing blank lines; a blank line anywhere else is an error.
     """
     if not path.is_file():
-        needed = ", ".join(name for pair in SPLIT_FILES.values() for name in pair)
-        raise RetinopathyError(
-            f"{path}: file not found; the course layout needs {needed} in {path.parent} "
-            "(one value per line, no header)"
-        )
+        raise RetinopathyError(f"{path}: file not found")
     data = path.read_bytes()
     notes: list[str] = []
     if data.startswith(codecs.BOM_UTF8):
