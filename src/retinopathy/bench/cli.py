@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 from retinopathy.bench.inputs import SOURCE_SIZE
-from retinopathy.bench.machine import cpu_seconds, other_load
 from retinopathy.bench.output import format_result
 from retinopathy.bench.results import SECTIONS
 from retinopathy.bench.runner import Settings, run
 from retinopathy.config import MODELS, PRECISIONS, SWITCHES
+from retinopathy.files import write_json_atomic
 
 
 def _positive_int(text: str) -> int:
@@ -91,14 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                         fastpath_model=args.fastpath_model, precision=args.precision,
                         channels_last=args.channels_last, threads=args.threads,
                         sections=tuple(s for s in SECTIONS if s in (args.only or SECTIONS)))
-    start, cpu = time.perf_counter(), cpu_seconds()
     result = run(settings, log=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
-    wall = time.perf_counter() - start
-    result.settings["wall_seconds"] = round(wall, 1)
-    result.machine["other_processes_cores"] = other_load(cpu, wall)
     print(format_result(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(args.json, result.to_dict())
         print(f"\nwrote {args.json}")
     return 0

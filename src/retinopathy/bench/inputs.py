@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retinopathy import engine
 from retinopathy.bench.results import Comparison
-from retinopathy.bench.timing import alternate, relabel, sync_for
+from retinopathy.bench.timing import alternate, sync_for
 from retinopathy.cache import DecodedCache
 from retinopathy.config import TrainParams
 from retinopathy.data import NUM_CLASSES, Record, RetinopathyDataset, image_path
@@ -114,24 +114,24 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
     def reference(size: int | None) -> DataLoader:
         return DataLoader(ReferenceDataset(root, records, size), batch_size=batch, sampler=indices)
 
+    # alternate() labels each measurement with its key, so the keys are the table's labels.
+    n = with_workers.num_workers
+    workers_label = f"ours, {n} worker{'s' * (n > 1)}"
     full = {"reference": reference(None), "ours": ours(source_size, no_workers)}
-    if with_workers.num_workers > 0:
-        full["ours_workers"] = ours(source_size, with_workers)
+    if n > 0:
+        full[workers_label] = ours(source_size, with_workers)
     timed = alternate({k: _loader_pass(v) for k, v in full.items()}, seconds=seconds,
                       rounds=rounds, sync=sync)
     del full  # shuts the worker processes down before the next measurement
-    scaled = alternate({"reference": _loader_pass(reference(half)),
-                        "ours": _loader_pass(ours(half, no_workers))},
+    scaled = alternate({"reference+resize": _loader_pass(reference(half)),
+                        "ours, DCT-scaled": _loader_pass(ours(half, no_workers))},
                        seconds=seconds, rounds=rounds, sync=sync)
 
-    relabel(timed["reference"], "reference")
-    relabel(timed["ours"], "ours")
-    relabel(scaled["reference"], "reference+resize")
-    relabel(scaled["ours"], "ours, DCT-scaled")
     comparisons = [
         Comparison("input", f"{source_size} px, 0 workers", timed["reference"], timed["ours"],
                    INPUT_TARGET, "like for like: both decode in the main process"),
-        Comparison("input", f"{half} px, 0 workers", scaled["reference"], scaled["ours"],
+        Comparison("input", f"{half} px, 0 workers", scaled["reference+resize"],
+                   scaled["ours, DCT-scaled"],
                    note=f"ours decodes at {half} px by DCT scaling; the reference decodes "
                    f"{source_size} px and resizes (Pillow, bilinear)"),
     ]
@@ -141,20 +141,17 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
                                                  dtype=torch.uint8), folder)
         for index in range(len(cached)):
             cached[index]  # fill the cache: the first epoch's work
-        reused = alternate({"ours": _loader_pass(ours(source_size, no_workers)),
-                            "cached": _loader_pass(engine.loader(cached, batch, indices, no_workers))},
+        decoding = _loader_pass(ours(source_size, no_workers))
+        from_cache = _loader_pass(engine.loader(cached, batch, indices, no_workers))
+        reused = alternate({"ours, decoding": decoding, "ours, from cache": from_cache},
                            seconds=seconds, rounds=rounds, sync=sync)
-    relabel(reused["ours"], "ours, decoding")
-    relabel(reused["cached"], "ours, from cache")
     comparisons.append(Comparison(
-        "input", f"{source_size} px, decoded cache", reused["ours"], reused["cached"],
+        "input", f"{source_size} px, decoded cache", reused["ours, decoding"], reused["ours, from cache"],
         note="data.cache_dir: after the first epoch the uint8 pixels are read back from a "
         "memory-mapped file instead of decoded; 0 workers on both sides"))
-    if "ours_workers" in timed:
-        n = with_workers.num_workers
-        relabel(timed["ours_workers"], f"ours, {n} worker{'s' * (n > 1)}")
+    if workers_label in timed:
         comparisons.append(Comparison(
             "input", f"{source_size} px, ours with workers", timed["reference"],
-            timed["ours_workers"], note=f"engine.loader with {n} worker process(es), "
+            timed[workers_label], note=f"engine.loader with {n} worker process(es), "
             f"pin_memory={with_workers.pin_memory}; the reference still has none"))
     return comparisons

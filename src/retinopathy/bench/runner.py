@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 
 from retinopathy import engine
 from retinopathy.bench.inputs import INPUT_BATCH, JPEG_QUALITY, SOURCE_SIZE, bench_input, write_bench_images
-from retinopathy.bench.machine import describe_machine, load_average
+from retinopathy.bench.machine import cpu_seconds, describe_machine, load_average, other_load
 from retinopathy.bench.results import SECTIONS, BenchResult
 from retinopathy.bench.training import bench_fastpath, bench_models, image_bank
 from retinopathy.config import MODELS, TrainParams
@@ -46,16 +47,26 @@ class Settings:
 
 
 def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> BenchResult:
-    """Generate the JPEGs, run the chosen sections and return what they measured."""
+    """Generate the JPEGs, run the chosen sections and return what they measured.
+
+    Also records the run's wall time, the load average at its end and how many
+    cores' worth of CPU other processes took meanwhile.
+    """
+    start, cpu = time.perf_counter(), cpu_seconds()
     device = engine.resolve_device(settings.device)
     settings = settings.resolve(device)
     threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
-        return _run(settings, device, log)
+        result = _run(settings, device, log)
     finally:
         torch.set_num_threads(threads)
+    wall = time.perf_counter() - start
+    result.settings["wall_seconds"] = round(wall, 1)
+    result.machine["load_average_end"] = load_average()
+    result.machine["other_processes_cores"] = other_load(cpu, wall)
+    return result
 
 
 def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -> BenchResult:
@@ -63,8 +74,6 @@ def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -
     result = BenchResult(describe_machine(device), {**settings.__dict__, "device": str(device),
                                                    "jpeg_quality": JPEG_QUALITY,
                                                    "input_batch": INPUT_BATCH})
-    train = TrainParams(batch_size=settings.batch, precision=settings.precision,
-                        channels_last=settings.channels_last)
     with tempfile.TemporaryDirectory(prefix="retinopathy-bench-") as folder:
         log(f"writing {settings.images} synthetic {settings.source_size}x{settings.source_size} "
             f"JPEGs (quality {JPEG_QUALITY}) to {folder}")
@@ -77,15 +86,15 @@ def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -
                 epoch_images=settings.epoch_images)
         if "models" in settings.sections or "fastpath" in settings.sections:
             batches = image_bank(folder, records, settings.size, settings.batch, device)
+            # The training batch is image_bank's; --precision and --channels-last apply to (c) only.
             if "models" in settings.sections:
                 log(f"(b) models: {', '.join(settings.models)}")
                 result.comparisons += bench_models(batches, device, models=settings.models,
-                                                   seconds=settings.seconds, rounds=settings.rounds,
-                                                   train=TrainParams(batch_size=settings.batch))
+                                                   seconds=settings.seconds, rounds=settings.rounds)
             if "fastpath" in settings.sections:
                 log(f"(c) fast path: {settings.fastpath_model}")
                 result.comparisons.append(bench_fastpath(
                     batches, device, model_name=settings.fastpath_model, seconds=settings.seconds,
-                    rounds=settings.rounds, train=train))
-    result.machine["load_average_end"] = load_average()
+                    rounds=settings.rounds,
+                    train=TrainParams(precision=settings.precision, channels_last=settings.channels_last)))
     return result
