@@ -169,8 +169,8 @@ def _model_name(model: str) -> str:
     return model.replace("resnet", "ResNet")
 
 
-def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, bool]:
-    """(model, data label for titles, synthetic?) shared by all arms, checked for consistency."""
+def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, str, bool]:
+    """(model, data folder or "", title label, synthetic?) shared by all arms, checked for consistency."""
     models = {arm.info["model"] for arm in arms}
     if len(models) > 1:
         raise RetinopathyError(
@@ -181,7 +181,7 @@ def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, bool]:
     synthetic = any(arm.info.get("synthetic") for arm in trained)
     data = next((str(arm.info["data"]) for arm in trained if arm.info.get("data")), "")
     label = "synthetic demo data" if synthetic else (data or "unknown data")
-    return _model_name(models.pop()), label, synthetic
+    return _model_name(models.pop()), data, label, synthetic
 
 
 def _baseline(arms: Sequence[Arm]) -> float | None:
@@ -323,10 +323,9 @@ def _cell(value: Any) -> str:
     return "n/a" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(arms: Sequence[Arm], model: str, data_label: str, synthetic: bool) -> str:
+def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str, synthetic: bool) -> str:
     """The text of report.md (figures are linked by their file names)."""
     trained = [arm for arm in arms if arm.trained]
-    data = next((arm.info.get("data") for arm in trained if arm.info.get("data")), None)
     lines = [f"# {model}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
     if synthetic:
         lines += [f"> **SYNTHETIC demo data** (`{data or 'data/demo'}`): these numbers show "
@@ -351,8 +350,7 @@ def render_markdown(arms: Sequence[Arm], model: str, data_label: str, synthetic:
 
     lines += [row("", [a.name for a in arms]), "|---|" + "---|" * len(arms)]
     lines.append(row("status", [a.info["status"] for a in arms]))
-    lines.append(row("weights", [_cell(a.info.get("weights")) if a.trained else "skipped"
-                                 for a in arms]))
+    lines.append(row("weights", field("weights")))
     lines.append(row("best epoch", [f"{a.info.get('best_epoch', 'n/a')} of "
                                     f"{a.info.get('epochs', 'n/a')}" if a.trained else "skipped"
                                     for a in arms]))
@@ -408,7 +406,7 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(metrics_dir, name) for name in arms]
-    model, data_label, synthetic = _describe_data(loaded)
+    model, data, data_label, synthetic = _describe_data(loaded)
     try:
         with staged_folder(out) as staging, plt.rc_context(STYLE):
             plot_accuracy(loaded, f"{model} ({data_label}): accuracy per epoch",
@@ -417,7 +415,7 @@ def write_report(
                 plot_confusion(arm, model, staging / f"confusion_{arm.name}.png")
             plot_best(loaded, f"{model} ({data_label}):\nhighest test accuracy per arm",
                       staging / "best_accuracy.png")
-            text = render_markdown(loaded, model, data_label, synthetic)
+            text = render_markdown(loaded, model, data, data_label, synthetic)
             (staging / "report.md").write_text(text, encoding="utf-8")
     finally:
         plt.close("all")
