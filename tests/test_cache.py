@@ -48,3 +48,5 @@ def test_a_different_size_gets_a_different_file_and_size_is_required(demo, tmp_p
     assert small.pixels_path != large.pixels_path
     with pytest.raises(RetinopathyError, match="data.cache_dir needs data.image_size"):
         DecodedCache(RetinopathyDataset(demo, "test", None, dtype=torch.uint8), tmp_path / "cache")
+    with pytest.raises(RetinopathyError, match="stores uint8 pixels.*torch.float32"):
+        DecodedCache(RetinopathyDataset(demo, "test", 32), tmp_path / "cache")

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from conftest import subprocess_env, write_params
-from retinopathy import checkpoint, engine
+from retinopathy import checkpoint, engine, train
 from retinopathy.config import load_params
-from retinopathy.data import RetinopathyDataset
 from retinopathy.prepare import read_index
 from retinopathy.resnet import resnet18
 
@@ -44,8 +43,7 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     model = resnet18(num_classes=5)
     model.load_state_dict(last["model"])
     records = read_index(tiny_project / "data/prepared/index.csv")["test"]
-    dataset = RetinopathyDataset(tiny_project / params.data.root, "test", params.data.image_size,
-                                 records=records, dtype=torch.uint8)
+    dataset = train.open_dataset(params, "test", records)  # data.root is relative: cwd is tiny_project
     fast = engine.fast_path(params.train, torch.device("cpu"), 0)
     batches = engine.loader(dataset, 5, engine.ShardSampler(len(dataset), engine.Process()), fast)
     result = engine.evaluate_epoch(model, batches, engine.InputTransform(params.train.normalize, False),

@@ -48,7 +48,7 @@ def test_fast_path_agrees_with_plain_fp32(bf16):
     model = resnet18(num_classes=5)
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 4])
-    plain = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False, num_workers=0)
+    plain = engine.PLAIN_FAST_PATH
     fast = engine.FastPath(bf16=bf16, channels_last=True, compile=False, pin_memory=False, num_workers=0)
     plain_model, plain_result = one_step(model, plain, images, labels, "textbook")
     fast_model, fast_result = one_step(model, fast, images, labels, "project")
@@ -76,6 +76,49 @@ def test_fast_path_agrees_with_plain_fp32(bf16):
         with engine.autocast(CPU, fast):
             fast_logits = fast_model(x.contiguous(memory_format=torch.channels_last)).float()
         torch.testing.assert_close(fast_logits, plain_model(x), atol=5 * tolerance, rtol=5 * tolerance)
+
+
+def test_train_epoch_detects_a_nan_loss():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    batches = [(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8), torch.tensor([0, 1]))]
+    fast = engine.PLAIN_FAST_PATH
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    transform = engine.InputTransform("none", channels_last=False)
+    with pytest.raises(engine.NonFiniteLoss):
+        engine.train_epoch(model, batches, transform, optimizer, CPU, fast, engine.Process())
+
+
+def test_bench_models_restores_the_backend_flags(monkeypatch):
+    # bench.training's flags; here because tests/test_bench.py is owned elsewhere.
+    from retinopathy.bench.training import BackendFlags, bench_models
+
+    before = BackendFlags.current()
+    fast = BackendFlags(not before.benchmark, not before.matmul_tf32, not before.cudnn_tf32)
+
+    def as_on_cuda(device):  # on the CPU configure_backends sets nothing; pretend it does
+        torch.backends.cudnn.benchmark = fast.benchmark
+        torch.backends.cuda.matmul.allow_tf32 = fast.matmul_tf32
+        torch.backends.cudnn.allow_tf32 = fast.cudnn_tf32
+
+    seen = []
+    real_step = engine.sgd_step
+
+    def step_noting_the_flags(*args, **kwargs):
+        seen.append(BackendFlags.current())
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "configure_backends", as_on_cuda)
+    monkeypatch.setattr(engine, "sgd_step", step_noting_the_flags)
+    batches = [(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1]))]
+    try:
+        bench_models(batches, CPU, models=("resnet18",), seconds=0.01, rounds=1, warmup=1)
+    finally:
+        after = BackendFlags.current()
+        before.apply()  # never leave the fake flags to later tests
+    assert seen and set(seen) == {fast}  # every timed step ran with the fast flags
+    assert after == before
 
 
 def test_auto_switches_are_off_on_cpu():
@@ -116,7 +159,7 @@ def test_batchnorm_recalibration_averages_the_batch_statistics():
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
     batches = [(torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8), torch.zeros(4)) for _ in range(3)]
     transform = engine.InputTransform("none", channels_last=False)
-    plain = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False, num_workers=0)
+    plain = engine.PLAIN_FAST_PATH
     weight_before = model[0].weight.clone()
     engine.recalibrate_batchnorm(model, batches, transform, CPU, plain, engine.Process())
     inputs = [transform(images) for images, _ in batches]

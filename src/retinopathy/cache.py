@@ -48,13 +48,17 @@ class DecodedCache(Dataset):
     """
 
     def __init__(self, dataset: RetinopathyDataset, folder: str | Path) -> None:
-        if dataset.dtype != torch.uint8 or dataset.image_size is None:
+        if dataset.dtype != torch.uint8:
+            raise RetinopathyError(
+                f"the decoded cache stores uint8 pixels, but the {dataset.split} dataset gives "
+                f"{dataset.dtype}; open it with dtype=torch.uint8"
+            )
+        if dataset.image_size is None:
             raise RetinopathyError(
                 "params.yaml: data.cache_dir needs data.image_size set (every cached image has "
                 "one shape); set data.image_size (e.g. 512) or data.cache_dir to null"
             )
         self.dataset = dataset
-        self.records = dataset.records
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{dataset.split}-{cache_key(dataset)}"
@@ -89,7 +93,7 @@ class DecodedCache(Dataset):
         pixels, done = self._open()
         if done[index]:
             image = torch.from_numpy(np.array(pixels[index]))  # a copy: the map stays read-only to torch
-            return image.permute(2, 0, 1), self.records[index].label
+            return image.permute(2, 0, 1), self.dataset.records[index].label
         image, label = self.dataset[index]
         pixels[index] = image.permute(1, 2, 0).numpy()
         done[index] = 1  # after the pixels: a kill in between only costs a decode

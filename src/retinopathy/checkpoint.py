@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import retinopathy
-from retinopathy.files import public_mode
+from retinopathy.files import atomic_file
 
 # Settings that change how fast training runs but not what it computes, so a
 # run may resume across them. Everything else in params is fingerprinted.
@@ -91,21 +89,11 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it (``atomic_file``)."""
+    with atomic_file(path, "wb") as stream:
+        torch.save(obj, stream)
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` (tensors only, no pickled code)."""
-    return torch.load(path, map_location=device, weights_only=True)
+def load(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_atomic` onto the CPU (tensors only, no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -81,15 +81,6 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def all_sum(values: list[float], process: Process, device: torch.device) -> list[float]:
-    """Sum a few numbers over all processes (a no-op in a single process)."""
-    if not process.distributed:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
 class ShardSampler(Sampler[int]):
     """Every index exactly once over all processes: rank r takes r, r+W, r+2W, ...
 
@@ -149,6 +140,11 @@ class FastPath:
     num_workers: int
 
 
+# Every switch off: fp32, contiguous tensors, eager mode, pageable memory, no
+# worker processes. The reference the fast path is checked and timed against.
+PLAIN_FAST_PATH = FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False, num_workers=0)
+
+
 def default_workers(device: torch.device) -> int:
     """DataLoader worker processes for ``data.num_workers: auto``.
 
@@ -176,6 +172,14 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def place_model(model: nn.Module, device: torch.device, fast: FastPath) -> nn.Module:
+    """Move ``model`` to ``device``, in channels_last layout when the fast path asks for it."""
+    model = model.to(device)
+    if fast.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def make_optimizer(model: nn.Module, train: TrainParams, device: torch.device) -> torch.optim.SGD:
@@ -212,6 +216,15 @@ def loader(dataset: Dataset, batch_size: int, sampler: Sampler[int], fast: FastP
     )
 
 
+def eval_loader(dataset: Dataset, train_batch_size: int, process: Process, fast: FastPath) -> DataLoader:
+    """Batches for evaluation: this process's shard of ``dataset``, each image once, in order.
+
+    Batches are twice ``train_batch_size`` (the per-process training batch):
+    evaluation keeps no activations for a backward pass.
+    """
+    return loader(dataset, train_batch_size * 2, ShardSampler(len(dataset), process), fast)
+
+
 class InputTransform(nn.Module):
     """uint8 [B,3,H,W] on the device -> float in [0,1] -> optional ImageNet normalisation."""
 
@@ -231,6 +244,11 @@ class InputTransform(nn.Module):
         # brought back to 0-255 because the /255 is folded into `scale`.
         images = images.float() if images.dtype == torch.uint8 else images * 255.0
         return torch.addcmul(self.shift, images, self.scale).contiguous(memory_format=self.memory_format)
+
+
+def input_transform(normalize: str, fast: FastPath, device: torch.device) -> InputTransform:
+    """The :class:`InputTransform` for ``normalize`` in the fast path's memory layout, on ``device``."""
+    return InputTransform(normalize, fast.channels_last).to(device)
 
 
 def autocast(device: torch.device, fast: FastPath):
@@ -262,40 +280,83 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; training must stop."""
 
 
+def _pass_result(loss_sum: Tensor, correct: Tensor, count: int, process: Process, what: str) -> EpochResult:
+    """Mean loss and accuracy from one pass's totals on the device, summed over all processes.
+
+    The totals travel as one tensor: one all-reduce and one read to the host
+    (a single GPU sync).
+
+    Args:
+        loss_sum: float64 sum of the per-image losses.
+        correct: int64 count of correct predictions.
+        count: Images seen by this process.
+        process: Sums over all processes when distributed.
+        what: ``training`` or ``evaluation``, for the error message.
+
+    Raises:
+        RetinopathyError: if the pass saw no images (on any process).
+    """
+    totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(count)])
+    if process.distributed:
+        dist.all_reduce(totals)
+    total_loss, total_correct, total = totals.tolist()
+    if total == 0:
+        raise RetinopathyError(f"{what} over an empty split; check the prepared index")
+    return EpochResult(total_loss / total, total_correct / total, int(total))
+
+
+def sgd_step(model: nn.Module, transform: InputTransform, optimizer: torch.optim.Optimizer,
+             images: Tensor, labels: Tensor, device: torch.device, fast: FastPath) -> tuple[Tensor, Tensor]:
+    """One SGD step on a batch already on ``device``; cross-entropy on raw logits.
+
+    Args:
+        model: The network, in training mode.
+        transform: Brings the uint8 ``images`` to the model's input.
+        optimizer: Steps the model's parameters.
+        images: uint8 [B,3,H,W] on ``device``.
+        labels: int64 [B] on ``device``.
+        device: Where the batch and the model are.
+        fast: Its ``bf16`` switch turns on autocast.
+
+    Returns:
+        The batch's mean loss (float32, still attached to the graph) and the logits.
+    """
+    inputs = transform(images)
+    with autocast(device, fast):
+        logits = model(inputs)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_epoch(model: nn.Module, batches: Iterable, transform: InputTransform,
                 optimizer: torch.optim.Optimizer, device: torch.device, fast: FastPath,
                 process: Process, description: str = "train") -> EpochResult:
-    """One pass of SGD over ``batches``; cross-entropy on raw logits.
+    """One pass of SGD over ``batches`` (see :func:`sgd_step`).
 
     Raises:
         NonFiniteLoss: as soon as a (checked) loss is NaN or infinite.
     """
     model.train()
-    criterion = nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
+    count = step = 0
     # Reading the loss forces a GPU sync; on CUDA check every 25 steps instead of each.
     check_every = 25 if device.type == "cuda" else 1
     for step, (images, labels) in enumerate(progress(batches, description, process), start=1):
-        images = transform(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, fast):
-            logits = model(images)
-            loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = sgd_step(model, transform, optimizer, images, labels, device, fast)
         loss_sum += loss.detach().double() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         count += labels.numel()
         if step % check_every == 0 and not torch.isfinite(loss_sum):
             raise NonFiniteLoss(f"step {step}")
     if not torch.isfinite(loss_sum):
-        raise NonFiniteLoss(f"step {count}")
-    total_loss, total_correct, total = all_sum(
-        [loss_sum.item(), float(correct.item()), float(count)], process, device)
-    return EpochResult(total_loss / total, total_correct / total, int(total))
+        raise NonFiniteLoss(f"step {step}")  # the last step: the check above skipped some
+    return _pass_result(loss_sum, correct, count, process, "training")
 
 
 @torch.no_grad()
@@ -329,12 +390,12 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, transform: InputT
 def _eval_logits(model: nn.Module, batches: Iterable, transform: InputTransform,
                  device: torch.device, fast: FastPath, process: Process,
                  description: str) -> Iterator[tuple[Tensor, Tensor]]:
-    """Float32 logits and labels, on the device, for every batch, in eval mode."""
+    """Float32 logits on the device, and the labels as the loader gave them, for every batch, in eval mode."""
     model.eval()
     for images, labels in progress(batches, description, process):
         with autocast(device, fast):
             logits = model(transform(images.to(device, non_blocking=True)))
-        yield logits.float(), labels.to(device, non_blocking=True)
+        yield logits.float(), labels
 
 
 @torch.no_grad()
@@ -343,11 +404,12 @@ def predict(model: nn.Module, batches: Iterable, transform: InputTransform, devi
     """Predicted and true grades of this process's shard (CPU int64 tensors), in eval mode."""
     predicted, actual = [], []
     for logits, labels in _eval_logits(model, batches, transform, device, fast, process, description):
-        predicted.append(logits.argmax(1).cpu())
-        actual.append(labels.cpu())
+        # Kept on the device until the end: a copy to the host per batch would sync the GPU each time.
+        predicted.append(logits.argmax(1))
+        actual.append(labels)  # int64 from collate_images, still on the host
     if not predicted:
         return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
-    return torch.cat(predicted), torch.cat(actual).long()
+    return torch.cat(predicted).cpu(), torch.cat(actual)
 
 
 @torch.no_grad()
@@ -361,11 +423,8 @@ def evaluate_epoch(model: nn.Module, batches: Iterable, transform: InputTransfor
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     for logits, labels in _eval_logits(model, batches, transform, device, fast, process, description):
+        labels = labels.to(device, non_blocking=True)
         loss_sum += criterion(logits, labels).double()
         correct += (logits.argmax(1) == labels).sum()
         count += labels.numel()
-    total_loss, total_correct, total = all_sum(
-        [loss_sum.item(), float(correct.item()), float(count)], process, device)
-    if total == 0:
-        raise RetinopathyError("evaluation over an empty split; check the prepared index")
-    return EpochResult(total_loss / total, total_correct / total, int(total))
+    return _pass_result(loss_sum, correct, count, process, "evaluation")

@@ -15,21 +15,18 @@ and header-only CSVs, so the report and `dvc metrics show` show the gap.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
 
 from retinopathy import checkpoint, engine
 from retinopathy.config import ARMS, Params, load_params
 from retinopathy.data import NUM_CLASSES
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import write_json_atomic, write_text_atomic
+from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.prepare import read_index
 from retinopathy.train import Paths, open_dataset
 from retinopathy.weights import new_model
@@ -41,14 +38,6 @@ SELECTION_RULES = {
 }
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text_atomic(path, text.getvalue())
-
-
 def confusion_tables(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Counts and the per-true-class normalised matrix (a grade with no images: a zero row)."""
     counts = confusion_matrix(actual, predicted, labels=GRADES)
@@ -57,9 +46,16 @@ def confusion_tables(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndar
     return counts, normalized
 
 
-def scores(actual: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, quadratic weighted kappa and per-class recall."""
-    counts, normalized = confusion_tables(actual, predicted)
+def scores(actual: np.ndarray, predicted: np.ndarray,
+           tables: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, quadratic weighted kappa and per-class recall.
+
+    Args:
+        actual: True grades.
+        predicted: Predicted grades.
+        tables: :func:`confusion_tables` of the two.
+    """
+    counts, normalized = tables
     present = counts.sum(axis=1) > 0
     return {
         "test_accuracy": float((actual == predicted).mean()),
@@ -71,18 +67,27 @@ def scores(actual: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_tables(paths: dict[str, Path], actual: np.ndarray, predicted: np.ndarray) -> None:
+def write_tables(paths: dict[str, Path], actual: np.ndarray, predicted: np.ndarray,
+                 tables: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Write the confusion tables and the predictions (header only where there are none).
+
+    Args:
+        paths: From :func:`output_paths`.
+        actual: True grades.
+        predicted: Predicted grades.
+        tables: :func:`confusion_tables` of the two; None for a skipped arm (no predictions).
+    """
     header = ["actual"] + [str(g) for g in GRADES]
-    if len(actual):
-        counts, normalized = confusion_tables(actual, predicted)
+    if tables is not None:
+        counts, normalized = tables
         count_rows = [[g, *counts[g].tolist()] for g in GRADES]
         norm_rows = [[g, *(f"{v:.6f}" for v in normalized[g])] for g in GRADES]
     else:
         count_rows, norm_rows = [], []
-    _write_csv(paths["counts"], header, count_rows)
-    _write_csv(paths["normalized"], header, norm_rows)
-    _write_csv(paths["predictions"], ["actual", "predicted"],
-               [[int(a), int(p)] for a, p in zip(actual, predicted, strict=True)])
+    write_csv_atomic(paths["counts"], header, count_rows)
+    write_csv_atomic(paths["normalized"], header, norm_rows)
+    write_csv_atomic(paths["predictions"], ["actual", "predicted"],
+                     [[int(a), int(p)] for a, p in zip(actual, predicted, strict=True)])
 
 
 def output_paths(metrics: Path, arm: str) -> dict[str, Path]:
@@ -105,7 +110,7 @@ def evaluate_arm(params: Params, paths: Paths, metrics: Path = Path("metrics")) 
     if status["status"] == "skipped":
         result = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
         result["majority_baseline"] = baseline
-        write_tables(outputs, np.array([], dtype=int), np.array([], dtype=int))
+        write_tables(outputs, np.array([], dtype=int), np.array([], dtype=int), None)
         write_json_atomic(outputs["metrics"], result)
         return result
 
@@ -118,18 +123,17 @@ def evaluate_arm(params: Params, paths: Paths, metrics: Path = Path("metrics")) 
     process = engine.Process()
     device = engine.resolve_device(params.train.device)
     fast = engine.fast_path(params.train, device, params.data.num_workers)
+    engine.configure_backends(device)  # the numerics training evaluated with
     model = new_model(params.model, num_classes=NUM_CLASSES)
     model.load_state_dict(best["model"])
-    model.to(device)
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = engine.place_model(model, device, fast)
     records = read_index(paths.prepared / "index.csv")["test"]
     dataset = open_dataset(params, "test", records)
-    batches = engine.loader(dataset, params.train.batch_size * 2,
-                            engine.ShardSampler(len(dataset), process), fast)
-    transform = engine.InputTransform(params.train.normalize, fast.channels_last).to(device)
+    batches = engine.eval_loader(dataset, params.train.batch_size, process, fast)
+    transform = engine.input_transform(params.train.normalize, fast, device)
     predicted, actual = engine.predict(model, batches, transform, device, fast, process)
     actual_np, predicted_np = actual.numpy(), predicted.numpy()
+    tables = confusion_tables(actual_np, predicted_np)
 
     result: dict[str, Any] = {
         "status": "trained",
@@ -146,13 +150,13 @@ def evaluate_arm(params: Params, paths: Paths, metrics: Path = Path("metrics")) 
         "final_test_accuracy": history[-1]["test_accuracy"],
         # Running accuracy over the training epoch, as the lab reports it.
         "train_accuracy": best_row["train_accuracy"],
-        **scores(actual_np, predicted_np),
+        **scores(actual_np, predicted_np, tables),
         "majority_baseline": baseline,
         "test_size": int(len(actual_np)),
     }
     if "val_accuracy" in best_row:
         result["best_val_accuracy"] = best_row["val_accuracy"]
-    write_tables(outputs, actual_np, predicted_np)
+    write_tables(outputs, actual_np, predicted_np, tables)
     write_json_atomic(outputs["metrics"], result)
     return result
 

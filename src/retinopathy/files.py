@@ -7,14 +7,17 @@ under a temporary sibling name and swapped in only when complete.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def public_mode(path: str | Path, folder: bool = False) -> None:
@@ -28,20 +31,66 @@ def public_mode(path: str | Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~umask)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` that replaces ``path`` only if the ``with`` block succeeds.
+
+    On success the file is flushed and fsynced (so the rename never exposes
+    unwritten data after a power cut), given the mode a plain ``open`` would
+    give it, and renamed over ``path``. When the block raises, the temporary
+    file is deleted and ``path`` is left exactly as it was.
+
+    Args:
+        path: The file to write; missing parent folders are created.
+        mode: ``"w"`` (text, UTF-8) or ``"wb"`` (bytes).
+
+    Yields:
+        The open temporary file.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes with mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False, encoding="utf-8") as out:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        public_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` (UTF-8) through :func:`atomic_file`."""
+    with atomic_file(path) as out:
         out.write(text)
-    public_mode(out.name)
-    os.replace(out.name, path)
+
+
+def write_csv_atomic(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a CSV file (``\\n`` line ends) with ``header`` and ``rows`` through :func:`atomic_file`."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextmanager

@@ -24,8 +24,6 @@ processes, and only rank 0 writes files.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +37,11 @@ from torch.utils.data import Dataset
 from retinopathy import checkpoint, engine
 from retinopathy.cache import DecodedCache
 from retinopathy.config import ARMS, Params, load_params
-from retinopathy.data import RetinopathyDataset
+from retinopathy.data import NUM_CLASSES, RetinopathyDataset
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import write_json_atomic, write_text_atomic
+from retinopathy.files import sha256_of, write_csv_atomic, write_json_atomic
 from retinopathy.prepare import read_index
-from retinopathy.weights import build_model, read_manifest, sha256_of
+from retinopathy.weights import build_model, manifest_path, read_manifest
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
 VAL_FIELDS = ["val_loss", "val_accuracy"]
@@ -83,12 +81,8 @@ class Paths:
 def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> None:
     """Write the per-epoch history CSV atomically (header only when there are no rows)."""
     fields = HISTORY_FIELDS + (VAL_FIELDS if with_val else [])
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{row[k]:.6f}" if k != "epoch" else row[k]) for k in fields})
-    write_text_atomic(path, text.getvalue())
+    write_csv_atomic(path, fields,
+                     ([row[k] if k == "epoch" else f"{row[k]:.6f}" for k in fields] for row in rows))
 
 
 def selection_key(with_val: bool) -> str:
@@ -98,7 +92,6 @@ def selection_key(with_val: bool) -> str:
 
 def skip(paths: Paths, params: Params, manifest: dict[str, Any]) -> None:
     """Record that the pretrained arm cannot be trained; keep any earlier checkpoints."""
-    paths.model_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": "skipped", "model": params.model, "init": paths.init,
               "reason": manifest["reason"], "fix": manifest["fix"]}
     write_json_atomic(paths.status, status)
@@ -106,12 +99,20 @@ def skip(paths: Paths, params: Params, manifest: dict[str, Any]) -> None:
     print(f"warning: {paths.init} arm skipped: {manifest['reason']}\n  fix: {manifest['fix']}")
 
 
-def resume_state(paths: Paths, inputs: dict[str, Any], epochs: int) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None (saying why) to start afresh."""
+def resume_state(paths: Paths, inputs: dict[str, Any], fingerprint: str,
+                 epochs: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None (saying why) to start afresh.
+
+    Args:
+        paths: The arm's files; ``paths.last`` is the candidate.
+        inputs: This run's :func:`checkpoint.fingerprint_inputs`, to say what changed.
+        fingerprint: Their :func:`checkpoint.fingerprint`.
+        epochs: The epochs this run trains in all.
+    """
     if not paths.last.exists():
         return None
     state = checkpoint.load(paths.last)
-    if state.get("fingerprint") != checkpoint.fingerprint(inputs):
+    if state.get("fingerprint") != fingerprint:
         changes = checkpoint.describe_difference(state.get("fingerprint_inputs", {}), inputs)
         print(f"{paths.last}: made with other settings, not resuming from it "
               f"({'; '.join(changes) or 'unknown difference'}); training from the start")
@@ -138,7 +139,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     manifest = read_manifest(paths.init, paths.manifests)
     if manifest["model"] != params.model:
         raise RetinopathyError(
-            f"{paths.manifests / (paths.init + '.json')}: written for {manifest['model']}, "
+            f"{manifest_path(paths.init, paths.manifests)}: written for {manifest['model']}, "
             f"but params.yaml has model {params.model}; run `dvc repro` (or `retinopathy weights`)"
         )
     if not manifest["available"]:
@@ -157,7 +158,8 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     splits = read_index(index)
     with_val = bool(splits["val"])
     key = selection_key(with_val)
-    inputs = checkpoint.fingerprint_inputs(params.to_dict(), paths.init, manifest.get("sha256"),
+    config = params.to_dict()
+    inputs = checkpoint.fingerprint_inputs(config, paths.init, manifest.get("sha256"),
                                            sha256_of(index), process.world_size)
     fingerprint = checkpoint.fingerprint(inputs)
 
@@ -165,18 +167,17 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     engine.configure_backends(device)
     torch.manual_seed(train_cfg.seed)  # model init (scratch) and the new fc (pretrained)
     weights = None if paths.init == "scratch" else _weights_source(manifest)
-    model = build_model(params.model, num_classes=5, weights=weights).to(device)
-    if fast.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = engine.place_model(build_model(params.model, num_classes=NUM_CLASSES, weights=weights),
+                               device, fast)
     optimizer = engine.make_optimizer(model, train_cfg, device)
 
-    state = resume_state(paths, inputs, epochs)
+    state = resume_state(paths, inputs, fingerprint, epochs)
     history: list[dict[str, float]] = []
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
+        torch.set_rng_state(state["rng"]["torch"])
     # Otherwise an older best.pt stays until this run's first epoch replaces it
     # (evaluate checks that best.pt and status.json share a fingerprint).
 
@@ -191,11 +192,10 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
     sampler = engine.EpochShuffleSampler(len(datasets["train"]), train_cfg.seed, process)
     train_batches = engine.loader(datasets["train"], per_process, sampler, fast)
     eval_batches = {
-        name: engine.loader(datasets[name], per_process * 2,
-                            engine.ShardSampler(len(datasets[name]), process), fast)
+        name: engine.eval_loader(datasets[name], per_process, process, fast)
         for name in ("val", "test") if name in datasets
     }
-    transform = engine.InputTransform(train_cfg.normalize, fast.channels_last).to(device)
+    transform = engine.input_transform(train_cfg.normalize, fast, device)
     bn_batches = None
     if train_cfg.precise_bn_images:
         # The same training images every epoch, chosen by the seed alone.
@@ -241,7 +241,7 @@ def _train_arm(params: Params, paths: Paths, process: engine.Process,
                 "rng": {"torch": torch.get_rng_state()},
                 "fingerprint": fingerprint,
                 "fingerprint_inputs": inputs,
-                "config": params.to_dict(),
+                "config": config,
             }, paths.last)
             write_history(history, paths.history_csv, with_val)
             mark = " *" if improved else ""

@@ -14,7 +14,6 @@ weights change or become available.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from torch import nn
 
 from retinopathy.config import ARMS, load_params
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import write_json_atomic
+from retinopathy.files import sha256_of, write_json_atomic
 from retinopathy.resnet import ARCHITECTURES, ResNet
 
 # torchvision's ImageNet-1k weights, reached through its own weights API so the
@@ -43,17 +42,22 @@ MANIFEST_DIR = Path("models/init")
 NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
 
 
+def check_model_name(name: str) -> None:
+    """Raise a RetinopathyError listing the choices unless ``name`` is an architecture we build."""
+    if name not in ARCHITECTURES:
+        raise RetinopathyError(
+            f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)} "
+            "(params.yaml key `model`)"
+        )
+
+
 def new_model(name: str, num_classes: int = 1000) -> ResNet:
     """An initialised ResNet of architecture ``name``.
 
     Raises:
         RetinopathyError: for an unknown name, listing the choices.
     """
-    if name not in ARCHITECTURES:
-        raise RetinopathyError(
-            f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)} "
-            "(params.yaml key `model`)"
-        )
+    check_model_name(name)
     return ARCHITECTURES[name](num_classes=num_classes)
 
 
@@ -62,21 +66,17 @@ def imagenet_cache_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET[name].url)
 
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class WeightsUnavailableError(RetinopathyError):
-    """ImageNet weights are neither cached nor downloadable; ``cause`` says why."""
+    """ImageNet weights are neither cached nor downloadable.
 
-    def __init__(self, message: str, cause: str) -> None:
+    Attributes:
+        reason: Why, with the cause (for the pretrained arm's manifest).
+        fix: What the user can do about it.
+    """
+
+    def __init__(self, message: str, reason: str, fix: str) -> None:
         super().__init__(message)
-        self.cause = cause
+        self.reason, self.fix = reason, fix
 
 
 class CorruptWeightsError(RetinopathyError):
@@ -113,29 +113,29 @@ def offline_help(name: str) -> tuple[str, str]:
     return reason, fix
 
 
-def fetch_imagenet(name: str, download: bool = True) -> Path:
-    """Make sure torchvision's ImageNet file for ``name`` is cached; return its path.
+def fetch_imagenet(name: str, download: bool = True) -> tuple[Path, str]:
+    """Make sure torchvision's ImageNet file for ``name`` is cached; return its path and SHA-256.
 
     Raises:
-        RetinopathyError: with the exact cache path, file name, URL and the
-            params.yaml key to use instead, if the file is absent and cannot
-            be downloaded (no network), or if a cached file fails its hash check.
+        WeightsUnavailableError: with the exact cache path, file name, URL and
+            the params.yaml key to use instead, if the file is absent and
+            cannot be downloaded (no network).
+        CorruptWeightsError: if a cached file fails its hash check.
+        RetinopathyError: for an unknown model name.
     """
-    new_model(name)  # validates the name
+    check_model_name(name)
     cache = imagenet_cache_file(name)
     if not cache.exists():
+        reason, fix = offline_help(name)
         if not download:
-            reason, fix = offline_help(name)
-            raise WeightsUnavailableError(
-                f"{reason}; {fix}", f"downloads disabled by --no-download or {NO_DOWNLOAD_ENV}=1")
+            cause = f"downloads disabled by --no-download or {NO_DOWNLOAD_ENV}=1"
+            raise WeightsUnavailableError(f"{reason}; {fix}", f"{reason} ({cause})", fix)
         try:
             # check_hash: torchvision verifies the SHA-256 prefix in the file name.
             IMAGENET[name].get_state_dict(progress=True, check_hash=True, weights_only=True)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
-            reason, fix = offline_help(name)
-            raise WeightsUnavailableError(f"{reason} ({error}); {fix}", str(error)) from None
-    _check_cached_hash(name, cache)
-    return cache
+            raise WeightsUnavailableError(f"{reason} ({error}); {fix}", f"{reason} ({error})", fix) from None
+    return cache, _check_cached_hash(name, cache)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -223,7 +223,7 @@ def build_model(name: str, num_classes: int = 5, weights: str | Path | None = No
     if weights is None:
         return new_model(name, num_classes)
     if str(weights) == "imagenet":
-        path = fetch_imagenet(name)
+        path, _ = fetch_imagenet(name)
         state = read_state_dict(path)
         source = f"{path} (torchvision {IMAGENET[name]})"
     else:
@@ -259,11 +259,10 @@ def describe_pretrained(model: str, weights: str, download: bool = True) -> dict
     """
     if weights == "imagenet":
         try:
-            path = fetch_imagenet(model, download=download)
+            path, sha256 = fetch_imagenet(model, download=download)
         except WeightsUnavailableError as error:
-            reason, fix = offline_help(model)
             return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
-                    "reason": f"{reason} ({error.cause})", "fix": fix}
+                    "reason": error.reason, "fix": error.fix}
         return {
             "arm": "pretrained",
             "available": True,
@@ -271,7 +270,7 @@ def describe_pretrained(model: str, weights: str, download: bool = True) -> dict
             "source": "imagenet",
             "description": f"torchvision {IMAGENET[model]} (ImageNet-1k)",
             "file": path.name,
-            "sha256": sha256_of(path),
+            "sha256": sha256,
         }
     path = Path(weights)
     build_model(model, weights=path)  # fails early and clearly if the file does not fit

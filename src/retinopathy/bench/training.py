@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,21 +58,33 @@ class BackendFlags:
             torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
 
 
+@contextmanager
+def restored_flags() -> Iterator[BackendFlags]:
+    """Yield the current backend flags, and set them back however the ``with`` block ends.
+
+    Each timed step applies its side's flags, so without this the fast flags
+    would outlive a benchmark (and a later one would take them for PyTorch's
+    defaults).
+    """
+    before = BackendFlags.current()
+    try:
+        yield before
+    finally:
+        before.apply()
+
+
 def fast_flags(device: torch.device) -> BackendFlags:
     """What ``engine.configure_backends`` sets, without leaving it set."""
-    before = BackendFlags.current()
-    engine.configure_backends(device)
-    fast = BackendFlags.current()
-    before.apply()
-    return fast
+    with restored_flags():
+        engine.configure_backends(device)
+        return BackendFlags.current()
 
 
 def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
                     transform: engine.InputTransform, batches: Sequence[tuple[Tensor, Tensor]],
                     device: torch.device, fast: engine.FastPath, flags: BackendFlags
                     ) -> Callable[[], int]:
-    """One training step per call, as ``engine.train_epoch`` does it, cycling ``batches``."""
-    criterion = nn.CrossEntropyLoss()
+    """One training step per call, cycling ``batches``: ``engine.sgd_step``, as training runs it."""
     model.train()
     step = 0
 
@@ -80,27 +93,19 @@ def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
         flags.apply()
         images, labels = batches[step % len(batches)]
         step += 1
-        inputs = transform(images)
-        with engine.autocast(device, fast):
-            logits = model(inputs)
-            loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.sgd_step(model, transform, optimizer, images, labels, device, fast)
         return labels.numel()
     return run
 
 
-def _switches(fast: engine.FastPath, device: torch.device, optimizer: str) -> str:
+def _switches(fast: engine.FastPath, device: torch.device) -> str:
+    """The fast path's switches in words, with the optimizer ``engine.make_optimizer`` picks."""
     parts = ["bf16 autocast" if fast.bf16 else "fp32",
              "channels_last" if fast.channels_last else "contiguous"]
     if device.type == "cuda":
         parts.append("cudnn.benchmark+TF32")
-    return ", ".join([*parts, optimizer])
-
-
-def _optimizer_kind(device: torch.device) -> str:
-    return "fused SGD" if device.type == "cuda" else "foreach SGD"
+    parts.append("fused SGD" if device.type == "cuda" else "foreach SGD")
+    return ", ".join(parts)
 
 
 def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
@@ -116,7 +121,7 @@ def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device,
     train = train or TrainParams()
     fast = engine.fast_path(train, device, 0)
     flags = fast_flags(device)
-    transform = engine.InputTransform(train.normalize, fast.channels_last).to(device)
+    transform = engine.input_transform(train.normalize, fast, device)
     comparisons = []
     for name in models:
         torch.manual_seed(seed)
@@ -125,20 +130,17 @@ def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device,
         theirs.load_state_dict(ours.state_dict(), strict=True)
         units = {}
         for side, model in (("torchvision", theirs), ("ours", ours)):
-            model = model.to(device)
-            if fast.channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = engine.place_model(model, device, fast)
             optimizer = engine.make_optimizer(model, train, device)
             units[side] = train_step_unit(model, optimizer, transform, batches, device, fast, flags)
-        timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup,
-                          sync=sync_for(device))
-        relabel(timed["torchvision"], "torchvision")
-        relabel(timed["ours"], "ours")
+        with restored_flags():  # every step sets the fast flags
+            timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup,
+                              sync=sync_for(device))
         images = batches[0][0]
         comparisons.append(Comparison(
             "models", f"{name}, batch {images.shape[0]}, {images.shape[-1]} px", timed["torchvision"],
             timed["ours"], MODEL_TARGET, f"torchvision.models.{name} loaded with our weights; both "
-            f"{_switches(fast, device, _optimizer_kind(device))}"))
+            f"{_switches(fast, device)}"))
         del units, ours, theirs
     return comparisons
 
@@ -154,29 +156,22 @@ def bench_fastpath(batches: Sequence[tuple[Tensor, Tensor]], device: torch.devic
     """
     train = train or TrainParams()
     fast = engine.fast_path(train, device, 0)
-    plain = engine.FastPath(bf16=False, channels_last=False, compile=False, pin_memory=False,
-                            num_workers=0)
-    default_flags = BackendFlags.current()
+    plain = engine.PLAIN_FAST_PATH
     torch.manual_seed(seed)
     base = ARCHITECTURES[model_name](num_classes=NUM_CLASSES).to(device)
-    cand = copy.deepcopy(base)
-    if fast.channels_last:
-        cand = cand.to(memory_format=torch.channels_last)
+    cand = engine.place_model(copy.deepcopy(base), device, fast)
     base_opt = torch.optim.SGD(base.parameters(), lr=train.lr, momentum=train.momentum,
                                weight_decay=train.weight_decay)
     cand_opt = engine.make_optimizer(cand, train, device)
-    units = {
-        "plain": train_step_unit(base, base_opt, engine.InputTransform(train.normalize, False).to(device),
-                                 batches, device, plain, default_flags),
-        "fast": train_step_unit(cand, cand_opt,
-                                engine.InputTransform(train.normalize, fast.channels_last).to(device),
-                                batches, device, fast, fast_flags(device)),
-    }
-    try:
+    with restored_flags() as default_flags:
+        units = {
+            "plain": train_step_unit(base, base_opt, engine.input_transform(train.normalize, plain, device),
+                                     batches, device, plain, default_flags),
+            "fast": train_step_unit(cand, cand_opt, engine.input_transform(train.normalize, fast, device),
+                                    batches, device, fast, fast_flags(device)),
+        }
         timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup, sync=sync_for(device))
-    finally:
-        default_flags.apply()
-    switches = _switches(fast, device, _optimizer_kind(device))
+    switches = _switches(fast, device)
     relabel(timed["plain"], "plain fp32")
     relabel(timed["fast"], "fast path")
     same = not fast.bf16 and not fast.channels_last and device.type != "cuda"
