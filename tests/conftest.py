@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retinopathy import prepare, weights
 from retinopathy.config import load_params
-from retinopathy.demo import write_demo_dataset
+from retinopathy.models.build import NO_DOWNLOAD_ENV
+from retinopathy.stages import prepare, weights
+from retinopathy.stages.demo_data import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def write_params(folder: Path, **overrides: dict) -> Path:
 def _quiet_environment(monkeypatch, tmp_path_factory):
     """No analytics, no downloads, and an empty torch cache for every test."""
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.setenv(weights.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.setenv(NO_DOWNLOAD_ENV, "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
 
 

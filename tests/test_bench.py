@@ -9,16 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from retinopathy import bench
-from retinopathy.bench.cli import main
-from retinopathy.bench.inputs import INPUT_TARGET, ReferenceDataset, bench_input, write_bench_images
-from retinopathy.bench.machine import describe_machine, machine_line
-from retinopathy.bench.output import format_result
-from retinopathy.bench.results import BenchResult, Comparison
-from retinopathy.bench.timing import Measurement, alternate
-from retinopathy.bench.training import MODEL_TARGET, BackendFlags, bench_fastpath, bench_models, image_bank
-from retinopathy.config import TrainParams
-from retinopathy.data import RetinopathyDataset
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.engine.runtime import make_runtime
+from retinopathy.stages import bench
+from retinopathy.stages.bench.cli import main
+from retinopathy.stages.bench.inputs import INPUT_TARGET, ReferenceDataset, bench_input, write_bench_images
+from retinopathy.stages.bench.machine import describe_machine, machine_line
+from retinopathy.stages.bench.output import format_result
+from retinopathy.stages.bench.results import BenchResult, Comparison
+from retinopathy.stages.bench.timing import Measurement, alternate
+from retinopathy.stages.bench.training import (
+    MODEL_TARGET,
+    BackendFlags,
+    bench_fastpath,
+    bench_models,
+    image_bank,
+)
 
 CPU = torch.device("cpu")
 
@@ -122,8 +128,8 @@ def test_bench_fastpath_forced_switches_and_flags_restored(jpegs):
     folder, records = jpegs
     batches = image_bank(folder, records, 32, 2, CPU)
     flags = BackendFlags.current()
-    train = TrainParams(precision="bf16", channels_last="on")
-    c = bench_fastpath(batches, CPU, seconds=0.01, rounds=1, warmup=1, train=train)
+    runtime = make_runtime(CPU, precision="bf16", channels_last="on", num_workers=0)
+    c = bench_fastpath(batches, CPU, seconds=0.01, rounds=1, warmup=1, runtime=runtime)
     assert c.section == "fastpath" and c.target is None
     assert "bf16 autocast" in c.note and "channels_last" in c.note
     check_comparison(c, rounds=1)

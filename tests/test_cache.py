@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from retinopathy import engine
-from retinopathy.cache import DecodedCache
-from retinopathy.data import RetinopathyDataset, image_path
-from retinopathy.demo import write_demo_dataset
+from retinopathy.data.cache import DecodedCache
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.data.labels import image_path
+from retinopathy.engine.batches import collate_images
 from retinopathy.errors import RetinopathyError
+from retinopathy.stages.demo_data import write_demo_dataset
 
 
 @pytest.fixture()
@@ -35,7 +36,7 @@ def test_cached_pixels_equal_decoded_pixels_and_survive_the_jpegs(demo, tmp_path
 
 def test_cache_works_in_dataloader_workers(demo, tmp_path):
     dataset = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
-    batches = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=engine.collate_images)
+    batches = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_images)
     from_workers = torch.cat([images for images, _ in batches])  # fills the cache from 2 processes
     assert dataset._open()[1].sum() == len(dataset)
     direct = torch.stack([dataset[i][0] for i in range(len(dataset))])  # all read from the cache

@@ -1,13 +1,28 @@
-"""params.yaml validation: unknown keys and bad values are rejected with what is allowed."""
+"""params.yaml validation: unknown, missing and bad keys are rejected with what is allowed."""
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from retinopathy.config import load_params, parse_params
+from retinopathy.config import DataParams, DemoParams, Params, TrainParams, load_params, parse_params
 from retinopathy.errors import RetinopathyError
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def shipped_with(changes: dict) -> dict:
+    """The shipped params.yaml with ``changes`` laid over it, section by section."""
+    raw = copy.deepcopy(SHIPPED)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return raw
 
 
 def test_the_shipped_params_are_valid_and_run_the_demo():
@@ -38,12 +53,45 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
 )
 def test_bad_params_are_rejected_with_what_is_allowed(raw, message):
     with pytest.raises(RetinopathyError, match=message):
-        parse_params(raw, "params.yaml")
+        parse_params(shipped_with(raw), "params.yaml")
+
+
+@pytest.mark.parametrize("key", ["train.lr", "train.momentum", "train.weight_decay", "data.val_fraction"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_rejected(key, value):
+    section, name = key.split(".")
+    with pytest.raises(RetinopathyError, match=rf"`{key}` must be a finite number"):
+        parse_params(shipped_with({section: {name: value}}))
+
+
+def test_a_missing_key_is_named():
+    raw = shipped_with({})
+    del raw["train"]["momentum"]
+    with pytest.raises(RetinopathyError, match=r"`train.momentum` is missing"):
+        parse_params(raw)
+    del raw["data"]
+    with pytest.raises(RetinopathyError, match=r"`data` is missing"):
+        parse_params(raw)
+
+
+def test_params_yaml_is_the_only_source_of_defaults():
+    # No field of the params dataclasses has a default: every value comes from params.yaml,
+    # and params.yaml sets every field.
+    for cls in (Params, DataParams, DemoParams, TrainParams):
+        for field in dataclasses.fields(cls):
+            if field.name != "source":
+                assert field.default is dataclasses.MISSING, f"{cls.__name__}.{field.name}"
+                assert field.default_factory is dataclasses.MISSING, f"{cls.__name__}.{field.name}"
+    assert load_params(REPO / "params.yaml").to_dict() == {
+        key: value if not isinstance(value, dict) else {k: v for k, v in value.items()}
+        for key, value in SHIPPED.items()
+    }
 
 
 def test_per_model_mappings_and_yaml_switches():
-    params = parse_params({"train": {"epochs": {"resnet18": 10, "resnet50": 5}, "channels_last": False,
-                                     "weights": {"resnet18": "a.pth", "resnet50": "imagenet"}}})
+    params = parse_params(shipped_with({"train": {"epochs": {"resnet18": 10, "resnet50": 5},
+                                                  "channels_last": False,
+                                                  "weights": {"resnet18": "a.pth", "resnet50": "imagenet"}}}))
     assert params.train.epochs_for("resnet50") == 5 and params.train.channels_last == "off"
     assert params.train.weights_for("resnet18") == "a.pth"
 

@@ -9,15 +9,14 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from retinopathy import data, images
-from retinopathy.data import (
-    NUM_CLASSES,
+from retinopathy.contract import NUM_GRADES
+from retinopathy.data import images
+from retinopathy.data.dataset import RetinopathyDataset, check_images
+from retinopathy.data.images import decode_image
+from retinopathy.data.labels import (
     SPLIT_FILES,
     Record,
-    RetinopathyDataset,
-    check_images,
     class_counts,
-    decode_image,
     image_path,
     read_course_splits,
     read_split,
@@ -263,7 +262,7 @@ def test_unknown_split_name(tmp_path: Path) -> None:
 def test_class_counts() -> None:
     records = [Record("a", 0), Record("b", 4), Record("c", 4)]
     assert class_counts(records) == [1, 0, 0, 0, 2]
-    assert len(class_counts([])) == NUM_CLASSES
+    assert len(class_counts([])) == NUM_GRADES
     with pytest.raises(RetinopathyError, match="'d'"):
         class_counts([Record("d", 5)])
 
@@ -503,7 +502,3 @@ def test_dataset_batches_through_a_dataloader(course: Path) -> None:
     loader = torch.utils.data.DataLoader(RetinopathyDataset(course, "train", 16), batch_size=3)
     images, labels = next(iter(loader))
     assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 3, 4]
-
-
-def test_data_module_exports_decode_image() -> None:
-    assert data.decode_image is images.decode_image is decode_image

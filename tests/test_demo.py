@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinopathy import demo
-from retinopathy.demo import class_counts, render_fundus, write_demo_dataset
+from conftest import write_params
+from retinopathy.data.synthetic import class_counts, render_fundus
 from retinopathy.errors import RetinopathyError
+from retinopathy.stages import demo_data as demo
+from retinopathy.stages.demo_data import write_demo_dataset
 
 SMALL = {"train_size": 12, "test_size": 6, "image_size": 64}
 COURSE = (20656, 1955, 4210, 698, 581)
@@ -164,9 +166,7 @@ def test_bad_settings_are_user_errors(tmp_path: Path, key: str, value: int) -> N
 
 
 def test_cli_reads_demo_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("yaml")
-    params = tmp_path / "params.yaml"
-    params.write_text("demo:\n  seed: 3\n  train_size: 5\n  test_size: 5\n  image_size: 32\n")
+    params = write_params(tmp_path, demo={"seed": 3, "train_size": 5, "test_size": 5, "image_size": 32})
     out = tmp_path / "demo"
     assert demo.main(["--params", str(params), "--out", str(out)]) == 0
     assert len(_lines(out / "test_img.csv")) == 5

@@ -10,10 +10,15 @@ import pytest
 import torch
 
 from conftest import subprocess_env, write_params
-from retinopathy import checkpoint, engine, train
+from retinopathy import checkpoint
 from retinopathy.config import load_params
-from retinopathy.prepare import read_index
-from retinopathy.resnet import resnet18
+from retinopathy.data.dataset import open_dataset
+from retinopathy.data.index import read_index
+from retinopathy.engine import loops
+from retinopathy.engine.batches import loader
+from retinopathy.engine.distributed import Process, ShardSampler
+from retinopathy.engine.runtime import make_runtime
+from retinopathy.models.grader import GraderSpec, load_grader
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +45,18 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     # The test accuracy summed over both ranks equals a single-process evaluation
     # of the saved model over the whole test split (no image lost or counted twice).
     params = load_params(tiny_project / "params.yaml")
-    model = resnet18(num_classes=5)
-    model.load_state_dict(last["model"])
+    model = load_grader(GraderSpec.from_dict(last["spec"], "last.pt"), last["model"], "last.pt")
     records = read_index(tiny_project / "data/prepared/index.csv")["test"]
-    dataset = train.open_dataset(params, "test", records)  # data.root is relative: cwd is tiny_project
-    fast = engine.fast_path(params.train, torch.device("cpu"), 0)
-    batches = engine.loader(dataset, 5, engine.ShardSampler(len(dataset), engine.Process()), fast)
-    result = engine.evaluate_epoch(model, batches, engine.InputTransform(params.train.normalize, False),
-                                   torch.device("cpu"), fast, engine.Process())
+    # data.root is relative: the cwd is tiny_project
+    dataset = open_dataset(params.data.root, "test", records, params.data.image_size)
+    runtime = make_runtime(torch.device("cpu"), num_workers=0)
+    batches = loader(dataset, 5, ShardSampler(len(dataset), Process()), runtime)
+    result = loops.evaluate_epoch(model, batches, runtime)
     assert result.count == len(records)
     assert float(history[-1]["test_accuracy"]) == pytest.approx(result.accuracy, abs=1e-6)
 
     write_params(tiny_project, train={"epochs": 3})
     resumed = torchrun(tiny_project)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming after epoch 2 of 3" in resumed.stdout
+    assert resumed.stderr.count("resuming after epoch 2 of 3") == 1  # said once, by rank 0
     assert checkpoint.load(tiny_project / "models/scratch/last.pt")["epoch"] == 3

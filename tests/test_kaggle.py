@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinopathy import kaggle
-from retinopathy.data import (
-    SPLIT_FILES,
-    Record,
-    check_images,
-    class_counts,
-    decode_image,
-    image_path,
-    read_course_splits,
-)
+from retinopathy.data.dataset import check_images
+from retinopathy.data.fundus import NoFundusError, crop_to_fundus
+from retinopathy.data.images import decode_image
+from retinopathy.data.kaggle import stratified_split
+from retinopathy.data.labels import SPLIT_FILES, Record, class_counts, image_path, read_course_splits
 from retinopathy.errors import RetinopathyError
-from retinopathy.kaggle import crop_to_fundus, import_kaggle, main, stratified_split
+from retinopathy.stages.import_kaggle import import_kaggle, main
 
 # 12 patients x 2 eyes; the grade of each patient's left and right eye.
 GRADES = [(0, 0), (0, 1), (0, 0), (2, 2), (0, 0), (4, 3)]
@@ -101,7 +96,7 @@ def test_crop_ignores_a_noisy_border_on_large_images() -> None:
 
 
 def test_crop_of_a_black_image_raises() -> None:
-    with pytest.raises(kaggle.NoFundusError):
+    with pytest.raises(NoFundusError):
         crop_to_fundus(Image.new("RGB", (40, 30)))
 
 

@@ -103,3 +103,22 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     shown = run(project, "dvc", "exp", "show", "--no-pager", "--csv")
     assert "resnet50" in shown and "resnet18" in shown
     assert json.loads((project / "metrics/scratch.json").read_text())["model"] == "resnet50"
+
+
+def test_a_change_to_the_demo_painter_reruns_only_demo_data_on_other_data(project):
+    # The course layout in data/course (images drawn by the demo painter, but not the demo folder).
+    from retinopathy.stages.demo_data import write_demo_dataset
+
+    write_demo_dataset(project / "data/course", seed=1, train_size=20, test_size=10, image_size=48)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["root"] = "data/course"
+    params["train"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(project, "dvc", "repro")
+    assert json.loads(run(project, "dvc", "status", "--json")) == {"weights": ["always changed"]}
+
+    painter = project / "src/retinopathy/data/synthetic.py"
+    painter.write_text(painter.read_text() + "\n# a vessel redrawn\n")
+    status = json.loads(run(project, "dvc", "status", "--json"))
+    assert status.pop("weights") == ["always changed"]  # it always runs: weights may appear in a cache
+    assert list(status) == ["demo-data"], status

@@ -7,15 +7,16 @@ import json
 import pytest
 
 from conftest import write_params
-from retinopathy import prepare
 from retinopathy.config import load_params
-from retinopathy.data import Record
+from retinopathy.data.index import read_index, split_validation
+from retinopathy.data.labels import Record
 from retinopathy.errors import RetinopathyError
+from retinopathy.stages import prepare
 
 
 def test_index_and_summary(tiny_project):
     summary = json.loads((tiny_project / "data/prepared/summary.json").read_text())
-    splits = prepare.read_index(tiny_project / "data/prepared/index.csv")
+    splits = read_index(tiny_project / "data/prepared/index.csv")
     assert len(splits["train"]) == 40 and len(splits["test"]) == 12 and splits["val"] == []
     assert summary["splits"]["test"]["count"] == 12 and summary["synthetic"] is True
     test_counts = summary["splits"]["test"]["class_counts"]
@@ -26,13 +27,13 @@ def test_index_and_summary(tiny_project):
 def test_validation_split_is_stratified_seeded_and_disjoint():
     grades = [0] * 60 + [1] * 20 + [2] * 10 + [3] * 3 + [4] * 2
     records = [Record(f"img{i}", grade) for i, grade in enumerate(grades)]
-    train, val = prepare.split_validation(records, 0.2, seed=1)
+    train, val = split_validation(records, 0.2, seed=1)
     assert len(train) + len(val) == len(records) and not {r.image for r in train} & {r.image for r in val}
     val_grades = [r.label for r in val]
     assert val_grades.count(0) == 12 and val_grades.count(1) == 4 and val_grades.count(2) == 2
     assert val_grades.count(3) == 1 and val_grades.count(4) == 1  # rare grades on both sides
-    assert prepare.split_validation(records, 0.2, seed=1) == (train, val)
-    assert prepare.split_validation(records, 0.2, seed=2) != (train, val)
+    assert split_validation(records, 0.2, seed=1) == (train, val)
+    assert split_validation(records, 0.2, seed=2) != (train, val)
 
 
 def test_accepted_quirks_are_noted_in_the_summary(tiny_project):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.errors import RetinopathyError
-from retinopathy.report import main, write_report
+from retinopathy.stages.report import main, write_report
 
 FIGURES = ("accuracy.png", "confusion_scratch.png", "confusion_pretrained.png", "best_accuracy.png")
 COUNTS = [

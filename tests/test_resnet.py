@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from retinopathy.resnet import BasicBlock, Bottleneck, resnet18, resnet50
+from retinopathy.models.resnet import BasicBlock, Bottleneck, resnet18, resnet50
 
 PAIRS = [(resnet18, tvm.resnet18), (resnet50, tvm.resnet50)]
 

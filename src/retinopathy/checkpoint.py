@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-import retinopathy
+from retinopathy import codedeps
 from retinopathy.files import atomic_file
 
 # Settings that change how fast training runs but not what it computes, so a
@@ -24,24 +24,18 @@ from retinopathy.files import atomic_file
 NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("train", "epochs")}
 
 
-# The modules whose code decides what training computes. dvc.yaml's train stage
-# depends on the same files (a test keeps the two lists in step).
-TRAINING_CODE = ("train.py", "engine.py", "checkpoint.py", "resnet.py", "weights.py", "data.py", "images.py")
+TRAINING_STAGE = "retinopathy.stages.train"  # "the training code": this module's import closure
 
 
 def code_digest() -> str:
-    """SHA-256 over the source of :data:`TRAINING_CODE`.
+    """SHA-256 over the training code: the files that dvc.yaml's train stage depends on.
 
     A checkpoint made by other training code is not resumed from: the same
     code, params and data give the same history, which is what makes a resume
-    honest.
+    honest. The files are the import closure of the train stage
+    (:func:`retinopathy.codedeps.code_deps`), the same list dvc.yaml carries.
     """
-    digest = hashlib.sha256()
-    package = Path(retinopathy.__file__).parent
-    for name in TRAINING_CODE:
-        digest.update(name.encode())
-        digest.update((package / name).read_bytes())
-    return digest.hexdigest()
+    return codedeps.code_digest(TRAINING_STAGE)
 
 
 def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,

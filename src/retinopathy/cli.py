@@ -2,7 +2,7 @@
 
 Each command lives in its own module with its own argparse ``main``; this file
 only maps names to modules, so ``retinopathy train`` in a DVC stage and
-``retinopathy.train.main([...])`` in a test run exactly the same code.
+``retinopathy.stages.train.main([...])`` in a test run exactly the same code.
 """
 
 from __future__ import annotations
@@ -12,18 +12,23 @@ import sys
 
 from retinopathy.errors import RetinopathyError
 
-# command -> (module, one-line description). Modules are imported lazily so
-# that `retinopathy --help` does not pay for importing torch.
+# command -> (module under retinopathy.stages, one-line description). Modules are
+# imported lazily so that `retinopathy --help` does not pay for importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("retinopathy.demo", "write the synthetic demo dataset (course layout)"),
-    "import-kaggle": ("retinopathy.kaggle", "build the course's 512x512 dataset from the Kaggle download"),
-    "prepare": ("retinopathy.prepare", "check the raw data and write the index and summary"),
-    "weights": ("retinopathy.weights", "resolve the initial weights of each arm and write manifests"),
-    "train": ("retinopathy.train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
-    "evaluate": ("retinopathy.evaluate", "evaluate the best checkpoint of one arm on the test split"),
-    "report": ("retinopathy.report", "draw the figures and write plots/report.md"),
-    "bench": ("retinopathy.bench", "measure input-pipeline and training throughput"),
+    "demo-data": ("demo_data", "write the synthetic demo dataset (course layout)"),
+    "import-kaggle": ("import_kaggle", "build the course's 512x512 dataset from the Kaggle download"),
+    "prepare": ("prepare", "check the raw data and write the index and summary"),
+    "weights": ("weights", "resolve the initial weights of each arm and write manifests"),
+    "train": ("train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
+    "evaluate": ("evaluate", "evaluate the best checkpoint of one arm on the test split"),
+    "report": ("report", "draw the figures and write plots/report.md"),
+    "bench": ("bench", "measure input-pipeline and training throughput"),
 }
+
+
+def module_of(command: str) -> str:
+    """The module that implements ``command``: ``retinopathy.stages.<name>``."""
+    return f"retinopathy.stages.{COMMANDS[command][0]}"
 
 
 def _usage() -> str:
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"retinopathy: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(module_of(name))
     try:
         return int(module.main(rest) or 0)
     except RetinopathyError as error:

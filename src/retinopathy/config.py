@@ -8,61 +8,64 @@ allowed, instead of a KeyError halfway through training.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from retinopathy.contract import MODELS, NORMALIZATIONS
 from retinopathy.errors import RetinopathyError
 
-MODELS = ("resnet18", "resnet50")
-ARMS = ("scratch", "pretrained")
 DEVICES = ("auto", "cpu", "cuda")
-NORMALIZATIONS = ("imagenet", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 SWITCHES = ("auto", "on", "off")
+
+
+# The dataclasses carry no defaults: params.yaml is the only place a default is
+# written, and a key missing from it is an error that names the key.
 
 
 @dataclass(frozen=True)
 class DemoParams:
     """The synthetic demo dataset written by `retinopathy demo-data`."""
 
-    seed: int = 0
-    train_size: int = 600
-    test_size: int = 200
-    image_size: int = 256
+    seed: int
+    train_size: int
+    test_size: int
+    image_size: int
 
 
 @dataclass(frozen=True)
 class DataParams:
     """Where the images are and how they are fed to the network."""
 
-    root: str = "data/demo"
-    image_size: int | None = 128  # None: use the files' own size (512 for the course data)
-    val_fraction: float = 0.0  # > 0: hold out a stratified validation split to pick the epoch
-    seed: int = 0  # seeds the validation split
-    num_workers: int | str = "auto"  # DataLoader worker processes; "auto" picks from the CPU count
-    cache_dir: str | None = None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
+    root: str
+    image_size: int | None  # None: use the files' own size (512 for the course data)
+    val_fraction: float  # > 0: hold out a stratified validation split to pick the epoch
+    seed: int  # seeds the validation split
+    num_workers: int | str  # DataLoader worker processes; "auto" picks from the CPU count
+    cache_dir: str | None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """Optimisation hyperparameters and the speed switches of the training loop."""
 
-    epochs: int | dict[str, int] = 10  # one number, or one per model: {resnet18: 10, resnet50: 5}
-    batch_size: int = 4
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
-    weights: str | dict[str, str] = "imagenet"  # pretrained arm: "imagenet" or a file; or one per model
-    precise_bn_images: int = 0  # > 0: re-estimate BatchNorm statistics on this many train images per epoch
-    normalize: str = "imagenet"  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: str = "auto"  # auto: on for CUDA, off on CPU
-    compile: bool = False  # torch.compile the model (CUDA; minutes of compile time)
+    epochs: int | dict[str, int]  # one number, or one per model: {resnet18: 10, resnet50: 5}
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    precise_bn_images: int  # > 0: re-estimate BatchNorm statistics on this many train images per epoch
+    device: str
+    weights: str | dict[str, str]  # pretrained arm: "imagenet" or a file; or one per model
+    normalize: str  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
+    precision: str  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: str  # auto: on for CUDA, off on CPU
+    compile: bool  # torch.compile the model (CUDA; minutes of compile time)
 
     def epochs_for(self, model: str) -> int:
         """The number of epochs for ``model`` (``epochs`` may be one number or a mapping)."""
@@ -77,11 +80,11 @@ class TrainParams:
 class Params:
     """All of params.yaml."""
 
-    model: str = "resnet18"
-    data: DataParams = dataclasses.field(default_factory=DataParams)
-    demo: DemoParams = dataclasses.field(default_factory=DemoParams)
-    train: TrainParams = dataclasses.field(default_factory=TrainParams)
-    source: str = "params.yaml"  # where these came from, for error messages
+    model: str
+    data: DataParams
+    demo: DemoParams
+    train: TrainParams
+    source: str = "params.yaml"  # where these came from, for error messages (not a parameter)
 
     def to_dict(self) -> dict[str, Any]:
         """The parameters as plain data (without ``source``), e.g. for a checkpoint."""
@@ -94,10 +97,8 @@ def _fail(source: str, key: str, problem: str) -> RetinopathyError:
     return RetinopathyError(f"{source}: `{key}` {problem}")
 
 
-def _section(cls: type, raw: Any, source: str, prefix: str) -> Any:
-    """Build dataclass ``cls`` from mapping ``raw``, rejecting unknown keys."""
-    if raw is None:
-        raw = {}
+def _section(cls: type, raw: Any, source: str, prefix: str) -> dict[str, Any]:
+    """Check that mapping ``raw`` has exactly the fields of dataclass ``cls``; return it."""
     if not isinstance(raw, dict):
         raise _fail(source, prefix, f"must be a mapping of keys, got {raw!r}")
     allowed = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
@@ -105,6 +106,11 @@ def _section(cls: type, raw: Any, source: str, prefix: str) -> Any:
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise _fail(source, key, f"is not a known key; allowed here: {', '.join(allowed)}")
+    missing = [name for name in allowed if name not in raw]
+    if missing:
+        key = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise _fail(source, key, "is missing; every key must be set (the project's params.yaml "
+                    "lists each one with its default and what it does)")
     return raw
 
 
@@ -117,6 +123,8 @@ def _int(source: str, key: str, value: Any, minimum: int) -> int:
 def _number(source: str, key: str, value: Any, low: float, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(source, key, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise _fail(source, key, f"must be a finite number, got {value!r}")
     if value < low or (high is not None and value >= high):
         bound = f"in [{low}, {high})" if high is not None else f">= {low}"
         raise _fail(source, key, f"must be {bound}, got {value!r}")
@@ -212,17 +220,16 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as read from YAML) and return :class:`Params`.
 
     Raises:
-        RetinopathyError: naming the first unknown key or bad value and what is allowed.
+        RetinopathyError: naming the first unknown, missing or bad key and what is allowed.
     """
     if not isinstance(raw, dict):
         raise RetinopathyError(f"{source}: must be a YAML mapping of keys; got {type(raw).__name__}")
     _section(Params, raw, source, "")
-    model = raw.get("model", Params.model)
     return Params(
-        model=_choice(source, "model", model, MODELS),
-        data=_data(raw.get("data"), source),
-        demo=_demo(raw.get("demo"), source),
-        train=_train(raw.get("train"), source),
+        model=_choice(source, "model", raw["model"], MODELS),
+        data=_data(raw["data"], source),
+        demo=_demo(raw["demo"], source),
+        train=_train(raw["train"], source),
         source=source,
     )
 

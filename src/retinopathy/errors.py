@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -16,3 +17,13 @@ class RetinopathyError(Exception):
 def where(path: str | Path, line: int | None = None) -> str:
     """Format a location as ``path:line`` (or just ``path``) for error messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on stderr: every warning goes there, results go to stdout."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """Print a notice (what a command decided and why) on stderr, apart from its results."""
+    print(message, file=sys.stderr, flush=True)

@@ -21,13 +21,17 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retinopathy.data import RetinopathyDataset, image_path
+from retinopathy.data.labels import image_path
 from retinopathy.errors import RetinopathyError
+
+if TYPE_CHECKING:  # dataset.py imports this module
+    from retinopathy.data.dataset import RetinopathyDataset
 
 
 def cache_key(dataset: RetinopathyDataset) -> str:

@@ -12,15 +12,22 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from retinopathy import engine
-from retinopathy.bench.inputs import SPLIT
-from retinopathy.bench.results import Comparison
-from retinopathy.bench.timing import alternate, relabel, sync_for
-from retinopathy.config import MODELS, TrainParams
-from retinopathy.data import NUM_CLASSES, Record, RetinopathyDataset
-from retinopathy.resnet import ARCHITECTURES
+from retinopathy.contract import MODELS, NUM_GRADES
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.data.labels import Record
+from retinopathy.engine.loops import sgd_step
+from retinopathy.engine.optim import make_optimizer
+from retinopathy.engine.runtime import Runtime, make_runtime, plain_runtime
+from retinopathy.models.grader import Grader, GraderSpec
+from retinopathy.models.resnet import ARCHITECTURES
+from retinopathy.stages.bench.inputs import SPLIT
+from retinopathy.stages.bench.results import Comparison
+from retinopathy.stages.bench.timing import alternate, relabel, sync_for
 
 MODEL_TARGET = 0.95  # ours within 5% of torchvision (faster is fine)
+# The lab's SGD settings; a step takes as long whatever the values.
+SGD = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
+NORMALIZE = "imagenet"
 
 
 def image_bank(root: str | Path, records: Sequence[Record], size: int, batch: int,
@@ -73,18 +80,23 @@ def restored_flags() -> Iterator[BackendFlags]:
         before.apply()
 
 
-def fast_flags(device: torch.device) -> BackendFlags:
-    """What ``engine.configure_backends`` sets, without leaving it set."""
+def fast_flags(runtime: Runtime) -> BackendFlags:
+    """What ``Runtime.configure_backends`` sets, without leaving it set."""
     with restored_flags():
-        engine.configure_backends(device)
+        runtime.configure_backends()
         return BackendFlags.current()
 
 
+def grader(net: nn.Module, runtime: Runtime) -> Grader:
+    """``net`` behind the input transform, placed as ``runtime`` places it, as training runs it."""
+    spec = GraderSpec(model="resnet18", image_size=None, normalize=NORMALIZE)  # the spec is not read
+    return runtime.place(Grader(net, spec))
+
+
 def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
-                    transform: engine.InputTransform, batches: Sequence[tuple[Tensor, Tensor]],
-                    device: torch.device, fast: engine.FastPath, flags: BackendFlags
+                    batches: Sequence[tuple[Tensor, Tensor]], runtime: Runtime, flags: BackendFlags
                     ) -> Callable[[], int]:
-    """One training step per call, cycling ``batches``: ``engine.sgd_step``, as training runs it."""
+    """One training step per call, cycling ``batches``: ``engine.loops.sgd_step``, as training runs it."""
     model.train()
     step = 0
 
@@ -93,46 +105,44 @@ def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
         flags.apply()
         images, labels = batches[step % len(batches)]
         step += 1
-        engine.sgd_step(model, transform, optimizer, images, labels, device, fast)
+        sgd_step(model, optimizer, images, labels, runtime)
         return labels.numel()
     return run
 
 
-def _switches(fast: engine.FastPath, device: torch.device) -> str:
-    """The fast path's switches in words, with the optimizer ``engine.make_optimizer`` picks."""
-    parts = ["bf16 autocast" if fast.bf16 else "fp32",
-             "channels_last" if fast.channels_last else "contiguous"]
-    if device.type == "cuda":
+def _switches(runtime: Runtime) -> str:
+    """The runtime's switches in words, with the optimizer ``engine.optim.make_optimizer`` picks."""
+    cuda = runtime.device.type == "cuda"
+    parts = ["bf16 autocast" if runtime.bf16 else "fp32",
+             "channels_last" if runtime.channels_last else "contiguous"]
+    if cuda:
         parts.append("cudnn.benchmark+TF32")
-    parts.append("fused SGD" if device.type == "cuda" else "foreach SGD")
+    parts.append("fused SGD" if cuda else "foreach SGD")
     return ", ".join(parts)
 
 
 def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
                  models: Sequence[str] = MODELS, seconds: float, rounds: int, warmup: int = 2,
-                 train: TrainParams | None = None, seed: int = 0) -> list[Comparison]:
+                 seed: int = 0) -> list[Comparison]:
     """Training images/s of our ResNets against torchvision's, same weights and loop.
 
-    Both sides run with the device's fast-path switches (``train``'s, default
-    ``auto``), as training would.
+    Both sides run with the device's fast-path switches (``auto``), as training would.
     """
     import torchvision.models
 
-    train = train or TrainParams()
-    fast = engine.fast_path(train, device, 0)
-    flags = fast_flags(device)
-    transform = engine.input_transform(train.normalize, fast, device)
+    runtime = make_runtime(device, num_workers=0)
+    flags = fast_flags(runtime)
     comparisons = []
     for name in models:
         torch.manual_seed(seed)
-        ours = ARCHITECTURES[name](num_classes=NUM_CLASSES)
-        theirs = getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)
+        ours = ARCHITECTURES[name](num_classes=NUM_GRADES)
+        theirs = getattr(torchvision.models, name)(weights=None, num_classes=NUM_GRADES)
         theirs.load_state_dict(ours.state_dict(), strict=True)
         units = {}
-        for side, model in (("torchvision", theirs), ("ours", ours)):
-            model = engine.place_model(model, device, fast)
-            optimizer = engine.make_optimizer(model, train, device)
-            units[side] = train_step_unit(model, optimizer, transform, batches, device, fast, flags)
+        for side, net in (("torchvision", theirs), ("ours", ours)):
+            model = grader(net, runtime)
+            optimizer = make_optimizer(model, runtime, **SGD)
+            units[side] = train_step_unit(model, optimizer, batches, runtime, flags)
         with restored_flags():  # every step sets the fast flags
             timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup,
                               sync=sync_for(device))
@@ -140,42 +150,41 @@ def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device,
         comparisons.append(Comparison(
             "models", f"{name}, batch {images.shape[0]}, {images.shape[-1]} px", timed["torchvision"],
             timed["ours"], MODEL_TARGET, f"torchvision.models.{name} loaded with our weights; both "
-            f"{_switches(fast, device)}"))
+            f"{_switches(runtime)}"))
         del units, ours, theirs
     return comparisons
 
 
 def bench_fastpath(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
                    model_name: str = "resnet18", seconds: float, rounds: int, warmup: int = 2,
-                   train: TrainParams | None = None, seed: int = 0) -> Comparison:
-    """Training images/s with ``engine.fast_path``'s switches against a plain fp32 loop.
+                   runtime: Runtime | None = None, seed: int = 0) -> Comparison:
+    """Training images/s with ``runtime``'s switches against a plain fp32 loop.
 
     The plain loop: fp32, contiguous tensors, ``torch.optim.SGD`` with its
     default implementation, PyTorch's default cuDNN/TF32 settings. Both start
     from the same weights and see the same batches.
+
+    Args:
+        runtime: The fast side's switches (default: ``auto`` for ``device``).
     """
-    train = train or TrainParams()
-    fast = engine.fast_path(train, device, 0)
-    plain = engine.PLAIN_FAST_PATH
+    fast = runtime or make_runtime(device, num_workers=0)
+    plain = plain_runtime(device)
     torch.manual_seed(seed)
-    base = ARCHITECTURES[model_name](num_classes=NUM_CLASSES).to(device)
-    cand = engine.place_model(copy.deepcopy(base), device, fast)
-    base_opt = torch.optim.SGD(base.parameters(), lr=train.lr, momentum=train.momentum,
-                               weight_decay=train.weight_decay)
-    cand_opt = engine.make_optimizer(cand, train, device)
+    base = grader(ARCHITECTURES[model_name](num_classes=NUM_GRADES), plain)
+    cand = grader(copy.deepcopy(base.net), fast)
+    base_opt = torch.optim.SGD(base.parameters(), **SGD)
+    cand_opt = make_optimizer(cand, fast, **SGD)
     with restored_flags() as default_flags:
         units = {
-            "plain": train_step_unit(base, base_opt, engine.input_transform(train.normalize, plain, device),
-                                     batches, device, plain, default_flags),
-            "fast": train_step_unit(cand, cand_opt, engine.input_transform(train.normalize, fast, device),
-                                    batches, device, fast, fast_flags(device)),
+            "plain": train_step_unit(base, base_opt, batches, plain, default_flags),
+            "fast": train_step_unit(cand, cand_opt, batches, fast, fast_flags(fast)),
         }
         timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup, sync=sync_for(device))
-    switches = _switches(fast, device)
+    switches = _switches(fast)
     relabel(timed["plain"], "plain fp32")
     relabel(timed["fast"], "fast path")
     same = not fast.bf16 and not fast.channels_last and device.type != "cuda"
-    note = f"--precision {train.precision} --channels-last {train.channels_last} -> {switches}"
+    note = f"{switches}"
     if same:
         note += ("; here only the SGD implementation differs from the plain loop, so the ratio "
                  "mostly shows the noise (an A/A check)")

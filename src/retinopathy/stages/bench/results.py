@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from retinopathy.bench.timing import Measurement
+from retinopathy.stages.bench.timing import Measurement
 
 SECTIONS = ("input", "models", "fastpath")
 

@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from retinopathy.bench.inputs import SOURCE_SIZE
-from retinopathy.bench.output import format_result
-from retinopathy.bench.results import SECTIONS
-from retinopathy.bench.runner import Settings, run
-from retinopathy.config import MODELS, PRECISIONS, SWITCHES
+from retinopathy.config import PRECISIONS, SWITCHES
+from retinopathy.contract import MODELS
 from retinopathy.files import write_json_atomic
+from retinopathy.stages.bench.inputs import SOURCE_SIZE
+from retinopathy.stages.bench.output import format_result
+from retinopathy.stages.bench.results import SECTIONS
+from retinopathy.stages.bench.runner import Settings, run
 
 
 def _positive_int(text: str) -> int:

@@ -1,14 +1,14 @@
-"""The built-in demo dataset: synthetic fundus photographs in the course layout.
+"""The painter of the built-in demo: synthetic fundus photographs, one grade at a time.
 
-`retinopathy demo-data` writes a small, deterministic dataset that looks like
-the course's (four header-less CSVs plus ``<name>.jpeg`` files in one folder),
-so the whole pipeline runs on a laptop CPU without a download. The images are
-drawn, not photographed: a lit orange-red fundus with an optic disc, a macula and
-branching vessels, plus lesions whose kind and number follow the clinical
-scale (ICDR: none, mild, moderate, severe non-proliferative, proliferative).
-Lesions are drawn larger than life so that a small network can learn them from
-a few hundred images at 128 px; the demo shows that the pipeline works, not
-what real images look like.
+`retinopathy demo-data` (stages/demo_data.py) writes these as a small,
+deterministic dataset in the course layout, so the whole pipeline runs on a
+laptop CPU without a download. The images are drawn, not photographed: a
+lit orange-red fundus with an optic disc, a macula and branching vessels,
+plus lesions whose kind and number follow the clinical scale (ICDR: none,
+mild, moderate, severe non-proliferative, proliferative). Lesions are drawn
+larger than life so that a small network can learn them from a few hundred
+images at 128 px; the demo shows that the pipeline works, not what real
+images look like.
 
 Geometry is drawn in the orientation of a right eye (optic disc on the right)
 and mirrored for a left eye. Masks are drawn with Pillow at twice the output
@@ -17,27 +17,18 @@ size and reduced, which anti-aliases thin vessels and tiny dots cheaply.
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from retinopathy.contract import NUM_GRADES
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import staged_folder
 
 # Class counts of the course's train split (grades 0-4); the demo copies its imbalance.
 COURSE_TRAIN_COUNTS = (20656, 1955, 4210, 698, 581)
-GRADES = 5
-JPEG_QUALITY = 90
-SPLITS = ("train", "test")
-README_MARKER = "SYNTHETIC DEMO DATASET"
 
 _SS = 2  # supersampling factor of the drawn masks
-# SeedSequence keys are (seed, purpose, split, index): a fixed length, because
-# SeedSequence pads short keys with zeros, so [s, 1] and [s, 1, 0] would collide.
-_PURPOSE_IMAGE, _PURPOSE_ORDER = 1, 2
 
 Point = tuple[float, float]
 
@@ -59,11 +50,11 @@ def class_counts(total: int) -> list[int]:
     quotas = [total * c / whole for c in COURSE_TRAIN_COUNTS]
     counts = [math.floor(q) for q in quotas]
     # Largest remainder first; ties go to the lower grade, so the result is unique.
-    order = sorted(range(GRADES), key=lambda g: (-(quotas[g] - counts[g]), g))
+    order = sorted(range(NUM_GRADES), key=lambda g: (-(quotas[g] - counts[g]), g))
     for g in order[: total - sum(counts)]:
         counts[g] += 1
-    if total >= GRADES:
-        for g in range(GRADES):
+    if total >= NUM_GRADES:
+        for g in range(NUM_GRADES):
             if counts[g] == 0:
                 counts[counts.index(max(counts))] -= 1
                 counts[g] = 1
@@ -265,7 +256,7 @@ def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str |
     Returns:
         uint8 array [size, size, 3], RGB.
     """
-    if grade not in range(GRADES):
+    if grade not in range(NUM_GRADES):
         raise RetinopathyError(f"render_fundus: grade must be 0-4, got {grade!r}")
     if size < 16:
         raise RetinopathyError(f"render_fundus: size must be >= 16 pixels, got {size!r}")
@@ -344,147 +335,3 @@ def _mix(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray
     """Alpha-blend ``colour`` over ``image`` (float32 [H, W, 3]) with ``alpha`` [H, W]."""
     a = alpha[..., None].astype(np.float32)
     return image * (1.0 - a) + np.asarray(colour, dtype=np.float32) * a
-
-
-def _check_size(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-        maximum is not None and value > maximum
-    ):
-        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise RetinopathyError(f"demo: {name} must be an integer {bound}, got {value!r}; "
-                               f"fix `demo.{name}` in params.yaml")
-    return value
-
-
-def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: int
-                 ) -> list[int]:
-    """Write one split's images and CSVs; returns its class counts."""
-    counts = class_counts(n)
-    grades = np.repeat(np.arange(GRADES), counts)
-    code = SPLITS.index(split)
-    order = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_ORDER, code, 0]))
-    grades = order.permutation(grades)
-    names = []
-    for i, grade in enumerate(grades.tolist()):
-        number = first + i
-        eye = "left" if number % 2 else "right"
-        name = f"demo_{number:05d}_{eye}"
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_IMAGE, code, number]))
-        pixels = render_fundus(grade, rng, size, eye=eye)
-        # Fixed quality and 4:4:4 chroma (tiny yellow/red lesions differ mainly in
-        # colour); no optimize/progressive/EXIF, so the bytes are reproducible.
-        Image.fromarray(pixels).save(folder / f"{name}.jpeg", "JPEG",
-                                            quality=JPEG_QUALITY, subsampling=0)
-        names.append(name)
-    (folder / f"{split}_img.csv").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    labels = "".join(f"{g}\n" for g in grades.tolist())
-    (folder / f"{split}_label.csv").write_text(labels, encoding="utf-8")
-    return counts
-
-
-def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int) -> str:
-    lines = [
-        f"{README_MARKER} - NOT REAL PATIENT IMAGES",
-        "",
-        "Every image in this folder was drawn by a program (`retinopathy demo-data`,",
-        "module retinopathy.demo); none is a photograph of a person. The lesions are",
-        "exaggerated so that a small network can learn them quickly on a CPU. Use this",
-        "folder to try the pipeline, never to judge a model for clinical use.",
-        "",
-        f"seed: {seed}",
-        f"image size: {size}x{size} px, RGB JPEG quality {JPEG_QUALITY}",
-    ]
-    for split in SPLITS:
-        per_grade = ", ".join(f"grade {g}: {c}" for g, c in enumerate(counts[split]))
-        lines.append(f"{split}: {sizes[split]} images ({per_grade})")
-    lines += [
-        "",
-        "Layout (as the course's dataset): train_img.csv / test_img.csv list image names",
-        "without extension, train_label.csv / test_label.csv the grade 0-4 on the same",
-        "line; no header; the images are <name>.jpeg in this folder.",
-        "Regenerate with `retinopathy demo-data` (byte-identical for the same settings",
-        "and the same numpy and Pillow versions).",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size: int,
-                       image_size: int) -> None:
-    """Write the demo dataset to ``out``, atomically and deterministically.
-
-    The folder is built next to ``out`` under a temporary name and then swapped
-    in, so an interrupted run never leaves a half-written dataset. Each image is
-    seeded from (seed, split, index), so the same arguments give byte-identical files
-    (with the same numpy and Pillow: their float maths and JPEG encoder make the bytes).
-
-    Args:
-        out: Destination folder; an existing demo folder there is replaced entirely.
-        seed: Integer 0 <= seed < 2**32.
-        train_size: Number of training images (>= 5, so every grade occurs).
-        test_size: Number of test images (>= 5).
-        image_size: Width and height of the images in pixels (32-2048).
-
-    Raises:
-        RetinopathyError: on a bad setting, or if ``out`` exists and is not a demo
-            folder (refusing to delete what this command did not write).
-    """
-    _check_size("seed", seed, 0, 2**32 - 1)
-    _check_size("train_size", train_size, 5)
-    _check_size("test_size", test_size, 5)
-    _check_size("image_size", image_size, 32, 2048)
-    _check_replaceable(Path(out))
-    with staged_folder(out) as work:
-        sizes = {"train": train_size, "test": test_size}
-        counts = {
-            "train": _write_split(work, "train", seed, 0, train_size, image_size),
-            "test": _write_split(work, "test", seed, train_size, test_size, image_size),
-        }
-        (work / "README.txt").write_text(_readme(seed, sizes, counts, image_size),
-                                         encoding="utf-8")
-
-
-def is_demo_dataset(folder: Path) -> bool:
-    """Whether ``folder`` was written by :func:`write_demo_dataset` (its README starts with the marker)."""
-    readme = folder / "README.txt"
-    return readme.is_file() and readme.read_text(errors="replace").startswith(README_MARKER)
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace anything but an empty folder or an earlier demo dataset."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if not out.is_dir() or out.is_symlink():
-        raise RetinopathyError(f"{out}: exists and is not a folder; remove it or pass --out DIR")
-    if any(out.iterdir()) and not is_demo_dataset(out):
-        raise RetinopathyError(
-            f"{out}: exists and is not a demo dataset (no README.txt from `retinopathy "
-            "demo-data`); refusing to replace it. Pass another --out, or delete the folder."
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI ``retinopathy demo-data [--params params.yaml] [--out data/demo]``.
-
-    Args:
-        argv: Arguments after the command name; None reads ``sys.argv``.
-
-    Returns:
-        The exit status (0).
-    """
-    parser = argparse.ArgumentParser(
-        prog="retinopathy demo-data",
-        description="Write the synthetic demo dataset (course layout) from the `demo` "
-        "section of params.yaml.",
-    )
-    parser.add_argument("--params", default="params.yaml", help="parameters file")
-    parser.add_argument("--out", default="data/demo", help="output folder (replaced)")
-    args = parser.parse_args(argv)
-    from retinopathy.config import load_params  # lazily: the config pulls in yaml
-
-    demo = load_params(args.params).demo
-    write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,
-                       test_size=demo.test_size, image_size=demo.image_size)
-    print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images "
-          f"({demo.image_size} px, seed {demo.seed}) to {args.out}")
-    return 0
-

@@ -1,20 +1,14 @@
-"""Where a model's initial weights come from: none (scratch), ImageNet (torchvision), a file.
+"""Building a ResNet for training: from scratch, from ImageNet (torchvision), or from a file.
 
 Pretrained weights are loaded strictly into the 1000-class network, then the
 final Linear is replaced by a 5-way one, as the lab does. Nothing is ever
 silently replaced by random weights: every failure is a RetinopathyError that
-names the file and the fix.
-
-This module is also the `weights` DVC stage: it resolves the initial weights
-of each arm and writes a small manifest per arm (source and SHA-256, or why the
-weights are unavailable), so DVC reruns the pretrained arm exactly when its
-weights change or become available.
+names the file and the fix. As in torchvision, the weights are data: a URL and
+a hash, read through torchvision's own weights API and its TORCH_HOME cache.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import urllib.error
@@ -25,19 +19,15 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from retinopathy.config import ARMS, load_params
+from retinopathy.contract import MODELS, NUM_GRADES
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import sha256_of, write_json_atomic
-from retinopathy.resnet import ARCHITECTURES, ResNet
+from retinopathy.files import sha256_of
+from retinopathy.models.resnet import ARCHITECTURES, ResNet
 
 # torchvision's ImageNet-1k weights, reached through its own weights API so the
 # file lands in (and is read from) the usual TORCH_HOME cache.
-IMAGENET = {
-    "resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V1,
-}
+IMAGENET = {name: tvm.get_model_weights(name).IMAGENET1K_V1 for name in MODELS}
 WEIGHTS_KEY = "train.weights"  # the params.yaml key that points at a local file instead
-MANIFEST_DIR = Path("models/init")
 # Set to 1 on machines where a download attempt would hang (e.g. a firewall that drops packets).
 NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
 
@@ -200,7 +190,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     model.load_state_dict(state, strict=True)
 
 
-def build_model(name: str, num_classes: int = 5, weights: str | Path | None = None) -> ResNet:
+def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | None = None) -> ResNet:
     """A model ready for training.
 
     Args:
@@ -237,89 +227,3 @@ def build_model(name: str, num_classes: int = 5, weights: str | Path | None = No
     if model.fc.out_features != num_classes:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
-
-
-def describe_scratch(model: str, seed: int) -> dict[str, Any]:
-    """Manifest of the scratch arm: random initialisation, nothing external."""
-    return {
-        "arm": "scratch",
-        "available": True,
-        "model": model,
-        "source": "random",
-        "description": f"random initialisation (Kaiming normal, torch seed {seed})",
-    }
-
-
-def describe_pretrained(model: str, weights: str, download: bool = True) -> dict[str, Any]:
-    """Manifest of the pretrained arm: where its weights come from and their SHA-256.
-
-    ImageNet weights that are neither cached nor downloadable give a manifest
-    with ``available: false``, the reason and the fix (the arm is then skipped).
-    A file named in ``train.weights`` that is missing or does not fit is an error.
-    """
-    if weights == "imagenet":
-        try:
-            path, sha256 = fetch_imagenet(model, download=download)
-        except WeightsUnavailableError as error:
-            return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
-                    "reason": error.reason, "fix": error.fix}
-        return {
-            "arm": "pretrained",
-            "available": True,
-            "model": model,
-            "source": "imagenet",
-            "description": f"torchvision {IMAGENET[model]} (ImageNet-1k)",
-            "file": path.name,
-            "sha256": sha256,
-        }
-    path = Path(weights)
-    build_model(model, weights=path)  # fails early and clearly if the file does not fit
-    return {
-        "arm": "pretrained",
-        "available": True,
-        "model": model,
-        "source": "file",
-        "description": f"state dict from {path}",
-        "file": str(path),
-        "sha256": sha256_of(path),
-    }
-
-
-def manifest_path(arm: str, root: Path = MANIFEST_DIR) -> Path:
-    """Where the manifest of ``arm`` is written."""
-    return root / f"{arm}.json"
-
-
-def read_manifest(arm: str, root: Path = MANIFEST_DIR) -> dict[str, Any]:
-    """Read the manifest the `weights` stage wrote for ``arm``."""
-    path = manifest_path(arm, root)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RetinopathyError(f"{path}: not found; run `dvc repro weights` first") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``retinopathy weights [--params params.yaml] [--out models/init]``."""
-    parser = argparse.ArgumentParser(prog="retinopathy weights", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("--out", type=Path, default=MANIFEST_DIR)
-    parser.add_argument("--no-download", action="store_true",
-                        help="only look in the torchvision cache; never download "
-                             f"(also when the environment sets {NO_DOWNLOAD_ENV}=1)")
-    args = parser.parse_args(argv)
-    download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
-    params = load_params(args.params)
-    manifests = {
-        "scratch": describe_scratch(params.model, params.train.seed),
-        "pretrained": describe_pretrained(params.model, params.train.weights_for(params.model),
-                                          download=download),
-    }
-    assert set(manifests) == set(ARMS)
-    for arm, manifest in manifests.items():
-        write_json_atomic(manifest_path(arm, args.out), manifest)
-        state = manifest.get("description") or f"UNAVAILABLE: {manifest['reason']}"
-        print(f"{arm}: {state}")
-    if not manifests["pretrained"]["available"]:
-        print(f"warning: the pretrained arm will be skipped. Fix: {manifests['pretrained']['fix']}")
-    return 0

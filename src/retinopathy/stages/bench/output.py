@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from retinopathy.bench.inputs import OUR_LOADER, REFERENCE_LOADER
-from retinopathy.bench.machine import load_warning, machine_line
-from retinopathy.bench.results import SECTIONS, BenchResult
+from retinopathy.stages.bench.inputs import OUR_LOADER, REFERENCE_LOADER
+from retinopathy.stages.bench.machine import load_warning, machine_line
+from retinopathy.stages.bench.results import SECTIONS, BenchResult
 
 
 def _table(rows: list[list[str]], right: set[int]) -> list[str]:

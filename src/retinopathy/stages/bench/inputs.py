@@ -12,13 +12,15 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from retinopathy import engine
-from retinopathy.bench.results import Comparison
-from retinopathy.bench.timing import alternate, sync_for
-from retinopathy.cache import DecodedCache
-from retinopathy.config import TrainParams
-from retinopathy.data import NUM_CLASSES, Record, RetinopathyDataset, image_path
-from retinopathy.demo import render_fundus
+from retinopathy.contract import NUM_GRADES
+from retinopathy.data.cache import DecodedCache
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.data.labels import Record, image_path
+from retinopathy.data.synthetic import render_fundus
+from retinopathy.engine.batches import loader
+from retinopathy.engine.runtime import Runtime, make_runtime
+from retinopathy.stages.bench.results import Comparison
+from retinopathy.stages.bench.timing import alternate, sync_for
 
 SOURCE_SIZE = 512  # the course's images are 512x512
 JPEG_QUALITY = 95
@@ -28,7 +30,7 @@ SPLIT = "bench"  # records are passed in, so no CSVs are read for this split
 REFERENCE_LOADER = ("the lab's loader: PIL.Image.open -> np.asarray(img) / 255 (float64) -> "
                     "transpose(2, 0, 1) -> torch.from_numpy; DataLoader, no workers")
 OUR_LOADER = ("RetinopathyDataset(dtype=torch.uint8) (libjpeg-turbo via simplejpeg) through "
-              "engine.loader")
+              "engine.batches.loader")
 
 
 def write_bench_images(folder: str | Path, count: int, *, size: int = SOURCE_SIZE, seed: int = 0
@@ -42,7 +44,7 @@ def write_bench_images(folder: str | Path, count: int, *, size: int = SOURCE_SIZ
     folder.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(count):
-        record = Record(f"bench_{i:05d}", i % NUM_CLASSES)
+        record = Record(f"bench_{i:05d}", i % NUM_GRADES)
         pixels = render_fundus(record.label, np.random.default_rng([seed, i]), size)
         Image.fromarray(pixels, "RGB").save(image_path(folder, record.image), "JPEG",
                                             quality=JPEG_QUALITY)
@@ -102,14 +104,13 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
     """
     half = max(source_size // 2, 1)
     sync = sync_for(device)
-    train = TrainParams()
-    no_workers = engine.fast_path(train, device, 0)
-    with_workers = engine.fast_path(train, device, workers)
+    no_workers = make_runtime(device, num_workers=0)
+    with_workers = make_runtime(device, num_workers=workers)
     indices = _epoch_indices(len(records), epoch_images)
 
-    def ours(size: int, fast: engine.FastPath) -> DataLoader:
+    def ours(size: int, runtime: Runtime) -> DataLoader:
         dataset = RetinopathyDataset(root, SPLIT, size, records=records, dtype=torch.uint8)
-        return engine.loader(dataset, batch, indices, fast)  # a list of indices serves as sampler
+        return loader(dataset, batch, indices, runtime)  # a list of indices serves as sampler
 
     def reference(size: int | None) -> DataLoader:
         return DataLoader(ReferenceDataset(root, records, size), batch_size=batch, sampler=indices)
@@ -142,7 +143,7 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
         for index in range(len(cached)):
             cached[index]  # fill the cache: the first epoch's work
         decoding = _loader_pass(ours(source_size, no_workers))
-        from_cache = _loader_pass(engine.loader(cached, batch, indices, no_workers))
+        from_cache = _loader_pass(loader(cached, batch, indices, no_workers))
         reused = alternate({"ours, decoding": decoding, "ours, from cache": from_cache},
                            seconds=seconds, rounds=rounds, sync=sync)
     comparisons.append(Comparison(
@@ -152,6 +153,6 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
     if workers_label in timed:
         comparisons.append(Comparison(
             "input", f"{source_size} px, ours with workers", timed["reference"],
-            timed[workers_label], note=f"engine.loader with {n} worker process(es), "
+            timed[workers_label], note=f"engine.batches.loader with {n} worker process(es), "
             f"pin_memory={with_workers.pin_memory}; the reference still has none"))
     return comparisons

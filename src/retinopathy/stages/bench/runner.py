@@ -9,12 +9,18 @@ from dataclasses import dataclass
 
 import torch
 
-from retinopathy import engine
-from retinopathy.bench.inputs import INPUT_BATCH, JPEG_QUALITY, SOURCE_SIZE, bench_input, write_bench_images
-from retinopathy.bench.machine import cpu_seconds, describe_machine, load_average, other_load
-from retinopathy.bench.results import SECTIONS, BenchResult
-from retinopathy.bench.training import bench_fastpath, bench_models, image_bank
-from retinopathy.config import MODELS, TrainParams
+from retinopathy.contract import MODELS
+from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.stages.bench.inputs import (
+    INPUT_BATCH,
+    JPEG_QUALITY,
+    SOURCE_SIZE,
+    bench_input,
+    write_bench_images,
+)
+from retinopathy.stages.bench.machine import cpu_seconds, describe_machine, load_average, other_load
+from retinopathy.stages.bench.results import SECTIONS, BenchResult
+from retinopathy.stages.bench.training import bench_fastpath, bench_models, image_bank
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> Benc
     cores' worth of CPU other processes took meanwhile.
     """
     start, cpu = time.perf_counter(), cpu_seconds()
-    device = engine.resolve_device(settings.device)
+    device = resolve_device(settings.device)
     settings = settings.resolve(device)
     threads = torch.get_num_threads()
     if settings.threads:
@@ -96,5 +102,6 @@ def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -
                 result.comparisons.append(bench_fastpath(
                     batches, device, model_name=settings.fastpath_model, seconds=settings.seconds,
                     rounds=settings.rounds,
-                    train=TrainParams(precision=settings.precision, channels_last=settings.channels_last)))
+                    runtime=make_runtime(device, precision=settings.precision,
+                                         channels_last=settings.channels_last, num_workers=0)))
     return result

@@ -1,4 +1,4 @@
-"""Label files -> records, their validation, image decoding and the Dataset.
+"""The course layout's label files -> records, with every line validated.
 
 The course layout is one folder holding ``<name>.jpeg`` images and four
 header-less CSVs with one value per line (see ``SPLIT_FILES``): line *i* of
@@ -17,41 +17,16 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch.utils.data import Dataset
-
+from retinopathy.contract import NUM_GRADES
 from retinopathy.errors import RetinopathyError, where
-from retinopathy.images import decode_image
-
-__all__ = [
-    "NUM_CLASSES",
-    "SPLIT_FILES",
-    "CourseSplits",
-    "Record",
-    "RetinopathyDataset",
-    "SplitListing",
-    "check_grade",
-    "check_images",
-    "check_name",
-    "class_counts",
-    "decode_image",
-    "image_path",
-    "parse_course_splits",
-    "parse_split",
-    "read_course_splits",
-    "read_lines",
-    "read_split",
-]
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {
     "train": ("train_img.csv", "train_label.csv"),
     "test": ("test_img.csv", "test_label.csv"),
 }
-NUM_CLASSES = 5
 IMAGE_SUFFIX = ".jpeg"
 
 # First lines of an image list that are column names, not images (Kaggle's
@@ -249,9 +224,9 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
 
 def check_grade(path: Path, line: int, text: str) -> int:
     """Return the grade written as ``text``; raise, naming path:line, unless it is an integer 0-4."""
-    if not _INTEGER.fullmatch(text) or int(text) >= NUM_CLASSES:
+    if not _INTEGER.fullmatch(text) or int(text) >= NUM_GRADES:
         raise RetinopathyError(
-            f"{where(path, line)}: label {text!r} is not an integer grade 0-{NUM_CLASSES - 1}; fix the value"
+            f"{where(path, line)}: label {text!r} is not an integer grade 0-{NUM_GRADES - 1}; fix the value"
         )
     return int(text)
 
@@ -329,127 +304,12 @@ def parse_course_splits(root: str | Path) -> dict[str, SplitListing]:
 
 
 def class_counts(records: Sequence[Record]) -> list[int]:
-    """Count the records of each grade: a list of length ``NUM_CLASSES``."""
-    counts = [0] * NUM_CLASSES
+    """Count the records of each grade: a list of length ``NUM_GRADES``."""
+    counts = [0] * NUM_GRADES
     for record in records:
-        if not 0 <= record.label < NUM_CLASSES:
+        if not 0 <= record.label < NUM_GRADES:
             raise RetinopathyError(
-                f"image {record.image!r} has label {record.label}, outside 0-{NUM_CLASSES - 1}"
+                f"image {record.image!r} has label {record.label}, outside 0-{NUM_GRADES - 1}"
             )
         counts[record.label] += 1
     return counts
-
-
-def _listing_lines(root: Path) -> dict[str, str]:
-    """Map image name -> "file:line" of the CSV line that lists it under ``root``."""
-    found: dict[str, str] = {}
-    for split in SPLIT_FILES:
-        try:
-            parsed = parse_split(root, split)
-        except RetinopathyError:
-            continue  # only used to annotate another error; that error is still raised
-        for record, line in zip(parsed.records, parsed.img_lines, strict=True):
-            found.setdefault(record.image, where(parsed.img_path, line))
-    return found
-
-
-def _check_one(path: Path) -> str | None:
-    try:
-        decode_image(path)
-    except RetinopathyError as error:
-        return str(error)
-    return None
-
-
-def check_images(root: str | Path, records: Sequence[Record], workers: int = 1) -> None:
-    """Fully decode every listed image, so broken files fail here and not mid-training.
-
-    Args:
-        root: Folder holding ``<name>.jpeg`` for every record (and the split CSVs,
-            used to say which line lists a broken image).
-        records: The records to check.
-        workers: Threads decoding in parallel (the decoders release the GIL).
-
-    Raises:
-        RetinopathyError: listing every missing, unreadable, truncated or corrupt
-            image (the first 20 in full) with the CSV line that lists it.
-    """
-    root = Path(root)
-    paths = [image_path(root, record.image) for record in records]
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_check_one, paths))
-    else:
-        results = [_check_one(path) for path in paths]
-    failures = [(record, message) for record, message in zip(records, results, strict=True) if message]
-    if not failures:
-        return
-    listed = _listing_lines(root)
-    lines = [
-        f"  {listed.get(record.image, 'not listed in the split CSVs of ' + str(root))}: "
-        f"{record.image!r} -> {message}"
-        for record, message in failures[:MAX_LISTED]
-    ]
-    if len(failures) > MAX_LISTED:
-        lines.append(f"  ... and {len(failures) - MAX_LISTED} more")
-    raise RetinopathyError(
-        f"{len(failures)} of {len(records)} images cannot be used:\n" + "\n".join(lines) + "\n"
-        "Copy the missing or broken files again, or remove their lines from both CSVs."
-    )
-
-
-# --------------------------------------------------------------------------- dataset
-
-
-class RetinopathyDataset(Dataset):
-    """Fundus images and grades of one split of the course layout.
-
-    ``dataset[i]`` is ``(image, label)``: image a [3, H, W] tensor, float32 in
-    [0, 1] (the lab's transform, pixel / 255) or, with ``dtype=torch.uint8``,
-    the raw pixels for a pipeline that scales on the GPU; label an int 0-4.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        image_size: int | None = None,
-        *,
-        records: Sequence[Record] | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        """Create the dataset.
-
-        Args:
-            root: Folder of the course layout (images and CSVs).
-            split: Split name; used to read the CSVs when ``records`` is None.
-            image_size: Resize every image to this square size; None keeps it.
-            records: Use these records instead of reading the split's CSVs.
-            dtype: ``torch.float32`` (scaled to [0, 1]) or ``torch.uint8`` (raw).
-        """
-        if dtype not in (torch.float32, torch.uint8):
-            raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
-        self.root = Path(root)
-        self.split = split
-        self.image_size = image_size
-        self.dtype = dtype
-        if records is None:
-            records, _ = read_split(self.root, split)
-        self.records: list[Record] = list(records)
-
-    @property
-    def labels(self) -> list[int]:
-        """The grade of every record, in order."""
-        return [record.label for record in self.records]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        record = self.records[index]
-        array = decode_image(image_path(self.root, record.image), self.image_size)
-        image = torch.from_numpy(array).permute(2, 0, 1)
-        if self.dtype == torch.float32:
-            # float32 from the start: the lab's np.asarray(img) / 255 went through float64.
-            image = image.float().div_(255)
-        return image, record.label

@@ -5,13 +5,13 @@ JPEGs (synthetic fundus photographs, Pillow quality 95, written to a temporary
 folder and removed afterwards):
 
 (a) input: our uint8 loader (libjpeg-turbo with DCT scaling, through
-    ``engine.loader``) against the lab's reference loader (``PIL.Image.open`` ->
+    ``engine.batches.loader``) against the lab's reference loader (``PIL.Image.open`` ->
     ``np.asarray(img) / 255`` in float64 -> transpose -> ``torch.from_numpy``,
     DataLoader batch 4, no workers). Loading only, no model.
 (b) models: a training step (forward, backward, SGD) of our ResNet18/ResNet50
     against torchvision's, with the same weights, the same batches and the
     device's fast-path switches on both sides.
-(c) fast path: the same model with ``engine.fast_path``'s switches (bf16
+(c) fast path: the same model with ``engine.runtime``'s switches (bf16
     autocast, channels_last, cuDNN autotuning, fused/foreach SGD) against a plain
     fp32 loop.
 
@@ -44,6 +44,6 @@ Modules:
 
 from __future__ import annotations
 
-from retinopathy.bench.cli import main
+from retinopathy.stages.bench.cli import main
 
 __all__ = ["main"]

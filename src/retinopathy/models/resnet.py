@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from retinopathy.contract import MODELS
+
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding 1 and no bias (BatchNorm follows and has its own)."""
@@ -149,4 +151,8 @@ def resnet50(num_classes: int = 1000) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)
 
 
-ARCHITECTURES = {"resnet18": resnet18, "resnet50": resnet50}
+# params.yaml's model name -> builder. The names are contract.MODELS, the one list
+# that params validation, the weights table and the CLI use; a builder's name is its key.
+ARCHITECTURES = {builder.__name__: builder for builder in (resnet18, resnet50)}
+if tuple(ARCHITECTURES) != MODELS:
+    raise ImportError(f"models/resnet.py builds {tuple(ARCHITECTURES)} but contract.MODELS is {MODELS}")

@@ -1,0 +1,121 @@
+"""The on-disk contract: every fact that a writer and a reader share, written once.
+
+Grades, model and arm names, the output paths of each stage and the columns of
+every CSV the pipeline writes live here, and both sides import them: the stage
+that writes a file and the stage (or command, or test) that reads it. dvc.yaml
+names the same paths; a test checks that it agrees with :class:`Layout`.
+
+This module imports neither torch nor anything heavy, so a command that only
+reads results (the report) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The International Clinical Diabetic Retinopathy scale, grade 0-4.
+GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
+NUM_GRADES = len(GRADE_NAMES)
+GRADES = tuple(range(NUM_GRADES))
+REFERABLE_GRADE = 2  # moderate or worse: the usual screening threshold for referral
+
+MODELS = ("resnet18", "resnet50")  # the architectures of models/resnet.py, by params.yaml's name
+ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
+SPLITS = ("train", "val", "test")  # of the prepared index; val is empty unless data.val_fraction > 0
+NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling pixels to [0, 1]
+
+INDEX_COLUMNS = ("split", "image", "label")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+VAL_COLUMNS = ("val_loss", "val_accuracy")  # appended to the history when there is a validation split
+CONFUSION_COLUMNS = ("actual", *(str(grade) for grade in GRADES))  # rows: true grade; columns: predicted
+PREDICTION_COLUMNS = ("actual", "predicted")  # one row per test image, the long format of `dvc plots`
+
+# The synthetic demo's folder carries a README whose first line is this marker.
+DEMO_README = "README.txt"
+DEMO_MARKER = "SYNTHETIC DEMO DATASET"
+
+
+def grade_label(grade: int) -> str:
+    """``"2 Moderate"``: the grade's number and name, for tables and figures."""
+    return f"{grade} {GRADE_NAMES[grade]}"
+
+
+def is_demo_dataset(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the synthetic demo (its README starts with :data:`DEMO_MARKER`)."""
+    readme = Path(folder) / DEMO_README
+    return readme.is_file() and readme.read_text(errors="replace").startswith(DEMO_MARKER)
+
+
+@dataclass(frozen=True)
+class ArmFiles:
+    """Every file of one arm (``scratch`` or ``pretrained``), from training to evaluation.
+
+    Attributes:
+        last: The checkpoint after the last finished epoch (model, optimizer, history, ...).
+        best: The checkpoint of the selected epoch: what evaluate, predict and export use.
+        status: What train did (trained or skipped, the best epoch, the history), for evaluate.
+        history: Loss and accuracy per epoch (``HISTORY_COLUMNS``, then ``VAL_COLUMNS``).
+        metrics: evaluate's figures for `dvc metrics show`.
+        confusion_counts: The confusion matrix in counts (``CONFUSION_COLUMNS``).
+        confusion_normalized: The same, each row divided by the true grade's count.
+        predictions: ``PREDICTION_COLUMNS`` per test image.
+    """
+
+    arm: str
+    model_dir: Path
+    last: Path
+    best: Path
+    status: Path
+    history: Path
+    metrics: Path
+    confusion_counts: Path
+    confusion_normalized: Path
+    predictions: Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage reads and writes, relative to the project root (the working directory).
+
+    dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks it). Output
+    paths never contain the model name, so ``dvc exp show`` lines the same
+    metric up across ResNet18 and ResNet50 experiments.
+    """
+
+    demo: Path = Path("data/demo")
+    prepared: Path = Path("data/prepared")
+    manifests: Path = Path("models/init")
+    models: Path = Path("models")
+    metrics: Path = Path("metrics")
+    plots: Path = Path("plots")
+
+    @property
+    def index(self) -> Path:
+        """``split,image,label`` for every record (see :data:`INDEX_COLUMNS`)."""
+        return self.prepared / "index.csv"
+
+    @property
+    def summary(self) -> Path:
+        """Counts per grade and split, the majority baseline, notes on the input."""
+        return self.prepared / "summary.json"
+
+    def manifest(self, arm: str) -> Path:
+        """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""
+        return self.manifests / f"{arm}.json"
+
+    def arm(self, arm: str) -> ArmFiles:
+        """The files of ``arm``."""
+        model_dir = self.models / arm
+        return ArmFiles(
+            arm=arm,
+            model_dir=model_dir,
+            last=model_dir / "last.pt",
+            best=model_dir / "best.pt",
+            status=model_dir / "status.json",
+            history=self.metrics / "history" / f"{arm}.csv",
+            metrics=self.metrics / f"{arm}.json",
+            confusion_counts=self.metrics / "confusion" / f"{arm}_counts.csv",
+            confusion_normalized=self.metrics / "confusion" / f"{arm}_normalized.csv",
+            predictions=self.metrics / "predictions" / f"{arm}.csv",
+        )

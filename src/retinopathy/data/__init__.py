@@ -1,0 +1,1 @@
+"""The data: course-layout label files, image decoding, the Dataset, the prepared index, the demo."""

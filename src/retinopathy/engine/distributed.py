@@ -1,0 +1,107 @@
+"""Processes under torchrun and the samplers that split the data between them.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them a run is a single
+process. The samplers depend only on (seed, epoch), never on a running random
+generator, which is what lets a resumed run see exactly the batches an
+uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place in a (possibly single-process) run started by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes checkpoints, history and metrics."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def process_from_environment() -> Process:
+    """This process as torchrun describes it (a single process without torchrun)."""
+    return Process(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def join(process: Process, device: torch.device) -> None:
+    """Join torchrun's process group: NCCL on CUDA, gloo on CPU (nothing for a single process)."""
+    if process.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def leave(process: Process) -> None:
+    """Leave the process group, if this process joined one."""
+    if process.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_over_processes(tensor: Tensor, process: Process) -> Tensor:
+    """``tensor`` summed over all processes, in place (unchanged for a single process)."""
+    if process.distributed:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class ShardSampler(Sampler[int]):
+    """Every index exactly once over all processes: rank r takes r, r+W, r+2W, ...
+
+    Unlike DistributedSampler it never pads with repeats, so the test accuracy
+    summed over processes counts each test image once. ``indices`` restricts
+    it to a subset (default: all of ``range(size)``).
+    """
+
+    def __init__(self, size: int, process: Process, indices: list[int] | None = None) -> None:
+        every = list(range(size)) if indices is None else indices
+        self.indices = every[process.rank :: process.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), split across processes.
+
+    Seeding each epoch's permutation from the epoch number, not from a running
+    generator, is what lets a resumed run see exactly the same batches as an
+    uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int, process: Process) -> None:
+        self.size, self.seed, self.process, self.epoch = size, seed, process, 0
+        self.per_process = math.ceil(size / process.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        # Pad by wrapping so every process runs the same number of steps (DDP needs it).
+        order += order[: self.per_process * self.process.world_size - self.size]
+        return iter(order[self.process.rank :: self.process.world_size])
+
+    def __len__(self) -> int:
+        return self.per_process

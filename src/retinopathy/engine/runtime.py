@@ -1,0 +1,126 @@
+"""The runtime: where the tensors run and with which speed switches, resolved once per run.
+
+Batches stay uint8 until they reach the device (4x fewer bytes than float32 to
+copy); the grader scales and normalises them there. On CUDA the fast path is on
+by default: bf16 autocast, channels_last, cuDNN autotuning, fused SGD,
+non-blocking copies from pinned memory. On CPU these do not help (or are
+slower), so ``auto`` leaves them off there.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from retinopathy.engine.distributed import Process, join, leave, process_from_environment
+from retinopathy.errors import RetinopathyError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process, its device and the resolved speed switches: the one context the loops take.
+
+    Attributes:
+        device: Where the model and the batches live.
+        process: This process's place in a torchrun run.
+        bf16: bf16 autocast around the forward pass.
+        channels_last: The model (and so its input) in channels_last layout.
+        compile: ``torch.compile`` the training network.
+        pin_memory: DataLoader batches in pinned memory (CUDA).
+        num_workers: DataLoader worker processes.
+    """
+
+    device: torch.device
+    process: Process
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    pin_memory: bool
+    num_workers: int
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast on the device when the fast path asks for it."""
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device, in channels_last layout when the fast path asks for it."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def configure_backends(self) -> None:
+        """cuDNN autotuning (input sizes are fixed) and TF32 matmuls on CUDA."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RetinopathyError(
+                "params.yaml: train.device is `cuda` but PyTorch sees no CUDA GPU; "
+                "set train.device to `auto` or `cpu`"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader worker processes for ``data.num_workers: auto``.
+
+    On CUDA, decoding JPEGs is the bottleneck: every core but the main one.
+    On CPU the model's threads need the cores and decoding is a few percent of
+    a training step; a worker process competing with them was measured to
+    slow training several-fold on 2 cores (BENCHMARKS.md), so none.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(16, max(cpus - 1, 1)) if device.type == "cuda" else 0
+
+
+def make_runtime(device: torch.device, *, precision: str = "auto", channels_last: str = "auto",
+                 compile: bool = False, num_workers: int | str = "auto",
+                 process: Process | None = None) -> Runtime:
+    """Resolve the ``auto`` switches for ``device`` (params.yaml's train.precision, ...)."""
+    cuda = device.type == "cuda"
+    return Runtime(
+        device=device,
+        process=process or Process(),
+        bf16=precision == "bf16" or (precision == "auto" and cuda),
+        channels_last=channels_last == "on" or (channels_last == "auto" and cuda),
+        compile=compile,
+        pin_memory=cuda,
+        num_workers=default_workers(device) if num_workers == "auto" else int(num_workers),
+    )
+
+
+def plain_runtime(device: torch.device) -> Runtime:
+    """Every switch off: fp32, contiguous, eager, pageable memory, no workers (the reference)."""
+    return Runtime(device, Process(), bf16=False, channels_last=False, compile=False,
+                   pin_memory=False, num_workers=0)
+
+
+def start(device_preference: str, **switches) -> Runtime:
+    """Join torchrun's process group if there is one, pick the device, resolve the switches.
+
+    ``switches`` are :func:`make_runtime`'s keywords. Call :func:`stop` at the end.
+    """
+    process = process_from_environment()
+    device = resolve_device(device_preference, process.local_rank)
+    join(process, device)
+    return make_runtime(device, process=process, **switches)
+
+
+def stop(runtime: Runtime) -> None:
+    """Leave the process group that :func:`start` joined."""
+    leave(runtime.process)

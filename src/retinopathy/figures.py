@@ -1,0 +1,168 @@
+"""The report's figures: accuracy per epoch, confusion matrices, the best accuracy per arm.
+
+Each function draws one PNG from checked :class:`~retinopathy.results.Arm`
+data. Drawn with matplotlib's Agg backend (DVC stages and CI have no display).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from retinopathy.contract import GRADES, grade_label
+from retinopathy.results import Arm, majority_baseline
+
+matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
+from matplotlib import pyplot as plt  # noqa: E402
+
+GRADE_LABELS = tuple(grade_label(grade) for grade in GRADES)
+COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
+DPI = 110
+STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9.5}
+
+
+def _colour(arm: Arm, index: int) -> str:
+    return COLOURS.get(arm.name, f"C{index + 2}")
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    # No bbox_inches="tight": it would crop each figure to its content, and a skipped
+    # arm's placeholder must keep the size of the heat map it stands in for.
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
+    """Train/test (and validation) accuracy per epoch of every arm, with the baseline."""
+    fig, ax = plt.subplots(figsize=(9.5, 5), layout="constrained")
+    handles: list[Line2D] = []
+    starred = False
+    for index, arm in enumerate(arms):
+        colour = _colour(arm, index)
+        if arm.history is None:
+            # A legend entry without a line, so the missing arm is visible rather than forgotten.
+            handles.append(Line2D([], [], ls="none", marker="x", color=colour,
+                                  label=f"{arm.name}: skipped (see report)"))
+            continue
+        epochs = arm.history["epoch"]
+        styles = [("test_accuracy", "-", "test"), ("train_accuracy", "--", "train"),
+                  ("val_accuracy", ":", "validation")]
+        for column, style, text in styles:
+            if column in arm.history:
+                (line,) = ax.plot(epochs, 100 * arm.history[column], ls=style, marker="o",
+                                  ms=4, lw=2, color=colour, label=f"{arm.name}: {text}")
+                handles.append(line)
+        # Star the epoch whose checkpoint was evaluated, so the selection rule is visible.
+        chosen = arm.history[arm.history["epoch"] == arm.info.get("best_epoch")]
+        if not chosen.empty:
+            ax.plot(chosen["epoch"], 100 * chosen["test_accuracy"], ls="none", marker="*",
+                    ms=15, color=colour, mec="black", mew=0.8, zorder=5)
+            starred = True
+    baseline = majority_baseline(arms)
+    if baseline is not None:
+        handles.append(ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
+                                  label=f"always grade 0 ({100 * baseline:.1f}%)"))
+    if starred:
+        handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="white", mec="black",
+                              label="best epoch (evaluated)"))
+    ax.set(title=title, xlabel="epoch", ylabel="accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if any(arm.trained for arm in arms):
+        low, high = ax.get_ylim()
+        low, high = max(low, 0), min(high, 101)
+    else:  # nothing to draw: keep a sane empty frame instead of matplotlib's 0..1 default
+        low, high = 0, 100
+        ax.set_xlim(0.5, 4.5)
+        ax.text(0.5, 0.5, "no arm was trained (see report)", ha="center", va="center",
+                fontsize=13, color="grey", transform=ax.transAxes)
+    ax.set_ylim(low, high)
+    # Whole percents unless the curves span only a few points (then 0.5% steps need one).
+    # Ticks on multiples of 1, 2, 5 or 10 points, so whole-percent labels are exact.
+    ax.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0 if high - low >= 5 else 1))
+    ax.grid(alpha=0.3)
+    # Outside the axes: with up to 3 lines per arm a legend inside always hides some points.
+    # Long handles: with the short default the marker hides the gap that tells dashed from solid.
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+              handlelength=4)
+    _save(fig, path)
+
+
+def plot_confusion(arm: Arm, model: str, path: Path) -> None:
+    """The normalised confusion matrix as an annotated heat map, or why the arm is missing."""
+    fig, ax = plt.subplots(figsize=(7.5, 6.2), layout="constrained")
+    if arm.normalized is None or arm.counts is None:
+        ax.axis("off")
+        ax.text(0.5, 0.75, f"{arm.name} arm skipped", ha="center", va="center",
+                fontsize=18, weight="bold", transform=ax.transAxes)
+        body = "\n\n".join(
+            textwrap.fill(f"{head}: {arm.info.get(key, 'not given')}", width=62,
+                          break_on_hyphens=False)
+            for head, key in (("Reason", "reason"), ("Fix", "fix"))
+        )
+        ax.text(0.5, 0.62, body, ha="center", va="top", fontsize=10.5, multialignment="left",
+                transform=ax.transAxes,
+                bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "grey"})
+        ax.set_title(f"{model}, {arm.name} arm: confusion matrix")
+        _save(fig, path)
+        return
+    image = ax.imshow(arm.normalized, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), value in np.ndenumerate(arm.normalized):
+        ax.text(col, row, f"{value:.2f}\n({arm.counts[row, col]})", ha="center", va="center",
+                fontsize=10, color="white" if value > 0.55 else "black")
+    ticks = range(len(GRADE_LABELS))
+    ax.set_xticks(ticks, [g.replace(" ", "\n", 1) for g in GRADE_LABELS])
+    ax.set_yticks(ticks, GRADE_LABELS)
+    ax.set(xlabel="predicted grade", ylabel="true grade")
+    info = arm.info
+    ax.set_title(f"{model}, {arm.name} arm: confusion matrix\n"
+                 f"test accuracy {100 * info['test_accuracy']:.1f}%, "
+                 f"quadratic kappa {info['quadratic_kappa']:.3f}")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true grade")
+    _save(fig, path)
+
+
+def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
+    """The highest test accuracy of each arm as bars, skipped arms as labelled empty slots."""
+    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
+    for index, arm in enumerate(arms):
+        if not arm.trained:
+            ax.bar(index, 100, width=0.6, color="none", edgecolor="lightgrey", ls="--", hatch="//")
+            ax.text(index, 50, "skipped", ha="center", va="center", fontsize=12, color="grey",
+                    bbox={"facecolor": "white", "edgecolor": "none"})
+            continue
+        value = 100 * arm.info["best_test_accuracy"]
+        ax.bar(index, value, color=_colour(arm, index), width=0.6)
+        ax.text(index, value + 1.5, f"{value:.1f}%", ha="center", va="bottom", weight="bold")
+    baseline = majority_baseline(arms)
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
+                   label=f"always grade 0 ({100 * baseline:.1f}%)")
+        # Below the axes: inside, it would cover a bar whatever corner it took.
+        fig.legend(loc="outside lower center")
+    ax.set_xticks(range(len(arms)), [arm.name for arm in arms])
+    ax.set(title=title, ylabel="highest test accuracy", ylim=(0, 108), xlim=(-0.6, len(arms) - 0.4))
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+
+
+def draw_report_figures(arms: Sequence[Arm], model: str, data_label: str, folder: Path) -> None:
+    """Write accuracy.png, confusion_<arm>.png and best_accuracy.png of ``arms`` into ``folder``."""
+    try:
+        with plt.rc_context(STYLE):
+            plot_accuracy(arms, f"{model} ({data_label}): accuracy per epoch", folder / "accuracy.png")
+            for arm in arms:
+                plot_confusion(arm, model, folder / f"confusion_{arm.name}.png")
+            plot_best(arms, f"{model} ({data_label}):\nhighest test accuracy per arm",
+                      folder / "best_accuracy.png")
+    finally:
+        plt.close("all")

@@ -1,0 +1,78 @@
+"""An arm's weights manifest: where its initial weights come from, written by `weights`, read by `train`.
+
+The `weights` stage resolves the initial weights of each arm into a small JSON
+file (the source and its SHA-256, or why the weights are unavailable), so DVC
+reruns the pretrained arm exactly when its weights change or become available.
+Both the writer and the reader of that file are here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from retinopathy.errors import RetinopathyError
+from retinopathy.files import sha256_of
+from retinopathy.models.build import IMAGENET, WeightsUnavailableError, build_model, fetch_imagenet
+
+
+def describe_scratch(model: str, seed: int) -> dict[str, Any]:
+    """Manifest of the scratch arm: random initialisation, nothing external."""
+    return {
+        "arm": "scratch",
+        "available": True,
+        "model": model,
+        "source": "random",
+        "description": f"random initialisation (Kaiming normal, torch seed {seed})",
+    }
+
+
+def describe_pretrained(model: str, weights: str, download: bool = True) -> dict[str, Any]:
+    """Manifest of the pretrained arm: where its weights come from and their SHA-256.
+
+    ImageNet weights that are neither cached nor downloadable give a manifest
+    with ``available: false``, the reason and the fix (the arm is then skipped).
+    A file named in ``train.weights`` that is missing or does not fit is an error.
+    """
+    if weights == "imagenet":
+        try:
+            path, sha256 = fetch_imagenet(model, download=download)
+        except WeightsUnavailableError as error:
+            return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
+                    "reason": error.reason, "fix": error.fix}
+        return {
+            "arm": "pretrained",
+            "available": True,
+            "model": model,
+            "source": "imagenet",
+            "description": f"torchvision {IMAGENET[model]} (ImageNet-1k)",
+            "file": path.name,
+            "sha256": sha256,
+        }
+    path = Path(weights)
+    build_model(model, weights=path)  # fails early and clearly if the file does not fit
+    return {
+        "arm": "pretrained",
+        "available": True,
+        "model": model,
+        "source": "file",
+        "description": f"state dict from {path}",
+        "file": str(path),
+        "sha256": sha256_of(path),
+    }
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read the manifest the `weights` stage wrote."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: not found; run `dvc repro weights` first") from None
+
+
+def weights_argument(manifest: dict[str, Any]) -> str | None:
+    """What :func:`build_model` takes for this manifest: None (random), ``"imagenet"`` or a file."""
+    if manifest["source"] == "random":
+        return None
+    return "imagenet" if manifest["source"] == "imagenet" else manifest["file"]

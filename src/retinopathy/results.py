@@ -1,0 +1,159 @@
+"""What evaluate and train wrote for one arm, read back and checked: for the report and compare.
+
+Everything is checked before anything is drawn, so a missing, malformed or
+stale file stops the reader with a message that names it and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retinopathy.contract import CONFUSION_COLUMNS, HISTORY_COLUMNS, NUM_GRADES, Layout
+from retinopathy.errors import RetinopathyError
+
+# Keys of a trained arm's JSON that the figures need; the table shows "n/a" for others.
+REQUIRED_TRAINED = ("best_test_accuracy", "test_accuracy", "quadratic_kappa", "majority_baseline")
+ROW_SUM_TOLERANCE = 0.01  # normalised rows are written rounded; 0.01 still catches a counts file
+EVALUATE_FIX = "run `dvc repro evaluate` first"
+
+
+@dataclass
+class Arm:
+    """Everything the report shows about one arm; the tables are None for a skipped arm."""
+
+    name: str
+    info: dict[str, Any]
+    history: pd.DataFrame | None = None
+    normalized: np.ndarray | None = None
+    counts: np.ndarray | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.info["status"] == "trained"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RetinopathyError(f"{path}: metrics file not found: {EVALUATE_FIX}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RetinopathyError(f"{path}: not valid JSON ({error}): {EVALUATE_FIX}") from None
+    if not isinstance(info, dict) or info.get("status") not in ("trained", "skipped"):
+        raise RetinopathyError(
+            f"{path}: expected an object with status 'trained' or 'skipped': {EVALUATE_FIX}"
+        )
+    if "model" not in info:
+        raise RetinopathyError(f"{path}: the key 'model' is missing: {EVALUATE_FIX}")
+    if info["status"] == "trained":
+        for key in REQUIRED_TRAINED:
+            value = info.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RetinopathyError(
+                    f"{path}: '{key}' is missing or not a number: {EVALUATE_FIX}"
+                )
+        for key in ("best_test_accuracy", "test_accuracy", "majority_baseline"):
+            # Fractions, not percent: a 88.5 here would draw an axis up to 8850%.
+            if not 0 <= info[key] <= 1:
+                raise RetinopathyError(
+                    f"{path}: '{key}' is {info[key]}, expected a fraction in [0, 1]"
+                )
+    return info
+
+
+def _read_csv(path: Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise RetinopathyError(f"{path}: file not found: {fix}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise RetinopathyError(f"{path}: not a readable CSV ({error}): {fix}") from None
+    frame.columns = [str(name).strip() for name in frame.columns]
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise RetinopathyError(
+            f"{path}: column(s) {', '.join(missing)} missing (header: {','.join(frame.columns)}; "
+            f"expected {','.join(columns)}): {fix}"
+        )
+    try:
+        return frame.astype(float)
+    except ValueError:
+        raise RetinopathyError(f"{path}: a value is not a number: {fix}") from None
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    fix = "run `dvc repro train` first"
+    frame = _read_csv(path, HISTORY_COLUMNS, fix)
+    if frame.empty:
+        raise RetinopathyError(f"{path}: no epochs, but the arm's JSON says it was trained: {fix}")
+    accuracies = [c for c in frame.columns if c.endswith("_accuracy")]
+    if not frame[accuracies].stack().between(0, 1).all():
+        raise RetinopathyError(f"{path}: accuracies must be fractions in [0, 1]: {fix}")
+    return frame.sort_values("epoch")
+
+
+def _read_confusion(path: Path, normalized: bool) -> np.ndarray:
+    frame = _read_csv(path, CONFUSION_COLUMNS, EVALUATE_FIX)
+    if sorted(frame["actual"].tolist()) != list(range(NUM_GRADES)):
+        raise RetinopathyError(
+            f"{path}: expected one row per true grade 0-4 in the column 'actual': {EVALUATE_FIX}"
+        )
+    matrix = frame.sort_values("actual")[list(CONFUSION_COLUMNS[1:])].to_numpy()
+    if (matrix < 0).any():
+        raise RetinopathyError(f"{path}: negative entries: {EVALUATE_FIX}")
+    if normalized:
+        sums = matrix.sum(axis=1)
+        # A grade with no test images has an all-zero row; every other row sums to 1.
+        bad = [g for g, s in enumerate(sums) if abs(s - 1) > ROW_SUM_TOLERANCE and s != 0]
+        if bad:
+            rows = ", ".join(f"grade {g} sums to {sums[g]:.3f}" for g in bad)
+            raise RetinopathyError(
+                f"{path}: rows must sum to 1 (normalised per true grade) but {rows}: {EVALUATE_FIX}"
+            )
+    elif not np.allclose(matrix, np.round(matrix)):
+        raise RetinopathyError(f"{path}: counts must be whole numbers: {EVALUATE_FIX}")
+    return matrix
+
+
+def load_arm(layout: Layout, name: str) -> Arm:
+    """Read and check one arm's metrics; a skipped arm needs only its JSON.
+
+    Raises:
+        RetinopathyError: a file is missing or malformed (the message names it).
+    """
+    files = layout.arm(name)
+    arm = Arm(name, _read_json(files.metrics))
+    if not arm.trained:
+        return arm
+    arm.history = _read_history(files.history)
+    arm.normalized = _read_confusion(files.confusion_normalized, normalized=True)
+    arm.counts = _read_confusion(files.confusion_counts, normalized=False).astype(int)
+    # Both files come from the same evaluation; if they disagree one of them is stale.
+    totals = arm.counts.sum(axis=1, keepdims=True)
+    expected = np.divide(arm.counts, totals, out=np.zeros(arm.normalized.shape), where=totals > 0)
+    if not np.allclose(expected, arm.normalized, atol=ROW_SUM_TOLERANCE):
+        raise RetinopathyError(
+            f"{files.confusion_normalized} does not match {files.confusion_counts} "
+            f"(one of them is stale): {EVALUATE_FIX}"
+        )
+    return arm
+
+
+def model_name(model: str) -> str:
+    """``resnet18`` -> ``ResNet18``, for titles."""
+    return model.replace("resnet", "ResNet")
+
+
+def majority_baseline(arms: Sequence[Arm]) -> float | None:
+    """The accuracy of always answering the commonest grade (None when no arm was trained)."""
+    # Every arm is evaluated on the same test split, so any trained arm's baseline will do.
+    return next((arm.info["majority_baseline"] for arm in arms if arm.trained), None)
+
+

@@ -1,0 +1,139 @@
+"""The `evaluate` stage: score one arm's best checkpoint on the test split.
+
+Writes ``metrics/<arm>.json`` (accuracy, balanced accuracy, quadratic weighted
+kappa, per-class recall, the majority baseline, and which rule picked the
+epoch), the confusion matrix twice (``metrics/confusion/<arm>_counts.csv`` and
+``<arm>_normalized.csv``: rows = true grade, columns = predicted grade, each
+row of the normalised one summing to 1 as the lab defines it), and
+``metrics/predictions/<arm>.csv`` (``actual,predicted`` per test image, the
+long format DVC's ``confusion`` plot template reads).
+
+A skipped arm gets metrics that say ``skipped`` with the reason and the fix,
+and header-only CSVs, so the report and `dvc metrics show` show the gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from retinopathy import checkpoint
+from retinopathy.config import Params, load_params
+from retinopathy.contract import ARMS, CONFUSION_COLUMNS, GRADES, PREDICTION_COLUMNS, ArmFiles, Layout
+from retinopathy.data.dataset import open_dataset
+from retinopathy.data.index import read_index, read_summary
+from retinopathy.engine import loops
+from retinopathy.engine.batches import eval_loader
+from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.errors import RetinopathyError, warn
+from retinopathy.files import write_csv_atomic, write_json_atomic
+from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.scoring import confusion_tables, scores
+
+SELECTION_RULES = {
+    "test": "epoch with the highest test accuracy (the lab's rule; optimistic)",
+    "validation": "epoch with the highest validation accuracy (test split unseen when choosing)",
+}
+
+
+def write_tables(files: ArmFiles, actual: np.ndarray, predicted: np.ndarray,
+                 tables: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Write the confusion tables and the predictions (header only where there are none).
+
+    Args:
+        files: The arm's files.
+        actual: True grades.
+        predicted: Predicted grades.
+        tables: :func:`confusion_tables` of the two; None for a skipped arm (no predictions).
+    """
+    header = list(CONFUSION_COLUMNS)
+    if tables is not None:
+        counts, normalized = tables
+        count_rows = [[g, *counts[g].tolist()] for g in GRADES]
+        norm_rows = [[g, *(f"{v:.6f}" for v in normalized[g])] for g in GRADES]
+    else:
+        count_rows, norm_rows = [], []
+    write_csv_atomic(files.confusion_counts, header, count_rows)
+    write_csv_atomic(files.confusion_normalized, header, norm_rows)
+    write_csv_atomic(files.predictions, list(PREDICTION_COLUMNS),
+                     [[int(a), int(p)] for a, p in zip(actual, predicted, strict=True)])
+
+
+def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, Any]:
+    """Evaluate the arm's ``best.pt`` on the test split and write the metrics and tables."""
+    layout = layout or Layout()
+    files = layout.arm(arm)
+    if not files.status.is_file():
+        raise RetinopathyError(f"{files.status}: not found; run `dvc repro train@{arm}` first")
+    status = json.loads(files.status.read_text())
+    summary = read_summary(layout.summary)
+    baseline = summary["majority_baseline"]["test_accuracy"]
+    if status["status"] == "skipped":
+        result = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
+        result["majority_baseline"] = baseline
+        write_tables(files, np.array([], dtype=int), np.array([], dtype=int), None)
+        write_json_atomic(files.metrics, result)
+        return result
+
+    best = checkpoint.load(files.best)
+    if best.get("fingerprint") != status["fingerprint"]:
+        raise RetinopathyError(f"{files.best}: is not from the run in {files.status}; rerun training")
+    history = status["history"]
+    best_row = history[best["epoch"] - 1]
+
+    spec = GraderSpec.from_dict(best.get("spec"), str(files.best))
+    train = params.train
+    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
+                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime.configure_backends()  # the numerics training evaluated with
+    grader = runtime.place(load_grader(spec, best["model"], str(files.best)))
+    records = read_index(layout.index)["test"]
+    dataset = open_dataset(params.data.root, "test", records, spec.image_size, params.data.cache_dir)
+    batches = eval_loader(dataset, train.batch_size, runtime)
+    predicted, actual = loops.predict(grader, batches, runtime)
+    actual_np, predicted_np = actual.numpy(), predicted.numpy()
+    tables = confusion_tables(actual_np, predicted_np)
+
+    result: dict[str, Any] = {
+        "status": "trained",
+        "model": spec.model,
+        "init": arm,
+        "weights": status["weights"],
+        "data": params.data.root,
+        "synthetic": summary["synthetic"],
+        "selection": status["selection"],
+        "selection_rule": SELECTION_RULES[status["selection"]],
+        "epochs": status["epochs"],
+        "best_epoch": best["epoch"],
+        "best_test_accuracy": best_row["test_accuracy"],
+        "final_test_accuracy": history[-1]["test_accuracy"],
+        # Running accuracy over the training epoch, as the lab reports it.
+        "train_accuracy": best_row["train_accuracy"],
+        **scores(actual_np, predicted_np, tables),
+        "majority_baseline": baseline,
+        "test_size": int(len(actual_np)),
+    }
+    if "val_accuracy" in best_row:
+        result["best_val_accuracy"] = best_row["val_accuracy"]
+    write_tables(files, actual_np, predicted_np, tables)
+    write_json_atomic(files.metrics, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy evaluate --init scratch|pretrained [--params params.yaml]``."""
+    parser = argparse.ArgumentParser(prog="retinopathy evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--init", choices=ARMS, required=True)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    result = evaluate_arm(load_params(args.params), args.init)
+    if result["status"] == "skipped":
+        warn(f"{args.init} arm skipped: {result['reason']}\n  fix: {result['fix']}")
+    else:
+        print(f"{args.init}: test accuracy {result['test_accuracy']:.2%} (epoch {result['best_epoch']}, "
+              f"{result['selection_rule']}), kappa {result['quadratic_kappa']:.3f}, "
+              f"always-grade-0 baseline {result['majority_baseline']:.2%}")
+    return 0

@@ -1,0 +1,152 @@
+"""`retinopathy report`: the figures and the Markdown report of both arms.
+
+Reads what the train and evaluate stages wrote (``metrics/history/<arm>.csv``,
+``metrics/<arm>.json``, ``metrics/confusion/<arm>_{normalized,counts}.csv``),
+checks it, and writes ``accuracy.png``, ``confusion_<arm>.png``,
+``best_accuracy.png`` and ``report.md`` into the output folder. Everything is
+read and checked before anything is drawn, and the figures are drawn into a
+temporary folder that replaces the output folder only once all of it is
+written, so a failure never leaves a half-updated report behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from retinopathy.contract import ARMS, GRADES, Layout, grade_label
+from retinopathy.errors import RetinopathyError
+from retinopathy.figures import draw_report_figures
+from retinopathy.files import staged_folder
+from retinopathy.results import Arm, load_arm, model_name
+
+
+def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, str, bool]:
+    """(model, data folder or "", title label, synthetic?) shared by all arms, checked for consistency."""
+    models = {arm.info["model"] for arm in arms}
+    if len(models) > 1:
+        raise RetinopathyError(
+            f"the arms were run with different models ({', '.join(sorted(models))}): the metrics "
+            "of one arm are stale; run `dvc repro` to bring both up to date"
+        )
+    trained = [arm for arm in arms if arm.trained]
+    synthetic = any(arm.info.get("synthetic") for arm in trained)
+    data = next((str(arm.info["data"]) for arm in trained if arm.info.get("data")), "")
+    label = "synthetic demo data" if synthetic else (data or "unknown data")
+    return model_name(models.pop()), data, label, synthetic
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) else "n/a"
+
+
+def _cell(value: Any) -> str:
+    return "n/a" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str, synthetic: bool) -> str:
+    """The text of report.md (figures are linked by their file names)."""
+    trained = [arm for arm in arms if arm.trained]
+    lines = [f"# {model}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
+    if synthetic:
+        lines += [f"> **SYNTHETIC demo data** (`{data or 'data/demo'}`): these numbers show "
+                  "that the pipeline runs; they say nothing about retinopathy.", ""]
+    else:
+        lines += [f"Data: `{data_label}`.", ""]
+    test_size = next((a.info["test_size"] for a in trained if "test_size" in a.info), None)
+    if test_size is not None:
+        lines += [f"Test images: {test_size}.", ""]
+    if any(arm.info.get("selection") == "test" for arm in trained):
+        lines += ["The best epoch is the one with the highest *test* accuracy (the lab's rule), so "
+                  "the highest test accuracy is optimistic; set `data.val_fraction` > 0 in "
+                  "params.yaml to choose the epoch on a validation split instead.", ""]
+    lines += ["![accuracy per epoch](accuracy.png)", "", "![highest test accuracy per arm]"
+              "(best_accuracy.png)", "", "## Results", ""]
+
+    def row(label: str, values: Sequence[str]) -> str:
+        return f"| {label} | " + " | ".join(values) + " |"
+
+    def field(key: str, fmt: Any = _cell) -> list[str]:
+        return [fmt(a.info.get(key)) if a.trained else "skipped" for a in arms]
+
+    lines += [row("", [a.name for a in arms]), "|---|" + "---|" * len(arms)]
+    lines.append(row("status", [a.info["status"] for a in arms]))
+    lines.append(row("weights", field("weights")))
+    lines.append(row("best epoch", [f"{a.info.get('best_epoch', 'n/a')} of "
+                                    f"{a.info.get('epochs', 'n/a')}" if a.trained else "skipped"
+                                    for a in arms]))
+    lines.append(row("selection rule", field("selection_rule")))
+    if any("best_val_accuracy" in a.info for a in trained):
+        lines.append(row("highest validation accuracy", field("best_val_accuracy", _pct)))
+    lines.append(row("**highest test accuracy**", field("best_test_accuracy", _pct)))
+    # Equal to the highest test accuracy under the lab's rule; with a validation split it
+    # is the honest estimate, the highest one is then picked with hindsight.
+    lines.append(row("test accuracy at the best epoch", field("test_accuracy", _pct)))
+    lines.append(row("final test accuracy", field("final_test_accuracy", _pct)))
+    lines.append(row("train accuracy", field("train_accuracy", _pct)))
+    lines.append(row("balanced accuracy", field("balanced_accuracy", _pct)))
+    lines.append(row("quadratic weighted kappa",
+                     field("quadratic_kappa", lambda v: f"{v:.3f}" if v is not None else "n/a")))
+    for grade in GRADES:
+        lines.append(row(f"recall {grade_label(grade)}", [_pct((a.info.get("recall") or {}).get(str(grade)))
+                                            if a.trained else "skipped" for a in arms]))
+    lines.append(row("majority baseline (always grade 0)", field("majority_baseline", _pct)))
+    lines += ["", "## Confusion matrices", "",
+              "Rows are the true grade, columns the predicted grade; each cell is the fraction of "
+              "the true grade's test images (count in brackets).", ""]
+    for arm in arms:
+        lines += [f"![{arm.name} confusion matrix](confusion_{arm.name}.png)", ""]
+    skipped = [arm for arm in arms if not arm.trained]
+    if skipped:
+        lines += ["## Skipped arms", ""]
+        for arm in skipped:
+            lines += [f"### {arm.name}", "", f"- Reason: {arm.info.get('reason', 'not given')}",
+                      f"- Fix: {arm.info.get('fix', 'not given')}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(
+    metrics_dir: str | Path = Layout.metrics,
+    out: str | Path = Layout.plots,
+    arms: Sequence[str] = ARMS,
+) -> None:
+    """Write accuracy.png, confusion_<arm>.png, best_accuracy.png and report.md into ``out``.
+
+    The folder ``out`` is replaced as a whole (it belongs to this stage), and only
+    after every file is written; on any error it is left as it was.
+
+    Args:
+        metrics_dir: the folder the train and evaluate stages wrote.
+        out: the output folder.
+        arms: the arms to compare, in display order.
+
+    Raises:
+        RetinopathyError: an input is missing, malformed or inconsistent.
+    """
+    metrics_dir, out = Path(metrics_dir), Path(out)
+    if out.exists() and not out.is_dir():
+        raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
+    loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
+    model, data, data_label, synthetic = _describe_data(loaded)
+    with staged_folder(out) as staging:
+        draw_report_figures(loaded, model, data_label, staging)
+        text = render_markdown(loaded, model, data, data_label, synthetic)
+        (staging / "report.md").write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``retinopathy report [--metrics metrics] [--out plots]``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="retinopathy report", description="draw the figures and write plots/report.md"
+    )
+    parser.add_argument("--metrics", default=str(Layout.metrics),
+                        help="metrics folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(Layout.plots),
+                        help="output folder, replaced as a whole (default: %(default)s)")
+    args = parser.parse_args(argv)
+    write_report(args.metrics, args.out)
+    print(f"wrote {Path(args.out) / 'report.md'} and its figures")
+    return 0
+
