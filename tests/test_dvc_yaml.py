@@ -90,7 +90,7 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("prepare") == {str(layout.prepared)}
     assert _outs("weights") == {str(layout.manifests)}
     assert _outs("train") == {str(p) for a in arms for p in (a.model_dir, a.history)}
-    assert _outs("evaluate") == {str(p) for a in arms for p in (a.metrics, a.confusion_counts,
+    assert _outs("evaluate") == {str(p) for a in arms for p in (a.metrics, a.info, a.confusion_counts,
                                                                 a.confusion_normalized, a.predictions)}
     assert _outs("report") == {str(layout.plots)}
     assert set(DVC["metrics"]) == {str(a.metrics) for a in arms}

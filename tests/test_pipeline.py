@@ -24,11 +24,11 @@ from conftest import REPO, subprocess_env, tiny_params
 pytestmark = pytest.mark.slow
 
 
-def run(folder: Path, *command: str) -> str:
+def run(folder: Path, *command: str, stdout_only: bool = False) -> str:
     result = subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
+    return result.stdout if stdout_only else result.stdout + result.stderr
 
 
 def ran(output: str) -> set[str]:
@@ -65,10 +65,11 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert {"demo-data", "prepare", "weights", "train@scratch", "train@pretrained",
             "evaluate@scratch", "evaluate@pretrained", "report"} <= ran(output)
     assert "warning: pretrained arm skipped" in output
-    scratch = json.loads((project / "metrics/scratch.json").read_text())
-    skipped = json.loads((project / "metrics/pretrained.json").read_text())
+    scratch = json.loads((project / "metrics/scratch.info.json").read_text())
+    skipped = json.loads((project / "metrics/pretrained.info.json").read_text())
     assert scratch["status"] == "trained" and scratch["model"] == "resnet18"
     assert skipped["status"] == "skipped" and "train.weights" in skipped["fix"]
+    assert json.loads((project / "metrics/pretrained.json").read_text()) == {}  # a row of dashes
     report = (project / "plots/report.md").read_text()
     assert "skipped" in report and skipped["fix"] in report
     commit(project, "offline run")
@@ -86,13 +87,19 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = run(project, "dvc", "repro")
     assert ran(output) == {"weights", "train@pretrained", "evaluate@pretrained", "report"}
-    pretrained = json.loads((project / "metrics/pretrained.json").read_text())
+    pretrained = json.loads((project / "metrics/pretrained.info.json").read_text())
     assert pretrained["status"] == "trained" and files["resnet18"] in pretrained["weights"]
     assert "imagenet" not in json.dumps(pretrained).lower()
     assert "Skipped arms" not in (project / "plots/report.md").read_text()
 
-    metrics = run(project, "dvc", "metrics", "show")
+    metrics = run(project, "dvc", "metrics", "show", stdout_only=True)
     assert "metrics/scratch.json" in metrics and "metrics/pretrained.json" in metrics
+    assert max(len(line) for line in metrics.splitlines()) <= 120, metrics  # reads at a glance
+    shown = json.loads(run(project, "dvc", "metrics", "show", "--json", stdout_only=True))
+    values = [value for source in shown.values() for file in source["data"].values()
+              for value in file["data"].values()]
+    assert len(values) >= 2 * 12 and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                         for v in values), shown
     run(project, "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "plots-html"))
     assert (tmp_path / "plots-html" / "index.html").is_file()
     commit(project, "pretrained from a file")
@@ -102,7 +109,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert {"train@scratch", "train@pretrained"} <= ran(output)
     shown = run(project, "dvc", "exp", "show", "--no-pager", "--csv")
     assert "resnet50" in shown and "resnet18" in shown
-    assert json.loads((project / "metrics/scratch.json").read_text())["model"] == "resnet50"
+    assert json.loads((project / "metrics/scratch.info.json").read_text())["model"] == "resnet50"
 
 
 def test_a_change_to_the_demo_painter_reruns_only_demo_data_on_other_data(project):
@@ -115,10 +122,11 @@ def test_a_change_to_the_demo_painter_reruns_only_demo_data_on_other_data(projec
     params["train"]["epochs"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(project, "dvc", "repro")
-    assert json.loads(run(project, "dvc", "status", "--json")) == {"weights": ["always changed"]}
+    status = json.loads(run(project, "dvc", "status", "--json", stdout_only=True))
+    assert status == {"weights": ["always changed"]}
 
     painter = project / "src/retinopathy/data/synthetic.py"
     painter.write_text(painter.read_text() + "\n# a vessel redrawn\n")
-    status = json.loads(run(project, "dvc", "status", "--json"))
+    status = json.loads(run(project, "dvc", "status", "--json", stdout_only=True))
     assert status.pop("weights") == ["always changed"]  # it always runs: weights may appear in a cache
     assert list(status) == ["demo-data"], status

@@ -53,10 +53,14 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     params = load_params(tiny_project / "params.yaml")
     result = evaluate.evaluate_arm(params, "scratch")
     # The evaluated checkpoint reproduces the accuracy recorded during training.
-    assert result["test_accuracy"] == pytest.approx(result["best_test_accuracy"], abs=1e-9)
-    assert result["test_size"] == 12
+    metrics, info = result.metrics, result.info
+    history_row = read_history(tiny_project)[metrics["epoch"] - 1]
+    assert metrics["acc"] == round(float(history_row["test_accuracy"]), 3)
+    assert info["test_size"] == 12 and info["status"] == "trained"
+    assert json.loads((tiny_project / "metrics/scratch.json").read_text()) == metrics
+    assert all(isinstance(v, int | float) for v in metrics.values())
     summary = json.loads((tiny_project / "data/prepared/summary.json").read_text())
-    assert result["majority_baseline"] == pytest.approx(summary["majority_baseline"]["test_accuracy"])
+    assert metrics["base"] == round(summary["majority_baseline"]["test_accuracy"], 3)
     with open(tiny_project / "metrics/confusion/scratch_normalized.csv") as stream:
         rows = list(csv.reader(stream))[1:]
     for row in rows:
@@ -66,15 +70,16 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
         predictions = list(csv.DictReader(stream))
     assert len(predictions) == 12 and set(predictions[0]) == {"actual", "predicted"}
     correct = sum(row["actual"] == row["predicted"] for row in predictions)
-    assert correct / 12 == pytest.approx(result["test_accuracy"])
+    assert round(correct / 12, 3) == metrics["acc"]
 
 
 def test_pretrained_arm_is_skipped_offline_with_reason_and_fix(tiny_project):
     assert run_arm(tiny_project, "pretrained")["status"] == "skipped"
     assert read_history(tiny_project, "pretrained") == []
     result = evaluate.evaluate_arm(load_params(tiny_project / "params.yaml"), "pretrained")
-    assert result["status"] == "skipped"
-    assert "resnet18-f37072fd.pth" in result["reason"] and "train.weights" in result["fix"]
+    assert result.metrics == {} and result.info["status"] == "skipped"
+    assert "resnet18-f37072fd.pth" in result.info["reason"] and "train.weights" in result.info["fix"]
+    assert json.loads((tiny_project / "metrics/pretrained.json").read_text()) == {}
     assert not (tiny_project / "models/pretrained/last.pt").exists()
 
 
@@ -162,9 +167,10 @@ def test_validation_split_picks_the_epoch(tiny_project):
     history = read_history(tiny_project)
     assert "val_accuracy" in history[0]
     result = evaluate.evaluate_arm(load_params(tiny_project / "params.yaml"), "scratch")
-    assert result["selection"] == "validation" and "validation" in result["selection_rule"]
+    assert result.info["selection"] == "validation" and "validation" in result.info["selection_rule"]
     best = max(history, key=lambda row: float(row["val_accuracy"]))
-    assert result["best_epoch"] == int(best["epoch"])
+    assert result.metrics["epoch"] == int(best["epoch"])
+    assert result.metrics["val"] == round(float(best["val_accuracy"]), 3)
 
 
 def test_the_decoded_cache_changes_speed_only(tiny_project, scratch_dir):

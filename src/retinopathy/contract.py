@@ -31,6 +31,29 @@ VAL_COLUMNS = ("val_loss", "val_accuracy")  # appended to the history when there
 CONFUSION_COLUMNS = ("actual", *(str(grade) for grade in GRADES))  # rows: true grade; columns: predicted
 PREDICTION_COLUMNS = ("actual", "predicted")  # one row per test image, the long format of `dvc plots`
 
+def recall_key(grade: int) -> str:
+    """The metrics key of grade ``grade``'s recall: ``r0`` ... ``r4``."""
+    return f"r{grade}"
+
+
+# metrics/<arm>.json holds numbers only, under short keys, so that `dvc metrics show`
+# of both arms fits in 120 columns; the words about the run (status, weights, the
+# selection rule, why an arm was skipped) are in metrics/<arm>.info.json.
+METRIC_KEYS: dict[str, str] = {
+    "acc": "test accuracy of the selected epoch (under the lab's rule: the highest test accuracy)",
+    "bacc": "balanced accuracy on the test split: the mean of the per-grade recalls",
+    "base": "majority baseline: the test accuracy of always answering the commonest training grade",
+    "epoch": "the selected epoch (the one evaluated)",
+    "final": "test accuracy after the last epoch",
+    "kappa": "quadratic weighted kappa on the test split (Kaggle 2015's metric)",
+    **{recall_key(grade): f"recall of grade {grade}: the share of its test images graded {grade}"
+       for grade in GRADES},
+    "train": "training accuracy in the selected epoch (running, as the lab reports it)",
+    "val": "validation accuracy of the selected epoch (only with data.val_fraction > 0)",
+}
+METRIC_DECIMALS = 3  # a person compares these at a glance; the history and predictions keep the rest
+
+
 # The synthetic demo's folder carries a README whose first line is this marker.
 DEMO_README = "README.txt"
 DEMO_MARKER = "SYNTHETIC DEMO DATASET"
@@ -56,7 +79,8 @@ class ArmFiles:
         best: The checkpoint of the selected epoch: what evaluate, predict and export use.
         status: What train did (trained or skipped, the best epoch, the history), for evaluate.
         history: Loss and accuracy per epoch (``HISTORY_COLUMNS``, then ``VAL_COLUMNS``).
-        metrics: evaluate's figures for `dvc metrics show`.
+        metrics: evaluate's numbers for `dvc metrics show` (``METRIC_KEYS``).
+        info: evaluate's words about the run (status, weights, selection rule, ...).
         confusion_counts: The confusion matrix in counts (``CONFUSION_COLUMNS``).
         confusion_normalized: The same, each row divided by the true grade's count.
         predictions: ``PREDICTION_COLUMNS`` per test image.
@@ -69,6 +93,7 @@ class ArmFiles:
     status: Path
     history: Path
     metrics: Path
+    info: Path
     confusion_counts: Path
     confusion_normalized: Path
     predictions: Path
@@ -115,6 +140,7 @@ class Layout:
             status=model_dir / "status.json",
             history=self.metrics / "history" / f"{arm}.csv",
             metrics=self.metrics / f"{arm}.json",
+            info=self.metrics / f"{arm}.info.json",
             confusion_counts=self.metrics / "confusion" / f"{arm}_counts.csv",
             confusion_normalized=self.metrics / "confusion" / f"{arm}_normalized.csv",
             predictions=self.metrics / "predictions" / f"{arm}.csv",

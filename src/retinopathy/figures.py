@@ -59,7 +59,7 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
                                   ms=4, lw=2, color=colour, label=f"{arm.name}: {text}")
                 handles.append(line)
         # Star the epoch whose checkpoint was evaluated, so the selection rule is visible.
-        chosen = arm.history[arm.history["epoch"] == arm.info.get("best_epoch")]
+        chosen = arm.history[arm.history["epoch"] == arm.metrics.get("epoch")]
         if not chosen.empty:
             ax.plot(chosen["epoch"], 100 * chosen["test_accuracy"], ls="none", marker="*",
                     ms=15, color=colour, mec="black", mew=0.8, zorder=5)
@@ -70,7 +70,7 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
                                   label=f"always grade 0 ({100 * baseline:.1f}%)"))
     if starred:
         handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="white", mec="black",
-                              label="best epoch (evaluated)"))
+                              label="selected epoch (evaluated)"))
     ax.set(title=title, xlabel="epoch", ylabel="accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(arm.trained for arm in arms):
@@ -120,16 +120,15 @@ def plot_confusion(arm: Arm, model: str, path: Path) -> None:
     ax.set_xticks(ticks, [g.replace(" ", "\n", 1) for g in GRADE_LABELS])
     ax.set_yticks(ticks, GRADE_LABELS)
     ax.set(xlabel="predicted grade", ylabel="true grade")
-    info = arm.info
     ax.set_title(f"{model}, {arm.name} arm: confusion matrix\n"
-                 f"test accuracy {100 * info['test_accuracy']:.1f}%, "
-                 f"quadratic kappa {info['quadratic_kappa']:.3f}")
+                 f"test accuracy {100 * arm.metrics['acc']:.1f}%, "
+                 f"quadratic kappa {arm.metrics['kappa']:.3f}")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true grade")
     _save(fig, path)
 
 
 def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
-    """The highest test accuracy of each arm as bars, skipped arms as labelled empty slots."""
+    """The selected epoch's test accuracy of each arm as bars, skipped arms as labelled empty slots."""
     fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
     for index, arm in enumerate(arms):
         if not arm.trained:
@@ -137,7 +136,7 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
             ax.text(index, 50, "skipped", ha="center", va="center", fontsize=12, color="grey",
                     bbox={"facecolor": "white", "edgecolor": "none"})
             continue
-        value = 100 * arm.info["best_test_accuracy"]
+        value = 100 * arm.metrics["acc"]
         ax.bar(index, value, color=_colour(arm, index), width=0.6)
         ax.text(index, value + 1.5, f"{value:.1f}%", ha="center", va="bottom", weight="bold")
     baseline = majority_baseline(arms)
@@ -147,7 +146,8 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
         # Below the axes: inside, it would cover a bar whatever corner it took.
         fig.legend(loc="outside lower center")
     ax.set_xticks(range(len(arms)), [arm.name for arm in arms])
-    ax.set(title=title, ylabel="highest test accuracy", ylim=(0, 108), xlim=(-0.6, len(arms) - 0.4))
+    ax.set(title=title, ylabel="test accuracy (selected epoch)", ylim=(0, 108),
+           xlim=(-0.6, len(arms) - 0.4))
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
@@ -162,7 +162,7 @@ def draw_report_figures(arms: Sequence[Arm], model: str, data_label: str, folder
             plot_accuracy(arms, f"{model} ({data_label}): accuracy per epoch", folder / "accuracy.png")
             for arm in arms:
                 plot_confusion(arm, model, folder / f"confusion_{arm.name}.png")
-            plot_best(arms, f"{model} ({data_label}):\nhighest test accuracy per arm",
+            plot_best(arms, f"{model} ({data_label}):\ntest accuracy of the selected epoch",
                       folder / "best_accuracy.png")
     finally:
         plt.close("all")

@@ -15,21 +15,37 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retinopathy.contract import CONFUSION_COLUMNS, HISTORY_COLUMNS, NUM_GRADES, Layout
+from retinopathy.contract import (
+    CONFUSION_COLUMNS,
+    GRADES,
+    HISTORY_COLUMNS,
+    METRIC_KEYS,
+    NUM_GRADES,
+    Layout,
+    recall_key,
+)
 from retinopathy.errors import RetinopathyError
 
-# Keys of a trained arm's JSON that the figures need; the table shows "n/a" for others.
-REQUIRED_TRAINED = ("best_test_accuracy", "test_accuracy", "quadratic_kappa", "majority_baseline")
+# Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
+REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
+FRACTIONS = ("acc", "bacc", "base", "final", "train", "val", *(recall_key(g) for g in GRADES))
 ROW_SUM_TOLERANCE = 0.01  # normalised rows are written rounded; 0.01 still catches a counts file
 EVALUATE_FIX = "run `dvc repro evaluate` first"
 
 
 @dataclass
 class Arm:
-    """Everything the report shows about one arm; the tables are None for a skipped arm."""
+    """Everything the report shows about one arm; the tables are None for a skipped arm.
+
+    Attributes:
+        name: ``scratch`` or ``pretrained``.
+        info: The words of ``metrics/<arm>.info.json`` (status, model, weights, ...).
+        metrics: The numbers of ``metrics/<arm>.json`` (``contract.METRIC_KEYS``; empty if skipped).
+    """
 
     name: str
     info: dict[str, Any]
+    metrics: dict[str, float]
     history: pd.DataFrame | None = None
     normalized: np.ndarray | None = None
     counts: np.ndarray | None = None
@@ -39,33 +55,45 @@ class Arm:
         return self.info["status"] == "trained"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RetinopathyError(f"{path}: metrics file not found: {EVALUATE_FIX}")
+        raise RetinopathyError(f"{path}: file not found: {EVALUATE_FIX}")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RetinopathyError(f"{path}: not valid JSON ({error}): {EVALUATE_FIX}") from None
-    if not isinstance(info, dict) or info.get("status") not in ("trained", "skipped"):
-        raise RetinopathyError(
-            f"{path}: expected an object with status 'trained' or 'skipped': {EVALUATE_FIX}"
-        )
+    if not isinstance(value, dict):
+        raise RetinopathyError(f"{path}: expected a JSON object: {EVALUATE_FIX}")
+    return value
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    info = _read_object(path)
+    if info.get("status") not in ("trained", "skipped"):
+        raise RetinopathyError(f"{path}: expected the status 'trained' or 'skipped': {EVALUATE_FIX}")
     if "model" not in info:
         raise RetinopathyError(f"{path}: the key 'model' is missing: {EVALUATE_FIX}")
-    if info["status"] == "trained":
-        for key in REQUIRED_TRAINED:
-            value = info.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RetinopathyError(
-                    f"{path}: '{key}' is missing or not a number: {EVALUATE_FIX}"
-                )
-        for key in ("best_test_accuracy", "test_accuracy", "majority_baseline"):
-            # Fractions, not percent: a 88.5 here would draw an axis up to 8850%.
-            if not 0 <= info[key] <= 1:
-                raise RetinopathyError(
-                    f"{path}: '{key}' is {info[key]}, expected a fraction in [0, 1]"
-                )
     return info
+
+
+def _read_metrics(path: Path, trained: bool) -> dict[str, float]:
+    metrics = _read_object(path)
+    for key, value in metrics.items():
+        if key not in METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
+            raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers evaluate "
+                                   f"writes: {EVALUATE_FIX}")
+    if not trained:
+        if metrics:
+            raise RetinopathyError(f"{path}: has numbers, but the arm was skipped: {EVALUATE_FIX}")
+        return metrics
+    for key in REQUIRED_TRAINED:
+        if key not in metrics:
+            raise RetinopathyError(f"{path}: '{key}' is missing: {EVALUATE_FIX}")
+    for key in FRACTIONS:
+        # Fractions, not percent: a 88.5 here would draw an axis up to 8850%.
+        if key in metrics and not 0 <= metrics[key] <= 1:
+            raise RetinopathyError(f"{path}: '{key}' is {metrics[key]}, expected a fraction in [0, 1]")
+    return metrics
 
 
 def _read_csv(path: Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
@@ -123,13 +151,14 @@ def _read_confusion(path: Path, normalized: bool) -> np.ndarray:
 
 
 def load_arm(layout: Layout, name: str) -> Arm:
-    """Read and check one arm's metrics; a skipped arm needs only its JSON.
+    """Read and check one arm's metrics, info, history and confusion tables (a skipped arm: the JSONs).
 
     Raises:
         RetinopathyError: a file is missing or malformed (the message names it).
     """
     files = layout.arm(name)
-    arm = Arm(name, _read_json(files.metrics))
+    info = _read_info(files.info)
+    arm = Arm(name, info, _read_metrics(files.metrics, info["status"] == "trained"))
     if not arm.trained:
         return arm
     arm.history = _read_history(files.history)
@@ -154,6 +183,6 @@ def model_name(model: str) -> str:
 def majority_baseline(arms: Sequence[Arm]) -> float | None:
     """The accuracy of always answering the commonest grade (None when no arm was trained)."""
     # Every arm is evaluated on the same test split, so any trained arm's baseline will do.
-    return next((arm.info["majority_baseline"] for arm in arms if arm.trained), None)
+    return next((arm.metrics["base"] for arm in arms if arm.trained), None)
 
 

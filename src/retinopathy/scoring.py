@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix
 
-from retinopathy.contract import GRADES
+from retinopathy.contract import GRADES, recall_key
 
 
 def confusion_tables(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +23,10 @@ def quadratic_kappa(actual: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def scores(actual: np.ndarray, predicted: np.ndarray,
-           tables: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, quadratic weighted kappa and per-class recall.
+           tables: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """Accuracy, balanced accuracy, quadratic weighted kappa and per-grade recall, by metrics key.
+
+    A grade with no test images has no recall (its key is left out).
 
     Args:
         actual: True grades.
@@ -36,8 +36,8 @@ def scores(actual: np.ndarray, predicted: np.ndarray,
     counts, normalized = tables
     present = counts.sum(axis=1) > 0
     return {
-        "test_accuracy": float((actual == predicted).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(actual, predicted)),
-        "quadratic_kappa": quadratic_kappa(actual, predicted),
-        "recall": {str(g): (float(normalized[g, g]) if present[g] else None) for g in GRADES},
+        "acc": float((actual == predicted).mean()),
+        "bacc": float(balanced_accuracy_score(actual, predicted)),
+        "kappa": quadratic_kappa(actual, predicted),
+        **{recall_key(g): float(normalized[g, g]) for g in GRADES if present[g]},
     }

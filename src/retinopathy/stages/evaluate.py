@@ -1,28 +1,41 @@
 """The `evaluate` stage: score one arm's best checkpoint on the test split.
 
-Writes ``metrics/<arm>.json`` (accuracy, balanced accuracy, quadratic weighted
-kappa, per-class recall, the majority baseline, and which rule picked the
-epoch), the confusion matrix twice (``metrics/confusion/<arm>_counts.csv`` and
-``<arm>_normalized.csv``: rows = true grade, columns = predicted grade, each
-row of the normalised one summing to 1 as the lab defines it), and
-``metrics/predictions/<arm>.csv`` (``actual,predicted`` per test image, the
-long format DVC's ``confusion`` plot template reads).
+Writes ``metrics/<arm>.json``, numbers only under the short keys of
+``contract.METRIC_KEYS`` (accuracy, balanced accuracy, quadratic weighted
+kappa, per-grade recall, the majority baseline, the selected epoch, ...), so
+``dvc metrics show`` reads at a glance; ``metrics/<arm>.info.json``, the words
+(status, weights, data, which rule picked the epoch); the confusion matrix
+twice (``metrics/confusion/<arm>_counts.csv`` and ``<arm>_normalized.csv``:
+rows = true grade, columns = predicted grade, each row of the normalised one
+summing to 1 as the lab defines it); and ``metrics/predictions/<arm>.csv``
+(``actual,predicted`` per test image, the long format DVC's ``confusion``
+plot template reads).
 
-A skipped arm gets metrics that say ``skipped`` with the reason and the fix,
-and header-only CSVs, so the report and `dvc metrics show` show the gap.
+A skipped arm gets ``{}`` as metrics (a row of dashes), the reason and the fix
+in its info, and header-only CSVs, so the report and `dvc metrics show` show the gap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from retinopathy import checkpoint
 from retinopathy.config import Params, load_params
-from retinopathy.contract import ARMS, CONFUSION_COLUMNS, GRADES, PREDICTION_COLUMNS, ArmFiles, Layout
+from retinopathy.contract import (
+    ARMS,
+    CONFUSION_COLUMNS,
+    GRADES,
+    METRIC_DECIMALS,
+    METRIC_KEYS,
+    PREDICTION_COLUMNS,
+    ArmFiles,
+    Layout,
+)
 from retinopathy.data.dataset import open_dataset
 from retinopathy.data.index import read_index, read_summary
 from retinopathy.engine import loops
@@ -62,21 +75,37 @@ def write_tables(files: ArmFiles, actual: np.ndarray, predicted: np.ndarray,
                      [[int(a), int(p)] for a, p in zip(actual, predicted, strict=True)])
 
 
-def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, Any]:
-    """Evaluate the arm's ``best.pt`` on the test split and write the metrics and tables."""
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluate writes for one arm: numbers (``metrics/<arm>.json``) and words (``.info.json``)."""
+
+    metrics: dict[str, float]
+    info: dict[str, Any]
+
+
+def write_evaluation(files: ArmFiles, evaluation: Evaluation) -> None:
+    write_json_atomic(files.metrics, evaluation.metrics)
+    write_json_atomic(files.info, evaluation.info)
+
+
+def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Evaluation:
+    """Evaluate the arm's ``best.pt`` on the test split and write the metrics, info and tables.
+
+    A skipped arm gets no numbers (``{}``: a row of dashes in `dvc metrics show`),
+    its reason and fix in the info, and header-only tables.
+    """
     layout = layout or Layout()
     files = layout.arm(arm)
     if not files.status.is_file():
         raise RetinopathyError(f"{files.status}: not found; run `dvc repro train@{arm}` first")
     status = json.loads(files.status.read_text())
     summary = read_summary(layout.summary)
-    baseline = summary["majority_baseline"]["test_accuracy"]
     if status["status"] == "skipped":
-        result = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
-        result["majority_baseline"] = baseline
+        words = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
+        evaluation = Evaluation({}, words)
         write_tables(files, np.array([], dtype=int), np.array([], dtype=int), None)
-        write_json_atomic(files.metrics, result)
-        return result
+        write_evaluation(files, evaluation)
+        return evaluation
 
     best = checkpoint.load(files.best)
     if best.get("fingerprint") != status["fingerprint"]:
@@ -97,7 +126,17 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> dict
     actual_np, predicted_np = actual.numpy(), predicted.numpy()
     tables = confusion_tables(actual_np, predicted_np)
 
-    result: dict[str, Any] = {
+    numbers: dict[str, float] = {
+        **scores(actual_np, predicted_np, tables),
+        "epoch": best["epoch"],
+        "final": history[-1]["test_accuracy"],
+        "train": best_row["train_accuracy"],  # running accuracy over the epoch, as the lab reports it
+        "base": summary["majority_baseline"]["test_accuracy"],
+    }
+    if "val_accuracy" in best_row:
+        numbers["val"] = best_row["val_accuracy"]
+    metrics = {key: round(numbers[key], METRIC_DECIMALS) for key in METRIC_KEYS if key in numbers}
+    info = {
         "status": "trained",
         "model": spec.model,
         "init": arm,
@@ -107,20 +146,12 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> dict
         "selection": status["selection"],
         "selection_rule": SELECTION_RULES[status["selection"]],
         "epochs": status["epochs"],
-        "best_epoch": best["epoch"],
-        "best_test_accuracy": best_row["test_accuracy"],
-        "final_test_accuracy": history[-1]["test_accuracy"],
-        # Running accuracy over the training epoch, as the lab reports it.
-        "train_accuracy": best_row["train_accuracy"],
-        **scores(actual_np, predicted_np, tables),
-        "majority_baseline": baseline,
         "test_size": int(len(actual_np)),
     }
-    if "val_accuracy" in best_row:
-        result["best_val_accuracy"] = best_row["val_accuracy"]
+    evaluation = Evaluation(metrics, info)
     write_tables(files, actual_np, predicted_np, tables)
-    write_json_atomic(files.metrics, result)
-    return result
+    write_evaluation(files, evaluation)
+    return evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", choices=ARMS, required=True)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     args = parser.parse_args(argv)
-    result = evaluate_arm(load_params(args.params), args.init)
-    if result["status"] == "skipped":
-        warn(f"{args.init} arm skipped: {result['reason']}\n  fix: {result['fix']}")
+    evaluation = evaluate_arm(load_params(args.params), args.init)
+    info, metrics = evaluation.info, evaluation.metrics
+    if info["status"] == "skipped":
+        warn(f"{args.init} arm skipped: {info['reason']}\n  fix: {info['fix']}")
     else:
-        print(f"{args.init}: test accuracy {result['test_accuracy']:.2%} (epoch {result['best_epoch']}, "
-              f"{result['selection_rule']}), kappa {result['quadratic_kappa']:.3f}, "
-              f"always-grade-0 baseline {result['majority_baseline']:.2%}")
+        print(f"{args.init}: test accuracy {metrics['acc']:.1%} (epoch {metrics['epoch']}, "
+              f"{info['selection_rule']}), kappa {metrics['kappa']:.3f}, "
+              f"always-grade-0 baseline {metrics['base']:.1%}")
     return 0
