@@ -12,23 +12,24 @@ import sys
 
 from retinopathy.errors import RetinopathyError
 
-# command -> (module under retinopathy.stages, one-line description). Modules are
-# imported lazily so that `retinopathy --help` does not pay for importing torch.
+# command -> (module, one-line description). Modules are imported lazily so that
+# `retinopathy --help` does not pay for importing torch.
+_STAGES = "retinopathy.stages."
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("demo_data", "write the synthetic demo dataset (course layout)"),
-    "import-kaggle": ("import_kaggle", "build the course's 512x512 dataset from the Kaggle download"),
-    "prepare": ("prepare", "check the raw data and write the index and summary"),
-    "weights": ("weights", "resolve the initial weights of each arm and write manifests"),
-    "train": ("train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
-    "evaluate": ("evaluate", "evaluate the best checkpoint of one arm on the test split"),
-    "report": ("report", "draw the figures and write plots/report.md"),
-    "bench": ("bench", "measure input-pipeline and training throughput"),
+    "demo-data": (_STAGES + "demo_data", "write the synthetic demo dataset (course layout)"),
+    "import-kaggle": (_STAGES + "import_kaggle", "build the course's 512x512 dataset from Kaggle's download"),
+    "prepare": (_STAGES + "prepare", "check the raw data and write the index and summary"),
+    "weights": (_STAGES + "weights", "resolve the initial weights of each arm and write manifests"),
+    "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
+    "evaluate": (_STAGES + "evaluate", "evaluate the best checkpoint of one arm on the test split"),
+    "report": (_STAGES + "report", "draw the figures and write plots/report.md"),
+    "bench": (_STAGES + "bench", "measure input-pipeline and training throughput"),
 }
 
 
 def module_of(command: str) -> str:
-    """The module that implements ``command``: ``retinopathy.stages.<name>``."""
-    return f"retinopathy.stages.{COMMANDS[command][0]}"
+    """The module that implements ``command`` (``retinopathy.stages.<name>``)."""
+    return COMMANDS[command][0]
 
 
 def _usage() -> str:
