@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -46,8 +49,57 @@ def test_cache_works_in_dataloader_workers(demo, tmp_path):
 def test_a_different_size_gets_a_different_file_and_size_is_required(demo, tmp_path):
     small = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
     large = DecodedCache(RetinopathyDataset(demo, "test", 48, dtype=torch.uint8), tmp_path / "cache")
-    assert small.pixels_path != large.pixels_path
+    assert small.pixels_name != large.pixels_name
     with pytest.raises(RetinopathyError, match="data.cache_dir needs data.image_size"):
         DecodedCache(RetinopathyDataset(demo, "test", None, dtype=torch.uint8), tmp_path / "cache")
     with pytest.raises(RetinopathyError, match="stores uint8 pixels.*torch.float32"):
         DecodedCache(RetinopathyDataset(demo, "test", 32), tmp_path / "cache")
+
+
+def test_the_cache_lives_in_a_private_folder_per_user(demo, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), shared)
+    own = shared / f"uid-{os.getuid()}"
+    assert own.is_dir() and stat.S_IMODE(own.stat().st_mode) == 0o700
+    assert {p.parent for p in shared.rglob("*.u8")} == {own}
+
+
+def test_a_folder_open_to_others_or_a_link_is_refused(demo, tmp_path):
+    shared = tmp_path / "shared"
+    planted = shared / f"uid-{os.getuid()}"
+    planted.mkdir(parents=True, mode=0o777)
+    planted.chmod(0o777)  # as another user could have left it, with files of theirs inside
+    with pytest.raises(RetinopathyError, match="open to other users.*delete it"):
+        DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), shared)
+    planted.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    planted.symlink_to(elsewhere)
+    with pytest.raises(RetinopathyError, match="not a folder"):
+        DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), shared)
+
+
+def test_a_planted_symbolic_link_is_never_followed(demo, tmp_path):
+    cache = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (cache.folder / cache.pixels_name).unlink()
+    (cache.folder / cache.pixels_name).symlink_to(victim)
+    with pytest.raises(RetinopathyError, match="cannot open it"):
+        DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
+    assert victim.read_text() == "precious"
+
+
+def test_pixels_written_for_other_records_are_not_used(demo, tmp_path):
+    dataset = RetinopathyDataset(demo, "test", 32, dtype=torch.uint8)
+    cache = DecodedCache(dataset, tmp_path / "cache")
+    expected = [cache[i][0] for i in range(len(cache))]  # fills the cache
+    # Someone rewrites the files: other pixels, every flag set, but not our header.
+    pixels = cache.folder / cache.pixels_name
+    pixels.write_bytes(b"\xff" * pixels.stat().st_size)
+    flags = cache.folder / cache.done_name
+    flags.write_bytes(b"other header".ljust(len(cache.header), b"\n") + b"\x01" * len(dataset))
+    again = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
+    assert again._open()[1].sum() == 0  # nothing trusted: every image is decoded again
+    assert all(torch.equal(again[i][0], image) for i, image in enumerate(expected))

@@ -437,7 +437,7 @@ def test_check_images_unreadable_file(course: Path) -> None:
     path = image_path(course, "2_left")
     path.unlink()
     path.mkdir()  # exists, cannot be read as a file (chmod does not stop root)
-    with pytest.raises(RetinopathyError, match="2_left.jpeg: cannot read"):
+    with pytest.raises(RetinopathyError, match="2_left.jpeg: is a folder, not a regular file"):
         check_images(course, [Record("2_left", 4)])
 
 

@@ -36,7 +36,7 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     # Only rank 0 reports and writes: each epoch line appears once.
     assert first.stdout.count("scratch epoch 2/2:") == 1
 
-    last = checkpoint.load(tiny_project / "models/scratch/last.pt")
+    last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
     assert last["epoch"] == 2 and last["fingerprint_inputs"]["world_size"] == 2
     with open(tiny_project / "metrics/history/scratch.csv") as stream:
         history = list(csv.DictReader(stream))
@@ -59,4 +59,4 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     resumed = torchrun(tiny_project)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert resumed.stderr.count("resuming after epoch 2 of 3") == 1  # said once, by rank 0
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt")["epoch"] == 3
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["epoch"] == 3

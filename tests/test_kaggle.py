@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +286,14 @@ def test_cli_rejects_two_ways_of_splitting(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as excinfo:
         main(["--labels", "a", "--images", "b", "--out", "c", "--split-lists", "d", "--seed", "1"])
     assert excinfo.value.code == 2
+
+
+def test_a_killed_import_leaves_no_staging_folder_behind_the_next_one(tmp_path: Path) -> None:
+    labels, images = kaggle_download(tmp_path)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # a process that is gone, like an import killed with SIGKILL
+    staging = tmp_path / f".course.tmp-{socket.gethostname()}-{killed.pid}-abc123"
+    staging.mkdir()
+    (staging / "10_left.jpeg").write_bytes(b"half an image")
+    import_kaggle(labels, images, tmp_path / "course", size=32, test_fraction=0.25, seed=3)
+    assert not staging.exists() and not list(tmp_path.glob(".course.*"))

@@ -42,6 +42,8 @@ def project(tmp_path) -> Path:
     folder.mkdir()
     shutil.copytree(REPO / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", folder)
+    (folder / "models").mkdir()
+    shutil.copy(REPO / "models/.gitignore", folder / "models")  # run locks are not committed
     params = tiny_params()
     params["train"]["epochs"] = {"resnet18": 2, "resnet50": 1}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -49,6 +51,7 @@ def project(tmp_path) -> Path:
     run(folder, "git", "config", "user.email", "test@example.com")
     run(folder, "git", "config", "user.name", "test")
     run(folder, "dvc", "init", "-q")
+    shutil.copy(REPO / ".dvcignore", folder)  # keeps temporaries of killed writes out of outputs
     run(folder, "git", "add", "-A")
     run(folder, "git", "commit", "-qm", "tiny project")
     return folder
@@ -74,10 +77,28 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert "skipped" in report and skipped["fix"] in report
     commit(project, "offline run")
 
-    # 2. Nothing changed: only the always-changed weights stage runs.
+    # 2. Nothing changed: only the always-changed weights stage runs. A temporary left by a
+    #    killed write on another machine of a shared filesystem is no part of the output.
+    (project / "models/scratch/.last.pt.elsewhere-1.abcdef.tmp").write_bytes(b"half a checkpoint")
     assert ran(run(project, "dvc", "repro")) == {"weights"}
 
+    # 2b. A setting that fails (no GPU here) stops the first stage, before any output is removed.
+    if not torch.cuda.is_available():
+        kept = {path: (project / path).read_bytes() for path in
+                ("metrics/history/scratch.csv", "metrics/scratch.json", "plots/report.md")}
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["train"]["device"] = "cuda"
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        failed = subprocess.run(["dvc", "repro"], cwd=project, env=subprocess_env(), capture_output=True,
+                                text=True, timeout=900)
+        assert failed.returncode != 0 and "sees no CUDA GPU" in failed.stdout + failed.stderr
+        assert ran(failed.stdout + failed.stderr) == {"weights"}
+        assert {path: (project / path).read_bytes() for path in kept} == kept
+        run(project, "git", "checkout", "params.yaml")
+
     # 3. Weights from files the test writes: only the pretrained arm and what follows rerun.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert [out["nfiles"] for out in lock["stages"]["train@scratch"]["outs"] if "nfiles" in out] == [3]
     files = {}
     for arch in ("resnet18", "resnet50"):
         files[arch] = str(tmp_path / f"test-written-{arch}.pth")

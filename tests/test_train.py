@@ -44,10 +44,10 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     assert status["status"] == "trained" and status["selection"] == "test"
     history = read_history(tiny_project)
     assert [int(row["epoch"]) for row in history] == [1, 2]
-    last = checkpoint.load(tiny_project / "models/scratch/last.pt")
+    last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
     assert last["epoch"] == 2
     assert set(last) >= {"model", "optimizer", "history", "rng", "fingerprint", "config"}
-    best = checkpoint.load(tiny_project / "models/scratch/best.pt")
+    best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
     assert best["epoch"] == status["best_epoch"]
 
     params = load_params(tiny_project / "params.yaml")
@@ -111,7 +111,7 @@ def test_changed_params_do_not_resume(tiny_project, capsys):
     run_arm(tiny_project)
     out = capsys.readouterr().err  # notices go to stderr
     assert "made with other settings, not resuming" in out and "train.lr: 0.01 -> 0.02" in out
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt")["config"]["train"]["lr"] == 0.02
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["config"]["train"]["lr"] == 0.02
 
 
 def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir):
@@ -129,7 +129,7 @@ def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir):
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)  # no chance to clean up
     child.wait()
-    killed_after = checkpoint.load(last)["epoch"]
+    killed_after = checkpoint.load(last, "last")["epoch"]
     assert 1 <= killed_after < 4, "the kill should land before the last epoch"
 
     resumed = subprocess.run(command, cwd=tiny_project, env=subprocess_env(), capture_output=True, text=True)
@@ -153,7 +153,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project
     expected = r"NaN or infinite in epoch 2 \(step 3\).*train\.lr.*epoch 1\) is kept"
     with pytest.raises(RetinopathyError, match=expected):
         run_arm(tiny_project)
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt")["epoch"] == 1
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["epoch"] == 1
     assert len(read_history(tiny_project)) == 1
 
 

@@ -4,7 +4,9 @@ After every epoch `train` writes ``last.pt`` (model, optimizer, epoch, history,
 RNG state, fingerprint, config) through a temporary file and ``os.replace``,
 so a run killed at any moment leaves either the previous checkpoint or the new
 one, never half of one (the pattern of timm's CheckpointSaver). Loading uses
-``weights_only=True``: a checkpoint is data, not code.
+``weights_only=True``: a checkpoint is data, not code; and :func:`load` checks
+what it got, so a truncated, foreign or mixed-up file is an error that names
+it and the fix, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 import torch
 
 from retinopathy import codedeps
+from retinopathy.errors import RetinopathyError
 from retinopathy.files import atomic_file
 
 # Settings that change how fast training runs but not what it computes, so a
 # run may resume across them. Everything else in params is fingerprinted.
-NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("train", "epochs")}
+NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("data", "max_pixels"),
+                     ("train", "epochs")}
 
 
 TRAINING_STAGE = "retinopathy.stages.train"  # "the training code": this module's import closure
@@ -88,6 +92,60 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, stream)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` onto the CPU (tensors only, no pickled code)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+# What each kind of checkpoint holds, and the type of each entry; `load` checks it all.
+LAST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "spec": dict, "optimizer": dict, "epoch": int, "history": list, "rng": dict,
+    "fingerprint": str, "fingerprint_inputs": dict, "config": dict,
+}
+BEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "spec": dict, "epoch": int, "fingerprint": str,
+}
+KINDS = {"last": LAST_FIELDS, "best": BEST_FIELDS}
+
+
+class DamagedCheckpoint(RetinopathyError):
+    """A checkpoint file that cannot be read, or holds something other than its kind."""
+
+
+def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
+    """Load a ``last`` or ``best`` checkpoint onto the CPU (tensors only, no pickled code) and check it.
+
+    Args:
+        path: The file.
+        kind: ``last`` (everything to resume) or ``best`` (the selected epoch's model).
+        fix: What the user should do if it is damaged (default: move it away and train again).
+
+    Raises:
+        DamagedCheckpoint: naming ``path``, what is wrong and ``fix``, if the file
+            is truncated, not a checkpoint, or of the other kind (a best.pt copied
+            over last.pt).
+    """
+    fields = KINDS[kind]
+    fix = fix or f"move it away (`mv {path} {path}.damaged`) and train again to start the arm over"
+
+    def damaged(problem: str) -> DamagedCheckpoint:
+        return DamagedCheckpoint(f"{path}: {problem}; {fix}")
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise damaged("not found") from None
+    except Exception as error:  # torch raises many types for a truncated or foreign file
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise damaged(f"not a readable checkpoint, truncated or damaged ({reason})") from None
+    if not isinstance(state, dict):
+        raise damaged(f"holds a {type(state).__name__}, not a checkpoint of `retinopathy train`")
+    if kind == "last" and "optimizer" not in state and set(BEST_FIELDS) <= set(state):
+        raise damaged("is a best.pt (no optimizer state, no history), not a last.pt")
+    missing = [key for key in fields if key not in state]
+    if missing:
+        raise damaged(f"lacks {', '.join(missing)}: not a {kind}.pt of `retinopathy train`")
+    wrong = [key for key, kinds in fields.items() if not isinstance(state[key], kinds)]
+    if wrong:
+        raise damaged(f"has {', '.join(wrong)} of the wrong type: not a {kind}.pt of `retinopathy train`")
+    tensors = state["model"]
+    if not tensors or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise damaged("its model is not a state dict of tensors")
+    if state["epoch"] < 1 or (kind == "last" and len(state["history"]) != state["epoch"]):
+        raise damaged(f"says epoch {state['epoch']} but is inconsistent with its history")
+    return state

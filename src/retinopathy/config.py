@@ -47,6 +47,7 @@ class DataParams:
     seed: int  # seeds the validation split
     num_workers: int | str  # DataLoader worker processes; "auto" picks from the CPU count
     cache_dir: str | None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
+    max_pixels: int  # prepare refuses images whose header says more pixels than this
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def _data(raw: Any, source: str) -> DataParams:
         _int(source, "data.num_workers", out.num_workers, 0)
     if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
         raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {out.cache_dir!r}")
+    _int(source, "data.max_pixels", out.max_pixels, 32 * 32)
     return out
 
 

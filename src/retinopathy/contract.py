@@ -78,6 +78,8 @@ class ArmFiles:
         last: The checkpoint after the last finished epoch (model, optimizer, history, ...).
         best: The checkpoint of the selected epoch: what evaluate, predict and export use.
         status: What train did (trained or skipped, the best epoch, the history), for evaluate.
+        lock: Held by the training run of the arm, so a second one fails at once (beside
+            ``model_dir``, not in it: it is no part of the DVC output).
         history: Loss and accuracy per epoch (``HISTORY_COLUMNS``, then ``VAL_COLUMNS``).
         metrics: evaluate's numbers for `dvc metrics show` (``METRIC_KEYS``).
         info: evaluate's words about the run (status, weights, selection rule, ...).
@@ -91,6 +93,7 @@ class ArmFiles:
     last: Path
     best: Path
     status: Path
+    lock: Path
     history: Path
     metrics: Path
     info: Path
@@ -138,6 +141,7 @@ class Layout:
             last=model_dir / "last.pt",
             best=model_dir / "best.pt",
             status=model_dir / "status.json",
+            lock=self.models / f"{arm}.lock",
             history=self.metrics / "history" / f"{arm}.csv",
             metrics=self.metrics / f"{arm}.json",
             info=self.metrics / f"{arm}.info.json",

@@ -14,12 +14,21 @@ the cache leaves entries that are either complete or decoded again. The
 file's name is a hash of everything that decides its content (image paths,
 file sizes and modification times, the image size), so a changed image or
 setting gets a new file rather than stale pixels.
+
+``data.cache_dir`` may be a shared folder such as ``/dev/shm``, so nothing in
+it is trusted: the cache lives in a private subfolder per user
+(``<cache_dir>/uid-<uid>``, mode 0700, refused unless it is a real folder
+owned by this user and closed to others); its files are opened relative to
+that folder, never through a symbolic link; and the flags file starts with a
+header naming this project, the format and the full hash of the records, so
+pixels are used only for the records they were written for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,15 +42,62 @@ from retinopathy.errors import RetinopathyError
 if TYPE_CHECKING:  # dataset.py imports this module
     from retinopathy.data.dataset import RetinopathyDataset
 
+MAGIC = b"retinopathy decoded-pixel cache v1\n"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
 
 def cache_key(dataset: RetinopathyDataset) -> str:
     """A hash of what decides the cached pixels: each image file's identity and the size."""
     digest = hashlib.sha256(f"{dataset.image_size}".encode())
     for record in dataset.records:
         path = image_path(dataset.root, record.image).resolve()
-        stat = path.stat()
-        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:20]
+        stat_ = path.stat()
+        digest.update(f"\0{path}\0{stat_.st_size}\0{stat_.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def private_folder(base: str | Path) -> Path:
+    """``<base>/uid-<uid>``, made if missing: a folder only this user can enter.
+
+    Raises:
+        RetinopathyError: if it is a link, not a folder, owned by someone else or
+            open to others (anything there may have been planted).
+    """
+    folder = Path(base) / f"uid-{os.getuid()}"
+    try:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise RetinopathyError(f"{folder}: cannot create the pixel cache there ({error.strerror}); "
+                               "set params.yaml `data.cache_dir` to a folder you can write") from None
+    _check_private(folder, os.lstat(folder))
+    return folder
+
+
+def _check_private(folder: Path, info: os.stat_result) -> None:
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder (a symbolic link?)"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to user id {info.st_uid}, not to you ({os.getuid()})"
+    elif info.st_mode & 0o077:
+        problem = f"is open to other users (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        raise RetinopathyError(
+            f"{folder}: the private pixel cache folder {problem}, so its files cannot be trusted; "
+            "delete it (it is rebuilt), or set params.yaml `data.cache_dir` to another folder"
+        )
+
+
+def _open_in(folder_fd: int, name: str, flags: int) -> int:
+    """Open ``name`` inside the folder ``folder_fd``, never through a symbolic link."""
+    try:
+        return os.open(name, flags | _NOFOLLOW, 0o600, dir_fd=folder_fd)
+    except OSError as error:
+        raise RetinopathyError(f"{name} in the pixel cache: cannot open it ({error.strerror}); "
+                               "delete the cache folder (it is rebuilt)") from None
 
 
 class DecodedCache(Dataset):
@@ -63,24 +119,56 @@ class DecodedCache(Dataset):
                 "one shape); set data.image_size (e.g. 512) or data.cache_dir to null"
             )
         self.dataset = dataset
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"{dataset.split}-{cache_key(dataset)}"
-        self.pixels_path, self.done_path = stem.with_suffix(".u8"), stem.with_suffix(".done")
+        self.folder = private_folder(folder)
+        key = cache_key(dataset)
         side = dataset.image_size
         self.shape = (len(dataset), side, side, 3)
-        for path, size in ((self.pixels_path, int(np.prod(self.shape))), (self.done_path, len(dataset))):
-            if not path.exists() or path.stat().st_size != size:
-                with open(path, "wb") as stream:
-                    stream.truncate(size)  # sparse: reserves no memory or disk until written
+        stem = f"{dataset.split}-{key[:20]}"
+        self.pixels_name, self.done_name = f"{stem}.u8", f"{stem}.done"
+        # The flags file: the header, then one byte per image (1 once its pixels are written).
+        self.header = MAGIC + f"{key} {self.shape}\n".encode()
+        self._create()
         self._pixels: np.memmap | None = None
         self._done: np.memmap | None = None
         self._pid = -1  # the process that opened the maps
 
+    def _folder_fd(self) -> int:
+        fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW)
+        _check_private(self.folder, os.fstat(fd))  # the folder itself, not whatever its path names now
+        return fd
+
+    def _create(self) -> None:
+        """Make both files, fresh, unless both are this cache's own (right header and sizes)."""
+        folder_fd = self._folder_fd()
+        try:
+            sizes = {self.pixels_name: int(np.prod(self.shape)),
+                     self.done_name: len(self.header) + len(self.dataset)}
+            fds = {name: _open_in(folder_fd, name, os.O_RDWR | os.O_CREAT) for name in sizes}
+            try:
+                intact = all(os.fstat(fd).st_size == sizes[name] for name, fd in fds.items())
+                if not intact or os.pread(fds[self.done_name], len(self.header), 0) != self.header:
+                    for name, fd in fds.items():  # start over: no flag may point at unwritten pixels
+                        os.ftruncate(fd, 0)
+                        os.ftruncate(fd, sizes[name])  # sparse: reserves no memory or disk until written
+                    os.pwrite(fds[self.done_name], self.header, 0)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+        finally:
+            os.close(folder_fd)
+
     def _open(self) -> tuple[np.memmap, np.memmap]:
         if self._pixels is None or self._done is None or self._pid != os.getpid():
-            self._pixels = np.memmap(self.pixels_path, np.uint8, "r+", shape=self.shape)
-            self._done = np.memmap(self.done_path, np.uint8, "r+", shape=(self.shape[0],))
+            folder_fd = self._folder_fd()
+            try:
+                maps = []
+                for name, shape, offset in ((self.pixels_name, self.shape, 0),
+                                            (self.done_name, (self.shape[0],), len(self.header))):
+                    with os.fdopen(_open_in(folder_fd, name, os.O_RDWR), "r+b") as stream:
+                        maps.append(np.memmap(stream, np.uint8, "r+", offset=offset, shape=shape))
+            finally:
+                os.close(folder_fd)
+            self._pixels, self._done = maps
             self._pid = os.getpid()
         return self._pixels, self._done
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,15 +29,16 @@ def _listing_lines(root: Path) -> dict[str, str]:
     return found
 
 
-def _check_one(path: Path) -> str | None:
+def _check_one(path: Path, max_pixels: int | None) -> str | None:
     try:
-        decode_image(path)
+        decode_image(path, max_pixels=max_pixels)
     except RetinopathyError as error:
         return str(error)
     return None
 
 
-def check_images(root: str | Path, records: Sequence[Record], workers: int = 1) -> None:
+def check_images(root: str | Path, records: Sequence[Record], workers: int = 1,
+                 max_pixels: int | None = None) -> None:
     """Fully decode every listed image, so broken files fail here and not mid-training.
 
     Args:
@@ -44,18 +46,21 @@ def check_images(root: str | Path, records: Sequence[Record], workers: int = 1) 
             used to say which line lists a broken image).
         records: The records to check.
         workers: Threads decoding in parallel (the decoders release the GIL).
+        max_pixels: Refuse images with more pixels than this, from their header.
 
     Raises:
-        RetinopathyError: listing every missing, unreadable, truncated or corrupt
-            image (the first 20 in full) with the CSV line that lists it.
+        RetinopathyError: listing every missing, unreadable, truncated, corrupt,
+            oversized or not regular image file (the first 20 in full) with the
+            CSV line that lists it.
     """
     root = Path(root)
     paths = [image_path(root, record.image) for record in records]
+    check = functools.partial(_check_one, max_pixels=max_pixels)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_check_one, paths))
+            results = list(pool.map(check, paths))
     else:
-        results = [_check_one(path) for path in paths]
+        results = [check(path) for path in paths]
     failures = [(record, message) for record, message in zip(records, results, strict=True) if message]
     if not failures:
         return

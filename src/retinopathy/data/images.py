@@ -10,6 +10,8 @@ this path touches float64.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,82 @@ def _undecodable(path: Path, error: Exception) -> RetinopathyError:
     )
 
 
-def decode_image(path: str | Path, size: int | None = None) -> np.ndarray:
+def read_image_file(path: str | Path, max_pixels: int | None = None) -> bytes:
+    """The bytes of an image file, refusing anything that is not a regular file first.
+
+    A named pipe would block the reader forever and a device could stream
+    without end, so the entry is checked before it is read (and again on the
+    open file, so it cannot be swapped in between). With ``max_pixels``, a
+    file larger than any image within the limit could be is refused unread.
+
+    Raises:
+        RetinopathyError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        kind = _kind(os.stat(path).st_mode)
+        if kind is None:
+            # O_NONBLOCK: opening a FIFO swapped in since the stat must not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as stream:
+                info = os.fstat(stream.fileno())
+                kind = _kind(info.st_mode)
+                if kind is None:
+                    if max_pixels is not None and info.st_size > _max_file_bytes(max_pixels):
+                        raise RetinopathyError(
+                            f"{path}: {info.st_size / 1e6:.0f} MB is more than an image of "
+                            f"{max_pixels / 1e6:g} megapixels can take (params.yaml `data.max_pixels`); "
+                            "remove it from the split lists, or raise the limit"
+                        )
+                    return stream.read()
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: image file not found") from None
+    except OSError as error:
+        raise RetinopathyError(f"{path}: cannot read the image file ({error.strerror})") from None
+    raise RetinopathyError(f"{path}: is a {kind}, not a regular file; list only image files")
+
+
+def _kind(mode: int) -> str | None:
+    """None for a regular file, else what the entry is, in words."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "folder", stat.S_ISFIFO: "named pipe", stat.S_ISCHR: "character device",
+             stat.S_ISBLK: "block device", stat.S_ISSOCK: "socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
+def _max_file_bytes(max_pixels: int) -> int:
+    # A JPEG or PNG of N pixels is never much larger than its raw N * 3 bytes.
+    return 3 * max_pixels + (1 << 20)
+
+
+def image_size(path: Path, data: bytes) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    if data[:2] == b"\xff\xd8":
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return width, height
+        except ValueError:
+            pass  # Pillow may still read it (or will say what is wrong)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise _undecodable(path, error) from None
+
+
+def check_pixels(path: Path, data: bytes, max_pixels: int) -> None:
+    """Refuse an image whose header says it has more than ``max_pixels`` pixels, before decoding it."""
+    width, height = image_size(path, data)
+    if width * height > max_pixels:
+        raise RetinopathyError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g} (params.yaml `data.max_pixels`; decoding it would take "
+            f"{width * height * 3 / 1e9:.1f} GB); remove it from the split lists, or raise the limit"
+        )
+
+
+def decode_image(path: str | Path, size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to RGB, optionally resized to ``size`` x ``size``.
 
     RGB/YCbCr JPEGs are decoded by libjpeg-turbo (simplejpeg) in strict mode, so
@@ -43,24 +120,23 @@ def decode_image(path: str | Path, size: int | None = None) -> np.ndarray:
     other formats (PNG, palette, RGBA) are decoded by Pillow and converted to RGB.
 
     Args:
-        path: The image file.
+        path: The image file (a regular file: see :func:`read_image_file`).
         size: Output side length, or None to keep the stored size.
+        max_pixels: Refuse, from the header, images with more pixels (None: no limit).
 
     Returns:
         A writable, C-contiguous uint8 array of shape [H, W, 3].
 
     Raises:
-        RetinopathyError: the file is missing, unreadable or not a decodable image.
+        RetinopathyError: the file is missing, unreadable, not a regular file, over
+            the pixel limit or not a decodable image.
     """
     path = Path(path)
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RetinopathyError(f"{path}: image file not found") from None
-    except OSError as error:
-        raise RetinopathyError(f"{path}: cannot read the image file ({error.strerror})") from None
+    data = read_image_file(path, max_pixels)
+    if max_pixels is not None:
+        check_pixels(path, data, max_pixels)
     if data[:2] == b"\xff\xd8":  # JPEG start-of-image marker
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)

@@ -63,14 +63,19 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = True
 
 
+def check_device(preference: str) -> None:
+    """Raise unless the device ``preference`` (params.yaml ``train.device``) exists here."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RetinopathyError(
+            "params.yaml: train.device is `cuda` but PyTorch sees no CUDA GPU; "
+            "set train.device to `auto` or `cpu`"
+        )
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    check_device(preference)
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RetinopathyError(
-                "params.yaml: train.device is `cuda` but PyTorch sees no CUDA GPU; "
-                "set train.device to `auto` or `cpu`"
-            )
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

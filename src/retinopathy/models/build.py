@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import time
 import urllib.error
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ IMAGENET = {name: tvm.get_model_weights(name).IMAGENET1K_V1 for name in MODELS}
 WEIGHTS_KEY = "train.weights"  # the params.yaml key that points at a local file instead
 # Set to 1 on machines where a download attempt would hang (e.g. a firewall that drops packets).
 NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
+DOWNLOAD_TIMEOUT = 60.0  # seconds of silence from the server before a download gives up
 
 
 def check_model_name(name: str) -> None:
@@ -103,8 +108,38 @@ def offline_help(name: str) -> tuple[str, str]:
     return reason, fix
 
 
-def fetch_imagenet(name: str, download: bool = True) -> tuple[Path, str]:
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Give sockets opened without a timeout (torch.hub's download is one) this one, then restore."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _remove_dead_partials(cache: Path, timeout: float) -> None:
+    """Delete torch.hub's ``<file>.<uuid>.partial`` files of downloads that were killed.
+
+    A live download writes at least every ``timeout`` seconds (or gives up and
+    deletes its own), so one untouched for twice as long belongs to no process.
+    """
+    if cache.parent.is_dir():
+        for partial in cache.parent.glob(f"{cache.name}.*.partial"):
+            with suppress(OSError):
+                if time.time() - partial.stat().st_mtime > 2 * timeout:
+                    partial.unlink()
+
+
+def fetch_imagenet(name: str, download: bool = True, timeout: float = DOWNLOAD_TIMEOUT) -> tuple[Path, str]:
     """Make sure torchvision's ImageNet file for ``name`` is cached; return its path and SHA-256.
+
+    Args:
+        name: ``resnet18`` or ``resnet50``.
+        download: Whether to download the file when it is not cached.
+        timeout: Seconds the server may stay silent before the download gives up
+            (a proxy that never answers would otherwise hang every `dvc repro`).
 
     Raises:
         WeightsUnavailableError: with the exact cache path, file name, URL and
@@ -120,10 +155,15 @@ def fetch_imagenet(name: str, download: bool = True) -> tuple[Path, str]:
         if not download:
             cause = f"downloads disabled by --no-download or {NO_DOWNLOAD_ENV}=1"
             raise WeightsUnavailableError(f"{reason}; {fix}", f"{reason} ({cause})", fix)
+        _remove_dead_partials(cache, timeout)
         try:
-            # check_hash: torchvision verifies the SHA-256 prefix in the file name.
-            IMAGENET[name].get_state_dict(progress=True, check_hash=True, weights_only=True)
+            # check_hash: torchvision verifies the SHA-256 prefix in the file name. torch.hub
+            # writes to a .partial file and deletes it when the download fails or times out.
+            with _socket_timeout(timeout):
+                IMAGENET[name].get_state_dict(progress=True, check_hash=True, weights_only=True)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
+            if isinstance(error, TimeoutError) or "timed out" in str(error):
+                error = f"no answer within {timeout:g} s: {error}"
             raise WeightsUnavailableError(f"{reason} ({error}); {fix}", f"{reason} ({error})", fix) from None
     return cache, _check_cached_hash(name, cache)
 

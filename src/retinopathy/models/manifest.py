@@ -14,7 +14,14 @@ from typing import Any
 
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import sha256_of
-from retinopathy.models.build import IMAGENET, WeightsUnavailableError, build_model, fetch_imagenet
+from retinopathy.models.build import (
+    DOWNLOAD_TIMEOUT,
+    IMAGENET,
+    WeightsUnavailableError,
+    build_model,
+    fetch_imagenet,
+    imagenet_cache_file,
+)
 
 
 def describe_scratch(model: str, seed: int) -> dict[str, Any]:
@@ -28,7 +35,8 @@ def describe_scratch(model: str, seed: int) -> dict[str, Any]:
     }
 
 
-def describe_pretrained(model: str, weights: str, download: bool = True) -> dict[str, Any]:
+def describe_pretrained(model: str, weights: str, download: bool = True,
+                        timeout: float = DOWNLOAD_TIMEOUT) -> dict[str, Any]:
     """Manifest of the pretrained arm: where its weights come from and their SHA-256.
 
     ImageNet weights that are neither cached nor downloadable give a manifest
@@ -37,7 +45,7 @@ def describe_pretrained(model: str, weights: str, download: bool = True) -> dict
     """
     if weights == "imagenet":
         try:
-            path, sha256 = fetch_imagenet(model, download=download)
+            path, sha256 = fetch_imagenet(model, download=download, timeout=timeout)
         except WeightsUnavailableError as error:
             return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
                     "reason": error.reason, "fix": error.fix}
@@ -76,3 +84,29 @@ def weights_argument(manifest: dict[str, Any]) -> str | None:
     if manifest["source"] == "random":
         return None
     return "imagenet" if manifest["source"] == "imagenet" else manifest["file"]
+
+
+def verify_weights(manifest: dict[str, Any], source: Path) -> None:
+    """Check that the weights file is still the one the manifest ``source`` recorded (its SHA-256).
+
+    The `weights` stage hashes the file; a file swapped afterwards would train
+    from other weights than the checkpoint and dvc.lock record.
+
+    Raises:
+        RetinopathyError: naming the file, both hashes and the fix.
+    """
+    if manifest["source"] == "random":
+        return
+    imagenet = manifest["source"] == "imagenet"
+    path = imagenet_cache_file(manifest["model"]) if imagenet else Path(manifest["file"])
+    try:
+        digest = sha256_of(path)
+    except OSError as error:
+        raise RetinopathyError(f"{path}: cannot read the pretrained weights ({error.strerror}) that "
+                               f"{source} records; run `dvc repro` (or `retinopathy weights`)") from None
+    if digest != manifest["sha256"]:
+        raise RetinopathyError(
+            f"{path}: changed after the `weights` stage hashed it (SHA-256 {digest[:12]}..., {source} "
+            f"records {manifest['sha256'][:12]}...); run `dvc repro` so the pretrained arm is trained "
+            "from the new file and says so, or put the old file back"
+        )

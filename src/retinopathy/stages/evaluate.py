@@ -107,7 +107,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         write_evaluation(files, evaluation)
         return evaluation
 
-    best = checkpoint.load(files.best)
+    best = checkpoint.load(files.best, "best", fix=(
+        f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
+        f"or move {files.model_dir} away and run `dvc repro` to train the arm again"))
     if best.get("fingerprint") != status["fingerprint"]:
         raise RetinopathyError(f"{files.best}: is not from the run in {files.status}; rerun training")
     history = status["history"]

@@ -42,7 +42,7 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
             "for the demo, or point data.root at the course folder (see README)"
         )
     course = read_course_splits(root)
-    check_images(root, course.train + course.test, workers=workers)
+    check_images(root, course.train + course.test, workers=workers, max_pixels=params.data.max_pixels)
     train, val = split_validation(course.train, params.data.val_fraction, params.data.seed)
     splits = {"train": train, "val": val, "test": course.test}
     summary = build_summary(str(root), splits, course.notes, is_demo_dataset(root))

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,17 @@ from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler
 from retinopathy.engine.optim import make_optimizer
 from retinopathy.engine.runtime import Runtime, start, stop
 from retinopathy.errors import RetinopathyError, note, warn
-from retinopathy.files import sha256_of, write_csv_atomic, write_json_atomic
+from retinopathy.files import (
+    check_writable,
+    exclusive_lock,
+    remove_stale_temporaries,
+    sha256_of,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
-from retinopathy.models.manifest import read_manifest, weights_argument
+from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
 
 
 def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> None:
@@ -137,7 +146,9 @@ def resume(run: Run) -> None:
     if not last.exists():
         return
     say = note if run.runtime.process.is_main else (lambda _: None)  # once, not once per process
-    state = checkpoint.load(last)
+    state = checkpoint.load(last, "last", fix=(
+        f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
+        f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start"))
     if state.get("fingerprint") != run.fingerprint:
         changes = checkpoint.describe_difference(state.get("fingerprint_inputs", {}), run.inputs)
         say(f"{last}: made with other settings, not resuming from it "
@@ -254,6 +265,24 @@ def finish(run: Run) -> dict[str, Any]:
     return status
 
 
+@contextmanager
+def guard(files: ArmFiles, runtime: Runtime) -> Iterator[None]:
+    """Before any work: the outputs are writable, no other run trains this arm, no stale temporaries.
+
+    Only the main process writes, so only it checks and holds the lock.
+    """
+    if not runtime.process.is_main:
+        yield
+        return
+    check_writable(files.model_dir, "checkpoints")
+    check_writable(files.history.parent, "the training history")
+    with exclusive_lock(files.lock, f"training of the {files.arm} arm"):
+        for target in (files.last, files.best, files.status, files.history):
+            for path in remove_stale_temporaries(target):
+                note(f"{path}: removed, a temporary file left by a killed run")
+        yield
+
+
 def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, Any]:
     """Train (or resume, or skip) one arm; returns the status written to ``status.json``."""
     layout = layout or Layout()
@@ -268,24 +297,26 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
                 f"{layout.manifest(arm)}: written for {manifest['model']}, but params.yaml has "
                 f"model {params.model}; run `dvc repro` (or `retinopathy weights`)"
             )
-        if not manifest["available"]:
-            if runtime.process.is_main:
-                skip(files, params, manifest)
-            return {"status": "skipped"}
-        run = build(params, files, layout, manifest, runtime)
-        resume(run)
-        batches = feed(run, layout)
-        for epoch in range(len(run.history) + 1, run.epochs + 1):
-            started = time.perf_counter()
-            row, rate = one_epoch(run, batches, epoch)
-            improved = save(run, row)
-            if runtime.process.is_main:
-                extra = f" val {row['val_accuracy']:.2%}" if run.with_val else ""
-                print(f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
-                      f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%}{extra}"
-                      f"{' *' if improved else ''}  [{rate:.1f} img/s training, "
-                      f"{time.perf_counter() - started:.1f} s for the epoch]", flush=True)
-        return finish(run)
+        with guard(files, runtime):
+            if not manifest["available"]:
+                if runtime.process.is_main:
+                    skip(files, params, manifest)
+                return {"status": "skipped"}
+            verify_weights(manifest, layout.manifest(arm))
+            run = build(params, files, layout, manifest, runtime)
+            resume(run)
+            batches = feed(run, layout)
+            for epoch in range(len(run.history) + 1, run.epochs + 1):
+                started = time.perf_counter()
+                row, rate = one_epoch(run, batches, epoch)
+                improved = save(run, row)
+                if runtime.process.is_main:
+                    extra = f" val {row['val_accuracy']:.2%}" if run.with_val else ""
+                    print(f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
+                          f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%}{extra}"
+                          f"{' *' if improved else ''}  [{rate:.1f} img/s training, "
+                          f"{time.perf_counter() - started:.1f} s for the epoch]", flush=True)
+            return finish(run)
     finally:
         stop(runtime)
 

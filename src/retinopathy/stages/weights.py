@@ -3,7 +3,9 @@
 It always runs (``always_changed`` in dvc.yaml): ImageNet weights may appear in
 torchvision's cache, or a file named in ``train.weights`` may change, without
 any dependency DVC could see. The manifests only change when the weights do,
-so the pretrained arm reruns exactly then.
+so the pretrained arm reruns exactly then. Being the stage that runs before
+train and evaluate on every `dvc repro`, it first runs
+:func:`~retinopathy.preflight.preflight`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from retinopathy.config import load_params
 from retinopathy.contract import ARMS, Layout
 from retinopathy.errors import warn
 from retinopathy.files import write_json_atomic
-from retinopathy.models.build import NO_DOWNLOAD_ENV
+from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
 from retinopathy.models.manifest import describe_pretrained, describe_scratch
+from retinopathy.preflight import preflight
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-download", action="store_true",
                         help="only look in the torchvision cache; never download "
                              f"(also when the environment sets {NO_DOWNLOAD_ENV}=1)")
+    parser.add_argument("--download-timeout", type=float, default=DOWNLOAD_TIMEOUT, metavar="SECONDS",
+                        help="give up a download after this long without data (default: %(default)g)")
     args = parser.parse_args(argv)
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
     params = load_params(args.params)
+    layout = Layout(manifests=args.out)
+    preflight(params, layout)  # this stage always runs, before train and evaluate
     manifests = {
         "scratch": describe_scratch(params.model, params.train.seed),
         "pretrained": describe_pretrained(params.model, params.train.weights_for(params.model),
-                                          download=download),
+                                          download=download, timeout=args.download_timeout),
     }
     assert tuple(manifests) == ARMS
-    layout = Layout(manifests=args.out)
     for arm, manifest in manifests.items():
         write_json_atomic(layout.manifest(arm), manifest)
         state = manifest.get("description") or f"UNAVAILABLE: {manifest['reason']}"
