@@ -63,7 +63,8 @@ def tiny_project(tmp_path, monkeypatch) -> Path:
     write_params(tmp_path)
     params = load_params(tmp_path / "params.yaml")
     write_demo_dataset(tmp_path / "data/demo", seed=0, train_size=params.demo.train_size,
-                       test_size=params.demo.test_size, image_size=params.demo.image_size)
+                       test_size=params.demo.test_size, image_size=params.demo.image_size,
+                       variation=params.demo.variation)
     prepare.prepare(params, tmp_path / "data/prepared")
     assert weights.main([]) == 0
     return tmp_path

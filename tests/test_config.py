@@ -34,7 +34,8 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"modle": "resnet18"}, r"`modle` is not a known key; allowed here: model, data, demo, train"),
+        ({"modle": "resnet18"},
+         r"`modle` is not a known key; allowed here: model, data, demo, augment, train, evaluate"),
         ({"model": "resnet34"}, r"`model` must be one of resnet18, resnet50; got 'resnet34'"),
         ({"train": {"lr": -1}}, r"`train.lr` must be >= 0.0"),
         ({"train": {"lr": 0}}, r"`train.lr` must be > 0"),
@@ -49,6 +50,22 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
         ({"data": {"image_size": 8}}, r"`data.image_size` must be an integer >= 32"),
         ({"demo": {"train_size": 2}}, r"`demo.train_size` must be an integer >= 5"),
         ({"train": {"compile": "yes"}}, r"`train.compile` must be true or false"),
+        ({"augment": {"rotate": 270}}, r"`augment.rotate` must be in \[0, 180\] degrees"),
+        ({"augment": {"scale": [1.15, 0.87]}}, r"`augment.scale` must be null or \[min, max\]"),
+        ({"augment": {"scale": 0.9}}, r"`augment.scale` must be null or \[min, max\]"),
+        ({"augment": {"flip": "yes"}}, r"`augment.flip` must be true or false"),
+        ({"augment": {"translate": 0.6}}, r"`augment.translate` must be in \[0.0, 0.5\)"),
+        ({"train": {"schedule": "step"}}, r"`train.schedule` must be one of constant, cosine"),
+        ({"train": {"warmup_epochs": 4}}, r"`train.warmup_epochs` must be fewer than train.epochs \(4\)"),
+        ({"train": {"nesterov": True, "momentum": 0}}, r"`train.nesterov` needs train.momentum > 0"),
+        ({"train": {"loss": "mse"}}, r"`train.loss` must be one of cross_entropy, regression"),
+        ({"train": {"class_balance": "oversample"}}, r"`train.class_balance` must be one of none"),
+        ({"train": {"select_by": "auc"}}, r"`train.select_by` must be one of accuracy, kappa"),
+        ({"train": {"tune_thresholds": True, "loss": "regression"}},
+         r"`train.tune_thresholds` needs train.loss: regression and data.val_fraction > 0"),
+        ({"evaluate": {"tta": "rotations"}}, r"`evaluate.tta` must be one of none, flips"),
+        ({"data": {"preprocess": "clahe"}}, r"`data.preprocess` must be one of none, graham"),
+        ({"demo": {"variation": "some"}}, r"`demo.variation` must be true or false"),
     ],
 )
 def test_bad_params_are_rejected_with_what_is_allowed(raw, message):

@@ -14,7 +14,7 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.stages import demo_data as demo
 from retinopathy.stages.demo_data import write_demo_dataset
 
-SMALL = {"train_size": 12, "test_size": 6, "image_size": 64}
+SMALL = {"train_size": 12, "test_size": 6, "image_size": 64, "variation": True}
 COURSE = (20656, 1955, 4210, 698, 581)
 
 
@@ -123,7 +123,7 @@ def test_replaces_existing_demo_folder_entirely(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=1, **SMALL)
     (out / "stale.jpeg").write_bytes(b"left over from an older run")
-    write_demo_dataset(out, seed=1, train_size=5, test_size=5, image_size=32)
+    write_demo_dataset(out, seed=1, train_size=5, test_size=5, image_size=32, variation=True)
     assert not (out / "stale.jpeg").exists()
     assert len(_lines(out / "train_img.csv")) == 5
     assert len(list(out.glob("*.jpeg"))) == 10
@@ -172,3 +172,27 @@ def test_cli_reads_demo_section(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert len(_lines(out / "test_img.csv")) == 5
     assert "seed: 3" in (out / "README.txt").read_text(encoding="utf-8")
     assert "5 train + 5 test" in capsys.readouterr().out
+
+
+def test_variation_changes_each_photo_deterministically_and_off_keeps_the_drawing(tmp_path: Path) -> None:
+    plain, varied, again = tmp_path / "plain", tmp_path / "varied", tmp_path / "again"
+    settings = {**SMALL, "train_size": 10, "test_size": 5}
+    write_demo_dataset(plain, seed=4, **{**settings, "variation": False})
+    write_demo_dataset(varied, seed=4, **settings)
+    write_demo_dataset(again, seed=4, **settings)
+    assert _files(varied) == _files(again)  # deterministic
+    names = _lines(plain / "train_img.csv")
+    assert names == _lines(varied / "train_img.csv")
+    assert _lines(plain / "train_label.csv") == _lines(varied / "train_label.csv")
+    # Without variation the painter draws exactly what it drew before there was any.
+    rng = np.random.default_rng(np.random.SeedSequence([4, 1, 0, 0]))
+    first = np.asarray(Image.open(plain / f"{names[0]}.jpeg"))
+    Image.fromarray(render_fundus(int(_lines(plain / "train_label.csv")[0]), rng, 64, eye="right")).save(
+        tmp_path / "redrawn.jpeg", "JPEG", quality=90, subsampling=0)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "redrawn.jpeg")), first)
+    # With it, brightness and framing vary from photo to photo.
+    means = [np.asarray(Image.open(varied / f"{n}.jpeg"), dtype=float).mean() for n in names]
+    plain_means = [np.asarray(Image.open(plain / f"{n}.jpeg"), dtype=float).mean() for n in names]
+    assert np.std(means) > 1.5 * np.std(plain_means)
+    assert "variation between photos" in (varied / "README.txt").read_text() and "on" in (
+        varied / "README.txt").read_text()

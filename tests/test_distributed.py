@@ -19,6 +19,7 @@ from retinopathy.engine.batches import loader
 from retinopathy.engine.distributed import Process, ShardSampler
 from retinopathy.engine.runtime import make_runtime
 from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.models.head import Head
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     dataset = open_dataset(params.data.root, "test", records, params.data.image_size)
     runtime = make_runtime(torch.device("cpu"), num_workers=0)
     batches = loader(dataset, 5, ShardSampler(len(dataset), Process()), runtime)
-    result = loops.evaluate_epoch(model, batches, runtime)
+    result = loops.evaluate_epoch(model, batches, runtime, Head("cross_entropy"))
     assert result.count == len(records)
     assert float(history[-1]["test_accuracy"]) == pytest.approx(result.accuracy, abs=1e-6)
 

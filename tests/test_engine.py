@@ -13,6 +13,7 @@ from retinopathy.engine.distributed import EpochShuffleSampler, Process, ShardSa
 from retinopathy.engine.optim import make_optimizer
 from retinopathy.engine.runtime import Runtime, make_runtime, plain_runtime
 from retinopathy.models.grader import IMAGENET_MEAN, IMAGENET_STD, Grader, GraderSpec, InputTransform
+from retinopathy.models.head import Head
 from retinopathy.models.resnet import resnet18
 
 CPU = torch.device("cpu")
@@ -31,7 +32,9 @@ def test_uint8_input_equals_the_float_contract_after_transform():
     torch.testing.assert_close(plain, images.float() / 255)
 
 
-SPEC = GraderSpec(model="resnet18", image_size=None, normalize="imagenet")
+SPEC = GraderSpec(model="resnet18", image_size=None, normalize="imagenet", preprocess="none",
+                  loss="cross_entropy", thresholds=None)
+CE = Head("cross_entropy")
 
 
 def one_step(net, runtime, images, labels, optimizer_kind):
@@ -41,7 +44,7 @@ def one_step(net, runtime, images, labels, optimizer_kind):
     else:  # the textbook per-parameter loop
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
                                     foreach=False)
-    result = loops.train_epoch(model, [(images, labels)], optimizer, runtime)
+    result = loops.train_epoch(model, [(images, labels)], optimizer, runtime, CE)
     return model, result
 
 
@@ -88,7 +91,7 @@ def test_train_epoch_detects_a_nan_loss():
     batches = [(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8), torch.tensor([0, 1]))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(loops.NonFiniteLoss):
-        loops.train_epoch(model, batches, optimizer, plain_runtime(CPU))
+        loops.train_epoch(model, batches, optimizer, plain_runtime(CPU), CE)
 
 
 def test_bench_models_restores_the_backend_flags(monkeypatch):

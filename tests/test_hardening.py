@@ -103,8 +103,8 @@ def test_a_damaged_best_checkpoint_stops_evaluate_with_the_fix(tiny_project):
 
 def test_load_checks_every_field_and_the_history(tmp_path):
     path = tmp_path / "last.pt"
-    good = {"model": {"w": torch.zeros(1)}, "spec": {}, "optimizer": {}, "epoch": 2, "history": [{}],
-            "rng": {}, "fingerprint": "f", "fingerprint_inputs": {}, "config": {}}
+    good = {"model": {"w": torch.zeros(1)}, "spec": {}, "optimizer": {}, "scheduler": {}, "epoch": 2,
+            "history": [{}], "rng": {}, "fingerprint": "f", "fingerprint_inputs": {}, "config": {}}
     torch.save({**good, "epoch": "2"}, path)
     with pytest.raises(checkpoint.DamagedCheckpoint, match="epoch of the wrong type"):
         checkpoint.load(path, "last")
@@ -298,3 +298,13 @@ def test_the_weights_stage_refuses_a_missing_gpu_before_train_can_remove_anythin
     os.chdir(tiny_project)
     with pytest.raises(RetinopathyError, match="train.device is `cuda` but PyTorch sees no CUDA GPU"):
         weights.main([])
+
+
+def test_a_checkpoint_of_an_older_version_is_not_resumed_but_not_called_damaged(tiny_project, capsys):
+    write_params(tiny_project, train={"epochs": 1})
+    last = tiny_project / "models/scratch/last.pt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {"w": torch.zeros(1)}, "epoch": 3, "fingerprint": "0123456789abcdef"}, last)
+    run_arm(tiny_project)  # other code made it: trained from the start, as for other params
+    assert "made with other settings, not resuming from it" in capsys.readouterr().err
+    assert checkpoint.load(last, "last")["epoch"] == 1

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 import yaml
+from PIL import Image
 
 from conftest import REPO, subprocess_env, tiny_params
 
@@ -132,12 +133,27 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert "resnet50" in shown and "resnet18" in shown
     assert json.loads((project / "metrics/scratch.info.json").read_text())["model"] == "resnet50"
 
+    # 5. One table and one figure across two experiments, read through DVC's Python API.
+    run(project, "git", "checkout", "params.yaml")
+    run(project, "dvc", "exp", "run", "-S", "model=resnet18", "-n", "r18")
+    output = run(project, "retinopathy", "compare", "--out", "compared")
+    table = (project / "compared/compare.md").read_text()
+    assert "## Every experiment and arm" in table and "Params that differ: `model`." in table
+    rows = [line for line in table.splitlines() if line.startswith("| r18 |") or "| ResNet50 |" in line]
+    assert len([r for r in rows if r.startswith("| r18 | ResNet18 |")]) == 2, table  # both arms
+    assert "## With and without pretraining" in table and "| ResNet50 |" in table
+    assert "The workspace is left out" in table  # it holds r18's results
+    with Image.open(project / "compared/compare.png") as figure:
+        assert figure.format == "PNG" and figure.width > 1000
+    assert "wrote compared/compare.md" in output
+
 
 def test_a_change_to_the_demo_painter_reruns_only_demo_data_on_other_data(project):
     # The course layout in data/course (images drawn by the demo painter, but not the demo folder).
     from retinopathy.stages.demo_data import write_demo_dataset
 
-    write_demo_dataset(project / "data/course", seed=1, train_size=20, test_size=10, image_size=48)
+    write_demo_dataset(project / "data/course", seed=1, train_size=20, test_size=10, image_size=48,
+                       variation=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["root"] = "data/course"
     params["train"]["epochs"] = 1

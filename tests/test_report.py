@@ -60,15 +60,15 @@ def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> 
     metrics = root / "metrics"
     (metrics / "history").mkdir(parents=True)
     (metrics / "confusion").mkdir()
-    header = "epoch,train_loss,train_accuracy,test_loss,test_accuracy"
-    header += ",val_loss,val_accuracy" if val else ""
+    header = "epoch,train_loss,train_accuracy,train_kappa,test_loss,test_accuracy,test_kappa"
+    header += ",val_loss,val_accuracy,val_kappa" if val else ""
     for arm, best in (("scratch", 0.885), ("pretrained", 0.925)):
         history = [header]
         if arm not in skip:
             for epoch in range(1, 5):
                 test = best - 0.02 * (4 - epoch)
-                row = [epoch, 1.2 / epoch, 0.6 + 0.08 * epoch, 1.0 / epoch, test]
-                history.append(",".join(map(str, row + ([0.9 / epoch, 0.8] if val else []))))
+                row = [epoch, 1.2 / epoch, 0.6 + 0.08 * epoch, 0.5, 1.0 / epoch, test, 0.6]
+                history.append(",".join(map(str, row + ([0.9 / epoch, 0.8, 0.7] if val else []))))
         (metrics / "history" / f"{arm}.csv").write_text("\n".join(history) + "\n")
         numbers, info = ({}, SKIPPED) if arm in skip else _trained(arm, best, val)
         (metrics / f"{arm}.json").write_text(json.dumps(numbers))

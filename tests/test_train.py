@@ -114,8 +114,19 @@ def test_changed_params_do_not_resume(tiny_project, capsys):
     assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["config"]["train"]["lr"] == 0.02
 
 
-def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir):
-    write_params(tiny_project, data={"image_size": 64}, train={"epochs": 4})
+RECIPES = {
+    "lab": {},
+    "field": {"augment": {"flip": True, "rotate": 180, "scale": [0.87, 1.15], "translate": 0.2,
+                          "brightness": 0.2, "contrast": 0.2},
+              "train": {"schedule": "cosine", "warmup_epochs": 1, "nesterov": True}},
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, recipe):
+    settings = RECIPES[recipe]
+    write_params(tiny_project, data={"image_size": 64},
+                 train={"epochs": 4, **settings.get("train", {})}, augment=settings.get("augment", {}))
     twin = scratch_dir
     shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
     run_arm(twin)  # uninterrupted reference, in-process

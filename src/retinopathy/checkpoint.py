@@ -23,9 +23,13 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.files import atomic_file
 
 # Settings that change how fast training runs but not what it computes, so a
-# run may resume across them. Everything else in params is fingerprinted.
+# run may resume across them; and train.epochs, so that raising it continues a
+# run (except under a cosine schedule, whose every step depends on the total).
+# Everything else in params is fingerprinted, but for the sections training
+# never reads (demo reaches it only through the index; evaluate not at all).
 NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("data", "max_pixels"),
                      ("train", "epochs")}
+NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate"}
 
 
 TRAINING_STAGE = "retinopathy.stages.train"  # "the training code": this module's import closure
@@ -45,13 +49,15 @@ def code_digest() -> str:
 def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
                        index_sha: str, world_size: int) -> dict[str, Any]:
     """What determines a training run's result, as plain data."""
+    cosine = params["train"]["schedule"] == "cosine"
     trimmed = {
         section: (
-            {k: v for k, v in values.items() if (section, k) not in NOT_FINGERPRINTED}
+            {k: v for k, v in values.items()
+             if (section, k) not in NOT_FINGERPRINTED or (cosine and (section, k) == ("train", "epochs"))}
             if isinstance(values, dict) else values
         )
         for section, values in params.items()
-        if section != "demo"  # the demo section reaches training only through the index
+        if section not in NOT_FINGERPRINTED_SECTIONS
     }
     return {
         "params": trimmed,
@@ -94,8 +100,8 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 # What each kind of checkpoint holds, and the type of each entry; `load` checks it all.
 LAST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "spec": dict, "optimizer": dict, "epoch": int, "history": list, "rng": dict,
-    "fingerprint": str, "fingerprint_inputs": dict, "config": dict,
+    "model": dict, "spec": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "history": list,
+    "rng": dict, "fingerprint": str, "fingerprint_inputs": dict, "config": dict,
 }
 BEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "model": dict, "spec": dict, "epoch": int, "fingerprint": str,
@@ -107,24 +113,19 @@ class DamagedCheckpoint(RetinopathyError):
     """A checkpoint file that cannot be read, or holds something other than its kind."""
 
 
-def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
-    """Load a ``last`` or ``best`` checkpoint onto the CPU (tensors only, no pickled code) and check it.
+def _fix(path: Path, fix: str | None) -> str:
+    return fix or f"move it away (`mv {path} {path}.damaged`) and train again to start the arm over"
 
-    Args:
-        path: The file.
-        kind: ``last`` (everything to resume) or ``best`` (the selected epoch's model).
-        fix: What the user should do if it is damaged (default: move it away and train again).
+
+def read(path: Path, fix: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint of this project (any version) onto the CPU: tensors only, no pickled code.
 
     Raises:
-        DamagedCheckpoint: naming ``path``, what is wrong and ``fix``, if the file
-            is truncated, not a checkpoint, or of the other kind (a best.pt copied
-            over last.pt).
+        DamagedCheckpoint: naming ``path``, what is wrong and ``fix``, if the file is
+            missing, truncated, not a torch file, or not a dict with a run fingerprint.
     """
-    fields = KINDS[kind]
-    fix = fix or f"move it away (`mv {path} {path}.damaged`) and train again to start the arm over"
-
     def damaged(problem: str) -> DamagedCheckpoint:
-        return DamagedCheckpoint(f"{path}: {problem}; {fix}")
+        return DamagedCheckpoint(f"{path}: {problem}; {_fix(path, fix)}")
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -133,13 +134,29 @@ def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
     except Exception as error:  # torch raises many types for a truncated or foreign file
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise damaged(f"not a readable checkpoint, truncated or damaged ({reason})") from None
-    if not isinstance(state, dict):
-        raise damaged(f"holds a {type(state).__name__}, not a checkpoint of `retinopathy train`")
+    if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
+        kind = type(state).__name__ if not isinstance(state, dict) else "dict without a run fingerprint"
+        raise damaged(f"holds a {kind}, not a checkpoint of `retinopathy train`")
+    return state
+
+
+def check(state: dict[str, Any], path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
+    """Check that ``state`` (from :func:`read`) is a complete ``last`` or ``best`` checkpoint.
+
+    Raises:
+        DamagedCheckpoint: if an entry is missing or of the wrong type, or it is of the other
+            kind (a best.pt copied over last.pt).
+    """
+    fields = KINDS[kind]
+
+    def damaged(problem: str) -> DamagedCheckpoint:
+        return DamagedCheckpoint(f"{path}: {problem}; {_fix(path, fix)}")
+
     if kind == "last" and "optimizer" not in state and set(BEST_FIELDS) <= set(state):
         raise damaged("is a best.pt (no optimizer state, no history), not a last.pt")
     missing = [key for key in fields if key not in state]
     if missing:
-        raise damaged(f"lacks {', '.join(missing)}: not a {kind}.pt of `retinopathy train`")
+        raise damaged(f"lacks {', '.join(missing)}: not a {kind}.pt of this version of `retinopathy train`")
     wrong = [key for key, kinds in fields.items() if not isinstance(state[key], kinds)]
     if wrong:
         raise damaged(f"has {', '.join(wrong)} of the wrong type: not a {kind}.pt of `retinopathy train`")
@@ -149,3 +166,17 @@ def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
     if state["epoch"] < 1 or (kind == "last" and len(state["history"]) != state["epoch"]):
         raise damaged(f"says epoch {state['epoch']} but is inconsistent with its history")
     return state
+
+
+def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
+    """:func:`read` and :func:`check` a ``last`` or ``best`` checkpoint.
+
+    Args:
+        path: The file.
+        kind: ``last`` (everything to resume) or ``best`` (the selected epoch's model).
+        fix: What the user should do if it is damaged (default: move it away and train again).
+
+    Raises:
+        DamagedCheckpoint: naming ``path``, what is wrong and ``fix``.
+    """
+    return check(read(path, fix), path, kind, fix)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
     "evaluate": (_STAGES + "evaluate", "evaluate the best checkpoint of one arm on the test split"),
     "report": (_STAGES + "report", "draw the figures and write plots/report.md"),
+    "compare": (_STAGES + "compare", "one table and one figure across DVC experiments"),
     "bench": (_STAGES + "bench", "measure input-pipeline and training throughput"),
 }
 

@@ -15,12 +15,15 @@ from typing import Any
 
 import yaml
 
-from retinopathy.contract import MODELS, NORMALIZATIONS
+from retinopathy.contract import LOSSES, MODELS, NORMALIZATIONS, PREPROCESSES, SCHEDULES
 from retinopathy.errors import RetinopathyError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 SWITCHES = ("auto", "on", "off")
+CLASS_BALANCES = ("none", "weighted_loss", "sampler")
+SELECTIONS = ("accuracy", "kappa")
+TTAS = ("none", "flips")
 
 
 # The dataclasses carry no defaults: params.yaml is the only place a default is
@@ -35,6 +38,7 @@ class DemoParams:
     train_size: int
     test_size: int
     image_size: int
+    variation: bool  # vary exposure, colour, blur, rotation and field of view between photos
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class DataParams:
     num_workers: int | str  # DataLoader worker processes; "auto" picks from the CPU count
     cache_dir: str | None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
     max_pixels: int  # prepare refuses images whose header says more pixels than this
+    preprocess: str  # none | graham (local average colour subtracted, on the device)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,13 @@ class TrainParams:
     precision: str  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str  # auto: on for CUDA, off on CPU
     compile: bool  # torch.compile the model (CUDA; minutes of compile time)
+    schedule: str  # constant | cosine, per batch
+    warmup_epochs: int  # linear warm-up from 0, per batch
+    nesterov: bool
+    loss: str  # cross_entropy | regression
+    tune_thresholds: bool  # regression: tune the grade thresholds on the validation split
+    class_balance: str  # none | weighted_loss | sampler
+    select_by: str  # accuracy | kappa
 
     def epochs_for(self, model: str) -> int:
         """The number of epochs for ``model`` (``epochs`` may be one number or a mapping)."""
@@ -78,13 +90,39 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """Random changes to the training images, on the device; all off is the lab's behaviour."""
+
+    flip: bool
+    rotate: float  # degrees, either way
+    scale: list[float] | None  # [min, max] share of the area a random resized crop keeps
+    translate: float  # fraction of the side
+    brightness: float  # relative
+    contrast: float  # relative
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip or self.rotate or self.scale or self.translate or self.brightness
+                    or self.contrast)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """How the test split is scored."""
+
+    tta: str  # none | flips
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
     model: str
     data: DataParams
     demo: DemoParams
+    augment: AugmentParams
     train: TrainParams
+    evaluate: EvaluateParams
     source: str = "params.yaml"  # where these came from, for error messages (not a parameter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +190,7 @@ def _demo(raw: Any, source: str) -> DemoParams:
     _int(source, "demo.train_size", out.train_size, 5)
     _int(source, "demo.test_size", out.test_size, 5)
     _int(source, "demo.image_size", out.image_size, 32)
+    _bool(source, "demo.variation", out.variation)
     return out
 
 
@@ -169,6 +208,40 @@ def _data(raw: Any, source: str) -> DataParams:
     if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
         raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {out.cache_dir!r}")
     _int(source, "data.max_pixels", out.max_pixels, 32 * 32)
+    _choice(source, "data.preprocess", out.preprocess, PREPROCESSES)
+    return out
+
+
+def _bool(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(source, key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _augment(raw: Any, source: str) -> AugmentParams:
+    raw = _section(AugmentParams, raw, source, "augment")
+    out = AugmentParams(**raw)
+    _bool(source, "augment.flip", out.flip)
+    _number(source, "augment.rotate", out.rotate, 0.0)
+    if out.rotate > 180:
+        raise _fail(source, "augment.rotate", f"must be in [0, 180] degrees, got {out.rotate!r}")
+    if out.scale is not None:
+        bad = not isinstance(out.scale, list) or len(out.scale) != 2
+        if bad or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in out.scale) \
+                or not 0 < out.scale[0] <= out.scale[1] <= 4 or not all(map(math.isfinite, out.scale)):
+            raise _fail(source, "augment.scale", "must be null or [min, max] with 0 < min <= max <= 4, "
+                        f"e.g. [0.87, 1.15]; got {out.scale!r}")
+    _number(source, "augment.translate", out.translate, 0.0, 0.5)
+    _number(source, "augment.brightness", out.brightness, 0.0, 1.0)
+    _number(source, "augment.contrast", out.contrast, 0.0, 1.0)
+    return dataclasses.replace(out, rotate=float(out.rotate), translate=float(out.translate),
+                               brightness=float(out.brightness), contrast=float(out.contrast),
+                               scale=None if out.scale is None else [float(v) for v in out.scale])
+
+
+def _evaluate(raw: Any, source: str) -> EvaluateParams:
+    out = EvaluateParams(**_section(EvaluateParams, raw, source, "evaluate"))
+    _choice(source, "evaluate.tta", out.tta, TTAS)
     return out
 
 
@@ -207,8 +280,20 @@ def _train(raw: Any, source: str) -> TrainParams:
                         f"(or a mapping of those per model: {', '.join(MODELS)}); got {value!r}")
     _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
     _choice(source, "train.precision", out.precision, PRECISIONS)
-    if not isinstance(out.compile, bool):
-        raise _fail(source, "train.compile", f"must be true or false, got {out.compile!r}")
+    _bool(source, "train.compile", out.compile)
+    _choice(source, "train.schedule", out.schedule, SCHEDULES)
+    _int(source, "train.warmup_epochs", out.warmup_epochs, 0)
+    shortest = min(out.epochs.values()) if isinstance(out.epochs, dict) else out.epochs
+    if out.warmup_epochs >= shortest:
+        raise _fail(source, "train.warmup_epochs", f"must be fewer than train.epochs ({shortest}), got "
+                    f"{out.warmup_epochs}")
+    _bool(source, "train.nesterov", out.nesterov)
+    if out.nesterov and out.momentum == 0:
+        raise _fail(source, "train.nesterov", "needs train.momentum > 0 (Nesterov momentum is momentum)")
+    _choice(source, "train.loss", out.loss, LOSSES)
+    _bool(source, "train.tune_thresholds", out.tune_thresholds)
+    _choice(source, "train.class_balance", out.class_balance, CLASS_BALANCES)
+    _choice(source, "train.select_by", out.select_by, SELECTIONS)
     return dataclasses.replace(
         out,
         lr=float(out.lr),
@@ -227,13 +312,19 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise RetinopathyError(f"{source}: must be a YAML mapping of keys; got {type(raw).__name__}")
     _section(Params, raw, source, "")
-    return Params(
+    params = Params(
         model=_choice(source, "model", raw["model"], MODELS),
         data=_data(raw["data"], source),
         demo=_demo(raw["demo"], source),
+        augment=_augment(raw["augment"], source),
         train=_train(raw["train"], source),
+        evaluate=_evaluate(raw["evaluate"], source),
         source=source,
     )
+    if params.train.tune_thresholds and (params.train.loss != "regression" or params.data.val_fraction == 0):
+        raise _fail(source, "train.tune_thresholds", "needs train.loss: regression and data.val_fraction > 0 "
+                    "(the thresholds are tuned on the validation split)")
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -18,16 +18,22 @@ from pathlib import Path
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 NUM_GRADES = len(GRADE_NAMES)
 GRADES = tuple(range(NUM_GRADES))
+# A regression output v is graded by how many thresholds lie below it; these round it.
+ROUNDING_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 REFERABLE_GRADE = 2  # moderate or worse: the usual screening threshold for referral
 
 MODELS = ("resnet18", "resnet50")  # the architectures of models/resnet.py, by params.yaml's name
 ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
 SPLITS = ("train", "val", "test")  # of the prepared index; val is empty unless data.val_fraction > 0
 NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling pixels to [0, 1]
+PREPROCESSES = ("none", "graham")  # of the pixels before that (graham: local average colour subtracted)
+LOSSES = ("cross_entropy", "regression")  # the head: 5 logits, or 1 value rounded into 0-4
+SCHEDULES = ("constant", "cosine")  # the learning rate per batch
 
 INDEX_COLUMNS = ("split", "image", "label")
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
-VAL_COLUMNS = ("val_loss", "val_accuracy")  # appended to the history when there is a validation split
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_kappa", "test_loss", "test_accuracy",
+                   "test_kappa")
+VAL_COLUMNS = ("val_loss", "val_accuracy", "val_kappa")  # appended when there is a validation split
 CONFUSION_COLUMNS = ("actual", *(str(grade) for grade in GRADES))  # rows: true grade; columns: predicted
 PREDICTION_COLUMNS = ("actual", "predicted")  # one row per test image, the long format of `dvc plots`
 

@@ -166,3 +166,40 @@ def draw_report_figures(arms: Sequence[Arm], model: str, data_label: str, folder
                       folder / "best_accuracy.png")
     finally:
         plt.close("all")
+
+
+ARM_STYLES = {"scratch": "-", "pretrained": "--"}
+
+
+def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None:
+    """Test accuracy and test kappa per epoch of every (experiment, arm), in one figure of two panels.
+
+    Args:
+        runs: (experiment name, its arm) pairs; skipped arms are left out of the lines.
+    """
+    with plt.rc_context(STYLE):
+        fig, (acc_ax, kappa_ax) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+        names = list(dict.fromkeys(name for name, _ in runs))
+        for name, arm in runs:
+            if arm.history is None:
+                continue
+            colour = f"C{names.index(name) % 10}"
+            style = ARM_STYLES.get(arm.name, ":")
+            label = f"{name}: {arm.name}"
+            acc_ax.plot(arm.history["epoch"], 100 * arm.history["test_accuracy"], ls=style, marker="o",
+                        ms=4, lw=2, color=colour, label=label)
+            kappa_ax.plot(arm.history["epoch"], arm.history["test_kappa"], ls=style, marker="o", ms=4, lw=2,
+                          color=colour, label=label)
+        baseline = majority_baseline([arm for _, arm in runs])
+        if baseline is not None:
+            acc_ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
+                           label=f"always grade 0 ({100 * baseline:.1f}%)")
+        acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="test accuracy")
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+        kappa_ax.set(title="test quadratic weighted kappa per epoch", xlabel="epoch", ylabel="kappa")
+        for ax in (acc_ax, kappa_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        kappa_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, handlelength=3)
+        fig.suptitle(title)
+        _save(fig, path)

@@ -6,8 +6,9 @@ stale file stops the reader with a message that names it and the fix.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,20 +56,38 @@ class Arm:
         return self.info["status"] == "trained"
 
 
-def _read_object(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RetinopathyError(f"{path}: file not found: {EVALUATE_FIX}")
+# Reads a file's text; FileNotFoundError when it is not there. The default reads the
+# working tree; `compare` passes one that reads an experiment's files through DVC.
+ReadText = Callable[[Path], str]
+
+
+def read_working_tree(path: Path) -> str:
+    """The text of ``path`` on disk (UTF-8)."""
+    return path.read_text(encoding="utf-8")
+
+
+def _text(path: Path, read: ReadText, fix: str) -> str:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return read(path)
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: file not found: {fix}") from None
+    except UnicodeDecodeError as error:
+        raise RetinopathyError(f"{path}: not UTF-8 text ({error}): {fix}") from None
+
+
+def _read_object(path: Path, read: ReadText) -> dict[str, Any]:
+    text = _text(path, read, EVALUATE_FIX)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
         raise RetinopathyError(f"{path}: not valid JSON ({error}): {EVALUATE_FIX}") from None
     if not isinstance(value, dict):
         raise RetinopathyError(f"{path}: expected a JSON object: {EVALUATE_FIX}")
     return value
 
 
-def _read_info(path: Path) -> dict[str, Any]:
-    info = _read_object(path)
+def _read_info(path: Path, read: ReadText) -> dict[str, Any]:
+    info = _read_object(path, read)
     if info.get("status") not in ("trained", "skipped"):
         raise RetinopathyError(f"{path}: expected the status 'trained' or 'skipped': {EVALUATE_FIX}")
     if "model" not in info:
@@ -76,8 +95,8 @@ def _read_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _read_metrics(path: Path, trained: bool) -> dict[str, float]:
-    metrics = _read_object(path)
+def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
+    metrics = _read_object(path, read)
     for key, value in metrics.items():
         if key not in METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
             raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers evaluate "
@@ -96,12 +115,11 @@ def _read_metrics(path: Path, trained: bool) -> dict[str, float]:
     return metrics
 
 
-def _read_csv(path: Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise RetinopathyError(f"{path}: file not found: {fix}")
+def _read_csv(path: Path, columns: Sequence[str], fix: str, read: ReadText) -> pd.DataFrame:
+    text = _text(path, read, fix)
     try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        frame = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise RetinopathyError(f"{path}: not a readable CSV ({error}): {fix}") from None
     frame.columns = [str(name).strip() for name in frame.columns]
     missing = [name for name in columns if name not in frame.columns]
@@ -116,9 +134,9 @@ def _read_csv(path: Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
         raise RetinopathyError(f"{path}: a value is not a number: {fix}") from None
 
 
-def _read_history(path: Path) -> pd.DataFrame:
+def _read_history(path: Path, read: ReadText) -> pd.DataFrame:
     fix = "run `dvc repro train` first"
-    frame = _read_csv(path, HISTORY_COLUMNS, fix)
+    frame = _read_csv(path, HISTORY_COLUMNS, fix, read)
     if frame.empty:
         raise RetinopathyError(f"{path}: no epochs, but the arm's JSON says it was trained: {fix}")
     accuracies = [c for c in frame.columns if c.endswith("_accuracy")]
@@ -127,8 +145,8 @@ def _read_history(path: Path) -> pd.DataFrame:
     return frame.sort_values("epoch")
 
 
-def _read_confusion(path: Path, normalized: bool) -> np.ndarray:
-    frame = _read_csv(path, CONFUSION_COLUMNS, EVALUATE_FIX)
+def _read_confusion(path: Path, normalized: bool, read: ReadText) -> np.ndarray:
+    frame = _read_csv(path, CONFUSION_COLUMNS, EVALUATE_FIX, read)
     if sorted(frame["actual"].tolist()) != list(range(NUM_GRADES)):
         raise RetinopathyError(
             f"{path}: expected one row per true grade 0-4 in the column 'actual': {EVALUATE_FIX}"
@@ -150,20 +168,20 @@ def _read_confusion(path: Path, normalized: bool) -> np.ndarray:
     return matrix
 
 
-def load_arm(layout: Layout, name: str) -> Arm:
+def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> Arm:
     """Read and check one arm's metrics, info, history and confusion tables (a skipped arm: the JSONs).
 
     Raises:
         RetinopathyError: a file is missing or malformed (the message names it).
     """
     files = layout.arm(name)
-    info = _read_info(files.info)
-    arm = Arm(name, info, _read_metrics(files.metrics, info["status"] == "trained"))
+    info = _read_info(files.info, read)
+    arm = Arm(name, info, _read_metrics(files.metrics, info["status"] == "trained", read))
     if not arm.trained:
         return arm
-    arm.history = _read_history(files.history)
-    arm.normalized = _read_confusion(files.confusion_normalized, normalized=True)
-    arm.counts = _read_confusion(files.confusion_counts, normalized=False).astype(int)
+    arm.history = _read_history(files.history, read)
+    arm.normalized = _read_confusion(files.confusion_normalized, normalized=True, read=read)
+    arm.counts = _read_confusion(files.confusion_counts, normalized=False, read=read).astype(int)
     # Both files come from the same evaluation; if they disagree one of them is stale.
     totals = arm.counts.sum(axis=1, keepdims=True)
     expected = np.divide(arm.counts, totals, out=np.zeros(arm.normalized.shape), where=totals > 0)

@@ -165,6 +165,7 @@ def _blot(canvas: _Canvas, layer: str, rng: np.random.Generator, p: Point, radiu
 def _draw_lesions(
     canvas: _Canvas, grade: int, rng: np.random.Generator, fundus: tuple[float, float, float],
     disc: tuple[float, float, float], macula: Point, veins: list[tuple[Point, Point, float, int]],
+    subtle: bool = False,
 ) -> None:
     """Draw the lesions of ``grade`` (cumulative along the clinical scale) onto ``canvas``."""
     if grade == 0:
@@ -178,9 +179,10 @@ def _draw_lesions(
     # Microaneurysms: dark red dots, the only sign of grade 1. Drawn much larger
     # than real ones (1.5-2 px radius at 128 px, wider than most vessels) so that
     # they survive downscaling and do not pass for vessel ends.
-    n_ma = {1: (6, 13), 2: (8, 18), 3: (15, 30), 4: (15, 30)}[grade]
+    n_ma = {1: (3, 8) if subtle else (6, 13), 2: (8, 18), 3: (15, 30), 4: (15, 30)}[grade]
+    size_ma = (0.02, 0.03) if subtle and grade == 1 else (0.026, 0.036)
     for _ in range(int(rng.integers(*n_ma))):
-        canvas.disc("haem", *anywhere(), r * rng.uniform(0.026, 0.036))
+        canvas.disc("haem", *anywhere(), r * rng.uniform(*size_ma))
     if grade < 2:
         return
     # Blot haemorrhages; severe and worse: in all four quadrants, plus flame-shaped
@@ -239,8 +241,8 @@ def _draw_lesions(
         canvas.clear_above("preretinal", y - 0.3 * b)
 
 
-def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str | None = None
-                  ) -> np.ndarray:
+def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str | None = None,
+                  subtle: bool = False) -> np.ndarray:
     """One synthetic fundus photograph.
 
     Everything that does not depend on the grade (framing, colours, disc, vessels,
@@ -252,6 +254,7 @@ def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str |
         rng: Source of all randomness.
         size: Width and height in pixels (>= 16).
         eye: "left" or "right"; None draws one from ``rng``. A left eye is the mirror image.
+        subtle: Draw grade 1 as it looks: a few small microaneurysms (not a dozen large ones).
 
     Returns:
         uint8 array [size, size, 3], RGB.
@@ -307,7 +310,7 @@ def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str |
                     veins += segs
     noise = rng.normal(0.0, 1.2 / 255, size=(size, size, 3)).astype(np.float32)
 
-    _draw_lesions(canvas, grade, rng, fundus, disc, macula, veins)
+    _draw_lesions(canvas, grade, rng, fundus, disc, macula, veins, subtle)
     fibrous = canvas.alpha("fibrous", blur=0.04 * r)
     layers: list[tuple[str, float, np.ndarray, float]] = [
         # (layer, blur in px, colour, opacity) in drawing order, back to front.
@@ -335,3 +338,40 @@ def _mix(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray
     """Alpha-blend ``colour`` over ``image`` (float32 [H, W, 3]) with ``alpha`` [H, W]."""
     a = alpha[..., None].astype(np.float32)
     return image * (1.0 - a) + np.asarray(colour, dtype=np.float32) * a
+
+
+def vary(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What differs between cameras, photographers and patients, applied to a rendered photograph.
+
+    The field of view: a rotation of the whole picture (a fundus has no up), a
+    zoom that may cut the fundus at the frame, and an off-centre framing; then
+    exposure and gamma, a colour cast, focus (blur) and sensor noise. All drawn
+    from ``rng``, so the same generator gives the same photograph.
+
+    Args:
+        image: uint8 [size, size, 3], as :func:`render_fundus` returns.
+        rng: Source of all randomness (its own stream: the drawing's is untouched).
+    """
+    size = image.shape[0]
+    # The framing first, while the surround is still render_fundus's, so the turned frame
+    # leaves no edge. One affine map: output (x, y) samples the input at
+    # C + R(-angle) (out - C - shift) / zoom, C the centre (the map PIL's AFFINE takes).
+    angle, zoom = math.radians(rng.uniform(0.0, 360.0)), rng.uniform(0.88, 1.15)
+    shift = rng.normal(0.0, 0.03 * size, size=2)
+    c, s_ = math.cos(angle) / zoom, math.sin(angle) / zoom
+    centre = size / 2
+    ox, oy = centre + shift[0], centre + shift[1]
+    matrix = (c, s_, centre - c * ox - s_ * oy, -s_, c, centre + s_ * ox - c * oy)
+    background = round(0.012 * 255)  # render_fundus's dark surround
+    photo = Image.fromarray(image).transform((size, size), Image.Transform.AFFINE, matrix,
+                                             resample=Image.Resampling.BICUBIC, fillcolor=(background,) * 3)
+    # Exposure, gamma and a colour cast; then focus and sensor noise.
+    pixels = np.asarray(photo, dtype=np.float32) / 255.0
+    pixels = pixels * rng.uniform(0.7, 1.3) * rng.uniform(0.88, 1.12, size=3).astype(np.float32)
+    pixels = np.clip(pixels, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
+    photo = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    blur = rng.uniform(0.0, 1.6) * size / 256
+    if blur > 0.25:
+        photo = photo.filter(ImageFilter.GaussianBlur(blur))
+    noisy = np.asarray(photo, dtype=np.float32) + rng.normal(0.0, rng.uniform(0.5, 3.0), size=image.shape)
+    return np.clip(noisy + 0.5, 0, 255).astype(np.uint8)

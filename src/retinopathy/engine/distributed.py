@@ -105,3 +105,42 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_process
+
+
+class BalancedSampler(EpochShuffleSampler):
+    """Like :class:`EpochShuffleSampler`, but draws with replacement so every grade is equally likely.
+
+    Each image is drawn with probability proportional to 1 / (count of its grade)
+    (``train.class_balance: sampler``); an epoch is still ``size`` draws. The draws
+    depend only on (seed, epoch), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, labels: list[int], seed: int, process: Process) -> None:
+        super().__init__(len(labels), seed, process)
+        counts = torch.bincount(torch.tensor(labels))
+        self.weights = 1.0 / counts[torch.tensor(labels)].double()
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+        order += order[: self.per_process * self.process.world_size - self.size]
+        return iter(order[self.process.rank :: self.process.world_size])
+
+
+def gather_over_processes(tensor: Tensor, process: Process) -> Tensor:
+    """The tensors of all processes concatenated along dim 0, in rank order (this one alone if single).
+
+    Shards may differ in length by one (:class:`ShardSampler`), so each is
+    padded to the longest for the all-gather and trimmed again.
+    """
+    if not process.distributed:
+        return tensor
+    length = torch.tensor([tensor.shape[0]], device=tensor.device)
+    lengths = [torch.zeros_like(length) for _ in range(process.world_size)]
+    dist.all_gather(lengths, length)
+    longest = int(max(n.item() for n in lengths))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(process.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n.item())] for part, n in zip(parts, lengths, strict=True)])

@@ -1,32 +1,46 @@
 """The loops: one training pass, one evaluation pass, prediction, and BatchNorm re-estimation.
 
-Every loop takes the model (a grader: uint8 images in, scores out), the
-batches and the :class:`~retinopathy.engine.runtime.Runtime`. Totals stay on
-the device until the end of a pass: reading them per batch would make the CPU
-wait for the GPU at every step.
+Every loop takes the model (a grader: uint8 images in, outputs out), the
+batches, the :class:`~retinopathy.engine.runtime.Runtime` and the
+:class:`~retinopathy.models.head.Head` that turns outputs into a loss and
+grades. Totals stay on the device until the end of a pass: reading them per
+batch would make the CPU wait for the GPU at every step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from retinopathy.engine.distributed import Process, sum_over_processes
+from retinopathy.contract import NUM_GRADES
+from retinopathy.engine.distributed import Process, gather_over_processes, sum_over_processes
 from retinopathy.engine.runtime import Runtime
 from retinopathy.errors import RetinopathyError
+from retinopathy.models.head import Head
+
+# A batch on the device and its step number -> the batch to train on (augmentation).
+BatchHook = Callable[[Tensor, int], Tensor]
 
 
 @dataclass
 class EpochResult:
-    """Loss and accuracy over one pass, summed over all processes."""
+    """Loss, accuracy and the confusion matrix over one pass, summed over all processes.
+
+    ``outputs``/``labels`` (all processes', when asked for) let the caller grade
+    the pass again, e.g. with thresholds tuned on it.
+    """
 
     loss: float
     accuracy: float
     count: int
+    confusion: np.ndarray  # [5, 5] counts, rows = true grade
+    outputs: Tensor | None = None
+    labels: Tensor | None = None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -39,33 +53,37 @@ def progress(batches: Iterable, description: str, process: Process) -> Iterable:
                 mininterval=1.0, dynamic_ncols=True)
 
 
-def _pass_result(loss_sum: Tensor, correct: Tensor, count: int, process: Process, what: str) -> EpochResult:
-    """Mean loss and accuracy from one pass's totals on the device, summed over all processes.
+def _confusion(actual: Tensor, predicted: Tensor) -> Tensor:
+    """[5, 5] int64 counts on the device (rows = true grade)."""
+    return torch.bincount(actual * NUM_GRADES + predicted, minlength=NUM_GRADES ** 2)
+
+
+def _pass_result(loss_sum: Tensor, confusion: Tensor, process: Process, what: str) -> EpochResult:
+    """Mean loss, accuracy and the confusion matrix from one pass's totals on the device.
 
     The totals travel as one tensor: one all-reduce and one read to the host
     (a single GPU sync).
 
     Args:
         loss_sum: float64 sum of the per-image losses.
-        correct: int64 count of correct predictions.
-        count: Images seen by this process.
+        confusion: int64 [25] counts of (true, predicted) pairs.
         process: Sums over all processes when distributed.
         what: ``training`` or ``evaluation``, for the error message.
 
     Raises:
         RetinopathyError: if the pass saw no images (on any process).
     """
-    totals = sum_over_processes(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(count)]),
-                                process)
-    total_loss, total_correct, total = totals.tolist()
+    totals = sum_over_processes(torch.cat([loss_sum.view(1), confusion.double()]), process).tolist()
+    matrix = np.array(totals[1:], dtype=np.int64).reshape(NUM_GRADES, NUM_GRADES)
+    total = int(matrix.sum())
     if total == 0:
         raise RetinopathyError(f"{what} over an empty split; check the prepared index")
-    return EpochResult(total_loss / total, total_correct / total, int(total))
+    return EpochResult(totals[0] / total, float(np.trace(matrix)) / total, total, matrix)
 
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-             runtime: Runtime) -> tuple[Tensor, Tensor]:
-    """One SGD step on a batch already on the device; cross-entropy on raw logits.
+             runtime: Runtime, head: Head) -> tuple[Tensor, Tensor]:
+    """One SGD step on a batch already on the device, with the head's (weighted) training loss.
 
     Args:
         model: The grader (or its DDP/compiled wrapper), in training mode.
@@ -73,22 +91,29 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
         images: uint8 [B,3,H,W] on the device.
         labels: int64 [B] on the device.
         runtime: Its ``bf16`` switch turns on autocast.
+        head: Cross-entropy on raw logits, or MSE of one output.
 
     Returns:
-        The batch's mean loss (float32, still attached to the graph) and the logits.
+        The batch's mean loss (float32, still attached to the graph) and the outputs.
     """
     with runtime.autocast():
-        logits = model(images)
-        loss = nn.functional.cross_entropy(logits.float(), labels)
+        outputs = model(images)
+        loss = head.loss(outputs, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss, logits
+    return loss, outputs
 
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                runtime: Runtime, description: str = "train") -> EpochResult:
+                runtime: Runtime, head: Head, description: str = "train", *,
+                augment: BatchHook | None = None,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> EpochResult:
     """One pass of SGD over ``batches`` (see :func:`sgd_step`).
+
+    Args:
+        augment: Changes each batch on the device before the step (training only).
+        scheduler: Stepped after every optimizer step (per-batch learning rates).
 
     Raises:
         NonFiniteLoss: as soon as a (checked) loss is NaN or infinite.
@@ -96,22 +121,25 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     model.train()
     device = runtime.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = step = 0
+    confusion = torch.zeros(NUM_GRADES ** 2, dtype=torch.int64, device=device)
+    step = 0
     # Reading the loss forces a GPU sync; on CUDA check every 25 steps instead of each.
     check_every = 25 if device.type == "cuda" else 1
     for step, (images, labels) in enumerate(progress(batches, description, runtime.process), start=1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        loss, logits = sgd_step(model, optimizer, images, labels, runtime)
+        if augment is not None:
+            images = augment(images, step)
+        loss, outputs = sgd_step(model, optimizer, images, labels, runtime, head)
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss.detach().double() * labels.numel()
-        correct += (logits.argmax(1) == labels).sum()
-        count += labels.numel()
+        confusion += _confusion(labels, head.grades(outputs.detach()))
         if step % check_every == 0 and not torch.isfinite(loss_sum):
             raise NonFiniteLoss(f"step {step}")
     if not torch.isfinite(loss_sum):
         raise NonFiniteLoss(f"step {step}")  # the last step: the check above skipped some
-    return _pass_result(loss_sum, correct, count, runtime.process, "training")
+    return _pass_result(loss_sum, confusion, runtime.process, "training")
 
 
 @torch.no_grad()
@@ -141,6 +169,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, runtime: Runtime)
                 sum_over_processes(buffer, process).div_(process.world_size)
 
 
+FLIPS = ((), (3,), (2,), (2, 3))  # identity, left-right, top-bottom, both: the dims of [B, 3, H, W]
+
+
 def _eval_outputs(model: nn.Module, batches: Iterable, runtime: Runtime,
                   description: str) -> Iterator[tuple[Tensor, Tensor]]:
     """Float32 outputs on the device and the labels as the loader gave them, per batch, in eval mode."""
@@ -152,31 +183,69 @@ def _eval_outputs(model: nn.Module, batches: Iterable, runtime: Runtime,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, runtime: Runtime,
-            description: str = "test") -> tuple[Tensor, Tensor]:
-    """Predicted and true grades of this process's shard (CPU int64 tensors), in eval mode."""
-    predicted, actual = [], []
-    for logits, labels in _eval_outputs(model, batches, runtime, description):
-        # Kept on the device until the end: a copy to the host per batch would sync the GPU each time.
-        predicted.append(logits.argmax(1))
-        actual.append(labels)  # int64 from collate_images, still on the host
-    if not predicted:
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
-    return torch.cat(predicted).cpu(), torch.cat(actual)
+def predict_scores(model: nn.Module, images: Tensor, runtime: Runtime, head: Head,
+                   tta: bool = False) -> Tensor:
+    """The head's scores of one batch on the device; with ``tta``, their mean over the four flips."""
+    views = FLIPS if tta else ((),)
+    total = None
+    for dims in views:
+        with runtime.autocast():
+            outputs = model(images.flip(dims) if dims else images)
+        scores = head.scores(outputs)
+        total = scores if total is None else total + scores
+    return total / len(views)
 
 
 @torch.no_grad()
-def evaluate_epoch(model: nn.Module, batches: Iterable, runtime: Runtime,
-                   description: str = "test") -> EpochResult:
-    """Mean cross-entropy and accuracy over a whole split (all processes together)."""
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+def predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, description: str = "test",
+            tta: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Scores, grades and true grades of this process's shard (CPU tensors), in eval mode.
+
+    Without ``tta`` the grades are exactly those the evaluation passes count
+    (the largest logit, or the thresholds of the value).
+    """
+    model.eval()
+    scores, grades, actual = [], [], []
+    for images, labels in progress(batches, description, runtime.process):
+        images = images.to(runtime.device, non_blocking=True)
+        if tta:
+            batch_scores = predict_scores(model, images, runtime, head, tta=True)
+            batch_grades = head.grades_of_scores(batch_scores)
+        else:
+            with runtime.autocast():
+                outputs = model(images).float()
+            batch_scores, batch_grades = head.scores(outputs), head.grades(outputs)
+        # Kept on the device until the end: a copy to the host per batch would sync the GPU each time.
+        scores.append(batch_scores)
+        grades.append(batch_grades)
+        actual.append(labels)  # int64 from collate_images, still on the host
+    if not grades:
+        empty = torch.empty(0, dtype=torch.int64)
+        return torch.empty(0), empty, empty
+    return torch.cat(scores).cpu(), torch.cat(grades).cpu(), torch.cat(actual)
+
+
+@torch.no_grad()
+def evaluate_epoch(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head,
+                   description: str = "test", keep_outputs: bool = False) -> EpochResult:
+    """Mean unweighted loss, accuracy and confusion matrix over a whole split (all processes together).
+
+    Args:
+        keep_outputs: Also return every image's outputs and label, gathered from all processes.
+    """
     device = runtime.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    for logits, labels in _eval_outputs(model, batches, runtime, description):
+    confusion = torch.zeros(NUM_GRADES ** 2, dtype=torch.int64, device=device)
+    kept_outputs, kept_labels = [], []
+    for outputs, labels in _eval_outputs(model, batches, runtime, description):
         labels = labels.to(device, non_blocking=True)
-        loss_sum += criterion(logits, labels).double()
-        correct += (logits.argmax(1) == labels).sum()
-        count += labels.numel()
-    return _pass_result(loss_sum, correct, count, runtime.process, "evaluation")
+        loss_sum += head.loss_sum(outputs, labels).double()
+        confusion += _confusion(labels, head.grades(outputs))
+        if keep_outputs:
+            kept_outputs.append(outputs)
+            kept_labels.append(labels)
+    result = _pass_result(loss_sum, confusion, runtime.process, "evaluation")
+    if keep_outputs:
+        result.outputs = gather_over_processes(torch.cat(kept_outputs), runtime.process).cpu()
+        result.labels = gather_over_processes(torch.cat(kept_labels), runtime.process).cpu()
+    return result

@@ -11,15 +11,18 @@ the settings it was trained with, never guessed from the current params.yaml.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from retinopathy.contract import MODELS, NORMALIZATIONS, NUM_GRADES
+from retinopathy.contract import MODELS, NORMALIZATIONS, PREPROCESSES
 from retinopathy.errors import RetinopathyError
 from retinopathy.models.build import new_model
+from retinopathy.models.head import Head
 from retinopathy.models.resnet import ResNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,14 +37,24 @@ class GraderSpec:
         model: Architecture, one of ``contract.MODELS``.
         image_size: Side the images are resized to before the network (None: as stored).
         normalize: ``imagenet`` (ImageNet mean/std after scaling to [0, 1]) or ``none``.
+        preprocess: ``none`` or ``graham`` (local average colour subtracted; see :func:`graham`).
+        loss: The head: ``cross_entropy`` (5 outputs) or ``regression`` (1 output).
+        thresholds: Regression: the four grade thresholds (None for cross_entropy).
     """
 
     model: str
     image_size: int | None
     normalize: str
+    preprocess: str
+    loss: str
+    thresholds: list[float] | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def head(self) -> Head:
+        """The head that turns this network's outputs into scores and grades."""
+        return Head(self.loss, self.thresholds)
 
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> GraderSpec:
@@ -50,25 +63,66 @@ class GraderSpec:
         Raises:
             RetinopathyError: naming ``source`` if the spec is missing or malformed.
         """
-        fields = {"model", "image_size", "normalize"}
+        fields = {field.name for field in dataclasses.fields(cls)}
         if not isinstance(raw, dict) or set(raw) != fields:
             raise RetinopathyError(f"{source}: has no valid grader spec (expected the keys "
                                    f"{', '.join(sorted(fields))}); it was not written by this version "
                                    "of `retinopathy train` - train again")
         spec = cls(**raw)
         size_ok = spec.image_size is None or (isinstance(spec.image_size, int) and spec.image_size > 0)
-        if spec.model not in MODELS or spec.normalize not in NORMALIZATIONS or not size_ok:
+        try:
+            spec.head()
+            head_ok = True
+        except (ValueError, TypeError):
+            head_ok = False
+        if (spec.model not in MODELS or spec.normalize not in NORMALIZATIONS or not size_ok
+                or spec.preprocess not in PREPROCESSES or not head_ok):
             raise RetinopathyError(f"{source}: grader spec {raw} is not one this version can use")
         return spec
 
 
-class InputTransform(nn.Module):
-    """uint8 [B,3,H,W] -> float in [0,1] -> optional ImageNet normalisation, in one fused op."""
+def graham(images: Tensor) -> Tensor:
+    """Ben Graham's preprocessing (Kaggle 2015): subtract the local average colour, grey the rim.
 
-    def __init__(self, normalize: str) -> None:
+    ``4 * image - 4 * GaussianBlur(image, sigma=r/30) + 128`` with the fundus
+    radius ``r`` taken as half the side (the course layout's images are square
+    crops of the fundus), then everything outside 90% of the radius set to 128.
+    Pixel values (0-255, float) in, pixel values out; computed in float32 even
+    under autocast, whose bf16 would round 0-255 to steps of 1-2.
+
+    Args:
+        images: float [B, 3, H, W] in 0-255.
+    """
+    height, width = images.shape[-2:]
+    radius = min(height, width) / 2
+    sigma = radius / 30
+    half = max(1, math.ceil(3 * sigma))
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        images = images.float()
+        taps = torch.arange(-half, half + 1, dtype=torch.float32, device=images.device)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
+        # Separable: along the rows, then along the columns; reflected borders, as OpenCV does.
+        blurred = nn.functional.conv2d(nn.functional.pad(images, (half, half, 0, 0), mode="reflect"),
+                                       kernel, groups=3)
+        blurred = nn.functional.conv2d(nn.functional.pad(blurred, (0, 0, half, half), mode="reflect"),
+                                       kernel.transpose(2, 3), groups=3)
+        out = (4 * images - 4 * blurred + 128).clamp(0, 255)
+        ys = torch.arange(height, dtype=torch.float32, device=images.device) - (height - 1) / 2
+        xs = torch.arange(width, dtype=torch.float32, device=images.device) - (width - 1) / 2
+        inside = (ys.view(-1, 1) ** 2 + xs.view(1, -1) ** 2) <= (0.9 * radius) ** 2
+        return torch.where(inside, out, torch.full_like(out, 128.0))
+
+
+class InputTransform(nn.Module):
+    """uint8 [B,3,H,W] -> (optional preprocessing) -> float in [0,1] -> optional ImageNet normalisation."""
+
+    def __init__(self, normalize: str, preprocess: str = "none") -> None:
         super().__init__()
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if normalize not in NORMALIZATIONS or preprocess not in PREPROCESSES:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS} and preprocess one of "
+                             f"{PREPROCESSES}, got {normalize!r} and {preprocess!r}")
+        self.preprocess = preprocess
         mean = torch.tensor(IMAGENET_MEAN if normalize == "imagenet" else (0.0, 0.0, 0.0))
         std = torch.tensor(IMAGENET_STD if normalize == "imagenet" else (1.0, 1.0, 1.0))
         # Fold the /255 into the affine map: x * (1/(255 std)) - mean/std, one fused op.
@@ -82,11 +136,15 @@ class InputTransform(nn.Module):
         # uint8 from the fast loader; float [0,1] (the Dataset's default contract) is
         # brought back to 0-255 because the /255 is folded into `scale`.
         images = images.float() if images.dtype == torch.uint8 else images * 255.0
+        if self.preprocess == "graham":
+            images = graham(images)
         return torch.addcmul(self.shift, images, self.scale).contiguous(memory_format=memory_format)
 
 
 class Grader(nn.Module):
-    """The input transform and a ResNet: images [B,3,H,W] (uint8, or float in [0,1]) -> scores [B,5].
+    """The input transform and a ResNet: images [B,3,H,W] (uint8, or float in [0,1]) -> outputs.
+
+    Outputs are the head's (``spec.head()``): 5 logits, or 1 regression value.
 
     The input is laid out like the first convolution's weights (channels_last
     when the runtime placed the network so), while it is still uint8.
@@ -95,7 +153,7 @@ class Grader(nn.Module):
     def __init__(self, net: ResNet, spec: GraderSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.transform = InputTransform(spec.normalize)
+        self.transform = InputTransform(spec.normalize, spec.preprocess)
         self.net = net
 
     def input_format(self) -> torch.memory_format:
@@ -114,7 +172,7 @@ def load_grader(spec: GraderSpec, state: dict[str, Tensor], source: str) -> Grad
     Raises:
         RetinopathyError: naming ``source`` if the weights do not fit the spec's architecture.
     """
-    net = new_model(spec.model, num_classes=NUM_GRADES)
+    net = new_model(spec.model, num_classes=spec.head().num_outputs)
     try:
         net.load_state_dict(state)
     except RuntimeError as error:

@@ -18,7 +18,7 @@ from PIL import Image
 from retinopathy.config import load_params
 from retinopathy.contract import DEMO_MARKER, DEMO_README, NUM_GRADES, Layout, is_demo_dataset
 from retinopathy.data.labels import SPLIT_FILES, image_path
-from retinopathy.data.synthetic import class_counts, render_fundus
+from retinopathy.data.synthetic import class_counts, render_fundus, vary
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import staged_folder
 
@@ -26,7 +26,7 @@ JPEG_QUALITY = 90
 SPLITS = tuple(SPLIT_FILES)  # train, test
 # SeedSequence keys are (seed, purpose, split, index): a fixed length, because
 # SeedSequence pads short keys with zeros, so [s, 1] and [s, 1, 0] would collide.
-_PURPOSE_IMAGE, _PURPOSE_ORDER = 1, 2
+_PURPOSE_IMAGE, _PURPOSE_ORDER, _PURPOSE_VARIATION = 1, 2, 3
 
 
 def _check_size(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -39,8 +39,8 @@ def _check_size(name: str, value: object, minimum: int, maximum: int | None = No
     return value
 
 
-def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: int
-                 ) -> list[int]:
+def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: int,
+                 variation: bool) -> list[int]:
     """Write one split's images and CSVs; returns its class counts."""
     counts = class_counts(n)
     grades = np.repeat(np.arange(NUM_GRADES), counts)
@@ -53,7 +53,10 @@ def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: 
         eye = "left" if number % 2 else "right"
         name = f"demo_{number:05d}_{eye}"
         rng = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_IMAGE, code, number]))
-        pixels = render_fundus(grade, rng, size, eye=eye)
+        pixels = render_fundus(grade, rng, size, eye=eye, subtle=variation)
+        if variation:  # a stream of its own: without variation the drawing is what it always was
+            pixels = vary(pixels, np.random.default_rng(
+                np.random.SeedSequence([seed, _PURPOSE_VARIATION, code, number])))
         # Fixed quality and 4:4:4 chroma (tiny yellow/red lesions differ mainly in
         # colour); no optimize/progressive/EXIF, so the bytes are reproducible.
         Image.fromarray(pixels).save(image_path(folder, name), "JPEG", quality=JPEG_QUALITY,
@@ -65,7 +68,8 @@ def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: 
     return counts
 
 
-def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int) -> str:
+def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int,
+            variation: bool) -> str:
     lines = [
         f"{DEMO_MARKER} - NOT REAL PATIENT IMAGES",
         "",
@@ -76,6 +80,8 @@ def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size
         "",
         f"seed: {seed}",
         f"image size: {size}x{size} px, RGB JPEG quality {JPEG_QUALITY}",
+        "variation between photos (exposure, colour cast, focus, noise, rotation, field of view; "
+        "subtle grade-1 lesions): " + ("on" if variation else "off"),
     ]
     for split in SPLITS:
         per_grade = ", ".join(f"grade {g}: {c}" for g, c in enumerate(counts[split]))
@@ -92,7 +98,7 @@ def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size
 
 
 def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size: int,
-                       image_size: int) -> None:
+                       image_size: int, variation: bool) -> None:
     """Write the demo dataset to ``out``, atomically and deterministically.
 
     The folder is built next to ``out`` under a temporary name and then swapped
@@ -106,6 +112,7 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
         train_size: Number of training images (>= 5, so every grade occurs).
         test_size: Number of test images (>= 5).
         image_size: Width and height of the images in pixels (32-2048).
+        variation: Vary the photos as cameras do (:func:`~retinopathy.data.synthetic.vary`).
 
     Raises:
         RetinopathyError: on a bad setting, or if ``out`` exists and is not a demo
@@ -119,10 +126,10 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
     with staged_folder(out) as work:
         sizes = {"train": train_size, "test": test_size}
         counts = {
-            "train": _write_split(work, "train", seed, 0, train_size, image_size),
-            "test": _write_split(work, "test", seed, train_size, test_size, image_size),
+            "train": _write_split(work, "train", seed, 0, train_size, image_size, variation),
+            "test": _write_split(work, "test", seed, train_size, test_size, image_size, variation),
         }
-        (work / DEMO_README).write_text(_readme(seed, sizes, counts, image_size),
+        (work / DEMO_README).write_text(_readme(seed, sizes, counts, image_size, variation),
                                          encoding="utf-8")
 
 
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     demo = load_params(args.params).demo
     write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,
-                       test_size=demo.test_size, image_size=demo.image_size)
+                       test_size=demo.test_size, image_size=demo.image_size, variation=demo.variation)
     print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images "
           f"({demo.image_size} px, seed {demo.seed}) to {args.out}")
     return 0

@@ -46,10 +46,13 @@ from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.models.grader import GraderSpec, load_grader
 from retinopathy.scoring import confusion_tables, scores
 
-SELECTION_RULES = {
-    "test": "epoch with the highest test accuracy (the lab's rule; optimistic)",
-    "validation": "epoch with the highest validation accuracy (test split unseen when choosing)",
-}
+
+def selection_rule(split: str, metric: str) -> str:
+    """The rule that picked the evaluated epoch, in words."""
+    if split == "test":
+        lab = " (the lab's rule; optimistic)" if metric == "accuracy" else " (optimistic)"
+        return f"epoch with the highest test {metric}{lab}"
+    return f"epoch with the highest validation {metric} (test split unseen when choosing)"
 
 
 def write_tables(files: ArmFiles, actual: np.ndarray, predicted: np.ndarray,
@@ -124,7 +127,8 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     records = read_index(layout.index)["test"]
     dataset = open_dataset(params.data.root, "test", records, spec.image_size, params.data.cache_dir)
     batches = eval_loader(dataset, train.batch_size, runtime)
-    predicted, actual = loops.predict(grader, batches, runtime)
+    tta = params.evaluate.tta == "flips"
+    _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), tta=tta)
     actual_np, predicted_np = actual.numpy(), predicted.numpy()
     tables = confusion_tables(actual_np, predicted_np)
 
@@ -146,7 +150,8 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "data": params.data.root,
         "synthetic": summary["synthetic"],
         "selection": status["selection"],
-        "selection_rule": SELECTION_RULES[status["selection"]],
+        "selection_rule": selection_rule(status["selection"], status["select_by"]),
+        "tta": params.evaluate.tta,
         "epochs": status["epochs"],
         "test_size": int(len(actual_np)),
     }

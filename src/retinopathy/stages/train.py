@@ -24,6 +24,8 @@ processes, and only rank 0 writes files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,13 +40,14 @@ from torch.utils.data import DataLoader
 
 from retinopathy import checkpoint
 from retinopathy.config import Params, load_params
-from retinopathy.contract import ARMS, HISTORY_COLUMNS, NUM_GRADES, VAL_COLUMNS, ArmFiles, Layout
+from retinopathy.contract import ARMS, HISTORY_COLUMNS, VAL_COLUMNS, ArmFiles, Layout
 from retinopathy.data.dataset import open_dataset
 from retinopathy.data.index import read_index
-from retinopathy.engine import loops
+from retinopathy.engine import loops, recipe
+from retinopathy.engine.augment import Augment
 from retinopathy.engine.batches import eval_loader, loader
 from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler
-from retinopathy.engine.optim import make_optimizer
+from retinopathy.engine.optim import make_optimizer, make_scheduler
 from retinopathy.engine.runtime import Runtime, start, stop
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import (
@@ -57,6 +60,7 @@ from retinopathy.files import (
 )
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
+from retinopathy.models.head import Head
 from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
 
 
@@ -65,11 +69,6 @@ def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> N
     fields = list(HISTORY_COLUMNS) + (list(VAL_COLUMNS) if with_val else [])
     write_csv_atomic(path, fields,
                      ([row[k] if k == "epoch" else f"{row[k]:.6f}" for k in fields] for row in rows))
-
-
-def selection_key(with_val: bool) -> str:
-    """The column that picks the best epoch: validation accuracy if held out, else test (the lab's rule)."""
-    return "val_accuracy" if with_val else "test_accuracy"
 
 
 @dataclass
@@ -85,27 +84,35 @@ class Run:
     inputs: dict[str, Any]  # what the fingerprint hashes, to say what changed
     fingerprint: str
     grader: Grader  # the network itself: saved, BatchNorm-recalibrated
+    head: Head  # the loss and the grading (regression thresholds may be tuned each epoch)
     optimizer: torch.optim.Optimizer
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
-        return selection_key(self.with_val)
+        return recipe.selection_column(self.with_val, self.params.train.select_by)
 
     @property
     def best(self) -> float:
-        return max((row[self.key] for row in self.history), default=-1.0)
+        return max((row[self.key] for row in self.history), default=-math.inf)
+
+    def spec(self) -> dict[str, Any]:
+        """The grader's spec as it grades now (with this epoch's thresholds)."""
+        thresholds = list(self.head.thresholds) if self.head.thresholds is not None else None
+        return dataclasses.replace(self.grader.spec, thresholds=thresholds).to_dict()
 
 
 @dataclass(frozen=True)
 class Feed:
-    """What one epoch runs: the network as trained and the batches of every split."""
+    """What one epoch runs: the network as trained, the batches of every split, the recipe's parts."""
 
     net: nn.Module  # the grader, wrapped in DDP and/or compiled when asked
-    sampler: EpochShuffleSampler  # told the epoch, so the shuffle depends on (seed, epoch) only
+    sampler: EpochShuffleSampler  # told the epoch, so the order depends on (seed, epoch) only
     train: DataLoader
-    evaluation: dict[str, DataLoader]  # val (when held out) and test
+    evaluation: dict[str, DataLoader]  # val (when held out) first, then test
     batchnorm: DataLoader | None  # train.precise_bn_images of the training images
+    augment: Augment | None  # changes training batches per (seed, epoch, step)
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # the learning rate per batch
 
 
 def skip(files: ArmFiles, params: Params, manifest: dict[str, Any]) -> None:
@@ -119,41 +126,45 @@ def skip(files: ArmFiles, params: Params, manifest: dict[str, Any]) -> None:
 
 def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, Any],
           runtime: Runtime) -> Run:
-    """The network (random, or the manifest's weights), its optimizer and the run's fingerprint."""
+    """The network (random, or the manifest's weights), its head, optimizer and the run's fingerprint."""
     train = params.train
     if train.batch_size % runtime.process.world_size:
         raise RetinopathyError(
             f"params.yaml: train.batch_size {train.batch_size} is the global batch and must "
             f"divide by the {runtime.process.world_size} processes; change it or --nproc_per_node"
         )
-    with_val = bool(read_index(layout.index)["val"])
+    splits = read_index(layout.index)
     inputs = checkpoint.fingerprint_inputs(params.to_dict(), files.arm, manifest.get("sha256"),
                                            sha256_of(layout.index), runtime.process.world_size)
     runtime.configure_backends()
+    head = recipe.make_head(params, [r.label for r in splits["train"]])
     torch.manual_seed(train.seed)  # model init (scratch) and the new fc (pretrained)
-    net = build_model(params.model, num_classes=NUM_GRADES, weights=weights_argument(manifest))
-    spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize)
+    net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(manifest))
+    spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize,
+                      preprocess=params.data.preprocess, loss=train.loss,
+                      thresholds=list(head.thresholds) if head.thresholds else None)
     grader = runtime.place(Grader(net, spec))
     optimizer = make_optimizer(grader, runtime, lr=train.lr, momentum=train.momentum,
-                               weight_decay=train.weight_decay)
-    return Run(files, params, runtime, manifest, train.epochs_for(params.model), with_val, inputs,
-               checkpoint.fingerprint(inputs), grader, optimizer)
+                               weight_decay=train.weight_decay, nesterov=train.nesterov)
+    return Run(files, params, runtime, manifest, train.epochs_for(params.model), bool(splits["val"]),
+               inputs, checkpoint.fingerprint(inputs), grader, head, optimizer)
 
 
-def resume(run: Run) -> None:
+def resume(run: Run, batches: Feed) -> None:
     """Continue from ``last.pt`` when it was made by this run's settings, code and data (else say why)."""
     last = run.files.last
     if not last.exists():
         return
     say = note if run.runtime.process.is_main else (lambda _: None)  # once, not once per process
-    state = checkpoint.load(last, "last", fix=(
-        f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
-        f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start"))
-    if state.get("fingerprint") != run.fingerprint:
+    fix = (f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
+           f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start")
+    state = checkpoint.read(last, fix)
+    if state["fingerprint"] != run.fingerprint:  # other params, data or code (another version's too)
         changes = checkpoint.describe_difference(state.get("fingerprint_inputs", {}), run.inputs)
         say(f"{last}: made with other settings, not resuming from it "
             f"({'; '.join(changes) or 'unknown difference'}); training from the start")
         return
+    checkpoint.check(state, last, "last", fix)  # resumable only if complete and consistent
     if state["epoch"] > run.epochs:
         say(f"{last}: has {state['epoch']} epochs, more than train.epochs={run.epochs}; "
             "training from the start")
@@ -161,6 +172,7 @@ def resume(run: Run) -> None:
     say(f"{last}: resuming after epoch {state['epoch']} of {run.epochs}")
     run.grader.net.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
+    batches.scheduler.load_state_dict(state["scheduler"])
     run.history = state["history"]
     torch.set_rng_state(state["rng"]["torch"])
     # Otherwise an older best.pt stays until this run's first epoch replaces it
@@ -168,7 +180,7 @@ def resume(run: Run) -> None:
 
 
 def feed(run: Run, layout: Layout) -> Feed:
-    """Wrap the network for DDP and compilation, and open the loaders of every split."""
+    """Wrap the network for DDP and compilation; open every split's loader; the recipe's parts."""
     runtime, params = run.runtime, run.params
     net: nn.Module = run.grader
     if runtime.process.distributed:
@@ -176,32 +188,41 @@ def feed(run: Run, layout: Layout) -> Feed:
         net = DistributedDataParallel(net, device_ids=device_ids)
     if runtime.compile:
         net = torch.compile(net)
-    data = params.data
+    data, train = params.data, params.train
+    splits = read_index(layout.index)
     datasets = {name: open_dataset(data.root, name, records, data.image_size, data.cache_dir)
-                for name, records in read_index(layout.index).items() if records}
-    per_process = params.train.batch_size // runtime.process.world_size
-    sampler = EpochShuffleSampler(len(datasets["train"]), params.train.seed, runtime.process)
+                for name, records in splits.items() if records}
+    per_process = train.batch_size // runtime.process.world_size
+    sampler = recipe.make_sampler(params, [r.label for r in splits["train"]], runtime.process)
+    training = loader(datasets["train"], per_process, sampler, runtime)
     evaluation = {name: eval_loader(datasets[name], per_process, runtime)
                   for name in ("val", "test") if name in datasets}
     batchnorm = None
-    if params.train.precise_bn_images:
+    if train.precise_bn_images:
         # The same training images every epoch, chosen by the seed alone.
-        generator = torch.Generator().manual_seed(params.train.seed)
+        generator = torch.Generator().manual_seed(train.seed)
         order = torch.randperm(len(datasets["train"]), generator=generator)
-        subset = order[: params.train.precise_bn_images].tolist()
+        subset = order[: train.precise_bn_images].tolist()
         batchnorm = loader(datasets["train"], per_process,
                            ShardSampler(len(datasets["train"]), runtime.process, subset), runtime)
-    return Feed(net, sampler, loader(datasets["train"], per_process, sampler, runtime), evaluation,
-                batchnorm)
+    steps = len(training)  # per epoch, on every process
+    scheduler = make_scheduler(run.optimizer, train.schedule, train.warmup_epochs * steps, run.epochs * steps)
+    return Feed(net, sampler, training, evaluation, batchnorm, recipe.make_augment(params, runtime.process),
+                scheduler)
 
 
 def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], float]:
     """Train one epoch, then evaluate; returns the history row and the training rate (img/s)."""
     batches.sampler.set_epoch(epoch)
+    augment = None
+    if batches.augment is not None:
+        def augment(images: torch.Tensor, step: int) -> torch.Tensor:
+            return batches.augment(images, epoch, step)
     started = time.perf_counter()
     try:
-        fit = loops.train_epoch(batches.net, batches.train, run.optimizer, run.runtime,
-                                f"{run.files.arm} epoch {epoch}/{run.epochs}")
+        fit = loops.train_epoch(batches.net, batches.train, run.optimizer, run.runtime, run.head,
+                                f"{run.files.arm} epoch {epoch}/{run.epochs}", augment=augment,
+                                scheduler=batches.scheduler)
     except loops.NonFiniteLoss as where:
         raise RetinopathyError(
             f"training {run.files.arm}: the loss became NaN or infinite in epoch {epoch} "
@@ -211,14 +232,14 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], fl
     rate = fit.count / (time.perf_counter() - started)  # train_epoch ends by reading its totals: synced
     if batches.batchnorm is not None:
         loops.recalibrate_batchnorm(run.grader, batches.batchnorm, run.runtime)
-    row: dict[str, float] = {"epoch": epoch, "train_loss": fit.loss, "train_accuracy": fit.accuracy}
-    for name, split in batches.evaluation.items():
-        result = loops.evaluate_epoch(batches.net, split, run.runtime, name)
-        row[f"{name}_loss"], row[f"{name}_accuracy"] = result.loss, result.accuracy
+    tune = run.params.train.tune_thresholds
+    row: dict[str, float] = {"epoch": epoch, **recipe.train_row(fit),
+                             **recipe.evaluate_splits(batches.net, batches.evaluation, run.runtime, run.head,
+                                                      tune)}
     return row, rate
 
 
-def save(run: Run, row: dict[str, float]) -> bool:
+def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
     """Append ``row`` and write best.pt (if it is the best epoch), last.pt and the history, in that order.
 
     Returns:
@@ -228,7 +249,7 @@ def save(run: Run, row: dict[str, float]) -> bool:
     run.history.append(row)
     if not run.runtime.process.is_main:
         return improved
-    model, spec = run.grader.net.state_dict(), run.grader.spec.to_dict()
+    model, spec = run.grader.net.state_dict(), run.spec()
     if improved:
         checkpoint.save_atomic({"model": model, "spec": spec, "epoch": row["epoch"],
                                 run.key: row[run.key], "fingerprint": run.fingerprint}, run.files.best)
@@ -236,6 +257,7 @@ def save(run: Run, row: dict[str, float]) -> bool:
         "model": model,
         "spec": spec,
         "optimizer": run.optimizer.state_dict(),
+        "scheduler": batches.scheduler.state_dict(),
         "epoch": row["epoch"],
         "history": run.history,
         "rng": {"torch": torch.get_rng_state()},
@@ -257,6 +279,7 @@ def finish(run: Run) -> dict[str, Any]:
             "epochs": run.epochs,
             "best_epoch": int(best_row["epoch"]),
             "selection": "validation" if run.with_val else "test",
+            "select_by": run.params.train.select_by,
             "weights": run.manifest["description"],
             "fingerprint": run.fingerprint,
             "history": run.history,  # evaluate reads it here, not from the much larger last.pt
@@ -304,16 +327,17 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
                 return {"status": "skipped"}
             verify_weights(manifest, layout.manifest(arm))
             run = build(params, files, layout, manifest, runtime)
-            resume(run)
             batches = feed(run, layout)
+            resume(run, batches)
             for epoch in range(len(run.history) + 1, run.epochs + 1):
                 started = time.perf_counter()
                 row, rate = one_epoch(run, batches, epoch)
-                improved = save(run, row)
+                improved = save(run, batches, row)
                 if runtime.process.is_main:
                     extra = f" val {row['val_accuracy']:.2%}" if run.with_val else ""
                     print(f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
-                          f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%}{extra}"
+                          f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%} kappa "
+                          f"{row['test_kappa']:.3f}{extra}"
                           f"{' *' if improved else ''}  [{rate:.1f} img/s training, "
                           f"{time.perf_counter() - started:.1f} s for the epoch]", flush=True)
             return finish(run)

@@ -19,6 +19,7 @@ from retinopathy.engine.loops import sgd_step
 from retinopathy.engine.optim import make_optimizer
 from retinopathy.engine.runtime import Runtime, make_runtime, plain_runtime
 from retinopathy.models.grader import Grader, GraderSpec
+from retinopathy.models.head import Head
 from retinopathy.models.resnet import ARCHITECTURES
 from retinopathy.stages.bench.inputs import SPLIT
 from retinopathy.stages.bench.results import Comparison
@@ -28,6 +29,7 @@ MODEL_TARGET = 0.95  # ours within 5% of torchvision (faster is fine)
 # The lab's SGD settings; a step takes as long whatever the values.
 SGD = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
 NORMALIZE = "imagenet"
+HEAD = Head("cross_entropy")  # the lab's: a step costs the same with the regression head (one fc output)
 
 
 def image_bank(root: str | Path, records: Sequence[Record], size: int, batch: int,
@@ -89,7 +91,8 @@ def fast_flags(runtime: Runtime) -> BackendFlags:
 
 def grader(net: nn.Module, runtime: Runtime) -> Grader:
     """``net`` behind the input transform, placed as ``runtime`` places it, as training runs it."""
-    spec = GraderSpec(model="resnet18", image_size=None, normalize=NORMALIZE)  # the spec is not read
+    spec = GraderSpec(model="resnet18", image_size=None, normalize=NORMALIZE, preprocess="none",
+                      loss=HEAD.kind, thresholds=None)  # the spec is not read
     return runtime.place(Grader(net, spec))
 
 
@@ -105,7 +108,7 @@ def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
         flags.apply()
         images, labels = batches[step % len(batches)]
         step += 1
-        sgd_step(model, optimizer, images, labels, runtime)
+        sgd_step(model, optimizer, images, labels, runtime, HEAD)
         return labels.numel()
     return run
 

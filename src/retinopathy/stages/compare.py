@@ -1,0 +1,138 @@
+"""`retinopathy compare`: one table and one figure across DVC experiments, the course report's centre.
+
+``retinopathy compare [EXPERIMENT ...] --out DIR`` reads the workspace and the
+experiments of the current commit (or those named) through DVC's Python API
+and writes ``DIR/compare.md``: one row per experiment and arm (model, init,
+the params that differ, the selected epoch, test accuracy, kappa, balanced
+accuracy), the lab's 2x2 table (ResNet18 / ResNet50 x scratch / pretrained)
+when the experiments cover it, and ``DIR/compare.png``: the test accuracy and
+kappa per epoch of all of them. The folder is replaced as a whole, and only
+once every file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from retinopathy.contract import ARMS, MODELS
+from retinopathy.errors import RetinopathyError, note
+from retinopathy.experiments import (
+    WORKSPACE,
+    Experiment,
+    differing_params,
+    flatten,
+    load_experiments,
+    same_results,
+)
+from retinopathy.figures import plot_curves
+from retinopathy.files import staged_folder
+from retinopathy.results import model_name
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _kappa(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def results_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
+    """One row per experiment and arm."""
+    shown = [key for key in differ if key != "model"]
+    header = ["experiment", "model", "init", *shown, "selected epoch", "test accuracy", "kappa",
+              "balanced accuracy"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for experiment in experiments:
+        flat = flatten(experiment.params)
+        for arm_name in ARMS:
+            arm = experiment.arms[arm_name]
+            values = [_cell(flat.get(key, "n/a")) for key in shown]
+            if arm.trained:
+                m = arm.metrics
+                figures = [str(int(m["epoch"])), _pct(m["acc"]), _kappa(m["kappa"]), _pct(m.get("bacc"))]
+            else:
+                figures = ["skipped"] * 4
+            row = [experiment.name, model_name(arm.info["model"]), arm_name, *values, *figures]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
+    """The course report's 2x2: test accuracy (kappa) per model and init, if the experiments cover it."""
+    cells: dict[tuple[str, str], list[str]] = {}
+    for experiment in experiments:
+        for arm_name, arm in experiment.arms.items():
+            if arm.trained:
+                label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
+                cells.setdefault((arm.info["model"], arm_name), []).append(
+                    label if len(experiments) == 1 else f"{label} {experiment.name}")
+    if not all(any((model, arm) in cells for arm in ARMS) for model in MODELS):
+        return None  # one model (or none) trained: no table of models against inits
+    lines = ["|  | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
+    for model in MODELS:
+        row = ["<br>".join(cells.get((model, arm), ["not trained"])) for arm in ARMS]
+        lines.append(f"| {model_name(model)} | " + " | ".join(row) + " |")
+    return lines
+
+
+def render(experiments: Sequence[Experiment], differ: Sequence[str], dropped: str | None) -> str:
+    """The text of compare.md."""
+    names = ", ".join(f"`{e.name}`" for e in experiments)
+    lines = ["# Experiments compared", "", f"Compared: {names}."]
+    if dropped:
+        lines += ["", dropped]
+    lines += ["", "Params that differ: " + (", ".join(f"`{key}`" for key in differ) or "none") + "."]
+    if any(arm.info.get("synthetic") for e in experiments for arm in e.arms.values()):
+        lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
+                  "nothing about retinopathy."]
+    lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
+              "(see each run's `metrics/<arm>.info.json` for the rule that selected it).", "",
+              "## Every experiment and arm", "", *results_table(experiments, differ), ""]
+    lab = lab_table(experiments)
+    if lab:
+        lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]
+    lines += ["## Per epoch", "", "![test accuracy and kappa per epoch](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experiment]:
+    """Write compare.md and compare.png for the experiments into ``out`` (replaced as a whole)."""
+    experiments = load_experiments(names, repo)
+    dropped = None
+    if not names and len(experiments) > 1:
+        workspace, rest = experiments[0], experiments[1:]
+        twin = next((e for e in rest if same_results(workspace, e)), None)
+        if twin is not None:  # `dvc exp run` leaves its last experiment applied to the workspace
+            experiments, dropped = rest, f"The workspace is left out: it holds `{twin.name}`'s results."
+    if not any(arm.trained for e in experiments for arm in e.arms.values()):
+        raise RetinopathyError("no arm of these experiments was trained: run `dvc repro` or "
+                               "`dvc exp run` first")
+    differ = differing_params(experiments)
+    with staged_folder(out) as staging:
+        runs = [(e.name, arm) for e in experiments for arm in e.arms.values()]
+        plot_curves(runs, f"{len(experiments)} experiment(s), {sum(a.trained for _, a in runs)} trained arms",
+                    staging / "compare.png")
+        (staging / "compare.md").write_text(render(experiments, differ, dropped), encoding="utf-8")
+    return experiments
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy compare [EXPERIMENT ...] --out DIR``."""
+    parser = argparse.ArgumentParser(prog="retinopathy compare", description=__doc__.split("\n")[0])
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                        help=f"experiment names or revisions, or `{WORKSPACE}` (default: the workspace "
+                             "and every experiment of the current commit)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, replaced as a whole")
+    parser.add_argument("--repo", default=".", help="the DVC project (default: the current folder)")
+    args = parser.parse_args(argv)
+    experiments = compare(args.experiments or None, args.out, args.repo)
+    note(f"compared {', '.join(e.name for e in experiments)}")
+    print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
+    return 0
