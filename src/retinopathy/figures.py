@@ -194,6 +194,7 @@ def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None
         if baseline is not None:
             acc_ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
                            label=f"always grade 0 ({100 * baseline:.1f}%)")
+            acc_ax.legend(loc="lower right")
         acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="test accuracy")
         acc_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
         kappa_ax.set(title="test quadratic weighted kappa per epoch", xlabel="epoch", ylabel="kappa")

@@ -3,11 +3,11 @@
 ``retinopathy compare [EXPERIMENT ...] --out DIR`` reads the workspace and the
 experiments of the current commit (or those named) through DVC's Python API
 and writes ``DIR/compare.md``: one row per experiment and arm (model, init,
-the params that differ, the selected epoch, test accuracy, kappa, balanced
-accuracy), the lab's 2x2 table (ResNet18 / ResNet50 x scratch / pretrained)
-when the experiments cover it, and ``DIR/compare.png``: the test accuracy and
-kappa per epoch of all of them. The folder is replaced as a whole, and only
-once every file is written.
+the selected epoch, test accuracy, kappa, balanced accuracy), one row per
+param that differs between them, the lab's 2x2 table (ResNet18 / ResNet50 x
+scratch / pretrained) when the experiments cover it, and ``DIR/compare.png``:
+the test accuracy and kappa per epoch of all of them. The folder is replaced
+as a whole, and only once every file is written.
 """
 
 from __future__ import annotations
@@ -43,23 +43,36 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|")
 
 
-def results_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
-    """One row per experiment and arm."""
-    shown = [key for key in differ if key != "model"]
-    header = ["experiment", "model", "init", *shown, "selected epoch", "test accuracy", "kappa",
+def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
+    """The params that differ, one row each, one column per experiment (readable however many differ)."""
+    flats = [flatten(e.params) for e in experiments]
+    lines = ["| param | " + " | ".join(e.name for e in experiments) + " |",
+             "|---|" + "---|" * len(experiments)]
+    lines += [f"| `{key}` | " + " | ".join(_cell(flat.get(key, "n/a")) for flat in flats) + " |"
+              for key in differ]
+    return lines
+
+
+def results_table(experiments: Sequence[Experiment]) -> list[str]:
+    """One row per experiment and arm: the selected epoch's figures."""
+    header = ["experiment", "model", "init", "selected epoch", "selected by", "test accuracy", "kappa",
               "balanced accuracy"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for experiment in experiments:
-        flat = flatten(experiment.params)
         for arm_name in ARMS:
             arm = experiment.arms[arm_name]
-            values = [_cell(flat.get(key, "n/a")) for key in shown]
             if arm.trained:
-                m = arm.metrics
-                figures = [str(int(m["epoch"])), _pct(m["acc"]), _kappa(m["kappa"]), _pct(m.get("bacc"))]
+                m, info = arm.metrics, arm.info
+                if "select_by" in info:
+                    rule = f"{info['selection']} {info['select_by']}"
+                else:  # a run of an older version: its rule in words
+                    words = info.get("selection_rule", "?").removeprefix("epoch with the highest ")
+                    rule = words.split(" (")[0]
+                figures = [str(int(m["epoch"])), rule, _pct(m["acc"]), _kappa(m["kappa"]),
+                           _pct(m.get("bacc"))]
             else:
-                figures = ["skipped"] * 4
-            row = [experiment.name, model_name(arm.info["model"]), arm_name, *values, *figures]
+                figures = ["skipped"] * 5
+            row = [experiment.name, model_name(arm.info["model"]), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -88,13 +101,16 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], dropped: st
     lines = ["# Experiments compared", "", f"Compared: {names}."]
     if dropped:
         lines += ["", dropped]
-    lines += ["", "Params that differ: " + (", ".join(f"`{key}`" for key in differ) or "none") + "."]
+    if differ:
+        lines += ["", "## What differs", "", *settings_table(experiments, differ)]
+    else:
+        lines += ["", "The experiments have the same params."]
     if any(arm.info.get("synthetic") for e in experiments for arm in e.arms.values()):
         lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
                   "nothing about retinopathy."]
     lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
               "(see each run's `metrics/<arm>.info.json` for the rule that selected it).", "",
-              "## Every experiment and arm", "", *results_table(experiments, differ), ""]
+              "## Every experiment and arm", "", *results_table(experiments), ""]
     lab = lab_table(experiments)
     if lab:
         lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]

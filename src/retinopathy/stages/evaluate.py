@@ -150,6 +150,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "data": params.data.root,
         "synthetic": summary["synthetic"],
         "selection": status["selection"],
+        "select_by": status["select_by"],
         "selection_rule": selection_rule(status["selection"], status["select_by"]),
         "tta": params.evaluate.tta,
         "epochs": status["epochs"],
