@@ -136,14 +136,18 @@ def test_validation_split_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "report.md" in capsys.readouterr().out
 
 
-def test_rerun_replaces_old_output(tmp_path: Path) -> None:
+def test_rerun_replaces_its_own_files_and_links_the_heat_maps(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path)
     out = tmp_path / "plots"
     out.mkdir()
-    (out / "stale.png").write_bytes(b"old")
+    (out / "accuracy.png").write_bytes(b"old")
+    (out / "explain_scratch.png").write_bytes(b"the explain stage's")  # not the report's to replace
     write_report(metrics, out)
-    assert not (out / "stale.png").exists()
-    assert (out / "report.md").exists()
+    assert (out / "accuracy.png").read_bytes() != b"old"
+    assert (out / "explain_scratch.png").read_bytes() == b"the explain stage's"
+    report = (out / "report.md").read_text()
+    assert "](explain_scratch.png)" in report and "run `dvc repro explain@pretrained`" in report
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
 
 def _break_normalized(metrics: Path) -> Path:

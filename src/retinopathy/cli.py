@@ -23,7 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
     "evaluate": (_STAGES + "evaluate", "evaluate the best checkpoint of one arm on the test split"),
     "report": (_STAGES + "report", "draw the figures and write plots/report.md"),
+    "explain": (_STAGES + "explain", "draw test images with the heat maps of one arm's grades"),
     "compare": (_STAGES + "compare", "one table and one figure across DVC experiments"),
+    "predict": (_STAGES + "predict", "grade new photographs with a trained arm (CSV, heat maps)"),
+    "export": (_STAGES + "export", "write a trained arm as ONNX or TorchScript with a model card"),
     "bench": (_STAGES + "bench", "measure input-pipeline and training throughput"),
 }
 

@@ -21,6 +21,7 @@ GRADES = tuple(range(NUM_GRADES))
 # A regression output v is graded by how many thresholds lie below it; these round it.
 ROUNDING_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 REFERABLE_GRADE = 2  # moderate or worse: the usual screening threshold for referral
+COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): square crops of the fundus
 
 MODELS = ("resnet18", "resnet50")  # the architectures of models/resnet.py, by params.yaml's name
 ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
@@ -59,6 +60,8 @@ METRIC_KEYS: dict[str, str] = {
 }
 METRIC_DECIMALS = 3  # a person compares these at a glance; the history and predictions keep the rest
 
+
+REPORT_FIGURES = ("accuracy.png", "best_accuracy.png")  # the report's figures of both arms together
 
 # The synthetic demo's folder carries a README whose first line is this marker.
 DEMO_README = "README.txt"
@@ -133,6 +136,22 @@ class Layout:
     def summary(self) -> Path:
         """Counts per grade and split, the majority baseline, notes on the input."""
         return self.prepared / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        """The report (Markdown); its figures are :data:`REPORT_FIGURES` and each arm's confusion matrix."""
+        return self.plots / "report.md"
+
+    def figure(self, name: str) -> Path:
+        """A figure of the report, by file name."""
+        return self.plots / name
+
+    def confusion_figure(self, arm: str) -> Path:
+        return self.plots / f"confusion_{arm}.png"
+
+    def explanation(self, arm: str) -> Path:
+        """Test images of ``arm`` with the Grad-CAM heat maps of its grades (the `explain` stage)."""
+        return self.plots / f"explain_{arm}.png"
 
     def manifest(self, arm: str) -> Path:
         """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""

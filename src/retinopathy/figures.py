@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from retinopathy.contract import GRADES, grade_label
+from retinopathy.contract import GRADES, REPORT_FIGURES, Layout, grade_label
 from retinopathy.results import Arm, majority_baseline
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
@@ -159,11 +159,11 @@ def draw_report_figures(arms: Sequence[Arm], model: str, data_label: str, folder
     """Write accuracy.png, confusion_<arm>.png and best_accuracy.png of ``arms`` into ``folder``."""
     try:
         with plt.rc_context(STYLE):
-            plot_accuracy(arms, f"{model} ({data_label}): accuracy per epoch", folder / "accuracy.png")
+            accuracy, best = REPORT_FIGURES
+            plot_accuracy(arms, f"{model} ({data_label}): accuracy per epoch", folder / accuracy)
             for arm in arms:
-                plot_confusion(arm, model, folder / f"confusion_{arm.name}.png")
-            plot_best(arms, f"{model} ({data_label}):\ntest accuracy of the selected epoch",
-                      folder / "best_accuracy.png")
+                plot_confusion(arm, model, Layout(plots=folder).confusion_figure(arm.name))
+            plot_best(arms, f"{model} ({data_label}):\ntest accuracy of the selected epoch", folder / best)
     finally:
         plt.close("all")
 

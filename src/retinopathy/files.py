@@ -180,6 +180,28 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def staged_files(folder: str | Path) -> Iterator[Path]:
+    """Write files into a temporary folder; on success each replaces its namesake in ``folder``.
+
+    For a stage that owns some files of a folder, not the folder (the report and
+    the heat maps share ``plots/``). Each rename is atomic; when the block raises,
+    nothing in ``folder`` changes.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "staged"  # the name the temporaries are known by, for remove_stale_temporaries
+    remove_stale_temporaries(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_owner()}-", dir=folder))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            public_mode(path)
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def check_writable(folder: str | Path, what: str) -> None:
     """Make sure files can be created in ``folder`` (created if missing), by creating one.
 

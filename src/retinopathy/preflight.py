@@ -23,7 +23,7 @@ def preflight(params: Params, layout: Layout) -> None:
         RetinopathyError: naming the setting or folder and the fix.
     """
     check_device(params.train.device)
-    folders = {layout.manifests: "the weights manifests", layout.plots.parent: "the report"}
+    folders = {layout.manifests: "the weights manifests", layout.plots: "the report"}
     for arm in ARMS:
         files = layout.arm(arm)
         folders[files.model_dir] = f"the {arm} arm's checkpoints"

@@ -160,7 +160,7 @@ def _decode_turbo(path: Path, data: bytes, height: int, width: int, size: int | 
     except ValueError as error:
         raise _undecodable(path, error) from None
     if size is not None and array.shape[:2] != (size, size):
-        array = _resize(Image.fromarray(array), size)
+        array = resize(Image.fromarray(array), size)
     return array
 
 
@@ -181,11 +181,12 @@ def _decode_pillow(path: Path, data: bytes, size: int | None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise _undecodable(path, error) from None
     if size is not None and rgb.size != (size, size):
-        return _resize(rgb, size)
+        return resize(rgb, size)
     return np.array(rgb)  # a copy: np.asarray of a PIL image is read-only
 
 
-def _resize(image: Image.Image, size: int) -> np.ndarray:
+def resize(image: Image.Image, size: int) -> np.ndarray:
+    """``image`` resized to ``size`` x ``size`` (bilinear, anti-aliased), as a uint8 array."""
     # Pillow's resize widens the filter support when shrinking, so it does not
     # alias; reducing_gap first box-reduces large non-JPEG sources cheaply.
     resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import multiprocessing
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from retinopathy.data.dataset import check_images
-from retinopathy.data.fundus import NoFundusError, crop_to_fundus, pad_to_square
+from retinopathy.data.fundus import square_fundus
+from retinopathy.data.images import read_image_file
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
 from retinopathy.data.labels import MAX_LISTED, SPLIT_FILES, image_path, read_course_splits
 from retinopathy.errors import RetinopathyError, note, warn, where
@@ -37,33 +36,14 @@ from retinopathy.files import staged_folder
 
 DEFAULT_SPLIT_LISTS = Path("data/splits/lab")
 JPEG_QUALITY = 95
-# Decode large JPEGs at a reduced DCT scale whose short side is still this
-# many times the output size: the fundus fills most of the short side, so the
-# crop is still resized down, while a 4752x3168 photograph decodes at 1/4
-# scale (1/16 of the pixels) for 512x512 output.
-_DECODE_MARGIN = 1.5
 
 
 def _convert(task: tuple[Path, Path, int]) -> str | None:
     """Crop, square and resize one photograph; return its name if it had no fundus."""
     source, target, size = task
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RetinopathyError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; leave it False")
-    blank = None
-    try:
-        with Image.open(source) as image:
-            wanted = math.ceil(size * _DECODE_MARGIN)
-            image.draft("RGB", (wanted, wanted))  # JPEG DCT scaling; no-op for other formats
-            image.load()
-            try:
-                square = crop_to_fundus(image)
-            except NoFundusError:
-                square, blank = pad_to_square(image), source.stem
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise RetinopathyError(f"{source}: cannot decode the image ({error}); download it again") from None
-    resized = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    resized.save(target, "JPEG", quality=JPEG_QUALITY)
-    return blank
+    image, found = square_fundus(source, read_image_file(source), size)
+    image.save(target, "JPEG", quality=JPEG_QUALITY)
+    return None if found else source.stem
 
 
 def _run(tasks: Sequence[tuple[Path, Path, int]], workers: int) -> list[str]:

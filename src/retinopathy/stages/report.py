@@ -12,14 +12,14 @@ written, so a failure never leaves a half-updated report behind.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from retinopathy.contract import ARMS, GRADES, Layout, grade_label, recall_key
 from retinopathy.errors import RetinopathyError
 from retinopathy.figures import draw_report_figures
-from retinopathy.files import staged_folder
+from retinopathy.files import staged_files
 from retinopathy.results import Arm, load_arm, model_name
 
 
@@ -46,7 +46,8 @@ def _cell(value: Any) -> str:
     return "n/a" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str, synthetic: bool) -> str:
+def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str, synthetic: bool,
+                    explained: Collection[str] = ()) -> str:
     """The text of report.md (figures are linked by their file names)."""
     trained = [arm for arm in arms if arm.trained]
     lines = [f"# {model}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
@@ -80,8 +81,9 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     lines += [row("", [a.name for a in arms]), "|---|" + "---|" * len(arms)]
     lines.append(row("status", [a.info["status"] for a in arms]))
     lines.append(row("weights", words("weights")))
-    lines.append(row("selected epoch", [f"{a.metrics.get('epoch', 'n/a')} of {a.info.get('epochs', 'n/a')}"
-                                        if a.trained else "skipped" for a in arms]))
+    lines.append(row("selected epoch", [f"{a.metrics.get('epoch', 'n/a')} of "
+                                        f"{a.info.get('epochs', 'n/a')}" if a.trained else "skipped"
+                                        for a in arms]))
     lines.append(row("selection rule", words("selection_rule")))
     if any("val" in a.metrics for a in trained):
         lines.append(row("validation accuracy (selected epoch)", numbers("val")))
@@ -102,6 +104,16 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
               "the true grade's test images (count in brackets).", ""]
     for arm in arms:
         lines += [f"![{arm.name} confusion matrix](confusion_{arm.name}.png)", ""]
+    if trained:
+        lines += ["## What the model looks at", "",
+                  "Three test images of every true grade (rows), chosen by `train.seed`, among them one "
+                  "the arm graded right (green title) and one it graded wrong (red) where there are "
+                  "such, with the Grad-CAM heat map of the grade it gave: red where the evidence for "
+                  "that grade was strongest.", ""]
+        for arm in trained:
+            name = Layout().explanation(arm.name).name
+            lines += [f"![{arm.name}: where the model looked]({name})" if arm.name in explained
+                      else f"{arm.name}: no heat maps yet; run `dvc repro explain@{arm.name}`", ""]
     skipped = [arm for arm in arms if not arm.trained]
     if skipped:
         lines += ["## Skipped arms", ""]
@@ -118,8 +130,10 @@ def write_report(
 ) -> None:
     """Write accuracy.png, confusion_<arm>.png, best_accuracy.png and report.md into ``out``.
 
-    The folder ``out`` is replaced as a whole (it belongs to this stage), and only
-    after every file is written; on any error it is left as it was.
+    Everything is drawn first into a temporary folder; only when all of it is
+    written does each file replace its namesake in ``out`` (which also holds
+    the `explain` stage's heat maps, linked from the report when present).
+    On any error ``out`` is left as it was.
 
     Args:
         metrics_dir: the folder the train and evaluate stages wrote.
@@ -134,10 +148,11 @@ def write_report(
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
     model, data, data_label, synthetic = _describe_data(loaded)
-    with staged_folder(out) as staging:
+    explained = {arm.name for arm in loaded if Layout(plots=out).explanation(arm.name).is_file()}
+    with staged_files(out) as staging:
         draw_report_figures(loaded, model, data_label, staging)
-        text = render_markdown(loaded, model, data, data_label, synthetic)
-        (staging / "report.md").write_text(text, encoding="utf-8")
+        text = render_markdown(loaded, model, data, data_label, synthetic, explained)
+        (staging / Layout().report.name).write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default=str(Layout.metrics),
                         help="metrics folder (default: %(default)s)")
     parser.add_argument("--out", default=str(Layout.plots),
-                        help="output folder, replaced as a whole (default: %(default)s)")
+                        help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
     write_report(args.metrics, args.out)
     print(f"wrote {Path(args.out) / 'report.md'} and its figures")
     return 0
-

@@ -1,0 +1,109 @@
+"""The `explain` stage: what the model looks at, for the report.
+
+``retinopathy explain --init scratch|pretrained`` takes three test images of
+every true grade, chosen by ``train.seed`` (among them one the arm graded
+right and one it graded wrong, where there are such), and draws them with the
+Grad-CAM heat map of the grade the arm predicted (:mod:`retinopathy.explain`) into
+``plots/explain_<arm>.png``. The grades are those `evaluate` wrote to
+``metrics/predictions/<arm>.csv``; the heat maps come from the eager fp32
+network of ``best.pt``. A skipped arm gets a figure that says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retinopathy import checkpoint
+from retinopathy.config import Params, load_params
+from retinopathy.contract import ARMS, GRADES, PREDICTION_COLUMNS, Layout, grade_label
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.data.index import read_index
+from retinopathy.engine.runtime import resolve_device
+from retinopathy.errors import RetinopathyError
+from retinopathy.explain import grad_cam, save_grid, save_message
+from retinopathy.files import atomic_file
+from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.results import model_name
+
+PER_GRADE = 3  # test images per true grade: a row of the grid
+
+
+def _predictions(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows or set(rows[0]) != set(PREDICTION_COLUMNS) or len(rows) != count:
+        raise RetinopathyError(f"{path}: expected {count} rows of {','.join(PREDICTION_COLUMNS)} (one per "
+                               "test image): run `dvc repro evaluate` first")
+    return (np.array([int(r["actual"]) for r in rows]), np.array([int(r["predicted"]) for r in rows]))
+
+
+def choose(actual: np.ndarray, predicted: np.ndarray, seed: int) -> list[int | None]:
+    """:data:`PER_GRADE` test images of each true grade, row by row (None where there are fewer).
+
+    Drawn with ``seed``; a row shows an image the arm graded wrong and one it graded
+    right whenever the grade has both, then others of the grade.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: list[int | None] = []
+    for grade in GRADES:
+        members = np.flatnonzero(actual == grade)
+        right, wrong = (rng.permutation(members[(predicted[members] == grade) == ok]) for ok in (True, False))
+        first = [int(pool[0]) for pool in (wrong, right) if len(pool)]
+        rest = [int(i) for i in rng.permutation(members) if int(i) not in first]
+        row = (first + rest)[:PER_GRADE]
+        chosen += row + [None] * (PER_GRADE - len(row))
+    return chosen
+
+
+def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
+    """Draw ``plots/explain_<arm>.png``; returns its path."""
+    layout = layout or Layout()
+    files, out = layout.arm(arm), layout.explanation(arm)
+    info = json.loads(files.info.read_text()) if files.info.is_file() else {}
+    if info.get("status") != "trained":
+        with atomic_file(out, "wb") as stream:
+            save_message(stream, f"{arm} arm: not trained", info.get("reason", "run `dvc repro` first"))
+        return out
+    best = checkpoint.load(files.best, "best", fix=f"restore it with `dvc checkout {files.model_dir}`")
+    spec = GraderSpec.from_dict(best["spec"], str(files.best))
+    device = resolve_device(params.train.device)
+    grader = load_grader(spec, best["model"], str(files.best)).to(device)  # eager fp32: Grad-CAM's hooks
+    records = read_index(layout.index)["test"]
+    actual, predicted = _predictions(files.predictions, len(records))
+    dataset = RetinopathyDataset(params.data.root, "test", spec.image_size, records=records,
+                                 dtype=torch.uint8)
+    head = spec.head()
+    tiles = []
+    for index in choose(actual, predicted, params.train.seed):
+        if index is None:
+            tiles.append(None)
+            continue
+        image = dataset[index][0].unsqueeze(0).to(device)
+        grade = int(predicted[index])
+        with torch.no_grad():
+            scores = head.scores(grader.eval()(image))[0]
+        heat = grad_cam(grader, image, [0 if head.regression else grade])[0]
+        score = f"value {float(scores):.2f}" if head.regression else f"p {float(scores[grade]):.2f}"
+        caption = f"{records[index].image}: graded {grade} ({score})"
+        tiles.append((image[0].permute(1, 2, 0).cpu().numpy(), heat, caption, grade == actual[index]))
+    title = (f"{model_name(spec.model)}, {arm} arm: where it looked on test images\n"
+             f"(Grad-CAM of the grade it gave; green: graded right, red: graded wrong)")
+    with atomic_file(out, "wb") as stream:
+        save_grid(stream, tiles, PER_GRADE, [f"true {grade_label(g)}" for g in GRADES], title)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy explain --init scratch|pretrained [--params params.yaml]``."""
+    parser = argparse.ArgumentParser(prog="retinopathy explain", description=__doc__.split("\n")[0])
+    parser.add_argument("--init", choices=ARMS, required=True)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    print(f"wrote {explain_arm(load_params(args.params), args.init)}")
+    return 0

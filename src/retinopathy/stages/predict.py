@@ -1,0 +1,138 @@
+"""`retinopathy predict`: grade new photographs with a trained arm, and show where it looked.
+
+``retinopathy predict PATH... [--arm scratch|pretrained | --checkpoint FILE]
+[--out predictions.csv] [--tta flips] [--explain DIR]``
+
+PATH is an image, a folder (every JPEG/PNG in it, sorted) or a course-layout
+list (``*.csv``, one name per line, images beside it as ``<name>.jpeg``). The
+model is the arm's ``best.pt`` (or ``--checkpoint``), used with the image
+size, preprocessing, normalisation and head stored in it, never with the
+current params.yaml's. Square images go through as training reads them;
+other photographs are first cropped to the fundus and squared as
+`import-kaggle` does. Grading runs in batches, on the GPU when there is one,
+through the loop `evaluate` uses, so on the test split it gives the grades
+`evaluate` wrote.
+
+The CSV has one row per input, in input order: ``image``, ``grade``,
+``probability_0``..``probability_4`` (or ``value`` for the regression head),
+``referable`` (grade >= 2) and ``error``. An image that cannot be graded gets
+its reason in ``error`` and does not stop the others; the command then exits
+with status 1 and says how many failed. params.yaml gives only the device,
+its speed switches and ``data.max_pixels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from retinopathy import checkpoint
+from retinopathy.config import load_params
+from retinopathy.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
+from retinopathy.data.photos import PhotoDataset, collect, prepare_photo
+from retinopathy.engine import loops
+from retinopathy.engine.batches import loader
+from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.errors import RetinopathyError, note
+from retinopathy.explain import grad_cam, save_explanation
+from retinopathy.files import atomic_file, write_csv_atomic
+from retinopathy.models.grader import Grader, GraderSpec, load_grader
+from retinopathy.models.head import Head
+
+
+def columns(head: Head) -> list[str]:
+    """The CSV's header: the scores depend on the head."""
+    scores = ["value"] if head.regression else [f"probability_{grade}" for grade in GRADES]
+    return ["image", "grade", *scores, "referable", "error"]
+
+
+def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
+    values = [f"{float(scores):.6f}"] if head.regression else [f"{p:.6f}" for p in scores.tolist()]
+    return [str(photo), grade, *values, int(grade >= REFERABLE_GRADE), ""]
+
+
+def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
+    try:  # the dataset's worker saw the error; here it is raised again to be told
+        prepare_photo(photo, size, max_pixels)
+        reason = "could not be read"
+    except RetinopathyError as error:
+        reason = str(error)
+    return [str(photo), "", *[""] * (len(columns(head)) - 4), "", reason]
+
+
+def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, torch.Tensor]], head: Head,
+            folder: Path) -> None:
+    """One PNG per graded image: the photograph, the heat map of its grade, the grade and score as title."""
+    device = next(grader.parameters()).device
+    names: set[str] = set()
+    for index, grade, scores in graded:
+        image, _ = dataset[index]
+        heat = grad_cam(grader, image.unsqueeze(0).to(device), [0 if head.regression else grade])[0]
+        score = f"value {float(scores):.2f}" if head.regression else f"probability {float(scores[grade]):.2f}"
+        path = dataset.paths[index]
+        name = path.stem if path.stem not in names else f"{path.stem}-{index}"  # two inputs, one name
+        names.add(name)
+        with atomic_file(folder / f"{name}.png", "wb") as stream:
+            save_explanation(stream, image.permute(1, 2, 0).numpy(), heat,
+                             f"{path.name}: grade {grade_label(grade)} ({score})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: see the module's docstring. Returns 1 if any image could not be graded."""
+    parser = argparse.ArgumentParser(prog="retinopathy predict", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="images, folders or course-layout .csv lists")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--arm", choices=ARMS, default="scratch",
+                       help="use models/<arm>/best.pt (default: scratch)")
+    which.add_argument("--checkpoint", type=Path, help="use this checkpoint instead")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV to write")
+    parser.add_argument("--tta", choices=("none", "flips"), default="none",
+                        help="flips: average the scores over the four flips of each image")
+    parser.add_argument("--explain", type=Path, metavar="DIR",
+                        help="also write a Grad-CAM heat map of each graded image into DIR")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per batch (default: twice train.batch_size, as evaluate)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the device, its switches and data.max_pixels (default: params.yaml)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    path = args.checkpoint or Layout().arm(args.arm).best
+    state = checkpoint.load(path, "best", fix="train the arm first (`dvc repro`), or pass --checkpoint")
+    spec = GraderSpec.from_dict(state["spec"], str(path))
+    head = spec.head()
+    photos = collect(args.paths)
+    if not photos:
+        raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
+
+    train = params.train
+    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
+                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime.configure_backends()
+    grader = runtime.place(load_grader(spec, state["model"], str(path)))
+    size, max_pixels = spec.image_size or COURSE_IMAGE_SIZE, params.data.max_pixels
+    dataset = PhotoDataset(photos, size, max_pixels)
+    batches = loader(dataset, args.batch_size or 2 * train.batch_size, list(range(len(dataset))), runtime)
+    tta = args.tta == "flips"
+    scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
+
+    rows: list[list] = []
+    graded: list[tuple[int, int, torch.Tensor]] = []
+    for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
+        if index < 0:
+            rows.append(_failed_row(photos[-1 - index], size, max_pixels, head))
+        else:
+            rows.append(_row(photos[index], grade, row_scores, head))
+            graded.append((index, grade, row_scores))
+    write_csv_atomic(args.out, columns(head), rows)
+    print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
+    if args.explain and graded:
+        explain(grader, dataset, graded, head, args.explain)
+        print(f"wrote {len(graded)} heat maps to {args.explain}/")
+    if len(graded) < len(rows):
+        note(f"error: {len(rows) - len(graded)} of {len(rows)} images could not be graded; "
+             f"see the `error` column of {args.out}")
+        return 1
+    return 0

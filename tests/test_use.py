@@ -1,0 +1,139 @@
+"""Using a trained grader: predict new photographs, explain its grades, export it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_params
+from retinopathy.config import load_params
+from retinopathy.contract import Layout
+from retinopathy.data.synthetic import render_fundus
+from retinopathy.errors import RetinopathyError
+from retinopathy.stages import evaluate, explain, export, predict, train
+
+
+@pytest.fixture()
+def trained(tiny_project) -> Path:
+    """The tiny project with the scratch arm trained (1 epoch) and evaluated; cwd is the project."""
+    write_params(tiny_project, train={"epochs": 1})
+    params = load_params("params.yaml")
+    train.train_arm(params, "scratch")
+    train.train_arm(params, "pretrained")  # skipped offline
+    for arm in ("scratch", "pretrained"):
+        evaluate.evaluate_arm(params, arm)
+    return tiny_project
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def camera_photo(path: Path) -> None:
+    """A wide photograph with a black border around a drawn fundus, as a fundus camera takes them."""
+    fundus = render_fundus(3, np.random.default_rng(5), 200)
+    canvas = np.zeros((260, 390, 3), dtype=np.uint8)
+    canvas[30:230, 95:295] = fundus
+    Image.fromarray(canvas).save(path, "JPEG", quality=92)
+
+
+def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(trained):
+    out = trained / "predicted.csv"
+    assert predict.main(["data/demo/test_img.csv", "--out", str(out)]) == 0
+    rows = read_rows(out)
+    expected = read_rows(Layout().arm("scratch").predictions)
+    assert [int(r["grade"]) for r in rows] == [int(r["predicted"]) for r in expected]
+    names = (trained / "data/demo/test_img.csv").read_text().split()
+    assert [Path(r["image"]).stem for r in rows] == names  # input order
+    assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable", "error"]
+    for row in rows:
+        probabilities = [float(row[f"probability_{g}"]) for g in range(5)]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-4)
+        assert int(row["grade"]) == int(np.argmax(probabilities)) and row["error"] == ""
+        assert row["referable"] == str(int(int(row["grade"]) >= 2))
+
+
+def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stopping(trained, capsys):
+    photos = trained / "photos"
+    photos.mkdir()
+    camera_photo(photos / "camera.jpg")
+    (photos / "broken.jpeg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    shutil.copy(trained / "data/demo" / (Path((trained / "data/demo/test_img.csv").read_text().split()[0])
+                                         .name + ".jpeg"), photos / "course.jpeg")
+    out = trained / "new.csv"
+    assert predict.main([str(photos), "--out", str(out), "--explain", str(trained / "why")]) == 1
+    rows = {Path(r["image"]).name: r for r in read_rows(out)}
+    assert list(rows) == ["broken.jpeg", "camera.jpg", "course.jpeg"]  # the folder, sorted
+    assert rows["broken.jpeg"]["grade"] == "" and "cannot decode" in rows["broken.jpeg"]["error"]
+    assert rows["camera.jpg"]["grade"] in "01234" and rows["camera.jpg"]["error"] == ""
+    assert "1 of 3 images could not be graded" in capsys.readouterr().err
+    for name in ("camera", "course"):
+        with Image.open(trained / "why" / f"{name}.png") as figure:
+            assert figure.format == "PNG" and figure.width > 500
+    assert not (trained / "why/broken.png").exists()
+
+
+def test_a_camera_photo_is_cropped_to_the_fundus_as_import_kaggle_does(tmp_path):
+    from retinopathy.data.photos import prepare_photo
+
+    camera_photo(tmp_path / "camera.jpg")
+    prepared = prepare_photo(tmp_path / "camera.jpg", 64, 10**7)
+    assert prepared.shape == (64, 64, 3)
+    bright = prepared.max(axis=2) > 20
+    rows, cols = np.flatnonzero(bright.any(1)), np.flatnonzero(bright.any(0))
+    assert rows[0] <= 3 and cols[0] <= 3 and rows[-1] >= 60 and cols[-1] >= 60  # the fundus fills it
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
+    out = trained / f"grader.{fmt}"
+    assert export.main(["--arm", "scratch", "--format", fmt, "--out", str(out)]) == 0
+    names = (trained / "data/demo/test_img.csv").read_text().split()[:5]
+    from retinopathy.data.photos import prepare_photo
+
+    params = load_params("params.yaml")
+    images = torch.stack([torch.from_numpy(prepare_photo(trained / f"data/demo/{n}.jpeg", 32, 10**7))
+                          .permute(2, 0, 1) for n in names])
+    reference = export.load_scores_model(Layout().arm("scratch").best)
+    with torch.no_grad():
+        expected = reference(images)
+    got = export.EXPORTERS[fmt][1](out, images)
+    assert got.shape == (5, 5) and torch.allclose(got, expected, atol=1e-4)
+    card = out.with_name(out.name + ".md").read_text()
+    assert "For research, not for diagnosis" in card and "SYNTHETIC" in card and "resnet18" in card
+    assert f"uint8 RGB [N, 3, {params.data.image_size}" in card and "| `acc` |" in card
+
+
+def test_onnx_export_without_the_extra_names_it(trained, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnxscript(name, *args, **kwargs):
+        if name == "onnxscript":
+            raise ImportError("No module named 'onnxscript'", name="onnxscript")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxscript)
+    with pytest.raises(RetinopathyError, match=r"onnxscript.*pip install -e '\.\[export\]'"):
+        export.main(["--arm", "scratch", "--format", "onnx", "--out", "grader.onnx"])
+    assert not Path("grader.onnx").exists()
+
+
+def test_the_explain_stage_draws_heat_maps_and_says_when_an_arm_was_skipped(trained):
+    params = load_params("params.yaml")
+    for arm in ("scratch", "pretrained"):
+        path = explain.explain_arm(params, arm)
+        with Image.open(path) as figure:
+            assert figure.format == "PNG"
+            assert figure.width > (500 if arm == "scratch" else 300)
+    sizes = {arm: os.path.getsize(Layout().explanation(arm)) for arm in ("scratch", "pretrained")}
+    assert sizes["scratch"] > sizes["pretrained"]
