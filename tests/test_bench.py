@@ -192,3 +192,15 @@ def test_main_rejects_bad_options():
 def test_the_package_exposes_main_for_the_dispatcher():
     # retinopathy.cli imports "retinopathy.bench" and calls its main(argv).
     assert bench.main is main
+
+
+def test_option_a_travels_as_one_buffer_per_batch_and_decodes_as_a_batch(jpegs):
+    from retinopathy.stages.bench.gpu import BytesDataset, collate_bytes, nvjpeg_batch
+
+    folder, records = jpegs
+    dataset = BytesDataset(folder, records[:3])
+    buffer, ends, labels = collate_bytes([dataset[i] for i in range(3)])
+    assert buffer.dtype == torch.uint8 and buffer.dim() == 1 and ends.tolist()[-1] == len(buffer)
+    images = nvjpeg_batch(buffer, ends, 32, torch.device("cpu"))  # the same call on the CPU build
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.tolist() == [r.label for r in records[:3]]

@@ -22,13 +22,15 @@ from retinopathy import codedeps
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import atomic_file
 
-# Settings that change how fast training runs but not what it computes, so a
+# Settings that change how fast training runs but not what it computes (where the
+# decoded pixels live; whether the step is compiled: its kernels may round
+# differently, but the math is the same), so a
 # run may resume across them; and train.epochs, so that raising it continues a
 # run (except under a cosine schedule, whose every step depends on the total).
 # Everything else in params is fingerprinted, but for the sections training
 # never reads (demo reaches it only through the index; evaluate not at all).
 NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("data", "max_pixels"),
-                     ("train", "epochs")}
+                     ("data", "on_device"), ("train", "compile"), ("train", "epochs")}
 NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate"}
 
 
@@ -47,7 +49,7 @@ def code_digest() -> str:
 
 
 def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
-                       index_sha: str, world_size: int) -> dict[str, Any]:
+                       index_sha: str, world_size: int, decoder: str) -> dict[str, Any]:
     """What determines a training run's result, as plain data."""
     cosine = params["train"]["schedule"] == "cosine"
     trimmed = {
@@ -65,6 +67,7 @@ def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | Non
         "weights_sha256": weights_sha,
         "index_sha256": index_sha,
         "world_size": world_size,
+        "decoder": decoder,  # decoders differ by a few levels per pixel
         "code_sha256": code_digest(),
     }
 

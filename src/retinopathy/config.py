@@ -50,6 +50,7 @@ class DataParams:
     val_fraction: float  # > 0: hold out a stratified validation split to pick the epoch
     seed: int  # seeds the validation split
     num_workers: int | str  # DataLoader worker processes; "auto" picks from the CPU count
+    on_device: str  # auto | on | off: decode each split once into the device's memory
     cache_dir: str | None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
     max_pixels: int  # prepare refuses images whose header says more pixels than this
     preprocess: str  # none | graham (local average colour subtracted, on the device)
@@ -71,7 +72,7 @@ class TrainParams:
     normalize: str  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
     precision: str  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str  # auto: on for CUDA, off on CPU
-    compile: bool  # torch.compile the model (CUDA; minutes of compile time)
+    compile: str  # auto | on | off: torch.compile the training step
     schedule: str  # constant | cosine, per batch
     warmup_epochs: int  # linear warm-up from 0, per batch
     nesterov: bool
@@ -208,6 +209,7 @@ def _data(raw: Any, source: str) -> DataParams:
     if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
         raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {out.cache_dir!r}")
     _int(source, "data.max_pixels", out.max_pixels, 32 * 32)
+    out = dataclasses.replace(out, on_device=_switch(source, "data.on_device", out.on_device))
     _choice(source, "data.preprocess", out.preprocess, PREPROCESSES)
     return out
 
@@ -280,7 +282,6 @@ def _train(raw: Any, source: str) -> TrainParams:
                         f"(or a mapping of those per model: {', '.join(MODELS)}); got {value!r}")
     _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
     _choice(source, "train.precision", out.precision, PRECISIONS)
-    _bool(source, "train.compile", out.compile)
     _choice(source, "train.schedule", out.schedule, SCHEDULES)
     _int(source, "train.warmup_epochs", out.warmup_epochs, 0)
     shortest = min(out.epochs.values()) if isinstance(out.epochs, dict) else out.epochs
@@ -300,6 +301,7 @@ def _train(raw: Any, source: str) -> TrainParams:
         momentum=float(out.momentum),
         weight_decay=float(out.weight_decay),
         channels_last=_switch(source, "train.channels_last", out.channels_last),
+        compile=_switch(source, "train.compile", out.compile),
     )
 
 

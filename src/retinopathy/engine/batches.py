@@ -1,4 +1,9 @@
-"""Batches: the DataLoader over uint8 images, for training and for evaluation."""
+"""Batches of uint8 images, for training and evaluation: streamed by a DataLoader, or from device memory.
+
+A split's *source* is either a Dataset (decoded by DataLoader workers, batch by
+batch) or a :class:`~retinopathy.engine.resident.ResidentSplit` (decoded once
+into the device's memory); :func:`batches` gives the same batches from either.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from retinopathy.config import Params
+from retinopathy.data.dataset import open_dataset
+from retinopathy.data.labels import Record
 from retinopathy.engine.distributed import ShardSampler
+from retinopathy.engine.resident import (
+    ResidentBatches,
+    ResidentSplit,
+    decode_split,
+    describe_decoders,
+    planned_decoder,
+    split_bytes,
+    use_resident,
+)
 from retinopathy.engine.runtime import Runtime
+
+Source = Dataset | ResidentSplit
 
 
 def collate_images(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
@@ -39,10 +58,36 @@ def loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | list[int],
     )
 
 
-def eval_loader(dataset: Dataset, train_batch_size: int, runtime: Runtime) -> DataLoader:
-    """Batches for evaluation: this process's shard of ``dataset``, each image once, in order.
+def resident_wanted(params: Params, runtime: Runtime, records: dict[str, list[Record]],
+                    size: int | None) -> bool:
+    """Whether ``data.on_device`` puts these splits, at ``size`` px, in the device's memory."""
+    total = sum(split_bytes(len(split), size) for split in records.values()) if size else 0
+    return use_resident(params.data.on_device, runtime, size, total)
+
+
+def open_sources(params: Params, runtime: Runtime, records: dict[str, list[Record]], size: int | None,
+                 resident: bool) -> tuple[dict[str, Source], str]:
+    """Each non-empty split's source at ``size`` px, and the decoder that makes its pixels (in words)."""
+    data, chosen = params.data, {name: split for name, split in records.items() if split}
+    if resident:
+        sources = {name: decode_split(data.root, split, size, runtime) for name, split in chosen.items()}
+        return dict(sources), describe_decoders(list(sources.values()))
+    return ({name: open_dataset(data.root, name, split, size, data.cache_dir)
+             for name, split in chosen.items()}, planned_decoder(False, runtime))
+
+
+def batches(source: Source, sampler: Sampler[int] | list[int], batch_size: int, runtime: Runtime
+            ) -> DataLoader | ResidentBatches:
+    """The batches of ``source`` in the order of ``sampler``."""
+    if isinstance(source, ResidentSplit):
+        return ResidentBatches(source, sampler, batch_size)
+    return loader(source, batch_size, sampler, runtime)
+
+
+def eval_batches(source: Source, train_batch_size: int, runtime: Runtime) -> DataLoader | ResidentBatches:
+    """Batches for evaluation: this process's shard of ``source``, each image once, in order.
 
     Batches are twice ``train_batch_size`` (the per-process training batch):
     evaluation keeps no activations for a backward pass.
     """
-    return loader(dataset, train_batch_size * 2, ShardSampler(len(dataset), runtime.process), runtime)
+    return batches(source, ShardSampler(len(source), runtime.process), train_batch_size * 2, runtime)

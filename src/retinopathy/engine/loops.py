@@ -9,8 +9,9 @@ batch would make the CPU wait for the GPU at every step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ class EpochResult:
     confusion: np.ndarray  # [5, 5] counts, rows = true grade
     outputs: Tensor | None = None
     labels: Tensor | None = None
+    first_batch: float = 0.0  # seconds to the end of the first step (loader start-up, any compiling)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -108,12 +110,15 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
                 runtime: Runtime, head: Head, description: str = "train", *,
                 augment: BatchHook | None = None,
-                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> EpochResult:
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                eager: nn.Module | None = None) -> EpochResult:
     """One pass of SGD over ``batches`` (see :func:`sgd_step`).
 
     Args:
         augment: Changes each batch on the device before the step (training only).
         scheduler: Stepped after every optimizer step (per-batch learning rates).
+        eager: The uncompiled ``model``, for a batch smaller than the first (the last
+            one): a compiled model would compile again for its shape.
 
     Raises:
         NonFiniteLoss: as soon as a (checked) loss is NaN or infinite.
@@ -122,7 +127,8 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     device = runtime.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(NUM_GRADES ** 2, dtype=torch.int64, device=device)
-    step = 0
+    step = full = 0
+    first_batch, started = 0.0, time.perf_counter()
     # Reading the loss forces a GPU sync; on CUDA check every 25 steps instead of each.
     check_every = 25 if device.type == "cuda" else 1
     for step, (images, labels) in enumerate(progress(batches, description, runtime.process), start=1):
@@ -130,16 +136,22 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         labels = labels.to(device, non_blocking=True)
         if augment is not None:
             images = augment(images, step)
-        loss, outputs = sgd_step(model, optimizer, images, labels, runtime, head)
+        full = full or len(labels)
+        net = eager if eager is not None and len(labels) != full else model
+        loss, outputs = sgd_step(net, optimizer, images, labels, runtime, head)
         if scheduler is not None:
             scheduler.step()
+        if step == 1:  # one sync per epoch: how long the first batch took, start-up included
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_batch = time.perf_counter() - started
         loss_sum += loss.detach().double() * labels.numel()
         confusion += _confusion(labels, head.grades(outputs.detach()))
         if step % check_every == 0 and not torch.isfinite(loss_sum):
             raise NonFiniteLoss(f"step {step}")
     if not torch.isfinite(loss_sum):
         raise NonFiniteLoss(f"step {step}")  # the last step: the check above skipped some
-    return _pass_result(loss_sum, confusion, runtime.process, "training")
+    return replace(_pass_result(loss_sum, confusion, runtime.process, "training"), first_batch=first_batch)
 
 
 @torch.no_grad()

@@ -36,10 +36,9 @@ from retinopathy.contract import (
     ArmFiles,
     Layout,
 )
-from retinopathy.data.dataset import open_dataset
 from retinopathy.data.index import read_index, read_summary
 from retinopathy.engine import loops
-from retinopathy.engine.batches import eval_loader
+from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import make_runtime, resolve_device
 from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
@@ -124,9 +123,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
                            channels_last=train.channels_last, num_workers=params.data.num_workers)
     runtime.configure_backends()  # the numerics training evaluated with
     grader = runtime.place(load_grader(spec, best["model"], str(files.best)))
-    records = read_index(layout.index)["test"]
-    dataset = open_dataset(params.data.root, "test", records, spec.image_size, params.data.cache_dir)
-    batches = eval_loader(dataset, train.batch_size, runtime)
+    records = {"test": read_index(layout.index)["test"]}
+    sources, decoder = open_sources(params, runtime, records, spec.image_size, status["resident"])
+    batches = eval_batches(sources["test"], train.batch_size, runtime)
     tta = params.evaluate.tta == "flips"
     _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), tta=tta)
     actual_np, predicted_np = actual.numpy(), predicted.numpy()
@@ -155,6 +154,8 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "tta": params.evaluate.tta,
         "epochs": status["epochs"],
         "test_size": int(len(actual_np)),
+        "decoder": decoder,
+        "trained_with_decoder": status["decoder"],
     }
     evaluation = Evaluation(metrics, info)
     write_tables(files, actual_np, predicted_np, tables)

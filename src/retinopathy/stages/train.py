@@ -27,7 +27,7 @@ import argparse
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +36,18 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from retinopathy import checkpoint
 from retinopathy.config import Params, load_params
 from retinopathy.contract import ARMS, HISTORY_COLUMNS, VAL_COLUMNS, ArmFiles, Layout
-from retinopathy.data.dataset import open_dataset
 from retinopathy.data.index import read_index
 from retinopathy.engine import loops, recipe
 from retinopathy.engine.augment import Augment
-from retinopathy.engine.batches import eval_loader, loader
+from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
 from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler
 from retinopathy.engine.optim import make_optimizer, make_scheduler
-from retinopathy.engine.runtime import Runtime, start, stop
+from retinopathy.engine.resident import planned_decoder
+from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start, stop
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import (
     check_writable,
@@ -81,6 +80,8 @@ class Run:
     manifest: dict[str, Any]
     epochs: int
     with_val: bool
+    resident: bool  # the splits decoded once into the device's memory (data.on_device)
+    decoder: str  # which decoder makes the pixels: it changes them by a few levels
     inputs: dict[str, Any]  # what the fingerprint hashes, to say what changed
     fingerprint: str
     grader: Grader  # the network itself: saved, BatchNorm-recalibrated
@@ -106,11 +107,12 @@ class Run:
 class Feed:
     """What one epoch runs: the network as trained, the batches of every split, the recipe's parts."""
 
-    net: nn.Module  # the grader, wrapped in DDP and/or compiled when asked
+    net: nn.Module  # the grader as trained: wrapped in DDP and compiled when asked
+    eager: nn.Module  # the same, never compiled: evaluation and a last smaller batch (no recompiles)
     sampler: EpochShuffleSampler  # told the epoch, so the order depends on (seed, epoch) only
-    train: DataLoader
-    evaluation: dict[str, DataLoader]  # val (when held out) first, then test
-    batchnorm: DataLoader | None  # train.precise_bn_images of the training images
+    train: Iterable  # batches: a DataLoader, or ResidentBatches from the device's memory
+    evaluation: dict[str, Iterable]  # val (when held out) first, then test
+    batchnorm: Iterable | None  # train.precise_bn_images of the training images
     augment: Augment | None  # changes training batches per (seed, epoch, step)
     scheduler: torch.optim.lr_scheduler.LRScheduler  # the learning rate per batch
 
@@ -134,8 +136,10 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
             f"divide by the {runtime.process.world_size} processes; change it or --nproc_per_node"
         )
     splits = read_index(layout.index)
+    resident = resident_wanted(params, runtime, splits, params.data.image_size)
+    decoder = planned_decoder(resident, runtime)
     inputs = checkpoint.fingerprint_inputs(params.to_dict(), files.arm, manifest.get("sha256"),
-                                           sha256_of(layout.index), runtime.process.world_size)
+                                           sha256_of(layout.index), runtime.process.world_size, decoder)
     runtime.configure_backends()
     head = recipe.make_head(params, [r.label for r in splits["train"]])
     torch.manual_seed(train.seed)  # model init (scratch) and the new fc (pretrained)
@@ -147,7 +151,7 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
     optimizer = make_optimizer(grader, runtime, lr=train.lr, momentum=train.momentum,
                                weight_decay=train.weight_decay, nesterov=train.nesterov)
     return Run(files, params, runtime, manifest, train.epochs_for(params.model), bool(splits["val"]),
-               inputs, checkpoint.fingerprint(inputs), grader, head, optimizer)
+               resident, decoder, inputs, checkpoint.fingerprint(inputs), grader, head, optimizer)
 
 
 def resume(run: Run, batches: Feed) -> None:
@@ -180,39 +184,51 @@ def resume(run: Run, batches: Feed) -> None:
 
 
 def feed(run: Run, layout: Layout) -> Feed:
-    """Wrap the network for DDP and compilation; open every split's loader; the recipe's parts."""
-    runtime, params = run.runtime, run.params
-    net: nn.Module = run.grader
+    """Wrap (and, if it pays, compile) the network; the batches of every split; the recipe's parts."""
+    runtime, params, train = run.runtime, run.params, run.params.train
+    splits = read_index(layout.index)
+    eager: nn.Module = run.grader
     if runtime.process.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        net = DistributedDataParallel(net, device_ids=device_ids)
-    if runtime.compile:
-        net = torch.compile(net)
-    data, train = params.data, params.train
-    splits = read_index(layout.index)
-    datasets = {name: open_dataset(data.root, name, records, data.image_size, data.cache_dir)
-                for name, records in splits.items() if records}
+        eager = DistributedDataParallel(eager, device_ids=device_ids)
+    images = run.epochs * len(splits["train"])
+    net = compiled(eager) if compile_wanted(train.compile, runtime, images) else eager
+    started = time.perf_counter()
+    sources, decoder = open_sources(params, runtime, splits, params.data.image_size, run.resident)
+    if run.resident and runtime.process.is_main:
+        count, seconds = sum(len(split) for split in splits.values()), time.perf_counter() - started
+        note(f"decoded {count} images into {runtime.device.type} memory in {seconds:.1f} s "
+             f"({count / seconds:.0f} img/s): {decoder}")
+    run.decoder = decoder  # what made the pixels, for status.json (a PNG among JPEGs: both decoders)
     per_process = train.batch_size // runtime.process.world_size
     sampler = recipe.make_sampler(params, [r.label for r in splits["train"]], runtime.process)
-    training = loader(datasets["train"], per_process, sampler, runtime)
-    evaluation = {name: eval_loader(datasets[name], per_process, runtime)
-                  for name in ("val", "test") if name in datasets}
+    training = batches(sources["train"], sampler, per_process, runtime)
+    evaluation = {name: eval_batches(sources[name], per_process, runtime)
+                  for name in ("val", "test") if name in sources}
     batchnorm = None
     if train.precise_bn_images:
         # The same training images every epoch, chosen by the seed alone.
-        generator = torch.Generator().manual_seed(train.seed)
-        order = torch.randperm(len(datasets["train"]), generator=generator)
-        subset = order[: train.precise_bn_images].tolist()
-        batchnorm = loader(datasets["train"], per_process,
-                           ShardSampler(len(datasets["train"]), runtime.process, subset), runtime)
+        size = len(splits["train"])
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(train.seed))
+        subset = ShardSampler(size, runtime.process, order[: train.precise_bn_images].tolist())
+        batchnorm = batches(sources["train"], subset, per_process, runtime)
     steps = len(training)  # per epoch, on every process
     scheduler = make_scheduler(run.optimizer, train.schedule, train.warmup_epochs * steps, run.epochs * steps)
-    return Feed(net, sampler, training, evaluation, batchnorm, recipe.make_augment(params, runtime.process),
-                scheduler)
+    return Feed(net, eager, sampler, training, evaluation, batchnorm,
+                recipe.make_augment(params, runtime.process), scheduler)
 
 
-def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], float]:
-    """Train one epoch, then evaluate; returns the history row and the training rate (img/s)."""
+@dataclass(frozen=True)
+class Speed:
+    """How fast one epoch went."""
+
+    train: float  # img/s, the whole training pass
+    evaluate: float  # img/s, evaluation of every split
+    first_batch: float  # seconds to the end of the first training step: start-up and any compiling
+
+
+def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Speed]:
+    """Train one epoch, then evaluate: the history row, and how fast it went."""
     batches.sampler.set_epoch(epoch)
     augment = None
     if batches.augment is not None:
@@ -222,7 +238,7 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], fl
     try:
         fit = loops.train_epoch(batches.net, batches.train, run.optimizer, run.runtime, run.head,
                                 f"{run.files.arm} epoch {epoch}/{run.epochs}", augment=augment,
-                                scheduler=batches.scheduler)
+                                scheduler=batches.scheduler, eager=batches.eager)
     except loops.NonFiniteLoss as where:
         raise RetinopathyError(
             f"training {run.files.arm}: the loss became NaN or infinite in epoch {epoch} "
@@ -232,11 +248,14 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], fl
     rate = fit.count / (time.perf_counter() - started)  # train_epoch ends by reading its totals: synced
     if batches.batchnorm is not None:
         loops.recalibrate_batchnorm(run.grader, batches.batchnorm, run.runtime)
+    started = time.perf_counter()
     tune = run.params.train.tune_thresholds
     row: dict[str, float] = {"epoch": epoch, **recipe.train_row(fit),
-                             **recipe.evaluate_splits(batches.net, batches.evaluation, run.runtime, run.head,
-                                                      tune)}
-    return row, rate
+                             **recipe.evaluate_splits(batches.eager, batches.evaluation, run.runtime,
+                                                      run.head, tune)}
+    shard = sum(len(split.sampler) for split in batches.evaluation.values())  # this process's images
+    seconds = time.perf_counter() - started  # evaluate_splits ends by reading its totals: synced
+    return row, Speed(rate, shard * run.runtime.process.world_size / seconds, fit.first_batch)
 
 
 def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
@@ -280,6 +299,8 @@ def finish(run: Run) -> dict[str, Any]:
             "best_epoch": int(best_row["epoch"]),
             "selection": "validation" if run.with_val else "test",
             "select_by": run.params.train.select_by,
+            "decoder": run.decoder,
+            "resident": run.resident,  # evaluate decodes the test split the same way
             "weights": run.manifest["description"],
             "fingerprint": run.fingerprint,
             "history": run.history,  # evaluate reads it here, not from the much larger last.pt
@@ -312,7 +333,7 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
     files = layout.arm(arm)
     train = params.train
     runtime = start(train.device, precision=train.precision, channels_last=train.channels_last,
-                    compile=train.compile, num_workers=params.data.num_workers)
+                    num_workers=params.data.num_workers)
     try:
         manifest = read_manifest(layout.manifest(arm))
         if manifest["model"] != params.model:
@@ -329,17 +350,22 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
             run = build(params, files, layout, manifest, runtime)
             batches = feed(run, layout)
             resume(run, batches)
-            for epoch in range(len(run.history) + 1, run.epochs + 1):
+            first = len(run.history) + 1
+            for epoch in range(first, run.epochs + 1):
                 started = time.perf_counter()
-                row, rate = one_epoch(run, batches, epoch)
+                row, speed = one_epoch(run, batches, epoch)
                 improved = save(run, batches, row)
                 if runtime.process.is_main:
                     extra = f" val {row['val_accuracy']:.2%}" if run.with_val else ""
+                    # The first epoch of a process pays the start-up (workers, cuDNN's autotuning, compiling).
+                    start_up = (f", of which {speed.first_batch:.1f} s the first batch"
+                                f"{' (compiling)' if batches.net is not batches.eager else ''}"
+                                if epoch == first else "")
                     print(f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
                           f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%} kappa "
-                          f"{row['test_kappa']:.3f}{extra}"
-                          f"{' *' if improved else ''}  [{rate:.1f} img/s training, "
-                          f"{time.perf_counter() - started:.1f} s for the epoch]", flush=True)
+                          f"{row['test_kappa']:.3f}{extra}{' *' if improved else ''}  [{speed.train:.1f} "
+                          f"img/s training, {speed.evaluate:.1f} img/s evaluating, "
+                          f"{time.perf_counter() - started:.1f} s for the epoch{start_up}]", flush=True)
             return finish(run)
     finally:
         stop(runtime)

@@ -42,7 +42,9 @@ def format_result(result: BenchResult) -> str:
     ]
     titles = {"input": "(a) input pipeline, loading only",
               "models": "(b) training step, ours vs torchvision",
-              "fastpath": "(c) fast path vs plain fp32 loop"}
+              "fastpath": "(c) fast path vs plain fp32 loop",
+              "feed": "(d) feeding the GPU: streaming vs nvJPEG vs resident",
+              "compile": "(e) the training step: eager vs torch.compile"}
     rows = [["comparison", "baseline", "img/s", "candidate", "img/s", "ratio", "rounds", "target"]]
     notes = []
     for section in SECTIONS:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from retinopathy.stages.bench.timing import Measurement
 
-SECTIONS = ("input", "models", "fastpath")
+SECTIONS = ("input", "models", "fastpath", "feed", "compile")
 
 
 @dataclass

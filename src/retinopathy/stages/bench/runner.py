@@ -11,6 +11,7 @@ import torch
 
 from retinopathy.contract import MODELS
 from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.stages.bench.gpu import bench_compile, bench_feed
 from retinopathy.stages.bench.inputs import (
     INPUT_BATCH,
     JPEG_QUALITY,
@@ -90,13 +91,27 @@ def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -
                 folder, records, device, source_size=settings.source_size,
                 seconds=settings.seconds, rounds=settings.rounds, workers=settings.workers,
                 epoch_images=settings.epoch_images)
-        if "models" in settings.sections or "fastpath" in settings.sections:
+        cuda = device.type == "cuda"
+        if {"feed", "compile"} & set(settings.sections) and not cuda:
+            log("(d) and (e) skipped: they measure nvJPEG and torch.compile on CUDA")
+        if "feed" in settings.sections and cuda:
+            log("(d) feeding the GPU")
+            result.comparisons += bench_feed(
+                folder, records, device, batch=settings.batch, size=settings.size,
+                seconds=settings.seconds, rounds=settings.rounds, workers=settings.workers,
+                epoch_images=max(settings.epoch_images, 8 * settings.batch))
+        if {"models", "fastpath"} & set(settings.sections) or ("compile" in settings.sections and cuda):
             batches = image_bank(folder, records, settings.size, settings.batch, device)
             # The training batch is image_bank's; --precision and --channels-last apply to (c) only.
             if "models" in settings.sections:
                 log(f"(b) models: {', '.join(settings.models)}")
                 result.comparisons += bench_models(batches, device, models=settings.models,
                                                    seconds=settings.seconds, rounds=settings.rounds)
+            if "compile" in settings.sections and cuda:
+                for name in settings.models:
+                    log(f"(e) compiled step: {name}")
+                    result.comparisons.append(bench_compile(
+                        batches, device, model_name=name, seconds=settings.seconds, rounds=settings.rounds))
             if "fastpath" in settings.sections:
                 log(f"(c) fast path: {settings.fastpath_model}")
                 result.comparisons.append(bench_fastpath(
