@@ -2,7 +2,7 @@
 
 On a GPU this is what keeps the step fed: the course's 28,100 training images
 at 512 px are 22 GB of uint8, which an H100 or H200 holds beside the model, and
-nvJPEG decodes them in seconds; every batch after that is one ``index_select``
+nvJPEG decodes them in about 12 s (BENCHMARKS.md); every batch after that is one ``index_select``
 on the device, in the sampler's order, so the batches are exactly those the
 DataLoader would give. On a CPU the same path holds the CPU decoder's pixels in
 RAM (a test checks that it trains exactly as streaming does).

@@ -122,8 +122,8 @@ def start(device_preference: str, **switches) -> Runtime:
     return make_runtime(device, process=process, **switches)
 
 
-# torch.compile repays its compile time (about 35 s for ResNet18, 80 s for ResNet50
-# on an H200, and much less once Inductor's cache holds the kernels) only over a
+# torch.compile repays its compile time (about 35 s for ResNet18, 65 s for ResNet50
+# on an H200, 10 s for ResNet18 once Inductor's cache holds its kernels) only over a
 # long run: auto compiles CUDA runs that train on at least this many images.
 COMPILE_PAYS_FROM = 250_000
 
