@@ -11,10 +11,20 @@ import yaml
 
 from retinopathy.config import load_params
 from retinopathy.models.build import NO_DOWNLOAD_ENV
-from retinopathy.stages import prepare, weights
+from retinopathy.stages import prepare, train, weights
 from retinopathy.stages.demo_data import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_arm(folder: Path, init: str = "scratch") -> dict:
+    """Train one arm with ``folder`` as the working directory (stages use relative paths)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        return train.train_arm(load_params("params.yaml"), init)
+    finally:
+        os.chdir(before)
 
 # Small enough that an epoch of ResNet18 takes about a second on one CPU core.
 TINY_PARAMS = {

@@ -22,7 +22,7 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 
-from conftest import write_params
+from conftest import run_arm, write_params
 from retinopathy import checkpoint
 from retinopathy.config import load_params
 from retinopathy.contract import Layout
@@ -31,15 +31,6 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
 from retinopathy.models import manifest as manifests
 from retinopathy.stages import evaluate, prepare, train, weights
-
-
-def run_arm(folder: Path, arm: str = "scratch") -> dict:
-    before = os.getcwd()
-    os.chdir(folder)
-    try:
-        return train.train_arm(load_params("params.yaml"), arm)
-    finally:
-        os.chdir(before)
 
 
 def dead_pid() -> int:

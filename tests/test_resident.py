@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import write_params
+from conftest import run_arm, write_params
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.index import read_index
 from retinopathy.engine import loops
@@ -17,7 +17,7 @@ from retinopathy.engine.resident import TURBO, ResidentBatches, decode_split, us
 from retinopathy.engine.runtime import COMPILE_PAYS_FROM, compile_wanted, make_runtime, plain_runtime
 from retinopathy.errors import RetinopathyError
 from retinopathy.models.head import Head
-from test_train import read_history, run_arm
+from test_train import read_history
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,22 +15,12 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from conftest import subprocess_env, write_params
+from conftest import run_arm, subprocess_env, write_params
 from retinopathy import checkpoint
 from retinopathy.config import load_params
 from retinopathy.engine import loops
 from retinopathy.errors import RetinopathyError
-from retinopathy.stages import evaluate, train, weights
-
-
-def run_arm(folder: Path, init: str = "scratch") -> dict:
-    """Train one arm with ``folder`` as the working directory (stages use relative paths)."""
-    before = os.getcwd()
-    os.chdir(folder)
-    try:
-        return train.train_arm(load_params("params.yaml"), init)
-    finally:
-        os.chdir(before)
+from retinopathy.stages import evaluate, weights
 
 
 def read_history(folder: Path, init: str = "scratch") -> list[dict[str, str]]:
