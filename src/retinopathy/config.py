@@ -7,15 +7,17 @@ allowed, instead of a KeyError halfway through training.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from retinopathy.contract import LOSSES, MODELS, NORMALIZATIONS, PREPROCESSES, SCHEDULES
+from retinopathy.contract import LOSSES, MAX_IMAGE_SIZE, MODELS, NORMALIZATIONS, PREPROCESSES, SCHEDULES
 from retinopathy.errors import RetinopathyError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -24,6 +26,12 @@ SWITCHES = ("auto", "on", "off")
 CLASS_BALANCES = ("none", "weighted_loss", "sampler")
 SELECTIONS = ("accuracy", "kappa")
 TTAS = ("none", "flips")
+# Seeds go to torch.manual_seed, numpy and Python's random; 0 .. 2**32 - 1 is what all
+# of them take (numpy's legacy seeding and many samplers refuse more).
+MAX_SEED = 2**32 - 1
+# A number as `dvc exp run -S key=1e-10` writes it: YAML 1.1 reads a float without a
+# dot ("1e-10") as a string, so for keys that hold numbers such a string is accepted.
+_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 # The dataclasses carry no defaults: params.yaml is the only place a default is
@@ -160,6 +168,73 @@ def _int(source: str, key: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _seed(source: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise _fail(source, key, f"must be an integer seed in 0..{MAX_SEED} (2**32 - 1), got {value!r}")
+    return value
+
+
+def _numbers_from_text(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the number-typed keys of ``cls`` written as text ("1e-10") read as floats.
+
+    Only keys whose type is a float (or a list of floats) are touched: a string-typed
+    key keeps its text, and text that is not a plain number stays text (and is refused).
+    """
+    out = dict(raw)
+    for field in dataclasses.fields(cls):
+        value = out.get(field.name)
+        if field.type == "float" and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+            out[field.name] = float(value)
+        elif field.type.startswith("list[float]") and isinstance(value, list):
+            out[field.name] = [float(v) if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v.strip()) else v
+                               for v in value]
+    return out
+
+
+def cli_positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--batch-size``, ``--workers``, ``--size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def cli_seed(text: str) -> int:
+    """argparse type: a seed in 0 .. 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer seed in 0..{MAX_SEED}, got {text!r}")
+    return value
+
+
+def cli_positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``--download-timeout``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def cli_fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (``--test-fraction``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
 def _number(source: str, key: str, value: Any, low: float, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(source, key, f"must be a number, got {value!r}")
@@ -187,7 +262,7 @@ def _switch(source: str, key: str, value: Any) -> str:
 def _demo(raw: Any, source: str) -> DemoParams:
     raw = _section(DemoParams, raw, source, "demo")
     out = DemoParams(**raw)
-    _int(source, "demo.seed", out.seed, 0)
+    _seed(source, "demo.seed", out.seed)
     _int(source, "demo.train_size", out.train_size, 5)
     _int(source, "demo.test_size", out.test_size, 5)
     _int(source, "demo.image_size", out.image_size, 32)
@@ -196,14 +271,17 @@ def _demo(raw: Any, source: str) -> DemoParams:
 
 
 def _data(raw: Any, source: str) -> DataParams:
-    raw = _section(DataParams, raw, source, "data")
+    raw = _numbers_from_text(DataParams, _section(DataParams, raw, source, "data"))
     out = DataParams(**raw)
     if not isinstance(out.root, str) or not out.root:
         raise _fail(source, "data.root", f"must be a folder path, got {out.root!r}")
     if out.image_size is not None:
         _int(source, "data.image_size", out.image_size, 32)
+        if out.image_size > MAX_IMAGE_SIZE:
+            raise _fail(source, "data.image_size", f"must be at most {MAX_IMAGE_SIZE} (or null), got "
+                        f"{out.image_size!r}")
     _number(source, "data.val_fraction", out.val_fraction, 0.0, 0.9)
-    _int(source, "data.seed", out.seed, 0)
+    _seed(source, "data.seed", out.seed)
     if out.num_workers != "auto":
         _int(source, "data.num_workers", out.num_workers, 0)
     if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
@@ -221,7 +299,7 @@ def _bool(source: str, key: str, value: Any) -> bool:
 
 
 def _augment(raw: Any, source: str) -> AugmentParams:
-    raw = _section(AugmentParams, raw, source, "augment")
+    raw = _numbers_from_text(AugmentParams, _section(AugmentParams, raw, source, "augment"))
     out = AugmentParams(**raw)
     _bool(source, "augment.flip", out.flip)
     _number(source, "augment.rotate", out.rotate, 0.0)
@@ -256,7 +334,7 @@ def _per_model(source: str, key: str, mapping: dict) -> None:
 
 
 def _train(raw: Any, source: str) -> TrainParams:
-    raw = _section(TrainParams, raw, source, "train")
+    raw = _numbers_from_text(TrainParams, _section(TrainParams, raw, source, "train"))
     out = TrainParams(**raw)
     if isinstance(out.epochs, dict):
         _per_model(source, "train.epochs", out.epochs)
@@ -270,7 +348,7 @@ def _train(raw: Any, source: str) -> TrainParams:
         raise _fail(source, "train.lr", "must be > 0")
     _number(source, "train.momentum", out.momentum, 0.0, 1.0)
     _number(source, "train.weight_decay", out.weight_decay, 0.0)
-    _int(source, "train.seed", out.seed, 0)
+    _seed(source, "train.seed", out.seed)
     _int(source, "train.precise_bn_images", out.precise_bn_images, 0)
     _choice(source, "train.device", out.device, DEVICES)
     if isinstance(out.weights, dict):

@@ -22,6 +22,9 @@ GRADES = tuple(range(NUM_GRADES))
 ROUNDING_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 REFERABLE_GRADE = 2  # moderate or worse: the usual screening threshold for referral
 COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): square crops of the fundus
+# The largest network input side accepted (params `data.image_size`, a checkpoint's spec): a
+# ResNet50 batch of 4 at 4096 px already needs about 100 GB of activations to train.
+MAX_IMAGE_SIZE = 4096
 
 MODELS = ("resnet18", "resnet50")  # the architectures of models/resnet.py, by params.yaml's name
 ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights

@@ -40,7 +40,7 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z_ -]*")
 _INTEGER = re.compile(r"[0-9]+")
 # Characters that cannot be part of a listed name: separators of another CSV
 # dialect, quotes, path separators and whitespace.
-_BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\]")
+_BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\\x00-\x1f\x7f]")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
 
@@ -224,19 +224,28 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
 
 def check_grade(path: Path, line: int, text: str) -> int:
     """Return the grade written as ``text``; raise, naming path:line, unless it is an integer 0-4."""
-    if not _INTEGER.fullmatch(text) or int(text) >= NUM_GRADES:
+    # Leading zeros aside, a grade is one digit; a longer number is refused before
+    # int() (which refuses more than 4300 digits with a ValueError of its own).
+    if not _INTEGER.fullmatch(text) or len(text.lstrip("0")) > 1 or int(text) >= NUM_GRADES:
         raise RetinopathyError(
-            f"{where(path, line)}: label {text!r} is not an integer grade 0-{NUM_GRADES - 1}; fix the value"
+            f"{where(path, line)}: label {_shorten(text)!r} is not an integer grade 0-{NUM_GRADES - 1}; "
+            "fix the value"
         )
     return int(text)
 
 
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a message (a 5000-digit value is not worth printing)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def check_name(path: Path, line: int, name: str) -> None:
-    """Raise, naming path:line, unless ``name`` is a bare image name (no separator, quote or extension)."""
+    """Raise, naming path:line, unless ``name`` is a bare image name (no separator, quote, control
+    character such as NUL, or extension)."""
     if _BAD_NAME_CHARS.search(name) or name == IMAGE_SUFFIX:
         raise RetinopathyError(
-            f"{where(path, line)}: {name!r} is not an image name (it contains a separator, quote "
-            "or space); list one bare name per line, e.g. 2576_right"
+            f"{where(path, line)}: {_shorten(name)!r} is not an image name (it contains a separator, "
+            "quote, space or control character); list one bare name per line, e.g. 2576_right"
         )
     lower = name.lower()
     if lower.endswith(_OTHER_EXTENSIONS) or (

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from retinopathy.contract import MAX_IMAGE_SIZE as MAX_SPEC_IMAGE_SIZE
 from retinopathy.contract import MODELS, NORMALIZATIONS, PREPROCESSES
 from retinopathy.errors import RetinopathyError
 from retinopathy.models.build import new_model
@@ -69,13 +70,20 @@ class GraderSpec:
                                    f"{', '.join(sorted(fields))}); it was not written by this version "
                                    "of `retinopathy train` - train again")
         spec = cls(**raw)
-        size_ok = spec.image_size is None or (isinstance(spec.image_size, int) and spec.image_size > 0)
+        size = spec.image_size
+        if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
+                                     and 0 < size <= MAX_SPEC_IMAGE_SIZE):
+            raise RetinopathyError(
+                f"{source}: grader spec image_size {size!r} is not a side of 1..{MAX_SPEC_IMAGE_SIZE} px "
+                "(a network fed larger images would not fit in memory); the checkpoint is damaged or "
+                "was not written by `retinopathy train` - train again, or use another checkpoint"
+            )
         try:
             spec.head()
             head_ok = True
         except (ValueError, TypeError):
             head_ok = False
-        if (spec.model not in MODELS or spec.normalize not in NORMALIZATIONS or not size_ok
+        if (spec.model not in MODELS or spec.normalize not in NORMALIZATIONS
                 or spec.preprocess not in PREPROCESSES or not head_ok):
             raise RetinopathyError(f"{source}: grader spec {raw} is not one this version can use")
         return spec

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from retinopathy.config import cli_fraction, cli_positive_int, cli_seed
 from retinopathy.data.dataset import check_images
 from retinopathy.data.fundus import square_fundus
 from retinopathy.data.images import read_image_file
@@ -156,16 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, required=True, help="Kaggle's trainLabels.csv")
     parser.add_argument("--images", type=Path, required=True, help="folder of <image>.jpeg")
     parser.add_argument("--out", type=Path, required=True, help="folder to create")
-    parser.add_argument("--size", type=int, default=512, help="output side (default 512)")
+    parser.add_argument("--size", type=cli_positive_int, default=512, help="output side (default 512)")
     parser.add_argument(
         "--split-lists",
         type=Path,
         help=f"folder with the four course CSVs to take the split from (default "
         f"{DEFAULT_SPLIT_LISTS} when it lists only images of --labels, else a seeded split)",
     )
-    parser.add_argument("--test-fraction", type=float, help="seeded split: test share (0.2)")
-    parser.add_argument("--seed", type=int, help="seeded split: random seed (0)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--test-fraction", type=cli_fraction, help="seeded split: test share (0.2)")
+    parser.add_argument("--seed", type=cli_seed, help="seeded split: random seed (0)")
+    parser.add_argument("--workers", type=cli_positive_int, default=1, help="parallel processes (default 1)")
     args = parser.parse_args(argv)
     seeded = args.test_fraction is not None or args.seed is not None
     if args.split_lists is not None and seeded:

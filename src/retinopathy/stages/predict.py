@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from retinopathy import checkpoint
-from retinopathy.config import load_params
+from retinopathy.config import cli_positive_int, load_params
 from retinopathy.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
 from retinopathy.data.photos import PhotoDataset, collect, prepare_photo
 from retinopathy.engine import loops
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="flips: average the scores over the four flips of each image")
     parser.add_argument("--explain", type=Path, metavar="DIR",
                         help="also write a Grad-CAM heat map of each graded image into DIR")
-    parser.add_argument("--batch-size", type=int,
+    parser.add_argument("--batch-size", type=cli_positive_int,
                         help="images per batch (default: twice train.batch_size, as evaluate)")
     parser.add_argument("--params", default="params.yaml",
                         help="the device, its switches and data.max_pixels (default: params.yaml)")

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from retinopathy.config import Params, load_params
+from retinopathy.config import Params, cli_positive_int, load_params
 from retinopathy.contract import Layout, is_demo_dataset
 from retinopathy.data.dataset import check_images
 from retinopathy.data.index import build_summary, index_text, split_validation
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--out", type=Path, default=Layout.prepared,
                         help=f"output folder, replaced as a whole (default: {Layout.prepared})")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=cli_positive_int, default=min(4, os.cpu_count() or 1),
                         help="threads that check the images open")
     args = parser.parse_args(argv)
     params = load_params(args.params)

@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from retinopathy.config import load_params
+from retinopathy.config import cli_positive_float, load_params
 from retinopathy.contract import ARMS, Layout
 from retinopathy.errors import warn
 from retinopathy.files import write_json_atomic
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-download", action="store_true",
                         help="only look in the torchvision cache; never download "
                              f"(also when the environment sets {NO_DOWNLOAD_ENV}=1)")
-    parser.add_argument("--download-timeout", type=float, default=DOWNLOAD_TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--download-timeout", type=cli_positive_float, default=DOWNLOAD_TIMEOUT,
+                        metavar="SECONDS",
                         help="give up a download after this long without data (default: %(default)g)")
     args = parser.parse_args(argv)
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
