@@ -245,7 +245,7 @@ def test_a_file_too_big_for_any_image_under_the_limit_is_not_read(tmp_path):
 # ----------------------------------------------------------------- 8. a download that never answers
 
 
-def test_a_download_behind_a_silent_proxy_times_out_and_leaves_no_file(tmp_path, monkeypatch):
+def test_a_download_behind_a_silent_proxy_times_out_and_leaves_no_file(tmp_path, monkeypatch, capsys):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -256,7 +256,8 @@ def test_a_download_behind_a_silent_proxy_times_out_and_leaves_no_file(tmp_path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     described = manifests.describe_pretrained("resnet18", "imagenet", download=True, timeout=1)
     server.close()
-    assert described["available"] is False and "no answer within 1 s" in described["reason"]
+    # The cause is this machine's: it is told on stderr, not written into the manifest.
+    assert described["available"] is False and "no answer within 1 s" in capsys.readouterr().err
     checkpoints = tmp_path / "torch/hub/checkpoints"
     assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
 

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from retinopathy.contract import INDEX_COLUMNS, NUM_GRADES, SPLITS
-from retinopathy.data.labels import Record, class_counts
+from retinopathy.data.labels import Record, check_name, class_counts
 from retinopathy.errors import RetinopathyError
+
+GRADE_TEXT = frozenset(str(grade) for grade in range(NUM_GRADES))
 
 
 def split_validation(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -74,19 +76,87 @@ def index_text(splits: dict[str, list[Record]]) -> str:
     return text.getvalue()
 
 
+PREPARE_FIX = "run `dvc repro -f prepare` to write it again (or `dvc checkout data/prepared`)"
+
+
+def _damaged(path: Path, what: str, line: int | None = None) -> RetinopathyError:
+    location = f"{path}:{line}" if line is not None else str(path)
+    return RetinopathyError(f"{location}: {what}; the file is damaged or from another version - "
+                            f"{PREPARE_FIX}")
+
+
+def _prepared_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: not found; run `dvc repro prepare` first") from None
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    except OSError as error:
+        raise RetinopathyError(f"{path}: cannot read it ({error.strerror})") from None
+
+
 def read_index(path: Path) -> dict[str, list[Record]]:
-    """Read ``index.csv`` back into records per split (train, val, test)."""
-    if not path.is_file():
-        raise RetinopathyError(f"{path}: not found; run `dvc repro prepare` first")
+    """Read ``index.csv`` back into records per split (train, val, test).
+
+    Raises:
+        RetinopathyError: the file is missing, or its header, a split, a name or a grade is
+            not what `prepare` writes (e.g. a renamed column or merge-conflict markers); the
+            message names the file and line and says to run `dvc repro -f prepare`.
+    """
     splits: dict[str, list[Record]] = {name: [] for name in SPLITS}
-    with open(path, newline="") as stream:
-        for row in csv.DictReader(stream):
-            splits[row["split"]].append(Record(row["image"], int(row["label"])))
+    rows = csv.reader(io.StringIO(_prepared_text(path), newline=""))
+    header = next(rows, None)
+    if header is None or tuple(header) != INDEX_COLUMNS:
+        raise _damaged(path, f"the header is {','.join(header or []) or 'missing'}, expected "
+                       f"{','.join(INDEX_COLUMNS)}", 1)
+    for row in rows:
+        line = rows.line_num
+        if len(row) != len(INDEX_COLUMNS):
+            fields = ",".join(row)[:60]
+            raise _damaged(path, f"{len(row)} fields where {len(INDEX_COLUMNS)} belong ({fields!r})", line)
+        split, image, label = row
+        if split not in splits:
+            raise _damaged(path, f"split {split[:40]!r} is not one of {', '.join(SPLITS)}", line)
+        try:
+            check_name(path, line, image)
+        except RetinopathyError:
+            raise _damaged(path, f"{image[:40]!r} is not an image name", line) from None
+        grade = int(label) if label in GRADE_TEXT else None
+        if grade is None:
+            raise _damaged(path, f"label {label[:40]!r} is not a grade 0-{NUM_GRADES - 1}", line)
+        splits[split].append(Record(image, grade))
     return splits
 
 
+# What `prepare` writes into summary.json, and the type of each value.
+SUMMARY_KEYS: dict[str, type | tuple[type, ...]] = {
+    "root": str, "synthetic": bool, "splits": dict, "majority_baseline": dict, "notes": list,
+}
+
+
 def read_summary(path: Path) -> dict[str, Any]:
-    """Read ``summary.json``."""
-    if not path.is_file():
-        raise RetinopathyError(f"{path}: not found; run `dvc repro prepare` first")
-    return json.loads(path.read_text())
+    """Read ``summary.json``, checking the keys its readers use.
+
+    Raises:
+        RetinopathyError: the file is missing, not JSON, or lacks a key (or has one of the
+            wrong type); the message names the file and the key and says to run prepare again.
+    """
+    try:
+        summary = json.loads(_prepared_text(path))
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"not valid JSON ({error})") from None
+    if not isinstance(summary, dict):
+        raise _damaged(path, "not a JSON object")
+    for key, kind in SUMMARY_KEYS.items():
+        if key not in summary:
+            raise _damaged(path, f"the key {key!r} is missing")
+        if not isinstance(summary[key], kind):
+            raise _damaged(path, f"{key!r} is {summary[key]!r}, not a {getattr(kind, '__name__', kind)}")
+    baseline = summary["majority_baseline"]
+    accuracy = baseline.get("test_accuracy")
+    if not isinstance(accuracy, int | float) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1:
+        raise _damaged(path, f"'majority_baseline.test_accuracy' is {accuracy!r}, not a fraction in [0, 1]")
+    if baseline.get("grade") not in range(NUM_GRADES):
+        raise _damaged(path, f"'majority_baseline.grade' is {baseline.get('grade')!r}, not a grade")
+    return summary

@@ -65,7 +65,8 @@ class WeightsUnavailableError(RetinopathyError):
     """ImageNet weights are neither cached nor downloadable.
 
     Attributes:
-        reason: Why, with the cause (for the pretrained arm's manifest).
+        reason: Why, in words that are the same on every machine (for the pretrained arm's manifest;
+            the message has this machine's cache path and network error).
         fix: What the user can do about it.
     """
 
@@ -93,17 +94,27 @@ def _check_cached_hash(name: str, path: Path) -> str:
     return digest
 
 
+# Where torchvision keeps downloaded weights, as every machine can read it: committed
+# outputs (the manifest, the arm's info, the report) say this, never one machine's
+# expanded home folder, so they are the same on every machine with the same inputs.
+PORTABLE_CACHE = "$TORCH_HOME/hub/checkpoints (by default ~/.cache/torch/hub/checkpoints)"
+
+
 def offline_help(name: str) -> tuple[str, str]:
-    """The reason and the fix when ImageNet weights for ``name`` are not available."""
-    cache = imagenet_cache_file(name)
+    """The reason and the fix when ImageNet weights for ``name`` are not available.
+
+    Both are machine-independent (they go into committed outputs): no expanded cache
+    path, no network error text. :func:`fetch_imagenet`'s message has those details.
+    """
+    file = os.path.basename(IMAGENET[name].url)
     reason = (
-        f"ImageNet weights for {name} ({IMAGENET[name]}) are not in the torchvision cache "
-        f"({cache}) and could not be downloaded from {IMAGENET[name].url}"
+        f"ImageNet weights for {name} ({IMAGENET[name]}, {file}) are not in the torch hub cache "
+        "and were not downloaded (no network, or downloads turned off)"
     )
     fix = (
-        f"with network, run `retinopathy weights` once (it downloads to that path); offline, "
-        f"copy {cache.name} into {cache.parent}/ (or set TORCH_HOME), or set `{WEIGHTS_KEY}` "
-        "in params.yaml to a local .pth state-dict file"
+        f"with network, run `retinopathy weights` once (it downloads {IMAGENET[name].url} into the "
+        f"cache); offline, copy {file} into {PORTABLE_CACHE}/, or set `{WEIGHTS_KEY}` in params.yaml "
+        "to a local .pth state-dict file"
     )
     return reason, fix
 
@@ -152,9 +163,12 @@ def fetch_imagenet(name: str, download: bool = True, timeout: float = DOWNLOAD_T
     cache = imagenet_cache_file(name)
     if not cache.exists():
         reason, fix = offline_help(name)
+        # The message has this machine's details (the cache path, the network error); the
+        # reason and fix that go into committed outputs do not.
+        detail = f"ImageNet weights for {name}: {cache} does not exist and "
         if not download:
-            cause = f"downloads disabled by --no-download or {NO_DOWNLOAD_ENV}=1"
-            raise WeightsUnavailableError(f"{reason}; {fix}", f"{reason} ({cause})", fix)
+            cause = f"downloads are disabled by --no-download or {NO_DOWNLOAD_ENV}=1"
+            raise WeightsUnavailableError(f"{detail}{cause}; {fix}", reason, fix)
         _remove_dead_partials(cache, timeout)
         try:
             # check_hash: torchvision verifies the SHA-256 prefix in the file name. torch.hub
@@ -164,7 +178,8 @@ def fetch_imagenet(name: str, download: bool = True, timeout: float = DOWNLOAD_T
         except (urllib.error.URLError, OSError, RuntimeError) as error:
             if isinstance(error, TimeoutError) or "timed out" in str(error):
                 error = f"no answer within {timeout:g} s: {error}"
-            raise WeightsUnavailableError(f"{reason} ({error}); {fix}", f"{reason} ({error})", fix) from None
+            message = f"{detail}the download from {IMAGENET[name].url} failed ({error}); {fix}"
+            raise WeightsUnavailableError(message, reason, fix) from None
     return cache, _check_cached_hash(name, cache)
 
 

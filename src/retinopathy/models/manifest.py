@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from retinopathy.errors import RetinopathyError
+from retinopathy.errors import RetinopathyError, note
 from retinopathy.files import sha256_of
 from retinopathy.models.build import (
     DOWNLOAD_TIMEOUT,
@@ -47,6 +47,7 @@ def describe_pretrained(model: str, weights: str, download: bool = True,
         try:
             path, sha256 = fetch_imagenet(model, download=download, timeout=timeout)
         except WeightsUnavailableError as error:
+            note(f"note: {error}")  # this machine's details: stderr only, never in the manifest
             return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
                     "reason": error.reason, "fix": error.fix}
         return {
@@ -71,12 +72,43 @@ def describe_pretrained(model: str, weights: str, download: bool = True,
     }
 
 
+WEIGHTS_FIX = "run `dvc repro weights` (or `retinopathy weights`) to write it again"
+# The keys each kind of manifest has, as `weights` writes them.
+_MANIFEST_KEYS = {
+    "random": ("arm", "available", "model", "source", "description"),
+    "imagenet": ("arm", "available", "model", "source", "description", "file", "sha256"),
+    "file": ("arm", "available", "model", "source", "description", "file", "sha256"),
+    "unavailable": ("arm", "available", "model", "source", "reason", "fix"),
+}
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
-    """Read the manifest the `weights` stage wrote."""
+    """Read the manifest the `weights` stage wrote, checking its keys.
+
+    Raises:
+        RetinopathyError: the file is missing, not JSON (e.g. merge-conflict markers) or lacks
+            a key; the message names the file and says to run the weights stage again.
+    """
     try:
-        return json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RetinopathyError(f"{path}: not found; run `dvc repro weights` first") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RetinopathyError(f"{path}: cannot read it ({error}); {WEIGHTS_FIX}") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as error:
+        conflict = " (it holds merge-conflict markers)" if "\n<<<<<<< " in f"\n{text}" else ""
+        raise RetinopathyError(f"{path}: not valid JSON{conflict} ({error}); {WEIGHTS_FIX}") from None
+    if not isinstance(manifest, dict) or manifest.get("source") not in ("random", "imagenet", "file") \
+            or not isinstance(manifest.get("available"), bool):
+        raise RetinopathyError(f"{path}: not a weights manifest (no `source` random/imagenet/file or no "
+                               f"`available` true/false); {WEIGHTS_FIX}")
+    kind = manifest["source"] if manifest["available"] else "unavailable"
+    missing = [key for key in _MANIFEST_KEYS[kind] if not isinstance(manifest.get(key), str | bool)]
+    if missing:
+        raise RetinopathyError(f"{path}: the key {missing[0]!r} is missing or not text; {WEIGHTS_FIX}")
+    return manifest
 
 
 def weights_argument(manifest: dict[str, Any]) -> str | None:
