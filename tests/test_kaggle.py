@@ -159,7 +159,7 @@ def test_import_with_split_lists_reproduces_them(tmp_path: Path) -> None:
     lists = tmp_path / "lists"
     write_lists(lists, [("11_right", 1), ("10_left", 0), ("15_left", 4)], [("13_left", 2)])
     out = tmp_path / "course"
-    import_kaggle(labels, images, out, size=24, split_lists=lists, workers=2)
+    import_kaggle(labels, images, out, size=32, split_lists=lists, workers=2)
 
     for img_file, lab_file in SPLIT_FILES.values():
         assert (out / img_file).read_bytes() == (lists / img_file).read_bytes()

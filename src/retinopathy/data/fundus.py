@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from retinopathy.data.images import upright_8bit
 from retinopathy.errors import RetinopathyError
 
 # The border is found on a copy about this many pixels wide: fast, and precise
@@ -82,9 +83,10 @@ def pad_to_square(img: Image.Image) -> Image.Image:
 def square_fundus(path: Path, data: bytes, size: int) -> tuple[Image.Image, bool]:
     """A photograph of any size as the course dataset holds it: the fundus, squared, ``size`` x ``size``.
 
-    Decodes ``data`` (large JPEGs at a reduced DCT scale, :data:`DECODE_MARGIN`),
-    crops the black border and pads to a centred square (:func:`crop_to_fundus`),
-    and resizes with a bicubic filter. `import-kaggle` and `predict` both use it.
+    Decodes ``data`` (large JPEGs at a reduced DCT scale, :data:`DECODE_MARGIN`;
+    upright by its EXIF orientation; 16-bit grey scaled to 8 bits), crops the
+    black border and pads to a centred square (:func:`crop_to_fundus`), and
+    resizes with a bicubic filter. `import-kaggle` and `predict` both use it.
 
     Returns:
         The RGB image, and whether a fundus was found (False: the photograph had no
@@ -100,10 +102,11 @@ def square_fundus(path: Path, data: bytes, size: int) -> tuple[Image.Image, bool
             wanted = math.ceil(size * DECODE_MARGIN)
             image.draft("RGB", (wanted, wanted))  # JPEG DCT scaling; no-op for other formats
             image.load()
+            upright = upright_8bit(image)  # EXIF orientation applied, 16-bit grey scaled to 8 bits
             try:
-                square, found = crop_to_fundus(image), True
+                square, found = crop_to_fundus(upright), True
             except NoFundusError:
-                square, found = pad_to_square(image), False
+                square, found = pad_to_square(upright), False
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise RetinopathyError(f"{path}: cannot decode the image ({error}); the file is truncated, corrupt "
                                "or not an image") from None

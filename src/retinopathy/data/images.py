@@ -3,26 +3,43 @@
 JPEGs in RGB/YCbCr (all of the course's images) go through libjpeg-turbo via
 simplejpeg, in strict mode so that truncated or corrupt files raise. Grey,
 CMYK and YCCK JPEGs and other formats (PNG, palette, RGBA) saved under a
-``.jpeg`` name take Pillow's documented path, ``convert("RGB")``. Nothing on
-this path touches float64.
+``.jpeg`` name take Pillow's documented path, ``convert("RGB")``; 16-bit
+greyscale (a PNG's ``I;16``) is first scaled to 8 bits, not clipped. A camera
+JPEG whose EXIF orientation tag says it is stored rotated or mirrored is
+turned upright; a file without that tag (the course's, the demo's) is decoded
+exactly as before. Nothing on this path touches float64.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from retinopathy.errors import RetinopathyError
 
 # Colour spaces libjpeg-turbo converts to RGB itself; grey, CMYK and YCCK
 # JPEGs take Pillow's conversion instead.
 _TURBO_COLORSPACES = frozenset({"YCbCr", "RGB"})
+
+# The smallest image side `prepare` and `predict` accept. The networks' own minimum input
+# is 32 px (params `data.image_size` >= 32); an image with a shorter side holds too
+# little of a fundus to grade (a 3x3 px image was graded 0 at probability 1.000).
+MIN_IMAGE_SIDE = 32
+# EXIF orientation tag (0x0112): 1 is upright; 2-8 are mirrored and/or rotated.
+_ORIENTATION_TAG = 0x0112
+_EXIF_MARKER = b"Exif\x00\x00"
+# How far into a JPEG its APP1 (EXIF) segment can start: after SOI and at most an APP0.
+_EXIF_SEARCH_BYTES = 1 << 16
+# 16-bit greyscale modes Pillow opens (a PNG with bit depth 16 is "I;16"; older Pillow says "I").
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
 def _undecodable(path: Path, error: Exception) -> RetinopathyError:
@@ -132,9 +149,15 @@ def decode_image(path: str | Path, size: int | None = None, max_pixels: int | No
             the pixel limit or not a decodable image.
     """
     path = Path(path)
+    data = read_image_file(path, max_pixels)
+    return decode_data(path, data, size, max_pixels)
+
+
+def decode_data(path: Path, data: bytes, size: int | None = None,
+                max_pixels: int | None = None) -> np.ndarray:
+    """:func:`decode_image` of bytes already read from ``path`` (named in errors)."""
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
-    data = read_image_file(path, max_pixels)
     if max_pixels is not None:
         check_pixels(path, data, max_pixels)
     if data[:2] == b"\xff\xd8":  # JPEG start-of-image marker
@@ -143,11 +166,60 @@ def decode_image(path: str | Path, size: int | None = None, max_pixels: int | No
         except ValueError as error:
             raise _undecodable(path, error) from None
         if colorspace in _TURBO_COLORSPACES:
-            return _decode_turbo(path, data, height, width, size)
+            return _decode_turbo(path, data, height, width, size, jpeg_orientation(data))
     return _decode_pillow(path, data, size)
 
 
-def _decode_turbo(path: Path, data: bytes, height: int, width: int, size: int | None) -> np.ndarray:
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG; 1 (upright) when it has no EXIF or no such tag.
+
+    Cheap for files without EXIF (the course's and the demo's): a byte search near the
+    start, no parsing, so their decoding is exactly what it was without this.
+    """
+    if _EXIF_MARKER not in data[:_EXIF_SEARCH_BYTES]:
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError):
+        return 1  # unreadable EXIF: the pixels are still decoded (and checked) as stored
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+# numpy's view of Pillow's transposes for EXIF orientations 2-8 (ImageOps.exif_transpose's table).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270: 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90: 90 degrees anticlockwise
+}
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` [H, W, C] turned upright as EXIF ``orientation`` says (as ``ImageOps.exif_transpose``)."""
+    return np.ascontiguousarray(_ORIENT[orientation](array))
+
+
+def upright_8bit(image: Image.Image) -> Image.Image:
+    """``image`` turned upright by its EXIF orientation, 16-bit greyscale scaled to 8 bits.
+
+    Without an orientation tag and in an 8-bit mode, ``image`` itself is returned
+    (its pixels untouched). The result converts to RGB with ``convert("RGB")``:
+    Pillow's own conversion of ``I;16`` clips every value above 255 to white.
+    """
+    if image.getexif().get(_ORIENTATION_TAG, 1) not in (1, None):
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8), "L")
+    return image
+
+
+def _decode_turbo(path: Path, data: bytes, height: int, width: int, size: int | None,
+                  orientation: int = 1) -> np.ndarray:
     scale = {}
     if size is not None and size < min(height, width):
         # libjpeg-turbo picks the smallest of its n/8 scales that keeps both
@@ -159,6 +231,8 @@ def _decode_turbo(path: Path, data: bytes, height: int, width: int, size: int | 
         array = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **scale)
     except ValueError as error:
         raise _undecodable(path, error) from None
+    if orientation != 1:
+        array = _orient(array, orientation)
     if size is not None and array.shape[:2] != (size, size):
         array = resize(Image.fromarray(array), size)
     return array
@@ -177,7 +251,7 @@ def _decode_pillow(path: Path, data: bytes, size: int | None) -> np.ndarray:
             if size is not None and image.format == "JPEG" and 2 * size <= min(image.size):
                 image.draft(image.mode, (size, size))  # DCT scaling, as on the turbo path
             image.load()
-            rgb = image.convert("RGB")
+            rgb = upright_8bit(image).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise _undecodable(path, error) from None
     if size is not None and rgb.size != (size, size):
@@ -191,3 +265,47 @@ def resize(image: Image.Image, size: int) -> np.ndarray:
     # alias; reducing_gap first box-reduces large non-JPEG sources cheaply.
     resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.array(resized)
+
+
+def check_min_side(path: Path, width: int, height: int, minimum: int = MIN_IMAGE_SIDE) -> None:
+    """Refuse an image with a side shorter than :data:`MIN_IMAGE_SIDE`: too small to be a fundus photograph.
+
+    Raises:
+        RetinopathyError: naming the file, its size and the minimum.
+    """
+    if min(width, height) < minimum:
+        raise RetinopathyError(
+            f"{path}: {width}x{height} px is too small to be a fundus photograph (the minimum is "
+            f"{minimum} px a side); use the full-size photograph, or remove it from the list"
+        )
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What `prepare` learns of a listed image while checking it.
+
+    Attributes:
+        sha256: Hex SHA-256 of the file's bytes (identical content under two names).
+        width: Width of the decoded (upright) image.
+        height: Height of the decoded (upright) image.
+    """
+
+    sha256: str
+    width: int
+    height: int
+
+
+def check_image(path: str | Path, max_pixels: int | None = None,
+                min_side: int = MIN_IMAGE_SIDE) -> ImageFacts:
+    """Read, hash and fully decode one listed image, refusing one too small to be a fundus.
+
+    Raises:
+        RetinopathyError: what :func:`decode_image` refuses, or a side under :data:`MIN_IMAGE_SIDE`.
+    """
+    path = Path(path)
+    data = read_image_file(path, max_pixels)
+    digest = hashlib.sha256(data).hexdigest()
+    array = decode_data(path, data, max_pixels=max_pixels)
+    height, width = array.shape[:2]
+    check_min_side(path, width, height, min_side)
+    return ImageFacts(digest, width, height)

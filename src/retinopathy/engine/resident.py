@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from retinopathy.data.images import decode_image, read_image_file
+from retinopathy.data.images import decode_image, jpeg_orientation, read_image_file
 from retinopathy.data.labels import Record, image_path
 from retinopathy.engine.runtime import Runtime
 from retinopathy.errors import RetinopathyError
@@ -140,8 +140,10 @@ def decode_batched(paths: Sequence[Path], size: int, out: Tensor) -> list[int]:
     left: list[int] = []
     for start in range(0, len(paths), GPU_DECODE_BATCH):
         chunk = range(start, min(start + GPU_DECODE_BATCH, len(paths)))
-        jpegs = [i for i in chunk if data[i][:2] == b"\xff\xd8"]
-        left += [i for i in chunk if data[i][:2] != b"\xff\xd8"]
+        # A JPEG stored rotated (EXIF orientation) goes to the CPU decoder, which turns it upright.
+        upright = {i for i in chunk if data[i][:2] == b"\xff\xd8" and jpeg_orientation(data[i]) == 1}
+        jpegs = [i for i in chunk if i in upright]
+        left += [i for i in chunk if i not in upright]
         encoded = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs]
         synchronize(out.device)  # the decoder writes on its own stream: nothing may still read `out`
         try:

@@ -132,7 +132,8 @@ def import_kaggle(
         tasks = [(image_path(images_dir, name), image_path(build, name), size) for name in chosen]
         blanks = _run(tasks, workers)
         course = read_course_splits(build)  # what prepare will read, checked before we publish
-        check_images(build, course.train + course.test, workers=workers)
+        # Decodable is what is checked here; the size is the user's --size (prepare refuses < 32 px).
+        check_images(build, course.train + course.test, workers=workers, min_side=1)
 
     left_out = len(labels) - len(chosen)
     print(

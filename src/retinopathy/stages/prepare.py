@@ -6,8 +6,17 @@ training records (``data.val_fraction``), and writes into ``data/prepared``:
 
 - ``index.csv``: ``split,image,label`` for every record (split: train, val, test);
 - ``summary.json``: counts per class and split, the majority-class baseline,
-  and notes on anything that was accepted and normalised (a header row, a BOM,
-  Windows line endings).
+  notes on anything that was accepted and normalised (a header row, a BOM,
+  Windows line endings), and ``identical_images``: the same photograph listed
+  under several names (identical bytes), within a split or across splits.
+
+Identical images are a warning, not an error: the course's official split lists
+define the lab protocol and cannot be changed to run it, so the command names them,
+counts them in the summary (the test accuracy then includes images the network
+trained on) and says how to remove them. An image smaller than
+``data.images.MIN_IMAGE_SIDE`` a side is refused, as is (with ``data.image_size:
+null``) a size that differs from the others', or a ``data.val_fraction`` that leaves
+no training or no validation image.
 
 Nothing is written unless every check passes.
 """
@@ -22,10 +31,10 @@ from typing import Any
 
 from retinopathy.config import Params, cli_positive_int, load_params
 from retinopathy.contract import Layout, is_demo_dataset
-from retinopathy.data.dataset import check_images
+from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
 from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import read_course_splits
-from retinopathy.errors import RetinopathyError, note
+from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import staged_folder
 
 
@@ -42,16 +51,54 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
             "for the demo, or point data.root at the course folder (see README)"
         )
     course = read_course_splits(root)
-    check_images(root, course.train + course.test, workers=workers, max_pixels=params.data.max_pixels)
+    records = course.train + course.test
+    checked = check_images(root, records, workers=workers, max_pixels=params.data.max_pixels)
+    facts = {record.image: fact for record, fact in zip(records, checked, strict=True)}
+    if params.data.image_size is None:
+        check_one_size(root, records, facts)
     train, val = split_validation(course.train, params.data.val_fraction, params.data.seed)
+    _check_split_sizes(params, len(course.train), train, val)
     splits = {"train": train, "val": val, "test": course.test}
     summary = build_summary(str(root), splits, course.notes, is_demo_dataset(root))
+    duplicates = identical_images(splits, facts)
+    summary["identical_images"] = duplicates_summary(duplicates)
+    if duplicates:
+        summary["notes"].append(_duplicates_note(summary["identical_images"]))
 
     with staged_folder(out) as staging:
         staged = Layout(prepared=staging)
         staged.index.write_text(index_text(splits))
         staged.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_split_sizes(params: Params, listed: int, train: list, val: list) -> None:
+    """Refuse a ``data.val_fraction`` that leaves the training split (or the validation split) empty."""
+    fraction = params.data.val_fraction
+    if not train:
+        raise RetinopathyError(
+            f"{params.source}: `data.val_fraction` {fraction} holds out all {listed} training images "
+            "(a grade with a single image goes to validation whole), leaving none to train on; lower "
+            "data.val_fraction (or set 0), or list more training images"
+        )
+    if fraction > 0 and not val:
+        raise RetinopathyError(
+            f"{params.source}: `data.val_fraction` {fraction} holds out none of the {listed} training "
+            "images, so there is no validation split to pick the epoch on; raise data.val_fraction, "
+            "or set it to 0 to pick the epoch on the test split"
+        )
+
+
+def _duplicates_note(counts: dict) -> str:
+    """Words for summary.json's notes and the warning: the same photograph under several names."""
+    examples = "; ".join(" = ".join(group) for group in counts["examples"][:3])
+    return (
+        f"{counts['images']} listed images are {counts['groups']} photographs under more than one name "
+        f"(identical bytes): {counts['across_splits']} across splits (the test measures images the "
+        f"network trained on), {counts['within_a_split']} within one split (counted twice), "
+        f"{counts['different_grades']} with different grades; e.g. {examples} - see `identical_images` "
+        "in summary.json; remove one of each from the split lists to fix it"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {split['count']} images, per grade {split['class_counts']}")
     baseline = summary["majority_baseline"]
     print(f"always grade {baseline['grade']}: {baseline['test_accuracy']:.2%} test accuracy")
+    identical = summary["identical_images"]
+    duplicates = _duplicates_note(identical) if identical["groups"] else None
     for text in summary["notes"]:
-        note(f"note: {text}")
+        if text != duplicates:
+            note(f"note: {text}")
+    if duplicates:
+        warn(duplicates)
     return 0
