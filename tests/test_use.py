@@ -53,11 +53,13 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
     assert [int(r["grade"]) for r in rows] == [int(r["predicted"]) for r in expected]
     names = (trained / "data/demo/test_img.csv").read_text().split()
     assert [Path(r["image"]).stem for r in rows] == names  # input order
-    assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable", "error"]
+    assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable", "error",
+                            "warning"]
     for row in rows:
         probabilities = [float(row[f"probability_{g}"]) for g in range(5)]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert int(row["grade"]) == int(np.argmax(probabilities)) and row["error"] == ""
+        assert row["warning"] == ""  # the demo's colour fundus photographs are not flagged
         assert row["referable"] == str(int(int(row["grade"]) >= 2))
 
 

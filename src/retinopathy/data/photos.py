@@ -10,6 +10,7 @@ course dataset (:func:`~retinopathy.data.fundus.square_fundus`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,9 +20,16 @@ from torch.utils.data import Dataset
 
 from retinopathy.contract import COURSE_IMAGE_SIZE
 from retinopathy.data.fundus import square_fundus
-from retinopathy.data.images import check_pixels, decode_image, image_size, read_image_file, resize
-from retinopathy.data.labels import check_name, image_path, read_lines
-from retinopathy.errors import RetinopathyError
+from retinopathy.data.images import (
+    check_min_side,
+    check_pixels,
+    decode_image,
+    image_size,
+    read_image_file,
+    resize,
+)
+from retinopathy.data.labels import MAX_LISTED, check_name, image_path, read_lines
+from retinopathy.errors import RetinopathyError, warn
 
 PHOTO_SUFFIXES = (".jpeg", ".jpg", ".png")
 LIST_SUFFIX = ".csv"  # a course-layout list: one image name per line, the images beside it as <name>.jpeg
@@ -31,8 +39,11 @@ def collect(paths: Sequence[str | Path]) -> list[Path]:
     """The photographs that ``paths`` name, in order: files as given, folders' JPEG/PNG files sorted,
     and each line of a ``.csv`` list as ``<its folder>/<name>.jpeg``.
 
-    A path that does not exist is kept (its row will say so); a list with a bad
-    line is an error, as it is for `prepare`.
+    A folder gives the photographs directly in it, not those in its subfolders (which
+    may hold earlier heat maps, backups or another eye's series): a warning names each
+    subfolder that holds photographs, how many, and how to include them, and counts
+    the other files that were skipped. A path that does not exist is kept (its row
+    will say so); a list with a bad line is an error, as it is for `prepare`.
 
     Raises:
         RetinopathyError: naming the list, the line and the fix.
@@ -41,7 +52,9 @@ def collect(paths: Sequence[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+            entries = sorted(path.iterdir())
+            found += [p for p in entries if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()]
+            _report_skipped(path, entries)
         elif path.suffix.lower() == LIST_SUFFIX and path.is_file():
             lines, _ = read_lines(path)
             for number, name in lines:
@@ -50,6 +63,26 @@ def collect(paths: Sequence[str | Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def _report_skipped(folder: Path, entries: list[Path]) -> None:
+    """Warn about what a folder argument does not grade: photographs in subfolders, other files."""
+    nested: list[str] = []
+    for entry in entries:
+        if entry.is_dir():
+            count = sum(1 for _, _, names in os.walk(entry) for name in names
+                        if Path(name).suffix.lower() in PHOTO_SUFFIXES)
+            if count:
+                nested.append(f"{entry} ({count})")
+    if nested:
+        shown = ", ".join(nested[:MAX_LISTED]) + (f" and {len(nested) - MAX_LISTED} more" if
+                                                   len(nested) > MAX_LISTED else "")
+        warn(f"{folder}: photographs in subfolders are not graded: {shown}; pass each folder that "
+             "should be graded as its own argument")
+    others = [e for e in entries if e.is_file() and e.suffix.lower() not in PHOTO_SUFFIXES]
+    if others:
+        warn(f"{folder}: {len(others)} file(s) not graded (not {'/'.join(PHOTO_SUFFIXES)}), e.g. "
+             f"{others[0].name}")
 
 
 def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
@@ -66,6 +99,7 @@ def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
     data = read_image_file(path, max_pixels)
     check_pixels(path, data, max_pixels)
     width, height = image_size(path, data)
+    check_min_side(path, width, height)
     if width == height:
         return decode_image(path, size, max_pixels=max_pixels)  # as the Dataset reads training images
     square, _ = square_fundus(path, data, COURSE_IMAGE_SIZE)  # as import-kaggle builds the course's
@@ -92,3 +126,38 @@ class PhotoDataset(Dataset):
             return torch.zeros((3, self.size, self.size), dtype=torch.uint8), -1 - index
         return torch.from_numpy(image).permute(2, 0, 1), index
 
+
+# Thresholds of :func:`photo_warning`, on a copy about 64 px a side (0-255 levels).
+_CHECK_SIDE = 64
+_COLOUR_SPREAD = 12  # a pixel whose channels differ by more than this is coloured
+_COLOUR_SHARE = 0.01  # a colour photograph has more than 1% of such pixels
+_BRIGHT = 10  # the fundus threshold of fundus.crop_to_fundus
+_BRIGHT_SHARE = 0.01  # a fundus covers far more than 1% of the photograph
+_FLAT_STD = 2.0  # one flat colour: the grey levels vary less than this
+
+
+def photo_warning(path: Path, max_pixels: int) -> str:
+    """Why ``path`` is clearly not a colour fundus photograph, or "" if nothing is wrong.
+
+    The grader only ever saw colour fundus photographs, and it still answers
+    confidently on anything else (a greyscale copy of a grade-0 photo was graded 3
+    at p=0.99). Flagged: greyscale images (the channels agree almost everywhere),
+    and images with no fundus (almost all black, or one flat colour). Cheap: the
+    image is decoded at about 64 px a side. An image that cannot be decoded gives
+    "" here; grading it reports the error.
+    """
+    try:
+        pixels = decode_image(path, _CHECK_SIDE, max_pixels=max_pixels).astype(np.int16)
+    except RetinopathyError:
+        return ""
+    spread = pixels.max(axis=2) - pixels.min(axis=2)
+    brightest = pixels.max(axis=2)
+    if (brightest > _BRIGHT).mean() < _BRIGHT_SHARE:
+        return "no fundus found: the image is black; not a fundus photograph, the grade means nothing"
+    if pixels.mean(axis=2).std() < _FLAT_STD:
+        return ("no fundus found: the image is one flat colour; not a fundus photograph, the grade "
+                "means nothing")
+    if (spread > _COLOUR_SPREAD).mean() < _COLOUR_SHARE:
+        return ("greyscale: the grader was trained on colour fundus photographs only, so its grade of a "
+                "greyscale image means little")
+    return ""

@@ -15,7 +15,8 @@ through the loop `evaluate` uses, so on the test split it gives the grades
 
 The CSV has one row per input, in input order: ``image``, ``grade``,
 ``probability_0``..``probability_4`` (or ``value`` for the regression head),
-``referable`` (grade >= 2) and ``error``. An image that cannot be graded gets
+``referable`` (grade >= 2), ``error`` and ``warning`` (an input that is clearly not
+a colour fundus photograph: greyscale, or no fundus). An image that cannot be graded gets
 its reason in ``error`` and does not stop the others; the command then exits
 with status 1 and says how many failed. params.yaml gives only the device,
 its speed switches and ``data.max_pixels``.
@@ -31,11 +32,11 @@ import torch
 from retinopathy import checkpoint
 from retinopathy.config import cli_positive_int, load_params
 from retinopathy.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
-from retinopathy.data.photos import PhotoDataset, collect, prepare_photo
+from retinopathy.data.photos import PhotoDataset, collect, photo_warning, prepare_photo
 from retinopathy.engine import loops
 from retinopathy.engine.batches import loader
 from retinopathy.engine.runtime import make_runtime, resolve_device
-from retinopathy.errors import RetinopathyError, note
+from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.explain import grad_cam, save_explanation
 from retinopathy.files import atomic_file, write_csv_atomic
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
@@ -122,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     graded: list[tuple[int, int, torch.Tensor]] = []
     for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
         if index < 0:
-            rows.append(_failed_row(photos[-1 - index], size, max_pixels, head))
+            rows.append([*_failed_row(photos[-1 - index], size, max_pixels, head), ""])
         else:
-            rows.append(_row(photos[index], grade, row_scores, head))
+            warning = photo_warning(photos[index], max_pixels)
+            rows.append([*_row(photos[index], grade, row_scores, head), warning])
             graded.append((index, grade, row_scores))
-    write_csv_atomic(args.out, columns(head), rows)
+    write_csv_atomic(args.out, [*columns(head), "warning"], rows)
     print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
+    if flagged := sum(bool(row[-1]) for row in rows):
+        warn(f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
+             f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}")
     if args.explain and graded:
         explain(grader, dataset, graded, head, args.explain)
         print(f"wrote {len(graded)} heat maps to {args.explain}/")
