@@ -564,6 +564,10 @@ def check_writable(folder: str | Path, what: str) -> None:
         RetinopathyError: naming the folder, why, and what to fix, before any work is done.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        kind = _special(folder) or "a file"
+        raise RetinopathyError(f"{folder}: cannot write {what} there: it is {kind}, not a folder; pass "
+                               "another folder, or move that file away")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=f".write-check.{_owner()}."):
