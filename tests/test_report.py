@@ -140,10 +140,13 @@ def test_rerun_replaces_its_own_files_and_links_the_heat_maps(tmp_path: Path) ->
     metrics = write_metrics(tmp_path)
     out = tmp_path / "plots"
     out.mkdir()
-    (out / "accuracy.png").write_bytes(b"old")
+    Image.new("RGB", (4, 4)).save(out / "accuracy.png")  # an earlier report's figure, linked from it
+    old = (out / "accuracy.png").read_bytes()
+    (out / "report.md").write_text("# ResNet18: diabetic retinopathy grading, scratch vs pretrained\n\n"
+                                   "![accuracy per epoch](accuracy.png)\n")
     (out / "explain_scratch.png").write_bytes(b"the explain stage's")  # not the report's to replace
     write_report(metrics, out)
-    assert (out / "accuracy.png").read_bytes() != b"old"
+    assert (out / "accuracy.png").read_bytes() != old
     assert (out / "explain_scratch.png").read_bytes() == b"the explain stage's"
     report = (out / "report.md").read_text()
     assert "](explain_scratch.png)" in report and "run `dvc repro explain@pretrained`" in report

@@ -24,6 +24,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
+from retinopathy.files import PNG_SOFTWARE
 from retinopathy.models.grader import Grader
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
@@ -81,7 +82,7 @@ def save_explanation(target: Path | IO[bytes], image: np.ndarray, heat: np.ndarr
     for ax in (left, right):
         ax.axis("off")
     fig.suptitle(title, fontsize=12)
-    fig.savefig(target, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(target, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})  # predict knows its own
     plt.close(fig)
 
 

@@ -27,7 +27,7 @@ from retinopathy.experiments import (
     same_results,
 )
 from retinopathy.figures import plot_curves
-from retinopathy.files import staged_folder
+from retinopathy.files import check_output_folder, holds_only, staged_folder, starts_with
 from retinopathy.results import model_name
 
 
@@ -98,7 +98,7 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
 def render(experiments: Sequence[Experiment], differ: Sequence[str], dropped: str | None) -> str:
     """The text of compare.md."""
     names = ", ".join(f"`{e.name}`" for e in experiments)
-    lines = ["# Experiments compared", "", f"Compared: {names}."]
+    lines = [TITLE, "", f"Compared: {names}."]
     if dropped:
         lines += ["", dropped]
     if differ:
@@ -118,8 +118,17 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], dropped: st
     return "\n".join(lines)
 
 
+TITLE = "# Experiments compared"
+# What compare writes: only a folder holding nothing else is replaced (nothing else is deleted).
+OURS = holds_only({"compare.md": starts_with(TITLE.encode() + b"\n"), "compare.png": starts_with(b"\x89PNG")})
+
+
 def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experiment]:
-    """Write compare.md and compare.png for the experiments into ``out`` (replaced as a whole)."""
+    """Write compare.md and compare.png for the experiments into ``out`` (replaced as a whole).
+
+    ``out`` must be absent, empty or an earlier output of compare (:data:`OURS`), checked first.
+    """
+    check_output_folder(out, "compare", OURS)
     experiments = load_experiments(names, repo)
     dropped = None
     if not names and len(experiments) > 1:
@@ -131,7 +140,7 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
         raise RetinopathyError("no arm of these experiments was trained: run `dvc repro` or "
                                "`dvc exp run` first")
     differ = differing_params(experiments)
-    with staged_folder(out) as staging:
+    with staged_folder(out, "compare", OURS) as staging:
         runs = [(e.name, arm) for e in experiments for arm in e.arms.values()]
         plot_curves(runs, f"{len(experiments)} experiment(s), {sum(a.trained for _, a in runs)} trained arms",
                     staging / "compare.png")
@@ -145,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
                         help=f"experiment names or revisions, or `{WORKSPACE}` (default: the workspace "
                              "and every experiment of the current commit)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder, replaced as a whole")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder, replaced as a whole: absent, empty or an earlier "
+                             "output of compare")
     parser.add_argument("--repo", default=".", help="the DVC project (default: the current folder)")
     args = parser.parse_args(argv)
     experiments = compare(args.experiments or None, args.out, args.repo)

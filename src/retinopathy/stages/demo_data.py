@@ -123,7 +123,7 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
     _check_size("test_size", test_size, 5)
     _check_size("image_size", image_size, 32, 2048)
     _check_replaceable(Path(out))
-    with staged_folder(out) as work:
+    with staged_folder(out, "demo-data", is_demo_dataset) as work:
         sizes = {"train": train_size, "test": test_size}
         counts = {
             "train": _write_split(work, "train", seed, 0, train_size, image_size, variation),

@@ -22,8 +22,8 @@ import contextlib
 import io
 import json
 import sys
-import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from retinopathy import checkpoint
 from retinopathy.contract import ARMS, METRIC_KEYS, Layout
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import atomic_file, write_text_atomic
+from retinopathy.files import atomic_file, check_output_file, draft_folder, write_text_atomic
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
 from retinopathy.models.head import Head
 
@@ -145,6 +145,17 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], info: dict[str
     return "\n".join(lines) + "\n"
 
 
+def _our_export(out: Path, card: Path) -> Callable[[Path], bool]:
+    """An earlier export to ``out``: its card (and so the model beside it) starts as :func:`model_card`'s."""
+    def ours(_: Path) -> bool:
+        try:
+            with open(card, "rb") as stream:
+                return stream.readline(1000).startswith(f"# {out.name}: diabetic retinopathy grader".encode())
+        except OSError:
+            return False
+    return ours
+
+
 def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
            layout: Layout | None = None) -> float:
     """Write ``out`` and ``out.md``; returns the largest difference from PyTorch's scores.
@@ -156,14 +167,17 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     layout = layout or Layout()
     files = layout.arm(arm)
     path = checkpoint_path or files.best
+    card = out.with_name(out.name + ".md")
+    ours = _our_export(out, card)  # replace only an earlier export: never the checkpoint, nor others' files
+    check_output_file(out, "export", ours, inputs=[path])
+    check_output_file(card, "export", ours, inputs=[path])
     state = checkpoint.load(path, "best", fix=MISSING_FIX)
     spec = GraderSpec.from_dict(state["spec"], str(path))
     model = load_scores_model(path)
     example = _example(spec)
     write, run = EXPORTERS[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as folder:
-        draft = Path(folder) / out.name
+    with draft_folder(out) as folder:  # a killed export's draft is removed by the next export to `out`
+        draft = folder / out.name
         write(model, example, draft)
         check = _example(spec, 3)  # another batch size than the one traced
         with torch.no_grad():
@@ -176,7 +190,7 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     own = checkpoint_path is None  # the arm's own files describe only its own best.pt
     info = json.loads(files.info.read_text()) if own and files.info.is_file() else {}
     metrics = json.loads(files.metrics.read_text()) if own and files.metrics.is_file() else {}
-    write_text_atomic(out.with_name(out.name + ".md"), model_card(spec, arm, state, info, metrics, fmt, out))
+    write_text_atomic(card, model_card(spec, arm, state, info, metrics, fmt, out))
     return difference
 
 

@@ -33,7 +33,7 @@ from retinopathy.data.images import read_image_file
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
 from retinopathy.data.labels import MAX_LISTED, SPLIT_FILES, image_path, read_course_splits
 from retinopathy.errors import RetinopathyError, note, warn, where
-from retinopathy.files import staged_folder
+from retinopathy.files import check_output_folder, staged_folder
 
 DEFAULT_SPLIT_LISTS = Path("data/splits/lab")
 JPEG_QUALITY = 95
@@ -103,6 +103,7 @@ def import_kaggle(
         raise RetinopathyError(f"{images_dir}: not a folder; pass Kaggle's train/ image folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RetinopathyError(f"{out}: already exists; remove it or choose another --out")
+    check_output_folder(out, "import-kaggle", None)  # a link to nothing, a device, the current folder
     if split_lists is not None:
         splits = splits_from_lists(split_lists, labels, labels_csv)
         source = f"the split lists in {split_lists}"
@@ -124,7 +125,7 @@ def import_kaggle(
             "Download or unpack them (Kaggle ships train.zip.001-005) before importing."
         )
 
-    with staged_folder(out) as build:  # `out` is empty or absent (checked above)
+    with staged_folder(out, "import-kaggle") as build:  # `out` is empty or absent (checked above)
         for split, (img_file, lab_file) in SPLIT_FILES.items():
             names = splits[split]
             (build / img_file).write_text("".join(f"{name}\n" for name in names))

@@ -38,7 +38,16 @@ from retinopathy.engine.batches import loader
 from retinopathy.engine.runtime import make_runtime, resolve_device
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.explain import grad_cam, save_explanation
-from retinopathy.files import atomic_file, write_csv_atomic
+from retinopathy.files import (
+    atomic_file,
+    check_output_file,
+    csv_text,
+    png_ours,
+    real_paths,
+    rescue_text,
+    starts_with,
+    write_csv_atomic,
+)
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
 from retinopathy.models.head import Head
 
@@ -63,19 +72,40 @@ def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
     return [str(photo), "", *[""] * (len(columns(head)) - 4), "", reason]
 
 
+def heat_map_names(photos: list[Path]) -> list[str]:
+    """The file name of each photograph's heat map: ``<stem>.png``, ``<stem>-<index>.png`` for a repeat."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for index, path in enumerate(photos):
+        names.append(f"{path.stem}.png" if f"{path.stem}.png" not in seen else f"{path.stem}-{index}.png")
+        seen.add(names[-1])
+    return names
+
+
+def check_outputs(out: Path, explain_dir: Path | None, photos: list[Path], others: list[Path]) -> None:
+    """Before any grading: the CSV and the heat maps replace no input and nothing predict did not write.
+
+    Raises:
+        RetinopathyError: naming the path and the fix.
+    """
+    inputs = real_paths([*photos, *others])
+    check_output_file(out, "predict", starts_with(b"image,grade,"), inputs)
+    if explain_dir is not None:
+        for number, name in enumerate(heat_map_names(photos)):
+            check_output_file(explain_dir / name, "predict --explain", png_ours, inputs, writable=number == 0)
+
+
 def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, torch.Tensor]], head: Head,
             folder: Path) -> None:
     """One PNG per graded image: the photograph, the heat map of its grade, the grade and score as title."""
     device = next(grader.parameters()).device
-    names: set[str] = set()
+    names = heat_map_names(dataset.paths)
     for index, grade, scores in graded:
         image, _ = dataset[index]
         heat = grad_cam(grader, image.unsqueeze(0).to(device), [0 if head.regression else grade])[0]
         score = f"value {float(scores):.2f}" if head.regression else f"probability {float(scores[grade]):.2f}"
         path = dataset.paths[index]
-        name = path.stem if path.stem not in names else f"{path.stem}-{index}"  # two inputs, one name
-        names.add(name)
-        with atomic_file(folder / f"{name}.png", "wb") as stream:
+        with atomic_file(folder / names[index], "wb") as stream:
             save_explanation(stream, image.permute(1, 2, 0).numpy(), heat,
                              f"{path.name}: grade {grade_label(grade)} ({score})")
 
@@ -107,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     photos = collect(args.paths)
     if not photos:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
+    given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
+    check_outputs(args.out, args.explain, photos, [*given, path, Path(args.params)])
 
     train = params.train
     runtime = make_runtime(resolve_device(train.device), precision=train.precision,
@@ -128,13 +160,20 @@ def main(argv: list[str] | None = None) -> int:
             warning = photo_warning(photos[index], max_pixels)
             rows.append([*_row(photos[index], grade, row_scores, head), warning])
             graded.append((index, grade, row_scores))
-    write_csv_atomic(args.out, [*columns(head), "warning"], rows)
+    header = [*columns(head), "warning"]
+    try:
+        write_csv_atomic(args.out, header, rows)
+    except RetinopathyError as error:  # a full disk: the grades are kept elsewhere, not lost
+        raise rescue_text(args.out, csv_text(header, rows), "grades", error) from None
     print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
     if flagged := sum(bool(row[-1]) for row in rows):
         warn(f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
              f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}")
     if args.explain and graded:
-        explain(grader, dataset, graded, head, args.explain)
+        try:
+            explain(grader, dataset, graded, head, args.explain)
+        except RetinopathyError as error:
+            raise RetinopathyError(f"{error}. The grades are in {args.out}") from None
         print(f"wrote {len(graded)} heat maps to {args.explain}/")
     if len(graded) < len(rows):
         note(f"error: {len(rows) - len(graded)} of {len(rows)} images could not be graded; "

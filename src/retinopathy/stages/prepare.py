@@ -30,20 +30,29 @@ from pathlib import Path
 from typing import Any
 
 from retinopathy.config import Params, cli_positive_int, load_params
-from retinopathy.contract import Layout, is_demo_dataset
+from retinopathy.contract import INDEX_COLUMNS, Layout, is_demo_dataset
 from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
 from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import read_course_splits
 from retinopathy.errors import RetinopathyError, note, warn
-from retinopathy.files import staged_folder
+from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
+
+# What prepare writes, as an earlier run left it: only such a folder is replaced (nothing else is deleted).
+OURS = holds_only({Layout().index.name: starts_with(",".join(INDEX_COLUMNS).encode() + b"\n"),
+                   Layout().summary.name: json_with("splits", "majority_baseline")})
 
 
 def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     """Check the data at ``params.data.root`` and write ``index.csv`` and ``summary.json`` to ``out``.
 
+    ``out`` must be absent, empty, or an earlier output of prepare (:data:`OURS`),
+    checked before the data are read.
+
     Raises:
-        RetinopathyError: on any bad input, naming the file and line; ``out`` is then untouched.
+        RetinopathyError: on any bad input, naming the file and line, or an ``out`` that
+            holds anything else; ``out`` is then untouched.
     """
+    check_output_folder(out, "prepare", OURS)
     root = Path(params.data.root)
     if not root.is_dir():
         raise RetinopathyError(
@@ -65,7 +74,7 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     if duplicates:
         summary["notes"].append(_duplicates_note(summary["identical_images"]))
 
-    with staged_folder(out) as staging:
+    with staged_folder(out, "prepare", OURS) as staging:
         staged = Layout(prepared=staging)
         staged.index.write_text(index_text(splits))
         staged.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -106,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retinopathy prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--out", type=Path, default=Layout.prepared,
-                        help=f"output folder, replaced as a whole (default: {Layout.prepared})")
+                        help="output folder, replaced as a whole: absent, empty or an earlier output "
+                             f"of prepare (default: {Layout.prepared})")
     parser.add_argument("--workers", type=cli_positive_int, default=min(4, os.cpu_count() or 1),
                         help="threads that check the images open")
     args = parser.parse_args(argv)

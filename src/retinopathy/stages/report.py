@@ -16,10 +16,10 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from retinopathy.contract import ARMS, GRADES, Layout, grade_label, recall_key
+from retinopathy.contract import ARMS, GRADES, REPORT_FIGURES, Layout, grade_label, recall_key
 from retinopathy.errors import RetinopathyError
 from retinopathy.figures import draw_report_figures
-from retinopathy.files import staged_files
+from retinopathy.files import Ours, check_output_file, staged_files
 from retinopathy.results import Arm, load_arm, model_name
 
 
@@ -123,6 +123,31 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     return "\n".join(lines).rstrip() + "\n"
 
 
+TITLE_MARK = ": diabetic retinopathy grading, "  # in the first line of every report.md
+
+
+def _our_report(path: Path) -> bool:
+    try:
+        with open(path, "rb") as stream:
+            first = stream.readline(1000)
+    except OSError:
+        return False
+    return first.startswith(b"# ") and TITLE_MARK.encode() in first
+
+
+def _our_figure(path: Path) -> bool:
+    """A figure of ours: a PNG linked from the report (ours) beside it."""
+    report = path.with_name(Layout().report.name)
+    return (path.is_file() and path.read_bytes()[:4] == b"\x89PNG" and _our_report(report)
+            and f"]({path.name})" in report.read_text(encoding="utf-8", errors="replace"))
+
+
+def outputs(arms: Sequence[str]) -> dict[str, Ours]:
+    """The files report writes into its folder, each with how an earlier one of them is recognised."""
+    names = [*REPORT_FIGURES, *(Layout().confusion_figure(arm).name for arm in arms)]
+    return {Layout().report.name: _our_report, **dict.fromkeys(names, _our_figure)}
+
+
 def write_report(
     metrics_dir: str | Path = Layout.metrics,
     out: str | Path = Layout.plots,
@@ -133,7 +158,8 @@ def write_report(
     Everything is drawn first into a temporary folder; only when all of it is
     written does each file replace its namesake in ``out`` (which also holds
     the `explain` stage's heat maps, linked from the report when present).
-    On any error ``out`` is left as it was.
+    On any error ``out`` is left as it was. A file there of the same name that
+    report did not write (:func:`outputs`) is refused before anything is drawn.
 
     Args:
         metrics_dir: the folder the train and evaluate stages wrote.
@@ -148,8 +174,11 @@ def write_report(
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
     model, data, data_label, synthetic = _describe_data(loaded)
+    ours = outputs(arms)
+    for name, recognise in ours.items():  # before drawing: replace only what report wrote
+        check_output_file(out / name, "report", recognise)
     explained = {arm.name for arm in loaded if Layout(plots=out).explanation(arm.name).is_file()}
-    with staged_files(out) as staging:
+    with staged_files(out, "report", ours) as staging:
         draw_report_figures(loaded, model, data_label, staging)
         text = render_markdown(loaded, model, data, data_label, synthetic, explained)
         (staging / Layout().report.name).write_text(text, encoding="utf-8")

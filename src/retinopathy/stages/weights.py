@@ -17,7 +17,7 @@ from pathlib import Path
 from retinopathy.config import cli_positive_float, load_params
 from retinopathy.contract import ARMS, Layout
 from retinopathy.errors import warn
-from retinopathy.files import write_json_atomic
+from retinopathy.files import check_output_file, json_with, write_json_atomic
 from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
 from retinopathy.models.manifest import describe_pretrained, describe_scratch
 from retinopathy.preflight import preflight
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     layout = Layout(manifests=args.out)
     preflight(params, layout)  # this stage always runs, before train and evaluate
+    for arm in ARMS:  # a file of that name that is not a manifest is not replaced
+        check_output_file(layout.manifest(arm), "weights", json_with("arm", "available"))
     manifests = {
         "scratch": describe_scratch(params.model, params.train.seed),
         "pretrained": describe_pretrained(params.model, params.train.weights_for(params.model),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from retinopathy.config import PRECISIONS, SWITCHES
 from retinopathy.contract import MODELS
-from retinopathy.files import write_json_atomic
+from retinopathy.errors import RetinopathyError
+from retinopathy.files import check_output_file, json_with, rescue_text, write_json_atomic
 from retinopathy.stages.bench.inputs import SOURCE_SIZE
 from retinopathy.stages.bench.output import format_result
 from retinopathy.stages.bench.results import SECTIONS
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this section (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.json:  # before minutes of measuring: a file of that name that is not ours is not replaced
+        check_output_file(args.json, "bench", json_with("machine", "settings", "comparisons"))
 
     settings = Settings(device=args.device, images=args.images, source_size=args.source_size,
                         batch=args.batch, size=args.size, seconds=args.seconds, rounds=args.rounds,
@@ -93,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(settings, log=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
     print(format_result(result))
     if args.json:
-        write_json_atomic(args.json, result.to_dict())
+        try:
+            write_json_atomic(args.json, result.to_dict())
+        except RetinopathyError as error:
+            raise rescue_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n", "figures",
+                              error) from None
         print(f"\nwrote {args.json}")
     return 0
