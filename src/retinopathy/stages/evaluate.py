@@ -112,9 +112,16 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     best = checkpoint.load(files.best, "best", fix=(
         f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
         f"or move {files.model_dir} away and run `dvc repro` to train the arm again"))
-    if best.get("fingerprint") != status["fingerprint"]:
-        raise RetinopathyError(f"{files.best}: is not from the run in {files.status}; rerun training")
     history = status["history"]
+    if best["fingerprint"] != status["fingerprint"] or best["epoch"] != status["best_epoch"] \
+            or not 1 <= best["epoch"] <= len(history):
+        # A kill (or a full disk) between training's writes, or files put together by hand.
+        raise RetinopathyError(
+            f"{files.best}: holds epoch {best['epoch']} of run {best['fingerprint']}, but {files.status} "
+            f"says the best epoch of run {status['fingerprint']} is {status['best_epoch']}: they are from "
+            f"different or interrupted training runs; run `dvc repro train@{arm}` (or `retinopathy train "
+            f"--init {arm}`) to finish training, which writes both again"
+        )
     best_row = history[best["epoch"] - 1]
 
     spec = GraderSpec.from_dict(best.get("spec"), str(files.best))
