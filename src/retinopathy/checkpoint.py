@@ -62,21 +62,25 @@ def code_digest() -> str:
     return codedeps.code_digest(TRAINING_STAGE)
 
 
-def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
-                       index_sha: str, world_size: int, decoder: str) -> dict[str, Any]:
-    """What determines a training run's result, as plain data."""
-    cosine = params["train"]["schedule"] == "cosine"
-    trimmed = {
+def training_params(params: dict[str, Any], keep: frozenset[tuple[str, str]] = frozenset()) -> dict[str, Any]:
+    """The params that the fingerprint hashes (and those of ``keep`` it does not), as plain data."""
+    if params["train"]["schedule"] == "cosine":
+        keep = keep | {("train", "epochs")}
+    return {
         section: (
-            {k: v for k, v in values.items()
-             if (section, k) not in NOT_FINGERPRINTED or (cosine and (section, k) == ("train", "epochs"))}
+            {k: v for k, v in values.items() if (section, k) not in NOT_FINGERPRINTED or (section, k) in keep}
             if isinstance(values, dict) else values
         )
         for section, values in params.items()
         if section not in NOT_FINGERPRINTED_SECTIONS
     }
+
+
+def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
+                       index_sha: str, world_size: int, decoder: str) -> dict[str, Any]:
+    """What determines a training run's result, as plain data."""
     return {
-        "params": trimmed,
+        "params": training_params(params),
         "init": init,
         "weights_sha256": weights_sha,
         "index_sha256": index_sha,

@@ -134,7 +134,10 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     sources, decoder = open_sources(params, runtime, records, spec.image_size, status["resident"])
     batches = eval_batches(sources["test"], train.batch_size, runtime)
     tta = params.evaluate.tta == "flips"
-    _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), tta=tta)
+    lower = (f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
+             f"{', or set evaluate.tta to none' if tta else ''}")
+    _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), f"evaluating {arm}", tta=tta,
+                                         lower=lower)
     actual_np, predicted_np = actual.numpy(), predicted.numpy()
     tables = confusion_tables(actual_np, predicted_np)
 

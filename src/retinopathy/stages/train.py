@@ -57,7 +57,7 @@ from retinopathy.data.index import read_index
 from retinopathy.engine import loops, recipe
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
-from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler
+from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler, sum_over_processes, torch_seed
 from retinopathy.engine.optim import make_optimizer, make_scheduler
 from retinopathy.engine.resident import planned_decoder
 from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start, stop
@@ -156,7 +156,7 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
                                            sha256_of(layout.index), runtime.process.world_size, decoder)
     runtime.configure_backends()
     head = recipe.make_head(params, [r.label for r in splits["train"]])
-    torch.manual_seed(train.seed)  # model init (scratch) and the new fc (pretrained)
+    torch.manual_seed(torch_seed(train.seed))  # model init (scratch) and the new fc (pretrained)
     net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(manifest))
     spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize,
                       preprocess=params.data.preprocess, loss=train.loss,
@@ -281,6 +281,10 @@ def feed(run: Run, layout: Layout) -> Feed:
     images = run.epochs * len(splits["train"])
     net = compiled(eager) if compile_wanted(train.compile, runtime, images) else eager
     started = time.perf_counter()
+    if runtime.process.is_main:
+        count = sum(len(split) for split in splits.values())
+        note(f"{run.files.arm}: decoding {count} images into {runtime.device.type} memory ..." if run.resident
+             else f"{run.files.arm}: {count} images from {params.data.root}, decoded batch by batch")
     sources, decoder = open_sources(params, runtime, splits, params.data.image_size, run.resident)
     if run.resident and runtime.process.is_main:
         count, seconds = sum(len(split) for split in splits.values()), time.perf_counter() - started
@@ -296,7 +300,7 @@ def feed(run: Run, layout: Layout) -> Feed:
     if train.precise_bn_images:
         # The same training images every epoch, chosen by the seed alone.
         size = len(splits["train"])
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(train.seed))
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(torch_seed(train.seed)))
         subset = ShardSampler(size, runtime.process, order[: train.precise_bn_images].tolist())
         batchnorm = batches(sources["train"], subset, per_process, runtime)
     steps = len(training)  # per epoch, on every process
@@ -321,10 +325,20 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Sp
     if batches.augment is not None:
         def augment(images: torch.Tensor, step: int) -> torch.Tensor:
             return batches.augment(images, epoch, step)
+    train = run.params.train
+    kept = (f"the last good checkpoint {run.store.last} (epoch {len(run.history)}) is kept" if run.history
+            else "no epoch had finished")
+    lower = (f"train.batch_size (now {train.batch_size}) or data.image_size "
+             f"(now {run.params.data.image_size}) in params.yaml; {kept}")
+    with loops.memory_guard(f"training {run.files.arm}, epoch {epoch}", lower):
+        return _one_epoch(run, batches, epoch, augment)
+
+
+def _one_epoch(run: Run, batches: Feed, epoch: int, augment: Any) -> tuple[dict[str, float], Speed]:
     started = time.perf_counter()
     try:
         fit = loops.train_epoch(batches.net, batches.train, run.optimizer, run.runtime, run.head,
-                                f"{run.files.arm} epoch {epoch}/{run.epochs}", augment=augment,
+                                f"{run.files.arm} epoch {epoch}/{run.epochs} training", augment=augment,
                                 scheduler=batches.scheduler, eager=batches.eager)
     except loops.NonFiniteLoss as where:
         raise RetinopathyError(
@@ -431,8 +445,68 @@ def guard(files: ArmFiles, runtime: Runtime) -> Iterator[None]:
         yield
 
 
-def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) one arm; returns the status written to ``status.json``."""
+# What a run compares in the params file between epochs: what it fingerprints, and its length.
+WATCHED = frozenset({("train", "epochs")})
+
+
+def changed_settings(run: Run, path: Path) -> list[str]:
+    """How the params file at ``path`` now differs from the run's params, in the settings training uses."""
+    try:
+        now = load_params(path).to_dict()
+    except RetinopathyError as error:
+        return [f"it no longer reads ({error})"]
+    except OSError as error:
+        return [f"it no longer reads ({error.strerror})"]
+    return checkpoint.describe_difference(checkpoint.training_params(run.params.to_dict(), WATCHED),
+                                          checkpoint.training_params(now, WATCHED))
+
+
+def check_params(run: Run, path: Path, epochs_done: int) -> None:
+    """Stop when another command has changed ``path`` under the run (all processes together).
+
+    A second `dvc exp run -S key=value` writes params.yaml before it fails on DVC's lock;
+    the running experiment would go on with settings it did not start with, and DVC
+    would record them as its own.
+
+    Raises:
+        RetinopathyError: what changed, that the last good checkpoint is kept, and what to do.
+    """
+    changes = changed_settings(run, path)
+    flag = torch.tensor([float(bool(changes))], device=run.runtime.device)
+    if not sum_over_processes(flag, run.runtime.process).item():
+        return
+    kept = (f"the checkpoint of epoch {epochs_done} is kept in {run.store.folder} and resumes when "
+            "the settings are back" if epochs_done else "no epoch had finished")
+    what = "; ".join(changes) or "on another process"
+    raise RetinopathyError(
+        f"{path}: changed while training the {run.files.arm} arm ({what}), "
+        f"so this run would go on, and be recorded, with settings it did not start with; stopped after "
+        f"epoch {epochs_done}, {kept}. Another command (a second `dvc exp run -S ...`?) wrote it: run one "
+        "experiment at a time, and queue more with `dvc exp run --queue -S key=value`, then "
+        "`dvc exp run --run-all`"
+    )
+
+
+def announce(run: Run, layout: Layout) -> None:
+    """Say at once what is being trained, where and on what (the first pass can take minutes)."""
+    splits = read_index(layout.index)
+    sizes = ", ".join(f"{len(records)} {name}" for name, records in splits.items() if records)
+    size = f"{run.params.data.image_size} px" if run.params.data.image_size else "their own size"
+    note(f"{run.files.arm}: training {run.params.model} for {run.epochs} epochs on {run.runtime.device.type} "
+         f"({sizes} images at {size}, batch {run.params.train.batch_size})")
+
+
+def train_arm(params: Params, arm: str, layout: Layout | None = None,
+              params_path: Path | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip) one arm; returns the status written to ``status.json``.
+
+    Args:
+        params: The settings.
+        arm: ``scratch`` or ``pretrained``.
+        layout: Where the files are (default: the project's).
+        params_path: The file ``params`` came from: read again before every epoch and at
+            the end, to stop when another command changes it (see :func:`check_params`).
+    """
     layout = layout or Layout()
     files = layout.arm(arm)
     train = params.train
@@ -452,10 +526,14 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
                 return {"status": "skipped"}
             verify_weights(manifest, layout.manifest(arm))
             run = build(params, files, layout, manifest, runtime)
+            if runtime.process.is_main:
+                announce(run, layout)
             batches = feed(run, layout)
             resume(run, batches)
             first = len(run.history) + 1
             for epoch in range(first, run.epochs + 1):
+                if params_path is not None:
+                    check_params(run, params_path, epoch - 1)
                 started = time.perf_counter()
                 row, speed = one_epoch(run, batches, epoch)
                 improved = save(run, batches, row)
@@ -470,6 +548,8 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
                           f"{row['test_kappa']:.3f}{extra}{' *' if improved else ''}  [{speed.train:.1f} "
                           f"img/s training, {speed.evaluate:.1f} img/s evaluating, "
                           f"{time.perf_counter() - started:.1f} s for the epoch{start_up}]", flush=True)
+            if params_path is not None:
+                check_params(run, params_path, len(run.history))
             return finish(run)
     finally:
         stop(runtime)
@@ -482,5 +562,5 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch: random initialisation; pretrained: train.weights")
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     args = parser.parse_args(argv)
-    train_arm(load_params(args.params), args.init)
+    train_arm(load_params(args.params), args.init, params_path=Path(args.params))
     return 0
