@@ -129,7 +129,10 @@ def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, rec
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)  # no chance to clean up
     child.wait()
-    killed_after = checkpoint.load(last, "last")["epoch"]
+    # The run's own copy, in its resume store, may be an epoch ahead of models/scratch/last.pt.
+    stored = list((tiny_project / "models/.resume/scratch").glob("*/last.pt"))
+    assert len(stored) == 1, "the unfinished run is kept in its resume store"
+    killed_after = checkpoint.load(stored[0], "last")["epoch"]
     assert 1 <= killed_after < 4, "the kill should land before the last epoch"
 
     resumed = subprocess.run(command, cwd=tiny_project, env=subprocess_env(), capture_output=True, text=True)
@@ -137,6 +140,7 @@ def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, rec
     assert f"resuming after epoch {killed_after} of 4" in resumed.stderr, resumed.stderr
     assert read_history(tiny_project) == read_history(twin)
     assert not list((tiny_project / "models/scratch").glob("*.tmp")), "no temporary file left behind"
+    assert not (tiny_project / "models/.resume").exists(), "the finished run's resume store is removed"
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project, monkeypatch):

@@ -7,12 +7,26 @@ one, never half of one (the pattern of timm's CheckpointSaver). Loading uses
 ``weights_only=True``: a checkpoint is data, not code; and :func:`load` checks
 what it got, so a truncated, foreign or mixed-up file is an error that names
 it and the fix, not a traceback.
+
+An unfinished run keeps its checkpoints in a *resume store*,
+``models/.resume/<arm>/<fingerprint>/{last,best}.pt`` (:class:`ResumeStore`),
+outside DVC's output ``models/<arm>``: ``dvc exp run`` checks out the outputs
+that ``dvc.lock`` records (another experiment's) before it runs a stage, and
+``dvc checkout`` replaces everything in a tracked folder, so a partial run kept
+only there would be lost. Each epoch's files are written to the store first and
+then linked into ``models/<arm>/``, which DVC tracks; the store entry is
+removed when its run finishes (DVC's cache then holds the finished run).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +34,7 @@ import torch
 
 from retinopathy import codedeps
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import atomic_file
+from retinopathy.files import atomic_file, remove_stale_temporaries
 
 # Settings that change how fast training runs but not what it computes (where the
 # decoded pixels live; whether the step is compiled: its kernels may round
@@ -48,21 +62,25 @@ def code_digest() -> str:
     return codedeps.code_digest(TRAINING_STAGE)
 
 
-def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
-                       index_sha: str, world_size: int, decoder: str) -> dict[str, Any]:
-    """What determines a training run's result, as plain data."""
-    cosine = params["train"]["schedule"] == "cosine"
-    trimmed = {
+def training_params(params: dict[str, Any], keep: frozenset[tuple[str, str]] = frozenset()) -> dict[str, Any]:
+    """The params that the fingerprint hashes (and those of ``keep`` it does not), as plain data."""
+    if params["train"]["schedule"] == "cosine":
+        keep = keep | {("train", "epochs")}
+    return {
         section: (
-            {k: v for k, v in values.items()
-             if (section, k) not in NOT_FINGERPRINTED or (cosine and (section, k) == ("train", "epochs"))}
+            {k: v for k, v in values.items() if (section, k) not in NOT_FINGERPRINTED or (section, k) in keep}
             if isinstance(values, dict) else values
         )
         for section, values in params.items()
         if section not in NOT_FINGERPRINTED_SECTIONS
     }
+
+
+def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
+                       index_sha: str, world_size: int, decoder: str) -> dict[str, Any]:
+    """What determines a training run's result, as plain data."""
     return {
-        "params": trimmed,
+        "params": training_params(params),
         "init": init,
         "weights_sha256": weights_sha,
         "index_sha256": index_sha,
@@ -183,3 +201,70 @@ def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
         DamagedCheckpoint: naming ``path``, what is wrong and ``fix``.
     """
     return check(read(path, fix), path, kind, fix)
+
+
+RESUME_FOLDER = ".resume"  # under the models folder; git-ignored, and no part of any DVC output
+
+
+@dataclass(frozen=True)
+class ResumeStore:
+    """The checkpoints of one unfinished run, keyed by its fingerprint, where DVC never writes.
+
+    Attributes:
+        folder: ``models/.resume/<arm>/<fingerprint>``.
+    """
+
+    folder: Path
+
+    @classmethod
+    def of(cls, models: Path, arm: str, fingerprint: str) -> ResumeStore:
+        return cls(Path(models) / RESUME_FOLDER / arm / fingerprint)
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporaries of killed writes in this store; returns what was deleted."""
+        return [path for target in (self.last, self.best) for path in remove_stale_temporaries(target)]
+
+    def remove(self) -> None:
+        """Delete the store's two checkpoints, then its folders if that left them empty (nothing else)."""
+        for path in (self.last, self.best):
+            path.unlink(missing_ok=True)
+        for folder in (self.folder, self.folder.parent, self.folder.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another run's entry, a user's file) or gone: keep it
+                return
+
+
+def publish(source: Path, target: Path) -> None:
+    """Make ``target`` hold ``source``'s bytes, atomically: a hard link where possible, else a copy.
+
+    The link costs no space and no time; both names then share one file, which
+    is safe because every checkpoint write replaces a file (``os.replace``) and
+    never writes into one.
+    """
+    if source == target or (target.exists() and os.path.samefile(source, target)):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    # The temporaries' naming of retinopathy.files, so that a killed run's is found and removed.
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    temporary = target.parent / f".{target.name}.{owner}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(source, temporary)
+    except OSError:  # another filesystem, or one without hard links
+        with atomic_file(target, "wb") as stream, open(source, "rb") as original:
+            shutil.copyfileobj(original, stream)
+        return
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

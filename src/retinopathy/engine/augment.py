@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from retinopathy.config import AugmentParams
+from retinopathy.engine.distributed import torch_seed
 
 _PURPOSE = 7  # a SeedSequence key of its own, apart from every other use of the seed
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma: the grey whose mean contrast changes around
@@ -74,7 +75,8 @@ class Augment:
 
     def draw(self, count: int, epoch: int, step: int) -> dict[str, Tensor]:
         """The random parameters of ``count`` images of (epoch, step), the same on any device."""
-        key = np.random.SeedSequence([self.seed, _PURPOSE, epoch, step, self.rank]).generate_state(2)
+        entropy = [torch_seed(self.seed), _PURPOSE, epoch, step, self.rank]
+        key = np.random.SeedSequence(entropy).generate_state(2)
         generator = torch.Generator().manual_seed(int(key[0]) << 32 | int(key[1]))
         s = self.settings
 

@@ -62,6 +62,11 @@ def sum_over_processes(tensor: Tensor, process: Process) -> Tensor:
     return tensor
 
 
+def torch_seed(value: int) -> int:
+    """``value`` as torch's generators take it: any int, folded into [0, 2**64) (unchanged there)."""
+    return value % 2 ** 64
+
+
 class ShardSampler(Sampler[int]):
     """Every index exactly once over all processes: rank r takes r, r+W, r+2W, ...
 
@@ -97,7 +102,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(torch_seed(self.seed * 100_003 + self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         # Pad by wrapping so every process runs the same number of steps (DDP needs it).
         order += order[: self.per_process * self.process.world_size - self.size]
@@ -121,7 +126,7 @@ class BalancedSampler(EpochShuffleSampler):
         self.weights = 1.0 / counts[torch.tensor(labels)].double()
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(torch_seed(self.seed * 100_003 + self.epoch))
         order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
         order += order[: self.per_process * self.process.world_size - self.size]
         return iter(order[self.process.rank :: self.process.world_size])

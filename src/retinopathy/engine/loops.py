@@ -5,13 +5,21 @@ batches, the :class:`~retinopathy.engine.runtime.Runtime` and the
 :class:`~retinopathy.models.head.Head` that turns outputs into a loss and
 grades. Totals stay on the device until the end of a pass: reading them per
 batch would make the CPU wait for the GPU at every step.
+
+Every pass shows its progress on the main process (:class:`Progress`): tqdm's
+bar with an ETA on a terminal, else (under `dvc repro`, in a log) a plain line
+at least every :data:`PLAIN_EVERY` seconds. Running out of memory in a pass is
+an :class:`OutOfMemory` error that says what to lower (:func:`memory_guard`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -49,10 +57,121 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; training must stop."""
 
 
+class OutOfMemory(RetinopathyError):
+    """A pass ran out of device or host memory; the message says what to lower."""
+
+
+def allocation_failure(error: BaseException) -> str | None:
+    """Which memory ran out, when ``error`` is an allocator's failure (else None)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return "GPU memory"
+    if isinstance(error, MemoryError):
+        return "memory"
+    text = str(error)
+    if isinstance(error, RuntimeError):
+        if "DefaultCPUAllocator" in text and ("can't allocate" in text or "not enough memory" in text):
+            return "memory"
+        if "out of memory" in text.lower():  # CUDA's older message, MPS, ROCm
+            return "GPU memory"
+    return None
+
+
+@contextmanager
+def memory_guard(what: str, lower: str) -> Iterator[None]:
+    """Turn an allocation failure in the block into :class:`OutOfMemory`: what ran out, and ``lower``.
+
+    Args:
+        what: What was running, e.g. ``training scratch, epoch 2``.
+        lower: The settings that would make it fit, e.g. ``train.batch_size (now 64) or ...``.
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        kind = allocation_failure(error)
+        if kind is None:
+            raise
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise OutOfMemory(f"{what}: ran out of {kind} ({detail}); lower {lower}") from None
+
+
+PLAIN_EVERY = 30.0  # seconds between progress lines when the output is not a terminal
+
+
+def clock_time(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """The batches of a pass, with its progress shown on the main process.
+
+    On a terminal: tqdm's bar, with the rate and an ETA. Elsewhere (a log, `dvc repro`,
+    `dvc exp run`): ``<description>: 320/600 images, 41 img/s, ETA 0:09`` on stderr
+    whenever :data:`PLAIN_EVERY` seconds have passed since the last line (or the
+    start), so a long pass is never silent. Counts are over all processes.
+
+    Args:
+        batches: (images, labels) batches; their ``sampler`` (when they have one) gives the total.
+        description: What the pass is, e.g. ``scratch epoch 2/4``.
+        process: Only the main process shows anything.
+        stream: Where lines go (default: stderr).
+        clock: Seconds, monotonic (tests pass a fake one).
+        every: Seconds between plain lines (default: :data:`PLAIN_EVERY`).
+        terminal: Whether ``stream`` is a terminal (default: ask it).
+    """
+
+    def __init__(self, batches: Iterable, description: str, process: Process, *, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, every: float | None = None,
+                 terminal: bool | None = None) -> None:
+        self.batches, self.description, self.process = batches, description, process
+        self.stream = stream or sys.stderr
+        self.clock, self.every = clock, PLAIN_EVERY if every is None else every
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def total(self) -> int | None:
+        """Images in the pass over all processes, when the batches know their sampler."""
+        sampler = getattr(self.batches, "sampler", None)
+        try:
+            return len(sampler) * self.process.world_size if sampler is not None else None
+        except TypeError:
+            return None
+
+    def __iter__(self) -> Iterator:
+        if not self.process.is_main:
+            yield from self.batches
+            return
+        if self.terminal:
+            yield from tqdm(self.batches, desc=self.description, leave=False, mininterval=1.0,
+                            dynamic_ncols=True, file=self.stream, unit="batch")
+            return
+        total, done = self.total(), 0
+        started = last = self.clock()
+        for batch in self.batches:
+            yield batch
+            done += len(batch[1]) * self.process.world_size
+            now = self.clock()
+            if now - last >= self.every:
+                last = now
+                self.stream.write(self.line(done, total, now - started) + "\n")
+                self.stream.flush()
+
+    def line(self, done: int, total: int | None, seconds: float) -> str:
+        """``<description>: done/total images, rate img/s, ETA m:ss``."""
+        rate = done / seconds if seconds > 0 else 0.0
+        if total is None:
+            return f"{self.description}: {done} images, {rate:.1f} img/s, {clock_time(seconds)} so far"
+        eta = f"ETA {clock_time((total - done) / rate)}" if rate > 0 else "ETA unknown"
+        return f"{self.description}: {done}/{total} images, {rate:.1f} img/s, {eta}"
+
+
 def progress(batches: Iterable, description: str, process: Process) -> Iterable:
-    """A progress bar on the main process (and only on a terminal); the batches unchanged elsewhere."""
-    return tqdm(batches, desc=description, leave=False, disable=None if process.is_main else True,
-                mininterval=1.0, dynamic_ncols=True)
+    """:class:`Progress` of ``batches``, shown on the main process only."""
+    return Progress(batches, description, process)
 
 
 def _confusion(actual: Tensor, predicted: Tensor) -> Tensor:
@@ -210,12 +329,21 @@ def predict_scores(model: nn.Module, images: Tensor, runtime: Runtime, head: Hea
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, description: str = "test",
-            tta: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+            tta: bool = False, lower: str = "the batch size (--batch-size)") -> tuple[Tensor, Tensor, Tensor]:
     """Scores, grades and true grades of this process's shard (CPU tensors), in eval mode.
 
     Without ``tta`` the grades are exactly those the evaluation passes count
     (the largest logit, or the thresholds of the value).
+
+    Raises:
+        OutOfMemory: saying to lower ``lower``.
     """
+    with memory_guard(f"grading ({description})", lower):
+        return _predict(model, batches, runtime, head, description, tta)
+
+
+def _predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, description: str,
+             tta: bool) -> tuple[Tensor, Tensor, Tensor]:
     model.eval()
     scores, grades, actual = [], [], []
     for images, labels in progress(batches, description, runtime.process):

@@ -112,9 +112,16 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     best = checkpoint.load(files.best, "best", fix=(
         f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
         f"or move {files.model_dir} away and run `dvc repro` to train the arm again"))
-    if best.get("fingerprint") != status["fingerprint"]:
-        raise RetinopathyError(f"{files.best}: is not from the run in {files.status}; rerun training")
     history = status["history"]
+    if best["fingerprint"] != status["fingerprint"] or best["epoch"] != status["best_epoch"] \
+            or not 1 <= best["epoch"] <= len(history):
+        # A kill (or a full disk) between training's writes, or files put together by hand.
+        raise RetinopathyError(
+            f"{files.best}: holds epoch {best['epoch']} of run {best['fingerprint']}, but {files.status} "
+            f"says the best epoch of run {status['fingerprint']} is {status['best_epoch']}: they are from "
+            f"different or interrupted training runs; run `dvc repro train@{arm}` (or `retinopathy train "
+            f"--init {arm}`) to finish training, which writes both again"
+        )
     best_row = history[best["epoch"] - 1]
 
     spec = GraderSpec.from_dict(best.get("spec"), str(files.best))
@@ -127,7 +134,10 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     sources, decoder = open_sources(params, runtime, records, spec.image_size, status["resident"])
     batches = eval_batches(sources["test"], train.batch_size, runtime)
     tta = params.evaluate.tta == "flips"
-    _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), tta=tta)
+    lower = (f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
+             f"{', or set evaluate.tta to none' if tta else ''}")
+    _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), f"evaluating {arm}", tta=tta,
+                                         lower=lower)
     actual_np, predicted_np = actual.numpy(), predicted.numpy()
     tables = confusion_tables(actual_np, predicted_np)
 

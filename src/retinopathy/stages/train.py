@@ -5,16 +5,29 @@ or the weights its manifest names), then for each epoch trains over the
 training split and evaluates on the whole test split (and the validation split
 when there is one). After every epoch it writes, in this order:
 
-1. ``models/<arm>/best.pt`` when the epoch is the best so far;
-2. ``models/<arm>/last.pt``: model, optimizer, epoch, history, RNG state and
-   the config fingerprint;
-3. ``metrics/history/<arm>.csv``: the per-epoch history, for `dvc plots`.
+1. ``last.pt`` (model, optimizer, epoch, history, RNG state and the config
+   fingerprint) into the run's resume store,
+   ``models/.resume/<arm>/<fingerprint>/`` (:class:`retinopathy.checkpoint.ResumeStore`),
+   which no DVC command touches;
+2. ``best.pt`` there, when the epoch is the best so far;
+3. both into ``models/<arm>/``, DVC's output (hard links: no copy);
+4. ``metrics/history/<arm>.csv``: the per-epoch history, for `dvc plots`.
 
-All three are atomic, and the order makes a kill at any moment safe: a resumed
-run repeats at most the unfinished epoch and, because batches depend only on
-(seed, epoch), produces the same history as an uninterrupted run. The history
-CSV is rewritten from the checkpoint each epoch rather than appended by a
-logger such as DVCLive, so it can never hold an epoch the checkpoint lacks.
+Each write is atomic, and the order makes a kill at any moment safe: the store
+always holds a consistent pair (a ``best.pt`` one epoch behind a ``last.pt``
+whose epoch is the best is rebuilt from it), a resumed run repeats at most the
+unfinished epoch and, because batches depend only on (seed, epoch), produces
+the same history as an uninterrupted run. A resume looks in the store first, so
+it survives `dvc exp run` and `dvc checkout` restoring another experiment's
+``models/<arm>/`` in between. When the run finishes, ``status.json`` is written
+last (evaluate checks that it and ``best.pt`` name the same run and epoch) and
+the store entry is removed. The history CSV is rewritten from the checkpoint
+each epoch rather than appended by a logger such as DVCLive, so it can never
+hold an epoch the checkpoint lacks.
+
+Between epochs training reads the params file again: when another command
+(a second `dvc exp run -S ...`) has changed a setting under it, it stops, the
+last good checkpoint kept.
 
 Runs under ``torchrun --nproc_per_node=N`` as DistributedDataParallel: every
 process trains on its share of each batch, accuracies are summed over all
@@ -44,7 +57,7 @@ from retinopathy.data.index import read_index
 from retinopathy.engine import loops, recipe
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
-from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler
+from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler, sum_over_processes, torch_seed
 from retinopathy.engine.optim import make_optimizer, make_scheduler
 from retinopathy.engine.resident import planned_decoder
 from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start, stop
@@ -84,6 +97,7 @@ class Run:
     decoder: str  # which decoder makes the pixels: it changes them by a few levels
     inputs: dict[str, Any]  # what the fingerprint hashes, to say what changed
     fingerprint: str
+    store: checkpoint.ResumeStore  # this run's checkpoints, where DVC never writes
     grader: Grader  # the network itself: saved, BatchNorm-recalibrated
     head: Head  # the loss and the grading (regression thresholds may be tuned each epoch)
     optimizer: torch.optim.Optimizer
@@ -142,7 +156,7 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
                                            sha256_of(layout.index), runtime.process.world_size, decoder)
     runtime.configure_backends()
     head = recipe.make_head(params, [r.label for r in splits["train"]])
-    torch.manual_seed(train.seed)  # model init (scratch) and the new fc (pretrained)
+    torch.manual_seed(torch_seed(train.seed))  # model init (scratch) and the new fc (pretrained)
     net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(manifest))
     spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize,
                       preprocess=params.data.preprocess, loss=train.loss,
@@ -150,37 +164,110 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
     grader = runtime.place(Grader(net, spec))
     optimizer = make_optimizer(grader, runtime, lr=train.lr, momentum=train.momentum,
                                weight_decay=train.weight_decay, nesterov=train.nesterov)
+    fingerprint = checkpoint.fingerprint(inputs)
+    store = checkpoint.ResumeStore.of(layout.models, files.arm, fingerprint)
     return Run(files, params, runtime, manifest, train.epochs_for(params.model), bool(splits["val"]),
-               resident, decoder, inputs, checkpoint.fingerprint(inputs), grader, head, optimizer)
+               resident, decoder, inputs, fingerprint, store, grader, head, optimizer)
+
+
+def best_of(run: Run, history: list[dict[str, float]]) -> int:
+    """The selected epoch of ``history``: the first among ties, as :func:`save` writes best.pt."""
+    return int(max(history, key=lambda row: row[run.key])["epoch"])
+
+
+def best_state(run: Run, state: dict[str, Any]) -> dict[str, Any]:
+    """A best.pt of the epoch in the last.pt ``state`` (which must be the run's best so far)."""
+    row = state["history"][state["epoch"] - 1]
+    return {"model": state["model"], "spec": state["spec"], "epoch": state["epoch"], run.key: row[run.key],
+            "fingerprint": state["fingerprint"]}
+
+
+def matching_best(run: Run, state: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, bool]:
+    """The best.pt at ``path`` if it holds the selected epoch of the last.pt ``state``, and False.
+
+    Else, when that epoch is ``state``'s own (a kill between the two writes),
+    one rebuilt from ``state``, and True; else None: the selected epoch's weights are gone.
+    """
+    wanted = best_of(run, state["history"])
+    try:
+        best = checkpoint.load(path, "best") if path.exists() else None
+    except checkpoint.DamagedCheckpoint:
+        best = None
+    if best is not None and best["fingerprint"] == run.fingerprint and best["epoch"] == wanted:
+        return best, False
+    return (best_state(run, state), True) if wanted == state["epoch"] else (None, False)
+
+
+def candidates(run: Run, say: Any) -> list[tuple[Path, dict[str, Any], Path]]:
+    """The last.pt files this run may resume from, as (last.pt, its state, the best.pt beside it).
+
+    The resume store's comes first: the run's own, whatever DVC did to ``models/<arm>/``
+    since. Then ``models/<arm>/last.pt``: a finished run's, continued when train.epochs rises.
+    """
+    store, last = run.store, run.files.last
+    found = []
+    if store.last.exists():
+        state = checkpoint.load(store.last, "last", fix=f"move {store.folder} away to train from the start")
+        if state["fingerprint"] != run.fingerprint:
+            raise checkpoint.DamagedCheckpoint(
+                f"{store.last}: made by another run than its folder's name says; "
+                f"move {store.folder} away to train from the start")
+        if state["epoch"] > run.epochs:
+            raise RetinopathyError(
+                f"{store.last}: an unfinished run of these settings has {state['epoch']} epochs, more "
+                f"than train.epochs={run.epochs}; set train.epochs to {state['epoch']} or more in "
+                f"params.yaml to continue it, or move {store.folder} away to train {run.epochs} epochs "
+                "from the start")
+        found.append((store.last, state, store.best))
+    if last.exists():
+        fix = (f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
+               f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start")
+        state = checkpoint.read(last, fix)
+        if state["fingerprint"] != run.fingerprint:  # other params, data or code (another version's too)
+            if not found:
+                changes = checkpoint.describe_difference(state.get("fingerprint_inputs", {}), run.inputs)
+                say(f"{last}: made with other settings, not resuming from it "
+                    f"({'; '.join(changes) or 'unknown difference'}); training from the start")
+        elif checkpoint.check(state, last, "last", fix)["epoch"] > run.epochs:
+            if not found:
+                say(f"{last}: has {state['epoch']} epochs, more than train.epochs={run.epochs}; "
+                    "training from the start")
+        else:
+            found.append((last, state, run.files.best))
+    return found
 
 
 def resume(run: Run, batches: Feed) -> None:
-    """Continue from ``last.pt`` when it was made by this run's settings, code and data (else say why)."""
-    last = run.files.last
-    if not last.exists():
-        return
+    """Continue from the furthest checkpoint of this run's settings, code and data (else say why not).
+
+    Afterwards the resume store holds the pair resumed from (hard links where it came from
+    ``models/<arm>/``), so DVC restoring another run's files there loses nothing.
+    """
     say = note if run.runtime.process.is_main else (lambda _: None)  # once, not once per process
-    fix = (f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
-           f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start")
-    state = checkpoint.read(last, fix)
-    if state["fingerprint"] != run.fingerprint:  # other params, data or code (another version's too)
-        changes = checkpoint.describe_difference(state.get("fingerprint_inputs", {}), run.inputs)
-        say(f"{last}: made with other settings, not resuming from it "
-            f"({'; '.join(changes) or 'unknown difference'}); training from the start")
+    if run.runtime.process.is_main:
+        for path in run.store.remove_stale_temporaries():
+            note(f"{path}: removed, a temporary file left by a killed run")
+    found = candidates(run, say)
+    if not found:
         return
-    checkpoint.check(state, last, "last", fix)  # resumable only if complete and consistent
-    if state["epoch"] > run.epochs:
-        say(f"{last}: has {state['epoch']} epochs, more than train.epochs={run.epochs}; "
-            "training from the start")
+    path, state, best_path = max(found, key=lambda item: item[1]["epoch"])  # the store's among ties
+    best, rebuilt = matching_best(run, state, best_path)
+    if best is None:
+        say(f"{best_path}: does not hold epoch {best_of(run, state['history'])}, the selected epoch of "
+            f"{path}; training from the start")
         return
-    say(f"{last}: resuming after epoch {state['epoch']} of {run.epochs}")
+    say(f"{path}: resuming after epoch {state['epoch']} of {run.epochs}")
     run.grader.net.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     batches.scheduler.load_state_dict(state["scheduler"])
     run.history = state["history"]
     torch.set_rng_state(state["rng"]["torch"])
-    # Otherwise an older best.pt stays until this run's first epoch replaces it
-    # (evaluate checks that best.pt and status.json share a fingerprint).
+    if run.runtime.process.is_main:  # the store's best.pt first: a kill between leaves the older pair
+        if rebuilt:
+            checkpoint.save_atomic(best, run.store.best)
+        else:
+            checkpoint.publish(best_path, run.store.best)
+        checkpoint.publish(path, run.store.last)
 
 
 def feed(run: Run, layout: Layout) -> Feed:
@@ -194,6 +281,10 @@ def feed(run: Run, layout: Layout) -> Feed:
     images = run.epochs * len(splits["train"])
     net = compiled(eager) if compile_wanted(train.compile, runtime, images) else eager
     started = time.perf_counter()
+    if runtime.process.is_main:
+        count = sum(len(split) for split in splits.values())
+        note(f"{run.files.arm}: decoding {count} images into {runtime.device.type} memory ..." if run.resident
+             else f"{run.files.arm}: {count} images from {params.data.root}, decoded batch by batch")
     sources, decoder = open_sources(params, runtime, splits, params.data.image_size, run.resident)
     if run.resident and runtime.process.is_main:
         count, seconds = sum(len(split) for split in splits.values()), time.perf_counter() - started
@@ -209,7 +300,7 @@ def feed(run: Run, layout: Layout) -> Feed:
     if train.precise_bn_images:
         # The same training images every epoch, chosen by the seed alone.
         size = len(splits["train"])
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(train.seed))
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(torch_seed(train.seed)))
         subset = ShardSampler(size, runtime.process, order[: train.precise_bn_images].tolist())
         batchnorm = batches(sources["train"], subset, per_process, runtime)
     steps = len(training)  # per epoch, on every process
@@ -234,10 +325,20 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Sp
     if batches.augment is not None:
         def augment(images: torch.Tensor, step: int) -> torch.Tensor:
             return batches.augment(images, epoch, step)
+    train = run.params.train
+    kept = (f"the last good checkpoint {run.store.last} (epoch {len(run.history)}) is kept" if run.history
+            else "no epoch had finished")
+    lower = (f"train.batch_size (now {train.batch_size}) or data.image_size "
+             f"(now {run.params.data.image_size}) in params.yaml; {kept}")
+    with loops.memory_guard(f"training {run.files.arm}, epoch {epoch}", lower):
+        return _one_epoch(run, batches, epoch, augment)
+
+
+def _one_epoch(run: Run, batches: Feed, epoch: int, augment: Any) -> tuple[dict[str, float], Speed]:
     started = time.perf_counter()
     try:
         fit = loops.train_epoch(batches.net, batches.train, run.optimizer, run.runtime, run.head,
-                                f"{run.files.arm} epoch {epoch}/{run.epochs}", augment=augment,
+                                f"{run.files.arm} epoch {epoch}/{run.epochs} training", augment=augment,
                                 scheduler=batches.scheduler, eager=batches.eager)
     except loops.NonFiniteLoss as where:
         raise RetinopathyError(
@@ -259,7 +360,11 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Sp
 
 
 def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
-    """Append ``row`` and write best.pt (if it is the best epoch), last.pt and the history, in that order.
+    """Append ``row``; write last.pt, best.pt (if the epoch is the best) into the store, then publish.
+
+    The order keeps the store's pair consistent after a kill at any moment (see
+    :func:`matching_best`); ``models/<arm>/`` then gets hard links to both, and the
+    history is rewritten.
 
     Returns:
         Whether the epoch is the best so far.
@@ -269,9 +374,6 @@ def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
     if not run.runtime.process.is_main:
         return improved
     model, spec = run.grader.net.state_dict(), run.spec()
-    if improved:
-        checkpoint.save_atomic({"model": model, "spec": spec, "epoch": row["epoch"],
-                                run.key: row[run.key], "fingerprint": run.fingerprint}, run.files.best)
     checkpoint.save_atomic({
         "model": model,
         "spec": spec,
@@ -283,16 +385,31 @@ def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
         "fingerprint": run.fingerprint,
         "fingerprint_inputs": run.inputs,
         "config": run.params.to_dict(),
-    }, run.files.last)
+    }, run.store.last)
+    if improved:
+        checkpoint.save_atomic({"model": model, "spec": spec, "epoch": row["epoch"],
+                                run.key: row[run.key], "fingerprint": run.fingerprint}, run.store.best)
+    publish(run)
     write_history(run.history, run.files.history, run.with_val)
     return improved
 
 
+def publish(run: Run) -> None:
+    """Put the store's pair into ``models/<arm>/``, DVC's output: best.pt, then last.pt."""
+    checkpoint.publish(run.store.best, run.files.best)
+    checkpoint.publish(run.store.last, run.files.last)
+
+
 def finish(run: Run) -> dict[str, Any]:
-    """Write ``status.json``: the best epoch and the history, for evaluate."""
+    """Publish the checkpoints, write ``status.json`` (the best epoch and the history, for evaluate), last.
+
+    Then the run's resume store is removed: ``models/<arm>/`` holds the finished run, and
+    DVC's cache keeps it once the stage ends.
+    """
     status: dict[str, Any] = {"status": "trained", "model": run.params.model, "init": run.files.arm}
     if run.runtime.process.is_main:
-        write_history(run.history, run.files.history, run.with_val)  # also when nothing was left to train
+        publish(run)  # also when nothing was left to train: DVC may have restored other files
+        write_history(run.history, run.files.history, run.with_val)
         best_row = max(run.history, key=lambda r: r[run.key])  # first epoch among ties, as best.pt
         status.update({
             "epochs": run.epochs,
@@ -306,6 +423,7 @@ def finish(run: Run) -> dict[str, Any]:
             "history": run.history,  # evaluate reads it here, not from the much larger last.pt
         })
         write_json_atomic(run.files.status, status)
+        run.store.remove()
     return status
 
 
@@ -327,8 +445,68 @@ def guard(files: ArmFiles, runtime: Runtime) -> Iterator[None]:
         yield
 
 
-def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) one arm; returns the status written to ``status.json``."""
+# What a run compares in the params file between epochs: what it fingerprints, and its length.
+WATCHED = frozenset({("train", "epochs")})
+
+
+def changed_settings(run: Run, path: Path) -> list[str]:
+    """How the params file at ``path`` now differs from the run's params, in the settings training uses."""
+    try:
+        now = load_params(path).to_dict()
+    except RetinopathyError as error:
+        return [f"it no longer reads ({error})"]
+    except OSError as error:
+        return [f"it no longer reads ({error.strerror})"]
+    return checkpoint.describe_difference(checkpoint.training_params(run.params.to_dict(), WATCHED),
+                                          checkpoint.training_params(now, WATCHED))
+
+
+def check_params(run: Run, path: Path, epochs_done: int) -> None:
+    """Stop when another command has changed ``path`` under the run (all processes together).
+
+    A second `dvc exp run -S key=value` writes params.yaml before it fails on DVC's lock;
+    the running experiment would go on with settings it did not start with, and DVC
+    would record them as its own.
+
+    Raises:
+        RetinopathyError: what changed, that the last good checkpoint is kept, and what to do.
+    """
+    changes = changed_settings(run, path)
+    flag = torch.tensor([float(bool(changes))], device=run.runtime.device)
+    if not sum_over_processes(flag, run.runtime.process).item():
+        return
+    kept = (f"the checkpoint of epoch {epochs_done} is kept in {run.store.folder} and resumes when "
+            "the settings are back" if epochs_done else "no epoch had finished")
+    what = "; ".join(changes) or "on another process"
+    raise RetinopathyError(
+        f"{path}: changed while training the {run.files.arm} arm ({what}), "
+        f"so this run would go on, and be recorded, with settings it did not start with; stopped after "
+        f"epoch {epochs_done}, {kept}. Another command (a second `dvc exp run -S ...`?) wrote it: run one "
+        "experiment at a time, and queue more with `dvc exp run --queue -S key=value`, then "
+        "`dvc exp run --run-all`"
+    )
+
+
+def announce(run: Run, layout: Layout) -> None:
+    """Say at once what is being trained, where and on what (the first pass can take minutes)."""
+    splits = read_index(layout.index)
+    sizes = ", ".join(f"{len(records)} {name}" for name, records in splits.items() if records)
+    size = f"{run.params.data.image_size} px" if run.params.data.image_size else "their own size"
+    note(f"{run.files.arm}: training {run.params.model} for {run.epochs} epochs on {run.runtime.device.type} "
+         f"({sizes} images at {size}, batch {run.params.train.batch_size})")
+
+
+def train_arm(params: Params, arm: str, layout: Layout | None = None,
+              params_path: Path | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip) one arm; returns the status written to ``status.json``.
+
+    Args:
+        params: The settings.
+        arm: ``scratch`` or ``pretrained``.
+        layout: Where the files are (default: the project's).
+        params_path: The file ``params`` came from: read again before every epoch and at
+            the end, to stop when another command changes it (see :func:`check_params`).
+    """
     layout = layout or Layout()
     files = layout.arm(arm)
     train = params.train
@@ -348,10 +526,14 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
                 return {"status": "skipped"}
             verify_weights(manifest, layout.manifest(arm))
             run = build(params, files, layout, manifest, runtime)
+            if runtime.process.is_main:
+                announce(run, layout)
             batches = feed(run, layout)
             resume(run, batches)
             first = len(run.history) + 1
             for epoch in range(first, run.epochs + 1):
+                if params_path is not None:
+                    check_params(run, params_path, epoch - 1)
                 started = time.perf_counter()
                 row, speed = one_epoch(run, batches, epoch)
                 improved = save(run, batches, row)
@@ -366,6 +548,8 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[st
                           f"{row['test_kappa']:.3f}{extra}{' *' if improved else ''}  [{speed.train:.1f} "
                           f"img/s training, {speed.evaluate:.1f} img/s evaluating, "
                           f"{time.perf_counter() - started:.1f} s for the epoch{start_up}]", flush=True)
+            if params_path is not None:
+                check_params(run, params_path, len(run.history))
             return finish(run)
     finally:
         stop(runtime)
@@ -378,5 +562,5 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch: random initialisation; pretrained: train.weights")
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     args = parser.parse_args(argv)
-    train_arm(load_params(args.params), args.init)
+    train_arm(load_params(args.params), args.init, params_path=Path(args.params))
     return 0
