@@ -81,6 +81,33 @@ def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stoppi
     assert not (trained / "why/broken.png").exists()
 
 
+def test_predict_with_a_shipped_checkpoint_works_outside_the_project(trained, tmp_path_factory,
+                                                                     monkeypatch, capsys):
+    """No params.yaml in the folder and no --params: the checkpoint's spec and built-in defaults."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    shutil.copy(Layout().arm("scratch").best, elsewhere / "grader.pt")
+    camera_photo(elsewhere / "eye.jpg")
+    expected_out = trained / "here.csv"
+    assert predict.main([str(elsewhere / "eye.jpg"), "--out", str(expected_out)]) == 0
+    monkeypatch.chdir(elsewhere)
+    assert not Path("params.yaml").exists()
+    assert predict.main(["eye.jpg", "--checkpoint", "grader.pt", "--out", "graded.csv"]) == 0
+    (row,) = read_rows(elsewhere / "graded.csv")
+    (expected,) = read_rows(expected_out)
+    assert row["error"] == "" and row["grade"] == expected["grade"]
+    assert row["probability_0"] == expected["probability_0"]  # same spec, same device, same numbers
+    with pytest.raises(RetinopathyError, match="nothing.yaml: not found"):
+        predict.main(["eye.jpg", "--checkpoint", "grader.pt", "--params", "nothing.yaml"])
+
+
+def test_predict_with_a_skipped_arm_says_why_and_the_real_fix(trained):
+    with pytest.raises(RetinopathyError) as excinfo:
+        predict.main(["data/demo/test_img.csv", "--arm", "pretrained"])
+    message = str(excinfo.value)
+    assert "was not trained" in message and "skipped" in message and "TORCH_HOME" in message
+    assert "train.weights" in message
+
+
 def test_a_camera_photo_is_cropped_to_the_fundus_as_import_kaggle_does(tmp_path):
     from retinopathy.data.photos import prepare_photo
 
