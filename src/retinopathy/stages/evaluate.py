@@ -156,6 +156,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "test_size": int(len(actual_np)),
         "decoder": decoder,
         "trained_with_decoder": status["decoder"],
+        "fingerprint": best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
     }
     evaluation = Evaluation(metrics, info)
     write_tables(files, actual_np, predicted_np, tables)
