@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,55 @@ def test_version_prints_the_installed_version(capsys):
 
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"retinopathy {metadata.version('retinopathy')}"
+
+
+def _parser_of(command: str, monkeypatch) -> argparse.ArgumentParser:
+    """The parser that ``retinopathy <command>`` builds, caught as it parses (nothing runs)."""
+    import importlib
+
+    caught = {}
+
+    class Caught(Exception):
+        pass
+
+    def catch(parser, *args, **kwargs):
+        caught["parser"] = parser
+        raise Caught
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(Caught):
+        importlib.import_module(cli.module_of(command)).main([])
+    monkeypatch.undo()
+    return caught["parser"]
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_every_option_has_help_in_one_style(command, monkeypatch):
+    """Sentence case, a full stop, and a default shown as "(default: X)" wherever there is one."""
+    parser = _parser_of(command, monkeypatch)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        text = action.help or ""
+        assert text and text[0].isupper() and text.endswith("."), f"{command} {name}: {text!r}"
+        assert "(default " not in text, f"{command} {name}: write defaults as '(default: X)'"
+        has_default = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+        if has_default and action.option_strings:
+            assert "(default: " in text, f"{command} {name}: the default {action.default!r} is not shown"
+
+
+# The commands whose --help must not wait for torch (about 3 s here): every one that
+# does not need it to build its options.
+LIGHT_HELP = ("predict", "export", "compare", "report", "demo-data")
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom retinopathy import cli\n"
+            f"for command in {LIGHT_HELP!r}:\n"
+            "    try:\n        cli.main([command, '--help'])\n    except SystemExit as exit:\n"
+            "        assert exit.code == 0, command\n"
+            "    assert 'torch' not in sys.modules, command\n"
+            "print('light')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+    assert done.returncode == 0 and done.stdout.strip().endswith("light"), done.stderr

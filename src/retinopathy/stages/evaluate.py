@@ -167,8 +167,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy evaluate --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--init", choices=ARMS, required=True)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("--init", choices=ARMS, required=True, help="The arm to evaluate.")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
     evaluation = evaluate_arm(load_params(args.params), args.init)
     info, metrics = evaluation.info, evaluation.metrics

@@ -153,19 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         description="Build the course's square JPEG dataset (four split CSVs + <image>.jpeg) "
         "from Kaggle's trainLabels.csv and full-size training images.",
     )
-    parser.add_argument("--labels", type=Path, required=True, help="Kaggle's trainLabels.csv")
-    parser.add_argument("--images", type=Path, required=True, help="folder of <image>.jpeg")
-    parser.add_argument("--out", type=Path, required=True, help="folder to create")
-    parser.add_argument("--size", type=int, default=512, help="output side (default 512)")
+    parser.add_argument("--labels", type=Path, required=True, metavar="FILE",
+                        help="Kaggle's trainLabels.csv.")
+    parser.add_argument("--images", type=Path, required=True, metavar="DIR",
+                        help="The folder of <image>.jpeg.")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="The folder to create.")
+    parser.add_argument("--size", type=int, default=512, help="The output side in pixels (default: 512).")
     parser.add_argument(
         "--split-lists",
         type=Path,
-        help=f"folder with the four course CSVs to take the split from (default "
-        f"{DEFAULT_SPLIT_LISTS} when it lists only images of --labels, else a seeded split)",
+        metavar="DIR",
+        help=f"The folder with the four course CSVs to take the split from (default: "
+        f"{DEFAULT_SPLIT_LISTS} when it lists only images of --labels, else a seeded split).",
     )
-    parser.add_argument("--test-fraction", type=float, help="seeded split: test share (0.2)")
-    parser.add_argument("--seed", type=int, help="seeded split: random seed (0)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--test-fraction", type=float, help="Seeded split: the test share (default: 0.2).")
+    parser.add_argument("--seed", type=int, help="Seeded split: the random seed (default: 0).")
+    parser.add_argument("--workers", type=int, default=1, help="Parallel processes (default: 1).")
     args = parser.parse_args(argv)
     seeded = args.test_fraction is not None or args.seed is not None
     if args.split_lists is not None and seeded:

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"),
                         help="The CSV to write (default: predictions.csv).")
     parser.add_argument("--tta", choices=("none", "flips"), default="none",
-                        help="flips: average the scores over the four flips of each image (default: none).")
+                        help="With flips, average the scores over the four flips of each image "
+                             "(default: none).")
     parser.add_argument("--explain", type=Path, metavar="DIR",
                         help="Also write a Grad-CAM heat map of each graded image into DIR.")
     parser.add_argument("--batch-size", type=_positive_int, metavar="N",

@@ -57,11 +57,12 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy prepare [--params params.yaml] [--out data/prepared]``."""
     parser = argparse.ArgumentParser(prog="retinopathy prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("--out", type=Path, default=Layout.prepared,
-                        help=f"output folder, replaced as a whole (default: {Layout.prepared})")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
+    parser.add_argument("--out", type=Path, default=Layout.prepared, metavar="DIR",
+                        help=f"The output folder, replaced as a whole (default: {Layout.prepared}).")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="threads that check the images open")
+                        help="Threads that check the images open (default: the CPU count, at most 4).")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     summary = prepare(params, args.out, workers=args.workers)
