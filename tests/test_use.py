@@ -129,12 +129,16 @@ def test_predict_with_a_shipped_checkpoint_works_outside_the_project(trained, tm
         predict.main(["eye.jpg", "--checkpoint", "grader.pt", "--params", "nothing.yaml"])
 
 
-def test_predict_with_a_skipped_arm_says_why_and_the_real_fix(trained):
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_skipped_arm_says_why_and_the_real_fix(trained, command):
+    """Offline, `dvc repro` does not train the pretrained arm: the message says why and what does."""
+    argv = (["data/demo/test_img.csv", "--arm", "pretrained"] if command == "predict"
+            else ["--arm", "pretrained", "--format", "torchscript", "--out", "grader.pt"])
     with pytest.raises(RetinopathyError) as excinfo:
-        predict.main(["data/demo/test_img.csv", "--arm", "pretrained"])
+        {"predict": predict, "export": export}[command].main(argv)
     message = str(excinfo.value)
-    assert "was not trained" in message and "skipped" in message and "TORCH_HOME" in message
-    assert "train.weights" in message
+    assert "was not trained" in message and "says skipped" in message and "TORCH_HOME" in message
+    assert "train.weights" in message and "run `dvc repro`" not in message
 
 
 def test_a_camera_photo_is_cropped_to_the_fundus_as_import_kaggle_does(tmp_path):

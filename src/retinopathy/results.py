@@ -233,3 +233,22 @@ def at_baseline(metrics: dict[str, float]) -> str | None:
                 f"baseline's {100 * base:.1f}%, balanced accuracy {bacc:.3f} <= {BASELINE_BALANCED_ACCURACY}")
     return None
 
+
+def missing_checkpoint_fix(arm: str, layout: Layout) -> str:
+    """What to do when an arm has no ``best.pt``: why it was not trained, if its records say so.
+
+    A skipped arm (the pretrained one offline) is not trained by another ``dvc repro``
+    until its cause is fixed, so the message gives the recorded reason and fix.
+    """
+    files = layout.arm(arm)
+    for record in (files.info, files.status):
+        try:
+            words = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(words, dict) and words.get("status") == "skipped":
+            return (f"the {arm} arm was not trained ({record} says skipped: {words.get('reason', '?')}); "
+                    f"`dvc repro` will not train it until that is fixed: {words.get('fix', '?')}. "
+                    "Or pass --checkpoint FILE")
+    return f"train the arm first (`dvc repro train@{arm}`), or pass --checkpoint FILE"
+

@@ -305,11 +305,13 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     from retinopathy import checkpoint
     from retinopathy.files import atomic_file, write_text_atomic
     from retinopathy.models.grader import GraderSpec
+    from retinopathy.results import missing_checkpoint_fix
 
     layout = layout or Layout()
     files = layout.arm(arm)
     path = checkpoint_path or files.best
-    state = checkpoint.load(path, "best", fix=MISSING_FIX)
+    fix = MISSING_FIX if checkpoint_path else missing_checkpoint_fix(arm, layout)
+    state = checkpoint.load(path, "best", fix=fix)
     spec = GraderSpec.from_dict(state["spec"], str(path))
     model = load_scores_model(path)
     example = _example(model.size)

@@ -165,23 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def missing_fix(arm: str, layout: Layout | None = None) -> str:
-    """What to do when an arm has no ``best.pt``: why it was not trained, if its records say so."""
-    import json
-
-    layout = layout or Layout()
-    for record in (layout.arm(arm).info, layout.arm(arm).status):
-        try:
-            words = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(words, dict) and words.get("status") == "skipped":
-            return (f"the {arm} arm was not trained ({record} says skipped: {words.get('reason', '?')}); "
-                    f"`dvc repro` will not train it until that is fixed: {words.get('fix', '?')}. "
-                    "Or pass --checkpoint FILE")
-    return f"train the arm first (`dvc repro train@{arm}`), or pass --checkpoint FILE"
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: see the module's docstring. Returns 1 if any image could not be graded."""
     args = build_parser().parse_args(argv)
@@ -196,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.engine.runtime import make_runtime, resolve_device
     from retinopathy.files import write_csv_atomic
     from retinopathy.models.grader import GraderSpec, load_grader
+    from retinopathy.results import missing_checkpoint_fix
 
     path = args.checkpoint or Layout().arm(args.arm).best
-    fix = "pass another --checkpoint" if args.checkpoint else missing_fix(args.arm)
+    fix = "pass another --checkpoint" if args.checkpoint else missing_checkpoint_fix(args.arm, Layout())
     state = checkpoint.load(path, "best", fix=fix)
     spec = GraderSpec.from_dict(state["spec"], str(path))
     head = spec.head()
