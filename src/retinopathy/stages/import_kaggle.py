@@ -26,7 +26,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from retinopathy.data.dataset import check_images
 from retinopathy.data.fundus import square_fundus
 from retinopathy.data.images import read_image_file
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
@@ -130,6 +129,8 @@ def import_kaggle(
             (build / lab_file).write_text("".join(f"{labels[name][0]}\n" for name in names))
         tasks = [(image_path(images_dir, name), image_path(build, name), size) for name in chosen]
         blanks = _run(tasks, workers)
+        from retinopathy.data.dataset import check_images  # imports torch: not at the top, for --help
+
         course = read_course_splits(build)  # what prepare will read, checked before we publish
         check_images(build, course.train + course.test, workers=workers)
 

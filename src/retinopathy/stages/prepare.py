@@ -22,7 +22,6 @@ from typing import Any
 
 from retinopathy.config import Params, load_params
 from retinopathy.contract import Layout, is_demo_dataset
-from retinopathy.data.dataset import check_images
 from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import read_course_splits
 from retinopathy.errors import RetinopathyError, note
@@ -41,6 +40,8 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
             f"{root}: data folder not found (params.yaml `data.root`); run `dvc repro demo-data` "
             "for the demo, or point data.root at the course folder (see README)"
         )
+    from retinopathy.data.dataset import check_images  # imports torch: here, so that --help is instant
+
     course = read_course_splits(root)
     check_images(root, course.train + course.test, workers=workers, max_pixels=params.data.max_pixels)
     train, val = split_validation(course.train, params.data.val_fraction, params.data.seed)
