@@ -237,3 +237,29 @@ def test_percent_instead_of_fraction_is_rejected(tmp_path: Path) -> None:
     path.write_text(json.dumps({**_trained("scratch", 0.885)[0], "acc": 88.5}))
     with pytest.raises(RetinopathyError, match="fraction"):
         write_report(metrics, tmp_path / "plots")
+
+
+def test_an_arm_at_the_majority_baseline_is_flagged(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path)
+    numbers = json.loads((metrics / "scratch.json").read_text())
+    numbers.update(acc=0.7336, kappa=0.0, bacc=0.2)  # always grade 0
+    (metrics / "scratch.json").write_text(json.dumps(numbers))
+    out = tmp_path / "plots"
+    write_report(metrics, out)
+    report = (out / "report.md").read_text()
+    assert "**At the majority baseline: scratch.**" in report and "kappa 0.000 <= 0.05" in report
+    assert "| beats the majority baseline? | **no: at the baseline** | yes |" in report
+    _check_figures(out)
+
+
+@pytest.mark.parametrize(("numbers", "flagged"), [
+    ({"acc": 0.7336, "base": 0.7336, "kappa": 0.0, "bacc": 0.2}, True),  # always grade 0
+    ({"acc": 0.17, "base": 0.735, "kappa": 0.008, "bacc": 0.21}, True),  # issue 21's ResNet50 epoch 1
+    ({"acc": 0.738, "base": 0.735, "kappa": 0.08, "bacc": 0.23}, True),  # grade 0 nearly always
+    ({"acc": 0.738, "base": 0.735, "kappa": 0.30, "bacc": 0.40}, False),  # same accuracy, learned grades
+    ({"acc": 0.885, "base": 0.735, "kappa": 0.89, "bacc": 0.40}, False),
+])
+def test_the_baseline_rule(numbers: dict, flagged: bool) -> None:
+    from retinopathy.results import at_baseline
+
+    assert bool(at_baseline(numbers)) is flagged

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,16 +22,43 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.stages import evaluate, explain, export, predict, train
 
 
+@pytest.fixture(scope="module")
+def _trained_once(tmp_path_factory) -> Path:
+    """The tiny project with the scratch arm trained (1 epoch) and evaluated, made once for this file."""
+    from retinopathy.models.build import NO_DOWNLOAD_ENV
+    from retinopathy.stages import prepare, weights
+    from retinopathy.stages.demo_data import write_demo_dataset
+
+    folder = tmp_path_factory.mktemp("trained")
+    before, environment = os.getcwd(), dict(os.environ)
+    os.environ.update({NO_DOWNLOAD_ENV: "1", "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home"))})
+    os.chdir(folder)
+    try:
+        write_params(folder, train={"epochs": 1})
+        params = load_params("params.yaml")
+        write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
+                           test_size=params.demo.test_size, image_size=params.demo.image_size,
+                           variation=params.demo.variation)
+        prepare.prepare(params, folder / "data/prepared")
+        assert weights.main([]) == 0
+        train.train_arm(params, "scratch")
+        train.train_arm(params, "pretrained")  # skipped offline
+        for arm in ("scratch", "pretrained"):
+            evaluate.evaluate_arm(params, arm)
+    finally:
+        os.chdir(before)
+        os.environ.clear()
+        os.environ.update(environment)
+    return folder
+
+
 @pytest.fixture()
-def trained(tiny_project) -> Path:
-    """The tiny project with the scratch arm trained (1 epoch) and evaluated; cwd is the project."""
-    write_params(tiny_project, train={"epochs": 1})
-    params = load_params("params.yaml")
-    train.train_arm(params, "scratch")
-    train.train_arm(params, "pretrained")  # skipped offline
-    for arm in ("scratch", "pretrained"):
-        evaluate.evaluate_arm(params, arm)
-    return tiny_project
+def trained(_trained_once, tmp_path, monkeypatch) -> Path:
+    """A copy of the trained tiny project (tests may change it); cwd is the project."""
+    project = tmp_path / "project"
+    shutil.copytree(_trained_once, project, symlinks=True)
+    monkeypatch.chdir(project)
+    return project
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -83,6 +112,37 @@ def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stoppi
     assert not (trained / "why/broken.png").exists()
 
 
+def test_predict_with_a_shipped_checkpoint_works_outside_the_project(trained, tmp_path_factory,
+                                                                     monkeypatch, capsys):
+    """No params.yaml in the folder and no --params: the checkpoint's spec and built-in defaults."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    shutil.copy(Layout().arm("scratch").best, elsewhere / "grader.pt")
+    camera_photo(elsewhere / "eye.jpg")
+    expected_out = trained / "here.csv"
+    assert predict.main([str(elsewhere / "eye.jpg"), "--out", str(expected_out)]) == 0
+    monkeypatch.chdir(elsewhere)
+    assert not Path("params.yaml").exists()
+    assert predict.main(["eye.jpg", "--checkpoint", "grader.pt", "--out", "graded.csv"]) == 0
+    (row,) = read_rows(elsewhere / "graded.csv")
+    (expected,) = read_rows(expected_out)
+    assert row["error"] == "" and row["grade"] == expected["grade"]
+    assert row["probability_0"] == expected["probability_0"]  # same spec, same device, same numbers
+    with pytest.raises(RetinopathyError, match="nothing.yaml: not found"):
+        predict.main(["eye.jpg", "--checkpoint", "grader.pt", "--params", "nothing.yaml"])
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_skipped_arm_says_why_and_the_real_fix(trained, command):
+    """Offline, `dvc repro` does not train the pretrained arm: the message says why and what does."""
+    argv = (["data/demo/test_img.csv", "--arm", "pretrained"] if command == "predict"
+            else ["--arm", "pretrained", "--format", "torchscript", "--out", "grader.pt"])
+    with pytest.raises(RetinopathyError) as excinfo:
+        {"predict": predict, "export": export}[command].main(argv)
+    message = str(excinfo.value)
+    assert "was not trained" in message and "says skipped" in message and "TORCH_HOME" in message
+    assert "train.weights" in message and "run `dvc repro`" not in message
+
+
 def test_a_camera_photo_is_cropped_to_the_fundus_as_import_kaggle_does(tmp_path):
     from retinopathy.data.photos import prepare_photo
 
@@ -102,16 +162,52 @@ def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
     from retinopathy.data.photos import prepare_photo
 
     params = load_params("params.yaml")
-    images = torch.stack([torch.from_numpy(prepare_photo(trained / f"data/demo/{n}.jpeg", 32, 10**7))
+    size = params.data.image_size
+    images = torch.stack([torch.from_numpy(prepare_photo(trained / f"data/demo/{n}.jpeg", size, 10**7))
                           .permute(2, 0, 1) for n in names])
     reference = export.load_scores_model(Layout().arm("scratch").best)
     with torch.no_grad():
         expected = reference(images)
     got = export.EXPORTERS[fmt][1](out, images)
     assert got.shape == (5, 5) and torch.allclose(got, expected, atol=1e-4)
+
+    # The photograph at its own size (the demo's 64 px, decoded in full): the graph resizes it.
+    full = torch.stack([torch.from_numpy(np.array(Image.open(trained / f"data/demo/{n}.jpeg").convert("RGB")))
+                        .permute(2, 0, 1) for n in names])
+    assert full.shape[-1] == 2 * size
+    resized = export.EXPORTERS[fmt][1](out, full)
+    assert resized.shape == (5, 5) and torch.allclose(resized.sum(1), torch.ones(5), atol=1e-4)
+    assert (resized - expected).abs().max() < 0.25  # close to predict's, not identical (the DCT scaling)
+
     card = out.with_name(out.name + ".md").read_text()
     assert "For research, not for diagnosis" in card and "SYNTHETIC" in card and "resnet18" in card
-    assert f"uint8 RGB [N, 3, {params.data.image_size}" in card and "| `acc` |" in card
+    assert "uint8 RGB [N, 3, H, W], 0-255, any H and W" in card and f"resize to {size}x{size}" in card
+    assert "antialias=True" in card and "smallest DCT scale n/8" in card
+    assert "| `acc` |" in card and "whose evaluation carries this checkpoint's fingerprint" in card
+    measured = re.search(r"measured on (\d+) test images .* at most \*\*([0-9.]+)\*\*", card)
+    assert measured and int(measured[1]) == 12 and 0 < float(measured[2]) < 0.25, card
+
+
+def test_the_export_card_shows_only_metrics_of_the_exported_checkpoint(trained, tmp_path_factory):
+    """Metrics on disk from another run (another fingerprint) are not shown as the checkpoint's."""
+    info_path = Layout().arm("scratch").info
+    elsewhere = tmp_path_factory.mktemp("shipped")
+    shutil.copy(Layout().arm("scratch").best, elsewhere / "best.pt")
+    out = trained / "copy.pt"
+    assert export.main(["--checkpoint", str(elsewhere / "best.pt"), "--format", "torchscript",
+                        "--out", str(out)]) == 0
+    card = out.with_name(out.name + ".md").read_text()
+    assert "| `acc` |" in card  # found by its fingerprint, though the file was copied elsewhere
+
+    info = json.loads(info_path.read_text())
+    info["fingerprint"] = "0123456789abcdef"  # another run's evaluation
+    info_path.write_text(json.dumps(info))
+    assert export.main(["--arm", "scratch", "--format", "torchscript", "--out", str(out)]) == 0
+    card = out.with_name(out.name + ".md").read_text()
+    assert "| `acc` |" not in card and "Source: none" in card
+    state = torch.load(Layout().arm("scratch").best, weights_only=True)
+    assert f"`{state['fingerprint']}`" in card and f"selected epoch | {state['epoch']} of 1" in card
+    assert "Training's own figures for epoch 1" in card and "| `test_accuracy` |" in card  # from status.json
 
 
 def test_onnx_export_without_the_extra_names_it(trained, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib import metadata
 
 from retinopathy.errors import RetinopathyError
 
@@ -36,24 +37,49 @@ def module_of(command: str) -> str:
     return COMMANDS[command][0]
 
 
+def version() -> str:
+    """The installed package's version (``importlib.metadata``), or a note that it is not installed."""
+    try:
+        return metadata.version("retinopathy")
+    except metadata.PackageNotFoundError:  # run from a source tree without `pip install -e .`
+        return "unknown (not installed; run `pip install -e .`)"
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: retinopathy <command> [options]", "", "commands:"]
+    lines = ["usage: retinopathy [--version] <command> [options]", "", "Commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "`retinopathy <command> --help` describes each command's options."]
+    lines += ["", "Options:", f"  {'-h, --help':<{width}}  Show this message and exit.",
+              f"  {'--version':<{width}}  Print the version and exit.",
+              "", "`retinopathy <command> --help` describes each command's options."]
     return "\n".join(lines)
 
 
+def _prepare_process() -> None:
+    """Process-wide setup that must happen before any stage module (and torch) is imported.
+
+    The one place for it: :func:`main` calls this before importing the command's module.
+    """
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``retinopathy <command> [options]`` and return the exit status."""
+    """Run ``retinopathy <command> [options]`` and return the exit status.
+
+    Bare ``retinopathy`` and ``--help`` print the usage and exit 0; ``--version``
+    prints the version. No stage module is imported for these.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
-        return 0 if args else 2
+        return 0
+    if args[0] == "--version":
+        print(f"retinopathy {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"retinopathy: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _prepare_process()
     module = importlib.import_module(module_of(name))
     try:
         return int(module.main(rest) or 0)

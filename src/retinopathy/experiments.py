@@ -1,15 +1,20 @@
 """DVC experiments, read through DVC's own Python API: their params and each arm's results.
 
-``dvc.api.exp_show`` lists the workspace and the experiments of the current
-commit (names and revisions); ``dvc.api.params_show`` gives each one's
-params, typed and nested; ``dvc.api.read`` reads each arm's metrics, info and
-history files as that experiment committed them, and
-:func:`retinopathy.results.load_arm` checks them as the report does.
+``dvc.api.exp_show`` lists the workspace, the current commit (the baseline:
+named by its branch, e.g. ``main``, or its short hash) and the experiments of
+that commit (names and revisions); any other git revision (a branch, a tag,
+a commit) can be named too. ``dvc.api.params_show`` gives each one's params,
+typed and nested; ``dvc.api.read`` reads each arm's metrics, info and history
+files as that revision committed them (the workspace's from disk), and
+:func:`retinopathy.results.load_arm` checks them as the report does. No
+``dvc exp save`` is needed: what ``dvc repro`` left in the workspace is read
+as it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ class Experiment:
     rev: str | None  # None: the working tree
     params: dict[str, Any]
     arms: dict[str, Arm]
+    kind: str = field(default="experiment")  # workspace | baseline | experiment | revision
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -43,15 +49,34 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _listed(repo: str) -> list[tuple[str, str | None]]:
-    """(name, revision) of the workspace and of each finished experiment of the current commit."""
+def _listed(repo: str) -> list[tuple[str, str | None, str]]:
+    """(name, revision, kind) of the workspace, the current commit and each finished experiment of it."""
     import dvc.api  # heavy: only this command needs it
 
-    found: list[tuple[str, str | None]] = [(WORKSPACE, None)]
+    found: list[tuple[str, str | None, str]] = []
     for row in dvc.api.exp_show(repo=repo):
-        if row.get("Experiment") and row.get("State") in FINISHED:
-            found.append((row["Experiment"], row["rev"]))
+        if row.get("typ") == "baseline":
+            if row.get("rev") == WORKSPACE:
+                found.append((WORKSPACE, None, WORKSPACE))
+            elif row.get("rev"):  # the current commit: its branch's name, or its short hash
+                found.append((str(row["rev"]), str(row["rev"]), "baseline"))
+        elif row.get("Experiment") and row.get("State") in FINISHED:
+            found.append((row["Experiment"], row["rev"], "experiment"))
+    if not any(kind == WORKSPACE for *_, kind in found):
+        found.insert(0, (WORKSPACE, None, WORKSPACE))
     return found
+
+
+def _git_revision(repo: str, name: str) -> str | None:
+    """The commit that ``name`` (a branch, tag or commit) names in ``repo``'s git, or None."""
+    if name.startswith("-"):
+        return None
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], cwd=repo,
+                              capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def _read(repo: str, rev: str | None):
@@ -70,38 +95,58 @@ def _read(repo: str, rev: str | None):
     return read
 
 
-def load_experiments(names: list[str] | None = None, repo: str = ".") -> list[Experiment]:
-    """The workspace and every finished experiment of the current commit, or those ``names``.
+def _choose(names: list[str], listed: list[tuple[str, str | None, str]], repo: str
+            ) -> list[tuple[str, str | None, str]]:
+    chosen = []
+    for name in names:
+        match = [(n, rev, kind) for n, rev, kind in listed
+                 if n == name or (kind == "experiment" and rev and name and rev.startswith(name))]
+        if match:
+            chosen.append(match[0])
+            continue
+        commit = _git_revision(repo, name)
+        if commit is None:
+            known = ", ".join(n for n, *_ in listed)
+            raise RetinopathyError(f"{name!r} is neither an experiment of the current commit ({known}) "
+                                   "nor a git revision (branch, tag or commit) of this repository: "
+                                   "`dvc exp show` lists the experiments, `git log --oneline` the commits")
+        chosen.append((name, commit, "revision"))
+    return chosen
 
-    A name is an experiment's name, a prefix of its revision, or ``workspace``.
+
+def load_experiments(names: list[str] | None = None, repo: str = ".") -> tuple[list[Experiment], list[str]]:
+    """The workspace, the current commit and every finished experiment of it, or those ``names``.
+
+    A name is an experiment's name, a prefix of its revision, ``workspace``, the
+    current commit's branch, or any git revision (branch, tag, commit).
+
+    Returns:
+        The experiments, and a note for each one left out of the default listing
+        because it has no results (e.g. a commit from before the first ``dvc repro``).
 
     Raises:
-        RetinopathyError: for a name that is no experiment of the current commit (listing
-            those there are), or results that are missing or malformed (naming the file).
+        RetinopathyError: for a name that is neither (listing those there are), or
+            results of a named one that are missing or malformed (naming the file).
     """
     import dvc.api
 
     listed = _listed(repo)
-    if names:
-        chosen = []
-        for name in names:
-            match = [(n, r) for n, r in listed if n == name or (r and name and r.startswith(name))]
-            if not match:
-                known = ", ".join(n for n, _ in listed)
-                raise RetinopathyError(f"{name!r} is no experiment of the current commit; there are: {known} "
-                                       "(`dvc exp show` lists them; `dvc exp run` makes one)")
-            chosen.append(match[0])
-    else:
-        chosen = listed
-    experiments = []
+    chosen = _choose(names, listed, repo) if names else listed
+    experiments: list[Experiment] = []
+    left_out: list[str] = []
     layout = Layout()
-    for name, rev in chosen:
+    for name, rev, kind in chosen:
         read = _read(repo, rev)
-        params = dvc.api.params_show(repo=repo, rev=rev)
-        arms = {arm: load_arm(layout, arm, read) for arm in ARMS}
-        experiments.append(Experiment(name, rev, params, arms))
-    return experiments
-
+        try:
+            params = dvc.api.params_show(repo=repo, rev=rev)
+            arms = {arm: load_arm(layout, arm, read) for arm in ARMS}
+        except RetinopathyError as error:
+            if names:
+                raise RetinopathyError(f"{name}: {error}") from None
+            left_out.append(f"`{name}` is left out: {error}")
+            continue
+        experiments.append(Experiment(name, rev, params, arms, kind))
+    return experiments, left_out
 
 def differing_params(experiments: list[Experiment]) -> list[str]:
     """The params (dotted) whose values differ between ``experiments``, ``model`` first."""

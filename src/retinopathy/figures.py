@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from retinopathy.contract import GRADES, REPORT_FIGURES, Layout, grade_label
-from retinopathy.results import Arm, majority_baseline
+from retinopathy.results import Arm, at_baseline, majority_baseline, model_name
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import pyplot as plt  # noqa: E402
@@ -139,6 +139,9 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
         value = 100 * arm.metrics["acc"]
         ax.bar(index, value, color=_colour(arm, index), width=0.6)
         ax.text(index, value + 1.5, f"{value:.1f}%", ha="center", va="bottom", weight="bold")
+        if at_baseline(arm.metrics):  # the same flag as the report's table
+            ax.text(index, value / 2, "at the\nmajority\nbaseline", ha="center", va="center", fontsize=11,
+                    weight="bold", color="darkred", bbox={"facecolor": "white", "edgecolor": "darkred"})
     baseline = majority_baseline(arms)
     if baseline is not None:
         ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
@@ -174,33 +177,52 @@ ARM_STYLES = {"scratch": "-", "pretrained": "--"}
 def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None:
     """Test accuracy and test kappa per epoch of every (experiment, arm), in one figure of two panels.
 
+    Each line is labelled ``<experiment>: <model> <init>`` (one colour per
+    experiment, one line style per init), each arm's selected epoch is starred
+    on both panels, and one legend, outside the panels, names them all.
+
     Args:
         runs: (experiment name, its arm) pairs; skipped arms are left out of the lines.
     """
     with plt.rc_context(STYLE):
-        fig, (acc_ax, kappa_ax) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+        fig, (acc_ax, kappa_ax) = plt.subplots(1, 2, figsize=(14, 5), layout="constrained")
         names = list(dict.fromkeys(name for name, _ in runs))
+        handles: list[Line2D] = []
+        starred = False
         for name, arm in runs:
             if arm.history is None:
                 continue
             colour = f"C{names.index(name) % 10}"
             style = ARM_STYLES.get(arm.name, ":")
-            label = f"{name}: {arm.name}"
-            acc_ax.plot(arm.history["epoch"], 100 * arm.history["test_accuracy"], ls=style, marker="o",
-                        ms=4, lw=2, color=colour, label=label)
-            kappa_ax.plot(arm.history["epoch"], arm.history["test_kappa"], ls=style, marker="o", ms=4, lw=2,
-                          color=colour, label=label)
+            label = f"{name}: {model_name(arm.info['model'])} {arm.name}"
+            label += " (AT BASELINE)" if at_baseline(arm.metrics) else ""
+            epochs = arm.history["epoch"]
+            (line,) = acc_ax.plot(epochs, 100 * arm.history["test_accuracy"], ls=style, marker="o", ms=4,
+                                  lw=2, color=colour, label=label)
+            kappa_ax.plot(epochs, arm.history["test_kappa"], ls=style, marker="o", ms=4, lw=2, color=colour)
+            handles.append(line)
+            chosen = arm.history[epochs == arm.metrics.get("epoch")]
+            if not chosen.empty:
+                for ax, values in ((acc_ax, 100 * chosen["test_accuracy"]), (kappa_ax, chosen["test_kappa"])):
+                    ax.plot(chosen["epoch"], values, ls="none", marker="*", ms=15, color=colour, mec="black",
+                            mew=0.8, zorder=5)
+                starred = True
         baseline = majority_baseline([arm for _, arm in runs])
         if baseline is not None:
-            acc_ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
-                           label=f"always grade 0 ({100 * baseline:.1f}%)")
-            acc_ax.legend(loc="lower right")
+            handles.append(acc_ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
+                                          label=f"always grade 0 ({100 * baseline:.1f}%)"))
+            kappa_ax.axhline(0, color="grey", ls="--", lw=1.2)
+        if starred:
+            handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="white", mec="black",
+                                  label="selected epoch (evaluated)"))
         acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="test accuracy")
         acc_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
-        kappa_ax.set(title="test quadratic weighted kappa per epoch", xlabel="epoch", ylabel="kappa")
+        kappa_ax.set(title="test quadratic weighted kappa per epoch (always grade 0: 0)", xlabel="epoch",
+                     ylabel="kappa")
         for ax in (acc_ax, kappa_ax):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-        kappa_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, handlelength=3)
+        # One legend, outside both panels: inside, it would cover lines whatever corner it took.
+        fig.legend(handles=handles, loc="outside right upper", handlelength=3)
         fig.suptitle(title)
         _save(fig, path)

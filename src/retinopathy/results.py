@@ -204,3 +204,51 @@ def majority_baseline(arms: Sequence[Arm]) -> float | None:
     return next((arm.metrics["base"] for arm in arms if arm.trained), None)
 
 
+# "At the majority baseline": the model has learned nothing that always answering the
+# commonest grade does not give. Always-grade-0 scores kappa 0 and balanced accuracy
+# 1/5 = 0.2 exactly, so either sign is enough: a quadratic kappa of at most 0.05, or
+# a test accuracy within half a point of the baseline's together with a balanced
+# accuracy of at most 0.25 (a model that answers grade 0 for nearly every image).
+BASELINE_KAPPA = 0.05
+BASELINE_ACCURACY_MARGIN = 0.005
+BASELINE_BALANCED_ACCURACY = 0.25
+BASELINE_RULE = (f"quadratic kappa <= {BASELINE_KAPPA}, or test accuracy within "
+                 f"{100 * BASELINE_ACCURACY_MARGIN:g} points of the majority baseline with balanced accuracy "
+                 f"<= {BASELINE_BALANCED_ACCURACY}")
+
+
+def at_baseline(metrics: dict[str, float]) -> str | None:
+    """Why a trained arm's selected epoch is no better than always answering the commonest grade, or None.
+
+    ``metrics`` are those of ``metrics/<arm>.json`` (``acc``, ``kappa``, ``base``,
+    ``bacc``); see :data:`BASELINE_RULE`.
+    """
+    kappa, acc, base, bacc = (metrics.get(key) for key in ("kappa", "acc", "base", "bacc"))
+    if kappa is not None and kappa <= BASELINE_KAPPA:
+        return f"kappa {kappa:.3f} <= {BASELINE_KAPPA}"
+    if acc is None or base is None or bacc is None:
+        return None
+    if abs(acc - base) <= BASELINE_ACCURACY_MARGIN and bacc <= BASELINE_BALANCED_ACCURACY:
+        return (f"accuracy {100 * acc:.1f}% within {100 * BASELINE_ACCURACY_MARGIN:g} points of the "
+                f"baseline's {100 * base:.1f}%, balanced accuracy {bacc:.3f} <= {BASELINE_BALANCED_ACCURACY}")
+    return None
+
+
+def missing_checkpoint_fix(arm: str, layout: Layout) -> str:
+    """What to do when an arm has no ``best.pt``: why it was not trained, if its records say so.
+
+    A skipped arm (the pretrained one offline) is not trained by another ``dvc repro``
+    until its cause is fixed, so the message gives the recorded reason and fix.
+    """
+    files = layout.arm(arm)
+    for record in (files.info, files.status):
+        try:
+            words = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(words, dict) and words.get("status") == "skipped":
+            return (f"the {arm} arm was not trained ({record} says skipped: {words.get('reason', '?')}); "
+                    f"`dvc repro` will not train it until that is fixed: {words.get('fix', '?')}. "
+                    "Or pass --checkpoint FILE")
+    return f"train the arm first (`dvc repro train@{arm}`), or pass --checkpoint FILE"
+

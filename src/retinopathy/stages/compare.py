@@ -1,13 +1,17 @@
 """`retinopathy compare`: one table and one figure across DVC experiments, the course report's centre.
 
-``retinopathy compare [EXPERIMENT ...] --out DIR`` reads the workspace and the
-experiments of the current commit (or those named) through DVC's Python API
-and writes ``DIR/compare.md``: one row per experiment and arm (model, init,
-the selected epoch, test accuracy, kappa, balanced accuracy), one row per
-param that differs between them, the lab's 2x2 table (ResNet18 / ResNet50 x
-scratch / pretrained) when the experiments cover it, and ``DIR/compare.png``:
-the test accuracy and kappa per epoch of all of them. The folder is replaced
-as a whole, and only once every file is written.
+``retinopathy compare [REVISION ...] --out DIR`` reads, through DVC's Python
+API, the workspace, the current commit (``main``) and every experiment of
+that commit, or those named (experiment names, branches, tags, commits,
+``workspace``), and writes ``DIR/compare.md``: one row per experiment and arm
+(model, init, the selected epoch, test accuracy, kappa, balanced accuracy,
+and a flag on any result at the majority baseline), one row per param that
+differs between them, the lab's 2x2 table (ResNet18 / ResNet50 x scratch /
+pretrained) when the experiments cover it, and ``DIR/compare.png``: the test
+accuracy and kappa per epoch of all of them, each line labelled
+``<name>: <model> <init>``, the selected epoch starred. No ``dvc exp save``
+is needed. The folder is replaced as a whole, and only once every file is
+written.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from retinopathy.experiments import (
 )
 from retinopathy.figures import plot_curves
 from retinopathy.files import check_output_folder, holds_only, staged_folder, starts_with
-from retinopathy.results import model_name
+from retinopathy.results import BASELINE_RULE, at_baseline, model_name
 
 
 def _pct(value: float | None) -> str:
@@ -56,7 +60,7 @@ def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> 
 def results_table(experiments: Sequence[Experiment]) -> list[str]:
     """One row per experiment and arm: the selected epoch's figures."""
     header = ["experiment", "model", "init", "selected epoch", "selected by", "test accuracy", "kappa",
-              "balanced accuracy"]
+              "balanced accuracy", "vs. majority baseline"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for experiment in experiments:
         for arm_name in ARMS:
@@ -68,10 +72,11 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
                 else:  # a run of an older version: its rule in words
                     words = info.get("selection_rule", "?").removeprefix("epoch with the highest ")
                     rule = words.split(" (")[0]
+                flat = at_baseline(m)
                 figures = [str(int(m["epoch"])), rule, _pct(m["acc"]), _kappa(m["kappa"]),
-                           _pct(m.get("bacc"))]
+                           _pct(m.get("bacc")), f"**AT BASELINE** ({flat})" if flat else "above"]
             else:
-                figures = ["skipped"] * 5
+                figures = ["skipped"] * 6
             row = [experiment.name, model_name(arm.info["model"]), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -95,12 +100,12 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
     return lines
 
 
-def render(experiments: Sequence[Experiment], differ: Sequence[str], dropped: str | None) -> str:
+def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequence[str]) -> str:
     """The text of compare.md."""
-    names = ", ".join(f"`{e.name}`" for e in experiments)
+    names = ", ".join(f"`{e.name}`" + ("" if e.kind == "experiment" else f" ({e.kind})") for e in experiments)
     lines = [TITLE, "", f"Compared: {names}."]
-    if dropped:
-        lines += ["", dropped]
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     if differ:
         lines += ["", "## What differs", "", *settings_table(experiments, differ)]
     else:
@@ -108,6 +113,11 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], dropped: st
     if any(arm.info.get("synthetic") for e in experiments for arm in e.arms.values()):
         lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
                   "nothing about retinopathy."]
+    flagged = [f"`{e.name}` {arm.name}" for e in experiments for arm in e.arms.values()
+               if arm.trained and at_baseline(arm.metrics)]
+    if flagged:
+        lines += ["", f"> **At the majority baseline** (learned nothing that always answering the commonest "
+                  f"grade does not give): {', '.join(flagged)}. Rule: {BASELINE_RULE}."]
     lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
               "(see each run's `metrics/<arm>.info.json` for the rule that selected it).", "",
               "## Every experiment and arm", "", *results_table(experiments), ""]
@@ -129,13 +139,14 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
     ``out`` must be absent, empty or an earlier output of compare (:data:`OURS`), checked first.
     """
     check_output_folder(out, "compare", OURS)
-    experiments = load_experiments(names, repo)
-    dropped = None
-    if not names and len(experiments) > 1:
+    experiments, notes = load_experiments(names, repo)
+    if not names and len(experiments) > 1 and experiments[0].kind == WORKSPACE:
         workspace, rest = experiments[0], experiments[1:]
         twin = next((e for e in rest if same_results(workspace, e)), None)
         if twin is not None:  # `dvc exp run` leaves its last experiment applied to the workspace
-            experiments, dropped = rest, f"The workspace is left out: it holds `{twin.name}`'s results."
+            experiments = rest
+            notes = [*notes, f"The workspace is left out: it holds the same params and results as "
+                             f"`{twin.name}`."]
     if not any(arm.trained for e in experiments for arm in e.arms.values()):
         raise RetinopathyError("no arm of these experiments was trained: run `dvc repro` or "
                                "`dvc exp run` first")
@@ -144,21 +155,27 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
         runs = [(e.name, arm) for e in experiments for arm in e.arms.values()]
         plot_curves(runs, f"{len(experiments)} experiment(s), {sum(a.trained for _, a in runs)} trained arms",
                     staging / "compare.png")
-        (staging / "compare.md").write_text(render(experiments, differ, dropped), encoding="utf-8")
+        (staging / "compare.md").write_text(render(experiments, differ, notes), encoding="utf-8")
     return experiments
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``retinopathy compare [EXPERIMENT ...] --out DIR``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (built without importing DVC)."""
     parser = argparse.ArgumentParser(prog="retinopathy compare", description=__doc__.split("\n")[0])
-    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
-                        help=f"experiment names or revisions, or `{WORKSPACE}` (default: the workspace "
-                             "and every experiment of the current commit)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder, replaced as a whole: absent, empty or an earlier "
-                             "output of compare")
-    parser.add_argument("--repo", default=".", help="the DVC project (default: the current folder)")
-    args = parser.parse_args(argv)
+    parser.add_argument("experiments", nargs="*", metavar="REVISION",
+                        help=f"Experiment names, branches, tags, commits or `{WORKSPACE}` (default: the "
+                             "workspace, the current commit and every experiment of it).")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="Output folder, replaced as a whole: absent, empty or an earlier output of "
+                             "compare.")
+    parser.add_argument("--repo", default=".", metavar="DIR",
+                        help="The DVC project (default: the current folder).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy compare [REVISION ...] --out DIR``."""
+    args = build_parser().parse_args(argv)
     experiments = compare(args.experiments or None, args.out, args.repo)
     note(f"compared {', '.join(e.name for e in experiments)}")
     print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")

@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the synthetic demo dataset (course layout) from the `demo` "
         "section of params.yaml.",
     )
-    parser.add_argument("--params", default="params.yaml", help="parameters file")
-    parser.add_argument("--out", default=str(Layout.demo), help="output folder (replaced)")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
+    parser.add_argument("--out", default=str(Layout.demo), metavar="DIR",
+                        help=f"The output folder, replaced (default: {Layout.demo}).")
     args = parser.parse_args(argv)
     demo = load_params(args.params).demo
     write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,

@@ -166,6 +166,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "test_size": int(len(actual_np)),
         "decoder": decoder,
         "trained_with_decoder": status["decoder"],
+        "fingerprint": best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
     }
     evaluation = Evaluation(metrics, info)
     write_tables(files, actual_np, predicted_np, tables)
@@ -176,8 +177,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy evaluate --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--init", choices=ARMS, required=True)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("--init", choices=ARMS, required=True, help="The arm to evaluate.")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
     evaluation = evaluate_arm(load_params(args.params), args.init)
     info, metrics = evaluation.info, evaluation.metrics

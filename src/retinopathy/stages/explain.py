@@ -102,8 +102,9 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy explain --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy explain", description=__doc__.split("\n")[0])
-    parser.add_argument("--init", choices=ARMS, required=True)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("--init", choices=ARMS, required=True, help="The arm whose heat maps to draw.")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
     print(f"wrote {explain_arm(load_params(args.params), args.init)}")
     return 0

@@ -1,18 +1,28 @@
 """`retinopathy export`: a trained arm as one self-contained file another program can run.
 
 ``retinopathy export --arm scratch --format onnx|torchscript --out FILE`` writes
-the arm's ``best.pt`` as a model that takes a uint8 batch [N, 3, H, W] (H = W
-= the image size it was trained at) and returns its scores: the five grade
-probabilities [N, 5], or the regression value [N] (grade = how many of the
-thresholds in the card lie below it). Scaling, the optional Graham
-preprocessing and the normalisation are inside the graph. Beside it,
-``FILE.md`` is a short model card: architecture, initialisation, data, image
-size, test metrics, and what it is not for.
+the arm's ``best.pt`` (or ``--checkpoint FILE``) as a model that takes a uint8
+RGB batch [N, 3, H, W] of any H and W (the fundus cropped and squared, as
+`import-kaggle` does) and returns its scores: the five grade probabilities
+[N, 5], or the regression value [N] (grade = how many of the thresholds in
+the card lie below it). The resize to the network's size (bilinear,
+anti-aliased; :mod:`retinopathy.models.portable`), scaling, the optional
+Graham preprocessing and the normalisation are inside the graph. Beside it,
+``FILE.md`` is a short model card: architecture, initialisation, data, the
+exact input, what the checkpoint itself records (epoch, selection figure,
+fingerprint), the test metrics only when ``metrics/<arm>.info.json`` carries
+the checkpoint's fingerprint, how far a plain full decode lands from the
+project's own decoder (measured on the arm's test images when they are
+there), and what it is not for.
 
-ONNX goes through ``torch.onnx.export`` (the dynamo exporter, with a dynamic
-batch dimension) and needs the ``export`` extra (onnx, onnxscript); TorchScript
-is ``torch.jit.trace``. Both are checked against PyTorch before they are
-published (scores within 1e-4), and written atomically.
+ONNX goes through ``torch.onnx.export`` (the dynamo exporter, with dynamic
+batch, height and width) and needs the ``export`` extra (onnx, onnxscript,
+onnxruntime); TorchScript is ``torch.jit.trace``. Both are checked against
+PyTorch before they are published (scores within 1e-4, at the network's size
+and at another), and written atomically.
+
+Only ``argparse`` and the light contract module are imported at the top, so
+``retinopathy export --help`` does not wait for torch.
 """
 
 from __future__ import annotations
@@ -24,66 +34,62 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
-from retinopathy import checkpoint
 from retinopathy.contract import ARMS, METRIC_KEYS, Layout
 from retinopathy.errors import RetinopathyError
-from retinopathy.files import atomic_file, check_output_file, draft_folder, write_text_atomic
-from retinopathy.models.grader import Grader, GraderSpec, load_grader
-from retinopathy.models.head import Head
+
+if TYPE_CHECKING:  # imported where they are used, so that --help is instant
+    from torch import Tensor
+
+    from retinopathy.models.grader import GraderSpec
+    from retinopathy.models.portable import PortableGrader
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 EXTRA = "pip install -e '.[export]'"
 MISSING_FIX = "train the arm first (`dvc repro`), or pass another --checkpoint"
+MEASURE_IMAGES = 32  # test images on which a plain full decode is compared with the project's decoder
 
 
-class Scores(nn.Module):
-    """The grader and its head's scores as one module: uint8 images in, probabilities (or values) out."""
-
-    def __init__(self, grader: Grader, head: Head) -> None:
-        super().__init__()
-        self.grader, self.regression = grader, head.regression
-        self.spec = grader.spec
-
-    def forward(self, images: Tensor) -> Tensor:
-        outputs = self.grader(images).float()
-        return outputs.squeeze(1) if self.regression else outputs.softmax(1)
-
-
-def load_scores_model(path: Path) -> Scores:
+def load_scores_model(path: Path) -> PortableGrader:
     """The checkpoint's grader and head as the exported model computes them (eval mode, fp32, CPU)."""
+    from retinopathy import checkpoint
+    from retinopathy.models.grader import GraderSpec, load_grader
+    from retinopathy.models.portable import PortableGrader
+
     state = checkpoint.load(path, "best", fix=MISSING_FIX)
     spec = GraderSpec.from_dict(state["spec"], str(path))
-    return Scores(load_grader(spec, state["model"], str(path)), spec.head()).eval()
+    return PortableGrader(load_grader(spec, state["model"], str(path)), spec.head()).eval()
 
 
-def _example(spec: GraderSpec, count: int = 2) -> Tensor:
-    side = spec.image_size or 512
-    return torch.randint(0, 256, (count, 3, side, side), dtype=torch.uint8,
+def _example(side: int, count: int = 2, width: int | None = None) -> Tensor:
+    import torch
+
+    return torch.randint(0, 256, (count, 3, side, width or side), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(0))
 
 
-def _export_onnx(model: Scores, example: Tensor, path: Path) -> None:
+def _export_onnx(model: PortableGrader, example: Tensor, path: Path) -> None:
     try:
         import onnxruntime  # noqa: F401  (checked here so the error names the extra)
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise RetinopathyError(f"ONNX export needs {error.name}, which is not installed; install the "
                                f"export extra: {EXTRA}") from None
-    batch = torch.export.Dim("batch", min=1)
+    import torch
+
+    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=2),
+            3: torch.export.Dim("width", min=2)}
     chatter = io.StringIO()  # the exporter prints its progress; it is shown only if it fails
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
                               input_names=["images"], output_names=["scores"],
-                              dynamic_shapes={"images": {0: batch}}, verbose=False)
+                              dynamic_shapes={"images": dims}, verbose=False)
     except Exception:
         print(chatter.getvalue(), file=sys.stderr)
         raise
@@ -91,19 +97,24 @@ def _export_onnx(model: Scores, example: Tensor, path: Path) -> None:
 
 def _run_onnx(path: Path, images: Tensor) -> Tensor:
     import onnxruntime
+    import torch
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
 
 
-def _export_torchscript(model: Scores, example: Tensor, path: Path) -> None:
+def _export_torchscript(model: PortableGrader, example: Tensor, path: Path) -> None:
+    import torch
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracing notes that the input's size is baked in: it is
+        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice
         traced = torch.jit.trace(model, example)
         traced.save(str(path))
 
 
 def _run_torchscript(path: Path, images: Tensor) -> Tensor:
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(str(path))(images)
@@ -112,36 +123,172 @@ def _run_torchscript(path: Path, images: Tensor) -> Tensor:
 EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript)}
 
 
-def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], info: dict[str, Any],
-               metrics: dict[str, float], fmt: str, file: Path) -> str:
-    """The text of ``FILE.md``."""
-    lines = [f"# {file.name}: diabetic retinopathy grader ({spec.model}, {arm} arm)", "",
+@dataclass
+class Provenance:
+    """What is known about the exported checkpoint, each part only where it is shown to belong to it.
+
+    Attributes:
+        selected: The checkpoint's own record of its selection (e.g. ``{"test_accuracy": 0.9}``).
+        status: ``status.json`` beside the checkpoint, when it has the checkpoint's fingerprint.
+        info: ``metrics/<arm>.info.json`` of the arm whose evaluation carries the fingerprint.
+        metrics: That arm's ``metrics/<arm>.json``.
+        source: Which files the metrics came from, or why there are none.
+    """
+
+    selected: dict[str, float]
+    status: dict[str, Any]
+    info: dict[str, Any]
+    metrics: dict[str, float]
+    source: str
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def provenance(path: Path, state: dict[str, Any], layout: Layout) -> Provenance:
+    """Gather what describes ``state`` (read from ``path``), matching every record by its fingerprint.
+
+    The metrics on disk may come from another run (the arm retrained since, or
+    another experiment checked out), so they are used only when evaluate wrote
+    this checkpoint's fingerprint into the arm's info file.
+    """
+    fingerprint = state["fingerprint"]
+    selected = {key: value for key, value in state.items()
+                if key not in ("model", "spec", "epoch", "fingerprint") and isinstance(value, int | float)}
+    status = _json(path.parent / "status.json")
+    status = status if status.get("fingerprint") == fingerprint else {}
+    for arm in ARMS:
+        files = layout.arm(arm)
+        info = _json(files.info)
+        if info.get("fingerprint") == fingerprint:
+            return Provenance(selected, status, info, _json(files.metrics),
+                              f"`{files.metrics}` and `{files.info}`, whose evaluation carries this "
+                              f"checkpoint's fingerprint `{fingerprint}`")
+    return Provenance(selected, status, {}, {},
+                      f"none: no `metrics/<arm>.info.json` here carries this checkpoint's fingerprint "
+                      f"`{fingerprint}` (evaluate it with `dvc repro evaluate@<arm>` in its project)")
+
+
+def measure_decoders(model: PortableGrader, run: Any, out: Path, photos: list[Path]) -> dict[str, Any] | None:
+    """How far the exported graph, fed a plain full decode, lands from `retinopathy predict`'s scores.
+
+    For each photograph: the project's path (its decoder at the network's size,
+    :func:`~retinopathy.data.photos.prepare_photo`, then the grader) against
+    the exported file fed Pillow's full-size decode (no DCT scaling) and left
+    to resize in its graph. None when there is no photograph to measure on.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from retinopathy.data.photos import prepare_photo
+
+    ours, full = [], []
+    for photo in photos:
+        try:
+            prepared = prepare_photo(photo, model.size, 10**9)
+            with Image.open(photo) as image:
+                decoded = np.array(image.convert("RGB"))
+        except (RetinopathyError, OSError):
+            continue
+        if decoded.shape[0] == decoded.shape[1]:  # a camera photograph is cropped first: like with like
+            ours.append(prepared)
+            full.append(decoded)
+    differences: list[float] = []
+    for shape in dict.fromkeys(image.shape for image in full):  # one batch per size (one load of the file)
+        chosen = [i for i, image in enumerate(full) if image.shape == shape]
+        with torch.no_grad():
+            expected = model(torch.from_numpy(np.stack([ours[i] for i in chosen])).permute(0, 3, 1, 2))
+        got = run(out, torch.from_numpy(np.stack([full[i] for i in chosen])).permute(0, 3, 1, 2).contiguous())
+        differences += (got - expected).abs().reshape(len(chosen), -1).max(1).values.tolist()
+    if not differences:
+        return None
+    return {"images": len(differences), "max": max(differences), "mean": sum(differences) / len(differences)}
+
+
+def _test_photos(info: dict[str, Any]) -> list[Path]:
+    """Up to MEASURE_IMAGES test images of the checkpoint's data (course layout), if they are here."""
+    from retinopathy.data.labels import image_path, read_lines
+
+    root = Path(str(info.get("data", "")))
+    listed = root / "test_img.csv"
+    if not info.get("data") or not listed.is_file():
+        return []
+    try:
+        lines, _ = read_lines(listed)
+    except RetinopathyError:
+        return []
+    return [image_path(root, name) for _, name in lines[:MEASURE_IMAGES]]
+
+
+def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provenance, fmt: str, file: Path,
+               measured: dict[str, Any] | None, checkpoint_path: Path) -> str:
+    """The text of ``FILE.md``: only what is known about this checkpoint, and where it came from."""
+    info = known.info or known.status
+    lines = [f"# {file.name}: diabetic retinopathy grader ({spec.model}, {info.get('init', arm)} arm)", "",
              "**For research, not for diagnosis.** It has not been validated on patients and must not "
              "be used to decide anyone's care.", ""]
-    if info.get("synthetic"):
+    if known.info.get("synthetic"):
         lines += ["> **Trained on SYNTHETIC demo data** (drawn by `retinopathy demo-data`, no photograph of "
                   "a person): it says nothing about real fundus photographs.", ""]
     output = ("the regression value [N], float32; the grade is how many thresholds lie below it: "
               f"{spec.thresholds}" if spec.loss == "regression"
               else "the probabilities of grades 0-4 [N, 5], float32 (softmax of the logits)")
     side = spec.image_size or 512
+    selected = ", ".join(f"{key} {value:.4g}" for key, value in known.selected.items()) or "not recorded"
+    epochs = known.status.get("epochs") or known.info.get("epochs") or "?"
+    rule = known.info.get("selection_rule") or (
+        f"highest {known.status['selection']} {known.status['select_by']}" if "select_by" in known.status
+        else "see the run")
     lines += [
         "| | |", "|---|---|",
         f"| format | {fmt} |",
+        f"| checkpoint | `{checkpoint_path}`, run fingerprint `{state['fingerprint']}` |",
         f"| architecture | {spec.model} (torchvision layout), head: {spec.loss} |",
-        f"| initialisation | {info.get('weights', arm)} |",
-        f"| data | `{info.get('data', 'unknown')}` |",
-        f"| selected epoch | {state['epoch']} of {info.get('epochs', '?')} "
-        f"({info.get('selection_rule', 'see the run')}) |",
-        f"| input | uint8 RGB [N, 3, {side}, {side}], 0-255 (the fundus cropped and squared as "
-        "`import-kaggle` does) |",
-        f"| inside the graph | scaling to [0, 1], preprocessing `{spec.preprocess}`, normalisation "
-        f"`{spec.normalize}` |",
-        f"| output | {output} |",
-        f"| run fingerprint | `{state['fingerprint']}` |", "",
-        "## Test metrics (`metrics/" + f"{arm}.json`)", "", "| metric | value | meaning |", "|---|---|---|",
+        f"| initialisation | {known.status.get('weights') or known.info.get('weights') or 'not recorded'} |",
+        f"| data | `{known.info.get('data', 'not recorded')}` |",
+        f"| selected epoch | {state['epoch']} of {epochs} ({rule}); the checkpoint records {selected} |",
+        "| input `images` | uint8 RGB [N, 3, H, W], 0-255, any H and W: the fundus cropped and squared as "
+        "`import-kaggle` does (a non-square input is stretched) |",
+        f"| inside the graph | resize to {side}x{side} (bilinear, anti-aliased when shrinking, half-pixel "
+        "centres: PyTorch `interpolate(mode='bilinear', antialias=True)`, ONNX `Resize` linear with "
+        "`antialias=1`), scaling to [0, 1], preprocessing "
+        f"`{spec.preprocess}`, normalisation `{spec.normalize}` |",
+        f"| output `scores` | {output} |", "",
+        "## Preprocessing, exactly", "",
+        f"The network was trained on images decoded by {known.status.get('decoder', 'the project')}: for a "
+        f"JPEG, libjpeg-turbo decodes at the smallest DCT scale n/8 of the stored size that keeps both sides "
+        f">= {side}, and Pillow's `BILINEAR` resize (`reducing_gap=3.0`) makes it exactly {side}x{side}; "
+        "other formats are decoded by Pillow in full and resized the same way. Feeding this graph that "
+        f"{side}x{side} image reproduces `retinopathy predict` within {TOLERANCE:g}. Feeding it the "
+        "photograph decoded in full instead (any decoder) lets the graph do the resize, which is close "
+        "but not identical:", "",
     ]
-    lines += [f"| `{key}` | {value} | {METRIC_KEYS[key]} |" for key, value in metrics.items()]
+    if measured:
+        lines += [f"- measured on {measured['images']} test images of `{known.info.get('data')}` (Pillow's "
+                  f"full decode fed to this file, against `retinopathy predict`): scores differ by at most "
+                  f"**{measured['max']:.4f}** (mean of the per-image maxima {measured['mean']:.4f}).", ""]
+    else:
+        lines += ["- not measured here: the checkpoint's test images were not found beside this export.", ""]
+    lines += ["## Test metrics", "", f"Source: {known.source}.", ""]
+    if known.metrics:
+        lines += ["| metric | value | meaning |", "|---|---|---|"]
+        lines += [f"| `{key}` | {value} | {METRIC_KEYS[key]} |" for key, value in known.metrics.items()
+                  if key in METRIC_KEYS]
+    else:
+        history = known.status.get("history") or []
+        row = next((r for r in history if r.get("epoch") == state["epoch"]), None)
+        if row:
+            lines += [f"Training's own figures for epoch {state['epoch']} (from `{checkpoint_path.parent}/"
+                      "status.json`, same fingerprint):", "", "| figure | value |", "|---|---|"]
+            lines += [f"| `{key}` | {value:.4g} |" for key, value in row.items() if key != "epoch"]
+        else:
+            lines += ["No test metrics are known for this checkpoint."]
     return "\n".join(lines) + "\n"
 
 
@@ -164,6 +311,13 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
         RetinopathyError: a missing or damaged checkpoint, a missing extra, or an
             export that does not reproduce PyTorch's scores within 1e-4.
     """
+    import torch
+
+    from retinopathy import checkpoint
+    from retinopathy.files import atomic_file, check_output_file, draft_folder, write_text_atomic
+    from retinopathy.models.grader import GraderSpec
+    from retinopathy.results import missing_checkpoint_fix
+
     layout = layout or Layout()
     files = layout.arm(arm)
     path = checkpoint_path or files.best
@@ -171,38 +325,48 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     ours = _our_export(out, card)  # replace only an earlier export: never the checkpoint, nor others' files
     check_output_file(out, "export", ours, inputs=[path])
     check_output_file(card, "export", ours, inputs=[path])
-    state = checkpoint.load(path, "best", fix=MISSING_FIX)
+    fix = MISSING_FIX if checkpoint_path else missing_checkpoint_fix(arm, layout)
+    state = checkpoint.load(path, "best", fix=fix)
     spec = GraderSpec.from_dict(state["spec"], str(path))
     model = load_scores_model(path)
-    example = _example(spec)
+    example = _example(model.size)
     write, run = EXPORTERS[fmt]
     with draft_folder(out) as folder:  # a killed export's draft is removed by the next export to `out`
         draft = folder / out.name
         write(model, example, draft)
-        check = _example(spec, 3)  # another batch size than the one traced
-        with torch.no_grad():
-            difference = float((run(draft, check) - model(check)).abs().max())
+        difference = 0.0
+        # Another batch size than the one traced, at the network's size and at another (the resize).
+        for check in (_example(model.size, 3), _example(model.size + model.size // 2, 2, model.size * 2)):
+            with torch.no_grad():
+                difference = max(difference, float((run(draft, check) - model(check)).abs().max()))
         if difference > TOLERANCE:
             raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
                                    f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
+        known = provenance(path, state, layout)
+        measured = measure_decoders(model, run, draft, _test_photos(known.info))
         with atomic_file(out, "wb") as stream:
             stream.write(draft.read_bytes())
-    own = checkpoint_path is None  # the arm's own files describe only its own best.pt
-    info = json.loads(files.info.read_text()) if own and files.info.is_file() else {}
-    metrics = json.loads(files.metrics.read_text()) if own and files.metrics.is_file() else {}
-    write_text_atomic(card, model_card(spec, arm, state, info, metrics, fmt, out))
+    write_text_atomic(card, model_card(spec, arm, state, known, fmt, out, measured, path))
     return difference
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (built without importing torch)."""
+    parser = argparse.ArgumentParser(prog="retinopathy export", description=__doc__.split("\n")[0])
+    parser.add_argument("--arm", choices=ARMS, default="scratch",
+                        help="Export models/<arm>/best.pt (default: scratch).")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="Export this checkpoint instead; its card shows test metrics only when an "
+                             "evaluation of it (same fingerprint) is found.")
+    parser.add_argument("--format", choices=FORMATS, required=True, help="The file format.")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
+                        help="The model file to write; FILE.md is its model card.")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy export --arm scratch|pretrained --format onnx|torchscript --out FILE``."""
-    parser = argparse.ArgumentParser(prog="retinopathy export", description=__doc__.split("\n")[0])
-    parser.add_argument("--arm", choices=ARMS, default="scratch", help="export models/<arm>/best.pt")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="export this checkpoint instead (its card then has no test metrics)")
-    parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="the model file; FILE.md is its card")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     difference = export(args.arm, args.format, args.out, args.checkpoint)
     print(f"wrote {args.out} ({args.format}; scores within {difference:.1g} of PyTorch's) and {args.out}.md")
     return 0

@@ -27,7 +27,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from retinopathy.config import cli_fraction, cli_positive_int, cli_seed
-from retinopathy.data.dataset import check_images
 from retinopathy.data.fundus import square_fundus
 from retinopathy.data.images import read_image_file
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
@@ -132,6 +131,8 @@ def import_kaggle(
             (build / lab_file).write_text("".join(f"{labels[name][0]}\n" for name in names))
         tasks = [(image_path(images_dir, name), image_path(build, name), size) for name in chosen]
         blanks = _run(tasks, workers)
+        from retinopathy.data.dataset import check_images  # imports torch: not at the top, for --help
+
         course = read_course_splits(build)  # what prepare will read, checked before we publish
         # Decodable is what is checked here; the size is the user's --size (prepare refuses < 32 px).
         check_images(build, course.train + course.test, workers=workers, min_side=1)
@@ -156,19 +157,25 @@ def main(argv: list[str] | None = None) -> int:
         description="Build the course's square JPEG dataset (four split CSVs + <image>.jpeg) "
         "from Kaggle's trainLabels.csv and full-size training images.",
     )
-    parser.add_argument("--labels", type=Path, required=True, help="Kaggle's trainLabels.csv")
-    parser.add_argument("--images", type=Path, required=True, help="folder of <image>.jpeg")
-    parser.add_argument("--out", type=Path, required=True, help="folder to create")
-    parser.add_argument("--size", type=cli_positive_int, default=512, help="output side (default 512)")
+    parser.add_argument("--labels", type=Path, required=True, metavar="FILE",
+                        help="Kaggle's trainLabels.csv.")
+    parser.add_argument("--images", type=Path, required=True, metavar="DIR",
+                        help="The folder of <image>.jpeg.")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="The folder to create.")
+    parser.add_argument("--size", type=cli_positive_int, default=512,
+                        help="The output side in pixels (default: 512).")
     parser.add_argument(
         "--split-lists",
         type=Path,
-        help=f"folder with the four course CSVs to take the split from (default "
-        f"{DEFAULT_SPLIT_LISTS} when it lists only images of --labels, else a seeded split)",
+        metavar="DIR",
+        help=f"The folder with the four course CSVs to take the split from (default: "
+        f"{DEFAULT_SPLIT_LISTS} when it lists only images of --labels, else a seeded split).",
     )
-    parser.add_argument("--test-fraction", type=cli_fraction, help="seeded split: test share (0.2)")
-    parser.add_argument("--seed", type=cli_seed, help="seeded split: random seed (0)")
-    parser.add_argument("--workers", type=cli_positive_int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--test-fraction", type=cli_fraction,
+                        help="Seeded split: the test share (default: 0.2).")
+    parser.add_argument("--seed", type=cli_seed, help="Seeded split: the random seed (default: 0).")
+    parser.add_argument("--workers", type=cli_positive_int, default=1,
+                        help="Parallel processes (default: 1).")
     args = parser.parse_args(argv)
     seeded = args.test_fraction is not None or args.seed is not None
     if args.split_lists is not None and seeded:

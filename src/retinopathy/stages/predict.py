@@ -18,26 +18,29 @@ The CSV has one row per input, in input order: ``image``, ``grade``,
 ``referable`` (grade >= 2), ``error`` and ``warning`` (an input that is clearly not
 a colour fundus photograph: greyscale, or no fundus). An image that cannot be graded gets
 its reason in ``error`` and does not stop the others; the command then exits
-with status 1 and says how many failed. params.yaml gives only the device,
-its speed switches and ``data.max_pixels``.
+with status 1 and says how many failed.
+
+params.yaml (``--params``) gives only the device, its speed switches, the
+batch size and ``data.max_pixels``. Without it (a shipped checkpoint graded
+outside the project: no ``--params`` and no params.yaml in the current
+folder) :data:`STANDALONE` holds them: the device picked automatically (CUDA
+when there is one), its switches automatic, a batch of 32, and the
+``data.max_pixels`` of the project's params.yaml.
+
+Only ``argparse`` and the light contract module are imported at the top, so
+``retinopathy predict --help`` does not wait for torch.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from retinopathy import checkpoint
-from retinopathy.config import cli_positive_int, load_params
+from retinopathy.config import cli_positive_int
 from retinopathy.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
-from retinopathy.data.photos import PhotoDataset, collect, photo_warning, prepare_photo
-from retinopathy.engine import loops
-from retinopathy.engine.batches import loader
-from retinopathy.engine.runtime import make_runtime, resolve_device
 from retinopathy.errors import RetinopathyError, note, warn
-from retinopathy.explain import grad_cam, save_explanation
 from retinopathy.files import (
     atomic_file,
     check_output_file,
@@ -48,8 +51,52 @@ from retinopathy.files import (
     starts_with,
     write_csv_atomic,
 )
-from retinopathy.models.grader import Grader, GraderSpec, load_grader
-from retinopathy.models.head import Head
+
+if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help is instant
+    import torch
+
+    from retinopathy.data.photos import PhotoDataset
+    from retinopathy.models.grader import Grader
+    from retinopathy.models.head import Head
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What predict takes from params.yaml: the device, its switches, the batch and the pixel limit."""
+
+    device: str
+    precision: str
+    channels_last: str
+    num_workers: int | str
+    batch_size: int
+    max_pixels: int
+    source: str  # where they came from, for the message
+
+
+# Without a params file: the device (and its switches) chosen automatically, as
+# params.yaml's `auto` does, and params.yaml's own data.max_pixels.
+STANDALONE = Settings(device="auto", precision="auto", channels_last="auto", num_workers="auto",
+                      batch_size=32, max_pixels=40_000_000, source="built-in defaults (no params.yaml)")
+
+
+def settings(params_path: str | None) -> Settings:
+    """The settings from ``params_path``, from ./params.yaml if there is one, else :data:`STANDALONE`.
+
+    Raises:
+        RetinopathyError: ``--params`` names a file that is missing or invalid.
+    """
+    if params_path is None and not Path(PARAMS_FILE).is_file():
+        return STANDALONE
+    from retinopathy.config import load_params
+
+    path = params_path or PARAMS_FILE
+    params = load_params(path)
+    train = params.train
+    return Settings(device=train.device, precision=train.precision, channels_last=train.channels_last,
+                    num_workers=params.data.num_workers, batch_size=2 * train.batch_size,
+                    max_pixels=params.data.max_pixels, source=str(path))
 
 
 def columns(head: Head) -> list[str]:
@@ -64,6 +111,8 @@ def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
 
 
 def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
+    from retinopathy.data.photos import prepare_photo
+
     try:  # the dataset's worker saw the error; here it is raised again to be told
         prepare_photo(photo, size, max_pixels)
         reason = "could not be read"
@@ -98,6 +147,8 @@ def check_outputs(out: Path, explain_dir: Path | None, photos: list[Path], other
 def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, torch.Tensor]], head: Head,
             folder: Path) -> None:
     """One PNG per graded image: the photograph, the heat map of its grade, the grade and score as title."""
+    from retinopathy.explain import grad_cam, save_explanation
+
     device = next(grader.parameters()).device
     names = heat_map_names(dataset.paths)
     for index, grade, scores in graded:
@@ -110,44 +161,66 @@ def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, 
                              f"{path.name}: grade {grade_label(grade)} ({score})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: see the module's docstring. Returns 1 if any image could not be graded."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (built without importing torch)."""
     parser = argparse.ArgumentParser(prog="retinopathy predict", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="images, folders or course-layout .csv lists")
+                        help="Images, folders or course-layout .csv lists.")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--arm", choices=ARMS, default="scratch",
-                       help="use models/<arm>/best.pt (default: scratch)")
-    which.add_argument("--checkpoint", type=Path, help="use this checkpoint instead")
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV to write")
+                       help="Use models/<arm>/best.pt of this project (default: scratch).")
+    which.add_argument("--checkpoint", type=Path, metavar="FILE",
+                       help="Use this checkpoint instead; works outside the project too.")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                        help="The CSV to write (default: predictions.csv).")
     parser.add_argument("--tta", choices=("none", "flips"), default="none",
-                        help="flips: average the scores over the four flips of each image")
+                        help="With flips, average the scores over the four flips of each image "
+                             "(default: none).")
     parser.add_argument("--explain", type=Path, metavar="DIR",
-                        help="also write a Grad-CAM heat map of each graded image into DIR")
-    parser.add_argument("--batch-size", type=cli_positive_int,
-                        help="images per batch (default: twice train.batch_size, as evaluate)")
-    parser.add_argument("--params", default="params.yaml",
-                        help="the device, its switches and data.max_pixels (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
+                        help="Also write a Grad-CAM heat map of each graded image into DIR.")
+    parser.add_argument("--batch-size", type=cli_positive_int, metavar="N",
+                        help="Images per batch (default: twice train.batch_size, as evaluate; "
+                             f"{STANDALONE.batch_size} without params.yaml).")
+    parser.add_argument("--params", metavar="FILE",
+                        help="The device, its switches, the batch size and data.max_pixels (default: "
+                             "params.yaml when the current folder has one, else built-in defaults).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: see the module's docstring. Returns 1 if any image could not be graded."""
+    args = build_parser().parse_args(argv)
+    chosen = settings(args.params)
+
+    import torch  # noqa: F401  (here, not at the top: --help must not wait for it)
+
+    from retinopathy import checkpoint
+    from retinopathy.data.photos import PhotoDataset, collect, photo_warning
+    from retinopathy.engine import loops
+    from retinopathy.engine.batches import loader
+    from retinopathy.engine.runtime import make_runtime, resolve_device
+    from retinopathy.models.grader import GraderSpec, load_grader
+    from retinopathy.results import missing_checkpoint_fix
+
     path = args.checkpoint or Layout().arm(args.arm).best
-    state = checkpoint.load(path, "best", fix="train the arm first (`dvc repro`), or pass --checkpoint")
+    fix = "pass another --checkpoint" if args.checkpoint else missing_checkpoint_fix(args.arm, Layout())
+    state = checkpoint.load(path, "best", fix=fix)
     spec = GraderSpec.from_dict(state["spec"], str(path))
     head = spec.head()
     photos = collect(args.paths)
     if not photos:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
     given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
-    check_outputs(args.out, args.explain, photos, [*given, path, Path(args.params)])
+    params_file = [Path(args.params)] if args.params else []
+    check_outputs(args.out, args.explain, photos, [*given, path, *params_file])
 
-    train = params.train
-    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
-                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime = make_runtime(resolve_device(chosen.device), precision=chosen.precision,
+                           channels_last=chosen.channels_last, num_workers=chosen.num_workers)
     runtime.configure_backends()
     grader = runtime.place(load_grader(spec, state["model"], str(path)))
-    size, max_pixels = spec.image_size or COURSE_IMAGE_SIZE, params.data.max_pixels
+    size, max_pixels = spec.image_size or COURSE_IMAGE_SIZE, chosen.max_pixels
     dataset = PhotoDataset(photos, size, max_pixels)
-    batches = loader(dataset, args.batch_size or 2 * train.batch_size, list(range(len(dataset))), runtime)
+    batches = loader(dataset, args.batch_size or chosen.batch_size, list(range(len(dataset))), runtime)
     tta = args.tta == "flips"
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
 

@@ -31,7 +31,6 @@ from typing import Any
 
 from retinopathy.config import Params, cli_positive_int, load_params
 from retinopathy.contract import INDEX_COLUMNS, Layout, is_demo_dataset
-from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
 from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import read_course_splits
 from retinopathy.errors import RetinopathyError, note, warn
@@ -59,6 +58,9 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
             f"{root}: data folder not found (params.yaml `data.root`); run `dvc repro demo-data` "
             "for the demo, or point data.root at the course folder (see README)"
         )
+    # imports torch: here, so that --help is instant
+    from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
+
     course = read_course_splits(root)
     records = course.train + course.test
     checked = check_images(root, records, workers=workers, max_pixels=params.data.max_pixels)
@@ -113,12 +115,13 @@ def _duplicates_note(counts: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy prepare [--params params.yaml] [--out data/prepared]``."""
     parser = argparse.ArgumentParser(prog="retinopathy prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("--out", type=Path, default=Layout.prepared,
-                        help="output folder, replaced as a whole: absent, empty or an earlier output "
-                             f"of prepare (default: {Layout.prepared})")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
+    parser.add_argument("--out", type=Path, default=Layout.prepared, metavar="DIR",
+                        help="The output folder, replaced as a whole: absent, empty or an earlier output "
+                             f"of prepare (default: {Layout.prepared}).")
     parser.add_argument("--workers", type=cli_positive_int, default=min(4, os.cpu_count() or 1),
-                        help="threads that check the images open")
+                        help="Threads that check the images open (default: the CPU count, at most 4).")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     summary = prepare(params, args.out, workers=args.workers)

@@ -20,7 +20,7 @@ from retinopathy.contract import ARMS, GRADES, REPORT_FIGURES, Layout, grade_lab
 from retinopathy.errors import RetinopathyError
 from retinopathy.figures import draw_report_figures
 from retinopathy.files import Ours, check_output_file, staged_files
-from retinopathy.results import Arm, load_arm, model_name
+from retinopathy.results import BASELINE_RULE, Arm, at_baseline, load_arm, model_name
 
 
 def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, str, bool]:
@@ -63,6 +63,12 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
         lines += ["The selected epoch is the one with the highest *test* accuracy (the lab's rule), "
                   "so its test accuracy is optimistic; set `data.val_fraction` > 0 in "
                   "params.yaml to choose the epoch on a validation split instead.", ""]
+    flagged = [(arm.name, at_baseline(arm.metrics)) for arm in trained if at_baseline(arm.metrics)]
+    if flagged:
+        which = "; ".join(f"{name} ({why})" for name, why in flagged)
+        lines += [f"> **At the majority baseline: {', '.join(name for name, _ in flagged)}.** Its selected "
+                  "epoch is no better than always answering the commonest grade: it has learned nothing "
+                  f"useful. {which}. Rule: {BASELINE_RULE}.", ""]
     lines += ["![accuracy per epoch](accuracy.png)", "", "![test accuracy of the selected epoch per arm]"
               "(best_accuracy.png)", "", "## Results", ""]
 
@@ -99,6 +105,9 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     for grade in GRADES:
         lines.append(row(f"recall {grade_label(grade)}", numbers(recall_key(grade))))
     lines.append(row("majority baseline (always grade 0)", numbers("base")))
+    lines.append(row("beats the majority baseline?", [
+        ("**no: at the baseline**" if at_baseline(a.metrics) else "yes") if a.trained else "skipped"
+        for a in arms]))
     lines += ["", "## Confusion matrices", "",
               "Rows are the true grade, columns the predicted grade; each cell is the fraction of "
               "the true grade's test images (count in brackets).", ""]
@@ -184,16 +193,19 @@ def write_report(
         (staging / Layout().report.name).write_text(text, encoding="utf-8")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
+    parser = argparse.ArgumentParser(prog="retinopathy report", description=__doc__.split("\n")[0])
+    parser.add_argument("--metrics", default=str(Layout.metrics), metavar="DIR",
+                        help="The metrics folder that train and evaluate wrote (default: %(default)s).")
+    parser.add_argument("--out", default=str(Layout.plots), metavar="DIR",
+                        help="The output folder (default: %(default)s).")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``retinopathy report [--metrics metrics] [--out plots]``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="retinopathy report", description="draw the figures and write plots/report.md"
-    )
-    parser.add_argument("--metrics", default=str(Layout.metrics),
-                        help="metrics folder (default: %(default)s)")
-    parser.add_argument("--out", default=str(Layout.plots),
-                        help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     write_report(args.metrics, args.out)
     print(f"wrote {Path(args.out) / 'report.md'} and its figures")
     return 0

@@ -559,8 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy train --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy train", description=__doc__.split("\n")[0])
     parser.add_argument("--init", choices=ARMS, required=True,
-                        help="scratch: random initialisation; pretrained: train.weights")
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+                        help="The arm: scratch (random initialisation) or pretrained (train.weights).")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
     train_arm(load_params(args.params), args.init, params_path=Path(args.params))
     return 0

@@ -26,15 +26,16 @@ from retinopathy.preflight import preflight
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy weights [--params params.yaml] [--out models/init]``."""
     parser = argparse.ArgumentParser(prog="retinopathy weights", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    parser.add_argument("--out", type=Path, default=Layout.manifests,
-                        help=f"folder of the manifests (default: {Layout.manifests})")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
+    parser.add_argument("--out", type=Path, default=Layout.manifests, metavar="DIR",
+                        help=f"The folder of the manifests (default: {Layout.manifests}).")
     parser.add_argument("--no-download", action="store_true",
-                        help="only look in the torchvision cache; never download "
-                             f"(also when the environment sets {NO_DOWNLOAD_ENV}=1)")
+                        help="Only look in the torchvision cache; never download "
+                             f"(also when the environment sets {NO_DOWNLOAD_ENV}=1).")
     parser.add_argument("--download-timeout", type=cli_positive_float, default=DOWNLOAD_TIMEOUT,
                         metavar="SECONDS",
-                        help="give up a download after this long without data (default: %(default)g)")
+                        help="Give up a download after this long without data (default: %(default)g).")
     args = parser.parse_args(argv)
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
     params = load_params(args.params)

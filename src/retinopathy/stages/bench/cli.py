@@ -55,35 +55,36 @@ def main(argv: list[str] | None = None) -> int:
         description="Measure input-pipeline and training throughput on generated 512x512 JPEGs: "
         "ours against the lab's loader, torchvision's ResNets and a plain fp32 loop. "
         "Each comparison alternates its two sides in one process.")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="Where to run (default: auto, CUDA when there is one).")
     parser.add_argument("--images", type=_positive_int, default=64,
-                        help="number of generated JPEGs (default 64)")
+                        help="The number of generated JPEGs (default: 64).")
     parser.add_argument("--source-size", type=_positive_int, default=SOURCE_SIZE,
-                        help="side of the generated JPEGs (default 512, the course's)")
+                        help="The side of the generated JPEGs (default: 512, the course's).")
     parser.add_argument("--batch", type=_positive_int,
-                        help="training batch for (b)/(c) (default 8 on CPU, 64 on CUDA)")
+                        help="The training batch for (b)/(c) (default: 8 on CPU, 64 on CUDA).")
     parser.add_argument("--size", type=_positive_int,
-                        help="training image size for (b)/(c) (default 128 on CPU, 512 on CUDA)")
+                        help="The training image size for (b)/(c) (default: 128 on CPU, 512 on CUDA).")
     parser.add_argument("--seconds", type=_positive_float,
-                        help="time per side of each comparison (default 12 on CPU, 10 on CUDA)")
+                        help="The time per side of each comparison (default: 12 on CPU, 10 on CUDA).")
     parser.add_argument("--rounds", type=_positive_int, default=6,
-                        help="alternating rounds per comparison (default 6)")
+                        help="Alternating rounds per comparison (default: 6).")
     parser.add_argument("--workers", type=_workers, default="auto",
-                        help="DataLoader workers for the extra input row (default auto: "
-                        "engine's choice; 0 skips the row)")
+                        help="DataLoader workers for the extra input row; 0 skips the row (default: "
+                        "auto, the engine's choice).")
     parser.add_argument("--models", type=_models, default=MODELS,
-                        help="models for (b), comma-separated (default resnet18,resnet50)")
+                        help="Models for (b), comma-separated (default: resnet18,resnet50).")
     parser.add_argument("--fastpath-model", choices=MODELS, default="resnet18",
-                        help="model for (c) (default resnet18)")
+                        help="The model for (c) (default: resnet18).")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="fast-path precision for (c) (auto: bf16 on CUDA, fp32 on CPU)")
+                        help="Fast-path precision for (c) (default: auto, bf16 on CUDA, fp32 on CPU).")
     parser.add_argument("--channels-last", choices=SWITCHES, default="auto",
-                        help="fast-path memory format for (c) (auto: on for CUDA, off on CPU)")
+                        help="Fast-path memory format for (c) (default: auto, on for CUDA, off on CPU).")
     parser.add_argument("--threads", type=_positive_int,
-                        help="torch intra-op threads (default: torch's, one per core)")
+                        help="Torch intra-op threads (default: torch's, one per core).")
     parser.add_argument("--only", action="append", choices=SECTIONS,
-                        help="run only this section (repeatable)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+                        help="Run only this section; repeatable (default: every section).")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
     if args.json:  # before minutes of measuring: a file of that name that is not ours is not replaced
         check_output_file(args.json, "bench", json_with("machine", "settings", "comparisons"))
