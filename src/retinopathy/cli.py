@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from retinopathy import portable
 from retinopathy.errors import RetinopathyError
 
 # command -> (module, one-line description). Modules are imported lazily so that
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"retinopathy: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    portable.prepare(rest)  # train.portable's CPU pins, before any stage module imports torch
     module = importlib.import_module(module_of(name))
     try:
         return int(module.main(rest) or 0)
