@@ -127,8 +127,13 @@ def prepare(args: list[str]) -> None:
     os.environ[DECISION] = mode
 
 
+def threads() -> int:
+    """Intra-op threads per process in portable mode: :data:`THREADS` shared by torchrun's processes."""
+    return max(1, THREADS // int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def pin(device_type: str) -> None:
-    """Once the device is known: :data:`THREADS` intra-op threads on CPU in portable mode.
+    """Once the device is known: :func:`threads` intra-op threads on CPU in portable mode.
 
     Does nothing on CUDA, in fast mode, or when the process did not start
     through ``retinopathy.cli.main`` (a library call keeps torch's defaults).
@@ -138,12 +143,12 @@ def pin(device_type: str) -> None:
         return
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads())
     _pinned = True
     capability = torch.backends.cpu.get_cpu_capability()
     if not has_avx2():
         warn(f"portable mode: this processor ({platform.machine()}) is not x86-64 with AVX2, so only "
-             f"the threads are pinned ({THREADS}); results match other machines of this kind at most")
+             f"the threads are pinned ({threads()}); results match other machines of this kind at most")
     elif capability != "AVX2":
         warn(f"portable mode: torch chose its CPU kernels ({capability}) before retinopathy could pin "
              "them to AVX2, so results may differ between processors; run the command as "
@@ -159,10 +164,10 @@ def state() -> dict[str, Any]:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    pinned = _pinned and torch.get_num_threads() == THREADS and capability == "AVX2" and all(
+    pinned = _pinned and torch.get_num_threads() == threads() and capability == "AVX2" and all(
         os.environ.get(k) == v for k, v in ENVIRONMENT.items())
     numerics: dict[str, Any] = {"portable": pinned}
     if pinned:
-        numerics.update({"cpu_capability": capability, "threads": THREADS,
+        numerics.update({"cpu_capability": capability, "threads": threads(),
                          **{k.lower(): v for k, v in ENVIRONMENT.items() if k != "ATEN_CPU_CAPABILITY"}})
     return numerics
