@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from retinopathy import codedeps
+from retinopathy import codedeps, portable
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import atomic_file, remove_stale_temporaries
 
@@ -86,6 +86,7 @@ def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | Non
         "index_sha256": index_sha,
         "world_size": world_size,
         "decoder": decoder,  # decoders differ by a few levels per pixel
+        "numerics": portable.state(),  # train.portable: pinned CPU kernels and threads, or torch's own
         "code_sha256": code_digest(),
     }
 

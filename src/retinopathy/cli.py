@@ -11,6 +11,7 @@ import importlib
 import sys
 from importlib import metadata
 
+from retinopathy import portable
 from retinopathy.errors import RetinopathyError
 
 # command -> (module, one-line description). Modules are imported lazily so that
@@ -55,13 +56,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _prepare_process() -> None:
-    """Process-wide setup that must happen before any stage module (and torch) is imported.
-
-    The one place for it: :func:`main` calls this before importing the command's module.
-    """
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``retinopathy <command> [options]`` and return the exit status.
 
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"retinopathy: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    _prepare_process()
+    portable.prepare(rest)  # train.portable's CPU pins, before any stage module imports torch
     module = importlib.import_module(module_of(name))
     try:
         return int(module.main(rest) or 0)

@@ -81,6 +81,7 @@ class TrainParams:
     precision: str  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str  # auto: on for CUDA, off on CPU
     compile: str  # auto | on | off: torch.compile the training step
+    portable: str  # auto | on | off: the same CPU bits on any x86-64 with AVX2 (retinopathy.portable)
     schedule: str  # constant | cosine, per batch
     warmup_epochs: int  # linear warm-up from 0, per batch
     nesterov: bool
@@ -380,6 +381,7 @@ def _train(raw: Any, source: str) -> TrainParams:
         weight_decay=float(out.weight_decay),
         channels_last=_switch(source, "train.channels_last", out.channels_last),
         compile=_switch(source, "train.compile", out.compile),
+        portable=_switch(source, "train.portable", out.portable),
     )
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from retinopathy.engine.distributed import Process, join, leave, process_from_environment
 from retinopathy.errors import RetinopathyError
+from retinopathy.portable import pin
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
+    pin("cpu")  # train.portable: a fixed number of threads (see retinopathy.portable)
     return torch.device("cpu")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from retinopathy import checkpoint
+from retinopathy import checkpoint, portable
 from retinopathy.config import Params, load_params
 from retinopathy.contract import (
     ARMS,
@@ -167,6 +167,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "decoder": decoder,
         "trained_with_decoder": status["decoder"],
         "fingerprint": best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
+        "numerics": portable.state(),  # train.portable (retinopathy.portable)
     }
     evaluation = Evaluation(metrics, info)
     write_tables(files, actual_np, predicted_np, tables)
