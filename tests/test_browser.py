@@ -101,9 +101,14 @@ def rows_of(path: Path) -> tuple[str, list[str]]:
 
 
 def write_plotted_files(folder: Path, files: list[str], drop_last: bool) -> None:
-    """Copy the plotted CSVs from this repository; an empty one (an arm skipped offline when the
-    outputs were made) gets the rows of another plotted file with the same header."""
-    tables = {path: rows_of(REPO / path) for path in files}
+    """Copy the plotted files from this repository. An empty CSV (an arm skipped offline when the
+    outputs were made) gets the rows of another plotted file with the same header; ``drop_last``
+    drops the last row of each CSV (another commit's data). Other files (JSON, YAML) are copied."""
+    for path in files:
+        if Path(path).suffix not in (".csv", ".tsv"):
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / path, folder / path)
+    tables = {path: rows_of(REPO / path) for path in files if Path(path).suffix in (".csv", ".tsv")}
     for path, (header, rows) in tables.items():
         if not rows:
             rows = next((other for h, other in tables.values() if h == header and other), [])
