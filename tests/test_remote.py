@@ -4,8 +4,9 @@ One machine runs `dvc repro` (one epoch), `dvc push`es to a local-folder remote 
 a fresh `git clone` + `dvc pull` elsewhere (another folder, another torch cache) then has nothing
 to rerun: `dvc status` lists only the always-running `weights` stage, `dvc repro` runs only it,
 and it changes nothing that git tracks. `retinopathy predict` grades images with the pulled
-checkpoint, and raising `train.epochs` resumes the pulled arm after its first epoch instead of
-training it again.
+checkpoint, `retinopathy export` writes it as TorchScript, and raising `train.epochs` resumes
+the pulled arm after its first epoch instead of training it again. (Another torch cache: the
+skipped pretrained arm's manifest must say the same on every machine, or that arm reruns.)
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_push_clone_pull_reruns_nothing_and_resumes(tmp_path):
     assert run(clone, "git", "status", "--porcelain") == ""
     assert status(clone, env) == {"weights": ["always changed"]}
 
-    # The pulled checkpoint grades images.
+    # The pulled checkpoint grades images and exports.
     images = sorted((clone / "data/demo").glob("*.jpeg"))[:3]
     assert images
     run(clone, "retinopathy", "predict", *map(str, images), "--arm", "scratch", "--out", "graded.csv",
@@ -103,6 +104,9 @@ def test_push_clone_pull_reruns_nothing_and_resumes(tmp_path):
         graded = list(csv.DictReader(stream))
     assert [Path(row["image"]).name for row in graded] == [image.name for image in images]
     assert all(row["grade"] in "01234" and not row["error"] for row in graded), graded
+    run(clone, "retinopathy", "export", "--arm", "scratch", "--format", "torchscript", "--out", "grader.pt",
+        env=env)
+    assert (clone / "grader.pt").stat().st_size > 1_000_000
 
     # Raising the epochs resumes the pulled arm after epoch 1: the first row is kept as it was.
     params = yaml.safe_load((clone / "params.yaml").read_text())
