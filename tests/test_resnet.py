@@ -65,3 +65,22 @@ def test_projection_shortcut_only_where_shape_changes():
     assert isinstance(r18.layer1[0], BasicBlock) and isinstance(r50.layer1[0], Bottleneck)
     # v1.5: the stride sits in the bottleneck's 3x3 convolution.
     assert r50.layer2[0].conv2.stride == (2, 2) and r50.layer2[0].conv1.stride == (1, 1)
+
+
+@pytest.mark.parametrize(("name", "last_bn"), [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_starts_every_block_as_the_identity(name: str, last_bn: str) -> None:
+    from retinopathy.models.build import build_model
+
+    torch.manual_seed(0)
+    plain = build_model(name, weights=None)
+    torch.manual_seed(0)
+    zeroed = build_model(name, weights=None, zero_init_residual=True)
+    blocks = [m for m in zeroed.modules() if hasattr(m, last_bn) and hasattr(m, "conv1")]
+    assert blocks and all(float(getattr(b, last_bn).weight.abs().sum()) == 0 for b in blocks)
+    assert all(float(getattr(b, last_bn).weight.abs().sum()) > 0
+               for b in plain.modules() if hasattr(b, last_bn) and hasattr(b, "conv1"))
+    # Every block is the identity plus its shortcut: the residual branch adds nothing at the start.
+    zeroed.eval()
+    block = zeroed.layer1[1]
+    x = torch.rand(1, block.conv1.in_channels, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))

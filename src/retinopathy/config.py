@@ -85,6 +85,7 @@ class TrainParams:
     schedule: str  # constant | cosine, per batch
     warmup_epochs: int  # linear warm-up from 0, per batch
     nesterov: bool
+    zero_init_residual: bool  # scratch: every residual block starts as the identity (Goyal et al. 2017)
     loss: str  # cross_entropy | regression
     tune_thresholds: bool  # regression: tune the grade thresholds on the validation split
     class_balance: str  # none | weighted_loss | sampler
@@ -368,6 +369,7 @@ def _train(raw: Any, source: str) -> TrainParams:
         raise _fail(source, "train.warmup_epochs", f"must be fewer than train.epochs ({shortest}), got "
                     f"{out.warmup_epochs}")
     _bool(source, "train.nesterov", out.nesterov)
+    _bool(source, "train.zero_init_residual", out.zero_init_residual)
     if out.nesterov and out.momentum == 0:
         raise _fail(source, "train.nesterov", "needs train.momentum > 0 (Nesterov momentum is momentum)")
     _choice(source, "train.loss", out.loss, LOSSES)

@@ -46,14 +46,20 @@ def check_model_name(name: str) -> None:
         )
 
 
-def new_model(name: str, num_classes: int = 1000) -> ResNet:
+def new_model(name: str, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """An initialised ResNet of architecture ``name``.
+
+    Args:
+        name: ``resnet18`` or ``resnet50``.
+        num_classes: outputs of the final Linear layer.
+        zero_init_residual: start every residual block as the identity (its last
+            BatchNorm's scale at 0; Goyal et al. 2017), for training from scratch.
 
     Raises:
         RetinopathyError: for an unknown name, listing the choices.
     """
     check_model_name(name)
-    return ARCHITECTURES[name](num_classes=num_classes)
+    return ARCHITECTURES[name](num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 
 def imagenet_cache_file(name: str) -> Path:
@@ -245,7 +251,8 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     model.load_state_dict(state, strict=True)
 
 
-def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | None = None) -> ResNet:
+def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | None = None,
+                zero_init_residual: bool = False) -> ResNet:
     """A model ready for training.
 
     Args:
@@ -256,6 +263,8 @@ def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | 
             TORCH_HOME cache or downloaded once with a hash check; or the path
             of a ``.pth``/``.pt`` file with a torchvision-layout state dict (or
             a checkpoint of this project).
+        zero_init_residual: random initialisation only: every residual block
+            starts as the identity (see :func:`new_model`).
 
     Pretrained weights are loaded strictly into a network whose final layer
     matches the file (1000 classes for ImageNet); the final Linear is then
@@ -266,7 +275,7 @@ def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | 
             ImageNet weights that are neither cached nor downloadable.
     """
     if weights is None:
-        return new_model(name, num_classes)
+        return new_model(name, num_classes, zero_init_residual)
     if str(weights) == "imagenet":
         path, _ = fetch_imagenet(name)
         state = read_state_dict(path)

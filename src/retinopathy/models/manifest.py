@@ -24,14 +24,15 @@ from retinopathy.models.build import (
 )
 
 
-def describe_scratch(model: str, seed: int) -> dict[str, Any]:
+def describe_scratch(model: str, seed: int, zero_init_residual: bool) -> dict[str, Any]:
     """Manifest of the scratch arm: random initialisation, nothing external."""
+    blocks = ", residual blocks starting as the identity" if zero_init_residual else ""
     return {
         "arm": "scratch",
         "available": True,
         "model": model,
         "source": "random",
-        "description": f"random initialisation (Kaiming normal, torch seed {seed})",
+        "description": f"random initialisation (Kaiming normal{blocks}, torch seed {seed})",
     }
 
 

@@ -141,14 +141,14 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
+def resnet18(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet18: basic blocks [2, 2, 2, 2]; 11,689,512 parameters with 1000 classes."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
 
 
-def resnet50(num_classes: int = 1000) -> ResNet:
+def resnet50(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet50: bottlenecks [3, 4, 6, 3]; 25,557,032 parameters with 1000 classes."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
 # params.yaml's model name -> builder. The names are contract.MODELS, the one list
