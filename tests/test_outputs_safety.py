@@ -290,7 +290,7 @@ def test_an_output_onto_a_device_or_a_pipe_is_refused(project, user, capsys, mon
 def test_predict_writes_through_a_link_and_keeps_it(project, user, capsys):
     photos(user / "photos", project, ["eye1.jpeg"])
     (user / "shared").mkdir()
-    (user / "shared/results.csv").write_text("image,grade,old\n")  # an earlier predict's, say
+    (user / "shared/results.csv").write_text("image,grade,value,referable,error\n")  # an earlier run's
     (user / "results.csv").symlink_to("shared/results.csv")
     assert run(["predict", "photos", "--out", "results.csv", *checkpoint_args(project)], capsys)[0] == 0
     assert (user / "results.csv").is_symlink()

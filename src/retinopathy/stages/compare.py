@@ -7,7 +7,8 @@ the selected epoch, test accuracy, kappa, balanced accuracy), one row per
 param that differs between them, the lab's 2x2 table (ResNet18 / ResNet50 x
 scratch / pretrained) when the experiments cover it, and ``DIR/compare.png``:
 the test accuracy and kappa per epoch of all of them. The folder is replaced
-as a whole, and only once every file is written.
+as a whole, and only once every file is written; it must be absent, empty or
+an earlier output of compare (nothing else is ever deleted).
 """
 
 from __future__ import annotations
