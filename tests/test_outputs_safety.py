@@ -474,3 +474,11 @@ def test_temporaries_are_ignored_by_git_and_dvc():
     assert sorted(result.stdout.split()) == sorted(names)
     patterns = (REPO / ".dvcignore").read_text().split()
     assert {".*.tmp", ".*.tmp-*-*", ".*.old-*-*"} <= set(patterns)
+
+
+def test_the_committed_outputs_of_an_earlier_version_are_recognised_as_their_commands(user, capsys):
+    """plots/ and models/init as git has them (no marker of any kind): report and weights rewrite them."""
+    shutil.copytree(REPO / "plots", user / "plots")
+    shutil.copytree(REPO / "models/init", user / "init")
+    assert run(["report", "--metrics", str(REPO / "metrics"), "--out", "plots"], capsys)[0] == 0
+    assert run(["weights", "--no-download", "--out", "init"], capsys)[0] == 0
