@@ -290,7 +290,7 @@ def test_an_output_onto_a_device_or_a_pipe_is_refused(project, user, capsys, mon
 def test_predict_writes_through_a_link_and_keeps_it(project, user, capsys):
     photos(user / "photos", project, ["eye1.jpeg"])
     (user / "shared").mkdir()
-    (user / "shared/results.csv").write_text("image,grade,old\n")  # an earlier predict's, say
+    (user / "shared/results.csv").write_text("image,grade,value,referable,error\n")  # an earlier run's
     (user / "results.csv").symlink_to("shared/results.csv")
     assert run(["predict", "photos", "--out", "results.csv", *checkpoint_args(project)], capsys)[0] == 0
     assert (user / "results.csv").is_symlink()
@@ -474,3 +474,11 @@ def test_temporaries_are_ignored_by_git_and_dvc():
     assert sorted(result.stdout.split()) == sorted(names)
     patterns = (REPO / ".dvcignore").read_text().split()
     assert {".*.tmp", ".*.tmp-*-*", ".*.old-*-*"} <= set(patterns)
+
+
+def test_the_committed_outputs_of_an_earlier_version_are_recognised_as_their_commands(user, capsys):
+    """plots/ and models/init as git has them (no marker of any kind): report and weights rewrite them."""
+    shutil.copytree(REPO / "plots", user / "plots")
+    shutil.copytree(REPO / "models/init", user / "init")
+    assert run(["report", "--metrics", str(REPO / "metrics"), "--out", "plots"], capsys)[0] == 0
+    assert run(["weights", "--no-download", "--out", "init"], capsys)[0] == 0

@@ -65,7 +65,7 @@ def _owner() -> str:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no pid at all
         return False
     except PermissionError:  # another user's process
         return True
@@ -119,10 +119,13 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
             continue
         owner_host = match["host"] or match["dhost"]
         pid = int(match["pid"] or match["dpid"])
-        try:
-            fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:  # O_NONBLOCK: a named pipe of that name must not hang us
+            fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue  # gone meanwhile, or not ours to read
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+            os.close(fd)
+            continue  # not something we make
         try:
             if not _lock(fd, block=False):
                 continue  # still being written
@@ -177,8 +180,8 @@ def write_target(path: str | Path) -> Path:
                                "of a regular file to write (an output is written as a new file and "
                                "renamed into place)")
     if target.is_dir():
-        raise RetinopathyError(f"{path}: is a folder; pass the path of a file in it "
-                               f"(e.g. {path / 'out'}...) instead")
+        raise RetinopathyError(f"{path}: is a folder, not a file; pass the path of a file to write "
+                               "(one inside that folder, for example)")
     return target
 
 
@@ -340,6 +343,14 @@ def _head(path: Path, size: int = 4096) -> bytes:
 def starts_with(*prefixes: bytes) -> Ours:
     """A file is ours when it starts with one of ``prefixes`` (a header only we write)."""
     return lambda path: path.is_file() and _head(path).startswith(prefixes)
+
+
+def csv_with(*columns: str) -> Ours:
+    """A file is ours when its first line is a CSV header that starts with ``columns[0]`` and has them all."""
+    def ours(path: Path) -> bool:
+        header = _head(path).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace").split(",")
+        return path.is_file() and header[0] == columns[0] and set(columns) <= set(header)
+    return ours
 
 
 def json_with(*keys: str) -> Ours:

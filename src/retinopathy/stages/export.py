@@ -297,7 +297,8 @@ def _our_export(out: Path, card: Path) -> Callable[[Path], bool]:
     def ours(_: Path) -> bool:
         try:
             with open(card, "rb") as stream:
-                return stream.readline(1000).startswith(f"# {out.name}: diabetic retinopathy grader".encode())
+                first = stream.readline(1000)
+            return first.startswith(f"# {out.name}: ".encode()) and b"retinopathy" in first
         except OSError:
             return False
     return ours

@@ -45,10 +45,10 @@ from retinopathy.files import (
     atomic_file,
     check_output_file,
     csv_text,
+    csv_with,
     png_ours,
     real_paths,
     rescue_text,
-    starts_with,
     write_csv_atomic,
 )
 
@@ -138,7 +138,7 @@ def check_outputs(out: Path, explain_dir: Path | None, photos: list[Path], other
         RetinopathyError: naming the path and the fix.
     """
     inputs = real_paths([*photos, *others])
-    check_output_file(out, "predict", starts_with(b"image,grade,"), inputs)
+    check_output_file(out, "predict", csv_with("image", "grade", "error"), inputs)
     if explain_dir is not None:
         for number, name in enumerate(heat_map_names(photos)):
             check_output_file(explain_dir / name, "predict --explain", png_ours, inputs, writable=number == 0)
