@@ -36,8 +36,9 @@ MIN_IMAGE_SIDE = 32
 # EXIF orientation tag (0x0112): 1 is upright; 2-8 are mirrored and/or rotated.
 _ORIENTATION_TAG = 0x0112
 _EXIF_MARKER = b"Exif\x00\x00"
-# How far into a JPEG its APP1 (EXIF) segment can start: after SOI and at most an APP0.
-_EXIF_SEARCH_BYTES = 1 << 16
+# How far into a JPEG its APP1 (EXIF) segment is looked for: after SOI and a few APPn
+# segments (JFIF, an ICC profile) of at most 64 KB each.
+_EXIF_SEARCH_BYTES = 1 << 18
 # 16-bit greyscale modes Pillow opens (a PNG with bit depth 16 is "I;16"; older Pillow says "I").
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
@@ -176,7 +177,7 @@ def jpeg_orientation(data: bytes) -> int:
     Cheap for files without EXIF (the course's and the demo's): a byte search near the
     start, no parsing, so their decoding is exactly what it was without this.
     """
-    if _EXIF_MARKER not in data[:_EXIF_SEARCH_BYTES]:
+    if data.find(_EXIF_MARKER, 0, _EXIF_SEARCH_BYTES) < 0:
         return 1
     try:
         with Image.open(io.BytesIO(data)) as image:
