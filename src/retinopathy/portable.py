@@ -26,6 +26,12 @@ travels to :func:`pin` (called when the device is resolved) and to child
 processes in ``RETINOPATHY_PORTABLE``. ``auto`` is portable on CPU and the
 fast path (torch's own choices) on CUDA, whose GPU kernels these do not touch.
 
+Not covered: other torch, oneDNN, MKL or libjpeg-turbo versions (other
+kernels); processors without AVX2 and ARM64 (other kernels: only the threads
+are pinned there, with a warning); GPUs (cuDNN's autotuned kernels). oneDNN
+may size some blocks from the cache sizes it reads from the processor; no
+setting simulates that, so only a run on another processor model can rule it out.
+
 This module imports torch only inside :func:`pin` and :func:`state`: cli.py
 imports it, and ``retinopathy --help`` must stay fast.
 """
