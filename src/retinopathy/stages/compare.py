@@ -11,8 +11,8 @@ pretrained) when the experiments cover it, and ``DIR/compare.png``: the test
 accuracy and kappa per epoch of all of them, each line labelled
 ``<name>: <model> <init>``, the selected epoch starred. No ``dvc exp save``
 is needed. The folder is replaced as a whole, and only once every file is
-written;
-it must be absent, empty or an earlier output of compare (nothing else is ever deleted).
+written; it must be absent, empty or an earlier output of compare (nothing
+else is ever deleted).
 """
 
 from __future__ import annotations
