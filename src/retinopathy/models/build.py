@@ -103,7 +103,7 @@ def _check_cached_hash(name: str, path: Path) -> str:
 # Where torchvision keeps downloaded weights, as every machine can read it: committed
 # outputs (the manifest, the arm's info, the report) say this, never one machine's
 # expanded home folder, so they are the same on every machine with the same inputs.
-PORTABLE_CACHE = "$TORCH_HOME/hub/checkpoints (by default ~/.cache/torch/hub/checkpoints)"
+PORTABLE_CACHE = "$TORCH_HOME/hub/checkpoints/ (by default ~/.cache/torch/hub/checkpoints/)"
 
 
 def offline_help(name: str) -> tuple[str, str]:
@@ -119,7 +119,7 @@ def offline_help(name: str) -> tuple[str, str]:
     )
     fix = (
         f"with network, run `retinopathy weights` once (it downloads {IMAGENET[name].url} into the "
-        f"cache); offline, copy {file} into {PORTABLE_CACHE}/, or set `{WEIGHTS_KEY}` in params.yaml "
+        f"cache); offline, copy {file} into {PORTABLE_CACHE}, or set `{WEIGHTS_KEY}` in params.yaml "
         "to a local .pth state-dict file"
     )
     return reason, fix
