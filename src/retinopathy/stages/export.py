@@ -6,7 +6,7 @@ RGB batch [N, 3, H, W] of any H and W (the fundus cropped and squared, as
 `import-kaggle` does) and returns its scores: the five grade probabilities
 [N, 5], or the regression value [N] (grade = how many of the thresholds in
 the card lie below it). The resize to the network's size (bilinear,
-anti-aliased; :mod:`retinopathy.models.portable`), scaling, the optional
+anti-aliased; :mod:`retinopathy.models.photo_graph`), scaling, the optional
 Graham preprocessing and the normalisation are inside the graph. Beside it,
 ``FILE.md`` is a short model card: architecture, initialisation, data, the
 exact input, what the checkpoint itself records (epoch, selection figure,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # imported where they are used, so that --help is instant
     from torch import Tensor
 
     from retinopathy.models.grader import GraderSpec
-    from retinopathy.models.portable import PortableGrader
+    from retinopathy.models.photo_graph import PhotoGrader
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -54,15 +54,15 @@ MISSING_FIX = "train the arm first (`dvc repro`), or pass another --checkpoint"
 MEASURE_IMAGES = 32  # test images on which a plain full decode is compared with the project's decoder
 
 
-def load_scores_model(path: Path) -> PortableGrader:
+def load_scores_model(path: Path) -> PhotoGrader:
     """The checkpoint's grader and head as the exported model computes them (eval mode, fp32, CPU)."""
     from retinopathy import checkpoint
     from retinopathy.models.grader import GraderSpec, load_grader
-    from retinopathy.models.portable import PortableGrader
+    from retinopathy.models.photo_graph import PhotoGrader
 
     state = checkpoint.load(path, "best", fix=MISSING_FIX)
     spec = GraderSpec.from_dict(state["spec"], str(path))
-    return PortableGrader(load_grader(spec, state["model"], str(path)), spec.head()).eval()
+    return PhotoGrader(load_grader(spec, state["model"], str(path)), spec.head()).eval()
 
 
 def _example(side: int, count: int = 2, width: int | None = None) -> Tensor:
@@ -72,7 +72,7 @@ def _example(side: int, count: int = 2, width: int | None = None) -> Tensor:
                          generator=torch.Generator().manual_seed(0))
 
 
-def _export_onnx(model: PortableGrader, example: Tensor, path: Path) -> None:
+def _export_onnx(model: PhotoGrader, example: Tensor, path: Path) -> None:
     try:
         import onnxruntime  # noqa: F401  (checked here so the error names the extra)
         import onnxscript  # noqa: F401
@@ -103,7 +103,7 @@ def _run_onnx(path: Path, images: Tensor) -> Tensor:
     return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
 
 
-def _export_torchscript(model: PortableGrader, example: Tensor, path: Path) -> None:
+def _export_torchscript(model: PhotoGrader, example: Tensor, path: Path) -> None:
     import torch
 
     with warnings.catch_warnings():
@@ -174,7 +174,7 @@ def provenance(path: Path, state: dict[str, Any], layout: Layout) -> Provenance:
                       f"`{fingerprint}` (evaluate it with `dvc repro evaluate@<arm>` in its project)")
 
 
-def measure_decoders(model: PortableGrader, run: Any, out: Path, photos: list[Path]) -> dict[str, Any] | None:
+def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]) -> dict[str, Any] | None:
     """How far the exported graph, fed a plain full decode, lands from `retinopathy predict`'s scores.
 
     For each photograph: the project's path (its decoder at the network's size,

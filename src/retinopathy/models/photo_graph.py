@@ -1,6 +1,6 @@
 """The grader as `export` writes it: a photograph of any size in, the grade scores out, in one graph.
 
-:class:`PortableGrader` puts in front of the :class:`~retinopathy.models.grader.Grader`
+:class:`PhotoGrader` puts in front of the :class:`~retinopathy.models.grader.Grader`
 the one step that callers outside this project would otherwise have to copy
 exactly: bringing the image to the network's size. It resizes a uint8 batch
 [N, 3, H, W] of any H and W to the spec's image size with bilinear
@@ -32,7 +32,7 @@ from retinopathy.models.head import Head
 DEFAULT_SIZE = 512  # a checkpoint without an image size was trained on the course's 512x512 images
 
 
-class PortableGrader(nn.Module):
+class PhotoGrader(nn.Module):
     """uint8 images [N, 3, H, W] of any size -> the head's scores: probabilities [N, 5] or values [N]."""
 
     def __init__(self, grader: Grader, head: Head) -> None:
