@@ -344,8 +344,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_grading(project, use
     else:
         (user / "file").write_text("x")
         out, words = "file/out.csv", "file: cannot write the output of `retinopathy predict` there"
-    from retinopathy.stages import predict
-    monkeypatch.setattr(predict.loops, "predict", lambda *a, **k: pytest.fail("graded before the check"))
+    from retinopathy.engine import loops  # predict imports its loop when it runs (a fast --help)
+
+    monkeypatch.setattr(loops, "predict", lambda *a, **k: pytest.fail("graded before the check"))
     code, err = run(["predict", "photos", "--out", out, *checkpoint_args(project)], capsys)
     assert code == 2 and words in err
 
