@@ -121,3 +121,15 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     bad.write_text("model: resnet18\ntrain:\n  lr: [\n")
     with pytest.raises(RetinopathyError, match=r"params.yaml:\d+: not valid YAML"):
         load_params(bad)
+
+
+def test_zero_init_residual_is_one_switch_or_one_per_model():
+    both = parse_params(shipped_with({"train": {"zero_init_residual": True}}), "p.yaml")
+    assert both.train.zero_init_for("resnet18") and both.train.zero_init_for("resnet50")
+    shipped = parse_params(shipped_with({}), "p.yaml")  # ResNet50 only: ResNet18 learns faster without it
+    assert not shipped.train.zero_init_for("resnet18") and shipped.train.zero_init_for("resnet50")
+    with pytest.raises(RetinopathyError, match="train.zero_init_residual.*exactly the keys"):
+        parse_params(shipped_with({"train": {"zero_init_residual": {"resnet50": True}}}), "p.yaml")
+    with pytest.raises(RetinopathyError, match=r"train.zero_init_residual.resnet18"):
+        parse_params(shipped_with({"train": {"zero_init_residual": {"resnet18": "yes", "resnet50": True}}}),
+                     "p.yaml")

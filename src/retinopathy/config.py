@@ -85,7 +85,7 @@ class TrainParams:
     schedule: str  # constant | cosine, per batch
     warmup_epochs: int  # linear warm-up from 0, per batch
     nesterov: bool
-    zero_init_residual: bool  # scratch: every residual block starts as the identity (Goyal et al. 2017)
+    zero_init_residual: bool | dict[str, bool]  # scratch: residual blocks start as the identity; or per model
     loss: str  # cross_entropy | regression
     tune_thresholds: bool  # regression: tune the grade thresholds on the validation split
     class_balance: str  # none | weighted_loss | sampler
@@ -94,6 +94,11 @@ class TrainParams:
     def epochs_for(self, model: str) -> int:
         """The number of epochs for ``model`` (``epochs`` may be one number or a mapping)."""
         return self.epochs[model] if isinstance(self.epochs, dict) else self.epochs
+
+    def zero_init_for(self, model: str) -> bool:
+        """Whether ``model``'s scratch arm starts every residual block as the identity (may be a mapping)."""
+        value = self.zero_init_residual
+        return value[model] if isinstance(value, dict) else value
 
     def weights_for(self, model: str) -> str:
         """The pretrained arm's initial weights for ``model`` (``weights`` may be a mapping)."""
@@ -369,7 +374,12 @@ def _train(raw: Any, source: str) -> TrainParams:
         raise _fail(source, "train.warmup_epochs", f"must be fewer than train.epochs ({shortest}), got "
                     f"{out.warmup_epochs}")
     _bool(source, "train.nesterov", out.nesterov)
-    _bool(source, "train.zero_init_residual", out.zero_init_residual)
+    if isinstance(out.zero_init_residual, dict):
+        _per_model(source, "train.zero_init_residual", out.zero_init_residual)
+        for model, value in out.zero_init_residual.items():
+            _bool(source, f"train.zero_init_residual.{model}", value)
+    else:
+        _bool(source, "train.zero_init_residual", out.zero_init_residual)
     if out.nesterov and out.momentum == 0:
         raise _fail(source, "train.nesterov", "needs train.momentum > 0 (Nesterov momentum is momentum)")
     _choice(source, "train.loss", out.loss, LOSSES)

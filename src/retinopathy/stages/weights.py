@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm in ARMS:  # a file of that name that is not a manifest is not replaced
         check_output_file(layout.manifest(arm), "weights", json_with("arm", "available"))
     manifests = {
-        "scratch": describe_scratch(params.model, params.train.seed, params.train.zero_init_residual),
+        "scratch": describe_scratch(params.model, params.train.seed,
+                                    params.train.zero_init_for(params.model)),
         "pretrained": describe_pretrained(params.model, params.train.weights_for(params.model),
                                           download=download, timeout=args.download_timeout),
     }
