@@ -378,6 +378,21 @@ def test_a_summary_missing_a_key_names_the_file_the_key_and_the_fix(tiny_project
     assert "dvc repro -f prepare" in err
 
 
+@pytest.mark.parametrize(("damage", "words"), [
+    (lambda text: text[: len(text) // 2], "damaged, not a JSON record"),
+    (lambda text: text.replace('"fix"', '"fixed"'), "a skipped record without fix"),
+    (lambda text: "<<<<<<< HEAD\n" + text, "damaged, not a JSON record"),
+])
+def test_a_truncated_or_incomplete_status_json_names_the_file_and_the_fix(tiny_project, capsys, damage,
+                                                                         words):
+    assert run(capsys, "train", "--init", "pretrained")[0] == 0  # skipped offline: quick
+    path = tiny_project / "models/pretrained/status.json"
+    path.write_text(damage(path.read_text()))
+    status, err = run(capsys, "evaluate", "--init", "pretrained")
+    assert status == 2 and "status.json: " in err and words in err
+    assert "dvc checkout models/pretrained" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------- 8. machine-specific text in committed outputs
 
 

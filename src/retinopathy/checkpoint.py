@@ -269,3 +269,39 @@ def publish(source: Path, target: Path) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+# status.json, training's record for evaluate: the keys each kind of record must hold.
+STATUS_KEYS = {
+    "skipped": ("status", "model", "init", "reason", "fix"),
+    "trained": ("status", "model", "init", "epochs", "best_epoch", "selection", "select_by", "decoder",
+                "resident", "weights", "fingerprint", "history"),
+}
+
+
+def read_status(path: Path, arm: str) -> dict[str, Any]:
+    """Training's ``status.json`` for ``arm``, checked whole: never half read.
+
+    Raises:
+        RetinopathyError: missing, truncated or not JSON, or missing a key its kind needs;
+            naming the file and what to run.
+    """
+    fix = (f"restore it with `dvc checkout models/{arm}`, or run `dvc repro -f train@{arm}` to train "
+           "the arm again")
+    if not path.is_file():
+        raise RetinopathyError(f"{path}: not found; run `dvc repro train@{arm}` first")
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RetinopathyError(f"{path}: damaged, not a JSON record ({error}); {fix}") from None
+    kind = status.get("status") if isinstance(status, dict) else None
+    if kind not in STATUS_KEYS:
+        raise RetinopathyError(f"{path}: not a training status record (its `status` is {kind!r}, not one of "
+                               f"{', '.join(STATUS_KEYS)}); {fix}")
+    missing = [key for key in STATUS_KEYS[kind] if key not in status]
+    if missing:
+        raise RetinopathyError(f"{path}: a {kind} record without {', '.join(missing)} (written by another "
+                               f"version, or damaged); {fix}")
+    if kind == "trained" and not (isinstance(status["history"], list) and status["history"]):
+        raise RetinopathyError(f"{path}: a trained record with no history; {fix}")
+    return status

@@ -18,7 +18,6 @@ in its info, and header-only CSVs, so the report and `dvc metrics show` show the
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +97,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     """
     layout = layout or Layout()
     files = layout.arm(arm)
-    if not files.status.is_file():
-        raise RetinopathyError(f"{files.status}: not found; run `dvc repro train@{arm}` first")
-    status = json.loads(files.status.read_text())
+    status = checkpoint.read_status(files.status, arm)
     summary = read_summary(layout.summary)
     if status["status"] == "skipped":
         words = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
