@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,48 +199,26 @@ def _numbers_from_text(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cli_positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--batch-size``, ``--workers``, ``--size``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _cli_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, and refuse what is not ``ok`` as "must be <what>"."""
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    check.__doc__ = f"argparse type: {what}."
+    return check
 
 
-def cli_seed(text: str) -> int:
-    """argparse type: a seed in 0 .. 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer seed in 0..{MAX_SEED}, got {text!r}")
-    return value
-
-
-def cli_positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (``--download-timeout``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def cli_fraction(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1 (``--test-fraction``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
-    return value
+# The command lines' numbers (`--batch-size`, `--workers`, `--size`, `--seed`, `--download-timeout`,
+# `--test-fraction`), refused with a usage error rather than a traceback deep in the work.
+cli_positive_int = _cli_type(int, lambda value: value >= 1, "a positive integer")
+cli_seed = _cli_type(int, lambda value: 0 <= value <= MAX_SEED, f"an integer seed in 0..{MAX_SEED}")
+cli_positive_float = _cli_type(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
+cli_fraction = _cli_type(float, lambda value: 0 < value < 1, "a number between 0 and 1 (exclusive)")
 
 
 def _number(source: str, key: str, value: Any, low: float, high: float | None = None) -> float:
