@@ -72,18 +72,24 @@ def _quiet_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
 
 
+def make_tiny_project(folder: Path, **overrides: dict) -> Path:
+    """Write params.yaml (:func:`write_params` with ``overrides``), the demo data, data/prepared and
+    models/init into ``folder``, which must be the working directory (stages use relative paths)."""
+    write_params(folder, **overrides)
+    params = load_params(folder / "params.yaml")
+    write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
+                       test_size=params.demo.test_size, image_size=params.demo.image_size,
+                       variation=params.demo.variation)
+    prepare.prepare(params, folder / "data/prepared")
+    assert weights.main([]) == 0
+    return folder
+
+
 @pytest.fixture()
 def tiny_project(tmp_path, monkeypatch) -> Path:
     """A folder with params.yaml, demo data, data/prepared and models/init; cwd set to it."""
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path)
-    params = load_params(tmp_path / "params.yaml")
-    write_demo_dataset(tmp_path / "data/demo", seed=0, train_size=params.demo.train_size,
-                       test_size=params.demo.test_size, image_size=params.demo.image_size,
-                       variation=params.demo.variation)
-    prepare.prepare(params, tmp_path / "data/prepared")
-    assert weights.main([]) == 0
-    return tmp_path
+    return make_tiny_project(tmp_path)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -23,13 +23,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, subprocess_env, write_params
+from conftest import REPO, make_tiny_project, subprocess_env
 from retinopathy import cli, files
 from retinopathy.config import load_params
 from retinopathy.files import STALE_AFTER, csv_text, write_text_atomic
 from retinopathy.models.build import NO_DOWNLOAD_ENV
-from retinopathy.stages import prepare, train, weights
-from retinopathy.stages.demo_data import write_demo_dataset
+from retinopathy.stages import train
 
 HOST = socket.gethostname()
 
@@ -42,14 +41,8 @@ def project(tmp_path_factory) -> Path:
     os.environ[NO_DOWNLOAD_ENV] = "1"
     os.chdir(root)
     try:
-        write_params(root, train={"epochs": 1})
-        params = load_params("params.yaml")
-        write_demo_dataset(root / "data/demo", seed=0, train_size=params.demo.train_size,
-                           test_size=params.demo.test_size, image_size=params.demo.image_size,
-                           variation=params.demo.variation)
-        prepare.prepare(params, root / "data/prepared")
-        assert weights.main([]) == 0
-        train.train_arm(params, "scratch")
+        make_tiny_project(root, train={"epochs": 1})
+        train.train_arm(load_params("params.yaml"), "scratch")
     finally:
         os.chdir(before)
         if download is None:

@@ -27,12 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import subprocess_env, write_params
+from conftest import make_tiny_project, subprocess_env, write_params
 from retinopathy import portable
-from retinopathy.config import load_params
 from retinopathy.contract import Layout
-from retinopathy.stages import prepare, weights
-from retinopathy.stages.demo_data import write_demo_dataset
 
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -71,23 +68,20 @@ def _run(project: Path, settings: dict[str, str], evaluate: bool) -> dict[str, s
     return out
 
 
+def _overrides(mode: str) -> dict:
+    return {"demo": {"train_size": 16, "test_size": 8},
+            "train": {"epochs": 1, "precise_bn_images": 8, "portable": mode}}
+
+
 def _write_params(project: Path, mode: str) -> None:
-    write_params(project, demo={"train_size": 16, "test_size": 8},
-                 train={"epochs": 1, "precise_bn_images": 8, "portable": mode})
+    write_params(project, **_overrides(mode))
 
 
 @pytest.fixture()
 def project(tmp_path, monkeypatch) -> Path:
     """Smaller still than conftest's tiny project: two steps of 8 images, 8 test images."""
     monkeypatch.chdir(tmp_path)
-    _write_params(tmp_path, "auto")
-    params = load_params(tmp_path / "params.yaml")
-    write_demo_dataset(tmp_path / "data/demo", seed=0, train_size=params.demo.train_size,
-                       test_size=params.demo.test_size, image_size=params.demo.image_size,
-                       variation=params.demo.variation)
-    prepare.prepare(params, tmp_path / "data/prepared")
-    assert weights.main([]) == 0
-    return tmp_path
+    return make_tiny_project(tmp_path, **_overrides("auto"))
 
 
 @pytest.mark.slow

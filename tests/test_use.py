@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_params
+from conftest import make_tiny_project
 from retinopathy.config import load_params
 from retinopathy.contract import Layout
 from retinopathy.data.synthetic import render_fundus
@@ -26,21 +26,14 @@ from retinopathy.stages import evaluate, explain, export, predict, train
 def _trained_once(tmp_path_factory) -> Path:
     """The tiny project with the scratch arm trained (1 epoch) and evaluated, made once for this file."""
     from retinopathy.models.build import NO_DOWNLOAD_ENV
-    from retinopathy.stages import prepare, weights
-    from retinopathy.stages.demo_data import write_demo_dataset
 
     folder = tmp_path_factory.mktemp("trained")
     before, environment = os.getcwd(), dict(os.environ)
     os.environ.update({NO_DOWNLOAD_ENV: "1", "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home"))})
     os.chdir(folder)
     try:
-        write_params(folder, train={"epochs": 1})
+        make_tiny_project(folder, train={"epochs": 1})
         params = load_params("params.yaml")
-        write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
-                           test_size=params.demo.test_size, image_size=params.demo.image_size,
-                           variation=params.demo.variation)
-        prepare.prepare(params, folder / "data/prepared")
-        assert weights.main([]) == 0
         train.train_arm(params, "scratch")
         train.train_arm(params, "pretrained")  # skipped offline
         for arm in ("scratch", "pretrained"):
