@@ -43,6 +43,8 @@ _INTEGER = re.compile(r"[0-9]+")
 _BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\\x00-\x1f\x7f]")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
+# EyePACS names a photograph `<patient>_left` or `<patient>_right`.
+_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,23 @@ class SplitListing:
     img_lines: list[int]
     lab_lines: list[int]
     notes: list[str]
+
+
+def patient_of(name: str) -> str:
+    """Return the patient of image ``name``: ``<id>`` for EyePACS's ``<id>_left`` / ``<id>_right``.
+
+    Any other name is its own patient. A listed ``.jpeg`` suffix is ignored.
+    """
+    stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
+    match = _EYE_NAME.fullmatch(stem)
+    return match["patient"] if match else stem
+
+
+def eye_of(name: str) -> str | None:
+    """Return ``"left"`` or ``"right"`` for an EyePACS name, else None."""
+    stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
+    match = _EYE_NAME.fullmatch(stem)
+    return match["eye"] if match else None
 
 
 def image_path(root: str | Path, name: str) -> Path:
