@@ -14,7 +14,7 @@ import yaml
 
 from retinopathy import checkpoint, codedeps
 from retinopathy.cli import COMMANDS, module_of
-from retinopathy.contract import ARMS, REPORT_FIGURES, Layout
+from retinopathy.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src/retinopathy"
@@ -90,10 +90,11 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("prepare") == {str(layout.prepared)}
     assert _outs("weights") == {str(layout.manifests)}
     assert _outs("train") == {str(p) for a in arms for p in (a.model_dir, a.history)}
-    assert _outs("evaluate") == {str(p) for a in arms for p in (a.metrics, a.info, a.confusion_counts,
-                                                                a.confusion_normalized, a.predictions)}
+    assert _outs("evaluate") == {str(p) for a in arms for p in (
+        a.metrics, a.info, a.confusion_counts, a.confusion_normalized, a.predictions, a.val_predictions,
+        a.screening, a.roc_image, a.roc_patient, a.reliability)}
     assert _outs("explain") == {str(layout.explanation(arm)) for arm in ARMS}
-    figures = [layout.report, *(layout.figure(name) for name in REPORT_FIGURES),
+    figures = [layout.report, *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
                *(layout.confusion_figure(arm) for arm in ARMS)]
     assert _outs("report") == {str(path) for path in figures}
     assert set(DVC["metrics"]) == {str(a.metrics) for a in arms}

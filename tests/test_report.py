@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from retinopathy import screening
+from retinopathy.contract import Layout
 from retinopathy.errors import RetinopathyError
+from retinopathy.screening_files import write_screening
 from retinopathy.stages.report import main, write_report
 
-FIGURES = ("accuracy.png", "confusion_scratch.png", "confusion_pretrained.png", "best_accuracy.png")
+FIGURES = ("accuracy.png", "confusion_scratch.png", "confusion_pretrained.png", "best_accuracy.png",
+           "roc.png", "reliability.png")
 COUNTS = [
     [137, 3, 6, 0, 1],
     [8, 2, 0, 0, 0],
@@ -79,7 +84,23 @@ def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> 
             _confusion_csv(normalized if trained else None))
         (metrics / "confusion" / f"{arm}_counts.csv").write_text(
             _confusion_csv(COUNTS if trained else None))
+        test = screening_split(200, 1 if arm == "scratch" else 2) if trained else None
+        record = screening.record(test, screening_split(60, 3) if val else None,
+                                  {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0,
+                                  probabilities=True) if trained else None
+        write_screening(Layout(metrics=metrics).arm(arm), record, test, probabilities=True)
     return metrics
+
+
+def screening_split(images: int, seed: int) -> screening.Scored:
+    """Graded images of patients with two eyes each (names ``<n>_left``, ``<n>_right``), scores that track
+    the grade."""
+    rng = np.random.default_rng(seed)
+    actual = rng.choice(5, size=images, p=[0.55, 0.15, 0.18, 0.07, 0.05])
+    logits = rng.normal(size=(images, 5)) + 1.6 * np.eye(5)[actual]
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return screening.scored([str(i // 2) for i in range(images)], actual, probabilities.argmax(1),
+                            probabilities, regression=False)
 
 
 def _check_figures(out: Path) -> None:

@@ -18,7 +18,15 @@ from typing import Any
 
 import yaml
 
-from retinopathy.contract import LOSSES, MAX_IMAGE_SIZE, MODELS, NORMALIZATIONS, PREPROCESSES, SCHEDULES
+from retinopathy.contract import (
+    LOSSES,
+    MAX_IMAGE_SIZE,
+    MODELS,
+    NORMALIZATIONS,
+    OPERATING_POINTS,
+    PREPROCESSES,
+    SCHEDULES,
+)
 from retinopathy.errors import RetinopathyError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -128,6 +136,9 @@ class EvaluateParams:
     """How the test split is scored."""
 
     tta: str  # none | flips
+    operating_points: dict[str, float]  # contract.OPERATING_POINTS -> target sensitivity/specificity
+    bootstrap: int  # resamples of patients for the 95% intervals (0: no intervals)
+    seed: int  # seeds the bootstrap
 
 
 @dataclass(frozen=True)
@@ -308,7 +319,20 @@ def _augment(raw: Any, source: str) -> AugmentParams:
 def _evaluate(raw: Any, source: str) -> EvaluateParams:
     out = EvaluateParams(**_section(EvaluateParams, raw, source, "evaluate"))
     _choice(source, "evaluate.tta", out.tta, TTAS)
-    return out
+    points = out.operating_points
+    if not isinstance(points, dict) or set(points) != set(OPERATING_POINTS):
+        raise _fail(source, "evaluate.operating_points", f"must be a mapping of exactly "
+                    f"{', '.join(OPERATING_POINTS)} to a target in (0, 1], e.g. "
+                    f"{{high_sensitivity: 0.9, high_specificity: 0.9}}; got {points!r}")
+    for point, target in points.items():
+        key = f"evaluate.operating_points.{point}"
+        if isinstance(target, str) and _NUMBER_TEXT.fullmatch(target.strip()):
+            target = float(target)
+        if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+            raise _fail(source, key, f"must be a target in (0, 1] (a share: 0.9, not 90), got {target!r}")
+    _int(source, "evaluate.bootstrap", out.bootstrap, 0)
+    _seed(source, "evaluate.seed", out.seed)
+    return dataclasses.replace(out, operating_points={p: float(points[p]) for p in OPERATING_POINTS})
 
 
 def _per_model(source: str, key: str, mapping: dict) -> None:

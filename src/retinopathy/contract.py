@@ -21,6 +21,10 @@ GRADES = tuple(range(NUM_GRADES))
 # A regression output v is graded by how many thresholds lie below it; these round it.
 ROUNDING_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 REFERABLE_GRADE = 2  # moderate or worse: the usual screening threshold for referral
+VISION_THREATENING_GRADE = 3  # severe or proliferative
+# Gulshan et al. 2016's two operating points, chosen on validation by a target sensitivity or specificity
+# (params `evaluate.operating_points`) and applied unchanged to test.
+OPERATING_POINTS = ("high_sensitivity", "high_specificity")
 COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): square crops of the fundus
 # The largest network input side accepted (params `data.image_size`, a checkpoint's spec): a
 # ResNet50 batch of 4 at 4096 px already needs about 100 GB of activations to train.
@@ -40,6 +44,22 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_kappa", "test
 VAL_COLUMNS = ("val_loss", "val_accuracy", "val_kappa")  # appended when there is a validation split
 CONFUSION_COLUMNS = ("actual", *(str(grade) for grade in GRADES))  # rows: true grade; columns: predicted
 PREDICTION_COLUMNS = ("actual", "predicted")  # one row per test image, the long format of `dvc plots`
+PROBABILITY_COLUMNS = tuple(f"p{grade}" for grade in GRADES)  # the classifier's P(grade)
+
+
+# metrics/predictions/<arm>.csv in full: the image, its patient, the grades, the head's scores
+# (PROBABILITY_COLUMNS, or "value" for the regression head) and the referable score
+# (P(grade >= 2) = p2 + p3 + p4, or the value), from which every screening figure is recomputed.
+def prediction_header(regression: bool) -> tuple[str, ...]:
+    """The predictions CSV's columns for a classifier or (``regression``) a regression head."""
+    return ("image", "patient", *PREDICTION_COLUMNS, *(("value",) if regression else PROBABILITY_COLUMNS),
+            "referable_score")
+
+
+ROC_COLUMNS = ("fpr", "tpr", "threshold")  # metrics/roc/<arm>_<level>.csv: the ROC of referable DR
+# metrics/reliability/<arm>.csv: the reliability diagram of P(grade >= 2), one row per bin
+RELIABILITY_COLUMNS = ("low", "high", "count", "mean_probability", "observed")
+LEVELS = ("image", "patient")  # the screening figures are given per image and per patient
 
 def recall_key(grade: int) -> str:
     """The metrics key of grade ``grade``'s recall: ``r0`` ... ``r4``."""
@@ -65,6 +85,7 @@ METRIC_DECIMALS = 3  # a person compares these at a glance; the history and pred
 
 
 REPORT_FIGURES = ("accuracy.png", "best_accuracy.png")  # the report's figures of both arms together
+SCREENING_FIGURES = ("roc.png", "reliability.png")  # the report's screening figures of both arms together
 
 # The synthetic demo's folder carries a README whose first line is this marker.
 DEMO_README = "README.txt"
@@ -97,7 +118,12 @@ class ArmFiles:
         info: evaluate's words about the run (status, weights, selection rule, ...).
         confusion_counts: The confusion matrix in counts (``CONFUSION_COLUMNS``).
         confusion_normalized: The same, each row divided by the true grade's count.
-        predictions: ``PREDICTION_COLUMNS`` per test image.
+        predictions: :func:`prediction_header` per test image.
+        val_predictions: The same per validation image (header only without a validation split).
+        screening: The screening figures with their intervals (``retinopathy.screening``).
+        roc_image: The ROC curve of referable DR per image (``ROC_COLUMNS``).
+        roc_patient: The same per patient.
+        reliability: The reliability diagram's bins of P(grade >= 2) (``RELIABILITY_COLUMNS``).
     """
 
     arm: str
@@ -112,6 +138,15 @@ class ArmFiles:
     confusion_counts: Path
     confusion_normalized: Path
     predictions: Path
+    val_predictions: Path
+    screening: Path
+    roc_image: Path
+    roc_patient: Path
+    reliability: Path
+
+    def roc(self, level: str) -> Path:
+        """The ROC curve's file of ``level`` (one of ``LEVELS``)."""
+        return {"image": self.roc_image, "patient": self.roc_patient}[level]
 
 
 @dataclass(frozen=True)
@@ -176,4 +211,9 @@ class Layout:
             confusion_counts=self.metrics / "confusion" / f"{arm}_counts.csv",
             confusion_normalized=self.metrics / "confusion" / f"{arm}_normalized.csv",
             predictions=self.metrics / "predictions" / f"{arm}.csv",
+            val_predictions=self.metrics / "predictions" / f"{arm}.val.csv",
+            screening=self.metrics / f"{arm}.screening.json",
+            roc_image=self.metrics / "roc" / f"{arm}_image.csv",
+            roc_patient=self.metrics / "roc" / f"{arm}_patient.csv",
+            reliability=self.metrics / "reliability" / f"{arm}.csv",
         )

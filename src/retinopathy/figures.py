@@ -1,4 +1,4 @@
-"""The report's figures: accuracy per epoch, confusion matrices, the best accuracy per arm.
+"""The report's figures: accuracy per epoch, confusion matrices, the best accuracy per arm, ROC, reliability.
 
 Each function draws one PNG from checked :class:`~retinopathy.results.Arm`
 data. Drawn with matplotlib's Agg backend (DVC stages and CI have no display).
@@ -15,8 +15,17 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from retinopathy.contract import GRADES, REPORT_FIGURES, Layout, grade_label
+from retinopathy.contract import (
+    GRADES,
+    LEVELS,
+    OPERATING_POINTS,
+    REPORT_FIGURES,
+    SCREENING_FIGURES,
+    Layout,
+    grade_label,
+)
 from retinopathy.results import Arm, at_baseline, majority_baseline, model_name
+from retinopathy.screening_files import Screening
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import pyplot as plt  # noqa: E402
@@ -156,6 +165,111 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
     _save(fig, path)
 
 
+def _interval(entry: dict) -> str:
+    """``0.912 [0.871, 0.950]``, or ``undefined`` (one class only)."""
+    if entry.get("value") is None:
+        return "undefined"
+    bounds = f" [{entry['low']:.3f}, {entry['high']:.3f}]" if entry.get("low") is not None else ""
+    return f"{entry['value']:.3f}{bounds}"
+
+
+POINT_MARKERS = dict(zip(OPERATING_POINTS, ("^", "s"), strict=True))
+
+
+def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, path: Path) -> None:
+    """The ROC curve of referable DR of every arm, per image and per patient (two panels).
+
+    Each curve's label gives its AUC and 95% interval; the arm's own grade
+    (predicted >= 2) is a dot, and the operating points chosen on validation
+    (applied to test) are a triangle (high sensitivity) and a square (high specificity).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6), layout="constrained")
+    for ax, level in zip(axes, LEVELS, strict=True):
+        ax.plot([0, 100], [0, 100], color="grey", ls=":", lw=1, label="chance (AUC 0.5)")
+        for index, arm in enumerate(arms):
+            colour = _colour(arm, index)
+            screening = screenings.get(arm.name)
+            if screening is None:
+                ax.plot([], [], ls="none", marker="x", color=colour,
+                        label=f"{arm.name}: skipped (see report)")
+                continue
+            figures = screening.record[level]
+            curve = screening.roc[level]
+            auc = _interval(figures["auc_referable"])
+            if curve.empty:
+                ax.plot([], [], ls="none", marker="x", color=colour,
+                        label=f"{arm.name}: no curve (one class only)")
+                continue
+            ax.plot(100 * curve["fpr"], 100 * curve["tpr"], drawstyle="steps-post", lw=2, color=colour,
+                    label=f"{arm.name}: AUC {auc}")
+            own = figures["sensitivity"]["value"], figures["specificity"]["value"]
+            if None not in own:
+                ax.plot(100 * (1 - own[1]), 100 * own[0], "o", ms=9, color=colour, mec="black",
+                        label=f"{arm.name}: its grade (>= 2)")
+            for point in OPERATING_POINTS:
+                sens = figures.get(f"{point}_sensitivity", {}).get("value")
+                spec = figures.get(f"{point}_specificity", {}).get("value")
+                if sens is not None and spec is not None:
+                    ax.plot(100 * (1 - spec), 100 * sens, POINT_MARKERS[point], ms=10, color=colour,
+                            mec="black", label=f"{arm.name}: {point.replace('_', '-')} point")
+        n = next((s.record[level]["n"] for s in screenings.values()), None)
+        unit = "images" if level == "image" else "patients (the worse eye; the higher eye score)"
+        ax.set(title=f"per {level}" + (f": {n} {unit}" if n is not None else ""),
+               xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+               xlim=(-2, 102), ylim=(-2, 102), aspect="equal")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(PercentFormatter(100, decimals=0))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8.5)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, path: Path) -> None:
+    """Observed share of referable DR against the mean P(grade >= 2) in each bin, per image, every arm.
+
+    Each point is a bin of :data:`retinopathy.screening.CALIBRATION_BINS` equal-width
+    bins, its area proportional to the bin's images; the label gives the expected
+    calibration error. The diagonal is perfect calibration.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), layout="constrained")
+    ax.plot([0, 100], [0, 100], color="grey", ls=":", lw=1, label="perfectly calibrated")
+    for index, arm in enumerate(arms):
+        colour = _colour(arm, index)
+        screening = screenings.get(arm.name)
+        bins = None if screening is None else screening.reliability.dropna()
+        if bins is None or bins.empty:
+            why = "skipped (see report)" if screening is None else "no probabilities (regression head)"
+            ax.plot([], [], ls="none", marker="x", color=colour, label=f"{arm.name}: {why}")
+            continue
+        ece = screening.record["calibration"]["ece"]
+        sizes = 400 * bins["count"] / bins["count"].sum()
+        ax.plot(100 * bins["mean_probability"], 100 * bins["observed"], "-", lw=1.5, color=colour)
+        ax.scatter(100 * bins["mean_probability"], 100 * bins["observed"], s=sizes + 15, color=colour,
+                   edgecolor="black", zorder=3, label=f"{arm.name}: ECE {ece:.3f}")
+    bins_text = next((f"{len(s.reliability)} equal-width bins; " for s in screenings.values()
+                      if not s.reliability.empty), "")
+    ax.set(title=title, xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
+           ylabel="observed share with referable DR", xlim=(-2, 102), ylim=(-2, 102), aspect="equal")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PercentFormatter(100, decimals=0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def draw_screening_figures(arms: Sequence[Arm], screenings: dict[str, Screening], model: str,
+                           data_label: str, folder: Path) -> None:
+    """Write roc.png and reliability.png of ``arms`` (``screenings``: the trained arms') into ``folder``."""
+    try:
+        with plt.rc_context(STYLE):
+            roc, reliability = SCREENING_FIGURES
+            name = f"{model} ({data_label})"
+            plot_roc(arms, screenings, f"{name}: ROC of referable DR (grade >= 2)", folder / roc)
+            plot_reliability(arms, screenings, f"{name}:\nreliability of P(grade >= 2) per image",
+                             folder / reliability)
+    finally:
+        plt.close("all")
 
 
 def draw_report_figures(arms: Sequence[Arm], model: str, data_label: str, folder: Path) -> None:

@@ -7,9 +7,17 @@ kappa, per-grade recall, the majority baseline, the selected epoch, ...), so
 (status, weights, data, which rule picked the epoch); the confusion matrix
 twice (``metrics/confusion/<arm>_counts.csv`` and ``<arm>_normalized.csv``:
 rows = true grade, columns = predicted grade, each row of the normalised one
-summing to 1 as the lab defines it); and ``metrics/predictions/<arm>.csv``
-(``actual,predicted`` per test image, the long format DVC's ``confusion``
-plot template reads).
+summing to 1 as the lab defines it); ``metrics/predictions/<arm>.csv``
+(per test image: ``image,patient,actual,predicted``, the head's scores and the
+referable score, :func:`contract.prediction_header`; ``actual,predicted`` is
+the long format DVC's ``confusion`` plot template reads) and
+``<arm>.val.csv``, the same for the validation split (header only without
+one); and the screening files (``retinopathy.screening_files``):
+``metrics/<arm>.screening.json`` (referable and vision-threatening AUC,
+sensitivity and specificity at the model's grade and at the operating points
+chosen on validation, per image and per patient, with bootstrap intervals over
+patients; the calibration error), the ROC curves ``metrics/roc/<arm>_image.csv``
+and ``<arm>_patient.csv``, and ``metrics/reliability/<arm>.csv``.
 
 A skipped arm gets ``{}`` as metrics (a row of dashes), the reason and the fix
 in its info, and header-only CSVs, so the report and `dvc metrics show` show the gap.
@@ -31,11 +39,12 @@ from retinopathy.contract import (
     GRADES,
     METRIC_DECIMALS,
     METRIC_KEYS,
-    PREDICTION_COLUMNS,
     ArmFiles,
     Layout,
+    prediction_header,
 )
 from retinopathy.data.index import read_index, read_summary
+from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine import loops
 from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import make_runtime, resolve_device
@@ -43,6 +52,8 @@ from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.models.grader import GraderSpec, load_grader
 from retinopathy.scoring import confusion_tables, scores
+from retinopathy.screening import Scored, record, scored
+from retinopathy.screening_files import write_screening
 
 
 def selection_rule(split: str, metric: str) -> str:
@@ -53,15 +64,25 @@ def selection_rule(split: str, metric: str) -> str:
     return f"epoch with the highest validation {metric} (test split unseen when choosing)"
 
 
-def write_tables(files: ArmFiles, actual: np.ndarray, predicted: np.ndarray,
-                 tables: tuple[np.ndarray, np.ndarray] | None) -> None:
+def prediction_rows(records: list[Record], predicted: np.ndarray, outputs: np.ndarray,
+                    rows: Scored) -> list[list]:
+    """The predictions CSV's rows (:func:`contract.prediction_header`): one per image, in index order."""
+    scores = outputs.reshape(len(records), -1)
+    return [[r.image, patient, r.label, int(p), *(f"{v:.6f}" for v in s), f"{referable:.6f}"]
+            for r, patient, p, s, referable in zip(records, rows.patients, predicted, scores, rows.referable,
+                                                   strict=True)]
+
+
+def write_tables(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None,
+                 header: tuple[str, ...], rows: list[list], val_rows: list[list]) -> None:
     """Write the confusion tables and the predictions (header only where there are none).
 
     Args:
         files: The arm's files.
-        actual: True grades.
-        predicted: Predicted grades.
-        tables: :func:`confusion_tables` of the two; None for a skipped arm (no predictions).
+        tables: :func:`confusion_tables` of the test grades; None for a skipped arm (no predictions).
+        header: The predictions' columns (:func:`contract.prediction_header`).
+        rows: The test split's predictions (:func:`prediction_rows`).
+        val_rows: The validation split's (none without one).
     """
     header = list(CONFUSION_COLUMNS)
     if tables is not None:
@@ -72,8 +93,8 @@ def write_tables(files: ArmFiles, actual: np.ndarray, predicted: np.ndarray,
         count_rows, norm_rows = [], []
     write_csv_atomic(files.confusion_counts, header, count_rows)
     write_csv_atomic(files.confusion_normalized, header, norm_rows)
-    write_csv_atomic(files.predictions, list(PREDICTION_COLUMNS),
-                     [[int(a), int(p)] for a, p in zip(actual, predicted, strict=True)])
+    write_csv_atomic(files.predictions, list(header), rows)
+    write_csv_atomic(files.val_predictions, list(header), val_rows)
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,7 @@ class Evaluation:
 
     metrics: dict[str, float]
     info: dict[str, Any]
+    screening: dict[str, Any] | None = None  # retinopathy.screening.record; None for a skipped arm
 
 
 def write_evaluation(files: ArmFiles, evaluation: Evaluation) -> None:
@@ -102,7 +124,8 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     if status["status"] == "skipped":
         words = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
         evaluation = Evaluation({}, words)
-        write_tables(files, np.array([], dtype=int), np.array([], dtype=int), None)
+        write_tables(files, None, prediction_header(regression=False), [], [])
+        write_screening(files, None, None, probabilities=False)
         write_evaluation(files, evaluation)
         return evaluation
 
@@ -127,16 +150,31 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
                            channels_last=train.channels_last, num_workers=params.data.num_workers)
     runtime.configure_backends()  # the numerics training evaluated with
     grader = runtime.place(load_grader(spec, best["model"], str(files.best)))
-    records = {"test": read_index(layout.index)["test"]}
+    index = read_index(layout.index)
+    # The validation split (data.val_fraction > 0) picks the screening operating points.
+    records = {"test": index["test"], "val": index["val"]}
     sources, decoder = open_sources(params, runtime, records, spec.image_size, status["resident"])
-    batches = eval_batches(sources["test"], train.batch_size, runtime)
     tta = params.evaluate.tta == "flips"
     lower = (f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
              f"{', or set evaluate.tta to none' if tta else ''}")
-    _, predicted, actual = loops.predict(grader, batches, runtime, spec.head(), f"evaluating {arm}", tta=tta,
-                                         lower=lower)
-    actual_np, predicted_np = actual.numpy(), predicted.numpy()
+    head = spec.head()
+    graded: dict[str, tuple[np.ndarray, np.ndarray, Scored]] = {}
+    for split in sources:
+        batches = eval_batches(sources[split], train.batch_size, runtime)
+        outputs, predicted, actual = loops.predict(grader, batches, runtime, head,
+                                                   f"evaluating {arm} ({split})", tta=tta, lower=lower)
+        if actual.tolist() != [r.label for r in records[split]]:  # each row must name its own image
+            raise RetinopathyError(f"{layout.index}: the {split} split's grades came back in another order "
+                                   "than listed (a bug in the batching: please report it)")
+        rows = scored([patient_of(r.image) for r in records[split]], actual.numpy(), predicted.numpy(),
+                      outputs.numpy(), head.regression)
+        graded[split] = (predicted.numpy(), outputs.numpy(), rows)
+    actual_np, predicted_np = graded["test"][2].actual, graded["test"][0]
     tables = confusion_tables(actual_np, predicted_np)
+    settings = params.evaluate
+    screening = record(graded["test"][2], graded["val"][2] if "val" in graded else None,
+                       settings.operating_points, settings.bootstrap, settings.seed,
+                       probabilities=not head.regression)
 
     numbers: dict[str, float] = {
         **scores(actual_np, predicted_np, tables),
@@ -166,8 +204,10 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "fingerprint": best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
         "numerics": portable.state(),  # train.portable (retinopathy.portable)
     }
-    evaluation = Evaluation(metrics, info)
-    write_tables(files, actual_np, predicted_np, tables)
+    evaluation = Evaluation(metrics, info, screening)
+    rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
+    write_tables(files, tables, prediction_header(head.regression), rows["test"], rows.get("val", []))
+    write_screening(files, screening, graded["test"][2], probabilities=not head.regression)
     write_evaluation(files, evaluation)
     return evaluation
 
@@ -187,4 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.init}: test accuracy {metrics['acc']:.1%} (epoch {metrics['epoch']}, "
               f"{info['selection_rule']}), kappa {metrics['kappa']:.3f}, "
               f"always-grade-0 baseline {metrics['base']:.1%}")
+        auc = (evaluation.screening or {}).get("patient", {}).get("auc_referable", {}).get("value")
+        print(f"{args.init}: referable DR AUC per patient "
+              f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "
+              f"see {Layout().arm(args.init).screening}")
     return 0

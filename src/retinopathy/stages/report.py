@@ -1,9 +1,11 @@
 """`retinopathy report`: the figures and the Markdown report of both arms.
 
 Reads what the train and evaluate stages wrote (``metrics/history/<arm>.csv``,
-``metrics/<arm>.json``, ``metrics/confusion/<arm>_{normalized,counts}.csv``),
-checks it, and writes ``accuracy.png``, ``confusion_<arm>.png``,
-``best_accuracy.png`` and ``report.md`` into the output folder. Everything is
+``metrics/<arm>.json``, ``metrics/confusion/<arm>_{normalized,counts}.csv``,
+and the screening files: ``metrics/<arm>.screening.json``, ``metrics/roc/``,
+``metrics/reliability/``), checks it, and writes ``accuracy.png``,
+``confusion_<arm>.png``, ``best_accuracy.png``, ``roc.png``, ``reliability.png``
+and ``report.md`` into the output folder. Everything is
 read and checked before anything is drawn, and the figures are drawn into a
 temporary folder that replaces the output folder only once all of it is
 written, so a failure never leaves a half-updated report behind.
@@ -16,11 +18,22 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from retinopathy.contract import ARMS, GRADES, REPORT_FIGURES, Layout, grade_label, recall_key
+from retinopathy.contract import (
+    ARMS,
+    GRADES,
+    LEVELS,
+    OPERATING_POINTS,
+    REPORT_FIGURES,
+    SCREENING_FIGURES,
+    Layout,
+    grade_label,
+    recall_key,
+)
 from retinopathy.errors import RetinopathyError
-from retinopathy.figures import draw_report_figures
+from retinopathy.figures import draw_report_figures, draw_screening_figures
 from retinopathy.files import Ours, check_output_file, staged_files
 from retinopathy.results import BASELINE_RULE, Arm, at_baseline, load_arm, model_name
+from retinopathy.screening_files import Screening, load_screening
 
 
 def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, str, bool]:
@@ -46,8 +59,111 @@ def _cell(value: Any) -> str:
     return "n/a" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _figure(entry: dict | None) -> str:
+    """``0.912 [0.871-0.950]``: a figure and its 95% interval; ``undefined`` (one class only)."""
+    if entry is None:
+        return "n/a"
+    if entry.get("value") is None:
+        return "undefined (one class only)"
+    interval = f" [{entry['low']:.3f}-{entry['high']:.3f}]" if entry.get("low") is not None else ""
+    return f"{entry['value']:.3f}{interval}"
+
+
+SCREENING_ROWS = (  # (key of each level's figures, label)
+    ("auc_referable", "referable DR AUC (grade >= 2; score P(>=2))"),
+    ("auc_vision_threatening", "vision-threatening DR AUC (grade >= 3; score P(>=3))"),
+    ("sensitivity", "sensitivity at its grade (predicted >= 2)"),
+    ("specificity", "specificity at its grade (predicted < 2)"),
+    *((f"{point}_{which}", f"{which} at the {point.replace('_', '-')} point")
+      for point in OPERATING_POINTS for which in ("sensitivity", "specificity")),
+    ("accuracy", "accuracy (5 grades)"),
+    ("kappa", "quadratic weighted kappa"),
+)
+
+
+def screening_section(arms: Sequence[Arm], screenings: dict[str, Screening],
+                      leakage: Sequence[str] = ()) -> list[str]:
+    """The report's "Screening" section: the figures with their intervals, the operating points, the notes.
+
+    Args:
+        arms: Every arm, in display order (skipped ones show as "skipped").
+        screenings: The trained arms' screening files, by arm name.
+        leakage: Lines on patients shared between the splits (prepare's leakage count), placed
+            before the table; empty until prepare reports it.
+    """
+    if not screenings:
+        return []
+    first = next(iter(screenings.values())).record
+    boot = first["bootstrap"]
+    lines = ["## Screening", "",
+             "Referable diabetic retinopathy is grade 2 (moderate) or worse, vision-threatening grade 3 or "
+             "worse. *Per image* counts each photograph; *per patient* counts each person once: the truth "
+             "is the worse eye's grade, the score the higher eye score and the call the worse predicted eye "
+             "(referred when either eye is), as the IDx-DR trial reports.",
+             ""]
+    lines += [*leakage, *([""] if leakage else [])]
+    if boot["resamples"]:
+        lines += [f"In brackets: {100 * boot['confidence']:g}% intervals, percentile bootstrap over "
+                  f"{boot['resamples']} resamples of the test patients (both eyes together; seed "
+                  f"{boot['seed']}; `evaluate.bootstrap`, `evaluate.seed`).", ""]
+    else:
+        lines += ["No intervals: `evaluate.bootstrap` is 0.", ""]
+    lines += ["| figure | " + " | ".join(f"{a.name}, per {level}" for a in arms for level in LEVELS) + " |",
+              "|---|" + "---|" * (len(arms) * len(LEVELS))]
+
+    def cells(render: Any) -> list[str]:
+        return [render(screenings[a.name].record[level]) if a.name in screenings else "skipped"
+                for a in arms for level in LEVELS]
+
+    lines.append("| test size (referable) | " + " | ".join(
+        cells(lambda figures: f"{figures['n']} ({figures['referable']})")) + " |")
+    for key, label in SCREENING_ROWS:
+        lines.append(f"| {label} | " + " | ".join(cells(lambda figures, key=key: _figure(figures.get(key))))
+                     + " |")
+    lines.append("| expected calibration error of P(>=2) | " + " | ".join(
+        (_calibration(screenings[a.name].record) if level == "image" else "-") if a.name in screenings
+        else "skipped" for a in arms for level in LEVELS) + " |")
+    lines += ["", "### Operating points", "",
+              "Score thresholds on P(grade >= 2) (the regression value for a regression head), chosen on the "
+              "validation split per image and applied unchanged to test (Gulshan et al. 2016): the "
+              "high-sensitivity point is the highest threshold with at least the target sensitivity, the "
+              "high-specificity point the lowest with at least the target specificity "
+              "(`evaluate.operating_points`). A patient is referred when either eye's score reaches it.", ""]
+    for arm in arms:
+        if arm.name not in screenings:
+            continue
+        points = screenings[arm.name].record["operating_points"]
+        if not points:
+            lines.append(f"- {arm.name}: none (no validation split; set `data.val_fraction` > 0)")
+            continue
+        for point in OPERATING_POINTS:
+            chosen = points[point]
+            head = f"- {arm.name}, {point.replace('_', '-')} (target {chosen['target']:g})"
+            if chosen["threshold"] is None:
+                lines.append(f"{head}: none, the validation split has only one class")
+            else:
+                lines.append(f"{head}: threshold {chosen['threshold']:.4f}; on validation "
+                             f"({points['val_images']} images) sensitivity {chosen['val_sensitivity']:.3f}, "
+                             f"specificity {chosen['val_specificity']:.3f}")
+    notes = [(arm.name, note) for arm in arms if arm.name in screenings
+             for note in screenings[arm.name].record.get("notes", [])]
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {name}: {note}" for name, note in notes)]
+    lines += ["", "![ROC of referable DR, per image and per patient](roc.png)", "",
+              "![reliability of P(grade >= 2)](reliability.png)", ""]
+    return lines
+
+
+def _calibration(record: dict) -> str:
+    calibration = record.get("calibration") or {}
+    if calibration.get("ece") is None:
+        return "n/a (no probabilities)"
+    return f"{calibration['ece']:.3f} ({calibration['bins']} bins)"
+
+
 def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str, synthetic: bool,
-                    explained: Collection[str] = ()) -> str:
+                    explained: Collection[str] = (), screenings: dict[str, Screening] | None = None,
+                    leakage: Sequence[str] = ()) -> str:
     """The text of report.md (figures are linked by their file names)."""
     trained = [arm for arm in arms if arm.trained]
     lines = [f"# {model}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
@@ -108,7 +224,8 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     lines.append(row("beats the majority baseline?", [
         ("**no: at the baseline**" if at_baseline(a.metrics) else "yes") if a.trained else "skipped"
         for a in arms]))
-    lines += ["", "## Confusion matrices", "",
+    lines += ["", *screening_section(arms, screenings or {}, leakage)]
+    lines += ["## Confusion matrices", "",
               "Rows are the true grade, columns the predicted grade; each cell is the fraction of "
               "the true grade's test images (count in brackets).", ""]
     for arm in arms:
@@ -153,7 +270,7 @@ def _our_figure(path: Path) -> bool:
 
 def outputs(arms: Sequence[str]) -> dict[str, Ours]:
     """The files report writes into its folder, each with how an earlier one of them is recognised."""
-    names = [*REPORT_FIGURES, *(Layout().confusion_figure(arm).name for arm in arms)]
+    names = [*REPORT_FIGURES, *SCREENING_FIGURES, *(Layout().confusion_figure(arm).name for arm in arms)]
     return {Layout().report.name: _our_report, **dict.fromkeys(names, _our_figure)}
 
 
@@ -182,6 +299,12 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
+    screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name)) for arm in loaded
+                  if arm.trained}
+    # HOOK (patient leakage): the lines saying how many test patients also appear in train or
+    # validation (prepare's leakage count, from data/prepared/summary.json) go here; they are
+    # shown at the top of the Screening section.
+    leakage: list[str] = []
     model, data, data_label, synthetic = _describe_data(loaded)
     ours = outputs(arms)
     for name, recognise in ours.items():  # before drawing: replace only what report wrote
@@ -189,7 +312,8 @@ def write_report(
     explained = {arm.name for arm in loaded if Layout(plots=out).explanation(arm.name).is_file()}
     with staged_files(out, "report", ours) as staging:
         draw_report_figures(loaded, model, data_label, staging)
-        text = render_markdown(loaded, model, data, data_label, synthetic, explained)
+        draw_screening_figures(loaded, screenings, model, data_label, staging)
+        text = render_markdown(loaded, model, data, data_label, synthetic, explained, screenings, leakage)
         (staging / Layout().report.name).write_text(text, encoding="utf-8")
 
 
