@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -205,3 +207,79 @@ def test_the_default_screening_settings_load(tmp_path):
     settings = load_params(tmp_path / "params.yaml").evaluate
     assert settings.operating_points == {"high_sensitivity": 0.9, "high_specificity": 0.9}
     assert settings.bootstrap == 1000
+
+
+@pytest.mark.slow
+def test_every_screening_figure_is_recomputed_from_the_predictions_csv(tmp_path, monkeypatch):
+    """One tiny run: the figures evaluate wrote are scikit-learn's of its predictions CSVs."""
+    import json
+
+    import pandas as pd
+
+    from conftest import make_tiny_project
+    from retinopathy.stages import evaluate, train
+
+    monkeypatch.chdir(tmp_path)
+    make_tiny_project(tmp_path, data={"val_fraction": 0.3}, demo={"test_size": 30}, train={"epochs": 1},
+                      evaluate={"bootstrap": 30})
+    params = load_params("params.yaml")
+    train.train_arm(params, "scratch")
+    evaluate.evaluate_arm(params, "scratch")
+    record = json.loads(Path("metrics/scratch.screening.json").read_text())
+    test = pd.read_csv("metrics/predictions/scratch.csv")
+    val = pd.read_csv("metrics/predictions/scratch.val.csv")
+    assert list(test.columns) == ["image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4",
+                                  "referable_score"]
+    assert len(test) == 30 and len(val) > 0 and record["bootstrap"]["resamples"] == 30
+    assert test["referable_score"].to_numpy() == pytest.approx(test[["p2", "p3", "p4"]].sum(axis=1), abs=2e-6)
+    assert list(test["patient"]) == [patient_of(name) for name in test["image"]]
+    thresholds = {}
+    val_truth = val["actual"] >= 2
+    for point, target in params.evaluate.operating_points.items():
+        chosen = record["operating_points"][point]["threshold"]
+        if val_truth.all() or not val_truth.any():
+            assert chosen is None
+            continue
+        fpr, tpr, cuts = roc_curve(val_truth, val["referable_score"], drop_intermediate=False)
+        meets = tpr >= target if point == "high_sensitivity" else 1 - fpr >= target
+        expected = cuts[meets].max() if point == "high_sensitivity" else cuts[meets].min()
+        assert chosen == pytest.approx(expected, abs=1e-4)
+        thresholds[point] = expected
+    patients = test.assign(threatening=test["p3"] + test["p4"]).groupby("patient").agg(
+        actual=("actual", "max"), predicted=("predicted", "max"), referable_score=("referable_score", "max"),
+        threatening=("threatening", "max"))
+    for level, rows, threatening in (("image", test, test["p3"] + test["p4"]),
+                                     ("patient", patients, patients["threatening"])):
+        got = record[level]
+        truth = rows["actual"] >= 2
+        assert got["n"] == len(rows)
+
+        def same(key, expected, got=got, level=level):
+            value = got[key]["value"]
+            assert (value is None) == (expected is None), (level, key)
+            if value is not None:
+                assert value == pytest.approx(expected, abs=1e-4), (level, key)
+                assert got[key]["low"] - 1e-4 <= value <= got[key]["high"] + 1e-4, (level, key)
+
+        def auc_or_none(positive, score):
+            return roc_auc_score(positive, score) if 0 < positive.sum() < len(positive) else None
+
+        def recall_or_none(positive, called):
+            return recall_score(positive, called) if positive.any() else None
+
+        same("accuracy", accuracy_score(rows["actual"], rows["predicted"]))
+        same("kappa", cohen_kappa_score(rows["actual"], rows["predicted"], weights="quadratic"))
+        same("auc_referable", auc_or_none(truth, rows["referable_score"]))
+        same("auc_vision_threatening", auc_or_none(rows["actual"] >= 3, threatening))
+        same("sensitivity", recall_or_none(truth, rows["predicted"] >= 2))
+        same("specificity", recall_or_none(~truth, rows["predicted"] < 2))
+        for point, threshold in thresholds.items():
+            same(f"{point}_sensitivity", recall_or_none(truth, rows["referable_score"] >= threshold))
+            same(f"{point}_specificity", recall_or_none(~truth, rows["referable_score"] < threshold))
+    bins = pd.read_csv("metrics/reliability/scratch.csv")
+    ece = (bins["count"] * (bins["mean_probability"] - bins["observed"]).abs()).sum() / bins["count"].sum()
+    assert record["calibration"]["ece"] == pytest.approx(ece, abs=1e-4)
+    roc = pd.read_csv("metrics/roc/scratch_image.csv")
+    if truth.sum() > 0:
+        fpr, tpr, _ = roc_curve(test["actual"] >= 2, test["referable_score"])
+        assert roc["fpr"].to_numpy() == pytest.approx(fpr, abs=1e-5)

@@ -57,7 +57,8 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
         assert total == pytest.approx(1.0, abs=1e-5) or total == 0
     with open(tiny_project / "metrics/predictions/scratch.csv") as stream:
         predictions = list(csv.DictReader(stream))
-    assert len(predictions) == 12 and set(predictions[0]) == {"actual", "predicted"}
+    assert len(predictions) == 12 and list(predictions[0]) == [
+        "image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4", "referable_score"]
     correct = sum(row["actual"] == row["predicted"] for row in predictions)
     assert round(correct / 12, 3) == metrics["acc"]
 

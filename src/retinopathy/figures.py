@@ -247,7 +247,7 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
         ax.plot(100 * bins["mean_probability"], 100 * bins["observed"], "-", lw=1.5, color=colour)
         ax.scatter(100 * bins["mean_probability"], 100 * bins["observed"], s=sizes + 15, color=colour,
                    edgecolor="black", zorder=3, label=f"{arm.name}: ECE {ece:.3f}")
-    bins_text = next((f"{len(s.reliability)} equal-width bins; " for s in screenings.values()
+    bins_text = next((f"{s.record['calibration']['bins']} equal-width bins; " for s in screenings.values()
                       if not s.reliability.empty), "")
     ax.set(title=title, xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
            ylabel="observed share with referable DR", xlim=(-2, 102), ylim=(-2, 102), aspect="equal")

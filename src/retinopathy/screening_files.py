@@ -4,8 +4,8 @@
 figure per image and per patient with its bootstrap interval, the operating
 points, the calibration error), ``metrics/roc/<arm>_image.csv`` and
 ``<arm>_patient.csv`` (the ROC curve of referable DR, ``contract.ROC_COLUMNS``)
-and ``metrics/reliability/<arm>.csv`` (the reliability diagram's bins,
-``contract.RELIABILITY_COLUMNS``). A skipped arm gets ``{}`` and header-only CSVs.
+and ``metrics/reliability/<arm>.csv`` (the reliability diagram's non-empty
+bins, ``contract.RELIABILITY_COLUMNS``). A skipped arm gets ``{}`` and header-only CSVs.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def write_screening(files: ArmFiles, record: dict[str, Any] | None, test: Scored
     bins: list[list[Any]] = []
     if test is not None and probabilities:
         _, found = calibration(test.actual >= REFERABLE_GRADE, test.referable)
+        # Empty bins are left out (they have no mean): DVC's plot and the figure draw the others.
         bins = [[_number(b.low), _number(b.high), b.count, _number(b.mean_probability), _number(b.observed)]
-                for b in found]
+                for b in found if b.count]
     write_csv_atomic(files.reliability, list(RELIABILITY_COLUMNS), bins)
     write_json_atomic(files.screening, _rounded(record or {}))
 

@@ -84,15 +84,15 @@ def write_tables(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None,
         rows: The test split's predictions (:func:`prediction_rows`).
         val_rows: The validation split's (none without one).
     """
-    header = list(CONFUSION_COLUMNS)
+    confusion = list(CONFUSION_COLUMNS)
     if tables is not None:
         counts, normalized = tables
         count_rows = [[g, *counts[g].tolist()] for g in GRADES]
         norm_rows = [[g, *(f"{v:.6f}" for v in normalized[g])] for g in GRADES]
     else:
         count_rows, norm_rows = [], []
-    write_csv_atomic(files.confusion_counts, header, count_rows)
-    write_csv_atomic(files.confusion_normalized, header, norm_rows)
+    write_csv_atomic(files.confusion_counts, confusion, count_rows)
+    write_csv_atomic(files.confusion_normalized, confusion, norm_rows)
     write_csv_atomic(files.predictions, list(header), rows)
     write_csv_atomic(files.val_predictions, list(header), val_rows)
 
