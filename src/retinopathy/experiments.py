@@ -159,3 +159,45 @@ def differing_params(experiments: list[Experiment]) -> list[str]:
 def same_results(a: Experiment, b: Experiment) -> bool:
     """Whether two experiments have the same params and the same metrics for every arm."""
     return a.params == b.params and all(a.arms[arm].metrics == b.arms[arm].metrics for arm in ARMS)
+
+
+SEED_KEY = "train.seed"  # the param that only redraws the run's randomness
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """Experiments whose params differ only in :data:`SEED_KEY`: one setting, run with several seeds.
+
+    Attributes:
+        members: The experiments, one per seed, in the order given.
+        seeds: Their seeds, in the same order.
+        left_out: Names of experiments with the same params and a seed already in the group
+            (a repeated run, e.g. the workspace beside the experiment it applied): not counted twice.
+    """
+
+    members: tuple[Experiment, ...]
+    seeds: tuple[Any, ...]
+    left_out: tuple[str, ...] = ()
+
+
+def seed_groups(experiments: list[Experiment]) -> list[SeedGroup]:
+    """The groups of two or more experiments that differ only in ``train.seed``, in order of first member."""
+    groups: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        rest = {key: value for key, value in flatten(experiment.params).items() if key != SEED_KEY}
+        groups.setdefault(repr(sorted(rest.items())), []).append(experiment)
+    out = []
+    for members in groups.values():
+        kept: dict[str, Experiment] = {}
+        left_out = []
+        for experiment in members:
+            seed = repr(flatten(experiment.params).get(SEED_KEY))
+            if seed in kept:
+                left_out.append(experiment.name)
+            else:
+                kept[seed] = experiment
+        if len(kept) >= 2:
+            chosen = tuple(kept.values())
+            out.append(SeedGroup(chosen, tuple(flatten(e.params).get(SEED_KEY) for e in chosen),
+                                 tuple(left_out)))
+    return out

@@ -7,7 +7,9 @@ that commit, or those named (experiment names, branches, tags, commits,
 (model, init, the selected epoch, test accuracy, kappa, balanced accuracy,
 and a flag on any result at the majority baseline), one row per param that
 differs between them, the lab's 2x2 table (ResNet18 / ResNet50 x scratch /
-pretrained) when the experiments cover it, and ``DIR/compare.png``: the test
+pretrained) when the experiments cover it, the mean, standard deviation and
+number of runs of experiments that differ only in ``train.seed`` (queued with
+``dvc exp run --queue -S train.seed=N``), and ``DIR/compare.png``: the test
 accuracy and kappa per epoch of all of them, each line labelled
 ``<name>: <model> <init>``, the selected epoch starred. No ``dvc exp save``
 is needed. The folder is replaced as a whole, and only once every file is
@@ -18,6 +20,7 @@ else is ever deleted).
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,10 +29,12 @@ from retinopathy.errors import RetinopathyError, note
 from retinopathy.experiments import (
     WORKSPACE,
     Experiment,
+    SeedGroup,
     differing_params,
     flatten,
     load_experiments,
     same_results,
+    seed_groups,
 )
 from retinopathy.figures import plot_curves
 from retinopathy.files import check_output_folder, holds_only, staged_folder, starts_with
@@ -83,6 +88,34 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
     return lines
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    """``mean ± sd``: the mean and the sample standard deviation (n - 1), or the one value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:{fmt}}"
+    return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+SEED_FIGURES = (("acc", "test accuracy", ".3f"), ("kappa", "kappa", ".3f"),
+                ("bacc", "balanced accuracy", ".3f"))
+
+
+def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
+    """One row per group of experiments that differ only in ``train.seed``, and arm: mean ± sd (n)."""
+    header = ["experiments (seeds)", "model", "init", "n", *(label for _, label, _ in SEED_FIGURES)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in groups:
+        names = ", ".join(f"`{e.name}` ({seed})" for e, seed in zip(group.members, group.seeds, strict=True))
+        for arm_name in ARMS:
+            trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
+            model = model_name(group.members[0].arms[arm_name].info["model"])
+            figures = [_spread([a.metrics[key] for a in trained if key in a.metrics], fmt)
+                       if any(key in a.metrics for a in trained) else "n/a" for key, _, fmt in SEED_FIGURES]
+            cells = figures if trained else ["skipped"] * len(SEED_FIGURES)
+            lines.append("| " + " | ".join([names, model, arm_name, str(len(trained)), *cells]) + " |")
+    return lines
+
+
 def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
     """The course report's 2x2: test accuracy (kappa) per model and init, if the experiments cover it."""
     cells: dict[tuple[str, str], list[str]] = {}
@@ -122,6 +155,14 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
     lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
               "(see each run's `metrics/<arm>.info.json` for the rule that selected it).", "",
               "## Every experiment and arm", "", *results_table(experiments), ""]
+    groups = seed_groups(list(experiments))
+    if groups:
+        lines += ["## Across seeds", "",
+                  "Experiments whose params differ only in `train.seed`: the mean ± the standard deviation "
+                  "(sample, n - 1) over the seeds, and n, the trained runs.", "", *seeds_table(groups), ""]
+        repeated = [name for group in groups for name in group.left_out]
+        if repeated:
+            lines += [f"Not counted again (same params and seed as a member): {', '.join(repeated)}.", ""]
     lab = lab_table(experiments)
     if lab:
         lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]
