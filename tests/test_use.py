@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import make_tiny_project
 from retinopathy.config import load_params
 from retinopathy.contract import Layout
+from retinopathy.data.labels import patient_of
 from retinopathy.data.synthetic import render_fundus
 from retinopathy.errors import RetinopathyError
 from retinopathy.stages import evaluate, explain, export, predict, train
@@ -73,16 +74,42 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
     rows = read_rows(out)
     expected = read_rows(Layout().arm("scratch").predictions)
     assert [int(r["grade"]) for r in rows] == [int(r["predicted"]) for r in expected]
+    assert [float(r["referable_score"]) for r in rows] == pytest.approx(
+        [float(r["referable_score"]) for r in expected], abs=1e-5)  # the score evaluate's figures rank by
     names = (trained / "data/demo/test_img.csv").read_text().split()
     assert [Path(r["image"]).stem for r in rows] == names  # input order
-    assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable", "error",
-                            "warning"]
+    assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable",
+                             "referable_score", "patient", "patient_referable", "error", "warning"]
     for row in rows:
         probabilities = [float(row[f"probability_{g}"]) for g in range(5)]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert int(row["grade"]) == int(np.argmax(probabilities)) and row["error"] == ""
         assert row["warning"] == ""  # the demo's colour fundus photographs are not flagged
         assert row["referable"] == str(int(int(row["grade"]) >= 2))
+        assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
+        assert row["patient"] == patient_of(Path(row["image"]).stem)
+
+
+def test_patient_calls_need_both_eyes_and_refer_when_either_eye_is_referable():
+    photos = [Path(name) for name in ("a/7_left.jpeg", "b/7_right.png", "9_left.jpeg", "3_left.jpeg",
+                                      "3_right.jpeg", "plain.jpeg")]
+    assert predict.patient_calls(photos, [0, 2, 3, 1, 0, 4]) == ["1", "1", "", "0", "0", ""]
+    assert predict.patient_calls(photos, [0, None, 3, 1, 0, 4]) == ["", "", "", "0", "0", ""]
+
+
+def test_predict_gives_the_patient_call_when_given_both_eyes(trained):
+    names = (trained / "data/demo/test_img.csv").read_text().split()
+    folder = trained / "eyes"
+    folder.mkdir()
+    for source, target in zip(names[:3], ("5_left", "5_right", "6_left"), strict=True):
+        shutil.copy(trained / f"data/demo/{source}.jpeg", folder / f"{target}.jpeg")
+    out = trained / "eyes.csv"
+    assert predict.main([str(folder), "--out", str(out)]) == 0
+    rows = {Path(r["image"]).stem: r for r in read_rows(out)}
+    worse = max(int(rows["5_left"]["grade"]), int(rows["5_right"]["grade"]))
+    assert rows["5_left"]["patient"] == rows["5_right"]["patient"] == "5"
+    assert rows["5_left"]["patient_referable"] == rows["5_right"]["patient_referable"] == str(int(worse >= 2))
+    assert rows["6_left"]["patient"] == "6" and rows["6_left"]["patient_referable"] == ""
 
 
 def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stopping(trained, capsys):

@@ -15,8 +15,13 @@ through the loop `evaluate` uses, so on the test split it gives the grades
 
 The CSV has one row per input, in input order: ``image``, ``grade``,
 ``probability_0``..``probability_4`` (or ``value`` for the regression head),
-``referable`` (grade >= 2), ``error`` and ``warning`` (an input that is clearly not
-a colour fundus photograph: greyscale, or no fundus). An image that cannot be graded gets
+``referable`` (grade >= 2), ``referable_score`` (P(grade >= 2) = p2 + p3 + p4, or
+the regression value: the score the screening figures rank by), ``patient``
+(``<id>`` of an EyePACS name ``<id>_left``/``<id>_right``, else the image's own
+name), ``patient_referable`` (when both eyes of the patient were given and
+graded: 1 if either eye's grade is >= 2, else 0; empty otherwise), ``error`` and
+``warning`` (an input that is clearly not a colour fundus photograph: greyscale,
+or no fundus). An image that cannot be graded gets
 its reason in ``error`` and does not stop the others; the command then exits
 with status 1 and says how many failed.
 
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from retinopathy.config import cli_positive_int
 from retinopathy.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
+from retinopathy.data.labels import eye_of, patient_of
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import (
     atomic_file,
@@ -102,12 +108,35 @@ def settings(params_path: str | None) -> Settings:
 def columns(head: Head) -> list[str]:
     """The CSV's header: the scores depend on the head."""
     scores = ["value"] if head.regression else [f"probability_{grade}" for grade in GRADES]
-    return ["image", "grade", *scores, "referable", "error"]
+    return ["image", "grade", *scores, "referable", "referable_score", "patient", "patient_referable",
+            "error"]
 
 
 def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
     values = [f"{float(scores):.6f}"] if head.regression else [f"{p:.6f}" for p in scores.tolist()]
-    return [str(photo), grade, *values, int(grade >= REFERABLE_GRADE), ""]
+    referable = float(scores) if head.regression else float(scores[REFERABLE_GRADE:].sum())
+    return [str(photo), grade, *values, int(grade >= REFERABLE_GRADE), f"{referable:.6f}",
+            patient_of(photo.stem), "", ""]
+
+
+def patient_calls(photos: list[Path], grades: list[int | None]) -> list[str]:
+    """Each image's patient call: "1"/"0" where both eyes of its patient were graded, else "".
+
+    A patient is referable when either eye's grade is >= 2 (the IDx-DR trial's "in at
+    least one eye"). ``grades``: each photo's grade, None where it could not be graded.
+    """
+    eyes: dict[str, dict[str, int]] = {}
+    for photo, grade in zip(photos, grades, strict=True):
+        eye = eye_of(photo.stem)
+        if eye is not None and grade is not None:
+            found = eyes.setdefault(patient_of(photo.stem), {})
+            found[eye] = max(found.get(eye, grade), grade)
+    calls = []
+    for photo, grade in zip(photos, grades, strict=True):
+        graded = eyes.get(patient_of(photo.stem), {})
+        both = grade is not None and eye_of(photo.stem) is not None and set(graded) == {"left", "right"}
+        calls.append(str(int(max(graded.values()) >= REFERABLE_GRADE)) if both else "")
+    return calls
 
 
 def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
@@ -118,7 +147,8 @@ def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
         reason = "could not be read"
     except RetinopathyError as error:
         reason = str(error)
-    return [str(photo), "", *[""] * (len(columns(head)) - 4), "", reason]
+    # Blank grade, scores, referable and referable score; the patient; a blank call; the reason.
+    return [str(photo), "", *[""] * (len(columns(head)) - 7), "", "", patient_of(photo.stem), "", reason]
 
 
 def heat_map_names(photos: list[Path]) -> list[str]:
@@ -233,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             warning = photo_warning(photos[index], max_pixels)
             rows.append([*_row(photos[index], grade, row_scores, head), warning])
             graded.append((index, grade, row_scores))
+    order = [photos[-1 - index] if index < 0 else photos[index] for index in indices.tolist()]
+    call = columns(head).index("patient_referable")
+    for row, value in zip(rows, patient_calls(order, [None if row[1] == "" else row[1] for row in rows]),
+                          strict=True):
+        row[call] = value
     header = [*columns(head), "warning"]
     try:
         write_csv_atomic(args.out, header, rows)
