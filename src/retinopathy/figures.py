@@ -244,9 +244,11 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
             continue
         ece = screening.record["calibration"]["ece"]
         sizes = 400 * bins["count"] / bins["count"].sum()
-        ax.plot(100 * bins["mean_probability"], 100 * bins["observed"], "-", lw=1.5, color=colour)
+        # The line carries the legend entry: a scatter's would be as large as its largest bin.
+        ax.plot(100 * bins["mean_probability"], 100 * bins["observed"], "-o", lw=1.5, ms=6, color=colour,
+                mec="black", label=f"{arm.name}: ECE {ece:.3f}")
         ax.scatter(100 * bins["mean_probability"], 100 * bins["observed"], s=sizes + 15, color=colour,
-                   edgecolor="black", zorder=3, label=f"{arm.name}: ECE {ece:.3f}")
+                   edgecolor="black", zorder=3)
     bins_text = next((f"{s.record['calibration']['bins']} equal-width bins; " for s in screenings.values()
                       if not s.reliability.empty), "")
     ax.set(title=title, xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
