@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import os
 from pathlib import Path
@@ -272,6 +273,12 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     evaluation = evaluate.evaluate_arm(params, "scratch")
     assert evaluation.info["tta"] == "flips" and "validation kappa" in evaluation.info["selection_rule"]
     assert set(evaluation.metrics) >= {"acc", "kappa", "val"}
+    with open(tiny_project / "metrics/predictions/scratch.csv") as stream:  # the regression head's value
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["image", "patient", "actual", "predicted", "value", "referable_score"]
+    assert all(row["value"] == row["referable_score"] for row in rows)
+    assert evaluation.screening["calibration"]["ece"] is None  # no probability to calibrate
+    assert evaluation.screening["operating_points"]["val_images"] == 10
 
 
 def test_cosine_schedules_are_not_resumed_after_raising_the_epochs(tiny_project, capsys):
