@@ -31,6 +31,8 @@ def preflight(params: Params, layout: Layout) -> None:
         folders[files.metrics.parent] = "the metrics"
         folders[files.confusion_counts.parent] = "the confusion matrices"
         folders[files.predictions.parent] = "the predictions"
+        folders[files.roc_image.parent] = "the ROC curves"
+        folders[files.reliability.parent] = "the reliability diagrams"
     for folder, what in folders.items():
         check_writable(folder, what)
     if params.data.cache_dir:
