@@ -231,6 +231,8 @@ def blend_for(args: argparse.Namespace, fingerprint: str) -> BlendRecord | None:
 def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int], pairs: list,
                batch_size: int, runtime: Runtime) -> dict[int, tuple[int, torch.Tensor]]:
     """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index."""
+    import torch
+
     from retinopathy.engine.batches import loader
     from retinopathy.fusion.blend import fused_scores
     from retinopathy.fusion.features import blend_inputs, extract
