@@ -21,7 +21,8 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.fusion.blend import BlendRecord, Pairs, learn
 from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
 from retinopathy.models.head import Head
-from retinopathy.stages import evaluate, fuse, predict, prepare, train, weights
+from retinopathy.data.photos import prepare_photo
+from retinopathy.stages import evaluate, export, fuse, predict, prepare, train, weights
 from retinopathy.stages.demo_data import write_demo_dataset
 
 TEST_SIZE = 13  # six two-eyed patients and one with a single photograph
@@ -273,3 +274,25 @@ def test_bad_fuse_params_are_refused_naming_the_key(tmp_path, fuse_params, messa
     write_params(tmp_path, fuse=fuse_params)
     with pytest.raises(RetinopathyError, match=message):
         load_params(tmp_path / "params.yaml")
+
+
+# ----------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(paired, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+
+    out = paired / f"both.{fmt}"
+    assert export.main(["--arm", "scratch", "--format", fmt, "--out", str(out), "--fused"]) == 0
+    assert "both eyes" in out.with_name(out.name + ".md").read_text().splitlines()[0]
+    fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
+    size = load_params("params.yaml").data.image_size
+    left, right = (torch.from_numpy(prepare_photo(Path(f"data/demo/t2_{eye}.jpeg"), size, 10**9))
+                   .permute(2, 0, 1).unsqueeze(0).contiguous() for eye in ("left", "right"))
+    scores = export.run_fused(out, fmt, torch.cat([left, right]), torch.cat([right, left]),
+                              torch.tensor([0.0, 1.0]))
+    for row, name in zip(scores.tolist(), ("t2_left", "t2_right"), strict=True):
+        assert row == pytest.approx([float(fused[name][f"p{g}"]) for g in range(5)], abs=1e-4)
