@@ -17,11 +17,11 @@ import torch
 from conftest import subprocess_env, write_params
 from retinopathy.config import load_params
 from retinopathy.contract import Layout, fused_prediction_columns
+from retinopathy.data.photos import prepare_photo
 from retinopathy.errors import RetinopathyError
 from retinopathy.fusion.blend import BlendRecord, Pairs, learn
 from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
 from retinopathy.models.head import Head
-from retinopathy.data.photos import prepare_photo
 from retinopathy.stages import evaluate, export, fuse, predict, prepare, train, weights
 from retinopathy.stages.demo_data import write_demo_dataset
 
