@@ -296,3 +296,13 @@ def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(
                               torch.tensor([0.0, 1.0]))
     for row, name in zip(scores.tolist(), ("t2_left", "t2_right"), strict=True):
         assert row == pytest.approx([float(fused[name][f"p{g}"]) for g in range(5)], abs=1e-4)
+
+
+def test_fuse_params_do_not_change_what_training_fingerprints():
+    from conftest import tiny_params
+    from retinopathy.checkpoint import training_params
+
+    params = tiny_params()
+    before = training_params(params)
+    params["fuse"].update(method="none", hidden=7, seed=3)
+    assert training_params(params) == before and "fuse" not in before
