@@ -151,7 +151,7 @@ def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_o
         probabilities = [float(row[f"p{g}"]) for g in range(5)]
         assert sum(probabilities) == pytest.approx(1, abs=1e-5)
         assert int(row["predicted"]) == max(range(5), key=probabilities.__getitem__)
-        assert float(row["referable"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
+        assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
     metrics = json.loads(layout.fused_metrics("scratch").read_text())
     assert metrics["images"] == 13 and metrics["fused"] == 12 and metrics["epoch"] == 60
     assert metrics["acc_single"] == json.loads(layout.arm("scratch").metrics.read_text())["acc"]

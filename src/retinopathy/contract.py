@@ -51,11 +51,12 @@ def fused_prediction_columns(regression: bool) -> tuple[str, ...]:
     """``metrics/predictions/<arm>.fused.csv``'s header: one row per test image.
 
     ``p0``..``p4`` are the grade probabilities (``value`` for the regression head);
-    ``referable`` is P(grade >= 2), the sum of p2..p4 (regression: the value itself,
-    a score, not a probability); ``patient`` is the EyePACS patient (data.labels.patient_of).
+    ``referable_score`` is P(grade >= 2), the sum of p2..p4 (regression: the value itself,
+    a score, not a probability); ``patient`` is the EyePACS patient (data.labels.patient_of);
+    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns, then ``source``.
     """
     scores = ("value",) if regression else tuple(f"p{grade}" for grade in GRADES)
-    return ("image", "patient", "actual", "predicted", *scores, "referable", "source")
+    return ("image", "patient", "actual", "predicted", *scores, "referable_score", "source")
 
 
 # metrics/<arm>.fused.json: the same test split graded with both eyes, and alone, side by side.
