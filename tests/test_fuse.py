@@ -25,15 +25,20 @@ from retinopathy.models.head import Head
 from retinopathy.stages import evaluate, export, fuse, predict, prepare, train, weights
 from retinopathy.stages.demo_data import write_demo_dataset
 
-TEST_SIZE = 13  # six two-eyed patients and one with a single photograph
+TEST_SIZE = 14  # six two-eyed patients and two with a single photograph (the demo's sizes are even)
 
 
 def pair_names(root: Path) -> None:
-    """Rename the demo's images to EyePACS names: consecutive images are one patient's left and right eye."""
+    """Rename the demo's images to EyePACS names: consecutive images are one patient's left and right eye.
+
+    The last two test images are two patients' only photographs: ``t6_left`` and ``t7_right``.
+    """
     for split, prefix in (("train", "a"), ("test", "t")):
         listed = root / f"{split}_img.csv"
         names = listed.read_text().split()
         new = [f"{prefix}{i // 2}_{'left' if i % 2 == 0 else 'right'}" for i in range(len(names))]
+        if split == "test":
+            new[-2:] = ["t6_left", "t7_right"]
         for old, name in zip(names, new, strict=True):
             (root / f"{old}.jpeg").rename(root / f"{name}.jpeg")
         listed.write_text("\n".join(new) + "\n")
@@ -143,17 +148,17 @@ def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_o
     assert tuple(rows[0]) == fused_prediction_columns(regression=False)
     names = (paired / "data/demo/test_img.csv").read_text().split()
     assert [row["image"] for row in rows] == names
-    assert [row["source"] for row in rows] == ["fused"] * 12 + ["single-no-partner"]
+    assert [row["source"] for row in rows] == ["fused"] * 12 + ["single-no-partner"] * 2
     single = read_rows(layout.arm("scratch").predictions)
-    lonely = rows[-1]
-    assert lonely["predicted"] == single[-1]["predicted"] and lonely["patient"] == "t6"
+    for lonely, alone, patient in zip(rows[-2:], single[-2:], ("t6", "t7"), strict=True):
+        assert lonely["predicted"] == alone["predicted"] and lonely["patient"] == patient
     for row in rows:
         probabilities = [float(row[f"p{g}"]) for g in range(5)]
         assert sum(probabilities) == pytest.approx(1, abs=1e-5)
         assert int(row["predicted"]) == max(range(5), key=probabilities.__getitem__)
         assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
     metrics = json.loads(layout.fused_metrics("scratch").read_text())
-    assert metrics["images"] == 13 and metrics["fused"] == 12 and metrics["epoch"] == 60
+    assert metrics["images"] == TEST_SIZE and metrics["fused"] == 12 and metrics["epoch"] == 60
     assert metrics["acc_single"] == json.loads(layout.arm("scratch").metrics.read_text())["acc"]
     record = BlendRecord.load(layout.blend("scratch"), "fix")
     assert record.learned and record.train_pairs == 40 and record.val_pairs == 0
