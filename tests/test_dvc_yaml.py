@@ -93,6 +93,8 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("evaluate") == {str(p) for a in arms for p in (
         a.metrics, a.info, a.confusion_counts, a.confusion_normalized, a.predictions, a.val_predictions,
         a.screening, a.roc_image, a.roc_patient, a.reliability)}
+    assert _outs("fuse") == {str(p) for arm in ARMS for p in (layout.blend(arm), layout.fused_metrics(arm),
+                                                              layout.fused_predictions(arm))}
     assert _outs("explain") == {str(layout.explanation(arm)) for arm in ARMS}
     figures = [layout.report, *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
                *(layout.confusion_figure(arm) for arm in ARMS)]

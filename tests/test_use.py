@@ -79,7 +79,8 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
     names = (trained / "data/demo/test_img.csv").read_text().split()
     assert [Path(r["image"]).stem for r in rows] == names  # input order
     assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable",
-                             "referable_score", "patient", "patient_referable", "error", "warning"]
+                             "referable_score", "patient", "patient_referable", "error", "warning", "source"]
+    assert {row["source"] for row in rows} == {"single"}  # no blend (the `fuse` stage has not run)
     for row in rows:
         probabilities = [float(row[f"probability_{g}"]) for g in range(5)]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)

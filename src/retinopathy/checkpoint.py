@@ -42,10 +42,10 @@ from retinopathy.files import atomic_file, remove_stale_temporaries
 # run may resume across them; and train.epochs, so that raising it continues a
 # run (except under a cosine schedule, whose every step depends on the total).
 # Everything else in params is fingerprinted, but for the sections training
-# never reads (demo reaches it only through the index; evaluate not at all).
+# never reads (demo reaches it only through the index; evaluate and fuse not at all).
 NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("data", "max_pixels"),
                      ("data", "on_device"), ("train", "compile"), ("train", "epochs")}
-NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate"}
+NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate", "fuse"}
 
 
 TRAINING_STAGE = "retinopathy.stages.train"  # "the training code": this module's import closure

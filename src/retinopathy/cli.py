@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": (_STAGES + "weights", "resolve the initial weights of each arm and write manifests"),
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
     "evaluate": (_STAGES + "evaluate", "evaluate the best checkpoint of one arm on the test split"),
+    "fuse": (_STAGES + "fuse", "grade each test image with both eyes of its patient (a blend)"),
     "report": (_STAGES + "report", "draw the figures and write plots/report.md"),
     "explain": (_STAGES + "explain", "draw test images with the heat maps of one arm's grades"),
     "compare": (_STAGES + "compare", "one table and one figure across DVC experiments"),

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from retinopathy.contract import (
+    FUSION_INPUTS,
+    FUSION_METHODS,
     LOSSES,
     MAX_IMAGE_SIZE,
     MODELS,
@@ -142,6 +144,20 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class FuseParams:
+    """Grading with both eyes (the `fuse` stage): the blend over [this eye, the other eye, which eye]."""
+
+    method: str  # none | blend
+    inputs: str  # features (pooled penultimate layer) | scores (the head's)
+    hidden: int  # width of the hidden layer (0: linear)
+    epochs: int
+    batch_size: int
+    lr: float  # Adam
+    weight_decay: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
@@ -151,6 +167,7 @@ class Params:
     augment: AugmentParams
     train: TrainParams
     evaluate: EvaluateParams
+    fuse: FuseParams
     source: str = "params.yaml"  # where these came from, for error messages (not a parameter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -335,6 +352,21 @@ def _evaluate(raw: Any, source: str) -> EvaluateParams:
     return dataclasses.replace(out, operating_points={p: float(points[p]) for p in OPERATING_POINTS})
 
 
+def _fuse(raw: Any, source: str) -> FuseParams:
+    out = FuseParams(**_numbers_from_text(FuseParams, _section(FuseParams, raw, source, "fuse")))
+    _choice(source, "fuse.method", out.method, FUSION_METHODS)
+    _choice(source, "fuse.inputs", out.inputs, FUSION_INPUTS)
+    _int(source, "fuse.hidden", out.hidden, 0)
+    _int(source, "fuse.epochs", out.epochs, 1)
+    _int(source, "fuse.batch_size", out.batch_size, 1)
+    _number(source, "fuse.lr", out.lr, 0.0)
+    if out.lr == 0:
+        raise _fail(source, "fuse.lr", "must be > 0")
+    _number(source, "fuse.weight_decay", out.weight_decay, 0.0)
+    _seed(source, "fuse.seed", out.seed)
+    return dataclasses.replace(out, lr=float(out.lr), weight_decay=float(out.weight_decay))
+
+
 def _per_model(source: str, key: str, mapping: dict) -> None:
     missing = [m for m in MODELS if m not in mapping]
     extra = [m for m in mapping if m not in MODELS]
@@ -416,6 +448,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         augment=_augment(raw["augment"], source),
         train=_train(raw["train"], source),
         evaluate=_evaluate(raw["evaluate"], source),
+        fuse=_fuse(raw["fuse"], source),
         source=source,
     )
     if params.train.tune_thresholds and (params.train.loss != "regression" or params.data.val_fraction == 0):

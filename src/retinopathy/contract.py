@@ -61,6 +61,39 @@ ROC_COLUMNS = ("fpr", "tpr", "threshold")  # metrics/roc/<arm>_<level>.csv: the 
 RELIABILITY_COLUMNS = ("low", "high", "count", "mean_probability", "observed")
 LEVELS = ("image", "patient")  # the screening figures are given per image and per patient
 
+# Grading with both eyes (the `fuse` stage, retinopathy.fusion): how each test image's grade was given.
+FUSION_METHODS = ("none", "blend")  # none: each photograph alone; blend: [this eye, other eye, side] -> grade
+FUSION_INPUTS = ("features", "scores")  # what the blend reads per eye: pooled penultimate layer, or scores
+FUSION_SOURCES = ("single", "fused", "single-no-partner")  # the network alone; the blend; alone, no partner
+
+
+def fused_prediction_columns(regression: bool) -> tuple[str, ...]:
+    """``metrics/predictions/<arm>.fused.csv``'s header: one row per test image.
+
+    ``p0``..``p4`` are the grade probabilities (``value`` for the regression head);
+    ``referable_score`` is P(grade >= 2), the sum of p2..p4 (regression: the value itself,
+    a score, not a probability); ``patient`` is the EyePACS patient (data.labels.patient_of);
+    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns, then ``source``.
+    """
+    scores = ("value",) if regression else tuple(f"p{grade}" for grade in GRADES)
+    return ("image", "patient", "actual", "predicted", *scores, "referable_score", "source")
+
+
+# metrics/<arm>.fused.json: the same test split graded with both eyes, and alone, side by side.
+FUSED_METRIC_KEYS: dict[str, str] = {
+    "acc": "test accuracy with both eyes (the blend where the other eye is there, else the network alone)",
+    "kappa": "quadratic weighted kappa with both eyes",
+    "auc": "referable (grade >= 2) ROC AUC per image with both eyes",
+    "auc_patient": "referable ROC AUC per patient (truth: the worse eye; score: the higher eye score)",
+    "acc_single": "test accuracy of the network alone (as evaluate)",
+    "kappa_single": "quadratic weighted kappa of the network alone",
+    "auc_single": "referable ROC AUC per image of the network alone",
+    "auc_patient_single": "referable ROC AUC per patient of the network alone",
+    "images": "test images",
+    "fused": "test images graded by the blend (their patient's other eye is in the test split too)",
+    "epoch": "the blend's kept epoch (0: no blend)",
+}
+
 def recall_key(grade: int) -> str:
     """The metrics key of grade ``grade``'s recall: ``r0`` ... ``r4``."""
     return f"r{grade}"
@@ -190,6 +223,18 @@ class Layout:
     def explanation(self, arm: str) -> Path:
         """Test images of ``arm`` with the Grad-CAM heat maps of its grades (the `explain` stage)."""
         return self.plots / f"explain_{arm}.png"
+
+    def blend(self, arm: str) -> Path:
+        """The `fuse` stage's blend of ``arm`` (beside the arm's folder, which is train's output)."""
+        return self.models / f"{arm}.fuse.pt"
+
+    def fused_predictions(self, arm: str) -> Path:
+        """:func:`fused_prediction_columns` per test image of ``arm``, graded with both eyes."""
+        return self.metrics / "predictions" / f"{arm}.fused.csv"
+
+    def fused_metrics(self, arm: str) -> Path:
+        """:data:`FUSED_METRIC_KEYS` of ``arm``."""
+        return self.metrics / f"{arm}.fused.json"
 
     def manifest(self, arm: str) -> Path:
         """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""

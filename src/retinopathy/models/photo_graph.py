@@ -41,9 +41,13 @@ class PhotoGrader(nn.Module):
         self.spec = grader.spec
         self.size = grader.spec.image_size or DEFAULT_SIZE
 
-    def forward(self, images: Tensor) -> Tensor:
+    def resized_outputs(self, images: Tensor) -> Tensor:
+        """The grader's raw outputs (float32) of ``images`` brought to the network's size."""
         resized = functional.interpolate(images.float(), size=(self.size, self.size), mode="bilinear",
                                          align_corners=False, antialias=True)
         # The grader takes uint8, or float in [0, 1] (its transform folds the /255 back in).
-        outputs = self.grader(resized.clamp(0, 255) / 255.0).float()
+        return self.grader(resized.clamp(0, 255) / 255.0).float()
+
+    def forward(self, images: Tensor) -> Tensor:
+        outputs = self.resized_outputs(images)
         return outputs.squeeze(1) if self.regression else outputs.softmax(1)

@@ -21,6 +21,13 @@ onnxruntime); TorchScript is ``torch.jit.trace``. Both are checked against
 PyTorch before they are published (scores within 1e-4, at the network's size
 and at another), and written atomically.
 
+``--fused`` writes the arm's both-eyes grader instead
+(:class:`~retinopathy.fusion.graph.BothEyes`: the network up to its features
+on each eye, then the blend of the `fuse` stage, ``models/<arm>.fuse.pt`` or
+``--blend FILE``): inputs ``images`` and ``others`` (this eye and the other eye,
+uint8 [N, 3, H, W]) and ``side`` [N] (0 left, 1 right), output this eye's
+scores, checked against PyTorch in the same way; its card says what it is.
+
 Only ``argparse`` and the light contract module are imported at the top, so
 ``retinopathy export --help`` does not wait for torch.
 """
@@ -351,6 +358,120 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     return difference
 
 
+def _both_eyes_example(side: int, count: int = 2, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    import torch
+
+    images = _example(side, count, width)
+    return images, images.flip(3), torch.arange(count, dtype=torch.float32) % 2
+
+
+def _export_fused(model: Any, example: tuple, path: Path, fmt: str) -> None:
+    import torch
+
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.trace(model, example).save(str(path))
+        return
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise RetinopathyError(f"ONNX export needs {error.name}, which is not installed; install the "
+                               f"export extra: {EXTRA}") from None
+    batch = torch.export.Dim("batch", min=1)
+    dims = {name: {0: batch, 2: torch.export.Dim(f"{name}_height", min=2),
+                   3: torch.export.Dim(f"{name}_width", min=2)} for name in ("images", "others")}
+    chatter = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, example, str(path), dynamo=True, external_data=False,
+                              input_names=["images", "others", "side"], output_names=["scores"],
+                              dynamic_shapes={**dims, "side": {0: batch}}, verbose=False)
+    except Exception:
+        print(chatter.getvalue(), file=sys.stderr)
+        raise
+
+
+def run_fused(path: Path, fmt: str, images: Tensor, others: Tensor, side: Tensor) -> Tensor:
+    """Scores of an exported both-eyes grader (``--fused``)."""
+    import torch
+
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(str(path))(images, others, side)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"images": images.numpy(), "others": others.numpy(), "side": side.numpy()}
+    return torch.from_numpy(session.run(None, feeds)[0])
+
+
+def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
+                 blend_path: Path | None = None, layout: Layout | None = None) -> float:
+    """Write the both-eyes grader to ``out`` and its card ``out.md``; returns the largest difference.
+
+    Raises:
+        RetinopathyError: a missing checkpoint or blend, a blend of another checkpoint, a missing
+            extra, or an export that does not reproduce PyTorch's scores within 1e-4.
+    """
+    import torch
+
+    from retinopathy import checkpoint
+    from retinopathy.files import atomic_file, check_output_file, draft_folder, write_text_atomic
+    from retinopathy.fusion.blend import BlendRecord
+    from retinopathy.fusion.graph import BothEyes
+    from retinopathy.results import missing_checkpoint_fix
+
+    layout = layout or Layout()
+    path = checkpoint_path or layout.arm(arm).best
+    blend_path = blend_path or layout.blend(arm)
+    card = out.with_name(out.name + ".md")
+    ours = _our_export(out, card)
+    check_output_file(out, "export", ours, inputs=[path, blend_path])
+    check_output_file(card, "export", ours, inputs=[path, blend_path])
+    missing = MISSING_FIX if checkpoint_path else missing_checkpoint_fix(arm, layout)
+    state = checkpoint.load(path, "best", fix=missing)
+    fix = f"run `dvc repro fuse@{arm}` with fuse.method: blend, or pass --blend FILE"
+    record = BlendRecord.load(blend_path, fix)
+    if not record.learned:
+        raise RetinopathyError(f"{blend_path}: holds no blend ({record.selection}); {fix}")
+    if record.fingerprint != state["fingerprint"]:
+        raise RetinopathyError(f"{blend_path}: learned on the features of run {record.fingerprint}, not of "
+                               f"{path} (run {state['fingerprint']}); {fix}")
+    model = BothEyes(load_scores_model(path), record).eval()
+    size = model.photo.size
+    with draft_folder(out) as folder:
+        draft = folder / out.name
+        _export_fused(model, _both_eyes_example(size), draft, fmt)
+        difference = 0.0
+        for check in (_both_eyes_example(size, 3), _both_eyes_example(size + size // 2, 2, size * 2)):
+            with torch.no_grad():
+                got = run_fused(draft, fmt, *check)
+                difference = max(difference, float((got - model(*check)).abs().max()))
+        if difference > TOLERANCE:
+            raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
+                                   f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
+        with atomic_file(out, "wb") as stream:
+            stream.write(draft.read_bytes())
+    output = (f"the regression value [N]; the grade is how many of the thresholds {record.thresholds} lie "
+              "below it" if model.regression else "the probabilities of grades 0-4 [N, 5]")
+    write_text_atomic(card, "\n".join([
+        f"# {out.name}: diabetic retinopathy grader with both eyes ({arm} arm, retinopathy `fuse`)", "",
+        "**For research, not for diagnosis.**", "",
+        f"- network: `{path}` (run `{state['fingerprint']}`), up to its {record.inputs}; the blend: "
+        f"`{blend_path}` ({record.selection}; learned on {record.train_pairs} training images of two-eyed "
+        "patients)",
+        "- inputs: `images` and `others`, uint8 RGB [N, 3, H, W] (this eye and the same patient's other eye, "
+        f"each resized to {size}x{size} inside as the single-eye export does), `side` [N] float (0: `images` "
+        "are left eyes, 1: right)",
+        f"- output `scores`: this eye's {output}",
+        f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend", ""]))
+    return difference
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (built without importing torch)."""
     parser = argparse.ArgumentParser(prog="retinopathy export", description=__doc__.split("\n")[0])
@@ -362,12 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=FORMATS, required=True, help="The file format.")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE",
                         help="The model file to write; FILE.md is its model card.")
+    parser.add_argument("--fused", action="store_true",
+                        help="Write the both-eyes grader: the network, then the arm's blend (`fuse` stage).")
+    parser.add_argument("--blend", type=Path, metavar="FILE",
+                        help="With --fused: this blend (default: models/<arm>.fuse.pt).")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy export --arm scratch|pretrained --format onnx|torchscript --out FILE``."""
-    args = build_parser().parse_args(argv)
-    difference = export(args.arm, args.format, args.out, args.checkpoint)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.blend and not args.fused:
+        parser.error("--blend belongs to --fused")
+    if args.fused:
+        difference = export_fused(args.arm, args.format, args.out, args.checkpoint, args.blend)
+    else:
+        difference = export(args.arm, args.format, args.out, args.checkpoint)
     print(f"wrote {args.out} ({args.format}; scores within {difference:.1g} of PyTorch's) and {args.out}.md")
     return 0

@@ -13,6 +13,15 @@ other photographs are first cropped to the fundus and squared as
 through the loop `evaluate` uses, so on the test split it gives the grades
 `evaluate` wrote.
 
+With both eyes of a patient among the inputs (EyePACS names ``<id>_left`` and
+``<id>_right``, or ``--pair LEFT RIGHT``) and the arm's blend
+(``models/<arm>.fuse.pt``, written by the `fuse` stage; ``--blend FILE``
+with ``--checkpoint``), each eye is graded by the blend over both eyes' features,
+as `fuse` grades the test split (without ``--tta``); ``--single`` grades every
+photograph alone. The last column, ``source``, says which grade each row got:
+``fused``, ``single-no-partner`` (a blend, but the other eye is not among the
+inputs) or ``single`` (no blend).
+
 The CSV has one row per input, in input order: ``image``, ``grade``,
 ``probability_0``..``probability_4`` (or ``value`` for the regression head),
 ``referable`` (grade >= 2), ``referable_score`` (P(grade >= 2) = p2 + p3 + p4, or
@@ -62,6 +71,8 @@ if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help
     import torch
 
     from retinopathy.data.photos import PhotoDataset
+    from retinopathy.engine.runtime import Runtime
+    from retinopathy.fusion.blend import BlendRecord
     from retinopathy.models.grader import Grader
     from retinopathy.models.head import Head
 
@@ -208,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: none).")
     parser.add_argument("--explain", type=Path, metavar="DIR",
                         help="Also write a Grad-CAM heat map of each graded image into DIR.")
+    parser.add_argument("--pair", nargs=2, action="append", type=Path, metavar=("LEFT", "RIGHT"),
+                        help="Two inputs that are one patient's left and right eye (repeatable); without "
+                             "it, eyes are paired by EyePACS name (<id>_left, <id>_right).")
+    fusion = parser.add_mutually_exclusive_group()
+    fusion.add_argument("--blend", type=Path, metavar="FILE",
+                        help="The both-eyes blend (default: models/<arm>.fuse.pt when it exists; none with "
+                             "--checkpoint).")
+    fusion.add_argument("--single", action="store_true",
+                        help="Grade every photograph alone, even when a blend exists.")
     parser.add_argument("--batch-size", type=cli_positive_int, metavar="N",
                         help="Images per batch (default: twice train.batch_size, as evaluate; "
                              f"{STANDALONE.batch_size} without params.yaml).")
@@ -215,6 +235,59 @@ def build_parser() -> argparse.ArgumentParser:
                         help="The device, its switches, the batch size and data.max_pixels (default: "
                              "params.yaml when the current folder has one, else built-in defaults).")
     return parser
+
+
+def blend_for(args: argparse.Namespace, fingerprint: str) -> BlendRecord | None:
+    """The blend to grade pairs with (None: every photograph alone), checked to read this network's features.
+
+    Raises:
+        RetinopathyError: the blend is damaged, or was learned on another checkpoint's features.
+    """
+    from retinopathy.fusion.blend import BlendRecord
+
+    if args.single:
+        return None
+    path = args.blend or (None if args.checkpoint else Layout().blend(args.arm))
+    if path is None or (args.blend is None and not path.is_file()):
+        return None
+    fix = f"run `dvc repro fuse@{args.arm}`, or pass --single to grade each photograph alone"
+    record = BlendRecord.load(path, fix)
+    if record.learned and record.fingerprint != fingerprint:
+        raise RetinopathyError(f"{path}: learned on the features of run {record.fingerprint}, not of the "
+                               f"checkpoint's run {fingerprint}; {fix}")
+    return record if record.learned else None
+
+
+def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int], pairs: list,
+               batch_size: int, runtime: Runtime) -> dict[int, tuple[int, torch.Tensor]]:
+    """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index."""
+    import torch
+
+    from retinopathy.engine.batches import loader
+    from retinopathy.fusion.blend import fused_scores
+    from retinopathy.fusion.features import blend_inputs, extract
+    from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
+
+    if pairs:
+        where = {path.resolve(): index for index, path in enumerate(dataset.paths)}
+        missing = [str(path) for pair in pairs for path in pair if path.resolve() not in where]
+        if missing:
+            raise RetinopathyError(f"--pair {missing[0]}: not one of the images given to grade")
+        partner, side = explicit_partners(len(dataset.paths), [(where[a.resolve()], where[b.resolve()])
+                                                               for a, b in pairs])
+    else:
+        partner, side = partners([path.stem for path in dataset.paths])
+    ok = set(graded)
+    rows = [i for i in graded if partner[i] != NO_PARTNER and partner[i] in ok]
+    if not rows:
+        return {}
+    extracted = extract(grader, loader(dataset, batch_size, rows, runtime), runtime, "features",
+                        "the batch size (--batch-size)")
+    inputs = blend_inputs(extracted, record.inputs, record.head())
+    at = {index: row for row, index in enumerate(rows)}
+    other = torch.tensor([at[partner[i]] for i in rows])
+    scores, grades = fused_scores(record, inputs, inputs[other], torch.tensor([side[i] for i in rows]))
+    return {index: (int(grades[row]), scores[row]) for row, index in enumerate(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = collect(args.paths)
     if not photos:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
+    blend = blend_for(args, state["fingerprint"])
     given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
     params_file = [Path(args.params)] if args.params else []
     check_outputs(args.out, args.explain, photos, [*given, path, *params_file])
@@ -254,27 +328,35 @@ def main(argv: list[str] | None = None) -> int:
     tta = args.tta == "flips"
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
 
+    fused = {} if blend is None else fuse_pairs(
+        blend, grader, dataset, [i for i in indices.tolist() if i >= 0], args.pair or [],
+        args.batch_size or chosen.batch_size, runtime)
     rows: list[list] = []
     graded: list[tuple[int, int, torch.Tensor]] = []
     for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
         if index < 0:
-            rows.append([*_failed_row(photos[-1 - index], size, max_pixels, head), ""])
+            rows.append([*_failed_row(photos[-1 - index], size, max_pixels, head), "", ""])
         else:
             warning = photo_warning(photos[index], max_pixels)
-            rows.append([*_row(photos[index], grade, row_scores, head), warning])
+            source = "fused" if index in fused else "single" if blend is None else "single-no-partner"
+            shown_grade, shown_scores = fused.get(index, (grade, row_scores))
+            rows.append([*_row(photos[index], shown_grade, shown_scores, head), warning, source])
             graded.append((index, grade, row_scores))
     order = [photos[-1 - index] if index < 0 else photos[index] for index in indices.tolist()]
     call = columns(head).index("patient_referable")
     for row, value in zip(rows, patient_calls(order, [None if row[1] == "" else row[1] for row in rows]),
                           strict=True):
         row[call] = value
-    header = [*columns(head), "warning"]
+    header = [*columns(head), "warning", "source"]
     try:
         write_csv_atomic(args.out, header, rows)
     except RetinopathyError as error:  # a full disk: the grades are kept elsewhere, not lost
         raise rescue_text(args.out, csv_text(header, rows), "grades", error) from None
     print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
-    if flagged := sum(bool(row[-1]) for row in rows):
+    if fused:
+        print(f"{len(fused)} images graded with both eyes by {args.blend or Layout().blend(args.arm)}"
+              f"{' (without --tta)' if tta else ''}; see the `source` column")
+    if flagged := sum(bool(row[-2]) for row in rows):
         warn(f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
              f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}")
     if args.explain and graded:

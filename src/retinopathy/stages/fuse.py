@@ -1,0 +1,187 @@
+"""The `fuse` stage: grade each test image with both of its patient's eyes (a blend after the network).
+
+``retinopathy fuse --init scratch|pretrained`` reads the arm's ``best.pt``,
+extracts every image's features and outputs once (eval mode, no
+augmentation) for the train, validation and test splits, and learns a small
+blend (:mod:`retinopathy.fusion.blend`) from [this eye, the other eye, which
+eye] to this eye's grade, with the arm's head, on the training split's
+two-eyed patients only; a validation split (``data.val_fraction > 0``) picks
+its epoch, else the last of ``fuse.epochs`` is kept. The test split is graded
+after, never seen while learning. Eyes are paired within a split by EyePACS
+name (:mod:`retinopathy.fusion.pairs`).
+
+Writes the blend (``models/<arm>.fuse.pt``), ``metrics/predictions/<arm>.fused.csv``
+(one row per test image: :func:`~retinopathy.contract.fused_prediction_columns`;
+``source`` says whether the blend graded it (``fused``), or the network alone
+because its other eye is not in the test split (``single-no-partner``) or
+fusion is off (``single``, ``fuse.method: none``)) and ``metrics/<arm>.fused.json``
+(:data:`~retinopathy.contract.FUSED_METRIC_KEYS`: both eyes against the network
+alone on the same images). Each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from retinopathy import checkpoint
+from retinopathy.config import Params, load_params
+from retinopathy.contract import ARMS, FUSED_METRIC_KEYS, METRIC_DECIMALS, REFERABLE_GRADE, Layout
+from retinopathy.contract import fused_prediction_columns as columns
+from retinopathy.data.index import read_index
+from retinopathy.data.labels import patient_of
+from retinopathy.engine.batches import eval_batches, open_sources
+from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.errors import RetinopathyError, warn
+from retinopathy.files import write_csv_atomic, write_json_atomic
+from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
+from retinopathy.fusion.features import Extracted, blend_inputs, extract
+from retinopathy.fusion.pairs import partners
+from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.models.head import Head
+
+
+def load_arm(layout: Layout, arm: str) -> tuple[dict[str, Any], GraderSpec, dict[str, Any]]:
+    """The arm's ``best.pt``, its spec and its training status, checked to belong together."""
+    files = layout.arm(arm)
+    status = checkpoint.read_status(files.status, arm)
+    best = checkpoint.load(files.best, "best", fix=(
+        f"restore it with `dvc checkout {files.model_dir}`, or run `dvc repro train@{arm}` to train again"))
+    if best["fingerprint"] != status["fingerprint"]:
+        raise RetinopathyError(f"{files.best}: of run {best['fingerprint']}, but {files.status} is of run "
+                               f"{status['fingerprint']}; run `dvc repro train@{arm}` to finish training")
+    return best, GraderSpec.from_dict(best.get("spec"), str(files.best)), status
+
+
+def referable(scores: torch.Tensor, head: Head) -> np.ndarray:
+    """P(grade >= 2) per image (regression: the value itself, a score)."""
+    return (scores if head.regression else scores[:, REFERABLE_GRADE:].sum(1)).numpy().astype(np.float64)
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
+    return float(roc_auc_score(truth, score)) if len(set(truth.tolist())) == 2 else None
+
+
+def headline(names: list[str], actual: np.ndarray, predicted: np.ndarray, score: np.ndarray,
+             suffix: str = "") -> dict[str, float]:
+    """Accuracy, kappa and referable AUC per image and per patient (worse eye; higher score)."""
+    from retinopathy.scoring import quadratic_kappa
+
+    patients: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        patients.setdefault(patient_of(name), []).append(index)
+    truth = actual >= REFERABLE_GRADE
+    out = {f"acc{suffix}": float((actual == predicted).mean()),
+           f"kappa{suffix}": quadratic_kappa(actual, predicted)}
+    for key, value in ((f"auc{suffix}", _auc(truth, score)), (f"auc_patient{suffix}", _auc(
+            np.array([truth[rows].max() for rows in patients.values()]),
+            np.array([score[rows].max() for rows in patients.values()])))):
+        if value is not None:  # one class only: no AUC
+            out[key] = value
+    return out
+
+
+def _rows(names: list[str], actual: np.ndarray, grades: np.ndarray, scores: torch.Tensor, refer: np.ndarray,
+          sources: list[str], head: Head) -> list[list]:
+    rows = []
+    for i, name in enumerate(names):
+        values = [f"{float(scores[i]):.6f}"] if head.regression else [f"{p:.6f}" for p in scores[i].tolist()]
+        rows.append([name, patient_of(name), int(actual[i]), int(grades[i]), *values, f"{refer[i]:.6f}",
+                     sources[i]])
+    return rows
+
+
+def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str, float]:
+    BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0, f"arm skipped: {reason}",
+                0, 0).save(layout.blend(arm))
+    write_csv_atomic(layout.fused_predictions(arm), list(columns(params.train.loss == "regression")), [])
+    write_json_atomic(layout.fused_metrics(arm), {})
+    return {}
+
+
+def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, float]:
+    """Learn the arm's blend and grade its test split with both eyes; write the three outputs."""
+    layout = layout or Layout()
+    status = checkpoint.read_status(layout.arm(arm).status, arm)
+    if status["status"] == "skipped":
+        return _skipped(params, layout, arm, status["reason"])
+    best, spec, status = load_arm(layout, arm)  # the one place this stage loads the trained grader
+    head, fuse, train = spec.head(), params.fuse, params.train
+    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
+                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime.configure_backends()
+    grader = runtime.place(load_grader(spec, best["model"], str(layout.arm(arm).best)))
+    records = read_index(layout.index)
+    if fuse.method == "none":
+        records = {"test": records["test"]}
+    sources, _ = open_sources(params, runtime, records, spec.image_size, status["resident"])
+    lower = f"train.batch_size in params.yaml (now {train.batch_size}; these batches are twice it)"
+    extracted: dict[str, Extracted] = {
+        split: extract(grader, eval_batches(source, train.batch_size, runtime), runtime, f"features {split}",
+                       lower) for split, source in sources.items()}
+    names = {split: [record.image for record in records[split]] for split in sources}
+
+    test, test_names = extracted["test"], names["test"]
+    single_scores, single_grades = head.scores(test.outputs), head.grades(test.outputs)
+    scores, grades = single_scores.clone(), single_grades.clone()
+    partner, side = partners(test_names)
+    sources_of = ["single"] * len(test_names)
+    record = BlendRecord("none", fuse.inputs, spec.loss, None, 0, 0, best["fingerprint"], 0,
+                         "none: fuse.method is none, every image graded alone", 0, 0)
+    if fuse.method == "blend":
+        pairs = {split: Pairs.of(blend_inputs(extracted[split], fuse.inputs, head), extracted[split].labels,
+                                 *partners(names[split])) for split in extracted}
+        val = pairs.get("val")
+        if not len(pairs["train"]):
+            raise RetinopathyError(
+                f"{layout.index}: no patient has both eyes in the training split (EyePACS names "
+                "`<id>_left` and `<id>_right`), so the blend has nothing to learn; set fuse.method to none "
+                "in params.yaml to grade each photograph alone")
+        model, epoch, rule = learn(pairs["train"], val, head, hidden=fuse.hidden, epochs=fuse.epochs,
+                                   lr=fuse.lr, weight_decay=fuse.weight_decay, batch_size=fuse.batch_size,
+                                   seed=fuse.seed)
+        record = BlendRecord("blend", fuse.inputs, spec.loss, thresholds_for(model, val, head),
+                             pairs["train"].this.shape[1], fuse.hidden, best["fingerprint"], epoch, rule,
+                             len(pairs["train"]), len(val) if val is not None else 0, state_of(model))
+        rows = [i for i, p in enumerate(partner) if p >= 0]
+        sources_of = ["fused" if p >= 0 else "single-no-partner" for p in partner]
+        if rows:
+            fused = pairs["test"]
+            fused_s, fused_g = fused_scores(record, fused.this, fused.other, fused.side)
+            index = torch.tensor(rows)
+            scores[index], grades[index] = fused_s, fused_g
+
+    actual = test.labels.numpy()
+    refer, single_refer = referable(scores, head), referable(single_scores, head)
+    numbers = {**headline(test_names, actual, grades.numpy(), refer),
+               **headline(test_names, actual, single_grades.numpy(), single_refer, "_single"),
+               "images": len(test_names), "fused": sources_of.count("fused"), "epoch": record.epoch}
+    metrics = {key: round(float(numbers[key]), METRIC_DECIMALS)
+               for key in FUSED_METRIC_KEYS if key in numbers}
+    record.save(layout.blend(arm))
+    write_csv_atomic(layout.fused_predictions(arm), list(columns(head.regression)),
+                     _rows(test_names, actual, grades.numpy(), scores, refer, sources_of, head))
+    write_json_atomic(layout.fused_metrics(arm), metrics)
+    print(f"{arm}: blend {record.selection}" if record.learned else f"{arm}: {record.selection}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy fuse --init scratch|pretrained [--params params.yaml]``."""
+    parser = argparse.ArgumentParser(prog="retinopathy fuse", description=__doc__.split("\n")[0])
+    parser.add_argument("--init", choices=ARMS, required=True, help="The arm whose grades to fuse.")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="The parameters file (default: params.yaml).")
+    args = parser.parse_args(argv)
+    metrics = fuse_arm(load_params(args.params), args.init)
+    if not metrics:
+        warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
+    else:
+        print(f"{args.init}: both eyes {metrics['acc']:.1%} accuracy, kappa {metrics['kappa']:.3f} "
+              f"({metrics['fused']} of {metrics['images']} test images fused); alone "
+              f"{metrics['acc_single']:.1%}, kappa {metrics['kappa_single']:.3f}")
+    return 0

@@ -1,0 +1,313 @@
+"""Grading with both eyes: pairing by name, the blend, the `fuse` stage and `predict` on pairs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import subprocess_env, write_params
+from retinopathy.config import load_params
+from retinopathy.contract import Layout, fused_prediction_columns
+from retinopathy.data.photos import prepare_photo
+from retinopathy.errors import RetinopathyError
+from retinopathy.fusion.blend import BlendRecord, Pairs, learn
+from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
+from retinopathy.models.head import Head
+from retinopathy.stages import evaluate, export, fuse, predict, prepare, train, weights
+from retinopathy.stages.demo_data import write_demo_dataset
+
+TEST_SIZE = 14  # six two-eyed patients and two with a single photograph (the demo's sizes are even)
+
+
+def pair_names(root: Path) -> None:
+    """Rename the demo's images to EyePACS names: consecutive images are one patient's left and right eye.
+
+    The last two test images are two patients' only photographs: ``t6_left`` and ``t7_right``.
+    """
+    for split, prefix in (("train", "a"), ("test", "t")):
+        listed = root / f"{split}_img.csv"
+        names = listed.read_text().split()
+        new = [f"{prefix}{i // 2}_{'left' if i % 2 == 0 else 'right'}" for i in range(len(names))]
+        if split == "test":
+            new[-2:] = ["t6_left", "t7_right"]
+        for old, name in zip(names, new, strict=True):
+            (root / f"{old}.jpeg").rename(root / f"{name}.jpeg")
+        listed.write_text("\n".join(new) + "\n")
+
+
+def make_paired_project(folder: Path, **overrides: dict) -> None:
+    write_params(folder, **{"demo": {"test_size": TEST_SIZE}, "train": {"epochs": 1}, **overrides})
+    params = load_params(folder / "params.yaml")
+    write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
+                       test_size=params.demo.test_size, image_size=params.demo.image_size,
+                       variation=params.demo.variation)
+    pair_names(folder / "data/demo")
+    prepare.prepare(params, folder / "data/prepared")
+    assert weights.main([]) == 0
+    train.train_arm(params, "scratch")
+    evaluate.evaluate_arm(params, "scratch")
+
+
+@pytest.fixture(scope="module")
+def _paired_once(tmp_path_factory) -> Path:
+    from retinopathy.models.build import NO_DOWNLOAD_ENV
+
+    folder = tmp_path_factory.mktemp("paired")
+    before, environment = os.getcwd(), dict(os.environ)
+    os.environ.update({NO_DOWNLOAD_ENV: "1", "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home"))})
+    os.chdir(folder)
+    try:
+        make_paired_project(folder)
+        fuse.fuse_arm(load_params("params.yaml"), "scratch")
+    finally:
+        os.chdir(before)
+        os.environ.clear()
+        os.environ.update(environment)
+    return folder
+
+
+@pytest.fixture()
+def paired(_paired_once, tmp_path, monkeypatch) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(_paired_once, project, symlinks=True)
+    monkeypatch.chdir(project)
+    return project
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+# ----------------------------------------------------------------- pairing
+
+
+def test_eyes_pair_by_patient_only_when_both_are_there_once():
+    names = ["p1_left", "p1_right", "p2_left", "x", "p3_left", "p3_left", "p4_right", "p1"]
+    found, sides = partners(names)
+    assert found == [1, 0, NO_PARTNER, NO_PARTNER, NO_PARTNER, NO_PARTNER, NO_PARTNER, NO_PARTNER]
+    assert sides[:2] == [0.0, 1.0] and sides[6] == 1.0
+
+
+def test_explicit_pairs_refuse_an_eye_given_twice():
+    assert explicit_partners(3, [(2, 0)]) == ([2, NO_PARTNER, 0], [1.0, 0.0, 0.0])
+    with pytest.raises(RetinopathyError, match="paired twice"):
+        explicit_partners(3, [(0, 1), (1, 2)])
+
+
+# ----------------------------------------------------------------- the blend on synthetic features
+
+
+def synthetic(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[float]]:
+    """Two eyes per patient with one grade; each eye's 4 features show it only through noise."""
+    generator = torch.Generator().manual_seed(seed)
+    grades = torch.randint(0, 5, (count,), generator=generator).repeat_interleave(2)
+    features = grades.float().unsqueeze(1) + 1.5 * torch.randn(2 * count, 4, generator=generator)
+    partner = [i + 1 if i % 2 == 0 else i - 1 for i in range(2 * count)]
+    return features, grades, partner, [float(i % 2) for i in range(2 * count)]
+
+
+def test_the_blend_learns_from_the_other_eye_and_is_seeded():
+    head = Head("cross_entropy")
+    train_pairs, test_pairs = Pairs.of(*synthetic(400, 0)), Pairs.of(*synthetic(200, 1))
+    settings = dict(hidden=8, epochs=40, lr=0.01, weight_decay=0.0, batch_size=64)
+    model, epoch, rule = learn(train_pairs, None, head, seed=0, **settings)
+    again, _, _ = learn(train_pairs, None, head, seed=0, **settings)
+    assert epoch == 40 and "fixed" in rule and "test unseen" in rule
+    first, second = model.state_dict(), again.state_dict()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    with torch.no_grad():
+        both = model(test_pairs.this, test_pairs.other, test_pairs.side).argmax(1)
+        alone = model(test_pairs.this, test_pairs.this, test_pairs.side).argmax(1)  # no news from the other
+    accuracy = [float((grades == test_pairs.labels).float().mean()) for grades in (both, alone)]
+    assert accuracy[0] > accuracy[1] + 0.05
+
+
+def test_the_blend_keeps_the_best_validation_epoch():
+    head = Head("regression")
+    model, epoch, rule = learn(Pairs.of(*synthetic(100, 0)), Pairs.of(*synthetic(50, 2)), head, hidden=0,
+                               epochs=30, lr=0.05, weight_decay=0.0, batch_size=32, seed=1)
+    assert 1 <= epoch <= 30 and "lowest validation loss" in rule and "test unseen" in rule
+
+
+# ----------------------------------------------------------------- the stage
+
+
+def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_one_image(paired):
+    layout = Layout()
+    rows = read_rows(layout.fused_predictions("scratch"))
+    assert tuple(rows[0]) == fused_prediction_columns(regression=False)
+    names = (paired / "data/demo/test_img.csv").read_text().split()
+    assert [row["image"] for row in rows] == names
+    assert [row["source"] for row in rows] == ["fused"] * 12 + ["single-no-partner"] * 2
+    single = read_rows(layout.arm("scratch").predictions)
+    for lonely, alone, patient in zip(rows[-2:], single[-2:], ("t6", "t7"), strict=True):
+        assert lonely["predicted"] == alone["predicted"] and lonely["patient"] == patient
+    for row in rows:
+        probabilities = [float(row[f"p{g}"]) for g in range(5)]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-5)
+        assert int(row["predicted"]) == max(range(5), key=probabilities.__getitem__)
+        assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
+    metrics = json.loads(layout.fused_metrics("scratch").read_text())
+    assert metrics["images"] == TEST_SIZE and metrics["fused"] == 12 and metrics["epoch"] == 60
+    assert metrics["acc_single"] == json.loads(layout.arm("scratch").metrics.read_text())["acc"]
+    record = BlendRecord.load(layout.blend("scratch"), "fix")
+    assert record.learned and record.train_pairs == 40 and record.val_pairs == 0
+
+
+def test_the_blend_never_sees_the_test_images(paired):
+    layout = Layout()
+    before = BlendRecord.load(layout.blend("scratch"), "fix")
+    fused_before = layout.fused_predictions("scratch").read_text()
+    root = paired / "data/demo"
+    names = (root / "test_img.csv").read_text().split()
+    for name in names:  # every test photograph replaced by another one
+        shutil.copyfile(root / "a0_left.jpeg", root / f"{name}.jpeg")
+    fuse.fuse_arm(load_params("params.yaml"), "scratch")
+    after = BlendRecord.load(layout.blend("scratch"), "fix")
+    assert after.state.keys() == before.state.keys()
+    assert all(torch.equal(after.state[key], before.state[key]) for key in before.state)
+    assert layout.fused_predictions("scratch").read_text() != fused_before  # the test images were read
+
+
+def test_method_none_grades_each_photograph_alone(paired):
+    write_params(paired, demo={"test_size": TEST_SIZE}, train={"epochs": 1}, fuse={"method": "none"})
+    fuse.fuse_arm(load_params("params.yaml"), "scratch")
+    rows = read_rows(Layout().fused_predictions("scratch"))
+    single = read_rows(Layout().arm("scratch").predictions)
+    assert {row["source"] for row in rows} == {"single"}
+    assert [row["predicted"] for row in rows] == [row["predicted"] for row in single]
+    assert not BlendRecord.load(Layout().blend("scratch"), "fix").learned
+
+
+def test_no_two_eyed_patient_in_training_is_an_error_naming_the_fix(paired):
+    root = paired / "data/demo"
+    names = (root / "train_img.csv").read_text().split()
+    for name in names:
+        (root / f"{name}.jpeg").rename(root / f"{name.replace('_', '')}.jpeg")
+    (root / "train_img.csv").write_text("\n".join(name.replace("_", "") for name in names) + "\n")
+    shutil.rmtree(paired / "data/prepared")
+    prepare.prepare(load_params("params.yaml"), paired / "data/prepared")
+    with pytest.raises(RetinopathyError, match="no patient has both eyes.*set fuse.method to none"):
+        fuse.fuse_arm(load_params("params.yaml"), "scratch")
+
+
+def test_a_killed_stage_leaves_no_partial_output(paired):
+    layout = Layout()
+    for path in (layout.fused_predictions("scratch"), layout.fused_metrics("scratch")):
+        path.unlink()
+    # The stage is killed while it writes the predictions: half of them are in its temporary file.
+    code = ("import os, signal\n"
+            "from retinopathy.files import atomic_file\n"
+            "from retinopathy.stages import fuse\n"
+            "def killed(path, header, rows):\n"
+            "    with atomic_file(path) as stream:\n"
+            "        stream.write(','.join(header) + '\\n')\n"
+            "        stream.flush()\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "fuse.write_csv_atomic = killed\n"
+            "fuse.main(['--init', 'scratch'])\n")
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=paired)
+    assert result.returncode == -signal.SIGKILL
+    assert not layout.fused_predictions("scratch").exists() and not layout.fused_metrics("scratch").exists()
+    assert [p.name for p in layout.fused_predictions("scratch").parent.glob(".*.tmp")]  # the killed temporary
+    assert fuse.main(["--init", "scratch"]) == 0
+    assert not list(layout.fused_predictions("scratch").parent.glob(".*.tmp"))
+    assert len(read_rows(layout.fused_predictions("scratch"))) == TEST_SIZE
+
+
+# ----------------------------------------------------------------- predict
+
+
+def test_predict_on_a_pair_gives_the_fused_rows_of_the_stage(paired):
+    fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
+    out = paired / "pair.csv"
+    inputs = ["data/demo/t2_left.jpeg", "data/demo/t2_right.jpeg", "data/demo/t6_left.jpeg"]
+    assert predict.main([*inputs, "--out", str(out)]) == 0
+    rows = read_rows(out)
+    assert [row["source"] for row in rows] == ["fused", "fused", "single-no-partner"]
+    for row in rows:
+        expected = fused[Path(row["image"]).stem]
+        assert row["grade"] == expected["predicted"]
+        for g in range(5):
+            assert float(row[f"probability_{g}"]) == pytest.approx(float(expected[f"p{g}"]), abs=1e-5)
+
+
+def test_predict_pairs_explicitly_and_grades_alone_on_request(paired):
+    out = paired / "pair.csv"
+    left, right = "data/demo/t2_left.jpeg", "data/demo/t2_right.jpeg"
+    shutil.copyfile(left, "one.jpeg")
+    shutil.copyfile(right, "two.jpeg")
+    assert predict.main(["one.jpeg", "two.jpeg", "--pair", "one.jpeg", "two.jpeg", "--out", str(out)]) == 0
+    by_name = read_rows(out)
+    assert predict.main([left, right, "--out", str(out)]) == 0
+    assert [r["grade"] for r in by_name] == [r["grade"] for r in read_rows(out)]
+    assert {r["source"] for r in by_name} == {"fused"}
+    assert predict.main([left, right, "--single", "--out", str(out)]) == 0
+    assert {r["source"] for r in read_rows(out)} == {"single"}
+
+
+def test_predict_refuses_a_blend_of_another_checkpoint(paired):
+    layout = Layout()
+    record = BlendRecord.load(layout.blend("scratch"), "fix")
+    record.fingerprint = "0" * 16
+    record.save(layout.blend("scratch"))
+    with pytest.raises(RetinopathyError, match="learned on the features of run 0000.*fuse@scratch.*--single"):
+        predict.main(["data/demo/t2_left.jpeg", "--out", "x.csv"])
+
+
+# ----------------------------------------------------------------- params
+
+
+@pytest.mark.parametrize(("fuse_params", "message"), [
+    ({"method": "both"}, r"`fuse.method` must be one of none, blend"),
+    ({"inputs": "pixels"}, r"`fuse.inputs` must be one of features, scores"),
+    ({"hidden": -1}, r"`fuse.hidden` must be an integer >= 0"),
+    ({"lr": 0}, r"`fuse.lr` must be > 0"),
+    ({"seed": -1}, r"`fuse.seed` must be an integer seed"),
+])
+def test_bad_fuse_params_are_refused_naming_the_key(tmp_path, fuse_params, message):
+    write_params(tmp_path, fuse=fuse_params)
+    with pytest.raises(RetinopathyError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+# ----------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(paired, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+
+    out = paired / f"both.{fmt}"
+    assert export.main(["--arm", "scratch", "--format", fmt, "--out", str(out), "--fused"]) == 0
+    assert "both eyes" in out.with_name(out.name + ".md").read_text().splitlines()[0]
+    fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
+    size = load_params("params.yaml").data.image_size
+    left, right = (torch.from_numpy(prepare_photo(Path(f"data/demo/t2_{eye}.jpeg"), size, 10**9))
+                   .permute(2, 0, 1).unsqueeze(0).contiguous() for eye in ("left", "right"))
+    scores = export.run_fused(out, fmt, torch.cat([left, right]), torch.cat([right, left]),
+                              torch.tensor([0.0, 1.0]))
+    for row, name in zip(scores.tolist(), ("t2_left", "t2_right"), strict=True):
+        assert row == pytest.approx([float(fused[name][f"p{g}"]) for g in range(5)], abs=1e-4)
+
+
+def test_fuse_params_do_not_change_what_training_fingerprints():
+    from conftest import tiny_params
+    from retinopathy.checkpoint import training_params
+
+    params = tiny_params()
+    before = training_params(params)
+    params["fuse"].update(method="none", hidden=7, seed=3)
+    assert training_params(params) == before and "fuse" not in before
