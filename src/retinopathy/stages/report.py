@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from retinopathy.contract import ARMS, GRADES, REPORT_FIGURES, Layout, grade_label, recall_key
+from retinopathy.data.patients import leakage_warning
 from retinopathy.errors import RetinopathyError
 from retinopathy.figures import draw_report_figures
 from retinopathy.files import Ours, check_output_file, staged_files
@@ -59,6 +60,7 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     test_size = next((a.info["test_size"] for a in trained if "test_size" in a.info), None)
     if test_size is not None:
         lines += [f"Test images: {test_size}.", ""]
+    lines += _patients(trained)
     if any(arm.info.get("selection") == "test" for arm in trained):
         lines += ["The selected epoch is the one with the highest *test* accuracy (the lab's rule), "
                   "so its test accuracy is optimistic; set `data.val_fraction` > 0 in "
@@ -130,6 +132,27 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
             lines += [f"### {arm.name}", "", f"- Reason: {arm.info.get('reason', 'not given')}",
                       f"- Fix: {arm.info.get('fix', 'not given')}", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _patients(trained: Sequence[Arm]) -> list[str]:
+    """The report's Patients line: patients per split, and a warning where one straddles a split."""
+    if not trained:
+        return []
+    counts = trained[0].info.get("patients")
+    if counts is None:
+        return [f"Patients: not counted ({Layout().arm(trained[0].name).info} predates the count); run "
+                "`dvc repro` to count them.", ""]
+    per_split = ", ".join(f"{name} {n}" for name, n in counts["count"].items() if n)
+    pairs = counts["train_pairs"]
+    alike = (f"; {pairs['same_grade']:.1%} of the {pairs['pairs']} training patients with both eyes listed "
+             "have one grade in both") if pairs["pairs"] else ""
+    lines = [f"Patients (`data.split: {counts['split']}`): {per_split}{alike}.", ""]
+    if not counts["named_by_patient"]:
+        lines[0] = lines[0][:-1] + " (the image names carry no patient: `<patient>_left|right`)."
+    warning = leakage_warning(counts)
+    if warning:
+        lines += [f"> **WARNING: patients on both sides of the split.** {warning}.", ""]
+    return lines
 
 
 TITLE_MARK = ": diabetic retinopathy grading, "  # in the first line of every report.md
