@@ -20,7 +20,7 @@ from retinopathy.stages.demo_data import write_demo_dataset
 @pytest.fixture()
 def demo(tmp_path):
     root = tmp_path / "demo"
-    write_demo_dataset(root, seed=1, train_size=12, test_size=5, image_size=64, variation=True)
+    write_demo_dataset(root, seed=1, train_size=12, test_size=10, image_size=64, variation=True)
     return root
 
 

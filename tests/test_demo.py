@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: layout, determinism, class balance, lesions, atomic replace."""
+"""The synthetic demo dataset: layout, patients, determinism, class balance, lesions, atomic replace."""
 
 from __future__ import annotations
 
@@ -9,13 +9,24 @@ import pytest
 from PIL import Image
 
 from conftest import write_params
-from retinopathy.data.synthetic import class_counts, render_fundus
+from retinopathy.data.labels import read_course_splits
+from retinopathy.data.patients import eye_pairs
+from retinopathy.data.synthetic import COURSE_TRAIN_PAIRS, pair_counts, render_fundus
 from retinopathy.errors import RetinopathyError
 from retinopathy.stages import demo_data as demo
 from retinopathy.stages.demo_data import write_demo_dataset
 
-SMALL = {"train_size": 12, "test_size": 6, "image_size": 64, "variation": True}
+SMALL = {"train_size": 12, "test_size": 10, "image_size": 64, "variation": True}
 COURSE = (20656, 1955, 4210, 698, 581)
+
+
+def _image_counts(pairs: dict[tuple[int, int], int]) -> list[int]:
+    """Images per grade of patients counted by the grades of their two eyes."""
+    counts = [0] * 5
+    for (lower, higher), n in pairs.items():
+        counts[lower] += n
+        counts[higher] += n
+    return counts
 
 
 def _lines(path: Path) -> list[str]:
@@ -60,9 +71,57 @@ def test_layout(dataset: Path) -> None:
 
 def test_every_grade_in_train_with_course_proportions(dataset: Path) -> None:
     labels = [int(x) for x in _lines(dataset / "train_label.csv")]
-    assert np.bincount(labels, minlength=5).tolist() == class_counts(SMALL["train_size"])
+    assert np.bincount(labels, minlength=5).tolist() == _image_counts(pair_counts(SMALL["train_size"] // 2))
     assert set(labels) == set(range(5))
     assert labels != sorted(labels), "records should be shuffled, not grouped by grade"
+
+
+def test_images_are_two_eyes_of_patients_on_one_side(dataset: Path) -> None:
+    splits = read_course_splits(dataset)
+    seen: dict[str, str] = {}
+    for split, records in (("train", splits.train), ("test", splits.test)):
+        names = [r.image for r in records]
+        patients = sorted({name.rsplit("_", 1)[0] for name in names})
+        assert sorted(names) == sorted(f"{p}_{eye}" for p in patients for eye in ("left", "right"))
+        assert len(patients) == len(records) // 2
+        for patient in patients:
+            assert seen.setdefault(patient, split) == split, f"{patient} is in train and test"
+    # The patients of test follow train's: demo_00000 ... demo_00005, then demo_00006 ...
+    assert sorted(seen) == [f"demo_{i:05d}" for i in range(11)]
+    # Each pair's grades are one of the course's pairs.
+    pairs = {r.image: r.label for r in splits.train + splits.test}
+    for patient in seen:
+        grades = sorted((pairs[f"{patient}_left"], pairs[f"{patient}_right"]))
+        assert tuple(grades) in COURSE_TRAIN_PAIRS
+
+
+def test_two_eyes_share_a_grade_as_often_as_in_the_course() -> None:
+    measured = 9795 / 11241  # same-grade pairs of the course's train split (see COURSE_TRAIN_PAIRS)
+    assert sum(n for (a, b), n in COURSE_TRAIN_PAIRS.items() if a == b) == 9795
+    assert pair_counts(11241) == COURSE_TRAIN_PAIRS
+    for patients in (300, 5000):
+        counts = pair_counts(patients)
+        same = sum(n for (a, b), n in counts.items() if a == b) / patients
+        assert abs(same - measured) < 0.01
+        # And the images' grades follow the course's train split.
+        shares = np.array(_image_counts(counts)) / (2 * patients)
+        assert np.abs(shares - np.array(COURSE) / sum(COURSE)).max() < 0.01
+
+
+def test_a_large_demo_split_pairs_like_the_course(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    write_demo_dataset(out, seed=0, train_size=400, test_size=10, image_size=32, variation=False)
+    pairs = eye_pairs(read_course_splits(out).train)
+    assert pairs["pairs"] == 200 and abs(pairs["same_grade"] - 0.871) < 0.02
+    assert pairs["differences"][1] > pairs["differences"][2] > 0
+
+
+@pytest.mark.parametrize("patients", [0, 1, 4, 5, 6, 7, 50, 300, 100])
+def test_pair_counts_sum_and_every_grade(patients: int) -> None:
+    counts = pair_counts(patients)
+    assert sum(counts.values()) == patients and min(counts.values()) >= 0
+    if patients >= 5:
+        assert min(_image_counts(counts)) >= 1
 
 
 def test_same_seed_gives_identical_bytes(dataset: Path, tmp_path: Path) -> None:
@@ -76,22 +135,6 @@ def test_other_seed_gives_other_images(dataset: Path, tmp_path: Path) -> None:
     write_demo_dataset(other, seed=8, **SMALL)
     name = _lines(dataset / "train_img.csv")[0]
     assert (other / f"{name}.jpeg").read_bytes() != (dataset / f"{name}.jpeg").read_bytes()
-
-
-@pytest.mark.parametrize("total", [0, 1, 4, 5, 7, 12, 100, 600, 200, 28100])
-def test_class_counts_sum_and_minimum(total: int) -> None:
-    counts = class_counts(total)
-    assert len(counts) == 5 and sum(counts) == total and min(counts) >= 0
-    if total >= 5:
-        assert min(counts) >= 1
-
-
-def test_class_counts_follow_course_split() -> None:
-    assert class_counts(28100) == list(COURSE)
-    assert class_counts(600) == [441, 42, 90, 15, 12]
-    for total in (200, 1000):
-        quotas = [total * c / sum(COURSE) for c in COURSE]
-        assert all(abs(c - q) < 1 for c, q in zip(class_counts(total), quotas, strict=True))
 
 
 def test_render_shape_dtype_and_mirroring() -> None:
@@ -123,10 +166,10 @@ def test_replaces_existing_demo_folder_entirely(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=1, **SMALL)
     (out / "stale.jpeg").write_bytes(b"left over from an older run")
-    write_demo_dataset(out, seed=1, train_size=5, test_size=5, image_size=32, variation=True)
+    write_demo_dataset(out, seed=1, train_size=10, test_size=10, image_size=32, variation=True)
     assert not (out / "stale.jpeg").exists()
-    assert len(_lines(out / "train_img.csv")) == 5
-    assert len(list(out.glob("*.jpeg"))) == 10
+    assert len(_lines(out / "train_img.csv")) == 10
+    assert len(list(out.glob("*.jpeg"))) == 20
     assert [p.name for p in tmp_path.iterdir()] == ["demo"], "no temporary folders left behind"
 
 
@@ -156,7 +199,8 @@ def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("train_size", 4), ("test_size", 0), ("image_size", 16), ("seed", -1)]
+    ("key", "value"),
+    [("train_size", 8), ("train_size", 11), ("test_size", 0), ("image_size", 16), ("seed", -1)],
 )
 def test_bad_settings_are_user_errors(tmp_path: Path, key: str, value: int) -> None:
     settings = {"seed": 0, **SMALL, key: value}
@@ -166,17 +210,18 @@ def test_bad_settings_are_user_errors(tmp_path: Path, key: str, value: int) -> N
 
 
 def test_cli_reads_demo_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    params = write_params(tmp_path, demo={"seed": 3, "train_size": 5, "test_size": 5, "image_size": 32})
+    params = write_params(tmp_path, demo={"seed": 3, "train_size": 10, "test_size": 12, "image_size": 32})
     out = tmp_path / "demo"
     assert demo.main(["--params", str(params), "--out", str(out)]) == 0
-    assert len(_lines(out / "test_img.csv")) == 5
-    assert "seed: 3" in (out / "README.txt").read_text(encoding="utf-8")
-    assert "5 train + 5 test" in capsys.readouterr().out
+    assert len(_lines(out / "test_img.csv")) == 12
+    readme = (out / "README.txt").read_text(encoding="utf-8")
+    assert "seed: 3" in readme and "test: 12 images of 6 patients" in readme
+    assert "10 train + 12 test" in capsys.readouterr().out
 
 
 def test_variation_changes_each_photo_deterministically_and_off_keeps_the_drawing(tmp_path: Path) -> None:
     plain, varied, again = tmp_path / "plain", tmp_path / "varied", tmp_path / "again"
-    settings = {**SMALL, "train_size": 10, "test_size": 5}
+    settings = {**SMALL, "train_size": 10, "test_size": 10}
     write_demo_dataset(plain, seed=4, **{**settings, "variation": False})
     write_demo_dataset(varied, seed=4, **settings)
     write_demo_dataset(again, seed=4, **settings)
@@ -184,10 +229,12 @@ def test_variation_changes_each_photo_deterministically_and_off_keeps_the_drawin
     names = _lines(plain / "train_img.csv")
     assert names == _lines(varied / "train_img.csv")
     assert _lines(plain / "train_label.csv") == _lines(varied / "train_label.csv")
-    # Without variation the painter draws exactly what it drew before there was any.
+    # Without variation the painter draws exactly what it drew before there was any: image 0 is
+    # patient 0's left eye, drawn as a left eye.
+    assert names[0] == "demo_00000_left"
     rng = np.random.default_rng(np.random.SeedSequence([4, 1, 0, 0]))
     first = np.asarray(Image.open(plain / f"{names[0]}.jpeg"))
-    Image.fromarray(render_fundus(int(_lines(plain / "train_label.csv")[0]), rng, 64, eye="right")).save(
+    Image.fromarray(render_fundus(int(_lines(plain / "train_label.csv")[0]), rng, 64, eye="left")).save(
         tmp_path / "redrawn.jpeg", "JPEG", quality=90, subsampling=0)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "redrawn.jpeg")), first)
     # With it, brightness and framing vary from photo to photo.

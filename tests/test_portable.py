@@ -69,7 +69,7 @@ def _run(project: Path, settings: dict[str, str], evaluate: bool) -> dict[str, s
 
 
 def _overrides(mode: str) -> dict:
-    return {"demo": {"train_size": 16, "test_size": 8},
+    return {"demo": {"train_size": 16, "test_size": 10},
             "train": {"epochs": 1, "precise_bn_images": 8, "portable": mode}}
 
 
@@ -79,7 +79,7 @@ def _write_params(project: Path, mode: str) -> None:
 
 @pytest.fixture()
 def project(tmp_path, monkeypatch) -> Path:
-    """Smaller still than conftest's tiny project: two steps of 8 images, 8 test images."""
+    """Smaller still than conftest's tiny project: two steps of 8 images, 10 test images."""
     monkeypatch.chdir(tmp_path)
     return make_tiny_project(tmp_path, **_overrides("auto"))
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from retinopathy.contract import (
+    DATA_SPLITS,
     FUSION_INPUTS,
     FUSION_METHODS,
     LOSSES,
@@ -65,9 +66,10 @@ class DataParams:
     """Where the images are and how they are fed to the network."""
 
     root: str
+    split: str  # lists (the course's, as listed) | patients (re-split keeping each patient on one side)
     image_size: int | None  # None: use the files' own size (512 for the course data)
     val_fraction: float  # > 0: hold out a stratified validation split to pick the epoch
-    seed: int  # seeds the validation split
+    seed: int  # seeds the validation split (and the re-split of data.split: patients)
     num_workers: int | str  # DataLoader worker processes; "auto" picks from the CPU count
     on_device: str  # auto | on | off: decode each split once into the device's memory
     cache_dir: str | None  # a folder for decoded pixels (e.g. /dev/shm/retinopathy); speed only
@@ -277,8 +279,11 @@ def _demo(raw: Any, source: str) -> DemoParams:
     raw = _section(DemoParams, raw, source, "demo")
     out = DemoParams(**raw)
     _seed(source, "demo.seed", out.seed)
-    _int(source, "demo.train_size", out.train_size, 5)
-    _int(source, "demo.test_size", out.test_size, 5)
+    for key in ("train_size", "test_size"):  # images: two per patient
+        value = getattr(out, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 10 or value % 2:
+            raise _fail(source, f"demo.{key}", f"must be an even integer >= 10 (two eyes per patient, "
+                        f"at least 5 patients), got {value!r}")
     _int(source, "demo.image_size", out.image_size, 32)
     _bool(source, "demo.variation", out.variation)
     return out
@@ -289,6 +294,7 @@ def _data(raw: Any, source: str) -> DataParams:
     out = DataParams(**raw)
     if not isinstance(out.root, str) or not out.root:
         raise _fail(source, "data.root", f"must be a folder path, got {out.root!r}")
+    _choice(source, "data.split", out.split, DATA_SPLITS)
     if out.image_size is not None:
         _int(source, "data.image_size", out.image_size, 32)
         if out.image_size > MAX_IMAGE_SIZE:

@@ -37,6 +37,8 @@ NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling p
 PREPROCESSES = ("none", "graham")  # of the pixels before that (graham: local average colour subtracted)
 LOSSES = ("cross_entropy", "regression")  # the head: 5 logits, or 1 value rounded into 0-4
 SCHEDULES = ("constant", "cosine")  # the learning rate per batch
+# data.split: the course's lists as they are, or a re-split keeping each patient's eyes on one side
+DATA_SPLITS = ("lists", "patients")
 
 INDEX_COLUMNS = ("split", "image", "label")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_kappa", "test_loss", "test_accuracy",

@@ -132,6 +132,7 @@ def read_index(path: Path) -> dict[str, list[Record]]:
 # What `prepare` writes into summary.json, and the type of each value.
 SUMMARY_KEYS: dict[str, type | tuple[type, ...]] = {
     "root": str, "synthetic": bool, "splits": dict, "majority_baseline": dict, "notes": list,
+    "patients": dict,
 }
 
 

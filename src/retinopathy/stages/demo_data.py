@@ -1,10 +1,14 @@
 """The `demo-data` stage: write the synthetic demo dataset in the course layout.
 
-Images are painted by :mod:`retinopathy.data.synthetic`, one per record,
-each seeded from (seed, split, index), so the same settings give
-byte-identical files. The folder is built under a temporary name and swapped
-in whole, and a README whose first line is ``contract.DEMO_MARKER`` marks it
-as synthetic (prepare notes it; the report labels every figure with it).
+The images are patients' two eyes, ``demo_<patient>_left`` and
+``demo_<patient>_right``, both in the same split (sizes are image counts: two
+per patient), with the grades of both eyes drawn as often alike as in the
+course's train split (:func:`~retinopathy.data.synthetic.pair_counts`). Images
+are painted by :mod:`retinopathy.data.synthetic`, one per record, each seeded
+from (seed, split, image number), so the same settings give byte-identical
+files. The folder is built under a temporary name and swapped in whole, and a
+README whose first line is ``contract.DEMO_MARKER`` marks it as synthetic
+(prepare notes it; the report labels every figure with it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from PIL import Image
 from retinopathy.config import load_params
 from retinopathy.contract import DEMO_MARKER, DEMO_README, NUM_GRADES, Layout, is_demo_dataset
 from retinopathy.data.labels import SPLIT_FILES, image_path
-from retinopathy.data.synthetic import class_counts, render_fundus, vary
+from retinopathy.data.synthetic import pair_counts, render_fundus, vary
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import staged_folder
 
@@ -29,43 +33,49 @@ SPLITS = tuple(SPLIT_FILES)  # train, test
 _PURPOSE_IMAGE, _PURPOSE_ORDER, _PURPOSE_VARIATION = 1, 2, 3
 
 
-def _check_size(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+def _check_size(name: str, value: object, minimum: int, maximum: int | None = None,
+                even: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
         maximum is not None and value > maximum
-    ):
+    ) or (even and value % 2):
         bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise RetinopathyError(f"demo: {name} must be an integer {bound}, got {value!r}; "
+        what = "an even integer" if even else "an integer"
+        why = " (two eyes per patient)" if even else ""
+        raise RetinopathyError(f"demo: {name} must be {what} {bound}{why}, got {value!r}; "
                                f"fix `demo.{name}` in params.yaml")
     return value
 
 
 def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: int,
                  variation: bool) -> list[int]:
-    """Write one split's images and CSVs; returns its class counts."""
-    counts = class_counts(n)
-    grades = np.repeat(np.arange(NUM_GRADES), counts)
+    """Write one split's ``n // 2`` patients (numbered from ``first``) and CSVs; returns its class counts."""
+    pairs = [kind for kind, count in pair_counts(n // 2).items() for _ in range(count)]
     code = SPLITS.index(split)
     order = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_ORDER, code, 0]))
-    grades = order.permutation(grades)
-    names = []
-    for i, grade in enumerate(grades.tolist()):
-        number = first + i
-        eye = "left" if number % 2 else "right"
-        name = f"demo_{number:05d}_{eye}"
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_IMAGE, code, number]))
-        pixels = render_fundus(grade, rng, size, eye=eye, subtle=variation)
-        if variation:  # a stream of its own: without variation the drawing is what it always was
-            pixels = vary(pixels, np.random.default_rng(
-                np.random.SeedSequence([seed, _PURPOSE_VARIATION, code, number])))
-        # Fixed quality and 4:4:4 chroma (tiny yellow/red lesions differ mainly in
-        # colour); no optimize/progressive/EXIF, so the bytes are reproducible.
-        Image.fromarray(pixels).save(image_path(folder, name), "JPEG", quality=JPEG_QUALITY,
-                                     subsampling=0)
-        names.append(name)
+    pairs = [pairs[i] for i in order.permutation(len(pairs))]
+    lower_left = order.random(len(pairs)) < 0.5  # which eye has the lower grade
+    names, grades = [], []
+    for i, ((lower, higher), flip) in enumerate(zip(pairs, lower_left.tolist(), strict=True)):
+        patient = first + i
+        for side, (eye, grade) in enumerate((("left", lower if flip else higher),
+                                             ("right", higher if flip else lower))):
+            number = 2 * patient + side  # the image's own seed: the eyes share nothing but the grades
+            name = f"demo_{patient:05d}_{eye}"
+            rng = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_IMAGE, code, number]))
+            pixels = render_fundus(grade, rng, size, eye=eye, subtle=variation)
+            if variation:  # a stream of its own: without variation the drawing is what it always was
+                pixels = vary(pixels, np.random.default_rng(
+                    np.random.SeedSequence([seed, _PURPOSE_VARIATION, code, number])))
+            # Fixed quality and 4:4:4 chroma (tiny yellow/red lesions differ mainly in
+            # colour); no optimize/progressive/EXIF, so the bytes are reproducible.
+            Image.fromarray(pixels).save(image_path(folder, name), "JPEG", quality=JPEG_QUALITY,
+                                         subsampling=0)
+            names.append(name)
+            grades.append(grade)
     img_file, label_file = SPLIT_FILES[split]
     (folder / img_file).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    (folder / label_file).write_text("".join(f"{g}\n" for g in grades.tolist()), encoding="utf-8")
-    return counts
+    (folder / label_file).write_text("".join(f"{g}\n" for g in grades), encoding="utf-8")
+    return np.bincount(grades, minlength=NUM_GRADES).tolist()
 
 
 def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int,
@@ -85,12 +95,13 @@ def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size
     ]
     for split in SPLITS:
         per_grade = ", ".join(f"grade {g}: {c}" for g, c in enumerate(counts[split]))
-        lines.append(f"{split}: {sizes[split]} images ({per_grade})")
+        lines.append(f"{split}: {sizes[split]} images of {sizes[split] // 2} patients ({per_grade})")
     lines += [
         "",
         "Layout (as the course's dataset): train_img.csv / test_img.csv list image names",
         "without extension, train_label.csv / test_label.csv the grade 0-4 on the same",
-        "line; no header; the images are <name>.jpeg in this folder.",
+        "line; no header; the images are <name>.jpeg in this folder. Each patient's two",
+        "eyes are demo_<patient>_left and demo_<patient>_right, in the same split.",
         "Regenerate with `retinopathy demo-data` (byte-identical for the same settings",
         "and the same numpy and Pillow versions).",
     ]
@@ -103,14 +114,15 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
 
     The folder is built next to ``out`` under a temporary name and then swapped
     in, so an interrupted run never leaves a half-written dataset. Each image is
-    seeded from (seed, split, index), so the same arguments give byte-identical files
+    seeded from (seed, split, image number), so the same arguments give byte-identical files
     (with the same numpy and Pillow: their float maths and JPEG encoder make the bytes).
 
     Args:
         out: Destination folder; an existing demo folder there is replaced entirely.
         seed: Integer 0 <= seed < 2**32.
-        train_size: Number of training images (>= 5, so every grade occurs).
-        test_size: Number of test images (>= 5).
+        train_size: Number of training images: two per patient, an even number >= 10 (so
+            every grade occurs).
+        test_size: Number of test images (even, >= 10); their patients follow train's.
         image_size: Width and height of the images in pixels (32-2048).
         variation: Vary the photos as cameras do (:func:`~retinopathy.data.synthetic.vary`).
 
@@ -119,15 +131,15 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
             folder (refusing to delete what this command did not write).
     """
     _check_size("seed", seed, 0, 2**32 - 1)
-    _check_size("train_size", train_size, 5)
-    _check_size("test_size", test_size, 5)
+    _check_size("train_size", train_size, 10, even=True)
+    _check_size("test_size", test_size, 10, even=True)
     _check_size("image_size", image_size, 32, 2048)
     _check_replaceable(Path(out))
     with staged_folder(out, "demo-data", is_demo_dataset) as work:
         sizes = {"train": train_size, "test": test_size}
         counts = {
             "train": _write_split(work, "train", seed, 0, train_size, image_size, variation),
-            "test": _write_split(work, "test", seed, train_size, test_size, image_size, variation),
+            "test": _write_split(work, "test", seed, train_size // 2, test_size, image_size, variation),
         }
         (work / DEMO_README).write_text(_readme(seed, sizes, counts, image_size, variation),
                                          encoding="utf-8")
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = load_params(args.params).demo
     write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,
                        test_size=demo.test_size, image_size=demo.image_size, variation=demo.variation)
-    print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images "
+    print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images (two eyes per patient) "
           f"({demo.image_size} px, seed {demo.seed}) to {args.out}")
     return 0
 

@@ -193,6 +193,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "weights": status["weights"],
         "data": params.data.root,
         "synthetic": summary["synthetic"],
+        "patients": summary["patients"],  # prepare's count of patients per split and across splits
         "selection": status["selection"],
         "select_by": status["select_by"],
         "selection_rule": selection_rule(status["selection"], status["select_by"]),

@@ -1,19 +1,24 @@
 """The `prepare` stage: check the raw data, write the index of records and a summary.
 
 Reads the course layout at ``data.root`` (every CSV line is a record; every
-image must decode), optionally holds out a stratified validation split of the
-training records (``data.val_fraction``), and writes into ``data/prepared``:
+image must decode), with ``data.split: patients`` re-splits the listed images
+by patient (:mod:`retinopathy.data.patients`), optionally holds out a
+stratified validation split of the training records (``data.val_fraction``;
+by patient too under ``data.split: patients``), and writes into ``data/prepared``:
 
 - ``index.csv``: ``split,image,label`` for every record (split: train, val, test);
 - ``summary.json``: counts per class and split, the majority-class baseline,
   notes on anything that was accepted and normalised (a header row, a BOM,
   Windows line endings), and ``identical_images``: the same photograph listed
-  under several names (identical bytes), within a split or across splits.
+  under several names (identical bytes), within a split or across splits; and
+  ``patients``: patients per split and those with eyes on both sides of a split.
 
 Identical images are a warning, not an error: the course's official split lists
 define the lab protocol and cannot be changed to run it, so the command names them,
 counts them in the summary (the test accuracy then includes images the network
-trained on) and says how to remove them. An image smaller than
+trained on) and says how to remove them. So are patients with one eye in test and
+the other in train (the course's lists hold thousands): a warning that names the
+effect and the fix (``data.split: patients``). An image smaller than
 ``data.images.MIN_IMAGE_SIDE`` a side is refused, as is (with ``data.image_size:
 null``) a size that differs from the others', or a ``data.val_fraction`` that leaves
 no training or no validation image.
@@ -32,7 +37,14 @@ from typing import Any
 from retinopathy.config import Params, cli_positive_int, load_params
 from retinopathy.contract import INDEX_COLUMNS, Layout, is_demo_dataset
 from retinopathy.data.index import build_summary, index_text, split_validation
-from retinopathy.data.labels import read_course_splits
+from retinopathy.data.labels import Record, read_course_splits
+from retinopathy.data.patients import (
+    check_named_by_patient,
+    hold_out_patients,
+    leakage,
+    leakage_warning,
+    split_by_patient,
+)
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
 
@@ -62,15 +74,15 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
 
     course = read_course_splits(root)
+    splits = _splits(params, course.train, course.test)  # before the images: a bad setting fails fast
+    _check_split_sizes(params, len(splits["train"]) + len(splits["val"]), splits["train"], splits["val"])
     records = course.train + course.test
     checked = check_images(root, records, workers=workers, max_pixels=params.data.max_pixels)
     facts = {record.image: fact for record, fact in zip(records, checked, strict=True)}
     if params.data.image_size is None:
         check_one_size(root, records, facts)
-    train, val = split_validation(course.train, params.data.val_fraction, params.data.seed)
-    _check_split_sizes(params, len(course.train), train, val)
-    splits = {"train": train, "val": val, "test": course.test}
     summary = build_summary(str(root), splits, course.notes, is_demo_dataset(root))
+    summary["patients"] = leakage(splits, params.data.split)
     duplicates = identical_images(splits, facts)
     summary["identical_images"] = duplicates_summary(duplicates)
     if duplicates:
@@ -81,6 +93,18 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
         staged.index.write_text(index_text(splits))
         staged.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _splits(params: Params, train: list[Record], test: list[Record]) -> dict[str, list[Record]]:
+    """train, val and test: the lists' (``data.split: lists``) or re-split by patient (``patients``)."""
+    data = params.data
+    if data.split == "lists":
+        train, val = split_validation(train, data.val_fraction, data.seed)
+        return {"train": train, "val": val, "test": test}
+    check_named_by_patient([*train, *test], params.source)
+    train, test = split_by_patient(train, test, data.seed)
+    train, val = hold_out_patients(train, data.val_fraction, data.seed)
+    return {"train": train, "val": val, "test": test}
 
 
 def _check_split_sizes(params: Params, listed: int, train: list, val: list) -> None:
@@ -127,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = prepare(params, args.out, workers=args.workers)
     for name, split in summary["splits"].items():
         print(f"{name}: {split['count']} images, per grade {split['class_counts']}")
+    patients = summary["patients"]
+    print("patients: " + ", ".join(f"{name} {n}" for name, n in patients["count"].items())
+          + f" (data.split: {patients['split']})")
     baseline = summary["majority_baseline"]
     print(f"always grade {baseline['grade']}: {baseline['test_accuracy']:.2%} test accuracy")
     identical = summary["identical_images"]
@@ -136,4 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             note(f"note: {text}")
     if duplicates:
         warn(duplicates)
+    leaked = leakage_warning(patients)
+    if leaked:
+        warn(leaked)
     return 0

@@ -29,6 +29,7 @@ from retinopathy.contract import (
     grade_label,
     recall_key,
 )
+from retinopathy.data.patients import leakage_warning
 from retinopathy.errors import RetinopathyError
 from retinopathy.figures import draw_report_figures, draw_screening_figures
 from retinopathy.files import Ours, check_output_file, staged_files
@@ -175,6 +176,7 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     test_size = next((a.info["test_size"] for a in trained if "test_size" in a.info), None)
     if test_size is not None:
         lines += [f"Test images: {test_size}.", ""]
+    lines += _patients(trained)
     if any(arm.info.get("selection") == "test" for arm in trained):
         lines += ["The selected epoch is the one with the highest *test* accuracy (the lab's rule), "
                   "so its test accuracy is optimistic; set `data.val_fraction` > 0 in "
@@ -249,6 +251,39 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _patients(trained: Sequence[Arm]) -> list[str]:
+    """The report's Patients line: patients per split, and a warning where one straddles a split."""
+    if not trained:
+        return []
+    counts = trained[0].info.get("patients")
+    if counts is None:
+        return [f"Patients: not counted ({Layout().arm(trained[0].name).info} predates the count); run "
+                "`dvc repro` to count them.", ""]
+    per_split = ", ".join(f"{name} {n}" for name, n in counts["count"].items() if n)
+    pairs = counts["train_pairs"]
+    alike = (f"; {pairs['same_grade']:.1%} of the {pairs['pairs']} training patients with both eyes listed "
+             "have one grade in both") if pairs["pairs"] else ""
+    lines = [f"Patients (`data.split: {counts['split']}`): {per_split}{alike}.", ""]
+    if not counts["named_by_patient"]:
+        lines[0] = lines[0][:-1] + " (the image names carry no patient: `<patient>_left|right`)."
+    warning = leakage_warning(counts)
+    if warning:
+        lines += [f"> **WARNING: patients on both sides of the split.** {warning}.", ""]
+    return lines
+
+
+def _leakage_lines(trained: Sequence[Arm]) -> list[str]:
+    """The top of the Screening section: prepare's count of patients on both sides of the split."""
+    counts = trained[0].info.get("patients") if trained else None
+    if not counts:
+        return []
+    warning = leakage_warning(counts)
+    if not warning:
+        return [f"Patient leakage: none; no patient has eyes on both sides of the split "
+                f"(`data.split: {counts['split']}`)."]
+    return [f"> **Patient leakage.** {warning}."]
+
+
 TITLE_MARK = ": diabetic retinopathy grading, "  # in the first line of every report.md
 
 
@@ -301,10 +336,7 @@ def write_report(
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
     screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name)) for arm in loaded
                   if arm.trained}
-    # HOOK (patient leakage): the lines saying how many test patients also appear in train or
-    # validation (prepare's leakage count, from data/prepared/summary.json) go here; they are
-    # shown at the top of the Screening section.
-    leakage: list[str] = []
+    leakage = _leakage_lines([arm for arm in loaded if arm.trained])
     model, data, data_label, synthetic = _describe_data(loaded)
     ours = outputs(arms)
     for name, recognise in ours.items():  # before drawing: replace only what report wrote
