@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retinopathy.config import Params
-from retinopathy.data.dataset import open_dataset
+from retinopathy.data.cache import open_dataset
 from retinopathy.data.labels import Record
 from retinopathy.engine.distributed import ShardSampler
 from retinopathy.engine.resident import (

@@ -58,8 +58,8 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
             f"{root}: data folder not found (params.yaml `data.root`); run `dvc repro demo-data` "
             "for the demo, or point data.root at the course folder (see README)"
         )
-    # imports torch: here, so that --help is instant
-    from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
+    # the image decoders: imported here, so that --help is instant
+    from retinopathy.data.checks import check_images, check_one_size, duplicates_summary, identical_images
 
     course = read_course_splits(root)
     records = course.train + course.test
