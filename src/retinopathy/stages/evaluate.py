@@ -42,7 +42,13 @@ from retinopathy.engine.runtime import make_runtime, resolve_device
 from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.paramkeys import restrict
 from retinopathy.scoring import confusion_tables, scores
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
+          "train.portable", "train.batch_size", "evaluate.tta")
 
 
 def selection_rule(split: str, metric: str) -> str:
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
-    evaluation = evaluate_arm(load_params(args.params), args.init)
+    evaluation = evaluate_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
     info, metrics = evaluation.info, evaluation.metrics
     if info["status"] == "skipped":
         warn(f"{args.init} arm skipped: {info['reason']}\n  fix: {info['fix']}")

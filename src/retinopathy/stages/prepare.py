@@ -35,6 +35,11 @@ from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import read_course_splits
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
+from retinopathy.paramkeys import restrict
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("data.root", "data.image_size", "data.val_fraction", "data.seed", "data.max_pixels")
 
 # What prepare writes, as an earlier run left it: only such a folder is replaced (nothing else is deleted).
 OURS = holds_only({Layout().index.name: starts_with(",".join(INDEX_COLUMNS).encode() + b"\n"),
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=cli_positive_int, default=min(4, os.cpu_count() or 1),
                         help="Threads that check the images open (default: the CPU count, at most 4).")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = restrict(load_params(args.params), PARAMS, __name__)
     summary = prepare(params, args.out, workers=args.workers)
     for name, split in summary["splits"].items():
         print(f"{name}: {split['count']} images, per grade {split['class_counts']}")

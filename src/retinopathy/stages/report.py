@@ -132,6 +132,9 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     return "\n".join(lines).rstrip() + "\n"
 
 
+# The params keys this stage reads: none (its inputs are the metrics and figures of the arms).
+PARAMS: tuple[str, ...] = ()
+
 TITLE_MARK = ": diabetic retinopathy grading, "  # in the first line of every report.md
 
 

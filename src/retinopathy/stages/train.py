@@ -74,6 +74,18 @@ from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
 from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
+from retinopathy.paramkeys import restrict
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = (
+    "model", "data.root", "data.image_size", "data.val_fraction", "data.on_device", "data.preprocess",
+    "train.epochs", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay", "train.seed",
+    "train.precise_bn_images", "train.device", "train.normalize", "train.precision", "train.channels_last",
+    "train.compile", "train.portable", "train.schedule", "train.warmup_epochs", "train.nesterov",
+    "train.zero_init_residual", "train.loss", "train.tune_thresholds", "train.class_balance",
+    "train.select_by", "augment",
+)
 
 
 def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> None:
@@ -564,5 +576,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
-    train_arm(load_params(args.params), args.init, params_path=Path(args.params))
+    train_arm(restrict(load_params(args.params), PARAMS, __name__), args.init, params_path=Path(args.params))
     return 0
