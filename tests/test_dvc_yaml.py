@@ -8,6 +8,7 @@ stage module, so a stage's deps are only the library rooms it really runs.
 from __future__ import annotations
 
 import ast
+import pickle
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,10 @@ def test_restricted_params_refuse_an_undeclared_key_and_name_the_fix() -> None:
         params.train.epochs_for("resnet18")  # through a method too
     with pytest.raises(RetinopathyError, match="`data.root`"):
         _ = params.data.root
+    again = paramkeys.restrict(params, ("data.root",), "retinopathy.stages.y")  # from the whole file
+    assert again.data.root and pickle.loads(pickle.dumps(again)).data.root == again.data.root
+    with pytest.raises(RetinopathyError, match="retinopathy.stages.y reads params key `model`"):
+        _ = pickle.loads(pickle.dumps(again)).model
     with pytest.raises(RetinopathyError, match="no key of params.yaml"):
         paramkeys.restrict(load_params(REPO / "params.yaml"), ("train.lr_typo",), "retinopathy.stages.x")
 

@@ -44,20 +44,28 @@ def declared_params(module: str) -> tuple[str, ...]:
     if path is None:
         raise RetinopathyError(f"{module}: no such module in src/retinopathy")
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
-            node.target if isinstance(node, ast.AnnAssign) else None
-        if isinstance(target, ast.Name) and target.id == "PARAMS" and node.value is not None:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, expression = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, expression = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == "PARAMS":
             try:
-                value = ast.literal_eval(node.value)
+                value = ast.literal_eval(expression)
             except ValueError:
                 value = None
             if isinstance(value, tuple) and all(isinstance(key, str) for key in value):
                 paramkeys.check_declaration(value, module)
                 return value
-            raise RetinopathyError(f"{path}:{node.lineno}: PARAMS must be a literal tuple of strings "
-                                   "(the params keys the stage reads)")
-    raise RetinopathyError(f"{path}: declares no PARAMS; a DVC stage's module lists the params keys it "
-                           "reads there, e.g. PARAMS = (\"train.lr\",), or PARAMS = () for none")
+            raise RetinopathyError(
+                f"{path}:{node.lineno}: PARAMS must be a literal tuple of strings "
+                "(the params keys the stage reads)"
+            )
+    raise RetinopathyError(
+        f"{path}: declares no PARAMS; a DVC stage's module lists the params keys it "
+        'reads there, e.g. PARAMS = ("train.lr",), or PARAMS = () for none'
+    )
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,10 @@ def wanted(spec: dict) -> Wanted | None:
     module = stage_module(spec)
     if module is None:
         return None
-    return Wanted(code=[f"src/{name}" for name in codedeps.code_deps(module)],
-                  params=paramkeys.results_keys(declared_params(module)))
+    return Wanted(
+        code=[f"src/{name}" for name in codedeps.code_deps(module)],
+        params=paramkeys.results_keys(declared_params(module)),
+    )
 
 
 def _differences(kind: str, listed: list[str], want: list[str]) -> list[str]:
@@ -110,8 +120,9 @@ def problems(path: Path) -> list[str]:
             continue
         deps = [str(dep) for dep in spec.get("deps", [])]
         params = [str(key) for key in spec.get("params", [])]
-        for line in (_differences("deps", [d for d in deps if d.startswith("src/")], want.code)
-                     + _differences("params", params, want.params)):
+        for line in _differences("deps", [d for d in deps if d.startswith("src/")], want.code) + _differences(
+            "params", params, want.params
+        ):
             found.append(f"{path}: stage `{name}` ({stage_module(spec)}): {line}")
     return found
 
@@ -153,11 +164,12 @@ def _rewrite_list(block: list[str], key: str, keep: list[str], generated: list[s
         before = len(block) if before is None else before
         return block[:before] + [f"    {key}:"] + [f"      - {item}" for item in generated] + block[before:]
     end, comments = _items(block, at)
-    items = [line for line in block[at + 1:end] if (item := _ITEM.match(line)) and item.group(1) in keep] + \
-        [f"      - {item}{comments.get(item, '')}" for item in generated]
+    items = [
+        line for line in block[at + 1 : end] if (item := _ITEM.match(line)) and item.group(1) in keep
+    ] + [f"      - {item}{comments.get(item, '')}" for item in generated]
     if not items:
         return block[:at] + block[end:]
-    return block[:at + 1] + items + block[end:]
+    return block[: at + 1] + items + block[end:]
 
 
 def rewrite(text: str) -> str:
@@ -165,7 +177,7 @@ def rewrite(text: str) -> str:
     stages = (yaml.safe_load(text) or {}).get("stages", {})
     lines = text.split("\n")
     start = lines.index("stages:")
-    out = lines[:start + 1]
+    out = lines[: start + 1]
     i = start + 1
     while i < len(lines) and (not lines[i] or lines[i].startswith((" ", "#"))):
         match = _STAGE.match(lines[i])
@@ -212,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fixed: {line}")
         left = problems(args.file)
         if left:
-            raise RetinopathyError("\n".join(left) + "\n(the line-based rewrite could not mend these; "
-                                   "edit dvc.yaml by hand)")
+            raise RetinopathyError(
+                "\n".join(left) + "\n(the line-based rewrite could not mend these; edit dvc.yaml by hand)"
+            )
     except RetinopathyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -27,8 +27,9 @@ SPEED_ONLY = ("data.num_workers", "data.cache_dir")
 
 # Params' fields: a section (a dataclass of keys) or a top-level key (`model`).
 _SECTIONS: dict[str, type | None] = {
-    name: (kind if dataclasses.is_dataclass(kind) else None)
-    for name, kind in typing.get_type_hints(Params).items() if name != "source"
+    name: (kind if isinstance(kind, type) and dataclasses.is_dataclass(kind) else None)
+    for name, kind in typing.get_type_hints(Params).items()
+    if name != "source"
 }
 
 
@@ -56,8 +57,10 @@ def check_declaration(keys: Iterable[str], owner: str) -> None:
     known = set(known_keys())
     for key in keys:
         if key not in known:
-            raise RetinopathyError(f"{owner}: PARAMS names `{key}`, which is no key of params.yaml "
-                                   f"(config.Params); known: {', '.join(sorted(known))}")
+            raise RetinopathyError(
+                f"{owner}: PARAMS names `{key}`, which is no key of params.yaml "
+                f"(config.Params); known: {', '.join(sorted(known))}"
+            )
 
 
 def results_keys(keys: Iterable[str]) -> list[str]:
@@ -67,7 +70,7 @@ def results_keys(keys: Iterable[str]) -> list[str]:
 
 def _refuse(owner: str, key: str) -> RetinopathyError:
     return RetinopathyError(
-        f"{owner} reads params key `{key}`, which its PARAMS does not declare; add \"{key}\" to PARAMS "
+        f'{owner} reads params key `{key}`, which its PARAMS does not declare; add "{key}" to PARAMS '
         f"in src/{owner.replace('.', '/')}.py, then run `python -m retinopathy.dvcyaml` so that dvc.yaml "
         "lists it and DVC reruns the stage when it changes"
     )
@@ -93,8 +96,12 @@ class _Guard:
 
 def _guard_class(cls: type) -> type:
     # At module level under its own name, so that a guarded object pickles like the plain one.
-    namespace = {"__module__": __name__, "__repr__": _Guard.__repr__, "__eq__": object.__eq__,
-                 "__hash__": object.__hash__}
+    namespace = {
+        "__module__": __name__,
+        "__repr__": _Guard.__repr__,
+        "__eq__": object.__eq__,
+        "__hash__": object.__hash__,
+    }
     guarded = type(f"Guarded{cls.__name__}", (_Guard, cls), namespace)
     globals()[guarded.__name__] = guarded
     return guarded
@@ -107,7 +114,7 @@ _GUARDED: dict[type, type] = {
 
 def _guarded(value: Any, owner: str, prefix: str, blocked: set[str], whole: Any) -> Any:
     cls = _GUARDED[type(value)]
-    copy = object.__new__(cls)
+    copy: Any = object.__new__(cls)
     state = object.__getattribute__(value, "__dict__")
     object.__getattribute__(copy, "__dict__").update(state)
     object.__getattribute__(copy, "__dict__")["_guard"] = (owner, prefix, frozenset(blocked))
@@ -130,14 +137,15 @@ def restrict(params: Params, keys: Iterable[str], owner: str) -> Params:
     keys = list(keys) + list(SPEED_ONLY)
     check_declaration(keys, owner)
     declared = set(keys)
+    if isinstance(params, _Guard):  # restricted already: restrict the whole file anew
+        params = object.__getattribute__(params, "__dict__")["_whole"]
     sections: dict[str, Any] = {}
     for section in _SECTIONS:
         fields = _section_fields(section)
-        value = getattr(params, section)
         if fields is None or section in declared:
             continue
         blocked = {name for name in fields if f"{section}.{name}" not in declared}
-        sections[section] = _guarded(value, owner, f"{section}.", blocked, params)
+        sections[section] = _guarded(getattr(params, section), owner, f"{section}.", blocked, params)
     top_blocked = {name for name, kind in _SECTIONS.items() if kind is None and name not in declared}
     out = _guarded(params, owner, "", top_blocked, params)
     object.__getattribute__(out, "__dict__").update(sections)
