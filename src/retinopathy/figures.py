@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -18,13 +19,16 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from retinopathy.contract import GRADES, REPORT_FIGURES, Layout, grade_label
 from retinopathy.results import Arm, at_baseline, majority_baseline, model_name
 
+if TYPE_CHECKING:  # matplotlib >= 3.8; only the type checker reads it
+    from matplotlib.typing import RcKeyType
+
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import pyplot as plt  # noqa: E402
 
 GRADE_LABELS = tuple(grade_label(grade) for grade in GRADES)
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
 DPI = 110
-STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9.5}
+STYLE: dict[RcKeyType, float] = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9.5}
 
 
 def _colour(arm: Arm, index: int) -> str:

@@ -191,7 +191,7 @@ class DecodedCache(Dataset):
 
 
 def open_dataset(root: str | Path, split: str, records: Sequence[Record], image_size: int | None,
-                 cache_dir: str | None = None) -> Dataset:
+                 cache_dir: str | None = None) -> RetinopathyDataset | DecodedCache:
     """The uint8 dataset of ``records``, behind the decoded-pixel cache when ``cache_dir`` is set."""
     dataset = RetinopathyDataset(root, split, image_size, records=records, dtype=torch.uint8)
     return DecodedCache(dataset, cache_dir) if cache_dir else dataset

@@ -71,7 +71,7 @@ def check_images(root: str | Path, records: Sequence[Record], workers: int = 1,
     failures = [(record, message) for record, message in zip(records, results, strict=True)
                 if isinstance(message, str)]
     if not failures:
-        return results
+        return [facts for facts in results if not isinstance(facts, str)]  # all of them
     listed = _listing_lines(root)
     lines = [
         f"  {listed.get(record.image, 'not listed in the split CSVs of ' + str(root))}: "

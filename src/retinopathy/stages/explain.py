@@ -84,7 +84,7 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
     dataset = RetinopathyDataset(params.data.root, "test", spec.image_size, records=records,
                                  dtype=torch.uint8)
     head = spec.head()
-    tiles = []
+    tiles: list[tuple[np.ndarray, np.ndarray, str, bool] | None] = []
     for index in choose(actual, predicted, params.train.seed):
         if index is None:
             tiles.append(None)
