@@ -27,6 +27,7 @@ import yaml
 from retinopathy import codedeps, paramkeys
 from retinopathy.cli import COMMANDS, module_of
 from retinopathy.errors import RetinopathyError
+from retinopathy.files import write_text_atomic
 
 FIX = "python -m retinopathy.dvcyaml"
 _STAGE = re.compile(r"^  ([A-Za-z0-9_@-]+):\s*(#.*)?$")
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         text = args.file.read_text(encoding="utf-8")
         new = rewrite(text)
         if new != text:
-            args.file.write_text(new, encoding="utf-8")
+            write_text_atomic(args.file, new)  # a kill leaves the old file or the new, never half
         for line in found:
             print(f"fixed: {line}")
         left = problems(args.file)
