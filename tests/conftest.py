@@ -17,6 +17,7 @@ portable.prepare(["--params", str(Path(__file__).resolve().parents[1] / "params.
 
 from retinopathy.config import load_params  # noqa: E402
 from retinopathy.models.build import NO_DOWNLOAD_ENV  # noqa: E402
+from retinopathy.paramkeys import restrict  # noqa: E402
 from retinopathy.stages import prepare, train, weights  # noqa: E402
 from retinopathy.stages.demo_data import write_demo_dataset  # noqa: E402
 
@@ -28,7 +29,8 @@ def run_arm(folder: Path, init: str = "scratch") -> dict:
     before = os.getcwd()
     os.chdir(folder)
     try:
-        return train.train_arm(load_params("params.yaml"), init)
+        # As `retinopathy train` reads them: a key that train.PARAMS lacks fails the test.
+        return train.train_arm(restrict(load_params("params.yaml"), train.PARAMS, train.__name__), init)
     finally:
         os.chdir(before)
 
@@ -80,7 +82,7 @@ def make_tiny_project(folder: Path, **overrides: dict) -> Path:
     write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
                        test_size=params.demo.test_size, image_size=params.demo.image_size,
                        variation=params.demo.variation)
-    prepare.prepare(params, folder / "data/prepared")
+    prepare.prepare(restrict(params, prepare.PARAMS, prepare.__name__), folder / "data/prepared")
     assert weights.main([]) == 0
     return folder
 

@@ -11,7 +11,8 @@ from PIL import Image, ImageFile
 
 from retinopathy.contract import NUM_GRADES
 from retinopathy.data import images
-from retinopathy.data.dataset import RetinopathyDataset, check_images
+from retinopathy.data.checks import check_images
+from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.images import decode_image
 from retinopathy.data.labels import (
     SPLIT_FILES,

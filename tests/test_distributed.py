@@ -12,7 +12,7 @@ import torch
 from conftest import subprocess_env, write_params
 from retinopathy import checkpoint
 from retinopathy.config import load_params
-from retinopathy.data.dataset import open_dataset
+from retinopathy.data.cache import open_dataset
 from retinopathy.data.index import read_index
 from retinopathy.engine import loops
 from retinopathy.engine.batches import loader

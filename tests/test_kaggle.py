@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinopathy.data.dataset import check_images
+from retinopathy.data.checks import check_images
 from retinopathy.data.fundus import NoFundusError, crop_to_fundus
 from retinopathy.data.images import decode_image
 from retinopathy.data.kaggle import stratified_split

@@ -145,9 +145,9 @@ def test_prepare_replaces_its_own_earlier_output_and_an_older_version_s(project,
 def test_prepare_refuses_before_it_reads_any_image(user, capsys, monkeypatch):
     (user / "out").mkdir()
     (user / "out/mine.txt").write_text("mine\n")
-    import retinopathy.data.dataset  # prepare imports its image checker when it runs (a fast --help)
+    import retinopathy.data.checks  # prepare imports its image checker when it runs (a fast --help)
 
-    monkeypatch.setattr(retinopathy.data.dataset, "check_images",
+    monkeypatch.setattr(retinopathy.data.checks, "check_images",
                         lambda *a, **k: pytest.fail("images read first"))
     assert run(["prepare", "--out", "out"], capsys)[0] == 2
 

@@ -4,10 +4,12 @@ dvc.yaml lists, for each stage, the files of its closure as code deps (a test
 checks the lists), and a checkpoint's fingerprint hashes the closure of the
 `train` stage, so "the training code" means the same files in both places.
 
-Modules that change no stage's results are left out of both: reading params
-(config), error messages (errors), atomic writes (files) and the dispatcher
-(cli); a stage's params are listed in dvc.yaml one by one instead. Package
+Modules that change no stage's results are left out of both: error messages
+(errors), atomic writes (files) and the dispatcher (cli). config.py is in: it
+turns params.yaml into values (``AugmentParams.active``, ``TrainParams.epochs_for``
+and the other per-model choices decide what a stage computes). Package
 ``__init__.py`` files hold only docstrings (a test checks it) and are left out too.
+``python -m retinopathy.dvcyaml`` writes these lists into dvc.yaml.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import retinopathy
 
 PACKAGE = Path(retinopathy.__file__).resolve().parent  # src/retinopathy
-NOT_DEPS = frozenset({"config.py", "errors.py", "files.py", "cli.py"})
+NOT_DEPS = frozenset({"errors.py", "files.py", "cli.py"})
 
 
 def module_file(name: str) -> Path | None:

@@ -417,8 +417,8 @@ def _train(raw: Any, source: str) -> TrainParams:
     _bool(source, "train.nesterov", out.nesterov)
     if isinstance(out.zero_init_residual, dict):
         _per_model(source, "train.zero_init_residual", out.zero_init_residual)
-        for model, value in out.zero_init_residual.items():
-            _bool(source, f"train.zero_init_residual.{model}", value)
+        for model, flag in out.zero_init_residual.items():
+            _bool(source, f"train.zero_init_residual.{model}", flag)
     else:
         _bool(source, "train.zero_init_residual", out.zero_init_residual)
     if out.nesterov and out.momentum == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -27,13 +28,16 @@ from retinopathy.contract import (
 from retinopathy.results import Arm, at_baseline, majority_baseline, model_name
 from retinopathy.screening_files import Screening
 
+if TYPE_CHECKING:  # matplotlib >= 3.8; only the type checker reads it
+    from matplotlib.typing import RcKeyType
+
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import pyplot as plt  # noqa: E402
 
 GRADE_LABELS = tuple(grade_label(grade) for grade in GRADES)
 COLOURS = {"scratch": "tab:blue", "pretrained": "tab:orange"}
 DPI = 110
-STYLE = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9.5}
+STYLE: dict[RcKeyType, float] = {"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9.5}
 
 
 def _colour(arm: Arm, index: int) -> str:
@@ -242,6 +246,7 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
             why = "skipped (see report)" if screening is None else "no probabilities (regression head)"
             ax.plot([], [], ls="none", marker="x", color=colour, label=f"{arm.name}: {why}")
             continue
+        assert screening is not None  # bins came from it
         ece = screening.record["calibration"]["ece"]
         sizes = 400 * bins["count"] / bins["count"].sum()
         # The line carries the legend entry: a scatter's would be as large as its largest bin.

@@ -252,9 +252,9 @@ def calibration(truth: np.ndarray, probability: np.ndarray, bins: int = CALIBRAT
     for b in range(bins):
         members = which == b
         count = int(members.sum())
-        mean = float(probability[members].mean()) if count else None
-        observed = float(truth[members].mean()) if count else None
+        mean = observed = None
         if count:
+            mean, observed = float(probability[members].mean()), float(truth[members].mean())
             error += count / len(truth) * abs(mean - observed)
         out.append(CalibrationBin(float(edges[b]), float(edges[b + 1]), count, mean, observed))
     return (float(error) if len(truth) else None), out
@@ -326,11 +326,11 @@ def record(test: Scored, val: Scored | None, targets: Mapping[str, float], resam
         out["calibration"] = {"ece": None, "bins": CALIBRATION_BINS, "level": "image"}
         notes.append("calibration: the regression value is no probability, so it has no calibration error")
     for level, rows in levels.items():
-        point = figures(rows, thresholds)
+        at_level = figures(rows, thresholds)
         truth = rows.actual >= REFERABLE_GRADE
         entry: dict[str, Any] = {"n": len(rows), "referable": int(truth.sum()),
                                  "vision_threatening": int((rows.actual >= VISION_THREATENING_GRADE).sum())}
-        for key, value in point.items():
+        for key, value in at_level.items():
             interval = intervals[level][key] if intervals else Interval(None, None, 0)
             entry[key] = {"value": value, "low": interval.low, "high": interval.high,
                           "undefined": interval.undefined}

@@ -29,18 +29,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retinopathy.data.labels import image_path
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.data.labels import Record, image_path
 from retinopathy.errors import RetinopathyError
-
-if TYPE_CHECKING:  # dataset.py imports this module
-    from retinopathy.data.dataset import RetinopathyDataset
 
 MAGIC = b"retinopathy decoded-pixel cache v1\n"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -190,3 +188,10 @@ class DecodedCache(Dataset):
         pixels[index] = image.permute(1, 2, 0).numpy()
         done[index] = 1  # after the pixels: a kill in between only costs a decode
         return image, label
+
+
+def open_dataset(root: str | Path, split: str, records: Sequence[Record], image_size: int | None,
+                 cache_dir: str | None = None) -> RetinopathyDataset | DecodedCache:
+    """The uint8 dataset of ``records``, behind the decoded-pixel cache when ``cache_dir`` is set."""
+    dataset = RetinopathyDataset(root, split, image_size, records=records, dtype=torch.uint8)
+    return DecodedCache(dataset, cache_dir) if cache_dir else dataset

@@ -101,7 +101,8 @@ def image_path(root: str | Path, name: str) -> Path:
 def _split_files(root: Path, split: str) -> tuple[Path, Path]:
     if split not in SPLIT_FILES:
         raise RetinopathyError(f"unknown split {split!r}; expected one of {sorted(SPLIT_FILES)}")
-    files = tuple(root / name for name in SPLIT_FILES[split])
+    img_name, label_name = SPLIT_FILES[split]
+    files = (root / img_name, root / label_name)
     for path in files:
         if not path.is_file():
             needed = ", ".join(name for pair in SPLIT_FILES.values() for name in pair)
@@ -128,9 +129,9 @@ def read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
+        at = data[: error.start].count(b"\n") + 1
         raise RetinopathyError(
-            f"{where(path, line)}: not UTF-8 text ({error.reason}); save the file as UTF-8"
+            f"{where(path, at)}: not UTF-8 text ({error.reason}); save the file as UTF-8"
         ) from None
     raw = text.split("\n")
     if raw[-1] == "":

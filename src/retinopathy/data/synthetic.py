@@ -301,7 +301,7 @@ def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str |
              + tilt[0] * (xx - cx) / r + tilt[1] * (yy - cy) / r)
     # Low-frequency mottling of the choroid: a coarse noise grid, upsampled smoothly.
     coarse = Image.fromarray(rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32))
-    mottle = np.asarray(coarse.resize((size, size), Image.BICUBIC), dtype=np.float32)
+    mottle = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     albedo = base * (1.0 + 0.04 * mottle)[..., None]
     dm = np.hypot(xx - macula[0], yy - macula[1]) / (0.13 * r)
     albedo *= (1.0 - 0.25 * np.exp(-0.5 * dm**2))[..., None]

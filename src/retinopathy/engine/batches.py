@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from retinopathy.config import Params
-from retinopathy.data.dataset import open_dataset
+from retinopathy.data.cache import DecodedCache, open_dataset
+from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record
 from retinopathy.engine.distributed import ShardSampler
 from retinopathy.engine.resident import (
+    Order,
     ResidentBatches,
     ResidentSplit,
     decode_split,
@@ -26,7 +28,7 @@ from retinopathy.engine.resident import (
 )
 from retinopathy.engine.runtime import Runtime
 
-Source = Dataset | ResidentSplit
+Source = RetinopathyDataset | DecodedCache | ResidentSplit
 
 
 def collate_images(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
@@ -42,7 +44,7 @@ def collate_images(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
     return stacked.permute(0, 3, 1, 2), torch.tensor(labels)
 
 
-def loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | list[int], runtime: Runtime
+def loader(dataset: Dataset, batch_size: int, sampler: Order, runtime: Runtime
            ) -> DataLoader:
     """A DataLoader of uint8 batches with pinned memory and persistent workers where they help."""
     workers = runtime.num_workers
@@ -70,13 +72,14 @@ def open_sources(params: Params, runtime: Runtime, records: dict[str, list[Recor
     """Each non-empty split's source at ``size`` px, and the decoder that makes its pixels (in words)."""
     data, chosen = params.data, {name: split for name, split in records.items() if split}
     if resident:
+        assert size is not None  # resident_wanted: no resident split without data.image_size
         sources = {name: decode_split(data.root, split, size, runtime) for name, split in chosen.items()}
         return dict(sources), describe_decoders(list(sources.values()))
     return ({name: open_dataset(data.root, name, split, size, data.cache_dir)
              for name, split in chosen.items()}, planned_decoder(False, runtime))
 
 
-def batches(source: Source, sampler: Sampler[int] | list[int], batch_size: int, runtime: Runtime
+def batches(source: Source, sampler: Order, batch_size: int, runtime: Runtime
             ) -> DataLoader | ResidentBatches:
     """The batches of ``source`` in the order of ``sampler``."""
     if isinstance(source, ResidentSplit):

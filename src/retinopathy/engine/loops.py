@@ -297,7 +297,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, runtime: Runtime)
         norm.momentum = momentum
         if process.distributed:  # equal shards: the mean of the per-process averages
             for buffer in (norm.running_mean, norm.running_var):
-                sum_over_processes(buffer, process).div_(process.world_size)
+                if buffer is not None:  # None: a norm that keeps no running statistics
+                    sum_over_processes(buffer, process).div_(process.world_size)
 
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, left-right, top-bottom, both: the dims of [B, 3, H, W]
@@ -317,13 +318,14 @@ def _eval_outputs(model: nn.Module, batches: Iterable, runtime: Runtime,
 def predict_scores(model: nn.Module, images: Tensor, runtime: Runtime, head: Head,
                    tta: bool = False) -> Tensor:
     """The head's scores of one batch on the device; with ``tta``, their mean over the four flips."""
-    views = FLIPS if tta else ((),)
-    total = None
+    views: tuple[tuple[int, ...], ...] = FLIPS if tta else ((),)
+    total: Tensor | None = None
     for dims in views:
         with runtime.autocast():
             outputs = model(images.flip(dims) if dims else images)
         scores = head.scores(outputs)
         total = scores if total is None else total + scores
+    assert total is not None  # views holds at least the identity
     return total / len(views)
 
 

@@ -10,11 +10,10 @@ builds each part and evaluates an epoch's splits the way the recipe says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from torch import nn
-from torch.utils.data import DataLoader
 
 from retinopathy.config import Params
 from retinopathy.contract import NUM_GRADES
@@ -56,7 +55,7 @@ def _row(name: str, result: loops.EpochResult) -> dict[str, float]:
             f"{name}_kappa": kappa_of_confusion(result.confusion)}
 
 
-def evaluate_splits(net: nn.Module, splits: Mapping[str, DataLoader], runtime: Runtime, head: Head,
+def evaluate_splits(net: nn.Module, splits: Mapping[str, Iterable], runtime: Runtime, head: Head,
                     tune: bool) -> dict[str, float]:
     """Loss, accuracy and kappa of each split (``val`` first); with ``tune``, thresholds first.
 
@@ -69,6 +68,7 @@ def evaluate_splits(net: nn.Module, splits: Mapping[str, DataLoader], runtime: R
         keep = tune and name == "val"
         result = loops.evaluate_epoch(net, batches, runtime, head, name, keep_outputs=keep)
         if keep:
+            assert result.outputs is not None and result.labels is not None  # keep_outputs=True kept them
             values, actual = head.scores(result.outputs).numpy(), result.labels.numpy()
             head.thresholds = tuple(tune_thresholds(values, actual))
             pairs = actual * NUM_GRADES + grades_of_values(values, head.thresholds)

@@ -31,15 +31,23 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
 
 from retinopathy.data.images import decode_image, jpeg_orientation, read_image_file
 from retinopathy.data.labels import Record, image_path
 from retinopathy.engine.runtime import Runtime
 from retinopathy.errors import RetinopathyError
+
+
+class Order(Protocol):
+    """The indices of a split in the order to batch them, and how many: a sampler with a length, a list."""
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def __len__(self) -> int: ...
 
 TURBO = "libjpeg-turbo (simplejpeg), on the CPU"
 NVJPEG = "nvJPEG (torchvision.io.decode_jpeg), on the GPU"
@@ -62,7 +70,7 @@ class ResidentSplit:
 class ResidentBatches:
     """(images [B, 3, S, S] uint8, labels [B]) on the device in the sampler's order: a DataLoader's."""
 
-    def __init__(self, split: ResidentSplit, sampler: Sampler[int], batch_size: int) -> None:
+    def __init__(self, split: ResidentSplit, sampler: Order, batch_size: int) -> None:
         self.split, self.sampler, self.batch_size = split, sampler, batch_size
 
     def __len__(self) -> int:

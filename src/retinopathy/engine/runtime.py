@@ -13,6 +13,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -20,6 +21,8 @@ from torch import nn
 from retinopathy.engine.distributed import Process, join, leave, process_from_environment
 from retinopathy.errors import RetinopathyError
 from retinopathy.portable import pin
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Runtime:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def place(self, model: nn.Module) -> nn.Module:
+    def place(self, model: ModuleT) -> ModuleT:
         """Move ``model`` to the device, in channels_last layout when the fast path asks for it."""
         model = model.to(self.device)
         if self.channels_last:
@@ -149,7 +152,8 @@ def compiled(model: nn.Module) -> nn.Module:
                           str(Path.home() / ".cache" / "retinopathy" / "inductor"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-    return torch.compile(model)
+    # torch.compile of a Module returns an OptimizedModule (a Module); its stub says a callable.
+    return cast(nn.Module, torch.compile(model))
 
 
 def stop(runtime: Runtime) -> None:

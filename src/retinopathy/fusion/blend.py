@@ -35,6 +35,8 @@ FORMAT = "retinopathy-fuse-blend-1"
 
 
 class Blend(nn.Module):
+    mean: Tensor  # buffers (register_buffer): the training features' standardisation
+    std: Tensor
     """(this [N, D], other [N, D], side [N]) -> the head's outputs [N, K]."""
 
     def __init__(self, size: int, hidden: int, outputs: int, mean: Tensor, std: Tensor) -> None:
@@ -170,13 +172,13 @@ def learn(train: Pairs, val: Pairs | None, head: Head, *, hidden: int, epochs: i
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if use_val:
+        if use_val and val is not None:
             model.eval()
             val_loss = _loss(model, val, head)
             if val_loss < best_loss:
                 best_loss, best_epoch = val_loss, epoch
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    if best_state is not None:
+    if best_state is not None and val is not None:
         model.load_state_dict(best_state)
         rule = (f"epoch {best_epoch} of {epochs}, the lowest validation loss ({best_loss:.4f}) over "
                 f"{len(val)} two-eyed validation images (test unseen)")
@@ -195,6 +197,7 @@ def thresholds_for(model: Blend, val: Pairs | None, head: Head) -> list[float] |
     """
     if not head.regression:
         return None
+    assert head.thresholds is not None  # a regression head has them
     tuned = list(head.thresholds) != list(ROUNDING_THRESHOLDS)
     if not tuned or val is None or not len(val):
         return list(ROUNDING_THRESHOLDS)

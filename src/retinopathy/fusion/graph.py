@@ -30,7 +30,7 @@ class BothEyes(nn.Module):
         super().__init__()
         trunk, self.linear = split_last_linear(photo.grader)
         self.photo = copy.copy(photo)  # its resize, with the network cut before the last linear layer
-        self.photo.grader = trunk
+        self.photo.grader = trunk  # type: ignore[assignment]  # the grader without its last linear layer
         self.inputs, self.regression = record.inputs, record.head().regression
         self.blend = record.model()
 

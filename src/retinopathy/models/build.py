@@ -182,9 +182,10 @@ def fetch_imagenet(name: str, download: bool = True, timeout: float = DOWNLOAD_T
             with _socket_timeout(timeout):
                 IMAGENET[name].get_state_dict(progress=True, check_hash=True, weights_only=True)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
-            if isinstance(error, TimeoutError) or "timed out" in str(error):
-                error = f"no answer within {timeout:g} s: {error}"
-            message = f"{detail}the download from {IMAGENET[name].url} failed ({error}); {fix}"
+            cause = str(error)
+            if isinstance(error, TimeoutError) or "timed out" in cause:
+                cause = f"no answer within {timeout:g} s: {error}"
+            message = f"{detail}the download from {IMAGENET[name].url} failed ({cause}); {fix}"
             raise WeightsUnavailableError(message, reason, fix) from None
     return cache, _check_cached_hash(name, cache)
 

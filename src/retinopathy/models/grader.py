@@ -125,6 +125,9 @@ def graham(images: Tensor) -> Tensor:
 class InputTransform(nn.Module):
     """uint8 [B,3,H,W] -> (optional preprocessing) -> float in [0,1] -> optional ImageNet normalisation."""
 
+    scale: Tensor  # buffers (registered below): 1 / (255 std) and -mean / std, [1, 3, 1, 1]
+    shift: Tensor
+
     def __init__(self, normalize: str, preprocess: str = "none") -> None:
         super().__init__()
         if normalize not in NORMALIZATIONS or preprocess not in PREPROCESSES:

@@ -25,6 +25,11 @@ from retinopathy.data.labels import SPLIT_FILES, image_path
 from retinopathy.data.synthetic import pair_counts, render_fundus, vary
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import staged_folder
+from retinopathy.paramkeys import restrict
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("demo",)
 
 JPEG_QUALITY = 90
 SPLITS = tuple(SPLIT_FILES)  # train, test
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Layout.demo), metavar="DIR",
                         help=f"The output folder, replaced (default: {Layout.demo}).")
     args = parser.parse_args(argv)
-    demo = load_params(args.params).demo
+    demo = restrict(load_params(args.params), PARAMS, __name__).demo
     write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,
                        test_size=demo.test_size, image_size=demo.image_size, variation=demo.variation)
     print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images (two eyes per patient) "

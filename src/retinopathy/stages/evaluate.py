@@ -51,9 +51,15 @@ from retinopathy.engine.runtime import make_runtime, resolve_device
 from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.paramkeys import restrict
 from retinopathy.scoring import confusion_tables, scores
 from retinopathy.screening import Scored, record, scored
 from retinopathy.screening_files import write_screening
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
+          "train.portable", "train.batch_size", "evaluate")
 
 
 def selection_rule(split: str, metric: str) -> str:
@@ -206,8 +212,8 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "numerics": portable.state(),  # train.portable (retinopathy.portable)
     }
     evaluation = Evaluation(metrics, info, screening)
-    rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
-    write_tables(files, tables, prediction_header(head.regression), rows["test"], rows.get("val", []))
+    csv_rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
+    write_tables(files, tables, prediction_header(head.regression), csv_rows["test"], csv_rows.get("val", []))
     write_screening(files, screening, graded["test"][2], probabilities=not head.regression)
     write_evaluation(files, evaluation)
     return evaluation
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
-    evaluation = evaluate_arm(load_params(args.params), args.init)
+    evaluation = evaluate_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
     info, metrics = evaluation.info, evaluation.metrics
     if info["status"] == "skipped":
         warn(f"{args.init} arm skipped: {info['reason']}\n  fix: {info['fix']}")

@@ -29,7 +29,12 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.explain import grad_cam, save_grid, save_message
 from retinopathy.files import atomic_file
 from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.paramkeys import restrict
 from retinopathy.results import model_name
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("data.root", "train.seed", "train.device", "train.portable")
 
 PER_GRADE = 3  # test images per true grade: a row of the grid
 
@@ -79,7 +84,7 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
     dataset = RetinopathyDataset(params.data.root, "test", spec.image_size, records=records,
                                  dtype=torch.uint8)
     head = spec.head()
-    tiles = []
+    tiles: list[tuple[np.ndarray, np.ndarray, str, bool] | None] = []
     for index in choose(actual, predicted, params.train.seed):
         if index is None:
             tiles.append(None)
@@ -106,5 +111,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
-    print(f"wrote {explain_arm(load_params(args.params), args.init)}")
+    print(f"wrote {explain_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)}")
     return 0

@@ -43,6 +43,12 @@ from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
 from retinopathy.models.grader import GraderSpec, load_grader
 from retinopathy.models.head import Head
+from retinopathy.paramkeys import restrict
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("fuse", "data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
+          "train.portable", "train.batch_size", "train.loss")
 
 
 def load_arm(layout: Layout, arm: str) -> tuple[dict[str, Any], GraderSpec, dict[str, Any]]:
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
-    metrics = fuse_arm(load_params(args.params), args.init)
+    metrics = fuse_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
     if not metrics:
         warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
     else:

@@ -131,7 +131,7 @@ def import_kaggle(
             (build / lab_file).write_text("".join(f"{labels[name][0]}\n" for name in names))
         tasks = [(image_path(images_dir, name), image_path(build, name), size) for name in chosen]
         blanks = _run(tasks, workers)
-        from retinopathy.data.dataset import check_images  # imports torch: not at the top, for --help
+        from retinopathy.data.checks import check_images  # the image decoders: not at the top, for --help
 
         course = read_course_splits(build)  # what prepare will read, checked before we publish
         # Decodable is what is checked here; the size is the user's --size (prepare refuses < 32 px).

@@ -47,6 +47,11 @@ from retinopathy.data.patients import (
 )
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
+from retinopathy.paramkeys import restrict
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("data.root", "data.image_size", "data.val_fraction", "data.seed", "data.max_pixels", "data.split")
 
 # What prepare writes, as an earlier run left it: only such a folder is replaced (nothing else is deleted).
 OURS = holds_only({Layout().index.name: starts_with(",".join(INDEX_COLUMNS).encode() + b"\n"),
@@ -70,8 +75,8 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
             f"{root}: data folder not found (params.yaml `data.root`); run `dvc repro demo-data` "
             "for the demo, or point data.root at the course folder (see README)"
         )
-    # imports torch: here, so that --help is instant
-    from retinopathy.data.dataset import check_images, check_one_size, duplicates_summary, identical_images
+    # the image decoders: imported here, so that --help is instant
+    from retinopathy.data.checks import check_images, check_one_size, duplicates_summary, identical_images
 
     course = read_course_splits(root)
     splits = _splits(params, course.train, course.test)  # before the images: a bad setting fails fast
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=cli_positive_int, default=min(4, os.cpu_count() or 1),
                         help="Threads that check the images open (default: the CPU count, at most 4).")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = restrict(load_params(args.params), PARAMS, __name__)
     summary = prepare(params, args.out, workers=args.workers)
     for name, split in summary["splits"].items():
         print(f"{name}: {split['count']} images, per grade {split['class_counts']}")

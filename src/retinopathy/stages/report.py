@@ -283,6 +283,8 @@ def _leakage_lines(trained: Sequence[Arm]) -> list[str]:
                 f"(`data.split: {counts['split']}`)."]
     return [f"> **Patient leakage.** {warning}."]
 
+# The params keys this stage reads: none (its inputs are the metrics and figures of the arms).
+PARAMS: tuple[str, ...] = ()
 
 TITLE_MARK = ": diabetic retinopathy grading, "  # in the first line of every report.md
 

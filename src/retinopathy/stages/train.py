@@ -40,15 +40,16 @@ import argparse
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from retinopathy import checkpoint
 from retinopathy.config import Params, load_params
@@ -59,7 +60,7 @@ from retinopathy.engine.augment import Augment
 from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
 from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler, sum_over_processes, torch_seed
 from retinopathy.engine.optim import make_optimizer, make_scheduler
-from retinopathy.engine.resident import planned_decoder
+from retinopathy.engine.resident import ResidentBatches, planned_decoder
 from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start, stop
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import (
@@ -74,6 +75,18 @@ from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
 from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
+from retinopathy.paramkeys import restrict
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = (
+    "model", "data.root", "data.image_size", "data.val_fraction", "data.on_device", "data.preprocess",
+    "train.epochs", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay", "train.seed",
+    "train.precise_bn_images", "train.device", "train.normalize", "train.precision", "train.channels_last",
+    "train.compile", "train.portable", "train.schedule", "train.warmup_epochs", "train.nesterov",
+    "train.zero_init_residual", "train.loss", "train.tune_thresholds", "train.class_balance",
+    "train.select_by", "augment",
+)
 
 
 def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> None:
@@ -124,9 +137,9 @@ class Feed:
     net: nn.Module  # the grader as trained: wrapped in DDP and compiled when asked
     eager: nn.Module  # the same, never compiled: evaluation and a last smaller batch (no recompiles)
     sampler: EpochShuffleSampler  # told the epoch, so the order depends on (seed, epoch) only
-    train: Iterable  # batches: a DataLoader, or ResidentBatches from the device's memory
-    evaluation: dict[str, Iterable]  # val (when held out) first, then test
-    batchnorm: Iterable | None  # train.precise_bn_images of the training images
+    train: DataLoader | ResidentBatches  # a DataLoader, or batches from the device's memory
+    evaluation: dict[str, DataLoader | ResidentBatches]  # val (when held out) first, then test
+    batchnorm: DataLoader | ResidentBatches | None  # train.precise_bn_images of the training images
     augment: Augment | None  # changes training batches per (seed, epoch, step)
     scheduler: torch.optim.lr_scheduler.LRScheduler  # the learning rate per batch
 
@@ -295,8 +308,10 @@ def feed(run: Run, layout: Layout) -> Feed:
     per_process = train.batch_size // runtime.process.world_size
     sampler = recipe.make_sampler(params, [r.label for r in splits["train"]], runtime.process)
     training = batches(sources["train"], sampler, per_process, runtime)
-    evaluation = {name: eval_batches(sources[name], per_process, runtime)
-                  for name in ("val", "test") if name in sources}
+    evaluation: dict[str, DataLoader | ResidentBatches] = {
+        name: eval_batches(sources[name], per_process, runtime)
+        for name in ("val", "test") if name in sources
+    }
     batchnorm = None
     if train.precise_bn_images:
         # The same training images every epoch, chosen by the seed alone.
@@ -323,9 +338,9 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Sp
     """Train one epoch, then evaluate: the history row, and how fast it went."""
     batches.sampler.set_epoch(epoch)
     augment = None
-    if batches.augment is not None:
+    if (transform := batches.augment) is not None:
         def augment(images: torch.Tensor, step: int) -> torch.Tensor:
-            return batches.augment(images, epoch, step)
+            return transform(images, epoch, step)
     train = run.params.train
     kept = (f"the last good checkpoint {run.store.last} (epoch {len(run.history)}) is kept" if run.history
             else "no epoch had finished")
@@ -355,7 +370,8 @@ def _one_epoch(run: Run, batches: Feed, epoch: int, augment: Any) -> tuple[dict[
     row: dict[str, float] = {"epoch": epoch, **recipe.train_row(fit),
                              **recipe.evaluate_splits(batches.eager, batches.evaluation, run.runtime,
                                                       run.head, tune)}
-    shard = sum(len(split.sampler) for split in batches.evaluation.values())  # this process's images
+    # This process's images: every evaluation sampler is a ShardSampler (eval_batches), which has a length.
+    shard = sum(len(cast(Sized, split.sampler)) for split in batches.evaluation.values())
     seconds = time.perf_counter() - started  # evaluate_splits ends by reading its totals: synced
     return row, Speed(rate, shard * run.runtime.process.world_size / seconds, fit.first_batch)
 
@@ -564,5 +580,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="The parameters file (default: params.yaml).")
     args = parser.parse_args(argv)
-    train_arm(load_params(args.params), args.init, params_path=Path(args.params))
+    train_arm(restrict(load_params(args.params), PARAMS, __name__), args.init, params_path=Path(args.params))
     return 0

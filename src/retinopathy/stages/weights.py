@@ -20,7 +20,12 @@ from retinopathy.errors import warn
 from retinopathy.files import check_output_file, json_with, write_json_atomic
 from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
 from retinopathy.models.manifest import describe_pretrained, describe_scratch
+from retinopathy.paramkeys import restrict
 from retinopathy.preflight import preflight
+
+# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
+# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("model", "train.weights", "train.seed", "train.zero_init_residual", "train.device")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Give up a download after this long without data (default: %(default)g).")
     args = parser.parse_args(argv)
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
-    params = load_params(args.params)
+    params = restrict(load_params(args.params), PARAMS, __name__)
     layout = Layout(manifests=args.out)
     preflight(params, layout)  # this stage always runs, before train and evaluate
     for arm in ARMS:  # a file of that name that is not a manifest is not replaced

@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,7 +82,7 @@ def nvjpeg_batch(buffer: Tensor, ends: Tensor, size: int, device: torch.device) 
     return batch.contiguous(memory_format=torch.channels_last)
 
 
-def _pass(batches: Callable[[], object], to_device: Callable[[object], Tensor]) -> Callable[[], int]:
+def _pass(batches: Callable[[], Iterable[Any]], to_device: Callable[[Any], Tensor]) -> Callable[[], int]:
     def run() -> int:
         count = 0
         for item in batches():

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +21,21 @@ from retinopathy.engine.optim import make_optimizer
 from retinopathy.engine.runtime import Runtime, make_runtime, plain_runtime
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
-from retinopathy.models.resnet import ARCHITECTURES
+from retinopathy.models.resnet import ARCHITECTURES, ResNet
 from retinopathy.stages.bench.inputs import SPLIT
 from retinopathy.stages.bench.results import Comparison
 from retinopathy.stages.bench.timing import alternate, relabel, sync_for
 
+
+class SGDSettings(TypedDict):
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
 MODEL_TARGET = 0.95  # ours within 5% of torchvision (faster is fine)
 # The lab's SGD settings; a step takes as long whatever the values.
-SGD = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
+SGD = SGDSettings(lr=1e-3, momentum=0.9, weight_decay=5e-4)
 NORMALIZE = "imagenet"
 HEAD = Head("cross_entropy")  # the lab's: a step costs the same with the regression head (one fc output)
 
@@ -89,7 +97,7 @@ def fast_flags(runtime: Runtime) -> BackendFlags:
         return BackendFlags.current()
 
 
-def grader(net: nn.Module, runtime: Runtime) -> Grader:
+def grader(net: ResNet, runtime: Runtime) -> Grader:
     """``net`` behind the input transform, placed as ``runtime`` places it, as training runs it."""
     spec = GraderSpec(model="resnet18", image_size=None, normalize=NORMALIZE, preprocess="none",
                       loss=HEAD.kind, thresholds=None)  # the spec is not read
