@@ -17,8 +17,8 @@ import yaml
 
 from retinopathy import checkpoint, codedeps, dvcyaml, paramkeys
 from retinopathy.cli import COMMANDS, module_of
-from retinopathy.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
 from retinopathy.config import load_params
+from retinopathy.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
 from retinopathy.errors import RetinopathyError
 
 REPO = Path(__file__).resolve().parents[1]
