@@ -314,9 +314,9 @@ def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | 
         source = str(path)
     head = f"{architecture(name).head}.weight"
     if head not in state or state[head].dim() != 2:
-        raise RetinopathyError(f"{source}: has no `{head}` (the final Linear of {name}); is it a {name} "
-                               "state dict? Use a torchvision-layout state dict of the architecture `model` "
-                               "names in params.yaml")
+        raise RetinopathyError(f"{source}: has no `{head}` (the final Linear of {name}), so it is not a "
+                               f"state dict of {name}; use a torchvision-layout state dict of the "
+                               "architecture `model` names in params.yaml")
     model = new_model(name, num_classes=state[head].shape[0])
     load_strict(model, state, source)
     if head_of(model, name).out_features != num_classes:
