@@ -119,7 +119,7 @@ class Layout:
 
     dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks it). Output
     paths never contain the model name, so ``dvc exp show`` lines the same
-    metric up across ResNet18 and ResNet50 experiments.
+    metric up across experiments with different models (`-S model=...`).
     """
 
     demo: Path = Path("data/demo")
