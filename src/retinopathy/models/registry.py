@@ -49,6 +49,7 @@ class Architecture:
         head: Submodule path of the final ``nn.Linear`` (1000 ImageNet classes in the weights file),
             replaced by a ``num_classes``-way one.
         features: Inputs of that Linear: the width of the pooled features.
+        initialisation: The builder's random initialisation, in words (the scratch arm's manifest).
         first_conv: Submodule path of the first ``nn.Conv2d`` (its memory format, channels_last or
             not, is the one the input is laid out in).
         cam_layers: Grad-CAM candidates, deepest first: (submodule path, input pixels per cell of
@@ -66,6 +67,7 @@ class Architecture:
     imagenet: str
     head: str
     features: int
+    initialisation: str
     first_conv: str
     cam_layers: tuple[tuple[str, int], ...]
     zero_init_residual: bool
@@ -86,15 +88,18 @@ _RESNET_CAM = (("layer4", 32), ("layer3", 16), ("layer2", 8), ("layer1", 4))
 
 RECORDS = (
     Architecture(name="resnet18", title="ResNet18", builder="resnet.resnet18",
-                 imagenet="ResNet18_Weights.IMAGENET1K_V1", head="fc", features=512, first_conv="conv1",
+                 imagenet="ResNet18_Weights.IMAGENET1K_V1", head="fc", features=512,
+                 initialisation="Kaiming normal", first_conv="conv1",
                  cam_layers=_RESNET_CAM, zero_init_residual=True, own=True),
     Architecture(name="resnet50", title="ResNet50", builder="resnet.resnet50",
-                 imagenet="ResNet50_Weights.IMAGENET1K_V1", head="fc", features=2048, first_conv="conv1",
+                 imagenet="ResNet50_Weights.IMAGENET1K_V1", head="fc", features=2048,
+                 initialisation="Kaiming normal", first_conv="conv1",
                  cam_layers=_RESNET_CAM, zero_init_residual=True, own=True),
     # torchvision's: features.N are the stages (features.8 the final 1x1 convolution to 1280
     # channels), classifier = Dropout, Linear. Its MBConv blocks have no BatchNorm-at-0 option.
     Architecture(name="efficientnet_b0", title="EfficientNet-B0", builder="efficientnet.efficientnet_b0",
                  imagenet="EfficientNet_B0_Weights.IMAGENET1K_V1", head="classifier.1", features=1280,
+                 initialisation="torchvision's: Kaiming normal convolutions, uniform Linear",
                  first_conv="features.0.0",
                  cam_layers=(("features.8", 32), ("features.5", 16), ("features.3", 8), ("features.2", 4)),
                  zero_init_residual=False, own=False),
@@ -103,6 +108,7 @@ RECORDS = (
     # close to the identity (layer scale 1e-6) and have no BatchNorm.
     Architecture(name="convnext_tiny", title="ConvNeXt-Tiny", builder="convnext.convnext_tiny",
                  imagenet="ConvNeXt_Tiny_Weights.IMAGENET1K_V1", head="classifier.2", features=768,
+                 initialisation="torchvision's: truncated normal, std 0.02; layer scale 1e-6",
                  first_conv="features.0.0",
                  cam_layers=(("features.7", 32), ("features.5", 16), ("features.3", 8), ("features.1", 4)),
                  zero_init_residual=False, own=False),
