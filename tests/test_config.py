@@ -9,6 +9,7 @@ import yaml
 
 from retinopathy.config import DataParams, DemoParams, Params, TrainParams, load_params, parse_params
 from retinopathy.errors import RetinopathyError
+from retinopathy.models.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -36,13 +37,16 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
     [
         ({"modle": "resnet18"},
          r"`modle` is not a known key; allowed here: model, data, demo, augment, train, evaluate"),
-        ({"model": "resnet34"}, r"`model` must be one of resnet18, resnet50; got 'resnet34'"),
+        ({"model": "resnet34"}, rf"`model` must be one of {', '.join(MODELS)}; got 'resnet34'"),
         ({"train": {"lr": -1}}, r"`train.lr` must be >= 0.0"),
         ({"train": {"lr": 0}}, r"`train.lr` must be > 0"),
         ({"train": {"batchsize": 4}},
          r"`train.batchsize` is not a known key; allowed here: epochs, batch_size"),
         ({"train": {"device": "gpu"}}, r"`train.device` must be one of auto, cpu, cuda"),
-        ({"train": {"epochs": {"resnet18": 3}}}, r"`train.epochs` as a mapping needs exactly the keys"),
+        ({"train": {"epochs": {"resnet34": 3}}},
+         r"`train.epochs.resnet34` is not a model's name; .*`default`"),
+        ({"model": "resnet50", "train": {"epochs": {"resnet18": 3}}},
+         r"`train.epochs` has no value for resnet50 .*add `default: <value>`.* or `resnet50: <value>`"),
         ({"train": {"epochs": 0}}, r"`train.epochs` must be an integer >= 1"),
         ({"train": {"momentum": 1.5}}, r"`train.momentum` must be in \[0.0, 1.0\)"),
         ({"train": {"weights": ""}}, r"`train.weights` must be `imagenet` or the path"),
@@ -59,7 +63,8 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
         ({"augment": {"flip": "yes"}}, r"`augment.flip` must be true or false"),
         ({"augment": {"translate": 0.6}}, r"`augment.translate` must be in \[0.0, 0.5\)"),
         ({"train": {"schedule": "step"}}, r"`train.schedule` must be one of constant, cosine"),
-        ({"train": {"warmup_epochs": 4}}, r"`train.warmup_epochs` must be fewer than train.epochs \(4\)"),
+        ({"train": {"warmup_epochs": 4}},
+         r"`train.warmup_epochs` must be fewer than train.epochs \(4 for resnet18\)"),
         ({"train": {"nesterov": True, "momentum": 0}}, r"`train.nesterov` needs train.momentum > 0"),
         ({"train": {"loss": "mse"}}, r"`train.loss` must be one of cross_entropy, regression"),
         ({"train": {"class_balance": "oversample"}}, r"`train.class_balance` must be one of none"),
@@ -130,7 +135,7 @@ def test_zero_init_residual_is_one_switch_or_one_per_model():
     assert both.train.zero_init_for("resnet18") and both.train.zero_init_for("resnet50")
     shipped = parse_params(shipped_with({}), "p.yaml")  # ResNet50 only: ResNet18 learns faster without it
     assert not shipped.train.zero_init_for("resnet18") and shipped.train.zero_init_for("resnet50")
-    with pytest.raises(RetinopathyError, match="train.zero_init_residual.*exactly the keys"):
+    with pytest.raises(RetinopathyError, match="`train.zero_init_residual` has no value for resnet18"):
         parse_params(shipped_with({"train": {"zero_init_residual": {"resnet50": True}}}), "p.yaml")
     with pytest.raises(RetinopathyError, match=r"train.zero_init_residual.resnet18"):
         parse_params(shipped_with({"train": {"zero_init_residual": {"resnet18": "yes", "resnet50": True}}}),

@@ -24,13 +24,13 @@ from retinopathy.contract import (
     FUSION_METHODS,
     LOSSES,
     MAX_IMAGE_SIZE,
-    MODELS,
     NORMALIZATIONS,
     OPERATING_POINTS,
     PREPROCESSES,
     SCHEDULES,
 )
 from retinopathy.errors import RetinopathyError
+from retinopathy.models.registry import DEFAULT, MODELS, REGISTRY, for_model, unknown_keys
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -81,7 +81,8 @@ class DataParams:
 class TrainParams:
     """Optimisation hyperparameters and the speed switches of the training loop."""
 
-    epochs: int | dict[str, int]  # one number, or one per model: {resnet18: 10, resnet50: 5}
+    # Per-model keys: one value, or {default: v, <model>: v} (registry.for_model).
+    epochs: int | dict[str, int]  # one number, or per model: {default: 4, resnet50: 5}
     batch_size: int
     lr: float
     momentum: float
@@ -89,7 +90,7 @@ class TrainParams:
     seed: int
     precise_bn_images: int  # > 0: re-estimate BatchNorm statistics on this many train images per epoch
     device: str
-    weights: str | dict[str, str]  # pretrained arm: "imagenet" or a file; or one per model
+    weights: str | dict[str, str]  # pretrained arm: "imagenet" or a file; or per model
     normalize: str  # scale to [0,1], then ImageNet mean/std ("none": [0,1] only, as the lab)
     precision: str  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: str  # auto: on for CUDA, off on CPU
@@ -106,16 +107,15 @@ class TrainParams:
 
     def epochs_for(self, model: str) -> int:
         """The number of epochs for ``model`` (``epochs`` may be one number or a mapping)."""
-        return self.epochs[model] if isinstance(self.epochs, dict) else self.epochs
+        return for_model(self.epochs, model, "train.epochs")
 
     def zero_init_for(self, model: str) -> bool:
         """Whether ``model``'s scratch arm starts every residual block as the identity (may be a mapping)."""
-        value = self.zero_init_residual
-        return value[model] if isinstance(value, dict) else value
+        return for_model(self.zero_init_residual, model, "train.zero_init_residual")
 
     def weights_for(self, model: str) -> str:
         """The pretrained arm's initial weights for ``model`` (``weights`` may be a mapping)."""
-        return self.weights[model] if isinstance(self.weights, dict) else self.weights
+        return for_model(self.weights, model, "train.weights")
 
 
 @dataclass(frozen=True)
@@ -374,11 +374,12 @@ def _fuse(raw: Any, source: str) -> FuseParams:
 
 
 def _per_model(source: str, key: str, mapping: dict) -> None:
-    missing = [m for m in MODELS if m not in mapping]
-    extra = [m for m in mapping if m not in MODELS]
-    if missing or extra:
-        raise _fail(source, key, f"as a mapping needs exactly the keys {', '.join(MODELS)}; "
-                    f"missing {missing or 'none'}, unknown {extra or 'none'}")
+    unknown = unknown_keys(mapping)
+    if unknown or not mapping:
+        where, problem = (f"{key}.{unknown[0]}", "is not a model's name") if unknown else (key, "is empty")
+        raise _fail(source, where, f"{problem}; a per-model mapping takes `{DEFAULT}` (the value of the "
+                    f"models it does not name) and model names: {', '.join(MODELS)} (e.g. "
+                    f"`{{{DEFAULT}: ..., {MODELS[-1]}: ...}}`); or write one value for every model")
 
 
 def _train(raw: Any, source: str) -> TrainParams:
@@ -401,19 +402,14 @@ def _train(raw: Any, source: str) -> TrainParams:
     _choice(source, "train.device", out.device, DEVICES)
     if isinstance(out.weights, dict):
         _per_model(source, "train.weights", out.weights)
-    for model in MODELS:
-        value = out.weights_for(model)
+    for value in out.weights.values() if isinstance(out.weights, dict) else [out.weights]:
         if not isinstance(value, str) or not value:
             raise _fail(source, "train.weights", "must be `imagenet` or the path of a .pth/.pt file "
-                        f"(or a mapping of those per model: {', '.join(MODELS)}); got {value!r}")
+                        f"(or a mapping of those per model: {DEFAULT}, {', '.join(MODELS)}); got {value!r}")
     _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
     _choice(source, "train.precision", out.precision, PRECISIONS)
     _choice(source, "train.schedule", out.schedule, SCHEDULES)
     _int(source, "train.warmup_epochs", out.warmup_epochs, 0)
-    shortest = min(out.epochs.values()) if isinstance(out.epochs, dict) else out.epochs
-    if out.warmup_epochs >= shortest:
-        raise _fail(source, "train.warmup_epochs", f"must be fewer than train.epochs ({shortest}), got "
-                    f"{out.warmup_epochs}")
     _bool(source, "train.nesterov", out.nesterov)
     if isinstance(out.zero_init_residual, dict):
         _per_model(source, "train.zero_init_residual", out.zero_init_residual)
@@ -438,6 +434,28 @@ def _train(raw: Any, source: str) -> TrainParams:
     )
 
 
+def _for_the_model(params: Params) -> None:
+    """Check the per-model keys' values for ``params.model``: each has one, and they fit the model."""
+    train, model, source = params.train, params.model, params.source
+    for key, value in (("epochs", train.epochs), ("weights", train.weights),
+                       ("zero_init_residual", train.zero_init_residual)):
+        try:
+            for_model(value, model, f"train.{key}")
+        except RetinopathyError as error:
+            raise RetinopathyError(f"{source}: {error}") from None
+    epochs = train.epochs_for(model)
+    if train.warmup_epochs >= epochs:
+        raise _fail(source, "train.warmup_epochs", f"must be fewer than train.epochs ({epochs} for {model}), "
+                    f"got {train.warmup_epochs}")
+    if train.zero_init_for(model) and not REGISTRY[model].zero_init_residual:
+        allowed = ", ".join(name for name, record in REGISTRY.items() if record.zero_init_residual)
+        key = f"train.zero_init_residual.{model}" if isinstance(train.zero_init_residual, dict) and \
+            model in train.zero_init_residual else "train.zero_init_residual"
+        raise _fail(source, key, f"is true for {model}, which has no residual blocks that start as the "
+                    f"identity (only {allowed} have; see models/registry.py); set it false for {model}, "
+                    f"e.g. `zero_init_residual: {{{DEFAULT}: false, resnet50: true}}`")
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as read from YAML) and return :class:`Params`.
 
@@ -448,7 +466,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise RetinopathyError(f"{source}: must be a YAML mapping of keys; got {type(raw).__name__}")
     _section(Params, raw, source, "")
     params = Params(
-        model=_choice(source, "model", raw["model"], MODELS),
+        model=_choice(source, "model", raw["model"], MODELS),  # the registry's names
         data=_data(raw["data"], source),
         demo=_demo(raw["demo"], source),
         augment=_augment(raw["augment"], source),
@@ -457,6 +475,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         fuse=_fuse(raw["fuse"], source),
         source=source,
     )
+    _for_the_model(params)
     if params.train.tune_thresholds and (params.train.loss != "regression" or params.data.val_fraction == 0):
         raise _fail(source, "train.tune_thresholds", "needs train.loss: regression and data.val_fraction > 0 "
                     "(the thresholds are tuned on the validation split)")

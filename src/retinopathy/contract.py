@@ -1,6 +1,6 @@
 """The on-disk contract: every fact that a writer and a reader share, written once.
 
-Grades, model and arm names, the output paths of each stage and the columns of
+Grades, arm names, the output paths of each stage and the columns of
 every CSV the pipeline writes live here, and both sides import them: the stage
 that writes a file and the stage (or command, or test) that reads it. dvc.yaml
 names the same paths; a test checks that it agrees with :class:`Layout`.
@@ -30,7 +30,6 @@ COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): sq
 # ResNet50 batch of 4 at 4096 px already needs about 100 GB of activations to train.
 MAX_IMAGE_SIZE = 4096
 
-MODELS = ("resnet18", "resnet50")  # the architectures of models/resnet.py, by params.yaml's name
 ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
 SPLITS = ("train", "val", "test")  # of the prepared index; val is empty unless data.val_fraction > 0
 NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling pixels to [0, 1]
@@ -190,7 +189,7 @@ class Layout:
 
     dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks it). Output
     paths never contain the model name, so ``dvc exp show`` lines the same
-    metric up across ResNet18 and ResNet50 experiments.
+    metric up across experiments with different models (`-S model=...`).
     """
 
     demo: Path = Path("data/demo")

@@ -6,9 +6,10 @@ regression value), and keeps the positive part: where evidence for that grade
 was found. It runs on the eager fp32 grader (hooks are ignored under
 ``torch.compile``; NumPy has no bf16), on the images as the network saw them.
 
-The layer is the deepest of ``layer1``-``layer4`` whose map still has at
-least :data:`MIN_CELLS` cells a side: ``layer4`` at 512 px (16 x 16), but
-``layer3`` at the demo's 128 px, where ``layer4`` would be a 4 x 4 blur.
+The layer is the deepest of the architecture's Grad-CAM candidates (its
+registry record's ``cam_layers``) whose map still has at least
+:data:`MIN_CELLS` cells a side: for a ResNet ``layer4`` at 512 px (16 x 16),
+but ``layer3`` at the demo's 128 px, where ``layer4`` would be a 4 x 4 blur.
 """
 
 from __future__ import annotations
@@ -26,21 +27,24 @@ from torch import Tensor, nn
 
 from retinopathy.files import PNG_SOFTWARE
 from retinopathy.models.grader import Grader
+from retinopathy.models.registry import architecture
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import colormaps  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
 MIN_CELLS = 8
-LAYERS = ("layer4", "layer3", "layer2", "layer1")
-STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}  # input pixels per cell
 HEAT_ALPHA = 0.45
 
 
 def target_layer(grader: Grader, side: int) -> tuple[str, nn.Module]:
-    """The deepest residual stage whose feature map has at least ``MIN_CELLS`` cells a side."""
-    name = next((n for n in LAYERS if side // STRIDES[n] >= MIN_CELLS), LAYERS[-1])
-    return name, getattr(grader.net, name)
+    """The deepest of the record's ``cam_layers`` whose feature map has at least ``MIN_CELLS`` cells a side.
+
+    The shallowest candidate when none has (a tiny image).
+    """
+    layers = architecture(grader.spec.model).cam_layers
+    name = next((path for path, stride in layers if side // stride >= MIN_CELLS), layers[-1][0])
+    return name, grader.net.get_submodule(name)
 
 
 def grad_cam(grader: Grader, images: Tensor, targets: Sequence[int]) -> np.ndarray:

@@ -26,6 +26,7 @@ from retinopathy.contract import (
     recall_key,
 )
 from retinopathy.errors import RetinopathyError
+from retinopathy.models.registry import title
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
 REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
@@ -194,8 +195,8 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
 
 
 def model_name(model: str) -> str:
-    """``resnet18`` -> ``ResNet18``, for titles."""
-    return model.replace("resnet", "ResNet")
+    """``resnet18`` -> ``ResNet18``, for titles: the registry record's title."""
+    return title(model)
 
 
 def majority_baseline(arms: Sequence[Arm]) -> float | None:

@@ -284,6 +284,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, runtime: Runtime)
     "Rethinking 'Batch' in BatchNorm"). Weights and optimizer are untouched.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return  # nothing to re-estimate (ConvNeXt normalises with LayerNorm)
     momenta = [m.momentum for m in norms]
     for norm in norms:
         norm.reset_running_stats()

@@ -1,1 +1,2 @@
-"""The networks: the ResNets, their construction from scratch or from weights, and the grader around them."""
+"""The networks: the registry of architectures (our ResNets; torchvision's EfficientNet-B0 and ConvNeXt-Tiny),
+their construction from scratch or from weights, and the grader around them."""

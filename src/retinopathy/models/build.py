@@ -1,7 +1,10 @@
-"""Building a ResNet for training: from scratch, from ImageNet (torchvision), or from a file.
+"""Building a network for training: from scratch, from ImageNet (torchvision), or from a file.
 
-Pretrained weights are loaded strictly into the 1000-class network, then the
-final Linear is replaced by a 5-way one, as the lab does. Nothing is ever
+Every architecture is a record of :mod:`retinopathy.models.registry`; this
+module imports the modules that build them and reaches a network's parts
+(its head) through the record's submodule paths. Pretrained weights are loaded
+strictly into the 1000-class network, then the final Linear (the record's
+``head``) is replaced by a 5-way one, as the lab does. Nothing is ever
 silently replaced by random weights: every failure is a RetinopathyError that
 names the file and the fix. As in torchvision, the weights are data: a URL and
 a hash, read through torchvision's own weights API and its TORCH_HOME cache.
@@ -23,14 +26,23 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from retinopathy.contract import MODELS, NUM_GRADES
+from retinopathy.contract import NUM_GRADES
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import sha256_of
-from retinopathy.models.resnet import ARCHITECTURES, ResNet
+from retinopathy.models import convnext, efficientnet, resnet
+from retinopathy.models.registry import MODELS, REGISTRY, architecture
 
+# The modules the registry's builders live in, by the name a record's `builder` starts with.
+ARCHITECTURE_MODULES = {module.__name__.rsplit(".", 1)[-1]: module
+                        for module in (convnext, efficientnet, resnet)}
+for _record in REGISTRY.values():
+    if not callable(getattr(ARCHITECTURE_MODULES.get(_record.module), _record.function, None)):
+        raise ImportError(f"models/registry.py: {_record.name}'s builder {_record.builder!r} is not a "
+                          "function of a module in models/build.py's ARCHITECTURE_MODULES; import "
+                          f"retinopathy.models.{_record.module} there and add it")
 # torchvision's ImageNet-1k weights, reached through its own weights API so the
 # file lands in (and is read from) the usual TORCH_HOME cache.
-IMAGENET = {name: tvm.get_model_weights(name).IMAGENET1K_V1 for name in MODELS}
+IMAGENET = {name: tvm.get_weight(REGISTRY[name].imagenet) for name in MODELS}
 WEIGHTS_KEY = "train.weights"  # the params.yaml key that points at a local file instead
 # Set to 1 on machines where a download attempt would hang (e.g. a firewall that drops packets).
 NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
@@ -39,27 +51,43 @@ DOWNLOAD_TIMEOUT = 60.0  # seconds of silence from the server before a download 
 
 def check_model_name(name: str) -> None:
     """Raise a RetinopathyError listing the choices unless ``name`` is an architecture we build."""
-    if name not in ARCHITECTURES:
-        raise RetinopathyError(
-            f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)} "
-            "(params.yaml key `model`)"
-        )
+    architecture(name)
 
 
-def new_model(name: str, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    """An initialised ResNet of architecture ``name``.
+def new_model(name: str, num_classes: int = 1000, zero_init_residual: bool = False) -> nn.Module:
+    """An initialised network of architecture ``name`` (a name of the registry).
 
     Args:
-        name: ``resnet18`` or ``resnet50``.
+        name: ``resnet18``, ``efficientnet_b0``, ... (``registry.MODELS``).
         num_classes: outputs of the final Linear layer.
         zero_init_residual: start every residual block as the identity (its last
-            BatchNorm's scale at 0; Goyal et al. 2017), for training from scratch.
+            BatchNorm's scale at 0; Goyal et al. 2017), for training from scratch;
+            only for architectures whose record allows it.
 
     Raises:
-        RetinopathyError: for an unknown name, listing the choices.
+        RetinopathyError: for an unknown name, listing the choices, or zero_init_residual
+            for an architecture without it.
     """
-    check_model_name(name)
-    return ARCHITECTURES[name](num_classes=num_classes, zero_init_residual=zero_init_residual)
+    record = architecture(name)
+    if zero_init_residual and not record.zero_init_residual:
+        allowed = ", ".join(r.name for r in REGISTRY.values() if r.zero_init_residual)
+        raise RetinopathyError(f"`train.zero_init_residual` is true for {name}, which has no residual blocks "
+                               f"that start as the identity (only {allowed}); set it false for {name}")
+    builder = getattr(ARCHITECTURE_MODULES[record.module], record.function)
+    return builder(num_classes=num_classes, zero_init_residual=zero_init_residual)
+
+
+def head_of(net: nn.Module, name: str) -> nn.Linear:
+    """The final Linear of ``net``, an architecture ``name`` network (its record's ``head``)."""
+    head = net.get_submodule(architecture(name).head)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{name}: {architecture(name).head} is a {type(head).__name__}, not the final Linear")
+    return head
+
+
+def replace_head(net: nn.Module, name: str, num_classes: int) -> None:
+    """Put a fresh ``num_classes``-way Linear (PyTorch's default init) in place of ``net``'s head."""
+    net.set_submodule(architecture(name).head, nn.Linear(head_of(net, name).in_features, num_classes))
 
 
 def imagenet_cache_file(name: str) -> Path:
@@ -153,7 +181,7 @@ def fetch_imagenet(name: str, download: bool = True, timeout: float = DOWNLOAD_T
     """Make sure torchvision's ImageNet file for ``name`` is cached; return its path and SHA-256.
 
     Args:
-        name: ``resnet18`` or ``resnet50``.
+        name: A name of the registry.
         download: Whether to download the file when it is not cached.
         timeout: Seconds the server may stay silent before the download gives up
             (a proxy that never answers would otherwise hang every `dvc repro`).
@@ -253,11 +281,11 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
 
 
 def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | None = None,
-                zero_init_residual: bool = False) -> ResNet:
+                zero_init_residual: bool = False) -> nn.Module:
     """A model ready for training.
 
     Args:
-        name: ``resnet18`` or ``resnet50``.
+        name: A name of the registry (``registry.MODELS``).
         num_classes: outputs of the final Linear layer (5 grades).
         weights: ``None`` for random initialisation (the scratch arm);
             ``"imagenet"`` for torchvision's ImageNet-1k weights, from the
@@ -269,7 +297,7 @@ def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | 
 
     Pretrained weights are loaded strictly into a network whose final layer
     matches the file (1000 classes for ImageNet); the final Linear is then
-    replaced by a fresh ``num_classes``-way one, as the lab does.
+    replaced by a fresh ``num_classes``-way one (the record's ``head``), as the lab does.
 
     Raises:
         RetinopathyError: unknown name, missing or incompatible file, or
@@ -285,10 +313,13 @@ def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | 
         path = Path(weights)
         state = read_state_dict(path)
         source = str(path)
-    if "fc.weight" not in state:
-        raise RetinopathyError(f"{source}: has no `fc.weight`; is it a ResNet state dict?")
-    model = new_model(name, num_classes=state["fc.weight"].shape[0])
+    head = f"{architecture(name).head}.weight"
+    if head not in state or state[head].dim() != 2:
+        raise RetinopathyError(f"{source}: has no `{head}` (the final Linear of {name}), so it is not a "
+                               f"state dict of {name}; use a torchvision-layout state dict of the "
+                               "architecture `model` names in params.yaml")
+    model = new_model(name, num_classes=state[head].shape[0])
     load_strict(model, state, source)
-    if model.fc.out_features != num_classes:
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if head_of(model, name).out_features != num_classes:
+        replace_head(model, name, num_classes)
     return model

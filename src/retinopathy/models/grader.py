@@ -1,6 +1,6 @@
 """The grader: uint8 pixels in, one score per grade out, as one module.
 
-A :class:`Grader` is a ResNet with the input transform that every caller
+A :class:`Grader` is a network (any architecture of the registry) with the input transform that every caller
 needs in front of it (scaling to [0, 1] and the normalisation the network was
 trained with). Training, evaluation, prediction and export all run this one
 module, so they cannot disagree about preprocessing, and an exported graph
@@ -14,17 +14,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from retinopathy.contract import MAX_IMAGE_SIZE as MAX_SPEC_IMAGE_SIZE
-from retinopathy.contract import MODELS, NORMALIZATIONS, PREPROCESSES
+from retinopathy.contract import NORMALIZATIONS, PREPROCESSES
 from retinopathy.errors import RetinopathyError
 from retinopathy.models.build import new_model
 from retinopathy.models.head import Head
-from retinopathy.models.resnet import ResNet
+from retinopathy.models.registry import MODELS, architecture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,7 @@ class GraderSpec:
     """What a trained network needs to be used again, stored in its checkpoints.
 
     Attributes:
-        model: Architecture, one of ``contract.MODELS``.
+        model: Architecture, one of ``registry.MODELS``.
         image_size: Side the images are resized to before the network (None: as stored).
         normalize: ``imagenet`` (ImageNet mean/std after scaling to [0, 1]) or ``none``.
         preprocess: ``none`` or ``graham`` (local average colour subtracted; see :func:`graham`).
@@ -153,7 +153,7 @@ class InputTransform(nn.Module):
 
 
 class Grader(nn.Module):
-    """The input transform and a ResNet: images [B,3,H,W] (uint8, or float in [0,1]) -> outputs.
+    """The input transform and a network: images [B,3,H,W] (uint8, or float in [0,1]) -> outputs.
 
     Outputs are the head's (``spec.head()``): 5 logits, or 1 regression value.
 
@@ -161,14 +161,15 @@ class Grader(nn.Module):
     when the runtime placed the network so), while it is still uint8.
     """
 
-    def __init__(self, net: ResNet, spec: GraderSpec) -> None:
+    def __init__(self, net: nn.Module, spec: GraderSpec) -> None:
         super().__init__()
         self.spec = spec
         self.transform = InputTransform(spec.normalize, spec.preprocess)
         self.net = net
+        self.first_conv = architecture(spec.model).first_conv  # a submodule path of `net`
 
     def input_format(self) -> torch.memory_format:
-        weight = self.net.conv1.weight
+        weight = cast(Tensor, self.net.get_submodule(self.first_conv).weight)
         if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
             return torch.channels_last
         return torch.contiguous_format

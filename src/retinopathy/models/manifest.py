@@ -22,17 +22,19 @@ from retinopathy.models.build import (
     fetch_imagenet,
     imagenet_cache_file,
 )
+from retinopathy.models.registry import architecture
 
 
 def describe_scratch(model: str, seed: int, zero_init_residual: bool) -> dict[str, Any]:
     """Manifest of the scratch arm: random initialisation, nothing external."""
     blocks = ", residual blocks starting as the identity" if zero_init_residual else ""
+    init = architecture(model).initialisation
     return {
         "arm": "scratch",
         "available": True,
         "model": model,
         "source": "random",
-        "description": f"random initialisation (Kaiming normal{blocks}, torch seed {seed})",
+        "description": f"random initialisation ({init}{blocks}, torch seed {seed})",
     }
 
 

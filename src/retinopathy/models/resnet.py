@@ -9,15 +9,15 @@ Attribute names are the state-dict keys, so torchvision's ImageNet weights load
 into these classes with ``strict=True`` and give the same outputs. Like
 torchvision this is "ResNet v1.5": a bottleneck downsamples in its 3x3
 convolution rather than the first 1x1, which is about 0.5% more accurate on
-ImageNet (NVIDIA's DeepLearningExamples, ResNet v1.5).
+ImageNet (NVIDIA's DeepLearningExamples, ResNet v1.5). Their records (head
+``fc``, first convolution ``conv1``, Grad-CAM's ``layer1``-``layer4``) are in
+:mod:`retinopathy.models.registry`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-from retinopathy.contract import MODELS
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -150,9 +150,3 @@ def resnet50(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNe
     """ResNet50: bottlenecks [3, 4, 6, 3]; 25,557,032 parameters with 1000 classes."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
 
-
-# params.yaml's model name -> builder. The names are contract.MODELS, the one list
-# that params validation, the weights table and the CLI use; a builder's name is its key.
-ARCHITECTURES = {builder.__name__: builder for builder in (resnet18, resnet50)}
-if tuple(ARCHITECTURES) != MODELS:
-    raise ImportError(f"models/resnet.py builds {tuple(ARCHITECTURES)} but contract.MODELS is {MODELS}")

@@ -6,11 +6,12 @@ that commit, or those named (experiment names, branches, tags, commits,
 ``workspace``), and writes ``DIR/compare.md``: one row per experiment and arm
 (model, init, the selected epoch, test accuracy, kappa, balanced accuracy,
 and a flag on any result at the majority baseline), one row per param that
-differs between them, the lab's 2x2 table (ResNet18 / ResNet50 x scratch /
-pretrained) when the experiments cover it, the mean, standard deviation and
-number of runs of experiments that differ only in ``train.seed`` (queued with
-``dvc exp run --queue -S train.seed=N``), and ``DIR/compare.png``: the test
-accuracy and kappa per epoch of all of them, each line labelled
+differs between them, the lab's table of models against inits (one row per
+model the experiments trained, scratch / pretrained) when they trained two or
+more, the mean, standard deviation and number of runs of experiments that
+differ only in ``train.seed`` (queued with ``dvc exp run --queue -S
+train.seed=N``), and ``DIR/compare.png``: the test accuracy and kappa per
+epoch of all of them, each line labelled
 ``<name>: <model> <init>``, the selected epoch starred. No ``dvc exp save``
 is needed. The folder is replaced as a whole, and only once every file is
 written; it must be absent, empty or an earlier output of compare (nothing
@@ -24,7 +25,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from retinopathy.contract import ARMS, MODELS
+from retinopathy.contract import ARMS
 from retinopathy.errors import RetinopathyError, note
 from retinopathy.experiments import (
     WORKSPACE,
@@ -38,6 +39,7 @@ from retinopathy.experiments import (
 )
 from retinopathy.figures import plot_curves
 from retinopathy.files import check_output_folder, holds_only, staged_folder, starts_with
+from retinopathy.models.registry import MODELS
 from retinopathy.results import BASELINE_RULE, at_baseline, model_name
 
 
@@ -117,7 +119,10 @@ def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
 
 
 def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
-    """The course report's 2x2: test accuracy (kappa) per model and init, if the experiments cover it."""
+    """The course report's table: test accuracy (kappa) per model and init, for two or more models trained.
+
+    One row per model any experiment trained, in the registry's order (an unknown name of an old run last).
+    """
     cells: dict[tuple[str, str], list[str]] = {}
     for experiment in experiments:
         for arm_name, arm in experiment.arms.items():
@@ -125,10 +130,12 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
                 label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
                 cells.setdefault((arm.info["model"], arm_name), []).append(
                     label if len(experiments) == 1 else f"{label} {experiment.name}")
-    if not all(any((model, arm) in cells for arm in ARMS) for model in MODELS):
+    trained = {model for model, _ in cells}
+    models = [m for m in MODELS if m in trained] + sorted(trained - set(MODELS))
+    if len(models) < 2:
         return None  # one model (or none) trained: no table of models against inits
     lines = ["|  | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
-    for model in MODELS:
+    for model in models:
         row = ["<br>".join(cells.get((model, arm), ["not trained"])) for arm in ARMS]
         lines.append(f"| {model_name(model)} | " + " | ".join(row) + " |")
     return lines

@@ -169,7 +169,7 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
                                            sha256_of(layout.index), runtime.process.world_size, decoder)
     runtime.configure_backends()
     head = recipe.make_head(params, [r.label for r in splits["train"]])
-    torch.manual_seed(torch_seed(train.seed))  # model init (scratch) and the new fc (pretrained)
+    torch.manual_seed(torch_seed(train.seed))  # model init (scratch) and the new head (pretrained)
     net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(manifest),
                       zero_init_residual=train.zero_init_for(params.model))
     spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize,

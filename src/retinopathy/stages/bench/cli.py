@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from retinopathy.config import PRECISIONS, SWITCHES
-from retinopathy.contract import MODELS
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import check_output_file, json_with, rescue_text, write_json_atomic
+from retinopathy.models.registry import MODELS, OWN_MODELS
 from retinopathy.stages.bench.inputs import SOURCE_SIZE
 from retinopathy.stages.bench.output import format_result
 from retinopathy.stages.bench.results import SECTIONS
@@ -42,9 +42,10 @@ def _workers(text: str) -> int | str:
 
 def _models(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in MODELS]
+    unknown = [name for name in names if name not in OWN_MODELS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(MODELS)}")
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(OWN_MODELS)} "
+                                         "(the architectures written in this project)")
     return names
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=_workers, default="auto",
                         help="DataLoader workers for the extra input row; 0 skips the row (default: "
                         "auto, the engine's choice).")
-    parser.add_argument("--models", type=_models, default=MODELS,
+    parser.add_argument("--models", type=_models, default=OWN_MODELS,
                         help="Models for (b), comma-separated (default: resnet18,resnet50).")
     parser.add_argument("--fastpath-model", choices=MODELS, default="resnet18",
                         help="The model for (c) (default: resnet18).")

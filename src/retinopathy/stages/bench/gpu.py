@@ -35,7 +35,7 @@ from retinopathy.engine.batches import loader
 from retinopathy.engine.optim import make_optimizer
 from retinopathy.engine.resident import ResidentBatches, decode_split, describe_decoders, synchronize
 from retinopathy.engine.runtime import Runtime, compiled, make_runtime
-from retinopathy.models.resnet import ARCHITECTURES
+from retinopathy.models.build import new_model
 from retinopathy.stages.bench.inputs import SPLIT
 from retinopathy.stages.bench.results import Comparison
 from retinopathy.stages.bench.timing import alternate, sync_for
@@ -129,8 +129,8 @@ def bench_compile(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device
     """Training images/s of the eager step against the compiled one (bf16, channels_last, fused SGD)."""
     runtime: Runtime = make_runtime(device, num_workers=0)
     torch.manual_seed(0)
-    eager = grader(ARCHITECTURES[model_name](num_classes=NUM_GRADES), runtime)
-    twin = grader(copy.deepcopy(eager.net), runtime)
+    eager = grader(new_model(model_name, NUM_GRADES), model_name, runtime)
+    twin = grader(copy.deepcopy(eager.net), model_name, runtime)
     flags = fast_flags(runtime)
     units = {
         "eager": train_step_unit(eager, make_optimizer(eager, runtime, **SGD), batches, runtime, flags),

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from retinopathy.contract import MODELS
 from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.models.registry import OWN_MODELS
 from retinopathy.stages.bench.gpu import bench_compile, bench_feed
 from retinopathy.stages.bench.inputs import (
     INPUT_BATCH,
@@ -36,7 +36,7 @@ class Settings:
     seconds: float | None = None  # None: 12 on CPU, 10 on CUDA
     rounds: int = 6
     workers: int | str = "auto"
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = OWN_MODELS
     fastpath_model: str = "resnet18"
     precision: str = "auto"
     channels_last: str = "auto"

@@ -13,15 +13,16 @@ from typing import TypedDict
 import torch
 from torch import Tensor, nn
 
-from retinopathy.contract import MODELS, NUM_GRADES
+from retinopathy.contract import NUM_GRADES
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record
 from retinopathy.engine.loops import sgd_step
 from retinopathy.engine.optim import make_optimizer
 from retinopathy.engine.runtime import Runtime, make_runtime, plain_runtime
+from retinopathy.models.build import new_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
-from retinopathy.models.resnet import ARCHITECTURES, ResNet
+from retinopathy.models.registry import OWN_MODELS
 from retinopathy.stages.bench.inputs import SPLIT
 from retinopathy.stages.bench.results import Comparison
 from retinopathy.stages.bench.timing import alternate, relabel, sync_for
@@ -97,9 +98,9 @@ def fast_flags(runtime: Runtime) -> BackendFlags:
         return BackendFlags.current()
 
 
-def grader(net: ResNet, runtime: Runtime) -> Grader:
-    """``net`` behind the input transform, placed as ``runtime`` places it, as training runs it."""
-    spec = GraderSpec(model="resnet18", image_size=None, normalize=NORMALIZE, preprocess="none",
+def grader(net: nn.Module, model: str, runtime: Runtime) -> Grader:
+    """``net`` (architecture ``model``) behind the input transform, placed as ``runtime`` places it."""
+    spec = GraderSpec(model=model, image_size=None, normalize=NORMALIZE, preprocess="none",
                       loss=HEAD.kind, thresholds=None)  # the spec is not read
     return runtime.place(Grader(net, spec))
 
@@ -133,7 +134,7 @@ def _switches(runtime: Runtime) -> str:
 
 
 def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
-                 models: Sequence[str] = MODELS, seconds: float, rounds: int, warmup: int = 2,
+                 models: Sequence[str] = OWN_MODELS, seconds: float, rounds: int, warmup: int = 2,
                  seed: int = 0) -> list[Comparison]:
     """Training images/s of our ResNets against torchvision's, same weights and loop.
 
@@ -146,12 +147,12 @@ def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device,
     comparisons = []
     for name in models:
         torch.manual_seed(seed)
-        ours = ARCHITECTURES[name](num_classes=NUM_GRADES)
+        ours = new_model(name, NUM_GRADES)
         theirs = getattr(torchvision.models, name)(weights=None, num_classes=NUM_GRADES)
         theirs.load_state_dict(ours.state_dict(), strict=True)
         units = {}
         for side, net in (("torchvision", theirs), ("ours", ours)):
-            model = grader(net, runtime)
+            model = grader(net, name, runtime)
             optimizer = make_optimizer(model, runtime, **SGD)
             units[side] = train_step_unit(model, optimizer, batches, runtime, flags)
         with restored_flags():  # every step sets the fast flags
@@ -181,8 +182,8 @@ def bench_fastpath(batches: Sequence[tuple[Tensor, Tensor]], device: torch.devic
     fast = runtime or make_runtime(device, num_workers=0)
     plain = plain_runtime(device)
     torch.manual_seed(seed)
-    base = grader(ARCHITECTURES[model_name](num_classes=NUM_GRADES), plain)
-    cand = grader(copy.deepcopy(base.net), fast)
+    base = grader(new_model(model_name, NUM_GRADES), model_name, plain)
+    cand = grader(copy.deepcopy(base.net), model_name, fast)
     base_opt = torch.optim.SGD(base.parameters(), **SGD)
     cand_opt = make_optimizer(cand, fast, **SGD)
     with restored_flags() as default_flags:
