@@ -114,7 +114,7 @@ def test_restricted_params_refuse_an_undeclared_key_and_name_the_fix() -> None:
                                 "retinopathy.stages.x")
     assert params.model and params.train.lr > 0 and params.augment.active in (True, False)
     assert params.data.num_workers == load_params(REPO / "params.yaml").data.num_workers  # speed only
-    assert set(params.to_dict()) == {"model", "data", "demo", "augment", "train", "evaluate", "fuse"}  # record
+    assert set(params.to_dict()) == {"model", "data", "demo", "augment", "train", "evaluate", "fuse"}
     with pytest.raises(RetinopathyError, match=r"retinopathy.stages.x reads params key `train.epochs`.*"
                        r"add \"train.epochs\" to PARAMS in src/retinopathy/stages/x.py.*retinopathy.dvcyaml"):
         params.train.epochs_for("resnet18")  # through a method too
