@@ -23,6 +23,7 @@ from retinopathy.engine.runtime import plain_runtime
 from retinopathy.models.grader import Grader, GraderSpec, graham
 from retinopathy.models.head import Head, class_weights
 from retinopathy.models.resnet import resnet18
+from retinopathy.records import EvaluationInfo, TrainingStatus
 from retinopathy.scoring import grades_of_values, quadratic_kappa, tune_thresholds
 from retinopathy.stages import evaluate, prepare, train
 
@@ -259,8 +260,9 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     params = load_params(tiny_project / "params.yaml")
     prepare.prepare(params, tiny_project / "data/prepared")
     status = train.train_arm(params, "scratch")
-    assert status["select_by"] == "kappa" and status["selection"] == "validation"
-    history = status["history"]
+    assert isinstance(status, TrainingStatus)
+    assert status.select_by == "kappa" and status.selection == "validation"
+    history = status.history
     assert {"val_kappa", "test_kappa", "train_kappa"} <= set(history[0])
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
     assert best["epoch"] == max(history, key=lambda row: row["val_kappa"])["epoch"]
@@ -270,7 +272,8 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     steps_per_epoch = math.ceil(30 / 8)  # 40 training images less the quarter held out, batch 8
     assert last["scheduler"]["last_epoch"] == 3 * steps_per_epoch
     evaluation = evaluate.evaluate_arm(params, "scratch")
-    assert evaluation.info["tta"] == "flips" and "validation kappa" in evaluation.info["selection_rule"]
+    assert isinstance(evaluation.info, EvaluationInfo)
+    assert evaluation.info.tta == "flips" and "validation kappa" in evaluation.info.selection_rule
     assert set(evaluation.metrics) >= {"acc", "kappa", "val"}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,15 @@ from retinopathy.contract import (
     recall_key,
 )
 from retinopathy.errors import RetinopathyError
+from retinopathy.records import (
+    EvaluationInfo,
+    ReadText,
+    RecordError,
+    Skipped,
+    read_info,
+    read_status,
+    read_working_tree,
+)
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
 REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
@@ -40,12 +49,12 @@ class Arm:
 
     Attributes:
         name: ``scratch`` or ``pretrained``.
-        info: The words of ``metrics/<arm>.info.json`` (status, model, weights, ...).
+        info: The words of ``metrics/<arm>.info.json`` (model, weights, ...; or why it was skipped).
         metrics: The numbers of ``metrics/<arm>.json`` (``contract.METRIC_KEYS``; empty if skipped).
     """
 
     name: str
-    info: dict[str, Any]
+    info: EvaluationInfo | Skipped
     metrics: dict[str, float]
     history: pd.DataFrame | None = None
     normalized: np.ndarray | None = None
@@ -53,17 +62,7 @@ class Arm:
 
     @property
     def trained(self) -> bool:
-        return self.info["status"] == "trained"
-
-
-# Reads a file's text; FileNotFoundError when it is not there. The default reads the
-# working tree; `compare` passes one that reads an experiment's files through DVC.
-ReadText = Callable[[Path], str]
-
-
-def read_working_tree(path: Path) -> str:
-    """The text of ``path`` on disk (UTF-8)."""
-    return path.read_text(encoding="utf-8")
+        return isinstance(self.info, EvaluationInfo)
 
 
 def _text(path: Path, read: ReadText, fix: str) -> str:
@@ -84,15 +83,6 @@ def _read_object(path: Path, read: ReadText) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RetinopathyError(f"{path}: expected a JSON object: {EVALUATE_FIX}")
     return value
-
-
-def _read_info(path: Path, read: ReadText) -> dict[str, Any]:
-    info = _read_object(path, read)
-    if info.get("status") not in ("trained", "skipped"):
-        raise RetinopathyError(f"{path}: expected the status 'trained' or 'skipped': {EVALUATE_FIX}")
-    if "model" not in info:
-        raise RetinopathyError(f"{path}: the key 'model' is missing: {EVALUATE_FIX}")
-    return info
 
 
 def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
@@ -175,8 +165,8 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
         RetinopathyError: a file is missing or malformed (the message names it).
     """
     files = layout.arm(name)
-    info = _read_info(files.info, read)
-    arm = Arm(name, info, _read_metrics(files.metrics, info["status"] == "trained", read))
+    info = read_info(files.info, name, read)
+    arm = Arm(name, info, _read_metrics(files.metrics, isinstance(info, EvaluationInfo), read))
     if not arm.trained:
         return arm
     arm.history = _read_history(files.history, read)
@@ -241,14 +231,14 @@ def missing_checkpoint_fix(arm: str, layout: Layout) -> str:
     until its cause is fixed, so the message gives the recorded reason and fix.
     """
     files = layout.arm(arm)
-    for record in (files.info, files.status):
+    for path, read in ((files.info, read_info), (files.status, read_status)):
         try:
-            words = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            words = read(path, arm)
+        except RecordError:  # none there, or unreadable: this message is about the missing checkpoint
             continue
-        if isinstance(words, dict) and words.get("status") == "skipped":
-            return (f"the {arm} arm was not trained ({record} says skipped: {words.get('reason', '?')}); "
-                    f"`dvc repro` will not train it until that is fixed: {words.get('fix', '?')}. "
+        if isinstance(words, Skipped):
+            return (f"the {arm} arm was not trained ({path} says skipped: {words.reason}); "
+                    f"`dvc repro` will not train it until that is fixed: {words.fix}. "
                     "Or pass --checkpoint FILE")
     return f"train the arm first (`dvc repro train@{arm}`), or pass --checkpoint FILE"
 

@@ -33,6 +33,7 @@ from retinopathy.experiments import (
 )
 from retinopathy.figures import plot_curves
 from retinopathy.files import check_output_folder, holds_only, staged_folder, starts_with
+from retinopathy.records import EvaluationInfo
 from retinopathy.results import BASELINE_RULE, at_baseline, model_name
 
 
@@ -66,19 +67,15 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
     for experiment in experiments:
         for arm_name in ARMS:
             arm = experiment.arms[arm_name]
-            if arm.trained:
+            if isinstance(arm.info, EvaluationInfo):
                 m, info = arm.metrics, arm.info
-                if "select_by" in info:
-                    rule = f"{info['selection']} {info['select_by']}"
-                else:  # a run of an older version: its rule in words
-                    words = info.get("selection_rule", "?").removeprefix("epoch with the highest ")
-                    rule = words.split(" (")[0]
                 flat = at_baseline(m)
-                figures = [str(int(m["epoch"])), rule, _pct(m["acc"]), _kappa(m["kappa"]),
+                figures = [str(int(m["epoch"])), f"{info.selection} {info.select_by}", _pct(m["acc"]),
+                           _kappa(m["kappa"]),
                            _pct(m.get("bacc")), f"**AT BASELINE** ({flat})" if flat else "above"]
             else:
                 figures = ["skipped"] * 6
-            row = [experiment.name, model_name(arm.info["model"]), arm_name, *figures]
+            row = [experiment.name, model_name(arm.info.model), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -90,7 +87,7 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
         for arm_name, arm in experiment.arms.items():
             if arm.trained:
                 label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
-                cells.setdefault((arm.info["model"], arm_name), []).append(
+                cells.setdefault((arm.info.model, arm_name), []).append(
                     label if len(experiments) == 1 else f"{label} {experiment.name}")
     if not all(any((model, arm) in cells for arm in ARMS) for model in MODELS):
         return None  # one model (or none) trained: no table of models against inits
@@ -111,7 +108,8 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
         lines += ["", "## What differs", "", *settings_table(experiments, differ)]
     else:
         lines += ["", "The experiments have the same params."]
-    if any(arm.info.get("synthetic") for e in experiments for arm in e.arms.values()):
+    if any(isinstance(arm.info, EvaluationInfo) and arm.info.synthetic
+           for e in experiments for arm in e.arms.values()):
         lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
                   "nothing about retinopathy."]
     flagged = [f"`{e.name}` {arm.name}" for e in experiments for arm in e.arms.values()

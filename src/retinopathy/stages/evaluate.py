@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -35,13 +34,13 @@ from retinopathy.contract import (
     ArmFiles,
     Layout,
 )
-from retinopathy.data.index import read_index, read_summary
+from retinopathy.data.index import read_index
 from retinopathy.engine import loops
 from retinopathy.engine.batches import eval_batches, open_sources
-from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.engine.runtime import from_params
 from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
-from retinopathy.models.grader import GraderSpec, load_grader
+from retinopathy.records import EvaluationInfo, Skipped, read_status, read_summary, write_info
 from retinopathy.scoring import confusion_tables, scores
 
 
@@ -81,12 +80,12 @@ class Evaluation:
     """What evaluate writes for one arm: numbers (``metrics/<arm>.json``) and words (``.info.json``)."""
 
     metrics: dict[str, float]
-    info: dict[str, Any]
+    info: EvaluationInfo | Skipped
 
 
 def write_evaluation(files: ArmFiles, evaluation: Evaluation) -> None:
     write_json_atomic(files.metrics, evaluation.metrics)
-    write_json_atomic(files.info, evaluation.info)
+    write_info(files.info, evaluation.info)
 
 
 def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Evaluation:
@@ -97,38 +96,36 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     """
     layout = layout or Layout()
     files = layout.arm(arm)
-    status = checkpoint.read_status(files.status, arm)
+    status = read_status(files.status, arm)
     summary = read_summary(layout.summary)
-    if status["status"] == "skipped":
-        words = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
-        evaluation = Evaluation({}, words)
+    if isinstance(status, Skipped):
+        evaluation = Evaluation({}, status)
         write_tables(files, np.array([], dtype=int), np.array([], dtype=int), None)
         write_evaluation(files, evaluation)
         return evaluation
 
-    best = checkpoint.load(files.best, "best", fix=(
+    trained = checkpoint.load_trained(files.best, fix=(
         f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
         f"or move {files.model_dir} away and run `dvc repro` to train the arm again"))
-    history = status["history"]
-    if best["fingerprint"] != status["fingerprint"] or best["epoch"] != status["best_epoch"] \
+    best, spec = trained.state, trained.spec
+    history = status.history
+    if best["fingerprint"] != status.fingerprint or best["epoch"] != status.best_epoch \
             or not 1 <= best["epoch"] <= len(history):
         # A kill (or a full disk) between training's writes, or files put together by hand.
         raise RetinopathyError(
             f"{files.best}: holds epoch {best['epoch']} of run {best['fingerprint']}, but {files.status} "
-            f"says the best epoch of run {status['fingerprint']} is {status['best_epoch']}: they are from "
+            f"says the best epoch of run {status.fingerprint} is {status.best_epoch}: they are from "
             f"different or interrupted training runs; run `dvc repro train@{arm}` (or `retinopathy train "
             f"--init {arm}`) to finish training, which writes both again"
         )
     best_row = history[best["epoch"] - 1]
 
-    spec = GraderSpec.from_dict(best.get("spec"), str(files.best))
     train = params.train
-    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
-                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime = from_params(params)
     runtime.configure_backends()  # the numerics training evaluated with
-    grader = runtime.place(load_grader(spec, best["model"], str(files.best)))
+    grader = runtime.place(trained.grader)
     records = {"test": read_index(layout.index)["test"]}
-    sources, decoder = open_sources(params, runtime, records, spec.image_size, status["resident"])
+    sources, decoder = open_sources(params, runtime, records, spec.image_size, status.resident)
     batches = eval_batches(sources["test"], train.batch_size, runtime)
     tta = params.evaluate.tta == "flips"
     lower = (f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
@@ -143,29 +140,28 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "epoch": best["epoch"],
         "final": history[-1]["test_accuracy"],
         "train": best_row["train_accuracy"],  # running accuracy over the epoch, as the lab reports it
-        "base": summary["majority_baseline"]["test_accuracy"],
+        "base": summary.majority_baseline.test_accuracy,
     }
     if "val_accuracy" in best_row:
         numbers["val"] = best_row["val_accuracy"]
     metrics = {key: round(numbers[key], METRIC_DECIMALS) for key in METRIC_KEYS if key in numbers}
-    info = {
-        "status": "trained",
-        "model": spec.model,
-        "init": arm,
-        "weights": status["weights"],
-        "data": params.data.root,
-        "synthetic": summary["synthetic"],
-        "selection": status["selection"],
-        "select_by": status["select_by"],
-        "selection_rule": selection_rule(status["selection"], status["select_by"]),
-        "tta": params.evaluate.tta,
-        "epochs": status["epochs"],
-        "test_size": int(len(actual_np)),
-        "decoder": decoder,
-        "trained_with_decoder": status["decoder"],
-        "fingerprint": best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
-        "numerics": portable.state(),  # train.portable (retinopathy.portable)
-    }
+    info = EvaluationInfo(
+        model=spec.model,
+        init=arm,
+        weights=status.weights,
+        data=params.data.root,
+        synthetic=summary.synthetic,
+        selection=status.selection,
+        select_by=status.select_by,
+        selection_rule=selection_rule(status.selection, status.select_by),
+        tta=params.evaluate.tta,
+        epochs=status.epochs,
+        test_size=int(len(actual_np)),
+        decoder=decoder,
+        trained_with_decoder=status.decoder,
+        fingerprint=best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
+        numerics=portable.state(),  # train.portable (retinopathy.portable)
+    )
     evaluation = Evaluation(metrics, info)
     write_tables(files, actual_np, predicted_np, tables)
     write_evaluation(files, evaluation)
@@ -181,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     evaluation = evaluate_arm(load_params(args.params), args.init)
     info, metrics = evaluation.info, evaluation.metrics
-    if info["status"] == "skipped":
-        warn(f"{args.init} arm skipped: {info['reason']}\n  fix: {info['fix']}")
+    if isinstance(info, Skipped):
+        warn(f"{args.init} arm skipped: {info.reason}\n  fix: {info.fix}")
     else:
         print(f"{args.init}: test accuracy {metrics['acc']:.1%} (epoch {metrics['epoch']}, "
-              f"{info['selection_rule']}), kappa {metrics['kappa']:.3f}, "
+              f"{info.selection_rule}), kappa {metrics['kappa']:.3f}, "
               f"always-grade-0 baseline {metrics['base']:.1%}")
     return 0

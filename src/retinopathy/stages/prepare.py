@@ -24,10 +24,8 @@ Nothing is written unless every check passes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from retinopathy.config import Params, cli_positive_int, load_params
 from retinopathy.contract import INDEX_COLUMNS, Layout, is_demo_dataset
@@ -35,13 +33,14 @@ from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import read_course_splits
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
+from retinopathy.records import PreparedSummary, summary_text
 
 # What prepare writes, as an earlier run left it: only such a folder is replaced (nothing else is deleted).
 OURS = holds_only({Layout().index.name: starts_with(",".join(INDEX_COLUMNS).encode() + b"\n"),
                    Layout().summary.name: json_with("splits", "majority_baseline")})
 
 
-def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
+def prepare(params: Params, out: Path, workers: int = 1) -> PreparedSummary:
     """Check the data at ``params.data.root`` and write ``index.csv`` and ``summary.json`` to ``out``.
 
     ``out`` must be absent, empty, or an earlier output of prepare (:data:`OURS`),
@@ -70,16 +69,14 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     train, val = split_validation(course.train, params.data.val_fraction, params.data.seed)
     _check_split_sizes(params, len(course.train), train, val)
     splits = {"train": train, "val": val, "test": course.test}
-    summary = build_summary(str(root), splits, course.notes, is_demo_dataset(root))
-    duplicates = identical_images(splits, facts)
-    summary["identical_images"] = duplicates_summary(duplicates)
-    if duplicates:
-        summary["notes"].append(_duplicates_note(summary["identical_images"]))
+    duplicates = duplicates_summary(identical_images(splits, facts))
+    notes = [*course.notes, *([_duplicates_note(duplicates)] if duplicates["groups"] else [])]
+    summary = build_summary(str(root), splits, notes, is_demo_dataset(root), duplicates)
 
     with staged_folder(out, "prepare", OURS) as staging:
         staged = Layout(prepared=staging)
         staged.index.write_text(index_text(splits))
-        staged.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        staged.summary.write_text(summary_text(summary))
     return summary
 
 
@@ -125,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     summary = prepare(params, args.out, workers=args.workers)
-    for name, split in summary["splits"].items():
-        print(f"{name}: {split['count']} images, per grade {split['class_counts']}")
-    baseline = summary["majority_baseline"]
-    print(f"always grade {baseline['grade']}: {baseline['test_accuracy']:.2%} test accuracy")
-    identical = summary["identical_images"]
+    for name, split in summary.splits.items():
+        print(f"{name}: {split.count} images, per grade {split.class_counts}")
+    baseline = summary.majority_baseline
+    print(f"always grade {baseline.grade}: {baseline.test_accuracy:.2%} test accuracy")
+    identical = summary.identical_images
     duplicates = _duplicates_note(identical) if identical["groups"] else None
-    for text in summary["notes"]:
+    for text in summary.notes:
         if text != duplicates:
             note(f"note: {text}")
     if duplicates:

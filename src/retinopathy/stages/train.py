@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from retinopathy import checkpoint
+from retinopathy import checkpoint, records
 from retinopathy.config import Params, load_params
 from retinopathy.contract import ARMS, HISTORY_COLUMNS, VAL_COLUMNS, ArmFiles, Layout
 from retinopathy.data.index import read_index
@@ -68,7 +68,6 @@ from retinopathy.files import (
     remove_stale_temporaries,
     sha256_of,
     write_csv_atomic,
-    write_json_atomic,
 )
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
@@ -131,13 +130,11 @@ class Feed:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # the learning rate per batch
 
 
-def skip(files: ArmFiles, params: Params, manifest: dict[str, Any]) -> None:
+def skip(files: ArmFiles, params: Params, skipped: records.Skipped) -> None:
     """Record that the pretrained arm cannot be trained; keep any earlier checkpoints."""
-    status = {"status": "skipped", "model": params.model, "init": files.arm,
-              "reason": manifest["reason"], "fix": manifest["fix"]}
-    write_json_atomic(files.status, status)
+    records.write_status(files.status, skipped)
     write_history([], files.history, with_val=params.data.val_fraction > 0)
-    warn(f"{files.arm} arm skipped: {manifest['reason']}\n  fix: {manifest['fix']}")
+    warn(f"{files.arm} arm skipped: {skipped.reason}\n  fix: {skipped.fix}")
 
 
 def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, Any],
@@ -176,13 +173,6 @@ def best_of(run: Run, history: list[dict[str, float]]) -> int:
     return int(max(history, key=lambda row: row[run.key])["epoch"])
 
 
-def best_state(run: Run, state: dict[str, Any]) -> dict[str, Any]:
-    """A best.pt of the epoch in the last.pt ``state`` (which must be the run's best so far)."""
-    row = state["history"][state["epoch"] - 1]
-    return {"model": state["model"], "spec": state["spec"], "epoch": state["epoch"], run.key: row[run.key],
-            "fingerprint": state["fingerprint"]}
-
-
 def matching_best(run: Run, state: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, bool]:
     """The best.pt at ``path`` if it holds the selected epoch of the last.pt ``state``, and False.
 
@@ -196,7 +186,7 @@ def matching_best(run: Run, state: dict[str, Any], path: Path) -> tuple[dict[str
         best = None
     if best is not None and best["fingerprint"] == run.fingerprint and best["epoch"] == wanted:
         return best, False
-    return (best_state(run, state), True) if wanted == state["epoch"] else (None, False)
+    return (checkpoint.best_of_last(state, run.key), True) if wanted == state["epoch"] else (None, False)
 
 
 def candidates(run: Run, say: Any) -> list[tuple[Path, dict[str, Any], Path]]:
@@ -374,22 +364,21 @@ def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
     run.history.append(row)
     if not run.runtime.process.is_main:
         return improved
-    model, spec = run.grader.net.state_dict(), run.spec()
-    checkpoint.save_atomic({
-        "model": model,
-        "spec": spec,
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": batches.scheduler.state_dict(),
-        "epoch": row["epoch"],
-        "history": run.history,
-        "rng": {"torch": torch.get_rng_state()},
-        "fingerprint": run.fingerprint,
-        "fingerprint_inputs": run.inputs,
-        "config": run.params.to_dict(),
-    }, run.store.last)
+    last = checkpoint.last_state(
+        model=run.grader.net.state_dict(),
+        spec=run.spec(),
+        optimizer=run.optimizer.state_dict(),
+        scheduler=batches.scheduler.state_dict(),
+        epoch=row["epoch"],
+        history=run.history,
+        rng={"torch": torch.get_rng_state()},
+        fingerprint=run.fingerprint,
+        fingerprint_inputs=run.inputs,
+        config=run.params.to_dict(),
+    )
+    checkpoint.save_atomic(last, run.store.last)
     if improved:
-        checkpoint.save_atomic({"model": model, "spec": spec, "epoch": row["epoch"],
-                                run.key: row[run.key], "fingerprint": run.fingerprint}, run.store.best)
+        checkpoint.save_atomic(checkpoint.best_of_last(last, run.key), run.store.best)
     publish(run)
     write_history(run.history, run.files.history, run.with_val)
     return improved
@@ -401,29 +390,30 @@ def publish(run: Run) -> None:
     checkpoint.publish(run.store.last, run.files.last)
 
 
-def finish(run: Run) -> dict[str, Any]:
+def finish(run: Run) -> records.TrainingStatus:
     """Publish the checkpoints, write ``status.json`` (the best epoch and the history, for evaluate), last.
 
     Then the run's resume store is removed: ``models/<arm>/`` holds the finished run, and
     DVC's cache keeps it once the stage ends.
     """
-    status: dict[str, Any] = {"status": "trained", "model": run.params.model, "init": run.files.arm}
+    best_row = max(run.history, key=lambda r: r[run.key])  # first epoch among ties, as best.pt
+    status = records.TrainingStatus(
+        model=run.params.model,
+        init=run.files.arm,
+        epochs=run.epochs,
+        best_epoch=int(best_row["epoch"]),
+        selection="validation" if run.with_val else "test",
+        select_by=run.params.train.select_by,
+        decoder=run.decoder,
+        resident=run.resident,  # evaluate decodes the test split the same way
+        weights=run.manifest["description"],
+        fingerprint=run.fingerprint,
+        history=run.history,  # evaluate reads it here, not from the much larger last.pt
+    )
     if run.runtime.process.is_main:
         publish(run)  # also when nothing was left to train: DVC may have restored other files
         write_history(run.history, run.files.history, run.with_val)
-        best_row = max(run.history, key=lambda r: r[run.key])  # first epoch among ties, as best.pt
-        status.update({
-            "epochs": run.epochs,
-            "best_epoch": int(best_row["epoch"]),
-            "selection": "validation" if run.with_val else "test",
-            "select_by": run.params.train.select_by,
-            "decoder": run.decoder,
-            "resident": run.resident,  # evaluate decodes the test split the same way
-            "weights": run.manifest["description"],
-            "fingerprint": run.fingerprint,
-            "history": run.history,  # evaluate reads it here, not from the much larger last.pt
-        })
-        write_json_atomic(run.files.status, status)
+        records.write_status(run.files.status, status)
         run.store.remove()
     return status
 
@@ -498,8 +488,8 @@ def announce(run: Run, layout: Layout) -> None:
 
 
 def train_arm(params: Params, arm: str, layout: Layout | None = None,
-              params_path: Path | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) one arm; returns the status written to ``status.json``.
+              params_path: Path | None = None) -> records.TrainingStatus | records.Skipped:
+    """Train (or resume, or skip) one arm; returns the record written to ``status.json``.
 
     Args:
         params: The settings.
@@ -510,9 +500,7 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
     """
     layout = layout or Layout()
     files = layout.arm(arm)
-    train = params.train
-    runtime = start(train.device, precision=train.precision, channels_last=train.channels_last,
-                    num_workers=params.data.num_workers)
+    runtime = start(params)
     try:
         manifest = read_manifest(layout.manifest(arm))
         if manifest["model"] != params.model:
@@ -522,9 +510,11 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
             )
         with guard(files, runtime):
             if not manifest["available"]:
+                skipped = records.Skipped(model=params.model, init=arm, reason=manifest["reason"],
+                                          fix=manifest["fix"])
                 if runtime.process.is_main:
-                    skip(files, params, manifest)
-                return {"status": "skipped"}
+                    skip(files, params, skipped)
+                return skipped
             verify_weights(manifest, layout.manifest(arm))
             run = build(params, files, layout, manifest, runtime)
             if runtime.process.is_main:
