@@ -224,8 +224,8 @@ def test_every_knob_off_trains_exactly_like_the_labs_loop():
     scheduler = make_scheduler(optimizer, "constant", 0, 3)
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     assert recipe.make_augment(params, Process()) is None  # the shipped defaults are the lab's
-    result = loops.train_epoch(ours, batches, optimizer, runtime, recipe.make_head(params, [0, 1]),
-                               augment=None, scheduler=scheduler)
+    learner = loops.Learner(ours, optimizer, recipe.make_head(params, [0, 1]), scheduler=scheduler)
+    result = loops.train_epoch(learner, batches, runtime, augment=None)
     # The lab's loop, written out: cross-entropy on the logits, SGD, a constant learning rate.
     lab = Grader(copy.deepcopy(net), spec)
     lab_optimizer = torch.optim.SGD(lab.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
