@@ -273,7 +273,8 @@ def _build(cls: type[Record], raw: Any, where: str = "") -> Record:
     return cls(**{name: _convert(raw[name], hints[name], prefix + name) for name in names})
 
 
-def _json_object(path: Path, read: ReadText, missing_fix: str, fix: str) -> dict[str, Any]:
+def read_json_object(path: Path, read: ReadText, missing_fix: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; else a :class:`RecordError` naming it and ``missing_fix`` or ``fix``."""
     try:
         text = read(path)
     except FileNotFoundError:
@@ -328,7 +329,7 @@ def read_status(path: Path, arm: str, read: ReadText = read_working_tree) -> Tra
     """
     fix = (f"restore it with `dvc checkout models/{arm}`, or run `dvc repro -f train@{arm}` to train "
            "the arm again")
-    raw = _versioned(path, _json_object(path, read, f"run `dvc repro train@{arm}` first", fix),
+    raw = _versioned(path, read_json_object(path, read, f"run `dvc repro train@{arm}` first", fix),
                      STATUS_VERSION, fix)
     status = _trained_or_skipped(path, raw, TrainingStatus, "a training status record", fix)
     if isinstance(status, TrainingStatus) and not status.history:
@@ -343,7 +344,7 @@ def read_info(path: Path, arm: str, read: ReadText = read_working_tree) -> Evalu
         RecordError: as :func:`read_status`, naming the file and what to run.
     """
     fix = f"run `dvc repro -f evaluate@{arm}` to write it again"
-    raw = _versioned(path, _json_object(path, read, f"run `dvc repro evaluate@{arm}` first", fix),
+    raw = _versioned(path, read_json_object(path, read, f"run `dvc repro evaluate@{arm}` first", fix),
                      INFO_VERSION, fix)
     return _trained_or_skipped(path, raw, EvaluationInfo, "an evaluation info record", fix)
 
@@ -358,7 +359,7 @@ def read_summary(path: Path, read: ReadText = read_working_tree) -> PreparedSumm
         RecordError: as :func:`read_status`, or a majority baseline that is no grade or
             no fraction; naming the file and saying to run prepare again.
     """
-    raw = _versioned(path, _json_object(path, read, "run `dvc repro prepare` first", PREPARE_FIX),
+    raw = _versioned(path, read_json_object(path, read, "run `dvc repro prepare` first", PREPARE_FIX),
                      SUMMARY_VERSION, PREPARE_FIX)
     summary = _record(path, PreparedSummary, raw, PREPARE_FIX)
     baseline = summary.majority_baseline

@@ -7,11 +7,9 @@ stale file stops the reader with a message that names it and the fix.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +30,7 @@ from retinopathy.records import (
     RecordError,
     Skipped,
     read_info,
+    read_json_object,
     read_status,
     read_working_tree,
 )
@@ -74,19 +73,8 @@ def _text(path: Path, read: ReadText, fix: str) -> str:
         raise RetinopathyError(f"{path}: not UTF-8 text ({error}): {fix}") from None
 
 
-def _read_object(path: Path, read: ReadText) -> dict[str, Any]:
-    text = _text(path, read, EVALUATE_FIX)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise RetinopathyError(f"{path}: not valid JSON ({error}): {EVALUATE_FIX}") from None
-    if not isinstance(value, dict):
-        raise RetinopathyError(f"{path}: expected a JSON object: {EVALUATE_FIX}")
-    return value
-
-
 def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
-    metrics = _read_object(path, read)
+    metrics = read_json_object(path, read, EVALUATE_FIX, EVALUATE_FIX)
     for key, value in metrics.items():
         if key not in METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
             raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers evaluate "
