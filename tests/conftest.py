@@ -18,13 +18,14 @@ portable.prepare(["--params", str(Path(__file__).resolve().parents[1] / "params.
 from retinopathy.config import load_params  # noqa: E402
 from retinopathy.models.build import NO_DOWNLOAD_ENV  # noqa: E402
 from retinopathy.paramkeys import restrict  # noqa: E402
+from retinopathy.records import Skipped, TrainingStatus  # noqa: E402
 from retinopathy.stages import prepare, train, weights  # noqa: E402
 from retinopathy.stages.demo_data import write_demo_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_arm(folder: Path, init: str = "scratch") -> dict:
+def run_arm(folder: Path, init: str = "scratch") -> TrainingStatus | Skipped:
     """Train one arm with ``folder`` as the working directory (stages use relative paths)."""
     before = os.getcwd()
     os.chdir(folder)

@@ -32,13 +32,17 @@ if not good:
 for arm in ("scratch", "pretrained"):
     header = "epoch,train_loss,train_accuracy,train_kappa,test_loss,test_accuracy,test_kappa"
     if arm == "pretrained":
-        info = {"status": "skipped", "model": model, "init": arm, "reason": "offline", "fix": "get weights"}
+        info = {"version": 1, "status": "skipped", "model": model, "init": arm, "reason": "offline",
+                "fix": "get weights"}
         metrics, rows, table = {}, [], []
     else:
         acc = 0.905 if good else 0.735
         kappa = 0.89 if good else 0.0
-        info = {"status": "trained", "model": model, "init": arm, "weights": "random", "data": "data/demo",
-                "synthetic": True, "selection": "test", "select_by": "accuracy", "epochs": 3}
+        info = {"version": 1, "status": "trained", "model": model, "init": arm, "weights": "random",
+                "data": "data/demo", "synthetic": True, "selection": "test", "select_by": "accuracy",
+                "selection_rule": "epoch with the highest test accuracy", "tta": "none", "epochs": 3,
+                "test_size": 200, "decoder": "pillow", "trained_with_decoder": "pillow",
+                "fingerprint": "0123456789abcdef", "numerics": {"portable": False}}
         metrics = {"acc": acc, "bacc": 0.8 if good else 0.2, "base": 0.735, "epoch": 2, "final": acc - 0.01,
                    "kappa": kappa, "train": 0.9}
         rows = [f"{e},1.0,0.8,0.5,1.0,{acc - 0.05 * (e != 2):.3f},{max(kappa - 0.1 * (e != 2), 0):.3f}"

@@ -44,7 +44,7 @@ def one_step(net, runtime, images, labels, optimizer_kind):
     else:  # the textbook per-parameter loop
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
                                     foreach=False)
-    result = loops.train_epoch(model, [(images, labels)], optimizer, runtime, CE)
+    result = loops.train_epoch(loops.Learner(model, optimizer, CE), [(images, labels)], runtime)
     return model, result
 
 
@@ -91,7 +91,7 @@ def test_train_epoch_detects_a_nan_loss():
     batches = [(torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8), torch.tensor([0, 1]))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(loops.NonFiniteLoss):
-        loops.train_epoch(model, batches, optimizer, plain_runtime(CPU), CE)
+        loops.train_epoch(loops.Learner(model, optimizer, CE), batches, plain_runtime(CPU))
 
 
 def test_bench_models_restores_the_backend_flags(monkeypatch):

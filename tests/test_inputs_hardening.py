@@ -380,7 +380,8 @@ def test_a_summary_missing_a_key_names_the_file_the_key_and_the_fix(tiny_project
 
 @pytest.mark.parametrize(("damage", "words"), [
     (lambda text: text[: len(text) // 2], "damaged, not a JSON record"),
-    (lambda text: text.replace('"fix"', '"fixed"'), "a skipped record without fix"),
+    (lambda text: text.replace('"fix"', '"fixed"'), "the key 'fix' is missing"),
+    (lambda text: text.replace('"version": 1', '"version": 0'), "format version 0"),
     (lambda text: "<<<<<<< HEAD\n" + text, "damaged, not a JSON record"),
 ])
 def test_a_truncated_or_incomplete_status_json_names_the_file_and_the_fix(tiny_project, capsys, damage,

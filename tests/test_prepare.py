@@ -42,8 +42,8 @@ def test_accepted_quirks_are_noted_in_the_summary(tiny_project):
     labels.write_bytes(b"level\r\n" + labels.read_bytes().replace(b"\n", b"\r\n"))
     images.write_bytes(b"image\r\n" + images.read_bytes().replace(b"\n", b"\r\n"))
     summary = prepare.prepare(load_params(tiny_project / "params.yaml"), tiny_project / "data/prepared")
-    assert summary["splits"]["train"]["count"] == 40  # the header is not an image; no image dropped
-    notes = " ".join(summary["notes"]).lower()
+    assert summary.splits["train"].count == 40  # the header is not an image; no image dropped
+    notes = " ".join(summary.notes).lower()
     assert "header" in notes and "crlf" in notes
 
 

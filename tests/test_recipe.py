@@ -24,6 +24,7 @@ from retinopathy.engine.runtime import plain_runtime
 from retinopathy.models.grader import Grader, GraderSpec, graham
 from retinopathy.models.head import Head, class_weights
 from retinopathy.models.resnet import resnet18
+from retinopathy.records import EvaluationInfo, TrainingStatus
 from retinopathy.scoring import grades_of_values, quadratic_kappa, tune_thresholds
 from retinopathy.stages import evaluate, prepare, train
 
@@ -224,8 +225,8 @@ def test_every_knob_off_trains_exactly_like_the_labs_loop():
     scheduler = make_scheduler(optimizer, "constant", 0, 3)
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     assert recipe.make_augment(params, Process()) is None  # the shipped defaults are the lab's
-    result = loops.train_epoch(ours, batches, optimizer, runtime, recipe.make_head(params, [0, 1]),
-                               augment=None, scheduler=scheduler)
+    learner = loops.Learner(ours, optimizer, recipe.make_head(params, [0, 1]), scheduler=scheduler)
+    result = loops.train_epoch(learner, batches, runtime, augment=None)
     # The lab's loop, written out: cross-entropy on the logits, SGD, a constant learning rate.
     lab = Grader(copy.deepcopy(net), spec)
     lab_optimizer = torch.optim.SGD(lab.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
@@ -260,8 +261,9 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     params = load_params(tiny_project / "params.yaml")
     prepare.prepare(params, tiny_project / "data/prepared")
     status = train.train_arm(params, "scratch")
-    assert status["select_by"] == "kappa" and status["selection"] == "validation"
-    history = status["history"]
+    assert isinstance(status, TrainingStatus)
+    assert status.select_by == "kappa" and status.selection == "validation"
+    history = status.history
     assert {"val_kappa", "test_kappa", "train_kappa"} <= set(history[0])
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
     assert best["epoch"] == max(history, key=lambda row: row["val_kappa"])["epoch"]
@@ -271,7 +273,8 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     steps_per_epoch = math.ceil(30 / 8)  # 40 training images less the quarter held out, batch 8
     assert last["scheduler"]["last_epoch"] == 3 * steps_per_epoch
     evaluation = evaluate.evaluate_arm(params, "scratch")
-    assert evaluation.info["tta"] == "flips" and "validation kappa" in evaluation.info["selection_rule"]
+    assert isinstance(evaluation.info, EvaluationInfo)
+    assert evaluation.info.tta == "flips" and "validation kappa" in evaluation.info.selection_rule
     assert set(evaluation.metrics) >= {"acc", "kappa", "val"}
     with open(tiny_project / "metrics/predictions/scratch.csv") as stream:  # the regression head's value
         rows = list(csv.DictReader(stream))

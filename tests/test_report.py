@@ -12,6 +12,7 @@ from PIL import Image
 from retinopathy import screening
 from retinopathy.contract import Layout
 from retinopathy.errors import RetinopathyError
+from retinopathy.records import EvaluationInfo, Skipped, write_info
 from retinopathy.screening_files import write_screening
 from retinopathy.stages.report import main, write_report
 
@@ -26,30 +27,31 @@ COUNTS = [
 ]
 
 
-def _trained(arm: str, best: float, val: bool = False) -> tuple[dict, dict]:
+def _trained(arm: str, best: float, val: bool = False) -> tuple[dict, EvaluationInfo]:
     """The metrics (numbers) and info (words) evaluate writes for a trained arm."""
     metrics = {"acc": best, "bacc": 0.61, "base": 0.7336, "epoch": 3, "final": 0.87, "kappa": 0.72,
                "r0": 0.98, "r1": 0.2, "r2": 0.7, "r3": 0.5, "r4": 0.6, "train": 0.91}
-    info = {
-        "status": "trained", "model": "resnet18", "init": arm,
-        "weights": "random initialisation (seed 0)" if arm == "scratch" else "ImageNet",
-        "data": "data/demo", "synthetic": True,
-        "selection": "validation" if val else "test",
-        "selection_rule": "epoch with the highest "
+    info = EvaluationInfo(
+        model="resnet18", init=arm,
+        weights="random initialisation (seed 0)" if arm == "scratch" else "ImageNet",
+        data="data/demo", synthetic=True,
+        selection="validation" if val else "test", select_by="accuracy",
+        selection_rule="epoch with the highest "
         + ("validation accuracy" if val else "test accuracy (the lab's rule)"),
-        "epochs": 4, "test_size": 200,
-    }
+        tta="none", epochs=4, test_size=200, decoder="libjpeg-turbo", trained_with_decoder="libjpeg-turbo",
+        fingerprint="0123456789abcdef", numerics={"portable": True},
+    )
     if val:
         metrics["val"] = 0.9
     return metrics, info
 
 
-SKIPPED = {
-    "status": "skipped", "model": "resnet18", "init": "pretrained",
-    "reason": "ImageNet weights for resnet18 are not in the torchvision cache and could not be "
+SKIPPED = Skipped(
+    model="resnet18", init="pretrained",
+    reason="ImageNet weights for resnet18 are not in the torchvision cache and could not be "
     "downloaded (no network)",
-    "fix": "put resnet18-f37072fd.pth in /root/.cache/torch/hub/checkpoints/",
-}
+    fix="put resnet18-f37072fd.pth in /root/.cache/torch/hub/checkpoints/",
+)
 
 
 def _confusion_csv(rows: list[list[float]] | None) -> str:
@@ -77,7 +79,7 @@ def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> 
         (metrics / "history" / f"{arm}.csv").write_text("\n".join(history) + "\n")
         numbers, info = ({}, SKIPPED) if arm in skip else _trained(arm, best, val)
         (metrics / f"{arm}.json").write_text(json.dumps(numbers))
-        (metrics / f"{arm}.info.json").write_text(json.dumps(info))
+        write_info(metrics / f"{arm}.info.json", info)
         normalized = [[c / sum(row) for c in row] for row in COUNTS]
         trained = arm not in skip
         (metrics / "confusion" / f"{arm}_normalized.csv").write_text(
@@ -135,7 +137,7 @@ def test_pretrained_skipped(tmp_path: Path) -> None:
     write_report(metrics, out)
     _check_figures(out)
     report = (out / "report.md").read_text()
-    assert SKIPPED["reason"] in report and SKIPPED["fix"] in report
+    assert SKIPPED.reason in report and SKIPPED.fix in report
     assert "| status | trained | skipped |" in report
     assert "88.5%" in report
 
@@ -206,6 +208,14 @@ def _remove_info(metrics: Path) -> Path:
     return path
 
 
+def _unversioned_info(metrics: Path) -> Path:
+    """An info.json as evaluate wrote it before records were versioned."""
+    path = metrics / "scratch.info.json"
+    path.write_text(json.dumps({key: value for key, value in json.loads(path.read_text()).items()
+                                if key != "version"}))
+    return path
+
+
 def _words_in_metrics(metrics: Path) -> Path:
     path = metrics / "scratch.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "status": "trained"}))
@@ -220,6 +230,8 @@ def _words_in_metrics(metrics: Path) -> Path:
         (_drop_history_column, "epoch missing"),
         (_remove_json, "dvc repro evaluate"),
         (_remove_info, "dvc repro evaluate"),
+        (_unversioned_info, "before records were versioned, but this version of retinopathy reads format "
+                            "version 1 only; run `dvc repro -f evaluate@scratch`"),
         (_words_in_metrics, "not one of the numbers"),
     ],
 )

@@ -45,7 +45,7 @@ def test_training_from_device_memory_gives_the_history_of_streaming(tiny_project
     run_arm(tiny_project)
     write_params(twin, data={"on_device": "on"})
     status = run_arm(twin)
-    assert status["resident"] is True and status["decoder"] == TURBO
+    assert status.resident is True and status.decoder == TURBO
     assert read_history(twin) == read_history(tiny_project)
 
 
@@ -85,7 +85,8 @@ def test_the_last_smaller_batch_runs_on_the_eager_model_so_nothing_compiles_agai
     batches = [(torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.zeros(n, dtype=torch.int64))
                for n in (4, 4, 3)]
     optimizer = torch.optim.SGD(inner.parameters(), lr=0.1)
-    loops.train_epoch(model, batches, optimizer, plain_runtime(CPU), Head("cross_entropy"), eager=eager)
+    loops.train_epoch(loops.Learner(model, optimizer, Head("cross_entropy"), eager=eager), batches,
+                      plain_runtime(CPU))
     assert compiled_sizes == [4, 4] and eager_sizes == [3]
 
 

@@ -20,6 +20,7 @@ from retinopathy import checkpoint
 from retinopathy.config import load_params
 from retinopathy.engine import loops
 from retinopathy.errors import RetinopathyError
+from retinopathy.records import INFO_VERSION, SUMMARY_VERSION, EvaluationInfo, Skipped, TrainingStatus
 from retinopathy.stages import evaluate, weights
 
 
@@ -30,14 +31,14 @@ def read_history(folder: Path, init: str = "scratch") -> list[dict[str, str]]:
 
 def test_trains_evaluates_and_writes_every_output(tiny_project):
     status = run_arm(tiny_project)
-    assert status["status"] == "trained" and status["selection"] == "test"
+    assert isinstance(status, TrainingStatus) and status.selection == "test"
     history = read_history(tiny_project)
     assert [int(row["epoch"]) for row in history] == [1, 2]
     last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
     assert last["epoch"] == 2
     assert set(last) >= {"model", "optimizer", "history", "rng", "fingerprint", "config"}
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
-    assert best["epoch"] == status["best_epoch"]
+    assert best["epoch"] == status.best_epoch
 
     params = load_params(tiny_project / "params.yaml")
     result = evaluate.evaluate_arm(params, "scratch")
@@ -45,11 +46,13 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     metrics, info = result.metrics, result.info
     history_row = read_history(tiny_project)[metrics["epoch"] - 1]
     assert metrics["acc"] == round(float(history_row["test_accuracy"]), 3)
-    assert info["test_size"] == 12 and info["status"] == "trained"
+    assert isinstance(info, EvaluationInfo) and info.test_size == 12
     assert json.loads((tiny_project / "metrics/scratch.json").read_text()) == metrics
     assert all(isinstance(v, int | float) for v in metrics.values())
     summary = json.loads((tiny_project / "data/prepared/summary.json").read_text())
     assert metrics["base"] == round(summary["majority_baseline"]["test_accuracy"], 3)
+    assert summary["version"] == SUMMARY_VERSION
+    assert json.loads((tiny_project / "metrics/scratch.info.json").read_text())["version"] == INFO_VERSION
     with open(tiny_project / "metrics/confusion/scratch_normalized.csv") as stream:
         rows = list(csv.reader(stream))[1:]
     for row in rows:
@@ -64,11 +67,11 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
 
 
 def test_pretrained_arm_is_skipped_offline_with_reason_and_fix(tiny_project):
-    assert run_arm(tiny_project, "pretrained")["status"] == "skipped"
+    assert isinstance(run_arm(tiny_project, "pretrained"), Skipped)
     assert read_history(tiny_project, "pretrained") == []
     result = evaluate.evaluate_arm(load_params(tiny_project / "params.yaml"), "pretrained")
-    assert result.metrics == {} and result.info["status"] == "skipped"
-    assert "resnet18-f37072fd.pth" in result.info["reason"] and "train.weights" in result.info["fix"]
+    assert result.metrics == {} and isinstance(result.info, Skipped)
+    assert "resnet18-f37072fd.pth" in result.info.reason and "train.weights" in result.info.fix
     assert json.loads((tiny_project / "metrics/pretrained.json").read_text()) == {}
     assert not (tiny_project / "models/pretrained/last.pt").exists()
 
@@ -79,8 +82,8 @@ def test_pretrained_arm_trains_from_a_state_dict_file(tiny_project):
     write_params(tiny_project, train={"weights": str(path), "epochs": 1})
     assert weights.main([]) == 0
     status = run_arm(tiny_project, "pretrained")
-    assert status["status"] == "trained"
-    assert str(path) in status["weights"] and "imagenet" not in status["weights"].lower()
+    assert isinstance(status, TrainingStatus)
+    assert str(path) in status.weights and "imagenet" not in status.weights.lower()
 
 
 def test_more_epochs_continue_and_match_an_uninterrupted_run(tiny_project, scratch_dir):
@@ -168,11 +171,12 @@ def test_validation_split_picks_the_epoch(tiny_project):
 
     prepare.prepare(load_params(tiny_project / "params.yaml"), tiny_project / "data/prepared")
     status = run_arm(tiny_project)
-    assert status["selection"] == "validation"
+    assert isinstance(status, TrainingStatus) and status.selection == "validation"
     history = read_history(tiny_project)
     assert "val_accuracy" in history[0]
     result = evaluate.evaluate_arm(load_params(tiny_project / "params.yaml"), "scratch")
-    assert result.info["selection"] == "validation" and "validation" in result.info["selection_rule"]
+    assert isinstance(result.info, EvaluationInfo)
+    assert result.info.selection == "validation" and "validation" in result.info.selection_rule
     best = max(history, key=lambda row: float(row["val_accuracy"]))
     assert result.metrics["epoch"] == int(best["epoch"])
     assert result.metrics["val"] == round(float(best["val_accuracy"]), 3)

@@ -26,6 +26,7 @@ from retinopathy.engine import loops
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.distributed import BalancedSampler, EpochShuffleSampler, Process, torch_seed
 from retinopathy.errors import RetinopathyError
+from retinopathy.records import TrainingStatus
 from retinopathy.stages import evaluate, train
 
 
@@ -171,10 +172,11 @@ def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(tin
     status = run_arm(tiny_project)  # rebuilds best.pt of epoch 1 from last.pt, goes on
     assert "resuming after epoch 1 of 2" in capsys.readouterr().err
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
-    assert best["epoch"] == status["best_epoch"] and best["fingerprint"] == status["fingerprint"]
+    assert isinstance(status, TrainingStatus)
+    assert best["epoch"] == status.best_epoch and best["fingerprint"] == status.fingerprint
     assert not (tiny_project / "models/.resume").exists()
     params = load_params(tiny_project / "params.yaml")
-    assert evaluate.evaluate_arm(params, "scratch").metrics["epoch"] == status["best_epoch"]
+    assert evaluate.evaluate_arm(params, "scratch").metrics["epoch"] == status.best_epoch
 
     # best.pt of a later epoch than status.json knows (the old order's kill): a clear error, no IndexError.
     checkpoint.save_atomic({**best, "epoch": 3}, tiny_project / "models/scratch/best.pt")

@@ -35,6 +35,7 @@ import torch
 from retinopathy import codedeps, portable
 from retinopathy.errors import RetinopathyError
 from retinopathy.files import atomic_file, remove_stale_temporaries
+from retinopathy.models.grader import Grader, GraderSpec, load_grader
 
 # Settings that change how fast training runs but not what it computes (where the
 # decoded pixels live; whether the step is compiled: its kernels may round
@@ -131,6 +132,33 @@ BEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 KINDS = {"last": LAST_FIELDS, "best": BEST_FIELDS}
 
 
+def last_state(*, model: dict[str, Any], spec: dict[str, Any], optimizer: dict[str, Any],
+               scheduler: dict[str, Any], epoch: int, history: list[dict[str, float]], rng: dict[str, Any],
+               fingerprint: str, fingerprint_inputs: dict[str, Any],
+               config: dict[str, Any]) -> dict[str, Any]:
+    """A ``last.pt``: everything to resume after ``epoch`` (:data:`LAST_FIELDS`, in that order)."""
+    return {"model": model, "spec": spec, "optimizer": optimizer, "scheduler": scheduler, "epoch": epoch,
+            "history": history, "rng": rng, "fingerprint": fingerprint,
+            "fingerprint_inputs": fingerprint_inputs, "config": config}
+
+
+def best_of_last(last: dict[str, Any], select_by: str) -> dict[str, Any]:
+    """A ``best.pt`` of the epoch of the ``last.pt`` state ``last`` (:data:`BEST_FIELDS`).
+
+    It also records the history's figure ``select_by`` (the column that selected the
+    epoch, e.g. ``test_accuracy``) of that epoch: :func:`selected_figures` reads it back.
+    """
+    row = last["history"][last["epoch"] - 1]
+    return {"model": last["model"], "spec": last["spec"], "epoch": last["epoch"],
+            select_by: row[select_by], "fingerprint": last["fingerprint"]}
+
+
+def selected_figures(best: dict[str, Any]) -> dict[str, float]:
+    """The figures a ``best.pt`` records of its epoch besides :data:`BEST_FIELDS` (what selected it)."""
+    return {key: value for key, value in best.items()
+            if key not in BEST_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)}
+
+
 class DamagedCheckpoint(RetinopathyError):
     """A checkpoint file that cannot be read, or holds something other than its kind."""
 
@@ -204,6 +232,33 @@ def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
     return check(read(path, fix), path, kind, fix)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A trained grader, from a ``best.pt``: the checkpoint's state, its spec, and the network.
+
+    Attributes:
+        state: The checked ``best.pt`` (:data:`BEST_FIELDS`), on the CPU.
+        spec: Its :class:`~retinopathy.models.grader.GraderSpec`, checked.
+        grader: The network with the checkpoint's weights (fp32, on the CPU, eager).
+    """
+
+    state: dict[str, Any]
+    spec: GraderSpec
+    grader: Grader
+
+
+def load_trained(path: Path, fix: str | None = None) -> Trained:
+    """:func:`load` the ``best.pt`` at ``path`` and build its grader: checkpoint, spec, grader.
+
+    Raises:
+        DamagedCheckpoint: a damaged or foreign checkpoint, naming ``path`` and ``fix``.
+        RetinopathyError: a spec this version cannot use, or weights that do not fit it.
+    """
+    state = load(path, "best", fix)
+    spec = GraderSpec.from_dict(state["spec"], str(path))
+    return Trained(state, spec, load_grader(spec, state["model"], str(path)))
+
+
 RESUME_FOLDER = ".resume"  # under the models folder; git-ignored, and no part of any DVC output
 
 
@@ -269,39 +324,3 @@ def publish(source: Path, target: Path) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-# status.json, training's record for evaluate: the keys each kind of record must hold.
-STATUS_KEYS = {
-    "skipped": ("status", "model", "init", "reason", "fix"),
-    "trained": ("status", "model", "init", "epochs", "best_epoch", "selection", "select_by", "decoder",
-                "resident", "weights", "fingerprint", "history"),
-}
-
-
-def read_status(path: Path, arm: str) -> dict[str, Any]:
-    """Training's ``status.json`` for ``arm``, checked whole: never half read.
-
-    Raises:
-        RetinopathyError: missing, truncated or not JSON, or missing a key its kind needs;
-            naming the file and what to run.
-    """
-    fix = (f"restore it with `dvc checkout models/{arm}`, or run `dvc repro -f train@{arm}` to train "
-           "the arm again")
-    if not path.is_file():
-        raise RetinopathyError(f"{path}: not found; run `dvc repro train@{arm}` first")
-    try:
-        status = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RetinopathyError(f"{path}: damaged, not a JSON record ({error}); {fix}") from None
-    kind = status.get("status") if isinstance(status, dict) else None
-    if kind not in STATUS_KEYS:
-        raise RetinopathyError(f"{path}: not a training status record (its `status` is {kind!r}, not one of "
-                               f"{', '.join(STATUS_KEYS)}); {fix}")
-    missing = [key for key in STATUS_KEYS[kind] if key not in status]
-    if missing:
-        raise RetinopathyError(f"{path}: a {kind} record without {', '.join(missing)} (written by another "
-                               f"version, or damaged); {fix}")
-    if kind == "trained" and not (isinstance(status["history"], list) and status["history"]):
-        raise RetinopathyError(f"{path}: a trained record with no history; {fix}")
-    return status

@@ -25,6 +25,7 @@ from retinopathy.contract import (
     Layout,
     grade_label,
 )
+from retinopathy.records import Skipped
 from retinopathy.results import Arm, at_baseline, majority_baseline, model_name
 from retinopathy.screening_files import Screening
 
@@ -110,14 +111,15 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
 def plot_confusion(arm: Arm, model: str, path: Path) -> None:
     """The normalised confusion matrix as an annotated heat map, or why the arm is missing."""
     fig, ax = plt.subplots(figsize=(7.5, 6.2), layout="constrained")
-    if arm.normalized is None or arm.counts is None:
+    if arm.normalized is None or arm.counts is None:  # a skipped arm (load_arm reads a trained one's)
+        words = ((("Reason", arm.info.reason), ("Fix", arm.info.fix)) if isinstance(arm.info, Skipped)
+                 else ())
         ax.axis("off")
         ax.text(0.5, 0.75, f"{arm.name} arm skipped", ha="center", va="center",
                 fontsize=18, weight="bold", transform=ax.transAxes)
         body = "\n\n".join(
-            textwrap.fill(f"{head}: {arm.info.get(key, 'not given')}", width=62,
-                          break_on_hyphens=False)
-            for head, key in (("Reason", "reason"), ("Fix", "fix"))
+            textwrap.fill(f"{head}: {text}", width=62, break_on_hyphens=False)
+            for head, text in words
         )
         ax.text(0.5, 0.62, body, ha="center", va="top", fontsize=10.5, multialignment="left",
                 transform=ax.transAxes,
@@ -315,7 +317,7 @@ def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None
                 continue
             colour = f"C{names.index(name) % 10}"
             style = ARM_STYLES.get(arm.name, ":")
-            label = f"{name}: {model_name(arm.info['model'])} {arm.name}"
+            label = f"{name}: {model_name(arm.info.model)} {arm.name}"
             label += " (AT BASELINE)" if at_baseline(arm.metrics) else ""
             epochs = arm.history["epoch"]
             (line,) = acc_ax.plot(epochs, 100 * arm.history["test_accuracy"], ls=style, marker="o", ms=4,

@@ -7,11 +7,9 @@ stale file stops the reader with a message that names it and the fix.
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +25,16 @@ from retinopathy.contract import (
 )
 from retinopathy.errors import RetinopathyError
 from retinopathy.models.registry import title
+from retinopathy.records import (
+    EvaluationInfo,
+    ReadText,
+    RecordError,
+    Skipped,
+    read_info,
+    read_json_object,
+    read_status,
+    read_working_tree,
+)
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
 REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
@@ -41,12 +49,12 @@ class Arm:
 
     Attributes:
         name: ``scratch`` or ``pretrained``.
-        info: The words of ``metrics/<arm>.info.json`` (status, model, weights, ...).
+        info: The words of ``metrics/<arm>.info.json`` (model, weights, ...; or why it was skipped).
         metrics: The numbers of ``metrics/<arm>.json`` (``contract.METRIC_KEYS``; empty if skipped).
     """
 
     name: str
-    info: dict[str, Any]
+    info: EvaluationInfo | Skipped
     metrics: dict[str, float]
     history: pd.DataFrame | None = None
     normalized: np.ndarray | None = None
@@ -54,17 +62,7 @@ class Arm:
 
     @property
     def trained(self) -> bool:
-        return self.info["status"] == "trained"
-
-
-# Reads a file's text; FileNotFoundError when it is not there. The default reads the
-# working tree; `compare` passes one that reads an experiment's files through DVC.
-ReadText = Callable[[Path], str]
-
-
-def read_working_tree(path: Path) -> str:
-    """The text of ``path`` on disk (UTF-8)."""
-    return path.read_text(encoding="utf-8")
+        return isinstance(self.info, EvaluationInfo)
 
 
 def _text(path: Path, read: ReadText, fix: str) -> str:
@@ -76,28 +74,8 @@ def _text(path: Path, read: ReadText, fix: str) -> str:
         raise RetinopathyError(f"{path}: not UTF-8 text ({error}): {fix}") from None
 
 
-def _read_object(path: Path, read: ReadText) -> dict[str, Any]:
-    text = _text(path, read, EVALUATE_FIX)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise RetinopathyError(f"{path}: not valid JSON ({error}): {EVALUATE_FIX}") from None
-    if not isinstance(value, dict):
-        raise RetinopathyError(f"{path}: expected a JSON object: {EVALUATE_FIX}")
-    return value
-
-
-def _read_info(path: Path, read: ReadText) -> dict[str, Any]:
-    info = _read_object(path, read)
-    if info.get("status") not in ("trained", "skipped"):
-        raise RetinopathyError(f"{path}: expected the status 'trained' or 'skipped': {EVALUATE_FIX}")
-    if "model" not in info:
-        raise RetinopathyError(f"{path}: the key 'model' is missing: {EVALUATE_FIX}")
-    return info
-
-
 def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
-    metrics = _read_object(path, read)
+    metrics = read_json_object(path, read, EVALUATE_FIX, EVALUATE_FIX)
     for key, value in metrics.items():
         if key not in METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
             raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers evaluate "
@@ -176,8 +154,8 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
         RetinopathyError: a file is missing or malformed (the message names it).
     """
     files = layout.arm(name)
-    info = _read_info(files.info, read)
-    arm = Arm(name, info, _read_metrics(files.metrics, info["status"] == "trained", read))
+    info = read_info(files.info, name, read)
+    arm = Arm(name, info, _read_metrics(files.metrics, isinstance(info, EvaluationInfo), read))
     if not arm.trained:
         return arm
     arm.history = _read_history(files.history, read)
@@ -242,14 +220,14 @@ def missing_checkpoint_fix(arm: str, layout: Layout) -> str:
     until its cause is fixed, so the message gives the recorded reason and fix.
     """
     files = layout.arm(arm)
-    for record in (files.info, files.status):
+    for path, read in ((files.info, read_info), (files.status, read_status)):
         try:
-            words = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            words = read(path, arm)
+        except RecordError:  # none there, or unreadable: this message is about the missing checkpoint
             continue
-        if isinstance(words, dict) and words.get("status") == "skipped":
-            return (f"the {arm} arm was not trained ({record} says skipped: {words.get('reason', '?')}); "
-                    f"`dvc repro` will not train it until that is fixed: {words.get('fix', '?')}. "
+        if isinstance(words, Skipped):
+            return (f"the {arm} arm was not trained ({path} says skipped: {words.reason}); "
+                    f"`dvc repro` will not train it until that is fixed: {words.fix}. "
                     "Or pass --checkpoint FILE")
     return f"train the arm first (`dvc repro train@{arm}`), or pass --checkpoint FILE"
 

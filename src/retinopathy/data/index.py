@@ -3,14 +3,14 @@
 The index lists every record once with its split (train, val, test; see
 ``contract.INDEX_COLUMNS``), so training and evaluation read the split that
 prepare checked, not the raw lists again. The summary holds the counts per
-grade and split, the majority-class baseline and notes on the input.
+grade and split, the majority-class baseline and notes on the input
+(:class:`retinopathy.records.PreparedSummary`, which also reads and writes it).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 from retinopathy.contract import INDEX_COLUMNS, NUM_GRADES, SPLITS
 from retinopathy.data.labels import Record, check_name, class_counts
 from retinopathy.errors import RetinopathyError
+from retinopathy.records import PREPARE_FIX, MajorityBaseline, PreparedSummary, SplitCounts
 
 GRADE_TEXT = frozenset(str(grade) for grade in range(NUM_GRADES))
 
@@ -44,26 +45,24 @@ def split_validation(records: list[Record], fraction: float, seed: int) -> tuple
     return train, val
 
 
-def build_summary(root: str, splits: dict[str, list[Record]], notes: list[str],
-                  synthetic: bool) -> dict[str, Any]:
+def build_summary(root: str, splits: dict[str, list[Record]], notes: list[str], synthetic: bool,
+                  identical_images: dict[str, Any], patients: dict[str, Any]) -> PreparedSummary:
     """Counts per class and split, and the accuracy of always predicting the commonest grade."""
     counts = {name: class_counts(records) for name, records in splits.items()}
     majority = int(np.argmax(counts["train"]))
     test_total = len(splits["test"])
-    return {
-        "root": root,
-        "synthetic": synthetic,
-        "splits": {
-            name: {"count": len(records), "class_counts": counts[name]}
-            for name, records in splits.items()
-        },
-        "majority_baseline": {
-            "grade": majority,
-            "test_accuracy": counts["test"][majority] / test_total,
-            "rule": "always predict the commonest training grade",
-        },
-        "notes": notes,
-    }
+    return PreparedSummary(
+        root=root,
+        synthetic=synthetic,
+        splits={name: SplitCounts(count=len(records), class_counts=counts[name])
+                for name, records in splits.items()},
+        majority_baseline=MajorityBaseline(grade=majority,
+                                           test_accuracy=counts["test"][majority] / test_total,
+                                           rule="always predict the commonest training grade"),
+        notes=notes,
+        identical_images=identical_images,
+        patients=patients,
+    )
 
 
 def index_text(splits: dict[str, list[Record]]) -> str:
@@ -76,7 +75,6 @@ def index_text(splits: dict[str, list[Record]]) -> str:
     return text.getvalue()
 
 
-PREPARE_FIX = "run `dvc repro -f prepare` to write it again (or `dvc checkout data/prepared`)"
 
 
 def _damaged(path: Path, what: str, line: int | None = None) -> RetinopathyError:
@@ -127,37 +125,3 @@ def read_index(path: Path) -> dict[str, list[Record]]:
             raise _damaged(path, f"label {label[:40]!r} is not a grade 0-{NUM_GRADES - 1}", line)
         splits[split].append(Record(image, grade))
     return splits
-
-
-# What `prepare` writes into summary.json, and the type of each value.
-SUMMARY_KEYS: dict[str, type | tuple[type, ...]] = {
-    "root": str, "synthetic": bool, "splits": dict, "majority_baseline": dict, "notes": list,
-    "patients": dict,
-}
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """Read ``summary.json``, checking the keys its readers use.
-
-    Raises:
-        RetinopathyError: the file is missing, not JSON, or lacks a key (or has one of the
-            wrong type); the message names the file and the key and says to run prepare again.
-    """
-    try:
-        summary = json.loads(_prepared_text(path))
-    except json.JSONDecodeError as error:
-        raise _damaged(path, f"not valid JSON ({error})") from None
-    if not isinstance(summary, dict):
-        raise _damaged(path, "not a JSON object")
-    for key, kind in SUMMARY_KEYS.items():
-        if key not in summary:
-            raise _damaged(path, f"the key {key!r} is missing")
-        if not isinstance(summary[key], kind):
-            raise _damaged(path, f"{key!r} is {summary[key]!r}, not a {getattr(kind, '__name__', kind)}")
-    baseline = summary["majority_baseline"]
-    accuracy = baseline.get("test_accuracy")
-    if not isinstance(accuracy, int | float) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1:
-        raise _damaged(path, f"'majority_baseline.test_accuracy' is {accuracy!r}, not a fraction in [0, 1]")
-    if baseline.get("grade") not in range(NUM_GRADES):
-        raise _damaged(path, f"'majority_baseline.grade' is {baseline.get('grade')!r}, not a grade")
-    return summary

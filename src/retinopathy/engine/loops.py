@@ -226,22 +226,41 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
     return loss, outputs
 
 
-def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                runtime: Runtime, head: Head, description: str = "train", *,
-                augment: BatchHook | None = None,
-                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                eager: nn.Module | None = None) -> EpochResult:
+@dataclass(frozen=True)
+class Learner:
+    """What a training pass steps: the network, its optimizer, its learning-rate schedule and its head.
+
+    Attributes:
+        net: The grader as trained (wrapped in DDP, compiled, when asked).
+        optimizer: Steps its parameters.
+        head: The (weighted) training loss, and the grades counted.
+        scheduler: Stepped after every optimizer step (per-batch learning rates); None: constant.
+        eager: The uncompiled ``net``, for a batch smaller than the first (the last one): a
+            compiled model would compile again for its shape. None: ``net`` itself.
+    """
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    head: Head
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    eager: nn.Module | None = None
+
+
+def train_epoch(learner: Learner, batches: Iterable, runtime: Runtime, description: str = "train",
+                augment: BatchHook | None = None) -> EpochResult:
     """One pass of SGD over ``batches`` (see :func:`sgd_step`).
 
     Args:
+        learner: What is trained, and how each step changes it.
+        batches: (uint8 images, grades) batches.
+        runtime: The device and its switches.
+        description: What the pass is, for its progress line.
         augment: Changes each batch on the device before the step (training only).
-        scheduler: Stepped after every optimizer step (per-batch learning rates).
-        eager: The uncompiled ``model``, for a batch smaller than the first (the last
-            one): a compiled model would compile again for its shape.
 
     Raises:
         NonFiniteLoss: as soon as a (checked) loss is NaN or infinite.
     """
+    model, eager, head, scheduler = learner.net, learner.eager, learner.head, learner.scheduler
     model.train()
     device = runtime.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -257,7 +276,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
             images = augment(images, step)
         full = full or len(labels)
         net = eager if eager is not None and len(labels) != full else model
-        loss, outputs = sgd_step(net, optimizer, images, labels, runtime, head)
+        loss, outputs = sgd_step(net, learner.optimizer, images, labels, runtime, head)
         if scheduler is not None:
             scheduler.step()
         if step == 1:  # one sync per epoch: how long the first batch took, start-up included

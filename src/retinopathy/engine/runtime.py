@@ -13,7 +13,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from retinopathy.errors import RetinopathyError
 from retinopathy.portable import pin
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+if TYPE_CHECKING:
+    from retinopathy.config import Params
 
 
 @dataclass(frozen=True)
@@ -116,15 +119,24 @@ def plain_runtime(device: torch.device) -> Runtime:
     return Runtime(device, Process(), bf16=False, channels_last=False, pin_memory=False, num_workers=0)
 
 
-def start(device_preference: str, **switches) -> Runtime:
-    """Join torchrun's process group if there is one, pick the device, resolve the switches.
+def from_params(params: Params, process: Process | None = None) -> Runtime:
+    """The runtime that params.yaml asks for: ``train.device``, ``train.precision``,
+    ``train.channels_last`` and ``data.num_workers`` (of one process, unless ``process`` is given)."""
+    train = params.train
+    device = resolve_device(train.device, process.local_rank if process is not None else 0)
+    return make_runtime(device, precision=train.precision, channels_last=train.channels_last,
+                        num_workers=params.data.num_workers, process=process)
 
-    ``switches`` are :func:`make_runtime`'s keywords. Call :func:`stop` at the end.
+
+def start(params: Params) -> Runtime:
+    """:func:`from_params`, after joining torchrun's process group if there is one.
+
+    Call :func:`stop` at the end.
     """
     process = process_from_environment()
-    device = resolve_device(device_preference, process.local_rank)
-    join(process, device)
-    return make_runtime(device, process=process, **switches)
+    runtime = from_params(params, process)
+    join(process, runtime.device)
+    return runtime
 
 
 # torch.compile repays its compile time (about 35 s for ResNet18, 65 s for ResNet50

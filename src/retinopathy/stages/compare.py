@@ -40,6 +40,7 @@ from retinopathy.experiments import (
 from retinopathy.figures import plot_curves
 from retinopathy.files import check_output_folder, holds_only, staged_folder, starts_with
 from retinopathy.models.registry import MODELS
+from retinopathy.records import EvaluationInfo
 from retinopathy.results import BASELINE_RULE, at_baseline, model_name
 
 
@@ -73,19 +74,15 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
     for experiment in experiments:
         for arm_name in ARMS:
             arm = experiment.arms[arm_name]
-            if arm.trained:
+            if isinstance(arm.info, EvaluationInfo):
                 m, info = arm.metrics, arm.info
-                if "select_by" in info:
-                    rule = f"{info['selection']} {info['select_by']}"
-                else:  # a run of an older version: its rule in words
-                    words = info.get("selection_rule", "?").removeprefix("epoch with the highest ")
-                    rule = words.split(" (")[0]
                 flat = at_baseline(m)
-                figures = [str(int(m["epoch"])), rule, _pct(m["acc"]), _kappa(m["kappa"]),
+                figures = [str(int(m["epoch"])), f"{info.selection} {info.select_by}", _pct(m["acc"]),
+                           _kappa(m["kappa"]),
                            _pct(m.get("bacc")), f"**AT BASELINE** ({flat})" if flat else "above"]
             else:
                 figures = ["skipped"] * 6
-            row = [experiment.name, model_name(arm.info["model"]), arm_name, *figures]
+            row = [experiment.name, model_name(arm.info.model), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -110,7 +107,7 @@ def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
         names = ", ".join(f"`{e.name}` ({seed})" for e, seed in zip(group.members, group.seeds, strict=True))
         for arm_name in ARMS:
             trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
-            model = model_name(group.members[0].arms[arm_name].info["model"])
+            model = model_name(group.members[0].arms[arm_name].info.model)
             figures = [_spread([a.metrics[key] for a in trained if key in a.metrics], fmt)
                        if any(key in a.metrics for a in trained) else "n/a" for key, _, fmt in SEED_FIGURES]
             cells = figures if trained else ["skipped"] * len(SEED_FIGURES)
@@ -128,7 +125,7 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
         for arm_name, arm in experiment.arms.items():
             if arm.trained:
                 label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
-                cells.setdefault((arm.info["model"], arm_name), []).append(
+                cells.setdefault((arm.info.model, arm_name), []).append(
                     label if len(experiments) == 1 else f"{label} {experiment.name}")
     trained = {model for model, _ in cells}
     models = [m for m in MODELS if m in trained] + sorted(trained - set(MODELS))
@@ -151,7 +148,8 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
         lines += ["", "## What differs", "", *settings_table(experiments, differ)]
     else:
         lines += ["", "The experiments have the same params."]
-    if any(arm.info.get("synthetic") for e in experiments for arm in e.arms.values()):
+    if any(isinstance(arm.info, EvaluationInfo) and arm.info.synthetic
+           for e in experiments for arm in e.arms.values()):
         lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
                   "nothing about retinopathy."]
     flagged = [f"`{e.name}` {arm.name}" for e in experiments for arm in e.arms.values()

@@ -43,15 +43,15 @@ from retinopathy.contract import (
     Layout,
     prediction_header,
 )
-from retinopathy.data.index import read_index, read_summary
+from retinopathy.data.index import read_index
 from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine import loops
 from retinopathy.engine.batches import eval_batches, open_sources
-from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.engine.runtime import from_params
 from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
-from retinopathy.models.grader import GraderSpec, load_grader
 from retinopathy.paramkeys import restrict
+from retinopathy.records import EvaluationInfo, Skipped, read_status, read_summary, write_info
 from retinopathy.scoring import confusion_tables, scores
 from retinopathy.screening import Scored, record, scored
 from retinopathy.screening_files import write_screening
@@ -108,13 +108,13 @@ class Evaluation:
     """What evaluate writes for one arm: numbers (``metrics/<arm>.json``) and words (``.info.json``)."""
 
     metrics: dict[str, float]
-    info: dict[str, Any]
+    info: EvaluationInfo | Skipped
     screening: dict[str, Any] | None = None  # retinopathy.screening.record; None for a skipped arm
 
 
 def write_evaluation(files: ArmFiles, evaluation: Evaluation) -> None:
     write_json_atomic(files.metrics, evaluation.metrics)
-    write_json_atomic(files.info, evaluation.info)
+    write_info(files.info, evaluation.info)
 
 
 def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Evaluation:
@@ -125,41 +125,39 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     """
     layout = layout or Layout()
     files = layout.arm(arm)
-    status = checkpoint.read_status(files.status, arm)
+    status = read_status(files.status, arm)
     summary = read_summary(layout.summary)
-    if status["status"] == "skipped":
-        words = {key: status[key] for key in ("status", "model", "init", "reason", "fix")}
-        evaluation = Evaluation({}, words)
+    if isinstance(status, Skipped):
+        evaluation = Evaluation({}, status)
         write_tables(files, None, prediction_header(regression=False), [], [])
         write_screening(files, None, None, probabilities=False)
         write_evaluation(files, evaluation)
         return evaluation
 
-    best = checkpoint.load(files.best, "best", fix=(
+    trained = checkpoint.load_trained(files.best, fix=(
         f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
         f"or move {files.model_dir} away and run `dvc repro` to train the arm again"))
-    history = status["history"]
-    if best["fingerprint"] != status["fingerprint"] or best["epoch"] != status["best_epoch"] \
+    best, spec = trained.state, trained.spec
+    history = status.history
+    if best["fingerprint"] != status.fingerprint or best["epoch"] != status.best_epoch \
             or not 1 <= best["epoch"] <= len(history):
         # A kill (or a full disk) between training's writes, or files put together by hand.
         raise RetinopathyError(
             f"{files.best}: holds epoch {best['epoch']} of run {best['fingerprint']}, but {files.status} "
-            f"says the best epoch of run {status['fingerprint']} is {status['best_epoch']}: they are from "
+            f"says the best epoch of run {status.fingerprint} is {status.best_epoch}: they are from "
             f"different or interrupted training runs; run `dvc repro train@{arm}` (or `retinopathy train "
             f"--init {arm}`) to finish training, which writes both again"
         )
     best_row = history[best["epoch"] - 1]
 
-    spec = GraderSpec.from_dict(best.get("spec"), str(files.best))
     train = params.train
-    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
-                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime = from_params(params)
     runtime.configure_backends()  # the numerics training evaluated with
-    grader = runtime.place(load_grader(spec, best["model"], str(files.best)))
+    grader = runtime.place(trained.grader)
     index = read_index(layout.index)
     # The validation split (data.val_fraction > 0) picks the screening operating points.
     records = {"test": index["test"], "val": index["val"]}
-    sources, decoder = open_sources(params, runtime, records, spec.image_size, status["resident"])
+    sources, decoder = open_sources(params, runtime, records, spec.image_size, status.resident)
     tta = params.evaluate.tta == "flips"
     lower = (f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
              f"{', or set evaluate.tta to none' if tta else ''}")
@@ -187,30 +185,29 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         "epoch": best["epoch"],
         "final": history[-1]["test_accuracy"],
         "train": best_row["train_accuracy"],  # running accuracy over the epoch, as the lab reports it
-        "base": summary["majority_baseline"]["test_accuracy"],
+        "base": summary.majority_baseline.test_accuracy,
     }
     if "val_accuracy" in best_row:
         numbers["val"] = best_row["val_accuracy"]
     metrics = {key: round(numbers[key], METRIC_DECIMALS) for key in METRIC_KEYS if key in numbers}
-    info = {
-        "status": "trained",
-        "model": spec.model,
-        "init": arm,
-        "weights": status["weights"],
-        "data": params.data.root,
-        "synthetic": summary["synthetic"],
-        "patients": summary["patients"],  # prepare's count of patients per split and across splits
-        "selection": status["selection"],
-        "select_by": status["select_by"],
-        "selection_rule": selection_rule(status["selection"], status["select_by"]),
-        "tta": params.evaluate.tta,
-        "epochs": status["epochs"],
-        "test_size": int(len(actual_np)),
-        "decoder": decoder,
-        "trained_with_decoder": status["decoder"],
-        "fingerprint": best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
-        "numerics": portable.state(),  # train.portable (retinopathy.portable)
-    }
+    info = EvaluationInfo(
+        model=spec.model,
+        init=arm,
+        weights=status.weights,
+        data=params.data.root,
+        synthetic=summary.synthetic,
+        selection=status.selection,
+        select_by=status.select_by,
+        selection_rule=selection_rule(status.selection, status.select_by),
+        tta=params.evaluate.tta,
+        epochs=status.epochs,
+        test_size=int(len(actual_np)),
+        decoder=decoder,
+        trained_with_decoder=status.decoder,
+        fingerprint=best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
+        numerics=portable.state(),  # train.portable (retinopathy.portable)
+        patients=summary.patients,  # prepare's count of patients per split and across splits
+    )
     evaluation = Evaluation(metrics, info, screening)
     csv_rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
     write_tables(files, tables, prediction_header(head.regression), csv_rows["test"], csv_rows.get("val", []))
@@ -228,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     evaluation = evaluate_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
     info, metrics = evaluation.info, evaluation.metrics
-    if info["status"] == "skipped":
-        warn(f"{args.init} arm skipped: {info['reason']}\n  fix: {info['fix']}")
+    if isinstance(info, Skipped):
+        warn(f"{args.init} arm skipped: {info.reason}\n  fix: {info.fix}")
     else:
         print(f"{args.init}: test accuracy {metrics['acc']:.1%} (epoch {metrics['epoch']}, "
-              f"{info['selection_rule']}), kappa {metrics['kappa']:.3f}, "
+              f"{info.selection_rule}), kappa {metrics['kappa']:.3f}, "
               f"always-grade-0 baseline {metrics['base']:.1%}")
         auc = (evaluation.screening or {}).get("patient", {}).get("auc_referable", {}).get("value")
         print(f"{args.init}: referable DR AUC per patient "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,8 @@ from retinopathy.engine.runtime import resolve_device
 from retinopathy.errors import RetinopathyError
 from retinopathy.explain import grad_cam, save_grid, save_message
 from retinopathy.files import atomic_file
-from retinopathy.models.grader import GraderSpec, load_grader
 from retinopathy.paramkeys import restrict
+from retinopathy.records import Skipped, read_info
 from retinopathy.results import model_name
 
 # The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
@@ -70,15 +69,15 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
     """Draw ``plots/explain_<arm>.png``; returns its path."""
     layout = layout or Layout()
     files, out = layout.arm(arm), layout.explanation(arm)
-    info = json.loads(files.info.read_text()) if files.info.is_file() else {}
-    if info.get("status") != "trained":
+    info = read_info(files.info, arm)
+    if isinstance(info, Skipped):
         with atomic_file(out, "wb") as stream:
-            save_message(stream, f"{arm} arm: not trained", info.get("reason", "run `dvc repro` first"))
+            save_message(stream, f"{arm} arm: not trained", info.reason)
         return out
-    best = checkpoint.load(files.best, "best", fix=f"restore it with `dvc checkout {files.model_dir}`")
-    spec = GraderSpec.from_dict(best["spec"], str(files.best))
+    trained = checkpoint.load_trained(files.best, fix=f"restore it with `dvc checkout {files.model_dir}`")
+    spec = trained.spec
     device = resolve_device(params.train.device)
-    grader = load_grader(spec, best["model"], str(files.best)).to(device)  # eager fp32: Grad-CAM's hooks
+    grader = trained.grader.to(device)  # eager fp32: Grad-CAM's hooks
     records = read_index(layout.index)["test"]
     actual, predicted = _predictions(files.predictions, len(records))
     dataset = RetinopathyDataset(params.data.root, "test", spec.image_size, records=records,

@@ -51,8 +51,10 @@ from retinopathy.errors import RetinopathyError
 if TYPE_CHECKING:  # imported where they are used, so that --help is instant
     from torch import Tensor
 
+    from retinopathy.checkpoint import Trained
     from retinopathy.models.grader import GraderSpec
     from retinopathy.models.photo_graph import PhotoGrader
+    from retinopathy.records import EvaluationInfo, TrainingStatus
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -61,15 +63,18 @@ MISSING_FIX = "train the arm first (`dvc repro`), or pass another --checkpoint"
 MEASURE_IMAGES = 32  # test images on which a plain full decode is compared with the project's decoder
 
 
-def load_scores_model(path: Path) -> PhotoGrader:
-    """The checkpoint's grader and head as the exported model computes them (eval mode, fp32, CPU)."""
-    from retinopathy import checkpoint
-    from retinopathy.models.grader import GraderSpec, load_grader
+def scores_model(trained: Trained) -> PhotoGrader:
+    """The trained grader and its head as the exported model computes them (eval mode, fp32, CPU)."""
     from retinopathy.models.photo_graph import PhotoGrader
 
-    state = checkpoint.load(path, "best", fix=MISSING_FIX)
-    spec = GraderSpec.from_dict(state["spec"], str(path))
-    return PhotoGrader(load_grader(spec, state["model"], str(path)), spec.head()).eval()
+    return PhotoGrader(trained.grader, trained.spec.head()).eval()
+
+
+def load_scores_model(path: Path) -> PhotoGrader:
+    """:func:`scores_model` of the checkpoint at ``path``."""
+    from retinopathy import checkpoint
+
+    return scores_model(checkpoint.load_trained(path, fix=MISSING_FIX))
 
 
 def _example(side: int, count: int = 2, width: int | None = None) -> Tensor:
@@ -143,8 +148,8 @@ class Provenance:
     """
 
     selected: dict[str, float]
-    status: dict[str, Any]
-    info: dict[str, Any]
+    status: TrainingStatus | None
+    info: EvaluationInfo | None
     metrics: dict[str, float]
     source: str
 
@@ -157,26 +162,42 @@ def _json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def provenance(path: Path, state: dict[str, Any], layout: Layout) -> Provenance:
+def _record_if_there(read: Callable[[Path, str], Any], path: Path, arm: str) -> Any:
+    """The record at ``path``; None when there is none, or (said) when it cannot be read."""
+    from retinopathy.errors import warn
+    from retinopathy.records import RecordError
+
+    if not path.is_file():
+        return None
+    try:
+        return read(path, arm)
+    except RecordError as error:
+        warn(f"{error}. The model card leaves it out")
+        return None
+
+
+def provenance(path: Path, state: dict[str, Any], arm: str, layout: Layout) -> Provenance:
     """Gather what describes ``state`` (read from ``path``), matching every record by its fingerprint.
 
     The metrics on disk may come from another run (the arm retrained since, or
     another experiment checked out), so they are used only when evaluate wrote
     this checkpoint's fingerprint into the arm's info file.
     """
+    from retinopathy import checkpoint
+    from retinopathy.records import EvaluationInfo, TrainingStatus, read_info, read_status
+
     fingerprint = state["fingerprint"]
-    selected = {key: value for key, value in state.items()
-                if key not in ("model", "spec", "epoch", "fingerprint") and isinstance(value, int | float)}
-    status = _json(path.parent / "status.json")
-    status = status if status.get("fingerprint") == fingerprint else {}
-    for arm in ARMS:
-        files = layout.arm(arm)
-        info = _json(files.info)
-        if info.get("fingerprint") == fingerprint:
+    selected = checkpoint.selected_figures(state)
+    status = _record_if_there(read_status, path.parent / layout.arm(arm).status.name, arm)
+    status = status if isinstance(status, TrainingStatus) and status.fingerprint == fingerprint else None
+    for name in ARMS:
+        files = layout.arm(name)
+        info = _record_if_there(read_info, files.info, name)
+        if isinstance(info, EvaluationInfo) and info.fingerprint == fingerprint:
             return Provenance(selected, status, info, _json(files.metrics),
                               f"`{files.metrics}` and `{files.info}`, whose evaluation carries this "
                               f"checkpoint's fingerprint `{fingerprint}`")
-    return Provenance(selected, status, {}, {},
+    return Provenance(selected, status, None, {},
                       f"none: no `metrics/<arm>.info.json` here carries this checkpoint's fingerprint "
                       f"`{fingerprint}` (evaluate it with `dvc repro evaluate@<arm>` in its project)")
 
@@ -218,14 +239,14 @@ def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]
     return {"images": len(differences), "max": max(differences), "mean": sum(differences) / len(differences)}
 
 
-def _test_photos(info: dict[str, Any]) -> list[Path]:
+def _test_photos(info: EvaluationInfo | None) -> list[Path]:
     """Up to MEASURE_IMAGES test images of the checkpoint's data (course layout), if they are here."""
     from retinopathy.data.labels import image_path, read_lines
 
-    root = Path(str(info.get("data", "")))
-    listed = root / "test_img.csv"
-    if not info.get("data") or not listed.is_file():
+    if info is None or not info.data or not (Path(info.data) / "test_img.csv").is_file():
         return []
+    root = Path(info.data)
+    listed = root / "test_img.csv"
     try:
         lines, _ = read_lines(listed)
     except RetinopathyError:
@@ -236,11 +257,13 @@ def _test_photos(info: dict[str, Any]) -> list[Path]:
 def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provenance, fmt: str, file: Path,
                measured: dict[str, Any] | None, checkpoint_path: Path) -> str:
     """The text of ``FILE.md``: only what is known about this checkpoint, and where it came from."""
-    info = known.info or known.status
-    lines = [f"# {file.name}: diabetic retinopathy grader ({spec.model}, {info.get('init', arm)} arm)", "",
+    status, info = known.status, known.info
+    described = info or status
+    lines = [f"# {file.name}: diabetic retinopathy grader ({spec.model}, "
+             f"{described.init if described else arm} arm)", "",
              "**For research, not for diagnosis.** It has not been validated on patients and must not "
              "be used to decide anyone's care.", ""]
-    if known.info.get("synthetic"):
+    if info is not None and info.synthetic:
         lines += ["> **Trained on SYNTHETIC demo data** (drawn by `retinopathy demo-data`, no photograph of "
                   "a person): it says nothing about real fundus photographs.", ""]
     output = ("the regression value [N], float32; the grade is how many thresholds lie below it: "
@@ -248,17 +271,19 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provena
               else "the probabilities of grades 0-4 [N, 5], float32 (softmax of the logits)")
     side = spec.image_size or 512
     selected = ", ".join(f"{key} {value:.4g}" for key, value in known.selected.items()) or "not recorded"
-    epochs = known.status.get("epochs") or known.info.get("epochs") or "?"
-    rule = known.info.get("selection_rule") or (
-        f"highest {known.status['selection']} {known.status['select_by']}" if "select_by" in known.status
-        else "see the run")
+    run = status or info
+    epochs = run.epochs if run else "?"
+    rule = (info.selection_rule if info else f"highest {status.selection} {status.select_by}" if status
+            else "see the run")
+    weights = run.weights if run else "not recorded"
+    data = info.data if info else "not recorded"
     lines += [
         "| | |", "|---|---|",
         f"| format | {fmt} |",
         f"| checkpoint | `{checkpoint_path}`, run fingerprint `{state['fingerprint']}` |",
         f"| architecture | {spec.model} (torchvision layout), head: {spec.loss} |",
-        f"| initialisation | {known.status.get('weights') or known.info.get('weights') or 'not recorded'} |",
-        f"| data | `{known.info.get('data', 'not recorded')}` |",
+        f"| initialisation | {weights} |",
+        f"| data | `{data}` |",
         f"| selected epoch | {state['epoch']} of {epochs} ({rule}); the checkpoint records {selected} |",
         "| input `images` | uint8 RGB [N, 3, H, W], 0-255, any H and W: the fundus cropped and squared as "
         "`import-kaggle` does (a non-square input is stretched) |",
@@ -268,7 +293,7 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provena
         f"`{spec.preprocess}`, normalisation `{spec.normalize}` |",
         f"| output `scores` | {output} |", "",
         "## Preprocessing, exactly", "",
-        f"The network was trained on images decoded by {known.status.get('decoder', 'the project')}: for a "
+        f"The network was trained on images decoded by {status.decoder if status else 'the project'}: for a "
         f"JPEG, libjpeg-turbo decodes at the smallest DCT scale n/8 of the stored size that keeps both sides "
         f">= {side}, and Pillow's `BILINEAR` resize (`reducing_gap=3.0`) makes it exactly {side}x{side}; "
         "other formats are decoded by Pillow in full and resized the same way. Feeding this graph that "
@@ -277,7 +302,7 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provena
         "but not identical:", "",
     ]
     if measured:
-        lines += [f"- measured on {measured['images']} test images of `{known.info.get('data')}` (Pillow's "
+        lines += [f"- measured on {measured['images']} test images of `{data}` (Pillow's "
                   f"full decode fed to this file, against `retinopathy predict`): scores differ by at most "
                   f"**{measured['max']:.4f}** (mean of the per-image maxima {measured['mean']:.4f}).", ""]
     else:
@@ -288,8 +313,8 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provena
         lines += [f"| `{key}` | {value} | {METRIC_KEYS[key]} |" for key, value in known.metrics.items()
                   if key in METRIC_KEYS]
     else:
-        history = known.status.get("history") or []
-        row = next((r for r in history if r.get("epoch") == state["epoch"]), None)
+        history = status.history if status else []
+        row = next((r for r in history if r["epoch"] == state["epoch"]), None)
         if row:
             lines += [f"Training's own figures for epoch {state['epoch']} (from `{checkpoint_path.parent}/"
                       "status.json`, same fingerprint):", "", "| figure | value |", "|---|---|"]
@@ -323,7 +348,6 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
 
     from retinopathy import checkpoint
     from retinopathy.files import atomic_file, check_output_file, draft_folder, write_text_atomic
-    from retinopathy.models.grader import GraderSpec
     from retinopathy.results import missing_checkpoint_fix
 
     layout = layout or Layout()
@@ -334,9 +358,9 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     check_output_file(out, "export", ours, inputs=[path])
     check_output_file(card, "export", ours, inputs=[path])
     fix = MISSING_FIX if checkpoint_path else missing_checkpoint_fix(arm, layout)
-    state = checkpoint.load(path, "best", fix=fix)
-    spec = GraderSpec.from_dict(state["spec"], str(path))
-    model = load_scores_model(path)
+    trained = checkpoint.load_trained(path, fix=fix)
+    state, spec = trained.state, trained.spec
+    model = scores_model(trained)
     example = _example(model.size)
     write, run = EXPORTERS[fmt]
     with draft_folder(out) as folder:  # a killed export's draft is removed by the next export to `out`
@@ -350,7 +374,7 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
         if difference > TOLERANCE:
             raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
                                    f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
-        known = provenance(path, state, layout)
+        known = provenance(path, state, arm, layout)
         measured = measure_decoders(model, run, draft, _test_photos(known.info))
         with atomic_file(out, "wb") as stream:
             stream.write(draft.read_bytes())

@@ -22,7 +22,6 @@ alone on the same images). Each file is written atomically.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +34,15 @@ from retinopathy.contract import fused_prediction_columns as columns
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import patient_of
 from retinopathy.engine.batches import eval_batches, open_sources
-from retinopathy.engine.runtime import make_runtime, resolve_device
+from retinopathy.engine.runtime import from_params
 from retinopathy.errors import RetinopathyError, warn
 from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
-from retinopathy.models.grader import GraderSpec, load_grader
 from retinopathy.models.head import Head
 from retinopathy.paramkeys import restrict
+from retinopathy.records import Skipped, TrainingStatus, read_status
 
 # The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
 # `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -51,16 +50,15 @@ PARAMS = ("fuse", "data.root", "data.on_device", "train.device", "train.precisio
           "train.portable", "train.batch_size", "train.loss")
 
 
-def load_arm(layout: Layout, arm: str) -> tuple[dict[str, Any], GraderSpec, dict[str, Any]]:
-    """The arm's ``best.pt``, its spec and its training status, checked to belong together."""
+def load_arm(layout: Layout, arm: str, status: TrainingStatus) -> checkpoint.Trained:
+    """The arm's ``best.pt`` (checkpoint, spec, grader), checked to be of the run ``status`` records."""
     files = layout.arm(arm)
-    status = checkpoint.read_status(files.status, arm)
-    best = checkpoint.load(files.best, "best", fix=(
+    trained = checkpoint.load_trained(files.best, fix=(
         f"restore it with `dvc checkout {files.model_dir}`, or run `dvc repro train@{arm}` to train again"))
-    if best["fingerprint"] != status["fingerprint"]:
-        raise RetinopathyError(f"{files.best}: of run {best['fingerprint']}, but {files.status} is of run "
-                               f"{status['fingerprint']}; run `dvc repro train@{arm}` to finish training")
-    return best, GraderSpec.from_dict(best.get("spec"), str(files.best)), status
+    if trained.state["fingerprint"] != status.fingerprint:
+        raise RetinopathyError(f"{files.best}: of run {trained.state['fingerprint']}, but {files.status} is "
+                               f"of run {status.fingerprint}; run `dvc repro train@{arm}` to finish training")
+    return trained
 
 
 def referable(scores: torch.Tensor, head: Head) -> np.ndarray:
@@ -112,19 +110,19 @@ def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str,
 def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, float]:
     """Learn the arm's blend and grade its test split with both eyes; write the three outputs."""
     layout = layout or Layout()
-    status = checkpoint.read_status(layout.arm(arm).status, arm)
-    if status["status"] == "skipped":
-        return _skipped(params, layout, arm, status["reason"])
-    best, spec, status = load_arm(layout, arm)  # the one place this stage loads the trained grader
+    status = read_status(layout.arm(arm).status, arm)
+    if isinstance(status, Skipped):
+        return _skipped(params, layout, arm, status.reason)
+    trained = load_arm(layout, arm, status)  # the one place this stage loads the trained grader
+    best, spec = trained.state, trained.spec
     head, fuse, train = spec.head(), params.fuse, params.train
-    runtime = make_runtime(resolve_device(train.device), precision=train.precision,
-                           channels_last=train.channels_last, num_workers=params.data.num_workers)
+    runtime = from_params(params)
     runtime.configure_backends()
-    grader = runtime.place(load_grader(spec, best["model"], str(layout.arm(arm).best)))
+    grader = runtime.place(trained.grader)
     records = read_index(layout.index)
     if fuse.method == "none":
         records = {"test": records["test"]}
-    sources, _ = open_sources(params, runtime, records, spec.image_size, status["resident"])
+    sources, _ = open_sources(params, runtime, records, spec.image_size, status.resident)
     lower = f"train.batch_size in params.yaml (now {train.batch_size}; these batches are twice it)"
     extracted: dict[str, Extracted] = {
         split: extract(grader, eval_batches(source, train.batch_size, runtime), runtime, f"features {split}",

@@ -302,18 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.engine import loops
     from retinopathy.engine.batches import loader
     from retinopathy.engine.runtime import make_runtime, resolve_device
-    from retinopathy.models.grader import GraderSpec, load_grader
     from retinopathy.results import missing_checkpoint_fix
 
     path = args.checkpoint or Layout().arm(args.arm).best
     fix = "pass another --checkpoint" if args.checkpoint else missing_checkpoint_fix(args.arm, Layout())
-    state = checkpoint.load(path, "best", fix=fix)
-    spec = GraderSpec.from_dict(state["spec"], str(path))
+    trained = checkpoint.load_trained(path, fix=fix)
+    spec = trained.spec
     head = spec.head()
     photos = collect(args.paths)
     if not photos:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
-    blend = blend_for(args, state["fingerprint"])
+    blend = blend_for(args, trained.state["fingerprint"])
     given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
     params_file = [Path(args.params)] if args.params else []
     check_outputs(args.out, args.explain, photos, [*given, path, *params_file])
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = make_runtime(resolve_device(chosen.device), precision=chosen.precision,
                            channels_last=chosen.channels_last, num_workers=chosen.num_workers)
     runtime.configure_backends()
-    grader = runtime.place(load_grader(spec, state["model"], str(path)))
+    grader = runtime.place(trained.grader)
     size, max_pixels = spec.image_size or COURSE_IMAGE_SIZE, chosen.max_pixels
     dataset = PhotoDataset(photos, size, max_pixels)
     batches = loader(dataset, args.batch_size or chosen.batch_size, list(range(len(dataset))), runtime)

@@ -29,10 +29,8 @@ Nothing is written unless every check passes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from retinopathy.config import Params, cli_positive_int, load_params
 from retinopathy.contract import INDEX_COLUMNS, Layout, is_demo_dataset
@@ -48,6 +46,7 @@ from retinopathy.data.patients import (
 from retinopathy.errors import RetinopathyError, note, warn
 from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
 from retinopathy.paramkeys import restrict
+from retinopathy.records import PreparedSummary, summary_text
 
 # The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
 # `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -58,7 +57,7 @@ OURS = holds_only({Layout().index.name: starts_with(",".join(INDEX_COLUMNS).enco
                    Layout().summary.name: json_with("splits", "majority_baseline")})
 
 
-def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
+def prepare(params: Params, out: Path, workers: int = 1) -> PreparedSummary:
     """Check the data at ``params.data.root`` and write ``index.csv`` and ``summary.json`` to ``out``.
 
     ``out`` must be absent, empty, or an earlier output of prepare (:data:`OURS`),
@@ -86,17 +85,15 @@ def prepare(params: Params, out: Path, workers: int = 1) -> dict[str, Any]:
     facts = {record.image: fact for record, fact in zip(records, checked, strict=True)}
     if params.data.image_size is None:
         check_one_size(root, records, facts)
-    summary = build_summary(str(root), splits, course.notes, is_demo_dataset(root))
-    summary["patients"] = leakage(splits, params.data.split)
-    duplicates = identical_images(splits, facts)
-    summary["identical_images"] = duplicates_summary(duplicates)
-    if duplicates:
-        summary["notes"].append(_duplicates_note(summary["identical_images"]))
+    duplicates = duplicates_summary(identical_images(splits, facts))
+    notes = [*course.notes, *([_duplicates_note(duplicates)] if duplicates["groups"] else [])]
+    summary = build_summary(str(root), splits, notes, is_demo_dataset(root), duplicates,
+                            leakage(splits, params.data.split))
 
     with staged_folder(out, "prepare", OURS) as staging:
         staged = Layout(prepared=staging)
         staged.index.write_text(index_text(splits))
-        staged.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        staged.summary.write_text(summary_text(summary))
     return summary
 
 
@@ -154,16 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = restrict(load_params(args.params), PARAMS, __name__)
     summary = prepare(params, args.out, workers=args.workers)
-    for name, split in summary["splits"].items():
-        print(f"{name}: {split['count']} images, per grade {split['class_counts']}")
-    patients = summary["patients"]
+    for name, split in summary.splits.items():
+        print(f"{name}: {split.count} images, per grade {split.class_counts}")
+    patients = summary.patients
     print("patients: " + ", ".join(f"{name} {n}" for name, n in patients["count"].items())
           + f" (data.split: {patients['split']})")
-    baseline = summary["majority_baseline"]
-    print(f"always grade {baseline['grade']}: {baseline['test_accuracy']:.2%} test accuracy")
-    identical = summary["identical_images"]
+    baseline = summary.majority_baseline
+    print(f"always grade {baseline.grade}: {baseline.test_accuracy:.2%} test accuracy")
+    identical = summary.identical_images
     duplicates = _duplicates_note(identical) if identical["groups"] else None
-    for text in summary["notes"]:
+    for text in summary.notes:
         if text != duplicates:
             note(f"note: {text}")
     if duplicates:

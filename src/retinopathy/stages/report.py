@@ -33,21 +33,22 @@ from retinopathy.data.patients import leakage_warning
 from retinopathy.errors import RetinopathyError
 from retinopathy.figures import draw_report_figures, draw_screening_figures
 from retinopathy.files import Ours, check_output_file, staged_files
+from retinopathy.records import EvaluationInfo, Skipped
 from retinopathy.results import BASELINE_RULE, Arm, at_baseline, load_arm, model_name
 from retinopathy.screening_files import Screening, load_screening
 
 
 def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, str, bool]:
     """(model, data folder or "", title label, synthetic?) shared by all arms, checked for consistency."""
-    models = {arm.info["model"] for arm in arms}
+    models = {arm.info.model for arm in arms}
     if len(models) > 1:
         raise RetinopathyError(
             f"the arms were run with different models ({', '.join(sorted(models))}): the metrics "
             "of one arm are stale; run `dvc repro` to bring both up to date"
         )
-    trained = [arm for arm in arms if arm.trained]
-    synthetic = any(arm.info.get("synthetic") for arm in trained)
-    data = next((str(arm.info["data"]) for arm in trained if arm.info.get("data")), "")
+    trained = [arm.info for arm in arms if isinstance(arm.info, EvaluationInfo)]
+    synthetic = any(info.synthetic for info in trained)
+    data = next((info.data for info in trained if info.data), "")
     label = "synthetic demo data" if synthetic else (data or "unknown data")
     return model_name(models.pop()), data, label, synthetic
 
@@ -167,17 +168,17 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
                     leakage: Sequence[str] = ()) -> str:
     """The text of report.md (figures are linked by their file names)."""
     trained = [arm for arm in arms if arm.trained]
+    infos = [arm.info for arm in arms if isinstance(arm.info, EvaluationInfo)]
     lines = [f"# {model}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
     if synthetic:
         lines += [f"> **SYNTHETIC demo data** (`{data or 'data/demo'}`): these numbers show "
                   "that the pipeline runs; they say nothing about retinopathy.", ""]
     else:
         lines += [f"Data: `{data_label}`.", ""]
-    test_size = next((a.info["test_size"] for a in trained if "test_size" in a.info), None)
-    if test_size is not None:
-        lines += [f"Test images: {test_size}.", ""]
-    lines += _patients(trained)
-    if any(arm.info.get("selection") == "test" for arm in trained):
+    if infos:
+        lines += [f"Test images: {infos[0].test_size}.", ""]
+    lines += _patients(infos)
+    if any(info.selection == "test" for info in infos):
         lines += ["The selected epoch is the one with the highest *test* accuracy (the lab's rule), "
                   "so its test accuracy is optimistic; set `data.val_fraction` > 0 in "
                   "params.yaml to choose the epoch on a validation split instead.", ""]
@@ -194,7 +195,7 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
         return f"| {label} | " + " | ".join(values) + " |"
 
     def words(key: str) -> list[str]:
-        return [_cell(a.info.get(key)) if a.trained else "skipped" for a in arms]
+        return [_cell(getattr(a.info, key)) if a.trained else "skipped" for a in arms]
 
     def numbers(key: str, fmt: Any = _pct) -> list[str]:
         return [fmt(a.metrics.get(key)) if a.trained else "skipped" for a in arms]
@@ -203,11 +204,10 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
         return _pct(float(arm.history["test_accuracy"].max())) if arm.history is not None else "skipped"
 
     lines += [row("", [a.name for a in arms]), "|---|" + "---|" * len(arms)]
-    lines.append(row("status", [a.info["status"] for a in arms]))
+    lines.append(row("status", ["trained" if a.trained else "skipped" for a in arms]))
     lines.append(row("weights", words("weights")))
-    lines.append(row("selected epoch", [f"{a.metrics.get('epoch', 'n/a')} of "
-                                        f"{a.info.get('epochs', 'n/a')}" if a.trained else "skipped"
-                                        for a in arms]))
+    lines.append(row("selected epoch", [f"{a.metrics.get('epoch', 'n/a')} of {a.info.epochs}"
+                                        if isinstance(a.info, EvaluationInfo) else "skipped" for a in arms]))
     lines.append(row("selection rule", words("selection_rule")))
     if any("val" in a.metrics for a in trained):
         lines.append(row("validation accuracy (selected epoch)", numbers("val")))
@@ -242,23 +242,19 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
             name = Layout().explanation(arm.name).name
             lines += [f"![{arm.name}: where the model looked]({name})" if arm.name in explained
                       else f"{arm.name}: no heat maps yet; run `dvc repro explain@{arm.name}`", ""]
-    skipped = [arm for arm in arms if not arm.trained]
+    skipped = [(arm.name, arm.info) for arm in arms if isinstance(arm.info, Skipped)]
     if skipped:
         lines += ["## Skipped arms", ""]
-        for arm in skipped:
-            lines += [f"### {arm.name}", "", f"- Reason: {arm.info.get('reason', 'not given')}",
-                      f"- Fix: {arm.info.get('fix', 'not given')}", ""]
+        for name, info in skipped:
+            lines += [f"### {name}", "", f"- Reason: {info.reason}", f"- Fix: {info.fix}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _patients(trained: Sequence[Arm]) -> list[str]:
+def _patients(infos: Sequence[EvaluationInfo]) -> list[str]:
     """The report's Patients line: patients per split, and a warning where one straddles a split."""
-    if not trained:
+    if not infos:
         return []
-    counts = trained[0].info.get("patients")
-    if counts is None:
-        return [f"Patients: not counted ({Layout().arm(trained[0].name).info} predates the count); run "
-                "`dvc repro` to count them.", ""]
+    counts = infos[0].patients
     per_split = ", ".join(f"{name} {n}" for name, n in counts["count"].items() if n)
     pairs = counts["train_pairs"]
     alike = (f"; {pairs['same_grade']:.1%} of the {pairs['pairs']} training patients with both eyes listed "
@@ -272,16 +268,17 @@ def _patients(trained: Sequence[Arm]) -> list[str]:
     return lines
 
 
-def _leakage_lines(trained: Sequence[Arm]) -> list[str]:
+def _leakage_lines(infos: Sequence[EvaluationInfo]) -> list[str]:
     """The top of the Screening section: prepare's count of patients on both sides of the split."""
-    counts = trained[0].info.get("patients") if trained else None
-    if not counts:
+    if not infos:
         return []
+    counts = infos[0].patients
     warning = leakage_warning(counts)
     if not warning:
         return [f"Patient leakage: none; no patient has eyes on both sides of the split "
                 f"(`data.split: {counts['split']}`)."]
     return [f"> **Patient leakage.** {warning}."]
+
 
 # The params keys this stage reads: none (its inputs are the metrics and figures of the arms).
 PARAMS: tuple[str, ...] = ()
@@ -338,7 +335,7 @@ def write_report(
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
     screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name)) for arm in loaded
                   if arm.trained}
-    leakage = _leakage_lines([arm for arm in loaded if arm.trained])
+    leakage = _leakage_lines([arm.info for arm in loaded if isinstance(arm.info, EvaluationInfo)])
     model, data, data_label, synthetic = _describe_data(loaded)
     ours = outputs(arms)
     for name, recognise in ours.items():  # before drawing: replace only what report wrote

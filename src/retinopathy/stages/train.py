@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from retinopathy import checkpoint
+from retinopathy import checkpoint, records
 from retinopathy.config import Params, load_params
 from retinopathy.contract import ARMS, HISTORY_COLUMNS, VAL_COLUMNS, ArmFiles, Layout
 from retinopathy.data.index import read_index
@@ -69,7 +69,6 @@ from retinopathy.files import (
     remove_stale_temporaries,
     sha256_of,
     write_csv_atomic,
-    write_json_atomic,
 )
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
@@ -98,7 +97,7 @@ def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> N
 
 @dataclass
 class Run:
-    """One arm's training run: what :func:`build` makes and every later step reads."""
+    """One arm's training run: what it is (its settings, files and fingerprint) and the epochs done."""
 
     files: ArmFiles
     params: Params
@@ -111,9 +110,6 @@ class Run:
     inputs: dict[str, Any]  # what the fingerprint hashes, to say what changed
     fingerprint: str
     store: checkpoint.ResumeStore  # this run's checkpoints, where DVC never writes
-    grader: Grader  # the network itself: saved, BatchNorm-recalibrated
-    head: Head  # the loss and the grading (regression thresholds may be tuned each epoch)
-    optimizer: torch.optim.Optimizer
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -124,38 +120,49 @@ class Run:
     def best(self) -> float:
         return max((row[self.key] for row in self.history), default=-math.inf)
 
+
+@dataclass(frozen=True)
+class Model:
+    """The network and its optimizer state: what a checkpoint saves and a resume restores."""
+
+    grader: Grader  # the network itself: saved, BatchNorm-recalibrated
+    head: Head  # the loss and the grading (regression thresholds may be tuned each epoch)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # the learning rate per batch
+    net: nn.Module  # the grader as trained: wrapped in DDP and compiled when asked
+    eager: nn.Module  # the same, never compiled: evaluation and a last smaller batch (no recompiles)
+
     def spec(self) -> dict[str, Any]:
         """The grader's spec as it grades now (with this epoch's thresholds)."""
         thresholds = list(self.head.thresholds) if self.head.thresholds is not None else None
         return dataclasses.replace(self.grader.spec, thresholds=thresholds).to_dict()
 
+    def learner(self) -> loops.Learner:
+        """What a training pass steps."""
+        return loops.Learner(self.net, self.optimizer, self.head, scheduler=self.scheduler, eager=self.eager)
+
 
 @dataclass(frozen=True)
 class Feed:
-    """What one epoch runs: the network as trained, the batches of every split, the recipe's parts."""
+    """The data of every epoch: the batches of every split, in an order and with changes set by the seed."""
 
-    net: nn.Module  # the grader as trained: wrapped in DDP and compiled when asked
-    eager: nn.Module  # the same, never compiled: evaluation and a last smaller batch (no recompiles)
     sampler: EpochShuffleSampler  # told the epoch, so the order depends on (seed, epoch) only
     train: DataLoader | ResidentBatches  # a DataLoader, or batches from the device's memory
     evaluation: dict[str, DataLoader | ResidentBatches]  # val (when held out) first, then test
     batchnorm: DataLoader | ResidentBatches | None  # train.precise_bn_images of the training images
     augment: Augment | None  # changes training batches per (seed, epoch, step)
-    scheduler: torch.optim.lr_scheduler.LRScheduler  # the learning rate per batch
 
 
-def skip(files: ArmFiles, params: Params, manifest: dict[str, Any]) -> None:
+def skip(files: ArmFiles, params: Params, skipped: records.Skipped) -> None:
     """Record that the pretrained arm cannot be trained; keep any earlier checkpoints."""
-    status = {"status": "skipped", "model": params.model, "init": files.arm,
-              "reason": manifest["reason"], "fix": manifest["fix"]}
-    write_json_atomic(files.status, status)
+    records.write_status(files.status, skipped)
     write_history([], files.history, with_val=params.data.val_fraction > 0)
-    warn(f"{files.arm} arm skipped: {manifest['reason']}\n  fix: {manifest['fix']}")
+    warn(f"{files.arm} arm skipped: {skipped.reason}\n  fix: {skipped.fix}")
 
 
 def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, Any],
           runtime: Runtime) -> Run:
-    """The network (random, or the manifest's weights), its head, optimizer and the run's fingerprint."""
+    """The run: its settings, how its pixels are decoded, and its fingerprint and resume store."""
     train = params.train
     if train.batch_size % runtime.process.world_size:
         raise RetinopathyError(
@@ -168,9 +175,20 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
     inputs = checkpoint.fingerprint_inputs(params.to_dict(), files.arm, manifest.get("sha256"),
                                            sha256_of(layout.index), runtime.process.world_size, decoder)
     runtime.configure_backends()
+    fingerprint = checkpoint.fingerprint(inputs)
+    store = checkpoint.ResumeStore.of(layout.models, files.arm, fingerprint)
+    return Run(files, params, runtime, manifest, train.epochs_for(params.model), bool(splits["val"]),
+               resident, decoder, inputs, fingerprint, store)
+
+
+def make_model(run: Run, layout: Layout, feed: Feed) -> Model:
+    """The network (random, or the manifest's weights), its head and optimizer, wrapped (and, if it
+    pays, compiled) for training, and the learning rate per batch of ``feed``'s training batches."""
+    runtime, params, train = run.runtime, run.params, run.params.train
+    splits = read_index(layout.index)
     head = recipe.make_head(params, [r.label for r in splits["train"]])
     torch.manual_seed(torch_seed(train.seed))  # model init (scratch) and the new head (pretrained)
-    net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(manifest),
+    net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(run.manifest),
                       zero_init_residual=train.zero_init_for(params.model))
     spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize,
                       preprocess=params.data.preprocess, loss=train.loss,
@@ -178,22 +196,20 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
     grader = runtime.place(Grader(net, spec))
     optimizer = make_optimizer(grader, runtime, lr=train.lr, momentum=train.momentum,
                                weight_decay=train.weight_decay, nesterov=train.nesterov)
-    fingerprint = checkpoint.fingerprint(inputs)
-    store = checkpoint.ResumeStore.of(layout.models, files.arm, fingerprint)
-    return Run(files, params, runtime, manifest, train.epochs_for(params.model), bool(splits["val"]),
-               resident, decoder, inputs, fingerprint, store, grader, head, optimizer)
+    eager: nn.Module = grader
+    if runtime.process.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        eager = DistributedDataParallel(eager, device_ids=device_ids)
+    images = run.epochs * len(splits["train"])
+    wrapped = compiled(eager) if compile_wanted(train.compile, runtime, images) else eager
+    steps = len(feed.train)  # per epoch, on every process
+    scheduler = make_scheduler(optimizer, train.schedule, train.warmup_epochs * steps, run.epochs * steps)
+    return Model(grader, head, optimizer, scheduler, wrapped, eager)
 
 
 def best_of(run: Run, history: list[dict[str, float]]) -> int:
     """The selected epoch of ``history``: the first among ties, as :func:`save` writes best.pt."""
     return int(max(history, key=lambda row: row[run.key])["epoch"])
-
-
-def best_state(run: Run, state: dict[str, Any]) -> dict[str, Any]:
-    """A best.pt of the epoch in the last.pt ``state`` (which must be the run's best so far)."""
-    row = state["history"][state["epoch"] - 1]
-    return {"model": state["model"], "spec": state["spec"], "epoch": state["epoch"], run.key: row[run.key],
-            "fingerprint": state["fingerprint"]}
 
 
 def matching_best(run: Run, state: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, bool]:
@@ -209,7 +225,7 @@ def matching_best(run: Run, state: dict[str, Any], path: Path) -> tuple[dict[str
         best = None
     if best is not None and best["fingerprint"] == run.fingerprint and best["epoch"] == wanted:
         return best, False
-    return (best_state(run, state), True) if wanted == state["epoch"] else (None, False)
+    return (checkpoint.best_of_last(state, run.key), True) if wanted == state["epoch"] else (None, False)
 
 
 def candidates(run: Run, say: Any) -> list[tuple[Path, dict[str, Any], Path]]:
@@ -251,7 +267,7 @@ def candidates(run: Run, say: Any) -> list[tuple[Path, dict[str, Any], Path]]:
     return found
 
 
-def resume(run: Run, batches: Feed) -> None:
+def resume(run: Run, model: Model) -> None:
     """Continue from the furthest checkpoint of this run's settings, code and data (else say why not).
 
     Afterwards the resume store holds the pair resumed from (hard links where it came from
@@ -271,9 +287,9 @@ def resume(run: Run, batches: Feed) -> None:
             f"{path}; training from the start")
         return
     say(f"{path}: resuming after epoch {state['epoch']} of {run.epochs}")
-    run.grader.net.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    batches.scheduler.load_state_dict(state["scheduler"])
+    model.grader.net.load_state_dict(state["model"])
+    model.optimizer.load_state_dict(state["optimizer"])
+    model.scheduler.load_state_dict(state["scheduler"])
     run.history = state["history"]
     torch.set_rng_state(state["rng"]["torch"])
     if run.runtime.process.is_main:  # the store's best.pt first: a kill between leaves the older pair
@@ -285,15 +301,9 @@ def resume(run: Run, batches: Feed) -> None:
 
 
 def feed(run: Run, layout: Layout) -> Feed:
-    """Wrap (and, if it pays, compile) the network; the batches of every split; the recipe's parts."""
+    """The batches of every split (decoding them into the device's memory first, when resident)."""
     runtime, params, train = run.runtime, run.params, run.params.train
     splits = read_index(layout.index)
-    eager: nn.Module = run.grader
-    if runtime.process.distributed:
-        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        eager = DistributedDataParallel(eager, device_ids=device_ids)
-    images = run.epochs * len(splits["train"])
-    net = compiled(eager) if compile_wanted(train.compile, runtime, images) else eager
     started = time.perf_counter()
     if runtime.process.is_main:
         count = sum(len(split) for split in splits.values())
@@ -319,10 +329,7 @@ def feed(run: Run, layout: Layout) -> Feed:
         order = torch.randperm(size, generator=torch.Generator().manual_seed(torch_seed(train.seed)))
         subset = ShardSampler(size, runtime.process, order[: train.precise_bn_images].tolist())
         batchnorm = batches(sources["train"], subset, per_process, runtime)
-    steps = len(training)  # per epoch, on every process
-    scheduler = make_scheduler(run.optimizer, train.schedule, train.warmup_epochs * steps, run.epochs * steps)
-    return Feed(net, eager, sampler, training, evaluation, batchnorm,
-                recipe.make_augment(params, runtime.process), scheduler)
+    return Feed(sampler, training, evaluation, batchnorm, recipe.make_augment(params, runtime.process))
 
 
 @dataclass(frozen=True)
@@ -334,7 +341,7 @@ class Speed:
     first_batch: float  # seconds to the end of the first training step: start-up and any compiling
 
 
-def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Speed]:
+def one_epoch(run: Run, model: Model, batches: Feed, epoch: int) -> tuple[dict[str, float], Speed]:
     """Train one epoch, then evaluate: the history row, and how fast it went."""
     batches.sampler.set_epoch(epoch)
     augment = None
@@ -347,15 +354,15 @@ def one_epoch(run: Run, batches: Feed, epoch: int) -> tuple[dict[str, float], Sp
     lower = (f"train.batch_size (now {train.batch_size}) or data.image_size "
              f"(now {run.params.data.image_size}) in params.yaml; {kept}")
     with loops.memory_guard(f"training {run.files.arm}, epoch {epoch}", lower):
-        return _one_epoch(run, batches, epoch, augment)
+        return _one_epoch(run, model, batches, epoch, augment)
 
 
-def _one_epoch(run: Run, batches: Feed, epoch: int, augment: Any) -> tuple[dict[str, float], Speed]:
+def _one_epoch(run: Run, model: Model, batches: Feed, epoch: int,
+               augment: Any) -> tuple[dict[str, float], Speed]:
     started = time.perf_counter()
     try:
-        fit = loops.train_epoch(batches.net, batches.train, run.optimizer, run.runtime, run.head,
-                                f"{run.files.arm} epoch {epoch}/{run.epochs} training", augment=augment,
-                                scheduler=batches.scheduler, eager=batches.eager)
+        fit = loops.train_epoch(model.learner(), batches.train, run.runtime,
+                                f"{run.files.arm} epoch {epoch}/{run.epochs} training", augment=augment)
     except loops.NonFiniteLoss as where:
         raise RetinopathyError(
             f"training {run.files.arm}: the loss became NaN or infinite in epoch {epoch} "
@@ -364,19 +371,19 @@ def _one_epoch(run: Run, batches: Feed, epoch: int, augment: Any) -> tuple[dict[
         ) from None
     rate = fit.count / (time.perf_counter() - started)  # train_epoch ends by reading its totals: synced
     if batches.batchnorm is not None:
-        loops.recalibrate_batchnorm(run.grader, batches.batchnorm, run.runtime)
+        loops.recalibrate_batchnorm(model.grader, batches.batchnorm, run.runtime)
     started = time.perf_counter()
     tune = run.params.train.tune_thresholds
     row: dict[str, float] = {"epoch": epoch, **recipe.train_row(fit),
-                             **recipe.evaluate_splits(batches.eager, batches.evaluation, run.runtime,
-                                                      run.head, tune)}
+                             **recipe.evaluate_splits(model.eager, batches.evaluation, run.runtime,
+                                                      model.head, tune)}
     # This process's images: every evaluation sampler is a ShardSampler (eval_batches), which has a length.
     shard = sum(len(cast(Sized, split.sampler)) for split in batches.evaluation.values())
     seconds = time.perf_counter() - started  # evaluate_splits ends by reading its totals: synced
     return row, Speed(rate, shard * run.runtime.process.world_size / seconds, fit.first_batch)
 
 
-def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
+def save(run: Run, model: Model, row: dict[str, float]) -> bool:
     """Append ``row``; write last.pt, best.pt (if the epoch is the best) into the store, then publish.
 
     The order keeps the store's pair consistent after a kill at any moment (see
@@ -390,22 +397,21 @@ def save(run: Run, batches: Feed, row: dict[str, float]) -> bool:
     run.history.append(row)
     if not run.runtime.process.is_main:
         return improved
-    model, spec = run.grader.net.state_dict(), run.spec()
-    checkpoint.save_atomic({
-        "model": model,
-        "spec": spec,
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": batches.scheduler.state_dict(),
-        "epoch": row["epoch"],
-        "history": run.history,
-        "rng": {"torch": torch.get_rng_state()},
-        "fingerprint": run.fingerprint,
-        "fingerprint_inputs": run.inputs,
-        "config": run.params.to_dict(),
-    }, run.store.last)
+    last = checkpoint.last_state(
+        model=model.grader.net.state_dict(),
+        spec=model.spec(),
+        optimizer=model.optimizer.state_dict(),
+        scheduler=model.scheduler.state_dict(),
+        epoch=int(row["epoch"]),
+        history=run.history,
+        rng={"torch": torch.get_rng_state()},
+        fingerprint=run.fingerprint,
+        fingerprint_inputs=run.inputs,
+        config=run.params.to_dict(),
+    )
+    checkpoint.save_atomic(last, run.store.last)
     if improved:
-        checkpoint.save_atomic({"model": model, "spec": spec, "epoch": row["epoch"],
-                                run.key: row[run.key], "fingerprint": run.fingerprint}, run.store.best)
+        checkpoint.save_atomic(checkpoint.best_of_last(last, run.key), run.store.best)
     publish(run)
     write_history(run.history, run.files.history, run.with_val)
     return improved
@@ -417,29 +423,30 @@ def publish(run: Run) -> None:
     checkpoint.publish(run.store.last, run.files.last)
 
 
-def finish(run: Run) -> dict[str, Any]:
+def finish(run: Run) -> records.TrainingStatus:
     """Publish the checkpoints, write ``status.json`` (the best epoch and the history, for evaluate), last.
 
     Then the run's resume store is removed: ``models/<arm>/`` holds the finished run, and
     DVC's cache keeps it once the stage ends.
     """
-    status: dict[str, Any] = {"status": "trained", "model": run.params.model, "init": run.files.arm}
+    best_row = max(run.history, key=lambda r: r[run.key])  # first epoch among ties, as best.pt
+    status = records.TrainingStatus(
+        model=run.params.model,
+        init=run.files.arm,
+        epochs=run.epochs,
+        best_epoch=int(best_row["epoch"]),
+        selection="validation" if run.with_val else "test",
+        select_by=run.params.train.select_by,
+        decoder=run.decoder,
+        resident=run.resident,  # evaluate decodes the test split the same way
+        weights=run.manifest["description"],
+        fingerprint=run.fingerprint,
+        history=run.history,  # evaluate reads it here, not from the much larger last.pt
+    )
     if run.runtime.process.is_main:
         publish(run)  # also when nothing was left to train: DVC may have restored other files
         write_history(run.history, run.files.history, run.with_val)
-        best_row = max(run.history, key=lambda r: r[run.key])  # first epoch among ties, as best.pt
-        status.update({
-            "epochs": run.epochs,
-            "best_epoch": int(best_row["epoch"]),
-            "selection": "validation" if run.with_val else "test",
-            "select_by": run.params.train.select_by,
-            "decoder": run.decoder,
-            "resident": run.resident,  # evaluate decodes the test split the same way
-            "weights": run.manifest["description"],
-            "fingerprint": run.fingerprint,
-            "history": run.history,  # evaluate reads it here, not from the much larger last.pt
-        })
-        write_json_atomic(run.files.status, status)
+        records.write_status(run.files.status, status)
         run.store.remove()
     return status
 
@@ -514,8 +521,8 @@ def announce(run: Run, layout: Layout) -> None:
 
 
 def train_arm(params: Params, arm: str, layout: Layout | None = None,
-              params_path: Path | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) one arm; returns the status written to ``status.json``.
+              params_path: Path | None = None) -> records.TrainingStatus | records.Skipped:
+    """Train (or resume, or skip) one arm; returns the record written to ``status.json``.
 
     Args:
         params: The settings.
@@ -526,9 +533,7 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
     """
     layout = layout or Layout()
     files = layout.arm(arm)
-    train = params.train
-    runtime = start(train.device, precision=train.precision, channels_last=train.channels_last,
-                    num_workers=params.data.num_workers)
+    runtime = start(params)
     try:
         manifest = read_manifest(layout.manifest(arm))
         if manifest["model"] != params.model:
@@ -538,27 +543,30 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
             )
         with guard(files, runtime):
             if not manifest["available"]:
+                skipped = records.Skipped(model=params.model, init=arm, reason=manifest["reason"],
+                                          fix=manifest["fix"])
                 if runtime.process.is_main:
-                    skip(files, params, manifest)
-                return {"status": "skipped"}
+                    skip(files, params, skipped)
+                return skipped
             verify_weights(manifest, layout.manifest(arm))
             run = build(params, files, layout, manifest, runtime)
             if runtime.process.is_main:
                 announce(run, layout)
             batches = feed(run, layout)
-            resume(run, batches)
+            model = make_model(run, layout, batches)
+            resume(run, model)
             first = len(run.history) + 1
             for epoch in range(first, run.epochs + 1):
                 if params_path is not None:
                     check_params(run, params_path, epoch - 1)
                 started = time.perf_counter()
-                row, speed = one_epoch(run, batches, epoch)
-                improved = save(run, batches, row)
+                row, speed = one_epoch(run, model, batches, epoch)
+                improved = save(run, model, row)
                 if runtime.process.is_main:
                     extra = f" val {row['val_accuracy']:.2%}" if run.with_val else ""
                     # The first epoch of a process pays the start-up (workers, cuDNN's autotuning, compiling).
                     start_up = (f", of which {speed.first_batch:.1f} s the first batch"
-                                f"{' (compiling)' if batches.net is not batches.eager else ''}"
+                                f"{' (compiling)' if model.net is not model.eager else ''}"
                                 if epoch == first else "")
                     print(f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
                           f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%} kappa "
