@@ -8,7 +8,6 @@ grade that keeps both eyes of a patient on the same side.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,13 @@ from retinopathy.data.labels import (
     check_grade,
     check_name,
     parse_course_splits,
+    patient_of,
     read_course_splits,
     read_lines,
 )
 from retinopathy.errors import RetinopathyError, where
 
 LABELS_HEADER = ("image", "level")
-_PATIENT = re.compile(r"(.+)_(?:left|right)")
 
 
 def read_kaggle_labels(labels_csv: str | Path) -> dict[str, tuple[int, int]]:
@@ -108,12 +107,6 @@ def lists_cover(split_lists: Path, labels: dict[str, tuple[int, int]]) -> bool:
         return False
     splits = read_course_splits(split_lists)
     return all(record.image in labels for record in splits.train + splits.test)
-
-
-def patient_of(name: str) -> str:
-    """The patient of an EyePACS image name: ``"10_left"`` -> ``"10"`` (else the name)."""
-    match = _PATIENT.fullmatch(name)
-    return match.group(1) if match else name
 
 
 def stratified_split(
