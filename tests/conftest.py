@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retinopathy import portable
+from retinopathy.core import portable
 
 # As `retinopathy <command>` does, before anything imports torch: in-process runs then get the same
 # numerics (train.portable's pins) as the commands the tests run in subprocesses.
 portable.prepare(["--params", str(Path(__file__).resolve().parents[1] / "params.yaml")])
 
-from retinopathy.config import load_params  # noqa: E402
+from retinopathy.core.config import load_params  # noqa: E402
+from retinopathy.core.records import Skipped, TrainingStatus  # noqa: E402
 from retinopathy.models.build import NO_DOWNLOAD_ENV  # noqa: E402
-from retinopathy.paramkeys import restrict  # noqa: E402
-from retinopathy.records import Skipped, TrainingStatus  # noqa: E402
+from retinopathy.pipeline.paramkeys import restrict  # noqa: E402
 from retinopathy.stages import prepare, train, weights  # noqa: E402
 from retinopathy.stages.demo_data import write_demo_dataset  # noqa: E402
 

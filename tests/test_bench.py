@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from retinopathy.data.dataset import RetinopathyDataset
-from retinopathy.engine.runtime import make_runtime
-from retinopathy.stages import bench
-from retinopathy.stages.bench.cli import main
-from retinopathy.stages.bench.inputs import INPUT_TARGET, ReferenceDataset, bench_input, write_bench_images
-from retinopathy.stages.bench.machine import describe_machine, machine_line
-from retinopathy.stages.bench.output import format_result
-from retinopathy.stages.bench.results import BenchResult, Comparison
-from retinopathy.stages.bench.timing import Measurement, alternate
-from retinopathy.stages.bench.training import (
+from retinopathy.commands import bench
+from retinopathy.commands.bench.cli import main
+from retinopathy.commands.bench.inputs import INPUT_TARGET, ReferenceDataset, bench_input, write_bench_images
+from retinopathy.commands.bench.machine import describe_machine, machine_line
+from retinopathy.commands.bench.output import format_result
+from retinopathy.commands.bench.results import BenchResult, Comparison
+from retinopathy.commands.bench.timing import Measurement, alternate
+from retinopathy.commands.bench.training import (
     MODEL_TARGET,
     BackendFlags,
     bench_fastpath,
     bench_models,
     image_bank,
 )
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.engine.runtime import make_runtime
 
 CPU = torch.device("cpu")
 
@@ -195,7 +195,7 @@ def test_the_package_exposes_main_for_the_dispatcher():
 
 
 def test_option_a_travels_as_one_buffer_per_batch_and_decodes_as_a_batch(jpegs):
-    from retinopathy.stages.bench.gpu import BytesDataset, collate_bytes, nvjpeg_batch
+    from retinopathy.commands.bench.gpu import BytesDataset, collate_bytes, nvjpeg_batch
 
     folder, records = jpegs
     dataset = BytesDataset(folder, records[:3])

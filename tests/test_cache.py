@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.cache import DecodedCache
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import image_path
 from retinopathy.engine.batches import collate_images
-from retinopathy.errors import RetinopathyError
 from retinopathy.stages.demo_data import write_demo_dataset
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import subprocess_env
 from retinopathy import cli
-from retinopathy.contract import ARMS, Layout
-from retinopathy.results import load_arm
+from retinopathy.core.contract import ARMS, Layout
+from retinopathy.reporting.results import load_arm
 
 # A pipeline that "trains" in no time: it writes each arm's files as train and evaluate
 # would, from params.yaml. ResNet18 learns; ResNet50 sits at the majority baseline.
@@ -127,7 +127,7 @@ def _arms(folder: Path) -> list:
 
 def test_the_compare_figure_labels_lines_by_name_model_and_init_with_one_legend_outside(tmp_path,
                                                                                        monkeypatch):
-    from retinopathy import figures
+    from retinopathy.reporting import figures
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": "resnet18"}))
     runs = [("main", arm) for arm in _arms(tmp_path)]

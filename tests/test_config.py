@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retinopathy.config import DataParams, DemoParams, Params, TrainParams, load_params, parse_params
-from retinopathy.errors import RetinopathyError
+from retinopathy.core.config import DataParams, DemoParams, Params, TrainParams, load_params, parse_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.models.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from retinopathy.contract import NUM_GRADES
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data import images
 from retinopathy.data.checks import check_images
 from retinopathy.data.dataset import RetinopathyDataset
@@ -22,7 +23,6 @@ from retinopathy.data.labels import (
     read_course_splits,
     read_split,
 )
-from retinopathy.errors import RetinopathyError
 
 LAB_SPLITS = Path(__file__).parents[1] / "data" / "splits" / "lab"
 

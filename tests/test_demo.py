@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import write_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import read_course_splits
 from retinopathy.data.patients import eye_pairs
 from retinopathy.data.synthetic import COURSE_TRAIN_PAIRS, pair_counts, render_fundus
-from retinopathy.errors import RetinopathyError
 from retinopathy.stages import demo_data as demo
 from retinopathy.stages.demo_data import write_demo_dataset
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from conftest import subprocess_env, write_params
-from retinopathy import checkpoint
-from retinopathy.config import load_params
+from retinopathy.core.config import load_params
 from retinopathy.data.cache import open_dataset
 from retinopathy.data.index import read_index
-from retinopathy.engine import loops
+from retinopathy.engine import checkpoint, loops
 from retinopathy.engine.batches import loader
 from retinopathy.engine.distributed import Process, ShardSampler
 from retinopathy.engine.runtime import make_runtime

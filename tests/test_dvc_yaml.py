@@ -1,5 +1,6 @@
 """dvc.yaml agrees with the code: each stage's code deps are its import closure, its params the keys its
-module declares and reads (retinopathy.dvcyaml, retinopathy.paramkeys), its paths the contract's.
+module declares and reads (retinopathy.pipeline.dvcyaml, retinopathy.pipeline.paramkeys), its paths the
+contract's.
 
 And the house rule that makes the first true: no stage module imports another
 stage module, so a stage's deps are only the library rooms it really runs.
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retinopathy import checkpoint, codedeps, dvcyaml, paramkeys
 from retinopathy.cli import COMMANDS, module_of
-from retinopathy.config import load_params
-from retinopathy.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
-from retinopathy.errors import RetinopathyError
+from retinopathy.core.config import load_params
+from retinopathy.core.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.engine import checkpoint
+from retinopathy.pipeline import codedeps, dvcyaml, paramkeys
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src/retinopathy"
@@ -32,7 +34,7 @@ def stage_command(spec: dict) -> str:
 
 
 def test_dvc_yaml_lists_each_stages_code_and_params() -> None:
-    # The one check a contributor runs too: `python -m retinopathy.dvcyaml --check`.
+    # The one check a contributor runs too: `python -m retinopathy.pipeline.dvcyaml --check`.
     assert dvcyaml.problems(REPO / "dvc.yaml") == []
 
 
@@ -48,7 +50,7 @@ def test_the_check_names_the_stage_the_entries_and_the_fix_and_the_rewrite_mends
     assert "stage `evaluate` (retinopathy.stages.evaluate): params lacks train.batch_size" in err
     assert "stage `prepare` (retinopathy.stages.prepare): deps lacks src/retinopathy/data/checks.py" in err
     assert "deps lists src/retinopathy/data/cache.py, which the code does not import" in err
-    assert "fix: run `python -m retinopathy.dvcyaml`" in err
+    assert "fix: run `python -m retinopathy.pipeline.dvcyaml`" in err
     assert path.read_text() == broken  # --check changes nothing
     assert dvcyaml.main(["--file", str(path)]) == 0
     assert path.read_text() == original  # comments, order and the other deps kept
@@ -116,7 +118,8 @@ def test_restricted_params_refuse_an_undeclared_key_and_name_the_fix() -> None:
     assert params.data.num_workers == load_params(REPO / "params.yaml").data.num_workers  # speed only
     assert set(params.to_dict()) == {"model", "data", "demo", "augment", "train", "evaluate", "fuse"}
     with pytest.raises(RetinopathyError, match=r"retinopathy.stages.x reads params key `train.epochs`.*"
-                       r"add \"train.epochs\" to PARAMS in src/retinopathy/stages/x.py.*retinopathy.dvcyaml"):
+                       r"add \"train.epochs\" to PARAMS in src/retinopathy/stages/x.py.*"
+                       r"retinopathy.pipeline.dvcyaml"):
         params.train.epochs_for("resnet18")  # through a method too
     with pytest.raises(RetinopathyError, match="`data.root`"):
         _ = params.data.root

@@ -96,8 +96,8 @@ def test_train_epoch_detects_a_nan_loss():
 
 def test_bench_models_restores_the_backend_flags(monkeypatch):
     # bench.training's flags; here because tests/test_bench.py is owned elsewhere.
-    from retinopathy.stages.bench import training
-    from retinopathy.stages.bench.training import BackendFlags, bench_models
+    from retinopathy.commands.bench import training
+    from retinopathy.commands.bench.training import BackendFlags, bench_models
 
     before = BackendFlags.current()
     fast = BackendFlags(not before.benchmark, not before.matmul_tf32, not before.cudnn_tf32)

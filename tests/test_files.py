@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from retinopathy.files import atomic_file, staged_folder, write_json_atomic, write_text_atomic
+from retinopathy.core.files import atomic_file, staged_folder, write_json_atomic, write_text_atomic
 
 
 def test_staged_folder_replaces_only_on_success(tmp_path):

@@ -15,14 +15,15 @@ import pytest
 import torch
 
 from conftest import subprocess_env, write_params
-from retinopathy.config import load_params
-from retinopathy.contract import Layout, fused_prediction_columns
+from retinopathy.commands import export, predict
+from retinopathy.core.config import load_params
+from retinopathy.core.contract import Layout, fused_prediction_columns
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.photos import prepare_photo
-from retinopathy.errors import RetinopathyError
 from retinopathy.fusion.blend import BlendRecord, Pairs, learn
 from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
 from retinopathy.models.head import Head
-from retinopathy.stages import evaluate, export, fuse, predict, prepare, train, weights
+from retinopathy.stages import evaluate, fuse, prepare, train, weights
 from retinopathy.stages.demo_data import write_demo_dataset
 
 TEST_SIZE = 14  # six two-eyed patients and two with a single photograph (the demo's sizes are even)
@@ -207,7 +208,7 @@ def test_a_killed_stage_leaves_no_partial_output(paired):
         path.unlink()
     # The stage is killed while it writes the predictions: half of them are in its temporary file.
     code = ("import os, signal\n"
-            "from retinopathy.files import atomic_file\n"
+            "from retinopathy.core.files import atomic_file\n"
             "from retinopathy.stages import fuse\n"
             "def killed(path, header, rows):\n"
             "    with atomic_file(path) as stream:\n"
@@ -305,7 +306,7 @@ def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(
 
 def test_fuse_params_do_not_change_what_training_fingerprints():
     from conftest import tiny_params
-    from retinopathy.checkpoint import training_params
+    from retinopathy.engine.checkpoint import training_params
 
     params = tiny_params()
     before = training_params(params)

@@ -23,12 +23,12 @@ import torchvision.models as tvm
 from PIL import Image
 
 from conftest import run_arm, write_params
-from retinopathy import checkpoint
-from retinopathy.config import load_params
-from retinopathy.contract import Layout
+from retinopathy.core.config import load_params
+from retinopathy.core.contract import Layout
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
 from retinopathy.data.images import decode_image
-from retinopathy.errors import RetinopathyError
-from retinopathy.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
+from retinopathy.engine import checkpoint
 from retinopathy.models import manifest as manifests
 from retinopathy.stages import evaluate, prepare, train, weights
 
@@ -181,7 +181,7 @@ def test_a_second_training_of_the_same_arm_fails_at_once_naming_the_first(tiny_p
 
 def test_the_lock_of_a_killed_run_is_free():
     lock = Path(os.environ.get("TMPDIR", "/tmp")) / f"retinopathy-test-{os.getpid()}.lock"
-    code = ("import os, sys; from retinopathy.files import exclusive_lock\n"
+    code = ("import os, sys; from retinopathy.core.files import exclusive_lock\n"
             f"with exclusive_lock({str(lock)!r}, 'x'):\n    os.kill(os.getpid(), 9)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
     with exclusive_lock(lock, "x"):

@@ -21,8 +21,8 @@ from PIL import Image
 
 from conftest import write_params
 from retinopathy.cli import main as cli
-from retinopathy.config import MAX_SEED, load_params
-from retinopathy.contract import MAX_IMAGE_SIZE
+from retinopathy.core.config import MAX_SEED, load_params
+from retinopathy.core.contract import MAX_IMAGE_SIZE
 from retinopathy.data.images import MIN_IMAGE_SIDE, decode_image
 from retinopathy.data.labels import SPLIT_FILES
 from retinopathy.data.synthetic import render_fundus

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retinopathy.commands.import_kaggle import import_kaggle, main
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.checks import check_images
 from retinopathy.data.fundus import NoFundusError, crop_to_fundus
 from retinopathy.data.images import decode_image
 from retinopathy.data.kaggle import stratified_split
 from retinopathy.data.labels import SPLIT_FILES, Record, class_counts, image_path, read_course_splits
-from retinopathy.errors import RetinopathyError
-from retinopathy.stages.import_kaggle import import_kaggle, main
 
 # 12 patients x 2 eyes; the grade of each patient's left and right eye.
 GRADES = [(0, 0), (0, 1), (0, 0), (2, 2), (0, 0), (4, 3)]

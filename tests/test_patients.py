@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_params
-from retinopathy.config import load_params
+from retinopathy.core.config import load_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import SPLIT_FILES, Record, read_course_splits
 from retinopathy.data.patients import (
     eye_pairs,
@@ -27,7 +28,6 @@ from retinopathy.data.patients import (
     split_by_patient,
 )
 from retinopathy.data.synthetic import render_fundus
-from retinopathy.errors import RetinopathyError
 from retinopathy.stages import prepare
 from retinopathy.stages.report import write_report
 from test_report import write_metrics

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_project, subprocess_env, write_params
-from retinopathy import portable
-from retinopathy.contract import Layout
+from retinopathy.core import portable
+from retinopathy.core.contract import Layout
 
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from conftest import write_params
-from retinopathy.config import load_params
+from retinopathy.core.config import load_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.index import read_index, split_validation
 from retinopathy.data.labels import Record
-from retinopathy.errors import RetinopathyError
 from retinopathy.stages import prepare
 
 

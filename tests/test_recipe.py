@@ -13,19 +13,18 @@ import pytest
 import torch
 
 from conftest import write_params
-from retinopathy import checkpoint
-from retinopathy.config import AugmentParams, load_params
-from retinopathy.contract import Layout
-from retinopathy.engine import loops, recipe
+from retinopathy.core.config import AugmentParams, load_params
+from retinopathy.core.contract import Layout
+from retinopathy.core.records import EvaluationInfo, TrainingStatus
+from retinopathy.engine import checkpoint, loops, recipe
 from retinopathy.engine.augment import Augment, affine, colour
 from retinopathy.engine.distributed import BalancedSampler, Process
 from retinopathy.engine.optim import lr_factor, make_optimizer, make_scheduler
 from retinopathy.engine.runtime import plain_runtime
+from retinopathy.evaluation.scoring import grades_of_values, quadratic_kappa, tune_thresholds
 from retinopathy.models.grader import Grader, GraderSpec, graham
 from retinopathy.models.head import Head, class_weights
 from retinopathy.models.resnet import resnet18
-from retinopathy.records import EvaluationInfo, TrainingStatus
-from retinopathy.scoring import grades_of_values, quadratic_kappa, tune_thresholds
 from retinopathy.stages import evaluate, prepare, train
 
 CPU = torch.device("cpu")

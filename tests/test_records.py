@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from retinopathy import records
-from retinopathy.records import (
+from retinopathy.core import records
+from retinopathy.core.records import (
     EvaluationInfo,
     MajorityBaseline,
     PreparedSummary,
@@ -17,7 +17,12 @@ from retinopathy.records import (
     SplitCounts,
     TrainingStatus,
 )
+from retinopathy.data.labels import Record
+from retinopathy.data.patients import leakage
 
+# prepare's patient counts: patient 1's eyes on both sides of the split
+PATIENTS = leakage({"train": [Record("1_left", 0), Record("2_left", 1), Record("2_right", 1)], "val": [],
+                    "test": [Record("1_right", 0)]}, "lists")
 STATUS = TrainingStatus(model="resnet18", init="scratch", epochs=2, best_epoch=1, selection="test",
                         select_by="accuracy", decoder="pillow", resident=False, weights="random",
                         fingerprint="0123456789abcdef",
@@ -26,13 +31,14 @@ INFO = EvaluationInfo(model="resnet18", init="scratch", weights="random", data="
                       selection="test", select_by="accuracy", selection_rule="epoch with the highest test "
                       "accuracy", tta="none", epochs=2, test_size=12, decoder="pillow",
                       trained_with_decoder="pillow", fingerprint="0123456789abcdef",
-                      numerics={"portable": False})
+                      numerics={"portable": False}, patients=PATIENTS)
 SKIPPED = Skipped(model="resnet18", init="pretrained", reason="offline", fix="get the weights")
 SUMMARY = PreparedSummary(root="data/demo", synthetic=True,
                           splits={"train": SplitCounts(10, [6, 1, 1, 1, 1]), "val": SplitCounts(0, [0] * 5),
                                   "test": SplitCounts(4, [3, 1, 0, 0, 0])},
                           majority_baseline=MajorityBaseline(0, 0.75, "always predict the commonest grade"),
-                          notes=["a header row"], identical_images={"groups": 0, "examples": []})
+                          notes=["a header row"], identical_images={"groups": 0, "examples": []},
+                          patients=PATIENTS)
 
 
 def _write_summary(path: Path, summary: PreparedSummary) -> None:

@@ -14,10 +14,10 @@ import torchvision.models as tvm
 from torch import nn
 
 from conftest import REPO, make_tiny_project, tiny_params
-from retinopathy.config import load_params, parse_params
-from retinopathy.errors import RetinopathyError
-from retinopathy.explain import MIN_CELLS, grad_cam, target_layer
+from retinopathy.core.config import load_params, parse_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.models import build
+from retinopathy.models.gradcam import MIN_CELLS, grad_cam, target_layer
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.registry import DEFAULT, MODELS, OWN_MODELS, REGISTRY, architecture, for_model, title
 
@@ -182,7 +182,8 @@ def test_bad_per_model_params_name_the_key_and_the_fix(model, train, message):
 @pytest.mark.slow
 def test_efficientnet_trains_evaluates_explains_predicts_and_exports(tmp_path, monkeypatch):
     """The whole way for a torchvision architecture, tiny: 1 epoch of 40 images at 32 px (not ONNX: slow)."""
-    from retinopathy.stages import evaluate, explain, export, predict, train
+    from retinopathy.commands import export, predict
+    from retinopathy.stages import evaluate, explain, train
 
     monkeypatch.chdir(tmp_path)
     make_tiny_project(tmp_path, model="efficientnet_b0", train={"epochs": 1, "precise_bn_images": 8})
@@ -197,9 +198,9 @@ def test_efficientnet_trains_evaluates_explains_predicts_and_exports(tmp_path, m
 
 
 def test_the_compare_table_has_a_row_per_model_the_experiments_trained():
-    from retinopathy.experiments import Experiment
-    from retinopathy.results import Arm
-    from retinopathy.stages.compare import lab_table
+    from retinopathy.commands.compare import lab_table
+    from retinopathy.reporting.experiments import Experiment
+    from retinopathy.reporting.results import Arm
 
     def experiment(name: str, model: str, acc: float) -> Experiment:
         trained = Arm("scratch", {"status": "trained", "model": model}, {"acc": acc, "kappa": 0.5})

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinopathy import screening
-from retinopathy.contract import Layout
-from retinopathy.errors import RetinopathyError
-from retinopathy.records import EvaluationInfo, Skipped, write_info
-from retinopathy.screening_files import write_screening
+from retinopathy.core.contract import Layout
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import EvaluationInfo, Skipped, write_info
+from retinopathy.data.labels import Record
+from retinopathy.data.patients import leakage
+from retinopathy.evaluation import screening
+from retinopathy.evaluation.screening_files import write_screening
 from retinopathy.stages.report import main, write_report
 
 FIGURES = ("accuracy.png", "confusion_scratch.png", "confusion_pretrained.png", "best_accuracy.png",
@@ -40,6 +42,9 @@ def _trained(arm: str, best: float, val: bool = False) -> tuple[dict, Evaluation
         + ("validation accuracy" if val else "test accuracy (the lab's rule)"),
         tta="none", epochs=4, test_size=200, decoder="libjpeg-turbo", trained_with_decoder="libjpeg-turbo",
         fingerprint="0123456789abcdef", numerics={"portable": True},
+        patients=leakage({"train": [Record(f"{n}_{eye}", 0) for n in range(8) for eye in ("left", "right")],
+                          "val": [], "test": [Record(f"{n}_{eye}", 0) for n in range(8, 10)
+                                              for eye in ("left", "right")]}, "lists"),
     )
     if val:
         metrics["val"] = 0.9
@@ -293,6 +298,6 @@ def test_an_arm_at_the_majority_baseline_is_flagged(tmp_path: Path) -> None:
     ({"acc": 0.885, "base": 0.735, "kappa": 0.89, "bacc": 0.40}, False),
 ])
 def test_the_baseline_rule(numbers: dict, flagged: bool) -> None:
-    from retinopathy.results import at_baseline
+    from retinopathy.reporting.results import at_baseline
 
     assert bool(at_baseline(numbers)) is flagged

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_arm, write_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.index import read_index
 from retinopathy.engine import loops
@@ -15,7 +16,6 @@ from retinopathy.engine.batches import loader
 from retinopathy.engine.distributed import EpochShuffleSampler, Process
 from retinopathy.engine.resident import TURBO, ResidentBatches, decode_split, use_resident
 from retinopathy.engine.runtime import COMPILE_PAYS_FROM, compile_wanted, make_runtime, plain_runtime
-from retinopathy.errors import RetinopathyError
 from retinopathy.models.head import Head
 from test_train import read_history
 

@@ -1,4 +1,4 @@
-"""The screening figures (retinopathy.screening) against scikit-learn, on small synthetic arrays."""
+"""The screening figures (retinopathy.evaluation.screening) against scikit-learn, on small arrays."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from sklearn.metrics import (
 )
 
 from conftest import write_params
-from retinopathy import screening
-from retinopathy.config import load_params
+from retinopathy.core.config import load_params
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import patient_of
-from retinopathy.errors import RetinopathyError
+from retinopathy.evaluation import screening
 
 
 def synthetic(patients: int, seed: int = 0, two_eyes: bool = True) -> screening.Scored:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 
-from retinopathy.experiments import Experiment, seed_groups
-from retinopathy.results import Arm
-from retinopathy.stages.compare import render, seeds_table
+from retinopathy.commands.compare import render, seeds_table
+from retinopathy.reporting.experiments import Experiment, seed_groups
+from retinopathy.reporting.results import Arm
 
 
 def experiment(name: str, seed: int, acc: float, lr: float = 0.01, kappa: float = 0.5) -> Experiment:

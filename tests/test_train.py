@@ -16,11 +16,10 @@ import torch
 import torchvision.models as tvm
 
 from conftest import run_arm, subprocess_env, write_params
-from retinopathy import checkpoint
-from retinopathy.config import load_params
-from retinopathy.engine import loops
-from retinopathy.errors import RetinopathyError
-from retinopathy.records import INFO_VERSION, SUMMARY_VERSION, EvaluationInfo, Skipped, TrainingStatus
+from retinopathy.core.config import load_params
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import INFO_VERSION, SUMMARY_VERSION, EvaluationInfo, Skipped, TrainingStatus
+from retinopathy.engine import checkpoint, loops
 from retinopathy.stages import evaluate, weights
 
 

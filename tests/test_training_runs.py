@@ -20,13 +20,12 @@ import torch
 import yaml
 
 from conftest import REPO, run_arm, subprocess_env, tiny_params, write_params
-from retinopathy import checkpoint
-from retinopathy.config import AugmentParams, load_params, parse_params
-from retinopathy.engine import loops
+from retinopathy.core.config import AugmentParams, load_params, parse_params
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import TrainingStatus
+from retinopathy.engine import checkpoint, loops
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.distributed import BalancedSampler, EpochShuffleSampler, Process, torch_seed
-from retinopathy.errors import RetinopathyError
-from retinopathy.records import TrainingStatus
 from retinopathy.stages import evaluate, train
 
 

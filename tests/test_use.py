@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_project
-from retinopathy.config import load_params
-from retinopathy.contract import Layout
+from retinopathy.commands import export, predict
+from retinopathy.core.config import load_params
+from retinopathy.core.contract import Layout
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import patient_of
 from retinopathy.data.synthetic import render_fundus
-from retinopathy.errors import RetinopathyError
-from retinopathy.stages import evaluate, explain, export, predict, train
+from retinopathy.stages import evaluate, explain, train
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import torchvision.models as tvm
 import torchvision.models._api as tv_api
 
 from conftest import write_params
-from retinopathy.errors import RetinopathyError
-from retinopathy.files import sha256_of
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import sha256_of
 from retinopathy.models import build
 from retinopathy.stages import weights
 

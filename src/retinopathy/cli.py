@@ -11,15 +11,17 @@ import importlib
 import sys
 from importlib import metadata
 
-from retinopathy import portable
-from retinopathy.errors import RetinopathyError
+from retinopathy.core import portable
+from retinopathy.core.errors import RetinopathyError
 
 # command -> (module, one-line description). Modules are imported lazily so that
 # `retinopathy --help` does not pay for importing torch.
-_STAGES = "retinopathy.stages."
+_STAGES = "retinopathy.stages."  # the DVC pipeline's stages
+_COMMANDS = "retinopathy.commands."  # the commands that are no stage
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": (_STAGES + "demo_data", "write the synthetic demo dataset (course layout)"),
-    "import-kaggle": (_STAGES + "import_kaggle", "build the course's 512x512 dataset from Kaggle's download"),
+    "import-kaggle": (_COMMANDS + "import_kaggle",
+                      "build the course's 512x512 dataset from Kaggle's download"),
     "prepare": (_STAGES + "prepare", "check the raw data and write the index and summary"),
     "weights": (_STAGES + "weights", "resolve the initial weights of each arm and write manifests"),
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
@@ -27,15 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuse": (_STAGES + "fuse", "grade each test image with both eyes of its patient (a blend)"),
     "report": (_STAGES + "report", "draw the figures and write plots/report.md"),
     "explain": (_STAGES + "explain", "draw test images with the heat maps of one arm's grades"),
-    "compare": (_STAGES + "compare", "one table and one figure across DVC experiments"),
-    "predict": (_STAGES + "predict", "grade new photographs with a trained arm (CSV, heat maps)"),
-    "export": (_STAGES + "export", "write a trained arm as ONNX or TorchScript with a model card"),
-    "bench": (_STAGES + "bench", "measure input-pipeline and training throughput"),
+    "compare": (_COMMANDS + "compare", "one table and one figure across DVC experiments"),
+    "predict": (_COMMANDS + "predict", "grade new photographs with a trained arm (CSV, heat maps)"),
+    "export": (_COMMANDS + "export", "write a trained arm as ONNX or TorchScript with a model card"),
+    "bench": (_COMMANDS + "bench", "measure input-pipeline and training throughput"),
 }
 
 
 def module_of(command: str) -> str:
-    """The module that implements ``command`` (``retinopathy.stages.<name>``)."""
+    """The module that implements ``command``: ``retinopathy.stages.<name>`` or ``.commands.<name>``."""
     return COMMANDS[command][0]
 
 

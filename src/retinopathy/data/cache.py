@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record, image_path
-from retinopathy.errors import RetinopathyError
 
 MAGIC = b"retinopathy decoded-pixel cache v1\n"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

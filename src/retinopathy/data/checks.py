@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from retinopathy.core.errors import RetinopathyError, where
 from retinopathy.data.images import MIN_IMAGE_SIDE, ImageFacts, check_image
 from retinopathy.data.labels import MAX_LISTED, SPLIT_FILES, Record, image_path, parse_split
-from retinopathy.errors import RetinopathyError, where
 
 
 def _listing_lines(root: Path) -> dict[str, str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.images import upright_8bit
-from retinopathy.errors import RetinopathyError
 
 # The border is found on a copy about this many pixels wide: fast, and precise
 # to a fraction of a percent of the fundus diameter.

@@ -23,7 +23,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, ImageOps
 
-from retinopathy.errors import RetinopathyError
+from retinopathy.core.errors import RetinopathyError
 
 # Colour spaces libjpeg-turbo converts to RGB itself; grey, CMYK and YCCK
 # JPEGs take Pillow's conversion instead.

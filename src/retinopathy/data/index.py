@@ -4,7 +4,7 @@ The index lists every record once with its split (train, val, test; see
 ``contract.INDEX_COLUMNS``), so training and evaluation read the split that
 prepare checked, not the raw lists again. The summary holds the counts per
 grade and split, the majority-class baseline and notes on the input
-(:class:`retinopathy.records.PreparedSummary`, which also reads and writes it).
+(:class:`retinopathy.core.records.PreparedSummary`, which also reads and writes it).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from retinopathy.contract import INDEX_COLUMNS, NUM_GRADES, SPLITS
+from retinopathy.core.contract import INDEX_COLUMNS, NUM_GRADES, SPLITS
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import PREPARE_FIX, MajorityBaseline, PreparedSummary, SplitCounts
 from retinopathy.data.labels import Record, check_name, class_counts
-from retinopathy.errors import RetinopathyError
-from retinopathy.records import PREPARE_FIX, MajorityBaseline, PreparedSummary, SplitCounts
 
 GRADE_TEXT = frozenset(str(grade) for grade in range(NUM_GRADES))
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retinopathy.contract import NUM_GRADES
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError, where
 from retinopathy.data.labels import (
     SPLIT_FILES,
     check_grade,
@@ -22,7 +23,6 @@ from retinopathy.data.labels import (
     read_course_splits,
     read_lines,
 )
-from retinopathy.errors import RetinopathyError, where
 
 LABELS_HEADER = ("image", "level")
 

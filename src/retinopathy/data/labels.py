@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from retinopathy.contract import NUM_GRADES
-from retinopathy.errors import RetinopathyError, where
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError, where
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {
     "train": ("train_img.csv", "train_label.csv"),

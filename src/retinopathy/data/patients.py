@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from retinopathy.contract import NUM_GRADES
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import Record, eye_of, patient_of
-from retinopathy.errors import RetinopathyError
 
 # SeedSequence keys (data.seed, purpose): the test and validation re-splits draw from streams of their own.
 _PURPOSE_TEST, _PURPOSE_VAL = 1, 2

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retinopathy.contract import COURSE_IMAGE_SIZE
+from retinopathy.core.contract import COURSE_IMAGE_SIZE
+from retinopathy.core.errors import RetinopathyError, warn
 from retinopathy.data.fundus import square_fundus
 from retinopathy.data.images import (
     check_min_side,
@@ -29,7 +30,6 @@ from retinopathy.data.images import (
     resize,
 )
 from retinopathy.data.labels import MAX_LISTED, check_name, image_path, read_lines
-from retinopathy.errors import RetinopathyError, warn
 
 PHOTO_SUFFIXES = (".jpeg", ".jpg", ".png")
 LIST_SUFFIX = ".csv"  # a course-layout list: one image name per line, the images beside it as <name>.jpeg

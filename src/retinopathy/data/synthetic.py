@@ -26,8 +26,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from retinopathy.contract import NUM_GRADES
-from retinopathy.errors import RetinopathyError
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError
 
 # The grades of the two eyes of the patients with both eyes in the course's train split
 # (train_img.csv / train_label.csv of the lab's lists: 11,241 of its 16,859 patients), as

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from retinopathy.config import AugmentParams
+from retinopathy.core.config import AugmentParams
 from retinopathy.engine.distributed import torch_seed
 
 _PURPOSE = 7  # a SeedSequence key of its own, apart from every other use of the seed

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from retinopathy.config import Params
+from retinopathy.core.config import Params
 from retinopathy.data.cache import DecodedCache, open_dataset
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record

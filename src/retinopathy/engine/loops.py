@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from retinopathy.contract import NUM_GRADES
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.engine.distributed import Process, gather_over_processes, sum_over_processes
 from retinopathy.engine.runtime import Runtime
-from retinopathy.errors import RetinopathyError
 from retinopathy.models.head import Head
 
 # A batch on the device and its step number -> the batch to train on (augmentation).

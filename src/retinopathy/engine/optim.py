@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from retinopathy.contract import SCHEDULES
+from retinopathy.core.contract import SCHEDULES
 from retinopathy.engine.runtime import Runtime
 
 

@@ -15,14 +15,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from torch import nn
 
-from retinopathy.config import Params
-from retinopathy.contract import NUM_GRADES
+from retinopathy.core.config import Params
+from retinopathy.core.contract import NUM_GRADES
 from retinopathy.engine import loops
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.distributed import BalancedSampler, EpochShuffleSampler, Process
 from retinopathy.engine.runtime import Runtime
+from retinopathy.evaluation.scoring import grades_of_values, kappa_of_confusion, tune_thresholds
 from retinopathy.models.head import Head, class_weights
-from retinopathy.scoring import grades_of_values, kappa_of_confusion, tune_thresholds
 
 
 def make_head(params: Params, train_labels: list[int]) -> Head:

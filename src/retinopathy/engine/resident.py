@@ -36,10 +36,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.images import decode_image, jpeg_orientation, read_image_file
 from retinopathy.data.labels import Record, image_path
 from retinopathy.engine.runtime import Runtime
-from retinopathy.errors import RetinopathyError
 
 
 class Order(Protocol):

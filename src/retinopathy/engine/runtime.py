@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import torch
 from torch import nn
 
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.portable import pin
 from retinopathy.engine.distributed import Process, join, leave, process_from_environment
-from retinopathy.errors import RetinopathyError
-from retinopathy.portable import pin
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 if TYPE_CHECKING:
-    from retinopathy.config import Params
+    from retinopathy.core.config import Params
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    pin("cpu")  # train.portable: a fixed number of threads (see retinopathy.portable)
+    pin("cpu")  # train.portable: a fixed number of threads (see retinopathy.core.portable)
     return torch.device("cpu")
 
 

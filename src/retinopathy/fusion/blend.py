@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from retinopathy.contract import ROUNDING_THRESHOLDS
-from retinopathy.errors import RetinopathyError
-from retinopathy.files import atomic_file
+from retinopathy.core.contract import ROUNDING_THRESHOLDS
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import atomic_file
+from retinopathy.evaluation.scoring import tune_thresholds
 from retinopathy.models.head import Head
-from retinopathy.scoring import tune_thresholds
 
 FORMAT = "retinopathy-fuse-blend-1"
 

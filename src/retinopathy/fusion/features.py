@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.engine import loops
 from retinopathy.engine.runtime import Runtime
-from retinopathy.errors import RetinopathyError
 from retinopathy.models.head import Head
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import eye_of, patient_of
-from retinopathy.errors import RetinopathyError
 
 EYES = ("left", "right")
 NO_PARTNER = -1

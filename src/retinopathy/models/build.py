@@ -26,9 +26,9 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from retinopathy.contract import NUM_GRADES
-from retinopathy.errors import RetinopathyError
-from retinopathy.files import sha256_of
+from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import sha256_of
 from retinopathy.models import convnext, efficientnet, resnet
 from retinopathy.models.registry import MODELS, REGISTRY, architecture
 

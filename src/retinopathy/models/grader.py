@@ -19,9 +19,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from retinopathy.contract import MAX_IMAGE_SIZE as MAX_SPEC_IMAGE_SIZE
-from retinopathy.contract import NORMALIZATIONS, PREPROCESSES
-from retinopathy.errors import RetinopathyError
+from retinopathy.core.contract import MAX_IMAGE_SIZE as MAX_SPEC_IMAGE_SIZE
+from retinopathy.core.contract import NORMALIZATIONS, PREPROCESSES
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.models.build import new_model
 from retinopathy.models.head import Head
 from retinopathy.models.registry import MODELS, architecture

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from retinopathy.contract import LOSSES, NUM_GRADES, ROUNDING_THRESHOLDS
+from retinopathy.core.contract import LOSSES, NUM_GRADES, ROUNDING_THRESHOLDS
 
 
 class Head:

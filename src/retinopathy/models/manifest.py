@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from retinopathy.errors import RetinopathyError, note
-from retinopathy.files import sha256_of
+from retinopathy.core.errors import RetinopathyError, note
+from retinopathy.core.files import sha256_of
 from retinopathy.models.build import (
     DOWNLOAD_TIMEOUT,
     IMAGENET,

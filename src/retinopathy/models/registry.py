@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from retinopathy.errors import RetinopathyError
+from retinopathy.core.errors import RetinopathyError
 
 T = TypeVar("T")
 

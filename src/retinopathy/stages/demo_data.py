@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retinopathy.config import load_params
-from retinopathy.contract import DEMO_MARKER, DEMO_README, NUM_GRADES, Layout, is_demo_dataset
+from retinopathy.core.config import load_params
+from retinopathy.core.contract import DEMO_MARKER, DEMO_README, NUM_GRADES, Layout, is_demo_dataset
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import staged_folder
 from retinopathy.data.labels import SPLIT_FILES, image_path
 from retinopathy.data.synthetic import pair_counts, render_fundus, vary
-from retinopathy.errors import RetinopathyError
-from retinopathy.files import staged_folder
-from retinopathy.paramkeys import restrict
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("demo",)
 
 JPEG_QUALITY = 90

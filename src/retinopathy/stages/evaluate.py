@@ -12,7 +12,7 @@ summing to 1 as the lab defines it); ``metrics/predictions/<arm>.csv``
 referable score, :func:`contract.prediction_header`; ``actual,predicted`` is
 the long format DVC's ``confusion`` plot template reads) and
 ``<arm>.val.csv``, the same for the validation split (header only without
-one); and the screening files (``retinopathy.screening_files``):
+one); and the screening files (``retinopathy.evaluation.screening_files``):
 ``metrics/<arm>.screening.json`` (referable and vision-threatening AUC,
 sensitivity and specificity at the model's grade and at the operating points
 chosen on validation, per image and per patient, with bootstrap intervals over
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from retinopathy import checkpoint, portable
-from retinopathy.config import Params, load_params
-from retinopathy.contract import (
+from retinopathy.core import portable
+from retinopathy.core.config import Params, load_params
+from retinopathy.core.contract import (
     ARMS,
     CONFUSION_COLUMNS,
     GRADES,
@@ -43,21 +43,21 @@ from retinopathy.contract import (
     Layout,
     prediction_header,
 )
+from retinopathy.core.errors import RetinopathyError, warn
+from retinopathy.core.files import write_csv_atomic, write_json_atomic
+from retinopathy.core.records import EvaluationInfo, Skipped, read_status, read_summary, write_info
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import Record, patient_of
-from retinopathy.engine import loops
+from retinopathy.engine import checkpoint, loops
 from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import from_params
-from retinopathy.errors import RetinopathyError, warn
-from retinopathy.files import write_csv_atomic, write_json_atomic
-from retinopathy.paramkeys import restrict
-from retinopathy.records import EvaluationInfo, Skipped, read_status, read_summary, write_info
-from retinopathy.scoring import confusion_tables, scores
-from retinopathy.screening import Scored, record, scored
-from retinopathy.screening_files import write_screening
+from retinopathy.evaluation.scoring import confusion_tables, scores
+from retinopathy.evaluation.screening import Scored, record, scored
+from retinopathy.evaluation.screening_files import write_screening
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
           "train.portable", "train.batch_size", "evaluate")
 
@@ -109,7 +109,7 @@ class Evaluation:
 
     metrics: dict[str, float]
     info: EvaluationInfo | Skipped
-    screening: dict[str, Any] | None = None  # retinopathy.screening.record; None for a skipped arm
+    screening: dict[str, Any] | None = None  # retinopathy.evaluation.screening.record; None for a skipped arm
 
 
 def write_evaluation(files: ArmFiles, evaluation: Evaluation) -> None:
@@ -205,7 +205,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         decoder=decoder,
         trained_with_decoder=status.decoder,
         fingerprint=best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
-        numerics=portable.state(),  # train.portable (retinopathy.portable)
+        numerics=portable.state(),  # train.portable (retinopathy.core.portable)
         patients=summary.patients,  # prepare's count of patients per split and across splits
     )
     evaluation = Evaluation(metrics, info, screening)

@@ -3,7 +3,7 @@
 ``retinopathy explain --init scratch|pretrained`` takes three test images of
 every true grade, chosen by ``train.seed`` (among them one the arm graded
 right and one it graded wrong, where there are such), and draws them with the
-Grad-CAM heat map of the grade the arm predicted (:mod:`retinopathy.explain`) into
+Grad-CAM heat map of the grade the arm predicted (:mod:`retinopathy.models.gradcam`) into
 ``plots/explain_<arm>.png``. The grades are those `evaluate` wrote to
 ``metrics/predictions/<arm>.csv``; the heat maps come from the eager fp32
 network of ``best.pt``. A skipped arm gets a figure that says so.
@@ -18,21 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retinopathy import checkpoint
-from retinopathy.config import Params, load_params
-from retinopathy.contract import ARMS, GRADES, PREDICTION_COLUMNS, Layout, grade_label
+from retinopathy.core.config import Params, load_params
+from retinopathy.core.contract import ARMS, GRADES, PREDICTION_COLUMNS, Layout, grade_label
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import atomic_file
+from retinopathy.core.records import Skipped, read_info
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.index import read_index
+from retinopathy.engine import checkpoint
 from retinopathy.engine.runtime import resolve_device
-from retinopathy.errors import RetinopathyError
-from retinopathy.explain import grad_cam, save_grid, save_message
-from retinopathy.files import atomic_file
-from retinopathy.paramkeys import restrict
-from retinopathy.records import Skipped, read_info
-from retinopathy.results import model_name
+from retinopathy.models.gradcam import grad_cam, save_grid, save_message
+from retinopathy.models.registry import title
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("data.root", "train.seed", "train.device", "train.portable")
 
 PER_GRADE = 3  # test images per true grade: a row of the grid
@@ -96,10 +96,10 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
         score = f"value {float(scores):.2f}" if head.regression else f"p {float(scores[grade]):.2f}"
         caption = f"{records[index].image}: graded {grade} ({score})"
         tiles.append((image[0].permute(1, 2, 0).cpu().numpy(), heat, caption, grade == actual[index]))
-    title = (f"{model_name(spec.model)}, {arm} arm: where it looked on test images\n"
-             f"(Grad-CAM of the grade it gave; green: graded right, red: graded wrong)")
+    heading = (f"{title(spec.model)}, {arm} arm: where it looked on test images\n"
+               f"(Grad-CAM of the grade it gave; green: graded right, red: graded wrong)")
     with atomic_file(out, "wb") as stream:
-        save_grid(stream, tiles, PER_GRADE, [f"true {grade_label(g)}" for g in GRADES], title)
+        save_grid(stream, tiles, PER_GRADE, [f"true {grade_label(g)}" for g in GRADES], heading)
     return out
 
 

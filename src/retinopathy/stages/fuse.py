@@ -11,11 +11,11 @@ after, never seen while learning. Eyes are paired within a split by EyePACS
 name (:mod:`retinopathy.fusion.pairs`).
 
 Writes the blend (``models/<arm>.fuse.pt``), ``metrics/predictions/<arm>.fused.csv``
-(one row per test image: :func:`~retinopathy.contract.fused_prediction_columns`;
+(one row per test image: :func:`~retinopathy.core.contract.fused_prediction_columns`;
 ``source`` says whether the blend graded it (``fused``), or the network alone
 because its other eye is not in the test split (``single-no-partner``) or
 fusion is off (``single``, ``fuse.method: none``)) and ``metrics/<arm>.fused.json``
-(:data:`~retinopathy.contract.FUSED_METRIC_KEYS`: both eyes against the network
+(:data:`~retinopathy.core.contract.FUSED_METRIC_KEYS`: both eyes against the network
 alone on the same images). Each file is written atomically.
 """
 
@@ -27,25 +27,25 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from retinopathy import checkpoint
-from retinopathy.config import Params, load_params
-from retinopathy.contract import ARMS, FUSED_METRIC_KEYS, METRIC_DECIMALS, REFERABLE_GRADE, Layout
-from retinopathy.contract import fused_prediction_columns as columns
+from retinopathy.core.config import Params, load_params
+from retinopathy.core.contract import ARMS, FUSED_METRIC_KEYS, METRIC_DECIMALS, REFERABLE_GRADE, Layout
+from retinopathy.core.contract import fused_prediction_columns as columns
+from retinopathy.core.errors import RetinopathyError, warn
+from retinopathy.core.files import write_csv_atomic, write_json_atomic
+from retinopathy.core.records import Skipped, TrainingStatus, read_status
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import patient_of
+from retinopathy.engine import checkpoint
 from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import from_params
-from retinopathy.errors import RetinopathyError, warn
-from retinopathy.files import write_csv_atomic, write_json_atomic
 from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
 from retinopathy.models.head import Head
-from retinopathy.paramkeys import restrict
-from retinopathy.records import Skipped, TrainingStatus, read_status
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("fuse", "data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
           "train.portable", "train.batch_size", "train.loss")
 
@@ -73,7 +73,7 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
 def headline(names: list[str], actual: np.ndarray, predicted: np.ndarray, score: np.ndarray,
              suffix: str = "") -> dict[str, float]:
     """Accuracy, kappa and referable AUC per image and per patient (worse eye; higher score)."""
-    from retinopathy.scoring import quadratic_kappa
+    from retinopathy.evaluation.scoring import quadratic_kappa
 
     patients: dict[str, list[int]] = {}
     for index, name in enumerate(names):

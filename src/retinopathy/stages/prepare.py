@@ -32,8 +32,11 @@ import argparse
 import os
 from pathlib import Path
 
-from retinopathy.config import Params, cli_positive_int, load_params
-from retinopathy.contract import INDEX_COLUMNS, Layout, is_demo_dataset
+from retinopathy.core.config import Params, cli_positive_int, load_params
+from retinopathy.core.contract import INDEX_COLUMNS, Layout, is_demo_dataset
+from retinopathy.core.errors import RetinopathyError, note, warn
+from retinopathy.core.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
+from retinopathy.core.records import PreparedSummary, summary_text
 from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import Record, read_course_splits
 from retinopathy.data.patients import (
@@ -43,13 +46,10 @@ from retinopathy.data.patients import (
     leakage_warning,
     split_by_patient,
 )
-from retinopathy.errors import RetinopathyError, note, warn
-from retinopathy.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
-from retinopathy.paramkeys import restrict
-from retinopathy.records import PreparedSummary, summary_text
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("data.root", "data.image_size", "data.val_fraction", "data.seed", "data.max_pixels", "data.split")
 
 # What prepare writes, as an earlier run left it: only such a folder is replaced (nothing else is deleted).

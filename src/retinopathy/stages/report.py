@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from retinopathy.contract import (
+from retinopathy.core.contract import (
     ARMS,
     GRADES,
     LEVELS,
@@ -29,13 +29,13 @@ from retinopathy.contract import (
     grade_label,
     recall_key,
 )
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import Ours, check_output_file, staged_files
+from retinopathy.core.records import EvaluationInfo, Skipped
 from retinopathy.data.patients import leakage_warning
-from retinopathy.errors import RetinopathyError
-from retinopathy.figures import draw_report_figures, draw_screening_figures
-from retinopathy.files import Ours, check_output_file, staged_files
-from retinopathy.records import EvaluationInfo, Skipped
-from retinopathy.results import BASELINE_RULE, Arm, at_baseline, load_arm, model_name
-from retinopathy.screening_files import Screening, load_screening
+from retinopathy.evaluation.screening_files import Screening, load_screening
+from retinopathy.reporting.figures import draw_report_figures, draw_screening_figures
+from retinopathy.reporting.results import BASELINE_RULE, Arm, at_baseline, load_arm, model_name
 
 
 def _describe_data(arms: Sequence[Arm]) -> tuple[str, str, str, bool]:

@@ -7,7 +7,7 @@ when there is one). After every epoch it writes, in this order:
 
 1. ``last.pt`` (model, optimizer, epoch, history, RNG state and the config
    fingerprint) into the run's resume store,
-   ``models/.resume/<arm>/<fingerprint>/`` (:class:`retinopathy.checkpoint.ResumeStore`),
+   ``models/.resume/<arm>/<fingerprint>/`` (:class:`retinopathy.engine.checkpoint.ResumeStore`),
    which no DVC command touches;
 2. ``best.pt`` there, when the epoch is the best so far;
 3. both into ``models/<arm>/``, DVC's output (hard links: no copy);
@@ -51,33 +51,33 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from retinopathy import checkpoint, records
-from retinopathy.config import Params, load_params
-from retinopathy.contract import ARMS, HISTORY_COLUMNS, VAL_COLUMNS, ArmFiles, Layout
-from retinopathy.data.index import read_index
-from retinopathy.engine import loops, recipe
-from retinopathy.engine.augment import Augment
-from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
-from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler, sum_over_processes, torch_seed
-from retinopathy.engine.optim import make_optimizer, make_scheduler
-from retinopathy.engine.resident import ResidentBatches, planned_decoder
-from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start, stop
-from retinopathy.errors import RetinopathyError, note, warn
-from retinopathy.files import (
+from retinopathy.core import records
+from retinopathy.core.config import Params, load_params
+from retinopathy.core.contract import ARMS, HISTORY_COLUMNS, VAL_COLUMNS, ArmFiles, Layout
+from retinopathy.core.errors import RetinopathyError, note, warn
+from retinopathy.core.files import (
     check_writable,
     exclusive_lock,
     remove_stale_temporaries,
     sha256_of,
     write_csv_atomic,
 )
+from retinopathy.data.index import read_index
+from retinopathy.engine import checkpoint, loops, recipe
+from retinopathy.engine.augment import Augment
+from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
+from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler, sum_over_processes, torch_seed
+from retinopathy.engine.optim import make_optimizer, make_scheduler
+from retinopathy.engine.resident import ResidentBatches, planned_decoder
+from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start, stop
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
 from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
-from retinopathy.paramkeys import restrict
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = (
     "model", "data.root", "data.image_size", "data.val_fraction", "data.on_device", "data.preprocess",
     "train.epochs", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay", "train.seed",

@@ -5,7 +5,7 @@ torchvision's cache, or a file named in ``train.weights`` may change, without
 any dependency DVC could see. The manifests only change when the weights do,
 so the pretrained arm reruns exactly then. Being the stage that runs before
 train and evaluate on every `dvc repro`, it first runs
-:func:`~retinopathy.preflight.preflight`.
+:func:`~retinopathy.engine.preflight.preflight`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import argparse
 import os
 from pathlib import Path
 
-from retinopathy.config import cli_positive_float, load_params
-from retinopathy.contract import ARMS, Layout
-from retinopathy.errors import warn
-from retinopathy.files import check_output_file, json_with, write_json_atomic
+from retinopathy.core.config import cli_positive_float, load_params
+from retinopathy.core.contract import ARMS, Layout
+from retinopathy.core.errors import warn
+from retinopathy.core.files import check_output_file, json_with, write_json_atomic
+from retinopathy.engine.preflight import preflight
 from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
 from retinopathy.models.manifest import describe_pretrained, describe_scratch
-from retinopathy.paramkeys import restrict
-from retinopathy.preflight import preflight
+from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.paramkeys: reading any other is an error);
-# `python -m retinopathy.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("model", "train.weights", "train.seed", "train.zero_init_residual", "train.device")
 
 

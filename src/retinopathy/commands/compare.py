@@ -1,0 +1,229 @@
+"""`retinopathy compare`: one table and one figure across DVC experiments, the course report's centre.
+
+``retinopathy compare [REVISION ...] --out DIR`` reads, through DVC's Python
+API, the workspace, the current commit (``main``) and every experiment of
+that commit, or those named (experiment names, branches, tags, commits,
+``workspace``), and writes ``DIR/compare.md``: one row per experiment and arm
+(model, init, the selected epoch, test accuracy, kappa, balanced accuracy,
+and a flag on any result at the majority baseline), one row per param that
+differs between them, the lab's table of models against inits (one row per
+model the experiments trained, scratch / pretrained) when they trained two or
+more, the mean, standard deviation and number of runs of experiments that
+differ only in ``train.seed`` (queued with ``dvc exp run --queue -S
+train.seed=N``), and ``DIR/compare.png``: the test accuracy and kappa per
+epoch of all of them, each line labelled
+``<name>: <model> <init>``, the selected epoch starred. No ``dvc exp save``
+is needed. The folder is replaced as a whole, and only once every file is
+written; it must be absent, empty or an earlier output of compare (nothing
+else is ever deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from retinopathy.core.contract import ARMS
+from retinopathy.core.errors import RetinopathyError, note
+from retinopathy.core.files import check_output_folder, holds_only, staged_folder, starts_with
+from retinopathy.core.records import EvaluationInfo
+from retinopathy.models.registry import MODELS
+from retinopathy.reporting.experiments import (
+    WORKSPACE,
+    Experiment,
+    SeedGroup,
+    differing_params,
+    flatten,
+    load_experiments,
+    same_results,
+    seed_groups,
+)
+from retinopathy.reporting.figures import plot_curves
+from retinopathy.reporting.results import BASELINE_RULE, at_baseline, model_name
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _kappa(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
+    """The params that differ, one row each, one column per experiment (readable however many differ)."""
+    flats = [flatten(e.params) for e in experiments]
+    lines = ["| param | " + " | ".join(e.name for e in experiments) + " |",
+             "|---|" + "---|" * len(experiments)]
+    lines += [f"| `{key}` | " + " | ".join(_cell(flat.get(key, "n/a")) for flat in flats) + " |"
+              for key in differ]
+    return lines
+
+
+def results_table(experiments: Sequence[Experiment]) -> list[str]:
+    """One row per experiment and arm: the selected epoch's figures."""
+    header = ["experiment", "model", "init", "selected epoch", "selected by", "test accuracy", "kappa",
+              "balanced accuracy", "vs. majority baseline"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for experiment in experiments:
+        for arm_name in ARMS:
+            arm = experiment.arms[arm_name]
+            if isinstance(arm.info, EvaluationInfo):
+                m, info = arm.metrics, arm.info
+                flat = at_baseline(m)
+                figures = [str(int(m["epoch"])), f"{info.selection} {info.select_by}", _pct(m["acc"]),
+                           _kappa(m["kappa"]),
+                           _pct(m.get("bacc")), f"**AT BASELINE** ({flat})" if flat else "above"]
+            else:
+                figures = ["skipped"] * 6
+            row = [experiment.name, model_name(arm.info.model), arm_name, *figures]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``mean ± sd``: the mean and the sample standard deviation (n - 1), or the one value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:{fmt}}"
+    return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+SEED_FIGURES = (("acc", "test accuracy", ".3f"), ("kappa", "kappa", ".3f"),
+                ("bacc", "balanced accuracy", ".3f"))
+
+
+def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
+    """One row per group of experiments that differ only in ``train.seed``, and arm: mean ± sd (n)."""
+    header = ["experiments (seeds)", "model", "init", "n", *(label for _, label, _ in SEED_FIGURES)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in groups:
+        names = ", ".join(f"`{e.name}` ({seed})" for e, seed in zip(group.members, group.seeds, strict=True))
+        for arm_name in ARMS:
+            trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
+            model = model_name(group.members[0].arms[arm_name].info.model)
+            figures = [_spread([a.metrics[key] for a in trained if key in a.metrics], fmt)
+                       if any(key in a.metrics for a in trained) else "n/a" for key, _, fmt in SEED_FIGURES]
+            cells = figures if trained else ["skipped"] * len(SEED_FIGURES)
+            lines.append("| " + " | ".join([names, model, arm_name, str(len(trained)), *cells]) + " |")
+    return lines
+
+
+def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
+    """The course report's table: test accuracy (kappa) per model and init, for two or more models trained.
+
+    One row per model any experiment trained, in the registry's order (an unknown name of an old run last).
+    """
+    cells: dict[tuple[str, str], list[str]] = {}
+    for experiment in experiments:
+        for arm_name, arm in experiment.arms.items():
+            if arm.trained:
+                label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
+                cells.setdefault((arm.info.model, arm_name), []).append(
+                    label if len(experiments) == 1 else f"{label} {experiment.name}")
+    trained = {model for model, _ in cells}
+    models = [m for m in MODELS if m in trained] + sorted(trained - set(MODELS))
+    if len(models) < 2:
+        return None  # one model (or none) trained: no table of models against inits
+    lines = ["|  | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
+    for model in models:
+        row = ["<br>".join(cells.get((model, arm), ["not trained"])) for arm in ARMS]
+        lines.append(f"| {model_name(model)} | " + " | ".join(row) + " |")
+    return lines
+
+
+def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequence[str]) -> str:
+    """The text of compare.md."""
+    names = ", ".join(f"`{e.name}`" + ("" if e.kind == "experiment" else f" ({e.kind})") for e in experiments)
+    lines = [TITLE, "", f"Compared: {names}."]
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
+    if differ:
+        lines += ["", "## What differs", "", *settings_table(experiments, differ)]
+    else:
+        lines += ["", "The experiments have the same params."]
+    if any(isinstance(arm.info, EvaluationInfo) and arm.info.synthetic
+           for e in experiments for arm in e.arms.values()):
+        lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
+                  "nothing about retinopathy."]
+    flagged = [f"`{e.name}` {arm.name}" for e in experiments for arm in e.arms.values()
+               if arm.trained and at_baseline(arm.metrics)]
+    if flagged:
+        lines += ["", f"> **At the majority baseline** (learned nothing that always answering the commonest "
+                  f"grade does not give): {', '.join(flagged)}. Rule: {BASELINE_RULE}."]
+    lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
+              "(see each run's `metrics/<arm>.info.json` for the rule that selected it).", "",
+              "## Every experiment and arm", "", *results_table(experiments), ""]
+    groups = seed_groups(list(experiments))
+    if groups:
+        lines += ["## Across seeds", "",
+                  "Experiments whose params differ only in `train.seed`: the mean ± the standard deviation "
+                  "(sample, n - 1) over the seeds, and n, the trained runs.", "", *seeds_table(groups), ""]
+        repeated = [name for group in groups for name in group.left_out]
+        if repeated:
+            lines += [f"Not counted again (same params and seed as a member): {', '.join(repeated)}.", ""]
+    lab = lab_table(experiments)
+    if lab:
+        lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]
+    lines += ["## Per epoch", "", "![test accuracy and kappa per epoch](compare.png)", ""]
+    return "\n".join(lines)
+
+
+TITLE = "# Experiments compared"
+# What compare writes: only a folder holding nothing else is replaced (nothing else is deleted).
+OURS = holds_only({"compare.md": starts_with(TITLE.encode() + b"\n"), "compare.png": starts_with(b"\x89PNG")})
+
+
+def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experiment]:
+    """Write compare.md and compare.png for the experiments into ``out`` (replaced as a whole).
+
+    ``out`` must be absent, empty or an earlier output of compare (:data:`OURS`), checked first.
+    """
+    check_output_folder(out, "compare", OURS)
+    experiments, notes = load_experiments(names, repo)
+    if not names and len(experiments) > 1 and experiments[0].kind == WORKSPACE:
+        workspace, rest = experiments[0], experiments[1:]
+        twin = next((e for e in rest if same_results(workspace, e)), None)
+        if twin is not None:  # `dvc exp run` leaves its last experiment applied to the workspace
+            experiments = rest
+            notes = [*notes, f"The workspace is left out: it holds the same params and results as "
+                             f"`{twin.name}`."]
+    if not any(arm.trained for e in experiments for arm in e.arms.values()):
+        raise RetinopathyError("no arm of these experiments was trained: run `dvc repro` or "
+                               "`dvc exp run` first")
+    differ = differing_params(experiments)
+    with staged_folder(out, "compare", OURS) as staging:
+        runs = [(e.name, arm) for e in experiments for arm in e.arms.values()]
+        plot_curves(runs, f"{len(experiments)} experiment(s), {sum(a.trained for _, a in runs)} trained arms",
+                    staging / "compare.png")
+        (staging / "compare.md").write_text(render(experiments, differ, notes), encoding="utf-8")
+    return experiments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (built without importing DVC)."""
+    parser = argparse.ArgumentParser(prog="retinopathy compare", description=__doc__.split("\n")[0])
+    parser.add_argument("experiments", nargs="*", metavar="REVISION",
+                        help=f"Experiment names, branches, tags, commits or `{WORKSPACE}` (default: the "
+                             "workspace, the current commit and every experiment of it).")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="Output folder, replaced as a whole: absent, empty or an earlier output of "
+                             "compare.")
+    parser.add_argument("--repo", default=".", metavar="DIR",
+                        help="The DVC project (default: the current folder).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy compare [REVISION ...] --out DIR``."""
+    args = build_parser().parse_args(argv)
+    experiments = compare(args.experiments or None, args.out, args.repo)
+    note(f"compared {', '.join(e.name for e in experiments)}")
+    print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
+    return 0

@@ -1,0 +1,370 @@
+"""`retinopathy predict`: grade new photographs with a trained arm, and show where it looked.
+
+``retinopathy predict PATH... [--arm scratch|pretrained | --checkpoint FILE]
+[--out predictions.csv] [--tta flips] [--explain DIR]``
+
+PATH is an image, a folder (every JPEG/PNG in it, sorted) or a course-layout
+list (``*.csv``, one name per line, images beside it as ``<name>.jpeg``). The
+model is the arm's ``best.pt`` (or ``--checkpoint``), used with the image
+size, preprocessing, normalisation and head stored in it, never with the
+current params.yaml's. Square images go through as training reads them;
+other photographs are first cropped to the fundus and squared as
+`import-kaggle` does. Grading runs in batches, on the GPU when there is one,
+through the loop `evaluate` uses, so on the test split it gives the grades
+`evaluate` wrote.
+
+With both eyes of a patient among the inputs (EyePACS names ``<id>_left`` and
+``<id>_right``, or ``--pair LEFT RIGHT``) and the arm's blend
+(``models/<arm>.fuse.pt``, written by the `fuse` stage; ``--blend FILE``
+with ``--checkpoint``), each eye is graded by the blend over both eyes' features,
+as `fuse` grades the test split (without ``--tta``); ``--single`` grades every
+photograph alone. The last column, ``source``, says which grade each row got:
+``fused``, ``single-no-partner`` (a blend, but the other eye is not among the
+inputs) or ``single`` (no blend).
+
+The CSV has one row per input, in input order: ``image``, ``grade``,
+``probability_0``..``probability_4`` (or ``value`` for the regression head),
+``referable`` (grade >= 2), ``referable_score`` (P(grade >= 2) = p2 + p3 + p4, or
+the regression value: the score the screening figures rank by), ``patient``
+(``<id>`` of an EyePACS name ``<id>_left``/``<id>_right``, else the image's own
+name), ``patient_referable`` (when both eyes of the patient were given and
+graded: 1 if either eye's grade is >= 2, else 0; empty otherwise), ``error`` and
+``warning`` (an input that is clearly not a colour fundus photograph: greyscale,
+or no fundus). An image that cannot be graded gets
+its reason in ``error`` and does not stop the others; the command then exits
+with status 1 and says how many failed.
+
+params.yaml (``--params``) gives only the device, its speed switches, the
+batch size and ``data.max_pixels``. Without it (a shipped checkpoint graded
+outside the project: no ``--params`` and no params.yaml in the current
+folder) :data:`STANDALONE` holds them: the device picked automatically (CUDA
+when there is one), its switches automatic, a batch of 32, and the
+``data.max_pixels`` of the project's params.yaml.
+
+Only ``argparse`` and the light contract module are imported at the top, so
+``retinopathy predict --help`` does not wait for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from retinopathy.core.config import cli_positive_int
+from retinopathy.core.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
+from retinopathy.core.errors import RetinopathyError, note, warn
+from retinopathy.core.files import (
+    atomic_file,
+    check_output_file,
+    csv_text,
+    csv_with,
+    png_ours,
+    real_paths,
+    rescue_text,
+    write_csv_atomic,
+)
+from retinopathy.data.labels import eye_of, patient_of
+
+if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help is instant
+    import torch
+
+    from retinopathy.data.photos import PhotoDataset
+    from retinopathy.engine.runtime import Runtime
+    from retinopathy.fusion.blend import BlendRecord
+    from retinopathy.models.grader import Grader
+    from retinopathy.models.head import Head
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What predict takes from params.yaml: the device, its switches, the batch and the pixel limit."""
+
+    device: str
+    precision: str
+    channels_last: str
+    num_workers: int | str
+    batch_size: int
+    max_pixels: int
+    source: str  # where they came from, for the message
+
+
+# Without a params file: the device (and its switches) chosen automatically, as
+# params.yaml's `auto` does, and params.yaml's own data.max_pixels.
+STANDALONE = Settings(device="auto", precision="auto", channels_last="auto", num_workers="auto",
+                      batch_size=32, max_pixels=40_000_000, source="built-in defaults (no params.yaml)")
+
+
+def settings(params_path: str | None) -> Settings:
+    """The settings from ``params_path``, from ./params.yaml if there is one, else :data:`STANDALONE`.
+
+    Raises:
+        RetinopathyError: ``--params`` names a file that is missing or invalid.
+    """
+    if params_path is None and not Path(PARAMS_FILE).is_file():
+        return STANDALONE
+    from retinopathy.core.config import load_params
+
+    path = params_path or PARAMS_FILE
+    params = load_params(path)
+    train = params.train
+    return Settings(device=train.device, precision=train.precision, channels_last=train.channels_last,
+                    num_workers=params.data.num_workers, batch_size=2 * train.batch_size,
+                    max_pixels=params.data.max_pixels, source=str(path))
+
+
+def columns(head: Head) -> list[str]:
+    """The CSV's header: the scores depend on the head."""
+    scores = ["value"] if head.regression else [f"probability_{grade}" for grade in GRADES]
+    return ["image", "grade", *scores, "referable", "referable_score", "patient", "patient_referable",
+            "error"]
+
+
+def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
+    values = [f"{float(scores):.6f}"] if head.regression else [f"{p:.6f}" for p in scores.tolist()]
+    referable = float(scores) if head.regression else float(scores[REFERABLE_GRADE:].sum())
+    return [str(photo), grade, *values, int(grade >= REFERABLE_GRADE), f"{referable:.6f}",
+            patient_of(photo.stem), "", ""]
+
+
+def patient_calls(photos: list[Path], grades: list[int | None]) -> list[str]:
+    """Each image's patient call: "1"/"0" where both eyes of its patient were graded, else "".
+
+    A patient is referable when either eye's grade is >= 2 (the IDx-DR trial's "in at
+    least one eye"). ``grades``: each photo's grade, None where it could not be graded.
+    """
+    eyes: dict[str, dict[str, int]] = {}
+    for photo, grade in zip(photos, grades, strict=True):
+        eye = eye_of(photo.stem)
+        if eye is not None and grade is not None:
+            found = eyes.setdefault(patient_of(photo.stem), {})
+            found[eye] = max(found.get(eye, grade), grade)
+    calls = []
+    for photo, grade in zip(photos, grades, strict=True):
+        graded = eyes.get(patient_of(photo.stem), {})
+        both = grade is not None and eye_of(photo.stem) is not None and set(graded) == {"left", "right"}
+        calls.append(str(int(max(graded.values()) >= REFERABLE_GRADE)) if both else "")
+    return calls
+
+
+def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
+    from retinopathy.data.photos import prepare_photo
+
+    try:  # the dataset's worker saw the error; here it is raised again to be told
+        prepare_photo(photo, size, max_pixels)
+        reason = "could not be read"
+    except RetinopathyError as error:
+        reason = str(error)
+    # Blank grade, scores, referable and referable score; the patient; a blank call; the reason.
+    return [str(photo), "", *[""] * (len(columns(head)) - 7), "", "", patient_of(photo.stem), "", reason]
+
+
+def heat_map_names(photos: list[Path]) -> list[str]:
+    """The file name of each photograph's heat map: ``<stem>.png``, ``<stem>-<index>.png`` for a repeat."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for index, path in enumerate(photos):
+        names.append(f"{path.stem}.png" if f"{path.stem}.png" not in seen else f"{path.stem}-{index}.png")
+        seen.add(names[-1])
+    return names
+
+
+def check_outputs(out: Path, explain_dir: Path | None, photos: list[Path], others: list[Path]) -> None:
+    """Before any grading: the CSV and the heat maps replace no input and nothing predict did not write.
+
+    Raises:
+        RetinopathyError: naming the path and the fix.
+    """
+    inputs = real_paths([*photos, *others])
+    check_output_file(out, "predict", csv_with("image", "grade", "error"), inputs)
+    if explain_dir is not None:
+        for number, name in enumerate(heat_map_names(photos)):
+            check_output_file(explain_dir / name, "predict --explain", png_ours, inputs, writable=number == 0)
+
+
+def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, torch.Tensor]], head: Head,
+            folder: Path) -> None:
+    """One PNG per graded image: the photograph, the heat map of its grade, the grade and score as title."""
+    from retinopathy.models.gradcam import grad_cam, save_explanation
+
+    device = next(grader.parameters()).device
+    names = heat_map_names(dataset.paths)
+    for index, grade, scores in graded:
+        image, _ = dataset[index]
+        heat = grad_cam(grader, image.unsqueeze(0).to(device), [0 if head.regression else grade])[0]
+        score = f"value {float(scores):.2f}" if head.regression else f"probability {float(scores[grade]):.2f}"
+        path = dataset.paths[index]
+        with atomic_file(folder / names[index], "wb") as stream:
+            save_explanation(stream, image.permute(1, 2, 0).numpy(), heat,
+                             f"{path.name}: grade {grade_label(grade)} ({score})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (built without importing torch)."""
+    parser = argparse.ArgumentParser(prog="retinopathy predict", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="Images, folders or course-layout .csv lists.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--arm", choices=ARMS, default="scratch",
+                       help="Use models/<arm>/best.pt of this project (default: scratch).")
+    which.add_argument("--checkpoint", type=Path, metavar="FILE",
+                       help="Use this checkpoint instead; works outside the project too.")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                        help="The CSV to write (default: predictions.csv).")
+    parser.add_argument("--tta", choices=("none", "flips"), default="none",
+                        help="With flips, average the scores over the four flips of each image "
+                             "(default: none).")
+    parser.add_argument("--explain", type=Path, metavar="DIR",
+                        help="Also write a Grad-CAM heat map of each graded image into DIR.")
+    parser.add_argument("--pair", nargs=2, action="append", type=Path, metavar=("LEFT", "RIGHT"),
+                        help="Two inputs that are one patient's left and right eye (repeatable); without "
+                             "it, eyes are paired by EyePACS name (<id>_left, <id>_right).")
+    fusion = parser.add_mutually_exclusive_group()
+    fusion.add_argument("--blend", type=Path, metavar="FILE",
+                        help="The both-eyes blend (default: models/<arm>.fuse.pt when it exists; none with "
+                             "--checkpoint).")
+    fusion.add_argument("--single", action="store_true",
+                        help="Grade every photograph alone, even when a blend exists.")
+    parser.add_argument("--batch-size", type=cli_positive_int, metavar="N",
+                        help="Images per batch (default: twice train.batch_size, as evaluate; "
+                             f"{STANDALONE.batch_size} without params.yaml).")
+    parser.add_argument("--params", metavar="FILE",
+                        help="The device, its switches, the batch size and data.max_pixels (default: "
+                             "params.yaml when the current folder has one, else built-in defaults).")
+    return parser
+
+
+def blend_for(args: argparse.Namespace, fingerprint: str) -> BlendRecord | None:
+    """The blend to grade pairs with (None: every photograph alone), checked to read this network's features.
+
+    Raises:
+        RetinopathyError: the blend is damaged, or was learned on another checkpoint's features.
+    """
+    from retinopathy.fusion.blend import BlendRecord
+
+    if args.single:
+        return None
+    path = args.blend or (None if args.checkpoint else Layout().blend(args.arm))
+    if path is None or (args.blend is None and not path.is_file()):
+        return None
+    fix = f"run `dvc repro fuse@{args.arm}`, or pass --single to grade each photograph alone"
+    record = BlendRecord.load(path, fix)
+    if record.learned and record.fingerprint != fingerprint:
+        raise RetinopathyError(f"{path}: learned on the features of run {record.fingerprint}, not of the "
+                               f"checkpoint's run {fingerprint}; {fix}")
+    return record if record.learned else None
+
+
+def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int], pairs: list,
+               batch_size: int, runtime: Runtime) -> dict[int, tuple[int, torch.Tensor]]:
+    """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index."""
+    import torch
+
+    from retinopathy.engine.batches import loader
+    from retinopathy.fusion.blend import fused_scores
+    from retinopathy.fusion.features import blend_inputs, extract
+    from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
+
+    if pairs:
+        where = {path.resolve(): index for index, path in enumerate(dataset.paths)}
+        missing = [str(path) for pair in pairs for path in pair if path.resolve() not in where]
+        if missing:
+            raise RetinopathyError(f"--pair {missing[0]}: not one of the images given to grade")
+        partner, side = explicit_partners(len(dataset.paths), [(where[a.resolve()], where[b.resolve()])
+                                                               for a, b in pairs])
+    else:
+        partner, side = partners([path.stem for path in dataset.paths])
+    ok = set(graded)
+    rows = [i for i in graded if partner[i] != NO_PARTNER and partner[i] in ok]
+    if not rows:
+        return {}
+    extracted = extract(grader, loader(dataset, batch_size, rows, runtime), runtime, "features",
+                        "the batch size (--batch-size)")
+    inputs = blend_inputs(extracted, record.inputs, record.head())
+    at = {index: row for row, index in enumerate(rows)}
+    other = torch.tensor([at[partner[i]] for i in rows])
+    scores, grades = fused_scores(record, inputs, inputs[other], torch.tensor([side[i] for i in rows]))
+    return {index: (int(grades[row]), scores[row]) for row, index in enumerate(rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: see the module's docstring. Returns 1 if any image could not be graded."""
+    args = build_parser().parse_args(argv)
+    chosen = settings(args.params)
+
+    import torch  # noqa: F401  (here, not at the top: --help must not wait for it)
+
+    from retinopathy.data.photos import PhotoDataset, collect, photo_warning
+    from retinopathy.engine import checkpoint, loops
+    from retinopathy.engine.batches import loader
+    from retinopathy.engine.runtime import make_runtime, resolve_device
+    from retinopathy.reporting.results import missing_checkpoint_fix
+
+    path = args.checkpoint or Layout().arm(args.arm).best
+    fix = "pass another --checkpoint" if args.checkpoint else missing_checkpoint_fix(args.arm, Layout())
+    trained = checkpoint.load_trained(path, fix=fix)
+    spec = trained.spec
+    head = spec.head()
+    photos = collect(args.paths)
+    if not photos:
+        raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
+    blend = blend_for(args, trained.state["fingerprint"])
+    given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
+    params_file = [Path(args.params)] if args.params else []
+    check_outputs(args.out, args.explain, photos, [*given, path, *params_file])
+
+    runtime = make_runtime(resolve_device(chosen.device), precision=chosen.precision,
+                           channels_last=chosen.channels_last, num_workers=chosen.num_workers)
+    runtime.configure_backends()
+    grader = runtime.place(trained.grader)
+    size, max_pixels = spec.image_size or COURSE_IMAGE_SIZE, chosen.max_pixels
+    dataset = PhotoDataset(photos, size, max_pixels)
+    batches = loader(dataset, args.batch_size or chosen.batch_size, list(range(len(dataset))), runtime)
+    tta = args.tta == "flips"
+    scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
+
+    fused = {} if blend is None else fuse_pairs(
+        blend, grader, dataset, [i for i in indices.tolist() if i >= 0], args.pair or [],
+        args.batch_size or chosen.batch_size, runtime)
+    rows: list[list] = []
+    graded: list[tuple[int, int, torch.Tensor]] = []
+    for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
+        if index < 0:
+            rows.append([*_failed_row(photos[-1 - index], size, max_pixels, head), "", ""])
+        else:
+            warning = photo_warning(photos[index], max_pixels)
+            source = "fused" if index in fused else "single" if blend is None else "single-no-partner"
+            shown_grade, shown_scores = fused.get(index, (grade, row_scores))
+            rows.append([*_row(photos[index], shown_grade, shown_scores, head), warning, source])
+            graded.append((index, grade, row_scores))
+    order = [photos[-1 - index] if index < 0 else photos[index] for index in indices.tolist()]
+    call = columns(head).index("patient_referable")
+    for row, value in zip(rows, patient_calls(order, [None if row[1] == "" else row[1] for row in rows]),
+                          strict=True):
+        row[call] = value
+    header = [*columns(head), "warning", "source"]
+    try:
+        write_csv_atomic(args.out, header, rows)
+    except RetinopathyError as error:  # a full disk: the grades are kept elsewhere, not lost
+        raise rescue_text(args.out, csv_text(header, rows), "grades", error) from None
+    print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
+    if fused:
+        print(f"{len(fused)} images graded with both eyes by {args.blend or Layout().blend(args.arm)}"
+              f"{' (without --tta)' if tta else ''}; see the `source` column")
+    if flagged := sum(bool(row[-2]) for row in rows):
+        warn(f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
+             f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}")
+    if args.explain and graded:
+        try:
+            explain(grader, dataset, graded, head, args.explain)
+        except RetinopathyError as error:
+            raise RetinopathyError(f"{error}. The grades are in {args.out}") from None
+        print(f"wrote {len(graded)} heat maps to {args.explain}/")
+    if len(graded) < len(rows):
+        note(f"error: {len(rows) - len(graded)} of {len(rows)} images could not be graded; "
+             f"see the `error` column of {args.out}")
+        return 1
+    return 0

@@ -1,0 +1,265 @@
+"""The on-disk contract: every fact that a writer and a reader share, written once.
+
+Grades, arm names, the output paths of each stage and the columns of
+every CSV the pipeline writes live here, and both sides import them: the stage
+that writes a file and the stage (or command, or test) that reads it. dvc.yaml
+names the same paths; a test checks that it agrees with :class:`Layout`.
+
+This module imports neither torch nor anything heavy, so a command that only
+reads results (the report) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The International Clinical Diabetic Retinopathy scale, grade 0-4.
+GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
+NUM_GRADES = len(GRADE_NAMES)
+GRADES = tuple(range(NUM_GRADES))
+# A regression output v is graded by how many thresholds lie below it; these round it.
+ROUNDING_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+REFERABLE_GRADE = 2  # moderate or worse: the usual screening threshold for referral
+VISION_THREATENING_GRADE = 3  # severe or proliferative
+# Gulshan et al. 2016's two operating points, chosen on validation by a target sensitivity or specificity
+# (params `evaluate.operating_points`) and applied unchanged to test.
+OPERATING_POINTS = ("high_sensitivity", "high_specificity")
+COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): square crops of the fundus
+# The largest network input side accepted (params `data.image_size`, a checkpoint's spec): a
+# ResNet50 batch of 4 at 4096 px already needs about 100 GB of activations to train.
+MAX_IMAGE_SIZE = 4096
+
+ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
+SPLITS = ("train", "val", "test")  # of the prepared index; val is empty unless data.val_fraction > 0
+NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling pixels to [0, 1]
+PREPROCESSES = ("none", "graham")  # of the pixels before that (graham: local average colour subtracted)
+LOSSES = ("cross_entropy", "regression")  # the head: 5 logits, or 1 value rounded into 0-4
+SCHEDULES = ("constant", "cosine")  # the learning rate per batch
+# data.split: the course's lists as they are, or a re-split keeping each patient's eyes on one side
+DATA_SPLITS = ("lists", "patients")
+
+INDEX_COLUMNS = ("split", "image", "label")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_kappa", "test_loss", "test_accuracy",
+                   "test_kappa")
+VAL_COLUMNS = ("val_loss", "val_accuracy", "val_kappa")  # appended when there is a validation split
+CONFUSION_COLUMNS = ("actual", *(str(grade) for grade in GRADES))  # rows: true grade; columns: predicted
+PREDICTION_COLUMNS = ("actual", "predicted")  # one row per test image, the long format of `dvc plots`
+PROBABILITY_COLUMNS = tuple(f"p{grade}" for grade in GRADES)  # the classifier's P(grade)
+
+
+# metrics/predictions/<arm>.csv in full: the image, its patient, the grades, the head's scores
+# (PROBABILITY_COLUMNS, or "value" for the regression head) and the referable score
+# (P(grade >= 2) = p2 + p3 + p4, or the value), from which every screening figure is recomputed.
+def prediction_header(regression: bool) -> tuple[str, ...]:
+    """The predictions CSV's columns for a classifier or (``regression``) a regression head."""
+    return ("image", "patient", *PREDICTION_COLUMNS, *(("value",) if regression else PROBABILITY_COLUMNS),
+            "referable_score")
+
+
+ROC_COLUMNS = ("fpr", "tpr", "threshold")  # metrics/roc/<arm>_<level>.csv: the ROC of referable DR
+# metrics/reliability/<arm>.csv: the reliability diagram of P(grade >= 2), one row per bin
+RELIABILITY_COLUMNS = ("low", "high", "count", "mean_probability", "observed")
+LEVELS = ("image", "patient")  # the screening figures are given per image and per patient
+
+# Grading with both eyes (the `fuse` stage, retinopathy.fusion): how each test image's grade was given.
+FUSION_METHODS = ("none", "blend")  # none: each photograph alone; blend: [this eye, other eye, side] -> grade
+FUSION_INPUTS = ("features", "scores")  # what the blend reads per eye: pooled penultimate layer, or scores
+FUSION_SOURCES = ("single", "fused", "single-no-partner")  # the network alone; the blend; alone, no partner
+
+
+def fused_prediction_columns(regression: bool) -> tuple[str, ...]:
+    """``metrics/predictions/<arm>.fused.csv``'s header: one row per test image.
+
+    ``p0``..``p4`` are the grade probabilities (``value`` for the regression head);
+    ``referable_score`` is P(grade >= 2), the sum of p2..p4 (regression: the value itself,
+    a score, not a probability); ``patient`` is the EyePACS patient (data.labels.patient_of);
+    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns, then ``source``.
+    """
+    scores = ("value",) if regression else tuple(f"p{grade}" for grade in GRADES)
+    return ("image", "patient", "actual", "predicted", *scores, "referable_score", "source")
+
+
+# metrics/<arm>.fused.json: the same test split graded with both eyes, and alone, side by side.
+FUSED_METRIC_KEYS: dict[str, str] = {
+    "acc": "test accuracy with both eyes (the blend where the other eye is there, else the network alone)",
+    "kappa": "quadratic weighted kappa with both eyes",
+    "auc": "referable (grade >= 2) ROC AUC per image with both eyes",
+    "auc_patient": "referable ROC AUC per patient (truth: the worse eye; score: the higher eye score)",
+    "acc_single": "test accuracy of the network alone (as evaluate)",
+    "kappa_single": "quadratic weighted kappa of the network alone",
+    "auc_single": "referable ROC AUC per image of the network alone",
+    "auc_patient_single": "referable ROC AUC per patient of the network alone",
+    "images": "test images",
+    "fused": "test images graded by the blend (their patient's other eye is in the test split too)",
+    "epoch": "the blend's kept epoch (0: no blend)",
+}
+
+def recall_key(grade: int) -> str:
+    """The metrics key of grade ``grade``'s recall: ``r0`` ... ``r4``."""
+    return f"r{grade}"
+
+
+# metrics/<arm>.json holds numbers only, under short keys, so that `dvc metrics show`
+# of both arms fits in 120 columns; the words about the run (status, weights, the
+# selection rule, why an arm was skipped) are in metrics/<arm>.info.json.
+METRIC_KEYS: dict[str, str] = {
+    "acc": "test accuracy of the selected epoch (under the lab's rule: the highest test accuracy)",
+    "bacc": "balanced accuracy on the test split: the mean of the per-grade recalls",
+    "base": "majority baseline: the test accuracy of always answering the commonest training grade",
+    "epoch": "the selected epoch (the one evaluated)",
+    "final": "test accuracy after the last epoch",
+    "kappa": "quadratic weighted kappa on the test split (Kaggle 2015's metric)",
+    **{recall_key(grade): f"recall of grade {grade}: the share of its test images graded {grade}"
+       for grade in GRADES},
+    "train": "training accuracy in the selected epoch (running, as the lab reports it)",
+    "val": "validation accuracy of the selected epoch (only with data.val_fraction > 0)",
+}
+METRIC_DECIMALS = 3  # a person compares these at a glance; the history and predictions keep the rest
+
+
+REPORT_FIGURES = ("accuracy.png", "best_accuracy.png")  # the report's figures of both arms together
+SCREENING_FIGURES = ("roc.png", "reliability.png")  # the report's screening figures of both arms together
+
+# The synthetic demo's folder carries a README whose first line is this marker.
+DEMO_README = "README.txt"
+DEMO_MARKER = "SYNTHETIC DEMO DATASET"
+
+
+def grade_label(grade: int) -> str:
+    """``"2 Moderate"``: the grade's number and name, for tables and figures."""
+    return f"{grade} {GRADE_NAMES[grade]}"
+
+
+def is_demo_dataset(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the synthetic demo (its README starts with :data:`DEMO_MARKER`)."""
+    readme = Path(folder) / DEMO_README
+    return readme.is_file() and readme.read_text(errors="replace").startswith(DEMO_MARKER)
+
+
+@dataclass(frozen=True)
+class ArmFiles:
+    """Every file of one arm (``scratch`` or ``pretrained``), from training to evaluation.
+
+    Attributes:
+        last: The checkpoint after the last finished epoch (model, optimizer, history, ...).
+        best: The checkpoint of the selected epoch: what evaluate, predict and export use.
+        status: What train did (trained or skipped, the best epoch, the history), for evaluate.
+        lock: Held by the training run of the arm, so a second one fails at once (beside
+            ``model_dir``, not in it: it is no part of the DVC output).
+        history: Loss and accuracy per epoch (``HISTORY_COLUMNS``, then ``VAL_COLUMNS``).
+        metrics: evaluate's numbers for `dvc metrics show` (``METRIC_KEYS``).
+        info: evaluate's words about the run (status, weights, selection rule, ...).
+        confusion_counts: The confusion matrix in counts (``CONFUSION_COLUMNS``).
+        confusion_normalized: The same, each row divided by the true grade's count.
+        predictions: :func:`prediction_header` per test image.
+        val_predictions: The same per validation image (header only without a validation split).
+        screening: The screening figures with their intervals (``retinopathy.evaluation.screening``).
+        roc_image: The ROC curve of referable DR per image (``ROC_COLUMNS``).
+        roc_patient: The same per patient.
+        reliability: The reliability diagram's bins of P(grade >= 2) (``RELIABILITY_COLUMNS``).
+    """
+
+    arm: str
+    model_dir: Path
+    last: Path
+    best: Path
+    status: Path
+    lock: Path
+    history: Path
+    metrics: Path
+    info: Path
+    confusion_counts: Path
+    confusion_normalized: Path
+    predictions: Path
+    val_predictions: Path
+    screening: Path
+    roc_image: Path
+    roc_patient: Path
+    reliability: Path
+
+    def roc(self, level: str) -> Path:
+        """The ROC curve's file of ``level`` (one of ``LEVELS``)."""
+        return {"image": self.roc_image, "patient": self.roc_patient}[level]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage reads and writes, relative to the project root (the working directory).
+
+    dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks it). Output
+    paths never contain the model name, so ``dvc exp show`` lines the same
+    metric up across experiments with different models (`-S model=...`).
+    """
+
+    demo: Path = Path("data/demo")
+    prepared: Path = Path("data/prepared")
+    manifests: Path = Path("models/init")
+    models: Path = Path("models")
+    metrics: Path = Path("metrics")
+    plots: Path = Path("plots")
+
+    @property
+    def index(self) -> Path:
+        """``split,image,label`` for every record (see :data:`INDEX_COLUMNS`)."""
+        return self.prepared / "index.csv"
+
+    @property
+    def summary(self) -> Path:
+        """Counts per grade and split, the majority baseline, notes on the input."""
+        return self.prepared / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        """The report (Markdown); its figures are :data:`REPORT_FIGURES` and each arm's confusion matrix."""
+        return self.plots / "report.md"
+
+    def figure(self, name: str) -> Path:
+        """A figure of the report, by file name."""
+        return self.plots / name
+
+    def confusion_figure(self, arm: str) -> Path:
+        return self.plots / f"confusion_{arm}.png"
+
+    def explanation(self, arm: str) -> Path:
+        """Test images of ``arm`` with the Grad-CAM heat maps of its grades (the `explain` stage)."""
+        return self.plots / f"explain_{arm}.png"
+
+    def blend(self, arm: str) -> Path:
+        """The `fuse` stage's blend of ``arm`` (beside the arm's folder, which is train's output)."""
+        return self.models / f"{arm}.fuse.pt"
+
+    def fused_predictions(self, arm: str) -> Path:
+        """:func:`fused_prediction_columns` per test image of ``arm``, graded with both eyes."""
+        return self.metrics / "predictions" / f"{arm}.fused.csv"
+
+    def fused_metrics(self, arm: str) -> Path:
+        """:data:`FUSED_METRIC_KEYS` of ``arm``."""
+        return self.metrics / f"{arm}.fused.json"
+
+    def manifest(self, arm: str) -> Path:
+        """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""
+        return self.manifests / f"{arm}.json"
+
+    def arm(self, arm: str) -> ArmFiles:
+        """The files of ``arm``."""
+        model_dir = self.models / arm
+        return ArmFiles(
+            arm=arm,
+            model_dir=model_dir,
+            last=model_dir / "last.pt",
+            best=model_dir / "best.pt",
+            status=model_dir / "status.json",
+            lock=self.models / f"{arm}.lock",
+            history=self.metrics / "history" / f"{arm}.csv",
+            metrics=self.metrics / f"{arm}.json",
+            info=self.metrics / f"{arm}.info.json",
+            confusion_counts=self.metrics / "confusion" / f"{arm}_counts.csv",
+            confusion_normalized=self.metrics / "confusion" / f"{arm}_normalized.csv",
+            predictions=self.metrics / "predictions" / f"{arm}.csv",
+            val_predictions=self.metrics / "predictions" / f"{arm}.val.csv",
+            screening=self.metrics / f"{arm}.screening.json",
+            roc_image=self.metrics / "roc" / f"{arm}_image.csv",
+            roc_patient=self.metrics / "roc" / f"{arm}_patient.csv",
+            reliability=self.metrics / "reliability" / f"{arm}.csv",
+        )

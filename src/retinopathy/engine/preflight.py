@@ -1,0 +1,39 @@
+"""Checks that can fail before any stage removes an output: the device, writable folders, the cache.
+
+The `weights` stage runs them: it always runs, and before the stages that
+train and evaluate, so a setting that would fail an hour later (a GPU that is
+not there, a read-only folder) stops `dvc repro` before anything is removed
+or trained. The stages whose outputs git tracks also keep them (``persist``
+in dvc.yaml) if they fail anyway.
+"""
+
+from __future__ import annotations
+
+from retinopathy.core.config import Params
+from retinopathy.core.contract import ARMS, Layout
+from retinopathy.core.files import check_writable
+from retinopathy.data.cache import private_folder
+from retinopathy.engine.runtime import check_device
+
+
+def preflight(params: Params, layout: Layout) -> None:
+    """Check ``train.device``, the folders every later stage writes, and ``data.cache_dir``.
+
+    Raises:
+        RetinopathyError: naming the setting or folder and the fix.
+    """
+    check_device(params.train.device)
+    folders = {layout.manifests: "the weights manifests", layout.plots: "the report"}
+    for arm in ARMS:
+        files = layout.arm(arm)
+        folders[files.model_dir] = f"the {arm} arm's checkpoints"
+        folders[files.history.parent] = "the training history"
+        folders[files.metrics.parent] = "the metrics"
+        folders[files.confusion_counts.parent] = "the confusion matrices"
+        folders[files.predictions.parent] = "the predictions"
+        folders[files.roc_image.parent] = "the ROC curves"
+        folders[files.reliability.parent] = "the reliability diagrams"
+    for folder, what in folders.items():
+        check_writable(folder, what)
+    if params.data.cache_dir:
+        private_folder(params.data.cache_dir)
