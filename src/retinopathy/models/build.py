@@ -1,7 +1,7 @@
 """Building a network for training: from scratch, from ImageNet (torchvision), or from a file.
 
 Every architecture is a record of :mod:`retinopathy.models.registry`; this
-module imports the modules that build them and reaches a network's parts
+module imports the module that builds each by the record's name and reaches a network's parts
 (its head) through the record's submodule paths. Pretrained weights are loaded
 strictly into the 1000-class network, then the final Linear (the record's
 ``head``) is replaced by a 5-way one, as the lab does. Nothing is ever
@@ -12,12 +12,13 @@ a hash, read through torchvision's own weights API and its TORCH_HOME cache.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
 import time
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,25 @@ from torch import nn
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import sha256_of
-from retinopathy.models import convnext, efficientnet, resnet
 from retinopathy.models.registry import MODELS, REGISTRY, architecture
 
-# The modules the registry's builders live in, by the name a record's `builder` starts with.
-ARCHITECTURE_MODULES = {module.__name__.rsplit(".", 1)[-1]: module
-                        for module in (convnext, efficientnet, resnet)}
-for _record in REGISTRY.values():
-    if not callable(getattr(ARCHITECTURE_MODULES.get(_record.module), _record.function, None)):
-        raise ImportError(f"models/registry.py: {_record.name}'s builder {_record.builder!r} is not a "
-                          "function of a module in models/build.py's ARCHITECTURE_MODULES; import "
-                          f"retinopathy.models.{_record.module} there and add it")
+
+def builder_of(name: str) -> Callable[..., nn.Module]:
+    """The function that builds architecture ``name``: its record's ``builder`` under ``retinopathy.models``.
+
+    Imported by name, so that adding an architecture is its module and its record, nothing else;
+    ``pipeline.codedeps`` counts every record's module as imported by this one (dvc.yaml's deps and
+    the checkpoint fingerprint see it).
+    """
+    record = architecture(name)
+    module = importlib.import_module(f"retinopathy.models.{record.module}")
+    builder = getattr(module, record.function, None)
+    if not callable(builder):
+        raise RetinopathyError(f"models/registry.py: {record.name}'s builder {record.builder!r} is not a "
+                               f"function of retinopathy/models/{record.module}.py; fix the record")
+    return builder
+
+
 # torchvision's ImageNet-1k weights, reached through its own weights API so the
 # file lands in (and is read from) the usual TORCH_HOME cache.
 IMAGENET = {name: tvm.get_weight(REGISTRY[name].imagenet) for name in MODELS}
@@ -73,7 +82,7 @@ def new_model(name: str, num_classes: int = 1000, zero_init_residual: bool = Fal
         allowed = ", ".join(r.name for r in REGISTRY.values() if r.zero_init_residual)
         raise RetinopathyError(f"`train.zero_init_residual` is true for {name}, which has no residual blocks "
                                f"that start as the identity (only {allowed}); set it false for {name}")
-    builder = getattr(ARCHITECTURE_MODULES[record.module], record.function)
+    builder = builder_of(record.name)
     return builder(num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 

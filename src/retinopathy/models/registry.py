@@ -14,9 +14,10 @@ it), so the builder is named, not imported: ``"<module>.<function>"`` under
 imports every architecture module (so their code is in the import closure of
 the stages that build networks, and in a checkpoint's fingerprint).
 
-Adding an architecture: a module ``models/<family>.py`` with the builder, a
-record below, and the module in ``build.ARCHITECTURE_MODULES`` (importing
-``build`` fails with that fix when a record's module is missing there).
+Adding an architecture: a module ``models/<family>.py`` with the builder and a
+record below; nothing else (CONTRIBUTING.md). ``build.builder_of`` imports the
+module by the record's name and ``pipeline.codedeps`` counts it as imported by
+``models/build.py``.
 
 Per-model params (``train.epochs``, ``train.weights``, ``train.zero_init_residual``)
 are one value for every model, or a mapping that names the models it

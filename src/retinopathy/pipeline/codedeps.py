@@ -51,15 +51,31 @@ def imported_modules(path: Path) -> set[str]:
     return {name for name in found if module_file(name) is not None}
 
 
+BUILD = "retinopathy.models.build"  # imports each architecture's module by its registry record's name
+
+
+def architecture_modules() -> set[str]:
+    """The modules that ``models/build.py`` imports by name: every registry record's builder module."""
+    from retinopathy.models.registry import REGISTRY  # torch-free
+
+    return {f"retinopathy.models.{record.module}" for record in REGISTRY.values()}
+
+
 def import_closure(module: str) -> set[Path]:
-    """The source files of ``module`` and of every ``retinopathy`` module it imports, directly or not."""
+    """The source files of ``module`` and of every ``retinopathy`` module it imports, directly or not.
+
+    ``models/build.py`` counts as importing every architecture module of the registry.
+    """
     seen: set[Path] = set()
     todo = [module]
+    build = module_file(BUILD)
     while todo:
         path = module_file(todo.pop())
         if path is not None and path not in seen:
             seen.add(path)
             todo += imported_modules(path)
+            if path == build:
+                todo += architecture_modules()
     return seen
 
 
