@@ -205,13 +205,17 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("evaluate") == {str(p) for a in arms for p in (
         a.metrics, a.info, a.confusion_counts, a.confusion_normalized, a.predictions, a.val_predictions,
         a.screening, a.roc_image, a.roc_patient, a.reliability)}
+    fused = [layout.fused(arm) for arm in ARMS]
     assert _outs("fuse") == {str(p) for arm in ARMS for p in (layout.blend(arm), layout.fused_metrics(arm),
-                                                              layout.fused_predictions(arm))}
+                                                              layout.fused_predictions(arm))} | {
+        str(p) for f in fused for p in (f.screening, f.roc_image, f.roc_patient, f.reliability)}
     assert _outs("explain") == {str(layout.explanation(arm)) for arm in ARMS}
     figures = [layout.report, *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
                *(layout.confusion_figure(arm) for arm in ARMS)]
     assert _outs("report") == {str(path) for path in figures}
-    assert set(DVC["metrics"]) == {str(a.metrics) for a in arms}
+    assert set(DVC["metrics"]) == {str(a.metrics) for a in arms} | {str(layout.fused_metrics(a)) for a in ARMS}
+    report_deps = set(DVC["stages"]["report"]["deps"])
+    assert {str(p) for arm in ARMS for p in (layout.fused_metrics(arm), layout.fused(arm).screening)} <= report_deps
     for stage, option, path in (("demo-data", "--out", layout.demo), ("prepare", "--out", layout.prepared),
                                 ("weights", "--out", layout.manifests), ("report", "--out", layout.plots),
                                 ("report", "--metrics", layout.metrics)):

@@ -333,8 +333,8 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
-    screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name)) for arm in loaded
-                  if arm.trained}
+    screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name).screening_files)
+                  for arm in loaded if arm.trained}
     leakage = _leakage_lines([arm.info for arm in loaded if isinstance(arm.info, EvaluationInfo)])
     model, data, data_label, synthetic = _describe_data(loaded)
     ours = outputs(arms)
