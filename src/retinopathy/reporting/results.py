@@ -191,9 +191,9 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
     metrics = read_json_object(path, read, FUSE_FIX, FUSE_FIX)
     for key, value in metrics.items():
         if key not in FUSED_METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float) \
-                or not 0 <= value <= 1:
-            raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the fractions fuse writes: "
-                                   f"{FUSE_FIX}")
+                or not (0 if key in FRACTIONS else -1) <= value <= 1:
+            raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers fuse writes "
+                                   f"(kappa in [-1, 1], the rest fractions): {FUSE_FIX}")
     if not metrics:
         return None  # the arm was skipped: nothing fused
     for key in ("acc", "kappa"):
