@@ -94,7 +94,8 @@ def test_the_params_a_stage_reads_by_name_are_declared(stage: str) -> None:
     # Reads that no test runs (a CUDA-only branch) are still seen here, as far as they are spelled out.
     module = module_of(stage_command(STAGES[stage]))
     declared = set(dvcyaml.declared_params(module)) | set(paramkeys.SPEED_ONLY)
-    skip = {codedeps.PACKAGE / "core/config.py", codedeps.PACKAGE / "pipeline/paramkeys.py"}  # parsing, not reading
+    # parsing, not reading
+    skip = {codedeps.PACKAGE / "core" / "config.py", codedeps.PACKAGE / "pipeline" / "paramkeys.py"}
     for path in codedeps.import_closure(module) - skip:
         for key in _params_reads(path):
             assert key in declared or key.split(".")[0] in declared, \
@@ -205,13 +206,18 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("evaluate") == {str(p) for a in arms for p in (
         a.metrics, a.info, a.confusion_counts, a.confusion_normalized, a.predictions, a.val_predictions,
         a.screening, a.roc_image, a.roc_patient, a.reliability)}
+    fused = [layout.fused(arm) for arm in ARMS]
     assert _outs("fuse") == {str(p) for arm in ARMS for p in (layout.blend(arm), layout.fused_metrics(arm),
-                                                              layout.fused_predictions(arm))}
+                                                              layout.fused_predictions(arm))} | {
+        str(p) for f in fused for p in (f.screening, f.roc_image, f.roc_patient, f.reliability)}
     assert _outs("explain") == {str(layout.explanation(arm)) for arm in ARMS}
     figures = [layout.report, *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
                *(layout.confusion_figure(arm) for arm in ARMS)]
     assert _outs("report") == {str(path) for path in figures}
-    assert set(DVC["metrics"]) == {str(a.metrics) for a in arms}
+    fused_headlines = {str(layout.fused_metrics(arm)) for arm in ARMS}
+    assert set(DVC["metrics"]) == {str(a.metrics) for a in arms} | fused_headlines
+    report_deps = set(DVC["stages"]["report"]["deps"])
+    assert fused_headlines | {str(layout.fused(arm).screening) for arm in ARMS} <= report_deps
     for stage, option, path in (("demo-data", "--out", layout.demo), ("prepare", "--out", layout.prepared),
                                 ("weights", "--out", layout.manifests), ("report", "--out", layout.plots),
                                 ("report", "--metrics", layout.metrics)):

@@ -11,13 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from conftest import subprocess_env, write_params
 from retinopathy.commands import export, predict
 from retinopathy.core.config import load_params
-from retinopathy.core.contract import Layout, fused_prediction_columns
+from retinopathy.core.contract import FUSION_FACTS, METRIC_KEYS, Layout, fused_prediction_columns
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.photos import prepare_photo
 from retinopathy.fusion.blend import BlendRecord, Pairs, learn
@@ -158,11 +161,77 @@ def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_o
         assert sum(probabilities) == pytest.approx(1, abs=1e-5)
         assert int(row["predicted"]) == max(range(5), key=probabilities.__getitem__)
         assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
-    metrics = json.loads(layout.fused_metrics("scratch").read_text())
-    assert metrics["images"] == TEST_SIZE and metrics["fused"] == 12 and metrics["epoch"] == 60
-    assert metrics["acc_single"] == json.loads(layout.arm("scratch").metrics.read_text())["acc"]
+    facts = json.loads(layout.fused("scratch").screening.read_text())["fusion"]
+    assert set(facts) == set(FUSION_FACTS) and facts["method"] == "blend"
+    counts = (facts["images"], facts["fused"], facts["single_no_partner"], facts["epoch"])
+    assert counts == (TEST_SIZE, 12, 2, 60)
     record = BlendRecord.load(layout.blend("scratch"), "fix")
     assert record.learned and record.train_pairs == 40 and record.val_pairs == 0
+
+
+def test_the_fused_headline_has_only_headline_keys_so_dvc_metrics_show_gains_rows_not_columns(paired):
+    fused = json.loads(Layout().fused_metrics("scratch").read_text())
+    alone = json.loads(Layout().arm("scratch").metrics.read_text())
+    assert {"acc", "bacc", "kappa"} <= set(fused) <= set(METRIC_KEYS) and set(fused) <= set(alone)
+
+
+def _sensitivity_specificity(truth: np.ndarray, called: np.ndarray) -> tuple[float, float]:
+    return float(called[truth].mean()), float((~called[~truth]).mean())
+
+
+def test_the_fused_screening_figures_are_recomputed_from_the_fused_csv(paired):
+    layout = Layout()
+    rows = pd.read_csv(layout.fused_predictions("scratch"))
+    record = json.loads(layout.fused("scratch").screening.read_text())
+    patients = rows.groupby("patient", sort=False)[["actual", "predicted", "referable_score"]].max()
+    for level, table in (("image", rows), ("patient", patients)):
+        figures = record[level]
+        actual, predicted = table["actual"].to_numpy(), table["predicted"].to_numpy()
+        truth = actual >= 2
+        assert figures["n"] == len(table) and figures["referable"] == int(truth.sum())
+        assert figures["accuracy"]["value"] == pytest.approx(accuracy_score(actual, predicted), abs=1e-4)
+        kappa = cohen_kappa_score(actual, predicted, labels=list(range(5)), weights="quadratic")
+        assert figures["kappa"]["value"] == pytest.approx(np.nan_to_num(kappa), abs=1e-4)
+        if truth.all() or not truth.any():
+            assert figures["auc_referable"]["value"] is None
+        else:
+            auc = roc_auc_score(truth, table["referable_score"])
+            assert figures["auc_referable"]["value"] == pytest.approx(auc, abs=1e-4)
+            sensitivity, specificity = _sensitivity_specificity(truth, predicted >= 2)
+            assert figures["sensitivity"]["value"] == pytest.approx(sensitivity, abs=1e-4)
+            assert figures["specificity"]["value"] == pytest.approx(specificity, abs=1e-4)
+        low, high = figures["accuracy"]["low"], figures["accuracy"]["high"]
+        assert low <= figures["accuracy"]["value"] <= high  # evaluate.bootstrap's interval
+    assert record["bootstrap"]["resamples"] == load_params("params.yaml").evaluate.bootstrap
+    assert record["operating_points"] == {}  # no validation split: none chosen (never on test)
+    headline = json.loads(layout.fused_metrics("scratch").read_text())
+    assert headline["acc"] == pytest.approx(record["image"]["accuracy"]["value"], abs=1e-3)
+
+
+def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_both_eyes(paired, monkeypatch):
+    write_params(paired, demo={"test_size": TEST_SIZE}, train={"epochs": 1}, data={"val_fraction": 0.5})
+    shutil.rmtree(paired / "data/prepared")
+    prepare.prepare(load_params("params.yaml"), paired / "data/prepared")  # the network is not retrained
+    chosen = []
+    original = fuse.record
+    monkeypatch.setattr(fuse, "record", lambda test, val, *rest, **named: chosen.append((test, val)) or
+                        original(test, val, *rest, **named))
+    fuse.fuse_arm(load_params("params.yaml"), "scratch")
+    (test, val), = chosen
+    blend = BlendRecord.load(Layout().blend("scratch"), "fix")
+    facts = json.loads(Layout().fused("scratch").screening.read_text())["fusion"]
+    assert blend.val_pairs > 0 and facts["val_images"] == len(val) > 0
+    assert set(val.patients).isdisjoint(test.patients)  # chosen on validation, never on test
+    points = json.loads(Layout().fused("scratch").screening.read_text())["operating_points"]
+    assert points["val_images"] == len(val)
+    # The validation images are graded as the test images: by the blend where the other eye is there.
+    evaluate.evaluate_arm(load_params("params.yaml"), "scratch")
+    alone = pd.read_csv(Layout().arm("scratch").val_predictions)
+    two_eyed = [i for i, p in enumerate(partners(alone["image"].tolist())[0]) if p >= 0]
+    lonely = [i for i in range(len(alone)) if i not in two_eyed]
+    assert len(two_eyed) == blend.val_pairs and np.allclose(
+        val.referable[lonely], alone["referable_score"].to_numpy()[lonely], atol=1e-5)
+    assert not np.allclose(val.referable[two_eyed], alone["referable_score"].to_numpy()[two_eyed], atol=1e-5)
 
 
 def test_the_blend_never_sees_the_test_images(paired):

@@ -95,8 +95,21 @@ def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> 
         record = screening.record(test, screening_split(60, 3) if val else None,
                                   {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0,
                                   probabilities=True) if trained else None
-        write_screening(Layout(metrics=metrics).arm(arm), record, test, probabilities=True)
+        write_screening(Layout(metrics=metrics).arm(arm).screening_files, record, test, probabilities=True)
     return metrics
+
+
+def write_fused(metrics: Path, arm: str, method: str = "blend") -> dict:
+    """Write the `fuse` stage's headline and screening files of ``arm``; return the screening record."""
+    layout = Layout(metrics=metrics)
+    test = screening_split(200, 7)
+    record = screening.record(test, None, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0,
+                              probabilities=True)
+    record["fusion"] = {"method": method, "selection": "epoch 7 of 60, the lowest validation loss",
+                        "epoch": 7, "images": 200, "fused": 196, "single_no_partner": 4, "val_images": 0}
+    write_screening(layout.fused(arm), record, test, probabilities=True)
+    layout.fused_metrics(arm).write_text(json.dumps({"acc": 0.777, "bacc": 0.5, "kappa": 0.654}))
+    return record
 
 
 def screening_split(images: int, seed: int) -> screening.Scored:
@@ -134,6 +147,37 @@ def test_both_arms_trained(tmp_path: Path) -> None:
     assert "highest test accuracy (the lab's rule)" in report
     assert "skipped" not in report
     assert not list(tmp_path.glob(".plots.*")), "temporary folders left behind"
+
+
+def test_the_fused_grades_beside_the_single_eye_ones(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path, skip=("pretrained",))
+    record = write_fused(metrics, "scratch")
+    (metrics / "fused").mkdir(exist_ok=True)
+    (metrics / "fused" / "pretrained.json").write_text("{}")  # a skipped arm: nothing fused
+    write_report(metrics, tmp_path / "plots")
+    report = (tmp_path / "plots" / "report.md").read_text()
+    section = report[report.index("## Both eyes (fusion)"):report.index("## Confusion matrices")]
+    alone = json.loads((metrics / "scratch.screening.json").read_text())
+    assert "graded with both eyes 196, alone for want of the other eye 4" in section
+    assert "epoch 7 of 60, the lowest validation loss" in section
+    assert "- pretrained: skipped" in section
+    row = next(line for line in section.splitlines() if line.startswith("| referable DR AUC"))
+    for level in ("image", "patient"):
+        for figures in (alone[level], record[level]):
+            entry = figures["auc_referable"]
+            assert f"{entry['value']:.3f} [{entry['low']:.3f}-{entry['high']:.3f}]" in row
+    header = ("| figure | alone, per image | both eyes, per image | alone, per patient | "
+              "both eyes, per patient |")
+    assert header in section
+
+
+def test_a_report_without_the_fuse_stage_says_how_to_run_it(tmp_path: Path) -> None:
+    metrics = write_metrics(tmp_path)
+    write_fused(metrics, "pretrained", method="none")
+    write_report(metrics, tmp_path / "plots")
+    report = (tmp_path / "plots" / "report.md").read_text()
+    assert "- scratch: not graded with both eyes yet; run `dvc repro fuse@scratch`" in report
+    assert "`fuse.method` is none: every one of the 200 test images is graded alone" in report
 
 
 def test_pretrained_skipped(tmp_path: Path) -> None:

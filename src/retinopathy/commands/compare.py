@@ -5,12 +5,15 @@ API, the workspace, the current commit (``main``) and every experiment of
 that commit, or those named (experiment names, branches, tags, commits,
 ``workspace``), and writes ``DIR/compare.md``: one row per experiment and arm
 (model, init, the selected epoch, test accuracy, kappa, balanced accuracy,
-and a flag on any result at the majority baseline), one row per param that
+the test accuracy and kappa graded with both eyes (the `fuse` stage; ``n/a``
+for an experiment without it), and a flag on any result at the majority
+baseline), one row per param that
 differs between them, the lab's table of models against inits (one row per
 model the experiments trained, scratch / pretrained) when they trained two or
 more, the mean, standard deviation and number of runs of experiments that
 differ only in ``train.seed`` (queued with ``dvc exp run --queue -S
-train.seed=N``), and ``DIR/compare.png``: the test accuracy and kappa per
+train.seed=N``; with the kappa and the referable AUC per patient graded with
+both eyes), and ``DIR/compare.png``: the test accuracy and kappa per
 epoch of all of them, each line labelled
 ``<name>: <model> <init>``, the selected epoch starred. No ``dvc exp save``
 is needed. The folder is replaced as a whole, and only once every file is
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retinopathy.core.contract import ARMS
@@ -41,7 +44,7 @@ from retinopathy.reporting.experiments import (
     seed_groups,
 )
 from retinopathy.reporting.figures import plot_curves
-from retinopathy.reporting.results import BASELINE_RULE, at_baseline, model_name
+from retinopathy.reporting.results import BASELINE_RULE, Arm, at_baseline, model_name
 
 
 def _pct(value: float | None) -> str:
@@ -67,21 +70,23 @@ def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> 
 
 
 def results_table(experiments: Sequence[Experiment]) -> list[str]:
-    """One row per experiment and arm: the selected epoch's figures."""
+    """One row per experiment and arm: the selected epoch's figures, alone and graded with both eyes."""
     header = ["experiment", "model", "init", "selected epoch", "selected by", "test accuracy", "kappa",
-              "balanced accuracy", "vs. majority baseline"]
+              "balanced accuracy", "fused acc", "fused kappa", "vs. majority baseline"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for experiment in experiments:
         for arm_name in ARMS:
             arm = experiment.arms[arm_name]
             if isinstance(arm.info, EvaluationInfo):
-                m, info = arm.metrics, arm.info
+                m, info, fused = arm.metrics, arm.info, arm.fused
                 flat = at_baseline(m)
                 figures = [str(int(m["epoch"])), f"{info.selection} {info.select_by}", _pct(m["acc"]),
-                           _kappa(m["kappa"]),
-                           _pct(m.get("bacc")), f"**AT BASELINE** ({flat})" if flat else "above"]
+                           _kappa(m["kappa"]), _pct(m.get("bacc")),
+                           _pct(fused.metrics["acc"]) if fused else "n/a",
+                           _kappa(fused.metrics["kappa"]) if fused else "n/a",
+                           f"**AT BASELINE** ({flat})" if flat else "above"]
             else:
-                figures = ["skipped"] * 6
+                figures = ["skipped"] * 8
             row = [experiment.name, model_name(arm.info.model), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -95,21 +100,38 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
-SEED_FIGURES = (("acc", "test accuracy", ".3f"), ("kappa", "kappa", ".3f"),
-                ("bacc", "balanced accuracy", ".3f"))
+def _fused_auc_patient(arm: Arm) -> float | None:
+    return arm.fused.figure("patient", "auc_referable") if arm.fused else None
+
+
+# (column label, the figure of a trained arm or None where it has none, format)
+SEED_FIGURES: tuple[tuple[str, Callable[[Arm], float | None], str], ...] = (
+    ("test accuracy", lambda arm: arm.metrics["acc"], ".3f"),
+    ("kappa", lambda arm: arm.metrics["kappa"], ".3f"),
+    ("balanced accuracy", lambda arm: arm.metrics.get("bacc"), ".3f"),
+    ("fused kappa", lambda arm: arm.fused.metrics["kappa"] if arm.fused else None, ".3f"),
+    ("fused referable AUC per patient", _fused_auc_patient, ".3f"),
+)
 
 
 def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
-    """One row per group of experiments that differ only in ``train.seed``, and arm: mean ± sd (n)."""
-    header = ["experiments (seeds)", "model", "init", "n", *(label for _, label, _ in SEED_FIGURES)]
+    """One row per group of experiments that differ only in ``train.seed``, and arm: mean ± sd (n).
+
+    A figure some of the trained runs lack (fusion, an AUC undefined on one class) is the
+    spread of those that have it, with their count: ``(n=2)``.
+    """
+    header = ["experiments (seeds)", "model", "init", "n", *(label for label, _, _ in SEED_FIGURES)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         names = ", ".join(f"`{e.name}` ({seed})" for e, seed in zip(group.members, group.seeds, strict=True))
         for arm_name in ARMS:
             trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
             model = model_name(group.members[0].arms[arm_name].info.model)
-            figures = [_spread([a.metrics[key] for a in trained if key in a.metrics], fmt)
-                       if any(key in a.metrics for a in trained) else "n/a" for key, _, fmt in SEED_FIGURES]
+            figures = []
+            for _, of, fmt in SEED_FIGURES:
+                values = [value for value in map(of, trained) if value is not None]
+                count = "" if len(values) == len(trained) else f" (n={len(values)})"
+                figures.append(_spread(values, fmt) + count if values else "n/a")
             cells = figures if trained else ["skipped"] * len(SEED_FIGURES)
             lines.append("| " + " | ".join([names, model, arm_name, str(len(trained)), *cells]) + " |")
     return lines
@@ -158,7 +180,9 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
         lines += ["", f"> **At the majority baseline** (learned nothing that always answering the commonest "
                   f"grade does not give): {', '.join(flagged)}. Rule: {BASELINE_RULE}."]
     lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
-              "(see each run's `metrics/<arm>.info.json` for the rule that selected it).", "",
+              "(see each run's `metrics/<arm>.info.json` for the rule that selected it); *fused* the same "
+              "test images graded with both eyes of each patient (the `fuse` stage; "
+              "`metrics/fused/<arm>.json`, intervals in `metrics/fused/<arm>.screening.json`).", "",
               "## Every experiment and arm", "", *results_table(experiments), ""]
     groups = seed_groups(list(experiments))
     if groups:

@@ -80,20 +80,20 @@ def fused_prediction_columns(regression: bool) -> tuple[str, ...]:
     return ("image", "patient", "actual", "predicted", *scores, "referable_score", "source")
 
 
-# metrics/<arm>.fused.json: the same test split graded with both eyes, and alone, side by side.
-FUSED_METRIC_KEYS: dict[str, str] = {
-    "acc": "test accuracy with both eyes (the blend where the other eye is there, else the network alone)",
-    "kappa": "quadratic weighted kappa with both eyes",
-    "auc": "referable (grade >= 2) ROC AUC per image with both eyes",
-    "auc_patient": "referable ROC AUC per patient (truth: the worse eye; score: the higher eye score)",
-    "acc_single": "test accuracy of the network alone (as evaluate)",
-    "kappa_single": "quadratic weighted kappa of the network alone",
-    "auc_single": "referable ROC AUC per image of the network alone",
-    "auc_patient_single": "referable ROC AUC per patient of the network alone",
+# metrics/fused/<arm>.json: the test split graded with both eyes, under the headline keys of
+# metrics/<arm>.json (METRIC_KEYS) only, so that `dvc metrics show` gains rows, not columns.
+FUSED_METRIC_KEYS = ("acc", "bacc", "kappa", *(f"r{grade}" for grade in GRADES))
+# The `fusion` entry of metrics/fused/<arm>.screening.json: what the blend did, beside the figures.
+FUSION_FACTS: dict[str, str] = {
+    "method": "fuse.method: none (each photograph alone) or blend",
+    "selection": "how the blend was kept (its epoch and the rule), in words",
+    "epoch": "the blend's kept epoch (0: no blend)",
     "images": "test images",
     "fused": "test images graded by the blend (their patient's other eye is in the test split too)",
-    "epoch": "the blend's kept epoch (0: no blend)",
+    "single_no_partner": "test images graded by the network alone: their other eye is not in the test split",
+    "val_images": "validation images graded (both eyes where there) to choose the operating points on",
 }
+
 
 def recall_key(grade: int) -> str:
     """The metrics key of grade ``grade``'s recall: ``r0`` ... ``r4``."""
@@ -138,6 +138,27 @@ def is_demo_dataset(folder: str | Path) -> bool:
 
 
 @dataclass(frozen=True)
+class ScreeningFiles:
+    """The screening files of one set of grades (``retinopathy.evaluation.screening_files``).
+
+    Attributes:
+        screening: The screening figures with their intervals (``retinopathy.evaluation.screening``).
+        roc_image: The ROC curve of referable DR per image (``ROC_COLUMNS``).
+        roc_patient: The same per patient.
+        reliability: The reliability diagram's bins of P(grade >= 2) (``RELIABILITY_COLUMNS``).
+    """
+
+    screening: Path
+    roc_image: Path
+    roc_patient: Path
+    reliability: Path
+
+    def roc(self, level: str) -> Path:
+        """The ROC curve's file of ``level`` (one of ``LEVELS``)."""
+        return {"image": self.roc_image, "patient": self.roc_patient}[level]
+
+
+@dataclass(frozen=True)
 class ArmFiles:
     """Every file of one arm (``scratch`` or ``pretrained``), from training to evaluation.
 
@@ -178,9 +199,10 @@ class ArmFiles:
     roc_patient: Path
     reliability: Path
 
-    def roc(self, level: str) -> Path:
-        """The ROC curve's file of ``level`` (one of ``LEVELS``)."""
-        return {"image": self.roc_image, "patient": self.roc_patient}[level]
+    @property
+    def screening_files(self) -> ScreeningFiles:
+        """evaluate's screening files of the arm (the network alone)."""
+        return ScreeningFiles(self.screening, self.roc_image, self.roc_patient, self.reliability)
 
 
 @dataclass(frozen=True)
@@ -234,8 +256,14 @@ class Layout:
         return self.metrics / "predictions" / f"{arm}.fused.csv"
 
     def fused_metrics(self, arm: str) -> Path:
-        """:data:`FUSED_METRIC_KEYS` of ``arm``."""
-        return self.metrics / f"{arm}.fused.json"
+        """:data:`FUSED_METRIC_KEYS` of ``arm`` graded with both eyes (a row of `dvc metrics show`)."""
+        return self.metrics / "fused" / f"{arm}.json"
+
+    def fused(self, arm: str) -> ScreeningFiles:
+        """The screening files of ``arm`` graded with both eyes (the `fuse` stage), as evaluate's."""
+        folder = self.metrics / "fused"
+        return ScreeningFiles(folder / f"{arm}.screening.json", folder / "roc" / f"{arm}_image.csv",
+                              folder / "roc" / f"{arm}_patient.csv", folder / "reliability" / f"{arm}.csv")
 
     def manifest(self, arm: str) -> Path:
         """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""

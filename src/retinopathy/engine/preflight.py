@@ -33,6 +33,10 @@ def preflight(params: Params, layout: Layout) -> None:
         folders[files.predictions.parent] = "the predictions"
         folders[files.roc_image.parent] = "the ROC curves"
         folders[files.reliability.parent] = "the reliability diagrams"
+        fused = layout.fused(arm)
+        folders[layout.fused_metrics(arm).parent] = "the figures graded with both eyes"
+        folders[fused.roc_image.parent] = "the ROC curves graded with both eyes"
+        folders[fused.reliability.parent] = "the reliability diagrams graded with both eyes"
     for folder, what in folders.items():
         check_writable(folder, what)
     if params.data.cache_dir:

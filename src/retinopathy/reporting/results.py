@@ -10,12 +10,16 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from retinopathy.core.contract import (
     CONFUSION_COLUMNS,
+    FUSED_METRIC_KEYS,
+    FUSION_FACTS,
+    FUSION_METHODS,
     GRADES,
     HISTORY_COLUMNS,
     METRIC_KEYS,
@@ -34,6 +38,7 @@ from retinopathy.core.records import (
     read_status,
     read_working_tree,
 )
+from retinopathy.evaluation.screening_files import FUSE_FIX, check_record
 from retinopathy.models.registry import title
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
@@ -41,6 +46,34 @@ REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
 FRACTIONS = ("acc", "bacc", "base", "final", "train", "val", *(recall_key(g) for g in GRADES))
 ROW_SUM_TOLERANCE = 0.01  # normalised rows are written rounded; 0.01 still catches a counts file
 EVALUATE_FIX = "run `dvc repro evaluate` first"
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The arm's test split graded with both eyes (the `fuse` stage), read back and checked.
+
+    Attributes:
+        metrics: ``metrics/fused/<arm>.json``: :data:`contract.FUSED_METRIC_KEYS` (headline keys).
+        screening: ``metrics/fused/<arm>.screening.json``: the screening figures per image and per
+            patient with their intervals, as evaluate's of the network alone.
+        method, selection, epoch, images, fused, single_no_partner, val_images: its ``fusion`` entry
+            (:data:`contract.FUSION_FACTS`).
+    """
+
+    metrics: dict[str, float]
+    screening: dict[str, Any]
+    method: str
+    selection: str
+    epoch: int
+    images: int
+    fused: int
+    single_no_partner: int
+    val_images: int
+
+    def figure(self, level: str, key: str) -> float | None:
+        """A screening figure's value (``level`` in ``LEVELS``, ``key`` in ``screening.FIGURES``)."""
+        value = self.screening[level][key]["value"]
+        return None if value is None else float(value)
 
 
 @dataclass
@@ -59,6 +92,7 @@ class Arm:
     history: pd.DataFrame | None = None
     normalized: np.ndarray | None = None
     counts: np.ndarray | None = None
+    fused: Fused | None = None  # None: skipped, or no `fuse` stage has run (results from before it)
 
     @property
     def trained(self) -> bool:
@@ -147,6 +181,45 @@ def _read_confusion(path: Path, normalized: bool, read: ReadText) -> np.ndarray:
     return matrix
 
 
+def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
+    """The arm's fused files; None where ``metrics/fused/<arm>.json`` is absent (no `fuse` run yet)."""
+    path, files = layout.fused_metrics(name), layout.fused(name)
+    try:
+        read(path)
+    except FileNotFoundError:
+        return None
+    metrics = read_json_object(path, read, FUSE_FIX, FUSE_FIX)
+    for key, value in metrics.items():
+        if key not in FUSED_METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float) \
+                or not (0 if key in FRACTIONS else -1) <= value <= 1:
+            raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers fuse writes "
+                                   f"(kappa in [-1, 1], the rest fractions): {FUSE_FIX}")
+    if not metrics:
+        return None  # the arm was skipped: nothing fused
+    for key in ("acc", "kappa"):
+        if key not in metrics:
+            raise RetinopathyError(f"{path}: '{key}' is missing: {FUSE_FIX}")
+    record = check_record(files.screening, read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX),
+                          FUSE_FIX)
+    facts = record.get("fusion")
+    if not isinstance(facts, dict) or set(facts) != set(FUSION_FACTS):
+        raise RetinopathyError(f"{files.screening}: 'fusion' must hold {', '.join(FUSION_FACTS)}: {FUSE_FIX}")
+    for key, value in facts.items():
+        text = key in ("method", "selection")
+        bad = (not isinstance(value, str) if text
+               else not isinstance(value, int) or isinstance(value, bool) or value < 0)
+        if bad:
+            raise RetinopathyError(f"{files.screening}: 'fusion.{key}' is {value!r}, expected "
+                                   f"{'text' if text else 'a count'}: {FUSE_FIX}")
+    if facts["method"] not in FUSION_METHODS:
+        raise RetinopathyError(f"{files.screening}: 'fusion.method' is {facts['method']!r}, expected one of "
+                               f"{', '.join(FUSION_METHODS)}: {FUSE_FIX}")
+    if "n" not in record["image"] or record["image"]["n"] != facts["images"]:
+        raise RetinopathyError(f"{files.screening}: 'image.n' and 'fusion.images' differ: {FUSE_FIX}")
+    return Fused(metrics, record, facts["method"], facts["selection"], facts["epoch"], facts["images"],
+                 facts["fused"], facts["single_no_partner"], facts["val_images"])
+
+
 def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> Arm:
     """Read and check one arm's metrics, info, history and confusion tables (a skipped arm: the JSONs).
 
@@ -158,6 +231,7 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
     arm = Arm(name, info, _read_metrics(files.metrics, isinstance(info, EvaluationInfo), read))
     if not arm.trained:
         return arm
+    arm.fused = _read_fused(layout, name, read)
     arm.history = _read_history(files.history, read)
     arm.normalized = _read_confusion(files.confusion_normalized, normalized=True, read=read)
     arm.counts = _read_confusion(files.confusion_counts, normalized=False, read=read).astype(int)

@@ -130,7 +130,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     if isinstance(status, Skipped):
         evaluation = Evaluation({}, status)
         write_tables(files, None, prediction_header(regression=False), [], [])
-        write_screening(files, None, None, probabilities=False)
+        write_screening(files.screening_files, None, None, probabilities=False)
         write_evaluation(files, evaluation)
         return evaluation
 
@@ -211,7 +211,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     evaluation = Evaluation(metrics, info, screening)
     csv_rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
     write_tables(files, tables, prediction_header(head.regression), csv_rows["test"], csv_rows.get("val", []))
-    write_screening(files, screening, graded["test"][2], probabilities=not head.regression)
+    write_screening(files.screening_files, screening, graded["test"][2], probabilities=not head.regression)
     write_evaluation(files, evaluation)
     return evaluation
 

@@ -14,21 +14,34 @@ Writes the blend (``models/<arm>.fuse.pt``), ``metrics/predictions/<arm>.fused.c
 (one row per test image: :func:`~retinopathy.core.contract.fused_prediction_columns`;
 ``source`` says whether the blend graded it (``fused``), or the network alone
 because its other eye is not in the test split (``single-no-partner``) or
-fusion is off (``single``, ``fuse.method: none``)) and ``metrics/<arm>.fused.json``
-(:data:`~retinopathy.core.contract.FUSED_METRIC_KEYS`: both eyes against the network
-alone on the same images). Each file is written atomically.
+fusion is off (``single``, ``fuse.method: none``)), ``metrics/fused/<arm>.json``
+(:data:`~retinopathy.core.contract.FUSED_METRIC_KEYS`: the headline keys of evaluate's
+``metrics/<arm>.json``, so ``dvc metrics show`` puts the fused grades in a row of their own)
+and the screening files of the fused grades (``contract.Layout.fused``: the figures
+of :mod:`retinopathy.evaluation.screening` per image and per patient with their
+patient-bootstrap intervals, ``evaluate.bootstrap`` and ``evaluate.seed`` as
+evaluate's; the operating points chosen on the validation split graded the same
+way, never on test; ROC and reliability CSVs), whose ``fusion`` entry holds
+:data:`~retinopathy.core.contract.FUSION_FACTS`. Each file is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from retinopathy.core.config import Params, load_params
-from retinopathy.core.contract import ARMS, FUSED_METRIC_KEYS, METRIC_DECIMALS, REFERABLE_GRADE, Layout
+from retinopathy.core.contract import (
+    ARMS,
+    FUSED_METRIC_KEYS,
+    FUSION_FACTS,
+    METRIC_DECIMALS,
+    REFERABLE_GRADE,
+    Layout,
+)
 from retinopathy.core.contract import fused_prediction_columns as columns
 from retinopathy.core.errors import RetinopathyError, warn
 from retinopathy.core.files import write_csv_atomic, write_json_atomic
@@ -38,6 +51,9 @@ from retinopathy.data.labels import patient_of
 from retinopathy.engine import checkpoint
 from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import from_params
+from retinopathy.evaluation.scoring import confusion_tables, scores
+from retinopathy.evaluation.screening import Scored, record, scored
+from retinopathy.evaluation.screening_files import write_screening
 from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
@@ -47,7 +63,8 @@ from retinopathy.pipeline.paramkeys import restrict
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("fuse", "data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
-          "train.portable", "train.batch_size", "train.loss")
+          "train.portable", "train.batch_size", "train.loss", "evaluate.operating_points",
+          "evaluate.bootstrap", "evaluate.seed")
 
 
 def load_arm(layout: Layout, arm: str, status: TrainingStatus) -> checkpoint.Trained:
@@ -66,29 +83,6 @@ def referable(scores: torch.Tensor, head: Head) -> np.ndarray:
     return (scores if head.regression else scores[:, REFERABLE_GRADE:].sum(1)).numpy().astype(np.float64)
 
 
-def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
-    return float(roc_auc_score(truth, score)) if len(set(truth.tolist())) == 2 else None
-
-
-def headline(names: list[str], actual: np.ndarray, predicted: np.ndarray, score: np.ndarray,
-             suffix: str = "") -> dict[str, float]:
-    """Accuracy, kappa and referable AUC per image and per patient (worse eye; higher score)."""
-    from retinopathy.evaluation.scoring import quadratic_kappa
-
-    patients: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        patients.setdefault(patient_of(name), []).append(index)
-    truth = actual >= REFERABLE_GRADE
-    out = {f"acc{suffix}": float((actual == predicted).mean()),
-           f"kappa{suffix}": quadratic_kappa(actual, predicted)}
-    for key, value in ((f"auc{suffix}", _auc(truth, score)), (f"auc_patient{suffix}", _auc(
-            np.array([truth[rows].max() for rows in patients.values()]),
-            np.array([score[rows].max() for rows in patients.values()])))):
-        if value is not None:  # one class only: no AUC
-            out[key] = value
-    return out
-
-
 def _rows(names: list[str], actual: np.ndarray, grades: np.ndarray, scores: torch.Tensor, refer: np.ndarray,
           sources: list[str], head: Head) -> list[list]:
     rows = []
@@ -103,12 +97,35 @@ def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str,
     BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0, f"arm skipped: {reason}",
                 0, 0).save(layout.blend(arm))
     write_csv_atomic(layout.fused_predictions(arm), list(columns(params.train.loss == "regression")), [])
+    write_screening(layout.fused(arm), None, None, probabilities=False)
     write_json_atomic(layout.fused_metrics(arm), {})
     return {}
 
 
+def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRecord,
+            pairs: Pairs | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One split's scores, grades and sources: the blend's where the other eye is in the split, else alone."""
+    scores_, grades = head.scores(outputs), head.grades(outputs)
+    partner, _ = partners(names)
+    if not record.learned or pairs is None:
+        return scores_, grades, ["single"] * len(names)
+    rows = [i for i, p in enumerate(partner) if p >= 0]
+    if rows:
+        fused_s, fused_g = fused_scores(record, pairs.this, pairs.other, pairs.side)
+        index = torch.tensor(rows)
+        scores_, grades = scores_.clone(), grades.clone()
+        scores_[index], grades[index] = fused_s, fused_g
+    return scores_, grades, ["fused" if p >= 0 else "single-no-partner" for p in partner]
+
+
+def _scored(names: list[str], actual: np.ndarray, grades: torch.Tensor, scores_: torch.Tensor,
+            head: Head) -> Scored:
+    return scored([patient_of(name) for name in names], actual, grades.numpy(), scores_.numpy(),
+                  head.regression)
+
+
 def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, float]:
-    """Learn the arm's blend and grade its test split with both eyes; write the three outputs."""
+    """Learn the arm's blend, grade its test split with both eyes; write the blend, CSV and figures."""
     layout = layout or Layout()
     status = read_status(layout.arm(arm).status, arm)
     if isinstance(status, Skipped):
@@ -120,8 +137,8 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     runtime.configure_backends()
     grader = runtime.place(trained.grader)
     records = read_index(layout.index)
-    if fuse.method == "none":
-        records = {"test": records["test"]}
+    if fuse.method == "none":  # the validation split still picks the operating points
+        records = {"test": records["test"], "val": records["val"]}
     sources, _ = open_sources(params, runtime, records, spec.image_size, status.resident)
     lower = f"train.batch_size in params.yaml (now {train.batch_size}; these batches are twice it)"
     extracted: dict[str, Extracted] = {
@@ -129,13 +146,9 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
                        lower) for split, source in sources.items()}
     names = {split: [record.image for record in records[split]] for split in sources}
 
-    test, test_names = extracted["test"], names["test"]
-    single_scores, single_grades = head.scores(test.outputs), head.grades(test.outputs)
-    scores, grades = single_scores.clone(), single_grades.clone()
-    partner, side = partners(test_names)
-    sources_of = ["single"] * len(test_names)
-    record = BlendRecord("none", fuse.inputs, spec.loss, None, 0, 0, best["fingerprint"], 0,
-                         "none: fuse.method is none, every image graded alone", 0, 0)
+    blend = BlendRecord("none", fuse.inputs, spec.loss, None, 0, 0, best["fingerprint"], 0,
+                        "none: fuse.method is none, every image graded alone", 0, 0)
+    pairs: dict[str, Pairs] = {}
     if fuse.method == "blend":
         pairs = {split: Pairs.of(blend_inputs(extracted[split], fuse.inputs, head), extracted[split].labels,
                                  *partners(names[split])) for split in extracted}
@@ -148,29 +161,36 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
         model, epoch, rule = learn(pairs["train"], val, head, hidden=fuse.hidden, epochs=fuse.epochs,
                                    lr=fuse.lr, weight_decay=fuse.weight_decay, batch_size=fuse.batch_size,
                                    seed=fuse.seed)
-        record = BlendRecord("blend", fuse.inputs, spec.loss, thresholds_for(model, val, head),
-                             pairs["train"].this.shape[1], fuse.hidden, best["fingerprint"], epoch, rule,
-                             len(pairs["train"]), len(val) if val is not None else 0, state_of(model))
-        rows = [i for i, p in enumerate(partner) if p >= 0]
-        sources_of = ["fused" if p >= 0 else "single-no-partner" for p in partner]
-        if rows:
-            fused = pairs["test"]
-            fused_s, fused_g = fused_scores(record, fused.this, fused.other, fused.side)
-            index = torch.tensor(rows)
-            scores[index], grades[index] = fused_s, fused_g
+        blend = BlendRecord("blend", fuse.inputs, spec.loss, thresholds_for(model, val, head),
+                            pairs["train"].this.shape[1], fuse.hidden, best["fingerprint"], epoch, rule,
+                            len(pairs["train"]), len(val) if val is not None else 0, state_of(model))
 
-    actual = test.labels.numpy()
-    refer, single_refer = referable(scores, head), referable(single_scores, head)
-    numbers = {**headline(test_names, actual, grades.numpy(), refer),
-               **headline(test_names, actual, single_grades.numpy(), single_refer, "_single"),
-               "images": len(test_names), "fused": sources_of.count("fused"), "epoch": record.epoch}
+    graded = {split: _graded(extracted[split].outputs, head, names[split], blend, pairs.get(split))
+              for split in ("test", "val") if split in extracted and len(names[split])}
+    test_scores, test_grades, test_sources = graded["test"]
+    actual = extracted["test"].labels.numpy()
+    test = _scored(names["test"], actual, test_grades, test_scores, head)
+    val_scored = (_scored(names["val"], extracted["val"].labels.numpy(), graded["val"][1], graded["val"][0],
+                          head) if "val" in graded else None)
+    settings = params.evaluate
+    screening = record(test, val_scored, settings.operating_points, settings.bootstrap, settings.seed,
+                       probabilities=not head.regression)
+    facts: dict[str, Any] = {
+        "method": blend.method, "selection": blend.selection, "epoch": blend.epoch,
+        "images": len(test_sources), "fused": test_sources.count("fused"),
+        "single_no_partner": test_sources.count("single-no-partner"),
+        "val_images": len(val_scored) if val_scored is not None else 0}
+    screening["fusion"] = {key: facts[key] for key in FUSION_FACTS}
+    numbers = scores(actual, test_grades.numpy(), confusion_tables(actual, test_grades.numpy()))
     metrics = {key: round(float(numbers[key]), METRIC_DECIMALS)
                for key in FUSED_METRIC_KEYS if key in numbers}
-    record.save(layout.blend(arm))
+    blend.save(layout.blend(arm))
     write_csv_atomic(layout.fused_predictions(arm), list(columns(head.regression)),
-                     _rows(test_names, actual, grades.numpy(), scores, refer, sources_of, head))
+                     _rows(names["test"], actual, test_grades.numpy(), test_scores,
+                           referable(test_scores, head), test_sources, head))
+    write_screening(layout.fused(arm), screening, test, probabilities=not head.regression)
     write_json_atomic(layout.fused_metrics(arm), metrics)
-    print(f"{arm}: blend {record.selection}" if record.learned else f"{arm}: {record.selection}")
+    print(f"{arm}: blend {blend.selection}" if blend.learned else f"{arm}: {blend.selection}")
     return metrics
 
 
@@ -185,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     if not metrics:
         warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
     else:
-        print(f"{args.init}: both eyes {metrics['acc']:.1%} accuracy, kappa {metrics['kappa']:.3f} "
-              f"({metrics['fused']} of {metrics['images']} test images fused); alone "
-              f"{metrics['acc_single']:.1%}, kappa {metrics['kappa_single']:.3f}")
+        print(f"{args.init}: both eyes {metrics['acc']:.1%} accuracy, kappa {metrics['kappa']:.3f}; "
+              f"see {Layout().fused(args.init).screening} for the screening figures and their intervals")
     return 0

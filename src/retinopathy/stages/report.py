@@ -3,7 +3,7 @@
 Reads what the train and evaluate stages wrote (``metrics/history/<arm>.csv``,
 ``metrics/<arm>.json``, ``metrics/confusion/<arm>_{normalized,counts}.csv``,
 and the screening files: ``metrics/<arm>.screening.json``, ``metrics/roc/``,
-``metrics/reliability/``), checks it, and writes ``accuracy.png``,
+``metrics/reliability/``; and the `fuse` stage's, ``metrics/fused/``), checks it, and writes ``accuracy.png``,
 ``confusion_<arm>.png``, ``best_accuracy.png``, ``roc.png``, ``reliability.png``
 and ``report.md`` into the output folder. Everything is
 read and checked before anything is drawn, and the figures are drawn into a
@@ -156,6 +156,59 @@ def screening_section(arms: Sequence[Arm], screenings: dict[str, Screening],
     return lines
 
 
+FUSION_ROWS = (  # (key of each level's figures, label): what fusion changes, single vs both eyes
+    ("accuracy", "accuracy (5 grades)"),
+    ("kappa", "quadratic weighted kappa"),
+    ("auc_referable", "referable DR AUC (grade >= 2)"),
+    ("sensitivity", "sensitivity at its grade (predicted >= 2)"),
+    ("specificity", "specificity at its grade (predicted < 2)"),
+)
+
+
+def fusion_section(arms: Sequence[Arm], screenings: dict[str, Screening]) -> list[str]:
+    """The report's "Both eyes (fusion)" section: each trained arm alone and with both eyes, side by side.
+
+    Args:
+        arms: Every arm, in display order (a skipped arm, or one not fused yet, says so).
+        screenings: The trained arms' screening files of the network alone (evaluate's), by arm name.
+    """
+    if not any(arm.trained for arm in arms):
+        return []
+    lines = ["## Both eyes (fusion)", "",
+             "The `fuse` stage grades each test image from its own features, its patient's other eye's "
+             "and which eye it is (a small blend learned after training on the training split's two-eyed "
+             "patients; `fuse` in params.yaml); an image whose other eye is not in the test split keeps "
+             "the network's grade. *Alone* is the network on each photograph (the Screening section); "
+             "*both eyes* the same test images graded with fusion, with the same bootstrap of patients "
+             "and operating points chosen on the validation split graded the same way.", ""]
+    for arm in arms:
+        fused = arm.fused
+        if not arm.trained:
+            lines += [f"- {arm.name}: skipped (the arm was not trained)", ""]
+            continue
+        if fused is None or arm.name not in screenings:
+            lines += [f"- {arm.name}: not graded with both eyes yet; run `dvc repro fuse@{arm.name}`", ""]
+            continue
+        lines += [f"### {arm.name}", ""]
+        if fused.method == "none":
+            lines += [f"`fuse.method` is none: every one of the {fused.images} test images is graded "
+                      "alone, so both columns agree up to test-time augmentation.", ""]
+        else:
+            lines += [f"Test images: {fused.images}; graded with both eyes {fused.fused}, alone for want "
+                      f"of the other eye {fused.single_no_partner}. The blend's selection rule: "
+                      f"{_cell(fused.selection)}.", ""]
+        single = screenings[arm.name].record
+        lines += ["| figure | " + " | ".join(f"{which}, per {level}" for level in LEVELS
+                                             for which in ("alone", "both eyes")) + " |",
+                  "|---|" + "---|" * (2 * len(LEVELS))]
+        for key, label in FUSION_ROWS:
+            lines.append(f"| {label} | " + " | ".join(
+                _figure(record[level].get(key)) for level in LEVELS
+                for record in (single, fused.screening)) + " |")
+        lines.append("")
+    return lines
+
+
 def _calibration(record: dict) -> str:
     calibration = record.get("calibration") or {}
     if calibration.get("ece") is None:
@@ -227,6 +280,7 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
         ("**no: at the baseline**" if at_baseline(a.metrics) else "yes") if a.trained else "skipped"
         for a in arms]))
     lines += ["", *screening_section(arms, screenings or {}, leakage)]
+    lines += fusion_section(arms, screenings or {})
     lines += ["## Confusion matrices", "",
               "Rows are the true grade, columns the predicted grade; each cell is the fraction of "
               "the true grade's test images (count in brackets).", ""]
@@ -333,8 +387,8 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]
-    screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name)) for arm in loaded
-                  if arm.trained}
+    screenings = {arm.name: load_screening(Layout(metrics=metrics_dir).arm(arm.name).screening_files)
+                  for arm in loaded if arm.trained}
     leakage = _leakage_lines([arm.info for arm in loaded if isinstance(arm.info, EvaluationInfo)])
     model, data, data_label, synthetic = _describe_data(loaded)
     ours = outputs(arms)
