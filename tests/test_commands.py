@@ -42,8 +42,13 @@ for arm in ("scratch", "pretrained"):
                 "data": "data/demo", "synthetic": True, "selection": "test", "select_by": "accuracy",
                 "selection_rule": "epoch with the highest test accuracy", "tta": "none", "epochs": 3,
                 "test_size": 200, "decoder": "pillow", "trained_with_decoder": "pillow",
-                "fingerprint": "0123456789abcdef", "numerics": {"portable": False}}
-        metrics = {"acc": acc, "bacc": 0.8 if good else 0.2, "base": 0.735, "epoch": 2, "final": acc - 0.01,
+                "fingerprint": "0123456789abcdef", "numerics": {"portable": False},
+                "patients": {"split": "lists", "named_by_patient": True,
+                             "count": {"train": 1, "val": 0, "test": 1}, "test_and_train": 0,
+                             "test_images": 0, "test_share": 0.0, "val_and_train": 0, "val_images": 0,
+                             "val_share": 0.0, "train_pairs": {"pairs": 0, "same_grade": None,
+                                                               "differences": [0, 0, 0, 0, 0]}}}
+        metrics = {"acc": acc, "bacc": 0.8 if good else 0.2, "base": 0.735, "epoch": 2,
                    "kappa": kappa, "train": 0.9}
         rows = [f"{e},1.0,0.8,0.5,1.0,{acc - 0.05 * (e != 2):.3f},{max(kappa - 0.1 * (e != 2), 0):.3f}"
                 for e in (1, 2, 3)]

@@ -199,12 +199,18 @@ def test_efficientnet_trains_evaluates_explains_predicts_and_exports(tmp_path, m
 
 def test_the_compare_table_has_a_row_per_model_the_experiments_trained():
     from retinopathy.commands.compare import lab_table
+    from retinopathy.core.records import EvaluationInfo, Skipped
     from retinopathy.reporting.experiments import Experiment
     from retinopathy.reporting.results import Arm
 
     def experiment(name: str, model: str, acc: float) -> Experiment:
-        trained = Arm("scratch", {"status": "trained", "model": model}, {"acc": acc, "kappa": 0.5})
-        skipped = Arm("pretrained", {"status": "skipped", "model": model}, {})
+        info = EvaluationInfo(model=model, init="scratch", weights="random", data="data/demo", synthetic=True,
+                              selection="test", select_by="accuracy", selection_rule="highest test accuracy",
+                              tta="none", epochs=1, test_size=4, decoder="pillow",
+                              trained_with_decoder="pillow", fingerprint="0123456789abcdef", numerics={},
+                              patients={})
+        trained = Arm("scratch", info, {"acc": acc, "kappa": 0.5})
+        skipped = Arm("pretrained", Skipped(model=model, init="pretrained", reason="offline", fix="-"), {})
         return Experiment(name, name, {"model": model}, {"scratch": trained, "pretrained": skipped})
 
     assert lab_table([experiment("a", "convnext_tiny", 0.5)]) is None  # one model: nothing side by side

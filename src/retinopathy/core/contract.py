@@ -100,15 +100,16 @@ def recall_key(grade: int) -> str:
     return f"r{grade}"
 
 
-# metrics/<arm>.json holds numbers only, under short keys, so that `dvc metrics show`
-# of both arms fits in 120 columns; the words about the run (status, weights, the
-# selection rule, why an arm was skipped) are in metrics/<arm>.info.json.
+# metrics/<arm>.json holds numbers only, under short keys, so that `dvc metrics show` of
+# both arms, single-eye and fused (metrics/fused/<arm>.json), fits in 120 columns (the test
+# accuracy after the last epoch is in the history and the report, not here); the words about
+# the run (status, weights, the selection rule, why an arm was skipped) are in
+# metrics/<arm>.info.json.
 METRIC_KEYS: dict[str, str] = {
     "acc": "test accuracy of the selected epoch (under the lab's rule: the highest test accuracy)",
     "bacc": "balanced accuracy on the test split: the mean of the per-grade recalls",
     "base": "majority baseline: the test accuracy of always answering the commonest training grade",
     "epoch": "the selected epoch (the one evaluated)",
-    "final": "test accuracy after the last epoch",
     "kappa": "quadratic weighted kappa on the test split (Kaggle 2015's metric)",
     **{recall_key(grade): f"recall of grade {grade}: the share of its test images graded {grade}"
        for grade in GRADES},

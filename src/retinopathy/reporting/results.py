@@ -43,7 +43,7 @@ from retinopathy.models.registry import title
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
 REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
-FRACTIONS = ("acc", "bacc", "base", "final", "train", "val", *(recall_key(g) for g in GRADES))
+FRACTIONS = ("acc", "bacc", "base", "train", "val", *(recall_key(g) for g in GRADES))
 ROW_SUM_TOLERANCE = 0.01  # normalised rows are written rounded; 0.01 still catches a counts file
 EVALUATE_FIX = "run `dvc repro evaluate` first"
 
