@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,9 @@ def div_id(name: str) -> str:
 
 
 def svg_texts(fragment: str, role: str) -> list[str]:
-    return re.findall(rf'class="[^"]*\brole-{role}\b[^"]*"[^>]*>(?:<[^>]+>)*([^<]+)<', fragment)
+    """The texts of the SVG elements of ``role``, unescaped (``>=`` is ``&gt;=`` in the markup)."""
+    return [unescape(text) for text in
+            re.findall(rf'class="[^"]*\brole-{role}\b[^"]*"[^>]*>(?:<[^>]+>)*([^<]+)<', fragment)]
 
 
 def test_every_declared_plot_draws_offline_for_two_commits(plots_repo, tmp_path, capsys):
