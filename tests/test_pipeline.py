@@ -67,7 +67,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     # 1. Offline: scratch trained, pretrained skipped with the reason and the fix.
     output = run(project, "dvc", "repro")
     assert {"demo-data", "prepare", "weights", "train@scratch", "train@pretrained", "evaluate@scratch",
-            "evaluate@pretrained", "explain@scratch", "explain@pretrained", "report"} <= ran(output)
+            "evaluate@pretrained", "fuse@scratch", "fuse@pretrained", "explain@scratch", "explain@pretrained",
+            "report"} <= ran(output)
     assert "warning: pretrained arm skipped" in output
     scratch = json.loads((project / "metrics/scratch.info.json").read_text())
     skipped = json.loads((project / "metrics/pretrained.info.json").read_text())
@@ -108,8 +109,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     params["train"]["weights"] = files
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = run(project, "dvc", "repro")
-    assert ran(output) == {"weights", "train@pretrained", "evaluate@pretrained", "explain@pretrained",
-                           "report"}
+    assert ran(output) == {"weights", "train@pretrained", "evaluate@pretrained", "fuse@pretrained",
+                           "explain@pretrained", "report"}
     pretrained = json.loads((project / "metrics/pretrained.info.json").read_text())
     assert pretrained["status"] == "trained" and files["resnet18"] in pretrained["weights"]
     assert "imagenet" not in json.dumps(pretrained).lower()
