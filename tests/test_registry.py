@@ -188,7 +188,9 @@ def test_efficientnet_trains_evaluates_explains_predicts_and_exports(tmp_path, m
     monkeypatch.chdir(tmp_path)
     make_tiny_project(tmp_path, model="efficientnet_b0", train={"epochs": 1, "precise_bn_images": 8})
     params = load_params("params.yaml")
-    assert train.train_arm(params, "scratch")["status"] == "trained"
+    from retinopathy.core.records import TrainingStatus
+
+    assert isinstance(train.train_arm(params, "scratch"), TrainingStatus)  # trained, not skipped
     evaluate.evaluate_arm(params, "scratch")
     assert json.loads(Path("metrics/scratch.info.json").read_text())["model"] == "efficientnet_b0"
     explain.explain_arm(params, "scratch")
