@@ -71,7 +71,7 @@ def _damaged(tmp_path: Path, change) -> Path:
     (lambda raw: raw.pop("version"), "written before records were versioned"),
     (lambda raw: raw.update(version=records.SUMMARY_VERSION + 1), "format version 2"),
     (lambda raw: raw.pop("notes"), "the key 'notes' is missing"),
-    (lambda raw: raw.update(patients=3), "the key(s) 'patients', which a PreparedSummary does not"),
+    (lambda raw: raw.update(eyes=3), "the key(s) 'eyes', which a PreparedSummary does not"),
     (lambda raw: raw["splits"]["test"].update(count="4"), "'splits.test.count' is \"4\", not of type int"),
     (lambda raw: raw["majority_baseline"].update(test_accuracy=True), "not of type float"),
     (lambda raw: raw["majority_baseline"].update(test_accuracy=75), "not a fraction"),
