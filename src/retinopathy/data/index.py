@@ -19,9 +19,7 @@ import numpy as np
 from retinopathy.core.contract import INDEX_COLUMNS, NUM_GRADES, SPLITS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import PREPARE_FIX, MajorityBaseline, PreparedSummary, SplitCounts
-from retinopathy.data.labels import Record, check_name, class_counts
-
-GRADE_TEXT = frozenset(str(grade) for grade in range(NUM_GRADES))
+from retinopathy.data.labels import Record, check_name, class_counts, grade_of
 
 
 def split_validation(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -120,7 +118,7 @@ def read_index(path: Path) -> dict[str, list[Record]]:
             check_name(path, line, image)
         except RetinopathyError:
             raise _damaged(path, f"{image[:40]!r} is not an image name", line) from None
-        grade = int(label) if label in GRADE_TEXT else None
+        grade = grade_of(label)
         if grade is None:
             raise _damaged(path, f"label {label[:40]!r} is not a grade 0-{NUM_GRADES - 1}", line)
         splits[split].append(Record(image, grade))

@@ -37,7 +37,7 @@ _IMAGE_HEADERS = frozenset(
 # "Clearly a word" (label, level, diagnosis, image_name): letters only, so a
 # first line such as "-1", "2.0" or "2576_right" is never taken for a header.
 _WORD = re.compile(r"[A-Za-z][A-Za-z_ -]*")
-_INTEGER = re.compile(r"[0-9]+")
+_GRADES = {str(grade): grade for grade in range(NUM_GRADES)}  # a grade's text: one digit
 # Characters that cannot be part of a listed name: separators of another CSV
 # dialect, quotes, path separators and whitespace.
 _BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\\x00-\x1f\x7f]")
@@ -242,16 +242,29 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
     return SplitListing(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
 
 
+def grade_of(text: str) -> int | None:
+    """The grade that ``text`` is, one digit 0-4 (``"2"``), or None for anything else.
+
+    One rule for every file that holds grades (the label lists, import-kaggle's
+    trainLabels.csv, the prepared index, evaluate's predictions). Leading zeros are
+    refused, not read: ``000...0002`` is a damaged or foreign value, and reading it as 2
+    would hide that (and ``int()`` refuses more than 4300 digits with a traceback).
+    """
+    return _GRADES.get(text)
+
+
 def check_grade(path: Path, line: int, text: str) -> int:
     """Return the grade written as ``text``; raise, naming path:line, unless it is an integer 0-4."""
-    # Leading zeros aside, a grade is one digit; a longer number is refused before
-    # int() (which refuses more than 4300 digits with a ValueError of its own).
-    if not _INTEGER.fullmatch(text) or len(text.lstrip("0")) > 1 or int(text) >= NUM_GRADES:
+    grade = grade_of(text)
+    if grade is None:
+        zeros = " (a grade is one digit, without leading zeros)" if text[:1] == "0" else ""
         raise RetinopathyError(
-            f"{where(path, line)}: label {_shorten(text)!r} is not an integer grade 0-{NUM_GRADES - 1}; "
-            "fix the value"
+            f"{where(path, line)}: label {_shorten(text)!r} is not an integer grade "
+            f"0-{NUM_GRADES - 1}{zeros}; fix the value"
         )
-    return int(text)
+    return grade
+
+
 
 
 def _shorten(text: str, limit: int = 40) -> str:

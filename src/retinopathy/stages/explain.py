@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from retinopathy.core.config import Params, load_params
-from retinopathy.core.contract import ARMS, GRADES, PREDICTION_COLUMNS, Layout, grade_label
-from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.contract import ARMS, GRADES, NUM_GRADES, PREDICTION_COLUMNS, Layout, grade_label
+from retinopathy.core.errors import RetinopathyError, where
 from retinopathy.core.files import atomic_file
 from retinopathy.core.records import Skipped, read_info
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.index import read_index
+from retinopathy.data.labels import grade_of
 from retinopathy.engine import checkpoint
 from retinopathy.engine.runtime import resolve_device
 from retinopathy.models.gradcam import grad_cam, save_grid, save_message
@@ -39,12 +40,28 @@ PER_GRADE = 3  # test images per true grade: a row of the grid
 
 
 def _predictions(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, newline="") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or not set(PREDICTION_COLUMNS) <= set(rows[0]) or len(rows) != count:
+    """The true and predicted grade of every test image, from evaluate's predictions CSV, checked."""
+    fix = "run `dvc repro evaluate` first"
+    grades: list[list[int]] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            rows = csv.DictReader(stream)
+            for row in rows:
+                # grade_of, not int(): a damaged file may hold thousands of digits or no number at all.
+                pair = [grade_of(row.get(column) or "") for column in PREDICTION_COLUMNS]
+                if None in pair:
+                    column = PREDICTION_COLUMNS[pair.index(None)]
+                    raise RetinopathyError(f"{where(path, rows.line_num)}: '{column}' is not a grade "
+                                           f"0-{NUM_GRADES - 1}; {fix}")
+                grades.append([grade for grade in pair if grade is not None])
+            header = rows.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise RetinopathyError(f"{path}: cannot read it ({error}); {fix}") from None
+    if not grades or not set(PREDICTION_COLUMNS) <= set(header) or len(grades) != count:
         raise RetinopathyError(f"{path}: expected {count} rows of {','.join(PREDICTION_COLUMNS)} (one per "
-                               "test image): run `dvc repro evaluate` first")
-    return (np.array([int(r["actual"]) for r in rows]), np.array([int(r["predicted"]) for r in rows]))
+                               f"test image): {fix}")
+    actual, predicted = np.array(grades).T
+    return actual, predicted
 
 
 def choose(actual: np.ndarray, predicted: np.ndarray, seed: int) -> list[int | None]:

@@ -1,0 +1,176 @@
+"""Issue 26, third round: bounded work, names that carry markup, refused pickles, huge grades.
+
+Each test does what the hostile tester did, through the real CLI where it can without
+training (a best.pt with random weights is enough for `predict`): a photograph whose
+square is gigabytes, names with `<!--`, `|`, backticks and `$...$` in every list and in
+the report's inputs, pickles of code behind every torch file, and a label of thousands
+of digits.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_params
+from retinopathy.cli import main as cli
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.data.labels import SPLIT_FILES
+from retinopathy.data.synthetic import render_fundus
+from retinopathy.models.build import new_model
+from retinopathy.models.grader import GraderSpec
+
+# --------------------------------------------------------------------------------------- helpers
+
+# What the hostile tester put into names: an HTML comment and script, a table cell's end,
+# a code span's end, TeX math that crashes matplotlib's mathtext, and what is no name at all.
+MARKUP = ["<!--x", "<script>x", "a|b", "a`b`", "$\\frac{1}$", "a$x$b"]
+NOT_NAMES = [*MARKUP, "2576 right", "Müller_left", "a&amp;b", "_left"]
+# The public sets' names (EyePACS, APTOS, IDRiD, Messidor, DDR): the rule admits all of them.
+PUBLIC_NAMES = ["2576_right", "000c1434d8d7", "IDRiD_001", "20051019_38557_0100_PP", "007-0004-000"]
+
+
+def fundus(seed: int, side: int = 64, grade: int = 0) -> np.ndarray:
+    """A colour fundus picture (the demo's painter), side x side."""
+    return render_fundus(grade, np.random.default_rng(seed), side)
+
+
+def write_course(root: Path, train: list[str], test: list[str]) -> Path:
+    """A course layout: the four lists (grades 0-4 in turn) and a distinct colour JPEG per name."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, names in (("train", train), ("test", test)):
+        images, labels = SPLIT_FILES[split]
+        (root / images).write_text("".join(f"{name}\n" for name in names))
+        (root / labels).write_text("".join(f"{i % 5}\n" for i in range(len(names))))
+    for seed, name in enumerate(train + test):
+        Image.fromarray(fundus(seed, 64, seed % 5)).save(root / f"{name}.jpeg", quality=92)
+    return root
+
+
+def course_project(folder: Path, monkeypatch, train: list[str] | None = None,
+                   test: list[str] | None = None) -> Path:
+    """``folder`` with params.yaml pointing data.root at a small course layout; cwd set to it."""
+    write_course(folder / "course", train or [f"{i}_left" for i in range(10)],
+                 test or [f"{i}_right" for i in range(5)])
+    write_params(folder, data={"root": "course"})
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def replace_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    """``retinopathy ARGV``: the exit status and stderr (argparse's exits included)."""
+    capsys.readouterr()
+    try:
+        status = cli(list(argv))
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def fake_checkpoint(path: Path) -> Path:
+    """A best.pt as training writes it, with random weights (enough for `predict`)."""
+    torch.manual_seed(0)
+    spec = GraderSpec(model="resnet18", image_size=32, normalize="imagenet", preprocess="none",
+                      loss="cross_entropy", thresholds=None)
+    torch.save({"model": new_model("resnet18", num_classes=5).state_dict(), "spec": spec.to_dict(),
+                "epoch": 1, "fingerprint": "test"}, path)
+    return path
+
+
+def predict_rows(capsys, folder: Path, *names: str, **data) -> tuple[int, str, dict[str, dict[str, str]]]:
+    """`retinopathy predict` of ``folder / name`` for each name with a random best.pt (params: ``data``):
+    the status, stderr and the CSV's rows by file name."""
+    checkpoint = folder / "best.pt"
+    if not checkpoint.exists():
+        fake_checkpoint(checkpoint)
+    write_params(folder, train={"batch_size": 2}, data=data)
+    out = folder / "predictions.csv"
+    status, err = run(capsys, "predict", *(str(folder / n) for n in names), "--checkpoint", str(checkpoint),
+                      "--out", str(out), "--params", str(folder / "params.yaml"))
+    rows = {}
+    if out.exists():
+        with open(out, newline="") as stream:
+            rows = {Path(row["image"]).name: row for row in csv.DictReader(stream)}
+    return status, err, rows
+
+
+def strip(path: Path, width: int, height: int) -> Path:
+    """A long thin photograph: a bright band across its whole width on black (its 'fundus' is the band)."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[height // 10: height - height // 10, :] = (180, 90, 40)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def unescaped_pipes(line: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", line))
+
+
+def outside_code(text: str) -> str:
+    """``text`` without its Markdown code spans (whose content is shown literally)."""
+    return re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", text)
+
+
+def check_markup(text: str) -> None:
+    """Outside code spans, no markup the tests put into names is left unescaped (HTML, math)."""
+    for markup in ("<!--", "<script", "<b>", "</b>", "$x$", "$y$", "$\\frac"):
+        assert re.search(rf"(?<!\\){re.escape(markup)}", outside_code(text)) is None, markup
+
+
+def check_tables(text: str) -> None:
+    """Every Markdown table row has as many cell borders as its header: no name split a cell."""
+    header = None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            header = header if header is not None else unescaped_pipes(line)
+            assert unescaped_pipes(line) == header, line
+        else:
+            header = None
+
+
+# ----------------------------------------------------------------- 1. grades of thousands of digits
+
+
+@pytest.mark.parametrize("line", ["0" * 5000 + "2", "0" * 5000, "9" * 5000, "02", "2.0"])
+def test_a_grade_with_leading_zeros_or_thousands_of_digits_is_an_error_naming_the_line(
+        tmp_path, monkeypatch, capsys, line):
+    project = course_project(tmp_path, monkeypatch)
+    replace_line(project / "course/train_label.csv", 3, line)
+    status, err = run(capsys, "prepare", "--out", "data/prepared")
+    assert status == 2 and "course/train_label.csv:3: " in err
+    assert "is not an integer grade 0-4" in err and len(err) < 1000 and "Traceback" not in err
+    assert not (project / "data/prepared").exists()
+
+
+def test_import_kaggle_refuses_a_level_of_thousands_of_digits_with_the_line(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    labels = tmp_path / "trainLabels.csv"
+    labels.write_text(f"image,level\n1_left,0\n1_right,{'0' * 5000}2\n")
+    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(tmp_path / "train"),
+                      "--out", str(tmp_path / "course"), "--test-fraction", "0.5")
+    assert status == 2 and f"{labels}:3: label '0000" in err and "(5001 characters)" in err
+    assert "without leading zeros" in err and "Traceback" not in err
+
+
+def test_explain_refuses_a_damaged_grade_in_the_predictions_naming_the_line(tmp_path):
+    from retinopathy.stages.explain import _predictions
+
+    path = tmp_path / "scratch.csv"
+    path.write_text("image,patient,actual,predicted\n1_left,1,0,0\n1_right,1," + "0" * 5000 + "2,1\n")
+    with pytest.raises(RetinopathyError, match=r"scratch\.csv:3: 'actual' is not a grade 0-4"):
+        _predictions(path, 2)
+    path.write_text("image,patient,actual,predicted\n1_left,1,0,0\n1_right,1,2,1\n")
+    actual, predicted = _predictions(path, 2)
+    assert actual.tolist() == [0, 2] and predicted.tolist() == [0, 1]
