@@ -21,7 +21,8 @@ from PIL import Image
 from conftest import write_params
 from retinopathy.cli import main as cli
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.data.labels import SPLIT_FILES
+from retinopathy.data.index import read_index
+from retinopathy.data.labels import SPLIT_FILES, name_problem
 from retinopathy.data.synthetic import render_fundus
 from retinopathy.models.build import new_model
 from retinopathy.models.grader import GraderSpec
@@ -174,3 +175,69 @@ def test_explain_refuses_a_damaged_grade_in_the_predictions_naming_the_line(tmp_
     path.write_text("image,patient,actual,predicted\n1_left,1,0,0\n1_right,1,2,1\n")
     actual, predicted = _predictions(path, 2)
     assert actual.tolist() == [0, 2] and predicted.tolist() == [0, 1]
+
+
+# ------------------------------------------------------ 2. names: decided where they are first read
+
+
+@pytest.mark.parametrize("name", NOT_NAMES)
+def test_prepare_refuses_a_name_that_is_not_a_name_with_the_file_and_line(tmp_path, monkeypatch, capsys,
+                                                                          name):
+    project = course_project(tmp_path, monkeypatch)
+    replace_line(project / "course/train_img.csv", 3, name)
+    status, err = run(capsys, "prepare", "--out", "data/prepared")
+    assert status == 2 and "course/train_img.csv:3: " in err and "is not an image name" in err
+    assert "ASCII letters, digits and _ - . +" in err and "Traceback" not in err
+    assert not (project / "data/prepared").exists()
+
+
+def test_the_public_sets_names_are_names(tmp_path, monkeypatch, capsys):
+    course_project(tmp_path, monkeypatch, train=[*PUBLIC_NAMES, *(f"{i}_left" for i in range(5))],
+                   test=[f"{i}_right" for i in range(5)])
+    status, err = run(capsys, "prepare", "--out", "data/prepared")
+    assert status == 0, err
+    listed = {record.image for records in read_index(tmp_path / "data/prepared/index.csv").values()
+              for record in records}
+    assert set(PUBLIC_NAMES) <= listed
+
+
+def test_no_name_can_hold_a_character_that_breaks_a_page_a_table_or_a_csv():
+    # The predictions CSVs that `dvc plots show` embeds in its page hold only names the rule admits
+    # (evaluate takes them from the prepared index, which is read with the same rule, below).
+    for code in range(0x20, 0x7F):
+        char = chr(code)
+        if not (char.isalnum() or char in "_-.+"):
+            assert name_problem(f"a{char}b") is not None, char
+    for name in PUBLIC_NAMES:
+        assert name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", MARKUP)
+def test_a_hand_edited_index_cannot_bring_a_name_to_the_plots(tmp_path, name):
+    index = tmp_path / "index.csv"
+    with open(index, "w", newline="") as stream:
+        csv.writer(stream).writerows([["split", "image", "label"], ["train", "1_left", "0"],
+                                      ["test", name, "1"]])
+    with pytest.raises(RetinopathyError, match=r"index\.csv:3: .* is not an image name"):
+        read_index(index)
+
+
+def test_import_kaggle_refuses_a_name_with_markup_with_the_line(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    labels = tmp_path / "trainLabels.csv"
+    labels.write_text("image,level\n1_left,0\n<!--x_right,1\n")
+    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(tmp_path / "train"),
+                      "--out", str(tmp_path / "course"), "--test-fraction", "0.5")
+    assert status == 2 and f"{labels}:3: '<!--x_right' is not an image name (it contains '<')" in err
+
+
+def test_predict_refuses_a_photograph_whose_name_is_not_a_name_in_its_own_row(tmp_path, capsys):
+    hostile = ["$x$.png", "a<b>.png", "IMG 0001.png", "a|b.png"]
+    for seed, name in enumerate([*hostile, "7_left.png"]):
+        Image.fromarray(fundus(seed, 64)).save(tmp_path / name)
+    status, err, rows = predict_rows(capsys, tmp_path, *hostile, "7_left.png")
+    assert status == 1 and f"{len(hostile)} of {len(hostile) + 1} images could not be graded" in err
+    for name in hostile:
+        assert rows[name]["grade"] == "" and "is not an image name" in rows[name]["error"]
+        assert "rename the file" in rows[name]["error"]
+    assert rows["7_left.png"]["grade"] in list("01234") and rows["7_left.png"]["error"] == ""

@@ -316,17 +316,18 @@ def test_a_folder_out_through_a_link_replaces_the_linked_folder_and_keeps_the_li
 # ----------------------------------------------------------------- 4. results kept when writing fails
 
 
-def test_a_file_name_that_is_not_utf8_is_graded_and_written(project, user, capsys):
+def test_a_file_name_that_is_not_utf8_is_refused_in_its_own_row_and_written(project, user, capsys):
     folder = user / "photos"
     photos(folder, project, ["eye1.jpeg"])
     name = os.fsdecode(b"caf\xe9.jpeg")
     shutil.copy(folder / "eye1.jpeg", folder / name)
     code, _ = run(["predict", "photos", "--out", "out.csv", *checkpoint_args(project)], capsys)
-    assert code == 0
+    assert code == 1  # issue 26: a name that is not an image name is refused, not rendered
     with open(user / "out.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["image"] for r in rows] == ["photos/caf\\xe9.jpeg", "photos/eye1.jpeg"]
-    assert all(r["grade"] in "01234" and r["grade"] for r in rows)
+    assert rows[0]["grade"] == "" and "is not an image name" in rows[0]["error"]
+    assert rows[1]["grade"] in "01234" and rows[1]["grade"]
 
 
 @pytest.mark.parametrize("case", ["a folder", "under a file"])
@@ -388,13 +389,13 @@ def test_hostile_file_names_stay_one_row_each_and_never_a_formula(project, user,
     photos(user / "photos", project, names)
     monkeypatch.chdir(user / "photos")
     code, _ = run(["predict", ".", "--out", "../out.csv", *checkpoint_args(project)], capsys)
-    assert code == 0
+    assert code == 1  # issue 26: none is an image name, so each is refused in its own row
     with open(user / "out.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     written = sorted(r["image"] for r in rows)
     expected = sorted("'" + n if n[0] in "=+-@" else n for n in names)
     assert written == expected
-    assert all(r["grade"] in "01234" and r["grade"] for r in rows)
+    assert all(r["grade"] == "" and "is not an image name" in r["error"] for r in rows)
 
 
 def _as_written(text: str) -> object:

@@ -38,9 +38,17 @@ _IMAGE_HEADERS = frozenset(
 # first line such as "-1", "2.0" or "2576_right" is never taken for a header.
 _WORD = re.compile(r"[A-Za-z][A-Za-z_ -]*")
 _GRADES = {str(grade): grade for grade in range(NUM_GRADES)}  # a grade's text: one digit
-# Characters that cannot be part of a listed name: separators of another CSV
-# dialect, quotes, path separators and whitespace.
-_BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\\x00-\x1f\x7f]")
+# What an image name may be, decided once where names are first read (prepare's lists,
+# import-kaggle's trainLabels.csv, predict's photographs and lists): ASCII letters,
+# digits and `_ - . +`, starting with a letter or a digit. Every public set's names fit
+# (EyePACS 2576_right, APTOS 000c1434d8d7, IDRiD IDRiD_001, Messidor
+# 20051019_38557_0100_PP, DDR 007-0004-000), and a name then never carries markup
+# (`<!--`, `<script>`, `|`, backticks, `$...$`) into the CSVs that `dvc plots show`
+# draws, a Markdown table or a figure's title, nor a path separator, a quote, a CSV
+# separator, a space or a control character.
+IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+NAME_RULE = ("a name holds only ASCII letters, digits and _ - . + and starts with a letter or a digit "
+             "(e.g. 2576_right, IDRiD_001, 007-0004-000)")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
 # EyePACS names a photograph `<patient>_left` or `<patient>_right`.
@@ -265,20 +273,39 @@ def check_grade(path: Path, line: int, text: str) -> int:
     return grade
 
 
-
-
 def _shorten(text: str, limit: int = 40) -> str:
     """``text`` cut to ``limit`` characters for a message (a 5000-digit value is not worth printing)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an image name (:data:`IMAGE_NAME`), in words, or None if it can."""
+    if IMAGE_NAME.fullmatch(name):
+        return None
+    if not name:
+        return "it is empty"
+    if IMAGE_NAME.fullmatch("0" + name[1:]):
+        return f"it starts with {_character(name[0])}"
+    return f"it contains {_character(next(c for c in name if not IMAGE_NAME.fullmatch('0' + c)))}"
+
+
+def _character(char: str) -> str:
+    """One character as a message names it: ``'<'``, ``a space``, ``a control character (U+0000)``."""
+    if char.isspace():
+        return f"a space or other blank (U+{ord(char):04X})" if char != " " else "a space"
+    if not char.isprintable():
+        return f"a control character (U+{ord(char):04X})"
+    return repr(char) if char.isascii() else f"{char!r} (U+{ord(char):04X}, not ASCII)"
+
+
 def check_name(path: Path, line: int, name: str) -> None:
-    """Raise, naming path:line, unless ``name`` is a bare image name (no separator, quote, control
-    character such as NUL, or extension)."""
-    if _BAD_NAME_CHARS.search(name) or name == IMAGE_SUFFIX:
+    """Raise, naming path:line, unless ``name`` is a bare image name: :data:`IMAGE_NAME` (so no
+    separator, quote, markup or control character such as NUL), and no file extension."""
+    problem = name_problem(name)
+    if problem:
         raise RetinopathyError(
-            f"{where(path, line)}: {_shorten(name)!r} is not an image name (it contains a separator, "
-            "quote, space or control character); list one bare name per line, e.g. 2576_right"
+            f"{where(path, line)}: {_shorten(name)!r} is not an image name ({problem}); {NAME_RULE} - "
+            "rename the image and fix the line"
         )
     lower = name.lower()
     if lower.endswith(_OTHER_EXTENSIONS) or (

@@ -29,7 +29,7 @@ from retinopathy.data.images import (
     read_image_file,
     resize,
 )
-from retinopathy.data.labels import MAX_LISTED, check_name, image_path, read_lines
+from retinopathy.data.labels import MAX_LISTED, NAME_RULE, check_name, image_path, name_problem, read_lines
 
 PHOTO_SUFFIXES = (".jpeg", ".jpg", ".png")
 LIST_SUFFIX = ".csv"  # a course-layout list: one image name per line, the images beside it as <name>.jpeg
@@ -85,6 +85,22 @@ def _report_skipped(folder: Path, entries: list[Path]) -> None:
              f"{others[0].name}")
 
 
+def check_photo_name(path: Path) -> None:
+    """Refuse a photograph whose name (``path.stem``) is not an image name, as a listed one would be.
+
+    Its name becomes the row's patient and its heat map's title and file name; the rule is
+    the course layout's (:data:`~retinopathy.data.labels.IMAGE_NAME`), so a name carrying
+    markup is refused where it is first read, not rendered.
+
+    Raises:
+        RetinopathyError: naming the file, what is wrong and the fix.
+    """
+    problem = name_problem(path.stem)
+    if problem:
+        raise RetinopathyError(f"{path}: {path.stem!r} is not an image name ({problem}); {NAME_RULE} - "
+                               "rename the file")
+
+
 def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
     """One photograph as the grader takes it: uint8 [size, size, 3].
 
@@ -96,6 +112,7 @@ def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
     Raises:
         RetinopathyError: naming the file and what is wrong with it.
     """
+    check_photo_name(path)
     data = read_image_file(path, max_pixels)
     check_pixels(path, data, max_pixels)
     width, height = image_size(path, data)
