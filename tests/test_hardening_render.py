@@ -10,6 +10,8 @@ of digits.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import re
 from pathlib import Path
 
@@ -20,12 +22,15 @@ from PIL import Image
 
 from conftest import write_params
 from retinopathy.cli import main as cli
+from retinopathy.core.contract import Layout
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import Skipped, read_info, write_info
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import SPLIT_FILES, name_problem
 from retinopathy.data.synthetic import render_fundus
 from retinopathy.models.build import new_model
 from retinopathy.models.grader import GraderSpec
+from retinopathy.reporting.escape import md_code, md_prose, md_text, plain_text
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -241,3 +246,111 @@ def test_predict_refuses_a_photograph_whose_name_is_not_a_name_in_its_own_row(tm
         assert rows[name]["grade"] == "" and "is not an image name" in rows[name]["error"]
         assert "rename the file" in rows[name]["error"]
     assert rows["7_left.png"]["grade"] in list("01234") and rows["7_left.png"]["error"] == ""
+
+
+# ---------------------------------------------------------- 3. names where they are rendered anyway
+
+
+def test_the_escaping_helpers_escape_every_class_of_character():
+    hostile = "a|b <!-- <script> & `c` $x$ *d* _e_ [f](g) ~~h~~ i\nj"
+    text = md_text(hostile)
+    for char in "|<>&`$*_[]~":
+        assert re.search(rf"(?<!\\){re.escape(char)}", text) is None, char
+    assert "\n" not in text and unescaped_pipes(text) == 0
+    assert md_text("C:\\x") == "C:\\\\x"  # a backslash is escaped too: it cannot escape what follows
+    prose = md_prose("run `retinopathy weights`; copy to $HOME/$x$ <!-- a|b")
+    assert "`retinopathy weights`" in prose  # the sentence's own code span is kept
+    assert "\\$HOME/\\$x\\$ \\<!-- a\\|b" in prose
+    assert md_code("exp-1") == "`exp-1`"
+    assert md_code("a`b") == "``a`b``" and md_code("``x") == "``` ``x ```"  # no backtick ends it early
+    assert md_code("a|b") == "a\\|b"  # never a code span GitHub would split at |
+    for title in MARKUP:
+        with plain_text():
+            plt_figure(title).savefig(io.BytesIO(), format="png")  # drawn as given
+    with pytest.raises(ValueError):  # without it, matplotlib's mathtext fails on a name
+        plt_figure("$\\frac{1}$").savefig(io.BytesIO(), format="png")
+
+
+def plt_figure(title: str):
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.set_title(title)
+    ax.legend(handles=ax.plot([0, 1], label=title))
+    plt.close(fig)
+    return fig
+
+
+def test_the_report_escapes_a_folder_and_a_reason_that_carry_markup(tmp_path, capsys):
+    from test_report import write_metrics
+
+    metrics = write_metrics(tmp_path, skip=("pretrained",))
+    folder = "data/$\\frac{1}$ <!-- a|b `c`"
+    trained = read_info(metrics / "scratch.info.json", "scratch")
+    write_info(metrics / "scratch.info.json", dataclasses.replace(trained, data=folder, synthetic=False,
+                                                                  weights="random <b>|init</b>"))
+    write_info(metrics / "pretrained.info.json", Skipped(
+        model="resnet18", init="pretrained", reason=f"no weights at {folder}/$x$.pth",
+        fix="copy them into $TORCH_HOME/$y$ <!-- or run `retinopathy weights`"))
+    out = tmp_path / "plots"
+    status, err = run(capsys, "report", "--metrics", str(metrics), "--out", str(out))
+    assert status == 0, err  # was: mathtext's ValueError from the figures' titles
+    text = (out / "report.md").read_text()
+    check_markup(text)
+    assert "Data: `data/$\\frac{1}$ <!-- a|b `c``" not in text
+    assert "Data: data/\\$\\\\frac{1}\\$ \\<!-- a\\|b \\`c\\`." in text  # a | rules out a code span
+    assert "run `retinopathy weights`" in text  # the reason's own code span
+    check_tables(text)
+    for name in ("accuracy.png", "best_accuracy.png", "confusion_scratch.png", "confusion_pretrained.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+
+
+def test_compare_escapes_experiment_names_in_its_tables_and_draws_them_as_text(tmp_path, monkeypatch):
+    from matplotlib.text import Text
+
+    from retinopathy.commands.compare import render
+    from retinopathy.reporting import figures
+    from retinopathy.reporting.experiments import Experiment
+    from retinopathy.reporting.results import Arm
+    from test_report import SKIPPED, _trained
+
+    def experiment(name: str, seed: int) -> Experiment:
+        import pandas as pd
+
+        history = pd.DataFrame({"epoch": [1, 2, 3], "test_accuracy": [0.7, 0.8, 0.85],
+                                "test_kappa": [0.4, 0.6, 0.7]})
+        arms = {"scratch": Arm("scratch", _trained("scratch", 0.85)[1],
+                               {"acc": 0.85, "kappa": 0.7, "bacc": 0.5, "base": 0.7, "epoch": 3},
+                               history=history),
+                "pretrained": Arm("pretrained", SKIPPED, {})}
+        return Experiment(name, name, {"model": "resnet18", "train": {"seed": seed, "lr": f"{name}|x"}}, arms)
+
+    runs = [experiment(name, seed) for seed, name in enumerate(MARKUP)]
+    text = render(runs, ["train.seed", "train.lr"], [f"{md_code('a`b')} is left out: {md_prose('<!-- x')}"])
+    check_tables(text)
+    check_markup(text)
+    assert "Compared: `<!--x`, `<script>x`, a\\|b, `` a`b` ``, `$\\frac{1}$`, `a$x$b`." in text
+    drawn: list[str] = []
+    saved = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (
+        drawn.extend(t.get_text() for t in fig.findobj(Text)), saved(fig, path)))
+    figures.plot_curves([(e.name, arm) for e in runs for arm in e.arms.values()], "hostile",
+                        tmp_path / "compare.png")
+    for name in MARKUP:  # the legend shows each name as its characters
+        assert f"{name}: ResNet18 scratch" in drawn
+    with Image.open(tmp_path / "compare.png") as image:
+        assert image.format == "PNG"
+
+
+def test_explain_draws_a_skipped_arms_reason_with_math_in_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    info = Layout().arm("scratch").info
+    info.parent.mkdir(parents=True)
+    write_info(info, Skipped(model="resnet18", init="scratch", reason="no weights in $\\frac{1}$/$x$",
+                             fix="run `retinopathy weights`"))
+    status, err = run(capsys, "explain", "--init", "scratch")
+    assert status == 0, err
+    with Image.open(Layout().explanation("scratch")) as image:
+        assert image.format == "PNG"

@@ -33,6 +33,7 @@ from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import check_output_folder, holds_only, staged_folder, starts_with
 from retinopathy.core.records import EvaluationInfo
 from retinopathy.models.registry import MODELS
+from retinopathy.reporting.escape import md_code, md_text
 from retinopathy.reporting.experiments import (
     WORKSPACE,
     Experiment,
@@ -56,16 +57,17 @@ def _kappa(value: float | None) -> str:
 
 
 def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|")
+    """A param's value as a code span (or escaped text: :func:`~retinopathy.reporting.escape.md_code`)."""
+    return md_code(value)
 
 
 def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
     """The params that differ, one row each, one column per experiment (readable however many differ)."""
     flats = [flatten(e.params) for e in experiments]
-    lines = ["| param | " + " | ".join(e.name for e in experiments) + " |",
+    lines = ["| param | " + " | ".join(md_text(e.name) for e in experiments) + " |",
              "|---|" + "---|" * len(experiments)]
-    lines += [f"| `{key}` | " + " | ".join(_cell(flat.get(key, "n/a")) for flat in flats) + " |"
-              for key in differ]
+    lines += [f"| {md_code(key)} | " + " | ".join(_cell(flat[key]) if key in flat else "n/a"
+                                                  for flat in flats) + " |" for key in differ]
     return lines
 
 
@@ -80,14 +82,14 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
             if isinstance(arm.info, EvaluationInfo):
                 m, info, fused = arm.metrics, arm.info, arm.fused
                 flat = at_baseline(m)
-                figures = [str(int(m["epoch"])), f"{info.selection} {info.select_by}", _pct(m["acc"]),
-                           _kappa(m["kappa"]), _pct(m.get("bacc")),
+                figures = [str(int(m["epoch"])), md_text(f"{info.selection} {info.select_by}"),
+                           _pct(m["acc"]), _kappa(m["kappa"]), _pct(m.get("bacc")),
                            _pct(fused.metrics["acc"]) if fused else "n/a",
                            _kappa(fused.metrics["kappa"]) if fused else "n/a",
                            f"**AT BASELINE** ({flat})" if flat else "above"]
             else:
                 figures = ["skipped"] * 8
-            row = [experiment.name, model_name(arm.info.model), arm_name, *figures]
+            row = [md_text(experiment.name), md_text(model_name(arm.info.model)), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -123,10 +125,11 @@ def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
     header = ["experiments (seeds)", "model", "init", "n", *(label for label, _, _ in SEED_FIGURES)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
-        names = ", ".join(f"`{e.name}` ({seed})" for e, seed in zip(group.members, group.seeds, strict=True))
+        names = ", ".join(f"{md_code(e.name)} ({seed})"
+                          for e, seed in zip(group.members, group.seeds, strict=True))
         for arm_name in ARMS:
             trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
-            model = model_name(group.members[0].arms[arm_name].info.model)
+            model = md_text(model_name(group.members[0].arms[arm_name].info.model))
             figures = []
             for _, of, fmt in SEED_FIGURES:
                 values = [value for value in map(of, trained) if value is not None]
@@ -148,7 +151,7 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
             if arm.trained:
                 label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
                 cells.setdefault((arm.info.model, arm_name), []).append(
-                    label if len(experiments) == 1 else f"{label} {experiment.name}")
+                    label if len(experiments) == 1 else f"{label} {md_text(experiment.name)}")
     trained = {model for model, _ in cells}
     models = [m for m in MODELS if m in trained] + sorted(trained - set(MODELS))
     if len(models) < 2:
@@ -156,13 +159,14 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
     lines = ["|  | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
     for model in models:
         row = ["<br>".join(cells.get((model, arm), ["not trained"])) for arm in ARMS]
-        lines.append(f"| {model_name(model)} | " + " | ".join(row) + " |")
+        lines.append(f"| {md_text(model_name(model))} | " + " | ".join(row) + " |")
     return lines
 
 
 def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequence[str]) -> str:
     """The text of compare.md."""
-    names = ", ".join(f"`{e.name}`" + ("" if e.kind == "experiment" else f" ({e.kind})") for e in experiments)
+    names = ", ".join(md_code(e.name) + ("" if e.kind == "experiment" else f" ({e.kind})")
+                      for e in experiments)
     lines = [TITLE, "", f"Compared: {names}."]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
@@ -174,7 +178,7 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
            for e in experiments for arm in e.arms.values()):
         lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
                   "nothing about retinopathy."]
-    flagged = [f"`{e.name}` {arm.name}" for e in experiments for arm in e.arms.values()
+    flagged = [f"{md_code(e.name)} {arm.name}" for e in experiments for arm in e.arms.values()
                if arm.trained and at_baseline(arm.metrics)]
     if flagged:
         lines += ["", f"> **At the majority baseline** (learned nothing that always answering the commonest "
@@ -191,7 +195,8 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
                   "(sample, n - 1) over the seeds, and n, the trained runs.", "", *seeds_table(groups), ""]
         repeated = [name for group in groups for name in group.left_out]
         if repeated:
-            lines += [f"Not counted again (same params and seed as a member): {', '.join(repeated)}.", ""]
+            lines += [f"Not counted again (same params and seed as a member): "
+                      f"{', '.join(map(md_code, repeated))}.", ""]
     lab = lab_table(experiments)
     if lab:
         lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]
@@ -217,7 +222,7 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
         if twin is not None:  # `dvc exp run` leaves its last experiment applied to the workspace
             experiments = rest
             notes = [*notes, f"The workspace is left out: it holds the same params and results as "
-                             f"`{twin.name}`."]
+                             f"{md_code(twin.name)}."]
     if not any(arm.trained for e in experiments for arm in e.arms.values()):
         raise RetinopathyError("no arm of these experiments was trained: run `dvc repro` or "
                                "`dvc exp run` first")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from retinopathy.core.files import PNG_SOFTWARE
 from retinopathy.models.grader import Grader
 from retinopathy.models.registry import architecture
+from retinopathy.reporting.escape import plain_text
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display
 from matplotlib import colormaps  # noqa: E402
@@ -77,17 +78,19 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 
 def save_explanation(target: Path | IO[bytes], image: np.ndarray, heat: np.ndarray, title: str) -> None:
-    """One PNG: the photograph and its heat map side by side, the grade in the title."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4), layout="constrained")
-    left.imshow(image)
-    left.set_title("photograph (as the network saw it)", fontsize=10)
-    right.imshow(overlay(image, heat))
-    right.set_title("Grad-CAM of the predicted grade", fontsize=10)
-    for ax in (left, right):
-        ax.axis("off")
-    fig.suptitle(title, fontsize=12)
-    fig.savefig(target, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})  # predict knows its own
-    plt.close(fig)
+    """One PNG: the photograph and its heat map side by side, the grade in the title (drawn as given)."""
+    with plain_text():  # the title holds the photograph's file name: never mathtext
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4), layout="constrained")
+        left.imshow(image)
+        left.set_title("photograph (as the network saw it)", fontsize=10)
+        right.imshow(overlay(image, heat))
+        right.set_title("Grad-CAM of the predicted grade", fontsize=10)
+        for ax in (left, right):
+            ax.axis("off")
+        fig.suptitle(title, fontsize=12)
+        # PNG_SOFTWARE: predict recognises its own heat maps by it.
+        fig.savefig(target, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})
+        plt.close(fig)
 
 
 def save_grid(target: Path | IO[bytes], tiles: Sequence[tuple[np.ndarray, np.ndarray, str, bool] | None],
@@ -100,31 +103,34 @@ def save_grid(target: Path | IO[bytes], tiles: Sequence[tuple[np.ndarray, np.nda
         row_labels: One label per row (the true grade).
     """
     rows = len(row_labels)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns + 1.2, 3.2 * rows), layout="constrained",
-                             squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        tile = tiles[index] if index < len(tiles) else None
-        if tile is None:
-            ax.text(0.5, 0.5, "no such test image", ha="center", va="center", color="grey",
-                    transform=ax.transAxes)
-            continue
-        image, heat, caption, correct = tile
-        ax.imshow(overlay(image, heat))
-        ax.set_title(textwrap.fill(caption, 34), fontsize=9, color="darkgreen" if correct else "darkred")
-    for row, label in enumerate(row_labels):
-        axes[row, 0].text(-0.08, 0.5, label, rotation=90, ha="right", va="center", fontsize=11,
-                          transform=axes[row, 0].transAxes)
-    fig.suptitle(title, fontsize=13)
-    fig.savefig(target, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
+    with plain_text():  # the captions hold image names: never mathtext
+        fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns + 1.2, 3.2 * rows),
+                                 layout="constrained", squeeze=False)
+        for index, ax in enumerate(axes.flat):
+            ax.axis("off")
+            tile = tiles[index] if index < len(tiles) else None
+            if tile is None:
+                ax.text(0.5, 0.5, "no such test image", ha="center", va="center", color="grey",
+                        transform=ax.transAxes)
+                continue
+            image, heat, caption, correct = tile
+            ax.imshow(overlay(image, heat))
+            ax.set_title(textwrap.fill(caption, 34), fontsize=9, color="darkgreen" if correct else "darkred")
+        for row, label in enumerate(row_labels):
+            axes[row, 0].text(-0.08, 0.5, label, rotation=90, ha="right", va="center", fontsize=11,
+                              transform=axes[row, 0].transAxes)
+        fig.suptitle(title, fontsize=13)
+        fig.savefig(target, format="png", dpi=90, metadata={"Software": None})
+        plt.close(fig)
 
 
 def save_message(target: Path | IO[bytes], title: str, text: str) -> None:
     """A small PNG that says why there is nothing to show (a skipped arm)."""
-    fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
-    ax.axis("off")
-    ax.text(0.5, 0.7, title, ha="center", va="center", fontsize=15, weight="bold", transform=ax.transAxes)
-    ax.text(0.5, 0.35, textwrap.fill(text, 80), ha="center", va="center", fontsize=9, transform=ax.transAxes)
-    fig.savefig(target, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
+    with plain_text():  # the reason may hold a user's path: never mathtext
+        fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+        ax.axis("off")
+        ax.text(0.5, 0.7, title, ha="center", va="center", fontsize=15, weight="bold", transform=ax.transAxes)
+        ax.text(0.5, 0.35, textwrap.fill(text, 80), ha="center", va="center", fontsize=9,
+                transform=ax.transAxes)
+        fig.savefig(target, format="png", dpi=90, metadata={"Software": None})
+        plt.close(fig)

@@ -20,6 +20,7 @@ from typing import Any
 
 from retinopathy.core.contract import ARMS, Layout
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.reporting.escape import md_code, md_prose
 from retinopathy.reporting.results import Arm, load_arm, read_working_tree
 
 WORKSPACE = "workspace"
@@ -143,7 +144,7 @@ def load_experiments(names: list[str] | None = None, repo: str = ".") -> tuple[l
         except RetinopathyError as error:
             if names:
                 raise RetinopathyError(f"{name}: {error}") from None
-            left_out.append(f"`{name}` is left out: {error}")
+            left_out.append(f"{md_code(name)} is left out: {md_prose(error)}")  # a line of compare.md
             continue
         experiments.append(Experiment(name, rev, params, arms, kind))
     return experiments, left_out

@@ -27,6 +27,7 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.records import Skipped
 from retinopathy.evaluation.screening_files import Screening
+from retinopathy.reporting.escape import plain_text
 from retinopathy.reporting.results import Arm, at_baseline, majority_baseline, model_name
 
 if TYPE_CHECKING:  # matplotlib >= 3.8; only the type checker reads it
@@ -271,7 +272,7 @@ def draw_screening_figures(arms: Sequence[Arm], screenings: dict[str, Screening]
                            data_label: str, folder: Path) -> None:
     """Write roc.png and reliability.png of ``arms`` (``screenings``: the trained arms') into ``folder``."""
     try:
-        with plt.rc_context(STYLE):
+        with plt.rc_context(STYLE), plain_text():  # names and folders drawn as given, never as math
             roc, reliability = SCREENING_FIGURES
             name = f"{model} ({data_label})"
             plot_roc(arms, screenings, f"{name}: ROC of referable DR (grade >= 2)", folder / roc)
@@ -284,7 +285,7 @@ def draw_screening_figures(arms: Sequence[Arm], screenings: dict[str, Screening]
 def draw_report_figures(arms: Sequence[Arm], model: str, data_label: str, folder: Path) -> None:
     """Write accuracy.png, confusion_<arm>.png and best_accuracy.png of ``arms`` into ``folder``."""
     try:
-        with plt.rc_context(STYLE):
+        with plt.rc_context(STYLE), plain_text():  # names and folders drawn as given, never as math
             accuracy, best = REPORT_FIGURES
             plot_accuracy(arms, f"{model} ({data_label}): accuracy per epoch", folder / accuracy)
             for arm in arms:
@@ -307,7 +308,7 @@ def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None
     Args:
         runs: (experiment name, its arm) pairs; skipped arms are left out of the lines.
     """
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE), plain_text():  # names and folders drawn as given, never as math
         fig, (acc_ax, kappa_ax) = plt.subplots(1, 2, figsize=(14, 5), layout="constrained")
         names = list(dict.fromkeys(name for name, _ in runs))
         handles: list[Line2D] = []

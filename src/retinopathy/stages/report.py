@@ -34,6 +34,7 @@ from retinopathy.core.files import Ours, check_output_file, staged_files
 from retinopathy.core.records import EvaluationInfo, Skipped
 from retinopathy.data.patients import leakage_warning
 from retinopathy.evaluation.screening_files import Screening, load_screening
+from retinopathy.reporting.escape import md_code, md_prose, md_text
 from retinopathy.reporting.figures import draw_report_figures, draw_screening_figures
 from retinopathy.reporting.results import BASELINE_RULE, Arm, at_baseline, load_arm, model_name
 
@@ -58,7 +59,7 @@ def _pct(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    return "n/a" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+    return "n/a" if value is None else md_text(value)
 
 
 def _figure(entry: dict | None) -> str:
@@ -150,7 +151,7 @@ def screening_section(arms: Sequence[Arm], screenings: dict[str, Screening],
     notes = [(arm.name, note) for arm in arms if arm.name in screenings
              for note in screenings[arm.name].record.get("notes", [])]
     if notes:
-        lines += ["", "Notes:", "", *(f"- {name}: {note}" for name, note in notes)]
+        lines += ["", "Notes:", "", *(f"- {name}: {md_prose(note)}" for name, note in notes)]
     lines += ["", "![ROC of referable DR, per image and per patient](roc.png)", "",
               "![reliability of P(grade >= 2)](reliability.png)", ""]
     return lines
@@ -222,12 +223,12 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     """The text of report.md (figures are linked by their file names)."""
     trained = [arm for arm in arms if arm.trained]
     infos = [arm.info for arm in arms if isinstance(arm.info, EvaluationInfo)]
-    lines = [f"# {model}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
+    lines = [f"# {md_text(model)}: diabetic retinopathy grading, " + " vs ".join(a.name for a in arms), ""]
     if synthetic:
-        lines += [f"> **SYNTHETIC demo data** (`{data or 'data/demo'}`): these numbers show "
+        lines += [f"> **SYNTHETIC demo data** ({md_code(data or 'data/demo')}): these numbers show "
                   "that the pipeline runs; they say nothing about retinopathy.", ""]
     else:
-        lines += [f"Data: `{data_label}`.", ""]
+        lines += [f"Data: {md_code(data_label)}.", ""]
     if infos:
         lines += [f"Test images: {infos[0].test_size}.", ""]
     lines += _patients(infos)
@@ -302,7 +303,8 @@ def render_markdown(arms: Sequence[Arm], model: str, data: str, data_label: str,
     if skipped:
         lines += ["## Skipped arms", ""]
         for name, info in skipped:
-            lines += [f"### {name}", "", f"- Reason: {info.reason}", f"- Fix: {info.fix}", ""]
+            lines += [f"### {name}", "", f"- Reason: {md_prose(info.reason)}", f"- Fix: {md_prose(info.fix)}",
+                      ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -315,7 +317,8 @@ def _patients(infos: Sequence[EvaluationInfo]) -> list[str]:
     pairs = counts["train_pairs"]
     alike = (f"; {pairs['same_grade']:.1%} of the {pairs['pairs']} training patients with both eyes listed "
              "have one grade in both") if pairs["pairs"] else ""
-    lines = [f"Patients (`data.split: {counts['split']}`): {per_split}{alike}.", ""]
+    split = md_code(f"data.split: {counts['split']}")
+    lines = [f"Patients ({split}): {per_split}{alike}.", ""]
     if not counts["named_by_patient"]:
         lines[0] = lines[0][:-1] + " (the image names carry no patient: `<patient>_left|right`)."
     warning = leakage_warning(counts)
@@ -331,8 +334,8 @@ def _leakage_lines(infos: Sequence[EvaluationInfo]) -> list[str]:
     counts = infos[0].patients
     warning = leakage_warning(counts)
     if not warning:
-        return [f"Patient leakage: none; no patient has eyes on both sides of the split "
-                f"(`data.split: {counts['split']}`)."]
+        split = md_code(f"data.split: {counts['split']}")
+        return [f"Patient leakage: none; no patient has eyes on both sides of the split ({split})."]
     return [f"> **Patient leakage.** {warning}."]
 
 
