@@ -22,11 +22,13 @@ from PIL import Image
 
 from conftest import write_params
 from retinopathy.cli import main as cli
-from retinopathy.core.contract import Layout
+from retinopathy.core.contract import MAX_IMAGE_SIZE, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import Skipped, read_info, write_info
+from retinopathy.data.dataset import RetinopathyDataset
+from retinopathy.data.images import PIXEL_CEILING
 from retinopathy.data.index import read_index
-from retinopathy.data.labels import SPLIT_FILES, name_problem
+from retinopathy.data.labels import SPLIT_FILES, Record, name_problem
 from retinopathy.data.synthetic import render_fundus
 from retinopathy.models.build import new_model
 from retinopathy.models.grader import GraderSpec
@@ -354,3 +356,66 @@ def test_explain_draws_a_skipped_arms_reason_with_math_in_it(tmp_path, monkeypat
     assert status == 0, err
     with Image.open(Layout().explanation("scratch")) as image:
         assert image.format == "PNG"
+
+
+# ---------------------------------------------------------- 4. the work is bounded after every step
+
+
+def test_a_strip_whose_square_is_over_the_limit_is_refused_in_its_own_row_and_the_others_are_graded(
+        tmp_path, capsys):
+    # 8000x500 is exactly the 4-megapixel limit, so its header passes; padded to a square it would be
+    # 64 megapixels. Before, it was squared (at 40000x1000 that is 4.8 GB) and graded.
+    strip(tmp_path / "strip.png", 8000, 500)
+    Image.fromarray(fundus(1, 64)).save(tmp_path / "square.jpeg", quality=92)
+    Image.fromarray(np.pad(fundus(2, 64), ((0, 0), (16, 16), (0, 0)))).save(tmp_path / "camera.png")
+    status, err, rows = predict_rows(capsys, tmp_path, "strip.png", "square.jpeg", "camera.png",
+                                     max_pixels=4_000_000)
+    assert status == 1 and "1 of 3 images could not be graded" in err
+    error = rows["strip.png"]["error"]
+    assert rows["strip.png"]["grade"] == "" and str(tmp_path / "strip.png") in error
+    assert re.search(r"padding its (\d{4})x\d+ fundus to a square would make \1x\1, 6\d megapixels", error)
+    assert "over the limit of 4" in error and "data.max_pixels" in error
+    for name in ("square.jpeg", "camera.png"):  # the other rows keep their grades
+        assert rows[name]["grade"] in list("01234") and rows[name]["error"] == ""
+
+
+def test_import_kaggle_refuses_a_strip_and_a_size_over_the_maximum_before_writing_anything(tmp_path, capsys):
+    images = tmp_path / "train"
+    images.mkdir()
+    names = [f"{patient}_{eye}" for patient in range(1, 4) for eye in ("left", "right")]
+    for seed, name in enumerate(names[1:]):
+        Image.fromarray(fundus(seed, 96)).save(images / f"{name}.jpeg", quality=90)
+    # 20 megapixels: under the ceiling that holds where no params give a limit; its square is 400.
+    strip(images / "strip.png", 20000, 1000).rename(images / f"{names[0]}.jpeg")
+    labels = tmp_path / "trainLabels.csv"
+    labels.write_text("image,level\n" + "".join(f"{name},{i % 2}\n" for i, name in enumerate(names)))
+    out = tmp_path / "course"
+    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(images), "--out",
+                      str(out), "--test-fraction", "0.5", "--seed", "0", "--size", "64")
+    assert status == 2 and re.search(rf"{names[0]}\.jpeg: padding its \d{{5}}x\d+ fundus to a square", err)
+    assert f"over the limit of {PIXEL_CEILING / 1e6:g}" in err and "Traceback" not in err
+    assert not out.exists()
+    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(images), "--out",
+                      str(out), "--size", str(MAX_IMAGE_SIZE + 1))
+    assert status == 2 and f"--size {MAX_IMAGE_SIZE + 1}: at most {MAX_IMAGE_SIZE} px" in err
+    assert not out.exists()
+
+
+def _jpeg_claiming(path: Path, width: int, height: int) -> Path:
+    """A small JPEG whose frame header claims ``width`` x ``height``."""
+    Image.fromarray(fundus(3, 64)).save(path, quality=90)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\xff\xc0")  # SOF0: length (2 bytes), precision (1), height (2), width (2)
+    data[start + 5:start + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_training_decode_is_bounded_without_params_too(tmp_path):
+    # Training and evaluation decode the images prepare checked, with no limit of their own: a file
+    # replaced since then is still refused from its header, not decoded into 2.7 GB.
+    _jpeg_claiming(tmp_path / "big_left.jpeg", 30000, 30000)
+    dataset = RetinopathyDataset(tmp_path, "test", None, records=[Record("big_left", 0)])
+    with pytest.raises(RetinopathyError, match=r"big_left\.jpeg: 30000x30000 is 900 megapixels, over the "
+                                               r"limit of 178\.957 \(.*decompression-bomb limit"):
+        dataset[0]

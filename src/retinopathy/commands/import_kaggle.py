@@ -27,10 +27,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from retinopathy.core.config import cli_fraction, cli_positive_int, cli_seed
+from retinopathy.core.contract import MAX_IMAGE_SIZE
 from retinopathy.core.errors import RetinopathyError, note, warn, where
 from retinopathy.core.files import check_output_folder, staged_folder
 from retinopathy.data.fundus import square_fundus
-from retinopathy.data.images import read_image_file
+from retinopathy.data.images import PIXEL_CEILING, read_image_file
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
 from retinopathy.data.labels import MAX_LISTED, SPLIT_FILES, image_path, read_course_splits
 
@@ -39,9 +40,13 @@ JPEG_QUALITY = 95
 
 
 def _convert(task: tuple[Path, Path, int]) -> str | None:
-    """Crop, square and resize one photograph; return its name if it had no fundus."""
+    """Crop, square and resize one photograph; return its name if it had no fundus.
+
+    Without params, every step is bounded by ``PIXEL_CEILING`` (the file's header, the decode,
+    the padded square): an extreme strip is an error naming it, not gigabytes of memory.
+    """
     source, target, size = task
-    image, found = square_fundus(source, read_image_file(source), size)
+    image, found = square_fundus(source, read_image_file(source, PIXEL_CEILING), size)
     image.save(target, "JPEG", quality=JPEG_QUALITY)
     return None if found else source.stem
 
@@ -97,6 +102,10 @@ def import_kaggle(
     labels_csv, images_dir, out = Path(labels_csv), Path(images_dir), Path(out)
     if size < 1 or workers < 1:
         raise RetinopathyError(f"size and workers must be >= 1, got {size} and {workers}")
+    if size > MAX_IMAGE_SIZE:  # every image is resized to size x size: bound that work too
+        raise RetinopathyError(f"--size {size}: at most {MAX_IMAGE_SIZE} px a side, the largest image "
+                               "size any network here takes (params.yaml `data.image_size`); pass a "
+                               "smaller one")
     labels = read_kaggle_labels(labels_csv)
     if not images_dir.is_dir():
         raise RetinopathyError(f"{images_dir}: not a folder; pass Kaggle's train/ image folder")

@@ -151,13 +151,10 @@ def patient_calls(photos: list[Path], grades: list[int | None]) -> list[str]:
 
 
 def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
-    from retinopathy.data.photos import prepare_photo
+    from retinopathy.data.photos import photo_error
 
-    try:  # the dataset's worker saw the error; here it is raised again to be told
-        prepare_photo(photo, size, max_pixels)
-        reason = "could not be read"
-    except RetinopathyError as error:
-        reason = str(error)
+    # The dataset's worker saw the error; here it is raised again to be told.
+    reason = photo_error(photo, size, max_pixels) or "could not be read"
     # Blank grade, scores, referable and referable score; the patient; a blank call; the reason.
     return [str(photo), "", *[""] * (len(columns(head)) - 7), "", "", patient_of(photo.stem), "", reason]
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.data.images import upright_8bit
+from retinopathy.data.images import check_pixels, check_work, upright_8bit
 
 # The border is found on a copy about this many pixels wide: fast, and precise
 # to a fraction of a percent of the fundus diameter.
@@ -50,6 +50,15 @@ def crop_to_fundus(img: Image.Image, threshold: int = 10) -> Image.Image:
         NoFundusError: no pixel is brighter than ``threshold``.
     """
     rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return pad_to_square(rgb.crop(fundus_box(rgb, threshold)))
+
+
+def fundus_box(rgb: Image.Image, threshold: int = 10) -> tuple[int, int, int, int]:
+    """The box (left, upper, right, lower) of the fundus in the RGB image ``rgb``: see :func:`crop_to_fundus`.
+
+    Raises:
+        NoFundusError: no pixel is brighter than ``threshold``.
+    """
     width, height = rgb.size
     factor = max(1, max(width, height) // _BOX_SIDE)
     small = np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
@@ -62,13 +71,12 @@ def crop_to_fundus(img: Image.Image, threshold: int = 10) -> Image.Image:
     cols = np.flatnonzero(bright.sum(axis=0) >= min_cells)
     if rows.size == 0:
         raise NoFundusError(f"no pixel is brighter than {threshold}: the image is black")
-    box = (
+    return (
         int(cols[0]) * factor,
         int(rows[0]) * factor,
         min(width, (int(cols[-1]) + 1) * factor),
         min(height, (int(rows[-1]) + 1) * factor),
     )
-    return pad_to_square(rgb.crop(box))
 
 
 def pad_to_square(img: Image.Image) -> Image.Image:
@@ -80,7 +88,8 @@ def pad_to_square(img: Image.Image) -> Image.Image:
     return canvas
 
 
-def square_fundus(path: Path, data: bytes, size: int) -> tuple[Image.Image, bool]:
+def square_fundus(path: Path, data: bytes, size: int,
+                  max_pixels: int | None = None) -> tuple[Image.Image, bool]:
     """A photograph of any size as the course dataset holds it: the fundus, squared, ``size`` x ``size``.
 
     Decodes ``data`` (large JPEGs at a reduced DCT scale, :data:`DECODE_MARGIN`;
@@ -88,25 +97,44 @@ def square_fundus(path: Path, data: bytes, size: int) -> tuple[Image.Image, bool
     black border and pads to a centred square (:func:`crop_to_fundus`), and
     resizes with a bicubic filter. `import-kaggle` and `predict` both use it.
 
+    The work is bounded at every step, not only by the file's header: the decode and
+    the padded square may each hold at most ``max_pixels`` pixels (checked before
+    they are made; a 40000x1000 strip passes a 40-megapixel limit, its square would
+    hold 1600 megapixels), and the output is ``size`` x ``size``.
+
+    Args:
+        path: The file, named in errors.
+        data: Its bytes.
+        size: The output side (at most ``MAX_IMAGE_SIZE``: the callers' settings bound it).
+        max_pixels: The most pixels of any intermediate image (None:
+            :data:`~retinopathy.data.images.PIXEL_CEILING`).
+
     Returns:
         The RGB image, and whether a fundus was found (False: the photograph had no
         pixel brighter than the border threshold and was kept whole, padded).
 
     Raises:
-        RetinopathyError: naming ``path`` if it cannot be decoded.
+        RetinopathyError: naming ``path`` if it cannot be decoded or a step would be over the limit.
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RetinopathyError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; leave it False")
+    check_pixels(path, data, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as image:
             wanted = math.ceil(size * DECODE_MARGIN)
             image.draft("RGB", (wanted, wanted))  # JPEG DCT scaling; no-op for other formats
             image.load()
             upright = upright_8bit(image)  # EXIF orientation applied, 16-bit grey scaled to 8 bits
+            rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
             try:
-                square, found = crop_to_fundus(upright), True
+                box, found = fundus_box(rgb), True
             except NoFundusError:
-                square, found = pad_to_square(upright), False
+                box, found = (0, 0, *rgb.size), False
+            width, height = box[2] - box[0], box[3] - box[1]
+            side = max(width, height)
+            what = "fundus" if found else "image (no fundus found)"
+            check_work(path, side, side, max_pixels, f"padding its {width}x{height} {what} to a square")
+            square = pad_to_square(rgb.crop(box))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise RetinopathyError(f"{path}: cannot decode the image ({error}); the file is truncated, corrupt "
                                "or not an image") from None

@@ -41,6 +41,12 @@ _EXIF_MARKER = b"Exif\x00\x00"
 _EXIF_SEARCH_BYTES = 1 << 18
 # 16-bit greyscale modes Pillow opens (a PNG with bit depth 16 is "I;16"; older Pillow says "I").
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# The most pixels an image may hold at any step of a decode that is given no limit (training's and
+# evaluation's decode of the images `prepare` checked, import-kaggle): Pillow's own
+# decompression-bomb limit (twice its default Image.MAX_IMAGE_PIXELS), written out so that
+# libjpeg-turbo's path, which Pillow's check never sees, obeys it too, and so that a changed
+# Pillow global cannot lift it.
+PIXEL_CEILING = 2 * 89_478_485
 
 
 def _undecodable(path: Path, error: Exception) -> RetinopathyError:
@@ -114,15 +120,41 @@ def image_size(path: Path, data: bytes) -> tuple[int, int]:
         raise _undecodable(path, error) from None
 
 
-def check_pixels(path: Path, data: bytes, max_pixels: int) -> None:
+def check_pixels(path: Path, data: bytes, max_pixels: int | None) -> None:
     """Refuse an image whose header says it has more than ``max_pixels`` pixels, before decoding it."""
     width, height = image_size(path, data)
-    if width * height > max_pixels:
-        raise RetinopathyError(
-            f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:g} (params.yaml `data.max_pixels`; decoding it would take "
-            f"{width * height * 3 / 1e9:.1f} GB); remove it from the split lists, or raise the limit"
-        )
+    check_work(path, width, height, max_pixels)
+
+
+def check_work(path: Path, width: int, height: int, max_pixels: int | None, step: str | None = None) -> None:
+    """Refuse an image that holds, or after a transform would hold, more than ``max_pixels`` pixels.
+
+    Called before every step that makes a new image (the decode itself, padding to a
+    square), with the size that step would make: a header within the limit says nothing
+    about what comes after it (a 40000x1000 strip is 40 megapixels, its square 1600).
+
+    Args:
+        path: The image file, named in the message.
+        width: Width of the image the step would make.
+        height: Its height.
+        max_pixels: params.yaml's ``data.max_pixels``; None: :data:`PIXEL_CEILING`.
+        step: What makes that image, in words (None: decoding the file as stored).
+
+    Raises:
+        RetinopathyError: naming the file, the step, the size, the limit and the fix.
+    """
+    limit = PIXEL_CEILING if max_pixels is None else max_pixels
+    pixels = width * height
+    if pixels <= limit:
+        return
+    source = ("params.yaml `data.max_pixels`" if max_pixels is not None
+              else "the most any image may hold: Pillow's decompression-bomb limit")
+    fix = "remove it, or raise the limit" if max_pixels is not None else "remove it, or shrink it"
+    made = f"{width}x{height} is" if step is None else f"{step} would make {width}x{height},"
+    raise RetinopathyError(
+        f"{path}: {made} {pixels / 1e6:.0f} megapixels, over the limit of {limit / 1e6:g} ({source}; "
+        f"it would take {pixels * 3 / 1e9:.1f} GB); {fix}"
+    )
 
 
 def decode_image(path: str | Path, size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
@@ -140,7 +172,7 @@ def decode_image(path: str | Path, size: int | None = None, max_pixels: int | No
     Args:
         path: The image file (a regular file: see :func:`read_image_file`).
         size: Output side length, or None to keep the stored size.
-        max_pixels: Refuse, from the header, images with more pixels (None: no limit).
+        max_pixels: Refuse, from the header, images with more pixels (None: :data:`PIXEL_CEILING`).
 
     Returns:
         A writable, C-contiguous uint8 array of shape [H, W, 3].
@@ -159,8 +191,9 @@ def decode_data(path: Path, data: bytes, size: int | None = None,
     """:func:`decode_image` of bytes already read from ``path`` (named in errors)."""
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
-    if max_pixels is not None:
-        check_pixels(path, data, max_pixels)
+    # Every decode is bounded (PIXEL_CEILING without a limit), and the resize that follows
+    # makes size x size, which params and checkpoints bound by MAX_IMAGE_SIZE.
+    check_pixels(path, data, max_pixels)
     if data[:2] == b"\xff\xd8":  # JPEG start-of-image marker
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)

@@ -104,10 +104,13 @@ def check_photo_name(path: Path) -> None:
 def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
     """One photograph as the grader takes it: uint8 [size, size, 3].
 
+    No step holds more than ``max_pixels`` pixels: the file's header, the decode and the
+    padded square are each checked before they are made (:func:`~retinopathy.data.fundus.square_fundus`).
+
     Args:
         path: The image file.
         size: The grader's image size (its spec's).
-        max_pixels: Refuse larger images from their header (params.yaml ``data.max_pixels``).
+        max_pixels: Refuse larger images, and larger intermediate images (params.yaml ``data.max_pixels``).
 
     Raises:
         RetinopathyError: naming the file and what is wrong with it.
@@ -119,15 +122,30 @@ def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
     check_min_side(path, width, height)
     if width == height:
         return decode_image(path, size, max_pixels=max_pixels)  # as the Dataset reads training images
-    square, _ = square_fundus(path, data, COURSE_IMAGE_SIZE)  # as import-kaggle builds the course's
+    # As import-kaggle builds the course's images.
+    square, _ = square_fundus(path, data, COURSE_IMAGE_SIZE, max_pixels)
     return resize(square, size) if size != COURSE_IMAGE_SIZE else np.array(square)
+
+
+def photo_error(path: Path, size: int, max_pixels: int) -> str:
+    """Why :func:`prepare_photo` cannot use ``path``, in words ("" if it can), for its row's ``error``.
+
+    Running out of memory is one photograph's failure too: the others keep their grades.
+    """
+    try:
+        prepare_photo(path, size, max_pixels)
+    except RetinopathyError as error:
+        return str(error)
+    except MemoryError:
+        return f"{path}: not enough memory to decode it; grade it on a machine with more memory"
+    return ""
 
 
 class PhotoDataset(Dataset):
     """``dataset[i]``: ``(image [3, S, S] uint8, i)``, or ``(zeros, -1 - i)`` if photo ``i`` cannot be used.
 
     A failure never stops the batch: its index is negative, and
-    :func:`prepare_photo` says why when it is called again for that photo.
+    :func:`photo_error` says why when it is called for that photo.
     """
 
     def __init__(self, paths: Sequence[Path], size: int, max_pixels: int) -> None:
@@ -139,7 +157,7 @@ class PhotoDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         try:
             image = prepare_photo(self.paths[index], self.size, self.max_pixels)
-        except RetinopathyError:
+        except (RetinopathyError, MemoryError):  # one photograph's failure: the others are still graded
             return torch.zeros((3, self.size, self.size), dtype=torch.uint8), -1 - index
         return torch.from_numpy(image).permute(2, 0, 1), index
 

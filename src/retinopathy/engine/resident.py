@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.data.images import decode_image, jpeg_orientation, read_image_file
+from retinopathy.data.images import check_pixels, decode_image, jpeg_orientation, read_image_file
 from retinopathy.data.labels import Record, image_path
 from retinopathy.engine.runtime import Runtime
 
@@ -152,6 +152,8 @@ def decode_batched(paths: Sequence[Path], size: int, out: Tensor) -> list[int]:
         upright = {i for i in chunk if data[i][:2] == b"\xff\xd8" and jpeg_orientation(data[i]) == 1}
         jpegs = [i for i in chunk if i in upright]
         left += [i for i in chunk if i not in upright]
+        for i in jpegs:  # bounded as the CPU decoder is (the others are checked there)
+            check_pixels(paths[i], data[i], None)
         encoded = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs]
         synchronize(out.device)  # the decoder writes on its own stream: nothing may still read `out`
         try:
