@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import pickle
 import re
 from pathlib import Path
 
@@ -419,3 +420,52 @@ def test_the_training_decode_is_bounded_without_params_too(tmp_path):
     with pytest.raises(RetinopathyError, match=r"big_left\.jpeg: 30000x30000 is 900 megapixels, over the "
                                                r"limit of 178\.957 \(.*decompression-bomb limit"):
         dataset[0]
+
+
+# -------------------------------------------------------------- 5. pickles are refused, not advised
+
+
+class Payload:
+    """What a hostile pickle runs when it is loaded unsafely: it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _hostile(path: Path, fmt: str, marker: Path) -> Path:
+    if fmt == "torch":
+        torch.save({"model": Payload(marker), "spec": {}, "epoch": 1, "fingerprint": "x"}, path)
+    else:
+        path.write_bytes(pickle.dumps(Payload(marker), protocol=4))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["torch", "pickle"])
+@pytest.mark.parametrize("route", ["--checkpoint", "--blend", "train.weights"])
+def test_a_pickle_is_refused_as_not_this_projects_file_without_advising_an_unsafe_load(
+        tmp_path, monkeypatch, capsys, route, fmt):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    hostile = _hostile(tmp_path / "hostile.pt", fmt, marker)
+    Image.fromarray(fundus(1, 64)).save(tmp_path / "1_left.jpeg")
+    if route == "train.weights":
+        write_params(tmp_path, train={"weights": str(hostile)})
+        status, err = run(capsys, "weights", "--out", str(tmp_path / "init"))
+        expected = "not a PyTorch state-dict file"
+    else:
+        write_params(tmp_path)
+        good = fake_checkpoint(tmp_path / "best.pt")
+        checkpoint = hostile if route == "--checkpoint" else good
+        extra = ["--blend", str(hostile)] if route == "--blend" else []
+        status, err = run(capsys, "predict", str(tmp_path / "1_left.jpeg"), "--checkpoint", str(checkpoint),
+                          *extra, "--out", str(tmp_path / "p.csv"))
+        expected = "not a readable checkpoint written by" if route == "--checkpoint" else \
+            "not a readable blend written by"
+    assert status == 2 and f"{hostile}: {expected}" in err
+    assert "could run any code in the file, so it was not loaded" in err
+    for advice in ("weights_only", "Re-running", "torch.load", "Traceback", "trust"):
+        assert advice not in err.replace("torch.save(model.state_dict(), path)", "")
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()

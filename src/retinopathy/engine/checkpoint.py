@@ -35,6 +35,7 @@ import torch
 from retinopathy.core import portable
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import atomic_file, remove_stale_temporaries
+from retinopathy.core.torchload import load_tensors
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
 from retinopathy.pipeline import codedeps
 
@@ -178,13 +179,8 @@ def read(path: Path, fix: str | None = None) -> dict[str, Any]:
     def damaged(problem: str) -> DamagedCheckpoint:
         return DamagedCheckpoint(f"{path}: {problem}; {_fix(path, fix)}")
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise damaged("not found") from None
-    except Exception as error:  # torch raises many types for a truncated or foreign file
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise damaged(f"not a readable checkpoint, truncated or damaged ({reason})") from None
+    state = load_tensors(path, "a readable checkpoint written by `retinopathy train`", _fix(path, fix),
+                         DamagedCheckpoint)
     if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
         kind = type(state).__name__ if not isinstance(state, dict) else "dict without a run fingerprint"
         raise damaged(f"holds a {kind}, not a checkpoint of `retinopathy train`")

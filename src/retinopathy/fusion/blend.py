@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from retinopathy.core.contract import ROUNDING_THRESHOLDS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import atomic_file
+from retinopathy.core.torchload import load_tensors
 from retinopathy.evaluation.scoring import tune_thresholds
 from retinopathy.models.head import Head
 
@@ -120,12 +121,7 @@ class BlendRecord:
         Raises:
             RetinopathyError: missing, damaged or not a blend of this version; naming ``path`` and ``fix``.
         """
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise RetinopathyError(f"{path}: not found; {fix}") from None
-        except Exception as error:  # torch raises many types for a truncated or foreign file
-            raise RetinopathyError(f"{path}: not a readable blend ({type(error).__name__}); {fix}") from None
+        raw = load_tensors(path, "a readable blend written by `retinopathy fuse`", fix)
         names = set(cls.__dataclass_fields__)
         if not isinstance(raw, dict) or set(raw) != names or raw.get("format") != FORMAT:
             raise RetinopathyError(f"{path}: not a blend written by this version of `retinopathy fuse`; "

@@ -30,6 +30,7 @@ from torch import nn
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import sha256_of
+from retinopathy.core.torchload import load_tensors
 from retinopathy.models.registry import MODELS, REGISTRY, architecture
 
 
@@ -239,13 +240,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: weights file not found; fix the path in `{WEIGHTS_KEY}` (params.yaml) "
             "or use `imagenet`"
         )
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise RetinopathyError(
-            f"{path}: not a PyTorch state-dict file ({type(error).__name__}: {error}); "
-            "save one with torch.save(model.state_dict(), path)"
-        ) from None
+    obj: Any = load_tensors(path, "a PyTorch state-dict file (a plain state dict of tensors)",
+                            f"fix the path in `{WEIGHTS_KEY}` (params.yaml), or save one with "
+                            "torch.save(model.state_dict(), path)")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a checkpoint written by `retinopathy train`
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
