@@ -358,7 +358,7 @@ def json_with(*keys: str) -> Ours:
     def ours(path: Path) -> bool:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
             return False
         return isinstance(data, dict) and all(key in data for key in keys)
     return ours
