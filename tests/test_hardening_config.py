@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, subprocess_env
@@ -27,6 +28,13 @@ def run(argv: list[str], capsys) -> tuple[int, str]:
     """``retinopathy ARGV`` in this process: (exit status, stderr)."""
     code = cli.main(argv)
     return code, capsys.readouterr().err
+
+
+def ran(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``retinopathy ARGV`` in this process: (exit status, stdout, stderr)."""
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def refused(argv: list[str], capsys) -> str:
@@ -237,3 +245,155 @@ def test_a_weights_manifest_nested_thousands_deep_is_refused_by_its_reader_and_i
     err = refused(["weights"], capsys)
     assert "models/init/scratch.json: exists and was not written by `retinopathy weights`" in err
     assert manifest.read_text().startswith("[[[")
+
+
+# ----------------------------------------------------------------- 2. the resume store
+
+
+def test_a_file_where_the_resume_store_belongs_stops_training_before_the_first_epoch(tiny_project, capsys):
+    store = tiny_project / "models/.resume"
+    if store.exists():
+        store.rmdir()
+    store.write_text("my notes\n")
+    code, err = run(["train", "--init", "scratch"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "error: models/.resume: is a file, not a folder; training keeps the checkpoints of unfinished " \
+           "runs in models/.resume/<arm>/<run>/ (the resume store). Move it away (`mv models/.resume " \
+           "models/.resume.moved`) and train again" in err
+    assert "epoch 1/" not in capsys.readouterr().out + err and store.read_text() == "my notes\n"
+    assert not (tiny_project / "models/scratch/last.pt").exists()
+    # One level down too: an arm's folder of the store that is a link to nothing.
+    store.unlink()
+    store.mkdir()
+    (store / "scratch").symlink_to(tiny_project / "gone")
+    code, err = run(["train", "--init", "scratch"], capsys)
+    assert code == 2 and "error: models/.resume/scratch: is a link to nothing, not a folder" in err
+
+
+def stored_run(models: Path, name: str, epoch: int = 2, megabytes: int = 1, *, fingerprint: str | None = None,
+               age_days: float = 0.0, inputs: dict | None = None) -> Path:
+    """A run in the resume store as training leaves it: ``last.pt`` (a :func:`checkpoint.last_state`)."""
+    from retinopathy.engine import checkpoint
+
+    arm, run_id = name.split("/")
+    folder = models / ".resume" / arm / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_atomic(checkpoint.last_state(
+        model={"w": torch.zeros(megabytes * 250_000)}, spec={"model": "resnet50"}, optimizer={}, scheduler={},
+        epoch=epoch, history=[{}] * epoch, rng={}, fingerprint=fingerprint or run_id,
+        fingerprint_inputs=inputs or {"params": {"train": {"lr": 0.1}}}, config={}), folder / "last.pt")
+    if age_days:
+        then = time.time() - age_days * 86400
+        for path in (folder / "last.pt", folder):
+            os.utime(path, (then, then))
+    return folder
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch) -> Path:
+    """A project folder whose resume store holds two runs, and five entries that are not the store's own."""
+    monkeypatch.chdir(tmp_path)
+    models = tmp_path / "models"
+    stored_run(models, "scratch/0123456789abcdef", epoch=2, megabytes=3, age_days=40)
+    stored_run(models, "pretrained/fedcba9876543210", epoch=1, megabytes=2, age_days=1)
+    foreign = stored_run(models, "scratch/aaaaaaaaaaaaaaaa")
+    (foreign / "notes.txt").write_text("mine\n")  # a user's file in a run's folder
+    stored_run(models, "scratch/bbbbbbbbbbbbbbbb", fingerprint="cccccccccccccccc")  # another run's checkpoint
+    stored_run(models, "scratch/not-a-run")  # not the store's name
+    (models / ".resume/pretrained/dddddddddddddddd").symlink_to(tmp_path)  # a link, not the store's folder
+    (models / ".resume/readme.txt").write_text("mine\n")  # where an arm's folder belongs
+    return models / ".resume"
+
+
+FOREIGN = ["scratch/aaaaaaaaaaaaaaaa", "scratch/bbbbbbbbbbbbbbbb", "scratch/not-a-run",
+           "pretrained/dddddddddddddddd", "readme.txt"]
+
+
+def test_resume_list_names_each_run_its_size_and_age_and_what_is_not_the_store_s(store, capsys):
+    code, out, err = ran(["resume"], capsys)  # `list` is the default
+    assert code == 0 and not err
+    # the store's two runs, oldest first, with their size (3 MB and 2 MB of tensors) and age
+    assert "models/.resume: 2 unfinished runs, 5.0 MB, oldest first:\n" \
+           "  scratch/0123456789abcdef: resnet50, epoch 2, 3.0 MB, last written 40 days ago\n" \
+           "  pretrained/fedcba9876543210: resnet50, epoch 1, 2.0 MB, last written 24 hours ago\n" in out
+    assert "holds notes.txt, which the store never writes" in out
+    assert "its last.pt is not a checkpoint of the run bbbbbbbbbbbbbbbb" in out
+    assert "its name is not <arm>/<16 hex digits>" in out and "is a link, not a folder the store made" in out
+    assert "models/.resume/readme.txt: is a file, not a folder the store made" in out
+
+
+def test_resume_prune_removes_only_what_the_store_made(store, capsys):
+    code, out, err = ran(["resume", "prune", "--all"], capsys)
+    assert code == 0, err
+    assert "removed models/.resume/scratch/0123456789abcdef (3.0 MB)" in out and "freed 5.0 MB" in out
+    assert not (store / "scratch/0123456789abcdef").exists()
+    assert not (store / "pretrained/fedcba9876543210").exists()
+    for name in FOREIGN:  # each kept, and named
+        assert os.path.lexists(store / name), name
+        assert f"left alone: {store.relative_to(store.parent.parent) / name}" in err
+    assert (store / "scratch/aaaaaaaaaaaaaaaa/notes.txt").read_text() == "mine\n"
+    assert (store / "scratch/aaaaaaaaaaaaaaaa/last.pt").is_file()  # not half removed either
+
+
+def test_resume_prune_by_name_and_by_age(store, capsys):
+    code, err = run(["resume", "prune", "--older-than", "30"], capsys)
+    assert code == 0, err
+    assert not (store / "scratch/0123456789abcdef").exists()
+    assert (store / "pretrained/fedcba9876543210").is_dir()  # a day old
+    code, err = run(["resume", "prune", "pretrained/fedcba9876543210"], capsys)
+    assert code == 0, err
+    assert not (store / "pretrained/fedcba9876543210").exists() and os.path.lexists(store / FOREIGN[3])
+    code, out, err = ran(["resume", "prune", "--all", "--arm", "pretrained"], capsys)
+    assert code == 0 and "models/.resume: nothing to prune" in out
+
+
+@pytest.mark.parametrize("name", FOREIGN[:3] + ["scratch/eeeeeeeeeeeeeeee"])
+def test_resume_prune_of_a_folder_that_is_not_the_store_s_run_is_refused_and_removes_nothing(store, capsys,
+                                                                                           name):
+    before = sorted(str(path) for path in store.rglob("*"))
+    err = refused(["resume", "prune", "scratch/0123456789abcdef", name], capsys)
+    assert name in err and ("not removed" in err or "no such run in the resume store" in err)
+    assert sorted(str(path) for path in store.rglob("*")) == before
+
+
+def test_resume_prune_waits_for_no_training_it_refuses_while_the_arm_trains(store, capsys):
+    from retinopathy.core.contract import Layout
+    from retinopathy.core.files import exclusive_lock
+
+    with exclusive_lock(Layout().arm("scratch").lock, "training of the scratch arm"):
+        err = refused(["resume", "prune", "--all"], capsys)
+    assert "training of the scratch arm is already running" in err
+    assert (store / "scratch/0123456789abcdef/last.pt").is_file()
+    assert (store / "pretrained/fedcba9876543210/last.pt").is_file()  # nothing at all removed
+
+
+@pytest.mark.parametrize("argv", [["resume", "prune"], ["resume", "list", "--all"],
+                                  ["resume", "prune", "scratch/0123456789abcdef", "--all"]])
+def test_resume_asks_what_to_prune_rather_than_guessing(store, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and "retinopathy resume: error:" in capsys.readouterr().err
+    assert (store / "scratch/0123456789abcdef/last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_training_names_the_unfinished_runs_of_other_settings_and_the_prune_removes_them(tiny_project,
+                                                                                         capsys):
+    from retinopathy.core.config import load_params
+    from retinopathy.engine import checkpoint
+
+    # A run killed in epoch 4 with train.lr 0.1, where the project now has 0.01.
+    params = checkpoint.training_params(load_params("params.yaml").to_dict())
+    params["train"]["lr"] = 0.1
+    stale = stored_run(tiny_project / "models", "scratch/0123456789abcdef", epoch=3, megabytes=4,
+                       inputs={"params": params})
+    code, err = run(["train", "--init", "scratch"], capsys)
+    assert code == 0, err
+    assert "note: models/.resume/scratch holds 1 unfinished run of other settings (4.0 MB), which resume " \
+           "only if their settings come back:\n  scratch/0123456789abcdef: resnet50, epoch 3, 4.0 MB, " \
+           "last written within the hour (its settings -> these: params.train.lr: 0.1 -> 0.01; " in err
+    command = "retinopathy resume prune scratch/0123456789abcdef"
+    assert f"remove them with `{command}`" in err
+    assert stale.is_dir()  # training only names it
+    code, err = run(command.split()[1:], capsys)
+    assert code == 0 and not stale.exists() and not (tiny_project / "models/.resume").exists()

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": (_COMMANDS + "predict", "grade new photographs with a trained arm (CSV, heat maps)"),
     "export": (_COMMANDS + "export", "write a trained arm as ONNX or TorchScript with a model card"),
     "bench": (_COMMANDS + "bench", "measure input-pipeline and training throughput"),
+    "resume": (_COMMANDS + "resume", "list or prune the unfinished training runs kept for resuming"),
 }
 
 
