@@ -38,10 +38,10 @@ def ran(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def refused(argv: list[str], capsys) -> str:
-    """The one-line error of ``retinopathy ARGV``, which must exit 2 without a traceback."""
+    """The error of ``retinopathy ARGV`` (after any notes), which must exit 2 without a traceback."""
     code, err = run(argv, capsys)
     assert code == 2, err
-    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     return err
 
 
@@ -397,3 +397,121 @@ def test_training_names_the_unfinished_runs_of_other_settings_and_the_prune_remo
     assert stale.is_dir()  # training only names it
     code, err = run(command.split()[1:], capsys)
     assert code == 0 and not stale.exists() and not (tiny_project / "models/.resume").exists()
+
+
+# ----------------------------------------------------------------- 3. names at the file-name limit
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A ``best.pt`` as training writes one (an untrained ResNet18 at 32 px): enough to grade and export."""
+    from retinopathy.models.build import build_model
+    from retinopathy.models.grader import GraderSpec
+
+    torch.manual_seed(0)
+    net = build_model("resnet18", num_classes=5, weights=None)
+    spec = GraderSpec(model="resnet18", image_size=32, normalize="imagenet", preprocess="none",
+                      loss="cross_entropy", thresholds=None)
+    torch.save({"model": net.state_dict(), "spec": spec.to_dict(), "epoch": 1, "fingerprint": "0" * 16,
+                "test_accuracy": 0.5}, path)
+    return path
+
+
+@pytest.fixture()
+def user(tmp_path, monkeypatch) -> Path:
+    """A user's folder: params.yaml, a checkpoint, a photo, Kaggle's labels and images; cwd set to it."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(SHIPPED)
+    tiny_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (64, 64), (120, 40, 20)).save(tmp_path / "photos/eye_left.png")
+    (tmp_path / "trainLabels.csv").write_text("image,level\n10_left,0\n")
+    (tmp_path / "train").mkdir()
+    return tmp_path
+
+
+OUTPUTS = {  # each command that takes an output path, with OUT where it goes
+    "predict": ["predict", "photos", "--checkpoint", "best.pt", "--out", "OUT"],
+    "predict --explain": ["predict", "photos", "--checkpoint", "best.pt", "--explain", "OUT"],
+    "export": ["export", "--checkpoint", "best.pt", "--format", "torchscript", "--out", "OUT"],
+    "bench": ["bench", "--json", "OUT"],
+    "weights": ["weights", "--no-download", "--out", "OUT"],
+    "prepare": ["prepare", "--out", "OUT"],
+    "compare": ["compare", "--out", "OUT"],
+    "demo-data": ["demo-data", "--out", "OUT"],
+    "report": ["report", "--metrics", str(REPO / "metrics"), "--out", "OUT"],
+    "import-kaggle": ["import-kaggle", "--labels", "trainLabels.csv", "--images", "train", "--out", "OUT"],
+}
+
+
+# Folders that are only filled, never replaced as a whole: a name that fits is fine, temporaries or not.
+CONTAINERS = ("predict --explain", "weights", "report")
+
+
+@pytest.mark.parametrize("length", [240, 300])  # fits alone but not with a temporary; fits nowhere
+@pytest.mark.parametrize("command", OUTPUTS)
+def test_an_output_name_at_or_over_the_limit_is_refused_before_any_work(user, capsys, monkeypatch, command,
+                                                                        length):
+    from retinopathy.commands.bench import cli as bench_cli
+
+    monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
+    name = "o" * length
+    before = sorted(path.name for path in user.iterdir())
+    argv = [name if arg == "OUT" else arg for arg in OUTPUTS[command]]
+    limit = os.pathconf(user, "PC_NAME_MAX")
+    if length <= limit and command in CONTAINERS:
+        code, err = run(argv, capsys)
+        assert code == 0 and (user / name).is_dir(), err  # no limit where none applies
+        return
+    err = refused(argv, capsys)
+    if length > limit:
+        assert f"is {length} bytes, over this filesystem's limit of {limit} bytes per file name" in err
+    else:  # the name with its temporary
+        assert f"'{'o' * 28}...{'o' * 28}' is {length} bytes; it is written under a temporary name " in err
+        assert "bytes longer first (`.<name>.<host>-<pid>.<random>.tmp`), which is over this filesystem's " \
+               f"limit of {limit} bytes per file name. Choose a name of at most" in err
+    assert len(err.splitlines()[-1]) < 600
+    assert sorted(path.name for path in user.iterdir()) == before  # nothing written, not even a folder
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "LONG.png", "--checkpoint", "best.pt"], ["predict", "photos", "--checkpoint", "LONG.pt"],
+    ["import-kaggle", "--labels", "trainLabels.csv", "--images", "LONG", "--out", "kaggle"],
+    ["report", "--metrics", "LONG", "--out", "plots"], ["prepare", "--params", "LONG.yaml"]])
+def test_an_input_path_over_the_limit_is_a_clear_error(user, capsys, argv):
+    long = "i" * 300
+    err = refused([arg.replace("LONG", long) for arg in argv], capsys)
+    assert "i" * 40 in err and ("over the filesystem's limit" in err or "File name too long" in err)
+    assert not (user / "kaggle").exists() and not (user / "plots").exists()
+
+
+def test_an_input_named_near_the_limit_gives_no_output_named_after_it(user, capsys):
+    photo = user / "photos" / ("p" * 250 + ".png")
+    (user / "photos/eye_left.png").rename(photo)  # 254 bytes: a file, but its heat map's temporary cannot be
+    err = refused(["predict", str(photo), "--checkpoint", "best.pt", "--explain", "heat"], capsys)
+    assert "heat/ppp" in err and "is 254 bytes; it is written under a temporary name" in err
+    assert not (user / "heat").exists() and not (user / "predictions.csv").exists()
+
+
+@pytest.mark.parametrize("where", ["import-kaggle", "predict list", "prepare"])
+def test_an_image_name_whose_file_cannot_exist_is_refused_with_its_line(user, capsys, where):
+    name = "1" * 250 + "_left"  # <name>.jpeg: 260 bytes
+    if where == "import-kaggle":
+        (user / "trainLabels.csv").write_text(f"image,level\n10_left,0\n{name},1\n")
+        argv, listed = OUTPUTS["import-kaggle"][:-1] + ["kaggle"], "trainLabels.csv:3"
+    elif where == "predict list":
+        (user / "photos/list.csv").write_text(f"eye_left\n{name}\n")
+        argv, listed = ["predict", "photos/list.csv", "--checkpoint", "best.pt"], "photos/list.csv:2"
+    else:
+        course = user / "course"
+        course.mkdir()
+        for split in ("train", "test"):
+            (course / f"{split}_img.csv").write_text(f"{split}1_left\n{name if split == 'test' else 'a'}\n")
+            (course / f"{split}_label.csv").write_text("0\n1\n")
+        (user / "params.yaml").write_text(SHIPPED.replace("root: data/demo", "root: course"))
+        argv, listed = ["prepare"], "course/test_img.csv:2"
+    err = refused(argv, capsys)
+    assert f"{listed}: '{'1' * 40}... (255 characters)' is too long an image name: its file <name>.jpeg " \
+           "would be 260 bytes, over the limit of 255 bytes per file name; shorten it (at most 250 " \
+           "bytes)" in err
