@@ -7,7 +7,9 @@ only maps names to modules, so ``retinopathy train`` in a DVC stage and
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 from importlib import metadata
 
@@ -33,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": (_COMMANDS + "predict", "grade new photographs with a trained arm (CSV, heat maps)"),
     "export": (_COMMANDS + "export", "write a trained arm as ONNX or TorchScript with a model card"),
     "bench": (_COMMANDS + "bench", "measure input-pipeline and training throughput"),
+    "resume": (_COMMANDS + "resume", "list or prune the unfinished training runs kept for resuming"),
 }
 
 
@@ -82,4 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     except RetinopathyError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # A path the user typed with a name over the filesystem's limit: every output is checked
+        # before any work (core.files.check_name_length), and this catches the inputs, whose stat fails.
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        name = os.fsdecode(error.filename or "")
+        shown = name if len(name) <= 120 else f"{name[:58]}...{name[-58:]}"
+        print(f"error: {shown}: a name in this path is over the filesystem's limit (255 bytes per file name "
+              "on most), so no such file can exist; pass a shorter path", file=sys.stderr)
         return 2

@@ -157,7 +157,7 @@ class Provenance:
 def _json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
         return {}
     return value if isinstance(value, dict) else {}
 

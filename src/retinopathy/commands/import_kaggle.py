@@ -29,7 +29,7 @@ from tqdm import tqdm
 from retinopathy.core.config import cli_fraction, cli_positive_int, cli_seed
 from retinopathy.core.contract import MAX_IMAGE_SIZE
 from retinopathy.core.errors import RetinopathyError, note, warn, where
-from retinopathy.core.files import check_output_folder, staged_folder
+from retinopathy.core.files import check_name_length, check_output_folder, staged_folder
 from retinopathy.data.fundus import square_fundus
 from retinopathy.data.images import PIXEL_CEILING, read_image_file
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
@@ -100,6 +100,7 @@ def import_kaggle(
             an undecodable image, or an existing non-empty ``out``.
     """
     labels_csv, images_dir, out = Path(labels_csv), Path(images_dir), Path(out)
+    check_name_length(out)  # before `out.exists()`, which fails with an OSError on an over-long name
     if size < 1 or workers < 1:
         raise RetinopathyError(f"size and workers must be >= 1, got {size} and {workers}")
     if size > MAX_IMAGE_SIZE:  # every image is resized to size x size: bound that work too

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
+import reprlib
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,48 @@ MAX_SEED = 2**32 - 1
 # A number as `dvc exp run -S key=1e-10` writes it: YAML 1.1 reads a float without a
 # dot ("1e-10") as a string, so for keys that hold numbers such a string is accepted.
 _NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+# Upper bounds of the numbers in params.yaml. None of them is a limit of the method: each is far
+# beyond what anyone grading fundus photographs uses, and stops a typo (an extra zero or three)
+# from asking for days of work or all the memory before anything useful happens.
+MAX_EPOCHS = 1000  # train.epochs (the lab: 5-10; Huang et al. 2023: 25; Kaggle 2015 winners: about 250)
+MAX_BATCH = 16384  # train.batch_size, global over all GPUs (one H200 trains ResNet18 at 256)
+MAX_IMAGES = 1_000_000  # demo sizes and train.precise_bn_images (EyePACS has 88,702 photographs)
+MAX_WORKERS = 1024  # data.num_workers, DataLoader processes
+MAX_MEGAPIXELS = 1000  # data.max_pixels in millions (Kaggle's full-size photographs: about 15)
+MAX_LR = 10.0  # train.lr (the lab: 0.001; SGD beyond 1 diverges on any of these networks)
+MAX_DECAY = 1.0  # train.weight_decay and fuse.weight_decay (the field: 1e-5 to 0.05)
+MAX_RESAMPLES = 100_000  # evaluate.bootstrap (1,000 to 10,000 is usual for a 95% percentile interval)
+MAX_HIDDEN = 4096  # fuse.hidden (Kaggle 2015's o_O blended with 32 units; the default is 32)
+MAX_FUSE_EPOCHS = 10_000  # fuse.epochs (the default: 60)
+MAX_FUSE_BATCH = 65_536  # fuse.batch_size (a whole training split of two-eyed patients fits in one)
+MAX_FUSE_LR = 1.0  # fuse.lr, Adam's (its usual 0.001; beyond 1 every blend diverges)
+
+# What a params file may be. The project's params.yaml is about 7 KB, 3 levels deep (section, key,
+# per-model mapping) and about 100 values; a file far beyond these is a mistake or an attack (a
+# "billion laughs" of YAML aliases, or thousands of nested brackets that overflow the parser's stack).
+MAX_PARAMS_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 32  # nesting levels of mappings and lists
+MAX_VALUES = 10_000  # values after expanding every YAML alias (`*name`)
+EXCERPT = 80  # characters of a user's value that a message quotes
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 6
+
+
+def excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """A short ``repr`` of a user's value for a message: at most ``limit`` characters, whatever its size.
+
+    ``reprlib`` looks at only a few levels and items, so the work is bounded too (a
+    value built from YAML aliases may be billions of items long once expanded).
+    """
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer too long to print (Python's 4300-digit limit)
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    text = text if len(text) <= limit else f"{text[:limit]}..."
+    return f"{text} ({len(value):,} characters)" if isinstance(value, str) and len(value) > 60 else text
 
 
 # The dataclasses carry no defaults: params.yaml is the only place a default is
@@ -186,12 +231,14 @@ def _fail(source: str, key: str, problem: str) -> RetinopathyError:
 def _section(cls: type, raw: Any, source: str, prefix: str) -> dict[str, Any]:
     """Check that mapping ``raw`` has exactly the fields of dataclass ``cls``; return it."""
     if not isinstance(raw, dict):
-        raise _fail(source, prefix, f"must be a mapping of keys, got {raw!r}")
+        raise _fail(source, prefix, f"must be a mapping of keys, got {excerpt(raw)}")
     allowed = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    unknown = sorted(set(raw) - set(allowed))
+    # Keys may be of any type YAML reads (`1: x` is an integer key): order them by their text.
+    unknown = sorted((key for key in raw if key not in allowed), key=_key_text)
     if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise _fail(source, key, f"is not a known key; allowed here: {', '.join(allowed)}")
+        key = f"{prefix}.{_key_text(unknown[0])}" if prefix else _key_text(unknown[0])
+        kind = "" if isinstance(unknown[0], str) else f" ({_KEY_KINDS.get(type(unknown[0]), 'not')} a name)"
+        raise _fail(source, key, f"is not a known key{kind}; allowed here: {', '.join(allowed)}")
     missing = [name for name in allowed if name not in raw]
     if missing:
         key = f"{prefix}.{missing[0]}" if prefix else missing[0]
@@ -200,15 +247,29 @@ def _section(cls: type, raw: Any, source: str, prefix: str) -> dict[str, Any]:
     return raw
 
 
-def _int(source: str, key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(source, key, f"must be an integer >= {minimum}, got {value!r}")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,60}")
+_KEY_KINDS = {int: "a number, not", float: "a number, not", bool: "true or false, not",
+              type(None): "null, not"}
+
+
+def _key_text(key: Any) -> str:
+    """A key as a message shows it: a plain name as it is, anything else as a short ``repr``."""
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else excerpt(key, 60)
+
+
+def _int(source: str, key: str, value: Any, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    """``value`` if it is an integer in ``minimum``..``maximum`` (``why``: what the maximum allows)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f">= {minimum} and at most {maximum:,}{why}"
+        raise _fail(source, key, f"must be an integer {bound}, got {excerpt(value)}")
     return value
 
 
 def _seed(source: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise _fail(source, key, f"must be an integer seed in 0..{MAX_SEED} (2**32 - 1), got {value!r}")
+        raise _fail(source, key, f"must be an integer seed in 0..{MAX_SEED} (2**32 - 1), "
+                    f"got {excerpt(value)}")
     return value
 
 
@@ -237,7 +298,7 @@ def _cli_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str)
         except ValueError:
             value = None
         if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {excerpt(text)}")
         return value
     check.__doc__ = f"argparse type: {what}."
     return check
@@ -251,20 +312,27 @@ cli_positive_float = _cli_type(float, lambda value: math.isfinite(value) and val
 cli_fraction = _cli_type(float, lambda value: 0 < value < 1, "a number between 0 and 1 (exclusive)")
 
 
-def _number(source: str, key: str, value: Any, low: float, high: float | None = None) -> float:
+def _number(source: str, key: str, value: Any, low: float, high: float | None = None,
+            most: float | None = None, why: str = "") -> float:
+    """``value`` as a float if it is finite and in [``low``, ``high``) (or [``low``, ``most``])."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(source, key, f"must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise _fail(source, key, f"must be a finite number, got {value!r}")
-    if value < low or (high is not None and value >= high):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise _fail(source, key, f"must be {bound}, got {value!r}")
-    return float(value)
+        raise _fail(source, key, f"must be a number, got {excerpt(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(source, key, f"must be a finite number, got {excerpt(value)}")
+    # An integer is compared as it is: one of 400 digits is beyond every float, but not beyond `most`.
+    if value < low or (high is not None and value >= high) or (most is not None and value > most):
+        bound = (f"in [{low}, {high})" if high is not None else f">= {low} and at most {most}{why}"
+                 if most is not None else f">= {low}")
+        raise _fail(source, key, f"must be {bound}, got {excerpt(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond every float, where no upper bound stopped it
+        raise _fail(source, key, f"must be a finite number, got {excerpt(value)}") from None
 
 
 def _choice(source: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise _fail(source, key, f"must be one of {', '.join(choices)}; got {value!r}")
+        raise _fail(source, key, f"must be one of {', '.join(choices)}; got {excerpt(value)}")
     return value
 
 
@@ -281,10 +349,11 @@ def _demo(raw: Any, source: str) -> DemoParams:
     _seed(source, "demo.seed", out.seed)
     for key in ("train_size", "test_size"):  # images: two per patient
         value = getattr(out, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 10 or value % 2:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 10 or value % 2 \
+                or value > MAX_IMAGES:
             raise _fail(source, f"demo.{key}", f"must be an even integer >= 10 (two eyes per patient, "
-                        f"at least 5 patients), got {value!r}")
-    _int(source, "demo.image_size", out.image_size, 32)
+                        f"at least 5 patients) and at most {MAX_IMAGES:,}, got {excerpt(value)}")
+    _int(source, "demo.image_size", out.image_size, 32, MAX_IMAGE_SIZE)
     _bool(source, "demo.variation", out.variation)
     return out
 
@@ -293,20 +362,21 @@ def _data(raw: Any, source: str) -> DataParams:
     raw = _numbers_from_text(DataParams, _section(DataParams, raw, source, "data"))
     out = DataParams(**raw)
     if not isinstance(out.root, str) or not out.root:
-        raise _fail(source, "data.root", f"must be a folder path, got {out.root!r}")
+        raise _fail(source, "data.root", f"must be a folder path, got {excerpt(out.root)}")
     _choice(source, "data.split", out.split, DATA_SPLITS)
     if out.image_size is not None:
         _int(source, "data.image_size", out.image_size, 32)
         if out.image_size > MAX_IMAGE_SIZE:
             raise _fail(source, "data.image_size", f"must be at most {MAX_IMAGE_SIZE} (or null), got "
-                        f"{out.image_size!r}")
+                        f"{excerpt(out.image_size)}")
     _number(source, "data.val_fraction", out.val_fraction, 0.0, 0.9)
     _seed(source, "data.seed", out.seed)
     if out.num_workers != "auto":
-        _int(source, "data.num_workers", out.num_workers, 0)
+        _int(source, "data.num_workers", out.num_workers, 0, MAX_WORKERS, " (or auto)")
     if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
-        raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {out.cache_dir!r}")
-    _int(source, "data.max_pixels", out.max_pixels, 32 * 32)
+        raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {excerpt(out.cache_dir)}")
+    _int(source, "data.max_pixels", out.max_pixels, 32 * 32, MAX_MEGAPIXELS * 10**6,
+         " (Kaggle's full-size photographs have about 15 million)")
     out = dataclasses.replace(out, on_device=_switch(source, "data.on_device", out.on_device))
     _choice(source, "data.preprocess", out.preprocess, PREPROCESSES)
     return out
@@ -314,7 +384,7 @@ def _data(raw: Any, source: str) -> DataParams:
 
 def _bool(source: str, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(source, key, f"must be true or false, got {value!r}")
+        raise _fail(source, key, f"must be true or false, got {excerpt(value)}")
     return value
 
 
@@ -324,13 +394,13 @@ def _augment(raw: Any, source: str) -> AugmentParams:
     _bool(source, "augment.flip", out.flip)
     _number(source, "augment.rotate", out.rotate, 0.0)
     if out.rotate > 180:
-        raise _fail(source, "augment.rotate", f"must be in [0, 180] degrees, got {out.rotate!r}")
+        raise _fail(source, "augment.rotate", f"must be in [0, 180] degrees, got {excerpt(out.rotate)}")
     if out.scale is not None:
         bad = not isinstance(out.scale, list) or len(out.scale) != 2
         if bad or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in out.scale) \
                 or not 0 < out.scale[0] <= out.scale[1] <= 4 or not all(map(math.isfinite, out.scale)):
             raise _fail(source, "augment.scale", "must be null or [min, max] with 0 < min <= max <= 4, "
-                        f"e.g. [0.87, 1.15]; got {out.scale!r}")
+                        f"e.g. [0.87, 1.15]; got {excerpt(out.scale)}")
     _number(source, "augment.translate", out.translate, 0.0, 0.5)
     _number(source, "augment.brightness", out.brightness, 0.0, 1.0)
     _number(source, "augment.contrast", out.contrast, 0.0, 1.0)
@@ -346,14 +416,16 @@ def _evaluate(raw: Any, source: str) -> EvaluateParams:
     if not isinstance(points, dict) or set(points) != set(OPERATING_POINTS):
         raise _fail(source, "evaluate.operating_points", f"must be a mapping of exactly "
                     f"{', '.join(OPERATING_POINTS)} to a target in (0, 1], e.g. "
-                    f"{{high_sensitivity: 0.9, high_specificity: 0.9}}; got {points!r}")
+                    f"{{high_sensitivity: 0.9, high_specificity: 0.9}}; got {excerpt(points)}")
     for point, target in points.items():
         key = f"evaluate.operating_points.{point}"
         if isinstance(target, str) and _NUMBER_TEXT.fullmatch(target.strip()):
             target = float(target)
         if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
-            raise _fail(source, key, f"must be a target in (0, 1] (a share: 0.9, not 90), got {target!r}")
-    _int(source, "evaluate.bootstrap", out.bootstrap, 0)
+            raise _fail(source, key, "must be a target in (0, 1] (a share: 0.9, not 90), "
+                        f"got {excerpt(target)}")
+    _int(source, "evaluate.bootstrap", out.bootstrap, 0, MAX_RESAMPLES,
+         " resamples (1,000 to 10,000 is usual for a 95% interval)")
     _seed(source, "evaluate.seed", out.seed)
     return dataclasses.replace(out, operating_points={p: float(points[p]) for p in OPERATING_POINTS})
 
@@ -362,13 +434,13 @@ def _fuse(raw: Any, source: str) -> FuseParams:
     out = FuseParams(**_numbers_from_text(FuseParams, _section(FuseParams, raw, source, "fuse")))
     _choice(source, "fuse.method", out.method, FUSION_METHODS)
     _choice(source, "fuse.inputs", out.inputs, FUSION_INPUTS)
-    _int(source, "fuse.hidden", out.hidden, 0)
-    _int(source, "fuse.epochs", out.epochs, 1)
-    _int(source, "fuse.batch_size", out.batch_size, 1)
-    _number(source, "fuse.lr", out.lr, 0.0)
+    _int(source, "fuse.hidden", out.hidden, 0, MAX_HIDDEN, " units (0: linear; the default blend has 32)")
+    _int(source, "fuse.epochs", out.epochs, 1, MAX_FUSE_EPOCHS)
+    _int(source, "fuse.batch_size", out.batch_size, 1, MAX_FUSE_BATCH)
+    _number(source, "fuse.lr", out.lr, 0.0, most=MAX_FUSE_LR, why=" (Adam's; its usual is 0.001)")
     if out.lr == 0:
         raise _fail(source, "fuse.lr", "must be > 0")
-    _number(source, "fuse.weight_decay", out.weight_decay, 0.0)
+    _number(source, "fuse.weight_decay", out.weight_decay, 0.0, most=MAX_DECAY)
     _seed(source, "fuse.seed", out.seed)
     return dataclasses.replace(out, lr=float(out.lr), weight_decay=float(out.weight_decay))
 
@@ -376,7 +448,8 @@ def _fuse(raw: Any, source: str) -> FuseParams:
 def _per_model(source: str, key: str, mapping: dict) -> None:
     unknown = unknown_keys(mapping)
     if unknown or not mapping:
-        where, problem = (f"{key}.{unknown[0]}", "is not a model's name") if unknown else (key, "is empty")
+        where, problem = (f"{key}.{_key_text(unknown[0])}", "is not a model's name") if unknown \
+            else (key, "is empty")
         raise _fail(source, where, f"{problem}; a per-model mapping takes `{DEFAULT}` (the value of the "
                     f"models it does not name) and model names: {', '.join(MODELS)} (e.g. "
                     f"`{{{DEFAULT}: ..., {MODELS[-1]}: ...}}`); or write one value for every model")
@@ -388,33 +461,34 @@ def _train(raw: Any, source: str) -> TrainParams:
     if isinstance(out.epochs, dict):
         _per_model(source, "train.epochs", out.epochs)
         for model, epochs in out.epochs.items():
-            _int(source, f"train.epochs.{model}", epochs, 1)
+            _int(source, f"train.epochs.{_key_text(model)}", epochs, 1, MAX_EPOCHS)
     else:
-        _int(source, "train.epochs", out.epochs, 1)
-    _int(source, "train.batch_size", out.batch_size, 1)
-    _number(source, "train.lr", out.lr, 0.0)
+        _int(source, "train.epochs", out.epochs, 1, MAX_EPOCHS)
+    _int(source, "train.batch_size", out.batch_size, 1, MAX_BATCH, " (over all GPUs together)")
+    _number(source, "train.lr", out.lr, 0.0, most=MAX_LR, why=" (the lab's is 0.001)")
     if out.lr == 0:
         raise _fail(source, "train.lr", "must be > 0")
     _number(source, "train.momentum", out.momentum, 0.0, 1.0)
-    _number(source, "train.weight_decay", out.weight_decay, 0.0)
+    _number(source, "train.weight_decay", out.weight_decay, 0.0, most=MAX_DECAY, why=" (the lab's is 0.0005)")
     _seed(source, "train.seed", out.seed)
-    _int(source, "train.precise_bn_images", out.precise_bn_images, 0)
+    _int(source, "train.precise_bn_images", out.precise_bn_images, 0, MAX_IMAGES, " (0: off)")
     _choice(source, "train.device", out.device, DEVICES)
     if isinstance(out.weights, dict):
         _per_model(source, "train.weights", out.weights)
     for value in out.weights.values() if isinstance(out.weights, dict) else [out.weights]:
         if not isinstance(value, str) or not value:
             raise _fail(source, "train.weights", "must be `imagenet` or the path of a .pth/.pt file "
-                        f"(or a mapping of those per model: {DEFAULT}, {', '.join(MODELS)}); got {value!r}")
+                        f"(or a mapping of those per model: {DEFAULT}, {', '.join(MODELS)}); "
+                        f"got {excerpt(value)}")
     _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
     _choice(source, "train.precision", out.precision, PRECISIONS)
     _choice(source, "train.schedule", out.schedule, SCHEDULES)
-    _int(source, "train.warmup_epochs", out.warmup_epochs, 0)
+    _int(source, "train.warmup_epochs", out.warmup_epochs, 0, MAX_EPOCHS)
     _bool(source, "train.nesterov", out.nesterov)
     if isinstance(out.zero_init_residual, dict):
         _per_model(source, "train.zero_init_residual", out.zero_init_residual)
         for model, flag in out.zero_init_residual.items():
-            _bool(source, f"train.zero_init_residual.{model}", flag)
+            _bool(source, f"train.zero_init_residual.{_key_text(model)}", flag)
     else:
         _bool(source, "train.zero_init_residual", out.zero_init_residual)
     if out.nesterov and out.momentum == 0:
@@ -482,23 +556,184 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``.
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(path: Path, mode: int) -> RetinopathyError:
+    kind = next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+    return RetinopathyError(f"{path}: is {kind}, not a params file; pass --params PATH of a YAML file "
+                            "(the project's params.yaml)")
+
+
+def _read_text(path: Path) -> str:
+    """The text of the params file ``path``, read only if it is a regular file of a sensible size.
+
+    A named pipe would block the read until something writes to it (every command would
+    hang), and a device may never end: both are refused from their ``stat``, before opening.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_file(path, mode)
+        # O_NONBLOCK: if the file was swapped for a pipe since the stat, opening must not wait.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: not found; run from the project root or pass --params PATH") \
+            from None
+    except OSError as error:
+        raise RetinopathyError(f"{path}: cannot be read ({error.strerror or error}); pass --params PATH of a "
+                               "readable file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_file(path, mode)
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(MAX_PARAMS_BYTES + 1)
+    except OSError as error:
+        raise RetinopathyError(f"{path}: cannot be read ({error.strerror or error}); pass --params PATH of a "
+                               "readable file") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise RetinopathyError(f"{path}: is larger than {MAX_PARAMS_BYTES // 1024} KiB, far more than any "
+                               "params file needs (the project's is about 7 KB); pass --params PATH of the "
+                               "project's params.yaml")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise RetinopathyError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save the "
+                               "file as UTF-8") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with the limits of a params file.
+
+    It refuses, naming the line: nesting deeper than :data:`MAX_DEPTH` (PyYAML's
+    composer recurses once per level, and thousands of levels overflow Python's
+    stack); a key set twice in one mapping (YAML keeps the last silently, DVC
+    refuses the file); and an integer too long for Python to read.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self.depth = 0
+        self.aliases: list[tuple[str, int]] = []  # (name, line) of each `*name`
+
+    def _error(self, mark: Any, problem: str) -> RetinopathyError:
+        return RetinopathyError(f"{self.source}:{mark.line + 1}: {problem}")
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            self.aliases.append((event.anchor, event.start_mark.line + 1))
+            return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self._error(self.peek_event().start_mark,
+                                  f"nested more than {MAX_DEPTH} levels deep (params.yaml needs 3: section, "
+                                  "key, per-model mapping); a params file this deep is damaged or hostile. "
+                                  "Restore it (`git checkout params.yaml`) or pass --params PATH")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a merge (`<<: *base`) may override; a list as a key is refused below
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise self._error(key_node.start_mark,
+                                      f"`{_key_text(key)}` is set twice in one mapping, at lines "
+                                      f"{lines[key]} and {line}; YAML would keep the second silently and "
+                                      "DVC refuses the file. Delete one of them")
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (4300): no params value is such a number
+            raise self._error(node.start_mark, f"a number of {len(node.value):,} digits; no params value "
+                              "needs more than a few") from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _check_size(root: Any, loader: _Loader) -> None:
+    """Refuse a document of more than :data:`MAX_VALUES` values once its aliases are expanded.
+
+    PyYAML shares an aliased node rather than copying it, so nine aliases of nine
+    aliases of ... ("billion laughs") load at once, as one tiny object with billions
+    of items behind it; every later walk over it (a message quoting it, the run's
+    fingerprint) would then run out of time or memory. The walk stops at the limit.
+    """
+    stack, count = [root], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            if loader.aliases:
+                first: dict[str, int] = {}  # each alias's name and the line of its first use
+                for name, line in loader.aliases:
+                    first.setdefault(name, line)
+                names = ", ".join(f"`*{name}` (line {line})" for name, line in list(first.items())[:3])
+                more = f" and {len(first) - 3} more" if len(first) > 3 else ""
+                raise RetinopathyError(
+                    f"{loader.source}:{loader.aliases[0][1]}: its YAML aliases {names}{more} expand to more "
+                    f"than {MAX_VALUES:,} values (the project's params.yaml has about 100): a file built to "
+                    "exhaust memory, or a mistake. Write the values out instead of the aliases")
+            raise RetinopathyError(f"{loader.source}: holds more than {MAX_VALUES:,} values (the project's "
+                                   "params.yaml has about 100); pass --params PATH of a params file")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read the YAML file ``path`` (params.yaml, or any params file) within the limits of a params file.
+
+    Only a regular file of at most :data:`MAX_PARAMS_BYTES` is read; nesting deeper than
+    :data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values with the aliases expanded, and a
+    key set twice are refused. A JSON file is YAML too, and is read the same way.
 
     Raises:
-        RetinopathyError: if the file is missing, is not YAML, or has a bad key or value.
+        RetinopathyError: naming the file, the line where there is one, and the fix.
     """
     path = Path(path)
+    text = _read_text(path)
+    loader = _Loader(text, str(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RetinopathyError(
-            f"{path}: not found; run from the project root or pass --params PATH"
-        ) from None
-    try:
-        raw = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_size(root, loader)
+        return loader.construct_document(root)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise RetinopathyError(f"{path}{line}: not valid YAML ({error})") from None
-    return parse_params(raw, str(path))
+        detail = str(error)
+        detail = detail if len(detail) <= 400 else detail[:400] + " ..."
+        raise RetinopathyError(f"{path}{line}: not valid YAML ({detail})") from None
+    finally:
+        loader.dispose()
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read (:func:`read_yaml`) and validate ``params.yaml``.
+
+    Raises:
+        RetinopathyError: if the file is missing, not a regular file, not YAML, beyond the
+            limits of a params file, or has a bad key or value.
+    """
+    path = Path(path)
+    return parse_params(read_yaml(path), str(path))

@@ -144,6 +144,64 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------ what an output may be
 
+NAME_MAX = 255  # bytes per file name on Linux's filesystems (ext4, XFS, Btrfs, tmpfs); pathconf's, if it says
+PATH_MAX = 4096  # bytes per path, with its terminating NUL (Linux)
+_PID_DIGITS = 7  # Linux's largest pid, 4194304: a later run's temporaries may carry one this long
+
+
+def _name_limit(path: Path) -> int:
+    """The file-name limit of the filesystem ``path`` would be on (that of its nearest existing folder)."""
+    folder = Path(os.path.abspath(path)).parent
+    while not os.path.isdir(folder) and folder != folder.parent:  # os.path: False, not an OSError
+        folder = folder.parent
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def _shown(name: bytes | str, limit: int = 60) -> str:
+    """A name or path for a message: its start and end when it is longer than ``limit`` characters."""
+    text = os.fsdecode(name)
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 2):]}"
+
+
+def check_name_length(path: str | Path, temporaries: bool = True) -> None:
+    """Refuse ``path`` when a name in it, or a temporary made beside it, is over the filesystem's limit.
+
+    An output is written under a temporary name first (``.<name>.<host>-<pid>.<random>.tmp``, or
+    ``.<name>.tmp-<host>-<pid>-<random>`` for a folder), some 30 bytes longer than its own; a name
+    that fits alone may not fit then, and the write would fail with ``File name too long`` after
+    the work. Called before anything is read or written, it makes that a clear error.
+
+    Args:
+        path: The output (a file or a folder).
+        temporaries: Whether temporaries are made beside it (False: a folder only created).
+
+    Raises:
+        RetinopathyError: naming the path, the name's length, the limit, and the longest name that fits.
+    """
+    path = Path(path)
+    limit = _name_limit(path)
+    extra = len(f"..{socket.gethostname()}-{'0' * _PID_DIGITS}.{'x' * 8}.tmp".encode()) if temporaries else 0
+    where = _shown(str(path), 120)
+    for part in path.parts:
+        name = os.fsencode(part)
+        if len(name) > limit:
+            raise RetinopathyError(f"{where}: the name {_shown(name)!r} is {len(name)} bytes, over this "
+                                   f"filesystem's limit of {limit} bytes per file name; choose a shorter one")
+    name = os.fsencode(path.name)
+    if len(name) + extra > limit:
+        raise RetinopathyError(
+            f"{where}: the name {_shown(name)!r} is {len(name)} bytes; it is written under a temporary "
+            f"name {extra} bytes longer first (`.<name>.<host>-<pid>.<random>.tmp`), which is over this "
+            f"filesystem's limit of {limit} bytes per file name. Choose a name of at most {limit - extra} "
+            "bytes (for an output named after an input, rename that input)")
+    if len(os.fsencode(os.path.abspath(path))) + extra >= PATH_MAX:
+        raise RetinopathyError(f"{where}: the path is over the limit of {PATH_MAX} bytes (with its temporary "
+                               "name); write to a shorter one")
+
+
 KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
          (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
 
@@ -169,11 +227,14 @@ def write_target(path: str | Path) -> Path:
         RetinopathyError: the path is a folder or a special file (a device, a pipe, a socket).
     """
     path = Path(path)
+    check_name_length(path)  # first: even a stat of an over-long name fails with an OSError
     target = path
     if path.is_symlink():
         resolved = Path(os.path.realpath(path))
         read_only = resolved.exists() and not os.stat(resolved).st_mode & 0o222  # even for root
         target = path if read_only or ".dvc" in resolved.parts else resolved
+    if target != path:
+        check_name_length(target)  # the link's target is what is written, beside its own folder's files
     kind = _special(target)
     if kind:
         raise RetinopathyError(f"{path}: is {kind}, not a file; refusing to replace it. Pass the path "
@@ -358,7 +419,7 @@ def json_with(*keys: str) -> Ours:
     def ours(path: Path) -> bool:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
             return False
         return isinstance(data, dict) and all(key in data for key in keys)
     return ours
@@ -436,7 +497,9 @@ def check_output_folder(out: str | Path, command: str, ours: Ours | None) -> Non
     Raises:
         RetinopathyError: naming the folder, what is in it and the fix.
     """
+    check_name_length(out)  # before any stat: that of an over-long name fails with an OSError
     given, out = Path(out), _folder_target(Path(out))
+    check_name_length(out)
     kind = _special(out)
     if kind or (out.exists() and not out.is_dir()) or (given.is_symlink() and not given.exists()):
         what = kind or ("a link to nothing" if given.is_symlink() and not given.exists() else "a file")
@@ -575,6 +638,7 @@ def check_writable(folder: str | Path, what: str) -> None:
         RetinopathyError: naming the folder, why, and what to fix, before any work is done.
     """
     folder = Path(folder)
+    check_name_length(folder, temporaries=False)
     if folder.exists() and not folder.is_dir():
         kind = _special(folder) or "a file"
         raise RetinopathyError(f"{folder}: cannot write {what} there: it is {kind}, not a folder; pass "

@@ -79,15 +79,19 @@ def read_mode(args: list[str]) -> tuple[str, str]:
     """``(train.portable, train.device)`` from the params file of a command line.
 
     A missing, unreadable or invalid file gives ``("auto", "auto")``: the
-    command itself then reads the file and reports what is wrong with it.
+    command itself then reads the file and reports what is wrong with it. The
+    file is read as every command reads it (:func:`retinopathy.core.config.read_yaml`),
+    so a named pipe, an alias bomb or thousands of nested brackets cannot hang
+    or crash this first look before the command's own message.
     """
-    import yaml  # here, not at the top: `retinopathy --help` need not load it
+    from retinopathy.core.config import read_yaml  # here, not at the top: `--help` need not load YAML
+    from retinopathy.core.errors import RetinopathyError
 
     try:
-        raw = yaml.safe_load(_params_file(args).read_text(encoding="utf-8"))
+        raw = read_yaml(_params_file(args))
         train = raw["train"]
         mode, device = _switch(train.get("portable", "auto")), train.get("device", "auto")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+    except (RetinopathyError, KeyError, TypeError, AttributeError):
         return "auto", "auto"
     return mode or "auto", device if isinstance(device, str) else "auto"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.core.errors import RetinopathyError, where
+from retinopathy.core.files import NAME_MAX
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {
     "train": ("train_img.csv", "train_label.csv"),
@@ -314,6 +315,15 @@ def check_name(path: Path, line: int, name: str) -> None:
         raise RetinopathyError(
             f"{where(path, line)}: {name!r} has a file extension; list names without one - the "
             f"images are read as <name>{IMAGE_SUFFIX}, so convert or rename the file to match"
+        )
+    # The image is <name>.jpeg: over the file-name limit no such file can exist (a stat of it fails).
+    size = len(f"{name}{IMAGE_SUFFIX}".encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise RetinopathyError(
+            f"{where(path, line)}: {_shorten(name)!r} is too long an image name: its file "
+            f"<name>{IMAGE_SUFFIX} would be {size} bytes, over the limit of {NAME_MAX} bytes per file name; "
+            "shorten it (at most "
+            f"{NAME_MAX - len(IMAGE_SUFFIX)} bytes) and rename the image to match"
         )
 
 

@@ -16,6 +16,10 @@ that ``dvc.lock`` records (another experiment's) before it runs a stage, and
 only there would be lost. Each epoch's files are written to the store first and
 then linked into ``models/<arm>/``, which DVC tracks; the store entry is
 removed when its run finishes (DVC's cache then holds the finished run).
+
+An unfinished run of settings that never come back stays in the store: training
+names such runs (:func:`stored_runs`), and `retinopathy resume` lists and prunes
+them (:func:`prune`), removing only folders that are recognisably the store's own.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +40,9 @@ from typing import Any
 import torch
 
 from retinopathy.core import portable
+from retinopathy.core.contract import ARMS
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.files import atomic_file, remove_stale_temporaries
+from retinopathy.core.files import atomic_file, check_writable, remove_stale_temporaries
 from retinopathy.core.torchload import load_tensors
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
 from retinopathy.pipeline import codedeps
@@ -294,6 +302,163 @@ class ResumeStore:
                 folder.rmdir()
             except OSError:  # not empty (another run's entry, a user's file) or gone: keep it
                 return
+
+    def check(self) -> None:
+        """Before any work: the store's folders are folders (or absent) and the store takes new files.
+
+        Raises:
+            RetinopathyError: ``models/.resume`` (or a folder below it) is a file, a link to
+                nothing or another special file; or it cannot be written.
+        """
+        root = self.folder.parent.parent
+        for folder in (root, self.folder.parent, self.folder):
+            if os.path.lexists(folder) and not folder.is_dir():
+                raise RetinopathyError(
+                    f"{folder}: is {_kind(folder)}, not a folder; training keeps the checkpoints of "
+                    f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
+                    f"(`mv {folder} {folder}.moved`) and train again")
+        check_writable(root, "the checkpoints of unfinished runs (the resume store)")
+
+
+def _kind(path: Path) -> str:
+    """What ``path`` is, in words, when it is not a folder."""
+    if path.is_symlink() and not path.exists():
+        return "a link to nothing"
+    mode = os.stat(path).st_mode
+    return "a file" if stat.S_ISREG(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a special file"
+
+
+# ------------------------------------------------------------------ runs left in the resume store
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # :func:`fingerprint`'s form: a store folder's name
+# What the store writes into a run's folder: the pair, and the temporaries of their atomic writes
+# and links (retinopathy.core.files' naming: `.<name>.<host>-<pid>.<random>.tmp`).
+_STORE_FILES = re.compile(r"(?:last|best)\.pt|\.(?:last|best)\.pt\..+-\d+\.[^.]+\.tmp")
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One run's folder in the resume store, ``models/.resume/<arm>/<fingerprint>``.
+
+    Attributes:
+        folder: The folder.
+        arm: ``scratch`` or ``pretrained`` (the folder's parent's name).
+        fingerprint: The run's fingerprint (the folder's name).
+        size: Bytes in its files.
+        modified: When its newest file was written (seconds since the epoch).
+        epoch: The last finished epoch of its ``last.pt`` (None: none readable).
+        model: The architecture it trains (None: unknown).
+        inputs: Its ``last.pt``'s fingerprint inputs (what the run was made with), or {}.
+        problem: Why it is not recognisably the store's own (then it is never removed), or None.
+    """
+
+    folder: Path
+    arm: str
+    fingerprint: str
+    size: int
+    modified: float
+    epoch: int | None
+    model: str | None
+    inputs: dict[str, Any]
+    problem: str | None
+
+    @property
+    def name(self) -> str:
+        """``<arm>/<fingerprint>``: how `retinopathy resume` names it."""
+        return f"{self.arm}/{self.fingerprint}" if self.arm else self.fingerprint
+
+    def describe(self, now: float | None = None) -> str:
+        """One line: its name, model and epoch, size, age, and what is wrong with it, if anything."""
+        days = max(0.0, ((now or time.time()) - self.modified) / 86400)
+        age = f"{days:.0f} days ago" if days >= 2 else f"{days * 24:.0f} hours ago" if days * 24 >= 1 \
+            else "within the hour"
+        what = f"{self.model or 'unknown model'}, epoch {self.epoch}" if self.epoch else "no finished epoch"
+        line = f"{self.name}: {what}, {megabytes(self.size)}, last written {age}"
+        return f"{line}; {self.problem}" if self.problem else line
+
+
+def megabytes(size: int) -> str:
+    """``size`` bytes in words: ``12.3 MB``, ``283 MB``."""
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:,.0f} MB"
+
+
+def _peek(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's entries other than its tensors' contents (memory-mapped: no full read), or None."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types for a file that is not one of its own
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _stored_run(folder: Path, arm: str) -> StoredRun:
+    """What ``folder`` (an entry of ``models/.resume/<arm>/``) holds, checked against the store's form."""
+    problem = None
+    if folder.is_symlink() or not folder.is_dir():
+        problem = f"is {_kind(folder) if not folder.is_dir() else 'a link'}, not a folder the store made"
+    elif arm not in ARMS or not _FINGERPRINT.fullmatch(folder.name):  # (arm "": no arm's folder)
+        problem = "its name is not <arm>/<16 hex digits> as the store names its folders"
+    entries = [] if problem else sorted(folder.iterdir())
+    foreign = [entry.name for entry in entries
+               if not _STORE_FILES.fullmatch(entry.name) or not stat.S_ISREG(entry.lstat().st_mode)]
+    if foreign:
+        problem = f"holds {', '.join(foreign[:3])}, which the store never writes"
+    sizes = [entry.lstat() for entry in entries]
+    size = sum(info.st_size for info in sizes)
+    modified = max((info.st_mtime for info in sizes), default=folder.lstat().st_mtime)
+    epoch: int | None = None
+    model: str | None = None
+    inputs: dict[str, Any] = {}
+    for name in ("last.pt", "best.pt"):  # each checkpoint there must be this run's (its fingerprint)
+        if problem or not (folder / name).exists():
+            continue
+        state = _peek(folder / name)
+        if state is None or state.get("fingerprint") != folder.name:
+            problem = f"its {name} is not a checkpoint of the run {folder.name}"
+        elif name == "last.pt" or epoch is None:
+            epoch = state["epoch"] if isinstance(state.get("epoch"), int) else None
+            spec = state.get("spec")
+            model = spec["model"] if isinstance(spec, dict) and isinstance(spec.get("model"), str) else None
+            if isinstance(state.get("fingerprint_inputs"), dict):
+                inputs = state["fingerprint_inputs"]
+    return StoredRun(folder, arm, folder.name, size, modified, epoch, model, inputs, problem)
+
+
+def stored_runs(models: Path) -> list[StoredRun]:
+    """Every run in the resume store under ``models`` (``models/.resume``), oldest first.
+
+    Raises:
+        RetinopathyError: ``models/.resume`` (or an arm's folder in it) is not a folder.
+    """
+    root = Path(models) / RESUME_FOLDER
+    if not os.path.lexists(root):
+        return []
+    if not root.is_dir():
+        raise RetinopathyError(f"{root}: is {_kind(root)}, not a folder; training keeps the checkpoints of "
+                               f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
+                               f"(`mv {root} {root}.moved`)")
+    found = []
+    for arm in sorted(root.iterdir()):
+        if arm.is_dir() and not arm.is_symlink():
+            found += [_stored_run(entry, arm.name) for entry in sorted(arm.iterdir())]
+        else:  # something where an arm's folder belongs: listed with its problem, never removed
+            found.append(_stored_run(arm, ""))
+    return sorted(found, key=lambda run: run.modified)
+
+
+def remove_stored_run(run: StoredRun) -> None:
+    """Delete a run's folder from the resume store: only a folder of the store's own form and contents.
+
+    Raises:
+        RetinopathyError: ``run`` has a problem (it is not recognisably the store's own).
+    """
+    again = _stored_run(run.folder, run.arm)  # as it is now, not as it was listed
+    if again.problem:
+        raise RetinopathyError(f"{run.folder}: not removed: {again.problem}; look at it, and remove it by "
+                               "hand if it is not needed")
+    for entry in run.folder.iterdir():
+        entry.unlink()
+    ResumeStore(run.folder).remove()  # the folder, then its arm's folder and the store's, if left empty
 
 
 def publish(source: Path, target: Path) -> None:

@@ -103,6 +103,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         conflict = " (it holds merge-conflict markers)" if "\n<<<<<<< " in f"\n{text}" else ""
         raise RetinopathyError(f"{path}: not valid JSON{conflict} ({error}); {WEIGHTS_FIX}") from None
+    except RecursionError:  # thousands of nested brackets: no manifest is more than one level deep
+        raise RetinopathyError(f"{path}: nested thousands of levels deep, not a weights manifest; "
+                               f"{WEIGHTS_FIX}") from None
     if not isinstance(manifest, dict) or manifest.get("source") not in ("random", "imagenet", "file") \
             or not isinstance(manifest.get("available"), bool):
         raise RetinopathyError(f"{path}: not a weights manifest (no `source` random/imagenet/file or no "

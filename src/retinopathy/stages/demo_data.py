@@ -22,7 +22,7 @@ from PIL import Image
 from retinopathy.core.config import load_params
 from retinopathy.core.contract import DEMO_MARKER, DEMO_README, NUM_GRADES, Layout, is_demo_dataset
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.files import staged_folder
+from retinopathy.core.files import check_name_length, staged_folder
 from retinopathy.data.labels import SPLIT_FILES, image_path
 from retinopathy.data.synthetic import pair_counts, render_fundus, vary
 from retinopathy.pipeline.paramkeys import restrict
@@ -152,6 +152,7 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
 
 def _check_replaceable(out: Path) -> None:
     """Refuse to replace anything but an empty folder or an earlier demo dataset."""
+    check_name_length(out)  # first: even a stat of an over-long name fails with an OSError
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():

@@ -30,7 +30,7 @@ from retinopathy.core.contract import (
     recall_key,
 )
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.files import Ours, check_output_file, staged_files
+from retinopathy.core.files import Ours, check_name_length, check_output_file, staged_files
 from retinopathy.core.records import EvaluationInfo, Skipped
 from retinopathy.data.patients import leakage_warning
 from retinopathy.evaluation.screening_files import Screening, load_screening
@@ -389,6 +389,7 @@ def write_report(
         RetinopathyError: an input is missing, malformed or inconsistent.
     """
     metrics_dir, out = Path(metrics_dir), Path(out)
+    check_name_length(out, temporaries=False)  # a folder it fills: first, a stat of an over-long name fails
     if out.exists() and not out.is_dir():
         raise RetinopathyError(f"{out} exists and is not a folder: remove it or pass another --out")
     loaded = [load_arm(Layout(metrics=metrics_dir), name) for name in arms]

@@ -511,6 +511,41 @@ def check_params(run: Run, path: Path, epochs_done: int) -> None:
     )
 
 
+MAX_STALE_LISTED = 5  # stale runs named one by one in training's note; the rest are counted
+
+
+def mention_stale_runs(run: Run, layout: Layout) -> None:
+    """Name this arm's unfinished runs of other settings in the resume store, their size, and the fix.
+
+    Such a run resumes only if its settings come back, and nothing else ever removes it
+    (hundreds of MB for ResNet50); `retinopathy resume prune` does, when asked.
+    """
+    # What is not of the store's own form is listed by `retinopathy resume list`, never pruned.
+    stale = [stored for stored in checkpoint.stored_runs(layout.models)
+             if stored.arm == run.files.arm and stored.fingerprint != run.fingerprint and not stored.problem]
+    if not stale:
+        return
+    lines = []
+    for stored in stale[-MAX_STALE_LISTED:]:  # the newest
+        # The params first: a changed setting says more than a changed hash of the code or data.
+        changes = [change if len(change) <= 100 else f"{change[:100]}..." for change in sorted(
+            checkpoint.describe_difference(stored.inputs, run.inputs),
+            key=lambda change: not change.startswith("params."))[:3]]
+        lines.append(f"  {stored.describe()}" + (f" (its settings -> these: {'; '.join(changes)})"
+                                                 if changes else ""))
+    if len(stale) > MAX_STALE_LISTED:
+        lines.insert(0, f"  ... and {len(stale) - MAX_STALE_LISTED} older ones (`retinopathy resume list`)")
+    size = checkpoint.megabytes(sum(stored.size for stored in stale))
+    # By name: `--all` would take this run's own entry too, were it unfinished.
+    how = (f"remove them with `retinopathy resume prune {' '.join(s.name for s in stale)}`"
+           if len(stale) <= MAX_STALE_LISTED
+           else "remove them with `retinopathy resume prune RUN...` (`retinopathy resume list` names them)")
+    note(f"note: {layout.models / checkpoint.RESUME_FOLDER / run.files.arm} holds {len(stale)} unfinished "
+         f"run{'s' if len(stale) > 1 else ''} of other settings ({size}), which resume only if their "
+         "settings come back:\n" + "\n".join(lines) + f"\n  {how}, or those older than N days with "
+         "`retinopathy resume prune --older-than N`")
+
+
 def announce(run: Run, layout: Layout) -> None:
     """Say at once what is being trained, where and on what (the first pass can take minutes)."""
     splits = read_index(layout.index)
@@ -551,6 +586,8 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
             verify_weights(manifest, layout.manifest(arm))
             run = build(params, files, layout, manifest, runtime)
             if runtime.process.is_main:
+                run.store.check()  # before any epoch: `models/.resume` a file would fail the first save
+                mention_stale_runs(run, layout)
                 announce(run, layout)
             batches = feed(run, layout)
             model = make_model(run, layout, batches)
