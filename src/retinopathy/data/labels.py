@@ -43,8 +43,11 @@ _INTEGER = re.compile(r"[0-9]+")
 _BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\\x00-\x1f\x7f]")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
-# EyePACS names a photograph `<patient>_left` or `<patient>_right`.
-_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)")
+# EyePACS names a photograph `<patient>_left` or `<patient>_right`. The eye is read in any case
+# (`_Left`, `_RIGHT`): a case-sensitive parse made `7_Left` a patient of its own, so that its other
+# eye `7_right` could sit on the other side of a split by patient, uncounted. The patient part is
+# kept as written (`A7` and `a7` are two patients, as they are two names on a case-sensitive disk).
+_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class SplitListing:
 def patient_of(name: str) -> str:
     """Return the patient of image ``name``: ``<id>`` for EyePACS's ``<id>_left`` / ``<id>_right``.
 
-    Any other name is its own patient. A listed ``.jpeg`` suffix is ignored.
+    The eye is matched in any case (``7_Left`` is patient ``7``); any other name is its own
+    patient. A listed ``.jpeg`` suffix is ignored. Every count and split by patient (prepare,
+    the leakage counts, fuse's pairs, predict) reads names through this and :func:`eye_of`.
     """
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
@@ -87,10 +92,10 @@ def patient_of(name: str) -> str:
 
 
 def eye_of(name: str) -> str | None:
-    """Return ``"left"`` or ``"right"`` for an EyePACS name, else None."""
+    """Return ``"left"`` or ``"right"`` for an EyePACS name (in any case: ``7_Left`` is left), else None."""
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
-    return match["eye"] if match else None
+    return match["eye"].lower() if match else None
 
 
 def image_path(root: str | Path, name: str) -> Path:
