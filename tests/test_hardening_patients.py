@@ -2,22 +2,38 @@
 
 - ``_Left``/``_RIGHT`` are read as eyes everywhere (prepare's split by patient, the leakage counts,
   the blend's pairs, predict), so the split and the counts agree.
+- Two photographs are one patient's only when they are in one folder (or given as ``--pair``):
+  the patient column, the patient call and the blend all follow that one rule.
+- ``--pair`` refuses swapped sides, one photograph as both eyes and names without an eye, and
+  is never ignored (without a blend it still makes the patient call).
+
+No test trains: predict runs with a checkpoint of random weights and a blend written here, both
+in the layouts the project writes them in.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
-from conftest import write_params
+from conftest import REPO, write_params
 from retinopathy.cli import main as cli
 from retinopathy.data.labels import SPLIT_FILES
 from retinopathy.data.synthetic import render_fundus
+from retinopathy.fusion.blend import Blend, BlendRecord
 from retinopathy.fusion.pairs import NO_PARTNER, partners
+from retinopathy.models.build import new_model
+from retinopathy.models.grader import GraderSpec
+
+FINGERPRINT = "hardening-patients"
 
 # --------------------------------------------------------------------------------------- helpers
 
@@ -29,6 +45,40 @@ def photo(path: Path, seed: int, grade: int = 0) -> Path:
     return path
 
 
+def checkpoint(path: Path) -> Path:
+    """A best.pt as training writes it, with random weights: enough for `predict`."""
+    torch.manual_seed(0)
+    spec = GraderSpec(model="resnet18", image_size=32, normalize="imagenet", preprocess="none",
+                      loss="cross_entropy", thresholds=None)
+    torch.save({"model": new_model("resnet18", num_classes=5).state_dict(), "spec": spec.to_dict(),
+                "epoch": 1, "fingerprint": FINGERPRINT}, path)
+    return path
+
+
+def blend(path: Path) -> Path:
+    """A blend of that checkpoint's scores, as `fuse` saves one: this eye's grade is the other eye's."""
+    model = Blend(5, 0, 5, torch.zeros(5), torch.ones(5))
+    with torch.no_grad():
+        weight = torch.zeros(5, 11)
+        weight[:, 5:10] = 20 * torch.eye(5)  # [this eye, other eye, side] -> the other eye's scores
+        model.layers[0].weight.copy_(weight)
+        model.layers[0].bias.zero_()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    BlendRecord("blend", "scores", "cross_entropy", None, 5, 0, FINGERPRINT, 1, "written by the test", 2, 0,
+                state).save(path)
+    return path
+
+
+@pytest.fixture()
+def grader(tmp_path, monkeypatch) -> Path:
+    """A folder (the working directory) with params.yaml, best.pt and fuse.pt."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, train={"batch_size": 2})
+    checkpoint(tmp_path / "best.pt")
+    blend(tmp_path / "fuse.pt")
+    return tmp_path
+
+
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     """``retinopathy ARGV`` in this process: the exit status, stdout and stderr."""
     capsys.readouterr()
@@ -38,6 +88,28 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
         status = exit_.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def predict(capsys, *argv: str, blended: bool = True) -> tuple[int, str, list[dict[str, str]]]:
+    """`retinopathy predict ARGV --checkpoint best.pt [--blend fuse.pt] --out out.csv`: status, stderr,
+    rows."""
+    out = Path("out.csv")
+    out.unlink(missing_ok=True)
+    status, _, err = run(capsys, "predict", *argv, "--checkpoint", "best.pt",
+                         *(["--blend", "fuse.pt"] if blended else []), "--out", str(out))
+    rows = []
+    if out.exists():
+        with open(out, newline="") as stream:
+            rows = list(csv.DictReader(stream))
+    return status, err, rows
+
+
+def probabilities(row: dict[str, str]) -> list[float]:
+    return [float(row[f"probability_{grade}"]) for grade in range(5)]
+
+
+def by_image(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {row["image"]: row for row in rows}
 
 
 # ------------------------------------------------------------------- 1. _Left / _RIGHT, everywhere
@@ -106,3 +178,114 @@ def test_mixed_case_eyes_pair_for_the_blend_of_fuse():
     # What the `fuse` stage pairs a split's names by (training a blend is the slow tests' job).
     assert partners(["7_Left", "7_RIGHT", "8_left", "9_Right"]) == (
         [1, 0, NO_PARTNER, NO_PARTNER], [0.0, 1.0, 0.0, 1.0])
+
+
+# ------------------------------------------------------------- 2. one patient: one folder, or --pair
+
+
+def test_the_same_number_in_two_folders_is_two_patients_for_the_column_the_call_and_the_blend(grader, capsys):
+    photo(grader / "a/7_left.jpeg", 1, grade=4)
+    photo(grader / "b/7_right.jpeg", 2)
+    photo(grader / "c/8_left.jpeg", 3)
+    photo(grader / "c/8_right.jpeg", 4)
+    status, err, rows = predict(capsys, "a", "b", "c")
+    assert status == 0, err
+    rows = by_image(rows)
+    for name, folder in (("a/7_left.jpeg", "a"), ("b/7_right.jpeg", "b")):
+        assert rows[name]["patient"] == f"{folder}/7"  # two people: the clinics both numbered them 7
+        assert rows[name]["patient_referable"] == ""  # no patient call from another person's eye
+        assert rows[name]["source"] == "single-no-partner"  # nor a grade blended with it
+    assert rows["c/8_left.jpeg"]["patient"] == rows["c/8_right.jpeg"]["patient"] == "c/8"
+    assert {rows[f"c/8_{eye}.jpeg"]["source"] for eye in ("left", "right")} == {"fused"}
+    worse = max(int(rows[f"c/8_{eye}.jpeg"]["grade"]) for eye in ("left", "right"))
+    assert rows["c/8_left.jpeg"]["patient_referable"] == str(int(worse >= 2))
+    # One folder, however it is spelled, is one folder.
+    status, err, rows = predict(capsys, "c/8_left.jpeg", "./c/8_right.jpeg")
+    assert status == 0 and {row["source"] for row in rows} == {"fused"}
+
+
+def test_the_rule_is_stated_in_predict_help_and_the_readme(capsys):
+    status, out, _ = run(capsys, "predict", "--help")
+    help_text = " ".join(out.split())
+    assert status == 0
+    assert "one patient's only when they are in the same folder" in help_text
+    assert "a/7_left.jpeg and b/7_right.jpeg are two people" in help_text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "one patient's only when they are in the same folder" in readme
+
+
+def test_pair_joins_two_folders_and_is_used_without_a_blend_too(grader, capsys):
+    photo(grader / "a/7_left.jpeg", 1)
+    photo(grader / "b/9_Right.jpeg", 2)
+    pair = ["--pair", "a/7_left.jpeg", "b/9_Right.jpeg"]
+    status, err, rows = predict(capsys, "a/7_left.jpeg", "b/9_Right.jpeg", *pair)
+    assert status == 0, err
+    assert [row["source"] for row in rows] == ["fused", "fused"]
+    # Without a blend (no --blend with --checkpoint) each eye is graded alone, and still paired.
+    single = predict(capsys, "a/7_left.jpeg", "b/9_Right.jpeg", *pair, blended=False)[2]
+    assert [row["source"] for row in single] == ["single", "single"]
+    # The blend reads the other eye's scores: each fused row is softmax(20 x its partner's probabilities).
+    for fused, other in zip(rows, reversed(single), strict=True):
+        expected = torch.softmax(20 * torch.tensor(probabilities(other)), 0).numpy()
+        assert probabilities(fused) == pytest.approx(expected, abs=1e-4)
+    for result in (rows, single):
+        assert [row["patient"] for row in result] == ["a/7+b/9"] * 2
+        worse = max(int(row["grade"]) for row in single)
+        assert [row["patient_referable"] for row in result] == [str(int(worse >= 2))] * 2
+    # Without --pair the two are two patients.
+    rows = predict(capsys, "a/7_left.jpeg", "b/9_Right.jpeg", blended=False)[2]
+    assert [(row["patient"], row["patient_referable"]) for row in rows] == [("a/7", ""), ("b/9", "")]
+
+
+@pytest.mark.parametrize(("inputs", "pair", "expected"), [
+    (["7_right.jpeg", "8_left.jpeg"], ["7_right.jpeg", "8_left.jpeg"],
+     r"--pair 7_right.jpeg 8_left.jpeg: the sides are swapped: LEFT 7_right.jpeg is named as a right eye "
+     r"and RIGHT 8_left.jpeg as a left eye; give the left eye first: --pair 8_left.jpeg 7_right.jpeg"),
+    (["7_left.jpeg"], ["7_left.jpeg", "7_left.jpeg"],
+     r"--pair 7_left.jpeg 7_left.jpeg: LEFT and RIGHT are one photograph \(the same file\)"),
+    (["7_left.jpeg", "copy/7_right.jpeg"], ["7_left.jpeg", "copy/7_right.jpeg"],
+     r"LEFT and RIGHT are one photograph \(identical bytes\); give the patient's left eye, then its right"),
+    (["one.jpeg", "two.jpeg"], ["one.jpeg", "two.jpeg"],
+     r"--pair one.jpeg two.jpeg: LEFT one.jpeg does not say which eye it is .*name the photographs as "
+     r"EyePACS does \(e.g. 7_left.jpeg, 7_right.jpeg\)"),
+    (["7_left.jpeg", "two.jpeg"], ["7_left.jpeg", "two.jpeg"], r"RIGHT two.jpeg does not say which eye"),
+    (["7_left.jpeg", "8_left.jpeg"], ["7_left.jpeg", "8_left.jpeg"],
+     r"RIGHT 8_left.jpeg is named as a left eye; give one patient's left eye, then its right eye"),
+    (["7_left.jpeg"], ["7_left.jpeg", "8_right.jpeg"],
+     r"RIGHT 8_right.jpeg is not one of the images given to grade; give it as a PATH too"),
+    (["7_left.jpeg", "7_left.jpeg", "8_right.jpeg"], ["7_left.jpeg", "8_right.jpeg"],
+     r"LEFT 7_left.jpeg is given 2 times among the images to grade; give it once"),
+    (["a/3_left.jpeg", "a/3_right.jpeg", "b/3_right.jpeg"], ["a/3_left.jpeg", "b/3_right.jpeg"],
+     r"a/3_right.jpeg is another right eye of this patient .* the pair is ambiguous"),
+])
+@pytest.mark.parametrize("blended", [True, False])
+def test_a_pair_the_names_contradict_is_refused_before_grading(grader, capsys, inputs, pair, expected,
+                                                                blended):
+    for seed, name in enumerate(dict.fromkeys([*inputs, *pair])):
+        if name != "copy/7_right.jpeg":
+            photo(grader / name, seed)
+    if "copy/7_right.jpeg" in inputs:
+        (grader / "copy").mkdir()
+        shutil.copyfile(grader / "7_left.jpeg", grader / "copy/7_right.jpeg")
+    status, err, rows = predict(capsys, *inputs, "--pair", *pair, blended=blended)
+    assert status == 2 and "Traceback" not in err
+    assert re.search(expected, " ".join(err.split())), err
+    assert not Path("out.csv").exists()  # refused before grading: nothing written
+
+
+def test_a_photograph_in_two_pairs_is_refused(grader, capsys):
+    for seed, name in enumerate(("a/1_left.jpeg", "b/1_right.jpeg", "c/1_right.jpeg")):
+        photo(grader / name, seed)
+    status, err, _ = predict(capsys, "a", "b", "c", "--pair", "a/1_left.jpeg", "b/1_right.jpeg",
+                             "--pair", "a/1_left.jpeg", "c/1_right.jpeg")
+    assert status == 2 and "a/1_left.jpeg is in two pairs (also with b/1_right.jpeg)" in err
+
+
+
+def test_mixed_case_eyes_pair_for_the_blend_in_predict(grader, capsys):
+    photo(grader / "eyes/7_Left.jpeg", 1)
+    photo(grader / "eyes/7_RIGHT.jpeg", 2)
+    status, err, rows = predict(capsys, "eyes")
+    assert status == 0, err
+    assert [(row["patient"], row["source"]) for row in rows] == [("eyes/7", "fused")] * 2
+    assert rows[0]["patient_referable"] == rows[1]["patient_referable"] != ""

@@ -11,6 +11,7 @@ course dataset (:func:`~retinopathy.data.fundus.square_fundus`).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,6 +84,26 @@ def _report_skipped(folder: Path, entries: list[Path]) -> None:
     if others:
         warn(f"{folder}: {len(others)} file(s) not graded (not {'/'.join(PHOTO_SUFFIXES)}), e.g. "
              f"{others[0].name}")
+
+
+def same_photograph(first: Path, second: Path) -> str | None:
+    """Why ``first`` and ``second`` are one photograph ("the same file", "identical bytes"), or None.
+
+    Only regular files are compared by content (a pipe is never opened); what cannot be
+    read is not compared here: grading it reports why.
+    """
+    try:
+        if os.path.samefile(first, second):
+            return "the same file"
+        one, two = os.stat(first), os.stat(second)
+    except OSError:
+        return None
+    if not (stat.S_ISREG(one.st_mode) and stat.S_ISREG(two.st_mode)) or one.st_size != two.st_size:
+        return None
+    try:
+        return "identical bytes" if read_image_file(first) == read_image_file(second) else None
+    except RetinopathyError:
+        return None
 
 
 def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
