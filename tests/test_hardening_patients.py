@@ -6,6 +6,9 @@
   the patient column, the patient call and the blend all follow that one rule.
 - ``--pair`` refuses swapped sides, one photograph as both eyes and names without an eye, and
   is never ignored (without a blend it still makes the patient call).
+- predict reads a ``.csv`` list as prepare reads it (header row, ``.jpeg`` on every name), and
+  a folder's pipes, folders and dangling links named like photographs are rows with their reason,
+  never opened.
 
 No test trains: predict runs with a checkpoint of random weights and a blend written here, both
 in the layouts the project writes them in.
@@ -15,8 +18,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, write_params
+from conftest import REPO, subprocess_env, write_params
 from retinopathy.cli import main as cli
 from retinopathy.data.labels import SPLIT_FILES
 from retinopathy.data.synthetic import render_fundus
@@ -289,3 +295,59 @@ def test_mixed_case_eyes_pair_for_the_blend_in_predict(grader, capsys):
     assert status == 0, err
     assert [(row["patient"], row["source"]) for row in rows] == [("eyes/7", "fused")] * 2
     assert rows[0]["patient_referable"] == rows[1]["patient_referable"] != ""
+
+
+# ------------------------------------------------------------------------- 3. predict's inputs
+
+
+def test_predict_reads_a_list_as_prepare_does_header_row_and_jpeg_names(tmp_path, monkeypatch, capsys):
+    root = course(tmp_path / "course", [f"p{i}_left" for i in range(10)], ["q1_left", "q1_right", "q2_left"])
+    listed = root / "test_img.csv"
+    listed.write_text("image\nq1_left.jpeg\nq1_right.jpeg\nq2_left.jpeg\n")
+    (root / "test_label.csv").write_text("level\n0\n1\n2\n")
+    write_params(tmp_path, data={"root": "course"})
+    checkpoint(tmp_path / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(capsys, "prepare")
+    assert status == 0, err  # prepare accepts this list ...
+    status, err, rows = predict(capsys, str(listed), blended=False)
+    assert status == 0, err  # ... and so does predict, with the same reader
+    assert [row["image"] for row in rows] == [str(root / f"{name}.jpeg") for name in ("q1_left", "q1_right",
+                                                                                         "q2_left")]
+    assert all(row["error"] == "" for row in rows)
+    assert "header row 'image' skipped" in err and "'.jpeg' extension stripped from all 3 names" in err
+    # What prepare refuses, predict refuses too, naming the line.
+    listed.write_text("q1_left.jpeg\nq1_right\n")
+    status, err, _ = predict(capsys, str(listed), blended=False)
+    assert status == 2 and f"{listed}:1: 'q1_left.jpeg' is listed with '.jpeg' but {listed}:2" in err
+    listed.write_text("q1_left\nq1_right\nq1_left\n")
+    status, err, _ = predict(capsys, str(listed), blended=False)
+    assert status == 2 and f"{listed}:3: image 'q1_left' is listed twice" in err
+
+
+def test_a_folder_s_pipes_folders_and_dangling_links_are_rows_never_opened(tmp_path):
+    folder = tmp_path / "photos"
+    photo(folder / "good.jpeg", 1)
+    os.mkfifo(folder / "pipe.jpeg")  # opening it for reading would wait for a writer forever
+    os.mkfifo(folder / "queue")
+    (folder / "scan.png").mkdir()
+    os.symlink(folder / "gone.jpeg", folder / "dangling.jpg")
+    checkpoint(tmp_path / "best.pt")
+    write_params(tmp_path, train={"batch_size": 2})
+    result = subprocess.run(
+        [sys.executable, "-m", "retinopathy", "predict", "photos", "--checkpoint", "best.pt",
+         "--out", "out.csv"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr  # three inputs could not be graded
+    with open(tmp_path / "out.csv", newline="") as stream:
+        rows = {Path(row["image"]).name: row for row in csv.DictReader(stream)}
+    assert list(rows) == ["dangling.jpg", "good.jpeg", "pipe.jpeg", "scan.png"]
+    assert rows["good.jpeg"]["error"] == "" and rows["good.jpeg"]["grade"] != ""
+    assert "is a named pipe, not a regular file" in rows["pipe.jpeg"]["error"]
+    assert "is a folder, not a regular file" in rows["scan.png"]["error"]
+    assert "image file not found" in rows["dangling.jpg"]["error"]
+    err = " ".join(result.stderr.split())
+    assert "3 of 4 images could not be graded" in err
+    assert "photos: 1 file(s) not graded (not .jpeg/.jpg/.png), e.g. queue" in err  # named, not silent
+    assert "Traceback" not in result.stderr
+

@@ -3,8 +3,11 @@
 ``retinopathy predict PATH... [--arm scratch|pretrained | --checkpoint FILE]
 [--out predictions.csv] [--tta flips] [--explain DIR]``
 
-PATH is an image, a folder (every JPEG/PNG in it, sorted) or a course-layout
-list (``*.csv``, one name per line, images beside it as ``<name>.jpeg``). The
+PATH is an image, a folder (every JPEG/PNG in it, sorted; an entry named like
+one that is no regular file, such as a named pipe or a folder, is a row with its
+reason, never opened) or a course-layout list (``*.csv``, read as `prepare`
+reads ``*_img.csv``: one name per line, a header row and ``.jpeg`` on every
+name accepted, the images beside it as ``<name>.jpeg``). The
 model is the arm's ``best.pt`` (or ``--checkpoint``), used with the image
 size, preprocessing, normalisation and head stored in it, never with the
 current params.yaml's. Square images go through as training reads them;
