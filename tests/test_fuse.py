@@ -24,7 +24,7 @@ from retinopathy.core.contract import FUSION_FACTS, METRIC_KEYS, Layout, fused_p
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.photos import prepare_photo
 from retinopathy.fusion.blend import BlendRecord, Pairs, learn
-from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
+from retinopathy.fusion.pairs import NO_PARTNER, partners, photo_patients
 from retinopathy.models.head import Head
 from retinopathy.stages import evaluate, fuse, prepare, train, weights
 from retinopathy.stages.demo_data import write_demo_dataset
@@ -102,10 +102,17 @@ def test_eyes_pair_by_patient_only_when_both_are_there_once():
     assert sides[:2] == [0.0, 1.0] and sides[6] == 1.0
 
 
-def test_explicit_pairs_refuse_an_eye_given_twice():
-    assert explicit_partners(3, [(2, 0)]) == ([2, NO_PARTNER, 0], [1.0, 0.0, 0.0])
-    with pytest.raises(RetinopathyError, match="paired twice"):
-        explicit_partners(3, [(0, 1), (1, 2)])
+def test_photographs_pair_within_a_folder_or_explicitly_and_an_eye_pairs_once():
+    photos = [Path(name) for name in ("b/1_right.jpeg", "x.jpeg", "a/1_left.jpeg", "a/2_left.jpeg",
+                                      "a/2_right.jpeg", "c/2_right.jpeg")]
+    who = photo_patients(photos)  # c/2_right is another folder's patient 2
+    assert who.partner == [NO_PARTNER, NO_PARTNER, NO_PARTNER, 4, 3, NO_PARTNER]
+    assert who.label == ["b/1", "x", "a/1", "a/2", "a/2", "c/2"]
+    who = photo_patients(photos, [(2, 0)])
+    assert who.partner[:3] == [2, NO_PARTNER, 0] and who.side[:3] == [1.0, 0.0, 0.0]
+    assert who.label[0] == who.label[2] == "a/1+b/1" and who.group[0] == who.group[2]
+    with pytest.raises(RetinopathyError, match="in two pairs"):
+        photo_patients(photos, [(2, 0), (2, 5)])
 
 
 # ----------------------------------------------------------------- the blend on synthetic features
@@ -315,13 +322,17 @@ def test_predict_on_a_pair_gives_the_fused_rows_of_the_stage(paired):
 def test_predict_pairs_explicitly_and_grades_alone_on_request(paired):
     out = paired / "pair.csv"
     left, right = "data/demo/t2_left.jpeg", "data/demo/t2_right.jpeg"
-    shutil.copyfile(left, "one.jpeg")
-    shutil.copyfile(right, "two.jpeg")
-    assert predict.main(["one.jpeg", "two.jpeg", "--pair", "one.jpeg", "two.jpeg", "--out", str(out)]) == 0
-    by_name = read_rows(out)
+    for folder, source in (("one", left), ("two", right)):  # two folders: one patient only if paired
+        Path(folder).mkdir()
+        shutil.copyfile(source, Path(folder) / Path(source).name)
+    copies = ["one/t2_left.jpeg", "two/t2_right.jpeg"]
+    assert predict.main([*copies, "--out", str(out)]) == 0
+    assert {r["source"] for r in read_rows(out)} == {"single-no-partner"}
+    assert predict.main([*copies, "--pair", *copies, "--out", str(out)]) == 0
+    joined = read_rows(out)
     assert predict.main([left, right, "--out", str(out)]) == 0
-    assert [r["grade"] for r in by_name] == [r["grade"] for r in read_rows(out)]
-    assert {r["source"] for r in by_name} == {"fused"}
+    assert [r["grade"] for r in joined] == [r["grade"] for r in read_rows(out)]  # as paired by name
+    assert {r["source"] for r in joined} == {"fused"} and joined[0]["patient"] == "one/t2+two/t2"
     assert predict.main([left, right, "--single", "--out", str(out)]) == 0
     assert {r["source"] for r in read_rows(out)} == {"single"}
 

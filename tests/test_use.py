@@ -21,6 +21,7 @@ from retinopathy.core.contract import Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import patient_of
 from retinopathy.data.synthetic import render_fundus
+from retinopathy.fusion.pairs import photo_patients
 from retinopathy.stages import evaluate, explain, train
 
 
@@ -89,14 +90,17 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
         assert row["warning"] == ""  # the demo's colour fundus photographs are not flagged
         assert row["referable"] == str(int(int(row["grade"]) >= 2))
         assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
-        assert row["patient"] == patient_of(Path(row["image"]).stem)
+        image = Path(row["image"])  # the patient with its folder: data/demo/<id>
+        assert row["patient"] == str(image.parent / patient_of(image.stem))
 
 
 def test_patient_calls_need_both_eyes_and_refer_when_either_eye_is_referable():
-    photos = [Path(name) for name in ("a/7_left.jpeg", "b/7_right.png", "9_left.jpeg", "3_left.jpeg",
-                                      "3_right.jpeg", "plain.jpeg")]
-    assert predict.patient_calls(photos, [0, 2, 3, 1, 0, 4]) == ["1", "1", "", "0", "0", ""]
-    assert predict.patient_calls(photos, [0, None, 3, 1, 0, 4]) == ["", "", "", "0", "0", ""]
+    photos = [Path(name) for name in ("a/7_left.jpeg", "a/7_right.png", "9_left.jpeg", "3_left.jpeg",
+                                      "3_right.jpeg", "plain.jpeg", "b/7_right.jpeg")]
+    who = photo_patients(photos)  # b/7_right is another folder's patient 7: another person
+    calls = predict.patient_calls
+    assert calls(who.group, who.eye, [0, 2, 3, 1, 0, 4, 4]) == ["1", "1", "", "0", "0", "", ""]
+    assert calls(who.group, who.eye, [0, None, 3, 1, 0, 4, 4]) == ["", "", "", "0", "0", "", ""]
 
 
 def test_predict_gives_the_patient_call_when_given_both_eyes(trained):
@@ -109,9 +113,9 @@ def test_predict_gives_the_patient_call_when_given_both_eyes(trained):
     assert predict.main([str(folder), "--out", str(out)]) == 0
     rows = {Path(r["image"]).stem: r for r in read_rows(out)}
     worse = max(int(rows["5_left"]["grade"]), int(rows["5_right"]["grade"]))
-    assert rows["5_left"]["patient"] == rows["5_right"]["patient"] == "5"
+    assert rows["5_left"]["patient"] == rows["5_right"]["patient"] == str(folder / "5")
     assert rows["5_left"]["patient_referable"] == rows["5_right"]["patient_referable"] == str(int(worse >= 2))
-    assert rows["6_left"]["patient"] == "6" and rows["6_left"]["patient_referable"] == ""
+    assert rows["6_left"]["patient"] == str(folder / "6") and rows["6_left"]["patient_referable"] == ""
 
 
 def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stopping(trained, capsys):

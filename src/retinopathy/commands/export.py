@@ -241,14 +241,14 @@ def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]
 
 def _test_photos(info: EvaluationInfo | None) -> list[Path]:
     """Up to MEASURE_IMAGES test images of the checkpoint's data (course layout), if they are here."""
-    from retinopathy.data.labels import image_path, read_lines
+    from retinopathy.data.labels import image_path, read_image_list
 
     if info is None or not info.data or not (Path(info.data) / "test_img.csv").is_file():
         return []
     root = Path(info.data)
     listed = root / "test_img.csv"
     try:
-        lines, _ = read_lines(listed)
+        lines, _ = read_image_list(listed)  # as prepare read it: a header row, names with .jpeg
     except RetinopathyError:
         return []
     return [image_path(root, name) for _, name in lines[:MEASURE_IMAGES]]

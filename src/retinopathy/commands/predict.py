@@ -3,8 +3,11 @@
 ``retinopathy predict PATH... [--arm scratch|pretrained | --checkpoint FILE]
 [--out predictions.csv] [--tta flips] [--explain DIR]``
 
-PATH is an image, a folder (every JPEG/PNG in it, sorted) or a course-layout
-list (``*.csv``, one name per line, images beside it as ``<name>.jpeg``). The
+PATH is an image, a folder (every JPEG/PNG in it, sorted; an entry named like
+one that is no regular file, such as a named pipe or a folder, is a row with its
+reason, never opened) or a course-layout list (``*.csv``, read as `prepare`
+reads ``*_img.csv``: one name per line, a header row and ``.jpeg`` on every
+name accepted, the images beside it as ``<name>.jpeg``). The
 model is the arm's ``best.pt`` (or ``--checkpoint``), used with the image
 size, preprocessing, normalisation and head stored in it, never with the
 current params.yaml's. Square images go through as training reads them;
@@ -13,8 +16,11 @@ other photographs are first cropped to the fundus and squared as
 through the loop `evaluate` uses, so on the test split it gives the grades
 `evaluate` wrote.
 
-With both eyes of a patient among the inputs (EyePACS names ``<id>_left`` and
-``<id>_right``, or ``--pair LEFT RIGHT``) and the arm's blend
+Patients (:data:`PATIENTS`): two photographs are one patient's only when they
+are in the same folder and named ``<id>_left`` and ``<id>_right`` (the eye in
+any case), or are given as ``--pair LEFT RIGHT`` (LEFT named as a left eye,
+RIGHT as a right eye; refused otherwise). With both eyes of a patient among
+the inputs and the arm's blend
 (``models/<arm>.fuse.pt``, written by the `fuse` stage; ``--blend FILE``
 with ``--checkpoint``), each eye is graded by the blend over both eyes' features,
 as `fuse` grades the test split (without ``--tta``); ``--single`` grades every
@@ -26,8 +32,9 @@ The CSV has one row per input, in input order: ``image``, ``grade``,
 ``probability_0``..``probability_4`` (or ``value`` for the regression head),
 ``referable`` (grade >= 2), ``referable_score`` (P(grade >= 2) = p2 + p3 + p4, or
 the regression value: the score the screening figures rank by), ``patient``
-(``<id>`` of an EyePACS name ``<id>_left``/``<id>_right``, else the image's own
-name), ``patient_referable`` (when both eyes of the patient were given and
+(``<folder>/<id>`` for an EyePACS name ``<id>_left``/``<id>_right``, else the
+image's own name in its folder; ``+`` joins the two of a ``--pair`` from two
+folders), ``patient_referable`` (when both eyes of the patient were given and
 graded: 1 if either eye's grade is >= 2, else 0; empty otherwise), ``error`` and
 ``warning`` (an input that is clearly not a colour fundus photograph: greyscale,
 or no fundus). An image that cannot be graded gets
@@ -48,6 +55,7 @@ Only ``argparse`` and the light contract module are imported at the top, so
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,6 +74,7 @@ from retinopathy.core.files import (
     write_csv_atomic,
 )
 from retinopathy.data.labels import eye_of, patient_of
+from retinopathy.fusion.pairs import Patients, photo_patients
 
 if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help is instant
     import torch
@@ -77,6 +86,11 @@ if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help
     from retinopathy.models.head import Head
 
 PARAMS_FILE = "params.yaml"
+# The one rule of who is whom, as `predict --help` states it (fusion.pairs.photo_patients applies it).
+PATIENTS = ("Patients: two photographs are one patient's only when they are in the same folder and named "
+            "<id>_left and <id>_right (the eye in any case), or when they are given as --pair LEFT RIGHT; "
+            "a/7_left.jpeg and b/7_right.jpeg are two people. The patient column names the patient with "
+            "its folder (a/7), and patient_referable, like the blend, joins only that patient's two eyes.")
 
 
 @dataclass(frozen=True)
@@ -130,24 +144,74 @@ def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
             patient_of(photo.stem), "", ""]
 
 
-def patient_calls(photos: list[Path], grades: list[int | None]) -> list[str]:
+def patient_calls(groups: list[int], eyes: list[str | None], grades: list[int | None]) -> list[str]:
     """Each image's patient call: "1"/"0" where both eyes of its patient were graded, else "".
 
     A patient is referable when either eye's grade is >= 2 (the IDx-DR trial's "in at
-    least one eye"). ``grades``: each photo's grade, None where it could not be graded.
+    least one eye"). ``groups`` and ``eyes``: each image's patient and eye
+    (:func:`~retinopathy.fusion.pairs.photo_patients`: one folder, or an explicit ``--pair``);
+    ``grades``: each image's grade, None where it could not be graded.
     """
-    eyes: dict[str, dict[str, int]] = {}
-    for photo, grade in zip(photos, grades, strict=True):
-        eye = eye_of(photo.stem)
+    graded_eyes: dict[int, dict[str, int]] = {}
+    for group, eye, grade in zip(groups, eyes, grades, strict=True):
         if eye is not None and grade is not None:
-            found = eyes.setdefault(patient_of(photo.stem), {})
+            found = graded_eyes.setdefault(group, {})
             found[eye] = max(found.get(eye, grade), grade)
     calls = []
-    for photo, grade in zip(photos, grades, strict=True):
-        graded = eyes.get(patient_of(photo.stem), {})
-        both = grade is not None and eye_of(photo.stem) is not None and set(graded) == {"left", "right"}
+    for group, eye, grade in zip(groups, eyes, grades, strict=True):
+        graded = graded_eyes.get(group, {})
+        both = grade is not None and eye is not None and set(graded) == {"left", "right"}
         calls.append(str(int(max(graded.values()) >= REFERABLE_GRADE)) if both else "")
     return calls
+
+
+def pair_indices(pairs: list[list[Path]], photos: list[Path]) -> list[tuple[int, int]]:
+    """``--pair LEFT RIGHT`` as (left index, right index) into ``photos``, each pair checked before grading.
+
+    A pair must name two of the inputs, given once each, that are two photographs, LEFT named as a left
+    eye and RIGHT as a right eye (``<patient>_left``, ``<patient>_right``, any case): the name is what
+    every row's eye and the blend's side are read from, so a pair the names contradict is refused.
+
+    Raises:
+        RetinopathyError: naming the argument, what is wrong and the fix.
+    """
+    from retinopathy.data.photos import same_photograph
+
+    where: dict[str, list[int]] = {}
+    for index, photo in enumerate(photos):
+        where.setdefault(os.path.realpath(photo), []).append(index)
+    found: list[tuple[int, int]] = []
+    for left, right in pairs:
+        given = f"--pair {left} {right}"
+        indices = []
+        for role, path in (("LEFT", left), ("RIGHT", right)):
+            at = where.get(os.path.realpath(path), [])
+            if not at:
+                raise RetinopathyError(f"{given}: {role} {path} is not one of the images given to grade; "
+                                       "give it as a PATH too")
+            if len(at) > 1:
+                raise RetinopathyError(f"{given}: {role} {path} is given {len(at)} times among the images to "
+                                       "grade; give it once")
+            indices.append(at[0])
+        if (same := same_photograph(left, right)) is not None:
+            raise RetinopathyError(f"{given}: LEFT and RIGHT are one photograph ({same}); give the patient's "
+                                   "left eye, then its right eye")
+        eyes = {role: eye_of(path.stem) for role, path in (("LEFT", left), ("RIGHT", right))}
+        if eyes == {"LEFT": "right", "RIGHT": "left"}:
+            raise RetinopathyError(f"{given}: the sides are swapped: LEFT {left} is named as a right eye "
+                                   f"and RIGHT {right} as a left eye; give the left eye first: "
+                                   f"--pair {right} {left}")
+        for role, path, eye in (("LEFT", left, "left"), ("RIGHT", right, "right")):
+            if eyes[role] is None:
+                raise RetinopathyError(
+                    f"{given}: {role} {path} does not say which eye it is (its name is not <patient>_left "
+                    "or <patient>_right); name the photographs as EyePACS does (e.g. 7_left.jpeg, "
+                    "7_right.jpeg), since each row's eye and the blend's side are read from the name")
+            if eyes[role] != eye:
+                raise RetinopathyError(f"{given}: {role} {path} is named as a {eyes[role]} eye; give one "
+                                       "patient's left eye, then its right eye")
+        found.append((indices[0], indices[1]))
+    return found
 
 
 def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
@@ -199,9 +263,19 @@ def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, 
                              f"{path.name}: grade {grade_label(grade)} ({score})")
 
 
+def label_patients(rows: list[list], head: Head, patients: Patients, order: list[int]) -> None:
+    """Fill in each row's ``patient`` and ``patient_referable``; ``order``: each row's input index."""
+    patient, call = columns(head).index("patient"), columns(head).index("patient_referable")
+    calls = patient_calls([patients.group[i] for i in order], [patients.eye[i] for i in order],
+                          [None if row[1] == "" else row[1] for row in rows])
+    for row, index, value in zip(rows, order, calls, strict=True):
+        row[patient], row[call] = patients.label[index], value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (built without importing torch)."""
-    parser = argparse.ArgumentParser(prog="retinopathy predict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="retinopathy predict", description=__doc__.split("\n")[0],
+                                     epilog=PATIENTS)
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="Images, folders or course-layout .csv lists.")
     which = parser.add_mutually_exclusive_group()
@@ -217,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", type=Path, metavar="DIR",
                         help="Also write a Grad-CAM heat map of each graded image into DIR.")
     parser.add_argument("--pair", nargs=2, action="append", type=Path, metavar=("LEFT", "RIGHT"),
-                        help="Two inputs that are one patient's left and right eye (repeatable); without "
-                             "it, eyes are paired by EyePACS name (<id>_left, <id>_right).")
+                        help="Two inputs that are one patient's eyes, e.g. from two folders (repeatable): "
+                             "LEFT named <id>_left, RIGHT named <id>_right (swapped sides, one photograph "
+                             "twice or a name without an eye are refused). The pair gives the patient and "
+                             "patient_referable columns, and the blend's grades when there is a blend.")
     fusion = parser.add_mutually_exclusive_group()
     fusion.add_argument("--blend", type=Path, metavar="FILE",
                         help="The both-eyes blend (default: models/<arm>.fuse.pt when it exists; none with "
@@ -255,25 +331,17 @@ def blend_for(args: argparse.Namespace, fingerprint: str) -> BlendRecord | None:
     return record if record.learned else None
 
 
-def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int], pairs: list,
-               batch_size: int, runtime: Runtime) -> dict[int, tuple[int, torch.Tensor]]:
+def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int],
+               patients: Patients, batch_size: int, runtime: Runtime) -> dict[int, tuple[int, torch.Tensor]]:
     """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index."""
     import torch
 
     from retinopathy.engine.batches import loader
     from retinopathy.fusion.blend import fused_scores
     from retinopathy.fusion.features import blend_inputs, extract
-    from retinopathy.fusion.pairs import NO_PARTNER, explicit_partners, partners
+    from retinopathy.fusion.pairs import NO_PARTNER
 
-    if pairs:
-        where = {path.resolve(): index for index, path in enumerate(dataset.paths)}
-        missing = [str(path) for pair in pairs for path in pair if path.resolve() not in where]
-        if missing:
-            raise RetinopathyError(f"--pair {missing[0]}: not one of the images given to grade")
-        partner, side = explicit_partners(len(dataset.paths), [(where[a.resolve()], where[b.resolve()])
-                                                               for a, b in pairs])
-    else:
-        partner, side = partners([path.stem for path in dataset.paths])
+    partner, side = patients.partner, patients.side
     ok = set(graded)
     rows = [i for i in graded if partner[i] != NO_PARTNER and partner[i] in ok]
     if not rows:
@@ -308,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = collect(args.paths)
     if not photos:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
+    patients = photo_patients(photos, pair_indices(args.pair or [], photos))
     blend = blend_for(args, trained.state["fingerprint"])
     given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
     params_file = [Path(args.params)] if args.params else []
@@ -324,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
 
     fused = {} if blend is None else fuse_pairs(
-        blend, grader, dataset, [i for i in indices.tolist() if i >= 0], args.pair or [],
+        blend, grader, dataset, [i for i in indices.tolist() if i >= 0], patients,
         args.batch_size or chosen.batch_size, runtime)
     rows: list[list] = []
     graded: list[tuple[int, int, torch.Tensor]] = []
@@ -337,11 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             shown_grade, shown_scores = fused.get(index, (grade, row_scores))
             rows.append([*_row(photos[index], shown_grade, shown_scores, head), warning, source])
             graded.append((index, grade, row_scores))
-    order = [photos[-1 - index] if index < 0 else photos[index] for index in indices.tolist()]
-    call = columns(head).index("patient_referable")
-    for row, value in zip(rows, patient_calls(order, [None if row[1] == "" else row[1] for row in rows]),
-                          strict=True):
-        row[call] = value
+    label_patients(rows, head, patients, [-1 - index if index < 0 else index for index in indices.tolist()])
     header = [*columns(head), "warning", "source"]
     try:
         write_csv_atomic(args.out, header, rows)

@@ -52,8 +52,11 @@ NAME_RULE = ("a name holds only ASCII letters, digits and _ - . + and starts wit
              "(e.g. 2576_right, IDRiD_001, 007-0004-000)")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
-# EyePACS names a photograph `<patient>_left` or `<patient>_right`.
-_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)")
+# EyePACS names a photograph `<patient>_left` or `<patient>_right`. The eye is read in any case
+# (`_Left`, `_RIGHT`): a case-sensitive parse made `7_Left` a patient of its own, so that its other
+# eye `7_right` could sit on the other side of a split by patient, uncounted. The patient part is
+# kept as written (`A7` and `a7` are two patients, as they are two names on a case-sensitive disk).
+_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,9 @@ class SplitListing:
 def patient_of(name: str) -> str:
     """Return the patient of image ``name``: ``<id>`` for EyePACS's ``<id>_left`` / ``<id>_right``.
 
-    Any other name is its own patient. A listed ``.jpeg`` suffix is ignored.
+    The eye is matched in any case (``7_Left`` is patient ``7``); any other name is its own
+    patient. A listed ``.jpeg`` suffix is ignored. Every count and split by patient (prepare,
+    the leakage counts, fuse's pairs, predict) reads names through this and :func:`eye_of`.
     """
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
@@ -96,10 +101,10 @@ def patient_of(name: str) -> str:
 
 
 def eye_of(name: str) -> str | None:
-    """Return ``"left"`` or ``"right"`` for an EyePACS name, else None."""
+    """Return ``"left"`` or ``"right"`` for an EyePACS name (in any case: ``7_Left`` is left), else None."""
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
-    return match["eye"] if match else None
+    return match["eye"].lower() if match else None
 
 
 def image_path(root: str | Path, name: str) -> Path:
@@ -219,36 +224,74 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
             f"lines{skipped}; the files pair up line by line - regenerate both from the same table"
         )
 
-    names = [value for _, value in imgs]
-    for number, name in imgs:
-        check_name(img_path, number, name)
+    names = listed_names(img_path, imgs, notes, f"in the {split} split", " (and its label)")
+    records: list[Record] = []
+    for name, (lab_line, text) in zip(names, labs, strict=True):
+        records.append(Record(name, check_grade(lab_path, lab_line, text)))
+    return SplitListing(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
+
+
+def listed_names(path: Path, lines: list[tuple[int, str]], notes: list[str], scope: str,
+                 also: str = "") -> list[str]:
+    """The image names of a list's ``(line, text)`` pairs (header already removed), checked.
+
+    Every name must be bare (:func:`check_name`) and listed once; ``.jpeg`` is stripped when every
+    name carries it (noted in ``notes``) and refused when only some do. ``scope`` and ``also`` word
+    a repeat's message ("in the test split", " (and its label)").
+
+    Raises:
+        RetinopathyError: naming ``path``, the line and the fix.
+    """
+    names = [value for _, value in lines]
+    for number, name in lines:
+        check_name(path, number, name)
     with_suffix = [name.endswith(IMAGE_SUFFIX) for name in names]
-    if all(with_suffix):
+    if names and all(with_suffix):
         # Unambiguous: every name carries the layout's own extension, so
         # stripping it points at exactly the files that were listed.
         names = [name[: -len(IMAGE_SUFFIX)] for name in names]
-        notes.append(f"{img_path.name}: '{IMAGE_SUFFIX}' extension stripped from all {len(names)} names")
+        notes.append(f"{path.name}: '{IMAGE_SUFFIX}' extension stripped from all {len(names)} names")
     elif any(with_suffix):
         first = with_suffix.index(True)
         other = with_suffix.index(False)
         raise RetinopathyError(
-            f"{where(img_path, imgs[first][0])}: {imgs[first][1]!r} is listed with "
-            f"'{IMAGE_SUFFIX}' but {where(img_path, imgs[other][0])}: {imgs[other][1]!r} is not; "
+            f"{where(path, lines[first][0])}: {lines[first][1]!r} is listed with "
+            f"'{IMAGE_SUFFIX}' but {where(path, lines[other][0])}: {lines[other][1]!r} is not; "
             "list every image by its name without extension"
         )
-
-    records: list[Record] = []
     seen: dict[str, int] = {}
-    for name, (img_line, _), (lab_line, text) in zip(names, imgs, labs, strict=True):
-        grade = check_grade(lab_path, lab_line, text)
+    for name, (number, _) in zip(names, lines, strict=True):
         if name in seen:
             raise RetinopathyError(
-                f"{where(img_path, img_line)}: image {name!r} is listed twice in the {split} "
-                f"split, also at line {seen[name]}; delete one of the two lines (and its label)"
+                f"{where(path, number)}: image {name!r} is listed twice {scope}, also at line "
+                f"{seen[name]}; delete one of the two lines{also}"
             )
-        seen[name] = img_line
-        records.append(Record(name, grade))
-    return SplitListing(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
+        seen[name] = number
+    return names
+
+
+def read_image_list(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """A list of image names alone (predict's ``*.csv``), read as prepare reads ``*_img.csv``.
+
+    The same reader (:func:`read_lines`), the same header row (a known column name such as
+    ``image``; with no label file beside it, a word alone is a name), the same names
+    (:func:`listed_names`: bare, listed once, ``.jpeg`` on all or none).
+
+    Returns:
+        ``(line number, name without extension)`` per image, in file order, and notes on what
+        was accepted and normalised.
+
+    Raises:
+        RetinopathyError: naming ``path``, the line and the fix.
+    """
+    lines, notes = read_lines(path)
+    if lines and lines[0][1].lower() in _IMAGE_HEADERS:
+        notes.append(f"{path.name}: header row {lines[0][1]!r} skipped")
+        lines = lines[1:]
+    if not lines:
+        raise RetinopathyError(f"{path}: no image listed; list one image name per line")
+    names = listed_names(path, lines, notes, f"in {path.name}")
+    return [(number, name) for (number, _), name in zip(lines, names, strict=True)], notes
 
 
 def grade_of(text: str) -> int | None:

@@ -11,6 +11,7 @@ course dataset (:func:`~retinopathy.data.fundus.square_fundus`).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from retinopathy.core.contract import COURSE_IMAGE_SIZE
-from retinopathy.core.errors import RetinopathyError, warn
+from retinopathy.core.errors import RetinopathyError, note, warn
 from retinopathy.data.fundus import square_fundus
 from retinopathy.data.images import (
     check_min_side,
@@ -29,21 +30,30 @@ from retinopathy.data.images import (
     read_image_file,
     resize,
 )
-from retinopathy.data.labels import MAX_LISTED, NAME_RULE, check_name, image_path, name_problem, read_lines
+from retinopathy.data.labels import (
+    MAX_LISTED,
+    NAME_RULE,
+    image_path,
+    name_problem,
+    read_image_list,
+)
 
 PHOTO_SUFFIXES = (".jpeg", ".jpg", ".png")
 LIST_SUFFIX = ".csv"  # a course-layout list: one image name per line, the images beside it as <name>.jpeg
 
 
 def collect(paths: Sequence[str | Path]) -> list[Path]:
-    """The photographs that ``paths`` name, in order: files as given, folders' JPEG/PNG files sorted,
-    and each line of a ``.csv`` list as ``<its folder>/<name>.jpeg``.
+    """The photographs that ``paths`` name, in order: files as given, folders' JPEG/PNG entries sorted,
+    and each name of a ``.csv`` list as ``<its folder>/<name>.jpeg``.
 
     A folder gives the photographs directly in it, not those in its subfolders (which
     may hold earlier heat maps, backups or another eye's series): a warning names each
     subfolder that holds photographs, how many, and how to include them, and counts
-    the other files that were skipped. A path that does not exist is kept (its row
-    will say so); a list with a bad line is an error, as it is for `prepare`.
+    the other entries that were skipped. An entry named like a photograph that is no
+    regular file (a named pipe, a folder, a dangling link) is kept, as a path that does
+    not exist is: its row says what it is, and it is never opened (a pipe would block).
+    A list is read as `prepare` reads ``*_img.csv`` (:func:`~retinopathy.data.labels.read_image_list`:
+    a header row, names with ``.jpeg``); a list with a bad line is an error, as it is for `prepare`.
 
     Raises:
         RetinopathyError: naming the list, the line and the fix.
@@ -53,20 +63,20 @@ def collect(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             entries = sorted(path.iterdir())
-            found += [p for p in entries if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()]
+            found += [p for p in entries if p.suffix.lower() in PHOTO_SUFFIXES]
             _report_skipped(path, entries)
         elif path.suffix.lower() == LIST_SUFFIX and path.is_file():
-            lines, _ = read_lines(path)
-            for number, name in lines:
-                check_name(path, number, name)
-                found.append(image_path(path.parent, name))
+            lines, notes = read_image_list(path)
+            for text in notes:
+                note(f"note: {text}")
+            found += [image_path(path.parent, name) for _, name in lines]
         else:
             found.append(path)
     return found
 
 
 def _report_skipped(folder: Path, entries: list[Path]) -> None:
-    """Warn about what a folder argument does not grade: photographs in subfolders, other files."""
+    """Warn about what a folder argument does not grade: photographs in subfolders, other entries."""
     nested: list[str] = []
     for entry in entries:
         if entry.is_dir():
@@ -79,7 +89,8 @@ def _report_skipped(folder: Path, entries: list[Path]) -> None:
                                                    len(nested) > MAX_LISTED else "")
         warn(f"{folder}: photographs in subfolders are not graded: {shown}; pass each folder that "
              "should be graded as its own argument")
-    others = [e for e in entries if e.is_file() and e.suffix.lower() not in PHOTO_SUFFIXES]
+    # Every other entry that is not a folder: files, and pipes, sockets and links named otherwise.
+    others = [e for e in entries if not e.is_dir() and e.suffix.lower() not in PHOTO_SUFFIXES]
     if others:
         warn(f"{folder}: {len(others)} file(s) not graded (not {'/'.join(PHOTO_SUFFIXES)}), e.g. "
              f"{others[0].name}")
@@ -99,6 +110,26 @@ def check_photo_name(path: Path) -> None:
     if problem:
         raise RetinopathyError(f"{path}: {path.stem!r} is not an image name ({problem}); {NAME_RULE} - "
                                "rename the file")
+
+
+def same_photograph(first: Path, second: Path) -> str | None:
+    """Why ``first`` and ``second`` are one photograph ("the same file", "identical bytes"), or None.
+
+    Only regular files are compared by content (a pipe is never opened); what cannot be
+    read is not compared here: grading it reports why.
+    """
+    try:
+        if os.path.samefile(first, second):
+            return "the same file"
+        one, two = os.stat(first), os.stat(second)
+    except OSError:
+        return None
+    if not (stat.S_ISREG(one.st_mode) and stat.S_ISREG(two.st_mode)) or one.st_size != two.st_size:
+        return None
+    try:
+        return "identical bytes" if read_image_file(first) == read_image_file(second) else None
+    except RetinopathyError:
+        return None
 
 
 def prepare_photo(path: Path, size: int, max_pixels: int) -> np.ndarray:
