@@ -378,7 +378,10 @@ def test_a_file_size_limit_at_the_end_prints_the_grades_rather_than_a_traceback(
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "out.csv: could not be written (File too large)" in result.stderr
     assert "printed above, on standard output" in result.stderr
-    assert result.stdout.count("photos/eye") == 6
+    # One row per photograph (each row names its photo first, then its patient: photos/eyeN).
+    assert [line.split(",")[0] for line in result.stdout.splitlines()[1:]] == [
+        f"photos/eye{i}.jpeg" for i in range(6)
+    ]
 
 
 # ----------------------------------------------------------------- 5. CSV output
