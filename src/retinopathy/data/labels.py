@@ -43,8 +43,9 @@ _INTEGER = re.compile(r"[0-9]+")
 _BAD_NAME_CHARS = re.compile(r"[\s,;\"'/\\\x00-\x1f\x7f]")
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
-# EyePACS names a photograph `<patient>_left` or `<patient>_right`.
-_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)")
+# EyePACS names a photograph `<patient>_left` or `<patient>_right`. A set with several photographs
+# of one eye (DeepDRiD's two views, `import-external`) adds the view: `<patient>_left_2`.
+_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)(?:_(?P<view>[0-9]+))?")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class SplitListing:
 def patient_of(name: str) -> str:
     """Return the patient of image ``name``: ``<id>`` for EyePACS's ``<id>_left`` / ``<id>_right``.
 
-    Any other name is its own patient. A listed ``.jpeg`` suffix is ignored.
+    A view number after the eye (``<id>_left_2``: another photograph of the same eye) keeps
+    the patient. Any other name is its own patient. A listed ``.jpeg`` suffix is ignored.
     """
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
@@ -87,7 +89,7 @@ def patient_of(name: str) -> str:
 
 
 def eye_of(name: str) -> str | None:
-    """Return ``"left"`` or ``"right"`` for an EyePACS name, else None."""
+    """Return ``"left"`` or ``"right"`` for an EyePACS name (with or without a view number), else None."""
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
     return match["eye"] if match else None
