@@ -208,7 +208,8 @@ def test_every_option_has_help_in_one_style(command, monkeypatch):
 
 # The commands whose --help must not wait for torch (about 3 s here): every one that
 # does not need it to build its options.
-LIGHT_HELP = ("predict", "export", "compare", "report", "demo-data", "prepare", "import-kaggle")
+LIGHT_HELP = ("predict", "export", "compare", "report", "demo-data", "prepare", "import-kaggle",
+              "import-external")
 
 
 def test_help_does_not_import_torch():

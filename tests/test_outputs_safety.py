@@ -96,6 +96,7 @@ FOLDER_COMMANDS = {
     "demo-data": lambda out: ["demo-data", "--out", out],
     "import-kaggle": lambda out: ["import-kaggle", "--labels", "trainLabels.csv", "--images", "train",
                                   "--out", out],
+    "import-external": lambda out: ["import-external", "eyepacs", "--root", ".", "--out", out],
 }
 
 

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": (_STAGES + "demo_data", "write the synthetic demo dataset (course layout)"),
     "import-kaggle": (_COMMANDS + "import_kaggle",
                       "build the course's 512x512 dataset from Kaggle's download"),
+    "import-external": (_COMMANDS + "import_external",
+                        "write a public DR set (APTOS, Messidor-2, IDRiD, DDR, ...) as a test set"),
     "prepare": (_STAGES + "prepare", "check the raw data and write the index and summary"),
     "weights": (_STAGES + "weights", "resolve the initial weights of each arm and write manifests"),
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),

@@ -5,7 +5,7 @@ Kaggle's "Diabetic Retinopathy Detection" (EyePACS, 2015) ships ``trainLabels.cs
 about 4752x3168 with a black border around the round fundus. For each image we
 crop the border, pad to a square with black so the fundus stays centred and
 round (:mod:`retinopathy.data.fundus`), resize to ``size`` x ``size`` and save
-at JPEG quality 95.
+at JPEG quality 95 (:mod:`retinopathy.data.convert`, shared with `import-external`).
 
 The split is either the course's own lists (``data/splits/lab``; their labels
 must agree with ``trainLabels.csv``) or a seeded split stratified by grade that
@@ -18,55 +18,17 @@ renamed into place.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing
-import sys
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from tqdm import tqdm
 
 from retinopathy.core.config import cli_fraction, cli_positive_int, cli_seed
 from retinopathy.core.contract import MAX_IMAGE_SIZE
 from retinopathy.core.errors import RetinopathyError, note, warn, where
 from retinopathy.core.files import check_name_length, check_output_folder, staged_folder
-from retinopathy.data.fundus import square_fundus
-from retinopathy.data.images import PIXEL_CEILING, read_image_file
+from retinopathy.data.convert import convert_photos
 from retinopathy.data.kaggle import lists_cover, read_kaggle_labels, splits_from_lists, stratified_split
 from retinopathy.data.labels import MAX_LISTED, SPLIT_FILES, image_path, read_course_splits
 
 DEFAULT_SPLIT_LISTS = Path("data/splits/lab")
-JPEG_QUALITY = 95
-
-
-def _convert(task: tuple[Path, Path, int]) -> str | None:
-    """Crop, square and resize one photograph; return its name if it had no fundus.
-
-    Without params, every step is bounded by ``PIXEL_CEILING`` (the file's header, the decode,
-    the padded square): an extreme strip is an error naming it, not gigabytes of memory.
-    """
-    source, target, size = task
-    image, found = square_fundus(source, read_image_file(source, PIXEL_CEILING), size)
-    image.save(target, "JPEG", quality=JPEG_QUALITY)
-    return None if found else source.stem
-
-
-def _run(tasks: Sequence[tuple[Path, Path, int]], workers: int) -> list[str]:
-    """Convert every image, in ``workers`` processes; return the names kept uncropped."""
-    blanks: list[str] = []
-    with (
-        tqdm(total=len(tasks), unit="img", desc="import-kaggle", file=sys.stderr) as progress,
-        contextlib.ExitStack() as stack,
-    ):
-        results: Iterable[str | None] = map(_convert, tasks)
-        if workers > 1:
-            pool = stack.enter_context(multiprocessing.Pool(workers))
-            results = pool.imap_unordered(_convert, tasks, chunksize=8)
-        for blank in results:
-            if blank:
-                blanks.append(blank)
-            progress.update()
-    return blanks
 
 
 def import_kaggle(
@@ -140,7 +102,8 @@ def import_kaggle(
             (build / img_file).write_text("".join(f"{name}\n" for name in names))
             (build / lab_file).write_text("".join(f"{labels[name][0]}\n" for name in names))
         tasks = [(image_path(images_dir, name), image_path(build, name), size) for name in chosen]
-        blanks = _run(tasks, workers)
+        blanks = [converted.source.stem for converted in convert_photos(tasks, workers, "import-kaggle")
+                  if not converted.found]
         from retinopathy.data.checks import check_images  # the image decoders: not at the top, for --help
 
         course = read_course_splits(build)  # what prepare will read, checked before we publish

@@ -119,6 +119,53 @@ METRIC_KEYS: dict[str, str] = {
 METRIC_DECIMALS = 3  # a person compares these at a glance; the history and predictions keep the rest
 
 
+# `retinopathy import-external`: a public set that is not the training data, written as a test-only
+# folder in the course layout (the test split's two lists and <name>.jpeg) plus the files of
+# ImportedSet, for the pipeline's external validation to read.
+EXTERNAL_FORMATS = ("aptos2019", "messidor2", "idrid", "ddr", "deepdrid", "eyepacs")
+# Why a photograph of the set is not in the test split: the set calls it ungradable (it is still
+# written, for quality.csv), it has no grade, or its file is missing (only with --allow-missing).
+LEFT_OUT_REASONS = ("ungradable", "unlabelled", "missing file")
+QUALITY_HEADER = ("", "image", "quality", "DR_grade")  # EyeQ's Label_EyeQ_{train,test}.csv (Fu et al. 2019)
+QUALITY_LEVELS = ("Good", "Usable", "Reject")  # EyeQ's quality 0, 1, 2
+# One row per photograph the set lists or holds: written (status "test" or "ungradable") or left out.
+SOURCE_COLUMNS = ("image", "status", "source", "split", "patient", "eye", "grade", "dme", "sha256")
+
+
+@dataclass(frozen=True)
+class ImportedSet:
+    """The files of a folder written by `import-external`, beside the course layout's test lists.
+
+    The test split itself is ``test_img.csv`` / ``test_label.csv``
+    (``retinopathy.data.labels.SPLIT_FILES["test"]``, read by ``parse_split(folder, "test")``)
+    and ``<name>.jpeg`` for every listed name.
+    """
+
+    folder: Path
+
+    @property
+    def dme(self) -> Path:
+        """Referable diabetic macular edema (1) or not (0), one line per line of ``test_img.csv``
+        (only for a set with DME labels)."""
+        return self.folder / "test_dme.csv"
+
+    @property
+    def quality(self) -> Path:
+        """EyeQ's format (:data:`QUALITY_HEADER`), gradable and ungradable photographs (only for a
+        set with quality labels)."""
+        return self.folder / "quality.csv"
+
+    @property
+    def summary(self) -> Path:
+        """The import's record (``core.records.ImportSummary``)."""
+        return self.folder / "import.json"
+
+    @property
+    def sources(self) -> Path:
+        """:data:`SOURCE_COLUMNS`: every photograph of the set, where it came from and what became of it."""
+        return self.folder / "sources.csv"
+
+
 REPORT_FIGURES = ("accuracy.png", "best_accuracy.png")  # the report's figures of both arms together
 SCREENING_FIGURES = ("roc.png", "reliability.png")  # the report's screening figures of both arms together
 

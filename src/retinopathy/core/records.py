@@ -6,7 +6,9 @@
   read by report, compare, explain and export (:func:`read_info`);
 - :class:`Skipped`: either of the two for an arm that was not trained (the pretrained one offline);
 - :class:`PreparedSummary`, ``data/prepared/summary.json``: written by prepare (:func:`summary_text`),
-  read by evaluate (:func:`read_summary`).
+  read by evaluate (:func:`read_summary`);
+- :class:`ImportSummary`, ``import.json`` in a folder of `import-external`: written by it
+  (:func:`import_summary_text`), read by the external validation (:func:`read_import_summary`).
 
 Every file carries its format's version (``"version"``, first), and status.json and
 info.json say whether the arm was ``trained`` or ``skipped`` (``"status"``, second);
@@ -38,13 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from retinopathy.core.contract import GRADES
+from retinopathy.core.contract import EXTERNAL_FORMATS, GRADES, LEFT_OUT_REASONS, NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import write_json_atomic
 
 STATUS_VERSION = 1  # models/<arm>/status.json
 INFO_VERSION = 1  # metrics/<arm>.info.json
 SUMMARY_VERSION = 1  # data/prepared/summary.json
+IMPORT_VERSION = 1  # import.json of a folder written by `import-external`
 
 VERSION_KEY = "version"
 STATUS_KEY = "status"  # status.json and info.json: "trained" or "skipped"
@@ -182,6 +185,53 @@ class PreparedSummary:
     patients: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ImportSummary:
+    """What `import-external` wrote and left out: ``import.json`` in its output folder.
+
+    Attributes:
+        format: The set's format (``contract.EXTERNAL_FORMATS``).
+        root: ``--root``, the folder read, as given.
+        size: ``--size``, the side of the square images written.
+        images: Images in the test split (``test_img.csv``).
+        grades: Test images per grade 0-4.
+        splits: Test images per split of origin in the set (its own names: train, test, valid,
+            Public, ...), in the order first met.
+        left_out: Photographs of the set not in the test split, per reason (every one of
+            ``contract.LEFT_OUT_REASONS``, 0 when none).
+        left_out_examples: The first few sources (paths under ``root``, or ids) per reason.
+        patients: Patients among the test images (``data.labels.patient_of`` of their names);
+            None when the set names no patients or eyes.
+        eye_pairs: Patients with a left and a right eye among the test images; None as ``patients``.
+        referable_dme: Test images with referable diabetic macular edema (``test_dme.csv``);
+            None when the set has no DME labels.
+        dme_definition: Which label of the set is referable DME, in words; None as ``referable_dme``.
+        quality: Photographs in ``quality.csv`` per EyeQ level (``contract.QUALITY_LEVELS``);
+            None when the set has no quality labels.
+        quality_definition: Which label of the set gives the quality, in words; None as ``quality``.
+        label_files: The set's label files read (paths under ``root``) and their SHA-256.
+        notes: What was accepted and normalised in the set's files (a BOM, CRLF, trailing columns,
+            ...), and what was decided about its quirks.
+    """
+
+    format: str
+    root: str
+    size: int
+    images: int
+    grades: list[int]
+    splits: dict[str, int]
+    left_out: dict[str, int]
+    left_out_examples: dict[str, list[str]]
+    patients: int | None
+    eye_pairs: int | None
+    referable_dme: int | None
+    dme_definition: str | None
+    quality: dict[str, int] | None
+    quality_definition: str | None
+    label_files: dict[str, str]
+    notes: list[str]
+
+
 # ------------------------------------------------------------------ writing
 
 
@@ -204,6 +254,11 @@ def write_info(path: Path, record: EvaluationInfo | Skipped) -> None:
 def summary_text(record: PreparedSummary) -> str:
     """The text of ``summary.json`` (prepare writes it into its staging folder)."""
     return json.dumps({VERSION_KEY: SUMMARY_VERSION, **_fields(record)}, indent=2) + "\n"
+
+
+def import_summary_text(record: ImportSummary) -> str:
+    """The text of ``import.json`` (import-external writes it into its staging folder)."""
+    return json.dumps({VERSION_KEY: IMPORT_VERSION, **_fields(record)}, indent=2) + "\n"
 
 
 # ------------------------------------------------------------------ reading
@@ -376,4 +431,28 @@ def read_summary(path: Path, read: ReadText = read_working_tree) -> PreparedSumm
     if baseline.grade not in GRADES:
         raise RecordError(f"{path}: 'majority_baseline.grade' is {baseline.grade!r}, not a grade; "
                           f"{PREPARE_FIX}")
+    return summary
+
+
+def read_import_summary(path: Path, read: ReadText = read_working_tree) -> ImportSummary:
+    """``import.json`` of a folder written by `import-external`, checked whole: never half read.
+
+    Raises:
+        RecordError: as :func:`read_status`, or counts that do not add up (a format, grade or
+            reason this version does not know); naming the file and saying to import again.
+    """
+    fix = (f"import the set again with `retinopathy import-external FORMAT --root DIR --out "
+           f"{path.parent}` into a new folder")
+    missing = f"{path.parent} was not written by `retinopathy import-external`; {fix}"
+    raw = _versioned(path, read_json_object(path, read, missing, fix), IMPORT_VERSION, fix)
+    summary = _record(path, ImportSummary, raw, fix)
+    if summary.format not in EXTERNAL_FORMATS:
+        raise RecordError(f"{path}: 'format' is {summary.format!r}, not one of "
+                          f"{', '.join(EXTERNAL_FORMATS)}; {fix}")
+    if len(summary.grades) != NUM_GRADES or sum(summary.grades) != summary.images:
+        raise RecordError(f"{path}: 'grades' {summary.grades} are not {NUM_GRADES} counts adding up to "
+                          f"'images' ({summary.images}); {fix}")
+    if list(summary.left_out) != list(LEFT_OUT_REASONS):
+        raise RecordError(f"{path}: 'left_out' has the reasons {list(summary.left_out)}, not "
+                          f"{list(LEFT_OUT_REASONS)}; {fix}")
     return summary

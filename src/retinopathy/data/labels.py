@@ -56,7 +56,9 @@ MAX_LISTED = 20
 # (`_Left`, `_RIGHT`): a case-sensitive parse made `7_Left` a patient of its own, so that its other
 # eye `7_right` could sit on the other side of a split by patient, uncounted. The patient part is
 # kept as written (`A7` and `a7` are two patients, as they are two names on a case-sensitive disk).
-_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)", re.IGNORECASE)
+# A set with several photographs of one eye (DeepDRiD's two views, `import-external`) adds the
+# view: `<patient>_left_2`.
+_EYE_NAME = re.compile(r"(?P<patient>.+)_(?P<eye>left|right)(?:_(?P<view>[0-9]+))?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,10 @@ class SplitListing:
 def patient_of(name: str) -> str:
     """Return the patient of image ``name``: ``<id>`` for EyePACS's ``<id>_left`` / ``<id>_right``.
 
-    The eye is matched in any case (``7_Left`` is patient ``7``); any other name is its own
-    patient. A listed ``.jpeg`` suffix is ignored. Every count and split by patient (prepare,
-    the leakage counts, fuse's pairs, predict) reads names through this and :func:`eye_of`.
+    The eye is matched in any case (``7_Left`` is patient ``7``), and a view number after it
+    (``<id>_left_2``: another photograph of the same eye) keeps the patient; any other name is
+    its own patient. A listed ``.jpeg`` suffix is ignored. Every count and split by patient
+    (prepare, the leakage counts, fuse's pairs, predict) reads names through this and :func:`eye_of`.
     """
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
@@ -101,7 +104,8 @@ def patient_of(name: str) -> str:
 
 
 def eye_of(name: str) -> str | None:
-    """Return ``"left"`` or ``"right"`` for an EyePACS name (in any case: ``7_Left`` is left), else None."""
+    """Return ``"left"`` or ``"right"`` for an EyePACS name (in any case, with or without a view number),
+    else None."""
     stem = name[: -len(IMAGE_SUFFIX)] if name.endswith(IMAGE_SUFFIX) else name
     match = _EYE_NAME.fullmatch(stem)
     return match["eye"].lower() if match else None
