@@ -24,13 +24,26 @@ _BOX_SIDE = 256
 # crop is still resized down, while a 4752x3168 photograph decodes at 1/4
 # scale (1/16 of the pixels) for 512x512 output.
 DECODE_MARGIN = 1.5
+# A pixel belongs to the fundus when its brightest channel is above this (0-255): the
+# border of a fundus photograph is black up to JPEG noise, the dimmest rim of a lit
+# fundus is well above it. The quality measures (retinopathy.quality) use the same rule.
+FUNDUS_THRESHOLD = 10
 
 
 class NoFundusError(RetinopathyError):
     """No pixel of the image is brighter than the threshold: nothing to crop to."""
 
 
-def crop_to_fundus(img: Image.Image, threshold: int = 10) -> Image.Image:
+def fundus_pixels(pixels: np.ndarray, threshold: int = FUNDUS_THRESHOLD) -> np.ndarray:
+    """Which pixels of an RGB uint8 array [H, W, 3] are bright enough to be fundus: bool [H, W].
+
+    A pixel counts when its brightest channel exceeds ``threshold`` (0-255).
+    """
+    # Two elementwise maxima: numpy's max over a last axis of 3 is about 20x slower.
+    return np.maximum(np.maximum(pixels[..., 0], pixels[..., 1]), pixels[..., 2]) > threshold
+
+
+def crop_to_fundus(img: Image.Image, threshold: int = FUNDUS_THRESHOLD) -> Image.Image:
     """Crop the black border around the fundus and pad the result to a black square.
 
     The bounding box of the pixels whose brightest channel exceeds
@@ -62,7 +75,7 @@ def fundus_box(rgb: Image.Image, threshold: int = 10) -> tuple[int, int, int, in
     width, height = rgb.size
     factor = max(1, max(width, height) // _BOX_SIDE)
     small = np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
-    bright = small.max(axis=2) > threshold
+    bright = fundus_pixels(small, threshold)
     # A row or column is part of the fundus only with bright cells over about 1%
     # of the longer side, so a speck of dust or a stray hot pixel in the
     # border does not widen the box.
