@@ -21,6 +21,7 @@ and ``<arm>_patient.csv``, and ``metrics/reliability/<arm>.csv``.
 
 A skipped arm gets ``{}`` as metrics (a row of dashes), the reason and the fix
 in its info, and header-only CSVs, so the report and `dvc metrics show` show the gap.
+Outputs that are NaN or infinite stop the stage before anything is written.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from retinopathy.engine.runtime import from_params
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
 from retinopathy.evaluation.screening_files import write_screening
+from retinopathy.models.head import require_finite
 from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
@@ -170,6 +172,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         if actual.tolist() != [r.label for r in records[split]]:  # each row must name its own image
             raise RetinopathyError(f"{layout.index}: the {split} split's grades came back in another order "
                                    "than listed (a bug in the batching: please report it)")
+        require_finite(outputs, files.best, "its weights are finite, but the network overflows on these "
+                       f"images; train the arm again (`dvc repro -f train@{arm}`)",
+                       [r.image for r in records[split]])
         rows = scored([patient_of(r.image) for r in records[split]], actual.numpy(), predicted.numpy(),
                       outputs.numpy(), head.regression)
         graded[split] = (predicted.numpy(), outputs.numpy(), rows)

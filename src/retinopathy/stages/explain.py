@@ -28,6 +28,7 @@ from retinopathy.data.index import read_index
 from retinopathy.engine import checkpoint
 from retinopathy.engine.runtime import resolve_device
 from retinopathy.models.gradcam import grad_cam, save_grid, save_message
+from retinopathy.models.head import require_finite
 from retinopathy.models.registry import title
 from retinopathy.pipeline.paramkeys import restrict
 
@@ -41,10 +42,19 @@ PER_GRADE = 3  # test images per true grade: a row of the grid
 def _predictions(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     with open(path, newline="") as stream:
         rows = list(csv.DictReader(stream))
+    fix = "run `dvc repro -f evaluate` to write it again"
     if not rows or not set(PREDICTION_COLUMNS) <= set(rows[0]) or len(rows) != count:
         raise RetinopathyError(f"{path}: expected {count} rows of {','.join(PREDICTION_COLUMNS)} (one per "
-                               "test image): run `dvc repro evaluate` first")
-    return (np.array([int(r["actual"]) for r in rows]), np.array([int(r["predicted"]) for r in rows]))
+                               f"test image); {fix}")
+    grades = [(r["actual"], r["predicted"]) for r in rows]
+    wrong = next((line for line, pair in enumerate(grades, start=2)
+                  if not all(grade in GRADE_TEXTS for grade in pair)), None)
+    if wrong is not None:  # NaN, a fraction, -1 ...: no grade to draw a heat map of
+        raise RetinopathyError(f"{path}:{wrong}: 'actual' and 'predicted' must be grades 0-4; {fix}")
+    return np.array([int(a) for a, _ in grades]), np.array([int(p) for _, p in grades])
+
+
+GRADE_TEXTS = {str(grade) for grade in GRADES}  # as evaluate writes them
 
 
 def choose(actual: np.ndarray, predicted: np.ndarray, seed: int) -> list[int | None]:
@@ -92,6 +102,9 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
         grade = int(predicted[index])
         with torch.no_grad():
             scores = head.scores(grader.eval()(image))[0]
+        require_finite(scores.unsqueeze(0).cpu(), files.best, "its weights are finite, but the network "
+                       f"overflows on this image; train the arm again (`dvc repro -f train@{arm}`)",
+                       [records[index].image])
         heat = grad_cam(grader, image, [0 if head.regression else grade])[0]
         score = f"value {float(scores):.2f}" if head.regression else f"p {float(scores[grade]):.2f}"
         caption = f"{records[index].image}: graded {grade} ({score})"

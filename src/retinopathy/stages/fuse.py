@@ -23,11 +23,14 @@ patient-bootstrap intervals, ``evaluate.bootstrap`` and ``evaluate.seed`` as
 evaluate's; the operating points chosen on the validation split graded the same
 way, never on test; ROC and reliability CSVs), whose ``fusion`` entry holds
 :data:`~retinopathy.core.contract.FUSION_FACTS`. Each file is written atomically.
+A blend that diverged (NaN or infinite weights: too high a ``fuse.lr``) is refused,
+and so are features, outputs or scores that are not finite.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,7 +60,7 @@ from retinopathy.evaluation.screening_files import write_screening
 from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
-from retinopathy.models.head import Head
+from retinopathy.models.head import Head, require_finite
 from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
@@ -102,8 +105,12 @@ def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str,
     return {}
 
 
+# What to do when the arm's blend gives scores that are not finite (its weights are finite: checked).
+BLEND_FIX = "lower fuse.lr in params.yaml and run the `fuse` stage again"
+
+
 def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRecord,
-            pairs: Pairs | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+            pairs: Pairs | None, blend: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One split's scores, grades and sources: the blend's where the other eye is in the split, else alone."""
     scores_, grades = head.scores(outputs), head.grades(outputs)
     partner, _ = partners(names)
@@ -111,7 +118,7 @@ def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRe
         return scores_, grades, ["single"] * len(names)
     rows = [i for i, p in enumerate(partner) if p >= 0]
     if rows:
-        fused_s, fused_g = fused_scores(record, pairs.this, pairs.other, pairs.side)
+        fused_s, fused_g = fused_scores(record, pairs.this, pairs.other, pairs.side, blend, BLEND_FIX)
         index = torch.tensor(rows)
         scores_, grades = scores_.clone(), grades.clone()
         scores_[index], grades[index] = fused_s, fused_g
@@ -145,6 +152,10 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
         split: extract(grader, eval_batches(source, train.batch_size, runtime), runtime, f"features {split}",
                        lower) for split, source in sources.items()}
     names = {split: [record.image for record in records[split]] for split in sources}
+    for split, found in extracted.items():  # before any of them is blended or graded
+        require_finite(torch.cat([found.features, found.outputs], 1), layout.arm(arm).best,
+                       f"its weights are finite, but the network overflows on these images; train the arm "
+                       f"again (`dvc repro -f train@{arm}`)", names[split])
 
     blend = BlendRecord("none", fuse.inputs, spec.loss, None, 0, 0, best["fingerprint"], 0,
                         "none: fuse.method is none, every image graded alone", 0, 0)
@@ -165,7 +176,8 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
                             pairs["train"].this.shape[1], fuse.hidden, best["fingerprint"], epoch, rule,
                             len(pairs["train"]), len(val) if val is not None else 0, state_of(model))
 
-    graded = {split: _graded(extracted[split].outputs, head, names[split], blend, pairs.get(split))
+    graded = {split: _graded(extracted[split].outputs, head, names[split], blend, pairs.get(split),
+                             layout.blend(arm))
               for split in ("test", "val") if split in extracted and len(names[split])}
     test_scores, test_grades, test_sources = graded["test"]
     actual = extracted["test"].labels.numpy()
