@@ -20,7 +20,7 @@ batch, height and width) and needs the ``export`` extra (onnx, onnxscript,
 onnxruntime); TorchScript is ``torch.jit.trace``. Both are checked against
 PyTorch before they are published (scores within 1e-4, at the network's size
 and at another; a NaN or infinite score on either side fails the check), and
-written atomically.
+the model and its card are written together (both or neither).
 
 ``--fused`` writes the arm's both-eyes grader instead
 (:class:`~retinopathy.fusion.graph.BothEyes`: the network up to its features
@@ -373,7 +373,7 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     """
     import torch
 
-    from retinopathy.core.files import atomic_file, check_output_file, draft_folder, write_text_atomic
+    from retinopathy.core.files import check_output_file, draft_folder, write_together
     from retinopathy.engine import checkpoint
     from retinopathy.reporting.results import missing_checkpoint_fix
 
@@ -402,9 +402,8 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
         _check_agreement(out, fmt, difference)
         known = provenance(path, state, arm, layout)
         measured = measure_decoders(model, run, draft, _test_photos(known.info))
-        with atomic_file(out, "wb") as stream:
-            stream.write(draft.read_bytes())
-    write_text_atomic(card, model_card(spec, arm, state, known, fmt, out, measured, path))
+        exported = draft.read_bytes()
+    write_together({out: exported, card: model_card(spec, arm, state, known, fmt, out, measured, path)})
     return difference
 
 
@@ -469,7 +468,7 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
     """
     import torch
 
-    from retinopathy.core.files import atomic_file, check_output_file, draft_folder, write_text_atomic
+    from retinopathy.core.files import check_output_file, draft_folder, write_together
     from retinopathy.engine import checkpoint
     from retinopathy.fusion.blend import BlendRecord
     from retinopathy.fusion.features import blend_width
@@ -506,11 +505,10 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
                 differences.append(float((got - model(*check)).abs().max()))
         difference = _worst(differences)
         _check_agreement(out, fmt, difference)
-        with atomic_file(out, "wb") as stream:
-            stream.write(draft.read_bytes())
+        exported = draft.read_bytes()
     output = (f"the regression value [N]; the grade is how many of the thresholds {record.thresholds} lie "
               "below it" if model.regression else "the probabilities of grades 0-4 [N, 5]")
-    write_text_atomic(card, "\n".join([
+    write_together({out: exported, card: "\n".join([
         f"# {out.name}: diabetic retinopathy grader with both eyes ({arm} arm, retinopathy `fuse`)", "",
         "**For research, not for diagnosis.**", "",
         f"- network: `{path}` (run `{state['fingerprint']}`), up to its {record.inputs}; the blend: "
@@ -520,7 +518,7 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
         f"each resized to {size}x{size} inside as the single-eye export does), `side` [N] float (0: `images` "
         "are left eyes, 1: right)",
         f"- output `scores`: this eye's {output}",
-        f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend", ""]))
+        f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend", ""])})
     return difference
 
 

@@ -22,9 +22,10 @@ of :mod:`retinopathy.evaluation.screening` per image and per patient with their
 patient-bootstrap intervals, ``evaluate.bootstrap`` and ``evaluate.seed`` as
 evaluate's; the operating points chosen on the validation split graded the same
 way, never on test; ROC and reliability CSVs), whose ``fusion`` entry holds
-:data:`~retinopathy.core.contract.FUSION_FACTS`. Each file is written atomically.
-A blend that diverged (NaN or infinite weights: too high a ``fuse.lr``) is refused,
-and so are features, outputs or scores that are not finite.
+:data:`~retinopathy.core.contract.FUSION_FACTS`. The files change together or not
+at all (``files.write_together``): a full disk never leaves a new blend beside
+the old metrics. A blend that diverged (NaN or infinite weights: too high a
+``fuse.lr``) is refused, and so are features, outputs or scores that are not finite.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.contract import fused_prediction_columns as columns
 from retinopathy.core.errors import RetinopathyError, warn
-from retinopathy.core.files import write_csv_atomic, write_json_atomic
+from retinopathy.core.files import csv_text, json_text, write_together
 from retinopathy.core.records import Skipped, TrainingStatus, read_status
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import patient_of
@@ -56,7 +57,7 @@ from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import from_params
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
-from retinopathy.evaluation.screening_files import write_screening
+from retinopathy.evaluation.screening_files import screening_contents
 from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
@@ -97,11 +98,13 @@ def _rows(names: list[str], actual: np.ndarray, grades: np.ndarray, scores: torc
 
 
 def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str, float]:
-    BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0, f"arm skipped: {reason}",
-                0, 0).save(layout.blend(arm))
-    write_csv_atomic(layout.fused_predictions(arm), list(columns(params.train.loss == "regression")), [])
-    write_screening(layout.fused(arm), None, None, probabilities=False)
-    write_json_atomic(layout.fused_metrics(arm), {})
+    blend = BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0,
+                        f"arm skipped: {reason}", 0, 0)
+    write_together({layout.blend(arm): blend.to_bytes(layout.blend(arm)),
+                    layout.fused_predictions(arm): csv_text(list(columns(params.train.loss == "regression")),
+                                                            []),
+                    **screening_contents(layout.fused(arm), None, None, probabilities=False),
+                    layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), {})})
     return {}
 
 
@@ -196,12 +199,15 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     numbers = scores(actual, test_grades.numpy(), confusion_tables(actual, test_grades.numpy()))
     metrics = {key: round(float(numbers[key]), METRIC_DECIMALS)
                for key in FUSED_METRIC_KEYS if key in numbers}
-    blend.save(layout.blend(arm))
-    write_csv_atomic(layout.fused_predictions(arm), list(columns(head.regression)),
-                     _rows(names["test"], actual, test_grades.numpy(), test_scores,
-                           referable(test_scores, head), test_sources, head))
-    write_screening(layout.fused(arm), screening, test, probabilities=not head.regression)
-    write_json_atomic(layout.fused_metrics(arm), metrics)
+    # All four outputs change together, or none does (a full disk must not leave a new blend
+    # beside the old metrics, which then no longer describe it).
+    write_together({
+        layout.blend(arm): blend.to_bytes(layout.blend(arm)),
+        layout.fused_predictions(arm): csv_text(list(columns(head.regression)), _rows(
+            names["test"], actual, test_grades.numpy(), test_scores, referable(test_scores, head),
+            test_sources, head)),
+        **screening_contents(layout.fused(arm), screening, test, probabilities=not head.regression),
+        layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), metrics)})
     print(f"{arm}: blend {blend.selection}" if blend.learned else f"{arm}: {blend.selection}")
     return metrics
 
