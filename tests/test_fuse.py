@@ -282,16 +282,17 @@ def test_a_killed_stage_leaves_no_partial_output(paired):
     layout = Layout()
     for path in (layout.fused_predictions("scratch"), layout.fused_metrics("scratch")):
         path.unlink()
-    # The stage is killed while it writes the predictions: half of them are in its temporary file.
+    # The stage is killed while it writes its outputs (all of them to temporaries first): the blend
+    # is in its temporary file, the predictions in theirs, not yet synced to the disk.
     code = ("import os, signal\n"
-            "from retinopathy.core.files import atomic_file\n"
             "from retinopathy.stages import fuse\n"
-            "def killed(path, header, rows):\n"
-            "    with atomic_file(path) as stream:\n"
-            "        stream.write(','.join(header) + '\\n')\n"
-            "        stream.flush()\n"
+            "synced, real = [], os.fsync\n"
+            "def killed(fd):\n"
+            "    synced.append(fd)\n"
+            "    if len(synced) == 2:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "fuse.write_csv_atomic = killed\n"
+            "    real(fd)\n"
+            "os.fsync = killed\n"
             "fuse.main(['--init', 'scratch'])\n")
     result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=paired)
     assert result.returncode == -signal.SIGKILL

@@ -26,7 +26,9 @@ PATIENTS = leakage({"train": [Record("1_left", 0), Record("2_left", 1), Record("
 STATUS = TrainingStatus(model="resnet18", init="scratch", epochs=2, best_epoch=1, selection="test",
                         select_by="accuracy", decoder="pillow", resident=False, weights="random",
                         fingerprint="0123456789abcdef",
-                        history=[{"epoch": 1, "test_accuracy": 0.5}, {"epoch": 2, "test_accuracy": 0.25}])
+                        history=[{"epoch": epoch, "train_loss": 1.5, "train_accuracy": 0.5,
+                                  "train_kappa": 0.0, "test_loss": 1.25, "test_accuracy": accuracy,
+                                  "test_kappa": -0.25} for epoch, accuracy in ((1, 0.5), (2, 0.25))])
 INFO = EvaluationInfo(model="resnet18", init="scratch", weights="random", data="data/demo", synthetic=True,
                       selection="test", select_by="accuracy", selection_rule="epoch with the highest test "
                       "accuracy", tta="none", epochs=2, test_size=12, decoder="pillow",

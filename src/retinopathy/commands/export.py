@@ -19,7 +19,8 @@ ONNX goes through ``torch.onnx.export`` (the dynamo exporter, with dynamic
 batch, height and width) and needs the ``export`` extra (onnx, onnxscript,
 onnxruntime); TorchScript is ``torch.jit.trace``. Both are checked against
 PyTorch before they are published (scores within 1e-4, at the network's size
-and at another), and written atomically.
+and at another; a NaN or infinite score on either side fails the check), and
+the model and its card are written together (both or neither).
 
 ``--fused`` writes the arm's both-eyes grader instead
 (:class:`~retinopathy.fusion.graph.BothEyes`: the network up to its features
@@ -38,6 +39,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -162,6 +164,26 @@ def _json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _worst(differences: list[float]) -> float:
+    """The largest of ``differences``; NaN when one is not finite (``max(0.0, nan)`` would be 0.0)."""
+    return max(differences) if all(math.isfinite(d) for d in differences) else math.nan
+
+
+def _check_agreement(out: Path, fmt: str, difference: float) -> None:
+    """Refuse an export whose scores are not PyTorch's within :data:`TOLERANCE`, or not finite.
+
+    Raises:
+        RetinopathyError: naming ``out``; nothing is written.
+    """
+    if not math.isfinite(difference):
+        raise RetinopathyError(f"{out}: the {fmt} model's scores, or PyTorch's, are NaN or infinite on the "
+                               "check images, so the export cannot be shown to agree; nothing was written. "
+                               "The network overflows: train the arm again, or pass another --checkpoint")
+    if difference > TOLERANCE:
+        raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
+                               f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
+
+
 def _record_if_there(read: Callable[[Path, str], Any], path: Path, arm: str) -> Any:
     """The record at ``path``; None when there is none, or (said) when it cannot be read."""
     from retinopathy.core.errors import warn
@@ -236,6 +258,11 @@ def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]
         differences += (got - expected).abs().reshape(len(chosen), -1).max(1).values.tolist()
     if not differences:
         return None
+    if not math.isfinite(_worst(differences)):
+        raise RetinopathyError(f"{out}: its scores (or `retinopathy predict`'s) are NaN or infinite on the "
+                               "checkpoint's test images, so the card cannot say how far they differ; "
+                               "nothing was written. The network overflows: train the arm again, or pass "
+                               "another --checkpoint")
     return {"images": len(differences), "max": max(differences), "mean": sum(differences) / len(differences)}
 
 
@@ -346,7 +373,7 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     """
     import torch
 
-    from retinopathy.core.files import atomic_file, check_output_file, draft_folder, write_text_atomic
+    from retinopathy.core.files import check_output_file, draft_folder, write_together
     from retinopathy.engine import checkpoint
     from retinopathy.reporting.results import missing_checkpoint_fix
 
@@ -366,19 +393,17 @@ def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
     with draft_folder(out) as folder:  # a killed export's draft is removed by the next export to `out`
         draft = folder / out.name
         write(model, example, draft)
-        difference = 0.0
+        differences = []
         # Another batch size than the one traced, at the network's size and at another (the resize).
         for check in (_example(model.size, 3), _example(model.size + model.size // 2, 2, model.size * 2)):
             with torch.no_grad():
-                difference = max(difference, float((run(draft, check) - model(check)).abs().max()))
-        if difference > TOLERANCE:
-            raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
-                                   f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
+                differences.append(float((run(draft, check) - model(check)).abs().max()))
+        difference = _worst(differences)
+        _check_agreement(out, fmt, difference)
         known = provenance(path, state, arm, layout)
         measured = measure_decoders(model, run, draft, _test_photos(known.info))
-        with atomic_file(out, "wb") as stream:
-            stream.write(draft.read_bytes())
-    write_text_atomic(card, model_card(spec, arm, state, known, fmt, out, measured, path))
+        exported = draft.read_bytes()
+    write_together({out: exported, card: model_card(spec, arm, state, known, fmt, out, measured, path)})
     return difference
 
 
@@ -443,9 +468,10 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
     """
     import torch
 
-    from retinopathy.core.files import atomic_file, check_output_file, draft_folder, write_text_atomic
+    from retinopathy.core.files import check_output_file, draft_folder, write_together
     from retinopathy.engine import checkpoint
     from retinopathy.fusion.blend import BlendRecord
+    from retinopathy.fusion.features import blend_width
     from retinopathy.fusion.graph import BothEyes
     from retinopathy.reporting.results import missing_checkpoint_fix
 
@@ -465,24 +491,24 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
     if record.fingerprint != state["fingerprint"]:
         raise RetinopathyError(f"{blend_path}: learned on the features of run {record.fingerprint}, not of "
                                f"{path} (run {state['fingerprint']}); {fix}")
-    model = BothEyes(load_scores_model(path), record).eval()
+    photo = load_scores_model(path)
+    record.check_fits(blend_width(photo.grader, record.inputs, photo.spec.head()), blend_path, fix)
+    model = BothEyes(photo, record).eval()
     size = model.photo.size
     with draft_folder(out) as folder:
         draft = folder / out.name
         _export_fused(model, _both_eyes_example(size), draft, fmt)
-        difference = 0.0
+        differences = []
         for check in (_both_eyes_example(size, 3), _both_eyes_example(size + size // 2, 2, size * 2)):
             with torch.no_grad():
                 got = run_fused(draft, fmt, *check)
-                difference = max(difference, float((got - model(*check)).abs().max()))
-        if difference > TOLERANCE:
-            raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
-                                   f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
-        with atomic_file(out, "wb") as stream:
-            stream.write(draft.read_bytes())
+                differences.append(float((got - model(*check)).abs().max()))
+        difference = _worst(differences)
+        _check_agreement(out, fmt, difference)
+        exported = draft.read_bytes()
     output = (f"the regression value [N]; the grade is how many of the thresholds {record.thresholds} lie "
               "below it" if model.regression else "the probabilities of grades 0-4 [N, 5]")
-    write_text_atomic(card, "\n".join([
+    write_together({out: exported, card: "\n".join([
         f"# {out.name}: diabetic retinopathy grader with both eyes ({arm} arm, retinopathy `fuse`)", "",
         "**For research, not for diagnosis.**", "",
         f"- network: `{path}` (run `{state['fingerprint']}`), up to its {record.inputs}; the blend: "
@@ -492,7 +518,7 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
         f"each resized to {size}x{size} inside as the single-eye export does), `side` [N] float (0: `images` "
         "are left eyes, 1: right)",
         f"- output `scores`: this eye's {output}",
-        f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend", ""]))
+        f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend", ""])})
     return difference
 
 

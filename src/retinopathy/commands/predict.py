@@ -332,8 +332,14 @@ def blend_for(args: argparse.Namespace, fingerprint: str) -> BlendRecord | None:
 
 
 def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int],
-               patients: Patients, batch_size: int, runtime: Runtime) -> dict[int, tuple[int, torch.Tensor]]:
-    """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index."""
+               patients: Patients, batch_size: int, runtime: Runtime, source: Path,
+               fix: str) -> dict[int, tuple[int, torch.Tensor]]:
+    """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index.
+
+    Raises:
+        RetinopathyError: naming the blend's file ``source`` and ``fix``: it does not fit this
+            network's features, or its scores are not finite.
+    """
     import torch
 
     from retinopathy.engine.batches import loader
@@ -351,7 +357,8 @@ def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, grade
     inputs = blend_inputs(extracted, record.inputs, record.head())
     at = {index: row for row, index in enumerate(rows)}
     other = torch.tensor([at[partner[i]] for i in rows])
-    scores, grades = fused_scores(record, inputs, inputs[other], torch.tensor([side[i] for i in rows]))
+    side_of = torch.tensor([side[i] for i in rows])
+    scores, grades = fused_scores(record, inputs, inputs[other], side_of, source, fix)
     return {index: (int(grades[row]), scores[row]) for row, index in enumerate(rows)}
 
 
@@ -366,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.engine import checkpoint, loops
     from retinopathy.engine.batches import loader
     from retinopathy.engine.runtime import make_runtime, resolve_device
+    from retinopathy.models.head import require_finite
     from retinopathy.reporting.results import missing_checkpoint_fix
 
     path = args.checkpoint or Layout().arm(args.arm).best
@@ -391,10 +399,17 @@ def main(argv: list[str] | None = None) -> int:
     batches = loader(dataset, args.batch_size or chosen.batch_size, list(range(len(dataset))), runtime)
     tta = args.tta == "flips"
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
+    read = indices >= 0  # the others could not be read: their rows are blank, whatever the network said
+    again = ("pass another --checkpoint" if args.checkpoint
+             else f"train the arm again (`dvc repro -f train@{args.arm}`), or pass --checkpoint FILE")
+    require_finite(scores[read], path, f"its weights are finite, but it overflows on these images; {again}",
+                   [str(photos[i]) for i in indices[read].tolist()])
 
+    blend_path = args.blend or Layout().blend(args.arm)
     fused = {} if blend is None else fuse_pairs(
         blend, grader, dataset, [i for i in indices.tolist() if i >= 0], patients,
-        args.batch_size or chosen.batch_size, runtime)
+        args.batch_size or chosen.batch_size, runtime, blend_path,
+        f"run `dvc repro fuse@{args.arm}` again, or pass --single to grade each photograph alone")
     rows: list[list] = []
     graded: list[tuple[int, int, torch.Tensor]] = []
     for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
@@ -414,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         raise rescue_text(args.out, csv_text(header, rows), "grades", error) from None
     print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
     if fused:
-        print(f"{len(fused)} images graded with both eyes by {args.blend or Layout().blend(args.arm)}"
+        print(f"{len(fused)} images graded with both eyes by {blend_path}"
               f"{' (without --tta)' if tta else ''}; see the `source` column")
     if flagged := sum(bool(row[-2]) for row in rows):
         warn(f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "

@@ -31,6 +31,8 @@ from retinopathy.core.contract import (
     OPERATING_POINTS,
     PREPROCESSES,
     SCHEDULES,
+    SELECT_BY,
+    TTAS,
 )
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.models.registry import DEFAULT, MODELS, REGISTRY, for_model, unknown_keys
@@ -39,8 +41,6 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 SWITCHES = ("auto", "on", "off")
 CLASS_BALANCES = ("none", "weighted_loss", "sampler")
-SELECTIONS = ("accuracy", "kappa")
-TTAS = ("none", "flips")
 # Seeds go to torch.manual_seed, numpy and Python's random; 0 .. 2**32 - 1 is what all
 # of them take (numpy's legacy seeding and many samplers refuse more).
 MAX_SEED = 2**32 - 1
@@ -496,7 +496,7 @@ def _train(raw: Any, source: str) -> TrainParams:
     _choice(source, "train.loss", out.loss, LOSSES)
     _bool(source, "train.tune_thresholds", out.tune_thresholds)
     _choice(source, "train.class_balance", out.class_balance, CLASS_BALANCES)
-    _choice(source, "train.select_by", out.select_by, SELECTIONS)
+    _choice(source, "train.select_by", out.select_by, SELECT_BY)
     return dataclasses.replace(
         out,
         lr=float(out.lr),

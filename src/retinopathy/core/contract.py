@@ -38,6 +38,11 @@ LOSSES = ("cross_entropy", "regression")  # the head: 5 logits, or 1 value round
 SCHEDULES = ("constant", "cosine")  # the learning rate per batch
 # data.split: the course's lists as they are, or a re-split keeping each patient's eyes on one side
 DATA_SPLITS = ("lists", "patients")
+# Which epoch training keeps: the best on this split (validation when there is one) by this figure
+# (train.select_by); the records of train and evaluate say which.
+SELECTION_SPLITS = ("validation", "test")
+SELECT_BY = ("accuracy", "kappa")
+TTAS = ("none", "flips")  # evaluate.tta: test-time augmentation, none or the mean over the four flips
 
 INDEX_COLUMNS = ("split", "image", "label")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_kappa", "test_loss", "test_accuracy",

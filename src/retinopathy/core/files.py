@@ -2,7 +2,10 @@
 
 Files go to a temporary name in the same folder and are renamed over the
 target (a rename within one filesystem is atomic). Output folders are built
-under a temporary sibling name and swapped in only when complete.
+under a temporary sibling name and swapped in only when complete. The several
+files of one command's output change together or not at all
+(:func:`write_together`, :func:`staged_files`): all are written first, then
+renamed into place, and a failed rename puts back those already replaced.
 
 A temporary's name says whose it is: ``.<target>.<host>-<pid>.<random>.tmp``
 for a file, ``.<target>.tmp-<host>-<pid>-<random>`` for a folder. Its writer
@@ -32,14 +35,16 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -286,7 +291,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_owner()}.", suffix=".tmp")
+        fd, tmp = _new_temporary(target)
     except OSError as error:
         raise _write_error(path, error) from None
     held = os.dup(fd)  # the lock lives as long as this descriptor: until after the rename
@@ -311,6 +316,11 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def _new_temporary(target: Path) -> tuple[int, str]:
+    """A new empty temporary file beside ``target``, named as :func:`remove_stale_temporaries` knows."""
+    return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_owner()}.", suffix=".tmp")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -374,9 +384,24 @@ def write_csv_atomic(path: str | Path, header: list[str], rows: Iterable[Iterabl
     write_text_atomic(path, csv_text(header, rows))
 
 
+def json_text(path: str | Path, data: dict[str, Any]) -> str:
+    """``data`` as the indented JSON text of the file ``path``; never NaN or infinity, which JSON lacks.
+
+    Raises:
+        RetinopathyError: ``data`` holds a NaN or an infinite number (naming ``path``): a number
+            that went wrong upstream must stop the command, not reach a file that readers refuse.
+    """
+    try:
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise RetinopathyError(f"{path}: not written: it would hold a NaN or infinite number, which no "
+                               "reader accepts; a computation before it diverged or overflowed (a run "
+                               "with a lower learning rate may not), or this is a bug to report") from None
+
+
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    """Write ``data`` as indented JSON (:func:`json_text`) to ``path``, atomically."""
+    write_text_atomic(path, json_text(path, data))
 
 
 def sha256_of(path: str | Path) -> str:
@@ -518,6 +543,20 @@ def check_output_folder(out: str | Path, command: str, ours: Ours | None) -> Non
     check_writable(out.parent, f"the output of `retinopathy {command}`")
 
 
+def _staging_folder(target: Path) -> tuple[Path, int]:
+    """A new empty folder beside ``target`` to build it in, and the descriptor that holds its lock.
+
+    The prologue of :func:`staged_folder`, :func:`draft_folder` and :func:`staged_files`:
+    named ``.<target>.tmp-<host>-<pid>-<random>`` and ``flock``-ed, so the folder of a
+    killed run is found and removed by the next write of ``target``
+    (:func:`remove_stale_temporaries`), and never while its writer lives.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_owner()}-", dir=target.parent))
+    return folder, _hold(folder)
+
+
 @contextmanager
 def staged_folder(out: str | Path, command: str | None = None, ours: Ours | None = None) -> Iterator[Path]:
     """Build a folder that replaces ``out`` only if the ``with`` block succeeds.
@@ -537,10 +576,7 @@ def staged_folder(out: str | Path, command: str | None = None, ours: Ours | None
     if command is not None:
         check_output_folder(out, command, ours)
     out = _folder_target(Path(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_owner()}-", dir=out.parent))
-    held = _hold(staging)
+    staging, held = _staging_folder(out)
     public_mode(staging, folder=True)
     try:
         yield staging
@@ -573,11 +609,7 @@ def draft_folder(target: str | Path) -> Iterator[Path]:
     Named and locked as :func:`staged_folder`'s, so the draft of a killed run
     is removed by the next run that writes ``target``.
     """
-    target = write_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
-    draft = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_owner()}-", dir=target.parent))
-    held = _hold(draft)
+    draft, held = _staging_folder(write_target(target))
     try:
         yield draft
     finally:
@@ -603,25 +635,23 @@ def staged_files(folder: str | Path, command: str | None = None,
         ours: Recognises each file the command writes, by name.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "staged"  # the name the temporaries are known by, for remove_stale_temporaries
-    remove_stale_temporaries(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_owner()}-", dir=folder))
-    held = _hold(staging)
+    # "staged": the name the temporaries are known by, for remove_stale_temporaries
+    staging, held = _staging_folder(folder / "staged")
     try:
         yield staging
         written = sorted(staging.iterdir())
         if command is not None:
             for path in written:
                 check_output_file(folder / path.name, command, (ours or {}).get(path.name, lambda _: False))
-        for path in written:
-            public_mode(path)
-            goal = write_target(folder / path.name)
-            if goal.parent == folder and not goal.is_symlink():
-                os.replace(path, goal)
-            else:  # through a link, perhaps onto another filesystem
-                with atomic_file(goal, "wb") as stream:
-                    stream.write(path.read_bytes())
+        with _together() as (swaps, locks):
+            for path in written:
+                public_mode(path)
+                goal = write_target(folder / path.name)
+                if goal.parent == folder and not goal.is_symlink():
+                    swaps.append(_Swap(folder / path.name, goal, path))
+                else:  # through a link, perhaps onto another filesystem: staged beside its target
+                    swaps.append(_stage(folder / path.name, path.read_bytes(), locks))
+            _publish(swaps, locks)
     except OSError as error:
         if error.errno in _WRITE_ERRNOS:
             raise _write_error(folder, error) from None
@@ -629,6 +659,144 @@ def staged_files(folder: str | Path, command: str | None = None,
     finally:
         os.close(held)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ several files as one output
+
+
+@dataclass
+class _Swap:
+    """One file of a set that changes together: its new content, complete, and the file it replaces.
+
+    Attributes:
+        path: The file as the command names it (for messages).
+        target: What is replaced (:func:`write_target` of ``path``).
+        staged: The new content, written and fsynced, on ``target``'s filesystem.
+        previous: The replaced file, kept under a temporary name until the whole set is in place.
+    """
+
+    path: Path
+    target: Path
+    staged: Path
+    previous: Path | None = None
+
+
+def _stage(path: Path, content: str | bytes, locks: list[int]) -> _Swap:
+    """Write ``content`` to a temporary beside ``path``'s target (locked: ``locks`` gets the descriptor)."""
+    target = write_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = _new_temporary(target)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    locks.append(os.dup(fd))
+    _lock(locks[-1])
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(content.encode("utf-8") if isinstance(content, str) else content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        public_mode(tmp)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, error) from None
+    return _Swap(path, target, Path(tmp))
+
+
+def _keep_previous(swap: _Swap, locks: list[int]) -> None:
+    """Keep the file that ``swap`` replaces under a temporary name: a hard link (no copy), else a copy."""
+    if not os.path.lexists(swap.target):
+        return
+    kept = swap.target.parent / f".{swap.target.name}.{_owner()}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(swap.target, kept, follow_symlinks=False)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(swap.target, kept)
+    swap.previous = kept
+    try:  # locked like any temporary, so that no other process takes it for a killed run's
+        locks.append(os.open(kept, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)))
+        _lock(locks[-1])
+    except OSError:
+        pass  # a kept link (DVC's symlink to its cache): remove_stale_temporaries never removes links
+
+
+def _publish(swaps: list[_Swap], locks: list[int]) -> None:
+    """Put every staged file in place, or none: a failure restores the files already replaced.
+
+    Raises:
+        RetinopathyError: a file could not be kept or replaced (naming it, the cause and the fix).
+    """
+    try:
+        for swap in swaps:
+            _keep_previous(swap, locks)
+    except OSError as error:  # nothing replaced yet
+        for swap in swaps:
+            if swap.previous is not None:
+                swap.previous.unlink(missing_ok=True)
+        raise _write_error(swap.path, error) from None
+    done: list[_Swap] = []
+    try:
+        for swap in swaps:
+            os.replace(swap.staged, swap.target)
+            done.append(swap)
+    except OSError as error:
+        lost = []
+        for replaced in reversed(done):
+            try:
+                if replaced.previous is not None:
+                    os.replace(replaced.previous, replaced.target)
+                else:  # it did not exist before
+                    replaced.target.unlink(missing_ok=True)
+            except OSError:
+                lost.append(f"{replaced.path} (its previous content is in {replaced.previous})")
+        for swap in swaps[len(done):]:
+            if swap.previous is not None:
+                swap.previous.unlink(missing_ok=True)
+        restored = ("and so are the other outputs of the command" if not lost else
+                    f"but {len(lost)} other output(s) could not be put back: {'; '.join(lost)}")
+        raise RetinopathyError(f"{_write_error(swap.path, error)}, {restored}") from None
+    for swap in swaps:
+        if swap.previous is not None:
+            swap.previous.unlink(missing_ok=True)
+
+
+@contextmanager
+def _together() -> Iterator[tuple[list[_Swap], list[int]]]:
+    """The swaps of one set and the descriptors of their locks; unused temporaries removed, locks dropped."""
+    swaps: list[_Swap] = []
+    locks: list[int] = []
+    try:
+        yield swaps, locks
+    finally:
+        for swap in swaps:
+            swap.staged.unlink(missing_ok=True)  # gone once it replaced its target
+        for fd in locks:
+            os.close(fd)
+
+
+def write_together(contents: Mapping[Path, str | bytes]) -> None:
+    """Write the files of one command's output so that they change together or not at all.
+
+    Every file's content is first written and fsynced to a temporary beside it:
+    a full disk stops the command here, with nothing changed. Then each file
+    is replaced by a rename, its previous content kept (a hard link) until the
+    whole set is in place; a rename that fails puts the files already replaced
+    back as they were (and removes those that did not exist). Only a kill
+    during the renames, a window of microseconds, can leave some files new and
+    some old; each of them is whole either way.
+
+    Args:
+        contents: Each file (text is written as UTF-8) and its new content, in the order to replace them.
+
+    Raises:
+        RetinopathyError: a file is a folder or a special file, or writing failed; naming the file,
+            the cause and the fix, with every file as it was.
+    """
+    with _together() as (swaps, locks):
+        for path, content in contents.items():
+            swaps.append(_stage(Path(path), content, locks))
+        _publish(swaps, locks)
 
 
 def check_writable(folder: str | Path, what: str) -> None:

@@ -199,8 +199,8 @@ def check(state: dict[str, Any], path: Path, kind: str, fix: str | None = None) 
     """Check that ``state`` (from :func:`read`) is a complete ``last`` or ``best`` checkpoint.
 
     Raises:
-        DamagedCheckpoint: if an entry is missing or of the wrong type, or it is of the other
-            kind (a best.pt copied over last.pt).
+        DamagedCheckpoint: if an entry is missing or of the wrong type, it is of the other
+            kind (a best.pt copied over last.pt), or a weight is NaN or infinite.
     """
     fields = KINDS[kind]
 
@@ -218,6 +218,13 @@ def check(state: dict[str, Any], path: Path, kind: str, fix: str | None = None) 
     tensors = state["model"]
     if not tensors or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise damaged("its model is not a state dict of tensors")
+    # A NaN weight grades every photograph alike (grade 0 with probability "nan"): never use one.
+    broken = [key for key, tensor in tensors.items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise damaged(f"its weights hold NaN or infinite numbers ({len(broken)} of {len(tensors)} tensors, "
+                      f"the first `{broken[0]}`): the training that wrote it diverged, or the file was "
+                      "altered, and no grade can come from it")
     if state["epoch"] < 1 or (kind == "last" and len(state["history"]) != state["epoch"]):
         raise damaged(f"says epoch {state['epoch']} but is inconsistent with its history")
     return state
@@ -256,7 +263,8 @@ def load_trained(path: Path, fix: str | None = None) -> Trained:
     """:func:`load` the ``best.pt`` at ``path`` and build its grader: checkpoint, spec, grader.
 
     Raises:
-        DamagedCheckpoint: a damaged or foreign checkpoint, naming ``path`` and ``fix``.
+        DamagedCheckpoint: a damaged or foreign checkpoint, or one whose weights are not all
+            finite (:func:`check`), naming ``path`` and ``fix``.
         RetinopathyError: a spec this version cannot use, or weights that do not fit it.
     """
     state = load(path, "best", fix)

@@ -129,12 +129,16 @@ def operating_threshold(truth: np.ndarray, score: np.ndarray, point: str, target
     ``high_sensitivity``: the highest threshold whose sensitivity is at least
     ``target`` (so the most specific such point); ``high_specificity``: the lowest
     threshold whose specificity is at least ``target`` (the most sensitive such
-    point). None where the set lacks positives or negatives.
+    point). None where the set lacks positives or negatives. Where only calling
+    nobody referable meets the target (a small validation split), scikit-learn's
+    threshold is infinite; it is the highest score plus one here, as in
+    :func:`roc_points`: the same calls, and a number JSON can hold.
     """
     truth = np.asarray(truth, dtype=bool)
     if truth.all() or not truth.any():
         return None
     fpr, tpr, thresholds = roc_curve(truth, score, drop_intermediate=False)  # every threshold
+    thresholds = np.where(np.isfinite(thresholds), thresholds, np.max(score) + 1)
     if point == "high_sensitivity":
         meets = tpr >= target - 1e-12
         return float(thresholds[meets].max())

@@ -12,8 +12,8 @@ The `fuse` stage writes the same files of the grades given with both eyes
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,13 @@ from retinopathy.core.contract import (
     ScreeningFiles,
 )
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.files import write_csv_atomic, write_json_atomic
+from retinopathy.core.files import csv_text, json_text, write_together
+from retinopathy.core.records import LevelFigures, check_screening, read_json_object, read_working_tree
 from retinopathy.evaluation.screening import FIGURES, Scored, calibration, per_patient, roc_points
+
+# The screening file's reader (core/records.py) names the figures as fields: the same list as the writer's.
+if not set(FIGURES) <= {field.name for field in dataclasses.fields(LevelFigures)}:
+    raise ImportError("core/records.py: LevelFigures lacks a figure of evaluation/screening.py's FIGURES")
 
 EVALUATE_FIX = "run `dvc repro evaluate` first"
 FUSE_FIX = "run `dvc repro fuse` first"
@@ -51,24 +56,33 @@ def _rounded(value: Any) -> Any:
     return round(value, DECIMALS) if isinstance(value, float) else value
 
 
-def write_screening(files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None,
-                    probabilities: bool) -> None:
-    """Write the arm's screening JSON, ROC curves and reliability bins (a skipped arm: ``{}``, headers)."""
+def screening_contents(files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None,
+                       probabilities: bool) -> dict[Path, str]:
+    """The texts of the arm's screening JSON, ROC curves and reliability bins (a skipped arm: ``{}``,
+    headers), by file: for the stage to write with its other outputs (``files.write_together``)."""
+    contents: dict[Path, str] = {}
     for level in LEVELS:
         rows: list[list[str]] = []
         if test is not None:
             chosen = test if level == "image" else per_patient(test)
             rows = [[_number(f), _number(t), _number(h)]
                     for f, t, h in roc_points(chosen.actual >= REFERABLE_GRADE, chosen.referable)]
-        write_csv_atomic(files.roc(level), list(ROC_COLUMNS), rows)
+        contents[files.roc(level)] = csv_text(list(ROC_COLUMNS), rows)
     bins: list[list[Any]] = []
     if test is not None and probabilities:
         _, found = calibration(test.actual >= REFERABLE_GRADE, test.referable)
         # Empty bins are left out (they have no mean): DVC's plot and the figure draw the others.
         bins = [[_number(b.low), _number(b.high), b.count, _number(b.mean_probability), _number(b.observed)]
                 for b in found if b.count]
-    write_csv_atomic(files.reliability, list(RELIABILITY_COLUMNS), bins)
-    write_json_atomic(files.screening, _rounded(record or {}))
+    contents[files.reliability] = csv_text(list(RELIABILITY_COLUMNS), bins)
+    contents[files.screening] = json_text(files.screening, _rounded(record or {}))
+    return contents
+
+
+def write_screening(files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None,
+                    probabilities: bool) -> None:
+    """Write :func:`screening_contents`, all of them or none."""
+    write_together(screening_contents(files, record, test, probabilities))
 
 
 @dataclass(frozen=True)
@@ -90,26 +104,26 @@ def _csv(path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
     if tuple(frame.columns) != columns:
         raise RetinopathyError(f"{path}: the header is {','.join(map(str, frame.columns))}, expected "
                                f"{','.join(columns)}: {fix}")
+    try:
+        values = frame.to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise RetinopathyError(f"{path}: a value is not a number: {fix}") from None
+    if not np.isfinite(values).all():  # the writer leaves no cell empty, and writes no NaN or infinity
+        raise RetinopathyError(f"{path}: a value is empty, NaN or infinite: {fix}")
     return frame
 
 
-def check_record(path: Path, record: Any, fix: str = EVALUATE_FIX) -> dict[str, Any]:
-    """``record`` if it holds every figure per level, each a number or null, else a RetinopathyError."""
-    if not isinstance(record, dict) or not all(level in record for level in LEVELS):
-        raise RetinopathyError(f"{path}: expected the screening figures per {' and '.join(LEVELS)}: "
-                               f"{fix}")
-    for level in LEVELS:
-        for key in FIGURES:
-            entry = record[level].get(key)
-            if not isinstance(entry, dict) or "value" not in entry:
-                raise RetinopathyError(f"{path}: '{level}.{key}' is missing: {fix}")
-            for part in ("value", "low", "high"):
-                value = entry.get(part)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                          or not np.isfinite(value)):
-                    raise RetinopathyError(f"{path}: '{level}.{key}.{part}' is {value!r}, expected a number "
-                                           f"or null: {fix}")
-    return record
+def check_record(path: Path, record: Any, fix: str = EVALUATE_FIX, fused: bool = False) -> dict[str, Any]:
+    """``record`` if it is a whole screening record (``fused``: with the `fuse` stage's ``fusion`` facts).
+
+    Every figure per level is a finite number or null, with its interval; the counts are
+    counts; the bootstrap, calibration and operating points are as :func:`record` writes
+    them (``core.records.ScreeningRecord``).
+
+    Raises:
+        RetinopathyError: naming ``path``, what is wrong and ``fix``.
+    """
+    return check_screening(path, record, fix, fused)
 
 
 def load_screening(files: ScreeningFiles, fix: str = EVALUATE_FIX) -> Screening:
@@ -118,12 +132,7 @@ def load_screening(files: ScreeningFiles, fix: str = EVALUATE_FIX) -> Screening:
     Raises:
         RetinopathyError: a file is missing or malformed (the message names it).
     """
-    try:
-        record = json.loads(files.screening.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RetinopathyError(f"{files.screening}: file not found: {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RetinopathyError(f"{files.screening}: not valid JSON ({error}): {fix}") from None
-    record = check_record(files.screening, record, fix)
+    raw = read_json_object(files.screening, read_working_tree, fix, fix)
+    record = check_record(files.screening, raw, fix)
     roc = {level: _csv(files.roc(level), ROC_COLUMNS, fix) for level in LEVELS}
     return Screening(record, roc, _csv(files.reliability, RELIABILITY_COLUMNS, fix))

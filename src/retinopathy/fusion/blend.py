@@ -18,19 +18,22 @@ it reads, so a blend is never used with another network's features.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
-from retinopathy.core.contract import ROUNDING_THRESHOLDS
+from retinopathy.core.contract import FUSION_INPUTS, FUSION_METHODS, LOSSES, ROUNDING_THRESHOLDS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import atomic_file
+from retinopathy.core.records import OneOf, build_record
 from retinopathy.core.torchload import load_tensors
 from retinopathy.evaluation.scoring import tune_thresholds
-from retinopathy.models.head import Head
+from retinopathy.models.head import Head, require_finite
 
 FORMAT = "retinopathy-fuse-blend-1"
 
@@ -82,9 +85,9 @@ class BlendRecord:
     ``method`` ``none``: no blend (``state`` empty); every image is graded alone.
     """
 
-    method: str
-    inputs: str  # features | scores
-    loss: str  # the arm's head
+    method: Annotated[str, OneOf(FUSION_METHODS)]
+    inputs: Annotated[str, OneOf(FUSION_INPUTS)]  # what it reads per eye
+    loss: Annotated[str, OneOf(LOSSES)]  # the arm's head
     thresholds: list[float] | None  # regression: the blend's own grade thresholds
     size: int  # numbers per eye
     hidden: int
@@ -109,24 +112,68 @@ class BlendRecord:
         blend.load_state_dict(self.state)
         return blend.eval()
 
+    def broken(self) -> str | None:
+        """Which weight (or threshold) is NaN or infinite; None when every number is finite."""
+        bad = [key for key, value in self.state.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            return f"its weights hold NaN or infinite numbers (`{bad[0]}`)"
+        if self.thresholds is not None and not bool(torch.isfinite(torch.tensor(self.thresholds)).all()):
+            return f"its grade thresholds {self.thresholds} are not all finite"
+        return None
+
+    def to_bytes(self, path: Path) -> bytes:
+        """The file ``path`` (torch's format): never a blend with a NaN or infinite number.
+
+        Raises:
+            RetinopathyError: naming ``path``, what is not finite and the fix (a lower ``fuse.lr``).
+        """
+        problem = self.broken()
+        if problem:
+            raise RetinopathyError(f"{path}: not written: {problem}, so the blend diverged while it learned; "
+                                   "lower fuse.lr in params.yaml and run the `fuse` stage again")
+        buffer = io.BytesIO()
+        torch.save(asdict(self), buffer)
+        return buffer.getvalue()
+
     def save(self, path: Path) -> None:
         """Write atomically (a killed run leaves the previous file, never half of this one)."""
+        content = self.to_bytes(path)
         with atomic_file(path, "wb") as stream:
-            torch.save(asdict(self), stream)
+            stream.write(content)
+
+    def check_fits(self, width: int, source: str | Path, fix: str) -> None:
+        """Refuse inputs of ``width`` numbers per eye unless the blend was learned on such.
+
+        Raises:
+            RetinopathyError: naming ``source`` and ``fix``: the blend was learned on another network's
+                features or scores (another architecture, or another head).
+        """
+        if self.learned and width != self.size:
+            raise RetinopathyError(f"{source}: the blend reads {self.size} {self.inputs} per eye, but this "
+                                   f"network gives {width}: it was learned on another network's outputs; "
+                                   f"{fix}")
 
     @classmethod
     def load(cls, path: Path, fix: str) -> BlendRecord:
-        """Read a blend back, checking every field.
+        """Read a blend back, checking every field and that every weight is finite.
 
         Raises:
-            RetinopathyError: missing, damaged or not a blend of this version; naming ``path`` and ``fix``.
+            RetinopathyError: missing, damaged, not a blend of this version, or NaN or infinite
+                weights; naming ``path`` and ``fix``.
         """
         raw = load_tensors(path, "a readable blend written by `retinopathy fuse`", fix)
         names = set(cls.__dataclass_fields__)
         if not isinstance(raw, dict) or set(raw) != names or raw.get("format") != FORMAT:
             raise RetinopathyError(f"{path}: not a blend written by this version of `retinopathy fuse`; "
                                    f"{fix}")
-        record = cls(**raw)
+        try:
+            record = build_record(cls, raw)
+        except ValueError as error:
+            raise RetinopathyError(f"{path}: damaged: {error}; {fix}") from None
+        problem = record.broken()
+        if problem:
+            raise RetinopathyError(f"{path}: {problem}: the `fuse` stage that wrote it diverged (or the file "
+                                   f"was altered), and no grade can come from it; {fix}")
         try:
             if record.learned:
                 record.model()
@@ -181,6 +228,11 @@ def learn(train: Pairs, val: Pairs | None, head: Head, *, hidden: int, epochs: i
     else:
         rule = (f"the last of {epochs} epochs (fixed: no two-eyed patient in a validation split to choose "
                 "by; set data.val_fraction > 0 to choose); test unseen")
+    if not all(bool(torch.isfinite(value).all()) for value in model.state_dict().values()):
+        # A NaN blend grades every image 0; the kept epoch is the last, or no epoch had a finite loss.
+        raise RetinopathyError(f"params.yaml: the blend diverged while it learned (fuse.lr {lr:g}, "
+                               f"{epochs} epochs): its weights became NaN or infinite; lower fuse.lr (Adam's "
+                               "usual 0.001, say) and run the `fuse` stage again. Nothing was written")
     return model.eval(), best_epoch, rule
 
 
@@ -202,12 +254,21 @@ def thresholds_for(model: Blend, val: Pairs | None, head: Head) -> list[float] |
     return tune_thresholds(values, val.labels.numpy())
 
 
-def fused_scores(record: BlendRecord, this: Tensor, other: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
-    """The blend's scores ([M, 5] or [M]) and grades [M] of two-eyed images (CPU, float32)."""
+def fused_scores(record: BlendRecord, this: Tensor, other: Tensor, side: Tensor, source: str | Path,
+                 fix: str) -> tuple[Tensor, Tensor]:
+    """The blend's scores ([M, 5] or [M]) and grades [M] of two-eyed images (CPU, float32).
+
+    Raises:
+        RetinopathyError: naming ``source`` (the blend's file) and ``fix``: the inputs are not
+            as wide as those the blend learned on, or its scores are NaN or infinite.
+    """
+    record.check_fits(this.shape[1], source, fix)
     head = record.head()
     with torch.no_grad():
         outputs = record.model()(this.float(), other.float(), side.float())
-    return head.scores(outputs), head.grades(outputs)
+    scores = head.scores(outputs)
+    require_finite(scores, source, fix)
+    return scores, head.grades(outputs)
 
 
 def state_of(model: Blend) -> dict[str, Tensor]:

@@ -57,6 +57,21 @@ def blend_inputs(extracted: Extracted, inputs: str, head: Head) -> Tensor:
     return head.scores(extracted.outputs).reshape(len(extracted.outputs), -1)
 
 
+def blend_width(grader: nn.Module, inputs: str, head: Head) -> int:
+    """How many numbers per eye :func:`blend_inputs` gives of ``grader``: a blend must be learned on as many.
+
+    ``features``: the input width of the network's last linear layer (512 for a ResNet18,
+    2048 for a ResNet50); ``scores``: the head's outputs (5, or 1 for regression).
+    """
+    if inputs != "features":
+        return head.num_outputs
+    linears = [module for module in grader.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise RetinopathyError(f"{type(grader).__name__} has no linear layer whose input could be the "
+                               "features of both eyes; set fuse.method to none")
+    return linears[-1].in_features
+
+
 @torch.no_grad()
 def extract(grader: nn.Module, batches: Iterable, runtime: Runtime, description: str,
             lower: str) -> Extracted:

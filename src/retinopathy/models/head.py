@@ -11,11 +11,13 @@ maximise quadratic kappa. Everything downstream sees grades 0-4 either way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from retinopathy.core.contract import LOSSES, NUM_GRADES, ROUNDING_THRESHOLDS
+from retinopathy.core.errors import RetinopathyError
 
 
 class Head:
@@ -81,6 +83,34 @@ class Head:
             return scores.argmax(1)
         boundaries = torch.tensor(self.thresholds, dtype=scores.dtype, device=scores.device)
         return torch.bucketize(scores, boundaries)  # how many thresholds lie below the value
+
+
+def require_finite(values: Tensor, source: str | Path, fix: str, names: Sequence[str] | None = None) -> None:
+    """Stop unless every row of ``values`` (outputs or scores [N, ...], one row per image) is finite.
+
+    No grade can be read from NaN or infinity, yet one is read without a word: the
+    largest of five NaN logits is grade 0, and a NaN value lies below every threshold.
+    A network with finite weights can still overflow, so the outputs are checked where
+    they become grades, not only the weights where they are loaded.
+
+    Args:
+        values: One row per image.
+        source: What computed them (a checkpoint, a blend), for the message.
+        fix: What to do about it.
+        names: The images, in the rows' order, to name the first that failed.
+
+    Raises:
+        RetinopathyError: naming ``source``, how many images, the first of them and ``fix``.
+    """
+    if not values.numel():
+        return
+    finite = torch.isfinite(values.reshape(len(values), -1)).all(1)
+    if bool(finite.all()):
+        return
+    rows = torch.nonzero(~finite).flatten().tolist()
+    first = f" (the first: {names[rows[0]]})" if names is not None else ""
+    raise RetinopathyError(f"{source}: its outputs are NaN or infinite for {len(rows)} of {len(values)} "
+                           f"images{first}, so no grade can be read from them; {fix}")
 
 
 def class_weights(counts: Sequence[int]) -> Tensor:

@@ -8,12 +8,12 @@ Both the writer and the reader of that file are here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import sha256_of
+from retinopathy.core.records import parse_json
 from retinopathy.models.build import (
     DOWNLOAD_TIMEOUT,
     IMAGENET,
@@ -99,8 +99,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise RetinopathyError(f"{path}: cannot read it ({error}); {WEIGHTS_FIX}") from None
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as error:
+        manifest = parse_json(text)
+    except ValueError as error:
         conflict = " (it holds merge-conflict markers)" if "\n<<<<<<< " in f"\n{text}" else ""
         raise RetinopathyError(f"{path}: not valid JSON{conflict} ({error}); {WEIGHTS_FIX}") from None
     except RecursionError:  # thousands of nested brackets: no manifest is more than one level deep

@@ -7,6 +7,7 @@ stale file stops the reader with a message that names it and the fix.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,6 @@ import pandas as pd
 from retinopathy.core.contract import (
     CONFUSION_COLUMNS,
     FUSED_METRIC_KEYS,
-    FUSION_FACTS,
-    FUSION_METHODS,
     GRADES,
     HISTORY_COLUMNS,
     METRIC_KEYS,
@@ -108,12 +107,26 @@ def _text(path: Path, read: ReadText, fix: str) -> str:
         raise RetinopathyError(f"{path}: not UTF-8 text ({error}): {fix}") from None
 
 
+def _metric_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is no figure ``key`` of a metrics file (``metrics/<arm>.json``, ``metrics/fused/``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "not a finite number"
+    if key == "epoch" and not (isinstance(value, int) and value >= 1):
+        return "not an epoch (a whole number from 1)"
+    if key == "kappa" and not -1 <= value <= 1:
+        return "not a kappa in [-1, 1]"
+    if key in FRACTIONS and not 0 <= value <= 1:  # fractions, not percent: 88.5 would draw an axis to 8850%
+        return "not a fraction in [0, 1]"
+    return None
+
+
 def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
     metrics = read_json_object(path, read, EVALUATE_FIX, EVALUATE_FIX)
     for key, value in metrics.items():
-        if key not in METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
-            raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers evaluate "
-                                   f"writes: {EVALUATE_FIX}")
+        problem = ("not one of the numbers evaluate writes" if key not in METRIC_KEYS
+                   else _metric_problem(key, value))
+        if problem:
+            raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {EVALUATE_FIX}")
     if not trained:
         if metrics:
             raise RetinopathyError(f"{path}: has numbers, but the arm was skipped: {EVALUATE_FIX}")
@@ -121,10 +134,6 @@ def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]
     for key in REQUIRED_TRAINED:
         if key not in metrics:
             raise RetinopathyError(f"{path}: '{key}' is missing: {EVALUATE_FIX}")
-    for key in FRACTIONS:
-        # Fractions, not percent: a 88.5 here would draw an axis up to 8850%.
-        if key in metrics and not 0 <= metrics[key] <= 1:
-            raise RetinopathyError(f"{path}: '{key}' is {metrics[key]}, expected a fraction in [0, 1]")
     return metrics
 
 
@@ -142,9 +151,12 @@ def _read_csv(path: Path, columns: Sequence[str], fix: str, read: ReadText) -> p
             f"expected {','.join(columns)}): {fix}"
         )
     try:
-        return frame.astype(float)
+        frame = frame.astype(float)
     except ValueError:
         raise RetinopathyError(f"{path}: a value is not a number: {fix}") from None
+    if not np.isfinite(frame.to_numpy()).all():  # its writers leave no cell empty
+        raise RetinopathyError(f"{path}: a value is empty, NaN or infinite: {fix}")
+    return frame
 
 
 def _read_history(path: Path, read: ReadText) -> pd.DataFrame:
@@ -155,7 +167,14 @@ def _read_history(path: Path, read: ReadText) -> pd.DataFrame:
     accuracies = [c for c in frame.columns if c.endswith("_accuracy")]
     if not frame[accuracies].stack().between(0, 1).all():
         raise RetinopathyError(f"{path}: accuracies must be fractions in [0, 1]: {fix}")
-    return frame.sort_values("epoch")
+    kappas = [c for c in frame.columns if c.endswith("_kappa")]
+    losses = [c for c in frame.columns if c.endswith("_loss")]
+    if not frame[kappas].stack().between(-1, 1).all() or (frame[losses] < 0).any().any():
+        raise RetinopathyError(f"{path}: kappas must be in [-1, 1] and losses not negative: {fix}")
+    if frame["epoch"].tolist() != list(range(1, len(frame) + 1)):
+        raise RetinopathyError(f"{path}: the epochs must be 1, 2, ... {len(frame)}, one row each, in order "
+                               f"(found {', '.join(f'{e:g}' for e in frame['epoch'].head(10))}): {fix}")
+    return frame
 
 
 def _read_confusion(path: Path, normalized: bool, read: ReadText) -> np.ndarray:
@@ -190,32 +209,18 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
         return None
     metrics = read_json_object(path, read, FUSE_FIX, FUSE_FIX)
     for key, value in metrics.items():
-        if key not in FUSED_METRIC_KEYS or isinstance(value, bool) or not isinstance(value, int | float) \
-                or not (0 if key in FRACTIONS else -1) <= value <= 1:
-            raise RetinopathyError(f"{path}: '{key}': {value!r} is not one of the numbers fuse writes "
-                                   f"(kappa in [-1, 1], the rest fractions): {FUSE_FIX}")
+        problem = ("not one of the numbers fuse writes" if key not in FUSED_METRIC_KEYS
+                   else _metric_problem(key, value))
+        if problem:
+            raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {FUSE_FIX}")
     if not metrics:
         return None  # the arm was skipped: nothing fused
     for key in ("acc", "kappa"):
         if key not in metrics:
             raise RetinopathyError(f"{path}: '{key}' is missing: {FUSE_FIX}")
     record = check_record(files.screening, read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX),
-                          FUSE_FIX)
-    facts = record.get("fusion")
-    if not isinstance(facts, dict) or set(facts) != set(FUSION_FACTS):
-        raise RetinopathyError(f"{files.screening}: 'fusion' must hold {', '.join(FUSION_FACTS)}: {FUSE_FIX}")
-    for key, value in facts.items():
-        text = key in ("method", "selection")
-        bad = (not isinstance(value, str) if text
-               else not isinstance(value, int) or isinstance(value, bool) or value < 0)
-        if bad:
-            raise RetinopathyError(f"{files.screening}: 'fusion.{key}' is {value!r}, expected "
-                                   f"{'text' if text else 'a count'}: {FUSE_FIX}")
-    if facts["method"] not in FUSION_METHODS:
-        raise RetinopathyError(f"{files.screening}: 'fusion.method' is {facts['method']!r}, expected one of "
-                               f"{', '.join(FUSION_METHODS)}: {FUSE_FIX}")
-    if "n" not in record["image"] or record["image"]["n"] != facts["images"]:
-        raise RetinopathyError(f"{files.screening}: 'image.n' and 'fusion.images' differ: {FUSE_FIX}")
+                          FUSE_FIX, fused=True)
+    facts = record["fusion"]
     return Fused(metrics, record, facts["method"], facts["selection"], facts["epoch"], facts["images"],
                  facts["fused"], facts["single_no_partner"], facts["val_images"])
 

@@ -21,12 +21,16 @@ and ``<arm>_patient.csv``, and ``metrics/reliability/<arm>.csv``.
 
 A skipped arm gets ``{}`` as metrics (a row of dashes), the reason and the fix
 in its info, and header-only CSVs, so the report and `dvc metrics show` show the gap.
+
+All these files change together or not at all (``files.write_together``), and
+outputs that are NaN or infinite stop the stage before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +48,8 @@ from retinopathy.core.contract import (
     prediction_header,
 )
 from retinopathy.core.errors import RetinopathyError, warn
-from retinopathy.core.files import write_csv_atomic, write_json_atomic
-from retinopathy.core.records import EvaluationInfo, Skipped, read_status, read_summary, write_info
+from retinopathy.core.files import csv_text, json_text, write_together
+from retinopathy.core.records import EvaluationInfo, Skipped, info_text, read_status, read_summary
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine import checkpoint, loops
@@ -53,7 +57,8 @@ from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import from_params
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
-from retinopathy.evaluation.screening_files import write_screening
+from retinopathy.evaluation.screening_files import screening_contents
+from retinopathy.models.head import require_finite
 from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
@@ -79,9 +84,9 @@ def prediction_rows(records: list[Record], predicted: np.ndarray, outputs: np.nd
                                                    strict=True)]
 
 
-def write_tables(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None,
-                 header: tuple[str, ...], rows: list[list], val_rows: list[list]) -> None:
-    """Write the confusion tables and the predictions (header only where there are none).
+def table_contents(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None,
+                   header: tuple[str, ...], rows: list[list], val_rows: list[list]) -> dict[Path, str]:
+    """The texts of the confusion tables and the predictions (header only where there are none), by file.
 
     Args:
         files: The arm's files.
@@ -97,10 +102,10 @@ def write_tables(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None,
         norm_rows = [[g, *(f"{v:.6f}" for v in normalized[g])] for g in GRADES]
     else:
         count_rows, norm_rows = [], []
-    write_csv_atomic(files.confusion_counts, confusion, count_rows)
-    write_csv_atomic(files.confusion_normalized, confusion, norm_rows)
-    write_csv_atomic(files.predictions, list(header), rows)
-    write_csv_atomic(files.val_predictions, list(header), val_rows)
+    return {files.confusion_counts: csv_text(confusion, count_rows),
+            files.confusion_normalized: csv_text(confusion, norm_rows),
+            files.predictions: csv_text(list(header), rows),
+            files.val_predictions: csv_text(list(header), val_rows)}
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,10 @@ class Evaluation:
     screening: dict[str, Any] | None = None  # retinopathy.evaluation.screening.record; None for a skipped arm
 
 
-def write_evaluation(files: ArmFiles, evaluation: Evaluation) -> None:
-    write_json_atomic(files.metrics, evaluation.metrics)
-    write_info(files.info, evaluation.info)
+def write_evaluation(files: ArmFiles, evaluation: Evaluation, others: dict[Path, str]) -> None:
+    """Write the metrics and the info with ``others`` (the tables and screening files): all, or none."""
+    write_together({**others, files.metrics: json_text(files.metrics, evaluation.metrics),
+                    files.info: info_text(files.info, evaluation.info)})
 
 
 def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Evaluation:
@@ -129,9 +135,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     summary = read_summary(layout.summary)
     if isinstance(status, Skipped):
         evaluation = Evaluation({}, status)
-        write_tables(files, None, prediction_header(regression=False), [], [])
-        write_screening(files.screening_files, None, None, probabilities=False)
-        write_evaluation(files, evaluation)
+        write_evaluation(files, evaluation, {
+            **table_contents(files, None, prediction_header(regression=False), [], []),
+            **screening_contents(files.screening_files, None, None, probabilities=False)})
         return evaluation
 
     trained = checkpoint.load_trained(files.best, fix=(
@@ -170,6 +176,9 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         if actual.tolist() != [r.label for r in records[split]]:  # each row must name its own image
             raise RetinopathyError(f"{layout.index}: the {split} split's grades came back in another order "
                                    "than listed (a bug in the batching: please report it)")
+        require_finite(outputs, files.best, "its weights are finite, but the network overflows on these "
+                       f"images; train the arm again (`dvc repro -f train@{arm}`)",
+                       [r.image for r in records[split]])
         rows = scored([patient_of(r.image) for r in records[split]], actual.numpy(), predicted.numpy(),
                       outputs.numpy(), head.regression)
         graded[split] = (predicted.numpy(), outputs.numpy(), rows)
@@ -209,9 +218,11 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     )
     evaluation = Evaluation(metrics, info, screening)
     csv_rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
-    write_tables(files, tables, prediction_header(head.regression), csv_rows["test"], csv_rows.get("val", []))
-    write_screening(files.screening_files, screening, graded["test"][2], probabilities=not head.regression)
-    write_evaluation(files, evaluation)
+    write_evaluation(files, evaluation, {
+        **table_contents(files, tables, prediction_header(head.regression), csv_rows["test"],
+                         csv_rows.get("val", [])),
+        **screening_contents(files.screening_files, screening, graded["test"][2],
+                             probabilities=not head.regression)})
     return evaluation
 
 

@@ -29,6 +29,7 @@ from retinopathy.data.labels import grade_of
 from retinopathy.engine import checkpoint
 from retinopathy.engine.runtime import resolve_device
 from retinopathy.models.gradcam import grad_cam, save_grid, save_message
+from retinopathy.models.head import require_finite
 from retinopathy.models.registry import title
 from retinopathy.pipeline.paramkeys import restrict
 
@@ -109,6 +110,9 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
         grade = int(predicted[index])
         with torch.no_grad():
             scores = head.scores(grader.eval()(image))[0]
+        require_finite(scores.unsqueeze(0).cpu(), files.best, "its weights are finite, but the network "
+                       f"overflows on this image; train the arm again (`dvc repro -f train@{arm}`)",
+                       [records[index].image])
         heat = grad_cam(grader, image, [0 if head.regression else grade])[0]
         score = f"value {float(scores):.2f}" if head.regression else f"p {float(scores[grade]):.2f}"
         caption = f"{records[index].image}: graded {grade} ({score})"

@@ -22,12 +22,16 @@ of :mod:`retinopathy.evaluation.screening` per image and per patient with their
 patient-bootstrap intervals, ``evaluate.bootstrap`` and ``evaluate.seed`` as
 evaluate's; the operating points chosen on the validation split graded the same
 way, never on test; ROC and reliability CSVs), whose ``fusion`` entry holds
-:data:`~retinopathy.core.contract.FUSION_FACTS`. Each file is written atomically.
+:data:`~retinopathy.core.contract.FUSION_FACTS`. The files change together or not
+at all (``files.write_together``): a full disk never leaves a new blend beside
+the old metrics. A blend that diverged (NaN or infinite weights: too high a
+``fuse.lr``) is refused, and so are features, outputs or scores that are not finite.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +48,7 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.contract import fused_prediction_columns as columns
 from retinopathy.core.errors import RetinopathyError, warn
-from retinopathy.core.files import write_csv_atomic, write_json_atomic
+from retinopathy.core.files import csv_text, json_text, write_together
 from retinopathy.core.records import Skipped, TrainingStatus, read_status
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import patient_of
@@ -53,11 +57,11 @@ from retinopathy.engine.batches import eval_batches, open_sources
 from retinopathy.engine.runtime import from_params
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
-from retinopathy.evaluation.screening_files import write_screening
+from retinopathy.evaluation.screening_files import screening_contents
 from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, state_of, thresholds_for
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
-from retinopathy.models.head import Head
+from retinopathy.models.head import Head, require_finite
 from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
@@ -94,16 +98,22 @@ def _rows(names: list[str], actual: np.ndarray, grades: np.ndarray, scores: torc
 
 
 def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str, float]:
-    BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0, f"arm skipped: {reason}",
-                0, 0).save(layout.blend(arm))
-    write_csv_atomic(layout.fused_predictions(arm), list(columns(params.train.loss == "regression")), [])
-    write_screening(layout.fused(arm), None, None, probabilities=False)
-    write_json_atomic(layout.fused_metrics(arm), {})
+    blend = BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0,
+                        f"arm skipped: {reason}", 0, 0)
+    write_together({layout.blend(arm): blend.to_bytes(layout.blend(arm)),
+                    layout.fused_predictions(arm): csv_text(list(columns(params.train.loss == "regression")),
+                                                            []),
+                    **screening_contents(layout.fused(arm), None, None, probabilities=False),
+                    layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), {})})
     return {}
 
 
+# What to do when the arm's blend gives scores that are not finite (its weights are finite: checked).
+BLEND_FIX = "lower fuse.lr in params.yaml and run the `fuse` stage again"
+
+
 def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRecord,
-            pairs: Pairs | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+            pairs: Pairs | None, blend: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One split's scores, grades and sources: the blend's where the other eye is in the split, else alone."""
     scores_, grades = head.scores(outputs), head.grades(outputs)
     partner, _ = partners(names)
@@ -111,7 +121,7 @@ def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRe
         return scores_, grades, ["single"] * len(names)
     rows = [i for i, p in enumerate(partner) if p >= 0]
     if rows:
-        fused_s, fused_g = fused_scores(record, pairs.this, pairs.other, pairs.side)
+        fused_s, fused_g = fused_scores(record, pairs.this, pairs.other, pairs.side, blend, BLEND_FIX)
         index = torch.tensor(rows)
         scores_, grades = scores_.clone(), grades.clone()
         scores_[index], grades[index] = fused_s, fused_g
@@ -145,6 +155,10 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
         split: extract(grader, eval_batches(source, train.batch_size, runtime), runtime, f"features {split}",
                        lower) for split, source in sources.items()}
     names = {split: [record.image for record in records[split]] for split in sources}
+    for split, found in extracted.items():  # before any of them is blended or graded
+        require_finite(torch.cat([found.features, found.outputs], 1), layout.arm(arm).best,
+                       f"its weights are finite, but the network overflows on these images; train the arm "
+                       f"again (`dvc repro -f train@{arm}`)", names[split])
 
     blend = BlendRecord("none", fuse.inputs, spec.loss, None, 0, 0, best["fingerprint"], 0,
                         "none: fuse.method is none, every image graded alone", 0, 0)
@@ -165,7 +179,8 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
                             pairs["train"].this.shape[1], fuse.hidden, best["fingerprint"], epoch, rule,
                             len(pairs["train"]), len(val) if val is not None else 0, state_of(model))
 
-    graded = {split: _graded(extracted[split].outputs, head, names[split], blend, pairs.get(split))
+    graded = {split: _graded(extracted[split].outputs, head, names[split], blend, pairs.get(split),
+                             layout.blend(arm))
               for split in ("test", "val") if split in extracted and len(names[split])}
     test_scores, test_grades, test_sources = graded["test"]
     actual = extracted["test"].labels.numpy()
@@ -184,12 +199,15 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     numbers = scores(actual, test_grades.numpy(), confusion_tables(actual, test_grades.numpy()))
     metrics = {key: round(float(numbers[key]), METRIC_DECIMALS)
                for key in FUSED_METRIC_KEYS if key in numbers}
-    blend.save(layout.blend(arm))
-    write_csv_atomic(layout.fused_predictions(arm), list(columns(head.regression)),
-                     _rows(names["test"], actual, test_grades.numpy(), test_scores,
-                           referable(test_scores, head), test_sources, head))
-    write_screening(layout.fused(arm), screening, test, probabilities=not head.regression)
-    write_json_atomic(layout.fused_metrics(arm), metrics)
+    # All four outputs change together, or none does (a full disk must not leave a new blend
+    # beside the old metrics, which then no longer describe it).
+    write_together({
+        layout.blend(arm): blend.to_bytes(layout.blend(arm)),
+        layout.fused_predictions(arm): csv_text(list(columns(head.regression)), _rows(
+            names["test"], actual, test_grades.numpy(), test_scores, referable(test_scores, head),
+            test_sources, head)),
+        **screening_contents(layout.fused(arm), screening, test, probabilities=not head.regression),
+        layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), metrics)})
     print(f"{arm}: blend {blend.selection}" if blend.learned else f"{arm}: {blend.selection}")
     return metrics
 
