@@ -33,6 +33,7 @@ import yaml
 
 from conftest import make_tiny_project
 from retinopathy import cli
+from retinopathy.core import config
 from retinopathy.core.config import load_params
 from retinopathy.core.contract import Layout
 from retinopathy.core.records import Skipped, TrainingStatus, write_status
@@ -191,9 +192,13 @@ def photos() -> list[str]:
 # ------------------------------------------------------------------ 1. non-finite numbers stop the command
 
 
-def test_a_diverged_blend_is_not_saved_and_the_fuse_stage_says_to_lower_fuse_lr(project, capsys):
+def test_a_diverged_blend_is_not_saved_and_the_fuse_stage_says_to_lower_fuse_lr(project, capsys, monkeypatch):
     before = contents(FUSE_OUTPUTS)
     set_params("fuse", lr=1e30)  # Adam's steps are about lr in size: the weights overflow to NaN
+    # params.yaml bounds fuse.lr (at most MAX_FUSE_LR) ...
+    assert "`fuse.lr` must be >= 0.0 and at most 1.0" in refused(capsys, "fuse", "--init", "scratch")
+    # ... and a blend that diverges all the same is never saved: lift the bound to reach it.
+    monkeypatch.setattr(config, "MAX_FUSE_LR", 1e31)
     err = refused(capsys, "fuse", "--init", "scratch")
     assert "diverged" in err and "NaN or infinite" in err and "lower fuse.lr" in err
     assert contents(FUSE_OUTPUTS) == before and not temporaries(project)
@@ -336,7 +341,7 @@ def test_explain_refuses_a_predictions_file_whose_grades_are_not_grades(project,
     first[3] = "nan"  # the first image's predicted grade (int("nan") was a traceback)
     rewrite(SCRATCH.predictions, lambda text: text.replace(text.splitlines()[1], ",".join(first), 1))
     err = refused(capsys, "explain", "--init", "scratch")
-    assert f"{SCRATCH.predictions}:2: 'actual' and 'predicted' must be grades 0-4" in err
+    assert f"{SCRATCH.predictions}:2: 'predicted' is not a grade 0-4" in err
     assert not LAYOUT.explanation("scratch").exists()
 
 
