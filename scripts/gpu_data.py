@@ -21,8 +21,10 @@ from retinopathy.data.synthetic import render_fundus, vary
 
 def paint(task: tuple[Path, int]) -> None:
     folder, index = task
-    pixels = vary(render_fundus(index % 5, np.random.default_rng([7, index]), 512, subtle=True),
-                  np.random.default_rng([8, index]))
+    pixels = vary(
+        render_fundus(index % 5, np.random.default_rng([7, index]), 512, subtle=True),
+        np.random.default_rng([8, index]),
+    )
     Image.fromarray(pixels).save(folder / f"source_{index:04d}.jpeg", "JPEG", quality=95)
 
 

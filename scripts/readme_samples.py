@@ -30,8 +30,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = re.compile(r"(?P<open><!-- sample: (?P<command>.+?) -->\n```[^\n]*\n)(?P<body>.*?)(?P<close>```\n"
-                    r"<!-- /sample -->)", re.DOTALL)
+SAMPLE = re.compile(
+    r"(?P<open><!-- sample: (?P<command>.+?) -->\n```[^\n]*\n)(?P<body>.*?)(?P<close>```\n"
+    r"<!-- /sample -->)",
+    re.DOTALL,
+)
 
 
 def run_sample(command: str, cwd: Path) -> str:
@@ -70,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     text = args.readme.read_text(encoding="utf-8")
     samples = [m for m in SAMPLE.finditer(text) if args.only is None or m["command"].startswith(args.only)]
     if not samples:
-        sys.exit(f"{args.readme}: no '<!-- sample: {args.only or 'COMMAND'} -->' block followed by a fenced "
-                 f"block and '<!-- /sample -->'")
+        sys.exit(
+            f"{args.readme}: no '<!-- sample: {args.only or 'COMMAND'} -->' block followed by a fenced "
+            f"block and '<!-- /sample -->'"
+        )
     stale = 0
     pieces, last = [], 0
     for match in samples:
@@ -80,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             stale += 1
             line = text.count("\n", 0, match.start()) + 1
             print(f"{args.readme}:{line}: `{match['command']}` prints something else now:")
-            sys.stdout.writelines(difflib.unified_diff(normalise(match["body"]).splitlines(True),
-                                                       fresh.splitlines(True), "README", "now"))
-        pieces += [text[last:match.start("body")], fresh]
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    normalise(match["body"]).splitlines(True), fresh.splitlines(True), "README", "now"
+                )
+            )
+        pieces += [text[last : match.start("body")], fresh]
         last = match.end("body")
     pieces.append(text[last:])
     if args.check:

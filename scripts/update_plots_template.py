@@ -36,8 +36,11 @@ TEMPLATE = REPO / ".dvc" / "plots" / "offline.html"
 # npm package -> version: the last releases of the majors that DVC 3's templates target.
 VERSIONS = {"vega": "5.33.1", "vega-lite": "5.23.0", "vega-embed": "6.29.0"}
 # The file of the package's minified browser build (UMD: it sets window.vega, vegaLite, vegaEmbed).
-BUILDS = {"vega": "build/vega.min.js", "vega-lite": "build/vega-lite.min.js",
-          "vega-embed": "build/vega-embed.min.js"}
+BUILDS = {
+    "vega": "build/vega.min.js",
+    "vega-lite": "build/vega-lite.min.js",
+    "vega-embed": "build/vega-embed.min.js",
+}
 # vega's 5.x npm packages ship no LICENSE file (package.json says BSD-3-Clause); the project's
 # licence text is taken from the first release whose package carries it.
 LICENCE_FROM = {"vega": "vega@6.4.0"}
@@ -102,8 +105,12 @@ PAGE = """<!DOCTYPE html>
 
 def npm_pack(spec: str, folder: Path) -> tuple[tarfile.TarFile, str]:
     """Fetch ``spec`` (name@version) with `npm pack`; return the tarball and npm's integrity."""
-    result = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", str(folder)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["npm", "pack", spec, "--json", "--pack-destination", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         sys.exit(f"npm pack {spec} failed:\n{result.stderr.strip()}")
     info = json.loads(result.stdout)[0]
@@ -138,15 +145,19 @@ def library_script(name: str, version: str, folder: Path) -> str:
         sys.exit(f"{name}@{version} ships no LICENSE: add where its licence text is to LICENCE_FROM")
     for text, what in ((code, BUILDS[name]), (licence, "LICENSE")):
         if re.search(r"</script", text, re.IGNORECASE) or any(p in text for p in PLACEHOLDERS):
-            sys.exit(f"{name}@{version}'s {what} contains '</script' or one of DVC's placeholders "
-                     f"{PLACEHOLDERS}: it cannot be inlined as it is")
+            sys.exit(
+                f"{name}@{version}'s {what} contains '</script' or one of DVC's placeholders "
+                f"{PLACEHOLDERS}: it cannot be inlined as it is"
+            )
     if "*/" in licence:
         sys.exit(f"{source}'s LICENSE contains '*/': it cannot sit in a comment")
     sha256 = hashlib.sha256(code.encode("utf-8")).hexdigest()
-    header = (f"/*! {name} {version} ({package.get('license')}), {BUILDS[name]} of the npm package "
-              f"(integrity {integrity}; sha256 of that file {sha256}). It bundles code of its "
-              f"dependencies, under their licences (see its package.json).\n"
-              f"Licence, from the LICENSE file of {source}:\n\n{licence.strip()}\n*/\n")
+    header = (
+        f"/*! {name} {version} ({package.get('license')}), {BUILDS[name]} of the npm package "
+        f"(integrity {integrity}; sha256 of that file {sha256}). It bundles code of its "
+        f"dependencies, under their licences (see its package.json).\n"
+        f"Licence, from the LICENSE file of {source}:\n\n{licence.strip()}\n*/\n"
+    )
     return f"    <script>\n{header}{code.strip()}\n    </script>\n"
 
 

@@ -35,6 +35,7 @@ def run_arm(folder: Path, init: str = "scratch") -> TrainingStatus | Skipped:
     finally:
         os.chdir(before)
 
+
 # Small enough that an epoch of ResNet18 takes about a second on one CPU core.
 TINY_PARAMS = {
     "model": "resnet18",
@@ -80,9 +81,14 @@ def make_tiny_project(folder: Path, **overrides: dict) -> Path:
     models/init into ``folder``, which must be the working directory (stages use relative paths)."""
     write_params(folder, **overrides)
     params = load_params(folder / "params.yaml")
-    write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
-                       test_size=params.demo.test_size, image_size=params.demo.image_size,
-                       variation=params.demo.variation)
+    write_demo_dataset(
+        folder / "data/demo",
+        seed=0,
+        train_size=params.demo.train_size,
+        test_size=params.demo.test_size,
+        image_size=params.demo.image_size,
+        variation=params.demo.variation,
+    )
     prepare.prepare(restrict(params, prepare.PARAMS, prepare.__name__), folder / "data/prepared")
     assert weights.main([]) == 0
     return folder

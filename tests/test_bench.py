@@ -65,10 +65,10 @@ def test_alternate_rotates_and_counts_every_round():
             calls.append(name)
             time.sleep(0.002)  # longer than a round's budget: exactly one unit per round
             return count
+
         return run
 
-    timed = alternate({"a": unit("a", 2), "b": unit("b", 3)}, seconds=0.003, rounds=3,
-                      warmup=1)
+    timed = alternate({"a": unit("a", 2), "b": unit("b", 3)}, seconds=0.003, rounds=3, warmup=1)
     # Warm-up a, b; then one unit per side and round, the first side rotating.
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert timed["a"].images == [2, 2, 2] and timed["b"].images == [3, 3, 3]
@@ -98,17 +98,23 @@ def test_reference_loader_is_the_labs_float64_and_sees_the_same_pixels(jpegs):
 
 def test_bench_input_measures_both_sides(jpegs):
     folder, records = jpegs
-    comparisons = bench_input(folder, records, CPU, source_size=64, seconds=0.01, rounds=2,
-                              workers=1, epoch_images=8)
-    assert [c.name for c in comparisons] == ["64 px, 0 workers", "32 px, 0 workers",
-                                             "64 px, decoded cache", "64 px, ours with workers"]
+    comparisons = bench_input(
+        folder, records, CPU, source_size=64, seconds=0.01, rounds=2, workers=1, epoch_images=8
+    )
+    assert [c.name for c in comparisons] == [
+        "64 px, 0 workers",
+        "32 px, 0 workers",
+        "64 px, decoded cache",
+        "64 px, ours with workers",
+    ]
     assert comparisons[0].target == INPUT_TARGET
     assert comparisons[3].baseline is comparisons[0].baseline  # measured once, alternated with both
     for c in comparisons:
         assert c.section == "input"
         check_comparison(c, rounds=2)
-    without = bench_input(folder, records, CPU, source_size=64, seconds=0.01, rounds=1,
-                          workers=0, epoch_images=4)
+    without = bench_input(
+        folder, records, CPU, source_size=64, seconds=0.01, rounds=1, workers=0, epoch_images=4
+    )
     assert len(without) == 3  # no workers row
 
 
@@ -149,9 +155,20 @@ def test_format_result_warns_about_a_busy_machine():
     measured = Measurement("base", [8, 8], [1.0, 2.0])
     doubled = Measurement("cand", [16, 16], [1.0, 2.0])
     comparison = Comparison("models", "resnet18", measured, doubled, target=0.95)
-    result = BenchResult(machine, {"images": 4, "source_size": 64, "jpeg_quality": 95,
-                                   "input_batch": 4, "batch": 2, "size": 32, "seconds": 1,
-                                   "rounds": 2}, [comparison])
+    result = BenchResult(
+        machine,
+        {
+            "images": 4,
+            "source_size": 64,
+            "jpeg_quality": 95,
+            "input_batch": 4,
+            "batch": 2,
+            "size": 32,
+            "seconds": 1,
+            "rounds": 2,
+        },
+        [comparison],
+    )
     assert comparison.ratio == pytest.approx(2.0) and comparison.round_ratios == [2.0, 2.0]
     machine.update(other_processes_cores=0.0, torch_threads=2)
     text = format_result(result)
@@ -162,10 +179,36 @@ def test_format_result_warns_about_a_busy_machine():
 
 def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    status = main(["--device", "cpu", "--source-size", "64", "--images", "4", "--size", "32",
-                   "--batch", "2", "--seconds", "0.01", "--rounds", "1", "--workers", "0",
-                   "--models", "resnet18", "--threads", "1", "--only", "input",
-                   "--only", "models", "--json", str(out)])
+    status = main(
+        [
+            "--device",
+            "cpu",
+            "--source-size",
+            "64",
+            "--images",
+            "4",
+            "--size",
+            "32",
+            "--batch",
+            "2",
+            "--seconds",
+            "0.01",
+            "--rounds",
+            "1",
+            "--workers",
+            "0",
+            "--models",
+            "resnet18",
+            "--threads",
+            "1",
+            "--only",
+            "input",
+            "--only",
+            "models",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     text = capsys.readouterr().out
     assert "machine: " in text and "torch " in text

@@ -30,8 +30,10 @@ import yaml
 from conftest import REPO, subprocess_env
 
 TEMPLATE = REPO / ".dvc/plots/offline.html"
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
+    None,
+)
 # Console errors fail the test (the page under test is instrumented: see instrument). Warnings do
 # not: DVC 3.67's own templates make Vega warn ("Infinite extent for field", "Dropping {} from
 # channel "row""), for plots that draw correctly.
@@ -62,14 +64,14 @@ def declared_plots() -> list[tuple[str, dict]]:
 
 def plotted_files(name: str, properties: dict) -> list[str]:
     """The files a plot definition reads (its y and x mappings, else its id)."""
-    files = [path for key in ("y", "x") if isinstance(properties.get(key), dict)
-             for path in properties[key]]
+    files = [path for key in ("y", "x") if isinstance(properties.get(key), dict) for path in properties[key]]
     return sorted(set(files)) or [name]
 
 
 def update_script():
-    spec = importlib.util.spec_from_file_location("update_plots_template",
-                                                  REPO / "scripts/update_plots_template.py")
+    spec = importlib.util.spec_from_file_location(
+        "update_plots_template", REPO / "scripts/update_plots_template.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -90,8 +92,9 @@ def test_the_repository_uses_the_offline_template():
 
 
 def run(folder: Path, *command: str) -> str:
-    result = subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        command, cwd=folder, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -151,11 +154,28 @@ def offline_prefix() -> list[str]:
 
 
 def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [*offline_prefix(), CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--proxy-server=127.0.0.1:9",
-               "--proxy-bypass-list=<-loopback>", f"--user-data-dir={profile}", "--enable-logging=stderr",
-               "--v=0", "--virtual-time-budget=20000", "--hide-scrollbars", *extra, page.as_uri()]
+    command = [
+        *offline_prefix(),
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--proxy-server=127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=20000",
+        "--hide-scrollbars",
+        *extra,
+        page.as_uri(),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
     return result
@@ -164,9 +184,11 @@ def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProc
 def instrument(page: Path) -> Path:
     """A copy of ``page`` whose console.error / console.warn messages are marked as such in Chromium's
     log (which shows every console message alike); uncaught errors are marked "Uncaught" already."""
-    marker = ("<script>['error', 'warn'].forEach(function (level) { var original = console[level];"
-              " console[level] = function () { original.call(console, 'console.' + level + ': ' +"
-              " Array.prototype.join.call(arguments, ' ')); }; });</script>")
+    marker = (
+        "<script>['error', 'warn'].forEach(function (level) { var original = console[level];"
+        " console[level] = function () { original.call(console, 'console.' + level + ': ' +"
+        " Array.prototype.join.call(arguments, ' ')); }; });</script>"
+    )
     text = page.read_text(encoding="utf-8")
     head = text.index("<head>") + len("<head>")  # before any library's own text
     copy = page.with_name("instrumented.html")
@@ -187,8 +209,10 @@ def div_id(name: str) -> str:
 
 def svg_texts(fragment: str, role: str) -> list[str]:
     """The texts of the SVG elements of ``role``, unescaped (``>=`` is ``&gt;=`` in the markup)."""
-    return [unescape(text) for text in
-            re.findall(rf'class="[^"]*\brole-{role}\b[^"]*"[^>]*>(?:<[^>]+>)*([^<]+)<', fragment)]
+    return [
+        unescape(text)
+        for text in re.findall(rf'class="[^"]*\brole-{role}\b[^"]*"[^>]*>(?:<[^>]+>)*([^<]+)<', fragment)
+    ]
 
 
 def test_every_declared_plot_draws_offline_for_two_commits(plots_repo, tmp_path, capsys):
@@ -204,15 +228,20 @@ def test_every_declared_plot_draws_offline_for_two_commits(plots_repo, tmp_path,
     result = chromium(instrument(page), tmp_path / "profile", "--dump-dom")
     errors = [line for line in result.stderr.splitlines() if CONSOLE_ERROR.search(line)]
     assert not errors, "console errors:\n" + "\n".join(errors)
-    warnings = sorted({line.split('"', 1)[1].rsplit('", source', 1)[0] for line in result.stderr.splitlines()
-                       if CONSOLE_WARNING.search(line)})
+    warnings = sorted(
+        {
+            line.split('"', 1)[1].rsplit('", source', 1)[0]
+            for line in result.stderr.splitlines()
+            if CONSOLE_WARNING.search(line)
+        }
+    )
     dom = result.stdout
     starts = {m.group(1): m.start() for m in re.finditer(r'<div id="([^"]+)"', dom)}
     for name, properties in plots:
         start = starts[div_id(name)]
         end = min([s for s in starts.values() if s > start] + [len(dom)])
         fragment = dom[start:end]
-        head = fragment[:fragment.index(">")]
+        head = fragment[: fragment.index(">")]
         assert 'data-dvc-plot="drawn"' in head, f"{name!r} was not drawn: {fragment[:2000]}"
         assert "<svg" in fragment and len(re.findall(r"\brole-mark\b", fragment)) >= 1, name
         titles = svg_texts(fragment, "axis-title")
@@ -220,7 +249,7 @@ def test_every_declared_plot_draws_offline_for_two_commits(plots_repo, tmp_path,
             label = properties.get(f"{axis}_label") or properties.get(axis)
             if isinstance(label, str):
                 assert label in titles, f"{name!r}: no axis title {label!r} among {titles}"
-        text = " ".join(re.findall(r">([^<]+)<", fragment[fragment.index("<svg"):]))
+        text = " ".join(re.findall(r">([^<]+)<", fragment[fragment.index("<svg") :]))
         assert "HEAD~1" in text and "workspace" in text, f"{name!r} does not show both revisions: {text}"
 
     # pytest removes a passing test's tmp_path (pyproject: tmp_path_retention_policy), so the
@@ -254,13 +283,18 @@ def test_the_update_script_refuses_a_library_that_breaks_the_page(tmp_path):
     for text in ("x='</script>'", "a{plot_divs}b"):
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-            for path, data in (("package/package.json", '{"version": "1.0.0", "license": "MIT"}'),
-                               ("package/build/vega.min.js", text), ("package/LICENSE", "MIT licence")):
+            for path, data in (
+                ("package/package.json", '{"version": "1.0.0", "license": "MIT"}'),
+                ("package/build/vega.min.js", text),
+                ("package/LICENSE", "MIT licence"),
+            ):
                 info = tarfile.TarInfo(path)
                 info.size = len(data.encode())
                 tar.addfile(info, io.BytesIO(data.encode()))
         packed = archive.getvalue()
         module.npm_pack = lambda spec, folder, packed=packed: (
-            tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz"), "sha512-test")  # noqa: SIM115
+            tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz"),  # noqa: SIM115
+            "sha512-test",
+        )
         with pytest.raises(SystemExit, match="cannot be inlined"):
             module.library_script("vega", "1.0.0", tmp_path)

@@ -28,8 +28,9 @@ def test_cached_pixels_equal_decoded_pixels_and_survive_the_jpegs(demo, tmp_path
     plain = RetinopathyDataset(demo, "train", 32, dtype=torch.uint8)
     cached = DecodedCache(RetinopathyDataset(demo, "train", 32, dtype=torch.uint8), tmp_path / "cache")
     first = [cached[i] for i in range(len(cached))]
-    for (image, label), (expected, expected_label) in zip(first, (plain[i] for i in range(len(plain))),
-                                                         strict=True):
+    for (image, label), (expected, expected_label) in zip(
+        first, (plain[i] for i in range(len(plain))), strict=True
+    ):
         assert torch.equal(image, expected) and label == expected_label and image.shape == (3, 32, 32)
     for record in plain.records:  # from now on only the cache can answer
         image_path(demo, record.image).unlink()

@@ -18,7 +18,7 @@ from retinopathy.reporting.results import load_arm
 
 # A pipeline that "trains" in no time: it writes each arm's files as train and evaluate
 # would, from params.yaml. ResNet18 learns; ResNet50 sits at the majority baseline.
-FAKE_STAGE = '''
+FAKE_STAGE = """
 import json, pathlib, yaml
 params = yaml.safe_load(open("params.yaml"))
 model = params["model"]
@@ -62,7 +62,7 @@ for arm in ("scratch", "pretrained"):
             cells = row if kind == "counts" else [c / sum(row) for c in row]
             lines.append(",".join(map(str, [grade, *cells])))
         (root / "confusion" / f"{arm}_{kind}.csv").write_text("\\n".join(lines) + "\\n")
-'''
+"""
 
 
 def sh(folder: Path, *command: str) -> str:
@@ -82,9 +82,20 @@ def dvc_project(tmp_path, monkeypatch) -> Path:
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump({"model": "resnet18", "train": {"lr": 0.01}}))
     (project / "fake.py").write_text(FAKE_STAGE)
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fake": {
-        "cmd": f"{sys.executable} fake.py", "deps": ["fake.py"], "params": ["model", "train.lr"],
-        "outs": [{"metrics": {"cache": False}}]}}}))
+    (project / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "fake": {
+                        "cmd": f"{sys.executable} fake.py",
+                        "deps": ["fake.py"],
+                        "params": ["model", "train.lr"],
+                        "outs": [{"metrics": {"cache": False}}],
+                    }
+                }
+            }
+        )
+    )
     sh(project, "git", "init", "-q", "-b", "main")
     sh(project, "dvc", "init", "-q")
     sh(project, "dvc", "repro", "-q")
@@ -130,8 +141,9 @@ def _arms(folder: Path) -> list:
     return [load_arm(Layout(metrics=folder / "metrics"), arm) for arm in ARMS]
 
 
-def test_the_compare_figure_labels_lines_by_name_model_and_init_with_one_legend_outside(tmp_path,
-                                                                                       monkeypatch):
+def test_the_compare_figure_labels_lines_by_name_model_and_init_with_one_legend_outside(
+    tmp_path, monkeypatch
+):
     from retinopathy.reporting import figures
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": "resnet18"}))
@@ -208,16 +220,26 @@ def test_every_option_has_help_in_one_style(command, monkeypatch):
 
 # The commands whose --help must not wait for torch (about 3 s here): every one that
 # does not need it to build its options.
-LIGHT_HELP = ("predict", "export", "compare", "report", "demo-data", "prepare", "import-kaggle",
-              "import-external")
+LIGHT_HELP = (
+    "predict",
+    "export",
+    "compare",
+    "report",
+    "demo-data",
+    "prepare",
+    "import-kaggle",
+    "import-external",
+)
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom retinopathy import cli\n"
-            f"for command in {LIGHT_HELP!r}:\n"
-            "    try:\n        cli.main([command, '--help'])\n    except SystemExit as exit:\n"
-            "        assert exit.code == 0, command\n"
-            "    assert 'torch' not in sys.modules, command\n"
-            "print('light')")
+    code = (
+        "import sys\nfrom retinopathy import cli\n"
+        f"for command in {LIGHT_HELP!r}:\n"
+        "    try:\n        cli.main([command, '--help'])\n    except SystemExit as exit:\n"
+        "        assert exit.code == 0, command\n"
+        "    assert 'torch' not in sys.modules, command\n"
+        "print('light')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
     assert done.returncode == 0 and done.stdout.strip().endswith("light"), done.stderr

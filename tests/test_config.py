@@ -35,18 +35,26 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"modle": "resnet18"},
-         r"`modle` is not a known key; allowed here: model, data, demo, augment, train, evaluate"),
+        (
+            {"modle": "resnet18"},
+            r"`modle` is not a known key; allowed here: model, data, demo, augment, train, evaluate",
+        ),
         ({"model": "resnet34"}, rf"`model` must be one of {', '.join(MODELS)}; got 'resnet34'"),
         ({"train": {"lr": -1}}, r"`train.lr` must be >= 0.0"),
         ({"train": {"lr": 0}}, r"`train.lr` must be > 0"),
-        ({"train": {"batchsize": 4}},
-         r"`train.batchsize` is not a known key; allowed here: epochs, batch_size"),
+        (
+            {"train": {"batchsize": 4}},
+            r"`train.batchsize` is not a known key; allowed here: epochs, batch_size",
+        ),
         ({"train": {"device": "gpu"}}, r"`train.device` must be one of auto, cpu, cuda"),
-        ({"train": {"epochs": {"resnet34": 3}}},
-         r"`train.epochs.resnet34` is not a model's name; .*`default`"),
-        ({"model": "resnet50", "train": {"epochs": {"resnet18": 3}}},
-         r"`train.epochs` has no value for resnet50 .*add `default: <value>`.* or `resnet50: <value>`"),
+        (
+            {"train": {"epochs": {"resnet34": 3}}},
+            r"`train.epochs.resnet34` is not a model's name; .*`default`",
+        ),
+        (
+            {"model": "resnet50", "train": {"epochs": {"resnet18": 3}}},
+            r"`train.epochs` has no value for resnet50 .*add `default: <value>`.* or `resnet50: <value>`",
+        ),
         ({"train": {"epochs": 0}}, r"`train.epochs` must be an integer >= 1"),
         ({"train": {"momentum": 1.5}}, r"`train.momentum` must be in \[0.0, 1.0\)"),
         ({"train": {"weights": ""}}, r"`train.weights` must be `imagenet` or the path"),
@@ -63,14 +71,18 @@ def test_the_shipped_params_are_valid_and_run_the_demo():
         ({"augment": {"flip": "yes"}}, r"`augment.flip` must be true or false"),
         ({"augment": {"translate": 0.6}}, r"`augment.translate` must be in \[0.0, 0.5\)"),
         ({"train": {"schedule": "step"}}, r"`train.schedule` must be one of constant, cosine"),
-        ({"train": {"warmup_epochs": 4}},
-         r"`train.warmup_epochs` must be fewer than train.epochs \(4 for resnet18\)"),
+        (
+            {"train": {"warmup_epochs": 4}},
+            r"`train.warmup_epochs` must be fewer than train.epochs \(4 for resnet18\)",
+        ),
         ({"train": {"nesterov": True, "momentum": 0}}, r"`train.nesterov` needs train.momentum > 0"),
         ({"train": {"loss": "mse"}}, r"`train.loss` must be one of cross_entropy, regression"),
         ({"train": {"class_balance": "oversample"}}, r"`train.class_balance` must be one of none"),
         ({"train": {"select_by": "auc"}}, r"`train.select_by` must be one of accuracy, kappa"),
-        ({"train": {"tune_thresholds": True, "loss": "regression"}},
-         r"`train.tune_thresholds` needs train.loss: regression and data.val_fraction > 0"),
+        (
+            {"train": {"tune_thresholds": True, "loss": "regression"}},
+            r"`train.tune_thresholds` needs train.loss: regression and data.val_fraction > 0",
+        ),
         ({"evaluate": {"tta": "rotations"}}, r"`evaluate.tta` must be one of none, flips"),
         ({"data": {"preprocess": "clahe"}}, r"`data.preprocess` must be one of none, graham"),
         ({"demo": {"variation": "some"}}, r"`demo.variation` must be true or false"),
@@ -114,9 +126,17 @@ def test_params_yaml_is_the_only_source_of_defaults():
 
 
 def test_per_model_mappings_and_yaml_switches():
-    params = parse_params(shipped_with({"train": {"epochs": {"resnet18": 10, "resnet50": 5},
-                                                  "channels_last": False,
-                                                  "weights": {"resnet18": "a.pth", "resnet50": "imagenet"}}}))
+    params = parse_params(
+        shipped_with(
+            {
+                "train": {
+                    "epochs": {"resnet18": 10, "resnet50": 5},
+                    "channels_last": False,
+                    "weights": {"resnet18": "a.pth", "resnet50": "imagenet"},
+                }
+            }
+        )
+    )
     assert params.train.epochs_for("resnet50") == 5 and params.train.channels_last == "off"
     assert params.train.weights_for("resnet18") == "a.pth"
 
@@ -138,5 +158,6 @@ def test_zero_init_residual_is_one_switch_or_one_per_model():
     with pytest.raises(RetinopathyError, match="`train.zero_init_residual` has no value for resnet18"):
         parse_params(shipped_with({"train": {"zero_init_residual": {"resnet50": True}}}), "p.yaml")
     with pytest.raises(RetinopathyError, match=r"train.zero_init_residual.resnet18"):
-        parse_params(shipped_with({"train": {"zero_init_residual": {"resnet18": "yes", "resnet50": True}}}),
-                     "p.yaml")
+        parse_params(
+            shipped_with({"train": {"zero_init_residual": {"resnet18": "yes", "resnet50": True}}}), "p.yaml"
+        )

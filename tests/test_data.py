@@ -113,13 +113,27 @@ def test_unknown_image_header_is_skipped_when_the_label_file_has_one_too(tmp_pat
 @pytest.mark.parametrize(
     ("images", "labels", "expected", "note"),
     [
-        pytest.param("1_left\n1_right\n", "label\n1\n2\n", [("1_left", 1), ("1_right", 2)],
-                     "train_label.csv: header row 'label' skipped", id="header-in-label-file-only"),
-        pytest.param("id_code\n1_left\n", "4\n", [("1_left", 4)],
-                     "train_img.csv: header row 'id_code' skipped", id="known-image-header-word"),
-        pytest.param("5_left\n 5_right ", "0\n1", [("5_left", 0), ("5_right", 1)],
-                     "train_img.csv: whitespace around the value stripped on 1 line(s)",
-                     id="no-final-newline-and-spaces"),
+        pytest.param(
+            "1_left\n1_right\n",
+            "label\n1\n2\n",
+            [("1_left", 1), ("1_right", 2)],
+            "train_label.csv: header row 'label' skipped",
+            id="header-in-label-file-only",
+        ),
+        pytest.param(
+            "id_code\n1_left\n",
+            "4\n",
+            [("1_left", 4)],
+            "train_img.csv: header row 'id_code' skipped",
+            id="known-image-header-word",
+        ),
+        pytest.param(
+            "5_left\n 5_right ",
+            "0\n1",
+            [("5_left", 0), ("5_right", 1)],
+            "train_img.csv: whitespace around the value stripped on 1 line(s)",
+            id="no-final-newline-and-spaces",
+        ),
     ],
 )
 def test_unambiguous_quirks_are_accepted_with_exactly_one_note(

@@ -173,8 +173,7 @@ def test_replaces_existing_demo_folder_entirely(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["demo"], "no temporary folders left behind"
 
 
-def test_interrupted_write_keeps_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
+def test_interrupted_write_keeps_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=1, **SMALL)
     before = _files(out)
@@ -235,11 +234,14 @@ def test_variation_changes_each_photo_deterministically_and_off_keeps_the_drawin
     rng = np.random.default_rng(np.random.SeedSequence([4, 1, 0, 0]))
     first = np.asarray(Image.open(plain / f"{names[0]}.jpeg"))
     Image.fromarray(render_fundus(int(_lines(plain / "train_label.csv")[0]), rng, 64, eye="left")).save(
-        tmp_path / "redrawn.jpeg", "JPEG", quality=90, subsampling=0)
+        tmp_path / "redrawn.jpeg", "JPEG", quality=90, subsampling=0
+    )
     assert np.array_equal(np.asarray(Image.open(tmp_path / "redrawn.jpeg")), first)
     # With it, brightness and framing vary from photo to photo.
     means = [np.asarray(Image.open(varied / f"{n}.jpeg"), dtype=float).mean() for n in names]
     plain_means = [np.asarray(Image.open(plain / f"{n}.jpeg"), dtype=float).mean() for n in names]
     assert np.std(means) > 1.5 * np.std(plain_means)
-    assert "variation between photos" in (varied / "README.txt").read_text() and "on" in (
-        varied / "README.txt").read_text()
+    assert (
+        "variation between photos" in (varied / "README.txt").read_text()
+        and "on" in (varied / "README.txt").read_text()
+    )

@@ -24,10 +24,22 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun(folder, *args):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "retinopathy", "train", "--init", "scratch", *args]
-    return subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "retinopathy",
+        "train",
+        "--init",
+        "scratch",
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=folder, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):

@@ -40,8 +40,9 @@ def test_dvc_yaml_lists_each_stages_code_and_params() -> None:
 
 def test_the_check_names_the_stage_the_entries_and_the_fix_and_the_rewrite_mends_it(tmp_path, capsys) -> None:
     original = (REPO / "dvc.yaml").read_text()
-    broken = original.replace("      - train.batch_size\n      - evaluate\n", "      - evaluate\n") \
-        .replace("      - src/retinopathy/data/checks.py\n", "      - src/retinopathy/data/cache.py\n")
+    broken = original.replace("      - train.batch_size\n      - evaluate\n", "      - evaluate\n").replace(
+        "      - src/retinopathy/data/checks.py\n", "      - src/retinopathy/data/cache.py\n"
+    )
     assert broken != original
     path = tmp_path / "dvc.yaml"
     path.write_text(broken)
@@ -60,8 +61,10 @@ def test_the_rewrite_adds_a_missing_list_and_drops_an_empty_one(tmp_path) -> Non
     text = (REPO / "dvc.yaml").read_text()
     start = text.index("    params:\n      - demo\n")
     broken = text[:start] + text[start:].replace("    params:\n      - demo\n", "", 1)
-    broken = broken.replace("      - src/retinopathy/stages/report.py\n",
-                            "      - src/retinopathy/stages/report.py\n    params:\n      - model\n")
+    broken = broken.replace(
+        "      - src/retinopathy/stages/report.py\n",
+        "      - src/retinopathy/stages/report.py\n    params:\n      - model\n",
+    )
     path = tmp_path / "dvc.yaml"
     path.write_text(broken)
     assert dvcyaml.main(["--file", str(path)]) == 0
@@ -82,7 +85,7 @@ def _params_reads(path: Path) -> set[str]:
             inner = inner.value
         names = ([inner.id] if isinstance(inner, ast.Name) else []) + parts
         if "params" in names:
-            after = names[names.index("params") + 1:]
+            after = names[names.index("params") + 1 :]
             key = ".".join(after[:2]) if after and after[0] in sections else (after[0] if after else "")
             if key in known and key not in sections:
                 found.add(key)
@@ -98,8 +101,9 @@ def test_the_params_a_stage_reads_by_name_are_declared(stage: str) -> None:
     skip = {codedeps.PACKAGE / "core" / "config.py", codedeps.PACKAGE / "pipeline" / "paramkeys.py"}
     for path in codedeps.import_closure(module) - skip:
         for key in _params_reads(path):
-            assert key in declared or key.split(".")[0] in declared, \
+            assert key in declared or key.split(".")[0] in declared, (
                 f"{path.relative_to(REPO)} reads `{key}`, which {module}.PARAMS does not declare"
+            )
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -107,20 +111,27 @@ def test_a_stage_that_loads_params_reads_them_through_its_declaration(stage: str
     module = module_of(stage_command(STAGES[stage]))
     tree = ast.parse(codedeps.module_file(module).read_text())
     main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
-    calls = {node.func.id for node in ast.walk(main) if isinstance(node, ast.Call) and
-             isinstance(node.func, ast.Name)}
+    calls = {
+        node.func.id
+        for node in ast.walk(main)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
     assert "load_params" not in calls or "restrict" in calls, module
 
 
 def test_restricted_params_refuse_an_undeclared_key_and_name_the_fix() -> None:
-    params = paramkeys.restrict(load_params(REPO / "params.yaml"), ("model", "train.lr", "augment"),
-                                "retinopathy.stages.x")
+    params = paramkeys.restrict(
+        load_params(REPO / "params.yaml"), ("model", "train.lr", "augment"), "retinopathy.stages.x"
+    )
     assert params.model and params.train.lr > 0 and params.augment.active in (True, False)
     assert params.data.num_workers == load_params(REPO / "params.yaml").data.num_workers  # speed only
     assert set(params.to_dict()) == {"model", "data", "demo", "augment", "train", "evaluate", "fuse"}
-    with pytest.raises(RetinopathyError, match=r"retinopathy.stages.x reads params key `train.epochs`.*"
-                       r"add \"train.epochs\" to PARAMS in src/retinopathy/stages/x.py.*"
-                       r"retinopathy.pipeline.dvcyaml"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"retinopathy.stages.x reads params key `train.epochs`.*"
+        r"add \"train.epochs\" to PARAMS in src/retinopathy/stages/x.py.*"
+        r"retinopathy.pipeline.dvcyaml",
+    ):
         params.train.epochs_for("resnet18")  # through a method too
     with pytest.raises(RetinopathyError, match="`data.root`"):
         _ = params.data.root
@@ -203,23 +214,45 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("prepare") == {str(layout.prepared)}
     assert _outs("weights") == {str(layout.manifests)}
     assert _outs("train") == {str(p) for a in arms for p in (a.model_dir, a.history)}
-    assert _outs("evaluate") == {str(p) for a in arms for p in (
-        a.metrics, a.info, a.confusion_counts, a.confusion_normalized, a.predictions, a.val_predictions,
-        a.screening, a.roc_image, a.roc_patient, a.reliability)}
+    assert _outs("evaluate") == {
+        str(p)
+        for a in arms
+        for p in (
+            a.metrics,
+            a.info,
+            a.confusion_counts,
+            a.confusion_normalized,
+            a.predictions,
+            a.val_predictions,
+            a.screening,
+            a.roc_image,
+            a.roc_patient,
+            a.reliability,
+        )
+    }
     fused = [layout.fused(arm) for arm in ARMS]
-    assert _outs("fuse") == {str(p) for arm in ARMS for p in (layout.blend(arm), layout.fused_metrics(arm),
-                                                              layout.fused_predictions(arm))} | {
-        str(p) for f in fused for p in (f.screening, f.roc_image, f.roc_patient, f.reliability)}
+    assert _outs("fuse") == {
+        str(p)
+        for arm in ARMS
+        for p in (layout.blend(arm), layout.fused_metrics(arm), layout.fused_predictions(arm))
+    } | {str(p) for f in fused for p in (f.screening, f.roc_image, f.roc_patient, f.reliability)}
     assert _outs("explain") == {str(layout.explanation(arm)) for arm in ARMS}
-    figures = [layout.report, *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
-               *(layout.confusion_figure(arm) for arm in ARMS)]
+    figures = [
+        layout.report,
+        *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
+        *(layout.confusion_figure(arm) for arm in ARMS),
+    ]
     assert _outs("report") == {str(path) for path in figures}
     fused_headlines = {str(layout.fused_metrics(arm)) for arm in ARMS}
     assert set(DVC["metrics"]) == {str(a.metrics) for a in arms} | fused_headlines
     report_deps = set(DVC["stages"]["report"]["deps"])
     assert fused_headlines | {str(layout.fused(arm).screening) for arm in ARMS} <= report_deps
-    for stage, option, path in (("demo-data", "--out", layout.demo), ("prepare", "--out", layout.prepared),
-                                ("weights", "--out", layout.manifests), ("report", "--out", layout.plots),
-                                ("report", "--metrics", layout.metrics)):
+    for stage, option, path in (
+        ("demo-data", "--out", layout.demo),
+        ("prepare", "--out", layout.prepared),
+        ("weights", "--out", layout.manifests),
+        ("report", "--out", layout.plots),
+        ("report", "--metrics", layout.metrics),
+    ):
         words = STAGES[stage]["cmd"].split()
         assert words[words.index(option) + 1] == str(path), (stage, option)

@@ -32,8 +32,14 @@ def test_uint8_input_equals_the_float_contract_after_transform():
     torch.testing.assert_close(plain, images.float() / 255)
 
 
-SPEC = GraderSpec(model="resnet18", image_size=None, normalize="imagenet", preprocess="none",
-                  loss="cross_entropy", thresholds=None)
+SPEC = GraderSpec(
+    model="resnet18",
+    image_size=None,
+    normalize="imagenet",
+    preprocess="none",
+    loss="cross_entropy",
+    thresholds=None,
+)
 CE = Head("cross_entropy")
 
 
@@ -42,8 +48,9 @@ def one_step(net, runtime, images, labels, optimizer_kind):
     if optimizer_kind == "project":
         optimizer = make_optimizer(model, runtime, lr=0.05, momentum=0.9, weight_decay=5e-4)  # foreach
     else:  # the textbook per-parameter loop
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
-                                    foreach=False)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, foreach=False
+        )
     result = loops.train_epoch(loops.Learner(model, optimizer, CE), [(images, labels)], runtime)
     return model, result
 

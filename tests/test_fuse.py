@@ -51,9 +51,14 @@ def pair_names(root: Path) -> None:
 def make_paired_project(folder: Path, **overrides: dict) -> None:
     write_params(folder, **{"demo": {"test_size": TEST_SIZE}, "train": {"epochs": 1}, **overrides})
     params = load_params(folder / "params.yaml")
-    write_demo_dataset(folder / "data/demo", seed=0, train_size=params.demo.train_size,
-                       test_size=params.demo.test_size, image_size=params.demo.image_size,
-                       variation=params.demo.variation)
+    write_demo_dataset(
+        folder / "data/demo",
+        seed=0,
+        train_size=params.demo.train_size,
+        test_size=params.demo.test_size,
+        image_size=params.demo.image_size,
+        variation=params.demo.variation,
+    )
     pair_names(folder / "data/demo")
     prepare.prepare(params, folder / "data/prepared")
     assert weights.main([]) == 0
@@ -103,8 +108,17 @@ def test_eyes_pair_by_patient_only_when_both_are_there_once():
 
 
 def test_photographs_pair_within_a_folder_or_explicitly_and_an_eye_pairs_once():
-    photos = [Path(name) for name in ("b/1_right.jpeg", "x.jpeg", "a/1_left.jpeg", "a/2_left.jpeg",
-                                      "a/2_right.jpeg", "c/2_right.jpeg")]
+    photos = [
+        Path(name)
+        for name in (
+            "b/1_right.jpeg",
+            "x.jpeg",
+            "a/1_left.jpeg",
+            "a/2_left.jpeg",
+            "a/2_right.jpeg",
+            "c/2_right.jpeg",
+        )
+    ]
     who = photo_patients(photos)  # c/2_right is another folder's patient 2
     assert who.partner == [NO_PARTNER, NO_PARTNER, NO_PARTNER, 4, 3, NO_PARTNER]
     assert who.label == ["b/1", "x", "a/1", "a/2", "a/2", "c/2"]
@@ -145,8 +159,17 @@ def test_the_blend_learns_from_the_other_eye_and_is_seeded():
 
 def test_the_blend_keeps_the_best_validation_epoch():
     head = Head("regression")
-    model, epoch, rule = learn(Pairs.of(*synthetic(100, 0)), Pairs.of(*synthetic(50, 2)), head, hidden=0,
-                               epochs=30, lr=0.05, weight_decay=0.0, batch_size=32, seed=1)
+    model, epoch, rule = learn(
+        Pairs.of(*synthetic(100, 0)),
+        Pairs.of(*synthetic(50, 2)),
+        head,
+        hidden=0,
+        epochs=30,
+        lr=0.05,
+        weight_decay=0.0,
+        batch_size=32,
+        seed=1,
+    )
     assert 1 <= epoch <= 30 and "lowest validation loss" in rule and "test unseen" in rule
 
 
@@ -221,10 +244,13 @@ def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_bot
     prepare.prepare(load_params("params.yaml"), paired / "data/prepared")  # the network is not retrained
     chosen = []
     original = fuse.record
-    monkeypatch.setattr(fuse, "record", lambda test, val, *rest, **named: chosen.append((test, val)) or
-                        original(test, val, *rest, **named))
+    monkeypatch.setattr(
+        fuse,
+        "record",
+        lambda test, val, *rest, **named: chosen.append((test, val)) or original(test, val, *rest, **named),
+    )
     fuse.fuse_arm(load_params("params.yaml"), "scratch")
-    (test, val), = chosen
+    ((test, val),) = chosen
     blend = BlendRecord.load(Layout().blend("scratch"), "fix")
     facts = json.loads(Layout().fused("scratch").screening.read_text())["fusion"]
     assert blend.val_pairs > 0 and facts["val_images"] == len(val) > 0
@@ -237,7 +263,8 @@ def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_bot
     two_eyed = [i for i, p in enumerate(partners(alone["image"].tolist())[0]) if p >= 0]
     lonely = [i for i in range(len(alone)) if i not in two_eyed]
     assert len(two_eyed) == blend.val_pairs and np.allclose(
-        val.referable[lonely], alone["referable_score"].to_numpy()[lonely], atol=1e-5)
+        val.referable[lonely], alone["referable_score"].to_numpy()[lonely], atol=1e-5
+    )
     assert not np.allclose(val.referable[two_eyed], alone["referable_score"].to_numpy()[two_eyed], atol=1e-5)
 
 
@@ -284,16 +311,18 @@ def test_a_killed_stage_leaves_no_partial_output(paired):
         path.unlink()
     # The stage is killed while it writes its outputs (all of them to temporaries first): the blend
     # is in its temporary file, the predictions in theirs, not yet synced to the disk.
-    code = ("import os, signal\n"
-            "from retinopathy.stages import fuse\n"
-            "synced, real = [], os.fsync\n"
-            "def killed(fd):\n"
-            "    synced.append(fd)\n"
-            "    if len(synced) == 2:\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    real(fd)\n"
-            "os.fsync = killed\n"
-            "fuse.main(['--init', 'scratch'])\n")
+    code = (
+        "import os, signal\n"
+        "from retinopathy.stages import fuse\n"
+        "synced, real = [], os.fsync\n"
+        "def killed(fd):\n"
+        "    synced.append(fd)\n"
+        "    if len(synced) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(fd)\n"
+        "os.fsync = killed\n"
+        "fuse.main(['--init', 'scratch'])\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=paired)
     assert result.returncode == -signal.SIGKILL
     assert not layout.fused_predictions("scratch").exists() and not layout.fused_metrics("scratch").exists()
@@ -350,13 +379,16 @@ def test_predict_refuses_a_blend_of_another_checkpoint(paired):
 # ----------------------------------------------------------------- params
 
 
-@pytest.mark.parametrize(("fuse_params", "message"), [
-    ({"method": "both"}, r"`fuse.method` must be one of none, blend"),
-    ({"inputs": "pixels"}, r"`fuse.inputs` must be one of features, scores"),
-    ({"hidden": -1}, r"`fuse.hidden` must be an integer >= 0"),
-    ({"lr": 0}, r"`fuse.lr` must be > 0"),
-    ({"seed": -1}, r"`fuse.seed` must be an integer seed"),
-])
+@pytest.mark.parametrize(
+    ("fuse_params", "message"),
+    [
+        ({"method": "both"}, r"`fuse.method` must be one of none, blend"),
+        ({"inputs": "pixels"}, r"`fuse.inputs` must be one of features, scores"),
+        ({"hidden": -1}, r"`fuse.hidden` must be an integer >= 0"),
+        ({"lr": 0}, r"`fuse.lr` must be > 0"),
+        ({"seed": -1}, r"`fuse.seed` must be an integer seed"),
+    ],
+)
 def test_bad_fuse_params_are_refused_naming_the_key(tmp_path, fuse_params, message):
     write_params(tmp_path, fuse=fuse_params)
     with pytest.raises(RetinopathyError, match=message):
@@ -377,10 +409,16 @@ def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(
     assert "both eyes" in out.with_name(out.name + ".md").read_text().splitlines()[0]
     fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
     size = load_params("params.yaml").data.image_size
-    left, right = (torch.from_numpy(prepare_photo(Path(f"data/demo/t2_{eye}.jpeg"), size, 10**9))
-                   .permute(2, 0, 1).unsqueeze(0).contiguous() for eye in ("left", "right"))
-    scores = export.run_fused(out, fmt, torch.cat([left, right]), torch.cat([right, left]),
-                              torch.tensor([0.0, 1.0]))
+    left, right = (
+        torch.from_numpy(prepare_photo(Path(f"data/demo/t2_{eye}.jpeg"), size, 10**9))
+        .permute(2, 0, 1)
+        .unsqueeze(0)
+        .contiguous()
+        for eye in ("left", "right")
+    )
+    scores = export.run_fused(
+        out, fmt, torch.cat([left, right]), torch.cat([right, left]), torch.tensor([0.0, 1.0])
+    )
     for row, name in zip(scores.tolist(), ("t2_left", "t2_right"), strict=True):
         assert row == pytest.approx([float(fused[name][f"p{g}"]) for g in range(5)], abs=1e-4)
 

@@ -54,12 +54,15 @@ def _tensor_only(path: Path) -> None:
     torch.save(torch.zeros(3), path)
 
 
-@pytest.mark.parametrize(("damage", "words"), [
-    (_truncate, "not a readable checkpoint"),
-    (_not_a_checkpoint, "not a readable checkpoint"),
-    (_tensor_only, "holds a Tensor, not a checkpoint"),
-    ("best over last", "is a best.pt"),
-])
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (_truncate, "not a readable checkpoint"),
+        (_not_a_checkpoint, "not a readable checkpoint"),
+        (_tensor_only, "holds a Tensor, not a checkpoint"),
+        ("best over last", "is a best.pt"),
+    ],
+)
 def test_a_damaged_or_foreign_last_checkpoint_is_named_with_the_fix(tiny_project, damage, words):
     write_params(tiny_project, train={"epochs": 1})
     run_arm(tiny_project)
@@ -86,16 +89,29 @@ def test_a_damaged_best_checkpoint_stops_evaluate_with_the_fix(tiny_project):
     _truncate(best)
     metrics_before = sorted(p.name for p in (tiny_project / "metrics").rglob("*"))
     os.chdir(tiny_project)
-    with pytest.raises(RetinopathyError, match=r"models/scratch/best.pt: not a readable checkpoint.*"
-                                                r"dvc checkout models/scratch"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"models/scratch/best.pt: not a readable checkpoint.*"
+        r"dvc checkout models/scratch",
+    ):
         evaluate.evaluate_arm(load_params("params.yaml"), "scratch")
     assert sorted(p.name for p in (tiny_project / "metrics").rglob("*")) == metrics_before
 
 
 def test_load_checks_every_field_and_the_history(tmp_path):
     path = tmp_path / "last.pt"
-    good = {"model": {"w": torch.zeros(1)}, "spec": {}, "optimizer": {}, "scheduler": {}, "epoch": 2,
-            "history": [{}], "rng": {}, "fingerprint": "f", "fingerprint_inputs": {}, "config": {}}
+    good = {
+        "model": {"w": torch.zeros(1)},
+        "spec": {},
+        "optimizer": {},
+        "scheduler": {},
+        "epoch": 2,
+        "history": [{}],
+        "rng": {},
+        "fingerprint": "f",
+        "fingerprint_inputs": {},
+        "config": {},
+    }
     torch.save({**good, "epoch": "2"}, path)
     with pytest.raises(checkpoint.DamagedCheckpoint, match="epoch of the wrong type"):
         checkpoint.load(path, "last")
@@ -158,7 +174,10 @@ def test_training_removes_a_temporary_left_by_a_killed_checkpoint_write(tiny_pro
     run_arm(tiny_project)
     assert not stale.exists() and "removed, a temporary file left by a killed run" in capsys.readouterr().err
     assert sorted(p.name for p in (tiny_project / "models/scratch").iterdir()) == [
-        "best.pt", "last.pt", "status.json"]
+        "best.pt",
+        "last.pt",
+        "status.json",
+    ]
 
 
 def test_the_project_keeps_temporaries_out_of_dvc_outputs():
@@ -181,8 +200,10 @@ def test_a_second_training_of_the_same_arm_fails_at_once_naming_the_first(tiny_p
 
 def test_the_lock_of_a_killed_run_is_free():
     lock = Path(os.environ.get("TMPDIR", "/tmp")) / f"retinopathy-test-{os.getpid()}.lock"
-    code = ("import os, sys; from retinopathy.core.files import exclusive_lock\n"
-            f"with exclusive_lock({str(lock)!r}, 'x'):\n    os.kill(os.getpid(), 9)")
+    code = (
+        "import os, sys; from retinopathy.core.files import exclusive_lock\n"
+        f"with exclusive_lock({str(lock)!r}, 'x'):\n    os.kill(os.getpid(), 9)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
     with exclusive_lock(lock, "x"):
         pass
@@ -219,7 +240,7 @@ def huge_header_jpeg(path: Path, side: int = 20000) -> None:
     Image.new("RGB", (16, 16), (120, 40, 20)).save(path, "JPEG", quality=90)
     data = bytearray(path.read_bytes())
     sof = data.index(b"\xff\xc0")  # baseline frame: length(2) precision(1) height(2) width(2)
-    data[sof + 5:sof + 9] = side.to_bytes(2, "big") * 2
+    data[sof + 5 : sof + 9] = side.to_bytes(2, "big") * 2
     path.write_bytes(bytes(data))
 
 
@@ -274,8 +295,11 @@ def test_training_refuses_weights_changed_after_the_weights_stage(tiny_project):
     assert weights.main([]) == 0
     torch.manual_seed(1)
     torch.save(tvm.resnet18().state_dict(), path)  # another file under the same name
-    with pytest.raises(RetinopathyError, match=r"test-written.pth: changed after the `weights` stage "
-                                                r"hashed it .* run `dvc repro`"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"test-written.pth: changed after the `weights` stage "
+        r"hashed it .* run `dvc repro`",
+    ):
         run_arm(tiny_project, "pretrained")
     assert not (tiny_project / "models/pretrained/last.pt").exists()
 

@@ -62,8 +62,13 @@ def test_params_nested_thousands_of_levels_deep_are_refused_naming_the_file_and_
     if kind == "yaml flow":
         text = SHIPPED.replace("model: resnet18", "model: " + "[" * depth + "]" * depth)
     elif kind == "yaml block":  # mappings in mappings, by indentation
-        text = SHIPPED.replace("model: resnet18", "model:\n" + "".join(
-            f"{' ' * (level + 1)}k{level}:\n" for level in range(depth)) + " " * (depth + 1) + "x: 1")
+        text = SHIPPED.replace(
+            "model: resnet18",
+            "model:\n"
+            + "".join(f"{' ' * (level + 1)}k{level}:\n" for level in range(depth))
+            + " " * (depth + 1)
+            + "x: 1",
+        )
     else:  # a params file written as JSON is read as YAML, as DVC reads it
         text = json.dumps({"model": "resnet18"})[:-1] + ', "train": ' + "[" * depth + "]" * depth + "}"
     path = tmp_path / ("params.json" if kind == "json" else "params.yaml")
@@ -78,12 +83,14 @@ def test_unknown_keys_of_mixed_types_are_named_in_one_message(tmp_path, capsys):
     top = shipped_with(tmp_path, "model: resnet18", "model: resnet18\n1: x\nfoo: y\nnull: z")
     err = refused(["prepare", "--params", str(top)], capsys)
     assert "`1` is not a known key (a number, not a name); allowed here: model, data" in err
-    inner = shipped_with(tmp_path, "  lr: 0.01", "  lr: 0.01\n  2.5: x\n  batchsize: 4\n  true: z",
-                         "inner.yaml")
+    inner = shipped_with(
+        tmp_path, "  lr: 0.01", "  lr: 0.01\n  2.5: x\n  batchsize: 4\n  true: z", "inner.yaml"
+    )
     err = refused(["prepare", "--params", str(inner)], capsys)
     assert "`train.2.5` is not a known key (a number, not a name); allowed here: epochs, batch_size" in err
-    per_model = shipped_with(tmp_path, "    default: false ", "    default: false\n    7: true\n    z: 1 ",
-                             "per_model.yaml")
+    per_model = shipped_with(
+        tmp_path, "    default: false ", "    default: false\n    7: true\n    z: 1 ", "per_model.yaml"
+    )
     err = refused(["prepare", "--params", str(per_model)], capsys)
     assert "`train.zero_init_residual.7` is not a model's name" in err
 
@@ -103,8 +110,12 @@ def test_a_long_unknown_key_or_value_is_quoted_as_a_short_excerpt(tmp_path, caps
 # unbounded (fuse.hidden: a blend of billions of units; evaluate.bootstrap: a loop of days).
 ABOVE_BOUNDS = [
     ("fuse", "hidden", config.MAX_HIDDEN + 1, "must be an integer >= 0 and at most 4,096 units"),
-    ("evaluate", "bootstrap", config.MAX_RESAMPLES + 1,
-     "must be an integer >= 0 and at most 100,000 resamples"),
+    (
+        "evaluate",
+        "bootstrap",
+        config.MAX_RESAMPLES + 1,
+        "must be an integer >= 0 and at most 100,000 resamples",
+    ),
     ("train", "epochs", config.MAX_EPOCHS + 1, "must be an integer >= 1 and at most 1,000"),
     ("train", "batch_size", config.MAX_BATCH + 1, "must be an integer >= 1 and at most 16,384"),
     ("train", "lr", 11, "must be >= 0.0 and at most 10.0"),
@@ -124,10 +135,14 @@ ABOVE_BOUNDS = [
 ]
 
 
-@pytest.mark.parametrize(("section", "key", "value", "words"), ABOVE_BOUNDS,
-                         ids=[f"{s}.{k}={str(v)[:8]}" for s, k, v, _ in ABOVE_BOUNDS])
-def test_every_number_has_an_upper_bound_that_the_message_states(tmp_path, capsys, section, key, value,
-                                                                  words):
+@pytest.mark.parametrize(
+    ("section", "key", "value", "words"),
+    ABOVE_BOUNDS,
+    ids=[f"{s}.{k}={str(v)[:8]}" for s, k, v, _ in ABOVE_BOUNDS],
+)
+def test_every_number_has_an_upper_bound_that_the_message_states(
+    tmp_path, capsys, section, key, value, words
+):
     raw = yaml.safe_load(SHIPPED)
     raw[section][key] = value
     path = tmp_path / "params.yaml"
@@ -136,11 +151,20 @@ def test_every_number_has_an_upper_bound_that_the_message_states(tmp_path, capsy
     assert f"{path}: `{section}.{key}` must be" in err and words in err and len(err) < 400
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("fuse", "hidden", config.MAX_HIDDEN), ("evaluate", "bootstrap", config.MAX_RESAMPLES),
-    ("train", "epochs", config.MAX_EPOCHS), ("train", "batch_size", config.MAX_BATCH),
-    ("train", "lr", config.MAX_LR), ("fuse", "lr", config.MAX_FUSE_LR), ("data", "num_workers", 64),
-    ("fuse", "batch_size", config.MAX_FUSE_BATCH), ("data", "max_pixels", 10**9)])
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("fuse", "hidden", config.MAX_HIDDEN),
+        ("evaluate", "bootstrap", config.MAX_RESAMPLES),
+        ("train", "epochs", config.MAX_EPOCHS),
+        ("train", "batch_size", config.MAX_BATCH),
+        ("train", "lr", config.MAX_LR),
+        ("fuse", "lr", config.MAX_FUSE_LR),
+        ("data", "num_workers", 64),
+        ("fuse", "batch_size", config.MAX_FUSE_BATCH),
+        ("data", "max_pixels", 10**9),
+    ],
+)
 def test_the_bounds_themselves_are_accepted(tmp_path, section, key, value):
     raw = yaml.safe_load(SHIPPED)
     raw[section][key] = value
@@ -155,8 +179,14 @@ def test_a_named_pipe_as_the_params_file_is_refused_at_once(tmp_path, command):
     os.mkfifo(fifo)
     # A subprocess with a timeout: a hang (the bug) fails this test instead of blocking the suite.
     # `report` reads no params, but every command looks at ./params.yaml first (train.portable).
-    done = subprocess.run(["retinopathy", *command], cwd=tmp_path, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["retinopathy", *command],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     if command != ["report"]:
@@ -165,13 +195,19 @@ def test_a_named_pipe_as_the_params_file_is_refused_at_once(tmp_path, command):
 
 @pytest.mark.parametrize("what", ["folder", "device", "missing"])
 def test_a_folder_a_device_or_nothing_as_the_params_file_is_refused_with_the_fix(tmp_path, capsys, what):
-    path = {"folder": tmp_path / "params.yaml", "device": Path("/dev/zero"),
-            "missing": tmp_path / "nothere.yaml"}[what]
+    path = {
+        "folder": tmp_path / "params.yaml",
+        "device": Path("/dev/zero"),
+        "missing": tmp_path / "nothere.yaml",
+    }[what]
     if what == "folder":
         path.mkdir()
     err = refused(["prepare", "--params", str(path)], capsys)
-    words = {"folder": "is a folder, not a params file", "device": "is a character device, not a params file",
-             "missing": "not found; run from the project root or pass --params PATH"}[what]
+    words = {
+        "folder": "is a folder, not a params file",
+        "device": "is a character device, not a params file",
+        "missing": "not found; run from the project root or pass --params PATH",
+    }[what]
     assert f"error: {path}: {words}" in err
 
 
@@ -182,15 +218,21 @@ def test_a_params_file_far_larger_than_any_is_refused_unread(tmp_path, capsys):
     assert "is larger than 1024 KiB" in err
 
 
-@pytest.mark.parametrize(("old", "new", "key"), [
-    ("  lr: 0.01", "  lr: 0.01\n  lr: 0.1", "lr"),
-    ("model: resnet18", "model: resnet18\nmodel: resnet50", "model"),
-    ("    resnet50: true ", "    resnet50: true\n    resnet50: false ", "resnet50"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("  lr: 0.01", "  lr: 0.01\n  lr: 0.1", "lr"),
+        ("model: resnet18", "model: resnet18\nmodel: resnet50", "model"),
+        ("    resnet50: true ", "    resnet50: true\n    resnet50: false ", "resnet50"),
+    ],
+)
 def test_a_key_set_twice_is_refused_with_both_line_numbers(tmp_path, capsys, old, new, key):
     path = shipped_with(tmp_path, old, new)
-    first, second = [number for number, line in enumerate(path.read_text().splitlines(), 1)
-                     if line.strip().startswith(f"{key}:")][:2]
+    first, second = [
+        number
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.strip().startswith(f"{key}:")
+    ][:2]
     err = refused(["prepare", "--params", str(path)], capsys)
     assert f"{path}:{second}: `{key}` is set twice in one mapping, at lines {first} and {second}" in err
     assert "DVC refuses the file. Delete one of them" in err
@@ -207,12 +249,17 @@ def test_an_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path, capsys)
     started = time.monotonic()
     err = refused(["prepare", "--params", str(path)], capsys)
     assert time.monotonic() - started < 30
-    assert f"{path}:{b}: its YAML aliases `*a` (line {b}), `*b` (line {b + 1}), `*c` (line {b + 2}) and 4 " \
-           f"more expand to more than {config.MAX_VALUES:,} values" in err
+    assert (
+        f"{path}:{b}: its YAML aliases `*a` (line {b}), `*b` (line {b + 1}), `*c` (line {b + 2}) and 4 "
+        f"more expand to more than {config.MAX_VALUES:,} values" in err
+    )
     assert "Write the values out instead of the aliases" in err and len(err) < 500
     loop = shipped_with(tmp_path, "model: resnet18", "model: &loop [*loop]", "loop.yaml")
-    line = next(number for number, text in enumerate(loop.read_text().splitlines(), 1)
-                if text.startswith("model: &loop"))
+    line = next(
+        number
+        for number, text in enumerate(loop.read_text().splitlines(), 1)
+        if text.startswith("model: &loop")
+    )
     assert f"its YAML aliases `*loop` (line {line})" in refused(["prepare", "--params", str(loop)], capsys)
 
 
@@ -232,8 +279,9 @@ def test_an_integer_of_thousands_of_digits_is_refused_naming_its_line(tmp_path, 
     assert f"{path}:{line}: a number of 5,000 digits" in err and len(err) < 300
 
 
-def test_a_weights_manifest_nested_thousands_deep_is_refused_by_its_reader_and_its_writer(tmp_path, capsys,
-                                                                                        monkeypatch):
+def test_a_weights_manifest_nested_thousands_deep_is_refused_by_its_reader_and_its_writer(
+    tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(SHIPPED)
     manifest = tmp_path / "models/init/scratch.json"
@@ -257,9 +305,11 @@ def test_a_file_where_the_resume_store_belongs_stops_training_before_the_first_e
     store.write_text("my notes\n")
     code, err = run(["train", "--init", "scratch"], capsys)
     assert code == 2 and "Traceback" not in err
-    assert "error: models/.resume: is a file, not a folder; training keeps the checkpoints of unfinished " \
-           "runs in models/.resume/<arm>/<run>/ (the resume store). Move it away (`mv models/.resume " \
-           "models/.resume.moved`) and train again" in err
+    assert (
+        "error: models/.resume: is a file, not a folder; training keeps the checkpoints of unfinished "
+        "runs in models/.resume/<arm>/<run>/ (the resume store). Move it away (`mv models/.resume "
+        "models/.resume.moved`) and train again" in err
+    )
     assert "epoch 1/" not in capsys.readouterr().out + err and store.read_text() == "my notes\n"
     assert not (tiny_project / "models/scratch/last.pt").exists()
     # One level down too: an arm's folder of the store that is a link to nothing.
@@ -270,18 +320,37 @@ def test_a_file_where_the_resume_store_belongs_stops_training_before_the_first_e
     assert code == 2 and "error: models/.resume/scratch: is a link to nothing, not a folder" in err
 
 
-def stored_run(models: Path, name: str, epoch: int = 2, megabytes: int = 1, *, fingerprint: str | None = None,
-               age_days: float = 0.0, inputs: dict | None = None) -> Path:
+def stored_run(
+    models: Path,
+    name: str,
+    epoch: int = 2,
+    megabytes: int = 1,
+    *,
+    fingerprint: str | None = None,
+    age_days: float = 0.0,
+    inputs: dict | None = None,
+) -> Path:
     """A run in the resume store as training leaves it: ``last.pt`` (a :func:`checkpoint.last_state`)."""
     from retinopathy.engine import checkpoint
 
     arm, run_id = name.split("/")
     folder = models / ".resume" / arm / run_id
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_atomic(checkpoint.last_state(
-        model={"w": torch.zeros(megabytes * 250_000)}, spec={"model": "resnet50"}, optimizer={}, scheduler={},
-        epoch=epoch, history=[{}] * epoch, rng={}, fingerprint=fingerprint or run_id,
-        fingerprint_inputs=inputs or {"params": {"train": {"lr": 0.1}}}, config={}), folder / "last.pt")
+    checkpoint.save_atomic(
+        checkpoint.last_state(
+            model={"w": torch.zeros(megabytes * 250_000)},
+            spec={"model": "resnet50"},
+            optimizer={},
+            scheduler={},
+            epoch=epoch,
+            history=[{}] * epoch,
+            rng={},
+            fingerprint=fingerprint or run_id,
+            fingerprint_inputs=inputs or {"params": {"train": {"lr": 0.1}}},
+            config={},
+        ),
+        folder / "last.pt",
+    )
     if age_days:
         then = time.time() - age_days * 86400
         for path in (folder / "last.pt", folder):
@@ -305,17 +374,24 @@ def store(tmp_path, monkeypatch) -> Path:
     return models / ".resume"
 
 
-FOREIGN = ["scratch/aaaaaaaaaaaaaaaa", "scratch/bbbbbbbbbbbbbbbb", "scratch/not-a-run",
-           "pretrained/dddddddddddddddd", "readme.txt"]
+FOREIGN = [
+    "scratch/aaaaaaaaaaaaaaaa",
+    "scratch/bbbbbbbbbbbbbbbb",
+    "scratch/not-a-run",
+    "pretrained/dddddddddddddddd",
+    "readme.txt",
+]
 
 
 def test_resume_list_names_each_run_its_size_and_age_and_what_is_not_the_store_s(store, capsys):
     code, out, err = ran(["resume"], capsys)  # `list` is the default
     assert code == 0 and not err
     # the store's two runs, oldest first, with their size (3 MB and 2 MB of tensors) and age
-    assert "models/.resume: 2 unfinished runs, 5.0 MB, oldest first:\n" \
-           "  scratch/0123456789abcdef: resnet50, epoch 2, 3.0 MB, last written 40 days ago\n" \
-           "  pretrained/fedcba9876543210: resnet50, epoch 1, 2.0 MB, last written 24 hours ago\n" in out
+    assert (
+        "models/.resume: 2 unfinished runs, 5.0 MB, oldest first:\n"
+        "  scratch/0123456789abcdef: resnet50, epoch 2, 3.0 MB, last written 40 days ago\n"
+        "  pretrained/fedcba9876543210: resnet50, epoch 1, 2.0 MB, last written 24 hours ago\n" in out
+    )
     assert "holds notes.txt, which the store never writes" in out
     assert "its last.pt is not a checkpoint of the run bbbbbbbbbbbbbbbb" in out
     assert "its name is not <arm>/<16 hex digits>" in out and "is a link, not a folder the store made" in out
@@ -348,8 +424,9 @@ def test_resume_prune_by_name_and_by_age(store, capsys):
 
 
 @pytest.mark.parametrize("name", FOREIGN[:3] + ["scratch/eeeeeeeeeeeeeeee"])
-def test_resume_prune_of_a_folder_that_is_not_the_store_s_run_is_refused_and_removes_nothing(store, capsys,
-                                                                                           name):
+def test_resume_prune_of_a_folder_that_is_not_the_store_s_run_is_refused_and_removes_nothing(
+    store, capsys, name
+):
     before = sorted(str(path) for path in store.rglob("*"))
     err = refused(["resume", "prune", "scratch/0123456789abcdef", name], capsys)
     assert name in err and ("not removed" in err or "no such run in the resume store" in err)
@@ -367,8 +444,14 @@ def test_resume_prune_waits_for_no_training_it_refuses_while_the_arm_trains(stor
     assert (store / "pretrained/fedcba9876543210/last.pt").is_file()  # nothing at all removed
 
 
-@pytest.mark.parametrize("argv", [["resume", "prune"], ["resume", "list", "--all"],
-                                  ["resume", "prune", "scratch/0123456789abcdef", "--all"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["resume", "prune"],
+        ["resume", "list", "--all"],
+        ["resume", "prune", "scratch/0123456789abcdef", "--all"],
+    ],
+)
 def test_resume_asks_what_to_prune_rather_than_guessing(store, capsys, argv):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
@@ -377,21 +460,25 @@ def test_resume_asks_what_to_prune_rather_than_guessing(store, capsys, argv):
 
 
 @pytest.mark.slow
-def test_training_names_the_unfinished_runs_of_other_settings_and_the_prune_removes_them(tiny_project,
-                                                                                         capsys):
+def test_training_names_the_unfinished_runs_of_other_settings_and_the_prune_removes_them(
+    tiny_project, capsys
+):
     from retinopathy.core.config import load_params
     from retinopathy.engine import checkpoint
 
     # A run killed in epoch 4 with train.lr 0.1, where the project now has 0.01.
     params = checkpoint.training_params(load_params("params.yaml").to_dict())
     params["train"]["lr"] = 0.1
-    stale = stored_run(tiny_project / "models", "scratch/0123456789abcdef", epoch=3, megabytes=4,
-                       inputs={"params": params})
+    stale = stored_run(
+        tiny_project / "models", "scratch/0123456789abcdef", epoch=3, megabytes=4, inputs={"params": params}
+    )
     code, err = run(["train", "--init", "scratch"], capsys)
     assert code == 0, err
-    assert "note: models/.resume/scratch holds 1 unfinished run of other settings (4.0 MB), which resume " \
-           "only if their settings come back:\n  scratch/0123456789abcdef: resnet50, epoch 3, 4.0 MB, " \
-           "last written within the hour (its settings -> these: params.train.lr: 0.1 -> 0.01; " in err
+    assert (
+        "note: models/.resume/scratch holds 1 unfinished run of other settings (4.0 MB), which resume "
+        "only if their settings come back:\n  scratch/0123456789abcdef: resnet50, epoch 3, 4.0 MB, "
+        "last written within the hour (its settings -> these: params.train.lr: 0.1 -> 0.01; " in err
+    )
     command = "retinopathy resume prune scratch/0123456789abcdef"
     assert f"remove them with `{command}`" in err
     assert stale.is_dir()  # training only names it
@@ -409,10 +496,24 @@ def tiny_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     net = build_model("resnet18", num_classes=5, weights=None)
-    spec = GraderSpec(model="resnet18", image_size=32, normalize="imagenet", preprocess="none",
-                      loss="cross_entropy", thresholds=None)
-    torch.save({"model": net.state_dict(), "spec": spec.to_dict(), "epoch": 1, "fingerprint": "0" * 16,
-                "test_accuracy": 0.5}, path)
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=32,
+        normalize="imagenet",
+        preprocess="none",
+        loss="cross_entropy",
+        thresholds=None,
+    )
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "spec": spec.to_dict(),
+            "epoch": 1,
+            "fingerprint": "0" * 16,
+            "test_accuracy": 0.5,
+        },
+        path,
+    )
     return path
 
 
@@ -451,8 +552,9 @@ CONTAINERS = ("predict --explain", "weights", "report")
 
 @pytest.mark.parametrize("length", [240, 300])  # fits alone but not with a temporary; fits nowhere
 @pytest.mark.parametrize("command", OUTPUTS)
-def test_an_output_name_at_or_over_the_limit_is_refused_before_any_work(user, capsys, monkeypatch, command,
-                                                                        length):
+def test_an_output_name_at_or_over_the_limit_is_refused_before_any_work(
+    user, capsys, monkeypatch, command, length
+):
     from retinopathy.commands.bench import cli as bench_cli
 
     monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
@@ -469,16 +571,24 @@ def test_an_output_name_at_or_over_the_limit_is_refused_before_any_work(user, ca
         assert f"is {length} bytes, over this filesystem's limit of {limit} bytes per file name" in err
     else:  # the name with its temporary
         assert f"'{'o' * 28}...{'o' * 28}' is {length} bytes; it is written under a temporary name " in err
-        assert "bytes longer first (`.<name>.<host>-<pid>.<random>.tmp`), which is over this filesystem's " \
-               f"limit of {limit} bytes per file name. Choose a name of at most" in err
+        assert (
+            "bytes longer first (`.<name>.<host>-<pid>.<random>.tmp`), which is over this filesystem's "
+            f"limit of {limit} bytes per file name. Choose a name of at most" in err
+        )
     assert len(err.splitlines()[-1]) < 600
     assert sorted(path.name for path in user.iterdir()) == before  # nothing written, not even a folder
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "LONG.png", "--checkpoint", "best.pt"], ["predict", "photos", "--checkpoint", "LONG.pt"],
-    ["import-kaggle", "--labels", "trainLabels.csv", "--images", "LONG", "--out", "kaggle"],
-    ["report", "--metrics", "LONG", "--out", "plots"], ["prepare", "--params", "LONG.yaml"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "LONG.png", "--checkpoint", "best.pt"],
+        ["predict", "photos", "--checkpoint", "LONG.pt"],
+        ["import-kaggle", "--labels", "trainLabels.csv", "--images", "LONG", "--out", "kaggle"],
+        ["report", "--metrics", "LONG", "--out", "plots"],
+        ["prepare", "--params", "LONG.yaml"],
+    ],
+)
 def test_an_input_path_over_the_limit_is_a_clear_error(user, capsys, argv):
     long = "i" * 300
     err = refused([arg.replace("LONG", long) for arg in argv], capsys)
@@ -512,6 +622,8 @@ def test_an_image_name_whose_file_cannot_exist_is_refused_with_its_line(user, ca
         (user / "params.yaml").write_text(SHIPPED.replace("root: data/demo", "root: course"))
         argv, listed = ["prepare"], "course/test_img.csv:2"
     err = refused(argv, capsys)
-    assert f"{listed}: '{'1' * 40}... (255 characters)' is too long an image name: its file <name>.jpeg " \
-           "would be 260 bytes, over the limit of 255 bytes per file name; shorten it (at most 250 " \
-           "bytes)" in err
+    assert (
+        f"{listed}: '{'1' * 40}... (255 characters)' is too long an image name: its file <name>.jpeg "
+        "would be 260 bytes, over the limit of 255 bytes per file name; shorten it (at most 250 "
+        "bytes)" in err
+    )

@@ -47,18 +47,42 @@ from retinopathy.stages.train import write_history
 FINGERPRINT = "0123456789abcdef"
 LAYOUT = Layout()
 SCRATCH = LAYOUT.arm("scratch")
-FUSE_OUTPUTS = (LAYOUT.blend("scratch"), LAYOUT.fused_predictions("scratch"), LAYOUT.fused_metrics("scratch"),
-                LAYOUT.fused("scratch").screening, LAYOUT.fused("scratch").roc_image,
-                LAYOUT.fused("scratch").roc_patient, LAYOUT.fused("scratch").reliability)
-EVALUATE_OUTPUTS = (SCRATCH.metrics, SCRATCH.info, SCRATCH.confusion_counts, SCRATCH.confusion_normalized,
-                    SCRATCH.predictions, SCRATCH.val_predictions, SCRATCH.screening, SCRATCH.roc_image,
-                    SCRATCH.roc_patient, SCRATCH.reliability)
+FUSE_OUTPUTS = (
+    LAYOUT.blend("scratch"),
+    LAYOUT.fused_predictions("scratch"),
+    LAYOUT.fused_metrics("scratch"),
+    LAYOUT.fused("scratch").screening,
+    LAYOUT.fused("scratch").roc_image,
+    LAYOUT.fused("scratch").roc_patient,
+    LAYOUT.fused("scratch").reliability,
+)
+EVALUATE_OUTPUTS = (
+    SCRATCH.metrics,
+    SCRATCH.info,
+    SCRATCH.confusion_counts,
+    SCRATCH.confusion_normalized,
+    SCRATCH.predictions,
+    SCRATCH.val_predictions,
+    SCRATCH.screening,
+    SCRATCH.roc_image,
+    SCRATCH.roc_patient,
+    SCRATCH.reliability,
+)
 
 
 def _history(epochs: int) -> list[dict[str, float]]:
-    return [{"epoch": epoch, "train_loss": 1.5 - 0.1 * epoch, "train_accuracy": 0.5, "train_kappa": 0.1,
-             "test_loss": 1.4, "test_accuracy": 0.5 + 0.05 * epoch, "test_kappa": 0.2} for epoch in
-            range(1, epochs + 1)]
+    return [
+        {
+            "epoch": epoch,
+            "train_loss": 1.5 - 0.1 * epoch,
+            "train_accuracy": 0.5,
+            "train_kappa": 0.1,
+            "test_loss": 1.4,
+            "test_accuracy": 0.5 + 0.05 * epoch,
+            "test_kappa": 0.2,
+        }
+        for epoch in range(1, epochs + 1)
+    ]
 
 
 def _grader_state(scale_head: float | None = None, nan: bool = False) -> dict[str, torch.Tensor]:
@@ -74,11 +98,25 @@ def _grader_state(scale_head: float | None = None, nan: bool = False) -> dict[st
 
 def write_checkpoint(path: Path, state: dict[str, torch.Tensor], image_size: int = 32) -> None:
     """A best.pt as train writes it (``checkpoint.best_of_last``), with the weights ``state``."""
-    spec = GraderSpec(model="resnet18", image_size=image_size, normalize="imagenet", preprocess="none",
-                      loss="cross_entropy", thresholds=None)
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=image_size,
+        normalize="imagenet",
+        preprocess="none",
+        loss="cross_entropy",
+        thresholds=None,
+    )
     path.unlink(missing_ok=True)  # a new file: the module's project shares its checkpoint by a hard link
-    save_atomic({"model": state, "spec": spec.to_dict(), "epoch": 2, "test_accuracy": 0.6,
-                 "fingerprint": FINGERPRINT}, path)
+    save_atomic(
+        {
+            "model": state,
+            "spec": spec.to_dict(),
+            "epoch": 2,
+            "test_accuracy": 0.6,
+            "fingerprint": FINGERPRINT,
+        },
+        path,
+    )
 
 
 def _fake_training(folder: Path) -> None:
@@ -87,13 +125,27 @@ def _fake_training(folder: Path) -> None:
     write_checkpoint(folder / SCRATCH.best, _grader_state(), params.data.image_size)
     history = _history(2)
     write_history(history, folder / SCRATCH.history, with_val=False)
-    write_status(folder / SCRATCH.status, TrainingStatus(
-        model="resnet18", init="scratch", epochs=2, best_epoch=2, selection="test", select_by="accuracy",
-        decoder="pillow", resident=False, weights="random initialisation", fingerprint=FINGERPRINT,
-        history=history))
+    write_status(
+        folder / SCRATCH.status,
+        TrainingStatus(
+            model="resnet18",
+            init="scratch",
+            epochs=2,
+            best_epoch=2,
+            selection="test",
+            select_by="accuracy",
+            decoder="pillow",
+            resident=False,
+            weights="random initialisation",
+            fingerprint=FINGERPRINT,
+            history=history,
+        ),
+    )
     pretrained = LAYOUT.arm("pretrained")
-    write_status(folder / pretrained.status, Skipped(model="resnet18", init="pretrained",
-                                                     reason="offline", fix="get the weights"))
+    write_status(
+        folder / pretrained.status,
+        Skipped(model="resnet18", init="pretrained", reason="offline", fix="get the weights"),
+    )
     write_history([], folder / pretrained.history, with_val=False)
 
 
@@ -106,14 +158,24 @@ def run(*argv: str) -> int:
 def _built(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("numbers")
     before, environment = os.getcwd(), dict(os.environ)
-    os.environ.update({NO_DOWNLOAD_ENV: "1", "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home")),
-                       "DVC_NO_ANALYTICS": "1"})
+    os.environ.update(
+        {
+            NO_DOWNLOAD_ENV: "1",
+            "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home")),
+            "DVC_NO_ANALYTICS": "1",
+        }
+    )
     os.chdir(folder)
     try:
         make_tiny_project(folder, fuse={"epochs": 3})
         _fake_training(folder)
-        for command in (["evaluate", "--init", "scratch"], ["evaluate", "--init", "pretrained"],
-                        ["fuse", "--init", "scratch"], ["fuse", "--init", "pretrained"], ["report"]):
+        for command in (
+            ["evaluate", "--init", "scratch"],
+            ["evaluate", "--init", "pretrained"],
+            ["fuse", "--init", "scratch"],
+            ["fuse", "--init", "pretrained"],
+            ["report"],
+        ):
             assert run(*command) == 0, command
     finally:
         os.chdir(before)
@@ -214,12 +276,24 @@ def _nan_blend() -> None:
     torch.save(record, path)
 
 
-@pytest.mark.parametrize("command", [
-    ("predict", "PHOTOS", "--out", "grades.csv"),
-    ("predict", "PHOTOS", "--checkpoint", str(SCRATCH.best), "--blend", str(LAYOUT.blend("scratch")),
-     "--out", "grades.csv"),
-    ("export", "--fused", "--format", "torchscript", "--out", "both.pt"),
-], ids=["predict", "predict-blend", "export-fused"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("predict", "PHOTOS", "--out", "grades.csv"),
+        (
+            "predict",
+            "PHOTOS",
+            "--checkpoint",
+            str(SCRATCH.best),
+            "--blend",
+            str(LAYOUT.blend("scratch")),
+            "--out",
+            "grades.csv",
+        ),
+        ("export", "--fused", "--format", "torchscript", "--out", "both.pt"),
+    ],
+    ids=["predict", "predict-blend", "export-fused"],
+)
 def test_a_blend_with_nan_weights_is_refused_where_it_is_loaded(project, capsys, command):
     _nan_blend()
     argv = [part for item in command for part in (photos() if item == "PHOTOS" else [item])]
@@ -274,11 +348,13 @@ def test_a_finite_checkpoint_whose_outputs_overflow_grades_nothing(project, caps
 
 def _set(path: str, value: object) -> Callable[[dict], None]:
     """A change to a JSON object: the key at the dotted ``path`` set to ``value``."""
+
     def change(raw: dict) -> None:
         *parents, last = path.split(".")
         for key in parents:
             raw = raw[key]
         raw[last] = value
+
     return change
 
 
@@ -286,6 +362,7 @@ def _text(old: str, new: str) -> Callable[[str], str]:
     def change(text: str) -> str:
         assert old in text, f"{old!r} not in the file"
         return text.replace(old, new, 1)
+
     return change
 
 
@@ -297,6 +374,7 @@ def _json_literal(key: str, literal: str) -> Callable[[str], str]:
         new, count = re.subn(rf'("{key}": )[-0-9.eE]+', rf"\g<1>{literal}", text, count=1)
         assert count == 1, f"no number under {key!r}"
         return new
+
     return change
 
 
@@ -313,11 +391,17 @@ REPORT_INPUTS = {
     "screening-negative-count": (SCRATCH.screening, _json_literal("n", "-3"), "'image.n' is -3"),
     "screening-infinite-figure": (SCRATCH.screening, _json_literal("value", "Infinity"), "Infinity"),
     "fused-screening-negative-count": (FUSED.screening, _json_literal("fused", "-1"), "'fusion.fused' is -1"),
-    "fused-screening-fractional-count": (FUSED.screening, _json_literal("images", "12.5"),
-                                         "'fusion.images' is 12.5, not of type int"),
+    "fused-screening-fractional-count": (
+        FUSED.screening,
+        _json_literal("images", "12.5"),
+        "'fusion.images' is 12.5, not of type int",
+    ),
     "info-negative-count": (SCRATCH.info, _json_literal("test_size", "-5"), "'test_size' is -5"),
-    "info-fractional-epochs": (SCRATCH.info, _json_literal("epochs", "2.5"),
-                               "'epochs' is 2.5, not of type int"),
+    "info-fractional-epochs": (
+        SCRATCH.info,
+        _json_literal("epochs", "2.5"),
+        "'epochs' is 2.5, not of type int",
+    ),
     "history-fractional-epoch": (SCRATCH.history, _text("\n1,", "\n1.5,"), "the epochs must be 1, 2"),
     "history-nan": (SCRATCH.history, _text("\n2,1.300000", "\n2,nan"), "empty, NaN or infinite"),
     "confusion-negative-count": (SCRATCH.confusion_counts, _text("\n0,", "\n0,-2"), "negative entries"),
@@ -326,8 +410,9 @@ REPORT_INPUTS = {
 
 
 @pytest.mark.parametrize("damage", list(REPORT_INPUTS))
-def test_the_report_refuses_non_finite_fractional_or_negative_numbers_naming_the_file(project, capsys,
-                                                                                     damage):
+def test_the_report_refuses_non_finite_fractional_or_negative_numbers_naming_the_file(
+    project, capsys, damage
+):
     path, change, words = REPORT_INPUTS[damage]
     before = contents(project.joinpath("plots").iterdir())
     rewrite(path, change)
@@ -357,62 +442,168 @@ def test_an_operating_point_that_calls_nobody_referable_is_a_finite_threshold():
 
 # (the command that reads it, the file, the change, the words, the command the message says to run)
 RECORDS = {
-    "info-selection": (("report",), SCRATCH.info, _set("selection", "bogus"),
-                       "'selection' is \"bogus\", not one of validation, test",
-                       "dvc repro -f evaluate@scratch"),
-    "info-select-by": (("report",), SCRATCH.info, _set("select_by", "loss"),
-                       "'select_by' is \"loss\", not one of accuracy, kappa", "evaluate@scratch"),
+    "info-selection": (
+        ("report",),
+        SCRATCH.info,
+        _set("selection", "bogus"),
+        "'selection' is \"bogus\", not one of validation, test",
+        "dvc repro -f evaluate@scratch",
+    ),
+    "info-select-by": (
+        ("report",),
+        SCRATCH.info,
+        _set("select_by", "loss"),
+        "'select_by' is \"loss\", not one of accuracy, kappa",
+        "evaluate@scratch",
+    ),
     "info-tta": (("report",), SCRATCH.info, _set("tta", "mirror"), "'tta' is \"mirror\"", "evaluate@scratch"),
-    "info-model": (("report",), SCRATCH.info, _set("model", "resnet1000"), "'model' is \"resnet1000\"",
-                   "evaluate@scratch"),
-    "info-patients-split": (("report",), SCRATCH.info, _set("patients.split", "random"),
-                            "'patients.split' is \"random\", not one of lists, patients", "evaluate@scratch"),
-    "info-patients-count": (("report",), SCRATCH.info, lambda raw: raw["patients"]["count"].pop("test"),
-                            "'patients.count' lacks 'test'", "evaluate@scratch"),
-    "info-patients-share": (("report",), SCRATCH.info, _set("patients.test_share", 1.5),
-                            "'patients.test_share' is 1.5, not a fraction in [0, 1]", "evaluate@scratch"),
-    "info-patients-pairs": (("report",), SCRATCH.info, _set("patients.train_pairs.same_grade", "most"),
-                            "'patients.train_pairs.same_grade' is \"most\"", "evaluate@scratch"),
-    "info-patients-negative": (("report",), SCRATCH.info, _set("patients.test_images", -2),
-                               "'patients.test_images' is -2", "evaluate@scratch"),
-    "status-selection": (("evaluate", "--init", "scratch"), SCRATCH.status, _set("selection", "train"),
-                         "'selection' is \"train\"", "dvc repro -f train@scratch"),
-    "status-history-row": (("evaluate", "--init", "scratch"), SCRATCH.status,
-                           lambda raw: raw["history"][1].pop("test_kappa"),
-                           "'history[1]' lacks 'test_kappa'", "train@scratch"),
-    "status-history-key": (("evaluate", "--init", "scratch"), SCRATCH.status,
-                           _set("history", [{**row, "best": 1} for row in _history(2)]),
-                           "'history[0]' has the key(s) 'best'", "train@scratch"),
-    "status-history-negative-loss": (("evaluate", "--init", "scratch"), SCRATCH.status,
-                                     lambda raw: raw["history"][0].update(train_loss=-1.0),
-                                     "'history[0].train_loss' is -1.0", "train@scratch"),
-    "status-history-epochs": (("evaluate", "--init", "scratch"), SCRATCH.status,
-                              lambda raw: raw["history"][1].update(epoch=7),
-                              "'history[1].epoch' is 7, not 2", "train@scratch"),
-    "status-epochs": (("evaluate", "--init", "scratch"), SCRATCH.status, _set("epochs", 0),
-                      "'epochs' is 0, not at least 1", "train@scratch"),
-    "summary-patients": (("evaluate", "--init", "scratch"), LAYOUT.summary, _set("patients.split", "eyes"),
-                         "'patients.split' is \"eyes\"", "dvc repro -f prepare"),
-    "summary-splits": (("evaluate", "--init", "scratch"), LAYOUT.summary,
-                       lambda raw: raw["splits"].update(holdout=raw["splits"]["test"]),
-                       "'splits' has the key(s) 'holdout'", "dvc repro -f prepare"),
-    "screening-figure": (("report",), SCRATCH.screening, _set("image.kappa", {"value": 0.5}),
-                         "the keys 'image.kappa.low', 'image.kappa.high', 'image.kappa.undefined' are "
-                         "missing",
-                         "dvc repro evaluate"),
-    "screening-interval": (("report",), SCRATCH.screening, _set("patient.accuracy.high", None),
-                           "'low' and 'high' must both be numbers or both be null", "dvc repro evaluate"),
-    "screening-count-type": (("report",), SCRATCH.screening, _set("image.n", "many"),
-                             "'image.n' is \"many\", not of type int", "dvc repro evaluate"),
-    "screening-bootstrap": (("report",), SCRATCH.screening, _set("bootstrap", []),
-                            "bootstrap is not a JSON object", "dvc repro evaluate"),
-    "screening-operating-points": (("report",), SCRATCH.screening,
-                                   _set("operating_points", {"high_sensitivity": 1}),
-                                   "the keys 'operating_points.high_specificity'", "dvc repro evaluate"),
-    "fused-screening-method": (("report",), FUSED.screening, _set("fusion.method", "magic"),
-                               "'fusion.method' is \"magic\", not one of none, blend", "dvc repro fuse"),
-    "fused-screening-facts": (("report",), FUSED.screening, lambda raw: raw.pop("fusion"),
-                              "the key 'fusion' is missing", "dvc repro fuse"),
+    "info-model": (
+        ("report",),
+        SCRATCH.info,
+        _set("model", "resnet1000"),
+        "'model' is \"resnet1000\"",
+        "evaluate@scratch",
+    ),
+    "info-patients-split": (
+        ("report",),
+        SCRATCH.info,
+        _set("patients.split", "random"),
+        "'patients.split' is \"random\", not one of lists, patients",
+        "evaluate@scratch",
+    ),
+    "info-patients-count": (
+        ("report",),
+        SCRATCH.info,
+        lambda raw: raw["patients"]["count"].pop("test"),
+        "'patients.count' lacks 'test'",
+        "evaluate@scratch",
+    ),
+    "info-patients-share": (
+        ("report",),
+        SCRATCH.info,
+        _set("patients.test_share", 1.5),
+        "'patients.test_share' is 1.5, not a fraction in [0, 1]",
+        "evaluate@scratch",
+    ),
+    "info-patients-pairs": (
+        ("report",),
+        SCRATCH.info,
+        _set("patients.train_pairs.same_grade", "most"),
+        "'patients.train_pairs.same_grade' is \"most\"",
+        "evaluate@scratch",
+    ),
+    "info-patients-negative": (
+        ("report",),
+        SCRATCH.info,
+        _set("patients.test_images", -2),
+        "'patients.test_images' is -2",
+        "evaluate@scratch",
+    ),
+    "status-selection": (
+        ("evaluate", "--init", "scratch"),
+        SCRATCH.status,
+        _set("selection", "train"),
+        "'selection' is \"train\"",
+        "dvc repro -f train@scratch",
+    ),
+    "status-history-row": (
+        ("evaluate", "--init", "scratch"),
+        SCRATCH.status,
+        lambda raw: raw["history"][1].pop("test_kappa"),
+        "'history[1]' lacks 'test_kappa'",
+        "train@scratch",
+    ),
+    "status-history-key": (
+        ("evaluate", "--init", "scratch"),
+        SCRATCH.status,
+        _set("history", [{**row, "best": 1} for row in _history(2)]),
+        "'history[0]' has the key(s) 'best'",
+        "train@scratch",
+    ),
+    "status-history-negative-loss": (
+        ("evaluate", "--init", "scratch"),
+        SCRATCH.status,
+        lambda raw: raw["history"][0].update(train_loss=-1.0),
+        "'history[0].train_loss' is -1.0",
+        "train@scratch",
+    ),
+    "status-history-epochs": (
+        ("evaluate", "--init", "scratch"),
+        SCRATCH.status,
+        lambda raw: raw["history"][1].update(epoch=7),
+        "'history[1].epoch' is 7, not 2",
+        "train@scratch",
+    ),
+    "status-epochs": (
+        ("evaluate", "--init", "scratch"),
+        SCRATCH.status,
+        _set("epochs", 0),
+        "'epochs' is 0, not at least 1",
+        "train@scratch",
+    ),
+    "summary-patients": (
+        ("evaluate", "--init", "scratch"),
+        LAYOUT.summary,
+        _set("patients.split", "eyes"),
+        "'patients.split' is \"eyes\"",
+        "dvc repro -f prepare",
+    ),
+    "summary-splits": (
+        ("evaluate", "--init", "scratch"),
+        LAYOUT.summary,
+        lambda raw: raw["splits"].update(holdout=raw["splits"]["test"]),
+        "'splits' has the key(s) 'holdout'",
+        "dvc repro -f prepare",
+    ),
+    "screening-figure": (
+        ("report",),
+        SCRATCH.screening,
+        _set("image.kappa", {"value": 0.5}),
+        "the keys 'image.kappa.low', 'image.kappa.high', 'image.kappa.undefined' are missing",
+        "dvc repro evaluate",
+    ),
+    "screening-interval": (
+        ("report",),
+        SCRATCH.screening,
+        _set("patient.accuracy.high", None),
+        "'low' and 'high' must both be numbers or both be null",
+        "dvc repro evaluate",
+    ),
+    "screening-count-type": (
+        ("report",),
+        SCRATCH.screening,
+        _set("image.n", "many"),
+        "'image.n' is \"many\", not of type int",
+        "dvc repro evaluate",
+    ),
+    "screening-bootstrap": (
+        ("report",),
+        SCRATCH.screening,
+        _set("bootstrap", []),
+        "bootstrap is not a JSON object",
+        "dvc repro evaluate",
+    ),
+    "screening-operating-points": (
+        ("report",),
+        SCRATCH.screening,
+        _set("operating_points", {"high_sensitivity": 1}),
+        "the keys 'operating_points.high_specificity'",
+        "dvc repro evaluate",
+    ),
+    "fused-screening-method": (
+        ("report",),
+        FUSED.screening,
+        _set("fusion.method", "magic"),
+        "'fusion.method' is \"magic\", not one of none, blend",
+        "dvc repro fuse",
+    ),
+    "fused-screening-facts": (
+        ("report",),
+        FUSED.screening,
+        lambda raw: raw.pop("fusion"),
+        "the key 'fusion' is missing",
+        "dvc repro fuse",
+    ),
 }
 
 
@@ -426,12 +617,19 @@ def test_a_record_s_unknown_enum_value_or_damaged_nested_field_is_refused_naming
 
 def test_a_record_nested_thousands_of_levels_deep_is_a_clear_error(project, capsys):
     deep = "[" * 100_000 + "]" * 100_000
-    for path, command in ((SCRATCH.info, ("report",)), (SCRATCH.screening, ("report",)),
-                          (LAYOUT.summary, ("evaluate", "--init", "scratch")),
-                          (SCRATCH.status, ("evaluate", "--init", "scratch"))):
+    for path, command in (
+        (SCRATCH.info, ("report",)),
+        (SCRATCH.screening, ("report",)),
+        (LAYOUT.summary, ("evaluate", "--init", "scratch")),
+        (SCRATCH.status, ("evaluate", "--init", "scratch")),
+    ):
         original = path.read_text()
-        rewrite(path, _text('"version": 1', f'"version": 1, "deep": {deep}') if '"version"' in original
-                else _text("{", f'{{"deep": {deep},'))
+        rewrite(
+            path,
+            _text('"version": 1', f'"version": 1, "deep": {deep}')
+            if '"version"' in original
+            else _text("{", f'{{"deep": {deep},'),
+        )
         err = refused(capsys, *command)
         assert err.startswith(f"error: {path}: ") and "nested too deeply" in err
         path.unlink()
@@ -445,20 +643,47 @@ def _foreign_blend(path: Path, inputs: str = "features", size: int = 5) -> None:
     """A blend of this checkpoint's run learned on ``size`` numbers per eye (another network's width)."""
     model = Blend(size, 0, 5, torch.zeros(size), torch.ones(size))
     path.unlink(missing_ok=True)
-    BlendRecord("blend", inputs, "cross_entropy", None, size, 0, FINGERPRINT, 1, "learned elsewhere", 8, 0,
-                {key: value.clone() for key, value in model.state_dict().items()}).save(path)
+    BlendRecord(
+        "blend",
+        inputs,
+        "cross_entropy",
+        None,
+        size,
+        0,
+        FINGERPRINT,
+        1,
+        "learned elsewhere",
+        8,
+        0,
+        {key: value.clone() for key, value in model.state_dict().items()},
+    ).save(path)
 
 
-@pytest.mark.parametrize(("inputs", "size", "words"), [
-    ("features", 5, "the blend reads 5 features per eye, but this network gives 512"),
-    ("scores", 512, "the blend reads 512 scores per eye, but this network gives 5"),
-])
-@pytest.mark.parametrize("command", [
-    ("predict", "PHOTOS", "--out", "grades.csv"),
-    ("predict", "PHOTOS", "--checkpoint", str(SCRATCH.best), "--blend", str(LAYOUT.blend("scratch")),
-     "--out", "grades.csv"),
-    ("export", "--fused", "--format", "torchscript", "--out", "both.pt"),
-], ids=["predict", "predict-blend", "export-fused"])
+@pytest.mark.parametrize(
+    ("inputs", "size", "words"),
+    [
+        ("features", 5, "the blend reads 5 features per eye, but this network gives 512"),
+        ("scores", 512, "the blend reads 512 scores per eye, but this network gives 5"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("predict", "PHOTOS", "--out", "grades.csv"),
+        (
+            "predict",
+            "PHOTOS",
+            "--checkpoint",
+            str(SCRATCH.best),
+            "--blend",
+            str(LAYOUT.blend("scratch")),
+            "--out",
+            "grades.csv",
+        ),
+        ("export", "--fused", "--format", "torchscript", "--out", "both.pt"),
+    ],
+    ids=["predict", "predict-blend", "export-fused"],
+)
 def test_a_blend_learned_on_another_width_is_refused_naming_it(project, capsys, command, inputs, size, words):
     _foreign_blend(LAYOUT.blend("scratch"), inputs, size)
     err = refused(capsys, *[part for item in command for part in (photos() if item == "PHOTOS" else [item])])

@@ -54,10 +54,23 @@ def photo(path: Path, seed: int, grade: int = 0) -> Path:
 def checkpoint(path: Path) -> Path:
     """A best.pt as training writes it, with random weights: enough for `predict`."""
     torch.manual_seed(0)
-    spec = GraderSpec(model="resnet18", image_size=32, normalize="imagenet", preprocess="none",
-                      loss="cross_entropy", thresholds=None)
-    torch.save({"model": new_model("resnet18", num_classes=5).state_dict(), "spec": spec.to_dict(),
-                "epoch": 1, "fingerprint": FINGERPRINT}, path)
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=32,
+        normalize="imagenet",
+        preprocess="none",
+        loss="cross_entropy",
+        thresholds=None,
+    )
+    torch.save(
+        {
+            "model": new_model("resnet18", num_classes=5).state_dict(),
+            "spec": spec.to_dict(),
+            "epoch": 1,
+            "fingerprint": FINGERPRINT,
+        },
+        path,
+    )
     return path
 
 
@@ -70,8 +83,9 @@ def blend(path: Path) -> Path:
         model.layers[0].weight.copy_(weight)
         model.layers[0].bias.zero_()
     state = {key: value.clone() for key, value in model.state_dict().items()}
-    BlendRecord("blend", "scores", "cross_entropy", None, 5, 0, FINGERPRINT, 1, "written by the test", 2, 0,
-                state).save(path)
+    BlendRecord(
+        "blend", "scores", "cross_entropy", None, 5, 0, FINGERPRINT, 1, "written by the test", 2, 0, state
+    ).save(path)
     return path
 
 
@@ -101,8 +115,16 @@ def predict(capsys, *argv: str, blended: bool = True) -> tuple[int, str, list[di
     rows."""
     out = Path("out.csv")
     out.unlink(missing_ok=True)
-    status, _, err = run(capsys, "predict", *argv, "--checkpoint", "best.pt",
-                         *(["--blend", "fuse.pt"] if blended else []), "--out", str(out))
+    status, _, err = run(
+        capsys,
+        "predict",
+        *argv,
+        "--checkpoint",
+        "best.pt",
+        *(["--blend", "fuse.pt"] if blended else []),
+        "--out",
+        str(out),
+    )
     rows = []
     if out.exists():
         with open(out, newline="") as stream:
@@ -158,7 +180,8 @@ def test_mixed_case_eyes_are_counted_as_leakage_under_the_course_lists(tmp_path,
 
 
 def test_mixed_case_eyes_stay_together_under_the_split_by_patient_and_the_summary_agrees(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     # 12 patients, each with one eye listed in train and the other in test, in mixed case.
     train = [f"p{i}_{CASES[i % 6]}" for i in range(12)]
     test = [f"p{i}_{'Right' if CASES[i % 6].lower() == 'left' else 'LEFT'}" for i in range(12)]
@@ -175,15 +198,18 @@ def test_mixed_case_eyes_stay_together_under_the_split_by_patient_and_the_summar
     assert len(sides) == 12 and all(len(split) == 1 for split in sides.values())  # nobody straddles
     patients = json.loads((tmp_path / "data/prepared/summary.json").read_text())["patients"]
     assert patients["test_and_train"] == patients["val_and_train"] == 0
-    assert patients["count"] == {split: sum(split in s for s in sides.values())
-                                 for split in ("train", "val", "test")}
+    assert patients["count"] == {
+        split: sum(split in s for s in sides.values()) for split in ("train", "val", "test")
+    }
     assert patients["train_pairs"]["pairs"] == patients["count"]["train"]  # both eyes of each, as one pair
 
 
 def test_mixed_case_eyes_pair_for_the_blend_of_fuse():
     # What the `fuse` stage pairs a split's names by (training a blend is the slow tests' job).
     assert partners(["7_Left", "7_RIGHT", "8_left", "9_Right"]) == (
-        [1, 0, NO_PARTNER, NO_PARTNER], [0.0, 1.0, 0.0, 1.0])
+        [1, 0, NO_PARTNER, NO_PARTNER],
+        [0.0, 1.0, 0.0, 1.0],
+    )
 
 
 # ------------------------------------------------------------- 2. one patient: one folder, or --pair
@@ -243,30 +269,60 @@ def test_pair_joins_two_folders_and_is_used_without_a_blend_too(grader, capsys):
     assert [(row["patient"], row["patient_referable"]) for row in rows] == [("a/7", ""), ("b/9", "")]
 
 
-@pytest.mark.parametrize(("inputs", "pair", "expected"), [
-    (["7_right.jpeg", "8_left.jpeg"], ["7_right.jpeg", "8_left.jpeg"],
-     r"--pair 7_right.jpeg 8_left.jpeg: the sides are swapped: LEFT 7_right.jpeg is named as a right eye "
-     r"and RIGHT 8_left.jpeg as a left eye; give the left eye first: --pair 8_left.jpeg 7_right.jpeg"),
-    (["7_left.jpeg"], ["7_left.jpeg", "7_left.jpeg"],
-     r"--pair 7_left.jpeg 7_left.jpeg: LEFT and RIGHT are one photograph \(the same file\)"),
-    (["7_left.jpeg", "copy/7_right.jpeg"], ["7_left.jpeg", "copy/7_right.jpeg"],
-     r"LEFT and RIGHT are one photograph \(identical bytes\); give the patient's left eye, then its right"),
-    (["one.jpeg", "two.jpeg"], ["one.jpeg", "two.jpeg"],
-     r"--pair one.jpeg two.jpeg: LEFT one.jpeg does not say which eye it is .*name the photographs as "
-     r"EyePACS does \(e.g. 7_left.jpeg, 7_right.jpeg\)"),
-    (["7_left.jpeg", "two.jpeg"], ["7_left.jpeg", "two.jpeg"], r"RIGHT two.jpeg does not say which eye"),
-    (["7_left.jpeg", "8_left.jpeg"], ["7_left.jpeg", "8_left.jpeg"],
-     r"RIGHT 8_left.jpeg is named as a left eye; give one patient's left eye, then its right eye"),
-    (["7_left.jpeg"], ["7_left.jpeg", "8_right.jpeg"],
-     r"RIGHT 8_right.jpeg is not one of the images given to grade; give it as a PATH too"),
-    (["7_left.jpeg", "7_left.jpeg", "8_right.jpeg"], ["7_left.jpeg", "8_right.jpeg"],
-     r"LEFT 7_left.jpeg is given 2 times among the images to grade; give it once"),
-    (["a/3_left.jpeg", "a/3_right.jpeg", "b/3_right.jpeg"], ["a/3_left.jpeg", "b/3_right.jpeg"],
-     r"a/3_right.jpeg is another right eye of this patient .* the pair is ambiguous"),
-])
+@pytest.mark.parametrize(
+    ("inputs", "pair", "expected"),
+    [
+        (
+            ["7_right.jpeg", "8_left.jpeg"],
+            ["7_right.jpeg", "8_left.jpeg"],
+            r"--pair 7_right.jpeg 8_left.jpeg: the sides are swapped: LEFT 7_right.jpeg is named as a "
+            r"right eye and RIGHT 8_left.jpeg as a left eye; give the left eye first: "
+            r"--pair 8_left.jpeg 7_right.jpeg",
+        ),
+        (
+            ["7_left.jpeg"],
+            ["7_left.jpeg", "7_left.jpeg"],
+            r"--pair 7_left.jpeg 7_left.jpeg: LEFT and RIGHT are one photograph \(the same file\)",
+        ),
+        (
+            ["7_left.jpeg", "copy/7_right.jpeg"],
+            ["7_left.jpeg", "copy/7_right.jpeg"],
+            r"LEFT and RIGHT are one photograph \(identical bytes\); "
+            r"give the patient's left eye, then its right",
+        ),
+        (
+            ["one.jpeg", "two.jpeg"],
+            ["one.jpeg", "two.jpeg"],
+            r"--pair one.jpeg two.jpeg: LEFT one.jpeg does not say which eye it is .*name the photographs as "
+            r"EyePACS does \(e.g. 7_left.jpeg, 7_right.jpeg\)",
+        ),
+        (["7_left.jpeg", "two.jpeg"], ["7_left.jpeg", "two.jpeg"], r"RIGHT two.jpeg does not say which eye"),
+        (
+            ["7_left.jpeg", "8_left.jpeg"],
+            ["7_left.jpeg", "8_left.jpeg"],
+            r"RIGHT 8_left.jpeg is named as a left eye; give one patient's left eye, then its right eye",
+        ),
+        (
+            ["7_left.jpeg"],
+            ["7_left.jpeg", "8_right.jpeg"],
+            r"RIGHT 8_right.jpeg is not one of the images given to grade; give it as a PATH too",
+        ),
+        (
+            ["7_left.jpeg", "7_left.jpeg", "8_right.jpeg"],
+            ["7_left.jpeg", "8_right.jpeg"],
+            r"LEFT 7_left.jpeg is given 2 times among the images to grade; give it once",
+        ),
+        (
+            ["a/3_left.jpeg", "a/3_right.jpeg", "b/3_right.jpeg"],
+            ["a/3_left.jpeg", "b/3_right.jpeg"],
+            r"a/3_right.jpeg is another right eye of this patient .* the pair is ambiguous",
+        ),
+    ],
+)
 @pytest.mark.parametrize("blended", [True, False])
-def test_a_pair_the_names_contradict_is_refused_before_grading(grader, capsys, inputs, pair, expected,
-                                                                blended):
+def test_a_pair_the_names_contradict_is_refused_before_grading(
+    grader, capsys, inputs, pair, expected, blended
+):
     for seed, name in enumerate(dict.fromkeys([*inputs, *pair])):
         if name != "copy/7_right.jpeg":
             photo(grader / name, seed)
@@ -282,10 +338,19 @@ def test_a_pair_the_names_contradict_is_refused_before_grading(grader, capsys, i
 def test_a_photograph_in_two_pairs_is_refused(grader, capsys):
     for seed, name in enumerate(("a/1_left.jpeg", "b/1_right.jpeg", "c/1_right.jpeg")):
         photo(grader / name, seed)
-    status, err, _ = predict(capsys, "a", "b", "c", "--pair", "a/1_left.jpeg", "b/1_right.jpeg",
-                             "--pair", "a/1_left.jpeg", "c/1_right.jpeg")
+    status, err, _ = predict(
+        capsys,
+        "a",
+        "b",
+        "c",
+        "--pair",
+        "a/1_left.jpeg",
+        "b/1_right.jpeg",
+        "--pair",
+        "a/1_left.jpeg",
+        "c/1_right.jpeg",
+    )
     assert status == 2 and "a/1_left.jpeg is in two pairs (also with b/1_right.jpeg)" in err
-
 
 
 def test_mixed_case_eyes_pair_for_the_blend_in_predict(grader, capsys):
@@ -312,8 +377,9 @@ def test_predict_reads_a_list_as_prepare_does_header_row_and_jpeg_names(tmp_path
     assert status == 0, err  # prepare accepts this list ...
     status, err, rows = predict(capsys, str(listed), blended=False)
     assert status == 0, err  # ... and so does predict, with the same reader
-    assert [row["image"] for row in rows] == [str(root / f"{name}.jpeg") for name in ("q1_left", "q1_right",
-                                                                                         "q2_left")]
+    assert [row["image"] for row in rows] == [
+        str(root / f"{name}.jpeg") for name in ("q1_left", "q1_right", "q2_left")
+    ]
     assert all(row["error"] == "" for row in rows)
     assert "header row 'image' skipped" in err and "'.jpeg' extension stripped from all 3 names" in err
     # What prepare refuses, predict refuses too, naming the line.
@@ -335,9 +401,23 @@ def test_a_folder_s_pipes_folders_and_dangling_links_are_rows_never_opened(tmp_p
     checkpoint(tmp_path / "best.pt")
     write_params(tmp_path, train={"batch_size": 2})
     result = subprocess.run(
-        [sys.executable, "-m", "retinopathy", "predict", "photos", "--checkpoint", "best.pt",
-         "--out", "out.csv"],
-        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "retinopathy",
+            "predict",
+            "photos",
+            "--checkpoint",
+            "best.pt",
+            "--out",
+            "out.csv",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr  # three inputs could not be graded
     with open(tmp_path / "out.csv", newline="") as stream:
         rows = {Path(row["image"]).name: row for row in csv.DictReader(stream)}
@@ -350,4 +430,3 @@ def test_a_folder_s_pipes_folders_and_dangling_links_are_rows_never_opened(tmp_p
     assert "3 of 4 images could not be graded" in err
     assert "photos: 1 file(s) not graded (not .jpeg/.jpg/.png), e.g. queue" in err  # named, not silent
     assert "Traceback" not in result.stderr
-

@@ -62,11 +62,13 @@ def write_course(root: Path, train: list[str], test: list[str]) -> Path:
     return root
 
 
-def course_project(folder: Path, monkeypatch, train: list[str] | None = None,
-                   test: list[str] | None = None) -> Path:
+def course_project(
+    folder: Path, monkeypatch, train: list[str] | None = None, test: list[str] | None = None
+) -> Path:
     """``folder`` with params.yaml pointing data.root at a small course layout; cwd set to it."""
-    write_course(folder / "course", train or [f"{i}_left" for i in range(10)],
-                 test or [f"{i}_right" for i in range(5)])
+    write_course(
+        folder / "course", train or [f"{i}_left" for i in range(10)], test or [f"{i}_right" for i in range(5)]
+    )
     write_params(folder, data={"root": "course"})
     monkeypatch.chdir(folder)
     return folder
@@ -91,10 +93,23 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 def fake_checkpoint(path: Path) -> Path:
     """A best.pt as training writes it, with random weights (enough for `predict`)."""
     torch.manual_seed(0)
-    spec = GraderSpec(model="resnet18", image_size=32, normalize="imagenet", preprocess="none",
-                      loss="cross_entropy", thresholds=None)
-    torch.save({"model": new_model("resnet18", num_classes=5).state_dict(), "spec": spec.to_dict(),
-                "epoch": 1, "fingerprint": "test"}, path)
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=32,
+        normalize="imagenet",
+        preprocess="none",
+        loss="cross_entropy",
+        thresholds=None,
+    )
+    torch.save(
+        {
+            "model": new_model("resnet18", num_classes=5).state_dict(),
+            "spec": spec.to_dict(),
+            "epoch": 1,
+            "fingerprint": "test",
+        },
+        path,
+    )
     return path
 
 
@@ -106,8 +121,17 @@ def predict_rows(capsys, folder: Path, *names: str, **data) -> tuple[int, str, d
         fake_checkpoint(checkpoint)
     write_params(folder, train={"batch_size": 2}, data=data)
     out = folder / "predictions.csv"
-    status, err = run(capsys, "predict", *(str(folder / n) for n in names), "--checkpoint", str(checkpoint),
-                      "--out", str(out), "--params", str(folder / "params.yaml"))
+    status, err = run(
+        capsys,
+        "predict",
+        *(str(folder / n) for n in names),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--params",
+        str(folder / "params.yaml"),
+    )
     rows = {}
     if out.exists():
         with open(out, newline="") as stream:
@@ -118,7 +142,7 @@ def predict_rows(capsys, folder: Path, *names: str, **data) -> tuple[int, str, d
 def strip(path: Path, width: int, height: int) -> Path:
     """A long thin photograph: a bright band across its whole width on black (its 'fundus' is the band)."""
     pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[height // 10: height - height // 10, :] = (180, 90, 40)
+    pixels[height // 10 : height - height // 10, :] = (180, 90, 40)
     Image.fromarray(pixels).save(path)
     return path
 
@@ -154,7 +178,8 @@ def check_tables(text: str) -> None:
 
 @pytest.mark.parametrize("line", ["0" * 5000 + "2", "0" * 5000, "9" * 5000, "02", "2.0"])
 def test_a_grade_with_leading_zeros_or_thousands_of_digits_is_an_error_naming_the_line(
-        tmp_path, monkeypatch, capsys, line):
+    tmp_path, monkeypatch, capsys, line
+):
     project = course_project(tmp_path, monkeypatch)
     replace_line(project / "course/train_label.csv", 3, line)
     status, err = run(capsys, "prepare", "--out", "data/prepared")
@@ -167,8 +192,18 @@ def test_import_kaggle_refuses_a_level_of_thousands_of_digits_with_the_line(tmp_
     (tmp_path / "train").mkdir()
     labels = tmp_path / "trainLabels.csv"
     labels.write_text(f"image,level\n1_left,0\n1_right,{'0' * 5000}2\n")
-    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(tmp_path / "train"),
-                      "--out", str(tmp_path / "course"), "--test-fraction", "0.5")
+    status, err = run(
+        capsys,
+        "import-kaggle",
+        "--labels",
+        str(labels),
+        "--images",
+        str(tmp_path / "train"),
+        "--out",
+        str(tmp_path / "course"),
+        "--test-fraction",
+        "0.5",
+    )
     assert status == 2 and f"{labels}:3: label '0000" in err and "(5001 characters)" in err
     assert "without leading zeros" in err and "Traceback" not in err
 
@@ -189,8 +224,9 @@ def test_explain_refuses_a_damaged_grade_in_the_predictions_naming_the_line(tmp_
 
 
 @pytest.mark.parametrize("name", NOT_NAMES)
-def test_prepare_refuses_a_name_that_is_not_a_name_with_the_file_and_line(tmp_path, monkeypatch, capsys,
-                                                                          name):
+def test_prepare_refuses_a_name_that_is_not_a_name_with_the_file_and_line(
+    tmp_path, monkeypatch, capsys, name
+):
     project = course_project(tmp_path, monkeypatch)
     replace_line(project / "course/train_img.csv", 3, name)
     status, err = run(capsys, "prepare", "--out", "data/prepared")
@@ -200,12 +236,19 @@ def test_prepare_refuses_a_name_that_is_not_a_name_with_the_file_and_line(tmp_pa
 
 
 def test_the_public_sets_names_are_names(tmp_path, monkeypatch, capsys):
-    course_project(tmp_path, monkeypatch, train=[*PUBLIC_NAMES, *(f"{i}_left" for i in range(5))],
-                   test=[f"{i}_right" for i in range(5)])
+    course_project(
+        tmp_path,
+        monkeypatch,
+        train=[*PUBLIC_NAMES, *(f"{i}_left" for i in range(5))],
+        test=[f"{i}_right" for i in range(5)],
+    )
     status, err = run(capsys, "prepare", "--out", "data/prepared")
     assert status == 0, err
-    listed = {record.image for records in read_index(tmp_path / "data/prepared/index.csv").values()
-              for record in records}
+    listed = {
+        record.image
+        for records in read_index(tmp_path / "data/prepared/index.csv").values()
+        for record in records
+    }
     assert set(PUBLIC_NAMES) <= listed
 
 
@@ -224,8 +267,9 @@ def test_no_name_can_hold_a_character_that_breaks_a_page_a_table_or_a_csv():
 def test_a_hand_edited_index_cannot_bring_a_name_to_the_plots(tmp_path, name):
     index = tmp_path / "index.csv"
     with open(index, "w", newline="") as stream:
-        csv.writer(stream).writerows([["split", "image", "label"], ["train", "1_left", "0"],
-                                      ["test", name, "1"]])
+        csv.writer(stream).writerows(
+            [["split", "image", "label"], ["train", "1_left", "0"], ["test", name, "1"]]
+        )
     with pytest.raises(RetinopathyError, match=r"index\.csv:3: .* is not an image name"):
         read_index(index)
 
@@ -234,8 +278,18 @@ def test_import_kaggle_refuses_a_name_with_markup_with_the_line(tmp_path, capsys
     (tmp_path / "train").mkdir()
     labels = tmp_path / "trainLabels.csv"
     labels.write_text("image,level\n1_left,0\n<!--x_right,1\n")
-    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(tmp_path / "train"),
-                      "--out", str(tmp_path / "course"), "--test-fraction", "0.5")
+    status, err = run(
+        capsys,
+        "import-kaggle",
+        "--labels",
+        str(labels),
+        "--images",
+        str(tmp_path / "train"),
+        "--out",
+        str(tmp_path / "course"),
+        "--test-fraction",
+        "0.5",
+    )
     assert status == 2 and f"{labels}:3: '<!--x_right' is not an image name (it contains '<')" in err
 
 
@@ -290,11 +344,19 @@ def test_the_report_escapes_a_folder_and_a_reason_that_carry_markup(tmp_path, ca
     metrics = write_metrics(tmp_path, skip=("pretrained",))
     folder = "data/$\\frac{1}$ <!-- a|b `c`"
     trained = read_info(metrics / "scratch.info.json", "scratch")
-    write_info(metrics / "scratch.info.json", dataclasses.replace(trained, data=folder, synthetic=False,
-                                                                  weights="random <b>|init</b>"))
-    write_info(metrics / "pretrained.info.json", Skipped(
-        model="resnet18", init="pretrained", reason=f"no weights at {folder}/$x$.pth",
-        fix="copy them into $TORCH_HOME/$y$ <!-- or run `retinopathy weights`"))
+    write_info(
+        metrics / "scratch.info.json",
+        dataclasses.replace(trained, data=folder, synthetic=False, weights="random <b>|init</b>"),
+    )
+    write_info(
+        metrics / "pretrained.info.json",
+        Skipped(
+            model="resnet18",
+            init="pretrained",
+            reason=f"no weights at {folder}/$x$.pth",
+            fix="copy them into $TORCH_HOME/$y$ <!-- or run `retinopathy weights`",
+        ),
+    )
     out = tmp_path / "plots"
     status, err = run(capsys, "report", "--metrics", str(metrics), "--out", str(out))
     assert status == 0, err  # was: mathtext's ValueError from the figures' titles
@@ -321,12 +383,18 @@ def test_compare_escapes_experiment_names_in_its_tables_and_draws_them_as_text(t
     def experiment(name: str, seed: int) -> Experiment:
         import pandas as pd
 
-        history = pd.DataFrame({"epoch": [1, 2, 3], "test_accuracy": [0.7, 0.8, 0.85],
-                                "test_kappa": [0.4, 0.6, 0.7]})
-        arms = {"scratch": Arm("scratch", _trained("scratch", 0.85)[1],
-                               {"acc": 0.85, "kappa": 0.7, "bacc": 0.5, "base": 0.7, "epoch": 3},
-                               history=history),
-                "pretrained": Arm("pretrained", SKIPPED, {})}
+        history = pd.DataFrame(
+            {"epoch": [1, 2, 3], "test_accuracy": [0.7, 0.8, 0.85], "test_kappa": [0.4, 0.6, 0.7]}
+        )
+        arms = {
+            "scratch": Arm(
+                "scratch",
+                _trained("scratch", 0.85)[1],
+                {"acc": 0.85, "kappa": 0.7, "bacc": 0.5, "base": 0.7, "epoch": 3},
+                history=history,
+            ),
+            "pretrained": Arm("pretrained", SKIPPED, {}),
+        }
         return Experiment(name, name, {"model": "resnet18", "train": {"seed": seed, "lr": f"{name}|x"}}, arms)
 
     runs = [experiment(name, seed) for seed, name in enumerate(MARKUP)]
@@ -336,10 +404,14 @@ def test_compare_escapes_experiment_names_in_its_tables_and_draws_them_as_text(t
     assert "Compared: `<!--x`, `<script>x`, a\\|b, `` a`b` ``, `$\\frac{1}$`, `a$x$b`." in text
     drawn: list[str] = []
     saved = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path: (
-        drawn.extend(t.get_text() for t in fig.findobj(Text)), saved(fig, path)))
-    figures.plot_curves([(e.name, arm) for e in runs for arm in e.arms.values()], "hostile",
-                        tmp_path / "compare.png")
+    monkeypatch.setattr(
+        figures,
+        "_save",
+        lambda fig, path: (drawn.extend(t.get_text() for t in fig.findobj(Text)), saved(fig, path)),
+    )
+    figures.plot_curves(
+        [(e.name, arm) for e in runs for arm in e.arms.values()], "hostile", tmp_path / "compare.png"
+    )
     for name in MARKUP:  # the legend shows each name as its characters
         assert f"{name}: ResNet18 scratch" in drawn
     with Image.open(tmp_path / "compare.png") as image:
@@ -351,8 +423,15 @@ def test_explain_draws_a_skipped_arms_reason_with_math_in_it(tmp_path, monkeypat
     write_params(tmp_path)
     info = Layout().arm("scratch").info
     info.parent.mkdir(parents=True)
-    write_info(info, Skipped(model="resnet18", init="scratch", reason="no weights in $\\frac{1}$/$x$",
-                             fix="run `retinopathy weights`"))
+    write_info(
+        info,
+        Skipped(
+            model="resnet18",
+            init="scratch",
+            reason="no weights in $\\frac{1}$/$x$",
+            fix="run `retinopathy weights`",
+        ),
+    )
     status, err = run(capsys, "explain", "--init", "scratch")
     assert status == 0, err
     with Image.open(Layout().explanation("scratch")) as image:
@@ -363,14 +442,16 @@ def test_explain_draws_a_skipped_arms_reason_with_math_in_it(tmp_path, monkeypat
 
 
 def test_a_strip_whose_square_is_over_the_limit_is_refused_in_its_own_row_and_the_others_are_graded(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     # 8000x500 is exactly the 4-megapixel limit, so its header passes; padded to a square it would be
     # 64 megapixels. Before, it was squared (at 40000x1000 that is 4.8 GB) and graded.
     strip(tmp_path / "strip.png", 8000, 500)
     Image.fromarray(fundus(1, 64)).save(tmp_path / "square.jpeg", quality=92)
     Image.fromarray(np.pad(fundus(2, 64), ((0, 0), (16, 16), (0, 0)))).save(tmp_path / "camera.png")
-    status, err, rows = predict_rows(capsys, tmp_path, "strip.png", "square.jpeg", "camera.png",
-                                     max_pixels=4_000_000)
+    status, err, rows = predict_rows(
+        capsys, tmp_path, "strip.png", "square.jpeg", "camera.png", max_pixels=4_000_000
+    )
     assert status == 1 and "1 of 3 images could not be graded" in err
     error = rows["strip.png"]["error"]
     assert rows["strip.png"]["grade"] == "" and str(tmp_path / "strip.png") in error
@@ -391,13 +472,37 @@ def test_import_kaggle_refuses_a_strip_and_a_size_over_the_maximum_before_writin
     labels = tmp_path / "trainLabels.csv"
     labels.write_text("image,level\n" + "".join(f"{name},{i % 2}\n" for i, name in enumerate(names)))
     out = tmp_path / "course"
-    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(images), "--out",
-                      str(out), "--test-fraction", "0.5", "--seed", "0", "--size", "64")
+    status, err = run(
+        capsys,
+        "import-kaggle",
+        "--labels",
+        str(labels),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--test-fraction",
+        "0.5",
+        "--seed",
+        "0",
+        "--size",
+        "64",
+    )
     assert status == 2 and re.search(rf"{names[0]}\.jpeg: padding its \d{{5}}x\d+ fundus to a square", err)
     assert f"over the limit of {PIXEL_CEILING / 1e6:g}" in err and "Traceback" not in err
     assert not out.exists()
-    status, err = run(capsys, "import-kaggle", "--labels", str(labels), "--images", str(images), "--out",
-                      str(out), "--size", str(MAX_IMAGE_SIZE + 1))
+    status, err = run(
+        capsys,
+        "import-kaggle",
+        "--labels",
+        str(labels),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--size",
+        str(MAX_IMAGE_SIZE + 1),
+    )
     assert status == 2 and f"--size {MAX_IMAGE_SIZE + 1}: at most {MAX_IMAGE_SIZE} px" in err
     assert not out.exists()
 
@@ -407,7 +512,7 @@ def _jpeg_claiming(path: Path, width: int, height: int) -> Path:
     Image.fromarray(fundus(3, 64)).save(path, quality=90)
     data = bytearray(path.read_bytes())
     start = data.index(b"\xff\xc0")  # SOF0: length (2 bytes), precision (1), height (2), width (2)
-    data[start + 5:start + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    data[start + 5 : start + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     path.write_bytes(bytes(data))
     return path
 
@@ -417,8 +522,11 @@ def test_the_training_decode_is_bounded_without_params_too(tmp_path):
     # replaced since then is still refused from its header, not decoded into 2.7 GB.
     _jpeg_claiming(tmp_path / "big_left.jpeg", 30000, 30000)
     dataset = RetinopathyDataset(tmp_path, "test", None, records=[Record("big_left", 0)])
-    with pytest.raises(RetinopathyError, match=r"big_left\.jpeg: 30000x30000 is 900 megapixels, over the "
-                                               r"limit of 178\.957 \(.*decompression-bomb limit"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"big_left\.jpeg: 30000x30000 is 900 megapixels, over the "
+        r"limit of 178\.957 \(.*decompression-bomb limit",
+    ):
         dataset[0]
 
 
@@ -446,7 +554,8 @@ def _hostile(path: Path, fmt: str, marker: Path) -> Path:
 @pytest.mark.parametrize("fmt", ["torch", "pickle"])
 @pytest.mark.parametrize("route", ["--checkpoint", "--blend", "train.weights"])
 def test_a_pickle_is_refused_as_not_this_projects_file_without_advising_an_unsafe_load(
-        tmp_path, monkeypatch, capsys, route, fmt):
+    tmp_path, monkeypatch, capsys, route, fmt
+):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "ran"
     hostile = _hostile(tmp_path / "hostile.pt", fmt, marker)
@@ -460,10 +569,21 @@ def test_a_pickle_is_refused_as_not_this_projects_file_without_advising_an_unsaf
         good = fake_checkpoint(tmp_path / "best.pt")
         checkpoint = hostile if route == "--checkpoint" else good
         extra = ["--blend", str(hostile)] if route == "--blend" else []
-        status, err = run(capsys, "predict", str(tmp_path / "1_left.jpeg"), "--checkpoint", str(checkpoint),
-                          *extra, "--out", str(tmp_path / "p.csv"))
-        expected = "not a readable checkpoint written by" if route == "--checkpoint" else \
-            "not a readable blend written by"
+        status, err = run(
+            capsys,
+            "predict",
+            str(tmp_path / "1_left.jpeg"),
+            "--checkpoint",
+            str(checkpoint),
+            *extra,
+            "--out",
+            str(tmp_path / "p.csv"),
+        )
+        expected = (
+            "not a readable checkpoint written by"
+            if route == "--checkpoint"
+            else "not a readable blend written by"
+        )
     assert status == 2 and f"{hostile}: {expected}" in err
     assert "could run any code in the file, so it was not loaded" in err
     for advice in ("weights_only", "Re-running", "torch.load", "Traceback", "trust"):

@@ -37,8 +37,9 @@ def fundus(seed: int, side: int = 64, grade: int = 0) -> np.ndarray:
     return render_fundus(grade, np.random.default_rng(seed), side)
 
 
-def write_course(root: Path, train: list[tuple[str, int]], test: list[tuple[str, int]],
-                 side: int = 64) -> Path:
+def write_course(
+    root: Path, train: list[tuple[str, int]], test: list[tuple[str, int]], side: int = 64
+) -> Path:
     """A course layout: the four lists and a distinct colour JPEG per name."""
     root.mkdir(parents=True, exist_ok=True)
     for split, records in (("train", train), ("test", test)):
@@ -73,10 +74,20 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 def fake_checkpoint(path: Path, image_size: int | None = 32) -> Path:
     """A best.pt as training writes it, with random weights (enough for `predict`)."""
     torch.manual_seed(0)
-    spec = GraderSpec(model="resnet18", image_size=image_size, normalize="imagenet", preprocess="none",
-                      loss="cross_entropy", thresholds=None)
-    state = {"model": new_model("resnet18", num_classes=5).state_dict(), "spec": spec.to_dict(),
-             "epoch": 1, "fingerprint": "test"}
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=image_size,
+        normalize="imagenet",
+        preprocess="none",
+        loss="cross_entropy",
+        thresholds=None,
+    )
+    state = {
+        "model": new_model("resnet18", num_classes=5).state_dict(),
+        "spec": spec.to_dict(),
+        "epoch": 1,
+        "fingerprint": "test",
+    }
     torch.save(state, path)
     return path
 
@@ -89,8 +100,17 @@ def predict_rows(capsys, folder: Path, *paths: str) -> tuple[int, str, dict[str,
         fake_checkpoint(checkpoint)
         write_params(folder, train={"batch_size": 2})
     out = folder / "predictions.csv"
-    status, err = run(capsys, "predict", *(str(folder / p) for p in paths), "--checkpoint", str(checkpoint),
-                      "--out", str(out), "--params", str(folder / "params.yaml"))
+    status, err = run(
+        capsys,
+        "predict",
+        *(str(folder / p) for p in paths),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--params",
+        str(folder / "params.yaml"),
+    )
     rows = {}
     if out.exists():
         with open(out, newline="") as stream:
@@ -143,8 +163,9 @@ def test_a_16_bit_greyscale_png_is_scaled_not_clipped_to_white(tmp_path, capsys)
     assert np.array_equal(decoded, decode_image(tmp_path / "eight.png"))  # was almost all 255
     status, _, rows = predict_rows(capsys, tmp_path, "sixteen.png", "eight.png")
     assert status == 0
-    np.testing.assert_allclose(probabilities(rows["sixteen.png"]), probabilities(rows["eight.png"]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        probabilities(rows["sixteen.png"]), probabilities(rows["eight.png"]), atol=1e-6
+    )
 
 
 def exif_jpeg(path: Path, pixels: np.ndarray, orientation: int) -> None:
@@ -159,7 +180,7 @@ def test_a_jpeg_stored_rotated_is_graded_upright_by_its_exif_orientation(tmp_pat
     canvas = np.zeros((*side, 3), dtype=np.uint8)
     inner = min(side) - 8
     top, left = (side[0] - inner) // 2, (side[1] - inner) // 2
-    canvas[top:top + inner, left:left + inner] = fundus(2, inner, grade=4)
+    canvas[top : top + inner, left : left + inner] = fundus(2, inner, grade=4)
     upright = canvas
     stored = np.rot90(upright, 1)  # what a camera held sideways stores; EXIF 6 turns it back clockwise
     exif_jpeg(tmp_path / "tagged.jpg", np.ascontiguousarray(stored), orientation=6)
@@ -168,8 +189,9 @@ def test_a_jpeg_stored_rotated_is_graded_upright_by_its_exif_orientation(tmp_pat
     assert tagged.shape == plain.shape and np.abs(tagged.astype(int) - plain).mean() < 2
     status, _, rows = predict_rows(capsys, tmp_path, "tagged.jpg", "upright.jpg")
     assert status == 0
-    np.testing.assert_allclose(probabilities(rows["tagged.jpg"]), probabilities(rows["upright.jpg"]),
-                               atol=0.02)
+    np.testing.assert_allclose(
+        probabilities(rows["tagged.jpg"]), probabilities(rows["upright.jpg"]), atol=0.02
+    )
 
 
 def test_a_jpeg_without_an_orientation_tag_decodes_as_before(tmp_path):
@@ -180,8 +202,9 @@ def test_a_jpeg_without_an_orientation_tag_decodes_as_before(tmp_path):
     Image.fromarray(fundus(3, 128)).save(path, quality=90)
     data = path.read_bytes()
     assert np.array_equal(decode_image(path), simplejpeg.decode_jpeg(data, colorspace="RGB"))
-    assert np.array_equal(decode_image(path, 64),
-                          simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=64, min_width=64))
+    assert np.array_equal(
+        decode_image(path, 64), simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=64, min_width=64)
+    )
 
 
 def test_images_too_small_to_be_a_fundus_are_refused_by_predict_and_prepare(tmp_path, monkeypatch, capsys):
@@ -276,18 +299,23 @@ def test_a_nul_byte_in_an_image_list_is_an_error_naming_the_line(tmp_path, monke
     assert status == 2 and "test_img.csv:3" in err and "control character" in err
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["predict", "x.jpeg", "--batch-size", "-1"], "--batch-size"),
-    (["predict", "x.jpeg", "--batch-size", "0"], "--batch-size"),
-    (["prepare", "--workers", "-1"], "--workers"),
-    (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--workers", "0"], "--workers"),
-    (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--size", "-5"], "--size"),
-    (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--seed", str(2**64)], "--seed"),
-    (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--test-fraction", "1.5"],
-     "--test-fraction"),
-    (["weights", "--download-timeout", "-1"], "--download-timeout"),
-    (["weights", "--download-timeout", "nan"], "--download-timeout"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["predict", "x.jpeg", "--batch-size", "-1"], "--batch-size"),
+        (["predict", "x.jpeg", "--batch-size", "0"], "--batch-size"),
+        (["prepare", "--workers", "-1"], "--workers"),
+        (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--workers", "0"], "--workers"),
+        (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--size", "-5"], "--size"),
+        (["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--seed", str(2**64)], "--seed"),
+        (
+            ["import-kaggle", "--labels", "l", "--images", "i", "--out", "o", "--test-fraction", "1.5"],
+            "--test-fraction",
+        ),
+        (["weights", "--download-timeout", "-1"], "--download-timeout"),
+        (["weights", "--download-timeout", "nan"], "--download-timeout"),
+    ],
+)
 def test_a_bad_number_on_the_command_line_is_a_usage_error_not_a_traceback(capsys, argv, option):
     status, err = run(capsys, *argv)
     assert status == 2 and f"argument {option}: must be" in err and "Traceback" not in err
@@ -297,8 +325,17 @@ def test_a_checkpoint_claiming_a_60000_px_image_size_is_refused_before_any_memor
     checkpoint = fake_checkpoint(tmp_path / "huge.pt", image_size=60000)
     Image.fromarray(fundus(9, 64)).save(tmp_path / "a.jpeg")
     write_params(tmp_path)
-    status, err = run(capsys, "predict", str(tmp_path / "a.jpeg"), "--checkpoint", str(checkpoint),
-                      "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "p.csv"))
+    status, err = run(
+        capsys,
+        "predict",
+        str(tmp_path / "a.jpeg"),
+        "--checkpoint",
+        str(checkpoint),
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--out",
+        str(tmp_path / "p.csv"),
+    )
     assert status == 2 and str(checkpoint) in err and f"1..{MAX_IMAGE_SIZE} px" in err
 
 
@@ -310,8 +347,9 @@ def test_params_refuse_an_image_size_over_the_maximum(tmp_path, monkeypatch, cap
 
 def test_a_val_fraction_that_empties_the_train_split_is_refused_by_prepare(tmp_path, monkeypatch, capsys):
     # One training image per grade: each grade's single image goes to validation whole.
-    project = course_project(tmp_path, monkeypatch, train=[(f"{g}_left", g) for g in range(5)],
-                             val_fraction=0.6)
+    project = course_project(
+        tmp_path, monkeypatch, train=[(f"{g}_left", g) for g in range(5)], val_fraction=0.6
+    )
     status, err = run(capsys, "prepare", "--out", "data/prepared")
     assert status == 2 and "`data.val_fraction` 0.6 holds out all 5 training images" in err
     assert not (project / "data/prepared").exists()
@@ -378,14 +416,18 @@ def test_a_summary_missing_a_key_names_the_file_the_key_and_the_fix(tiny_project
     assert "dvc repro -f prepare" in err
 
 
-@pytest.mark.parametrize(("damage", "words"), [
-    (lambda text: text[: len(text) // 2], "damaged, not a JSON record"),
-    (lambda text: text.replace('"fix"', '"fixed"'), "the key 'fix' is missing"),
-    (lambda text: text.replace('"version": 1', '"version": 0'), "format version 0"),
-    (lambda text: "<<<<<<< HEAD\n" + text, "damaged, not a JSON record"),
-])
-def test_a_truncated_or_incomplete_status_json_names_the_file_and_the_fix(tiny_project, capsys, damage,
-                                                                         words):
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda text: text[: len(text) // 2], "damaged, not a JSON record"),
+        (lambda text: text.replace('"fix"', '"fixed"'), "the key 'fix' is missing"),
+        (lambda text: text.replace('"version": 1', '"version": 0'), "format version 0"),
+        (lambda text: "<<<<<<< HEAD\n" + text, "damaged, not a JSON record"),
+    ],
+)
+def test_a_truncated_or_incomplete_status_json_names_the_file_and_the_fix(
+    tiny_project, capsys, damage, words
+):
     assert run(capsys, "train", "--init", "pretrained")[0] == 0  # skipped offline: quick
     path = tiny_project / "models/pretrained/status.json"
     path.write_text(damage(path.read_text()))

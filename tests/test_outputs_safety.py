@@ -94,8 +94,15 @@ FOLDER_COMMANDS = {
     "prepare": lambda out: ["prepare", "--out", out],
     "compare": lambda out: ["compare", "--out", out],
     "demo-data": lambda out: ["demo-data", "--out", out],
-    "import-kaggle": lambda out: ["import-kaggle", "--labels", "trainLabels.csv", "--images", "train",
-                                  "--out", out],
+    "import-kaggle": lambda out: [
+        "import-kaggle",
+        "--labels",
+        "trainLabels.csv",
+        "--images",
+        "train",
+        "--out",
+        out,
+    ],
     "import-external": lambda out: ["import-external", "eyepacs", "--root", ".", "--out", out],
 }
 
@@ -149,8 +156,9 @@ def test_prepare_refuses_before_it_reads_any_image(user, capsys, monkeypatch):
     (user / "out/mine.txt").write_text("mine\n")
     import retinopathy.data.checks  # prepare imports its image checker when it runs (a fast --help)
 
-    monkeypatch.setattr(retinopathy.data.checks, "check_images",
-                        lambda *a, **k: pytest.fail("images read first"))
+    monkeypatch.setattr(
+        retinopathy.data.checks, "check_images", lambda *a, **k: pytest.fail("images read first")
+    )
     assert run(["prepare", "--out", "out"], capsys)[0] == 2
 
 
@@ -161,8 +169,9 @@ def test_predict_explain_into_the_folder_of_its_png_inputs_changes_none_of_them(
     folder = user / "photos"
     photos(folder, project, ["eye1.png", "eye2.png"], "PNG")
     before = snapshot(folder)
-    code, err = run(["predict", "photos", "--explain", "photos", "--out", "out.csv",
-                     *checkpoint_args(project)], capsys)
+    code, err = run(
+        ["predict", "photos", "--explain", "photos", "--out", "out.csv", *checkpoint_args(project)], capsys
+    )
     assert code == 2 and "photos/eye1.png: is also an input of `retinopathy predict --explain`" in err
     assert snapshot(folder) == before and not (user / "out.csv").exists()
 
@@ -212,15 +221,23 @@ def test_export_refuses_its_own_checkpoint_and_a_file_it_did_not_write(project, 
     if target == "foreign":
         out.write_bytes(b"someone else's model")
     before = snapshot(user)
-    code, err = run(["export", "--checkpoint", str(best), "--format", "torchscript", "--out", str(out)],
-                    capsys)
+    code, err = run(
+        ["export", "--checkpoint", str(best), "--format", "torchscript", "--out", str(out)], capsys
+    )
     assert code == 2 and ("is also an input" in err or "was not written by `retinopathy export`" in err)
     assert snapshot(user) == before
 
 
 def test_export_replaces_its_own_earlier_export(project, user, capsys):
-    args = ["export", "--checkpoint", str(project / "models/scratch/best.pt"), "--format", "torchscript",
-            "--out", "model.pt"]
+    args = [
+        "export",
+        "--checkpoint",
+        str(project / "models/scratch/best.pt"),
+        "--format",
+        "torchscript",
+        "--out",
+        "model.pt",
+    ]
     assert run(args, capsys)[0] == 0
     assert run(args, capsys)[0] == 0
 
@@ -237,6 +254,7 @@ def test_weights_report_and_bench_refuse_files_they_did_not_write(user, capsys, 
     code, err = run(["report", "--metrics", str(REPO / "metrics"), "--out", "plots"], capsys)
     assert code == 2 and "plots/report.md: exists and was not written by `retinopathy report`" in err
     from retinopathy.commands.bench import cli as bench_cli
+
     monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
     code, err = run(["bench", "--json", "bench.json"], capsys)
     assert code == 2 and "bench.json: exists and was not written by `retinopathy bench`" in err
@@ -254,16 +272,30 @@ def special_file(folder: Path) -> Path:
 
 OUTPUT_FILE_COMMANDS = {
     "predict": lambda out, project: ["predict", "photos", "--out", out, *checkpoint_args(project)],
-    "export": lambda out, project: ["export", "--checkpoint", str(project / "models/scratch/best.pt"),
-                                    "--format", "torchscript", "--out", out],
+    "export": lambda out, project: [
+        "export",
+        "--checkpoint",
+        str(project / "models/scratch/best.pt"),
+        "--format",
+        "torchscript",
+        "--out",
+        out,
+    ],
     "bench": lambda out, project: ["bench", "--json", out],
     "weights": lambda out, project: ["weights", "--no-download", "--out", out],
     "prepare": lambda out, project: ["prepare", "--out", out],
     "compare": lambda out, project: ["compare", "--out", out],
     "demo-data": lambda out, project: ["demo-data", "--out", out],
     "report": lambda out, project: ["report", "--metrics", str(REPO / "metrics"), "--out", out],
-    "import-kaggle": lambda out, project: ["import-kaggle", "--labels", "trainLabels.csv", "--images",
-                                           "train", "--out", out],
+    "import-kaggle": lambda out, project: [
+        "import-kaggle",
+        "--labels",
+        "trainLabels.csv",
+        "--images",
+        "train",
+        "--out",
+        out,
+    ],
 }
 
 
@@ -276,6 +308,7 @@ def test_an_output_onto_a_device_or_a_pipe_is_refused(project, user, capsys, mon
     if where == "/dev/null" and not os.path.exists(where):
         pytest.skip("no /dev/null here")
     from retinopathy.commands.bench import cli as bench_cli
+
     monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
     before = os.stat(out)
     code, err = run(OUTPUT_FILE_COMMANDS[command](out, project), capsys)
@@ -370,12 +403,19 @@ def test_a_full_disk_at_the_end_keeps_the_grades_in_a_file_and_says_where(projec
 
 def test_a_file_size_limit_at_the_end_prints_the_grades_rather_than_a_traceback(project, user):
     photos(user / "photos", project, [f"eye{i}.jpeg" for i in range(6)])
-    code = ("import resource, sys; from retinopathy.cli import main\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))\n"
-            "sys.exit(main(sys.argv[1:]))")
-    result = subprocess.run([sys.executable, "-c", code, "predict", "photos", "--out", "out.csv",
-                             *checkpoint_args(project)], capture_output=True, text=True, env=subprocess_env(),
-                            cwd=user, timeout=300)
+    code = (
+        "import resource, sys; from retinopathy.cli import main\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "predict", "photos", "--out", "out.csv", *checkpoint_args(project)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=user,
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "out.csv: could not be written (File too large)" in result.stderr
     assert "printed above, on standard output" in result.stderr
@@ -420,7 +460,7 @@ def test_the_csv_writer_leaves_numbers_and_the_committed_csv_files_byte_for_byte
             header, *rows = list(csv.reader(stream))
         values = [[_as_written(v) for v in row] for row in rows]
         assert csv_text(header, values) == path.read_text(), path
-    assert csv_text(["v"], [["-0.25"], [-1], ["-inf"], [""], [None]]) == 'v\n-0.25\n-1\n-inf\n\n\n'
+    assert csv_text(["v"], [["-0.25"], [-1], ["-inf"], [""], [None]]) == "v\n-0.25\n-1\n-inf\n\n\n"
 
 
 # ----------------------------------------------------------------- 6. temporaries
@@ -443,8 +483,15 @@ def test_a_killed_export_s_draft_folder_is_removed_by_the_next_export(project, u
     (draft / "model.pt").write_bytes(b"\0" * 100_000)
     live = user / f".model.pt.tmp-{HOST}-{os.getpid()}-l1ve"  # this process: still running
     live.mkdir()
-    args = ["export", "--checkpoint", str(project / "models/scratch/best.pt"), "--format", "torchscript",
-            "--out", "model.pt"]
+    args = [
+        "export",
+        "--checkpoint",
+        str(project / "models/scratch/best.pt"),
+        "--format",
+        "torchscript",
+        "--out",
+        "model.pt",
+    ]
     assert run(args, capsys)[0] == 0
     assert not draft.exists() and live.exists()
     assert sorted(p.name for p in user.iterdir() if p.name.startswith(".")) == [live.name]
@@ -479,10 +526,15 @@ def test_a_temporary_being_written_is_locked_and_kept(tmp_path):
 
 
 def test_temporaries_are_ignored_by_git_and_dvc():
-    names = [f"metrics/.scratch.json.{HOST}-12.ab_c1.tmp", f"plots/.staged.tmp-{HOST}-12-x1y2",
-             f"data/.prepared.old-{HOST}-12-zz9", f".model.onnx.tmp-{HOST}-99-q1w2"]
-    result = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=REPO, capture_output=True,
-                            text=True)
+    names = [
+        f"metrics/.scratch.json.{HOST}-12.ab_c1.tmp",
+        f"plots/.staged.tmp-{HOST}-12-x1y2",
+        f"data/.prepared.old-{HOST}-12-zz9",
+        f".model.onnx.tmp-{HOST}-99-q1w2",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *names], cwd=REPO, capture_output=True, text=True
+    )
     assert sorted(result.stdout.split()) == sorted(names)
     patterns = (REPO / ".dvcignore").read_text().split()
     assert {".*.tmp", ".*.tmp-*-*", ".*.old-*-*"} <= set(patterns)

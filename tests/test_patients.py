@@ -53,8 +53,11 @@ def test_the_course_lists_put_both_eyes_of_5618_patients_on_both_sides(lab):
     train, test = _by_patient(LAB / "train_img.csv"), _by_patient(LAB / "test_img.csv")
     straddling = set(train) & set(test)
     counts = leakage({"train": lab.train, "val": [], "test": lab.test}, "lists")
-    assert counts["count"] == {"train": len(train), "val": 0, "test": len(test)} \
+    assert (
+        counts["count"]
+        == {"train": len(train), "val": 0, "test": len(test)}
         == {"train": 16859, "val": 0, "test": 6322}
+    )
     assert counts["test_and_train"] == len(straddling) == 5618
     assert counts["test_images"] == sum(len(test[p]) for p in straddling) == 5618
     assert counts["test_share"] == pytest.approx(5618 / 7026)
@@ -105,8 +108,14 @@ def test_the_patient_split_of_the_course_lists_leaves_no_patient_on_both_sides(l
 
 
 def test_a_patient_is_graded_by_the_worse_eye_and_eye_pairs_count_differences():
-    records = [Record("1_left", 0), Record("1_right", 3), Record("2_left", 2), Record("2_right", 2),
-               Record("3_left", 4), Record("x", 1)]
+    records = [
+        Record("1_left", 0),
+        Record("1_right", 3),
+        Record("2_left", 2),
+        Record("2_right", 2),
+        Record("3_left", 4),
+        Record("x", 1),
+    ]
     assert patient_grades(records) == {"1": 3, "2": 2, "3": 4, "x": 1}
     pairs = eye_pairs(records)
     assert pairs == {"pairs": 2, "same_grade": 0.5, "differences": [1, 0, 0, 1, 0]}
@@ -131,10 +140,12 @@ def _course(root: Path, train: list[tuple[str, int]], test: list[tuple[str, int]
 
 # 15 patients with both eyes in train; patients 15-19 with the left eye in train and the right in
 # test (4 straddle, 19 does not: its left eye is absent); 5 patients with both eyes in test.
-TRAIN = [(f"{p}_{eye}", p % 5) for p in range(15) for eye in ("left", "right")] + \
-        [(f"{p}_left", p % 5) for p in range(15, 19)]
-TEST = [(f"{p}_right", p % 5) for p in range(15, 20)] + \
-       [(f"{p}_{eye}", p % 5) for p in range(20, 25) for eye in ("left", "right")]
+TRAIN = [(f"{p}_{eye}", p % 5) for p in range(15) for eye in ("left", "right")] + [
+    (f"{p}_left", p % 5) for p in range(15, 19)
+]
+TEST = [(f"{p}_right", p % 5) for p in range(15, 20)] + [
+    (f"{p}_{eye}", p % 5) for p in range(20, 25) for eye in ("left", "right")
+]
 
 
 @pytest.fixture()
@@ -154,8 +165,10 @@ def test_prepare_counts_and_warns_about_patients_on_both_sides(course, capsys):
     assert (counts["test_and_train"], counts["test_images"]) == (4, 4)
     assert counts["train_pairs"] == {"pairs": 15, "same_grade": 1.0, "differences": [15, 0, 0, 0, 0]}
     assert "patients: train 19, val 0, test 10 (data.split: lists)" in out
-    assert "warning: 4 patients have one eye in test and the other in train/val, so 4 test images " \
-           "(26.7% of the test split)" in err
+    assert (
+        "warning: 4 patients have one eye in test and the other in train/val, so 4 test images "
+        "(26.7% of the test split)" in err
+    )
     assert "flattered" in err and "data.split: patients" in err
 
 
@@ -165,9 +178,11 @@ def test_prepare_with_val_fraction_counts_the_validation_split_too(course, capsy
     summary = json.loads((course / "data/prepared/summary.json").read_text())
     val = {r for r in (course / "data/prepared/index.csv").read_text().split() if r.startswith("val,")}
     val_patients = {line.split(",")[1].rsplit("_", 1)[0] for line in val}
-    train_patients = {line.split(",")[1].rsplit("_", 1)[0]
-                      for line in (course / "data/prepared/index.csv").read_text().split()
-                      if line.startswith("train,")}
+    train_patients = {
+        line.split(",")[1].rsplit("_", 1)[0]
+        for line in (course / "data/prepared/index.csv").read_text().split()
+        if line.startswith("train,")
+    }
     assert summary["patients"]["val_and_train"] == len(val_patients & train_patients) > 0
     assert "one eye in val and the other in train" in capsys.readouterr().err
 
@@ -190,12 +205,18 @@ def test_prepare_split_by_patients_leaves_none_on_both_sides(course, capsys):
 
 
 def test_split_by_patients_on_names_without_eyes_is_an_error_naming_the_key(tmp_path, monkeypatch):
-    _course(tmp_path / "course", [(f"img{i}_x", i % 5) for i in range(10)],
-            [(f"img{i}_x", i % 5) for i in range(10, 15)])
+    _course(
+        tmp_path / "course",
+        [(f"img{i}_x", i % 5) for i in range(10)],
+        [(f"img{i}_x", i % 5) for i in range(10, 15)],
+    )
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, data={"root": "course", "split": "patients"})
-    with pytest.raises(RetinopathyError, match=r"`data.split` is patients, but no listed image is named "
-                       r"<patient>_left or <patient>_right .*set data.split: lists"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"`data.split` is patients, but no listed image is named "
+        r"<patient>_left or <patient>_right .*set data.split: lists",
+    ):
         prepare.prepare(load_params("params.yaml"), tmp_path / "data/prepared")
     assert not (tmp_path / "data/prepared").exists()
 
@@ -220,10 +241,14 @@ def _report_with(tmp_path: Path, counts: dict | None) -> str:
 def test_the_report_names_the_leakage_of_the_course_lists(tmp_path, lab):
     counts = leakage({"train": lab.train, "val": [], "test": lab.test}, "lists")
     report = _report_with(tmp_path, counts)
-    assert "Patients (`data.split: lists`): train 16859, test 6322; 87.1% of the 11241 training patients " \
-           "with both eyes listed have one grade in both." in report
-    assert "> **WARNING: patients on both sides of the split.** 5618 patients have one eye in test and " \
-           "the other in train/val" in report
+    assert (
+        "Patients (`data.split: lists`): train 16859, test 6322; 87.1% of the 11241 training patients "
+        "with both eyes listed have one grade in both." in report
+    )
+    assert (
+        "> **WARNING: patients on both sides of the split.** 5618 patients have one eye in test and "
+        "the other in train/val" in report
+    )
     assert "flattered" in report
 
 
@@ -236,6 +261,9 @@ def test_the_report_of_a_split_by_patient_has_no_warning(tmp_path, lab):
 
 def test_a_report_of_metrics_from_before_the_count_is_refused_with_the_rerun(tmp_path):
     # The typed record is read whole or not at all: no report without the count, and the fix.
-    with pytest.raises(RetinopathyError, match=r"scratch.info.json: the key 'patients' is missing.*"
-                                               r"dvc repro -f evaluate@scratch"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"scratch.info.json: the key 'patients' is missing.*"
+        r"dvc repro -f evaluate@scratch",
+    ):
         _report_with(tmp_path, None)

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def run(folder: Path, *command: str, stdout_only: bool = False) -> str:
-    result = subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        command, cwd=folder, env=subprocess_env(), capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout if stdout_only else result.stdout + result.stderr
 
@@ -67,9 +68,20 @@ def commit(folder: Path, message: str) -> None:
 def test_dvc_pipeline_end_to_end(project, tmp_path):
     # 1. Offline: scratch trained, pretrained skipped with the reason and the fix.
     output = run(project, "dvc", "repro")
-    assert {"demo-data", "prepare", "weights", "train@scratch", "train@pretrained", "evaluate@scratch",
-            "evaluate@pretrained", "fuse@scratch", "fuse@pretrained", "explain@scratch", "explain@pretrained",
-            "report"} <= ran(output)
+    assert {
+        "demo-data",
+        "prepare",
+        "weights",
+        "train@scratch",
+        "train@pretrained",
+        "evaluate@scratch",
+        "evaluate@pretrained",
+        "fuse@scratch",
+        "fuse@pretrained",
+        "explain@scratch",
+        "explain@pretrained",
+        "report",
+    } <= ran(output)
     assert "warning: pretrained arm skipped" in output
     scratch = json.loads((project / "metrics/scratch.info.json").read_text())
     skipped = json.loads((project / "metrics/pretrained.info.json").read_text())
@@ -87,13 +99,16 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
 
     # 2b. A setting that fails (no GPU here) stops the first stage, before any output is removed.
     if not torch.cuda.is_available():
-        kept = {path: (project / path).read_bytes() for path in
-                ("metrics/history/scratch.csv", "metrics/scratch.json", "plots/report.md")}
+        kept = {
+            path: (project / path).read_bytes()
+            for path in ("metrics/history/scratch.csv", "metrics/scratch.json", "plots/report.md")
+        }
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["train"]["device"] = "cuda"
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        failed = subprocess.run(["dvc", "repro"], cwd=project, env=subprocess_env(), capture_output=True,
-                                text=True, timeout=900)
+        failed = subprocess.run(
+            ["dvc", "repro"], cwd=project, env=subprocess_env(), capture_output=True, text=True, timeout=900
+        )
         assert failed.returncode != 0 and "sees no CUDA GPU" in failed.stdout + failed.stderr
         assert ran(failed.stdout + failed.stderr) == {"weights"}
         assert {path: (project / path).read_bytes() for path in kept} == kept
@@ -110,8 +125,14 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     params["train"]["weights"] = files
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = run(project, "dvc", "repro")
-    assert ran(output) == {"weights", "train@pretrained", "evaluate@pretrained", "fuse@pretrained",
-                           "explain@pretrained", "report"}
+    assert ran(output) == {
+        "weights",
+        "train@pretrained",
+        "evaluate@pretrained",
+        "fuse@pretrained",
+        "explain@pretrained",
+        "report",
+    }
     pretrained = json.loads((project / "metrics/pretrained.info.json").read_text())
     assert pretrained["status"] == "trained" and files["resnet18"] in pretrained["weights"]
     assert "imagenet" not in json.dumps(pretrained).lower()
@@ -121,10 +142,15 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert "metrics/scratch.json" in metrics and "metrics/pretrained.json" in metrics
     assert max(len(line) for line in metrics.splitlines()) <= 120, metrics  # reads at a glance
     shown = json.loads(run(project, "dvc", "metrics", "show", "--json", stdout_only=True))
-    values = [value for source in shown.values() for file in source["data"].values()
-              for value in file["data"].values()]
-    assert len(values) >= 2 * 12 and all(isinstance(v, int | float) and not isinstance(v, bool)
-                                         for v in values), shown
+    values = [
+        value
+        for source in shown.values()
+        for file in source["data"].values()
+        for value in file["data"].values()
+    ]
+    assert len(values) >= 2 * 12 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ), shown
     run(project, "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "plots-html"))
     assert (tmp_path / "plots-html" / "index.html").is_file()
     commit(project, "pretrained from a file")
@@ -157,8 +183,9 @@ def test_a_change_to_the_demo_painter_reruns_only_demo_data_on_other_data(projec
     # The course layout in data/course (images drawn by the demo painter, but not the demo folder).
     from retinopathy.stages.demo_data import write_demo_dataset
 
-    write_demo_dataset(project / "data/course", seed=1, train_size=20, test_size=10, image_size=48,
-                       variation=True)
+    write_demo_dataset(
+        project / "data/course", seed=1, train_size=20, test_size=10, image_size=48, variation=True
+    )
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["root"] = "data/course"
     params["train"]["epochs"] = 1

@@ -51,15 +51,19 @@ def _run(project: Path, settings: dict[str, str], evaluate: bool) -> dict[str, s
     """Train (and evaluate) the scratch arm in a fresh process; digests of what it wrote, then clear it."""
     env = {k: v for k, v in subprocess_env().items() if k not in CLEAN} | settings
     code = TRAIN + (EVALUATE if evaluate else "") + ")"
-    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "portable mode:" not in done.stderr, done.stderr  # no pin failed
     files = Layout().arm("scratch")
     state = torch.load(project / files.last, map_location="cpu", weights_only=False)
     weights = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in state["model"].values()))
-    out = {"weights": weights.hexdigest(), "history": (project / files.history).read_text(),
-           "numerics": json.dumps(state["fingerprint_inputs"]["numerics"], sort_keys=True)}
+    out = {
+        "weights": weights.hexdigest(),
+        "history": (project / files.history).read_text(),
+        "numerics": json.dumps(state["fingerprint_inputs"]["numerics"], sort_keys=True),
+    }
     if evaluate:
         out["metrics"] = (project / files.metrics).read_text()
         out["info"] = (project / files.info).read_text()
@@ -69,8 +73,10 @@ def _run(project: Path, settings: dict[str, str], evaluate: bool) -> dict[str, s
 
 
 def _overrides(mode: str) -> dict:
-    return {"demo": {"train_size": 16, "test_size": 10},
-            "train": {"epochs": 1, "precise_bn_images": 8, "portable": mode}}
+    return {
+        "demo": {"train_size": 16, "test_size": 10},
+        "train": {"epochs": 1, "precise_bn_images": 8, "portable": mode},
+    }
 
 
 def _write_params(project: Path, mode: str) -> None:
@@ -114,15 +120,19 @@ def environment(monkeypatch):
     return monkeypatch
 
 
-@pytest.mark.parametrize(("train", "decision", "pinned"), [
-    ({"portable": "auto", "device": "cpu"}, "auto", True),
-    ({"portable": "auto", "device": "auto"}, "auto", True),  # CUDA or not is known only once torch runs
-    ({"portable": "auto", "device": "cuda"}, "off", False),  # the fast path on the GPU
-    ({"portable": True, "device": "cuda"}, "on", True),  # YAML reads `on` as true
-    ({"portable": "off", "device": "cpu"}, "off", False),
-])
-def test_prepare_sets_the_pins_from_params_before_torch_starts(tmp_path, environment, train, decision,
-                                                                 pinned):
+@pytest.mark.parametrize(
+    ("train", "decision", "pinned"),
+    [
+        ({"portable": "auto", "device": "cpu"}, "auto", True),
+        ({"portable": "auto", "device": "auto"}, "auto", True),  # CUDA or not is known only once torch runs
+        ({"portable": "auto", "device": "cuda"}, "off", False),  # the fast path on the GPU
+        ({"portable": True, "device": "cuda"}, "on", True),  # YAML reads `on` as true
+        ({"portable": "off", "device": "cpu"}, "off", False),
+    ],
+)
+def test_prepare_sets_the_pins_from_params_before_torch_starts(
+    tmp_path, environment, train, decision, pinned
+):
     write_params(tmp_path, train=train)
     portable.prepare(["--init", "scratch", "--params", str(tmp_path / "params.yaml")])
     assert os.environ[portable.DECISION] == decision

@@ -69,14 +69,24 @@ def test_two_queued_experiments_side_by_side_match_plain_runs(tmp_path):
     queued = new_project(tmp_path / "queued", epochs=1)
     commit(queued, "tiny project")
     for name, settings in SETTINGS.items():
-        run(queued, "dvc", "exp", "run", "--queue", "-n", name,
-            *[f"-S{key}={value}" for key, value in settings.items()], TARGET)
+        run(
+            queued,
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            name,
+            *[f"-S{key}={value}" for key, value in settings.items()],
+            TARGET,
+        )
     try:
         run(queued, "dvc", "queue", "start", "-j", "2")
         shown = wait_for_queue(queued)
     finally:
-        subprocess.run(["dvc", "queue", "stop"], cwd=queued, env=subprocess_env(), capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            ["dvc", "queue", "stop"], cwd=queued, env=subprocess_env(), capture_output=True, timeout=120
+        )
     assert shown.count("Success") == 2, shown + run(queued, "dvc", "queue", "logs", "qb")
     experiments = json.loads(run(queued, "dvc", "exp", "show", "--json", "--no-pager", stdout_only=True))
     for name in SETTINGS:

@@ -29,8 +29,9 @@ from retinopathy.stages import evaluate, prepare, train
 
 CPU = torch.device("cpu")
 OFF = AugmentParams(flip=False, rotate=0.0, scale=None, translate=0.0, brightness=0.0, contrast=0.0)
-FIELD = AugmentParams(flip=True, rotate=180.0, scale=[0.87, 1.15], translate=0.2, brightness=0.2,
-                      contrast=0.2)
+FIELD = AugmentParams(
+    flip=True, rotate=180.0, scale=[0.87, 1.15], translate=0.2, brightness=0.2, contrast=0.2
+)
 
 
 def batch(n: int = 4, side: int = 16, seed: int = 0) -> torch.Tensor:
@@ -117,8 +118,9 @@ def test_the_learning_rate_per_step_warms_up_then_follows_the_schedule():
 
 def test_nesterov_reaches_the_optimizer():
     runtime = plain_runtime(CPU)
-    optimizer = make_optimizer(torch.nn.Linear(2, 1), runtime, lr=0.1, momentum=0.9, weight_decay=0,
-                               nesterov=True)
+    optimizer = make_optimizer(
+        torch.nn.Linear(2, 1), runtime, lr=0.1, momentum=0.9, weight_decay=0, nesterov=True
+    )
     assert optimizer.param_groups[0]["nesterov"] is True
 
 
@@ -189,8 +191,9 @@ def test_tta_averages_the_scores_over_the_four_flips():
     averaged = loops.predict_scores(model, images, runtime, head, tta=True)
     torch.testing.assert_close(averaged, expected)
     assert not torch.allclose(averaged, head.scores(model(images)))
-    scores, grades, _ = loops.predict(model, [(images, torch.zeros(3, dtype=torch.int64))], runtime, head,
-                                      tta=True)
+    scores, grades, _ = loops.predict(
+        model, [(images, torch.zeros(3, dtype=torch.int64))], runtime, head, tta=True
+    )
     assert torch.equal(grades, averaged.argmax(1)) and torch.allclose(scores, averaged)
 
 
@@ -202,8 +205,14 @@ def test_graham_subtracts_the_local_average_and_greys_the_rim():
     spotted[..., 32, 32] = 200.0  # a small bright lesion stands out
     assert graham(spotted)[0, 0, 32, 32] == 255.0
     assert graham(spotted)[0, 0, 0, 0] == 128.0  # outside 90% of the radius
-    spec = GraderSpec(model="resnet18", image_size=None, normalize="none", preprocess="graham",
-                      loss="cross_entropy", thresholds=None)
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=None,
+        normalize="none",
+        preprocess="graham",
+        loss="cross_entropy",
+        thresholds=None,
+    )
     grader = Grader(resnet18(num_classes=5), spec)
     expected = torch.full((1, 3, 64, 64), 128 / 255)
     assert torch.allclose(grader.transform(flat.to(torch.uint8)), expected, atol=1e-3)
@@ -215,8 +224,14 @@ def test_graham_subtracts_the_local_average_and_greys_the_rim():
 def test_every_knob_off_trains_exactly_like_the_labs_loop():
     torch.manual_seed(0)
     net = resnet18(num_classes=5)
-    spec = GraderSpec(model="resnet18", image_size=None, normalize="imagenet", preprocess="none",
-                      loss="cross_entropy", thresholds=None)
+    spec = GraderSpec(
+        model="resnet18",
+        image_size=None,
+        normalize="imagenet",
+        preprocess="none",
+        loss="cross_entropy",
+        thresholds=None,
+    )
     batches = [(batch(4, 32, seed), torch.tensor([0, 1, 2, 4])) for seed in range(3)]
     runtime = plain_runtime(CPU)
     ours = Grader(copy.deepcopy(net), spec)
@@ -247,10 +262,25 @@ def test_every_knob_off_trains_exactly_like_the_labs_loop():
 
 FIELD_PARAMS = {
     "data": {"val_fraction": 0.25, "preprocess": "graham"},
-    "augment": {"flip": True, "rotate": 180, "scale": [0.87, 1.15], "translate": 0.2, "brightness": 0.2,
-                "contrast": 0.2},
-    "train": {"loss": "regression", "tune_thresholds": True, "select_by": "kappa", "schedule": "cosine",
-              "warmup_epochs": 1, "nesterov": True, "class_balance": "sampler", "epochs": 3, "lr": 0.001},
+    "augment": {
+        "flip": True,
+        "rotate": 180,
+        "scale": [0.87, 1.15],
+        "translate": 0.2,
+        "brightness": 0.2,
+        "contrast": 0.2,
+    },
+    "train": {
+        "loss": "regression",
+        "tune_thresholds": True,
+        "select_by": "kappa",
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "nesterov": True,
+        "class_balance": "sampler",
+        "epochs": 3,
+        "lr": 0.001,
+    },
     "evaluate": {"tta": "flips"},
 }
 

@@ -25,8 +25,9 @@ SIDE = 64  # small enough for every architecture on a CPU, large enough for its 
 
 
 def spec(model: str, loss: str = "cross_entropy") -> GraderSpec:
-    return GraderSpec(model=model, image_size=None, normalize="imagenet", preprocess="none", loss=loss,
-                      thresholds=None)
+    return GraderSpec(
+        model=model, image_size=None, normalize="imagenet", preprocess="none", loss=loss, thresholds=None
+    )
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -72,7 +73,9 @@ def test_the_grad_cam_layers_exist_with_the_recorded_strides(model, net):
     def keep_size(path: str):
         def hook(_module, _inputs, output) -> None:
             sizes[path] = tuple(output.shape[-2:])
+
         return hook
+
     hooks = [net.get_submodule(path).register_forward_hook(keep_size(path)) for path, _ in record.cam_layers]
     with torch.no_grad():
         net(torch.zeros(1, 3, SIDE, SIDE))
@@ -148,32 +151,59 @@ def test_a_per_model_mapping_names_the_models_it_overrides_and_the_rest_take_the
     assert for_model(7, "convnext_tiny", "train.epochs") == 7
     mapping = {DEFAULT: 4, "resnet50": 5}
     assert [for_model(mapping, m, "train.epochs") for m in MODELS] == [4, 5, 4, 4]
-    with pytest.raises(RetinopathyError, match=r"`train.epochs` has no value for convnext_tiny \(it names "
-                       r"resnet50\); add `default: <value>`"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"`train.epochs` has no value for convnext_tiny \(it names "
+        r"resnet50\); add `default: <value>`",
+    ):
         for_model({"resnet50": 5}, "convnext_tiny", "train.epochs")
-    params = parse_params(shipped_with("efficientnet_b0", epochs={DEFAULT: 2, "efficientnet_b0": 3},
-                                       weights={DEFAULT: "imagenet", "resnet18": "r18.pth"},
-                                       zero_init_residual={DEFAULT: False, "resnet50": True}))
+    params = parse_params(
+        shipped_with(
+            "efficientnet_b0",
+            epochs={DEFAULT: 2, "efficientnet_b0": 3},
+            weights={DEFAULT: "imagenet", "resnet18": "r18.pth"},
+            zero_init_residual={DEFAULT: False, "resnet50": True},
+        )
+    )
     train = params.train
     assert (train.epochs_for("efficientnet_b0"), train.epochs_for("resnet50")) == (3, 2)
     assert (train.weights_for("efficientnet_b0"), train.weights_for("resnet18")) == ("imagenet", "r18.pth")
     assert not train.zero_init_for("efficientnet_b0") and train.zero_init_for("resnet50")
 
 
-@pytest.mark.parametrize(("model", "train", "message"), [
-    ("resnet18", {"epochs": {DEFAULT: 2, "resnet_50": 3}},
-     r"p.yaml: `train.epochs.resnet_50` is not a model's name; a per-model mapping takes `default`"),
-    ("resnet18", {"weights": {"convnext": "a.pth"}}, r"`train.weights.convnext` is not a model's name"),
-    ("resnet18", {"zero_init_residual": {}}, r"`train.zero_init_residual` is empty"),
-    ("resnet18", {"epochs": {DEFAULT: 0}}, r"`train.epochs.default` must be an integer >= 1"),
-    ("convnext_tiny", {"weights": {"resnet18": "a.pth"}}, r"`train.weights` has no value for convnext_tiny"),
-    ("convnext_tiny", {"zero_init_residual": True},
-     r"`train.zero_init_residual` is true for convnext_tiny, which has no residual blocks"),
-    ("efficientnet_b0", {"zero_init_residual": {DEFAULT: False, "efficientnet_b0": True}},
-     r"`train.zero_init_residual.efficientnet_b0` is true for efficientnet_b0.*set it false"),
-    ("efficientnet_b0", {"epochs": {DEFAULT: 4, "efficientnet_b0": 1}, "warmup_epochs": 1},
-     r"`train.warmup_epochs` must be fewer than train.epochs \(1 for efficientnet_b0\)"),
-])
+@pytest.mark.parametrize(
+    ("model", "train", "message"),
+    [
+        (
+            "resnet18",
+            {"epochs": {DEFAULT: 2, "resnet_50": 3}},
+            r"p.yaml: `train.epochs.resnet_50` is not a model's name; a per-model mapping takes `default`",
+        ),
+        ("resnet18", {"weights": {"convnext": "a.pth"}}, r"`train.weights.convnext` is not a model's name"),
+        ("resnet18", {"zero_init_residual": {}}, r"`train.zero_init_residual` is empty"),
+        ("resnet18", {"epochs": {DEFAULT: 0}}, r"`train.epochs.default` must be an integer >= 1"),
+        (
+            "convnext_tiny",
+            {"weights": {"resnet18": "a.pth"}},
+            r"`train.weights` has no value for convnext_tiny",
+        ),
+        (
+            "convnext_tiny",
+            {"zero_init_residual": True},
+            r"`train.zero_init_residual` is true for convnext_tiny, which has no residual blocks",
+        ),
+        (
+            "efficientnet_b0",
+            {"zero_init_residual": {DEFAULT: False, "efficientnet_b0": True}},
+            r"`train.zero_init_residual.efficientnet_b0` is true for efficientnet_b0.*set it false",
+        ),
+        (
+            "efficientnet_b0",
+            {"epochs": {DEFAULT: 4, "efficientnet_b0": 1}, "warmup_epochs": 1},
+            r"`train.warmup_epochs` must be fewer than train.epochs \(1 for efficientnet_b0\)",
+        ),
+    ],
+)
 def test_bad_per_model_params_name_the_key_and_the_fix(model, train, message):
     with pytest.raises(RetinopathyError, match=message):
         parse_params(shipped_with(model, **train), "p.yaml")
@@ -206,18 +236,38 @@ def test_the_compare_table_has_a_row_per_model_the_experiments_trained():
     from retinopathy.reporting.results import Arm
 
     def experiment(name: str, model: str, acc: float) -> Experiment:
-        info = EvaluationInfo(model=model, init="scratch", weights="random", data="data/demo", synthetic=True,
-                              selection="test", select_by="accuracy", selection_rule="highest test accuracy",
-                              tta="none", epochs=1, test_size=4, decoder="pillow",
-                              trained_with_decoder="pillow", fingerprint="0123456789abcdef", numerics={},
-                              patients={})
+        info = EvaluationInfo(
+            model=model,
+            init="scratch",
+            weights="random",
+            data="data/demo",
+            synthetic=True,
+            selection="test",
+            select_by="accuracy",
+            selection_rule="highest test accuracy",
+            tta="none",
+            epochs=1,
+            test_size=4,
+            decoder="pillow",
+            trained_with_decoder="pillow",
+            fingerprint="0123456789abcdef",
+            numerics={},
+            patients={},
+        )
         trained = Arm("scratch", info, {"acc": acc, "kappa": 0.5})
         skipped = Arm("pretrained", Skipped(model=model, init="pretrained", reason="offline", fix="-"), {})
         return Experiment(name, name, {"model": model}, {"scratch": trained, "pretrained": skipped})
 
     assert lab_table([experiment("a", "convnext_tiny", 0.5)]) is None  # one model: nothing side by side
-    table = lab_table([experiment("a", "convnext_tiny", 0.5), experiment("b", "resnet18", 0.25),
-                       experiment("c", "efficientnet_b0", 0.75)])
-    assert table[2:] == ["| ResNet18 | 25.0% (0.500) b | not trained |",
-                         "| EfficientNet-B0 | 75.0% (0.500) c | not trained |",
-                         "| ConvNeXt-Tiny | 50.0% (0.500) a | not trained |"]
+    table = lab_table(
+        [
+            experiment("a", "convnext_tiny", 0.5),
+            experiment("b", "resnet18", 0.25),
+            experiment("c", "efficientnet_b0", 0.75),
+        ]
+    )
+    assert table[2:] == [
+        "| ResNet18 | 25.0% (0.500) b | not trained |",
+        "| EfficientNet-B0 | 75.0% (0.500) c | not trained |",
+        "| ConvNeXt-Tiny | 50.0% (0.500) a | not trained |",
+    ]

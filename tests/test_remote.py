@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 def run(folder: Path, *command: str, env: dict | None = None, stdout_only: bool = False) -> str:
-    result = subprocess.run(command, cwd=folder, env=env or subprocess_env(), capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        command, cwd=folder, env=env or subprocess_env(), capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout if stdout_only else result.stdout + result.stderr
 
@@ -61,8 +62,17 @@ def commit(folder: Path, message: str) -> None:
 
 
 def status(folder: Path, env: dict | None = None) -> dict:
-    return json.loads(subprocess.run(["dvc", "status", "--json"], cwd=folder, env=env or subprocess_env(),
-                                     capture_output=True, text=True, timeout=300, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            ["dvc", "status", "--json"],
+            cwd=folder,
+            env=env or subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    )
 
 
 def history(folder: Path) -> list[dict]:
@@ -98,14 +108,25 @@ def test_push_clone_pull_reruns_nothing_and_resumes(tmp_path):
     # The pulled checkpoint grades images and exports.
     images = sorted((clone / "data/demo").glob("*.jpeg"))[:3]
     assert images
-    run(clone, "retinopathy", "predict", *map(str, images), "--arm", "scratch", "--out", "graded.csv",
-        env=env)
+    run(
+        clone, "retinopathy", "predict", *map(str, images), "--arm", "scratch", "--out", "graded.csv", env=env
+    )
     with open(clone / "graded.csv", newline="") as stream:
         graded = list(csv.DictReader(stream))
     assert [Path(row["image"]).name for row in graded] == [image.name for image in images]
     assert all(row["grade"] in "01234" and not row["error"] for row in graded), graded
-    run(clone, "retinopathy", "export", "--arm", "scratch", "--format", "torchscript", "--out", "grader.pt",
-        env=env)
+    run(
+        clone,
+        "retinopathy",
+        "export",
+        "--arm",
+        "scratch",
+        "--format",
+        "torchscript",
+        "--out",
+        "grader.pt",
+        env=env,
+    )
     assert (clone / "grader.pt").stat().st_size > 1_000_000
 
     # Raising the epochs resumes the pulled arm after epoch 1: the first row is kept as it was.

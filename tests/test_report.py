@@ -18,8 +18,14 @@ from retinopathy.evaluation import screening
 from retinopathy.evaluation.screening_files import write_screening
 from retinopathy.stages.report import main, write_report
 
-FIGURES = ("accuracy.png", "confusion_scratch.png", "confusion_pretrained.png", "best_accuracy.png",
-           "roc.png", "reliability.png")
+FIGURES = (
+    "accuracy.png",
+    "confusion_scratch.png",
+    "confusion_pretrained.png",
+    "best_accuracy.png",
+    "roc.png",
+    "reliability.png",
+)
 COUNTS = [
     [137, 3, 6, 0, 1],
     [8, 2, 0, 0, 0],
@@ -31,20 +37,44 @@ COUNTS = [
 
 def _trained(arm: str, best: float, val: bool = False) -> tuple[dict, EvaluationInfo]:
     """The metrics (numbers) and info (words) evaluate writes for a trained arm."""
-    metrics = {"acc": best, "bacc": 0.61, "base": 0.7336, "epoch": 3, "kappa": 0.72,
-               "r0": 0.98, "r1": 0.2, "r2": 0.7, "r3": 0.5, "r4": 0.6, "train": 0.91}
+    metrics = {
+        "acc": best,
+        "bacc": 0.61,
+        "base": 0.7336,
+        "epoch": 3,
+        "kappa": 0.72,
+        "r0": 0.98,
+        "r1": 0.2,
+        "r2": 0.7,
+        "r3": 0.5,
+        "r4": 0.6,
+        "train": 0.91,
+    }
     info = EvaluationInfo(
-        model="resnet18", init=arm,
+        model="resnet18",
+        init=arm,
         weights="random initialisation (seed 0)" if arm == "scratch" else "ImageNet",
-        data="data/demo", synthetic=True,
-        selection="validation" if val else "test", select_by="accuracy",
+        data="data/demo",
+        synthetic=True,
+        selection="validation" if val else "test",
+        select_by="accuracy",
         selection_rule="epoch with the highest "
         + ("validation accuracy" if val else "test accuracy (the lab's rule)"),
-        tta="none", epochs=4, test_size=200, decoder="libjpeg-turbo", trained_with_decoder="libjpeg-turbo",
-        fingerprint="0123456789abcdef", numerics={"portable": True},
-        patients=leakage({"train": [Record(f"{n}_{eye}", 0) for n in range(8) for eye in ("left", "right")],
-                          "val": [], "test": [Record(f"{n}_{eye}", 0) for n in range(8, 10)
-                                              for eye in ("left", "right")]}, "lists"),
+        tta="none",
+        epochs=4,
+        test_size=200,
+        decoder="libjpeg-turbo",
+        trained_with_decoder="libjpeg-turbo",
+        fingerprint="0123456789abcdef",
+        numerics={"portable": True},
+        patients=leakage(
+            {
+                "train": [Record(f"{n}_{eye}", 0) for n in range(8) for eye in ("left", "right")],
+                "val": [],
+                "test": [Record(f"{n}_{eye}", 0) for n in range(8, 10) for eye in ("left", "right")],
+            },
+            "lists",
+        ),
     )
     if val:
         metrics["val"] = 0.9
@@ -52,7 +82,8 @@ def _trained(arm: str, best: float, val: bool = False) -> tuple[dict, Evaluation
 
 
 SKIPPED = Skipped(
-    model="resnet18", init="pretrained",
+    model="resnet18",
+    init="pretrained",
     reason="ImageNet weights for resnet18 are not in the torchvision cache and could not be "
     "downloaded (no network)",
     fix="put resnet18-f37072fd.pth in /root/.cache/torch/hub/checkpoints/",
@@ -62,8 +93,7 @@ SKIPPED = Skipped(
 def _confusion_csv(rows: list[list[float]] | None) -> str:
     lines = ["actual,0,1,2,3,4"]
     for grade, row in enumerate(rows or []):
-        lines.append(",".join([str(grade), *(f"{v:.4f}" if isinstance(v, float) else str(v)
-                                             for v in row)]))
+        lines.append(",".join([str(grade), *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row)]))
     return "\n".join(lines) + "\n"
 
 
@@ -88,13 +118,22 @@ def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> 
         normalized = [[c / sum(row) for c in row] for row in COUNTS]
         trained = arm not in skip
         (metrics / "confusion" / f"{arm}_normalized.csv").write_text(
-            _confusion_csv(normalized if trained else None))
-        (metrics / "confusion" / f"{arm}_counts.csv").write_text(
-            _confusion_csv(COUNTS if trained else None))
+            _confusion_csv(normalized if trained else None)
+        )
+        (metrics / "confusion" / f"{arm}_counts.csv").write_text(_confusion_csv(COUNTS if trained else None))
         test = screening_split(200, 1 if arm == "scratch" else 2) if trained else None
-        record = screening.record(test, screening_split(60, 3) if val else None,
-                                  {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0,
-                                  probabilities=True) if trained else None
+        record = (
+            screening.record(
+                test,
+                screening_split(60, 3) if val else None,
+                {"high_sensitivity": 0.9, "high_specificity": 0.9},
+                50,
+                0,
+                probabilities=True,
+            )
+            if trained
+            else None
+        )
         write_screening(Layout(metrics=metrics).arm(arm).screening_files, record, test, probabilities=True)
     return metrics
 
@@ -103,10 +142,18 @@ def write_fused(metrics: Path, arm: str, method: str = "blend") -> dict:
     """Write the `fuse` stage's headline and screening files of ``arm``; return the screening record."""
     layout = Layout(metrics=metrics)
     test = screening_split(200, 7)
-    record = screening.record(test, None, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0,
-                              probabilities=True)
-    record["fusion"] = {"method": method, "selection": "epoch 7 of 60, the lowest validation loss",
-                        "epoch": 7, "images": 200, "fused": 196, "single_no_partner": 4, "val_images": 0}
+    record = screening.record(
+        test, None, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0, probabilities=True
+    )
+    record["fusion"] = {
+        "method": method,
+        "selection": "epoch 7 of 60, the lowest validation loss",
+        "epoch": 7,
+        "images": 200,
+        "fused": 196,
+        "single_no_partner": 4,
+        "val_images": 0,
+    }
     write_screening(layout.fused(arm), record, test, probabilities=True)
     layout.fused_metrics(arm).write_text(json.dumps({"acc": 0.777, "bacc": 0.5, "kappa": 0.654}))
     return record
@@ -119,8 +166,9 @@ def screening_split(images: int, seed: int) -> screening.Scored:
     actual = rng.choice(5, size=images, p=[0.55, 0.15, 0.18, 0.07, 0.05])
     logits = rng.normal(size=(images, 5)) + 1.6 * np.eye(5)[actual]
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    return screening.scored([str(i // 2) for i in range(images)], actual, probabilities.argmax(1),
-                            probabilities, regression=False)
+    return screening.scored(
+        [str(i // 2) for i in range(images)], actual, probabilities.argmax(1), probabilities, regression=False
+    )
 
 
 def _check_figures(out: Path) -> None:
@@ -156,7 +204,7 @@ def test_the_fused_grades_beside_the_single_eye_ones(tmp_path: Path) -> None:
     (metrics / "fused" / "pretrained.json").write_text("{}")  # a skipped arm: nothing fused
     write_report(metrics, tmp_path / "plots")
     report = (tmp_path / "plots" / "report.md").read_text()
-    section = report[report.index("## Both eyes (fusion)"):report.index("## Confusion matrices")]
+    section = report[report.index("## Both eyes (fusion)") : report.index("## Confusion matrices")]
     alone = json.loads((metrics / "scratch.screening.json").read_text())
     assert "graded with both eyes 196, alone for want of the other eye 4" in section
     assert "epoch 7 of 60, the lowest validation loss" in section
@@ -166,8 +214,9 @@ def test_the_fused_grades_beside_the_single_eye_ones(tmp_path: Path) -> None:
         for figures in (alone[level], record[level]):
             entry = figures["auc_referable"]
             assert f"{entry['value']:.3f} [{entry['low']:.3f}-{entry['high']:.3f}]" in row
-    header = ("| figure | alone, per image | both eyes, per image | alone, per patient | "
-              "both eyes, per patient |")
+    header = (
+        "| figure | alone, per image | both eyes, per image | alone, per patient | both eyes, per patient |"
+    )
     assert header in section
 
 
@@ -214,8 +263,10 @@ def test_rerun_replaces_its_own_files_and_links_the_heat_maps(tmp_path: Path) ->
     out.mkdir()
     Image.new("RGB", (4, 4)).save(out / "accuracy.png")  # an earlier report's figure, linked from it
     old = (out / "accuracy.png").read_bytes()
-    (out / "report.md").write_text("# ResNet18: diabetic retinopathy grading, scratch vs pretrained\n\n"
-                                   "![accuracy per epoch](accuracy.png)\n")
+    (out / "report.md").write_text(
+        "# ResNet18: diabetic retinopathy grading, scratch vs pretrained\n\n"
+        "![accuracy per epoch](accuracy.png)\n"
+    )
     (out / "explain_scratch.png").write_bytes(b"the explain stage's")  # not the report's to replace
     write_report(metrics, out)
     assert (out / "accuracy.png").read_bytes() != old
@@ -260,8 +311,9 @@ def _remove_info(metrics: Path) -> Path:
 def _unversioned_info(metrics: Path) -> Path:
     """An info.json as evaluate wrote it before records were versioned."""
     path = metrics / "scratch.info.json"
-    path.write_text(json.dumps({key: value for key, value in json.loads(path.read_text()).items()
-                                if key != "version"}))
+    path.write_text(
+        json.dumps({key: value for key, value in json.loads(path.read_text()).items() if key != "version"})
+    )
     return path
 
 
@@ -279,15 +331,16 @@ def _words_in_metrics(metrics: Path) -> Path:
         (_drop_history_column, "epoch missing"),
         (_remove_json, "dvc repro evaluate"),
         (_remove_info, "dvc repro evaluate"),
-        (_unversioned_info, "before records were versioned, but this version of retinopathy reads format "
-                            "version 1 only; run `dvc repro -f evaluate@scratch`"),
+        (
+            _unversioned_info,
+            "before records were versioned, but this version of retinopathy reads format "
+            "version 1 only; run `dvc repro -f evaluate@scratch`",
+        ),
         (_words_in_metrics, "not one of the numbers"),
     ],
 )
 @pytest.mark.parametrize("existing", [False, True])
-def test_errors_name_the_file_and_leave_no_output(
-    tmp_path: Path, damage, words: str, existing: bool
-) -> None:
+def test_errors_name_the_file_and_leave_no_output(tmp_path: Path, damage, words: str, existing: bool) -> None:
     metrics = write_metrics(tmp_path)
     out = tmp_path / "plots"
     if existing:
@@ -334,13 +387,16 @@ def test_an_arm_at_the_majority_baseline_is_flagged(tmp_path: Path) -> None:
     _check_figures(out)
 
 
-@pytest.mark.parametrize(("numbers", "flagged"), [
-    ({"acc": 0.7336, "base": 0.7336, "kappa": 0.0, "bacc": 0.2}, True),  # always grade 0
-    ({"acc": 0.17, "base": 0.735, "kappa": 0.008, "bacc": 0.21}, True),  # issue 21's ResNet50 epoch 1
-    ({"acc": 0.738, "base": 0.735, "kappa": 0.08, "bacc": 0.23}, True),  # grade 0 nearly always
-    ({"acc": 0.738, "base": 0.735, "kappa": 0.30, "bacc": 0.40}, False),  # same accuracy, learned grades
-    ({"acc": 0.885, "base": 0.735, "kappa": 0.89, "bacc": 0.40}, False),
-])
+@pytest.mark.parametrize(
+    ("numbers", "flagged"),
+    [
+        ({"acc": 0.7336, "base": 0.7336, "kappa": 0.0, "bacc": 0.2}, True),  # always grade 0
+        ({"acc": 0.17, "base": 0.735, "kappa": 0.008, "bacc": 0.21}, True),  # issue 21's ResNet50 epoch 1
+        ({"acc": 0.738, "base": 0.735, "kappa": 0.08, "bacc": 0.23}, True),  # grade 0 nearly always
+        ({"acc": 0.738, "base": 0.735, "kappa": 0.30, "bacc": 0.40}, False),  # same accuracy, learned grades
+        ({"acc": 0.885, "base": 0.735, "kappa": 0.89, "bacc": 0.40}, False),
+    ],
+)
 def test_the_baseline_rule(numbers: dict, flagged: bool) -> None:
     from retinopathy.reporting.results import at_baseline
 

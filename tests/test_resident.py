@@ -82,11 +82,14 @@ def test_the_last_smaller_batch_runs_on_the_eager_model_so_nothing_compiles_agai
     inner = torch.nn.Linear(3 * 4 * 4, 5)
     compiled_sizes, eager_sizes = [], []
     model, eager = Counting(inner, compiled_sizes), Counting(inner, eager_sizes)
-    batches = [(torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.zeros(n, dtype=torch.int64))
-               for n in (4, 4, 3)]
+    batches = [
+        (torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.zeros(n, dtype=torch.int64))
+        for n in (4, 4, 3)
+    ]
     optimizer = torch.optim.SGD(inner.parameters(), lr=0.1)
-    loops.train_epoch(loops.Learner(model, optimizer, Head("cross_entropy"), eager=eager), batches,
-                      plain_runtime(CPU))
+    loops.train_epoch(
+        loops.Learner(model, optimizer, Head("cross_entropy"), eager=eager), batches, plain_runtime(CPU)
+    )
     assert compiled_sizes == [4, 4] and eager_sizes == [3]
 
 

@@ -77,8 +77,11 @@ def test_zero_init_residual_starts_every_block_as_the_identity(name: str, last_b
     zeroed = build_model(name, weights=None, zero_init_residual=True)
     blocks = [m for m in zeroed.modules() if hasattr(m, last_bn) and hasattr(m, "conv1")]
     assert blocks and all(getattr(b, last_bn).weight.detach().abs().sum().item() == 0 for b in blocks)
-    assert all(getattr(b, last_bn).weight.detach().abs().sum().item() > 0
-               for b in plain.modules() if hasattr(b, last_bn) and hasattr(b, "conv1"))
+    assert all(
+        getattr(b, last_bn).weight.detach().abs().sum().item() > 0
+        for b in plain.modules()
+        if hasattr(b, last_bn) and hasattr(b, "conv1")
+    )
     # Every block is the identity plus its shortcut: the residual branch adds nothing at the start.
     zeroed.eval()
     block = zeroed.layer1[1]

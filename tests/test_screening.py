@@ -33,15 +33,17 @@ def synthetic(patients: int, seed: int = 0, two_eyes: bool = True) -> screening.
     actual = np.array(actual)
     logits = rng.normal(size=(len(actual), 5)) + 2.0 * np.eye(5)[actual]
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    return screening.scored([patient_of(n) for n in names], actual, probabilities.argmax(1), probabilities,
-                            regression=False)
+    return screening.scored(
+        [patient_of(n) for n in names], actual, probabilities.argmax(1), probabilities, regression=False
+    )
 
 
 def patient_table(images: screening.Scored) -> dict[str, tuple[int, int, float, float]]:
     """Per patient, by brute force: worst true grade, worst predicted grade, highest scores."""
     out: dict[str, tuple[int, int, float, float]] = {}
-    for p, a, g, r, t in zip(images.patients, images.actual, images.predicted, images.referable,
-                             images.threatening, strict=True):
+    for p, a, g, r, t in zip(
+        images.patients, images.actual, images.predicted, images.referable, images.threatening, strict=True
+    ):
         old = out.get(p, (-1, -1, -np.inf, -np.inf))
         out[p] = (max(old[0], a), max(old[1], g), max(old[2], r), max(old[3], t))
     return out
@@ -56,9 +58,21 @@ def test_scores_are_the_probabilities_of_grade_2_or_worse_and_3_or_worse():
 
 
 def test_a_patient_is_the_worse_eye_and_the_higher_score():
-    images = screening.scored(["a", "a", "b", "c", "c"], np.array([0, 2, 1, 3, 0]), np.array([1, 0, 1, 0, 4]),
-                              np.array([[.9, .05, .05, 0, 0], [.2, .2, .2, .2, .2], [0, 1, 0, 0, 0],
-                                        [0, 0, 0, .5, .5], [.1, .1, .1, .1, .6]]), regression=False)
+    images = screening.scored(
+        ["a", "a", "b", "c", "c"],
+        np.array([0, 2, 1, 3, 0]),
+        np.array([1, 0, 1, 0, 4]),
+        np.array(
+            [
+                [0.9, 0.05, 0.05, 0, 0],
+                [0.2, 0.2, 0.2, 0.2, 0.2],
+                [0, 1, 0, 0, 0],
+                [0, 0, 0, 0.5, 0.5],
+                [0.1, 0.1, 0.1, 0.1, 0.6],
+            ]
+        ),
+        regression=False,
+    )
     patients = screening.per_patient(images)
     assert list(patients.patients) == ["a", "b", "c"]
     assert list(patients.actual) == [2, 1, 3] and list(patients.predicted) == [1, 1, 4]
@@ -72,8 +86,9 @@ def test_every_figure_matches_scikit_learn_per_image_and_per_patient(seed):
     table = patient_table(images)
     brute = np.array(list(table.values()), dtype=np.float64)
     for level, rows, (actual, predicted, referable, threatening) in (
-            ("image", images, (images.actual, images.predicted, images.referable, images.threatening)),
-            ("patient", screening.per_patient(images), brute.T)):
+        ("image", images, (images.actual, images.predicted, images.referable, images.threatening)),
+        ("patient", screening.per_patient(images), brute.T),
+    ):
         assert len(rows) == len(actual), level
         got = screening.figures(rows, {"high_sensitivity": 0.3})
         truth = actual >= 2
@@ -142,8 +157,13 @@ def test_intervals_contain_the_estimate_and_narrow_as_the_test_set_grows():
             for key in screening.FIGURES:
                 entry = result[level][key]
                 assert entry["low"] <= entry["value"] <= entry["high"], (patients, level, key)
-        widths.append([result[level][key]["high"] - result[level][key]["low"]
-                       for level in ("image", "patient") for key in screening.FIGURES])
+        widths.append(
+            [
+                result[level][key]["high"] - result[level][key]["low"]
+                for level in ("image", "patient")
+                for key in screening.FIGURES
+            ]
+        )
     assert all(big < small for small, big in zip(*widths, strict=True))
     again = screening.record(synthetic(40, 5), None, {}, resamples=200, seed=0, probabilities=True)
     assert again == screening.record(synthetic(40, 5), None, {}, resamples=200, seed=0, probabilities=True)
@@ -153,18 +173,21 @@ def test_resampling_keeps_a_patients_eyes_together():
     images = synthetic(30, 6)
     # Both eyes of every two-eyed patient agree exactly: then per image and per patient
     # accuracy are identical in every resample only if eyes are drawn together.
-    pairs = screening.Scored(images.patients, images.actual, images.actual.copy(), images.referable,
-                             images.threatening)
+    pairs = screening.Scored(
+        images.patients, images.actual, images.actual.copy(), images.referable, images.threatening
+    )
     intervals = screening.bootstrap(pairs, {}, 50, seed=1)
     assert intervals["image"]["accuracy"].low == intervals["image"]["accuracy"].high == 1.0
 
 
 def test_one_class_only_gives_undefined_figures_and_notes_never_a_number():
     images = synthetic(20, 7)
-    healthy = screening.Scored(images.patients, np.zeros_like(images.actual), images.predicted,
-                               images.referable, images.threatening)
-    val = screening.Scored(images.patients, np.zeros_like(images.actual), images.predicted,
-                           images.referable, images.threatening)
+    healthy = screening.Scored(
+        images.patients, np.zeros_like(images.actual), images.predicted, images.referable, images.threatening
+    )
+    val = screening.Scored(
+        images.patients, np.zeros_like(images.actual), images.predicted, images.referable, images.threatening
+    )
     result = screening.record(healthy, val, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 20, 0, True)
     for level in ("image", "patient"):
         assert result[level]["auc_referable"] == {"value": None, "low": None, "high": None, "undefined": 20}
@@ -186,16 +209,25 @@ def test_rare_class_in_resamples_is_counted_not_faked():
     assert any(f"undefined in {undefined} of 100 resamples" in note for note in result["notes"])
 
 
-@pytest.mark.parametrize(("section", "message"), [
-    ({"operating_points": {"high_sensitivity": 90, "high_specificity": 0.9}},
-     r"`evaluate.operating_points.high_sensitivity` must be a target in \(0, 1\]"),
-    ({"operating_points": {"high_sensitivity": 0.9, "high_specificity": 0}},
-     r"`evaluate.operating_points.high_specificity` must be a target"),
-    ({"operating_points": {"high_sensitivity": 0.9}},
-     r"`evaluate.operating_points` must be a mapping of exactly"),
-    ({"bootstrap": -1}, r"`evaluate.bootstrap` must be an integer >= 0"),
-    ({"seed": "x"}, r"`evaluate.seed` must be an integer seed"),
-])
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"operating_points": {"high_sensitivity": 90, "high_specificity": 0.9}},
+            r"`evaluate.operating_points.high_sensitivity` must be a target in \(0, 1\]",
+        ),
+        (
+            {"operating_points": {"high_sensitivity": 0.9, "high_specificity": 0}},
+            r"`evaluate.operating_points.high_specificity` must be a target",
+        ),
+        (
+            {"operating_points": {"high_sensitivity": 0.9}},
+            r"`evaluate.operating_points` must be a mapping of exactly",
+        ),
+        ({"bootstrap": -1}, r"`evaluate.bootstrap` must be an integer >= 0"),
+        ({"seed": "x"}, r"`evaluate.seed` must be an integer seed"),
+    ],
+)
 def test_bad_screening_settings_name_their_key(tmp_path, section, message):
     write_params(tmp_path, evaluate=section)
     with pytest.raises(RetinopathyError, match=message):
@@ -220,16 +252,31 @@ def test_every_screening_figure_is_recomputed_from_the_predictions_csv(tmp_path,
     from retinopathy.stages import evaluate, train
 
     monkeypatch.chdir(tmp_path)
-    make_tiny_project(tmp_path, data={"val_fraction": 0.3}, demo={"test_size": 30}, train={"epochs": 1},
-                      evaluate={"bootstrap": 30})
+    make_tiny_project(
+        tmp_path,
+        data={"val_fraction": 0.3},
+        demo={"test_size": 30},
+        train={"epochs": 1},
+        evaluate={"bootstrap": 30},
+    )
     params = load_params("params.yaml")
     train.train_arm(params, "scratch")
     evaluate.evaluate_arm(params, "scratch")
     record = json.loads(Path("metrics/scratch.screening.json").read_text())
     test = pd.read_csv("metrics/predictions/scratch.csv")
     val = pd.read_csv("metrics/predictions/scratch.val.csv")
-    assert list(test.columns) == ["image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4",
-                                  "referable_score"]
+    assert list(test.columns) == [
+        "image",
+        "patient",
+        "actual",
+        "predicted",
+        "p0",
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+        "referable_score",
+    ]
     assert len(test) == 30 and len(val) > 0 and record["bootstrap"]["resamples"] == 30
     assert test["referable_score"].to_numpy() == pytest.approx(test[["p2", "p3", "p4"]].sum(axis=1), abs=2e-6)
     assert list(test["patient"]) == [patient_of(name) for name in test["image"]]
@@ -245,11 +292,20 @@ def test_every_screening_figure_is_recomputed_from_the_predictions_csv(tmp_path,
         expected = cuts[meets].max() if point == "high_sensitivity" else cuts[meets].min()
         assert chosen == pytest.approx(expected, abs=1e-4)
         thresholds[point] = expected
-    patients = test.assign(threatening=test["p3"] + test["p4"]).groupby("patient").agg(
-        actual=("actual", "max"), predicted=("predicted", "max"), referable_score=("referable_score", "max"),
-        threatening=("threatening", "max"))
-    for level, rows, threatening in (("image", test, test["p3"] + test["p4"]),
-                                     ("patient", patients, patients["threatening"])):
+    patients = (
+        test.assign(threatening=test["p3"] + test["p4"])
+        .groupby("patient")
+        .agg(
+            actual=("actual", "max"),
+            predicted=("predicted", "max"),
+            referable_score=("referable_score", "max"),
+            threatening=("threatening", "max"),
+        )
+    )
+    for level, rows, threatening in (
+        ("image", test, test["p3"] + test["p4"]),
+        ("patient", patients, patients["threatening"]),
+    ):
         got = record[level]
         truth = rows["actual"] >= 2
         assert got["n"] == len(rows)

@@ -60,7 +60,17 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     with open(tiny_project / "metrics/predictions/scratch.csv") as stream:
         predictions = list(csv.DictReader(stream))
     assert len(predictions) == 12 and list(predictions[0]) == [
-        "image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4", "referable_score"]
+        "image",
+        "patient",
+        "actual",
+        "predicted",
+        "p0",
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+        "referable_score",
+    ]
     correct = sum(row["actual"] == row["predicted"] for row in predictions)
     assert round(correct / 12, 3) == metrics["acc"]
 
@@ -108,24 +118,37 @@ def test_changed_params_do_not_resume(tiny_project, capsys):
 
 RECIPES = {
     "lab": {},
-    "field": {"augment": {"flip": True, "rotate": 180, "scale": [0.87, 1.15], "translate": 0.2,
-                          "brightness": 0.2, "contrast": 0.2},
-              "train": {"schedule": "cosine", "warmup_epochs": 1, "nesterov": True}},
+    "field": {
+        "augment": {
+            "flip": True,
+            "rotate": 180,
+            "scale": [0.87, 1.15],
+            "translate": 0.2,
+            "brightness": 0.2,
+            "contrast": 0.2,
+        },
+        "train": {"schedule": "cosine", "warmup_epochs": 1, "nesterov": True},
+    },
 }
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, recipe):
     settings = RECIPES[recipe]
-    write_params(tiny_project, data={"image_size": 64},
-                 train={"epochs": 4, **settings.get("train", {})}, augment=settings.get("augment", {}))
+    write_params(
+        tiny_project,
+        data={"image_size": 64},
+        train={"epochs": 4, **settings.get("train", {})},
+        augment=settings.get("augment", {}),
+    )
     twin = scratch_dir
     shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
     run_arm(twin)  # uninterrupted reference, in-process
 
     command = [sys.executable, "-m", "retinopathy", "train", "--init", "scratch"]
-    child = subprocess.Popen(command, cwd=tiny_project, env=subprocess_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        command, cwd=tiny_project, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = tiny_project / "models/scratch/last.pt"
     deadline = time.time() + 300
     while not last.exists() and child.poll() is None and time.time() < deadline:

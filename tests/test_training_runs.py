@@ -57,29 +57,56 @@ class Batches(list):
 def test_progress_off_a_terminal_prints_a_plain_line_with_an_eta_per_interval():
     stream = io.StringIO()
     batches = Batches([8, 8, 8, 8, 8, 8, 8, 4])  # 60 images; the clock moves 10 s per read
-    shown = loops.Progress(batches, "scratch epoch 2/4 training", Process(), stream=stream,
-                           clock=FakeClock(10.0), every=30.0, terminal=False)
+    shown = loops.Progress(
+        batches,
+        "scratch epoch 2/4 training",
+        Process(),
+        stream=stream,
+        clock=FakeClock(10.0),
+        every=30.0,
+        terminal=False,
+    )
     assert [len(labels) for _, labels in shown] == [8] * 7 + [4]  # the batches, unchanged
     lines = stream.getvalue().splitlines()
     # Started at t=10; reads at 20, 30, ...: a line once 30 s have passed since the last one.
-    assert lines == ["scratch epoch 2/4 training: 24/60 images, 0.8 img/s, ETA 0:45",
-                     "scratch epoch 2/4 training: 48/60 images, 0.8 img/s, ETA 0:15"], lines
+    assert lines == [
+        "scratch epoch 2/4 training: 24/60 images, 0.8 img/s, ETA 0:45",
+        "scratch epoch 2/4 training: 48/60 images, 0.8 img/s, ETA 0:15",
+    ], lines
 
 
 def test_progress_counts_all_processes_and_is_silent_off_the_main_one():
     stream = io.StringIO()
-    list(loops.Progress(Batches([4, 4]), "test", Process(rank=1, world_size=2), stream=stream,
-                        clock=FakeClock(100.0), terminal=False))
+    list(
+        loops.Progress(
+            Batches([4, 4]),
+            "test",
+            Process(rank=1, world_size=2),
+            stream=stream,
+            clock=FakeClock(100.0),
+            terminal=False,
+        )
+    )
     assert stream.getvalue() == ""
-    list(loops.Progress(Batches([4, 4]), "test", Process(rank=0, world_size=2), stream=stream,
-                        clock=FakeClock(100.0), every=30.0, terminal=False))
+    list(
+        loops.Progress(
+            Batches([4, 4]),
+            "test",
+            Process(rank=0, world_size=2),
+            stream=stream,
+            clock=FakeClock(100.0),
+            every=30.0,
+            terminal=False,
+        )
+    )
     assert stream.getvalue().splitlines()[-1] == "test: 16/16 images, 0.1 img/s, ETA 0:00"
 
 
 def test_progress_on_a_terminal_is_a_bar_with_an_eta():
     stream = io.StringIO()
-    list(loops.Progress(Batches([8, 8]), "scratch epoch 1/2 training", Process(), stream=stream,
-                        terminal=True))
+    list(
+        loops.Progress(Batches([8, 8]), "scratch epoch 1/2 training", Process(), stream=stream, terminal=True)
+    )
     assert "scratch epoch 1/2 training" in stream.getvalue() and "<" in stream.getvalue()  # tqdm's ETA
 
 
@@ -90,11 +117,16 @@ def test_clock_time_reads_as_minutes_or_hours():
 # --- out of memory ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("error", [
-    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                 "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],
+)
 def test_an_allocation_failure_says_what_to_lower(error):
     expected = r"^grading: ran out of .*memory \(.*allocate.*\); lower B$"
     with pytest.raises(loops.OutOfMemory, match=expected), loops.memory_guard("grading", "B"):
@@ -108,8 +140,10 @@ def test_out_of_memory_in_training_names_the_settings_to_lower(tiny_project, mon
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 bytes")
 
     monkeypatch.setattr(loops, "sgd_step", no_memory)
-    expected = (r"training scratch, epoch 1: ran out of memory .*lower "
-                r"train\.batch_size \(now 8\) or data\.image_size \(now 32\)")
+    expected = (
+        r"training scratch, epoch 1: ran out of memory .*lower "
+        r"train\.batch_size \(now 8\) or data\.image_size \(now 32\)"
+    )
     with pytest.raises(loops.OutOfMemory, match=expected):
         train.main(["--init", "scratch"])
     assert not (tiny_project / "models/scratch/last.pt").exists()
@@ -118,9 +152,9 @@ def test_out_of_memory_in_training_names_the_settings_to_lower(tiny_project, mon
 # --- seeds -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 2 ** 63, 2 ** 64 - 1, 2 ** 64, 2 ** 100])
+@pytest.mark.parametrize("seed", [0, 2**63, 2**64 - 1, 2**64, 2**100])
 def test_every_seed_drives_the_samplers_and_augmentation(seed):
-    assert 0 <= torch_seed(seed) < 2 ** 64 and (seed >= 2 ** 64 or torch_seed(seed) == seed)
+    assert 0 <= torch_seed(seed) < 2**64 and (seed >= 2**64 or torch_seed(seed) == seed)
     samplers = (EpochShuffleSampler(10, seed, Process()), BalancedSampler([0, 1, 2] * 4, seed, Process()))
     for sampler in samplers:
         sampler.set_epoch(3)
@@ -152,8 +186,9 @@ def test_the_resume_store_removes_only_its_own_files(tmp_path):
     assert (tmp_path / "models/scratch/last.pt").read_bytes() == b"last"
 
 
-def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(tiny_project, monkeypatch,
-                                                                           capsys):
+def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(
+    tiny_project, monkeypatch, capsys
+):
     real = checkpoint.save_atomic
 
     def killed_before_best(state, path):
@@ -179,8 +214,11 @@ def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(tin
 
     # best.pt of a later epoch than status.json knows (the old order's kill): a clear error, no IndexError.
     checkpoint.save_atomic({**best, "epoch": 3}, tiny_project / "models/scratch/best.pt")
-    with pytest.raises(RetinopathyError, match=r"best\.pt: holds epoch 3 .*status\.json says the best epoch "
-                                               r".*run `dvc repro train@scratch`"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"best\.pt: holds epoch 3 .*status\.json says the best epoch "
+        r".*run `dvc repro train@scratch`",
+    ):
         evaluate.evaluate_arm(params, "scratch")
 
     # Out of memory while evaluating: what to lower.
@@ -190,16 +228,20 @@ def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(tin
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
 
     monkeypatch.setattr(loops, "_predict", no_memory)
-    with pytest.raises(loops.OutOfMemory, match=r"evaluating scratch.*ran out of GPU memory.*lower "
-                                                r"train\.batch_size in params\.yaml \(now 8;"):
+    with pytest.raises(
+        loops.OutOfMemory,
+        match=r"evaluating scratch.*ran out of GPU memory.*lower "
+        r"train\.batch_size in params\.yaml \(now 8;",
+    ):
         evaluate.evaluate_arm(params, "scratch")
 
 
 # --- a second command changes params.yaml under a run ------------------------------------------
 
 
-def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_back(tiny_project,
-                                                                                     monkeypatch, capsys):
+def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_back(
+    tiny_project, monkeypatch, capsys
+):
     monkeypatch.setattr(loops, "PLAIN_EVERY", 0.0)  # a progress line after every batch
     real = train.save
 
@@ -209,9 +251,12 @@ def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_
         return improved
 
     monkeypatch.setattr(train, "save", second_exp_run_rewrites_params)
-    with pytest.raises(RetinopathyError, match=r"params\.yaml: changed while training the scratch arm "
-                                               r"\(train\.lr: 0\.01 -> 0\.02\).*stopped after epoch 1.*"
-                                               r"dvc exp run --queue"):
+    with pytest.raises(
+        RetinopathyError,
+        match=r"params\.yaml: changed while training the scratch arm "
+        r"\(train\.lr: 0\.01 -> 0\.02\).*stopped after epoch 1.*"
+        r"dvc exp run --queue",
+    ):
         train.main(["--init", "scratch"])
     err = capsys.readouterr().err
     assert "scratch: training resnet18 for 2 epochs on cpu (40 train, 12 test images at 32 px" in err
@@ -232,8 +277,9 @@ def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_
 
 
 def run(folder: Path, *command: str) -> str:
-    result = subprocess.run(command, cwd=folder, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        command, cwd=folder, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -263,8 +309,15 @@ def dvc_project(tmp_path) -> Path:
 @pytest.mark.slow
 def test_a_killed_dvc_exp_run_resumes_after_another_experiment(dvc_project):
     command = ["dvc", "exp", "run", "train@scratch", "-S", "train.seed=0", "-S", "train.epochs=3"]
-    child = subprocess.Popen(command, cwd=dvc_project, env=subprocess_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        command,
+        cwd=dvc_project,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in child.stdout:  # kill DVC and the stage (its process group) once epoch 1 is saved
         seen.append(line)

@@ -77,11 +77,22 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
     expected = read_rows(Layout().arm("scratch").predictions)
     assert [int(r["grade"]) for r in rows] == [int(r["predicted"]) for r in expected]
     assert [float(r["referable_score"]) for r in rows] == pytest.approx(
-        [float(r["referable_score"]) for r in expected], abs=1e-5)  # the score evaluate's figures rank by
+        [float(r["referable_score"]) for r in expected], abs=1e-5
+    )  # the score evaluate's figures rank by
     names = (trained / "data/demo/test_img.csv").read_text().split()
     assert [Path(r["image"]).stem for r in rows] == names  # input order
-    assert list(rows[0]) == ["image", "grade", *(f"probability_{g}" for g in range(5)), "referable",
-                             "referable_score", "patient", "patient_referable", "error", "warning", "source"]
+    assert list(rows[0]) == [
+        "image",
+        "grade",
+        *(f"probability_{g}" for g in range(5)),
+        "referable",
+        "referable_score",
+        "patient",
+        "patient_referable",
+        "error",
+        "warning",
+        "source",
+    ]
     assert {row["source"] for row in rows} == {"single"}  # no blend (the `fuse` stage has not run)
     for row in rows:
         probabilities = [float(row[f"probability_{g}"]) for g in range(5)]
@@ -95,8 +106,18 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
 
 
 def test_patient_calls_need_both_eyes_and_refer_when_either_eye_is_referable():
-    photos = [Path(name) for name in ("a/7_left.jpeg", "a/7_right.png", "9_left.jpeg", "3_left.jpeg",
-                                      "3_right.jpeg", "plain.jpeg", "b/7_right.jpeg")]
+    photos = [
+        Path(name)
+        for name in (
+            "a/7_left.jpeg",
+            "a/7_right.png",
+            "9_left.jpeg",
+            "3_left.jpeg",
+            "3_right.jpeg",
+            "plain.jpeg",
+            "b/7_right.jpeg",
+        )
+    ]
     who = photo_patients(photos)  # b/7_right is another folder's patient 7: another person
     calls = predict.patient_calls
     assert calls(who.group, who.eye, [0, 2, 3, 1, 0, 4, 4]) == ["1", "1", "", "0", "0", "", ""]
@@ -123,8 +144,12 @@ def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stoppi
     photos.mkdir()
     camera_photo(photos / "camera.jpg")
     (photos / "broken.jpeg").write_bytes(b"\xff\xd8 this is not a JPEG")
-    shutil.copy(trained / "data/demo" / (Path((trained / "data/demo/test_img.csv").read_text().split()[0])
-                                         .name + ".jpeg"), photos / "course.jpeg")
+    shutil.copy(
+        trained
+        / "data/demo"
+        / (Path((trained / "data/demo/test_img.csv").read_text().split()[0]).name + ".jpeg"),
+        photos / "course.jpeg",
+    )
     out = trained / "new.csv"
     assert predict.main([str(photos), "--out", str(out), "--explain", str(trained / "why")]) == 1
     rows = {Path(r["image"]).name: r for r in read_rows(out)}
@@ -138,8 +163,9 @@ def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stoppi
     assert not (trained / "why/broken.png").exists()
 
 
-def test_predict_with_a_shipped_checkpoint_works_outside_the_project(trained, tmp_path_factory,
-                                                                     monkeypatch, capsys):
+def test_predict_with_a_shipped_checkpoint_works_outside_the_project(
+    trained, tmp_path_factory, monkeypatch, capsys
+):
     """No params.yaml in the folder and no --params: the checkpoint's spec and built-in defaults."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     shutil.copy(Layout().arm("scratch").best, elsewhere / "grader.pt")
@@ -160,8 +186,11 @@ def test_predict_with_a_shipped_checkpoint_works_outside_the_project(trained, tm
 @pytest.mark.parametrize("command", ["predict", "export"])
 def test_a_skipped_arm_says_why_and_the_real_fix(trained, command):
     """Offline, `dvc repro` does not train the pretrained arm: the message says why and what does."""
-    argv = (["data/demo/test_img.csv", "--arm", "pretrained"] if command == "predict"
-            else ["--arm", "pretrained", "--format", "torchscript", "--out", "grader.pt"])
+    argv = (
+        ["data/demo/test_img.csv", "--arm", "pretrained"]
+        if command == "predict"
+        else ["--arm", "pretrained", "--format", "torchscript", "--out", "grader.pt"]
+    )
     with pytest.raises(RetinopathyError) as excinfo:
         {"predict": predict, "export": export}[command].main(argv)
     message = str(excinfo.value)
@@ -189,8 +218,12 @@ def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
 
     params = load_params("params.yaml")
     size = params.data.image_size
-    images = torch.stack([torch.from_numpy(prepare_photo(trained / f"data/demo/{n}.jpeg", size, 10**7))
-                          .permute(2, 0, 1) for n in names])
+    images = torch.stack(
+        [
+            torch.from_numpy(prepare_photo(trained / f"data/demo/{n}.jpeg", size, 10**7)).permute(2, 0, 1)
+            for n in names
+        ]
+    )
     reference = export.load_scores_model(Layout().arm("scratch").best)
     with torch.no_grad():
         expected = reference(images)
@@ -198,8 +231,14 @@ def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
     assert got.shape == (5, 5) and torch.allclose(got, expected, atol=1e-4)
 
     # The photograph at its own size (the demo's 64 px, decoded in full): the graph resizes it.
-    full = torch.stack([torch.from_numpy(np.array(Image.open(trained / f"data/demo/{n}.jpeg").convert("RGB")))
-                        .permute(2, 0, 1) for n in names])
+    full = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.open(trained / f"data/demo/{n}.jpeg").convert("RGB"))).permute(
+                2, 0, 1
+            )
+            for n in names
+        ]
+    )
     assert full.shape[-1] == 2 * size
     resized = export.EXPORTERS[fmt][1](out, full)
     assert resized.shape == (5, 5) and torch.allclose(resized.sum(1), torch.ones(5), atol=1e-4)
@@ -220,8 +259,12 @@ def test_the_export_card_shows_only_metrics_of_the_exported_checkpoint(trained, 
     elsewhere = tmp_path_factory.mktemp("shipped")
     shutil.copy(Layout().arm("scratch").best, elsewhere / "best.pt")
     out = trained / "copy.pt"
-    assert export.main(["--checkpoint", str(elsewhere / "best.pt"), "--format", "torchscript",
-                        "--out", str(out)]) == 0
+    assert (
+        export.main(
+            ["--checkpoint", str(elsewhere / "best.pt"), "--format", "torchscript", "--out", str(out)]
+        )
+        == 0
+    )
     card = out.with_name(out.name + ".md").read_text()
     assert "| `acc` |" in card  # found by its fingerprint, though the file was copied elsewhere
 

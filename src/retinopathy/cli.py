@@ -22,10 +22,14 @@ _STAGES = "retinopathy.stages."  # the DVC pipeline's stages
 _COMMANDS = "retinopathy.commands."  # the commands that are no stage
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": (_STAGES + "demo_data", "write the synthetic demo dataset (course layout)"),
-    "import-kaggle": (_COMMANDS + "import_kaggle",
-                      "build the course's 512x512 dataset from Kaggle's download"),
-    "import-external": (_COMMANDS + "import_external",
-                        "write a public DR set (APTOS, Messidor-2, IDRiD, DDR, ...) as a test set"),
+    "import-kaggle": (
+        _COMMANDS + "import_kaggle",
+        "build the course's 512x512 dataset from Kaggle's download",
+    ),
+    "import-external": (
+        _COMMANDS + "import_external",
+        "write a public DR set (APTOS, Messidor-2, IDRiD, DDR, ...) as a test set",
+    ),
     "prepare": (_STAGES + "prepare", "check the raw data and write the index and summary"),
     "weights": (_STAGES + "weights", "resolve the initial weights of each arm and write manifests"),
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
@@ -58,9 +62,14 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: retinopathy [--version] <command> [options]", "", "Commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Options:", f"  {'-h, --help':<{width}}  Show this message and exit.",
-              f"  {'--version':<{width}}  Print the version and exit.",
-              "", "`retinopathy <command> --help` describes each command's options."]
+    lines += [
+        "",
+        "Options:",
+        f"  {'-h, --help':<{width}}  Show this message and exit.",
+        f"  {'--version':<{width}}  Print the version and exit.",
+        "",
+        "`retinopathy <command> --help` describes each command's options.",
+    ]
     return "\n".join(lines)
 
 
@@ -95,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         name = os.fsdecode(error.filename or "")
         shown = name if len(name) <= 120 else f"{name[:58]}...{name[-58:]}"
-        print(f"error: {shown}: a name in this path is over the filesystem's limit (255 bytes per file name "
-              "on most), so no such file can exist; pass a shorter path", file=sys.stderr)
+        print(
+            f"error: {shown}: a name in this path is over the filesystem's limit (255 bytes per file name "
+            "on most), so no such file can exist; pass a shorter path",
+            file=sys.stderr,
+        )
         return 2

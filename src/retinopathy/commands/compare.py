@@ -64,17 +64,34 @@ def _cell(value: object) -> str:
 def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
     """The params that differ, one row each, one column per experiment (readable however many differ)."""
     flats = [flatten(e.params) for e in experiments]
-    lines = ["| param | " + " | ".join(md_text(e.name) for e in experiments) + " |",
-             "|---|" + "---|" * len(experiments)]
-    lines += [f"| {md_code(key)} | " + " | ".join(_cell(flat[key]) if key in flat else "n/a"
-                                                  for flat in flats) + " |" for key in differ]
+    lines = [
+        "| param | " + " | ".join(md_text(e.name) for e in experiments) + " |",
+        "|---|" + "---|" * len(experiments),
+    ]
+    lines += [
+        f"| {md_code(key)} | "
+        + " | ".join(_cell(flat[key]) if key in flat else "n/a" for flat in flats)
+        + " |"
+        for key in differ
+    ]
     return lines
 
 
 def results_table(experiments: Sequence[Experiment]) -> list[str]:
     """One row per experiment and arm: the selected epoch's figures, alone and graded with both eyes."""
-    header = ["experiment", "model", "init", "selected epoch", "selected by", "test accuracy", "kappa",
-              "balanced accuracy", "fused acc", "fused kappa", "vs. majority baseline"]
+    header = [
+        "experiment",
+        "model",
+        "init",
+        "selected epoch",
+        "selected by",
+        "test accuracy",
+        "kappa",
+        "balanced accuracy",
+        "fused acc",
+        "fused kappa",
+        "vs. majority baseline",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for experiment in experiments:
         for arm_name in ARMS:
@@ -82,11 +99,16 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
             if isinstance(arm.info, EvaluationInfo):
                 m, info, fused = arm.metrics, arm.info, arm.fused
                 flat = at_baseline(m)
-                figures = [str(int(m["epoch"])), md_text(f"{info.selection} {info.select_by}"),
-                           _pct(m["acc"]), _kappa(m["kappa"]), _pct(m.get("bacc")),
-                           _pct(fused.metrics["acc"]) if fused else "n/a",
-                           _kappa(fused.metrics["kappa"]) if fused else "n/a",
-                           f"**AT BASELINE** ({flat})" if flat else "above"]
+                figures = [
+                    str(int(m["epoch"])),
+                    md_text(f"{info.selection} {info.select_by}"),
+                    _pct(m["acc"]),
+                    _kappa(m["kappa"]),
+                    _pct(m.get("bacc")),
+                    _pct(fused.metrics["acc"]) if fused else "n/a",
+                    _kappa(fused.metrics["kappa"]) if fused else "n/a",
+                    f"**AT BASELINE** ({flat})" if flat else "above",
+                ]
             else:
                 figures = ["skipped"] * 8
             row = [md_text(experiment.name), md_text(model_name(arm.info.model)), arm_name, *figures]
@@ -125,8 +147,9 @@ def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
     header = ["experiments (seeds)", "model", "init", "n", *(label for label, _, _ in SEED_FIGURES)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
-        names = ", ".join(f"{md_code(e.name)} ({seed})"
-                          for e, seed in zip(group.members, group.seeds, strict=True))
+        names = ", ".join(
+            f"{md_code(e.name)} ({seed})" for e, seed in zip(group.members, group.seeds, strict=True)
+        )
         for arm_name in ARMS:
             trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
             model = md_text(model_name(group.members[0].arms[arm_name].info.model))
@@ -151,7 +174,8 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
             if arm.trained:
                 label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
                 cells.setdefault((arm.info.model, arm_name), []).append(
-                    label if len(experiments) == 1 else f"{label} {md_text(experiment.name)}")
+                    label if len(experiments) == 1 else f"{label} {md_text(experiment.name)}"
+                )
     trained = {model for model, _ in cells}
     models = [m for m in MODELS if m in trained] + sorted(trained - set(MODELS))
     if len(models) < 2:
@@ -165,8 +189,9 @@ def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
 
 def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequence[str]) -> str:
     """The text of compare.md."""
-    names = ", ".join(md_code(e.name) + ("" if e.kind == "experiment" else f" ({e.kind})")
-                      for e in experiments)
+    names = ", ".join(
+        md_code(e.name) + ("" if e.kind == "experiment" else f" ({e.kind})") for e in experiments
+    )
     lines = [TITLE, "", f"Compared: {names}."]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
@@ -174,29 +199,57 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
         lines += ["", "## What differs", "", *settings_table(experiments, differ)]
     else:
         lines += ["", "The experiments have the same params."]
-    if any(isinstance(arm.info, EvaluationInfo) and arm.info.synthetic
-           for e in experiments for arm in e.arms.values()):
-        lines += ["", "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
-                  "nothing about retinopathy."]
-    flagged = [f"{md_code(e.name)} {arm.name}" for e in experiments for arm in e.arms.values()
-               if arm.trained and at_baseline(arm.metrics)]
+    if any(
+        isinstance(arm.info, EvaluationInfo) and arm.info.synthetic
+        for e in experiments
+        for arm in e.arms.values()
+    ):
+        lines += [
+            "",
+            "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
+            "nothing about retinopathy.",
+        ]
+    flagged = [
+        f"{md_code(e.name)} {arm.name}"
+        for e in experiments
+        for arm in e.arms.values()
+        if arm.trained and at_baseline(arm.metrics)
+    ]
     if flagged:
-        lines += ["", f"> **At the majority baseline** (learned nothing that always answering the commonest "
-                  f"grade does not give): {', '.join(flagged)}. Rule: {BASELINE_RULE}."]
-    lines += ["", "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
-              "(see each run's `metrics/<arm>.info.json` for the rule that selected it); *fused* the same "
-              "test images graded with both eyes of each patient (the `fuse` stage; "
-              "`metrics/fused/<arm>.json`, intervals in `metrics/fused/<arm>.screening.json`).", "",
-              "## Every experiment and arm", "", *results_table(experiments), ""]
+        lines += [
+            "",
+            f"> **At the majority baseline** (learned nothing that always answering the commonest "
+            f"grade does not give): {', '.join(flagged)}. Rule: {BASELINE_RULE}.",
+        ]
+    lines += [
+        "",
+        "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
+        "(see each run's `metrics/<arm>.info.json` for the rule that selected it); *fused* the same "
+        "test images graded with both eyes of each patient (the `fuse` stage; "
+        "`metrics/fused/<arm>.json`, intervals in `metrics/fused/<arm>.screening.json`).",
+        "",
+        "## Every experiment and arm",
+        "",
+        *results_table(experiments),
+        "",
+    ]
     groups = seed_groups(list(experiments))
     if groups:
-        lines += ["## Across seeds", "",
-                  "Experiments whose params differ only in `train.seed`: the mean ± the standard deviation "
-                  "(sample, n - 1) over the seeds, and n, the trained runs.", "", *seeds_table(groups), ""]
+        lines += [
+            "## Across seeds",
+            "",
+            "Experiments whose params differ only in `train.seed`: the mean ± the standard deviation "
+            "(sample, n - 1) over the seeds, and n, the trained runs.",
+            "",
+            *seeds_table(groups),
+            "",
+        ]
         repeated = [name for group in groups for name in group.left_out]
         if repeated:
-            lines += [f"Not counted again (same params and seed as a member): "
-                      f"{', '.join(map(md_code, repeated))}.", ""]
+            lines += [
+                f"Not counted again (same params and seed as a member): {', '.join(map(md_code, repeated))}.",
+                "",
+            ]
     lab = lab_table(experiments)
     if lab:
         lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]
@@ -221,16 +274,22 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
         twin = next((e for e in rest if same_results(workspace, e)), None)
         if twin is not None:  # `dvc exp run` leaves its last experiment applied to the workspace
             experiments = rest
-            notes = [*notes, f"The workspace is left out: it holds the same params and results as "
-                             f"{md_code(twin.name)}."]
+            notes = [
+                *notes,
+                f"The workspace is left out: it holds the same params and results as {md_code(twin.name)}.",
+            ]
     if not any(arm.trained for e in experiments for arm in e.arms.values()):
-        raise RetinopathyError("no arm of these experiments was trained: run `dvc repro` or "
-                               "`dvc exp run` first")
+        raise RetinopathyError(
+            "no arm of these experiments was trained: run `dvc repro` or `dvc exp run` first"
+        )
     differ = differing_params(experiments)
     with staged_folder(out, "compare", OURS) as staging:
         runs = [(e.name, arm) for e in experiments for arm in e.arms.values()]
-        plot_curves(runs, f"{len(experiments)} experiment(s), {sum(a.trained for _, a in runs)} trained arms",
-                    staging / "compare.png")
+        plot_curves(
+            runs,
+            f"{len(experiments)} experiment(s), {sum(a.trained for _, a in runs)} trained arms",
+            staging / "compare.png",
+        )
         (staging / "compare.md").write_text(render(experiments, differ, notes), encoding="utf-8")
     return experiments
 
@@ -238,14 +297,23 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (built without importing DVC)."""
     parser = argparse.ArgumentParser(prog="retinopathy compare", description=__doc__.split("\n")[0])
-    parser.add_argument("experiments", nargs="*", metavar="REVISION",
-                        help=f"Experiment names, branches, tags, commits or `{WORKSPACE}` (default: the "
-                             "workspace, the current commit and every experiment of it).")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="Output folder, replaced as a whole: absent, empty or an earlier output of "
-                             "compare.")
-    parser.add_argument("--repo", default=".", metavar="DIR",
-                        help="The DVC project (default: the current folder).")
+    parser.add_argument(
+        "experiments",
+        nargs="*",
+        metavar="REVISION",
+        help=f"Experiment names, branches, tags, commits or `{WORKSPACE}` (default: the "
+        "workspace, the current commit and every experiment of it).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="Output folder, replaced as a whole: absent, empty or an earlier output of compare.",
+    )
+    parser.add_argument(
+        "--repo", default=".", metavar="DIR", help="The DVC project (default: the current folder)."
+    )
     return parser
 
 

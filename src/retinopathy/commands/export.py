@@ -82,8 +82,9 @@ def load_scores_model(path: Path) -> PhotoGrader:
 def _example(side: int, count: int = 2, width: int | None = None) -> Tensor:
     import torch
 
-    return torch.randint(0, 256, (count, 3, side, width or side), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        0, 256, (count, 3, side, width or side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def _export_onnx(model: PhotoGrader, example: Tensor, path: Path) -> None:
@@ -91,19 +92,31 @@ def _export_onnx(model: PhotoGrader, example: Tensor, path: Path) -> None:
         import onnxruntime  # noqa: F401  (checked here so the error names the extra)
         import onnxscript  # noqa: F401
     except ImportError as error:
-        raise RetinopathyError(f"ONNX export needs {error.name}, which is not installed; install the "
-                               f"export extra: {EXTRA}") from None
+        raise RetinopathyError(
+            f"ONNX export needs {error.name}, which is not installed; install the export extra: {EXTRA}"
+        ) from None
     import torch
 
-    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=2),
-            3: torch.export.Dim("width", min=2)}
+    dims = {
+        0: torch.export.Dim("batch", min=1),
+        2: torch.export.Dim("height", min=2),
+        3: torch.export.Dim("width", min=2),
+    }
     chatter = io.StringIO()  # the exporter prints its progress; it is shown only if it fails
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
-                              input_names=["images"], output_names=["scores"],
-                              dynamic_shapes={"images": dims}, verbose=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=["images"],
+                output_names=["scores"],
+                dynamic_shapes={"images": dims},
+                verbose=False,
+            )
     except Exception:
         print(chatter.getvalue(), file=sys.stderr)
         raise
@@ -176,12 +189,16 @@ def _check_agreement(out: Path, fmt: str, difference: float) -> None:
         RetinopathyError: naming ``out``; nothing is written.
     """
     if not math.isfinite(difference):
-        raise RetinopathyError(f"{out}: the {fmt} model's scores, or PyTorch's, are NaN or infinite on the "
-                               "check images, so the export cannot be shown to agree; nothing was written. "
-                               "The network overflows: train the arm again, or pass another --checkpoint")
+        raise RetinopathyError(
+            f"{out}: the {fmt} model's scores, or PyTorch's, are NaN or infinite on the "
+            "check images, so the export cannot be shown to agree; nothing was written. "
+            "The network overflows: train the arm again, or pass another --checkpoint"
+        )
     if difference > TOLERANCE:
-        raise RetinopathyError(f"{out}: the {fmt} model's scores differ from PyTorch's by "
-                               f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written")
+        raise RetinopathyError(
+            f"{out}: the {fmt} model's scores differ from PyTorch's by "
+            f"{difference:.2g} (more than {TOLERANCE:g}); nothing was written"
+        )
 
 
 def _record_if_there(read: Callable[[Path, str], Any], path: Path, arm: str) -> Any:
@@ -216,12 +233,22 @@ def provenance(path: Path, state: dict[str, Any], arm: str, layout: Layout) -> P
         files = layout.arm(name)
         info = _record_if_there(read_info, files.info, name)
         if isinstance(info, EvaluationInfo) and info.fingerprint == fingerprint:
-            return Provenance(selected, status, info, _json(files.metrics),
-                              f"`{files.metrics}` and `{files.info}`, whose evaluation carries this "
-                              f"checkpoint's fingerprint `{fingerprint}`")
-    return Provenance(selected, status, None, {},
-                      f"none: no `metrics/<arm>.info.json` here carries this checkpoint's fingerprint "
-                      f"`{fingerprint}` (evaluate it with `dvc repro evaluate@<arm>` in its project)")
+            return Provenance(
+                selected,
+                status,
+                info,
+                _json(files.metrics),
+                f"`{files.metrics}` and `{files.info}`, whose evaluation carries this "
+                f"checkpoint's fingerprint `{fingerprint}`",
+            )
+    return Provenance(
+        selected,
+        status,
+        None,
+        {},
+        f"none: no `metrics/<arm>.info.json` here carries this checkpoint's fingerprint "
+        f"`{fingerprint}` (evaluate it with `dvc repro evaluate@<arm>` in its project)",
+    )
 
 
 def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]) -> dict[str, Any] | None:
@@ -259,10 +286,12 @@ def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]
     if not differences:
         return None
     if not math.isfinite(_worst(differences)):
-        raise RetinopathyError(f"{out}: its scores (or `retinopathy predict`'s) are NaN or infinite on the "
-                               "checkpoint's test images, so the card cannot say how far they differ; "
-                               "nothing was written. The network overflows: train the arm again, or pass "
-                               "another --checkpoint")
+        raise RetinopathyError(
+            f"{out}: its scores (or `retinopathy predict`'s) are NaN or infinite on the "
+            "checkpoint's test images, so the card cannot say how far they differ; "
+            "nothing was written. The network overflows: train the arm again, or pass "
+            "another --checkpoint"
+        )
     return {"images": len(differences), "max": max(differences), "mean": sum(differences) / len(differences)}
 
 
@@ -281,31 +310,54 @@ def _test_photos(info: EvaluationInfo | None) -> list[Path]:
     return [image_path(root, name) for _, name in lines[:MEASURE_IMAGES]]
 
 
-def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provenance, fmt: str, file: Path,
-               measured: dict[str, Any] | None, checkpoint_path: Path) -> str:
+def model_card(
+    spec: GraderSpec,
+    arm: str,
+    state: dict[str, Any],
+    known: Provenance,
+    fmt: str,
+    file: Path,
+    measured: dict[str, Any] | None,
+    checkpoint_path: Path,
+) -> str:
     """The text of ``FILE.md``: only what is known about this checkpoint, and where it came from."""
     status, info = known.status, known.info
     described = info or status
-    lines = [f"# {file.name}: diabetic retinopathy grader ({spec.model}, "
-             f"{described.init if described else arm} arm)", "",
-             "**For research, not for diagnosis.** It has not been validated on patients and must not "
-             "be used to decide anyone's care.", ""]
+    lines = [
+        f"# {file.name}: diabetic retinopathy grader ({spec.model}, "
+        f"{described.init if described else arm} arm)",
+        "",
+        "**For research, not for diagnosis.** It has not been validated on patients and must not "
+        "be used to decide anyone's care.",
+        "",
+    ]
     if info is not None and info.synthetic:
-        lines += ["> **Trained on SYNTHETIC demo data** (drawn by `retinopathy demo-data`, no photograph of "
-                  "a person): it says nothing about real fundus photographs.", ""]
-    output = ("the regression value [N], float32; the grade is how many thresholds lie below it: "
-              f"{spec.thresholds}" if spec.loss == "regression"
-              else "the probabilities of grades 0-4 [N, 5], float32 (softmax of the logits)")
+        lines += [
+            "> **Trained on SYNTHETIC demo data** (drawn by `retinopathy demo-data`, no photograph of "
+            "a person): it says nothing about real fundus photographs.",
+            "",
+        ]
+    output = (
+        f"the regression value [N], float32; the grade is how many thresholds lie below it: {spec.thresholds}"
+        if spec.loss == "regression"
+        else "the probabilities of grades 0-4 [N, 5], float32 (softmax of the logits)"
+    )
     side = spec.image_size or 512
     selected = ", ".join(f"{key} {value:.4g}" for key, value in known.selected.items()) or "not recorded"
     run = status or info
     epochs = run.epochs if run else "?"
-    rule = (info.selection_rule if info else f"highest {status.selection} {status.select_by}" if status
-            else "see the run")
+    rule = (
+        info.selection_rule
+        if info
+        else f"highest {status.selection} {status.select_by}"
+        if status
+        else "see the run"
+    )
     weights = run.weights if run else "not recorded"
     data = info.data if info else "not recorded"
     lines += [
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         f"| format | {fmt} |",
         f"| checkpoint | `{checkpoint_path}`, run fingerprint `{state['fingerprint']}` |",
         f"| architecture | {spec.model} (torchvision layout), head: {spec.loss} |",
@@ -318,33 +370,47 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provena
         "centres: PyTorch `interpolate(mode='bilinear', antialias=True)`, ONNX `Resize` linear with "
         "`antialias=1`), scaling to [0, 1], preprocessing "
         f"`{spec.preprocess}`, normalisation `{spec.normalize}` |",
-        f"| output `scores` | {output} |", "",
-        "## Preprocessing, exactly", "",
+        f"| output `scores` | {output} |",
+        "",
+        "## Preprocessing, exactly",
+        "",
         f"The network was trained on images decoded by {status.decoder if status else 'the project'}: for a "
         f"JPEG, libjpeg-turbo decodes at the smallest DCT scale n/8 of the stored size that keeps both sides "
         f">= {side}, and Pillow's `BILINEAR` resize (`reducing_gap=3.0`) makes it exactly {side}x{side}; "
         "other formats are decoded by Pillow in full and resized the same way. Feeding this graph that "
         f"{side}x{side} image reproduces `retinopathy predict` within {TOLERANCE:g}. Feeding it the "
         "photograph decoded in full instead (any decoder) lets the graph do the resize, which is close "
-        "but not identical:", "",
+        "but not identical:",
+        "",
     ]
     if measured:
-        lines += [f"- measured on {measured['images']} test images of `{data}` (Pillow's "
-                  f"full decode fed to this file, against `retinopathy predict`): scores differ by at most "
-                  f"**{measured['max']:.4f}** (mean of the per-image maxima {measured['mean']:.4f}).", ""]
+        lines += [
+            f"- measured on {measured['images']} test images of `{data}` (Pillow's "
+            f"full decode fed to this file, against `retinopathy predict`): scores differ by at most "
+            f"**{measured['max']:.4f}** (mean of the per-image maxima {measured['mean']:.4f}).",
+            "",
+        ]
     else:
         lines += ["- not measured here: the checkpoint's test images were not found beside this export.", ""]
     lines += ["## Test metrics", "", f"Source: {known.source}.", ""]
     if known.metrics:
         lines += ["| metric | value | meaning |", "|---|---|---|"]
-        lines += [f"| `{key}` | {value} | {METRIC_KEYS[key]} |" for key, value in known.metrics.items()
-                  if key in METRIC_KEYS]
+        lines += [
+            f"| `{key}` | {value} | {METRIC_KEYS[key]} |"
+            for key, value in known.metrics.items()
+            if key in METRIC_KEYS
+        ]
     else:
         history = status.history if status else []
         row = next((r for r in history if r["epoch"] == state["epoch"]), None)
         if row:
-            lines += [f"Training's own figures for epoch {state['epoch']} (from `{checkpoint_path.parent}/"
-                      "status.json`, same fingerprint):", "", "| figure | value |", "|---|---|"]
+            lines += [
+                f"Training's own figures for epoch {state['epoch']} (from `{checkpoint_path.parent}/"
+                "status.json`, same fingerprint):",
+                "",
+                "| figure | value |",
+                "|---|---|",
+            ]
             lines += [f"| `{key}` | {value:.4g} |" for key, value in row.items() if key != "epoch"]
         else:
             lines += ["No test metrics are known for this checkpoint."]
@@ -353,6 +419,7 @@ def model_card(spec: GraderSpec, arm: str, state: dict[str, Any], known: Provena
 
 def _our_export(out: Path, card: Path) -> Callable[[Path], bool]:
     """An earlier export to ``out``: its card (and so the model beside it) starts as :func:`model_card`'s."""
+
     def ours(_: Path) -> bool:
         try:
             with open(card, "rb") as stream:
@@ -360,11 +427,13 @@ def _our_export(out: Path, card: Path) -> Callable[[Path], bool]:
             return first.startswith(f"# {out.name}: ".encode()) and b"retinopathy" in first
         except OSError:
             return False
+
     return ours
 
 
-def export(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
-           layout: Layout | None = None) -> float:
+def export(
+    arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None, layout: Layout | None = None
+) -> float:
     """Write ``out`` and ``out.md``; returns the largest difference from PyTorch's scores.
 
     Raises:
@@ -426,18 +495,33 @@ def _export_fused(model: Any, example: tuple, path: Path, fmt: str) -> None:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as error:
-        raise RetinopathyError(f"ONNX export needs {error.name}, which is not installed; install the "
-                               f"export extra: {EXTRA}") from None
+        raise RetinopathyError(
+            f"ONNX export needs {error.name}, which is not installed; install the export extra: {EXTRA}"
+        ) from None
     batch = torch.export.Dim("batch", min=1)
-    dims = {name: {0: batch, 2: torch.export.Dim(f"{name}_height", min=2),
-                   3: torch.export.Dim(f"{name}_width", min=2)} for name in ("images", "others")}
+    dims = {
+        name: {
+            0: batch,
+            2: torch.export.Dim(f"{name}_height", min=2),
+            3: torch.export.Dim(f"{name}_width", min=2),
+        }
+        for name in ("images", "others")
+    }
     chatter = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, example, str(path), dynamo=True, external_data=False,
-                              input_names=["images", "others", "side"], output_names=["scores"],
-                              dynamic_shapes={**dims, "side": {0: batch}}, verbose=False)
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=["images", "others", "side"],
+                output_names=["scores"],
+                dynamic_shapes={**dims, "side": {0: batch}},
+                verbose=False,
+            )
     except Exception:
         print(chatter.getvalue(), file=sys.stderr)
         raise
@@ -458,8 +542,14 @@ def run_fused(path: Path, fmt: str, images: Tensor, others: Tensor, side: Tensor
     return torch.from_numpy(session.run(None, feeds)[0])
 
 
-def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None,
-                 blend_path: Path | None = None, layout: Layout | None = None) -> float:
+def export_fused(
+    arm: str,
+    fmt: str,
+    out: Path,
+    checkpoint_path: Path | None = None,
+    blend_path: Path | None = None,
+    layout: Layout | None = None,
+) -> float:
     """Write the both-eyes grader to ``out`` and its card ``out.md``; returns the largest difference.
 
     Raises:
@@ -489,8 +579,10 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
     if not record.learned:
         raise RetinopathyError(f"{blend_path}: holds no blend ({record.selection}); {fix}")
     if record.fingerprint != state["fingerprint"]:
-        raise RetinopathyError(f"{blend_path}: learned on the features of run {record.fingerprint}, not of "
-                               f"{path} (run {state['fingerprint']}); {fix}")
+        raise RetinopathyError(
+            f"{blend_path}: learned on the features of run {record.fingerprint}, not of "
+            f"{path} (run {state['fingerprint']}); {fix}"
+        )
     photo = load_scores_model(path)
     record.check_fits(blend_width(photo.grader, record.inputs, photo.spec.head()), blend_path, fix)
     model = BothEyes(photo, record).eval()
@@ -506,37 +598,66 @@ def export_fused(arm: str, fmt: str, out: Path, checkpoint_path: Path | None = N
         difference = _worst(differences)
         _check_agreement(out, fmt, difference)
         exported = draft.read_bytes()
-    output = (f"the regression value [N]; the grade is how many of the thresholds {record.thresholds} lie "
-              "below it" if model.regression else "the probabilities of grades 0-4 [N, 5]")
-    write_together({out: exported, card: "\n".join([
-        f"# {out.name}: diabetic retinopathy grader with both eyes ({arm} arm, retinopathy `fuse`)", "",
-        "**For research, not for diagnosis.**", "",
-        f"- network: `{path}` (run `{state['fingerprint']}`), up to its {record.inputs}; the blend: "
-        f"`{blend_path}` ({record.selection}; learned on {record.train_pairs} training images of two-eyed "
-        "patients)",
-        "- inputs: `images` and `others`, uint8 RGB [N, 3, H, W] (this eye and the same patient's other eye, "
-        f"each resized to {size}x{size} inside as the single-eye export does), `side` [N] float (0: `images` "
-        "are left eyes, 1: right)",
-        f"- output `scores`: this eye's {output}",
-        f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend", ""])})
+    output = (
+        f"the regression value [N]; the grade is how many of the thresholds {record.thresholds} lie below it"
+        if model.regression
+        else "the probabilities of grades 0-4 [N, 5]"
+    )
+    write_together(
+        {
+            out: exported,
+            card: "\n".join(
+                [
+                    f"# {out.name}: diabetic retinopathy grader with both eyes "
+                    f"({arm} arm, retinopathy `fuse`)",
+                    "",
+                    "**For research, not for diagnosis.**",
+                    "",
+                    f"- network: `{path}` (run `{state['fingerprint']}`), up to its {record.inputs}; "
+                    f"the blend: `{blend_path}` ({record.selection}; learned on {record.train_pairs} "
+                    "training images of two-eyed patients)",
+                    "- inputs: `images` and `others`, uint8 RGB [N, 3, H, W] (this eye and the same "
+                    f"patient's other eye, each resized to {size}x{size} inside as the single-eye export "
+                    "does), `side` [N] float (0: `images` are left eyes, 1: right)",
+                    f"- output `scores`: this eye's {output}",
+                    f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend",
+                    "",
+                ]
+            ),
+        }
+    )
     return difference
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (built without importing torch)."""
     parser = argparse.ArgumentParser(prog="retinopathy export", description=__doc__.split("\n")[0])
-    parser.add_argument("--arm", choices=ARMS, default="scratch",
-                        help="Export models/<arm>/best.pt (default: scratch).")
-    parser.add_argument("--checkpoint", type=Path, metavar="FILE",
-                        help="Export this checkpoint instead; its card shows test metrics only when an "
-                             "evaluation of it (same fingerprint) is found.")
+    parser.add_argument(
+        "--arm", choices=ARMS, default="scratch", help="Export models/<arm>/best.pt (default: scratch)."
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="Export this checkpoint instead; its card shows test metrics only when an "
+        "evaluation of it (same fingerprint) is found.",
+    )
     parser.add_argument("--format", choices=FORMATS, required=True, help="The file format.")
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
-                        help="The model file to write; FILE.md is its model card.")
-    parser.add_argument("--fused", action="store_true",
-                        help="Write the both-eyes grader: the network, then the arm's blend (`fuse` stage).")
-    parser.add_argument("--blend", type=Path, metavar="FILE",
-                        help="With --fused: this blend (default: models/<arm>.fuse.pt).")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="The model file to write; FILE.md is its model card.",
+    )
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="Write the both-eyes grader: the network, then the arm's blend (`fuse` stage).",
+    )
+    parser.add_argument(
+        "--blend", type=Path, metavar="FILE", help="With --fused: this blend (default: models/<arm>.fuse.pt)."
+    )
     return parser
 
 

@@ -66,9 +66,11 @@ def import_kaggle(
     if size < 1 or workers < 1:
         raise RetinopathyError(f"size and workers must be >= 1, got {size} and {workers}")
     if size > MAX_IMAGE_SIZE:  # every image is resized to size x size: bound that work too
-        raise RetinopathyError(f"--size {size}: at most {MAX_IMAGE_SIZE} px a side, the largest image "
-                               "size any network here takes (params.yaml `data.image_size`); pass a "
-                               "smaller one")
+        raise RetinopathyError(
+            f"--size {size}: at most {MAX_IMAGE_SIZE} px a side, the largest image "
+            "size any network here takes (params.yaml `data.image_size`); pass a "
+            "smaller one"
+        )
     labels = read_kaggle_labels(labels_csv)
     if not images_dir.is_dir():
         raise RetinopathyError(f"{images_dir}: not a folder; pass Kaggle's train/ image folder")
@@ -102,8 +104,11 @@ def import_kaggle(
             (build / img_file).write_text("".join(f"{name}\n" for name in names))
             (build / lab_file).write_text("".join(f"{labels[name][0]}\n" for name in names))
         tasks = [(image_path(images_dir, name), image_path(build, name), size) for name in chosen]
-        blanks = [converted.source.stem for converted in convert_photos(tasks, workers, "import-kaggle")
-                  if not converted.found]
+        blanks = [
+            converted.source.stem
+            for converted in convert_photos(tasks, workers, "import-kaggle")
+            if not converted.found
+        ]
         from retinopathy.data.checks import check_images  # the image decoders: not at the top, for --help
 
         course = read_course_splits(build)  # what prepare will read, checked before we publish
@@ -118,9 +123,11 @@ def import_kaggle(
     if left_out:
         note(f"note: {left_out} images of {labels_csv} are in neither split and were not imported")
     if blanks:
-        warn(f"{len(blanks)} image(s) have no pixel brighter than the border threshold and were kept "
-             f"whole (padded to a square, not cropped): {', '.join(sorted(blanks)[:MAX_LISTED])}"
-             + (" ..." if len(blanks) > MAX_LISTED else ""))
+        warn(
+            f"{len(blanks)} image(s) have no pixel brighter than the border threshold and were kept "
+            f"whole (padded to a square, not cropped): {', '.join(sorted(blanks)[:MAX_LISTED])}"
+            + (" ..." if len(blanks) > MAX_LISTED else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,13 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Build the course's square JPEG dataset (four split CSVs + <image>.jpeg) "
         "from Kaggle's trainLabels.csv and full-size training images.",
     )
-    parser.add_argument("--labels", type=Path, required=True, metavar="FILE",
-                        help="Kaggle's trainLabels.csv.")
-    parser.add_argument("--images", type=Path, required=True, metavar="DIR",
-                        help="The folder of <image>.jpeg.")
+    parser.add_argument(
+        "--labels", type=Path, required=True, metavar="FILE", help="Kaggle's trainLabels.csv."
+    )
+    parser.add_argument(
+        "--images", type=Path, required=True, metavar="DIR", help="The folder of <image>.jpeg."
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="The folder to create.")
-    parser.add_argument("--size", type=cli_positive_int, default=512,
-                        help="The output side in pixels (default: 512).")
+    parser.add_argument(
+        "--size", type=cli_positive_int, default=512, help="The output side in pixels (default: 512)."
+    )
     parser.add_argument(
         "--split-lists",
         type=Path,
@@ -144,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"The folder with the four course CSVs to take the split from (default: "
         f"{DEFAULT_SPLIT_LISTS} when it lists only images of --labels, else a seeded split).",
     )
-    parser.add_argument("--test-fraction", type=cli_fraction,
-                        help="Seeded split: the test share (default: 0.2).")
+    parser.add_argument(
+        "--test-fraction", type=cli_fraction, help="Seeded split: the test share (default: 0.2)."
+    )
     parser.add_argument("--seed", type=cli_seed, help="Seeded split: the random seed (default: 0).")
-    parser.add_argument("--workers", type=cli_positive_int, default=1,
-                        help="Parallel processes (default: 1).")
+    parser.add_argument(
+        "--workers", type=cli_positive_int, default=1, help="Parallel processes (default: 1)."
+    )
     args = parser.parse_args(argv)
     seeded = args.test_fraction is not None or args.seed is not None
     if args.split_lists is not None and seeded:
@@ -158,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         if lists_cover(DEFAULT_SPLIT_LISTS, read_kaggle_labels(args.labels)):
             split_lists = DEFAULT_SPLIT_LISTS
         else:
-            note(f"note: {DEFAULT_SPLIT_LISTS} is missing or names images that are not in "
-                 f"{args.labels}; using a seeded stratified split")
+            note(
+                f"note: {DEFAULT_SPLIT_LISTS} is missing or names images that are not in "
+                f"{args.labels}; using a seeded stratified split"
+            )
     import_kaggle(
         args.labels,
         args.images,

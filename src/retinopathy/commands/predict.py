@@ -87,10 +87,12 @@ if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help
 
 PARAMS_FILE = "params.yaml"
 # The one rule of who is whom, as `predict --help` states it (fusion.pairs.photo_patients applies it).
-PATIENTS = ("Patients: two photographs are one patient's only when they are in the same folder and named "
-            "<id>_left and <id>_right (the eye in any case), or when they are given as --pair LEFT RIGHT; "
-            "a/7_left.jpeg and b/7_right.jpeg are two people. The patient column names the patient with "
-            "its folder (a/7), and patient_referable, like the blend, joins only that patient's two eyes.")
+PATIENTS = (
+    "Patients: two photographs are one patient's only when they are in the same folder and named "
+    "<id>_left and <id>_right (the eye in any case), or when they are given as --pair LEFT RIGHT; "
+    "a/7_left.jpeg and b/7_right.jpeg are two people. The patient column names the patient with "
+    "its folder (a/7), and patient_referable, like the blend, joins only that patient's two eyes."
+)
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,15 @@ class Settings:
 
 # Without a params file: the device (and its switches) chosen automatically, as
 # params.yaml's `auto` does, and params.yaml's own data.max_pixels.
-STANDALONE = Settings(device="auto", precision="auto", channels_last="auto", num_workers="auto",
-                      batch_size=32, max_pixels=40_000_000, source="built-in defaults (no params.yaml)")
+STANDALONE = Settings(
+    device="auto",
+    precision="auto",
+    channels_last="auto",
+    num_workers="auto",
+    batch_size=32,
+    max_pixels=40_000_000,
+    source="built-in defaults (no params.yaml)",
+)
 
 
 def settings(params_path: str | None) -> Settings:
@@ -125,23 +134,45 @@ def settings(params_path: str | None) -> Settings:
     path = params_path or PARAMS_FILE
     params = load_params(path)
     train = params.train
-    return Settings(device=train.device, precision=train.precision, channels_last=train.channels_last,
-                    num_workers=params.data.num_workers, batch_size=2 * train.batch_size,
-                    max_pixels=params.data.max_pixels, source=str(path))
+    return Settings(
+        device=train.device,
+        precision=train.precision,
+        channels_last=train.channels_last,
+        num_workers=params.data.num_workers,
+        batch_size=2 * train.batch_size,
+        max_pixels=params.data.max_pixels,
+        source=str(path),
+    )
 
 
 def columns(head: Head) -> list[str]:
     """The CSV's header: the scores depend on the head."""
     scores = ["value"] if head.regression else [f"probability_{grade}" for grade in GRADES]
-    return ["image", "grade", *scores, "referable", "referable_score", "patient", "patient_referable",
-            "error"]
+    return [
+        "image",
+        "grade",
+        *scores,
+        "referable",
+        "referable_score",
+        "patient",
+        "patient_referable",
+        "error",
+    ]
 
 
 def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
     values = [f"{float(scores):.6f}"] if head.regression else [f"{p:.6f}" for p in scores.tolist()]
     referable = float(scores) if head.regression else float(scores[REFERABLE_GRADE:].sum())
-    return [str(photo), grade, *values, int(grade >= REFERABLE_GRADE), f"{referable:.6f}",
-            patient_of(photo.stem), "", ""]
+    return [
+        str(photo),
+        grade,
+        *values,
+        int(grade >= REFERABLE_GRADE),
+        f"{referable:.6f}",
+        patient_of(photo.stem),
+        "",
+        "",
+    ]
 
 
 def patient_calls(groups: list[int], eyes: list[str | None], grades: list[int | None]) -> list[str]:
@@ -187,29 +218,38 @@ def pair_indices(pairs: list[list[Path]], photos: list[Path]) -> list[tuple[int,
         for role, path in (("LEFT", left), ("RIGHT", right)):
             at = where.get(os.path.realpath(path), [])
             if not at:
-                raise RetinopathyError(f"{given}: {role} {path} is not one of the images given to grade; "
-                                       "give it as a PATH too")
+                raise RetinopathyError(
+                    f"{given}: {role} {path} is not one of the images given to grade; give it as a PATH too"
+                )
             if len(at) > 1:
-                raise RetinopathyError(f"{given}: {role} {path} is given {len(at)} times among the images to "
-                                       "grade; give it once")
+                raise RetinopathyError(
+                    f"{given}: {role} {path} is given {len(at)} times among the images to grade; give it once"
+                )
             indices.append(at[0])
         if (same := same_photograph(left, right)) is not None:
-            raise RetinopathyError(f"{given}: LEFT and RIGHT are one photograph ({same}); give the patient's "
-                                   "left eye, then its right eye")
+            raise RetinopathyError(
+                f"{given}: LEFT and RIGHT are one photograph ({same}); give the patient's "
+                "left eye, then its right eye"
+            )
         eyes = {role: eye_of(path.stem) for role, path in (("LEFT", left), ("RIGHT", right))}
         if eyes == {"LEFT": "right", "RIGHT": "left"}:
-            raise RetinopathyError(f"{given}: the sides are swapped: LEFT {left} is named as a right eye "
-                                   f"and RIGHT {right} as a left eye; give the left eye first: "
-                                   f"--pair {right} {left}")
+            raise RetinopathyError(
+                f"{given}: the sides are swapped: LEFT {left} is named as a right eye "
+                f"and RIGHT {right} as a left eye; give the left eye first: "
+                f"--pair {right} {left}"
+            )
         for role, path, eye in (("LEFT", left, "left"), ("RIGHT", right, "right")):
             if eyes[role] is None:
                 raise RetinopathyError(
                     f"{given}: {role} {path} does not say which eye it is (its name is not <patient>_left "
                     "or <patient>_right); name the photographs as EyePACS does (e.g. 7_left.jpeg, "
-                    "7_right.jpeg), since each row's eye and the blend's side are read from the name")
+                    "7_right.jpeg), since each row's eye and the blend's side are read from the name"
+                )
             if eyes[role] != eye:
-                raise RetinopathyError(f"{given}: {role} {path} is named as a {eyes[role]} eye; give one "
-                                       "patient's left eye, then its right eye")
+                raise RetinopathyError(
+                    f"{given}: {role} {path} is named as a {eyes[role]} eye; give one "
+                    "patient's left eye, then its right eye"
+                )
         found.append((indices[0], indices[1]))
     return found
 
@@ -246,8 +286,13 @@ def check_outputs(out: Path, explain_dir: Path | None, photos: list[Path], other
             check_output_file(explain_dir / name, "predict --explain", png_ours, inputs, writable=number == 0)
 
 
-def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, torch.Tensor]], head: Head,
-            folder: Path) -> None:
+def explain(
+    grader: Grader,
+    dataset: PhotoDataset,
+    graded: list[tuple[int, int, torch.Tensor]],
+    head: Head,
+    folder: Path,
+) -> None:
     """One PNG per graded image: the photograph, the heat map of its grade, the grade and score as title."""
     from retinopathy.models.gradcam import grad_cam, save_explanation
 
@@ -259,54 +304,99 @@ def explain(grader: Grader, dataset: PhotoDataset, graded: list[tuple[int, int, 
         score = f"value {float(scores):.2f}" if head.regression else f"probability {float(scores[grade]):.2f}"
         path = dataset.paths[index]
         with atomic_file(folder / names[index], "wb") as stream:
-            save_explanation(stream, image.permute(1, 2, 0).numpy(), heat,
-                             f"{path.name}: grade {grade_label(grade)} ({score})")
+            save_explanation(
+                stream,
+                image.permute(1, 2, 0).numpy(),
+                heat,
+                f"{path.name}: grade {grade_label(grade)} ({score})",
+            )
 
 
 def label_patients(rows: list[list], head: Head, patients: Patients, order: list[int]) -> None:
     """Fill in each row's ``patient`` and ``patient_referable``; ``order``: each row's input index."""
     patient, call = columns(head).index("patient"), columns(head).index("patient_referable")
-    calls = patient_calls([patients.group[i] for i in order], [patients.eye[i] for i in order],
-                          [None if row[1] == "" else row[1] for row in rows])
+    calls = patient_calls(
+        [patients.group[i] for i in order],
+        [patients.eye[i] for i in order],
+        [None if row[1] == "" else row[1] for row in rows],
+    )
     for row, index, value in zip(rows, order, calls, strict=True):
         row[patient], row[call] = patients.label[index], value
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (built without importing torch)."""
-    parser = argparse.ArgumentParser(prog="retinopathy predict", description=__doc__.split("\n")[0],
-                                     epilog=PATIENTS)
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="Images, folders or course-layout .csv lists.")
+    parser = argparse.ArgumentParser(
+        prog="retinopathy predict", description=__doc__.split("\n")[0], epilog=PATIENTS
+    )
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="Images, folders or course-layout .csv lists."
+    )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--arm", choices=ARMS, default="scratch",
-                       help="Use models/<arm>/best.pt of this project (default: scratch).")
-    which.add_argument("--checkpoint", type=Path, metavar="FILE",
-                       help="Use this checkpoint instead; works outside the project too.")
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"),
-                        help="The CSV to write (default: predictions.csv).")
-    parser.add_argument("--tta", choices=("none", "flips"), default="none",
-                        help="With flips, average the scores over the four flips of each image "
-                             "(default: none).")
-    parser.add_argument("--explain", type=Path, metavar="DIR",
-                        help="Also write a Grad-CAM heat map of each graded image into DIR.")
-    parser.add_argument("--pair", nargs=2, action="append", type=Path, metavar=("LEFT", "RIGHT"),
-                        help="Two inputs that are one patient's eyes, e.g. from two folders (repeatable): "
-                             "LEFT named <id>_left, RIGHT named <id>_right (swapped sides, one photograph "
-                             "twice or a name without an eye are refused). The pair gives the patient and "
-                             "patient_referable columns, and the blend's grades when there is a blend.")
+    which.add_argument(
+        "--arm",
+        choices=ARMS,
+        default="scratch",
+        help="Use models/<arm>/best.pt of this project (default: scratch).",
+    )
+    which.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="Use this checkpoint instead; works outside the project too.",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        help="The CSV to write (default: predictions.csv).",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flips"),
+        default="none",
+        help="With flips, average the scores over the four flips of each image (default: none).",
+    )
+    parser.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="Also write a Grad-CAM heat map of each graded image into DIR.",
+    )
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        type=Path,
+        metavar=("LEFT", "RIGHT"),
+        help="Two inputs that are one patient's eyes, e.g. from two folders (repeatable): "
+        "LEFT named <id>_left, RIGHT named <id>_right (swapped sides, one photograph "
+        "twice or a name without an eye are refused). The pair gives the patient and "
+        "patient_referable columns, and the blend's grades when there is a blend.",
+    )
     fusion = parser.add_mutually_exclusive_group()
-    fusion.add_argument("--blend", type=Path, metavar="FILE",
-                        help="The both-eyes blend (default: models/<arm>.fuse.pt when it exists; none with "
-                             "--checkpoint).")
-    fusion.add_argument("--single", action="store_true",
-                        help="Grade every photograph alone, even when a blend exists.")
-    parser.add_argument("--batch-size", type=cli_positive_int, metavar="N",
-                        help="Images per batch (default: twice train.batch_size, as evaluate; "
-                             f"{STANDALONE.batch_size} without params.yaml).")
-    parser.add_argument("--params", metavar="FILE",
-                        help="The device, its switches, the batch size and data.max_pixels (default: "
-                             "params.yaml when the current folder has one, else built-in defaults).")
+    fusion.add_argument(
+        "--blend",
+        type=Path,
+        metavar="FILE",
+        help="The both-eyes blend (default: models/<arm>.fuse.pt when it exists; none with --checkpoint).",
+    )
+    fusion.add_argument(
+        "--single", action="store_true", help="Grade every photograph alone, even when a blend exists."
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=cli_positive_int,
+        metavar="N",
+        help="Images per batch (default: twice train.batch_size, as evaluate; "
+        f"{STANDALONE.batch_size} without params.yaml).",
+    )
+    parser.add_argument(
+        "--params",
+        metavar="FILE",
+        help="The device, its switches, the batch size and data.max_pixels (default: "
+        "params.yaml when the current folder has one, else built-in defaults).",
+    )
     return parser
 
 
@@ -326,14 +416,24 @@ def blend_for(args: argparse.Namespace, fingerprint: str) -> BlendRecord | None:
     fix = f"run `dvc repro fuse@{args.arm}`, or pass --single to grade each photograph alone"
     record = BlendRecord.load(path, fix)
     if record.learned and record.fingerprint != fingerprint:
-        raise RetinopathyError(f"{path}: learned on the features of run {record.fingerprint}, not of the "
-                               f"checkpoint's run {fingerprint}; {fix}")
+        raise RetinopathyError(
+            f"{path}: learned on the features of run {record.fingerprint}, not of the "
+            f"checkpoint's run {fingerprint}; {fix}"
+        )
     return record if record.learned else None
 
 
-def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, graded: list[int],
-               patients: Patients, batch_size: int, runtime: Runtime, source: Path,
-               fix: str) -> dict[int, tuple[int, torch.Tensor]]:
+def fuse_pairs(
+    record: BlendRecord,
+    grader: Grader,
+    dataset: PhotoDataset,
+    graded: list[int],
+    patients: Patients,
+    batch_size: int,
+    runtime: Runtime,
+    source: Path,
+    fix: str,
+) -> dict[int, tuple[int, torch.Tensor]]:
     """The blend's (grade, scores) of every graded input whose other eye is graded too, by input index.
 
     Raises:
@@ -352,8 +452,13 @@ def fuse_pairs(record: BlendRecord, grader: Grader, dataset: PhotoDataset, grade
     rows = [i for i in graded if partner[i] != NO_PARTNER and partner[i] in ok]
     if not rows:
         return {}
-    extracted = extract(grader, loader(dataset, batch_size, rows, runtime), runtime, "features",
-                        "the batch size (--batch-size)")
+    extracted = extract(
+        grader,
+        loader(dataset, batch_size, rows, runtime),
+        runtime,
+        "features",
+        "the batch size (--batch-size)",
+    )
     inputs = blend_inputs(extracted, record.inputs, record.head())
     at = {index: row for row, index in enumerate(rows)}
     other = torch.tensor([at[partner[i]] for i in rows])
@@ -390,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     params_file = [Path(args.params)] if args.params else []
     check_outputs(args.out, args.explain, photos, [*given, path, *params_file])
 
-    runtime = make_runtime(resolve_device(chosen.device), precision=chosen.precision,
-                           channels_last=chosen.channels_last, num_workers=chosen.num_workers)
+    runtime = make_runtime(
+        resolve_device(chosen.device),
+        precision=chosen.precision,
+        channels_last=chosen.channels_last,
+        num_workers=chosen.num_workers,
+    )
     runtime.configure_backends()
     grader = runtime.place(trained.grader)
     size, max_pixels = spec.image_size or COURSE_IMAGE_SIZE, chosen.max_pixels
@@ -400,16 +509,34 @@ def main(argv: list[str] | None = None) -> int:
     tta = args.tta == "flips"
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
     read = indices >= 0  # the others could not be read: their rows are blank, whatever the network said
-    again = ("pass another --checkpoint" if args.checkpoint
-             else f"train the arm again (`dvc repro -f train@{args.arm}`), or pass --checkpoint FILE")
-    require_finite(scores[read], path, f"its weights are finite, but it overflows on these images; {again}",
-                   [str(photos[i]) for i in indices[read].tolist()])
+    again = (
+        "pass another --checkpoint"
+        if args.checkpoint
+        else f"train the arm again (`dvc repro -f train@{args.arm}`), or pass --checkpoint FILE"
+    )
+    require_finite(
+        scores[read],
+        path,
+        f"its weights are finite, but it overflows on these images; {again}",
+        [str(photos[i]) for i in indices[read].tolist()],
+    )
 
     blend_path = args.blend or Layout().blend(args.arm)
-    fused = {} if blend is None else fuse_pairs(
-        blend, grader, dataset, [i for i in indices.tolist() if i >= 0], patients,
-        args.batch_size or chosen.batch_size, runtime, blend_path,
-        f"run `dvc repro fuse@{args.arm}` again, or pass --single to grade each photograph alone")
+    fused = (
+        {}
+        if blend is None
+        else fuse_pairs(
+            blend,
+            grader,
+            dataset,
+            [i for i in indices.tolist() if i >= 0],
+            patients,
+            args.batch_size or chosen.batch_size,
+            runtime,
+            blend_path,
+            f"run `dvc repro fuse@{args.arm}` again, or pass --single to grade each photograph alone",
+        )
+    )
     rows: list[list] = []
     graded: list[tuple[int, int, torch.Tensor]] = []
     for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
@@ -429,11 +556,15 @@ def main(argv: list[str] | None = None) -> int:
         raise rescue_text(args.out, csv_text(header, rows), "grades", error) from None
     print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
     if fused:
-        print(f"{len(fused)} images graded with both eyes by {blend_path}"
-              f"{' (without --tta)' if tta else ''}; see the `source` column")
+        print(
+            f"{len(fused)} images graded with both eyes by {blend_path}"
+            f"{' (without --tta)' if tta else ''}; see the `source` column"
+        )
     if flagged := sum(bool(row[-2]) for row in rows):
-        warn(f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
-             f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}")
+        warn(
+            f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
+            f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}"
+        )
     if args.explain and graded:
         try:
             explain(grader, dataset, graded, head, args.explain)
@@ -441,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
             raise RetinopathyError(f"{error}. The grades are in {args.out}") from None
         print(f"wrote {len(graded)} heat maps to {args.explain}/")
     if len(graded) < len(rows):
-        note(f"error: {len(rows) - len(graded)} of {len(rows)} images could not be graded; "
-             f"see the `error` column of {args.out}")
+        note(
+            f"error: {len(rows) - len(graded)} of {len(rows)} images could not be graded; "
+            f"see the `error` column of {args.out}"
+        )
         return 1
     return 0

@@ -27,8 +27,9 @@ from retinopathy.core.files import exclusive_lock
 from retinopathy.engine.checkpoint import RESUME_FOLDER, StoredRun, megabytes, remove_stored_run, stored_runs
 
 
-def selected(runs: list[StoredRun], names: list[str], arm: str | None, older_than: float | None,
-             everything: bool) -> list[StoredRun]:
+def selected(
+    runs: list[StoredRun], names: list[str], arm: str | None, older_than: float | None, everything: bool
+) -> list[StoredRun]:
     """The runs a prune removes: those named, else (``--all`` or ``--older-than``) every fitting one.
 
     Raises:
@@ -41,18 +42,27 @@ def selected(runs: list[StoredRun], names: list[str], arm: str | None, older_tha
             run = by_name.get(name.strip("/").removeprefix(f"{Layout().models}/{RESUME_FOLDER}/"))
             if run is None:
                 known = ", ".join(sorted(by_name)[:5]) or "none"
-                raise RetinopathyError(f"{name}: no such run in the resume store (runs: {known}); name a run "
-                                       "as `retinopathy resume list` shows it, <arm>/<run>")
+                raise RetinopathyError(
+                    f"{name}: no such run in the resume store (runs: {known}); name a run "
+                    "as `retinopathy resume list` shows it, <arm>/<run>"
+                )
             if run.problem:
-                raise RetinopathyError(f"{run.folder}: not removed: {run.problem}; look at it, and remove it "
-                                       "by hand if it is not needed")
+                raise RetinopathyError(
+                    f"{run.folder}: not removed: {run.problem}; look at it, and remove it "
+                    "by hand if it is not needed"
+                )
             chosen.append(run)
         return chosen
     if not everything and older_than is None:
         return []
     now = time.time()
-    return [run for run in runs if (arm is None or run.arm == arm) and not run.problem
-            and (older_than is None or now - run.modified >= older_than * 86400)]
+    return [
+        run
+        for run in runs
+        if (arm is None or run.arm == arm)
+        and not run.problem
+        and (older_than is None or now - run.modified >= older_than * 86400)
+    ]
 
 
 def prune(runs: list[StoredRun]) -> int:
@@ -71,35 +81,55 @@ def prune(runs: list[StoredRun]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy resume [list | prune RUN... | prune --older-than DAYS | prune --all] [--arm A]``."""
     parser = argparse.ArgumentParser(prog="retinopathy resume", description=__doc__.split("\n")[0])
-    parser.add_argument("action", nargs="?", choices=("list", "prune"), default="list",
-                        help="List the unfinished runs, or prune (remove) some of them (default: list).")
-    parser.add_argument("runs", nargs="*", metavar="RUN",
-                        help="Prune: the runs to remove, named <arm>/<run> as the list shows them.")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "prune"),
+        default="list",
+        help="List the unfinished runs, or prune (remove) some of them (default: list).",
+    )
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="Prune: the runs to remove, named <arm>/<run> as the list shows them.",
+    )
     parser.add_argument("--arm", choices=ARMS, help="Only the runs of this arm.")
-    parser.add_argument("--older-than", type=cli_positive_float, metavar="DAYS",
-                        help="Prune: every run not written for this many days.")
+    parser.add_argument(
+        "--older-than",
+        type=cli_positive_float,
+        metavar="DAYS",
+        help="Prune: every run not written for this many days.",
+    )
     parser.add_argument("--all", action="store_true", help="Prune: every run (of --arm, if given).")
     args = parser.parse_args(argv)
     if args.action == "list" and (args.runs or args.all or args.older_than is not None):
-        parser.error("RUN, --all and --older-than choose what `prune` removes; write "
-                     "`retinopathy resume prune ...`")
+        parser.error(
+            "RUN, --all and --older-than choose what `prune` removes; write `retinopathy resume prune ...`"
+        )
     if args.action == "prune" and args.runs and (args.all or args.older_than is not None or args.arm):
         parser.error("name runs, or choose them with --all, --older-than or --arm; not both")
     if args.action == "prune" and not (args.runs or args.all or args.older_than is not None):
-        parser.error("prune needs the runs to remove: RUN... (as `retinopathy resume list` names them), "
-                     "--older-than DAYS or --all")
+        parser.error(
+            "prune needs the runs to remove: RUN... (as `retinopathy resume list` names them), "
+            "--older-than DAYS or --all"
+        )
     store = Layout().models / RESUME_FOLDER
     runs = stored_runs(Layout().models)
     if args.action == "list":
         shown = [run for run in runs if (args.arm is None or run.arm == args.arm) and not run.problem]
         others = [run for run in runs if (args.arm is None or run.arm == args.arm) and run.problem]
         if shown:
-            print(f"{store}: {len(shown)} unfinished run{'s' if len(shown) > 1 else ''}, "
-                  f"{megabytes(sum(run.size for run in shown))}, oldest first:")
+            print(
+                f"{store}: {len(shown)} unfinished run{'s' if len(shown) > 1 else ''}, "
+                f"{megabytes(sum(run.size for run in shown))}, oldest first:"
+            )
             for run in shown:
                 print(f"  {run.describe()}")
-            print("A run resumes when `retinopathy train` runs with its settings again; remove those you do "
-                  "not need with `retinopathy resume prune RUN...` (or --older-than DAYS, or --all)")
+            print(
+                "A run resumes when `retinopathy train` runs with its settings again; remove those you do "
+                "not need with `retinopathy resume prune RUN...` (or --older-than DAYS, or --all)"
+            )
         else:
             print(f"{store}: no unfinished runs")
         if others:  # never removed by prune: the user decides

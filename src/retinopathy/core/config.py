@@ -176,8 +176,9 @@ class AugmentParams:
 
     @property
     def active(self) -> bool:
-        return bool(self.flip or self.rotate or self.scale or self.translate or self.brightness
-                    or self.contrast)
+        return bool(
+            self.flip or self.rotate or self.scale or self.translate or self.brightness or self.contrast
+        )
 
 
 @dataclass(frozen=True)
@@ -242,14 +243,22 @@ def _section(cls: type, raw: Any, source: str, prefix: str) -> dict[str, Any]:
     missing = [name for name in allowed if name not in raw]
     if missing:
         key = f"{prefix}.{missing[0]}" if prefix else missing[0]
-        raise _fail(source, key, "is missing; every key must be set (the project's params.yaml "
-                    "lists each one with its default and what it does)")
+        raise _fail(
+            source,
+            key,
+            "is missing; every key must be set (the project's params.yaml "
+            "lists each one with its default and what it does)",
+        )
     return raw
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,60}")
-_KEY_KINDS = {int: "a number, not", float: "a number, not", bool: "true or false, not",
-              type(None): "null, not"}
+_KEY_KINDS = {
+    int: "a number, not",
+    float: "a number, not",
+    bool: "true or false, not",
+    type(None): "null, not",
+}
 
 
 def _key_text(key: Any) -> str:
@@ -259,8 +268,12 @@ def _key_text(key: Any) -> str:
 
 def _int(source: str, key: str, value: Any, minimum: int, maximum: int | None = None, why: str = "") -> int:
     """``value`` if it is an integer in ``minimum``..``maximum`` (``why``: what the maximum allows)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
-            or (maximum is not None and value > maximum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         bound = f">= {minimum}" if maximum is None else f">= {minimum} and at most {maximum:,}{why}"
         raise _fail(source, key, f"must be an integer {bound}, got {excerpt(value)}")
     return value
@@ -268,8 +281,9 @@ def _int(source: str, key: str, value: Any, minimum: int, maximum: int | None = 
 
 def _seed(source: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise _fail(source, key, f"must be an integer seed in 0..{MAX_SEED} (2**32 - 1), "
-                    f"got {excerpt(value)}")
+        raise _fail(
+            source, key, f"must be an integer seed in 0..{MAX_SEED} (2**32 - 1), got {excerpt(value)}"
+        )
     return value
 
 
@@ -285,13 +299,15 @@ def _numbers_from_text(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
         if field.type == "float" and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
             out[field.name] = float(value)
         elif field.type.startswith("list[float]") and isinstance(value, list):
-            out[field.name] = [float(v) if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v.strip()) else v
-                               for v in value]
+            out[field.name] = [
+                float(v) if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v.strip()) else v for v in value
+            ]
     return out
 
 
 def _cli_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     """An argparse type: ``parse`` the text, and refuse what is not ``ok`` as "must be <what>"."""
+
     def check(text: str) -> Any:
         try:
             value = parse(text)
@@ -300,6 +316,7 @@ def _cli_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str)
         if value is None or not ok(value):
             raise argparse.ArgumentTypeError(f"must be {what}, got {excerpt(text)}")
         return value
+
     check.__doc__ = f"argparse type: {what}."
     return check
 
@@ -312,8 +329,15 @@ cli_positive_float = _cli_type(float, lambda value: math.isfinite(value) and val
 cli_fraction = _cli_type(float, lambda value: 0 < value < 1, "a number between 0 and 1 (exclusive)")
 
 
-def _number(source: str, key: str, value: Any, low: float, high: float | None = None,
-            most: float | None = None, why: str = "") -> float:
+def _number(
+    source: str,
+    key: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    most: float | None = None,
+    why: str = "",
+) -> float:
     """``value`` as a float if it is finite and in [``low``, ``high``) (or [``low``, ``most``])."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(source, key, f"must be a number, got {excerpt(value)}")
@@ -321,8 +345,13 @@ def _number(source: str, key: str, value: Any, low: float, high: float | None = 
         raise _fail(source, key, f"must be a finite number, got {excerpt(value)}")
     # An integer is compared as it is: one of 400 digits is beyond every float, but not beyond `most`.
     if value < low or (high is not None and value >= high) or (most is not None and value > most):
-        bound = (f"in [{low}, {high})" if high is not None else f">= {low} and at most {most}{why}"
-                 if most is not None else f">= {low}")
+        bound = (
+            f"in [{low}, {high})"
+            if high is not None
+            else f">= {low} and at most {most}{why}"
+            if most is not None
+            else f">= {low}"
+        )
         raise _fail(source, key, f"must be {bound}, got {excerpt(value)}")
     try:
         return float(value)
@@ -349,10 +378,19 @@ def _demo(raw: Any, source: str) -> DemoParams:
     _seed(source, "demo.seed", out.seed)
     for key in ("train_size", "test_size"):  # images: two per patient
         value = getattr(out, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 10 or value % 2 \
-                or value > MAX_IMAGES:
-            raise _fail(source, f"demo.{key}", f"must be an even integer >= 10 (two eyes per patient, "
-                        f"at least 5 patients) and at most {MAX_IMAGES:,}, got {excerpt(value)}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < 10
+            or value % 2
+            or value > MAX_IMAGES
+        ):
+            raise _fail(
+                source,
+                f"demo.{key}",
+                f"must be an even integer >= 10 (two eyes per patient, "
+                f"at least 5 patients) and at most {MAX_IMAGES:,}, got {excerpt(value)}",
+            )
     _int(source, "demo.image_size", out.image_size, 32, MAX_IMAGE_SIZE)
     _bool(source, "demo.variation", out.variation)
     return out
@@ -367,16 +405,25 @@ def _data(raw: Any, source: str) -> DataParams:
     if out.image_size is not None:
         _int(source, "data.image_size", out.image_size, 32)
         if out.image_size > MAX_IMAGE_SIZE:
-            raise _fail(source, "data.image_size", f"must be at most {MAX_IMAGE_SIZE} (or null), got "
-                        f"{excerpt(out.image_size)}")
+            raise _fail(
+                source,
+                "data.image_size",
+                f"must be at most {MAX_IMAGE_SIZE} (or null), got {excerpt(out.image_size)}",
+            )
     _number(source, "data.val_fraction", out.val_fraction, 0.0, 0.9)
     _seed(source, "data.seed", out.seed)
     if out.num_workers != "auto":
         _int(source, "data.num_workers", out.num_workers, 0, MAX_WORKERS, " (or auto)")
     if out.cache_dir is not None and (not isinstance(out.cache_dir, str) or not out.cache_dir):
         raise _fail(source, "data.cache_dir", f"must be a folder path or null, got {excerpt(out.cache_dir)}")
-    _int(source, "data.max_pixels", out.max_pixels, 32 * 32, MAX_MEGAPIXELS * 10**6,
-         " (Kaggle's full-size photographs have about 15 million)")
+    _int(
+        source,
+        "data.max_pixels",
+        out.max_pixels,
+        32 * 32,
+        MAX_MEGAPIXELS * 10**6,
+        " (Kaggle's full-size photographs have about 15 million)",
+    )
     out = dataclasses.replace(out, on_device=_switch(source, "data.on_device", out.on_device))
     _choice(source, "data.preprocess", out.preprocess, PREPROCESSES)
     return out
@@ -397,16 +444,29 @@ def _augment(raw: Any, source: str) -> AugmentParams:
         raise _fail(source, "augment.rotate", f"must be in [0, 180] degrees, got {excerpt(out.rotate)}")
     if out.scale is not None:
         bad = not isinstance(out.scale, list) or len(out.scale) != 2
-        if bad or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in out.scale) \
-                or not 0 < out.scale[0] <= out.scale[1] <= 4 or not all(map(math.isfinite, out.scale)):
-            raise _fail(source, "augment.scale", "must be null or [min, max] with 0 < min <= max <= 4, "
-                        f"e.g. [0.87, 1.15]; got {excerpt(out.scale)}")
+        if (
+            bad
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in out.scale)
+            or not 0 < out.scale[0] <= out.scale[1] <= 4
+            or not all(map(math.isfinite, out.scale))
+        ):
+            raise _fail(
+                source,
+                "augment.scale",
+                "must be null or [min, max] with 0 < min <= max <= 4, "
+                f"e.g. [0.87, 1.15]; got {excerpt(out.scale)}",
+            )
     _number(source, "augment.translate", out.translate, 0.0, 0.5)
     _number(source, "augment.brightness", out.brightness, 0.0, 1.0)
     _number(source, "augment.contrast", out.contrast, 0.0, 1.0)
-    return dataclasses.replace(out, rotate=float(out.rotate), translate=float(out.translate),
-                               brightness=float(out.brightness), contrast=float(out.contrast),
-                               scale=None if out.scale is None else [float(v) for v in out.scale])
+    return dataclasses.replace(
+        out,
+        rotate=float(out.rotate),
+        translate=float(out.translate),
+        brightness=float(out.brightness),
+        contrast=float(out.contrast),
+        scale=None if out.scale is None else [float(v) for v in out.scale],
+    )
 
 
 def _evaluate(raw: Any, source: str) -> EvaluateParams:
@@ -414,18 +474,29 @@ def _evaluate(raw: Any, source: str) -> EvaluateParams:
     _choice(source, "evaluate.tta", out.tta, TTAS)
     points = out.operating_points
     if not isinstance(points, dict) or set(points) != set(OPERATING_POINTS):
-        raise _fail(source, "evaluate.operating_points", f"must be a mapping of exactly "
-                    f"{', '.join(OPERATING_POINTS)} to a target in (0, 1], e.g. "
-                    f"{{high_sensitivity: 0.9, high_specificity: 0.9}}; got {excerpt(points)}")
+        raise _fail(
+            source,
+            "evaluate.operating_points",
+            f"must be a mapping of exactly "
+            f"{', '.join(OPERATING_POINTS)} to a target in (0, 1], e.g. "
+            f"{{high_sensitivity: 0.9, high_specificity: 0.9}}; got {excerpt(points)}",
+        )
     for point, target in points.items():
         key = f"evaluate.operating_points.{point}"
         if isinstance(target, str) and _NUMBER_TEXT.fullmatch(target.strip()):
             target = float(target)
         if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
-            raise _fail(source, key, "must be a target in (0, 1] (a share: 0.9, not 90), "
-                        f"got {excerpt(target)}")
-    _int(source, "evaluate.bootstrap", out.bootstrap, 0, MAX_RESAMPLES,
-         " resamples (1,000 to 10,000 is usual for a 95% interval)")
+            raise _fail(
+                source, key, f"must be a target in (0, 1] (a share: 0.9, not 90), got {excerpt(target)}"
+            )
+    _int(
+        source,
+        "evaluate.bootstrap",
+        out.bootstrap,
+        0,
+        MAX_RESAMPLES,
+        " resamples (1,000 to 10,000 is usual for a 95% interval)",
+    )
     _seed(source, "evaluate.seed", out.seed)
     return dataclasses.replace(out, operating_points={p: float(points[p]) for p in OPERATING_POINTS})
 
@@ -448,11 +519,16 @@ def _fuse(raw: Any, source: str) -> FuseParams:
 def _per_model(source: str, key: str, mapping: dict) -> None:
     unknown = unknown_keys(mapping)
     if unknown or not mapping:
-        where, problem = (f"{key}.{_key_text(unknown[0])}", "is not a model's name") if unknown \
-            else (key, "is empty")
-        raise _fail(source, where, f"{problem}; a per-model mapping takes `{DEFAULT}` (the value of the "
-                    f"models it does not name) and model names: {', '.join(MODELS)} (e.g. "
-                    f"`{{{DEFAULT}: ..., {MODELS[-1]}: ...}}`); or write one value for every model")
+        where, problem = (
+            (f"{key}.{_key_text(unknown[0])}", "is not a model's name") if unknown else (key, "is empty")
+        )
+        raise _fail(
+            source,
+            where,
+            f"{problem}; a per-model mapping takes `{DEFAULT}` (the value of the "
+            f"models it does not name) and model names: {', '.join(MODELS)} (e.g. "
+            f"`{{{DEFAULT}: ..., {MODELS[-1]}: ...}}`); or write one value for every model",
+        )
 
 
 def _train(raw: Any, source: str) -> TrainParams:
@@ -477,9 +553,13 @@ def _train(raw: Any, source: str) -> TrainParams:
         _per_model(source, "train.weights", out.weights)
     for value in out.weights.values() if isinstance(out.weights, dict) else [out.weights]:
         if not isinstance(value, str) or not value:
-            raise _fail(source, "train.weights", "must be `imagenet` or the path of a .pth/.pt file "
-                        f"(or a mapping of those per model: {DEFAULT}, {', '.join(MODELS)}); "
-                        f"got {excerpt(value)}")
+            raise _fail(
+                source,
+                "train.weights",
+                "must be `imagenet` or the path of a .pth/.pt file "
+                f"(or a mapping of those per model: {DEFAULT}, {', '.join(MODELS)}); "
+                f"got {excerpt(value)}",
+            )
     _choice(source, "train.normalize", out.normalize, NORMALIZATIONS)
     _choice(source, "train.precision", out.precision, PRECISIONS)
     _choice(source, "train.schedule", out.schedule, SCHEDULES)
@@ -511,23 +591,36 @@ def _train(raw: Any, source: str) -> TrainParams:
 def _for_the_model(params: Params) -> None:
     """Check the per-model keys' values for ``params.model``: each has one, and they fit the model."""
     train, model, source = params.train, params.model, params.source
-    for key, value in (("epochs", train.epochs), ("weights", train.weights),
-                       ("zero_init_residual", train.zero_init_residual)):
+    for key, value in (
+        ("epochs", train.epochs),
+        ("weights", train.weights),
+        ("zero_init_residual", train.zero_init_residual),
+    ):
         try:
             for_model(value, model, f"train.{key}")
         except RetinopathyError as error:
             raise RetinopathyError(f"{source}: {error}") from None
     epochs = train.epochs_for(model)
     if train.warmup_epochs >= epochs:
-        raise _fail(source, "train.warmup_epochs", f"must be fewer than train.epochs ({epochs} for {model}), "
-                    f"got {train.warmup_epochs}")
+        raise _fail(
+            source,
+            "train.warmup_epochs",
+            f"must be fewer than train.epochs ({epochs} for {model}), got {train.warmup_epochs}",
+        )
     if train.zero_init_for(model) and not REGISTRY[model].zero_init_residual:
         allowed = ", ".join(name for name, record in REGISTRY.items() if record.zero_init_residual)
-        key = f"train.zero_init_residual.{model}" if isinstance(train.zero_init_residual, dict) and \
-            model in train.zero_init_residual else "train.zero_init_residual"
-        raise _fail(source, key, f"is true for {model}, which has no residual blocks that start as the "
-                    f"identity (only {allowed} have; see models/registry.py); set it false for {model}, "
-                    f"e.g. `zero_init_residual: {{{DEFAULT}: false, resnet50: true}}`")
+        key = (
+            f"train.zero_init_residual.{model}"
+            if isinstance(train.zero_init_residual, dict) and model in train.zero_init_residual
+            else "train.zero_init_residual"
+        )
+        raise _fail(
+            source,
+            key,
+            f"is true for {model}, which has no residual blocks that start as the "
+            f"identity (only {allowed} have; see models/registry.py); set it false for {model}, "
+            f"e.g. `zero_init_residual: {{{DEFAULT}: false, resnet50: true}}`",
+        )
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -551,19 +644,29 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     )
     _for_the_model(params)
     if params.train.tune_thresholds and (params.train.loss != "regression" or params.data.val_fraction == 0):
-        raise _fail(source, "train.tune_thresholds", "needs train.loss: regression and data.val_fraction > 0 "
-                    "(the thresholds are tuned on the validation split)")
+        raise _fail(
+            source,
+            "train.tune_thresholds",
+            "needs train.loss: regression and data.val_fraction > 0 "
+            "(the thresholds are tuned on the validation split)",
+        )
     return params
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _not_a_file(path: Path, mode: int) -> RetinopathyError:
     kind = next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
-    return RetinopathyError(f"{path}: is {kind}, not a params file; pass --params PATH of a YAML file "
-                            "(the project's params.yaml)")
+    return RetinopathyError(
+        f"{path}: is {kind}, not a params file; pass --params PATH of a YAML file (the project's params.yaml)"
+    )
 
 
 def _read_text(path: Path) -> str:
@@ -579,11 +682,13 @@ def _read_text(path: Path) -> str:
         # O_NONBLOCK: if the file was swapped for a pipe since the stat, opening must not wait.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise RetinopathyError(f"{path}: not found; run from the project root or pass --params PATH") \
-            from None
+        raise RetinopathyError(
+            f"{path}: not found; run from the project root or pass --params PATH"
+        ) from None
     except OSError as error:
-        raise RetinopathyError(f"{path}: cannot be read ({error.strerror or error}); pass --params PATH of a "
-                               "readable file") from None
+        raise RetinopathyError(
+            f"{path}: cannot be read ({error.strerror or error}); pass --params PATH of a readable file"
+        ) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -591,20 +696,24 @@ def _read_text(path: Path) -> str:
         with os.fdopen(fd, "rb", closefd=False) as stream:
             data = stream.read(MAX_PARAMS_BYTES + 1)
     except OSError as error:
-        raise RetinopathyError(f"{path}: cannot be read ({error.strerror or error}); pass --params PATH of a "
-                               "readable file") from None
+        raise RetinopathyError(
+            f"{path}: cannot be read ({error.strerror or error}); pass --params PATH of a readable file"
+        ) from None
     finally:
         os.close(fd)
     if len(data) > MAX_PARAMS_BYTES:
-        raise RetinopathyError(f"{path}: is larger than {MAX_PARAMS_BYTES // 1024} KiB, far more than any "
-                               "params file needs (the project's is about 7 KB); pass --params PATH of the "
-                               "project's params.yaml")
+        raise RetinopathyError(
+            f"{path}: is larger than {MAX_PARAMS_BYTES // 1024} KiB, far more than any "
+            "params file needs (the project's is about 7 KB); pass --params PATH of the "
+            "project's params.yaml"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise RetinopathyError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save the "
-                               "file as UTF-8") from None
+        raise RetinopathyError(
+            f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
+        ) from None
 
 
 class _Loader(yaml.SafeLoader):
@@ -633,10 +742,12 @@ class _Loader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise self._error(self.peek_event().start_mark,
-                                  f"nested more than {MAX_DEPTH} levels deep (params.yaml needs 3: section, "
-                                  "key, per-model mapping); a params file this deep is damaged or hostile. "
-                                  "Restore it (`git checkout params.yaml`) or pass --params PATH")
+                raise self._error(
+                    self.peek_event().start_mark,
+                    f"nested more than {MAX_DEPTH} levels deep (params.yaml needs 3: section, "
+                    "key, per-model mapping); a params file this deep is damaged or hostile. "
+                    "Restore it (`git checkout params.yaml`) or pass --params PATH",
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -650,10 +761,12 @@ class _Loader(yaml.SafeLoader):
                 key = self.construct_object(key_node)
                 line = key_node.start_mark.line + 1
                 if key in lines:
-                    raise self._error(key_node.start_mark,
-                                      f"`{_key_text(key)}` is set twice in one mapping, at lines "
-                                      f"{lines[key]} and {line}; YAML would keep the second silently and "
-                                      "DVC refuses the file. Delete one of them")
+                    raise self._error(
+                        key_node.start_mark,
+                        f"`{_key_text(key)}` is set twice in one mapping, at lines "
+                        f"{lines[key]} and {line}; YAML would keep the second silently and "
+                        "DVC refuses the file. Delete one of them",
+                    )
                 lines[key] = line
         return super().construct_mapping(node, deep)
 
@@ -661,8 +774,10 @@ class _Loader(yaml.SafeLoader):
         try:
             return super().construct_yaml_int(node)
         except ValueError:  # more digits than Python converts (4300): no params value is such a number
-            raise self._error(node.start_mark, f"a number of {len(node.value):,} digits; no params value "
-                              "needs more than a few") from None
+            raise self._error(
+                node.start_mark,
+                f"a number of {len(node.value):,} digits; no params value needs more than a few",
+            ) from None
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
@@ -690,9 +805,12 @@ def _check_size(root: Any, loader: _Loader) -> None:
                 raise RetinopathyError(
                     f"{loader.source}:{loader.aliases[0][1]}: its YAML aliases {names}{more} expand to more "
                     f"than {MAX_VALUES:,} values (the project's params.yaml has about 100): a file built to "
-                    "exhaust memory, or a mistake. Write the values out instead of the aliases")
-            raise RetinopathyError(f"{loader.source}: holds more than {MAX_VALUES:,} values (the project's "
-                                   "params.yaml has about 100); pass --params PATH of a params file")
+                    "exhaust memory, or a mistake. Write the values out instead of the aliases"
+                )
+            raise RetinopathyError(
+                f"{loader.source}: holds more than {MAX_VALUES:,} values (the project's "
+                "params.yaml has about 100); pass --params PATH of a params file"
+            )
         if isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
         elif isinstance(node, yaml.MappingNode):

@@ -45,8 +45,15 @@ SELECT_BY = ("accuracy", "kappa")
 TTAS = ("none", "flips")  # evaluate.tta: test-time augmentation, none or the mean over the four flips
 
 INDEX_COLUMNS = ("split", "image", "label")
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "train_kappa", "test_loss", "test_accuracy",
-                   "test_kappa")
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "train_kappa",
+    "test_loss",
+    "test_accuracy",
+    "test_kappa",
+)
 VAL_COLUMNS = ("val_loss", "val_accuracy", "val_kappa")  # appended when there is a validation split
 CONFUSION_COLUMNS = ("actual", *(str(grade) for grade in GRADES))  # rows: true grade; columns: predicted
 PREDICTION_COLUMNS = ("actual", "predicted")  # one row per test image, the long format of `dvc plots`
@@ -58,8 +65,13 @@ PROBABILITY_COLUMNS = tuple(f"p{grade}" for grade in GRADES)  # the classifier's
 # (P(grade >= 2) = p2 + p3 + p4, or the value), from which every screening figure is recomputed.
 def prediction_header(regression: bool) -> tuple[str, ...]:
     """The predictions CSV's columns for a classifier or (``regression``) a regression head."""
-    return ("image", "patient", *PREDICTION_COLUMNS, *(("value",) if regression else PROBABILITY_COLUMNS),
-            "referable_score")
+    return (
+        "image",
+        "patient",
+        *PREDICTION_COLUMNS,
+        *(("value",) if regression else PROBABILITY_COLUMNS),
+        "referable_score",
+    )
 
 
 ROC_COLUMNS = ("fpr", "tpr", "threshold")  # metrics/roc/<arm>_<level>.csv: the ROC of referable DR
@@ -116,8 +128,10 @@ METRIC_KEYS: dict[str, str] = {
     "base": "majority baseline: the test accuracy of always answering the commonest training grade",
     "epoch": "the selected epoch (the one evaluated)",
     "kappa": "quadratic weighted kappa on the test split (Kaggle 2015's metric)",
-    **{recall_key(grade): f"recall of grade {grade}: the share of its test images graded {grade}"
-       for grade in GRADES},
+    **{
+        recall_key(grade): f"recall of grade {grade}: the share of its test images graded {grade}"
+        for grade in GRADES
+    },
     "train": "training accuracy in the selected epoch (running, as the lab reports it)",
     "val": "validation accuracy of the selected epoch (only with data.val_fraction > 0)",
 }
@@ -315,8 +329,12 @@ class Layout:
     def fused(self, arm: str) -> ScreeningFiles:
         """The screening files of ``arm`` graded with both eyes (the `fuse` stage), as evaluate's."""
         folder = self.metrics / "fused"
-        return ScreeningFiles(folder / f"{arm}.screening.json", folder / "roc" / f"{arm}_image.csv",
-                              folder / "roc" / f"{arm}_patient.csv", folder / "reliability" / f"{arm}.csv")
+        return ScreeningFiles(
+            folder / f"{arm}.screening.json",
+            folder / "roc" / f"{arm}_image.csv",
+            folder / "roc" / f"{arm}_patient.csv",
+            folder / "reliability" / f"{arm}.csv",
+        )
 
     def manifest(self, arm: str) -> Path:
         """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""

@@ -115,8 +115,10 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     if not target.parent.is_dir():
         return []
     name = re.escape(target.name)
-    pattern = re.compile(rf"\.{name}\.(?:(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp|"
-                         rf"(?:tmp|old)-(?P<dhost>.+)-(?P<dpid>\d+)-[^-]+)")
+    pattern = re.compile(
+        rf"\.{name}\.(?:(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp|"
+        rf"(?:tmp|old)-(?P<dhost>.+)-(?P<dpid>\d+)-[^-]+)"
+    )
     host, removed = socket.gethostname(), []
     for entry in target.parent.iterdir():
         match = pattern.fullmatch(entry.name)
@@ -168,7 +170,7 @@ def _name_limit(path: Path) -> int:
 def _shown(name: bytes | str, limit: int = 60) -> str:
     """A name or path for a message: its start and end when it is longer than ``limit`` characters."""
     text = os.fsdecode(name)
-    return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 2):]}"
+    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 2) :]}"
 
 
 def check_name_length(path: str | Path, temporaries: bool = True) -> None:
@@ -193,22 +195,31 @@ def check_name_length(path: str | Path, temporaries: bool = True) -> None:
     for part in path.parts:
         name = os.fsencode(part)
         if len(name) > limit:
-            raise RetinopathyError(f"{where}: the name {_shown(name)!r} is {len(name)} bytes, over this "
-                                   f"filesystem's limit of {limit} bytes per file name; choose a shorter one")
+            raise RetinopathyError(
+                f"{where}: the name {_shown(name)!r} is {len(name)} bytes, over this "
+                f"filesystem's limit of {limit} bytes per file name; choose a shorter one"
+            )
     name = os.fsencode(path.name)
     if len(name) + extra > limit:
         raise RetinopathyError(
             f"{where}: the name {_shown(name)!r} is {len(name)} bytes; it is written under a temporary "
             f"name {extra} bytes longer first (`.<name>.<host>-<pid>.<random>.tmp`), which is over this "
             f"filesystem's limit of {limit} bytes per file name. Choose a name of at most {limit - extra} "
-            "bytes (for an output named after an input, rename that input)")
+            "bytes (for an output named after an input, rename that input)"
+        )
     if len(os.fsencode(os.path.abspath(path))) + extra >= PATH_MAX:
-        raise RetinopathyError(f"{where}: the path is over the limit of {PATH_MAX} bytes (with its temporary "
-                               "name); write to a shorter one")
+        raise RetinopathyError(
+            f"{where}: the path is over the limit of {PATH_MAX} bytes (with its temporary "
+            "name); write to a shorter one"
+        )
 
 
-KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-         (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _special(path: Path) -> str | None:
@@ -242,24 +253,32 @@ def write_target(path: str | Path) -> Path:
         check_name_length(target)  # the link's target is what is written, beside its own folder's files
     kind = _special(target)
     if kind:
-        raise RetinopathyError(f"{path}: is {kind}, not a file; refusing to replace it. Pass the path "
-                               "of a regular file to write (an output is written as a new file and "
-                               "renamed into place)")
+        raise RetinopathyError(
+            f"{path}: is {kind}, not a file; refusing to replace it. Pass the path "
+            "of a regular file to write (an output is written as a new file and "
+            "renamed into place)"
+        )
     if target.is_dir():
-        raise RetinopathyError(f"{path}: is a folder, not a file; pass the path of a file to write "
-                               "(one inside that folder, for example)")
+        raise RetinopathyError(
+            f"{path}: is a folder, not a file; pass the path of a file to write "
+            "(one inside that folder, for example)"
+        )
     return target
 
 
 def _write_error(path: Path, error: OSError) -> RetinopathyError:
     """A failed write as the user needs it: the file, the cause, the fix."""
-    fixes = {errno.ENOSPC: "free some space on that disk, or write elsewhere",
-             errno.EDQUOT: "free some of your disk quota, or write elsewhere",
-             errno.EFBIG: "the file size limit (`ulimit -f`) is too small: raise it, or write elsewhere",
-             errno.EROFS: "the filesystem is read-only: write elsewhere"}
+    fixes = {
+        errno.ENOSPC: "free some space on that disk, or write elsewhere",
+        errno.EDQUOT: "free some of your disk quota, or write elsewhere",
+        errno.EFBIG: "the file size limit (`ulimit -f`) is too small: raise it, or write elsewhere",
+        errno.EROFS: "the filesystem is read-only: write elsewhere",
+    }
     fix = fixes.get(error.errno or 0, "check the folder's permissions and free space, or write elsewhere")
-    return RetinopathyError(f"{path}: could not be written ({error.strerror or error}); {fix}. "
-                            "The previous file, if any, is unchanged")
+    return RetinopathyError(
+        f"{path}: could not be written ({error.strerror or error}); {fix}. "
+        "The previous file, if any, is unchanged"
+    )
 
 
 @contextmanager
@@ -359,8 +378,11 @@ def csv_field(value: Any) -> str:
             text.encode("utf-8")
         except UnicodeEncodeError:  # a name from the filesystem: its undecodable bytes as \xNN
             raw = text.encode("utf-8", "surrogateescape") if _only_escapes(text) else None
-            text = (raw.decode("utf-8", "backslashreplace") if raw is not None
-                    else text.encode("utf-8", "backslashreplace").decode("utf-8"))
+            text = (
+                raw.decode("utf-8", "backslashreplace")
+                if raw is not None
+                else text.encode("utf-8", "backslashreplace").decode("utf-8")
+            )
         if text.startswith(FORMULA_STARTS) and not _is_number(text):
             text = "'" + text
     if any(char in text for char in ',"\r\n'):
@@ -394,9 +416,11 @@ def json_text(path: str | Path, data: dict[str, Any]) -> str:
     try:
         return json.dumps(data, indent=2, allow_nan=False) + "\n"
     except ValueError:
-        raise RetinopathyError(f"{path}: not written: it would hold a NaN or infinite number, which no "
-                               "reader accepts; a computation before it diverged or overflowed (a run "
-                               "with a lower learning rate may not), or this is a bug to report") from None
+        raise RetinopathyError(
+            f"{path}: not written: it would hold a NaN or infinite number, which no "
+            "reader accepts; a computation before it diverged or overflowed (a run "
+            "with a lower learning rate may not), or this is a bug to report"
+        ) from None
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
@@ -433,20 +457,24 @@ def starts_with(*prefixes: bytes) -> Ours:
 
 def csv_with(*columns: str) -> Ours:
     """A file is ours when its first line is a CSV header that starts with ``columns[0]`` and has them all."""
+
     def ours(path: Path) -> bool:
         header = _head(path).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace").split(",")
         return path.is_file() and header[0] == columns[0] and set(columns) <= set(header)
+
     return ours
 
 
 def json_with(*keys: str) -> Ours:
     """A file is ours when it is a JSON object with all of ``keys``."""
+
     def ours(path: Path) -> bool:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
             return False
         return isinstance(data, dict) and all(key in data for key in keys)
+
     return ours
 
 
@@ -460,8 +488,10 @@ def png_ours(path: Path) -> bool:
 
 def holds_only(files: dict[str, Ours]) -> Ours:
     """A folder is ours when each entry is one of ``files`` and recognised as ours by its check."""
+
     def ours(folder: Path) -> bool:
         return all(entry.name in files and files[entry.name](entry) for entry in folder.iterdir())
+
     return ours
 
 
@@ -476,8 +506,13 @@ def real_paths(paths: Iterable[str | Path]) -> frozenset[str]:
     return frozenset(os.path.realpath(path) for path in paths)
 
 
-def check_output_file(path: str | Path, command: str, ours: Ours,
-                      inputs: Iterable[str | Path] | frozenset[str] = (), writable: bool = True) -> None:
+def check_output_file(
+    path: str | Path,
+    command: str,
+    ours: Ours,
+    inputs: Iterable[str | Path] | frozenset[str] = (),
+    writable: bool = True,
+) -> None:
     """Before any work: ``path`` can be written and replaces nothing ``command`` did not write.
 
     Refused: an input of the command; a folder or a special file; an existing
@@ -497,12 +532,15 @@ def check_output_file(path: str | Path, command: str, ours: Ours,
     target = write_target(path)
     reals = inputs if isinstance(inputs, frozenset) else real_paths(inputs)
     if os.path.realpath(target) in reals:
-        raise RetinopathyError(f"{path}: is also an input of `retinopathy {command}`; writing it would "
-                               "replace that input. Pass another output path")
+        raise RetinopathyError(
+            f"{path}: is also an input of `retinopathy {command}`; writing it would "
+            "replace that input. Pass another output path"
+        )
     if target.exists() and not ours(target):
         raise RetinopathyError(
             f"{path}: exists and was not written by `retinopathy {command}`; refusing to replace it. "
-            "Pass another output path, or move that file away first")
+            "Pass another output path, or move that file away first"
+        )
     if writable:
         check_writable(target.parent, f"the output of `retinopathy {command}`")
 
@@ -528,18 +566,22 @@ def check_output_folder(out: str | Path, command: str, ours: Ours | None) -> Non
     kind = _special(out)
     if kind or (out.exists() and not out.is_dir()) or (given.is_symlink() and not given.exists()):
         what = kind or ("a link to nothing" if given.is_symlink() and not given.exists() else "a file")
-        raise RetinopathyError(f"{given}: is {what}, not a folder; pass another --out (a new or empty "
-                               "folder)")
+        raise RetinopathyError(
+            f"{given}: is {what}, not a folder; pass another --out (a new or empty folder)"
+        )
     cwd = Path(os.path.realpath(os.getcwd()))
     if Path(os.path.realpath(out)) in (cwd, *cwd.parents):
-        raise RetinopathyError(f"{given}: is the current folder or holds it; `retinopathy {command}` "
-                               "replaces its output folder as a whole. Pass another --out (a new or "
-                               "empty folder)")
+        raise RetinopathyError(
+            f"{given}: is the current folder or holds it; `retinopathy {command}` "
+            "replaces its output folder as a whole. Pass another --out (a new or "
+            "empty folder)"
+        )
     if out.is_dir() and any(out.iterdir()) and not (ours is not None and ours(out)):
         raise RetinopathyError(
             f"{given}: holds files that `retinopathy {command}` did not write ({_listing(out)}); "
             "refusing to replace the folder, which would delete them. Pass another --out (a new or "
-            f"empty folder), or move {given} away first")
+            f"empty folder), or move {given} away first"
+        )
     check_writable(out.parent, f"the output of `retinopathy {command}`")
 
 
@@ -618,8 +660,9 @@ def draft_folder(target: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def staged_files(folder: str | Path, command: str | None = None,
-                 ours: dict[str, Ours] | None = None) -> Iterator[Path]:
+def staged_files(
+    folder: str | Path, command: str | None = None, ours: dict[str, Ours] | None = None
+) -> Iterator[Path]:
     """Write files into a temporary folder; on success each replaces its namesake in ``folder``.
 
     For a stage that owns some files of a folder, not the folder (the report and
@@ -750,11 +793,14 @@ def _publish(swaps: list[_Swap], locks: list[int]) -> None:
                     replaced.target.unlink(missing_ok=True)
             except OSError:
                 lost.append(f"{replaced.path} (its previous content is in {replaced.previous})")
-        for swap in swaps[len(done):]:
+        for swap in swaps[len(done) :]:
             if swap.previous is not None:
                 swap.previous.unlink(missing_ok=True)
-        restored = ("and so are the other outputs of the command" if not lost else
-                    f"but {len(lost)} other output(s) could not be put back: {'; '.join(lost)}")
+        restored = (
+            "and so are the other outputs of the command"
+            if not lost
+            else f"but {len(lost)} other output(s) could not be put back: {'; '.join(lost)}"
+        )
         raise RetinopathyError(f"{_write_error(swap.path, error)}, {restored}") from None
     for swap in swaps:
         if swap.previous is not None:
@@ -809,8 +855,10 @@ def check_writable(folder: str | Path, what: str) -> None:
     check_name_length(folder, temporaries=False)
     if folder.exists() and not folder.is_dir():
         kind = _special(folder) or "a file"
-        raise RetinopathyError(f"{folder}: cannot write {what} there: it is {kind}, not a folder; pass "
-                               "another folder, or move that file away")
+        raise RetinopathyError(
+            f"{folder}: cannot write {what} there: it is {kind}, not a folder; pass "
+            "another folder, or move that file away"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=f".write-check.{_owner()}."):

@@ -110,8 +110,13 @@ def has_avx2() -> bool:
         return False
     if platform.system() == "Darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.leaf7_features", "machdep.cpu.features"],
-                                 capture_output=True, text=True, check=False, timeout=5).stdout.upper()
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.leaf7_features", "machdep.cpu.features"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=5,
+            ).stdout.upper()
         except OSError:
             return False
         return "AVX2" in out and "FMA" in out
@@ -157,12 +162,16 @@ def pin(device_type: str) -> None:
     _pinned = True
     capability = torch.backends.cpu.get_cpu_capability()
     if not has_avx2():
-        warn(f"portable mode: this processor ({platform.machine()}) is not x86-64 with AVX2, so only "
-             f"the threads are pinned ({threads()}); results match other machines of this kind at most")
+        warn(
+            f"portable mode: this processor ({platform.machine()}) is not x86-64 with AVX2, so only "
+            f"the threads are pinned ({threads()}); results match other machines of this kind at most"
+        )
     elif capability != "AVX2":
-        warn(f"portable mode: torch chose its CPU kernels ({capability}) before retinopathy could pin "
-             "them to AVX2, so results may differ between processors; run the command as "
-             "`retinopathy <command>` in a fresh process")
+        warn(
+            f"portable mode: torch chose its CPU kernels ({capability}) before retinopathy could pin "
+            "them to AVX2, so results may differ between processors; run the command as "
+            "`retinopathy <command>` in a fresh process"
+        )
 
 
 def state() -> dict[str, Any]:
@@ -174,10 +183,19 @@ def state() -> dict[str, Any]:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
-    pinned = _pinned and torch.get_num_threads() == threads() and capability == "AVX2" and all(
-        os.environ.get(k) == v for k, v in ENVIRONMENT.items())
+    pinned = (
+        _pinned
+        and torch.get_num_threads() == threads()
+        and capability == "AVX2"
+        and all(os.environ.get(k) == v for k, v in ENVIRONMENT.items())
+    )
     numerics: dict[str, Any] = {"portable": pinned}
     if pinned:
-        numerics.update({"cpu_capability": capability, "threads": threads(),
-                         **{k.lower(): v for k, v in ENVIRONMENT.items() if k != "ATEN_CPU_CAPABILITY"}})
+        numerics.update(
+            {
+                "cpu_capability": capability,
+                "threads": threads(),
+                **{k.lower(): v for k, v in ENVIRONMENT.items() if k != "ATEN_CPU_CAPABILITY"},
+            }
+        )
     return numerics

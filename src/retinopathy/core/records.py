@@ -104,9 +104,15 @@ class Between:
 
     def check(self, value: Any, where: str) -> None:
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            wanted = ("a fraction in [0, 1]" if (self.low, self.high) == (0, 1)
-                      else f"at least {self.low}" if self.high is None
-                      else f"at most {self.high}" if self.low is None else f"in [{self.low}, {self.high}]")
+            wanted = (
+                "a fraction in [0, 1]"
+                if (self.low, self.high) == (0, 1)
+                else f"at least {self.low}"
+                if self.high is None
+                else f"at most {self.high}"
+                if self.low is None
+                else f"in [{self.low}, {self.high}]"
+            )
             raise ValueError(f"{where!r} is {_shown(value)}, not {wanted}")
 
 
@@ -126,8 +132,11 @@ class Keys:
         extra = [key for key in value if key not in allowed]
         closest = min(self.sets, key=lambda keys: len(set(keys) ^ set(value)))
         missing = [key for key in closest if key not in value]
-        problem = (f"has the key(s) {', '.join(map(repr, extra))}, which it may not have" if extra
-                   else f"lacks {', '.join(map(repr, missing))}")
+        problem = (
+            f"has the key(s) {', '.join(map(repr, extra))}, which it may not have"
+            if extra
+            else f"lacks {', '.join(map(repr, missing))}"
+        )
         raise ValueError(f"{where!r} {problem}")
 
 
@@ -342,9 +351,11 @@ class LevelFigures:
 
     def __post_init__(self) -> None:
         if not self.vision_threatening <= self.referable <= self.n:
-            raise ValueError(f"it counts {self.n} cases, {self.referable} referable and "
-                             f"{self.vision_threatening} vision-threatening: not n >= referable >= "
-                             "vision-threatening")
+            raise ValueError(
+                f"it counts {self.n} cases, {self.referable} referable and "
+                f"{self.vision_threatening} vision-threatening: not n >= referable >= "
+                "vision-threatening"
+            )
 
 
 @dataclass(frozen=True)
@@ -419,8 +430,10 @@ class FusionFacts:
 
     def __post_init__(self) -> None:
         if self.fused + self.single_no_partner > self.images:
-            raise ValueError(f"'fused' ({self.fused}) and 'single_no_partner' ({self.single_no_partner}) "
-                             f"add up to more than 'images' ({self.images})")
+            raise ValueError(
+                f"'fused' ({self.fused}) and 'single_no_partner' ({self.single_no_partner}) "
+                f"add up to more than 'images' ({self.images})"
+            )
 
 
 @dataclass(frozen=True)
@@ -439,11 +452,16 @@ def _names(record: type) -> tuple[str, ...]:
 
 
 # The field names above that repeat a fact of the contract: checked here, once, when imported.
-if (_names(FusionFacts) != tuple(FUSION_FACTS) or _names(OperatingPoints)[:-1] != OPERATING_POINTS
-        or _names(LevelFigures)[-4:] != tuple(f"{point}_{figure}" for point in OPERATING_POINTS
-                                              for figure in ("sensitivity", "specificity"))):
-    raise ImportError("core/records.py: FusionFacts, OperatingPoints or LevelFigures no longer match the "
-                      "facts of core/contract.py")
+if (
+    _names(FusionFacts) != tuple(FUSION_FACTS)
+    or _names(OperatingPoints)[:-1] != OPERATING_POINTS
+    or _names(LevelFigures)[-4:]
+    != tuple(f"{point}_{figure}" for point in OPERATING_POINTS for figure in ("sensitivity", "specificity"))
+):
+    raise ImportError(
+        "core/records.py: FusionFacts, OperatingPoints or LevelFigures no longer match the "
+        "facts of core/contract.py"
+    )
 
 
 @dataclass(frozen=True)
@@ -595,8 +613,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 0:
-                raise ValueError(f"{where!r} is {value}, but it is a count (or an epoch, a grade, a seed): "
-                                 "never negative")
+                raise ValueError(
+                    f"{where!r} is {value}, but it is a count (or an epoch, a grade, a seed): never negative"
+                )
             return value
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
@@ -612,16 +631,24 @@ def _build(cls: type[Record], raw: Any, where: str = "") -> Record:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     names = [field.name for field in fields]
-    optional = {field.name for field in fields if field.default is not dataclasses.MISSING
-                or field.default_factory is not dataclasses.MISSING}
+    optional = {
+        field.name
+        for field in fields
+        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    }
     missing = [name for name in names if name not in raw and name not in optional]
     if missing:
-        raise ValueError(f"the key {prefix}{missing[0]!r} is missing" if len(missing) == 1
-                         else f"the keys {', '.join(repr(prefix + name) for name in missing)} are missing")
+        raise ValueError(
+            f"the key {prefix}{missing[0]!r} is missing"
+            if len(missing) == 1
+            else f"the keys {', '.join(repr(prefix + name) for name in missing)} are missing"
+        )
     extra = [key for key in raw if key not in names]
     if extra:
-        raise ValueError(f"it has the key(s) {', '.join(repr(prefix + str(key)) for key in extra)}, which "
-                         f"a {cls.__name__} does not")
+        raise ValueError(
+            f"it has the key(s) {', '.join(repr(prefix + str(key)) for key in extra)}, which "
+            f"a {cls.__name__} does not"
+        )
     values = {name: _convert(raw[name], hints[name], prefix + name) for name in names if name in raw}
     try:
         return cls(**values)
@@ -676,10 +703,13 @@ def _versioned(path: Path, raw: dict[str, Any], version: int, fix: str) -> dict[
     """``raw`` without its version, which must be ``version``."""
     found = raw.get(VERSION_KEY)
     if found != version:
-        written = ("before records were versioned" if VERSION_KEY not in raw
-                   else f"in format version {found!r}")
-        raise RecordError(f"{path}: written {written}, but this version of retinopathy reads format "
-                          f"version {version} only; {fix}")
+        written = (
+            "before records were versioned" if VERSION_KEY not in raw else f"in format version {found!r}"
+        )
+        raise RecordError(
+            f"{path}: written {written}, but this version of retinopathy reads format "
+            f"version {version} only; {fix}"
+        )
     return {key: value for key, value in raw.items() if key != VERSION_KEY}
 
 
@@ -690,12 +720,14 @@ def _record(path: Path, cls: type[Record], raw: dict[str, Any], fix: str) -> Rec
         raise RecordError(f"{path}: {error} (damaged, or written by another version); {fix}") from None
 
 
-def _trained_or_skipped(path: Path, raw: dict[str, Any], trained: type[Record], what: str,
-                        fix: str) -> Record | Skipped:
+def _trained_or_skipped(
+    path: Path, raw: dict[str, Any], trained: type[Record], what: str, fix: str
+) -> Record | Skipped:
     kind = raw.get(STATUS_KEY)
     if kind not in (TRAINED, SKIPPED):
-        raise RecordError(f"{path}: not {what} (its `{STATUS_KEY}` is {kind!r}, not {TRAINED} or "
-                          f"{SKIPPED}); {fix}")
+        raise RecordError(
+            f"{path}: not {what} (its `{STATUS_KEY}` is {kind!r}, not {TRAINED} or {SKIPPED}); {fix}"
+        )
     fields = {key: value for key, value in raw.items() if key != STATUS_KEY}
     if kind == TRAINED:
         return _record(path, trained, fields, fix)
@@ -709,10 +741,13 @@ def read_status(path: Path, arm: str, read: ReadText = read_working_tree) -> Tra
         RecordError: missing, damaged, of another version, or a key missing, unknown or of the
             wrong type; naming the file and what to run.
     """
-    fix = (f"restore it with `dvc checkout models/{arm}`, or run `dvc repro -f train@{arm}` to train "
-           "the arm again")
-    raw = _versioned(path, read_json_object(path, read, f"run `dvc repro train@{arm}` first", fix),
-                     STATUS_VERSION, fix)
+    fix = (
+        f"restore it with `dvc checkout models/{arm}`, or run `dvc repro -f train@{arm}` to train "
+        "the arm again"
+    )
+    raw = _versioned(
+        path, read_json_object(path, read, f"run `dvc repro train@{arm}` first", fix), STATUS_VERSION, fix
+    )
     status = _trained_or_skipped(path, raw, TrainingStatus, "a training status record", fix)
     if isinstance(status, TrainingStatus):
         problem = _history_problem(status)
@@ -726,14 +761,17 @@ def _history_problem(status: TrainingStatus) -> str | None:
     if not status.history:
         return "a trained record with no history"
     if len(status.history) != status.epochs or not status.best_epoch <= status.epochs:
-        return (f"it says {status.epochs} epochs, the best {status.best_epoch}, but its history has "
-                f"{len(status.history)} rows")
+        return (
+            f"it says {status.epochs} epochs, the best {status.best_epoch}, but its history has "
+            f"{len(status.history)} rows"
+        )
     for number, row in enumerate(status.history, start=1):
         if row["epoch"] != number:
             return f"'history[{number - 1}].epoch' is {row['epoch']}, not {number}"
         for key, value in row.items():
-            low, high = ((0, 1) if key.endswith("_accuracy") else (-1, 1) if key.endswith("_kappa")
-                         else (0, math.inf))
+            low, high = (
+                (0, 1) if key.endswith("_accuracy") else (-1, 1) if key.endswith("_kappa") else (0, math.inf)
+            )
             if not low <= value <= high:
                 return f"'history[{number - 1}].{key}' is {value}, not in [{low}, {high}]"
     return None
@@ -746,8 +784,9 @@ def read_info(path: Path, arm: str, read: ReadText = read_working_tree) -> Evalu
         RecordError: as :func:`read_status`, naming the file and what to run.
     """
     fix = f"run `dvc repro -f evaluate@{arm}` to write it again"
-    raw = _versioned(path, read_json_object(path, read, f"run `dvc repro evaluate@{arm}` first", fix),
-                     INFO_VERSION, fix)
+    raw = _versioned(
+        path, read_json_object(path, read, f"run `dvc repro evaluate@{arm}` first", fix), INFO_VERSION, fix
+    )
     return _trained_or_skipped(path, raw, EvaluationInfo, "an evaluation info record", fix)
 
 
@@ -761,8 +800,12 @@ def read_summary(path: Path, read: ReadText = read_working_tree) -> PreparedSumm
         RecordError: as :func:`read_status`, or a majority baseline that is no grade or
             no fraction; naming the file and saying to run prepare again.
     """
-    raw = _versioned(path, read_json_object(path, read, "run `dvc repro prepare` first", PREPARE_FIX),
-                     SUMMARY_VERSION, PREPARE_FIX)
+    raw = _versioned(
+        path,
+        read_json_object(path, read, "run `dvc repro prepare` first", PREPARE_FIX),
+        SUMMARY_VERSION,
+        PREPARE_FIX,
+    )
     return _record(path, PreparedSummary, raw, PREPARE_FIX)
 
 
@@ -788,18 +831,25 @@ def read_import_summary(path: Path, read: ReadText = read_working_tree) -> Impor
         RecordError: as :func:`read_status`, or counts that do not add up (a format, grade or
             reason this version does not know); naming the file and saying to import again.
     """
-    fix = (f"import the set again with `retinopathy import-external FORMAT --root DIR --out "
-           f"{path.parent}` into a new folder")
+    fix = (
+        f"import the set again with `retinopathy import-external FORMAT --root DIR --out "
+        f"{path.parent}` into a new folder"
+    )
     missing = f"{path.parent} was not written by `retinopathy import-external`; {fix}"
     raw = _versioned(path, read_json_object(path, read, missing, fix), IMPORT_VERSION, fix)
     summary = _record(path, ImportSummary, raw, fix)
     if summary.format not in EXTERNAL_FORMATS:
-        raise RecordError(f"{path}: 'format' is {summary.format!r}, not one of "
-                          f"{', '.join(EXTERNAL_FORMATS)}; {fix}")
+        raise RecordError(
+            f"{path}: 'format' is {summary.format!r}, not one of {', '.join(EXTERNAL_FORMATS)}; {fix}"
+        )
     if len(summary.grades) != NUM_GRADES or sum(summary.grades) != summary.images:
-        raise RecordError(f"{path}: 'grades' {summary.grades} are not {NUM_GRADES} counts adding up to "
-                          f"'images' ({summary.images}); {fix}")
+        raise RecordError(
+            f"{path}: 'grades' {summary.grades} are not {NUM_GRADES} counts adding up to "
+            f"'images' ({summary.images}); {fix}"
+        )
     if list(summary.left_out) != list(LEFT_OUT_REASONS):
-        raise RecordError(f"{path}: 'left_out' has the reasons {list(summary.left_out)}, not "
-                          f"{list(LEFT_OUT_REASONS)}; {fix}")
+        raise RecordError(
+            f"{path}: 'left_out' has the reasons {list(summary.left_out)}, not "
+            f"{list(LEFT_OUT_REASONS)}; {fix}"
+        )
     return summary

@@ -27,8 +27,9 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]{1,100})")
 _REASON_CHARS = 200  # of torch's message on a damaged file
 
 
-def load_tensors(path: str | Path, what: str, fix: str,
-                 error: type[RetinopathyError] = RetinopathyError) -> Any:
+def load_tensors(
+    path: str | Path, what: str, fix: str, error: type[RetinopathyError] = RetinopathyError
+) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``; every failure an ``error`` naming it.
 
     Args:
@@ -82,5 +83,7 @@ def refused_message(path: Path, what: str, fix: str, torch_message: str = "") ->
     """
     found = _REFUSED_GLOBAL.search(torch_message)
     holds = f"Python objects ({found[1]})" if found else "Python objects"
-    return (f"{path}: not {what}: it holds {holds} that only an unsafe load would rebuild, and that load "
-            f"could run any code in the file, so it was not loaded; {fix}")
+    return (
+        f"{path}: not {what}: it holds {holds} that only an unsafe load would rebuild, and that load "
+        f"could run any code in the file, so it was not loaded; {fix}"
+    )

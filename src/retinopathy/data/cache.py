@@ -68,8 +68,10 @@ def private_folder(base: str | Path) -> Path:
     except FileExistsError:
         pass
     except OSError as error:
-        raise RetinopathyError(f"{folder}: cannot create the pixel cache there ({error.strerror}); "
-                               "set params.yaml `data.cache_dir` to a folder you can write") from None
+        raise RetinopathyError(
+            f"{folder}: cannot create the pixel cache there ({error.strerror}); "
+            "set params.yaml `data.cache_dir` to a folder you can write"
+        ) from None
     _check_private(folder, os.lstat(folder))
     return folder
 
@@ -94,8 +96,10 @@ def _open_in(folder_fd: int, name: str, flags: int) -> int:
     try:
         return os.open(name, flags | _NOFOLLOW, 0o600, dir_fd=folder_fd)
     except OSError as error:
-        raise RetinopathyError(f"{name} in the pixel cache: cannot open it ({error.strerror}); "
-                               "delete the cache folder (it is rebuilt)") from None
+        raise RetinopathyError(
+            f"{name} in the pixel cache: cannot open it ({error.strerror}); "
+            "delete the cache folder (it is rebuilt)"
+        ) from None
 
 
 class DecodedCache(Dataset):
@@ -139,8 +143,10 @@ class DecodedCache(Dataset):
         """Make both files, fresh, unless both are this cache's own (right header and sizes)."""
         folder_fd = self._folder_fd()
         try:
-            sizes = {self.pixels_name: int(np.prod(self.shape)),
-                     self.done_name: len(self.header) + len(self.dataset)}
+            sizes = {
+                self.pixels_name: int(np.prod(self.shape)),
+                self.done_name: len(self.header) + len(self.dataset),
+            }
             fds = {name: _open_in(folder_fd, name, os.O_RDWR | os.O_CREAT) for name in sizes}
             try:
                 intact = all(os.fstat(fd).st_size == sizes[name] for name, fd in fds.items())
@@ -160,8 +166,10 @@ class DecodedCache(Dataset):
             folder_fd = self._folder_fd()
             try:
                 maps = []
-                for name, shape, offset in ((self.pixels_name, self.shape, 0),
-                                            (self.done_name, (self.shape[0],), len(self.header))):
+                for name, shape, offset in (
+                    (self.pixels_name, self.shape, 0),
+                    (self.done_name, (self.shape[0],), len(self.header)),
+                ):
                     with os.fdopen(_open_in(folder_fd, name, os.O_RDWR), "r+b") as stream:
                         maps.append(np.memmap(stream, np.uint8, "r+", offset=offset, shape=shape))
             finally:
@@ -190,8 +198,13 @@ class DecodedCache(Dataset):
         return image, label
 
 
-def open_dataset(root: str | Path, split: str, records: Sequence[Record], image_size: int | None,
-                 cache_dir: str | None = None) -> RetinopathyDataset | DecodedCache:
+def open_dataset(
+    root: str | Path,
+    split: str,
+    records: Sequence[Record],
+    image_size: int | None,
+    cache_dir: str | None = None,
+) -> RetinopathyDataset | DecodedCache:
     """The uint8 dataset of ``records``, behind the decoded-pixel cache when ``cache_dir`` is set."""
     dataset = RetinopathyDataset(root, split, image_size, records=records, dtype=torch.uint8)
     return DecodedCache(dataset, cache_dir) if cache_dir else dataset

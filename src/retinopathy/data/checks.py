@@ -39,8 +39,13 @@ def _check_one(path: Path, max_pixels: int | None, min_side: int) -> ImageFacts 
         return str(error)
 
 
-def check_images(root: str | Path, records: Sequence[Record], workers: int = 1,
-                 max_pixels: int | None = None, min_side: int = MIN_IMAGE_SIDE) -> list[ImageFacts]:
+def check_images(
+    root: str | Path,
+    records: Sequence[Record],
+    workers: int = 1,
+    max_pixels: int | None = None,
+    min_side: int = MIN_IMAGE_SIDE,
+) -> list[ImageFacts]:
     """Fully decode every listed image, so broken files fail here and not mid-training.
 
     Also refuses images too small to be a fundus photograph
@@ -68,8 +73,11 @@ def check_images(root: str | Path, records: Sequence[Record], workers: int = 1,
             results = list(pool.map(check, paths))
     else:
         results = [check(path) for path in paths]
-    failures = [(record, message) for record, message in zip(records, results, strict=True)
-                if isinstance(message, str)]
+    failures = [
+        (record, message)
+        for record, message in zip(records, results, strict=True)
+        if isinstance(message, str)
+    ]
     if not failures:
         return [facts for facts in results if not isinstance(facts, str)]  # all of them
     listed = _listing_lines(root)
@@ -86,8 +94,9 @@ def check_images(root: str | Path, records: Sequence[Record], workers: int = 1,
     )
 
 
-def identical_images(splits: dict[str, list[Record]],
-                     facts: dict[str, ImageFacts]) -> list[list[tuple[str, Record]]]:
+def identical_images(
+    splits: dict[str, list[Record]], facts: dict[str, ImageFacts]
+) -> list[list[tuple[str, Record]]]:
     """Groups of two or more listed images whose files have identical bytes (SHA-256), in list order.
 
     Args:
@@ -114,8 +123,10 @@ def duplicates_summary(groups: list[list[tuple[str, Record]]]) -> dict[str, Any]
         "across_splits": len(across),
         "within_a_split": len(groups) - len(across),
         "different_grades": sum(len({record.label for _, record in group}) > 1 for group in groups),
-        "examples": [[f"{split}:{record.image} (grade {record.label})" for split, record in group]
-                     for group in (across + [g for g in groups if g not in across])[:MAX_LISTED]],
+        "examples": [
+            [f"{split}:{record.image} (grade {record.label})" for split, record in group]
+            for group in (across + [g for g in groups if g not in across])[:MAX_LISTED]
+        ],
     }
 
 

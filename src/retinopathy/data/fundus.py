@@ -101,8 +101,9 @@ def pad_to_square(img: Image.Image) -> Image.Image:
     return canvas
 
 
-def square_fundus(path: Path, data: bytes, size: int,
-                  max_pixels: int | None = None) -> tuple[Image.Image, bool]:
+def square_fundus(
+    path: Path, data: bytes, size: int, max_pixels: int | None = None
+) -> tuple[Image.Image, bool]:
     """A photograph of any size as the course dataset holds it: the fundus, squared, ``size`` x ``size``.
 
     Decodes ``data`` (large JPEGs at a reduced DCT scale, :data:`DECODE_MARGIN`;
@@ -149,6 +150,7 @@ def square_fundus(path: Path, data: bytes, size: int,
             check_work(path, side, side, max_pixels, f"padding its {width}x{height} {what} to a square")
             square = pad_to_square(rgb.crop(box))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise RetinopathyError(f"{path}: cannot decode the image ({error}); the file is truncated, corrupt "
-                               "or not an image") from None
+        raise RetinopathyError(
+            f"{path}: cannot decode the image ({error}); the file is truncated, corrupt or not an image"
+        ) from None
     return square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), found

@@ -95,8 +95,13 @@ def _kind(mode: int) -> str | None:
     """None for a regular file, else what the entry is, in words."""
     if stat.S_ISREG(mode):
         return None
-    kinds = {stat.S_ISDIR: "folder", stat.S_ISFIFO: "named pipe", stat.S_ISCHR: "character device",
-             stat.S_ISBLK: "block device", stat.S_ISSOCK: "socket"}
+    kinds = {
+        stat.S_ISDIR: "folder",
+        stat.S_ISFIFO: "named pipe",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+        stat.S_ISSOCK: "socket",
+    }
     return next((name for test, name in kinds.items() if test(mode)), "special file")
 
 
@@ -147,8 +152,11 @@ def check_work(path: Path, width: int, height: int, max_pixels: int | None, step
     pixels = width * height
     if pixels <= limit:
         return
-    source = ("params.yaml `data.max_pixels`" if max_pixels is not None
-              else "the most any image may hold: Pillow's decompression-bomb limit")
+    source = (
+        "params.yaml `data.max_pixels`"
+        if max_pixels is not None
+        else "the most any image may hold: Pillow's decompression-bomb limit"
+    )
     fix = "remove it, or raise the limit" if max_pixels is not None else "remove it, or shrink it"
     made = f"{width}x{height} is" if step is None else f"{step} would make {width}x{height},"
     raise RetinopathyError(
@@ -186,8 +194,9 @@ def decode_image(path: str | Path, size: int | None = None, max_pixels: int | No
     return decode_data(path, data, size, max_pixels)
 
 
-def decode_data(path: Path, data: bytes, size: int | None = None,
-                max_pixels: int | None = None) -> np.ndarray:
+def decode_data(
+    path: Path, data: bytes, size: int | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """:func:`decode_image` of bytes already read from ``path`` (named in errors)."""
     if size is not None and size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
@@ -252,8 +261,9 @@ def upright_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def _decode_turbo(path: Path, data: bytes, height: int, width: int, size: int | None,
-                  orientation: int = 1) -> np.ndarray:
+def _decode_turbo(
+    path: Path, data: bytes, height: int, width: int, size: int | None, orientation: int = 1
+) -> np.ndarray:
     scale = {}
     if size is not None and size < min(height, width):
         # libjpeg-turbo picks the smallest of its n/8 scales that keeps both
@@ -329,8 +339,9 @@ class ImageFacts:
     height: int
 
 
-def check_image(path: str | Path, max_pixels: int | None = None,
-                min_side: int = MIN_IMAGE_SIDE) -> ImageFacts:
+def check_image(
+    path: str | Path, max_pixels: int | None = None, min_side: int = MIN_IMAGE_SIDE
+) -> ImageFacts:
     """Read, hash and fully decode one listed image, refusing one too small to be a fundus.
 
     Raises:

@@ -43,8 +43,14 @@ def split_validation(records: list[Record], fraction: float, seed: int) -> tuple
     return train, val
 
 
-def build_summary(root: str, splits: dict[str, list[Record]], notes: list[str], synthetic: bool,
-                  identical_images: dict[str, Any], patients: dict[str, Any]) -> PreparedSummary:
+def build_summary(
+    root: str,
+    splits: dict[str, list[Record]],
+    notes: list[str],
+    synthetic: bool,
+    identical_images: dict[str, Any],
+    patients: dict[str, Any],
+) -> PreparedSummary:
     """Counts per class and split, and the accuracy of always predicting the commonest grade."""
     counts = {name: class_counts(records) for name, records in splits.items()}
     majority = int(np.argmax(counts["train"]))
@@ -52,11 +58,15 @@ def build_summary(root: str, splits: dict[str, list[Record]], notes: list[str], 
     return PreparedSummary(
         root=root,
         synthetic=synthetic,
-        splits={name: SplitCounts(count=len(records), class_counts=counts[name])
-                for name, records in splits.items()},
-        majority_baseline=MajorityBaseline(grade=majority,
-                                           test_accuracy=counts["test"][majority] / test_total,
-                                           rule="always predict the commonest training grade"),
+        splits={
+            name: SplitCounts(count=len(records), class_counts=counts[name])
+            for name, records in splits.items()
+        },
+        majority_baseline=MajorityBaseline(
+            grade=majority,
+            test_accuracy=counts["test"][majority] / test_total,
+            rule="always predict the commonest training grade",
+        ),
         notes=notes,
         identical_images=identical_images,
         patients=patients,
@@ -73,12 +83,11 @@ def index_text(splits: dict[str, list[Record]]) -> str:
     return text.getvalue()
 
 
-
-
 def _damaged(path: Path, what: str, line: int | None = None) -> RetinopathyError:
     location = f"{path}:{line}" if line is not None else str(path)
-    return RetinopathyError(f"{location}: {what}; the file is damaged or from another version - "
-                            f"{PREPARE_FIX}")
+    return RetinopathyError(
+        f"{location}: {what}; the file is damaged or from another version - {PREPARE_FIX}"
+    )
 
 
 def _prepared_text(path: Path) -> str:
@@ -104,8 +113,11 @@ def read_index(path: Path) -> dict[str, list[Record]]:
     rows = csv.reader(io.StringIO(_prepared_text(path), newline=""))
     header = next(rows, None)
     if header is None or tuple(header) != INDEX_COLUMNS:
-        raise _damaged(path, f"the header is {','.join(header or []) or 'missing'}, expected "
-                       f"{','.join(INDEX_COLUMNS)}", 1)
+        raise _damaged(
+            path,
+            f"the header is {','.join(header or []) or 'missing'}, expected {','.join(INDEX_COLUMNS)}",
+            1,
+        )
     for row in rows:
         line = rows.line_num
         if len(row) != len(INDEX_COLUMNS):

@@ -48,8 +48,10 @@ _GRADES = {str(grade): grade for grade in range(NUM_GRADES)}  # a grade's text: 
 # draws, a Markdown table or a figure's title, nor a path separator, a quote, a CSV
 # separator, a space or a control character.
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-NAME_RULE = ("a name holds only ASCII letters, digits and _ - . + and starts with a letter or a digit "
-             "(e.g. 2576_right, IDRiD_001, 007-0004-000)")
+NAME_RULE = (
+    "a name holds only ASCII letters, digits and _ - . + and starts with a letter or a digit "
+    "(e.g. 2576_right, IDRiD_001, 007-0004-000)"
+)
 _OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
 # EyePACS names a photograph `<patient>_left` or `<patient>_right`. The eye is read in any case
@@ -235,8 +237,9 @@ def parse_split(root: str | Path, split: str) -> SplitListing:
     return SplitListing(records, img_path, lab_path, [n for n, _ in imgs], [n for n, _ in labs], notes)
 
 
-def listed_names(path: Path, lines: list[tuple[int, str]], notes: list[str], scope: str,
-                 also: str = "") -> list[str]:
+def listed_names(
+    path: Path, lines: list[tuple[int, str]], notes: list[str], scope: str, also: str = ""
+) -> list[str]:
     """The image names of a list's ``(line, text)`` pairs (header already removed), checked.
 
     Every name must be bare (:func:`check_name`) and listed once; ``.jpeg`` is stripped when every

@@ -46,8 +46,12 @@ def check_named_by_patient(records: Sequence[Record], source: str) -> None:
         )
 
 
-def hold_out_patients(records: Sequence[Record], fraction: float, seed: int, purpose: int = _PURPOSE_VAL,
-                      ) -> tuple[list[Record], list[Record]]:
+def hold_out_patients(
+    records: Sequence[Record],
+    fraction: float,
+    seed: int,
+    purpose: int = _PURPOSE_VAL,
+) -> tuple[list[Record], list[Record]]:
     """Hold out ``fraction`` of the patients of each grade (the worse eye's), with all their eyes.
 
     Stratified like :func:`~retinopathy.data.index.split_validation` (at least one patient where a
@@ -77,8 +81,11 @@ def hold_out_patients(records: Sequence[Record], fraction: float, seed: int, pur
     return kept, [r for r in records if patient_of(r.image) in held]
 
 
-def split_by_patient(train: Sequence[Record], test: Sequence[Record], seed: int,
-                     ) -> tuple[list[Record], list[Record]]:
+def split_by_patient(
+    train: Sequence[Record],
+    test: Sequence[Record],
+    seed: int,
+) -> tuple[list[Record], list[Record]]:
     """Re-split the union of the listed ``train`` and ``test`` by patient, with the same test share.
 
     The share is of images (``len(test) / (len(train) + len(test))``), taken as a share of the
@@ -147,8 +154,11 @@ def leakage_warning(counts: dict[str, Any]) -> str | None:
         )
     if not parts:
         return None
-    fix = ("set data.split: patients in params.yaml to split by patient (and measure what this was worth)"
-           if counts["split"] == "lists" else "")
+    fix = (
+        "set data.split: patients in params.yaml to split by patient (and measure what this was worth)"
+        if counts["split"] == "lists"
+        else ""
+    )
     return "; ".join(parts) + (f" - {fix}" if fix else "")
 
 
@@ -162,5 +172,8 @@ def eye_pairs(records: Sequence[Record]) -> dict[str, Any]:
             eyes.setdefault(patient_of(record.image), {})[eye] = record.label
     differences = [abs(e["left"] - e["right"]) for e in eyes.values() if len(e) == 2]
     counts = np.bincount(np.array(differences, dtype=int), minlength=NUM_GRADES).tolist()
-    return {"pairs": len(differences), "same_grade": counts[0] / len(differences) if differences else None,
-            "differences": counts}
+    return {
+        "pairs": len(differences),
+        "same_grade": counts[0] / len(differences) if differences else None,
+        "differences": counts,
+    }

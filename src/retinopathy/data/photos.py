@@ -80,20 +80,29 @@ def _report_skipped(folder: Path, entries: list[Path]) -> None:
     nested: list[str] = []
     for entry in entries:
         if entry.is_dir():
-            count = sum(1 for _, _, names in os.walk(entry) for name in names
-                        if Path(name).suffix.lower() in PHOTO_SUFFIXES)
+            count = sum(
+                1
+                for _, _, names in os.walk(entry)
+                for name in names
+                if Path(name).suffix.lower() in PHOTO_SUFFIXES
+            )
             if count:
                 nested.append(f"{entry} ({count})")
     if nested:
-        shown = ", ".join(nested[:MAX_LISTED]) + (f" and {len(nested) - MAX_LISTED} more" if
-                                                   len(nested) > MAX_LISTED else "")
-        warn(f"{folder}: photographs in subfolders are not graded: {shown}; pass each folder that "
-             "should be graded as its own argument")
+        shown = ", ".join(nested[:MAX_LISTED]) + (
+            f" and {len(nested) - MAX_LISTED} more" if len(nested) > MAX_LISTED else ""
+        )
+        warn(
+            f"{folder}: photographs in subfolders are not graded: {shown}; pass each folder that "
+            "should be graded as its own argument"
+        )
     # Every other entry that is not a folder: files, and pipes, sockets and links named otherwise.
     others = [e for e in entries if not e.is_dir() and e.suffix.lower() not in PHOTO_SUFFIXES]
     if others:
-        warn(f"{folder}: {len(others)} file(s) not graded (not {'/'.join(PHOTO_SUFFIXES)}), e.g. "
-             f"{others[0].name}")
+        warn(
+            f"{folder}: {len(others)} file(s) not graded (not {'/'.join(PHOTO_SUFFIXES)}), e.g. "
+            f"{others[0].name}"
+        )
 
 
 def check_photo_name(path: Path) -> None:
@@ -108,8 +117,9 @@ def check_photo_name(path: Path) -> None:
     """
     problem = name_problem(path.stem)
     if problem:
-        raise RetinopathyError(f"{path}: {path.stem!r} is not an image name ({problem}); {NAME_RULE} - "
-                               "rename the file")
+        raise RetinopathyError(
+            f"{path}: {path.stem!r} is not an image name ({problem}); {NAME_RULE} - rename the file"
+        )
 
 
 def same_photograph(first: Path, second: Path) -> str | None:
@@ -221,9 +231,12 @@ def photo_warning(path: Path, max_pixels: int) -> str:
     if (brightest > _BRIGHT).mean() < _BRIGHT_SHARE:
         return "no fundus found: the image is black; not a fundus photograph, the grade means nothing"
     if pixels.mean(axis=2).std() < _FLAT_STD:
-        return ("no fundus found: the image is one flat colour; not a fundus photograph, the grade "
-                "means nothing")
+        return (
+            "no fundus found: the image is one flat colour; not a fundus photograph, the grade means nothing"
+        )
     if (spread > _COLOUR_SPREAD).mean() < _COLOUR_SHARE:
-        return ("greyscale: the grader was trained on colour fundus photographs only, so its grade of a "
-                "greyscale image means little")
+        return (
+            "greyscale: the grader was trained on colour fundus photographs only, so its grade of a "
+            "greyscale image means little"
+        )
     return ""

@@ -35,10 +35,20 @@ from retinopathy.core.errors import RetinopathyError
 # grade, 456 by two, 8 by three and 12 by four. Their images hold 73.5% grade 0, as the
 # whole split does. The demo draws its patients from this table.
 COURSE_TRAIN_PAIRS: dict[tuple[int, int], int] = {
-    (0, 0): 7783, (0, 1): 548, (0, 2): 393, (0, 3): 4, (0, 4): 12,
-    (1, 1): 387, (1, 2): 252, (1, 3): 3, (1, 4): 4,
-    (2, 2): 1252, (2, 3): 121, (2, 4): 60,
-    (3, 3): 191, (3, 4): 49,
+    (0, 0): 7783,
+    (0, 1): 548,
+    (0, 2): 393,
+    (0, 3): 4,
+    (0, 4): 12,
+    (1, 1): 387,
+    (1, 2): 252,
+    (1, 3): 3,
+    (1, 4): 4,
+    (2, 2): 1252,
+    (2, 3): 121,
+    (2, 4): 60,
+    (3, 3): 191,
+    (3, 4): 49,
     (4, 4): 182,
 }
 
@@ -121,8 +131,13 @@ class _Canvas:
 
 
 def _uniform_in_fundus(
-    rng: np.random.Generator, cx: float, cy: float, r: float, avoid: tuple[float, float, float],
-    quadrant: int | None = None, spread: float = 0.85,
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    r: float,
+    avoid: tuple[float, float, float],
+    quadrant: int | None = None,
+    spread: float = 0.85,
 ) -> Point:
     """A random point in the fundus (optionally one quadrant), away from the optic disc."""
     while True:
@@ -137,8 +152,13 @@ def _uniform_in_fundus(
 
 
 def _grow_vessels(
-    rng: np.random.Generator, start: Point, angle: float, width: float, pull_to: float,
-    pull: float, fundus: tuple[float, float, float],
+    rng: np.random.Generator,
+    start: Point,
+    angle: float,
+    width: float,
+    pull_to: float,
+    pull: float,
+    fundus: tuple[float, float, float],
 ) -> list[tuple[Point, Point, float, int]]:
     """One vessel tree as (from, to, width, depth) segments: a random walk that tapers and forks.
 
@@ -173,13 +193,17 @@ def _blot(canvas: _Canvas, layer: str, rng: np.random.Generator, p: Point, radiu
     for _ in range(int(rng.integers(2, 5))):
         ox, oy = rng.normal(0.0, 0.35 * radius, size=2)
         a = radius * rng.uniform(0.55, 1.0)
-        canvas.ellipse(layer, p[0] + ox, p[1] + oy, a, a * rng.uniform(0.6, 1.0),
-                       rng.uniform(0, np.pi))
+        canvas.ellipse(layer, p[0] + ox, p[1] + oy, a, a * rng.uniform(0.6, 1.0), rng.uniform(0, np.pi))
 
 
 def _draw_lesions(
-    canvas: _Canvas, grade: int, rng: np.random.Generator, fundus: tuple[float, float, float],
-    disc: tuple[float, float, float], macula: Point, veins: list[tuple[Point, Point, float, int]],
+    canvas: _Canvas,
+    grade: int,
+    rng: np.random.Generator,
+    fundus: tuple[float, float, float],
+    disc: tuple[float, float, float],
+    macula: Point,
+    veins: list[tuple[Point, Point, float, int]],
     subtle: bool = False,
 ) -> None:
     """Draw the lesions of ``grade`` (cumulative along the clinical scale) onto ``canvas``."""
@@ -208,8 +232,14 @@ def _draw_lesions(
         blots = [anywhere(q) for q in range(4) for _ in range(int(rng.integers(3, 6)))]
         for _ in range(int(rng.integers(3, 7))):
             x, y = anywhere()
-            canvas.ellipse("haem", x, y, r * rng.uniform(0.05, 0.08), r * rng.uniform(0.015, 0.025),
-                           math.atan2(y - disc[1], x - disc[0]))
+            canvas.ellipse(
+                "haem",
+                x,
+                y,
+                r * rng.uniform(0.05, 0.08),
+                r * rng.uniform(0.015, 0.025),
+                math.atan2(y - disc[1], x - disc[0]),
+            )
     for p in blots:
         _blot(canvas, "haem", rng, p, r * rng.uniform(0.03, 0.055))
     # Hard exudates: bright yellow specks in clusters around the posterior pole.
@@ -256,8 +286,9 @@ def _draw_lesions(
         canvas.clear_above("preretinal", y - 0.3 * b)
 
 
-def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str | None = None,
-                  subtle: bool = False) -> np.ndarray:
+def render_fundus(
+    grade: int, rng: np.random.Generator, size: int, *, eye: str | None = None, subtle: bool = False
+) -> np.ndarray:
     """One synthetic fundus photograph.
 
     Everything that does not depend on the grade (framing, colours, disc, vessels,
@@ -287,8 +318,9 @@ def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str |
     r = size * rng.uniform(0.42, 0.47)
     cx, cy = size / 2 + rng.normal(0.0, 0.015 * size, size=2)
     fundus = (cx, cy, r)
-    base = np.array([rng.uniform(0.8, 0.95), rng.uniform(0.3, 0.42), rng.uniform(0.1, 0.2)],
-                    dtype=np.float32) * rng.uniform(0.85, 1.1)
+    base = np.array(
+        [rng.uniform(0.8, 0.95), rng.uniform(0.3, 0.42), rng.uniform(0.1, 0.2)], dtype=np.float32
+    ) * rng.uniform(0.85, 1.1)
     vignette, tilt = rng.uniform(0.45, 0.65), rng.normal(0.0, 0.06, size=2)
     dr = r * rng.uniform(0.085, 0.1)
     disc = (cx + r * rng.uniform(0.3, 0.36), cy + r * rng.normal(0.0, 0.04), dr)
@@ -297,8 +329,7 @@ def render_fundus(grade: int, rng: np.random.Generator, size: int, *, eye: str |
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     d = np.hypot(xx - cx, yy - cy) / r
     inside = np.clip((1.0 - d) * r + 0.5, 0.0, 1.0)[..., None]  # ~1 px anti-aliased rim
-    shade = (1.0 - vignette * np.minimum(d, 1.0) ** 2.5
-             + tilt[0] * (xx - cx) / r + tilt[1] * (yy - cy) / r)
+    shade = 1.0 - vignette * np.minimum(d, 1.0) ** 2.5 + tilt[0] * (xx - cx) / r + tilt[1] * (yy - cy) / r
     # Low-frequency mottling of the choroid: a coarse noise grid, upsampled smoothly.
     coarse = Image.fromarray(rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32))
     mottle = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
@@ -378,8 +409,13 @@ def vary(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ox, oy = centre + shift[0], centre + shift[1]
     matrix = (c, s_, centre - c * ox - s_ * oy, -s_, c, centre + s_ * ox - c * oy)
     background = round(0.012 * 255)  # render_fundus's dark surround
-    photo = Image.fromarray(image).transform((size, size), Image.Transform.AFFINE, matrix,
-                                             resample=Image.Resampling.BICUBIC, fillcolor=(background,) * 3)
+    photo = Image.fromarray(image).transform(
+        (size, size),
+        Image.Transform.AFFINE,
+        matrix,
+        resample=Image.Resampling.BICUBIC,
+        fillcolor=(background,) * 3,
+    )
     # Exposure, gamma and a colour cast; then focus and sensor noise.
     pixels = np.asarray(photo, dtype=np.float32) / 255.0
     pixels = pixels * rng.uniform(0.7, 1.3) * rng.uniform(0.88, 1.12, size=3).astype(np.float32)

@@ -26,8 +26,9 @@ _PURPOSE = 7  # a SeedSequence key of its own, apart from every other use of the
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma: the grey whose mean contrast changes around
 
 
-def affine(images: Tensor, angle: Tensor, flip_x: Tensor, flip_y: Tensor, area: Tensor,
-           shift: Tensor) -> Tensor:
+def affine(
+    images: Tensor, angle: Tensor, flip_x: Tensor, flip_y: Tensor, area: Tensor, shift: Tensor
+) -> Tensor:
     """Rotate, flip, zoom and shift each image of a batch (float [B,C,H,W] -> float).
 
     Args:
@@ -105,4 +106,3 @@ class Augment:
         if s.brightness or s.contrast:
             out = colour(out, p["brightness"], p["contrast"])
         return out.round_().clamp_(0, 255).to(torch.uint8)
-

@@ -44,8 +44,7 @@ def collate_images(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
     return stacked.permute(0, 3, 1, 2), torch.tensor(labels)
 
 
-def loader(dataset: Dataset, batch_size: int, sampler: Order, runtime: Runtime
-           ) -> DataLoader:
+def loader(dataset: Dataset, batch_size: int, sampler: Order, runtime: Runtime) -> DataLoader:
     """A DataLoader of uint8 batches with pinned memory and persistent workers where they help."""
     workers = runtime.num_workers
     return DataLoader(
@@ -60,27 +59,32 @@ def loader(dataset: Dataset, batch_size: int, sampler: Order, runtime: Runtime
     )
 
 
-def resident_wanted(params: Params, runtime: Runtime, records: dict[str, list[Record]],
-                    size: int | None) -> bool:
+def resident_wanted(
+    params: Params, runtime: Runtime, records: dict[str, list[Record]], size: int | None
+) -> bool:
     """Whether ``data.on_device`` puts these splits, at ``size`` px, in the device's memory."""
     total = sum(split_bytes(len(split), size) for split in records.values()) if size else 0
     return use_resident(params.data.on_device, runtime, size, total)
 
 
-def open_sources(params: Params, runtime: Runtime, records: dict[str, list[Record]], size: int | None,
-                 resident: bool) -> tuple[dict[str, Source], str]:
+def open_sources(
+    params: Params, runtime: Runtime, records: dict[str, list[Record]], size: int | None, resident: bool
+) -> tuple[dict[str, Source], str]:
     """Each non-empty split's source at ``size`` px, and the decoder that makes its pixels (in words)."""
     data, chosen = params.data, {name: split for name, split in records.items() if split}
     if resident:
         assert size is not None  # resident_wanted: no resident split without data.image_size
         sources = {name: decode_split(data.root, split, size, runtime) for name, split in chosen.items()}
         return dict(sources), describe_decoders(list(sources.values()))
-    return ({name: open_dataset(data.root, name, split, size, data.cache_dir)
-             for name, split in chosen.items()}, planned_decoder(False, runtime))
+    return (
+        {name: open_dataset(data.root, name, split, size, data.cache_dir) for name, split in chosen.items()},
+        planned_decoder(False, runtime),
+    )
 
 
-def batches(source: Source, sampler: Order, batch_size: int, runtime: Runtime
-            ) -> DataLoader | ResidentBatches:
+def batches(
+    source: Source, sampler: Order, batch_size: int, runtime: Runtime
+) -> DataLoader | ResidentBatches:
     """The batches of ``source`` in the order of ``sampler``."""
     if isinstance(source, ResidentSplit):
         return ResidentBatches(source, sampler, batch_size)

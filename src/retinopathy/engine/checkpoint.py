@@ -54,8 +54,14 @@ from retinopathy.pipeline import codedeps
 # run (except under a cosine schedule, whose every step depends on the total).
 # Everything else in params is fingerprinted, but for the sections training
 # never reads (demo reaches it only through the index; evaluate and fuse not at all).
-NOT_FINGERPRINTED = {("data", "num_workers"), ("data", "cache_dir"), ("data", "max_pixels"),
-                     ("data", "on_device"), ("train", "compile"), ("train", "epochs")}
+NOT_FINGERPRINTED = {
+    ("data", "num_workers"),
+    ("data", "cache_dir"),
+    ("data", "max_pixels"),
+    ("data", "on_device"),
+    ("train", "compile"),
+    ("train", "epochs"),
+}
 NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate", "fuse"}
 
 
@@ -80,15 +86,17 @@ def training_params(params: dict[str, Any], keep: frozenset[tuple[str, str]] = f
     return {
         section: (
             {k: v for k, v in values.items() if (section, k) not in NOT_FINGERPRINTED or (section, k) in keep}
-            if isinstance(values, dict) else values
+            if isinstance(values, dict)
+            else values
         )
         for section, values in params.items()
         if section not in NOT_FINGERPRINTED_SECTIONS
     }
 
 
-def fingerprint_inputs(params: dict[str, Any], init: str, weights_sha: str | None,
-                       index_sha: str, world_size: int, decoder: str) -> dict[str, Any]:
+def fingerprint_inputs(
+    params: dict[str, Any], init: str, weights_sha: str | None, index_sha: str, world_size: int, decoder: str
+) -> dict[str, Any]:
     """What determines a training run's result, as plain data."""
     return {
         "params": training_params(params),
@@ -133,23 +141,52 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 # What each kind of checkpoint holds, and the type of each entry; `load` checks it all.
 LAST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "spec": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "history": list,
-    "rng": dict, "fingerprint": str, "fingerprint_inputs": dict, "config": dict,
+    "model": dict,
+    "spec": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "epoch": int,
+    "history": list,
+    "rng": dict,
+    "fingerprint": str,
+    "fingerprint_inputs": dict,
+    "config": dict,
 }
 BEST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "spec": dict, "epoch": int, "fingerprint": str,
+    "model": dict,
+    "spec": dict,
+    "epoch": int,
+    "fingerprint": str,
 }
 KINDS = {"last": LAST_FIELDS, "best": BEST_FIELDS}
 
 
-def last_state(*, model: dict[str, Any], spec: dict[str, Any], optimizer: dict[str, Any],
-               scheduler: dict[str, Any], epoch: int, history: list[dict[str, float]], rng: dict[str, Any],
-               fingerprint: str, fingerprint_inputs: dict[str, Any],
-               config: dict[str, Any]) -> dict[str, Any]:
+def last_state(
+    *,
+    model: dict[str, Any],
+    spec: dict[str, Any],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    epoch: int,
+    history: list[dict[str, float]],
+    rng: dict[str, Any],
+    fingerprint: str,
+    fingerprint_inputs: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
     """A ``last.pt``: everything to resume after ``epoch`` (:data:`LAST_FIELDS`, in that order)."""
-    return {"model": model, "spec": spec, "optimizer": optimizer, "scheduler": scheduler, "epoch": epoch,
-            "history": history, "rng": rng, "fingerprint": fingerprint,
-            "fingerprint_inputs": fingerprint_inputs, "config": config}
+    return {
+        "model": model,
+        "spec": spec,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "epoch": epoch,
+        "history": history,
+        "rng": rng,
+        "fingerprint": fingerprint,
+        "fingerprint_inputs": fingerprint_inputs,
+        "config": config,
+    }
 
 
 def best_of_last(last: dict[str, Any], select_by: str) -> dict[str, Any]:
@@ -159,14 +196,22 @@ def best_of_last(last: dict[str, Any], select_by: str) -> dict[str, Any]:
     epoch, e.g. ``test_accuracy``) of that epoch: :func:`selected_figures` reads it back.
     """
     row = last["history"][last["epoch"] - 1]
-    return {"model": last["model"], "spec": last["spec"], "epoch": last["epoch"],
-            select_by: row[select_by], "fingerprint": last["fingerprint"]}
+    return {
+        "model": last["model"],
+        "spec": last["spec"],
+        "epoch": last["epoch"],
+        select_by: row[select_by],
+        "fingerprint": last["fingerprint"],
+    }
 
 
 def selected_figures(best: dict[str, Any]) -> dict[str, float]:
     """The figures a ``best.pt`` records of its epoch besides :data:`BEST_FIELDS` (what selected it)."""
-    return {key: value for key, value in best.items()
-            if key not in BEST_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)}
+    return {
+        key: value
+        for key, value in best.items()
+        if key not in BEST_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 class DamagedCheckpoint(RetinopathyError):
@@ -184,11 +229,13 @@ def read(path: Path, fix: str | None = None) -> dict[str, Any]:
         DamagedCheckpoint: naming ``path``, what is wrong and ``fix``, if the file is
             missing, truncated, not a torch file, or not a dict with a run fingerprint.
     """
+
     def damaged(problem: str) -> DamagedCheckpoint:
         return DamagedCheckpoint(f"{path}: {problem}; {_fix(path, fix)}")
 
-    state = load_tensors(path, "a readable checkpoint written by `retinopathy train`", _fix(path, fix),
-                         DamagedCheckpoint)
+    state = load_tensors(
+        path, "a readable checkpoint written by `retinopathy train`", _fix(path, fix), DamagedCheckpoint
+    )
     if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
         kind = type(state).__name__ if not isinstance(state, dict) else "dict without a run fingerprint"
         raise damaged(f"holds a {kind}, not a checkpoint of `retinopathy train`")
@@ -219,12 +266,17 @@ def check(state: dict[str, Any], path: Path, kind: str, fix: str | None = None) 
     if not tensors or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise damaged("its model is not a state dict of tensors")
     # A NaN weight grades every photograph alike (grade 0 with probability "nan"): never use one.
-    broken = [key for key, tensor in tensors.items()
-              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    broken = [
+        key
+        for key, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if broken:
-        raise damaged(f"its weights hold NaN or infinite numbers ({len(broken)} of {len(tensors)} tensors, "
-                      f"the first `{broken[0]}`): the training that wrote it diverged, or the file was "
-                      "altered, and no grade can come from it")
+        raise damaged(
+            f"its weights hold NaN or infinite numbers ({len(broken)} of {len(tensors)} tensors, "
+            f"the first `{broken[0]}`): the training that wrote it diverged, or the file was "
+            "altered, and no grade can come from it"
+        )
     if state["epoch"] < 1 or (kind == "last" and len(state["history"]) != state["epoch"]):
         raise damaged(f"says epoch {state['epoch']} but is inconsistent with its history")
     return state
@@ -324,7 +376,8 @@ class ResumeStore:
                 raise RetinopathyError(
                     f"{folder}: is {_kind(folder)}, not a folder; training keeps the checkpoints of "
                     f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
-                    f"(`mv {folder} {folder}.moved`) and train again")
+                    f"(`mv {folder} {folder}.moved`) and train again"
+                )
         check_writable(root, "the checkpoints of unfinished runs (the resume store)")
 
 
@@ -378,8 +431,13 @@ class StoredRun:
     def describe(self, now: float | None = None) -> str:
         """One line: its name, model and epoch, size, age, and what is wrong with it, if anything."""
         days = max(0.0, ((now or time.time()) - self.modified) / 86400)
-        age = f"{days:.0f} days ago" if days >= 2 else f"{days * 24:.0f} hours ago" if days * 24 >= 1 \
+        age = (
+            f"{days:.0f} days ago"
+            if days >= 2
+            else f"{days * 24:.0f} hours ago"
+            if days * 24 >= 1
             else "within the hour"
+        )
         what = f"{self.model or 'unknown model'}, epoch {self.epoch}" if self.epoch else "no finished epoch"
         line = f"{self.name}: {what}, {megabytes(self.size)}, last written {age}"
         return f"{line}; {self.problem}" if self.problem else line
@@ -407,8 +465,11 @@ def _stored_run(folder: Path, arm: str) -> StoredRun:
     elif arm not in ARMS or not _FINGERPRINT.fullmatch(folder.name):  # (arm "": no arm's folder)
         problem = "its name is not <arm>/<16 hex digits> as the store names its folders"
     entries = [] if problem else sorted(folder.iterdir())
-    foreign = [entry.name for entry in entries
-               if not _STORE_FILES.fullmatch(entry.name) or not stat.S_ISREG(entry.lstat().st_mode)]
+    foreign = [
+        entry.name
+        for entry in entries
+        if not _STORE_FILES.fullmatch(entry.name) or not stat.S_ISREG(entry.lstat().st_mode)
+    ]
     if foreign:
         problem = f"holds {', '.join(foreign[:3])}, which the store never writes"
     sizes = [entry.lstat() for entry in entries]
@@ -442,9 +503,11 @@ def stored_runs(models: Path) -> list[StoredRun]:
     if not os.path.lexists(root):
         return []
     if not root.is_dir():
-        raise RetinopathyError(f"{root}: is {_kind(root)}, not a folder; training keeps the checkpoints of "
-                               f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
-                               f"(`mv {root} {root}.moved`)")
+        raise RetinopathyError(
+            f"{root}: is {_kind(root)}, not a folder; training keeps the checkpoints of "
+            f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
+            f"(`mv {root} {root}.moved`)"
+        )
     found = []
     for arm in sorted(root.iterdir()):
         if arm.is_dir() and not arm.is_symlink():
@@ -462,8 +525,10 @@ def remove_stored_run(run: StoredRun) -> None:
     """
     again = _stored_run(run.folder, run.arm)  # as it is now, not as it was listed
     if again.problem:
-        raise RetinopathyError(f"{run.folder}: not removed: {again.problem}; look at it, and remove it by "
-                               "hand if it is not needed")
+        raise RetinopathyError(
+            f"{run.folder}: not removed: {again.problem}; look at it, and remove it by "
+            "hand if it is not needed"
+        )
     for entry in run.folder.iterdir():
         entry.unlink()
     ResumeStore(run.folder).remove()  # the folder, then its arm's folder and the store's, if left empty

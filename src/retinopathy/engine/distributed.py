@@ -39,8 +39,11 @@ class Process:
 
 def process_from_environment() -> Process:
     """This process as torchrun describes it (a single process without torchrun)."""
-    return Process(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                   int(os.environ.get("LOCAL_RANK", "0")))
+    return Process(
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def join(process: Process, device: torch.device) -> None:
@@ -64,7 +67,7 @@ def sum_over_processes(tensor: Tensor, process: Process) -> Tensor:
 
 def torch_seed(value: int) -> int:
     """``value`` as torch's generators take it: any int, folded into [0, 2**64) (unchanged there)."""
-    return value % 2 ** 64
+    return value % 2**64
 
 
 class ShardSampler(Sampler[int]):

@@ -122,9 +122,17 @@ class Progress:
         terminal: Whether ``stream`` is a terminal (default: ask it).
     """
 
-    def __init__(self, batches: Iterable, description: str, process: Process, *, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic, every: float | None = None,
-                 terminal: bool | None = None) -> None:
+    def __init__(
+        self,
+        batches: Iterable,
+        description: str,
+        process: Process,
+        *,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        every: float | None = None,
+        terminal: bool | None = None,
+    ) -> None:
         self.batches, self.description, self.process = batches, description, process
         self.stream = stream or sys.stderr
         self.clock, self.every = clock, PLAIN_EVERY if every is None else every
@@ -146,8 +154,15 @@ class Progress:
             yield from self.batches
             return
         if self.terminal:
-            yield from tqdm(self.batches, desc=self.description, leave=False, mininterval=1.0,
-                            dynamic_ncols=True, file=self.stream, unit="batch")
+            yield from tqdm(
+                self.batches,
+                desc=self.description,
+                leave=False,
+                mininterval=1.0,
+                dynamic_ncols=True,
+                file=self.stream,
+                unit="batch",
+            )
             return
         total, done = self.total(), 0
         started = last = self.clock()
@@ -176,7 +191,7 @@ def progress(batches: Iterable, description: str, process: Process) -> Iterable:
 
 def _confusion(actual: Tensor, predicted: Tensor) -> Tensor:
     """[5, 5] int64 counts on the device (rows = true grade)."""
-    return torch.bincount(actual * NUM_GRADES + predicted, minlength=NUM_GRADES ** 2)
+    return torch.bincount(actual * NUM_GRADES + predicted, minlength=NUM_GRADES**2)
 
 
 def _pass_result(loss_sum: Tensor, confusion: Tensor, process: Process, what: str) -> EpochResult:
@@ -202,8 +217,14 @@ def _pass_result(loss_sum: Tensor, confusion: Tensor, process: Process, what: st
     return EpochResult(totals[0] / total, float(np.trace(matrix)) / total, total, matrix)
 
 
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-             runtime: Runtime, head: Head) -> tuple[Tensor, Tensor]:
+def sgd_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    runtime: Runtime,
+    head: Head,
+) -> tuple[Tensor, Tensor]:
     """One SGD step on a batch already on the device, with the head's (weighted) training loss.
 
     Args:
@@ -246,8 +267,13 @@ class Learner:
     eager: nn.Module | None = None
 
 
-def train_epoch(learner: Learner, batches: Iterable, runtime: Runtime, description: str = "train",
-                augment: BatchHook | None = None) -> EpochResult:
+def train_epoch(
+    learner: Learner,
+    batches: Iterable,
+    runtime: Runtime,
+    description: str = "train",
+    augment: BatchHook | None = None,
+) -> EpochResult:
     """One pass of SGD over ``batches`` (see :func:`sgd_step`).
 
     Args:
@@ -264,7 +290,7 @@ def train_epoch(learner: Learner, batches: Iterable, runtime: Runtime, descripti
     model.train()
     device = runtime.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(NUM_GRADES ** 2, dtype=torch.int64, device=device)
+    confusion = torch.zeros(NUM_GRADES**2, dtype=torch.int64, device=device)
     step = full = 0
     first_batch, started = 0.0, time.perf_counter()
     # Reading the loss forces a GPU sync; on CUDA check every 25 steps instead of each.
@@ -325,8 +351,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, runtime: Runtime)
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, left-right, top-bottom, both: the dims of [B, 3, H, W]
 
 
-def _eval_outputs(model: nn.Module, batches: Iterable, runtime: Runtime,
-                  description: str) -> Iterator[tuple[Tensor, Tensor]]:
+def _eval_outputs(
+    model: nn.Module, batches: Iterable, runtime: Runtime, description: str
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Float32 outputs on the device and the labels as the loader gave them, per batch, in eval mode."""
     model.eval()
     for images, labels in progress(batches, description, runtime.process):
@@ -336,8 +363,9 @@ def _eval_outputs(model: nn.Module, batches: Iterable, runtime: Runtime,
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, images: Tensor, runtime: Runtime, head: Head,
-                   tta: bool = False) -> Tensor:
+def predict_scores(
+    model: nn.Module, images: Tensor, runtime: Runtime, head: Head, tta: bool = False
+) -> Tensor:
     """The head's scores of one batch on the device; with ``tta``, their mean over the four flips."""
     views: tuple[tuple[int, ...], ...] = FLIPS if tta else ((),)
     total: Tensor | None = None
@@ -351,8 +379,15 @@ def predict_scores(model: nn.Module, images: Tensor, runtime: Runtime, head: Hea
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, description: str = "test",
-            tta: bool = False, lower: str = "the batch size (--batch-size)") -> tuple[Tensor, Tensor, Tensor]:
+def predict(
+    model: nn.Module,
+    batches: Iterable,
+    runtime: Runtime,
+    head: Head,
+    description: str = "test",
+    tta: bool = False,
+    lower: str = "the batch size (--batch-size)",
+) -> tuple[Tensor, Tensor, Tensor]:
     """Scores, grades and true grades of this process's shard (CPU tensors), in eval mode.
 
     Without ``tta`` the grades are exactly those the evaluation passes count
@@ -365,8 +400,9 @@ def predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, d
         return _predict(model, batches, runtime, head, description, tta)
 
 
-def _predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, description: str,
-             tta: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _predict(
+    model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, description: str, tta: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     model.eval()
     scores, grades, actual = [], [], []
     for images, labels in progress(batches, description, runtime.process):
@@ -389,8 +425,14 @@ def _predict(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head, 
 
 
 @torch.no_grad()
-def evaluate_epoch(model: nn.Module, batches: Iterable, runtime: Runtime, head: Head,
-                   description: str = "test", keep_outputs: bool = False) -> EpochResult:
+def evaluate_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    runtime: Runtime,
+    head: Head,
+    description: str = "test",
+    keep_outputs: bool = False,
+) -> EpochResult:
     """Mean unweighted loss, accuracy and confusion matrix over a whole split (all processes together).
 
     Args:
@@ -398,7 +440,7 @@ def evaluate_epoch(model: nn.Module, batches: Iterable, runtime: Runtime, head: 
     """
     device = runtime.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(NUM_GRADES ** 2, dtype=torch.int64, device=device)
+    confusion = torch.zeros(NUM_GRADES**2, dtype=torch.int64, device=device)
     kept_outputs, kept_labels = [], []
     for outputs, labels in _eval_outputs(model, batches, runtime, description):
         labels = labels.to(device, non_blocking=True)

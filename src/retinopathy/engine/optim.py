@@ -18,12 +18,25 @@ from retinopathy.core.contract import SCHEDULES
 from retinopathy.engine.runtime import Runtime
 
 
-def make_optimizer(model: nn.Module, runtime: Runtime, *, lr: float, momentum: float,
-                   weight_decay: float, nesterov: bool = False) -> torch.optim.SGD:
+def make_optimizer(
+    model: nn.Module,
+    runtime: Runtime,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool = False,
+) -> torch.optim.SGD:
     """SGD over ``model``'s parameters; the fused CUDA kernel where there is one, foreach elsewhere."""
     implementation = {"fused": True} if runtime.device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov, **implementation)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        **implementation,
+    )
 
 
 def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -43,8 +56,10 @@ def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
-                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-batch scheduler following :func:`lr_factor` (call ``step()`` after each optimizer step)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, schedule, warmup_steps, total_steps))
+        optimizer, lambda step: lr_factor(step, schedule, warmup_steps, total_steps)
+    )

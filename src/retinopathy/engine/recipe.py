@@ -51,12 +51,16 @@ def selection_column(with_val: bool, select_by: str) -> str:
 
 
 def _row(name: str, result: loops.EpochResult) -> dict[str, float]:
-    return {f"{name}_loss": result.loss, f"{name}_accuracy": result.accuracy,
-            f"{name}_kappa": kappa_of_confusion(result.confusion)}
+    return {
+        f"{name}_loss": result.loss,
+        f"{name}_accuracy": result.accuracy,
+        f"{name}_kappa": kappa_of_confusion(result.confusion),
+    }
 
 
-def evaluate_splits(net: nn.Module, splits: Mapping[str, Iterable], runtime: Runtime, head: Head,
-                    tune: bool) -> dict[str, float]:
+def evaluate_splits(
+    net: nn.Module, splits: Mapping[str, Iterable], runtime: Runtime, head: Head, tune: bool
+) -> dict[str, float]:
     """Loss, accuracy and kappa of each split (``val`` first); with ``tune``, thresholds first.
 
     With ``tune`` (regression and a validation split), the thresholds are tuned
@@ -72,7 +76,7 @@ def evaluate_splits(net: nn.Module, splits: Mapping[str, Iterable], runtime: Run
             values, actual = head.scores(result.outputs).numpy(), result.labels.numpy()
             head.thresholds = tuple(tune_thresholds(values, actual))
             pairs = actual * NUM_GRADES + grades_of_values(values, head.thresholds)
-            result.confusion = np.bincount(pairs, minlength=NUM_GRADES ** 2).reshape(NUM_GRADES, NUM_GRADES)
+            result.confusion = np.bincount(pairs, minlength=NUM_GRADES**2).reshape(NUM_GRADES, NUM_GRADES)
             result.accuracy = float(np.trace(result.confusion)) / result.count
         row.update(_row(name, result))
     return row
@@ -81,4 +85,3 @@ def evaluate_splits(net: nn.Module, splits: Mapping[str, Iterable], runtime: Run
 def train_row(result: loops.EpochResult) -> dict[str, float]:
     """The training figures of an epoch's history row."""
     return _row("train", result)
-

@@ -49,6 +49,7 @@ class Order(Protocol):
 
     def __len__(self) -> int: ...
 
+
 TURBO = "libjpeg-turbo (simplejpeg), on the CPU"
 NVJPEG = "nvJPEG (torchvision.io.decode_jpeg), on the GPU"
 GPU_DECODE_BATCH = 256  # images per batched nvJPEG call
@@ -80,7 +81,7 @@ class ResidentBatches:
         order = list(self.sampler)
         device = self.split.images.device
         for start in range(0, len(order), self.batch_size):
-            index = torch.tensor(order[start:start + self.batch_size], device=device)
+            index = torch.tensor(order[start : start + self.batch_size], device=device)
             images = self.split.images.index_select(0, index).permute(0, 3, 1, 2)
             yield images, self.split.labels.index_select(0, index)
 
@@ -100,8 +101,10 @@ def use_resident(switch: str, runtime: Runtime, size: int | None, total_bytes: i
         return False
     if size is None:
         if switch == "on":
-            raise RetinopathyError("params.yaml: data.on_device `on` needs data.image_size set (every "
-                                   "image of a resident split has one shape); set it, or on_device to auto")
+            raise RetinopathyError(
+                "params.yaml: data.on_device `on` needs data.image_size set (every "
+                "image of a resident split has one shape); set it, or on_device to auto"
+            )
         return False
     if switch == "on":
         return True
@@ -123,8 +126,9 @@ def _resized(image: Tensor, size: int) -> Tensor:
     """uint8 [3, H, W] -> [3, size, size] on its device (bilinear, anti-aliased when shrinking)."""
     if image.shape[-2:] == (size, size):
         return image
-    scaled = torch.nn.functional.interpolate(image[None].float(), size=(size, size), mode="bilinear",
-                                             antialias=True, align_corners=False)
+    scaled = torch.nn.functional.interpolate(
+        image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return scaled[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -182,8 +186,10 @@ def decode_split(root: str | Path, records: Sequence[Record], size: int, runtime
         images = torch.empty((len(paths), size, size, 3), dtype=torch.uint8, device=device)
     except torch.OutOfMemoryError:
         gigabytes = split_bytes(len(paths), size) / 1e9
-        raise RetinopathyError(f"{gigabytes:.1f} GB of decoded images do not fit in {device}'s memory; "
-                               "set params.yaml data.on_device to auto or off") from None
+        raise RetinopathyError(
+            f"{gigabytes:.1f} GB of decoded images do not fit in {device}'s memory; "
+            "set params.yaml data.on_device to auto or off"
+        ) from None
     decoders: dict[str, int] = {}
     left = list(range(len(paths)))
     if device.type == "cuda":
@@ -212,4 +218,3 @@ def describe_decoders(splits: Sequence[ResidentSplit]) -> str:
     if len(counts) == 1:
         return next(iter(counts))
     return "; ".join(f"{name}: {count} images" for name, count in counts.items())
-

@@ -100,8 +100,14 @@ def default_workers(device: torch.device) -> int:
     return min(16, max(cpus - 1, 1)) if device.type == "cuda" else 0
 
 
-def make_runtime(device: torch.device, *, precision: str = "auto", channels_last: str = "auto",
-                 num_workers: int | str = "auto", process: Process | None = None) -> Runtime:
+def make_runtime(
+    device: torch.device,
+    *,
+    precision: str = "auto",
+    channels_last: str = "auto",
+    num_workers: int | str = "auto",
+    process: Process | None = None,
+) -> Runtime:
     """Resolve the ``auto`` switches for ``device`` (params.yaml's train.precision, ...)."""
     cuda = device.type == "cuda"
     return Runtime(
@@ -124,8 +130,13 @@ def from_params(params: Params, process: Process | None = None) -> Runtime:
     ``train.channels_last`` and ``data.num_workers`` (of one process, unless ``process`` is given)."""
     train = params.train
     device = resolve_device(train.device, process.local_rank if process is not None else 0)
-    return make_runtime(device, precision=train.precision, channels_last=train.channels_last,
-                        num_workers=params.data.num_workers, process=process)
+    return make_runtime(
+        device,
+        precision=train.precision,
+        channels_last=train.channels_last,
+        num_workers=params.data.num_workers,
+        process=process,
+    )
 
 
 def start(params: Params) -> Runtime:
@@ -160,8 +171,7 @@ def compiled(model: nn.Module) -> nn.Module:
     them instead of compiling again; TORCHINDUCTOR_CACHE_DIR picks the folder
     (default here: ~/.cache/retinopathy/inductor, not /tmp, which a reboot empties).
     """
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                          str(Path.home() / ".cache" / "retinopathy" / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "retinopathy" / "inductor"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     # torch.compile of a Module returns an OptimizedModule (a Module); its stub says a callable.

@@ -20,12 +20,14 @@ def confusion_tables(actual: np.ndarray, predicted: np.ndarray) -> tuple[np.ndar
 
 def quadratic_kappa(actual: np.ndarray, predicted: np.ndarray) -> float:
     """Quadratic weighted kappa, Kaggle 2015's metric; 0 when both sides are constant."""
-    return float(np.nan_to_num(cohen_kappa_score(actual, predicted, labels=list(GRADES),
-                                                 weights="quadratic")))
+    return float(
+        np.nan_to_num(cohen_kappa_score(actual, predicted, labels=list(GRADES), weights="quadratic"))
+    )
 
 
-def scores(actual: np.ndarray, predicted: np.ndarray,
-           tables: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+def scores(
+    actual: np.ndarray, predicted: np.ndarray, tables: tuple[np.ndarray, np.ndarray]
+) -> dict[str, float]:
     """Accuracy, balanced accuracy, quadratic weighted kappa and per-grade recall, by metrics key.
 
     A grade with no test images has no recall (its key is left out).
@@ -63,12 +65,18 @@ def kappa_of_confusion(matrix: np.ndarray) -> float:
 
 def grades_of_values(values: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     """Regression values -> grades: how many thresholds lie below each value (as ``torch.bucketize``)."""
-    return np.searchsorted(np.asarray(thresholds, dtype=np.float64), np.asarray(values, dtype=np.float64),
-                           side="left")
+    return np.searchsorted(
+        np.asarray(thresholds, dtype=np.float64), np.asarray(values, dtype=np.float64), side="left"
+    )
 
 
-def tune_thresholds(values: np.ndarray, actual: np.ndarray, start: Sequence[float] = ROUNDING_THRESHOLDS,
-                    passes: int = 3, candidates: int = 41) -> list[float]:
+def tune_thresholds(
+    values: np.ndarray,
+    actual: np.ndarray,
+    start: Sequence[float] = ROUNDING_THRESHOLDS,
+    passes: int = 3,
+    candidates: int = 41,
+) -> list[float]:
     """Thresholds between grades that maximise quadratic kappa on (values, actual): coordinate ascent.
 
     Each threshold in turn is moved to the best of ``candidates`` evenly spaced
@@ -91,7 +99,7 @@ def tune_thresholds(values: np.ndarray, actual: np.ndarray, start: Sequence[floa
             low = thresholds[i - 1] if i > 0 else low_end
             high = thresholds[i + 1] if i + 1 < len(thresholds) else high_end
             for candidate in np.linspace(low, high, candidates + 2)[1:-1]:
-                trial = thresholds[:i] + [float(candidate)] + thresholds[i + 1:]
+                trial = thresholds[:i] + [float(candidate)] + thresholds[i + 1 :]
                 score = kappa(trial)
                 if score > best + 1e-12:
                     best, thresholds = score, trial

@@ -63,8 +63,13 @@ class Scored:
     threatening: np.ndarray
 
     def __post_init__(self) -> None:
-        sizes = {len(self.patients), len(self.actual), len(self.predicted), len(self.referable),
-                 len(self.threatening)}
+        sizes = {
+            len(self.patients),
+            len(self.actual),
+            len(self.predicted),
+            len(self.referable),
+            len(self.threatening),
+        }
         if len(sizes) != 1:
             raise ValueError(f"the arrays of one split differ in length: {sorted(sizes)}")
 
@@ -80,12 +85,18 @@ def scores_of(outputs: np.ndarray, regression: bool) -> tuple[np.ndarray, np.nda
     return outputs[:, REFERABLE_GRADE:].sum(1), outputs[:, VISION_THREATENING_GRADE:].sum(1)
 
 
-def scored(patients: Sequence[str], actual: np.ndarray, predicted: np.ndarray, outputs: np.ndarray,
-           regression: bool) -> Scored:
+def scored(
+    patients: Sequence[str], actual: np.ndarray, predicted: np.ndarray, outputs: np.ndarray, regression: bool
+) -> Scored:
     """A :class:`Scored` split from image patients, grades and the head's scores."""
     referable, threatening = scores_of(outputs, regression)
-    return Scored(np.asarray(patients, dtype=object), np.asarray(actual, dtype=np.int64),
-                  np.asarray(predicted, dtype=np.int64), referable, threatening)
+    return Scored(
+        np.asarray(patients, dtype=object),
+        np.asarray(actual, dtype=np.int64),
+        np.asarray(predicted, dtype=np.int64),
+        referable,
+        threatening,
+    )
 
 
 def per_patient(images: Scored) -> Scored:
@@ -157,8 +168,9 @@ def figures(rows: Scored, thresholds: Mapping[str, float | None] | None = None) 
             ``<point>_sensitivity`` and ``<point>_specificity`` are added for each.
     """
     truth = rows.actual >= REFERABLE_GRADE
-    confusion = np.bincount(rows.actual * NUM_GRADES + rows.predicted,
-                            minlength=NUM_GRADES ** 2).reshape(NUM_GRADES, NUM_GRADES)
+    confusion = np.bincount(rows.actual * NUM_GRADES + rows.predicted, minlength=NUM_GRADES**2).reshape(
+        NUM_GRADES, NUM_GRADES
+    )
     sensitivity, specificity = sensitivity_specificity(truth, rows.predicted >= REFERABLE_GRADE)
     out: dict[str, float | None] = {
         "accuracy": float((rows.actual == rows.predicted).mean()) if len(rows) else None,
@@ -173,7 +185,8 @@ def figures(rows: Scored, thresholds: Mapping[str, float | None] | None = None) 
             out[f"{point}_sensitivity"] = out[f"{point}_specificity"] = None
         else:
             out[f"{point}_sensitivity"], out[f"{point}_specificity"] = sensitivity_specificity(
-                truth, rows.referable >= threshold)
+                truth, rows.referable >= threshold
+            )
     return out
 
 
@@ -186,8 +199,12 @@ class Interval:
     undefined: int
 
 
-def bootstrap(images: Scored, thresholds: Mapping[str, float | None], resamples: int, seed: int,
-              ) -> dict[str, dict[str, Interval]]:
+def bootstrap(
+    images: Scored,
+    thresholds: Mapping[str, float | None],
+    resamples: int,
+    seed: int,
+) -> dict[str, dict[str, Interval]]:
     """Percentile intervals of every figure per image and per patient, resampling patients.
 
     Each resample draws as many patients as there are, with replacement, and
@@ -231,8 +248,13 @@ def bootstrap(images: Scored, thresholds: Mapping[str, float | None], resamples:
 
 
 def _take(rows: Scored, index: np.ndarray) -> Scored:
-    return Scored(rows.patients[index], rows.actual[index], rows.predicted[index], rows.referable[index],
-                  rows.threatening[index])
+    return Scored(
+        rows.patients[index],
+        rows.actual[index],
+        rows.predicted[index],
+        rows.referable[index],
+        rows.threatening[index],
+    )
 
 
 @dataclass(frozen=True)
@@ -246,8 +268,11 @@ class CalibrationBin:
     observed: float | None  # share of the bin's images that are truly referable
 
 
-def calibration(truth: np.ndarray, probability: np.ndarray, bins: int = CALIBRATION_BINS,
-                ) -> tuple[float | None, list[CalibrationBin]]:
+def calibration(
+    truth: np.ndarray,
+    probability: np.ndarray,
+    bins: int = CALIBRATION_BINS,
+) -> tuple[float | None, list[CalibrationBin]]:
     """Expected calibration error and its bins: ECE = sum over bins of (n_b / N) |mean p_b - observed_b|."""
     truth, probability = np.asarray(truth, dtype=np.float64), np.asarray(probability, dtype=np.float64)
     edges = np.linspace(0, 1, bins + 1)
@@ -278,8 +303,14 @@ def roc_points(truth: np.ndarray, score: np.ndarray) -> list[tuple[float, float,
     return [(float(f), float(t), float(h)) for f, t, h in zip(fpr, tpr, finite, strict=True)]
 
 
-def record(test: Scored, val: Scored | None, targets: Mapping[str, float], resamples: int, seed: int,
-           probabilities: bool) -> dict[str, Any]:
+def record(
+    test: Scored,
+    val: Scored | None,
+    targets: Mapping[str, float],
+    resamples: int,
+    seed: int,
+    probabilities: bool,
+) -> dict[str, Any]:
     """Every screening figure of a test split, as plain data (the screening JSON file).
 
     Args:
@@ -305,22 +336,38 @@ def record(test: Scored, val: Scored | None, targets: Mapping[str, float], resam
         for point in OPERATING_POINTS:
             threshold = operating_threshold(val_truth, val.referable, point, targets[point])
             thresholds[point] = threshold
-            sensitivity, specificity = (sensitivity_specificity(val_truth, val.referable >= threshold)
-                                        if threshold is not None else (None, None))
-            points[point] = {"target": targets[point], "threshold": threshold,
-                             "val_sensitivity": sensitivity, "val_specificity": specificity}
+            sensitivity, specificity = (
+                sensitivity_specificity(val_truth, val.referable >= threshold)
+                if threshold is not None
+                else (None, None)
+            )
+            points[point] = {
+                "target": targets[point],
+                "threshold": threshold,
+                "val_sensitivity": sensitivity,
+                "val_specificity": specificity,
+            }
             if threshold is None:
-                notes.append(f"{point}: the validation split has only one class of referable DR, so no "
-                             "threshold can be chosen on it")
+                notes.append(
+                    f"{point}: the validation split has only one class of referable DR, so no "
+                    "threshold can be chosen on it"
+                )
         points["val_images"] = len(val)
     else:
-        notes.append("no validation split (data.val_fraction = 0): no operating points; set "
-                     "data.val_fraction > 0 to choose them on validation")
+        notes.append(
+            "no validation split (data.val_fraction = 0): no operating points; set "
+            "data.val_fraction > 0 to choose them on validation"
+        )
     levels = {"image": test, "patient": per_patient(test)}
     intervals = bootstrap(test, thresholds, resamples, seed) if resamples and len(test) else None
     out: dict[str, Any] = {
-        "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "unit": "patient",
-                      "method": "percentile"},
+        "bootstrap": {
+            "resamples": resamples,
+            "seed": seed,
+            "confidence": CONFIDENCE,
+            "unit": "patient",
+            "method": "percentile",
+        },
         "operating_points": points,
     }
     if probabilities:
@@ -332,17 +379,26 @@ def record(test: Scored, val: Scored | None, targets: Mapping[str, float], resam
     for level, rows in levels.items():
         at_level = figures(rows, thresholds)
         truth = rows.actual >= REFERABLE_GRADE
-        entry: dict[str, Any] = {"n": len(rows), "referable": int(truth.sum()),
-                                 "vision_threatening": int((rows.actual >= VISION_THREATENING_GRADE).sum())}
+        entry: dict[str, Any] = {
+            "n": len(rows),
+            "referable": int(truth.sum()),
+            "vision_threatening": int((rows.actual >= VISION_THREATENING_GRADE).sum()),
+        }
         for key, value in at_level.items():
             interval = intervals[level][key] if intervals else Interval(None, None, 0)
-            entry[key] = {"value": value, "low": interval.low, "high": interval.high,
-                          "undefined": interval.undefined}
+            entry[key] = {
+                "value": value,
+                "low": interval.low,
+                "high": interval.high,
+                "undefined": interval.undefined,
+            }
             if value is None:
                 notes.append(f"{level} {key}: undefined, the test split has only one class")
             elif intervals and interval.undefined:
-                notes.append(f"{level} {key}: undefined in {interval.undefined} of {resamples} resamples "
-                             "(one class only), left out of its interval")
+                notes.append(
+                    f"{level} {key}: undefined in {interval.undefined} of {resamples} resamples "
+                    "(one class only), left out of its interval"
+                )
         out[level] = entry
     if not resamples:
         notes.append("evaluate.bootstrap = 0: no intervals")

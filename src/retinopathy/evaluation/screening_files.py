@@ -56,8 +56,9 @@ def _rounded(value: Any) -> Any:
     return round(value, DECIMALS) if isinstance(value, float) else value
 
 
-def screening_contents(files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None,
-                       probabilities: bool) -> dict[Path, str]:
+def screening_contents(
+    files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None, probabilities: bool
+) -> dict[Path, str]:
     """The texts of the arm's screening JSON, ROC curves and reliability bins (a skipped arm: ``{}``,
     headers), by file: for the stage to write with its other outputs (``files.write_together``)."""
     contents: dict[Path, str] = {}
@@ -65,22 +66,28 @@ def screening_contents(files: ScreeningFiles, record: dict[str, Any] | None, tes
         rows: list[list[str]] = []
         if test is not None:
             chosen = test if level == "image" else per_patient(test)
-            rows = [[_number(f), _number(t), _number(h)]
-                    for f, t, h in roc_points(chosen.actual >= REFERABLE_GRADE, chosen.referable)]
+            rows = [
+                [_number(f), _number(t), _number(h)]
+                for f, t, h in roc_points(chosen.actual >= REFERABLE_GRADE, chosen.referable)
+            ]
         contents[files.roc(level)] = csv_text(list(ROC_COLUMNS), rows)
     bins: list[list[Any]] = []
     if test is not None and probabilities:
         _, found = calibration(test.actual >= REFERABLE_GRADE, test.referable)
         # Empty bins are left out (they have no mean): DVC's plot and the figure draw the others.
-        bins = [[_number(b.low), _number(b.high), b.count, _number(b.mean_probability), _number(b.observed)]
-                for b in found if b.count]
+        bins = [
+            [_number(b.low), _number(b.high), b.count, _number(b.mean_probability), _number(b.observed)]
+            for b in found
+            if b.count
+        ]
     contents[files.reliability] = csv_text(list(RELIABILITY_COLUMNS), bins)
     contents[files.screening] = json_text(files.screening, _rounded(record or {}))
     return contents
 
 
-def write_screening(files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None,
-                    probabilities: bool) -> None:
+def write_screening(
+    files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None, probabilities: bool
+) -> None:
     """Write :func:`screening_contents`, all of them or none."""
     write_together(screening_contents(files, record, test, probabilities))
 
@@ -102,8 +109,9 @@ def _csv(path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise RetinopathyError(f"{path}: not a readable CSV ({error}): {fix}") from None
     if tuple(frame.columns) != columns:
-        raise RetinopathyError(f"{path}: the header is {','.join(map(str, frame.columns))}, expected "
-                               f"{','.join(columns)}: {fix}")
+        raise RetinopathyError(
+            f"{path}: the header is {','.join(map(str, frame.columns))}, expected {','.join(columns)}: {fix}"
+        )
     try:
         values = frame.to_numpy(dtype=np.float64)
     except (ValueError, TypeError):

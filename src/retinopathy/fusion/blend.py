@@ -48,12 +48,21 @@ class Blend(nn.Module):
         self.register_buffer("mean", mean.reshape(1, size).float().clone())
         self.register_buffer("std", std.reshape(1, size).float().clone())
         width = 2 * size + 1
-        self.layers = (nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
-                       if hidden else nn.Sequential(nn.Linear(width, outputs)))
+        self.layers = (
+            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+            if hidden
+            else nn.Sequential(nn.Linear(width, outputs))
+        )
 
     def forward(self, this: Tensor, other: Tensor, side: Tensor) -> Tensor:
-        joined = torch.cat([(this - self.mean) / self.std, (other - self.mean) / self.std,
-                            side.reshape(-1, 1).to(this.dtype)], 1)
+        joined = torch.cat(
+            [
+                (this - self.mean) / self.std,
+                (other - self.mean) / self.std,
+                side.reshape(-1, 1).to(this.dtype),
+            ],
+            1,
+        )
         return self.layers(joined)
 
 
@@ -69,10 +78,16 @@ class Pairs:
     @classmethod
     def of(cls, inputs: Tensor, labels: Tensor, partner: Sequence[int], side: Sequence[float]) -> Pairs:
         rows = [i for i, p in enumerate(partner) if p >= 0]
-        index, other = torch.tensor(rows, dtype=torch.long), torch.tensor([partner[i] for i in rows],
-                                                                          dtype=torch.long)
-        return cls(inputs[index].float(), inputs[other].float(),
-                   torch.tensor([side[i] for i in rows], dtype=torch.float32), labels[index].long())
+        index, other = (
+            torch.tensor(rows, dtype=torch.long),
+            torch.tensor([partner[i] for i in rows], dtype=torch.long),
+        )
+        return cls(
+            inputs[index].float(),
+            inputs[other].float(),
+            torch.tensor([side[i] for i in rows], dtype=torch.float32),
+            labels[index].long(),
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -129,8 +144,10 @@ class BlendRecord:
         """
         problem = self.broken()
         if problem:
-            raise RetinopathyError(f"{path}: not written: {problem}, so the blend diverged while it learned; "
-                                   "lower fuse.lr in params.yaml and run the `fuse` stage again")
+            raise RetinopathyError(
+                f"{path}: not written: {problem}, so the blend diverged while it learned; "
+                "lower fuse.lr in params.yaml and run the `fuse` stage again"
+            )
         buffer = io.BytesIO()
         torch.save(asdict(self), buffer)
         return buffer.getvalue()
@@ -149,9 +166,11 @@ class BlendRecord:
                 features or scores (another architecture, or another head).
         """
         if self.learned and width != self.size:
-            raise RetinopathyError(f"{source}: the blend reads {self.size} {self.inputs} per eye, but this "
-                                   f"network gives {width}: it was learned on another network's outputs; "
-                                   f"{fix}")
+            raise RetinopathyError(
+                f"{source}: the blend reads {self.size} {self.inputs} per eye, but this "
+                f"network gives {width}: it was learned on another network's outputs; "
+                f"{fix}"
+            )
 
     @classmethod
     def load(cls, path: Path, fix: str) -> BlendRecord:
@@ -164,16 +183,19 @@ class BlendRecord:
         raw = load_tensors(path, "a readable blend written by `retinopathy fuse`", fix)
         names = set(cls.__dataclass_fields__)
         if not isinstance(raw, dict) or set(raw) != names or raw.get("format") != FORMAT:
-            raise RetinopathyError(f"{path}: not a blend written by this version of `retinopathy fuse`; "
-                                   f"{fix}")
+            raise RetinopathyError(
+                f"{path}: not a blend written by this version of `retinopathy fuse`; {fix}"
+            )
         try:
             record = build_record(cls, raw)
         except ValueError as error:
             raise RetinopathyError(f"{path}: damaged: {error}; {fix}") from None
         problem = record.broken()
         if problem:
-            raise RetinopathyError(f"{path}: {problem}: the `fuse` stage that wrote it diverged (or the file "
-                                   f"was altered), and no grade can come from it; {fix}")
+            raise RetinopathyError(
+                f"{path}: {problem}: the `fuse` stage that wrote it diverged (or the file "
+                f"was altered), and no grade can come from it; {fix}"
+            )
         try:
             if record.learned:
                 record.model()
@@ -187,8 +209,18 @@ def _loss(model: Blend, pairs: Pairs, head: Head) -> float:
         return float(head.loss(model(pairs.this, pairs.other, pairs.side), pairs.labels, weighted=False))
 
 
-def learn(train: Pairs, val: Pairs | None, head: Head, *, hidden: int, epochs: int, lr: float,
-          weight_decay: float, batch_size: int, seed: int) -> tuple[Blend, int, str]:
+def learn(
+    train: Pairs,
+    val: Pairs | None,
+    head: Head,
+    *,
+    hidden: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[Blend, int, str]:
     """Fit a blend on ``train`` (Adam, seeded minibatches); keep the best validation epoch, else the last.
 
     Returns:
@@ -210,8 +242,11 @@ def learn(train: Pairs, val: Pairs | None, head: Head, *, hidden: int, epochs: i
     for epoch in range(1, epochs + 1):
         model.train()
         for rows in torch.randperm(len(train), generator=generator).split(batch_size):
-            loss = head.loss(model(train.this[rows], train.other[rows], train.side[rows]), train.labels[rows],
-                             weighted=False)
+            loss = head.loss(
+                model(train.this[rows], train.other[rows], train.side[rows]),
+                train.labels[rows],
+                weighted=False,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -223,16 +258,22 @@ def learn(train: Pairs, val: Pairs | None, head: Head, *, hidden: int, epochs: i
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
     if best_state is not None and val is not None:
         model.load_state_dict(best_state)
-        rule = (f"epoch {best_epoch} of {epochs}, the lowest validation loss ({best_loss:.4f}) over "
-                f"{len(val)} two-eyed validation images (test unseen)")
+        rule = (
+            f"epoch {best_epoch} of {epochs}, the lowest validation loss ({best_loss:.4f}) over "
+            f"{len(val)} two-eyed validation images (test unseen)"
+        )
     else:
-        rule = (f"the last of {epochs} epochs (fixed: no two-eyed patient in a validation split to choose "
-                "by; set data.val_fraction > 0 to choose); test unseen")
+        rule = (
+            f"the last of {epochs} epochs (fixed: no two-eyed patient in a validation split to choose "
+            "by; set data.val_fraction > 0 to choose); test unseen"
+        )
     if not all(bool(torch.isfinite(value).all()) for value in model.state_dict().values()):
         # A NaN blend grades every image 0; the kept epoch is the last, or no epoch had a finite loss.
-        raise RetinopathyError(f"params.yaml: the blend diverged while it learned (fuse.lr {lr:g}, "
-                               f"{epochs} epochs): its weights became NaN or infinite; lower fuse.lr (Adam's "
-                               "usual 0.001, say) and run the `fuse` stage again. Nothing was written")
+        raise RetinopathyError(
+            f"params.yaml: the blend diverged while it learned (fuse.lr {lr:g}, "
+            f"{epochs} epochs): its weights became NaN or infinite; lower fuse.lr (Adam's "
+            "usual 0.001, say) and run the `fuse` stage again. Nothing was written"
+        )
     return model.eval(), best_epoch, rule
 
 
@@ -254,8 +295,9 @@ def thresholds_for(model: Blend, val: Pairs | None, head: Head) -> list[float] |
     return tune_thresholds(values, val.labels.numpy())
 
 
-def fused_scores(record: BlendRecord, this: Tensor, other: Tensor, side: Tensor, source: str | Path,
-                 fix: str) -> tuple[Tensor, Tensor]:
+def fused_scores(
+    record: BlendRecord, this: Tensor, other: Tensor, side: Tensor, source: str | Path, fix: str
+) -> tuple[Tensor, Tensor]:
     """The blend's scores ([M, 5] or [M]) and grades [M] of two-eyed images (CPU, float32).
 
     Raises:

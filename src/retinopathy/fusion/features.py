@@ -41,8 +41,10 @@ def split_last_linear(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     trunk = copy.deepcopy(model)
     names = [name for name, module in trunk.named_modules() if isinstance(module, nn.Linear)]
     if not names:
-        raise RetinopathyError(f"{type(model).__name__} has no linear layer whose input could be the "
-                               "features of both eyes; set fuse.method to none")
+        raise RetinopathyError(
+            f"{type(model).__name__} has no linear layer whose input could be the "
+            "features of both eyes; set fuse.method to none"
+        )
     parent_name, _, leaf = names[-1].rpartition(".")
     parent = trunk.get_submodule(parent_name)
     linear = getattr(parent, leaf)
@@ -67,14 +69,17 @@ def blend_width(grader: nn.Module, inputs: str, head: Head) -> int:
         return head.num_outputs
     linears = [module for module in grader.modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise RetinopathyError(f"{type(grader).__name__} has no linear layer whose input could be the "
-                               "features of both eyes; set fuse.method to none")
+        raise RetinopathyError(
+            f"{type(grader).__name__} has no linear layer whose input could be the "
+            "features of both eyes; set fuse.method to none"
+        )
     return linears[-1].in_features
 
 
 @torch.no_grad()
-def extract(grader: nn.Module, batches: Iterable, runtime: Runtime, description: str,
-            lower: str) -> Extracted:
+def extract(
+    grader: nn.Module, batches: Iterable, runtime: Runtime, description: str, lower: str
+) -> Extracted:
     """Features, outputs and labels of every image of ``batches``, in their order.
 
     Raises:

@@ -95,8 +95,10 @@ def photo_patients(paths: Sequence[Path], pairs: Sequence[tuple[int, int]] = ())
     for left, right in pairs:
         for index in (left, right):
             if index in paired:
-                raise RetinopathyError(f"--pair: {paths[index]} is in two pairs (also with "
-                                       f"{paths[paired[index]]}); give each eye in one --pair only")
+                raise RetinopathyError(
+                    f"--pair: {paths[index]} is in two pairs (also with "
+                    f"{paths[paired[index]]}); give each eye in one --pair only"
+                )
         paired[left], paired[right] = right, left
         joined, gone = group[left], group[right]
         if joined != gone:  # the right eye's patient (its folder and name) becomes the left eye's
@@ -108,8 +110,10 @@ def photo_patients(paths: Sequence[Path], pairs: Sequence[tuple[int, int]] = ())
                 raise RetinopathyError(
                     f"--pair {paths[left]} {paths[right]}: {paths[others[0]]} is another {eye} eye of this "
                     "patient (same folder, same patient in its name), so the pair is ambiguous; give only "
-                    "one photograph of each eye, or leave out --pair to pair them by name")
+                    "one photograph of each eye, or leave out --pair to pair them by name"
+                )
     found = _partners(group, eyes)
-    sides = [side_of(eye) if eye is not None and found[i] != NO_PARTNER else 0.0
-             for i, eye in enumerate(eyes)]
+    sides = [
+        side_of(eye) if eye is not None and found[i] != NO_PARTNER else 0.0 for i, eye in enumerate(eyes)
+    ]
     return Patients([labels[g] for g in group], group, eyes, found, sides)

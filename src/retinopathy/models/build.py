@@ -45,8 +45,10 @@ def builder_of(name: str) -> Callable[..., nn.Module]:
     module = importlib.import_module(f"retinopathy.models.{record.module}")
     builder = getattr(module, record.function, None)
     if not callable(builder):
-        raise RetinopathyError(f"models/registry.py: {record.name}'s builder {record.builder!r} is not a "
-                               f"function of retinopathy/models/{record.module}.py; fix the record")
+        raise RetinopathyError(
+            f"models/registry.py: {record.name}'s builder {record.builder!r} is not a "
+            f"function of retinopathy/models/{record.module}.py; fix the record"
+        )
     return builder
 
 
@@ -81,8 +83,10 @@ def new_model(name: str, num_classes: int = 1000, zero_init_residual: bool = Fal
     record = architecture(name)
     if zero_init_residual and not record.zero_init_residual:
         allowed = ", ".join(r.name for r in REGISTRY.values() if r.zero_init_residual)
-        raise RetinopathyError(f"`train.zero_init_residual` is true for {name}, which has no residual blocks "
-                               f"that start as the identity (only {allowed}); set it false for {name}")
+        raise RetinopathyError(
+            f"`train.zero_init_residual` is true for {name}, which has no residual blocks "
+            f"that start as the identity (only {allowed}); set it false for {name}"
+        )
     builder = builder_of(record.name)
     return builder(num_classes=num_classes, zero_init_residual=zero_init_residual)
 
@@ -237,12 +241,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise RetinopathyError(
-            f"{path}: weights file not found; fix the path in `{WEIGHTS_KEY}` (params.yaml) "
-            "or use `imagenet`"
+            f"{path}: weights file not found; fix the path in `{WEIGHTS_KEY}` (params.yaml) or use `imagenet`"
         )
-    obj: Any = load_tensors(path, "a PyTorch state-dict file (a plain state dict of tensors)",
-                            f"fix the path in `{WEIGHTS_KEY}` (params.yaml), or save one with "
-                            "torch.save(model.state_dict(), path)")
+    obj: Any = load_tensors(
+        path,
+        "a PyTorch state-dict file (a plain state dict of tensors)",
+        f"fix the path in `{WEIGHTS_KEY}` (params.yaml), or save one with "
+        "torch.save(model.state_dict(), path)",
+    )
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a checkpoint written by `retinopathy train`
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -253,7 +259,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     # Checkpoints saved from DataParallel/DDP or torch.compile prefix every key.
     for prefix in ("module.", "_orig_mod."):
         if obj and all(key.startswith(prefix) for key in obj):
-            obj = {key[len(prefix):]: value for key, value in obj.items()}
+            obj = {key[len(prefix) :]: value for key, value in obj.items()}
     return obj
 
 
@@ -268,6 +274,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
         if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
+
         def few(items: list[str]) -> str:
             return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
 
@@ -286,8 +293,12 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     model.load_state_dict(state, strict=True)
 
 
-def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | None = None,
-                zero_init_residual: bool = False) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int = NUM_GRADES,
+    weights: str | Path | None = None,
+    zero_init_residual: bool = False,
+) -> nn.Module:
     """A model ready for training.
 
     Args:
@@ -321,9 +332,11 @@ def build_model(name: str, num_classes: int = NUM_GRADES, weights: str | Path | 
         source = str(path)
     head = f"{architecture(name).head}.weight"
     if head not in state or state[head].dim() != 2:
-        raise RetinopathyError(f"{source}: has no `{head}` (the final Linear of {name}), so it is not a "
-                               f"state dict of {name}; use a torchvision-layout state dict of the "
-                               "architecture `model` names in params.yaml")
+        raise RetinopathyError(
+            f"{source}: has no `{head}` (the final Linear of {name}), so it is not a "
+            f"state dict of {name}; use a torchvision-layout state dict of the "
+            "architecture `model` names in params.yaml"
+        )
     model = new_model(name, num_classes=state[head].shape[0])
     load_strict(model, state, source)
     if head_of(model, name).out_features != num_classes:

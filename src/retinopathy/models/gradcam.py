@@ -93,8 +93,13 @@ def save_explanation(target: Path | IO[bytes], image: np.ndarray, heat: np.ndarr
         plt.close(fig)
 
 
-def save_grid(target: Path | IO[bytes], tiles: Sequence[tuple[np.ndarray, np.ndarray, str, bool] | None],
-              columns: int, row_labels: Sequence[str], title: str) -> None:
+def save_grid(
+    target: Path | IO[bytes],
+    tiles: Sequence[tuple[np.ndarray, np.ndarray, str, bool] | None],
+    columns: int,
+    row_labels: Sequence[str],
+    title: str,
+) -> None:
     """A grid of heat maps: ``tiles`` row by row (None: an empty cell), correct titles green, wrong red.
 
     Args:
@@ -104,21 +109,37 @@ def save_grid(target: Path | IO[bytes], tiles: Sequence[tuple[np.ndarray, np.nda
     """
     rows = len(row_labels)
     with plain_text():  # the captions hold image names: never mathtext
-        fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns + 1.2, 3.2 * rows),
-                                 layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(
+            rows, columns, figsize=(3.1 * columns + 1.2, 3.2 * rows), layout="constrained", squeeze=False
+        )
         for index, ax in enumerate(axes.flat):
             ax.axis("off")
             tile = tiles[index] if index < len(tiles) else None
             if tile is None:
-                ax.text(0.5, 0.5, "no such test image", ha="center", va="center", color="grey",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no such test image",
+                    ha="center",
+                    va="center",
+                    color="grey",
+                    transform=ax.transAxes,
+                )
                 continue
             image, heat, caption, correct = tile
             ax.imshow(overlay(image, heat))
             ax.set_title(textwrap.fill(caption, 34), fontsize=9, color="darkgreen" if correct else "darkred")
         for row, label in enumerate(row_labels):
-            axes[row, 0].text(-0.08, 0.5, label, rotation=90, ha="right", va="center", fontsize=11,
-                              transform=axes[row, 0].transAxes)
+            axes[row, 0].text(
+                -0.08,
+                0.5,
+                label,
+                rotation=90,
+                ha="right",
+                va="center",
+                fontsize=11,
+                transform=axes[row, 0].transAxes,
+            )
         fig.suptitle(title, fontsize=13)
         fig.savefig(target, format="png", dpi=90, metadata={"Software": None})
         plt.close(fig)
@@ -130,7 +151,8 @@ def save_message(target: Path | IO[bytes], title: str, text: str) -> None:
         fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
         ax.axis("off")
         ax.text(0.5, 0.7, title, ha="center", va="center", fontsize=15, weight="bold", transform=ax.transAxes)
-        ax.text(0.5, 0.35, textwrap.fill(text, 80), ha="center", va="center", fontsize=9,
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.35, textwrap.fill(text, 80), ha="center", va="center", fontsize=9, transform=ax.transAxes
+        )
         fig.savefig(target, format="png", dpi=90, metadata={"Software": None})
         plt.close(fig)

@@ -66,13 +66,16 @@ class GraderSpec:
         """
         fields = {field.name for field in dataclasses.fields(cls)}
         if not isinstance(raw, dict) or set(raw) != fields:
-            raise RetinopathyError(f"{source}: has no valid grader spec (expected the keys "
-                                   f"{', '.join(sorted(fields))}); it was not written by this version "
-                                   "of `retinopathy train` - train again")
+            raise RetinopathyError(
+                f"{source}: has no valid grader spec (expected the keys "
+                f"{', '.join(sorted(fields))}); it was not written by this version "
+                "of `retinopathy train` - train again"
+            )
         spec = cls(**raw)
         size = spec.image_size
-        if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
-                                     and 0 < size <= MAX_SPEC_IMAGE_SIZE):
+        if size is not None and not (
+            isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_SPEC_IMAGE_SIZE
+        ):
             raise RetinopathyError(
                 f"{source}: grader spec image_size {size!r} is not a side of 1..{MAX_SPEC_IMAGE_SIZE} px "
                 "(a network fed larger images would not fit in memory); the checkpoint is damaged or "
@@ -83,8 +86,12 @@ class GraderSpec:
             head_ok = True
         except (ValueError, TypeError):
             head_ok = False
-        if (spec.model not in MODELS or spec.normalize not in NORMALIZATIONS
-                or spec.preprocess not in PREPROCESSES or not head_ok):
+        if (
+            spec.model not in MODELS
+            or spec.normalize not in NORMALIZATIONS
+            or spec.preprocess not in PREPROCESSES
+            or not head_ok
+        ):
             raise RetinopathyError(f"{source}: grader spec {raw} is not one this version can use")
         return spec
 
@@ -111,10 +118,12 @@ def graham(images: Tensor) -> Tensor:
         kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
         kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
         # Separable: along the rows, then along the columns; reflected borders, as OpenCV does.
-        blurred = nn.functional.conv2d(nn.functional.pad(images, (half, half, 0, 0), mode="reflect"),
-                                       kernel, groups=3)
-        blurred = nn.functional.conv2d(nn.functional.pad(blurred, (0, 0, half, half), mode="reflect"),
-                                       kernel.transpose(2, 3), groups=3)
+        blurred = nn.functional.conv2d(
+            nn.functional.pad(images, (half, half, 0, 0), mode="reflect"), kernel, groups=3
+        )
+        blurred = nn.functional.conv2d(
+            nn.functional.pad(blurred, (0, 0, half, half), mode="reflect"), kernel.transpose(2, 3), groups=3
+        )
         out = (4 * images - 4 * blurred + 128).clamp(0, 255)
         ys = torch.arange(height, dtype=torch.float32, device=images.device) - (height - 1) / 2
         xs = torch.arange(width, dtype=torch.float32, device=images.device) - (width - 1) / 2
@@ -131,8 +140,10 @@ class InputTransform(nn.Module):
     def __init__(self, normalize: str, preprocess: str = "none") -> None:
         super().__init__()
         if normalize not in NORMALIZATIONS or preprocess not in PREPROCESSES:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS} and preprocess one of "
-                             f"{PREPROCESSES}, got {normalize!r} and {preprocess!r}")
+            raise ValueError(
+                f"normalize must be one of {NORMALIZATIONS} and preprocess one of "
+                f"{PREPROCESSES}, got {normalize!r} and {preprocess!r}"
+            )
         self.preprocess = preprocess
         mean = torch.tensor(IMAGENET_MEAN if normalize == "imagenet" else (0.0, 0.0, 0.0))
         std = torch.tensor(IMAGENET_STD if normalize == "imagenet" else (1.0, 1.0, 1.0))
@@ -140,8 +151,7 @@ class InputTransform(nn.Module):
         self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor, memory_format: torch.memory_format = torch.contiguous_format
-                ) -> Tensor:
+    def forward(self, images: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
         # Lay the batch out while it is still uint8 (4x fewer bytes than float).
         images = images.contiguous(memory_format=memory_format)
         # uint8 from the fast loader; float [0,1] (the Dataset's default contract) is
@@ -189,6 +199,8 @@ def load_grader(spec: GraderSpec, state: dict[str, Tensor], source: str) -> Grad
         net.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
-        raise RetinopathyError(f"{source}: its weights do not fit a {spec.model} ({first}); "
-                               "the file is damaged or from another model - train again") from None
+        raise RetinopathyError(
+            f"{source}: its weights do not fit a {spec.model} ({first}); "
+            "the file is damaged or from another model - train again"
+        ) from None
     return Grader(net, spec)

@@ -30,8 +30,9 @@ class Head:
             weighted_loss``); evaluation losses are never weighted.
     """
 
-    def __init__(self, loss: str, thresholds: Sequence[float] | None = None,
-                 class_weights: Tensor | None = None) -> None:
+    def __init__(
+        self, loss: str, thresholds: Sequence[float] | None = None, class_weights: Tensor | None = None
+    ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.kind = loss
@@ -109,8 +110,10 @@ def require_finite(values: Tensor, source: str | Path, fix: str, names: Sequence
         return
     rows = torch.nonzero(~finite).flatten().tolist()
     first = f" (the first: {names[rows[0]]})" if names is not None else ""
-    raise RetinopathyError(f"{source}: its outputs are NaN or infinite for {len(rows)} of {len(values)} "
-                           f"images{first}, so no grade can be read from them; {fix}")
+    raise RetinopathyError(
+        f"{source}: its outputs are NaN or infinite for {len(rows)} of {len(values)} "
+        f"images{first}, so no grade can be read from them; {fix}"
+    )
 
 
 def class_weights(counts: Sequence[int]) -> Tensor:

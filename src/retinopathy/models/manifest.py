@@ -38,8 +38,9 @@ def describe_scratch(model: str, seed: int, zero_init_residual: bool) -> dict[st
     }
 
 
-def describe_pretrained(model: str, weights: str, download: bool = True,
-                        timeout: float = DOWNLOAD_TIMEOUT) -> dict[str, Any]:
+def describe_pretrained(
+    model: str, weights: str, download: bool = True, timeout: float = DOWNLOAD_TIMEOUT
+) -> dict[str, Any]:
     """Manifest of the pretrained arm: where its weights come from and their SHA-256.
 
     ImageNet weights that are neither cached nor downloadable give a manifest
@@ -51,8 +52,14 @@ def describe_pretrained(model: str, weights: str, download: bool = True,
             path, sha256 = fetch_imagenet(model, download=download, timeout=timeout)
         except WeightsUnavailableError as error:
             note(f"note: {error}")  # this machine's details: stderr only, never in the manifest
-            return {"arm": "pretrained", "available": False, "model": model, "source": "imagenet",
-                    "reason": error.reason, "fix": error.fix}
+            return {
+                "arm": "pretrained",
+                "available": False,
+                "model": model,
+                "source": "imagenet",
+                "reason": error.reason,
+                "fix": error.fix,
+            }
         return {
             "arm": "pretrained",
             "available": True,
@@ -104,12 +111,18 @@ def read_manifest(path: Path) -> dict[str, Any]:
         conflict = " (it holds merge-conflict markers)" if "\n<<<<<<< " in f"\n{text}" else ""
         raise RetinopathyError(f"{path}: not valid JSON{conflict} ({error}); {WEIGHTS_FIX}") from None
     except RecursionError:  # thousands of nested brackets: no manifest is more than one level deep
-        raise RetinopathyError(f"{path}: nested thousands of levels deep, not a weights manifest; "
-                               f"{WEIGHTS_FIX}") from None
-    if not isinstance(manifest, dict) or manifest.get("source") not in ("random", "imagenet", "file") \
-            or not isinstance(manifest.get("available"), bool):
-        raise RetinopathyError(f"{path}: not a weights manifest (no `source` random/imagenet/file or no "
-                               f"`available` true/false); {WEIGHTS_FIX}")
+        raise RetinopathyError(
+            f"{path}: nested thousands of levels deep, not a weights manifest; {WEIGHTS_FIX}"
+        ) from None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("source") not in ("random", "imagenet", "file")
+        or not isinstance(manifest.get("available"), bool)
+    ):
+        raise RetinopathyError(
+            f"{path}: not a weights manifest (no `source` random/imagenet/file or no "
+            f"`available` true/false); {WEIGHTS_FIX}"
+        )
     kind = manifest["source"] if manifest["available"] else "unavailable"
     missing = [key for key in _MANIFEST_KEYS[kind] if not isinstance(manifest.get(key), str | bool)]
     if missing:
@@ -140,8 +153,10 @@ def verify_weights(manifest: dict[str, Any], source: Path) -> None:
     try:
         digest = sha256_of(path)
     except OSError as error:
-        raise RetinopathyError(f"{path}: cannot read the pretrained weights ({error.strerror}) that "
-                               f"{source} records; run `dvc repro` (or `retinopathy weights`)") from None
+        raise RetinopathyError(
+            f"{path}: cannot read the pretrained weights ({error.strerror}) that "
+            f"{source} records; run `dvc repro` (or `retinopathy weights`)"
+        ) from None
     if digest != manifest["sha256"]:
         raise RetinopathyError(
             f"{path}: changed after the `weights` stage hashed it (SHA-256 {digest[:12]}..., {source} "

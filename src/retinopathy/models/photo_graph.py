@@ -43,8 +43,9 @@ class PhotoGrader(nn.Module):
 
     def resized_outputs(self, images: Tensor) -> Tensor:
         """The grader's raw outputs (float32) of ``images`` brought to the network's size."""
-        resized = functional.interpolate(images.float(), size=(self.size, self.size), mode="bilinear",
-                                         align_corners=False, antialias=True)
+        resized = functional.interpolate(
+            images.float(), size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+        )
         # The grader takes uint8, or float in [0, 1] (its transform folds the /255 back in).
         return self.grader(resized.clamp(0, 255) / 255.0).float()
 

@@ -88,31 +88,63 @@ class Architecture:
 _RESNET_CAM = (("layer4", 32), ("layer3", 16), ("layer2", 8), ("layer1", 4))
 
 RECORDS = (
-    Architecture(name="resnet18", title="ResNet18", builder="resnet.resnet18",
-                 imagenet="ResNet18_Weights.IMAGENET1K_V1", head="fc", features=512,
-                 initialisation="Kaiming normal", first_conv="conv1",
-                 cam_layers=_RESNET_CAM, zero_init_residual=True, own=True),
-    Architecture(name="resnet50", title="ResNet50", builder="resnet.resnet50",
-                 imagenet="ResNet50_Weights.IMAGENET1K_V1", head="fc", features=2048,
-                 initialisation="Kaiming normal", first_conv="conv1",
-                 cam_layers=_RESNET_CAM, zero_init_residual=True, own=True),
+    Architecture(
+        name="resnet18",
+        title="ResNet18",
+        builder="resnet.resnet18",
+        imagenet="ResNet18_Weights.IMAGENET1K_V1",
+        head="fc",
+        features=512,
+        initialisation="Kaiming normal",
+        first_conv="conv1",
+        cam_layers=_RESNET_CAM,
+        zero_init_residual=True,
+        own=True,
+    ),
+    Architecture(
+        name="resnet50",
+        title="ResNet50",
+        builder="resnet.resnet50",
+        imagenet="ResNet50_Weights.IMAGENET1K_V1",
+        head="fc",
+        features=2048,
+        initialisation="Kaiming normal",
+        first_conv="conv1",
+        cam_layers=_RESNET_CAM,
+        zero_init_residual=True,
+        own=True,
+    ),
     # torchvision's: features.N are the stages (features.8 the final 1x1 convolution to 1280
     # channels), classifier = Dropout, Linear. Its MBConv blocks have no BatchNorm-at-0 option.
-    Architecture(name="efficientnet_b0", title="EfficientNet-B0", builder="efficientnet.efficientnet_b0",
-                 imagenet="EfficientNet_B0_Weights.IMAGENET1K_V1", head="classifier.1", features=1280,
-                 initialisation="torchvision's: Kaiming normal convolutions, uniform Linear",
-                 first_conv="features.0.0",
-                 cam_layers=(("features.8", 32), ("features.5", 16), ("features.3", 8), ("features.2", 4)),
-                 zero_init_residual=False, own=False),
+    Architecture(
+        name="efficientnet_b0",
+        title="EfficientNet-B0",
+        builder="efficientnet.efficientnet_b0",
+        imagenet="EfficientNet_B0_Weights.IMAGENET1K_V1",
+        head="classifier.1",
+        features=1280,
+        initialisation="torchvision's: Kaiming normal convolutions, uniform Linear",
+        first_conv="features.0.0",
+        cam_layers=(("features.8", 32), ("features.5", 16), ("features.3", 8), ("features.2", 4)),
+        zero_init_residual=False,
+        own=False,
+    ),
     # torchvision's: features.1/3/5/7 are the four stages, features.0/2/4/6 the stem and the
     # downsampling layers; classifier = LayerNorm2d, Flatten, Linear. Its blocks already start
     # close to the identity (layer scale 1e-6) and have no BatchNorm.
-    Architecture(name="convnext_tiny", title="ConvNeXt-Tiny", builder="convnext.convnext_tiny",
-                 imagenet="ConvNeXt_Tiny_Weights.IMAGENET1K_V1", head="classifier.2", features=768,
-                 initialisation="torchvision's: truncated normal, std 0.02; layer scale 1e-6",
-                 first_conv="features.0.0",
-                 cam_layers=(("features.7", 32), ("features.5", 16), ("features.3", 8), ("features.1", 4)),
-                 zero_init_residual=False, own=False),
+    Architecture(
+        name="convnext_tiny",
+        title="ConvNeXt-Tiny",
+        builder="convnext.convnext_tiny",
+        imagenet="ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+        head="classifier.2",
+        features=768,
+        initialisation="torchvision's: truncated normal, std 0.02; layer scale 1e-6",
+        first_conv="features.0.0",
+        cam_layers=(("features.7", 32), ("features.5", 16), ("features.3", 8), ("features.1", 4)),
+        zero_init_residual=False,
+        own=False,
+    ),
 )
 REGISTRY: dict[str, Architecture] = {record.name: record for record in RECORDS}
 MODELS = tuple(REGISTRY)  # params.yaml's choices for `model`, in this order everywhere
@@ -130,8 +162,9 @@ def architecture(name: str) -> Architecture:
         RetinopathyError: for an unknown name, listing the choices.
     """
     if name not in REGISTRY:
-        raise RetinopathyError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)} "
-                               "(params.yaml key `model`)")
+        raise RetinopathyError(
+            f"unknown model {name!r}; choose one of: {', '.join(MODELS)} (params.yaml key `model`)"
+        )
     return REGISTRY[name]
 
 
@@ -163,6 +196,8 @@ def for_model(value: T | Mapping[str, T], model: str, key: str) -> T:
         return value[model]
     if DEFAULT in value:
         return value[DEFAULT]
-    raise RetinopathyError(f"`{key}` has no value for {model} (it names {', '.join(map(str, value))}); "
-                           f"add `{DEFAULT}: <value>` (for every model it does not name) or "
-                           f"`{model}: <value>`")
+    raise RetinopathyError(
+        f"`{key}` has no value for {model} (it names {', '.join(map(str, value))}); "
+        f"add `{DEFAULT}: <value>` (for every model it does not name) or "
+        f"`{model}: <value>`"
+    )

@@ -35,8 +35,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1  # output channels = planes * expansion
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -57,8 +58,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -89,8 +91,13 @@ class ResNet(nn.Module):
             Large Minibatch SGD"); off by default, as in torchvision.
     """
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int],
-                 num_classes: int = 1000, zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
@@ -119,8 +126,9 @@ class ResNet(nn.Module):
                 elif isinstance(module, BasicBlock):
                     nn.init.zeros_(module.bn2.weight)
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int,
-                    stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         # A projection shortcut (1x1 conv + BN, option B of the paper) only where
         # the identity cannot be added: the spatial size or the width changes.
         downsample = None
@@ -149,4 +157,3 @@ def resnet18(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNe
 def resnet50(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet50: bottlenecks [3, 4, 6, 3]; 25,557,032 parameters with 1000 classes."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
-

@@ -42,12 +42,19 @@ def imported_modules(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("retinopathy"))
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
-                node.module.startswith("retinopathy"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.startswith("retinopathy")
+        ):
             found.add(node.module)
             # `from retinopathy.engine import loops` imports the submodule retinopathy.engine.loops.
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if module_file(f"{node.module}.{alias.name}") is not None)
+            found.update(
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if module_file(f"{node.module}.{alias.name}") is not None
+            )
     return {name for name in found if module_file(name) is not None}
 
 

@@ -205,8 +205,9 @@ def rewrite(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m retinopathy.pipeline.dvcyaml [--check] [--file dvc.yaml]``."""
-    parser = argparse.ArgumentParser(prog="python -m retinopathy.pipeline.dvcyaml",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m retinopathy.pipeline.dvcyaml", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--check", action="store_true", help="Change nothing; exit 1 on a difference.")
     parser.add_argument("--file", type=Path, default=Path("dvc.yaml"), help="default: dvc.yaml")
     args = parser.parse_args(argv)

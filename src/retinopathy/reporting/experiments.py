@@ -73,8 +73,13 @@ def _git_revision(repo: str, name: str) -> str | None:
     if name.startswith("-"):
         return None
     try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], cwd=repo,
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except OSError:
         return None
     return (done.stdout.strip() or None) if done.returncode == 0 else None
@@ -93,24 +98,31 @@ def _read(repo: str, rev: str | None):
             if "not exist" in str(error) or isinstance(error, FileNotFoundError):
                 raise FileNotFoundError(str(path)) from None
             raise
+
     return read
 
 
-def _choose(names: list[str], listed: list[tuple[str, str | None, str]], repo: str
-            ) -> list[tuple[str, str | None, str]]:
+def _choose(
+    names: list[str], listed: list[tuple[str, str | None, str]], repo: str
+) -> list[tuple[str, str | None, str]]:
     chosen = []
     for name in names:
-        match = [(n, rev, kind) for n, rev, kind in listed
-                 if n == name or (kind == "experiment" and rev and name and rev.startswith(name))]
+        match = [
+            (n, rev, kind)
+            for n, rev, kind in listed
+            if n == name or (kind == "experiment" and rev and name and rev.startswith(name))
+        ]
         if match:
             chosen.append(match[0])
             continue
         commit = _git_revision(repo, name)
         if commit is None:
             known = ", ".join(n for n, *_ in listed)
-            raise RetinopathyError(f"{name!r} is neither an experiment of the current commit ({known}) "
-                                   "nor a git revision (branch, tag or commit) of this repository: "
-                                   "`dvc exp show` lists the experiments, `git log --oneline` the commits")
+            raise RetinopathyError(
+                f"{name!r} is neither an experiment of the current commit ({known}) "
+                "nor a git revision (branch, tag or commit) of this repository: "
+                "`dvc exp show` lists the experiments, `git log --oneline` the commits"
+            )
         chosen.append((name, commit, "revision"))
     return chosen
 
@@ -148,6 +160,7 @@ def load_experiments(names: list[str] | None = None, repo: str = ".") -> tuple[l
             continue
         experiments.append(Experiment(name, rev, params, arms, kind))
     return experiments, left_out
+
 
 def differing_params(experiments: list[Experiment]) -> list[str]:
     """The params (dotted) whose values differ between ``experiments``, ``model`` first."""
@@ -199,6 +212,7 @@ def seed_groups(experiments: list[Experiment]) -> list[SeedGroup]:
                 kept[seed] = experiment
         if len(kept) >= 2:
             chosen = tuple(kept.values())
-            out.append(SeedGroup(chosen, tuple(flatten(e.params).get(SEED_KEY) for e in chosen),
-                                 tuple(left_out)))
+            out.append(
+                SeedGroup(chosen, tuple(flatten(e.params).get(SEED_KEY) for e in chosen), tuple(left_out))
+            )
     return out

@@ -62,30 +62,64 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
         colour = _colour(arm, index)
         if arm.history is None:
             # A legend entry without a line, so the missing arm is visible rather than forgotten.
-            handles.append(Line2D([], [], ls="none", marker="x", color=colour,
-                                  label=f"{arm.name}: skipped (see report)"))
+            handles.append(
+                Line2D([], [], ls="none", marker="x", color=colour, label=f"{arm.name}: skipped (see report)")
+            )
             continue
         epochs = arm.history["epoch"]
-        styles = [("test_accuracy", "-", "test"), ("train_accuracy", "--", "train"),
-                  ("val_accuracy", ":", "validation")]
+        styles = [
+            ("test_accuracy", "-", "test"),
+            ("train_accuracy", "--", "train"),
+            ("val_accuracy", ":", "validation"),
+        ]
         for column, style, text in styles:
             if column in arm.history:
-                (line,) = ax.plot(epochs, 100 * arm.history[column], ls=style, marker="o",
-                                  ms=4, lw=2, color=colour, label=f"{arm.name}: {text}")
+                (line,) = ax.plot(
+                    epochs,
+                    100 * arm.history[column],
+                    ls=style,
+                    marker="o",
+                    ms=4,
+                    lw=2,
+                    color=colour,
+                    label=f"{arm.name}: {text}",
+                )
                 handles.append(line)
         # Star the epoch whose checkpoint was evaluated, so the selection rule is visible.
         chosen = arm.history[arm.history["epoch"] == arm.metrics.get("epoch")]
         if not chosen.empty:
-            ax.plot(chosen["epoch"], 100 * chosen["test_accuracy"], ls="none", marker="*",
-                    ms=15, color=colour, mec="black", mew=0.8, zorder=5)
+            ax.plot(
+                chosen["epoch"],
+                100 * chosen["test_accuracy"],
+                ls="none",
+                marker="*",
+                ms=15,
+                color=colour,
+                mec="black",
+                mew=0.8,
+                zorder=5,
+            )
             starred = True
     baseline = majority_baseline(arms)
     if baseline is not None:
-        handles.append(ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
-                                  label=f"always grade 0 ({100 * baseline:.1f}%)"))
+        handles.append(
+            ax.axhline(
+                100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
+            )
+        )
     if starred:
-        handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="white", mec="black",
-                              label="selected epoch (evaluated)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="*",
+                ms=12,
+                color="white",
+                mec="black",
+                label="selected epoch (evaluated)",
+            )
+        )
     ax.set(title=title, xlabel="epoch", ylabel="accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(arm.trained for arm in arms):
@@ -94,8 +128,16 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
     else:  # nothing to draw: keep a sane empty frame instead of matplotlib's 0..1 default
         low, high = 0, 100
         ax.set_xlim(0.5, 4.5)
-        ax.text(0.5, 0.5, "no arm was trained (see report)", ha="center", va="center",
-                fontsize=13, color="grey", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no arm was trained (see report)",
+            ha="center",
+            va="center",
+            fontsize=13,
+            color="grey",
+            transform=ax.transAxes,
+        )
     ax.set_ylim(low, high)
     # Whole percents unless the curves span only a few points (then 0.5% steps need one).
     # Ticks on multiples of 1, 2, 5 or 10 points, so whole-percent labels are exact.
@@ -104,8 +146,7 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     # Outside the axes: with up to 3 lines per arm a legend inside always hides some points.
     # Long handles: with the short default the marker hides the gap that tells dashed from solid.
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
-              handlelength=4)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, handlelength=4)
     _save(fig, path)
 
 
@@ -113,32 +154,55 @@ def plot_confusion(arm: Arm, model: str, path: Path) -> None:
     """The normalised confusion matrix as an annotated heat map, or why the arm is missing."""
     fig, ax = plt.subplots(figsize=(7.5, 6.2), layout="constrained")
     if arm.normalized is None or arm.counts is None:  # a skipped arm (load_arm reads a trained one's)
-        words = ((("Reason", arm.info.reason), ("Fix", arm.info.fix)) if isinstance(arm.info, Skipped)
-                 else ())
+        words = (("Reason", arm.info.reason), ("Fix", arm.info.fix)) if isinstance(arm.info, Skipped) else ()
         ax.axis("off")
-        ax.text(0.5, 0.75, f"{arm.name} arm skipped", ha="center", va="center",
-                fontsize=18, weight="bold", transform=ax.transAxes)
-        body = "\n\n".join(
-            textwrap.fill(f"{head}: {text}", width=62, break_on_hyphens=False)
-            for head, text in words
+        ax.text(
+            0.5,
+            0.75,
+            f"{arm.name} arm skipped",
+            ha="center",
+            va="center",
+            fontsize=18,
+            weight="bold",
+            transform=ax.transAxes,
         )
-        ax.text(0.5, 0.62, body, ha="center", va="top", fontsize=10.5, multialignment="left",
-                transform=ax.transAxes,
-                bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "grey"})
+        body = "\n\n".join(
+            textwrap.fill(f"{head}: {text}", width=62, break_on_hyphens=False) for head, text in words
+        )
+        ax.text(
+            0.5,
+            0.62,
+            body,
+            ha="center",
+            va="top",
+            fontsize=10.5,
+            multialignment="left",
+            transform=ax.transAxes,
+            bbox={"boxstyle": "round,pad=0.8", "facecolor": "#f4f4f4", "edgecolor": "grey"},
+        )
         ax.set_title(f"{model}, {arm.name} arm: confusion matrix")
         _save(fig, path)
         return
     image = ax.imshow(arm.normalized, cmap="Blues", vmin=0, vmax=1)
     for (row, col), value in np.ndenumerate(arm.normalized):
-        ax.text(col, row, f"{value:.2f}\n({arm.counts[row, col]})", ha="center", va="center",
-                fontsize=10, color="white" if value > 0.55 else "black")
+        ax.text(
+            col,
+            row,
+            f"{value:.2f}\n({arm.counts[row, col]})",
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="white" if value > 0.55 else "black",
+        )
     ticks = range(len(GRADE_LABELS))
     ax.set_xticks(ticks, [g.replace(" ", "\n", 1) for g in GRADE_LABELS])
     ax.set_yticks(ticks, GRADE_LABELS)
     ax.set(xlabel="predicted grade", ylabel="true grade")
-    ax.set_title(f"{model}, {arm.name} arm: confusion matrix\n"
-                 f"test accuracy {100 * arm.metrics['acc']:.1f}%, "
-                 f"quadratic kappa {arm.metrics['kappa']:.3f}")
+    ax.set_title(
+        f"{model}, {arm.name} arm: confusion matrix\n"
+        f"test accuracy {100 * arm.metrics['acc']:.1f}%, "
+        f"quadratic kappa {arm.metrics['kappa']:.3f}"
+    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true grade")
     _save(fig, path)
 
@@ -149,24 +213,41 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
     for index, arm in enumerate(arms):
         if not arm.trained:
             ax.bar(index, 100, width=0.6, color="none", edgecolor="lightgrey", ls="--", hatch="//")
-            ax.text(index, 50, "skipped", ha="center", va="center", fontsize=12, color="grey",
-                    bbox={"facecolor": "white", "edgecolor": "none"})
+            ax.text(
+                index,
+                50,
+                "skipped",
+                ha="center",
+                va="center",
+                fontsize=12,
+                color="grey",
+                bbox={"facecolor": "white", "edgecolor": "none"},
+            )
             continue
         value = 100 * arm.metrics["acc"]
         ax.bar(index, value, color=_colour(arm, index), width=0.6)
         ax.text(index, value + 1.5, f"{value:.1f}%", ha="center", va="bottom", weight="bold")
         if at_baseline(arm.metrics):  # the same flag as the report's table
-            ax.text(index, value / 2, "at the\nmajority\nbaseline", ha="center", va="center", fontsize=11,
-                    weight="bold", color="darkred", bbox={"facecolor": "white", "edgecolor": "darkred"})
+            ax.text(
+                index,
+                value / 2,
+                "at the\nmajority\nbaseline",
+                ha="center",
+                va="center",
+                fontsize=11,
+                weight="bold",
+                color="darkred",
+                bbox={"facecolor": "white", "edgecolor": "darkred"},
+            )
     baseline = majority_baseline(arms)
     if baseline is not None:
-        ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
-                   label=f"always grade 0 ({100 * baseline:.1f}%)")
+        ax.axhline(
+            100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
+        )
         # Below the axes: inside, it would cover a bar whatever corner it took.
         fig.legend(loc="outside lower center")
     ax.set_xticks(range(len(arms)), [arm.name for arm in arms])
-    ax.set(title=title, ylabel="test accuracy (selected epoch)", ylim=(0, 108),
-           xlim=(-0.6, len(arms) - 0.4))
+    ax.set(title=title, ylabel="test accuracy (selected epoch)", ylim=(0, 108), xlim=(-0.6, len(arms) - 0.4))
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
@@ -197,33 +278,65 @@ def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, 
             colour = _colour(arm, index)
             screening = screenings.get(arm.name)
             if screening is None:
-                ax.plot([], [], ls="none", marker="x", color=colour,
-                        label=f"{arm.name}: skipped (see report)")
+                ax.plot(
+                    [], [], ls="none", marker="x", color=colour, label=f"{arm.name}: skipped (see report)"
+                )
                 continue
             figures = screening.record[level]
             curve = screening.roc[level]
             auc = _interval(figures["auc_referable"])
             if curve.empty:
-                ax.plot([], [], ls="none", marker="x", color=colour,
-                        label=f"{arm.name}: no curve (one class only)")
+                ax.plot(
+                    [],
+                    [],
+                    ls="none",
+                    marker="x",
+                    color=colour,
+                    label=f"{arm.name}: no curve (one class only)",
+                )
                 continue
-            ax.plot(100 * curve["fpr"], 100 * curve["tpr"], drawstyle="steps-post", lw=2, color=colour,
-                    label=f"{arm.name}: AUC {auc}")
+            ax.plot(
+                100 * curve["fpr"],
+                100 * curve["tpr"],
+                drawstyle="steps-post",
+                lw=2,
+                color=colour,
+                label=f"{arm.name}: AUC {auc}",
+            )
             own = figures["sensitivity"]["value"], figures["specificity"]["value"]
             if None not in own:
-                ax.plot(100 * (1 - own[1]), 100 * own[0], "o", ms=9, color=colour, mec="black",
-                        label=f"{arm.name}: its grade (>= 2)")
+                ax.plot(
+                    100 * (1 - own[1]),
+                    100 * own[0],
+                    "o",
+                    ms=9,
+                    color=colour,
+                    mec="black",
+                    label=f"{arm.name}: its grade (>= 2)",
+                )
             for point in OPERATING_POINTS:
                 sens = figures.get(f"{point}_sensitivity", {}).get("value")
                 spec = figures.get(f"{point}_specificity", {}).get("value")
                 if sens is not None and spec is not None:
-                    ax.plot(100 * (1 - spec), 100 * sens, POINT_MARKERS[point], ms=10, color=colour,
-                            mec="black", label=f"{arm.name}: {point.replace('_', '-')} point")
+                    ax.plot(
+                        100 * (1 - spec),
+                        100 * sens,
+                        POINT_MARKERS[point],
+                        ms=10,
+                        color=colour,
+                        mec="black",
+                        label=f"{arm.name}: {point.replace('_', '-')} point",
+                    )
         n = next((s.record[level]["n"] for s in screenings.values()), None)
         unit = "images" if level == "image" else "patients (the worse eye; the higher eye score)"
-        ax.set(title=f"per {level}" + (f": {n} {unit}" if n is not None else ""),
-               xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-               xlim=(-2, 102), ylim=(-2, 102), aspect="equal")
+        ax.set(
+            title=f"per {level}" + (f": {n} {unit}" if n is not None else ""),
+            xlabel="1 - specificity (false positive rate)",
+            ylabel="sensitivity (true positive rate)",
+            xlim=(-2, 102),
+            ylim=(-2, 102),
+            aspect="equal",
+        )
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(PercentFormatter(100, decimals=0))
         ax.grid(alpha=0.3)
@@ -253,14 +366,40 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
         ece = screening.record["calibration"]["ece"]
         sizes = 400 * bins["count"] / bins["count"].sum()
         # The line carries the legend entry: a scatter's would be as large as its largest bin.
-        ax.plot(100 * bins["mean_probability"], 100 * bins["observed"], "-o", lw=1.5, ms=6, color=colour,
-                mec="black", label=f"{arm.name}: ECE {ece:.3f}")
-        ax.scatter(100 * bins["mean_probability"], 100 * bins["observed"], s=sizes + 15, color=colour,
-                   edgecolor="black", zorder=3)
-    bins_text = next((f"{s.record['calibration']['bins']} equal-width bins; " for s in screenings.values()
-                      if not s.reliability.empty), "")
-    ax.set(title=title, xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
-           ylabel="observed share with referable DR", xlim=(-2, 102), ylim=(-2, 102), aspect="equal")
+        ax.plot(
+            100 * bins["mean_probability"],
+            100 * bins["observed"],
+            "-o",
+            lw=1.5,
+            ms=6,
+            color=colour,
+            mec="black",
+            label=f"{arm.name}: ECE {ece:.3f}",
+        )
+        ax.scatter(
+            100 * bins["mean_probability"],
+            100 * bins["observed"],
+            s=sizes + 15,
+            color=colour,
+            edgecolor="black",
+            zorder=3,
+        )
+    bins_text = next(
+        (
+            f"{s.record['calibration']['bins']} equal-width bins; "
+            for s in screenings.values()
+            if not s.reliability.empty
+        ),
+        "",
+    )
+    ax.set(
+        title=title,
+        xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
+        ylabel="observed share with referable DR",
+        xlim=(-2, 102),
+        ylim=(-2, 102),
+        aspect="equal",
+    )
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(PercentFormatter(100, decimals=0))
     ax.grid(alpha=0.3)
@@ -268,16 +407,18 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
     _save(fig, path)
 
 
-def draw_screening_figures(arms: Sequence[Arm], screenings: dict[str, Screening], model: str,
-                           data_label: str, folder: Path) -> None:
+def draw_screening_figures(
+    arms: Sequence[Arm], screenings: dict[str, Screening], model: str, data_label: str, folder: Path
+) -> None:
     """Write roc.png and reliability.png of ``arms`` (``screenings``: the trained arms') into ``folder``."""
     try:
         with plt.rc_context(STYLE), plain_text():  # names and folders drawn as given, never as math
             roc, reliability = SCREENING_FIGURES
             name = f"{model} ({data_label})"
             plot_roc(arms, screenings, f"{name}: ROC of referable DR (grade >= 2)", folder / roc)
-            plot_reliability(arms, screenings, f"{name}:\nreliability of P(grade >= 2) per image",
-                             folder / reliability)
+            plot_reliability(
+                arms, screenings, f"{name}:\nreliability of P(grade >= 2) per image", folder / reliability
+            )
     finally:
         plt.close("all")
 
@@ -321,28 +462,65 @@ def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None
             label = f"{name}: {model_name(arm.info.model)} {arm.name}"
             label += " (AT BASELINE)" if at_baseline(arm.metrics) else ""
             epochs = arm.history["epoch"]
-            (line,) = acc_ax.plot(epochs, 100 * arm.history["test_accuracy"], ls=style, marker="o", ms=4,
-                                  lw=2, color=colour, label=label)
+            (line,) = acc_ax.plot(
+                epochs,
+                100 * arm.history["test_accuracy"],
+                ls=style,
+                marker="o",
+                ms=4,
+                lw=2,
+                color=colour,
+                label=label,
+            )
             kappa_ax.plot(epochs, arm.history["test_kappa"], ls=style, marker="o", ms=4, lw=2, color=colour)
             handles.append(line)
             chosen = arm.history[epochs == arm.metrics.get("epoch")]
             if not chosen.empty:
                 for ax, values in ((acc_ax, 100 * chosen["test_accuracy"]), (kappa_ax, chosen["test_kappa"])):
-                    ax.plot(chosen["epoch"], values, ls="none", marker="*", ms=15, color=colour, mec="black",
-                            mew=0.8, zorder=5)
+                    ax.plot(
+                        chosen["epoch"],
+                        values,
+                        ls="none",
+                        marker="*",
+                        ms=15,
+                        color=colour,
+                        mec="black",
+                        mew=0.8,
+                        zorder=5,
+                    )
                 starred = True
         baseline = majority_baseline([arm for _, arm in runs])
         if baseline is not None:
-            handles.append(acc_ax.axhline(100 * baseline, color="grey", ls="--", lw=1.2,
-                                          label=f"always grade 0 ({100 * baseline:.1f}%)"))
+            handles.append(
+                acc_ax.axhline(
+                    100 * baseline,
+                    color="grey",
+                    ls="--",
+                    lw=1.2,
+                    label=f"always grade 0 ({100 * baseline:.1f}%)",
+                )
+            )
             kappa_ax.axhline(0, color="grey", ls="--", lw=1.2)
         if starred:
-            handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="white", mec="black",
-                                  label="selected epoch (evaluated)"))
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="none",
+                    marker="*",
+                    ms=12,
+                    color="white",
+                    mec="black",
+                    label="selected epoch (evaluated)",
+                )
+            )
         acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="test accuracy")
         acc_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
-        kappa_ax.set(title="test quadratic weighted kappa per epoch (always grade 0: 0)", xlabel="epoch",
-                     ylabel="kappa")
+        kappa_ax.set(
+            title="test quadratic weighted kappa per epoch (always grade 0: 0)",
+            xlabel="epoch",
+            ylabel="kappa",
+        )
         for ax in (acc_ax, kappa_ax):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)

@@ -123,8 +123,11 @@ def _metric_problem(key: str, value: Any) -> str | None:
 def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
     metrics = read_json_object(path, read, EVALUATE_FIX, EVALUATE_FIX)
     for key, value in metrics.items():
-        problem = ("not one of the numbers evaluate writes" if key not in METRIC_KEYS
-                   else _metric_problem(key, value))
+        problem = (
+            "not one of the numbers evaluate writes"
+            if key not in METRIC_KEYS
+            else _metric_problem(key, value)
+        )
         if problem:
             raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {EVALUATE_FIX}")
     if not trained:
@@ -172,8 +175,10 @@ def _read_history(path: Path, read: ReadText) -> pd.DataFrame:
     if not frame[kappas].stack().between(-1, 1).all() or (frame[losses] < 0).any().any():
         raise RetinopathyError(f"{path}: kappas must be in [-1, 1] and losses not negative: {fix}")
     if frame["epoch"].tolist() != list(range(1, len(frame) + 1)):
-        raise RetinopathyError(f"{path}: the epochs must be 1, 2, ... {len(frame)}, one row each, in order "
-                               f"(found {', '.join(f'{e:g}' for e in frame['epoch'].head(10))}): {fix}")
+        raise RetinopathyError(
+            f"{path}: the epochs must be 1, 2, ... {len(frame)}, one row each, in order "
+            f"(found {', '.join(f'{e:g}' for e in frame['epoch'].head(10))}): {fix}"
+        )
     return frame
 
 
@@ -209,8 +214,11 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
         return None
     metrics = read_json_object(path, read, FUSE_FIX, FUSE_FIX)
     for key, value in metrics.items():
-        problem = ("not one of the numbers fuse writes" if key not in FUSED_METRIC_KEYS
-                   else _metric_problem(key, value))
+        problem = (
+            "not one of the numbers fuse writes"
+            if key not in FUSED_METRIC_KEYS
+            else _metric_problem(key, value)
+        )
         if problem:
             raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {FUSE_FIX}")
     if not metrics:
@@ -218,11 +226,21 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
     for key in ("acc", "kappa"):
         if key not in metrics:
             raise RetinopathyError(f"{path}: '{key}' is missing: {FUSE_FIX}")
-    record = check_record(files.screening, read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX),
-                          FUSE_FIX, fused=True)
+    record = check_record(
+        files.screening, read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX), FUSE_FIX, fused=True
+    )
     facts = record["fusion"]
-    return Fused(metrics, record, facts["method"], facts["selection"], facts["epoch"], facts["images"],
-                 facts["fused"], facts["single_no_partner"], facts["val_images"])
+    return Fused(
+        metrics,
+        record,
+        facts["method"],
+        facts["selection"],
+        facts["epoch"],
+        facts["images"],
+        facts["fused"],
+        facts["single_no_partner"],
+        facts["val_images"],
+    )
 
 
 def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> Arm:
@@ -270,9 +288,11 @@ def majority_baseline(arms: Sequence[Arm]) -> float | None:
 BASELINE_KAPPA = 0.05
 BASELINE_ACCURACY_MARGIN = 0.005
 BASELINE_BALANCED_ACCURACY = 0.25
-BASELINE_RULE = (f"quadratic kappa <= {BASELINE_KAPPA}, or test accuracy within "
-                 f"{100 * BASELINE_ACCURACY_MARGIN:g} points of the majority baseline with balanced accuracy "
-                 f"<= {BASELINE_BALANCED_ACCURACY}")
+BASELINE_RULE = (
+    f"quadratic kappa <= {BASELINE_KAPPA}, or test accuracy within "
+    f"{100 * BASELINE_ACCURACY_MARGIN:g} points of the majority baseline with balanced accuracy "
+    f"<= {BASELINE_BALANCED_ACCURACY}"
+)
 
 
 def at_baseline(metrics: dict[str, float]) -> str | None:
@@ -287,8 +307,10 @@ def at_baseline(metrics: dict[str, float]) -> str | None:
     if acc is None or base is None or bacc is None:
         return None
     if abs(acc - base) <= BASELINE_ACCURACY_MARGIN and bacc <= BASELINE_BALANCED_ACCURACY:
-        return (f"accuracy {100 * acc:.1f}% within {100 * BASELINE_ACCURACY_MARGIN:g} points of the "
-                f"baseline's {100 * base:.1f}%, balanced accuracy {bacc:.3f} <= {BASELINE_BALANCED_ACCURACY}")
+        return (
+            f"accuracy {100 * acc:.1f}% within {100 * BASELINE_ACCURACY_MARGIN:g} points of the "
+            f"baseline's {100 * base:.1f}%, balanced accuracy {bacc:.3f} <= {BASELINE_BALANCED_ACCURACY}"
+        )
     return None
 
 
@@ -305,8 +327,9 @@ def missing_checkpoint_fix(arm: str, layout: Layout) -> str:
         except RecordError:  # none there, or unreadable: this message is about the missing checkpoint
             continue
         if isinstance(words, Skipped):
-            return (f"the {arm} arm was not trained ({path} says skipped: {words.reason}); "
-                    f"`dvc repro` will not train it until that is fixed: {words.fix}. "
-                    "Or pass --checkpoint FILE")
+            return (
+                f"the {arm} arm was not trained ({path} says skipped: {words.reason}); "
+                f"`dvc repro` will not train it until that is fixed: {words.fix}. "
+                "Or pass --checkpoint FILE"
+            )
     return f"train the arm first (`dvc repro train@{arm}`), or pass --checkpoint FILE"
-

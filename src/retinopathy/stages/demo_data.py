@@ -38,21 +38,28 @@ SPLITS = tuple(SPLIT_FILES)  # train, test
 _PURPOSE_IMAGE, _PURPOSE_ORDER, _PURPOSE_VARIATION = 1, 2, 3
 
 
-def _check_size(name: str, value: object, minimum: int, maximum: int | None = None,
-                even: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-        maximum is not None and value > maximum
-    ) or (even and value % 2):
+def _check_size(
+    name: str, value: object, minimum: int, maximum: int | None = None, even: bool = False
+) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+        or (even and value % 2)
+    ):
         bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         what = "an even integer" if even else "an integer"
         why = " (two eyes per patient)" if even else ""
-        raise RetinopathyError(f"demo: {name} must be {what} {bound}{why}, got {value!r}; "
-                               f"fix `demo.{name}` in params.yaml")
+        raise RetinopathyError(
+            f"demo: {name} must be {what} {bound}{why}, got {value!r}; fix `demo.{name}` in params.yaml"
+        )
     return value
 
 
-def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: int,
-                 variation: bool) -> list[int]:
+def _write_split(
+    folder: Path, split: str, seed: int, first: int, n: int, size: int, variation: bool
+) -> list[int]:
     """Write one split's ``n // 2`` patients (numbered from ``first``) and CSVs; returns its class counts."""
     pairs = [kind for kind, count in pair_counts(n // 2).items() for _ in range(count)]
     code = SPLITS.index(split)
@@ -62,19 +69,23 @@ def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: 
     names, grades = [], []
     for i, ((lower, higher), flip) in enumerate(zip(pairs, lower_left.tolist(), strict=True)):
         patient = first + i
-        for side, (eye, grade) in enumerate((("left", lower if flip else higher),
-                                             ("right", higher if flip else lower))):
+        for side, (eye, grade) in enumerate(
+            (("left", lower if flip else higher), ("right", higher if flip else lower))
+        ):
             number = 2 * patient + side  # the image's own seed: the eyes share nothing but the grades
             name = f"demo_{patient:05d}_{eye}"
             rng = np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_IMAGE, code, number]))
             pixels = render_fundus(grade, rng, size, eye=eye, subtle=variation)
             if variation:  # a stream of its own: without variation the drawing is what it always was
-                pixels = vary(pixels, np.random.default_rng(
-                    np.random.SeedSequence([seed, _PURPOSE_VARIATION, code, number])))
+                pixels = vary(
+                    pixels,
+                    np.random.default_rng(np.random.SeedSequence([seed, _PURPOSE_VARIATION, code, number])),
+                )
             # Fixed quality and 4:4:4 chroma (tiny yellow/red lesions differ mainly in
             # colour); no optimize/progressive/EXIF, so the bytes are reproducible.
-            Image.fromarray(pixels).save(image_path(folder, name), "JPEG", quality=JPEG_QUALITY,
-                                         subsampling=0)
+            Image.fromarray(pixels).save(
+                image_path(folder, name), "JPEG", quality=JPEG_QUALITY, subsampling=0
+            )
             names.append(name)
             grades.append(grade)
     img_file, label_file = SPLIT_FILES[split]
@@ -83,8 +94,9 @@ def _write_split(folder: Path, split: str, seed: int, first: int, n: int, size: 
     return np.bincount(grades, minlength=NUM_GRADES).tolist()
 
 
-def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int,
-            variation: bool) -> str:
+def _readme(
+    seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size: int, variation: bool
+) -> str:
     lines = [
         f"{DEMO_MARKER} - NOT REAL PATIENT IMAGES",
         "",
@@ -113,8 +125,9 @@ def _readme(seed: int, sizes: dict[str, int], counts: dict[str, list[int]], size
     return "\n".join(lines) + "\n"
 
 
-def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size: int,
-                       image_size: int, variation: bool) -> None:
+def write_demo_dataset(
+    out: str | Path, *, seed: int, train_size: int, test_size: int, image_size: int, variation: bool
+) -> None:
     """Write the demo dataset to ``out``, atomically and deterministically.
 
     The folder is built next to ``out`` under a temporary name and then swapped
@@ -146,8 +159,7 @@ def write_demo_dataset(out: str | Path, *, seed: int, train_size: int, test_size
             "train": _write_split(work, "train", seed, 0, train_size, image_size, variation),
             "test": _write_split(work, "test", seed, train_size // 2, test_size, image_size, variation),
         }
-        (work / DEMO_README).write_text(_readme(seed, sizes, counts, image_size, variation),
-                                         encoding="utf-8")
+        (work / DEMO_README).write_text(_readme(seed, sizes, counts, image_size, variation), encoding="utf-8")
 
 
 def _check_replaceable(out: Path) -> None:
@@ -178,15 +190,27 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the synthetic demo dataset (course layout) from the `demo` "
         "section of params.yaml.",
     )
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
-    parser.add_argument("--out", default=str(Layout.demo), metavar="DIR",
-                        help=f"The output folder, replaced (default: {Layout.demo}).")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
+    parser.add_argument(
+        "--out",
+        default=str(Layout.demo),
+        metavar="DIR",
+        help=f"The output folder, replaced (default: {Layout.demo}).",
+    )
     args = parser.parse_args(argv)
     demo = restrict(load_params(args.params), PARAMS, __name__).demo
-    write_demo_dataset(args.out, seed=demo.seed, train_size=demo.train_size,
-                       test_size=demo.test_size, image_size=demo.image_size, variation=demo.variation)
-    print(f"wrote {demo.train_size} train + {demo.test_size} test synthetic images (two eyes per patient) "
-          f"({demo.image_size} px, seed {demo.seed}) to {args.out}")
+    write_demo_dataset(
+        args.out,
+        seed=demo.seed,
+        train_size=demo.train_size,
+        test_size=demo.test_size,
+        image_size=demo.image_size,
+        variation=demo.variation,
+    )
+    print(
+        f"wrote {demo.train_size} train + {demo.test_size} test synthetic images (two eyes per patient) "
+        f"({demo.image_size} px, seed {demo.seed}) to {args.out}"
+    )
     return 0
-

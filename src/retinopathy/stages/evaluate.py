@@ -63,8 +63,16 @@ from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
-PARAMS = ("data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
-          "train.portable", "train.batch_size", "evaluate")
+PARAMS = (
+    "data.root",
+    "data.on_device",
+    "train.device",
+    "train.precision",
+    "train.channels_last",
+    "train.portable",
+    "train.batch_size",
+    "evaluate",
+)
 
 
 def selection_rule(split: str, metric: str) -> str:
@@ -75,17 +83,26 @@ def selection_rule(split: str, metric: str) -> str:
     return f"epoch with the highest validation {metric} (test split unseen when choosing)"
 
 
-def prediction_rows(records: list[Record], predicted: np.ndarray, outputs: np.ndarray,
-                    rows: Scored) -> list[list]:
+def prediction_rows(
+    records: list[Record], predicted: np.ndarray, outputs: np.ndarray, rows: Scored
+) -> list[list]:
     """The predictions CSV's rows (:func:`contract.prediction_header`): one per image, in index order."""
     scores = outputs.reshape(len(records), -1)
-    return [[r.image, patient, r.label, int(p), *(f"{v:.6f}" for v in s), f"{referable:.6f}"]
-            for r, patient, p, s, referable in zip(records, rows.patients, predicted, scores, rows.referable,
-                                                   strict=True)]
+    return [
+        [r.image, patient, r.label, int(p), *(f"{v:.6f}" for v in s), f"{referable:.6f}"]
+        for r, patient, p, s, referable in zip(
+            records, rows.patients, predicted, scores, rows.referable, strict=True
+        )
+    ]
 
 
-def table_contents(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None,
-                   header: tuple[str, ...], rows: list[list], val_rows: list[list]) -> dict[Path, str]:
+def table_contents(
+    files: ArmFiles,
+    tables: tuple[np.ndarray, np.ndarray] | None,
+    header: tuple[str, ...],
+    rows: list[list],
+    val_rows: list[list],
+) -> dict[Path, str]:
     """The texts of the confusion tables and the predictions (header only where there are none), by file.
 
     Args:
@@ -102,10 +119,12 @@ def table_contents(files: ArmFiles, tables: tuple[np.ndarray, np.ndarray] | None
         norm_rows = [[g, *(f"{v:.6f}" for v in normalized[g])] for g in GRADES]
     else:
         count_rows, norm_rows = [], []
-    return {files.confusion_counts: csv_text(confusion, count_rows),
-            files.confusion_normalized: csv_text(confusion, norm_rows),
-            files.predictions: csv_text(list(header), rows),
-            files.val_predictions: csv_text(list(header), val_rows)}
+    return {
+        files.confusion_counts: csv_text(confusion, count_rows),
+        files.confusion_normalized: csv_text(confusion, norm_rows),
+        files.predictions: csv_text(list(header), rows),
+        files.val_predictions: csv_text(list(header), val_rows),
+    }
 
 
 @dataclass(frozen=True)
@@ -119,8 +138,13 @@ class Evaluation:
 
 def write_evaluation(files: ArmFiles, evaluation: Evaluation, others: dict[Path, str]) -> None:
     """Write the metrics and the info with ``others`` (the tables and screening files): all, or none."""
-    write_together({**others, files.metrics: json_text(files.metrics, evaluation.metrics),
-                    files.info: info_text(files.info, evaluation.info)})
+    write_together(
+        {
+            **others,
+            files.metrics: json_text(files.metrics, evaluation.metrics),
+            files.info: info_text(files.info, evaluation.info),
+        }
+    )
 
 
 def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Evaluation:
@@ -135,18 +159,30 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     summary = read_summary(layout.summary)
     if isinstance(status, Skipped):
         evaluation = Evaluation({}, status)
-        write_evaluation(files, evaluation, {
-            **table_contents(files, None, prediction_header(regression=False), [], []),
-            **screening_contents(files.screening_files, None, None, probabilities=False)})
+        write_evaluation(
+            files,
+            evaluation,
+            {
+                **table_contents(files, None, prediction_header(regression=False), [], []),
+                **screening_contents(files.screening_files, None, None, probabilities=False),
+            },
+        )
         return evaluation
 
-    trained = checkpoint.load_trained(files.best, fix=(
-        f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
-        f"or move {files.model_dir} away and run `dvc repro` to train the arm again"))
+    trained = checkpoint.load_trained(
+        files.best,
+        fix=(
+            f"restore it with `dvc checkout {files.model_dir}` (DVC keeps every finished run's checkpoints), "
+            f"or move {files.model_dir} away and run `dvc repro` to train the arm again"
+        ),
+    )
     best, spec = trained.state, trained.spec
     history = status.history
-    if best["fingerprint"] != status.fingerprint or best["epoch"] != status.best_epoch \
-            or not 1 <= best["epoch"] <= len(history):
+    if (
+        best["fingerprint"] != status.fingerprint
+        or best["epoch"] != status.best_epoch
+        or not 1 <= best["epoch"] <= len(history)
+    ):
         # A kill (or a full disk) between training's writes, or files put together by hand.
         raise RetinopathyError(
             f"{files.best}: holds epoch {best['epoch']} of run {best['fingerprint']}, but {files.status} "
@@ -165,29 +201,48 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     records = {"test": index["test"], "val": index["val"]}
     sources, decoder = open_sources(params, runtime, records, spec.image_size, status.resident)
     tta = params.evaluate.tta == "flips"
-    lower = (f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
-             f"{', or set evaluate.tta to none' if tta else ''}")
+    lower = (
+        f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
+        f"{', or set evaluate.tta to none' if tta else ''}"
+    )
     head = spec.head()
     graded: dict[str, tuple[np.ndarray, np.ndarray, Scored]] = {}
     for split in sources:
         batches = eval_batches(sources[split], train.batch_size, runtime)
-        outputs, predicted, actual = loops.predict(grader, batches, runtime, head,
-                                                   f"evaluating {arm} ({split})", tta=tta, lower=lower)
+        outputs, predicted, actual = loops.predict(
+            grader, batches, runtime, head, f"evaluating {arm} ({split})", tta=tta, lower=lower
+        )
         if actual.tolist() != [r.label for r in records[split]]:  # each row must name its own image
-            raise RetinopathyError(f"{layout.index}: the {split} split's grades came back in another order "
-                                   "than listed (a bug in the batching: please report it)")
-        require_finite(outputs, files.best, "its weights are finite, but the network overflows on these "
-                       f"images; train the arm again (`dvc repro -f train@{arm}`)",
-                       [r.image for r in records[split]])
-        rows = scored([patient_of(r.image) for r in records[split]], actual.numpy(), predicted.numpy(),
-                      outputs.numpy(), head.regression)
+            raise RetinopathyError(
+                f"{layout.index}: the {split} split's grades came back in another order "
+                "than listed (a bug in the batching: please report it)"
+            )
+        require_finite(
+            outputs,
+            files.best,
+            "its weights are finite, but the network overflows on these "
+            f"images; train the arm again (`dvc repro -f train@{arm}`)",
+            [r.image for r in records[split]],
+        )
+        rows = scored(
+            [patient_of(r.image) for r in records[split]],
+            actual.numpy(),
+            predicted.numpy(),
+            outputs.numpy(),
+            head.regression,
+        )
         graded[split] = (predicted.numpy(), outputs.numpy(), rows)
     actual_np, predicted_np = graded["test"][2].actual, graded["test"][0]
     tables = confusion_tables(actual_np, predicted_np)
     settings = params.evaluate
-    screening = record(graded["test"][2], graded["val"][2] if "val" in graded else None,
-                       settings.operating_points, settings.bootstrap, settings.seed,
-                       probabilities=not head.regression)
+    screening = record(
+        graded["test"][2],
+        graded["val"][2] if "val" in graded else None,
+        settings.operating_points,
+        settings.bootstrap,
+        settings.seed,
+        probabilities=not head.regression,
+    )
 
     numbers: dict[str, float] = {
         **scores(actual_np, predicted_np, tables),
@@ -218,11 +273,18 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     )
     evaluation = Evaluation(metrics, info, screening)
     csv_rows = {split: prediction_rows(records[split], *graded[split]) for split in graded}
-    write_evaluation(files, evaluation, {
-        **table_contents(files, tables, prediction_header(head.regression), csv_rows["test"],
-                         csv_rows.get("val", [])),
-        **screening_contents(files.screening_files, screening, graded["test"][2],
-                             probabilities=not head.regression)})
+    write_evaluation(
+        files,
+        evaluation,
+        {
+            **table_contents(
+                files, tables, prediction_header(head.regression), csv_rows["test"], csv_rows.get("val", [])
+            ),
+            **screening_contents(
+                files.screening_files, screening, graded["test"][2], probabilities=not head.regression
+            ),
+        },
+    )
     return evaluation
 
 
@@ -230,19 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy evaluate --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--init", choices=ARMS, required=True, help="The arm to evaluate.")
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
     args = parser.parse_args(argv)
     evaluation = evaluate_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
     info, metrics = evaluation.info, evaluation.metrics
     if isinstance(info, Skipped):
         warn(f"{args.init} arm skipped: {info.reason}\n  fix: {info.fix}")
     else:
-        print(f"{args.init}: test accuracy {metrics['acc']:.1%} (epoch {metrics['epoch']}, "
-              f"{info.selection_rule}), kappa {metrics['kappa']:.3f}, "
-              f"always-grade-0 baseline {metrics['base']:.1%}")
+        print(
+            f"{args.init}: test accuracy {metrics['acc']:.1%} (epoch {metrics['epoch']}, "
+            f"{info.selection_rule}), kappa {metrics['kappa']:.3f}, "
+            f"always-grade-0 baseline {metrics['base']:.1%}"
+        )
         auc = (evaluation.screening or {}).get("patient", {}).get("auc_referable", {}).get("value")
-        print(f"{args.init}: referable DR AUC per patient "
-              f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "
-              f"see {Layout().arm(args.init).screening}")
+        print(
+            f"{args.init}: referable DR AUC per patient "
+            f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "
+            f"see {Layout().arm(args.init).screening}"
+        )
     return 0

@@ -52,15 +52,17 @@ def _predictions(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
                 pair = [grade_of(row.get(column) or "") for column in PREDICTION_COLUMNS]
                 if None in pair:
                     column = PREDICTION_COLUMNS[pair.index(None)]
-                    raise RetinopathyError(f"{where(path, rows.line_num)}: '{column}' is not a grade "
-                                           f"0-{NUM_GRADES - 1}; {fix}")
+                    raise RetinopathyError(
+                        f"{where(path, rows.line_num)}: '{column}' is not a grade 0-{NUM_GRADES - 1}; {fix}"
+                    )
                 grades.append([grade for grade in pair if grade is not None])
             header = rows.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise RetinopathyError(f"{path}: cannot read it ({error}); {fix}") from None
     if not grades or not set(PREDICTION_COLUMNS) <= set(header) or len(grades) != count:
-        raise RetinopathyError(f"{path}: expected {count} rows of {','.join(PREDICTION_COLUMNS)} (one per "
-                               f"test image): {fix}")
+        raise RetinopathyError(
+            f"{path}: expected {count} rows of {','.join(PREDICTION_COLUMNS)} (one per test image): {fix}"
+        )
     actual, predicted = np.array(grades).T
     return actual, predicted
 
@@ -98,8 +100,9 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
     grader = trained.grader.to(device)  # eager fp32: Grad-CAM's hooks
     records = read_index(layout.index)["test"]
     actual, predicted = _predictions(files.predictions, len(records))
-    dataset = RetinopathyDataset(params.data.root, "test", spec.image_size, records=records,
-                                 dtype=torch.uint8)
+    dataset = RetinopathyDataset(
+        params.data.root, "test", spec.image_size, records=records, dtype=torch.uint8
+    )
     head = spec.head()
     tiles: list[tuple[np.ndarray, np.ndarray, str, bool] | None] = []
     for index in choose(actual, predicted, params.train.seed):
@@ -110,15 +113,21 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
         grade = int(predicted[index])
         with torch.no_grad():
             scores = head.scores(grader.eval()(image))[0]
-        require_finite(scores.unsqueeze(0).cpu(), files.best, "its weights are finite, but the network "
-                       f"overflows on this image; train the arm again (`dvc repro -f train@{arm}`)",
-                       [records[index].image])
+        require_finite(
+            scores.unsqueeze(0).cpu(),
+            files.best,
+            "its weights are finite, but the network "
+            f"overflows on this image; train the arm again (`dvc repro -f train@{arm}`)",
+            [records[index].image],
+        )
         heat = grad_cam(grader, image, [0 if head.regression else grade])[0]
         score = f"value {float(scores):.2f}" if head.regression else f"p {float(scores[grade]):.2f}"
         caption = f"{records[index].image}: graded {grade} ({score})"
         tiles.append((image[0].permute(1, 2, 0).cpu().numpy(), heat, caption, grade == actual[index]))
-    heading = (f"{title(spec.model)}, {arm} arm: where it looked on test images\n"
-               f"(Grad-CAM of the grade it gave; green: graded right, red: graded wrong)")
+    heading = (
+        f"{title(spec.model)}, {arm} arm: where it looked on test images\n"
+        f"(Grad-CAM of the grade it gave; green: graded right, red: graded wrong)"
+    )
     with atomic_file(out, "wb") as stream:
         save_grid(stream, tiles, PER_GRADE, [f"true {grade_label(g)}" for g in GRADES], heading)
     return out
@@ -128,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy explain --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy explain", description=__doc__.split("\n")[0])
     parser.add_argument("--init", choices=ARMS, required=True, help="The arm whose heat maps to draw.")
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
     args = parser.parse_args(argv)
     print(f"wrote {explain_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)}")
     return 0

@@ -66,19 +66,36 @@ from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
-PARAMS = ("fuse", "data.root", "data.on_device", "train.device", "train.precision", "train.channels_last",
-          "train.portable", "train.batch_size", "train.loss", "evaluate.operating_points",
-          "evaluate.bootstrap", "evaluate.seed")
+PARAMS = (
+    "fuse",
+    "data.root",
+    "data.on_device",
+    "train.device",
+    "train.precision",
+    "train.channels_last",
+    "train.portable",
+    "train.batch_size",
+    "train.loss",
+    "evaluate.operating_points",
+    "evaluate.bootstrap",
+    "evaluate.seed",
+)
 
 
 def load_arm(layout: Layout, arm: str, status: TrainingStatus) -> checkpoint.Trained:
     """The arm's ``best.pt`` (checkpoint, spec, grader), checked to be of the run ``status`` records."""
     files = layout.arm(arm)
-    trained = checkpoint.load_trained(files.best, fix=(
-        f"restore it with `dvc checkout {files.model_dir}`, or run `dvc repro train@{arm}` to train again"))
+    trained = checkpoint.load_trained(
+        files.best,
+        fix=(
+            f"restore it with `dvc checkout {files.model_dir}`, or run `dvc repro train@{arm}` to train again"
+        ),
+    )
     if trained.state["fingerprint"] != status.fingerprint:
-        raise RetinopathyError(f"{files.best}: of run {trained.state['fingerprint']}, but {files.status} is "
-                               f"of run {status.fingerprint}; run `dvc repro train@{arm}` to finish training")
+        raise RetinopathyError(
+            f"{files.best}: of run {trained.state['fingerprint']}, but {files.status} is "
+            f"of run {status.fingerprint}; run `dvc repro train@{arm}` to finish training"
+        )
     return trained
 
 
@@ -87,24 +104,36 @@ def referable(scores: torch.Tensor, head: Head) -> np.ndarray:
     return (scores if head.regression else scores[:, REFERABLE_GRADE:].sum(1)).numpy().astype(np.float64)
 
 
-def _rows(names: list[str], actual: np.ndarray, grades: np.ndarray, scores: torch.Tensor, refer: np.ndarray,
-          sources: list[str], head: Head) -> list[list]:
+def _rows(
+    names: list[str],
+    actual: np.ndarray,
+    grades: np.ndarray,
+    scores: torch.Tensor,
+    refer: np.ndarray,
+    sources: list[str],
+    head: Head,
+) -> list[list]:
     rows = []
     for i, name in enumerate(names):
         values = [f"{float(scores[i]):.6f}"] if head.regression else [f"{p:.6f}" for p in scores[i].tolist()]
-        rows.append([name, patient_of(name), int(actual[i]), int(grades[i]), *values, f"{refer[i]:.6f}",
-                     sources[i]])
+        rows.append(
+            [name, patient_of(name), int(actual[i]), int(grades[i]), *values, f"{refer[i]:.6f}", sources[i]]
+        )
     return rows
 
 
 def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str, float]:
-    blend = BlendRecord("none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0,
-                        f"arm skipped: {reason}", 0, 0)
-    write_together({layout.blend(arm): blend.to_bytes(layout.blend(arm)),
-                    layout.fused_predictions(arm): csv_text(list(columns(params.train.loss == "regression")),
-                                                            []),
-                    **screening_contents(layout.fused(arm), None, None, probabilities=False),
-                    layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), {})})
+    blend = BlendRecord(
+        "none", params.fuse.inputs, params.train.loss, None, 0, 0, "", 0, f"arm skipped: {reason}", 0, 0
+    )
+    write_together(
+        {
+            layout.blend(arm): blend.to_bytes(layout.blend(arm)),
+            layout.fused_predictions(arm): csv_text(list(columns(params.train.loss == "regression")), []),
+            **screening_contents(layout.fused(arm), None, None, probabilities=False),
+            layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), {}),
+        }
+    )
     return {}
 
 
@@ -112,8 +141,9 @@ def _skipped(params: Params, layout: Layout, arm: str, reason: str) -> dict[str,
 BLEND_FIX = "lower fuse.lr in params.yaml and run the `fuse` stage again"
 
 
-def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRecord,
-            pairs: Pairs | None, blend: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _graded(
+    outputs: torch.Tensor, head: Head, names: list[str], record: BlendRecord, pairs: Pairs | None, blend: Path
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One split's scores, grades and sources: the blend's where the other eye is in the split, else alone."""
     scores_, grades = head.scores(outputs), head.grades(outputs)
     partner, _ = partners(names)
@@ -128,10 +158,12 @@ def _graded(outputs: torch.Tensor, head: Head, names: list[str], record: BlendRe
     return scores_, grades, ["fused" if p >= 0 else "single-no-partner" for p in partner]
 
 
-def _scored(names: list[str], actual: np.ndarray, grades: torch.Tensor, scores_: torch.Tensor,
-            head: Head) -> Scored:
-    return scored([patient_of(name) for name in names], actual, grades.numpy(), scores_.numpy(),
-                  head.regression)
+def _scored(
+    names: list[str], actual: np.ndarray, grades: torch.Tensor, scores_: torch.Tensor, head: Head
+) -> Scored:
+    return scored(
+        [patient_of(name) for name in names], actual, grades.numpy(), scores_.numpy(), head.regression
+    )
 
 
 def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str, float]:
@@ -152,62 +184,136 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     sources, _ = open_sources(params, runtime, records, spec.image_size, status.resident)
     lower = f"train.batch_size in params.yaml (now {train.batch_size}; these batches are twice it)"
     extracted: dict[str, Extracted] = {
-        split: extract(grader, eval_batches(source, train.batch_size, runtime), runtime, f"features {split}",
-                       lower) for split, source in sources.items()}
+        split: extract(
+            grader, eval_batches(source, train.batch_size, runtime), runtime, f"features {split}", lower
+        )
+        for split, source in sources.items()
+    }
     names = {split: [record.image for record in records[split]] for split in sources}
     for split, found in extracted.items():  # before any of them is blended or graded
-        require_finite(torch.cat([found.features, found.outputs], 1), layout.arm(arm).best,
-                       f"its weights are finite, but the network overflows on these images; train the arm "
-                       f"again (`dvc repro -f train@{arm}`)", names[split])
+        require_finite(
+            torch.cat([found.features, found.outputs], 1),
+            layout.arm(arm).best,
+            f"its weights are finite, but the network overflows on these images; train the arm "
+            f"again (`dvc repro -f train@{arm}`)",
+            names[split],
+        )
 
-    blend = BlendRecord("none", fuse.inputs, spec.loss, None, 0, 0, best["fingerprint"], 0,
-                        "none: fuse.method is none, every image graded alone", 0, 0)
+    blend = BlendRecord(
+        "none",
+        fuse.inputs,
+        spec.loss,
+        None,
+        0,
+        0,
+        best["fingerprint"],
+        0,
+        "none: fuse.method is none, every image graded alone",
+        0,
+        0,
+    )
     pairs: dict[str, Pairs] = {}
     if fuse.method == "blend":
-        pairs = {split: Pairs.of(blend_inputs(extracted[split], fuse.inputs, head), extracted[split].labels,
-                                 *partners(names[split])) for split in extracted}
+        pairs = {
+            split: Pairs.of(
+                blend_inputs(extracted[split], fuse.inputs, head),
+                extracted[split].labels,
+                *partners(names[split]),
+            )
+            for split in extracted
+        }
         val = pairs.get("val")
         if not len(pairs["train"]):
             raise RetinopathyError(
                 f"{layout.index}: no patient has both eyes in the training split (EyePACS names "
                 "`<id>_left` and `<id>_right`), so the blend has nothing to learn; set fuse.method to none "
-                "in params.yaml to grade each photograph alone")
-        model, epoch, rule = learn(pairs["train"], val, head, hidden=fuse.hidden, epochs=fuse.epochs,
-                                   lr=fuse.lr, weight_decay=fuse.weight_decay, batch_size=fuse.batch_size,
-                                   seed=fuse.seed)
-        blend = BlendRecord("blend", fuse.inputs, spec.loss, thresholds_for(model, val, head),
-                            pairs["train"].this.shape[1], fuse.hidden, best["fingerprint"], epoch, rule,
-                            len(pairs["train"]), len(val) if val is not None else 0, state_of(model))
+                "in params.yaml to grade each photograph alone"
+            )
+        model, epoch, rule = learn(
+            pairs["train"],
+            val,
+            head,
+            hidden=fuse.hidden,
+            epochs=fuse.epochs,
+            lr=fuse.lr,
+            weight_decay=fuse.weight_decay,
+            batch_size=fuse.batch_size,
+            seed=fuse.seed,
+        )
+        blend = BlendRecord(
+            "blend",
+            fuse.inputs,
+            spec.loss,
+            thresholds_for(model, val, head),
+            pairs["train"].this.shape[1],
+            fuse.hidden,
+            best["fingerprint"],
+            epoch,
+            rule,
+            len(pairs["train"]),
+            len(val) if val is not None else 0,
+            state_of(model),
+        )
 
-    graded = {split: _graded(extracted[split].outputs, head, names[split], blend, pairs.get(split),
-                             layout.blend(arm))
-              for split in ("test", "val") if split in extracted and len(names[split])}
+    graded = {
+        split: _graded(
+            extracted[split].outputs, head, names[split], blend, pairs.get(split), layout.blend(arm)
+        )
+        for split in ("test", "val")
+        if split in extracted and len(names[split])
+    }
     test_scores, test_grades, test_sources = graded["test"]
     actual = extracted["test"].labels.numpy()
     test = _scored(names["test"], actual, test_grades, test_scores, head)
-    val_scored = (_scored(names["val"], extracted["val"].labels.numpy(), graded["val"][1], graded["val"][0],
-                          head) if "val" in graded else None)
+    val_scored = (
+        _scored(names["val"], extracted["val"].labels.numpy(), graded["val"][1], graded["val"][0], head)
+        if "val" in graded
+        else None
+    )
     settings = params.evaluate
-    screening = record(test, val_scored, settings.operating_points, settings.bootstrap, settings.seed,
-                       probabilities=not head.regression)
+    screening = record(
+        test,
+        val_scored,
+        settings.operating_points,
+        settings.bootstrap,
+        settings.seed,
+        probabilities=not head.regression,
+    )
     facts: dict[str, Any] = {
-        "method": blend.method, "selection": blend.selection, "epoch": blend.epoch,
-        "images": len(test_sources), "fused": test_sources.count("fused"),
+        "method": blend.method,
+        "selection": blend.selection,
+        "epoch": blend.epoch,
+        "images": len(test_sources),
+        "fused": test_sources.count("fused"),
         "single_no_partner": test_sources.count("single-no-partner"),
-        "val_images": len(val_scored) if val_scored is not None else 0}
+        "val_images": len(val_scored) if val_scored is not None else 0,
+    }
     screening["fusion"] = {key: facts[key] for key in FUSION_FACTS}
     numbers = scores(actual, test_grades.numpy(), confusion_tables(actual, test_grades.numpy()))
-    metrics = {key: round(float(numbers[key]), METRIC_DECIMALS)
-               for key in FUSED_METRIC_KEYS if key in numbers}
+    metrics = {
+        key: round(float(numbers[key]), METRIC_DECIMALS) for key in FUSED_METRIC_KEYS if key in numbers
+    }
     # All four outputs change together, or none does (a full disk must not leave a new blend
     # beside the old metrics, which then no longer describe it).
-    write_together({
-        layout.blend(arm): blend.to_bytes(layout.blend(arm)),
-        layout.fused_predictions(arm): csv_text(list(columns(head.regression)), _rows(
-            names["test"], actual, test_grades.numpy(), test_scores, referable(test_scores, head),
-            test_sources, head)),
-        **screening_contents(layout.fused(arm), screening, test, probabilities=not head.regression),
-        layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), metrics)})
+    write_together(
+        {
+            layout.blend(arm): blend.to_bytes(layout.blend(arm)),
+            layout.fused_predictions(arm): csv_text(
+                list(columns(head.regression)),
+                _rows(
+                    names["test"],
+                    actual,
+                    test_grades.numpy(),
+                    test_scores,
+                    referable(test_scores, head),
+                    test_sources,
+                    head,
+                ),
+            ),
+            **screening_contents(layout.fused(arm), screening, test, probabilities=not head.regression),
+            layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), metrics),
+        }
+    )
     print(f"{arm}: blend {blend.selection}" if blend.learned else f"{arm}: {blend.selection}")
     return metrics
 
@@ -216,13 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy fuse --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy fuse", description=__doc__.split("\n")[0])
     parser.add_argument("--init", choices=ARMS, required=True, help="The arm whose grades to fuse.")
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
     args = parser.parse_args(argv)
     metrics = fuse_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
     if not metrics:
         warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
     else:
-        print(f"{args.init}: both eyes {metrics['acc']:.1%} accuracy, kappa {metrics['kappa']:.3f}; "
-              f"see {Layout().fused(args.init).screening} for the screening figures and their intervals")
+        print(
+            f"{args.init}: both eyes {metrics['acc']:.1%} accuracy, kappa {metrics['kappa']:.3f}; "
+            f"see {Layout().fused(args.init).screening} for the screening figures and their intervals"
+        )
     return 0

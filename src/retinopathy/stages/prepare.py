@@ -53,8 +53,12 @@ from retinopathy.pipeline.paramkeys import restrict
 PARAMS = ("data.root", "data.image_size", "data.val_fraction", "data.seed", "data.max_pixels", "data.split")
 
 # What prepare writes, as an earlier run left it: only such a folder is replaced (nothing else is deleted).
-OURS = holds_only({Layout().index.name: starts_with(",".join(INDEX_COLUMNS).encode() + b"\n"),
-                   Layout().summary.name: json_with("splits", "majority_baseline")})
+OURS = holds_only(
+    {
+        Layout().index.name: starts_with(",".join(INDEX_COLUMNS).encode() + b"\n"),
+        Layout().summary.name: json_with("splits", "majority_baseline"),
+    }
+)
 
 
 def prepare(params: Params, out: Path, workers: int = 1) -> PreparedSummary:
@@ -87,8 +91,9 @@ def prepare(params: Params, out: Path, workers: int = 1) -> PreparedSummary:
         check_one_size(root, records, facts)
     duplicates = duplicates_summary(identical_images(splits, facts))
     notes = [*course.notes, *([_duplicates_note(duplicates)] if duplicates["groups"] else [])]
-    summary = build_summary(str(root), splits, notes, is_demo_dataset(root), duplicates,
-                            leakage(splits, params.data.split))
+    summary = build_summary(
+        str(root), splits, notes, is_demo_dataset(root), duplicates, leakage(splits, params.data.split)
+    )
 
     with staged_folder(out, "prepare", OURS) as staging:
         staged = Layout(prepared=staging)
@@ -141,21 +146,34 @@ def _duplicates_note(counts: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy prepare [--params params.yaml] [--out data/prepared]``."""
     parser = argparse.ArgumentParser(prog="retinopathy prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
-    parser.add_argument("--out", type=Path, default=Layout.prepared, metavar="DIR",
-                        help="The output folder, replaced as a whole: absent, empty or an earlier output "
-                             f"of prepare (default: {Layout.prepared}).")
-    parser.add_argument("--workers", type=cli_positive_int, default=min(4, os.cpu_count() or 1),
-                        help="Threads that check the images open (default: the CPU count, at most 4).")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Layout.prepared,
+        metavar="DIR",
+        help="The output folder, replaced as a whole: absent, empty or an earlier output "
+        f"of prepare (default: {Layout.prepared}).",
+    )
+    parser.add_argument(
+        "--workers",
+        type=cli_positive_int,
+        default=min(4, os.cpu_count() or 1),
+        help="Threads that check the images open (default: the CPU count, at most 4).",
+    )
     args = parser.parse_args(argv)
     params = restrict(load_params(args.params), PARAMS, __name__)
     summary = prepare(params, args.out, workers=args.workers)
     for name, split in summary.splits.items():
         print(f"{name}: {split.count} images, per grade {split.class_counts}")
     patients = summary.patients
-    print("patients: " + ", ".join(f"{name} {n}" for name, n in patients["count"].items())
-          + f" (data.split: {patients['split']})")
+    print(
+        "patients: "
+        + ", ".join(f"{name} {n}" for name, n in patients["count"].items())
+        + f" (data.split: {patients['split']})"
+    )
     baseline = summary.majority_baseline
     print(f"always grade {baseline.grade}: {baseline.test_accuracy:.2%} test accuracy")
     identical = summary.identical_images

@@ -79,20 +79,43 @@ from retinopathy.pipeline.paramkeys import restrict
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = (
-    "model", "data.root", "data.image_size", "data.val_fraction", "data.on_device", "data.preprocess",
-    "train.epochs", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay", "train.seed",
-    "train.precise_bn_images", "train.device", "train.normalize", "train.precision", "train.channels_last",
-    "train.compile", "train.portable", "train.schedule", "train.warmup_epochs", "train.nesterov",
-    "train.zero_init_residual", "train.loss", "train.tune_thresholds", "train.class_balance",
-    "train.select_by", "augment",
+    "model",
+    "data.root",
+    "data.image_size",
+    "data.val_fraction",
+    "data.on_device",
+    "data.preprocess",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "train.momentum",
+    "train.weight_decay",
+    "train.seed",
+    "train.precise_bn_images",
+    "train.device",
+    "train.normalize",
+    "train.precision",
+    "train.channels_last",
+    "train.compile",
+    "train.portable",
+    "train.schedule",
+    "train.warmup_epochs",
+    "train.nesterov",
+    "train.zero_init_residual",
+    "train.loss",
+    "train.tune_thresholds",
+    "train.class_balance",
+    "train.select_by",
+    "augment",
 )
 
 
 def write_history(rows: list[dict[str, float]], path: Path, with_val: bool) -> None:
     """Write the per-epoch history CSV atomically (header only when there are no rows)."""
     fields = list(HISTORY_COLUMNS) + (list(VAL_COLUMNS) if with_val else [])
-    write_csv_atomic(path, fields,
-                     ([row[k] if k == "epoch" else f"{row[k]:.6f}" for k in fields] for row in rows))
+    write_csv_atomic(
+        path, fields, ([row[k] if k == "epoch" else f"{row[k]:.6f}" for k in fields] for row in rows)
+    )
 
 
 @dataclass
@@ -160,8 +183,7 @@ def skip(files: ArmFiles, params: Params, skipped: records.Skipped) -> None:
     warn(f"{files.arm} arm skipped: {skipped.reason}\n  fix: {skipped.fix}")
 
 
-def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, Any],
-          runtime: Runtime) -> Run:
+def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, Any], runtime: Runtime) -> Run:
     """The run: its settings, how its pixels are decoded, and its fingerprint and resume store."""
     train = params.train
     if train.batch_size % runtime.process.world_size:
@@ -172,13 +194,30 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
     splits = read_index(layout.index)
     resident = resident_wanted(params, runtime, splits, params.data.image_size)
     decoder = planned_decoder(resident, runtime)
-    inputs = checkpoint.fingerprint_inputs(params.to_dict(), files.arm, manifest.get("sha256"),
-                                           sha256_of(layout.index), runtime.process.world_size, decoder)
+    inputs = checkpoint.fingerprint_inputs(
+        params.to_dict(),
+        files.arm,
+        manifest.get("sha256"),
+        sha256_of(layout.index),
+        runtime.process.world_size,
+        decoder,
+    )
     runtime.configure_backends()
     fingerprint = checkpoint.fingerprint(inputs)
     store = checkpoint.ResumeStore.of(layout.models, files.arm, fingerprint)
-    return Run(files, params, runtime, manifest, train.epochs_for(params.model), bool(splits["val"]),
-               resident, decoder, inputs, fingerprint, store)
+    return Run(
+        files,
+        params,
+        runtime,
+        manifest,
+        train.epochs_for(params.model),
+        bool(splits["val"]),
+        resident,
+        decoder,
+        inputs,
+        fingerprint,
+        store,
+    )
 
 
 def make_model(run: Run, layout: Layout, feed: Feed) -> Model:
@@ -188,14 +227,29 @@ def make_model(run: Run, layout: Layout, feed: Feed) -> Model:
     splits = read_index(layout.index)
     head = recipe.make_head(params, [r.label for r in splits["train"]])
     torch.manual_seed(torch_seed(train.seed))  # model init (scratch) and the new head (pretrained)
-    net = build_model(params.model, num_classes=head.num_outputs, weights=weights_argument(run.manifest),
-                      zero_init_residual=train.zero_init_for(params.model))
-    spec = GraderSpec(model=params.model, image_size=params.data.image_size, normalize=train.normalize,
-                      preprocess=params.data.preprocess, loss=train.loss,
-                      thresholds=list(head.thresholds) if head.thresholds else None)
+    net = build_model(
+        params.model,
+        num_classes=head.num_outputs,
+        weights=weights_argument(run.manifest),
+        zero_init_residual=train.zero_init_for(params.model),
+    )
+    spec = GraderSpec(
+        model=params.model,
+        image_size=params.data.image_size,
+        normalize=train.normalize,
+        preprocess=params.data.preprocess,
+        loss=train.loss,
+        thresholds=list(head.thresholds) if head.thresholds else None,
+    )
     grader = runtime.place(Grader(net, spec))
-    optimizer = make_optimizer(grader, runtime, lr=train.lr, momentum=train.momentum,
-                               weight_decay=train.weight_decay, nesterov=train.nesterov)
+    optimizer = make_optimizer(
+        grader,
+        runtime,
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        nesterov=train.nesterov,
+    )
     eager: nn.Module = grader
     if runtime.process.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -241,27 +295,35 @@ def candidates(run: Run, say: Any) -> list[tuple[Path, dict[str, Any], Path]]:
         if state["fingerprint"] != run.fingerprint:
             raise checkpoint.DamagedCheckpoint(
                 f"{store.last}: made by another run than its folder's name says; "
-                f"move {store.folder} away to train from the start")
+                f"move {store.folder} away to train from the start"
+            )
         if state["epoch"] > run.epochs:
             raise RetinopathyError(
                 f"{store.last}: an unfinished run of these settings has {state['epoch']} epochs, more "
                 f"than train.epochs={run.epochs}; set train.epochs to {state['epoch']} or more in "
                 f"params.yaml to continue it, or move {store.folder} away to train {run.epochs} epochs "
-                "from the start")
+                "from the start"
+            )
         found.append((store.last, state, store.best))
     if last.exists():
-        fix = (f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
-               f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start")
+        fix = (
+            f"restore it with `dvc checkout {run.files.model_dir}` (DVC keeps every finished run's "
+            f"checkpoints), or move it away (`mv {last} {last}.damaged`) to train the arm from the start"
+        )
         state = checkpoint.read(last, fix)
         if state["fingerprint"] != run.fingerprint:  # other params, data or code (another version's too)
             if not found:
                 changes = checkpoint.describe_difference(state.get("fingerprint_inputs", {}), run.inputs)
-                say(f"{last}: made with other settings, not resuming from it "
-                    f"({'; '.join(changes) or 'unknown difference'}); training from the start")
+                say(
+                    f"{last}: made with other settings, not resuming from it "
+                    f"({'; '.join(changes) or 'unknown difference'}); training from the start"
+                )
         elif checkpoint.check(state, last, "last", fix)["epoch"] > run.epochs:
             if not found:
-                say(f"{last}: has {state['epoch']} epochs, more than train.epochs={run.epochs}; "
-                    "training from the start")
+                say(
+                    f"{last}: has {state['epoch']} epochs, more than train.epochs={run.epochs}; "
+                    "training from the start"
+                )
         else:
             found.append((last, state, run.files.best))
     return found
@@ -283,8 +345,10 @@ def resume(run: Run, model: Model) -> None:
     path, state, best_path = max(found, key=lambda item: item[1]["epoch"])  # the store's among ties
     best, rebuilt = matching_best(run, state, best_path)
     if best is None:
-        say(f"{best_path}: does not hold epoch {best_of(run, state['history'])}, the selected epoch of "
-            f"{path}; training from the start")
+        say(
+            f"{best_path}: does not hold epoch {best_of(run, state['history'])}, the selected epoch of "
+            f"{path}; training from the start"
+        )
         return
     say(f"{path}: resuming after epoch {state['epoch']} of {run.epochs}")
     model.grader.net.load_state_dict(state["model"])
@@ -307,20 +371,24 @@ def feed(run: Run, layout: Layout) -> Feed:
     started = time.perf_counter()
     if runtime.process.is_main:
         count = sum(len(split) for split in splits.values())
-        note(f"{run.files.arm}: decoding {count} images into {runtime.device.type} memory ..." if run.resident
-             else f"{run.files.arm}: {count} images from {params.data.root}, decoded batch by batch")
+        note(
+            f"{run.files.arm}: decoding {count} images into {runtime.device.type} memory ..."
+            if run.resident
+            else f"{run.files.arm}: {count} images from {params.data.root}, decoded batch by batch"
+        )
     sources, decoder = open_sources(params, runtime, splits, params.data.image_size, run.resident)
     if run.resident and runtime.process.is_main:
         count, seconds = sum(len(split) for split in splits.values()), time.perf_counter() - started
-        note(f"decoded {count} images into {runtime.device.type} memory in {seconds:.1f} s "
-             f"({count / seconds:.0f} img/s): {decoder}")
+        note(
+            f"decoded {count} images into {runtime.device.type} memory in {seconds:.1f} s "
+            f"({count / seconds:.0f} img/s): {decoder}"
+        )
     run.decoder = decoder  # what made the pixels, for status.json (a PNG among JPEGs: both decoders)
     per_process = train.batch_size // runtime.process.world_size
     sampler = recipe.make_sampler(params, [r.label for r in splits["train"]], runtime.process)
     training = batches(sources["train"], sampler, per_process, runtime)
     evaluation: dict[str, DataLoader | ResidentBatches] = {
-        name: eval_batches(sources[name], per_process, runtime)
-        for name in ("val", "test") if name in sources
+        name: eval_batches(sources[name], per_process, runtime) for name in ("val", "test") if name in sources
     }
     batchnorm = None
     if train.precise_bn_images:
@@ -346,23 +414,36 @@ def one_epoch(run: Run, model: Model, batches: Feed, epoch: int) -> tuple[dict[s
     batches.sampler.set_epoch(epoch)
     augment = None
     if (transform := batches.augment) is not None:
+
         def augment(images: torch.Tensor, step: int) -> torch.Tensor:
             return transform(images, epoch, step)
+
     train = run.params.train
-    kept = (f"the last good checkpoint {run.store.last} (epoch {len(run.history)}) is kept" if run.history
-            else "no epoch had finished")
-    lower = (f"train.batch_size (now {train.batch_size}) or data.image_size "
-             f"(now {run.params.data.image_size}) in params.yaml; {kept}")
+    kept = (
+        f"the last good checkpoint {run.store.last} (epoch {len(run.history)}) is kept"
+        if run.history
+        else "no epoch had finished"
+    )
+    lower = (
+        f"train.batch_size (now {train.batch_size}) or data.image_size "
+        f"(now {run.params.data.image_size}) in params.yaml; {kept}"
+    )
     with loops.memory_guard(f"training {run.files.arm}, epoch {epoch}", lower):
         return _one_epoch(run, model, batches, epoch, augment)
 
 
-def _one_epoch(run: Run, model: Model, batches: Feed, epoch: int,
-               augment: Any) -> tuple[dict[str, float], Speed]:
+def _one_epoch(
+    run: Run, model: Model, batches: Feed, epoch: int, augment: Any
+) -> tuple[dict[str, float], Speed]:
     started = time.perf_counter()
     try:
-        fit = loops.train_epoch(model.learner(), batches.train, run.runtime,
-                                f"{run.files.arm} epoch {epoch}/{run.epochs} training", augment=augment)
+        fit = loops.train_epoch(
+            model.learner(),
+            batches.train,
+            run.runtime,
+            f"{run.files.arm} epoch {epoch}/{run.epochs} training",
+            augment=augment,
+        )
     except loops.NonFiniteLoss as where:
         raise RetinopathyError(
             f"training {run.files.arm}: the loss became NaN or infinite in epoch {epoch} "
@@ -374,9 +455,11 @@ def _one_epoch(run: Run, model: Model, batches: Feed, epoch: int,
         loops.recalibrate_batchnorm(model.grader, batches.batchnorm, run.runtime)
     started = time.perf_counter()
     tune = run.params.train.tune_thresholds
-    row: dict[str, float] = {"epoch": epoch, **recipe.train_row(fit),
-                             **recipe.evaluate_splits(model.eager, batches.evaluation, run.runtime,
-                                                      model.head, tune)}
+    row: dict[str, float] = {
+        "epoch": epoch,
+        **recipe.train_row(fit),
+        **recipe.evaluate_splits(model.eager, batches.evaluation, run.runtime, model.head, tune),
+    }
     # This process's images: every evaluation sampler is a ShardSampler (eval_batches), which has a length.
     shard = sum(len(cast(Sized, split.sampler)) for split in batches.evaluation.values())
     seconds = time.perf_counter() - started  # evaluate_splits ends by reading its totals: synced
@@ -481,8 +564,9 @@ def changed_settings(run: Run, path: Path) -> list[str]:
         return [f"it no longer reads ({error})"]
     except OSError as error:
         return [f"it no longer reads ({error.strerror})"]
-    return checkpoint.describe_difference(checkpoint.training_params(run.params.to_dict(), WATCHED),
-                                          checkpoint.training_params(now, WATCHED))
+    return checkpoint.describe_difference(
+        checkpoint.training_params(run.params.to_dict(), WATCHED), checkpoint.training_params(now, WATCHED)
+    )
 
 
 def check_params(run: Run, path: Path, epochs_done: int) -> None:
@@ -499,8 +583,12 @@ def check_params(run: Run, path: Path, epochs_done: int) -> None:
     flag = torch.tensor([float(bool(changes))], device=run.runtime.device)
     if not sum_over_processes(flag, run.runtime.process).item():
         return
-    kept = (f"the checkpoint of epoch {epochs_done} is kept in {run.store.folder} and resumes when "
-            "the settings are back" if epochs_done else "no epoch had finished")
+    kept = (
+        f"the checkpoint of epoch {epochs_done} is kept in {run.store.folder} and resumes when "
+        "the settings are back"
+        if epochs_done
+        else "no epoch had finished"
+    )
     what = "; ".join(changes) or "on another process"
     raise RetinopathyError(
         f"{path}: changed while training the {run.files.arm} arm ({what}), "
@@ -521,29 +609,41 @@ def mention_stale_runs(run: Run, layout: Layout) -> None:
     (hundreds of MB for ResNet50); `retinopathy resume prune` does, when asked.
     """
     # What is not of the store's own form is listed by `retinopathy resume list`, never pruned.
-    stale = [stored for stored in checkpoint.stored_runs(layout.models)
-             if stored.arm == run.files.arm and stored.fingerprint != run.fingerprint and not stored.problem]
+    stale = [
+        stored
+        for stored in checkpoint.stored_runs(layout.models)
+        if stored.arm == run.files.arm and stored.fingerprint != run.fingerprint and not stored.problem
+    ]
     if not stale:
         return
     lines = []
     for stored in stale[-MAX_STALE_LISTED:]:  # the newest
         # The params first: a changed setting says more than a changed hash of the code or data.
-        changes = [change if len(change) <= 100 else f"{change[:100]}..." for change in sorted(
-            checkpoint.describe_difference(stored.inputs, run.inputs),
-            key=lambda change: not change.startswith("params."))[:3]]
-        lines.append(f"  {stored.describe()}" + (f" (its settings -> these: {'; '.join(changes)})"
-                                                 if changes else ""))
+        changes = [
+            change if len(change) <= 100 else f"{change[:100]}..."
+            for change in sorted(
+                checkpoint.describe_difference(stored.inputs, run.inputs),
+                key=lambda change: not change.startswith("params."),
+            )[:3]
+        ]
+        lines.append(
+            f"  {stored.describe()}" + (f" (its settings -> these: {'; '.join(changes)})" if changes else "")
+        )
     if len(stale) > MAX_STALE_LISTED:
         lines.insert(0, f"  ... and {len(stale) - MAX_STALE_LISTED} older ones (`retinopathy resume list`)")
     size = checkpoint.megabytes(sum(stored.size for stored in stale))
     # By name: `--all` would take this run's own entry too, were it unfinished.
-    how = (f"remove them with `retinopathy resume prune {' '.join(s.name for s in stale)}`"
-           if len(stale) <= MAX_STALE_LISTED
-           else "remove them with `retinopathy resume prune RUN...` (`retinopathy resume list` names them)")
-    note(f"note: {layout.models / checkpoint.RESUME_FOLDER / run.files.arm} holds {len(stale)} unfinished "
-         f"run{'s' if len(stale) > 1 else ''} of other settings ({size}), which resume only if their "
-         "settings come back:\n" + "\n".join(lines) + f"\n  {how}, or those older than N days with "
-         "`retinopathy resume prune --older-than N`")
+    how = (
+        f"remove them with `retinopathy resume prune {' '.join(s.name for s in stale)}`"
+        if len(stale) <= MAX_STALE_LISTED
+        else "remove them with `retinopathy resume prune RUN...` (`retinopathy resume list` names them)"
+    )
+    note(
+        f"note: {layout.models / checkpoint.RESUME_FOLDER / run.files.arm} holds {len(stale)} unfinished "
+        f"run{'s' if len(stale) > 1 else ''} of other settings ({size}), which resume only if their "
+        "settings come back:\n" + "\n".join(lines) + f"\n  {how}, or those older than N days with "
+        "`retinopathy resume prune --older-than N`"
+    )
 
 
 def announce(run: Run, layout: Layout) -> None:
@@ -551,12 +651,15 @@ def announce(run: Run, layout: Layout) -> None:
     splits = read_index(layout.index)
     sizes = ", ".join(f"{len(records)} {name}" for name, records in splits.items() if records)
     size = f"{run.params.data.image_size} px" if run.params.data.image_size else "their own size"
-    note(f"{run.files.arm}: training {run.params.model} for {run.epochs} epochs on {run.runtime.device.type} "
-         f"({sizes} images at {size}, batch {run.params.train.batch_size})")
+    note(
+        f"{run.files.arm}: training {run.params.model} for {run.epochs} epochs on {run.runtime.device.type} "
+        f"({sizes} images at {size}, batch {run.params.train.batch_size})"
+    )
 
 
-def train_arm(params: Params, arm: str, layout: Layout | None = None,
-              params_path: Path | None = None) -> records.TrainingStatus | records.Skipped:
+def train_arm(
+    params: Params, arm: str, layout: Layout | None = None, params_path: Path | None = None
+) -> records.TrainingStatus | records.Skipped:
     """Train (or resume, or skip) one arm; returns the record written to ``status.json``.
 
     Args:
@@ -578,8 +681,9 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
             )
         with guard(files, runtime):
             if not manifest["available"]:
-                skipped = records.Skipped(model=params.model, init=arm, reason=manifest["reason"],
-                                          fix=manifest["fix"])
+                skipped = records.Skipped(
+                    model=params.model, init=arm, reason=manifest["reason"], fix=manifest["fix"]
+                )
                 if runtime.process.is_main:
                     skip(files, params, skipped)
                 return skipped
@@ -602,14 +706,20 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
                 if runtime.process.is_main:
                     extra = f" val {row['val_accuracy']:.2%}" if run.with_val else ""
                     # The first epoch of a process pays the start-up (workers, cuDNN's autotuning, compiling).
-                    start_up = (f", of which {speed.first_batch:.1f} s the first batch"
-                                f"{' (compiling)' if model.net is not model.eager else ''}"
-                                if epoch == first else "")
-                    print(f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
-                          f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%} kappa "
-                          f"{row['test_kappa']:.3f}{extra}{' *' if improved else ''}  [{speed.train:.1f} "
-                          f"img/s training, {speed.evaluate:.1f} img/s evaluating, "
-                          f"{time.perf_counter() - started:.1f} s for the epoch{start_up}]", flush=True)
+                    start_up = (
+                        f", of which {speed.first_batch:.1f} s the first batch"
+                        f"{' (compiling)' if model.net is not model.eager else ''}"
+                        if epoch == first
+                        else ""
+                    )
+                    print(
+                        f"{arm} epoch {epoch}/{run.epochs}: train {row['train_accuracy']:.2%} (loss "
+                        f"{row['train_loss']:.4f}) test {row['test_accuracy']:.2%} kappa "
+                        f"{row['test_kappa']:.3f}{extra}{' *' if improved else ''}  [{speed.train:.1f} "
+                        f"img/s training, {speed.evaluate:.1f} img/s evaluating, "
+                        f"{time.perf_counter() - started:.1f} s for the epoch{start_up}]",
+                        flush=True,
+                    )
             if params_path is not None:
                 check_params(run, params_path, len(run.history))
             return finish(run)
@@ -620,10 +730,15 @@ def train_arm(params: Params, arm: str, layout: Layout | None = None,
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy train --init scratch|pretrained [--params params.yaml]``."""
     parser = argparse.ArgumentParser(prog="retinopathy train", description=__doc__.split("\n")[0])
-    parser.add_argument("--init", choices=ARMS, required=True,
-                        help="The arm: scratch (random initialisation) or pretrained (train.weights).")
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
+    parser.add_argument(
+        "--init",
+        choices=ARMS,
+        required=True,
+        help="The arm: scratch (random initialisation) or pretrained (train.weights).",
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
     args = parser.parse_args(argv)
     train_arm(restrict(load_params(args.params), PARAMS, __name__), args.init, params_path=Path(args.params))
     return 0

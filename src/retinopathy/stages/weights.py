@@ -31,16 +31,29 @@ PARAMS = ("model", "train.weights", "train.seed", "train.zero_init_residual", "t
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy weights [--params params.yaml] [--out models/init]``."""
     parser = argparse.ArgumentParser(prog="retinopathy weights", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="The parameters file (default: params.yaml).")
-    parser.add_argument("--out", type=Path, default=Layout.manifests, metavar="DIR",
-                        help=f"The folder of the manifests (default: {Layout.manifests}).")
-    parser.add_argument("--no-download", action="store_true",
-                        help="Only look in the torchvision cache; never download "
-                             f"(also when the environment sets {NO_DOWNLOAD_ENV}=1).")
-    parser.add_argument("--download-timeout", type=cli_positive_float, default=DOWNLOAD_TIMEOUT,
-                        metavar="SECONDS",
-                        help="Give up a download after this long without data (default: %(default)g).")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Layout.manifests,
+        metavar="DIR",
+        help=f"The folder of the manifests (default: {Layout.manifests}).",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="Only look in the torchvision cache; never download "
+        f"(also when the environment sets {NO_DOWNLOAD_ENV}=1).",
+    )
+    parser.add_argument(
+        "--download-timeout",
+        type=cli_positive_float,
+        default=DOWNLOAD_TIMEOUT,
+        metavar="SECONDS",
+        help="Give up a download after this long without data (default: %(default)g).",
+    )
     args = parser.parse_args(argv)
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
     params = restrict(load_params(args.params), PARAMS, __name__)
@@ -49,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     for arm in ARMS:  # a file of that name that is not a manifest is not replaced
         check_output_file(layout.manifest(arm), "weights", json_with("arm", "available"))
     manifests = {
-        "scratch": describe_scratch(params.model, params.train.seed,
-                                    params.train.zero_init_for(params.model)),
-        "pretrained": describe_pretrained(params.model, params.train.weights_for(params.model),
-                                          download=download, timeout=args.download_timeout),
+        "scratch": describe_scratch(
+            params.model, params.train.seed, params.train.zero_init_for(params.model)
+        ),
+        "pretrained": describe_pretrained(
+            params.model,
+            params.train.weights_for(params.model),
+            download=download,
+            timeout=args.download_timeout,
+        ),
     }
     assert tuple(manifests) == ARMS
     for arm, manifest in manifests.items():

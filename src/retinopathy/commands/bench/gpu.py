@@ -77,8 +77,12 @@ def nvjpeg_batch(buffer: Tensor, ends: Tensor, size: int, device: torch.device) 
     synchronize(device)
     batch = torch.stack(images)
     if batch.shape[-1] != size:
-        batch = torch.nn.functional.interpolate(batch.float(), size=(size, size), mode="bilinear",
-                                                antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+        batch = (
+            torch.nn.functional.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True)
+            .round_()
+            .clamp_(0, 255)
+            .to(torch.uint8)
+        )
     return batch.contiguous(memory_format=torch.channels_last)
 
 
@@ -88,19 +92,36 @@ def _pass(batches: Callable[[], Iterable[Any]], to_device: Callable[[Any], Tenso
         for item in batches():
             count += to_device(item).shape[0]
         return count
+
     return run
 
 
-def bench_feed(root: str | Path, records: Sequence[Record], device: torch.device, *, batch: int, size: int,
-               seconds: float, rounds: int, workers: int | str, epoch_images: int) -> list[Comparison]:
+def bench_feed(
+    root: str | Path,
+    records: Sequence[Record],
+    device: torch.device,
+    *,
+    batch: int,
+    size: int,
+    seconds: float,
+    rounds: int,
+    workers: int | str,
+    epoch_images: int,
+) -> list[Comparison]:
     """Images/s to the device: streaming CPU decode, against bytes + nvJPEG and against resident."""
     runtime = make_runtime(device, num_workers=workers)
     indices = [i % len(records) for i in range(max(len(records), epoch_images))]
     dataset = RetinopathyDataset(root, SPLIT, size, records=records, dtype=torch.uint8)
     streamed = loader(dataset, batch, indices, runtime)
-    raw = DataLoader(BytesDataset(root, records), batch_size=batch, sampler=indices, collate_fn=collate_bytes,
-                     num_workers=runtime.num_workers, persistent_workers=runtime.num_workers > 0,
-                     prefetch_factor=4 if runtime.num_workers else None)
+    raw = DataLoader(
+        BytesDataset(root, records),
+        batch_size=batch,
+        sampler=indices,
+        collate_fn=collate_bytes,
+        num_workers=runtime.num_workers,
+        persistent_workers=runtime.num_workers > 0,
+        prefetch_factor=4 if runtime.num_workers else None,
+    )
     started = time.perf_counter()
     split = decode_split(root, records, size, runtime)
     synchronize(device)
@@ -114,18 +135,34 @@ def bench_feed(root: str | Path, records: Sequence[Record], device: torch.device
     timed = alternate(units, seconds=seconds, rounds=rounds, sync=sync_for(device))
     name = f"{size} px, batch {batch}, {runtime.num_workers} workers"
     return [
-        Comparison("feed", name, timed["streaming"], timed["bytes + nvJPEG"],
-                   note="option (a): workers read bytes (one buffer + offsets per batch); batched nvJPEG "
-                   "in the training process"),
-        Comparison("feed", name, timed["streaming"], timed["resident"],
-                   note=f"option (b): decoded once into GPU memory ({describe_decoders([split])}; "
-                   f"{decode_rate:.0f} img/s for the one-time decode of {len(records)} files), then "
-                   "index_select per batch"),
+        Comparison(
+            "feed",
+            name,
+            timed["streaming"],
+            timed["bytes + nvJPEG"],
+            note="option (a): workers read bytes (one buffer + offsets per batch); batched nvJPEG "
+            "in the training process",
+        ),
+        Comparison(
+            "feed",
+            name,
+            timed["streaming"],
+            timed["resident"],
+            note=f"option (b): decoded once into GPU memory ({describe_decoders([split])}; "
+            f"{decode_rate:.0f} img/s for the one-time decode of {len(records)} files), then "
+            "index_select per batch",
+        ),
     ]
 
 
-def bench_compile(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *, model_name: str,
-                  seconds: float, rounds: int) -> Comparison:
+def bench_compile(
+    batches: Sequence[tuple[Tensor, Tensor]],
+    device: torch.device,
+    *,
+    model_name: str,
+    seconds: float,
+    rounds: int,
+) -> Comparison:
     """Training images/s of the eager step against the compiled one (bf16, channels_last, fused SGD)."""
     runtime: Runtime = make_runtime(device, num_workers=0)
     torch.manual_seed(0)
@@ -134,8 +171,9 @@ def bench_compile(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device
     flags = fast_flags(runtime)
     units = {
         "eager": train_step_unit(eager, make_optimizer(eager, runtime, **SGD), batches, runtime, flags),
-        "compiled": train_step_unit(compiled(twin), make_optimizer(twin, runtime, **SGD), batches, runtime,
-                                    flags),
+        "compiled": train_step_unit(
+            compiled(twin), make_optimizer(twin, runtime, **SGD), batches, runtime, flags
+        ),
     }
     started = time.perf_counter()
     units["compiled"]()  # the first call compiles
@@ -143,7 +181,11 @@ def bench_compile(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device
     compile_seconds = time.perf_counter() - started
     timed = alternate(units, seconds=seconds, rounds=rounds, warmup=3, sync=sync_for(device))
     images = batches[0][0]
-    return Comparison("compile", f"{model_name}, batch {images.shape[0]}, {images.shape[-1]} px",
-                      timed["eager"], timed["compiled"],
-                      note=f"torch.compile (default mode) took {compile_seconds:.0f} s on its first call "
-                      "(Inductor's cache was as this machine left it)")
+    return Comparison(
+        "compile",
+        f"{model_name}, batch {images.shape[0]}, {images.shape[-1]} px",
+        timed["eager"],
+        timed["compiled"],
+        note=f"torch.compile (default mode) took {compile_seconds:.0f} s on its first call "
+        "(Inductor's cache was as this machine left it)",
+    )

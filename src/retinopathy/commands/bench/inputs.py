@@ -27,14 +27,18 @@ JPEG_QUALITY = 95
 INPUT_BATCH = 4  # the lab's batch size
 INPUT_TARGET = 3.0  # ours >= 3x the reference loader at 512 px
 SPLIT = "bench"  # records are passed in, so no CSVs are read for this split
-REFERENCE_LOADER = ("the lab's loader: PIL.Image.open -> np.asarray(img) / 255 (float64) -> "
-                    "transpose(2, 0, 1) -> torch.from_numpy; DataLoader, no workers")
-OUR_LOADER = ("RetinopathyDataset(dtype=torch.uint8) (libjpeg-turbo via simplejpeg) through "
-              "engine.batches.loader")
+REFERENCE_LOADER = (
+    "the lab's loader: PIL.Image.open -> np.asarray(img) / 255 (float64) -> "
+    "transpose(2, 0, 1) -> torch.from_numpy; DataLoader, no workers"
+)
+OUR_LOADER = (
+    "RetinopathyDataset(dtype=torch.uint8) (libjpeg-turbo via simplejpeg) through engine.batches.loader"
+)
 
 
-def write_bench_images(folder: str | Path, count: int, *, size: int = SOURCE_SIZE, seed: int = 0
-                       ) -> list[Record]:
+def write_bench_images(
+    folder: str | Path, count: int, *, size: int = SOURCE_SIZE, seed: int = 0
+) -> list[Record]:
     """Write ``count`` synthetic fundus JPEGs (quality 95) named ``bench_NNNNN.jpeg``.
 
     Returns:
@@ -46,8 +50,7 @@ def write_bench_images(folder: str | Path, count: int, *, size: int = SOURCE_SIZ
     for i in range(count):
         record = Record(f"bench_{i:05d}", i % NUM_GRADES)
         pixels = render_fundus(record.label, np.random.default_rng([seed, i]), size)
-        Image.fromarray(pixels, "RGB").save(image_path(folder, record.image), "JPEG",
-                                            quality=JPEG_QUALITY)
+        Image.fromarray(pixels, "RGB").save(image_path(folder, record.image), "JPEG", quality=JPEG_QUALITY)
         records.append(record)
     return records
 
@@ -85,13 +88,22 @@ def _loader_pass(loader: DataLoader) -> Callable[[], int]:
         for images, _ in loader:
             count += images.shape[0]
         return count
+
     return run
 
 
-def bench_input(root: str | Path, records: Sequence[Record], device: torch.device, *,
-                source_size: int = SOURCE_SIZE, seconds: float, rounds: int,
-                workers: int | str = "auto", batch: int = INPUT_BATCH, epoch_images: int = 256
-                ) -> list[Comparison]:
+def bench_input(
+    root: str | Path,
+    records: Sequence[Record],
+    device: torch.device,
+    *,
+    source_size: int = SOURCE_SIZE,
+    seconds: float,
+    rounds: int,
+    workers: int | str = "auto",
+    batch: int = INPUT_BATCH,
+    epoch_images: int = 256,
+) -> list[Comparison]:
     """Images/s of our uint8 loader against the lab's reference loader.
 
     Compares at ``source_size`` (no workers on either side: like for like),
@@ -121,38 +133,72 @@ def bench_input(root: str | Path, records: Sequence[Record], device: torch.devic
     full = {"reference": reference(None), "ours": ours(source_size, no_workers)}
     if n > 0:
         full[workers_label] = ours(source_size, with_workers)
-    timed = alternate({k: _loader_pass(v) for k, v in full.items()}, seconds=seconds,
-                      rounds=rounds, sync=sync)
+    timed = alternate(
+        {k: _loader_pass(v) for k, v in full.items()}, seconds=seconds, rounds=rounds, sync=sync
+    )
     del full  # shuts the worker processes down before the next measurement
-    scaled = alternate({"reference+resize": _loader_pass(reference(half)),
-                        "ours, DCT-scaled": _loader_pass(ours(half, no_workers))},
-                       seconds=seconds, rounds=rounds, sync=sync)
+    scaled = alternate(
+        {
+            "reference+resize": _loader_pass(reference(half)),
+            "ours, DCT-scaled": _loader_pass(ours(half, no_workers)),
+        },
+        seconds=seconds,
+        rounds=rounds,
+        sync=sync,
+    )
 
     comparisons = [
-        Comparison("input", f"{source_size} px, 0 workers", timed["reference"], timed["ours"],
-                   INPUT_TARGET, "like for like: both decode in the main process"),
-        Comparison("input", f"{half} px, 0 workers", scaled["reference+resize"],
-                   scaled["ours, DCT-scaled"],
-                   note=f"ours decodes at {half} px by DCT scaling; the reference decodes "
-                   f"{source_size} px and resizes (Pillow, bilinear)"),
+        Comparison(
+            "input",
+            f"{source_size} px, 0 workers",
+            timed["reference"],
+            timed["ours"],
+            INPUT_TARGET,
+            "like for like: both decode in the main process",
+        ),
+        Comparison(
+            "input",
+            f"{half} px, 0 workers",
+            scaled["reference+resize"],
+            scaled["ours, DCT-scaled"],
+            note=f"ours decodes at {half} px by DCT scaling; the reference decodes "
+            f"{source_size} px and resizes (Pillow, bilinear)",
+        ),
     ]
     # Epochs after the first with data.cache_dir set: the pixels are read back, not decoded.
     with tempfile.TemporaryDirectory(prefix="retinopathy-bench-cache-") as folder:
-        cached = DecodedCache(RetinopathyDataset(root, SPLIT, source_size, records=records,
-                                                 dtype=torch.uint8), folder)
+        cached = DecodedCache(
+            RetinopathyDataset(root, SPLIT, source_size, records=records, dtype=torch.uint8), folder
+        )
         for index in range(len(cached)):
             cached[index]  # fill the cache: the first epoch's work
         decoding = _loader_pass(ours(source_size, no_workers))
         from_cache = _loader_pass(loader(cached, batch, indices, no_workers))
-        reused = alternate({"ours, decoding": decoding, "ours, from cache": from_cache},
-                           seconds=seconds, rounds=rounds, sync=sync)
-    comparisons.append(Comparison(
-        "input", f"{source_size} px, decoded cache", reused["ours, decoding"], reused["ours, from cache"],
-        note="data.cache_dir: after the first epoch the uint8 pixels are read back from a "
-        "memory-mapped file instead of decoded; 0 workers on both sides"))
+        reused = alternate(
+            {"ours, decoding": decoding, "ours, from cache": from_cache},
+            seconds=seconds,
+            rounds=rounds,
+            sync=sync,
+        )
+    comparisons.append(
+        Comparison(
+            "input",
+            f"{source_size} px, decoded cache",
+            reused["ours, decoding"],
+            reused["ours, from cache"],
+            note="data.cache_dir: after the first epoch the uint8 pixels are read back from a "
+            "memory-mapped file instead of decoded; 0 workers on both sides",
+        )
+    )
     if workers_label in timed:
-        comparisons.append(Comparison(
-            "input", f"{source_size} px, ours with workers", timed["reference"],
-            timed[workers_label], note=f"engine.batches.loader with {n} worker process(es), "
-            f"pin_memory={with_workers.pin_memory}; the reference still has none"))
+        comparisons.append(
+            Comparison(
+                "input",
+                f"{source_size} px, ours with workers",
+                timed["reference"],
+                timed[workers_label],
+                note=f"engine.batches.loader with {n} worker process(es), "
+                f"pin_memory={with_workers.pin_memory}; the reference still has none",
+            )
+        )
     return comparisons

@@ -68,12 +68,17 @@ def other_load(start: tuple[float, float] | None, seconds: float) -> float | Non
 
 def machine_line(machine: dict[str, object]) -> str:
     """The machine in one line: CPU, cores, library versions, threads and GPU."""
-    gpu = (f"CUDA {machine['cuda_device']} (CUDA {machine['cuda_version']})"
-           if machine.get("cuda_device") else "no CUDA device used")
-    return (f"{machine['cpu']}, {machine['logical_cores']} logical cores "
-            f"({machine['usable_cores']} usable), torch {machine['torch']} "
-            f"({machine['torch_threads']} thread(s)), torchvision {machine['torchvision']}, "
-            f"Python {machine['python']}, {gpu}")
+    gpu = (
+        f"CUDA {machine['cuda_device']} (CUDA {machine['cuda_version']})"
+        if machine.get("cuda_device")
+        else "no CUDA device used"
+    )
+    return (
+        f"{machine['cpu']}, {machine['logical_cores']} logical cores "
+        f"({machine['usable_cores']} usable), torch {machine['torch']} "
+        f"({machine['torch_threads']} thread(s)), torchvision {machine['torchvision']}, "
+        f"Python {machine['python']}, {gpu}"
+    )
 
 
 def load_warning(machine: dict[str, object]) -> str | None:
@@ -81,11 +86,15 @@ def load_warning(machine: dict[str, object]) -> str | None:
     other = machine.get("other_processes_cores")
     if not isinstance(other, float | int) or other < 0.25:
         return None
-    text = (f"other processes kept {other:g} of {machine['logical_cores']} cores busy during "
-            "this run, so the figures are noisy (see each ratio's per-round range)")
+    text = (
+        f"other processes kept {other:g} of {machine['logical_cores']} cores busy during "
+        "this run, so the figures are noisy (see each ratio's per-round range)"
+    )
     threads = machine["torch_threads"]
     if machine.get("cuda_device") is None and isinstance(threads, int) and threads > 1:
-        text += (f"; with {threads} torch threads, CPU operators wait for a thread whose core is "
-                 "taken, which can slow them several-fold and unequally: rerun on an idle machine "
-                 "or with --threads 1")
+        text += (
+            f"; with {threads} torch threads, CPU operators wait for a thread whose core is "
+            "taken, which can slow them several-fold and unequally: rerun on an idle machine "
+            "or with --threads 1"
+        )
     return text

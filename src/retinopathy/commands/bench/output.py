@@ -11,8 +11,10 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for number, row in enumerate(rows):
-        cells = [cell.rjust(w) if i in right else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
         if number == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -28,8 +30,10 @@ def format_result(result: BenchResult) -> str:
     if s.get("wall_seconds") is not None:
         load += f"; the run took {s['wall_seconds']:g} s"
     if m.get("other_processes_cores") is not None:
-        load += (f"; other processes used {m['other_processes_cores']:g} of "
-                 f"{m['logical_cores']} cores on average meanwhile")
+        load += (
+            f"; other processes used {m['other_processes_cores']:g} of "
+            f"{m['logical_cores']} cores on average meanwhile"
+        )
     lines = [
         f"machine: {machine_line(m)}",
         f"         {load}",
@@ -40,11 +44,13 @@ def format_result(result: BenchResult) -> str:
         "images/s; ratio = candidate / baseline (per-round range)",
         "",
     ]
-    titles = {"input": "(a) input pipeline, loading only",
-              "models": "(b) training step, ours vs torchvision",
-              "fastpath": "(c) fast path vs plain fp32 loop",
-              "feed": "(d) feeding the GPU: streaming vs nvJPEG vs resident",
-              "compile": "(e) the training step: eager vs torch.compile"}
+    titles = {
+        "input": "(a) input pipeline, loading only",
+        "models": "(b) training step, ours vs torchvision",
+        "fastpath": "(c) fast path vs plain fp32 loop",
+        "feed": "(d) feeding the GPU: streaming vs nvJPEG vs resident",
+        "compile": "(e) the training step: eager vs torch.compile",
+    }
     rows = [["comparison", "baseline", "img/s", "candidate", "img/s", "ratio", "rounds", "target"]]
     notes = []
     for section in SECTIONS:
@@ -54,11 +60,19 @@ def format_result(result: BenchResult) -> str:
         rows.append([titles[section], "", "", "", "", "", "", ""])
         for c in chosen:
             spread = c.round_ratios
-            target = "" if c.target is None else (
-                f">= {c.target:.2f}x {'met' if c.met else 'NOT met'}")
-            rows.append([f"  {c.name}", c.baseline.label, f"{c.baseline.rate:.1f}",
-                         c.candidate.label, f"{c.candidate.rate:.1f}", f"{c.ratio:.2f}x",
-                         f"{min(spread):.2f}-{max(spread):.2f}", target])
+            target = "" if c.target is None else (f">= {c.target:.2f}x {'met' if c.met else 'NOT met'}")
+            rows.append(
+                [
+                    f"  {c.name}",
+                    c.baseline.label,
+                    f"{c.baseline.rate:.1f}",
+                    c.candidate.label,
+                    f"{c.candidate.rate:.1f}",
+                    f"{c.ratio:.2f}x",
+                    f"{min(spread):.2f}-{max(spread):.2f}",
+                    target,
+                ]
+            )
             if c.note:
                 notes.append(f"  {c.section} / {c.name}: {c.note}")
     lines += _table(rows, right={2, 4, 5, 6})

@@ -26,18 +26,24 @@ class Comparison:
 
     @property
     def round_ratios(self) -> list[float]:
-        return [c / b for c, b in zip(self.candidate.round_rates, self.baseline.round_rates,
-                                      strict=True)]
+        return [c / b for c, b in zip(self.candidate.round_rates, self.baseline.round_rates, strict=True)]
 
     @property
     def met(self) -> bool | None:
         return None if self.target is None else self.ratio >= self.target
 
     def to_dict(self) -> dict[str, object]:
-        return {"section": self.section, "name": self.name, "baseline": self.baseline.to_dict(),
-                "candidate": self.candidate.to_dict(), "ratio": self.ratio,
-                "round_ratios": self.round_ratios, "target_min_ratio": self.target,
-                "met": self.met, "note": self.note}
+        return {
+            "section": self.section,
+            "name": self.name,
+            "baseline": self.baseline.to_dict(),
+            "candidate": self.candidate.to_dict(),
+            "ratio": self.ratio,
+            "round_ratios": self.round_ratios,
+            "target_min_ratio": self.target,
+            "met": self.met,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -49,5 +55,8 @@ class BenchResult:
     comparisons: list[Comparison] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {"machine": self.machine, "settings": self.settings,
-                "comparisons": [c.to_dict() for c in self.comparisons]}
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "comparisons": [c.to_dict() for c in self.comparisons],
+        }

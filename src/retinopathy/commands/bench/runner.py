@@ -47,10 +47,14 @@ class Settings:
     def resolve(self, device: torch.device) -> Settings:
         """Fill the per-device defaults."""
         cuda = device.type == "cuda"
-        return Settings(**{**self.__dict__,
-                           "batch": self.batch or (64 if cuda else 8),
-                           "size": self.size or (SOURCE_SIZE if cuda else 128),
-                           "seconds": self.seconds or (10.0 if cuda else 12.0)})
+        return Settings(
+            **{
+                **self.__dict__,
+                "batch": self.batch or (64 if cuda else 8),
+                "size": self.size or (SOURCE_SIZE if cuda else 128),
+                "seconds": self.seconds or (10.0 if cuda else 12.0),
+            }
+        )
 
 
 def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> BenchResult:
@@ -78,45 +82,80 @@ def run(settings: Settings, log: Callable[[str], None] = lambda _: None) -> Benc
 
 def _run(settings: Settings, device: torch.device, log: Callable[[str], None]) -> BenchResult:
     assert settings.seconds is not None and settings.size is not None and settings.batch is not None
-    result = BenchResult(describe_machine(device), {**settings.__dict__, "device": str(device),
-                                                   "jpeg_quality": JPEG_QUALITY,
-                                                   "input_batch": INPUT_BATCH})
+    result = BenchResult(
+        describe_machine(device),
+        {
+            **settings.__dict__,
+            "device": str(device),
+            "jpeg_quality": JPEG_QUALITY,
+            "input_batch": INPUT_BATCH,
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="retinopathy-bench-") as folder:
-        log(f"writing {settings.images} synthetic {settings.source_size}x{settings.source_size} "
-            f"JPEGs (quality {JPEG_QUALITY}) to {folder}")
+        log(
+            f"writing {settings.images} synthetic {settings.source_size}x{settings.source_size} "
+            f"JPEGs (quality {JPEG_QUALITY}) to {folder}"
+        )
         records = write_bench_images(folder, settings.images, size=settings.source_size)
         if "input" in settings.sections:
             log("(a) input pipeline")
             result.comparisons += bench_input(
-                folder, records, device, source_size=settings.source_size,
-                seconds=settings.seconds, rounds=settings.rounds, workers=settings.workers,
-                epoch_images=settings.epoch_images)
+                folder,
+                records,
+                device,
+                source_size=settings.source_size,
+                seconds=settings.seconds,
+                rounds=settings.rounds,
+                workers=settings.workers,
+                epoch_images=settings.epoch_images,
+            )
         cuda = device.type == "cuda"
         if {"feed", "compile"} & set(settings.sections) and not cuda:
             log("(d) and (e) skipped: they measure nvJPEG and torch.compile on CUDA")
         if "feed" in settings.sections and cuda:
             log("(d) feeding the GPU")
             result.comparisons += bench_feed(
-                folder, records, device, batch=settings.batch, size=settings.size,
-                seconds=settings.seconds, rounds=settings.rounds, workers=settings.workers,
-                epoch_images=max(settings.epoch_images, 8 * settings.batch))
+                folder,
+                records,
+                device,
+                batch=settings.batch,
+                size=settings.size,
+                seconds=settings.seconds,
+                rounds=settings.rounds,
+                workers=settings.workers,
+                epoch_images=max(settings.epoch_images, 8 * settings.batch),
+            )
         if {"models", "fastpath"} & set(settings.sections) or ("compile" in settings.sections and cuda):
             batches = image_bank(folder, records, settings.size, settings.batch, device)
             # The training batch is image_bank's; --precision and --channels-last apply to (c) only.
             if "models" in settings.sections:
                 log(f"(b) models: {', '.join(settings.models)}")
-                result.comparisons += bench_models(batches, device, models=settings.models,
-                                                   seconds=settings.seconds, rounds=settings.rounds)
+                result.comparisons += bench_models(
+                    batches, device, models=settings.models, seconds=settings.seconds, rounds=settings.rounds
+                )
             if "compile" in settings.sections and cuda:
                 for name in settings.models:
                     log(f"(e) compiled step: {name}")
-                    result.comparisons.append(bench_compile(
-                        batches, device, model_name=name, seconds=settings.seconds, rounds=settings.rounds))
+                    result.comparisons.append(
+                        bench_compile(
+                            batches, device, model_name=name, seconds=settings.seconds, rounds=settings.rounds
+                        )
+                    )
             if "fastpath" in settings.sections:
                 log(f"(c) fast path: {settings.fastpath_model}")
-                result.comparisons.append(bench_fastpath(
-                    batches, device, model_name=settings.fastpath_model, seconds=settings.seconds,
-                    rounds=settings.rounds,
-                    runtime=make_runtime(device, precision=settings.precision,
-                                         channels_last=settings.channels_last, num_workers=0)))
+                result.comparisons.append(
+                    bench_fastpath(
+                        batches,
+                        device,
+                        model_name=settings.fastpath_model,
+                        seconds=settings.seconds,
+                        rounds=settings.rounds,
+                        runtime=make_runtime(
+                            device,
+                            precision=settings.precision,
+                            channels_last=settings.channels_last,
+                            num_workers=0,
+                        ),
+                    )
+                )
     return result

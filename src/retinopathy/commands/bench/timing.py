@@ -27,8 +27,13 @@ class Measurement:
         return [n / s for n, s in zip(self.images, self.seconds, strict=True)]
 
     def to_dict(self) -> dict[str, object]:
-        return {"label": self.label, "images_per_s": self.rate, "images": sum(self.images),
-                "seconds": sum(self.seconds), "round_images_per_s": self.round_rates}
+        return {
+            "label": self.label,
+            "images_per_s": self.rate,
+            "images": sum(self.images),
+            "seconds": sum(self.seconds),
+            "round_images_per_s": self.round_rates,
+        }
 
 
 def relabel(measurement: Measurement, label: str) -> None:
@@ -42,8 +47,14 @@ def sync_for(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def alternate(units: dict[str, Callable[[], int]], *, seconds: float, rounds: int, warmup: int = 1,
-              sync: Callable[[], None] = lambda: None) -> dict[str, Measurement]:
+def alternate(
+    units: dict[str, Callable[[], int]],
+    *,
+    seconds: float,
+    rounds: int,
+    warmup: int = 1,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, Measurement]:
     """Time several workloads fairly: warm each up, then alternate them in rounds.
 
     Each round gives every workload about ``seconds / rounds`` (at least one

@@ -41,8 +41,9 @@ NORMALIZE = "imagenet"
 HEAD = Head("cross_entropy")  # the lab's: a step costs the same with the regression head (one fc output)
 
 
-def image_bank(root: str | Path, records: Sequence[Record], size: int, batch: int,
-               device: torch.device) -> list[tuple[Tensor, Tensor]]:
+def image_bank(
+    root: str | Path, records: Sequence[Record], size: int, batch: int, device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
     """Decoded uint8 batches (and labels) already on ``device``, reused by every step.
 
     The images come from the JPEGs through our Dataset, so the model sees the
@@ -53,7 +54,7 @@ def image_bank(root: str | Path, records: Sequence[Record], size: int, batch: in
     count = math.ceil(max(len(decoded), batch) / batch) * batch  # whole batches, cycling the images
     images = torch.stack([decoded[i % len(decoded)][0] for i in range(count)]).to(device)
     labels = torch.tensor([decoded[i % len(decoded)][1] for i in range(count)], device=device)
-    return [(images[i:i + batch], labels[i:i + batch]) for i in range(0, count, batch)]
+    return [(images[i : i + batch], labels[i : i + batch]) for i in range(0, count, batch)]
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,11 @@ class BackendFlags:
 
     @classmethod
     def current(cls) -> BackendFlags:
-        return cls(torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-                   torch.backends.cudnn.allow_tf32)
+        return cls(
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        )
 
     def apply(self) -> None:
         if BackendFlags.current() != self:
@@ -100,14 +104,19 @@ def fast_flags(runtime: Runtime) -> BackendFlags:
 
 def grader(net: nn.Module, model: str, runtime: Runtime) -> Grader:
     """``net`` (architecture ``model``) behind the input transform, placed as ``runtime`` places it."""
-    spec = GraderSpec(model=model, image_size=None, normalize=NORMALIZE, preprocess="none",
-                      loss=HEAD.kind, thresholds=None)  # the spec is not read
+    spec = GraderSpec(
+        model=model, image_size=None, normalize=NORMALIZE, preprocess="none", loss=HEAD.kind, thresholds=None
+    )  # the spec is not read
     return runtime.place(Grader(net, spec))
 
 
-def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
-                    batches: Sequence[tuple[Tensor, Tensor]], runtime: Runtime, flags: BackendFlags
-                    ) -> Callable[[], int]:
+def train_step_unit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    runtime: Runtime,
+    flags: BackendFlags,
+) -> Callable[[], int]:
     """One training step per call, cycling ``batches``: ``engine.loops.sgd_step``, as training runs it."""
     model.train()
     step = 0
@@ -119,23 +128,33 @@ def train_step_unit(model: nn.Module, optimizer: torch.optim.Optimizer,
         step += 1
         sgd_step(model, optimizer, images, labels, runtime, HEAD)
         return labels.numel()
+
     return run
 
 
 def _switches(runtime: Runtime) -> str:
     """The runtime's switches in words, with the optimizer ``engine.optim.make_optimizer`` picks."""
     cuda = runtime.device.type == "cuda"
-    parts = ["bf16 autocast" if runtime.bf16 else "fp32",
-             "channels_last" if runtime.channels_last else "contiguous"]
+    parts = [
+        "bf16 autocast" if runtime.bf16 else "fp32",
+        "channels_last" if runtime.channels_last else "contiguous",
+    ]
     if cuda:
         parts.append("cudnn.benchmark+TF32")
     parts.append("fused SGD" if cuda else "foreach SGD")
     return ", ".join(parts)
 
 
-def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
-                 models: Sequence[str] = OWN_MODELS, seconds: float, rounds: int, warmup: int = 2,
-                 seed: int = 0) -> list[Comparison]:
+def bench_models(
+    batches: Sequence[tuple[Tensor, Tensor]],
+    device: torch.device,
+    *,
+    models: Sequence[str] = OWN_MODELS,
+    seconds: float,
+    rounds: int,
+    warmup: int = 2,
+    seed: int = 0,
+) -> list[Comparison]:
     """Training images/s of our ResNets against torchvision's, same weights and loop.
 
     Both sides run with the device's fast-path switches (``auto``), as training would.
@@ -156,20 +175,33 @@ def bench_models(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device,
             optimizer = make_optimizer(model, runtime, **SGD)
             units[side] = train_step_unit(model, optimizer, batches, runtime, flags)
         with restored_flags():  # every step sets the fast flags
-            timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup,
-                              sync=sync_for(device))
+            timed = alternate(units, seconds=seconds, rounds=rounds, warmup=warmup, sync=sync_for(device))
         images = batches[0][0]
-        comparisons.append(Comparison(
-            "models", f"{name}, batch {images.shape[0]}, {images.shape[-1]} px", timed["torchvision"],
-            timed["ours"], MODEL_TARGET, f"torchvision.models.{name} loaded with our weights; both "
-            f"{_switches(runtime)}"))
+        comparisons.append(
+            Comparison(
+                "models",
+                f"{name}, batch {images.shape[0]}, {images.shape[-1]} px",
+                timed["torchvision"],
+                timed["ours"],
+                MODEL_TARGET,
+                f"torchvision.models.{name} loaded with our weights; both {_switches(runtime)}",
+            )
+        )
         del units, ours, theirs
     return comparisons
 
 
-def bench_fastpath(batches: Sequence[tuple[Tensor, Tensor]], device: torch.device, *,
-                   model_name: str = "resnet18", seconds: float, rounds: int, warmup: int = 2,
-                   runtime: Runtime | None = None, seed: int = 0) -> Comparison:
+def bench_fastpath(
+    batches: Sequence[tuple[Tensor, Tensor]],
+    device: torch.device,
+    *,
+    model_name: str = "resnet18",
+    seconds: float,
+    rounds: int,
+    warmup: int = 2,
+    runtime: Runtime | None = None,
+    seed: int = 0,
+) -> Comparison:
     """Training images/s with ``runtime``'s switches against a plain fp32 loop.
 
     The plain loop: fp32, contiguous tensors, ``torch.optim.SGD`` with its
@@ -198,11 +230,18 @@ def bench_fastpath(batches: Sequence[tuple[Tensor, Tensor]], device: torch.devic
     same = not fast.bf16 and not fast.channels_last and device.type != "cuda"
     note = f"{switches}"
     if same:
-        note += ("; here only the SGD implementation differs from the plain loop, so the ratio "
-                 "mostly shows the noise (an A/A check)")
+        note += (
+            "; here only the SGD implementation differs from the plain loop, so the ratio "
+            "mostly shows the noise (an A/A check)"
+        )
     note += "; plain: fp32, contiguous, torch.optim.SGD's default implementation"
     if device.type == "cuda":
         note += ", PyTorch's default cuDNN/TF32 flags"
     images = batches[0][0]
-    return Comparison("fastpath", f"{model_name}, batch {images.shape[0]}, {images.shape[-1]} px",
-                      timed["plain"], timed["fast"], note=note)
+    return Comparison(
+        "fastpath",
+        f"{model_name}, batch {images.shape[0]}, {images.shape[-1]} px",
+        timed["plain"],
+        timed["fast"],
+        note=note,
+    )
