@@ -129,7 +129,7 @@ def test_compare_out_of_the_box_shows_main_and_every_experiment_and_takes_revisi
     assert cli.main(["compare", "v1", commit, "workspace", "--out", "revisions"]) == 0
     text = (dvc_project / "revisions/compare.md").read_text()
     assert f"Compared: `v1` (revision), `{commit}` (revision), `workspace` (workspace)." in text
-    assert "| `model` | resnet18 | resnet18 | resnet50 |" in text
+    assert "| `model` | `resnet18` | `resnet18` | `resnet50` |" in text
     assert cli.main(["compare", "no-such-thing", "--out", "bad"]) == 2
     assert "neither an experiment of the current commit (workspace, main, r50)" in capsys.readouterr().err
     assert not (dvc_project / "bad").exists()
