@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
     params = restrict(load_params(args.params), PARAMS, __name__)
     layout = Layout(manifests=args.out)
-    preflight(params, layout)  # this stage always runs, before train and evaluate
+    preflight(params.train.device, params.data.cache_dir, layout)  # always runs, before train and evaluate
     for arm in ARMS:  # a file of that name that is not a manifest is not replaced
         check_output_file(layout.manifest(arm), "weights", json_with("arm", "available"))
     manifests = {
