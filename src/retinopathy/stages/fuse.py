@@ -62,9 +62,8 @@ from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, st
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
 from retinopathy.models.head import Head, require_finite
-from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = (
     "fuse",
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
     )
     args = parser.parse_args(argv)
-    metrics = fuse_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
+    metrics = fuse_arm(load_params(args.params), args.init)
     if not metrics:
         warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
     else:
