@@ -29,8 +29,9 @@ from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
 from retinopathy.data.images import decode_image
 from retinopathy.engine import checkpoint
+from retinopathy.engine.trainer import Trainer
 from retinopathy.models import manifest as manifests
-from retinopathy.stages import evaluate, prepare, train, weights
+from retinopathy.stages import evaluate, prepare, weights
 
 
 def dead_pid() -> int:
@@ -146,7 +147,7 @@ def test_unwritable_outputs_stop_training_before_the_first_epoch(tiny_project, b
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("a file where the folder belongs\n")  # fails for root too, unlike chmod
     epochs = []
-    monkeypatch.setattr(train, "one_epoch", lambda *args: epochs.append(1))
+    monkeypatch.setattr(Trainer, "run_epoch", lambda *args: epochs.append(1))
     with pytest.raises(RetinopathyError, match=rf"{blocked}: cannot write .* there"):
         run_arm(tiny_project)
     assert epochs == [], "no epoch may start before the outputs are known to be writable"
