@@ -49,7 +49,7 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     assert first.stdout.count("scratch epoch 2/2:") == 1
 
     last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
-    assert last.epoch == 2 and last.fingerprint_inputs["world_size"] == 2
+    assert last.epoch == 2 and last.fingerprint_inputs.world_size == 2
     with open(tiny_project / "metrics/history/scratch.csv") as stream:
         history = list(csv.DictReader(stream))
     assert len(history) == 2

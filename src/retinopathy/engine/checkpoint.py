@@ -196,13 +196,14 @@ class BestFacts:
         epoch: The selected epoch.
         fingerprint: The run's fingerprint (:func:`fingerprint`).
         selected: The history figure that selected the epoch, under its column's name
-            (e.g. ``{"test_accuracy": 0.8}``); on disk, a top-level entry.
+            (e.g. ``{"test_accuracy": 0.8}``); on disk, a top-level entry. Train always writes it.
     """
 
     spec: dict[str, Any]
     epoch: Epoch
     fingerprint: str
-    selected: Annotated[dict[str, float], Keys(*((column,) for column in SELECTION_COLUMNS))]
+    # One figure (none in a best.pt written by hand, as tests and users do: it loads, as it always did).
+    selected: Annotated[dict[str, float], Keys((), *((column,) for column in SELECTION_COLUMNS))]
 
 
 @dataclass(frozen=True)
