@@ -18,7 +18,6 @@ portable.prepare(["--params", str(Path(__file__).resolve().parents[1] / "params.
 from retinopathy.core.config import load_params  # noqa: E402
 from retinopathy.core.records import Skipped, TrainingStatus  # noqa: E402
 from retinopathy.models.build import NO_DOWNLOAD_ENV  # noqa: E402
-from retinopathy.pipeline.paramkeys import restrict  # noqa: E402
 from retinopathy.stages import prepare, train, weights  # noqa: E402
 from retinopathy.stages.demo_data import write_demo_dataset  # noqa: E402
 
@@ -30,8 +29,7 @@ def run_arm(folder: Path, init: str = "scratch") -> TrainingStatus | Skipped:
     before = os.getcwd()
     os.chdir(folder)
     try:
-        # As `retinopathy train` reads them: a key that train.PARAMS lacks fails the test.
-        return train.train_arm(restrict(load_params("params.yaml"), train.PARAMS, train.__name__), init)
+        return train.train_arm(load_params("params.yaml"), init)  # as `retinopathy train` reads them
     finally:
         os.chdir(before)
 
@@ -89,7 +87,7 @@ def make_tiny_project(folder: Path, **overrides: dict) -> Path:
         image_size=params.demo.image_size,
         variation=params.demo.variation,
     )
-    prepare.prepare(restrict(params, prepare.PARAMS, prepare.__name__), folder / "data/prepared")
+    prepare.prepare(params, folder / "data/prepared")
     assert weights.main([]) == 0
     return folder
 

@@ -49,7 +49,7 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     assert first.stdout.count("scratch epoch 2/2:") == 1
 
     last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
-    assert last["epoch"] == 2 and last["fingerprint_inputs"]["world_size"] == 2
+    assert last.epoch == 2 and last.fingerprint_inputs.world_size == 2
     with open(tiny_project / "metrics/history/scratch.csv") as stream:
         history = list(csv.DictReader(stream))
     assert len(history) == 2
@@ -57,7 +57,7 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     # The test accuracy summed over both ranks equals a single-process evaluation
     # of the saved model over the whole test split (no image lost or counted twice).
     params = load_params(tiny_project / "params.yaml")
-    model = load_grader(GraderSpec.from_dict(last["spec"], "last.pt"), last["model"], "last.pt")
+    model = load_grader(GraderSpec.from_dict(last.spec, "last.pt"), last.model, "last.pt")
     records = read_index(tiny_project / "data/prepared/index.csv")["test"]
     # data.root is relative: the cwd is tiny_project
     dataset = open_dataset(params.data.root, "test", records, params.data.image_size)
@@ -71,4 +71,4 @@ def test_two_process_ddp_training_reduces_over_ranks_and_resumes(tiny_project):
     resumed = torchrun(tiny_project)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert resumed.stderr.count("resuming after epoch 2 of 3") == 1  # said once, by rank 0
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["epoch"] == 3
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last").epoch == 3

@@ -1,6 +1,6 @@
 """dvc.yaml agrees with the code: each stage's code deps are its import closure, its params the keys its
-module declares and reads (retinopathy.pipeline.dvcyaml, retinopathy.pipeline.paramkeys), its paths the
-contract's.
+module declares and reads (retinopathy.pipeline.dvcyaml, retinopathy.pipeline.paramkeys' static check),
+its paths the contract's.
 
 And the house rule that makes the first true: no stage module imports another
 stage module, so a stage's deps are only the library rooms it really runs.
@@ -9,7 +9,6 @@ stage module, so a stage's deps are only the library rooms it really runs.
 from __future__ import annotations
 
 import ast
-import pickle
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 import yaml
 
 from retinopathy.cli import COMMANDS, module_of
-from retinopathy.core.config import load_params
 from retinopathy.core.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.engine import checkpoint
@@ -71,76 +69,116 @@ def test_the_rewrite_adds_a_missing_list_and_drops_an_empty_one(tmp_path) -> Non
     assert path.read_text() == text
 
 
-def _params_reads(path: Path) -> set[str]:
-    """The keys read as ``params.<section>.<key>`` or ``params.<key>`` (also ``x.params...``) in ``path``."""
-    known = set(paramkeys.known_keys())
-    sections = {key.split(".")[0] for key in known if "." in key}
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, ast.Attribute):
-            continue
-        parts, inner = [], node
-        while isinstance(inner, ast.Attribute):
-            parts.insert(0, inner.attr)
-            inner = inner.value
-        names = ([inner.id] if isinstance(inner, ast.Name) else []) + parts
-        if "params" in names:
-            after = names[names.index("params") + 1 :]
-            key = ".".join(after[:2]) if after and after[0] in sections else (after[0] if after else "")
-            if key in known and key not in sections:
-                found.add(key)
-    return found
-
-
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_the_params_a_stage_reads_by_name_are_declared(stage: str) -> None:
-    # Reads that no test runs (a CUDA-only branch) are still seen here, as far as they are spelled out.
+def test_every_params_read_of_a_stage_is_declared(stage: str) -> None:
+    # Reads that no test runs (a CUDA-only branch) are seen too: the check reads the source.
     module = module_of(stage_command(STAGES[stage]))
-    declared = set(dvcyaml.declared_params(module)) | set(paramkeys.SPEED_ONLY)
-    # parsing, not reading
-    skip = {codedeps.PACKAGE / "core" / "config.py", codedeps.PACKAGE / "pipeline" / "paramkeys.py"}
-    for path in codedeps.import_closure(module) - skip:
-        for key in _params_reads(path):
-            assert key in declared or key.split(".")[0] in declared, (
-                f"{path.relative_to(REPO)} reads `{key}`, which {module}.PARAMS does not declare"
-            )
+    source = codedeps.module_file(module)
+    assert source is not None
+    assert paramkeys.undeclared_reads(source, dvcyaml.declared_params(module)) == []
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_a_stage_that_loads_params_reads_them_through_its_declaration(stage: str) -> None:
-    module = module_of(stage_command(STAGES[stage]))
-    tree = ast.parse(codedeps.module_file(module).read_text())
-    main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
-    calls = {
-        node.func.id
-        for node in ast.walk(main)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-    }
-    assert "load_params" not in calls or "restrict" in calls, module
+def test_train_reads_every_key_it_declares() -> None:
+    # dvc.yaml reruns training when one of these changes: each must be one the stage reads.
+    source = codedeps.module_file("retinopathy.stages.train")
+    assert source is not None
+    read = {item.key for item in paramkeys.reads(source)}
+    # train.portable is read before torch starts, by `retinopathy` itself (core/portable.py).
+    assert set(dvcyaml.declared_params("retinopathy.stages.train")) - read == {"train.portable"}
 
 
-def test_restricted_params_refuse_an_undeclared_key_and_name_the_fix() -> None:
-    params = paramkeys.restrict(
-        load_params(REPO / "params.yaml"), ("model", "train.lr", "augment"), "retinopathy.stages.x"
+FAKE_STAGE = """
+from retinopathy.core.config import Params, TrainParams, load_params
+
+PARAMS = ("model",)
+
+
+def helper(train: TrainParams) -> int:
+    return train.batch_size
+
+
+def run(params: Params) -> None:
+    data, train = params.data, params.train
+    print(data.root, train.epochs_for(params.model))
+    augment(params.augment)
+    helper(params.train)
+    keep(params.to_dict())
+    library_call(params)
+
+
+def main(argv=None) -> int:
+    run(load_params("params.yaml"))
+    seed = load_params("other.yaml").demo.seed
+    return seed
+"""
+
+
+def test_the_check_follows_params_through_names_sections_and_methods(tmp_path) -> None:
+    path = tmp_path / "fake_stage.py"
+    path.write_text(FAKE_STAGE)
+    found = paramkeys.reads(path)
+
+    def line(text: str) -> int:
+        return next(number for number, each in enumerate(FAKE_STAGE.split("\n"), 1) if text in each)
+
+    # Through an annotated section, names bound to sections, a section's method, the file's own
+    # key, a whole section passed on, a load_params(...) of its own; not through to_dict().
+    assert sorted((item.line, item.key) for item in found if item.key) == [
+        (line("return train.batch_size"), "train.batch_size"),
+        (line("print(data.root"), "data.root"),
+        (line("print(data.root"), "model"),
+        (line("print(data.root"), "train.epochs"),
+        (line("augment(params.augment)"), "augment"),
+        (line(".demo.seed"), "demo.seed"),
+    ]
+    assert [(item.line, item.leaves) for item in found if item.leaves] == [
+        (line("library_call(params)"), "library_call")
+    ]
+    problems = paramkeys.undeclared_reads(path, ("model", "data", "train", "augment"))
+    assert problems == [
+        f"{path}:{line('library_call(params)')}: passes all of params to library_call, whose reads no "
+        "check can see; pass it the values it uses",
+        f"{path}:{line('.demo.seed')}: reads params key `demo.seed`, which PARAMS does not declare; add "
+        '"demo.seed" to PARAMS, then run `python -m retinopathy.pipeline.dvcyaml` so that dvc.yaml lists '
+        "it and DVC reruns the stage when it changes",
+    ]
+    assert paramkeys.undeclared_reads(path, ("model", "data.root", "train", "augment", "demo"))[1:] == []
+    with pytest.raises(RetinopathyError, match="`train.lr_typo`, which is no key of params.yaml"):
+        paramkeys.check_declaration(("train.lr_typo",), "retinopathy.stages.x")
+
+
+def test_an_undeclared_read_fails_the_check_and_stops_the_rewrite(tmp_path, monkeypatch, capsys) -> None:
+    # As if train.py's PARAMS lacked train.lr: the check names the line that reads it and the fix.
+    declared = dvcyaml.declared_params
+    monkeypatch.setattr(
+        dvcyaml, "declared_params", lambda module: tuple(k for k in declared(module) if k != "train.lr")
     )
-    assert params.model and params.train.lr > 0 and params.augment.active in (True, False)
-    assert params.data.num_workers == load_params(REPO / "params.yaml").data.num_workers  # speed only
-    assert set(params.to_dict()) == {"model", "data", "demo", "augment", "train", "evaluate", "fuse"}
-    with pytest.raises(
-        RetinopathyError,
-        match=r"retinopathy.stages.x reads params key `train.epochs`.*"
-        r"add \"train.epochs\" to PARAMS in src/retinopathy/stages/x.py.*"
-        r"retinopathy.pipeline.dvcyaml",
-    ):
-        params.train.epochs_for("resnet18")  # through a method too
-    with pytest.raises(RetinopathyError, match="`data.root`"):
-        _ = params.data.root
-    again = paramkeys.restrict(params, ("data.root",), "retinopathy.stages.y")  # from the whole file
-    assert again.data.root and pickle.loads(pickle.dumps(again)).data.root == again.data.root
-    with pytest.raises(RetinopathyError, match="retinopathy.stages.y reads params key `model`"):
-        _ = pickle.loads(pickle.dumps(again)).model
-    with pytest.raises(RetinopathyError, match="no key of params.yaml"):
-        paramkeys.restrict(load_params(REPO / "params.yaml"), ("train.lr_typo",), "retinopathy.stages.x")
+    path = tmp_path / "dvc.yaml"
+    shutil.copy(REPO / "dvc.yaml", path)
+    assert dvcyaml.main(["--check", "--file", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "src/retinopathy/stages/train.py:" in err and "reads params key `train.lr`, which PARAMS" in err
+    assert 'add "train.lr" to PARAMS' in err
+    assert dvcyaml.main(["--file", str(path)]) == 1
+    assert "not rewritten; declare those keys first" in capsys.readouterr().err
+    assert path.read_text() == (REPO / "dvc.yaml").read_text()  # dvc.yaml still lists train.lr
+
+
+def test_library_code_takes_values_not_the_params_file() -> None:
+    # Only the stages read params (and commands that are no stage, such as predict): every other
+    # module takes the values it uses, so the check above sees every read of a stage.
+    readers = {"stages", "commands", "pipeline"}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in readers or relative.as_posix() == "core/config.py":
+            continue
+        names = {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == "retinopathy.core.config"
+            for alias in node.names
+        }
+        assert "Params" not in names, f"{relative} takes all of params.yaml"
 
 
 def test_each_stage_runs_on_the_params_it_declares(tiny_project) -> None:

@@ -29,8 +29,9 @@ from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
 from retinopathy.data.images import decode_image
 from retinopathy.engine import checkpoint
+from retinopathy.engine.trainer import Trainer
 from retinopathy.models import manifest as manifests
-from retinopathy.stages import evaluate, prepare, train, weights
+from retinopathy.stages import evaluate, prepare, weights
 
 
 def dead_pid() -> int:
@@ -100,22 +101,38 @@ def test_a_damaged_best_checkpoint_stops_evaluate_with_the_fix(tiny_project):
 
 def test_load_checks_every_field_and_the_history(tmp_path):
     path = tmp_path / "last.pt"
+    row = {"epoch": 1, "train_loss": 1.5, "train_accuracy": 0.5, "train_kappa": 0.1}
+    row |= {"test_loss": 1.4, "test_accuracy": 0.6, "test_kappa": 0.2}
     good = {
         "model": {"w": torch.zeros(1)},
         "spec": {},
         "optimizer": {},
         "scheduler": {},
-        "epoch": 2,
-        "history": [{}],
+        "epoch": 1,
+        "history": [row],
         "rng": {},
         "fingerprint": "f",
-        "fingerprint_inputs": {},
+        "fingerprint_inputs": {
+            "params": {},
+            "init": "scratch",
+            "weights_sha256": None,
+            "index_sha256": "0" * 64,
+            "world_size": 1,
+            "decoder": "Pillow",
+            "numerics": {},
+            "code_sha256": "0" * 64,
+        },
         "config": {},
     }
-    torch.save({**good, "epoch": "2"}, path)
-    with pytest.raises(checkpoint.DamagedCheckpoint, match="epoch of the wrong type"):
+    torch.save(good, path)
+    assert checkpoint.load(path, "last").history == [row]  # a last.pt as this version writes it
+    torch.save({**good, "epoch": "1"}, path)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="'epoch' is \"1\", not of type int: not a last"):
         checkpoint.load(path, "last")
-    torch.save(good, path)  # says epoch 2, has one epoch of history
+    torch.save({**good, "history": [{"epoch": 1}]}, path)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=r"'history\[0\]' lacks 'train_loss'"):
+        checkpoint.load(path, "last")
+    torch.save({**good, "epoch": 2}, path)  # says epoch 2, has one epoch of history
     with pytest.raises(checkpoint.DamagedCheckpoint, match="inconsistent with its history"):
         checkpoint.load(path, "last")
 
@@ -130,7 +147,7 @@ def test_unwritable_outputs_stop_training_before_the_first_epoch(tiny_project, b
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("a file where the folder belongs\n")  # fails for root too, unlike chmod
     epochs = []
-    monkeypatch.setattr(train, "one_epoch", lambda *args: epochs.append(1))
+    monkeypatch.setattr(Trainer, "run_epoch", lambda *args: epochs.append(1))
     with pytest.raises(RetinopathyError, match=rf"{blocked}: cannot write .* there"):
         run_arm(tiny_project)
     assert epochs == [], "no epoch may start before the outputs are known to be writable"
@@ -323,4 +340,4 @@ def test_a_checkpoint_of_an_older_version_is_not_resumed_but_not_called_damaged(
     torch.save({"model": {"w": torch.zeros(1)}, "epoch": 3, "fingerprint": "0123456789abcdef"}, last)
     run_arm(tiny_project)  # other code made it: trained from the start, as for other params
     assert "made with other settings, not resuming from it" in capsys.readouterr().err
-    assert checkpoint.load(last, "last")["epoch"] == 1
+    assert checkpoint.load(last, "last").epoch == 1

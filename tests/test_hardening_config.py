@@ -330,14 +330,14 @@ def stored_run(
     age_days: float = 0.0,
     inputs: dict | None = None,
 ) -> Path:
-    """A run in the resume store as training leaves it: ``last.pt`` (a :func:`checkpoint.last_state`)."""
+    """A run in the resume store as training leaves it: ``last.pt`` (a :class:`checkpoint.LastCheckpoint`)."""
     from retinopathy.engine import checkpoint
 
     arm, run_id = name.split("/")
     folder = models / ".resume" / arm / run_id
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_atomic(
-        checkpoint.last_state(
+    checkpoint.save(
+        checkpoint.LastCheckpoint(
             model={"w": torch.zeros(megabytes * 250_000)},
             spec={"model": "resnet50"},
             optimizer={},
@@ -346,7 +346,16 @@ def stored_run(
             history=[{}] * epoch,
             rng={},
             fingerprint=fingerprint or run_id,
-            fingerprint_inputs=inputs or {"params": {"train": {"lr": 0.1}}},
+            fingerprint_inputs=checkpoint.RunInputs(
+                params=(inputs or {"params": {"train": {"lr": 0.1}}})["params"],
+                init=arm,
+                weights_sha256=None,
+                index_sha256="0" * 64,
+                world_size=1,
+                decoder="Pillow",
+                numerics={},
+                code_sha256="0" * 64,
+            ),
             config={},
         ),
         folder / "last.pt",

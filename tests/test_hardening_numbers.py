@@ -38,11 +38,11 @@ from retinopathy.core.config import load_params
 from retinopathy.core.contract import Layout
 from retinopathy.core.records import Skipped, TrainingStatus, write_status
 from retinopathy.engine.checkpoint import save_atomic
+from retinopathy.engine.store import write_history
 from retinopathy.evaluation import screening
 from retinopathy.fusion.blend import Blend, BlendRecord
 from retinopathy.models.build import NO_DOWNLOAD_ENV, new_model
 from retinopathy.models.grader import GraderSpec
-from retinopathy.stages.train import write_history
 
 FINGERPRINT = "0123456789abcdef"
 LAYOUT = Layout()
@@ -97,7 +97,7 @@ def _grader_state(scale_head: float | None = None, nan: bool = False) -> dict[st
 
 
 def write_checkpoint(path: Path, state: dict[str, torch.Tensor], image_size: int = 32) -> None:
-    """A best.pt as train writes it (``checkpoint.best_of_last``), with the weights ``state``."""
+    """A best.pt as train writes it (``checkpoint.BestCheckpoint.to_dict``), with the weights ``state``."""
     spec = GraderSpec(
         model="resnet18",
         image_size=image_size,

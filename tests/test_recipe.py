@@ -238,8 +238,11 @@ def test_every_knob_off_trains_exactly_like_the_labs_loop():
     optimizer = make_optimizer(ours, runtime, lr=0.01, momentum=0.9, weight_decay=5e-4)
     scheduler = make_scheduler(optimizer, "constant", 0, 3)
     params = load_params(Path(__file__).parents[1] / "params.yaml")
-    assert recipe.make_augment(params, Process()) is None  # the shipped defaults are the lab's
-    learner = loops.Learner(ours, optimizer, recipe.make_head(params, [0, 1]), scheduler=scheduler)
+    settings = params.train
+    # The shipped defaults are the lab's: no augmentation, the plain head.
+    assert recipe.make_augment(params.augment, settings.seed, Process()) is None
+    head = recipe.make_head(settings.loss, settings.class_balance, [0, 1])
+    learner = loops.Learner(ours, optimizer, head, scheduler=scheduler)
     result = loops.train_epoch(learner, batches, runtime, augment=None)
     # The lab's loop, written out: cross-entropy on the logits, SGD, a constant learning rate.
     lab = Grader(copy.deepcopy(net), spec)
@@ -295,12 +298,12 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     history = status.history
     assert {"val_kappa", "test_kappa", "train_kappa"} <= set(history[0])
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
-    assert best["epoch"] == max(history, key=lambda row: row["val_kappa"])["epoch"]
-    spec = GraderSpec.from_dict(best["spec"], "best.pt")
+    assert best.epoch == max(history, key=lambda row: row["val_kappa"])["epoch"]
+    spec = GraderSpec.from_dict(best.spec, "best.pt")
     assert spec.loss == "regression" and spec.preprocess == "graham" and len(spec.thresholds) == 4
     last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
     steps_per_epoch = math.ceil(30 / 8)  # 40 training images less the quarter held out, batch 8
-    assert last["scheduler"]["last_epoch"] == 3 * steps_per_epoch
+    assert last.scheduler["last_epoch"] == 3 * steps_per_epoch
     evaluation = evaluate.evaluate_arm(params, "scratch")
     assert isinstance(evaluation.info, EvaluationInfo)
     assert evaluation.info.tta == "flips" and "validation kappa" in evaluation.info.selection_rule

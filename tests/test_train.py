@@ -34,10 +34,10 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
     history = read_history(tiny_project)
     assert [int(row["epoch"]) for row in history] == [1, 2]
     last = checkpoint.load(tiny_project / "models/scratch/last.pt", "last")
-    assert last["epoch"] == 2
-    assert set(last) >= {"model", "optimizer", "history", "rng", "fingerprint", "config"}
+    assert last.epoch == 2 and last.history == status.history and last.fingerprint == status.fingerprint
+    assert last.optimizer["state"] and last.config["train"]["epochs"] == 2 and "torch" in last.rng
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
-    assert best["epoch"] == status.best_epoch
+    assert best.epoch == status.best_epoch and best.fingerprint == status.fingerprint
 
     params = load_params(tiny_project / "params.yaml")
     result = evaluate.evaluate_arm(params, "scratch")
@@ -113,7 +113,7 @@ def test_changed_params_do_not_resume(tiny_project, capsys):
     run_arm(tiny_project)
     out = capsys.readouterr().err  # notices go to stderr
     assert "made with other settings, not resuming" in out and "train.lr: 0.01 -> 0.02" in out
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["config"]["train"]["lr"] == 0.02
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last").config["train"]["lr"] == 0.02
 
 
 RECIPES = {
@@ -158,7 +158,7 @@ def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, rec
     # The run's own copy, in its resume store, may be an epoch ahead of models/scratch/last.pt.
     stored = list((tiny_project / "models/.resume/scratch").glob("*/last.pt"))
     assert len(stored) == 1, "the unfinished run is kept in its resume store"
-    killed_after = checkpoint.load(stored[0], "last")["epoch"]
+    killed_after = checkpoint.load(stored[0], "last").epoch
     assert 1 <= killed_after < 4, "the kill should land before the last epoch"
 
     resumed = subprocess.run(command, cwd=tiny_project, env=subprocess_env(), capture_output=True, text=True)
@@ -183,7 +183,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project
     expected = r"NaN or infinite in epoch 2 \(step 3\).*train\.lr.*epoch 1\) is kept"
     with pytest.raises(RetinopathyError, match=expected):
         run_arm(tiny_project)
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["epoch"] == 1
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last").epoch == 1
     assert len(read_history(tiny_project)) == 1
 
 

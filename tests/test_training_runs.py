@@ -6,6 +6,7 @@ seeds up to the largest torch takes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,11 +22,13 @@ import yaml
 
 from conftest import REPO, run_arm, subprocess_env, tiny_params, write_params
 from retinopathy.core.config import AugmentParams, load_params, parse_params
+from retinopathy.core.contract import Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import TrainingStatus
 from retinopathy.engine import checkpoint, loops
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.distributed import BalancedSampler, EpochShuffleSampler, Process, torch_seed
+from retinopathy.engine.store import CheckpointStore
 from retinopathy.stages import evaluate, train
 
 
@@ -172,14 +175,15 @@ def tiny_augment() -> AugmentParams:
 
 
 def test_the_resume_store_removes_only_its_own_files(tmp_path):
-    store = checkpoint.ResumeStore.of(tmp_path / "models", "scratch", "abc")
+    files = Layout(models=tmp_path / "models").arm("scratch")
+    store = CheckpointStore.of(tmp_path / "models", files, "abc", "test_accuracy", with_val=False)
     store.folder.mkdir(parents=True)
     store.last.write_bytes(b"last")
     store.best.write_bytes(b"best")
     other = store.folder.parent / "def" / "last.pt"  # another run's
     other.parent.mkdir()
     other.write_bytes(b"other")
-    checkpoint.publish(store.last, tmp_path / "models/scratch/last.pt")
+    store.publish()
     assert os.path.samefile(store.last, tmp_path / "models/scratch/last.pt")  # a link, not a copy
     store.remove()
     assert not store.folder.exists() and other.read_bytes() == b"other"
@@ -201,19 +205,19 @@ def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(
         run_arm(tiny_project)
     monkeypatch.setattr(checkpoint, "save_atomic", real)
     [last] = stored(tiny_project)
-    assert checkpoint.load(last, "last")["epoch"] == 1 and not last.with_name("best.pt").exists()
+    assert checkpoint.load(last, "last").epoch == 1 and not last.with_name("best.pt").exists()
 
     status = run_arm(tiny_project)  # rebuilds best.pt of epoch 1 from last.pt, goes on
     assert "resuming after epoch 1 of 2" in capsys.readouterr().err
     best = checkpoint.load(tiny_project / "models/scratch/best.pt", "best")
     assert isinstance(status, TrainingStatus)
-    assert best["epoch"] == status.best_epoch and best["fingerprint"] == status.fingerprint
+    assert best.epoch == status.best_epoch and best.fingerprint == status.fingerprint
     assert not (tiny_project / "models/.resume").exists()
     params = load_params(tiny_project / "params.yaml")
     assert evaluate.evaluate_arm(params, "scratch").metrics["epoch"] == status.best_epoch
 
     # best.pt of a later epoch than status.json knows (the old order's kill): a clear error, no IndexError.
-    checkpoint.save_atomic({**best, "epoch": 3}, tiny_project / "models/scratch/best.pt")
+    checkpoint.save(dataclasses.replace(best, epoch=3), tiny_project / "models/scratch/best.pt")
     with pytest.raises(
         RetinopathyError,
         match=r"best\.pt: holds epoch 3 .*status\.json says the best epoch "
@@ -222,7 +226,7 @@ def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(
         evaluate.evaluate_arm(params, "scratch")
 
     # Out of memory while evaluating: what to lower.
-    checkpoint.save_atomic(best, tiny_project / "models/scratch/best.pt")
+    checkpoint.save(best, tiny_project / "models/scratch/best.pt")
 
     def no_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
@@ -243,14 +247,14 @@ def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_
     tiny_project, monkeypatch, capsys
 ):
     monkeypatch.setattr(loops, "PLAIN_EVERY", 0.0)  # a progress line after every batch
-    real = train.save
+    real = CheckpointStore.save
 
     def second_exp_run_rewrites_params(*args, **kwargs):
         improved = real(*args, **kwargs)
         write_params(tiny_project, train={"lr": 0.02})  # what `dvc exp run -S train.lr=0.02` does first
         return improved
 
-    monkeypatch.setattr(train, "save", second_exp_run_rewrites_params)
+    monkeypatch.setattr(CheckpointStore, "save", second_exp_run_rewrites_params)
     with pytest.raises(
         RetinopathyError,
         match=r"params\.yaml: changed while training the scratch arm "
@@ -263,10 +267,10 @@ def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_
     assert "scratch epoch 1/2 training: 8/40 images" in err and "ETA" in err, err  # not silent
     assert "scratch epoch 1/2 training: 40/40 images" in err
     [last] = stored(tiny_project)
-    assert checkpoint.load(last, "last")["epoch"] == 1  # the last good checkpoint is kept
-    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last")["epoch"] == 1
+    assert checkpoint.load(last, "last").epoch == 1  # the last good checkpoint is kept
+    assert checkpoint.load(tiny_project / "models/scratch/last.pt", "last").epoch == 1
 
-    monkeypatch.setattr(train, "save", real)
+    monkeypatch.setattr(CheckpointStore, "save", real)
     write_params(tiny_project)  # the settings are back
     assert train.main(["--init", "scratch"]) == 0
     assert "resuming after epoch 1 of 2" in capsys.readouterr().err
@@ -328,13 +332,13 @@ def test_a_killed_dvc_exp_run_resumes_after_another_experiment(dvc_project):
     assert any(line.startswith("scratch epoch 1/3:") for line in seen), "".join(seen)
     time.sleep(0.5)  # the process group is gone
     [last] = stored(dvc_project)
-    killed_after = checkpoint.load(last, "last")["epoch"]
+    killed_after = checkpoint.load(last, "last").epoch
     assert 1 <= killed_after < 3
 
     # Another experiment in between: its models/scratch is what dvc.lock records now.
     run(dvc_project, "dvc", "exp", "run", "train@scratch", "-S", "train.seed=1", "-S", "train.epochs=1")
     other = checkpoint.load(dvc_project / "models/scratch/last.pt", "last")
-    assert other["config"]["train"]["seed"] == 1
+    assert other.config["train"]["seed"] == 1
 
     # The same command again: DVC checks the other experiment's files out, training resumes anyway.
     output = run(dvc_project, *command)

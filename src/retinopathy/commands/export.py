@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # imported where they are used, so that --help is instant
     from torch import Tensor
 
     from retinopathy.core.records import EvaluationInfo, TrainingStatus
-    from retinopathy.engine.checkpoint import Trained
+    from retinopathy.engine.checkpoint import BestCheckpoint, Trained
     from retinopathy.models.grader import GraderSpec
     from retinopathy.models.photo_graph import PhotoGrader
 
@@ -215,7 +215,7 @@ def _record_if_there(read: Callable[[Path, str], Any], path: Path, arm: str) -> 
         return None
 
 
-def provenance(path: Path, state: dict[str, Any], arm: str, layout: Layout) -> Provenance:
+def provenance(path: Path, state: BestCheckpoint, arm: str, layout: Layout) -> Provenance:
     """Gather what describes ``state`` (read from ``path``), matching every record by its fingerprint.
 
     The metrics on disk may come from another run (the arm retrained since, or
@@ -223,10 +223,9 @@ def provenance(path: Path, state: dict[str, Any], arm: str, layout: Layout) -> P
     this checkpoint's fingerprint into the arm's info file.
     """
     from retinopathy.core.records import EvaluationInfo, TrainingStatus, read_info, read_status
-    from retinopathy.engine import checkpoint
 
-    fingerprint = state["fingerprint"]
-    selected = checkpoint.selected_figures(state)
+    fingerprint = state.fingerprint
+    selected = state.selected
     status = _record_if_there(read_status, path.parent / layout.arm(arm).status.name, arm)
     status = status if isinstance(status, TrainingStatus) and status.fingerprint == fingerprint else None
     for name in ARMS:
@@ -313,7 +312,7 @@ def _test_photos(info: EvaluationInfo | None) -> list[Path]:
 def model_card(
     spec: GraderSpec,
     arm: str,
-    state: dict[str, Any],
+    state: BestCheckpoint,
     known: Provenance,
     fmt: str,
     file: Path,
@@ -359,11 +358,11 @@ def model_card(
         "| | |",
         "|---|---|",
         f"| format | {fmt} |",
-        f"| checkpoint | `{checkpoint_path}`, run fingerprint `{state['fingerprint']}` |",
+        f"| checkpoint | `{checkpoint_path}`, run fingerprint `{state.fingerprint}` |",
         f"| architecture | {spec.model} (torchvision layout), head: {spec.loss} |",
         f"| initialisation | {weights} |",
         f"| data | `{data}` |",
-        f"| selected epoch | {state['epoch']} of {epochs} ({rule}); the checkpoint records {selected} |",
+        f"| selected epoch | {state.epoch} of {epochs} ({rule}); the checkpoint records {selected} |",
         "| input `images` | uint8 RGB [N, 3, H, W], 0-255, any H and W: the fundus cropped and squared as "
         "`import-kaggle` does (a non-square input is stretched) |",
         f"| inside the graph | resize to {side}x{side} (bilinear, anti-aliased when shrinking, half-pixel "
@@ -402,10 +401,10 @@ def model_card(
         ]
     else:
         history = status.history if status else []
-        row = next((r for r in history if r["epoch"] == state["epoch"]), None)
+        row = next((r for r in history if r["epoch"] == state.epoch), None)
         if row:
             lines += [
-                f"Training's own figures for epoch {state['epoch']} (from `{checkpoint_path.parent}/"
+                f"Training's own figures for epoch {state.epoch} (from `{checkpoint_path.parent}/"
                 "status.json`, same fingerprint):",
                 "",
                 "| figure | value |",
@@ -578,10 +577,10 @@ def export_fused(
     record = BlendRecord.load(blend_path, fix)
     if not record.learned:
         raise RetinopathyError(f"{blend_path}: holds no blend ({record.selection}); {fix}")
-    if record.fingerprint != state["fingerprint"]:
+    if record.fingerprint != state.fingerprint:
         raise RetinopathyError(
             f"{blend_path}: learned on the features of run {record.fingerprint}, not of "
-            f"{path} (run {state['fingerprint']}); {fix}"
+            f"{path} (run {state.fingerprint}); {fix}"
         )
     photo = load_scores_model(path)
     record.check_fits(blend_width(photo.grader, record.inputs, photo.spec.head()), blend_path, fix)
@@ -613,7 +612,7 @@ def export_fused(
                     "",
                     "**For research, not for diagnosis.**",
                     "",
-                    f"- network: `{path}` (run `{state['fingerprint']}`), up to its {record.inputs}; "
+                    f"- network: `{path}` (run `{state.fingerprint}`), up to its {record.inputs}; "
                     f"the blend: `{blend_path}` ({record.selection}; learned on {record.train_pairs} "
                     "training images of two-eyed patients)",
                     "- inputs: `images` and `others`, uint8 RGB [N, 3, H, W] (this eye and the same "

@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     if not photos:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
     patients = photo_patients(photos, pair_indices(args.pair or [], photos))
-    blend = blend_for(args, trained.state["fingerprint"])
+    blend = blend_for(args, trained.state.fingerprint)
     given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
     params_file = [Path(args.params)] if args.params else []
     check_outputs(args.out, args.explain, photos, [*given, path, *params_file])

@@ -1,7 +1,7 @@
 """`retinopathy resume`: list, or prune, the unfinished runs kept in the resume store.
 
 ``retinopathy resume [list]`` lists every run in ``models/.resume/<arm>/<run>/``
-(:class:`retinopathy.engine.checkpoint.ResumeStore`): its model, last finished
+(:class:`retinopathy.engine.store.CheckpointStore`): its model, last finished
 epoch, size and age. ``retinopathy resume prune RUN...`` removes the named runs
 (``<arm>/<run>``, as listed); ``--older-than DAYS`` those not written for that
 long; ``--all`` every one (``--arm`` keeps to one arm). A run of settings that
@@ -24,7 +24,7 @@ from retinopathy.core.config import cli_positive_float
 from retinopathy.core.contract import ARMS, Layout
 from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import exclusive_lock
-from retinopathy.engine.checkpoint import RESUME_FOLDER, StoredRun, megabytes, remove_stored_run, stored_runs
+from retinopathy.engine.store import RESUME_FOLDER, StoredRun, megabytes, remove_stored_run, stored_runs
 
 
 def selected(

@@ -7,11 +7,12 @@ into the device's memory); :func:`batches` gives the same batches from either.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from retinopathy.core.config import Params
 from retinopathy.data.cache import DecodedCache, open_dataset
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record
@@ -60,24 +61,38 @@ def loader(dataset: Dataset, batch_size: int, sampler: Order, runtime: Runtime) 
 
 
 def resident_wanted(
-    params: Params, runtime: Runtime, records: dict[str, list[Record]], size: int | None
+    on_device: str, runtime: Runtime, records: dict[str, list[Record]], size: int | None
 ) -> bool:
-    """Whether ``data.on_device`` puts these splits, at ``size`` px, in the device's memory."""
+    """Whether ``data.on_device`` (``on_device``) puts these splits at ``size`` px in the device's memory."""
     total = sum(split_bytes(len(split), size) for split in records.values()) if size else 0
-    return use_resident(params.data.on_device, runtime, size, total)
+    return use_resident(on_device, runtime, size, total)
 
 
 def open_sources(
-    params: Params, runtime: Runtime, records: dict[str, list[Record]], size: int | None, resident: bool
+    root: str | Path,
+    records: dict[str, list[Record]],
+    size: int | None,
+    resident: bool,
+    runtime: Runtime,
+    cache_dir: str | None = None,
 ) -> tuple[dict[str, Source], str]:
-    """Each non-empty split's source at ``size`` px, and the decoder that makes its pixels (in words)."""
-    data, chosen = params.data, {name: split for name, split in records.items() if split}
+    """Each non-empty split's source at ``size`` px, and the decoder that makes its pixels (in words).
+
+    Args:
+        root: ``data.root``, the folder of the images.
+        records: The splits' records (the prepared index).
+        size: The side the images are resized to (None: their own).
+        resident: Decode each split once into the device's memory (:func:`resident_wanted`).
+        runtime: The device and its switches.
+        cache_dir: ``data.cache_dir``: a folder for decoded pixels when streaming (None: none).
+    """
+    chosen = {name: split for name, split in records.items() if split}
     if resident:
         assert size is not None  # resident_wanted: no resident split without data.image_size
-        sources = {name: decode_split(data.root, split, size, runtime) for name, split in chosen.items()}
+        sources = {name: decode_split(root, split, size, runtime) for name, split in chosen.items()}
         return dict(sources), describe_decoders(list(sources.values()))
     return (
-        {name: open_dataset(data.root, name, split, size, data.cache_dir) for name, split in chosen.items()},
+        {name: open_dataset(root, name, split, size, cache_dir) for name, split in chosen.items()},
         planned_decoder(False, runtime),
     )
 

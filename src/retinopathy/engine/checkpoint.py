@@ -1,48 +1,43 @@
-"""Checkpoints that survive a kill: atomic writes, a config fingerprint, safe loading.
+"""Checkpoints that survive a kill: their format, a config fingerprint, safe and typed loading.
 
-After every epoch `train` writes ``last.pt`` (model, optimizer, epoch, history,
-RNG state, fingerprint, config) through a temporary file and ``os.replace``,
-so a run killed at any moment leaves either the previous checkpoint or the new
-one, never half of one (the pattern of timm's CheckpointSaver). Loading uses
-``weights_only=True``: a checkpoint is data, not code; and :func:`load` checks
-what it got, so a truncated, foreign or mixed-up file is an error that names
-it and the fix, not a traceback.
+After every epoch `train` writes ``last.pt`` (:class:`LastCheckpoint`: model, optimizer,
+epoch, history, RNG state, fingerprint, config) and, when the epoch is the best so far,
+``best.pt`` (:class:`BestCheckpoint`: the model of that epoch), each through a temporary
+file and ``os.replace`` (:func:`save`), so a run killed at any moment leaves either the
+previous checkpoint or the new one, never half of one (the pattern of timm's
+CheckpointSaver). On disk each is a plain dict of tensors and plain values
+(:meth:`LastCheckpoint.to_dict`). Loading uses ``weights_only=True``: a checkpoint is
+data, not code; and :func:`load` checks what it got, the plain entries through the
+project's typed record reader (:func:`retinopathy.core.records.build_record`) and the
+tensors here, so a truncated, foreign or mixed-up file is an error that names it and
+the fix, not a traceback.
 
-An unfinished run keeps its checkpoints in a *resume store*,
-``models/.resume/<arm>/<fingerprint>/{last,best}.pt`` (:class:`ResumeStore`),
-outside DVC's output ``models/<arm>``: ``dvc exp run`` checks out the outputs
-that ``dvc.lock`` records (another experiment's) before it runs a stage, and
-``dvc checkout`` replaces everything in a tracked folder, so a partial run kept
-only there would be lost. Each epoch's files are written to the store first and
-then linked into ``models/<arm>/``, which DVC tracks; the store entry is
-removed when its run finishes (DVC's cache then holds the finished run).
-
-An unfinished run of settings that never come back stays in the store: training
-names such runs (:func:`stored_runs`), and `retinopathy resume` lists and prunes
-them (:func:`prune`), removing only folders that are recognisably the store's own.
+The fingerprint (:func:`fingerprint`) hashes what decides a run's result: the params
+training uses, the arm, its initial weights, the prepared index, the processes, the
+decoder, the CPU numerics and the training code. Only a checkpoint of the same
+fingerprint is resumed from. Where a run's checkpoints live and in which order they are
+written is :mod:`retinopathy.engine.store`'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
-import re
-import secrets
-import shutil
-import socket
-import stat
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, cast, overload
 
 import torch
+from torch import Tensor
+from torch.optim.optimizer import StateDict as OptimizerState
 
 from retinopathy.core import portable
-from retinopathy.core.contract import ARMS
+from retinopathy.core.contract import HISTORY_COLUMNS, SELECT_BY, VAL_COLUMNS
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.files import atomic_file, check_writable, remove_stale_temporaries
+from retinopathy.core.files import atomic_file
+from retinopathy.core.records import Epoch, Keys, build_record
 from retinopathy.core.torchload import load_tensors
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
 from retinopathy.pipeline import codedeps
@@ -94,33 +89,64 @@ def training_params(params: dict[str, Any], keep: frozenset[tuple[str, str]] = f
     }
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What decides a training run's result: its fingerprint hashes them (:func:`fingerprint`).
+
+    ``last.pt`` keeps them (as plain data), so that a run can say how another run's settings differ.
+
+    Attributes:
+        params: What training uses of params.yaml (:func:`training_params`).
+        init: The arm.
+        weights_sha256: The initial weights' SHA-256 (None: random initialisation).
+        index_sha256: The prepared index's SHA-256.
+        world_size: The processes (each trains on its share of a batch).
+        decoder: What decodes the pixels (decoders differ by a few levels per pixel).
+        numerics: ``portable.state()``: pinned CPU kernels and threads (train.portable), or torch's own.
+        code_sha256: The training code's (:func:`code_digest`).
+    """
+
+    params: dict[str, Any]
+    init: str
+    weights_sha256: str | None
+    index_sha256: str
+    world_size: int
+    decoder: str
+    numerics: dict[str, Any]
+    code_sha256: str
+
+    def to_dict(self) -> dict[str, object]:
+        """As plain data, in the order of the fields (as ``last.pt`` keeps it)."""
+        return dataclasses.asdict(self)
+
+
 def fingerprint_inputs(
-    params: dict[str, Any], init: str, weights_sha: str | None, index_sha: str, world_size: int, decoder: str
-) -> dict[str, Any]:
-    """What determines a training run's result, as plain data."""
-    return {
-        "params": training_params(params),
-        "init": init,
-        "weights_sha256": weights_sha,
-        "index_sha256": index_sha,
-        "world_size": world_size,
-        "decoder": decoder,  # decoders differ by a few levels per pixel
-        "numerics": portable.state(),  # train.portable: pinned CPU kernels and threads, or torch's own
-        "code_sha256": code_digest(),
-    }
+    config: dict[str, Any], init: str, weights_sha: str | None, index_sha: str, world_size: int, decoder: str
+) -> RunInputs:
+    """What determines a training run's result; ``config`` is all of params.yaml as plain data."""
+    return RunInputs(
+        params=training_params(config),
+        init=init,
+        weights_sha256=weights_sha,
+        index_sha256=index_sha,
+        world_size=world_size,
+        decoder=decoder,
+        numerics=portable.state(),
+        code_sha256=code_digest(),
+    )
 
 
-def fingerprint(inputs: dict[str, Any]) -> str:
+def fingerprint(inputs: RunInputs) -> str:
     """A short stable hash of :func:`fingerprint_inputs`."""
-    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(inputs.to_dict(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _short(value: Any) -> Any:
+def _short(value: object) -> object:
     return value[:12] + "..." if isinstance(value, str) and len(value) > 16 else value
 
 
-def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def describe_difference(old: Mapping[str, object], new: Mapping[str, object], prefix: str = "") -> list[str]:
     """Keys whose values differ between two fingerprint inputs, e.g. ``params.train.lr: 0.01 -> 0.1``."""
     changes = []
     for key in sorted(set(old) | set(new)):
@@ -139,79 +165,133 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, stream)
 
 
-# What each kind of checkpoint holds, and the type of each entry; `load` checks it all.
-LAST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "model": dict,
-    "spec": dict,
-    "optimizer": dict,
-    "scheduler": dict,
-    "epoch": int,
-    "history": list,
-    "rng": dict,
-    "fingerprint": str,
-    "fingerprint_inputs": dict,
-    "config": dict,
-}
-BEST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "model": dict,
-    "spec": dict,
-    "epoch": int,
-    "fingerprint": str,
-}
-KINDS = {"last": LAST_FIELDS, "best": BEST_FIELDS}
+def save(state: LastCheckpoint | BestCheckpoint, path: Path) -> None:
+    """Write ``state`` to ``path`` in the checkpoint format (:func:`save_atomic` of its ``to_dict``)."""
+    save_atomic(state.to_dict(), path)
 
 
-def last_state(
-    *,
-    model: dict[str, Any],
-    spec: dict[str, Any],
-    optimizer: dict[str, Any],
-    scheduler: dict[str, Any],
-    epoch: int,
-    history: list[dict[str, float]],
-    rng: dict[str, Any],
-    fingerprint: str,
-    fingerprint_inputs: dict[str, Any],
-    config: dict[str, Any],
-) -> dict[str, Any]:
-    """A ``last.pt``: everything to resume after ``epoch`` (:data:`LAST_FIELDS`, in that order)."""
-    return {
-        "model": model,
-        "spec": spec,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "epoch": epoch,
-        "history": history,
-        "rng": rng,
-        "fingerprint": fingerprint,
-        "fingerprint_inputs": fingerprint_inputs,
-        "config": config,
-    }
+def selection_column(with_val: bool, select_by: str) -> str:
+    """The history column that picks the epoch: validation if held out, else test (the lab's rule)."""
+    return f"{'val' if with_val else 'test'}_{'kappa' if select_by == 'kappa' else 'accuracy'}"
 
 
-def best_of_last(last: dict[str, Any], select_by: str) -> dict[str, Any]:
-    """A ``best.pt`` of the epoch of the ``last.pt`` state ``last`` (:data:`BEST_FIELDS`).
+# Every column that can select the epoch: a best.pt records its epoch's figure under that name.
+SELECTION_COLUMNS = tuple(
+    selection_column(with_val, select_by) for with_val in (True, False) for select_by in SELECT_BY
+)
+HistoryRow = Annotated[dict[str, float], Keys(HISTORY_COLUMNS, HISTORY_COLUMNS + VAL_COLUMNS)]
 
-    It also records the history's figure ``select_by`` (the column that selected the
-    epoch, e.g. ``test_accuracy``) of that epoch: :func:`selected_figures` reads it back.
+
+def selected_epoch(history: list[dict[str, float]], column: str) -> int:
+    """The epoch of ``history`` with the highest ``column``: the first among ties, as best.pt holds it."""
+    return int(max(history, key=lambda row: row[column])["epoch"])
+
+
+@dataclass(frozen=True)
+class BestFacts:
+    """What a ``best.pt`` holds besides its weights, as the typed record reader checks it.
+
+    Attributes:
+        spec: The grader's spec (:meth:`GraderSpec.to_dict`; :func:`load_trained` checks it).
+        epoch: The selected epoch.
+        fingerprint: The run's fingerprint (:func:`fingerprint`).
+        selected: The history figure that selected the epoch, under its column's name
+            (e.g. ``{"test_accuracy": 0.8}``); on disk, a top-level entry. Train always writes it.
     """
-    row = last["history"][last["epoch"] - 1]
-    return {
-        "model": last["model"],
-        "spec": last["spec"],
-        "epoch": last["epoch"],
-        select_by: row[select_by],
-        "fingerprint": last["fingerprint"],
-    }
+
+    spec: dict[str, Any]
+    epoch: Epoch
+    fingerprint: str
+    # One figure (none in a best.pt written by hand, as tests and users do: it loads, as it always did).
+    selected: Annotated[dict[str, float], Keys((), *((column,) for column in SELECTION_COLUMNS))]
 
 
-def selected_figures(best: dict[str, Any]) -> dict[str, float]:
-    """The figures a ``best.pt`` records of its epoch besides :data:`BEST_FIELDS` (what selected it)."""
-    return {
-        key: value
-        for key, value in best.items()
-        if key not in BEST_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)
-    }
+@dataclass(frozen=True)
+class BestCheckpoint(BestFacts):
+    """A ``best.pt``: the selected epoch's weights (``model``, a state dict) and :class:`BestFacts`."""
+
+    model: dict[str, Tensor]
+
+    def to_dict(self) -> dict[str, object]:
+        """The file's dict: model, spec, epoch, the selecting figure, fingerprint (in that order)."""
+        return {
+            "model": self.model,
+            "spec": self.spec,
+            "epoch": self.epoch,
+            **self.selected,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class LastFacts:
+    """What a ``last.pt`` holds besides its tensors and optimizer state, as the typed record reader checks it.
+
+    Attributes:
+        spec: The grader's spec as it graded after ``epoch`` (regression thresholds tuned then).
+        epoch: The last finished epoch.
+        history: One row per epoch (``contract.HISTORY_COLUMNS``, then ``VAL_COLUMNS``).
+        fingerprint: The run's fingerprint (:func:`fingerprint`).
+        fingerprint_inputs: What it hashes, to say what changed.
+        config: All of params.yaml, as plain data.
+    """
+
+    spec: dict[str, Any]
+    epoch: Epoch
+    history: list[HistoryRow]
+    fingerprint: str
+    fingerprint_inputs: RunInputs
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LastCheckpoint(LastFacts):
+    """A ``last.pt``: everything to resume after ``epoch`` (:class:`LastFacts` and the state torch saves).
+
+    Attributes:
+        model: The network's state dict.
+        optimizer: The optimizer's state dict, as torch saves it.
+        scheduler: The learning-rate scheduler's state dict, as torch saves it.
+        rng: ``{"torch": torch.get_rng_state()}`` after the epoch.
+    """
+
+    model: dict[str, Tensor]
+    optimizer: OptimizerState
+    scheduler: OptimizerState
+    rng: dict[str, Tensor]
+
+    def to_dict(self) -> dict[str, object]:
+        """The file's dict, in :data:`LAST_KEYS`' order (tensors, and plain data)."""
+        entries = {key: getattr(self, key) for key in LAST_KEYS}
+        return {**entries, "fingerprint_inputs": self.fingerprint_inputs.to_dict()}
+
+    def best(self, column: str) -> BestCheckpoint:
+        """The ``best.pt`` of this epoch, recording its figure ``column`` (the one that selects)."""
+        return BestCheckpoint(
+            spec=self.spec,
+            epoch=self.epoch,
+            fingerprint=self.fingerprint,
+            selected={column: self.history[self.epoch - 1][column]},
+            model=self.model,
+        )
+
+
+# Each kind's entries on disk (a best.pt's selecting figure comes after them); the tensors and
+# torch's own state dicts are checked here, the rest (the facts) by the typed record reader.
+LAST_KEYS = (
+    "model",
+    "spec",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "history",
+    "rng",
+    "fingerprint",
+    "fingerprint_inputs",
+    "config",
+)
+BEST_KEYS = ("model", "spec", "epoch", "fingerprint")
+_TORCH_STATES = ("optimizer", "scheduler", "rng")  # of a last.pt, besides its model
 
 
 class DamagedCheckpoint(RetinopathyError):
@@ -222,49 +302,74 @@ def _fix(path: Path, fix: str | None) -> str:
     return fix or f"move it away (`mv {path} {path}.damaged`) and train again to start the arm over"
 
 
-def read(path: Path, fix: str | None = None) -> dict[str, Any]:
+def read(path: Path, fix: str | None = None) -> dict[str, object]:
     """Read a checkpoint of this project (any version) onto the CPU: tensors only, no pickled code.
+
+    Only its run fingerprint is checked: a checkpoint of another version, whose
+    fingerprint differs, is another run's, not a damaged file. :func:`check` checks the rest.
 
     Raises:
         DamagedCheckpoint: naming ``path``, what is wrong and ``fix``, if the file is
             missing, truncated, not a torch file, or not a dict with a run fingerprint.
     """
-
-    def damaged(problem: str) -> DamagedCheckpoint:
-        return DamagedCheckpoint(f"{path}: {problem}; {_fix(path, fix)}")
-
     state = load_tensors(
         path, "a readable checkpoint written by `retinopathy train`", _fix(path, fix), DamagedCheckpoint
     )
     if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
         kind = type(state).__name__ if not isinstance(state, dict) else "dict without a run fingerprint"
-        raise damaged(f"holds a {kind}, not a checkpoint of `retinopathy train`")
+        raise DamagedCheckpoint(
+            f"{path}: holds a {kind}, not a checkpoint of `retinopathy train`; {_fix(path, fix)}"
+        )
     return state
 
 
-def check(state: dict[str, Any], path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
-    """Check that ``state`` (from :func:`read`) is a complete ``last`` or ``best`` checkpoint.
+@overload
+def check(
+    state: dict[str, object], path: Path, kind: Literal["last"], fix: str | None = None
+) -> LastCheckpoint: ...
+@overload
+def check(
+    state: dict[str, object], path: Path, kind: Literal["best"], fix: str | None = None
+) -> BestCheckpoint: ...
+def check(
+    state: dict[str, object], path: Path, kind: Literal["last", "best"], fix: str | None = None
+) -> LastCheckpoint | BestCheckpoint:
+    """The complete ``last`` or ``best`` checkpoint that ``state`` (from :func:`read`) holds.
 
     Raises:
-        DamagedCheckpoint: if an entry is missing or of the wrong type, it is of the other
+        DamagedCheckpoint: if an entry is missing or not what it should be, it is of the other
             kind (a best.pt copied over last.pt), or a weight is NaN or infinite.
     """
-    fields = KINDS[kind]
 
     def damaged(problem: str) -> DamagedCheckpoint:
         return DamagedCheckpoint(f"{path}: {problem}; {_fix(path, fix)}")
 
-    if kind == "last" and "optimizer" not in state and set(BEST_FIELDS) <= set(state):
+    keys = LAST_KEYS if kind == "last" else BEST_KEYS
+    if kind == "last" and "optimizer" not in state and set(BEST_KEYS) <= set(state):
         raise damaged("is a best.pt (no optimizer state, no history), not a last.pt")
-    missing = [key for key in fields if key not in state]
+    missing = [key for key in keys if key not in state]
     if missing:
         raise damaged(f"lacks {', '.join(missing)}: not a {kind}.pt of this version of `retinopathy train`")
-    wrong = [key for key, kinds in fields.items() if not isinstance(state[key], kinds)]
+    tensors = state["model"]
+    if (
+        not isinstance(tensors, dict)
+        or not tensors
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items())
+    ):
+        raise damaged("its model is not a state dict of tensors")
+    wrong = [key for key in _TORCH_STATES if kind == "last" and not isinstance(state[key], dict)]
+    rng = state.get("rng")
+    if kind == "last" and isinstance(rng, dict) and not all(isinstance(v, Tensor) for v in rng.values()):
+        wrong.append("rng")
     if wrong:
         raise damaged(f"has {', '.join(wrong)} of the wrong type: not a {kind}.pt of `retinopathy train`")
-    tensors = state["model"]
-    if not tensors or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
-        raise damaged("its model is not a state dict of tensors")
+    facts = {key: state[key] for key in keys if key != "model" and key not in _TORCH_STATES}
+    if kind == "best":  # the figure that selected the epoch: the one entry besides the best's own
+        facts["selected"] = {key: value for key, value in state.items() if key not in BEST_KEYS}
+    try:
+        checked = build_record(LastFacts, facts) if kind == "last" else build_record(BestFacts, facts)
+    except ValueError as error:
+        raise damaged(f"{error}: not a {kind}.pt of `retinopathy train`") from None
     # A NaN weight grades every photograph alike (grade 0 with probability "nan"): never use one.
     broken = [
         key
@@ -277,12 +382,27 @@ def check(state: dict[str, Any], path: Path, kind: str, fix: str | None = None) 
             f"the first `{broken[0]}`): the training that wrote it diverged, or the file was "
             "altered, and no grade can come from it"
         )
-    if state["epoch"] < 1 or (kind == "last" and len(state["history"]) != state["epoch"]):
-        raise damaged(f"says epoch {state['epoch']} but is inconsistent with its history")
-    return state
+    values = {field.name: getattr(checked, field.name) for field in dataclasses.fields(checked)}
+    if isinstance(checked, BestFacts):
+        return BestCheckpoint(**values, model=tensors)
+    if len(checked.history) != checked.epoch:
+        raise damaged(f"says epoch {checked.epoch} but is inconsistent with its history")
+    return LastCheckpoint(  # torch's own state dicts, as torch saved them (each checked to be one above)
+        **values,
+        model=tensors,
+        optimizer=cast(OptimizerState, state["optimizer"]),
+        scheduler=cast(OptimizerState, state["scheduler"]),
+        rng=cast("dict[str, Tensor]", rng),
+    )
 
 
-def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
+@overload
+def load(path: Path, kind: Literal["last"], fix: str | None = None) -> LastCheckpoint: ...
+@overload
+def load(path: Path, kind: Literal["best"], fix: str | None = None) -> BestCheckpoint: ...
+def load(
+    path: Path, kind: Literal["last", "best"], fix: str | None = None
+) -> LastCheckpoint | BestCheckpoint:
     """:func:`read` and :func:`check` a ``last`` or ``best`` checkpoint.
 
     Args:
@@ -298,15 +418,15 @@ def load(path: Path, kind: str, fix: str | None = None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Trained:
-    """A trained grader, from a ``best.pt``: the checkpoint's state, its spec, and the network.
+    """A trained grader, from a ``best.pt``: the checkpoint, its spec, and the network.
 
     Attributes:
-        state: The checked ``best.pt`` (:data:`BEST_FIELDS`), on the CPU.
+        state: The checked ``best.pt``, on the CPU.
         spec: Its :class:`~retinopathy.models.grader.GraderSpec`, checked.
         grader: The network with the checkpoint's weights (fp32, on the CPU, eager).
     """
 
-    state: dict[str, Any]
+    state: BestCheckpoint
     spec: GraderSpec
     grader: Grader
 
@@ -320,242 +440,5 @@ def load_trained(path: Path, fix: str | None = None) -> Trained:
         RetinopathyError: a spec this version cannot use, or weights that do not fit it.
     """
     state = load(path, "best", fix)
-    spec = GraderSpec.from_dict(state["spec"], str(path))
-    return Trained(state, spec, load_grader(spec, state["model"], str(path)))
-
-
-RESUME_FOLDER = ".resume"  # under the models folder; git-ignored, and no part of any DVC output
-
-
-@dataclass(frozen=True)
-class ResumeStore:
-    """The checkpoints of one unfinished run, keyed by its fingerprint, where DVC never writes.
-
-    Attributes:
-        folder: ``models/.resume/<arm>/<fingerprint>``.
-    """
-
-    folder: Path
-
-    @classmethod
-    def of(cls, models: Path, arm: str, fingerprint: str) -> ResumeStore:
-        return cls(Path(models) / RESUME_FOLDER / arm / fingerprint)
-
-    @property
-    def last(self) -> Path:
-        return self.folder / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.folder / "best.pt"
-
-    def remove_stale_temporaries(self) -> list[Path]:
-        """Delete the temporaries of killed writes in this store; returns what was deleted."""
-        return [path for target in (self.last, self.best) for path in remove_stale_temporaries(target)]
-
-    def remove(self) -> None:
-        """Delete the store's two checkpoints, then its folders if that left them empty (nothing else)."""
-        for path in (self.last, self.best):
-            path.unlink(missing_ok=True)
-        for folder in (self.folder, self.folder.parent, self.folder.parent.parent):
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (another run's entry, a user's file) or gone: keep it
-                return
-
-    def check(self) -> None:
-        """Before any work: the store's folders are folders (or absent) and the store takes new files.
-
-        Raises:
-            RetinopathyError: ``models/.resume`` (or a folder below it) is a file, a link to
-                nothing or another special file; or it cannot be written.
-        """
-        root = self.folder.parent.parent
-        for folder in (root, self.folder.parent, self.folder):
-            if os.path.lexists(folder) and not folder.is_dir():
-                raise RetinopathyError(
-                    f"{folder}: is {_kind(folder)}, not a folder; training keeps the checkpoints of "
-                    f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
-                    f"(`mv {folder} {folder}.moved`) and train again"
-                )
-        check_writable(root, "the checkpoints of unfinished runs (the resume store)")
-
-
-def _kind(path: Path) -> str:
-    """What ``path`` is, in words, when it is not a folder."""
-    if path.is_symlink() and not path.exists():
-        return "a link to nothing"
-    mode = os.stat(path).st_mode
-    return "a file" if stat.S_ISREG(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a special file"
-
-
-# ------------------------------------------------------------------ runs left in the resume store
-
-_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # :func:`fingerprint`'s form: a store folder's name
-# What the store writes into a run's folder: the pair, and the temporaries of their atomic writes
-# and links (retinopathy.core.files' naming: `.<name>.<host>-<pid>.<random>.tmp`).
-_STORE_FILES = re.compile(r"(?:last|best)\.pt|\.(?:last|best)\.pt\..+-\d+\.[^.]+\.tmp")
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    """One run's folder in the resume store, ``models/.resume/<arm>/<fingerprint>``.
-
-    Attributes:
-        folder: The folder.
-        arm: ``scratch`` or ``pretrained`` (the folder's parent's name).
-        fingerprint: The run's fingerprint (the folder's name).
-        size: Bytes in its files.
-        modified: When its newest file was written (seconds since the epoch).
-        epoch: The last finished epoch of its ``last.pt`` (None: none readable).
-        model: The architecture it trains (None: unknown).
-        inputs: Its ``last.pt``'s fingerprint inputs (what the run was made with), or {}.
-        problem: Why it is not recognisably the store's own (then it is never removed), or None.
-    """
-
-    folder: Path
-    arm: str
-    fingerprint: str
-    size: int
-    modified: float
-    epoch: int | None
-    model: str | None
-    inputs: dict[str, Any]
-    problem: str | None
-
-    @property
-    def name(self) -> str:
-        """``<arm>/<fingerprint>``: how `retinopathy resume` names it."""
-        return f"{self.arm}/{self.fingerprint}" if self.arm else self.fingerprint
-
-    def describe(self, now: float | None = None) -> str:
-        """One line: its name, model and epoch, size, age, and what is wrong with it, if anything."""
-        days = max(0.0, ((now or time.time()) - self.modified) / 86400)
-        age = (
-            f"{days:.0f} days ago"
-            if days >= 2
-            else f"{days * 24:.0f} hours ago"
-            if days * 24 >= 1
-            else "within the hour"
-        )
-        what = f"{self.model or 'unknown model'}, epoch {self.epoch}" if self.epoch else "no finished epoch"
-        line = f"{self.name}: {what}, {megabytes(self.size)}, last written {age}"
-        return f"{line}; {self.problem}" if self.problem else line
-
-
-def megabytes(size: int) -> str:
-    """``size`` bytes in words: ``12.3 MB``, ``283 MB``."""
-    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:,.0f} MB"
-
-
-def _peek(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's entries other than its tensors' contents (memory-mapped: no full read), or None."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # torch raises many types for a file that is not one of its own
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def _stored_run(folder: Path, arm: str) -> StoredRun:
-    """What ``folder`` (an entry of ``models/.resume/<arm>/``) holds, checked against the store's form."""
-    problem = None
-    if folder.is_symlink() or not folder.is_dir():
-        problem = f"is {_kind(folder) if not folder.is_dir() else 'a link'}, not a folder the store made"
-    elif arm not in ARMS or not _FINGERPRINT.fullmatch(folder.name):  # (arm "": no arm's folder)
-        problem = "its name is not <arm>/<16 hex digits> as the store names its folders"
-    entries = [] if problem else sorted(folder.iterdir())
-    foreign = [
-        entry.name
-        for entry in entries
-        if not _STORE_FILES.fullmatch(entry.name) or not stat.S_ISREG(entry.lstat().st_mode)
-    ]
-    if foreign:
-        problem = f"holds {', '.join(foreign[:3])}, which the store never writes"
-    sizes = [entry.lstat() for entry in entries]
-    size = sum(info.st_size for info in sizes)
-    modified = max((info.st_mtime for info in sizes), default=folder.lstat().st_mtime)
-    epoch: int | None = None
-    model: str | None = None
-    inputs: dict[str, Any] = {}
-    for name in ("last.pt", "best.pt"):  # each checkpoint there must be this run's (its fingerprint)
-        if problem or not (folder / name).exists():
-            continue
-        state = _peek(folder / name)
-        if state is None or state.get("fingerprint") != folder.name:
-            problem = f"its {name} is not a checkpoint of the run {folder.name}"
-        elif name == "last.pt" or epoch is None:
-            epoch = state["epoch"] if isinstance(state.get("epoch"), int) else None
-            spec = state.get("spec")
-            model = spec["model"] if isinstance(spec, dict) and isinstance(spec.get("model"), str) else None
-            if isinstance(state.get("fingerprint_inputs"), dict):
-                inputs = state["fingerprint_inputs"]
-    return StoredRun(folder, arm, folder.name, size, modified, epoch, model, inputs, problem)
-
-
-def stored_runs(models: Path) -> list[StoredRun]:
-    """Every run in the resume store under ``models`` (``models/.resume``), oldest first.
-
-    Raises:
-        RetinopathyError: ``models/.resume`` (or an arm's folder in it) is not a folder.
-    """
-    root = Path(models) / RESUME_FOLDER
-    if not os.path.lexists(root):
-        return []
-    if not root.is_dir():
-        raise RetinopathyError(
-            f"{root}: is {_kind(root)}, not a folder; training keeps the checkpoints of "
-            f"unfinished runs in {root}/<arm>/<run>/ (the resume store). Move it away "
-            f"(`mv {root} {root}.moved`)"
-        )
-    found = []
-    for arm in sorted(root.iterdir()):
-        if arm.is_dir() and not arm.is_symlink():
-            found += [_stored_run(entry, arm.name) for entry in sorted(arm.iterdir())]
-        else:  # something where an arm's folder belongs: listed with its problem, never removed
-            found.append(_stored_run(arm, ""))
-    return sorted(found, key=lambda run: run.modified)
-
-
-def remove_stored_run(run: StoredRun) -> None:
-    """Delete a run's folder from the resume store: only a folder of the store's own form and contents.
-
-    Raises:
-        RetinopathyError: ``run`` has a problem (it is not recognisably the store's own).
-    """
-    again = _stored_run(run.folder, run.arm)  # as it is now, not as it was listed
-    if again.problem:
-        raise RetinopathyError(
-            f"{run.folder}: not removed: {again.problem}; look at it, and remove it by "
-            "hand if it is not needed"
-        )
-    for entry in run.folder.iterdir():
-        entry.unlink()
-    ResumeStore(run.folder).remove()  # the folder, then its arm's folder and the store's, if left empty
-
-
-def publish(source: Path, target: Path) -> None:
-    """Make ``target`` hold ``source``'s bytes, atomically: a hard link where possible, else a copy.
-
-    The link costs no space and no time; both names then share one file, which
-    is safe because every checkpoint write replaces a file (``os.replace``) and
-    never writes into one.
-    """
-    if source == target or (target.exists() and os.path.samefile(source, target)):
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
-    # The temporaries' naming of retinopathy.core.files, so that a killed run's is found and removed.
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    temporary = target.parent / f".{target.name}.{owner}.{secrets.token_hex(4)}.tmp"
-    try:
-        os.link(source, temporary)
-    except OSError:  # another filesystem, or one without hard links
-        with atomic_file(target, "wb") as stream, open(source, "rb") as original:
-            shutil.copyfileobj(original, stream)
-        return
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    spec = GraderSpec.from_dict(state.spec, str(path))
+    return Trained(state, spec, load_grader(spec, state.model, str(path)))

@@ -9,20 +9,19 @@ in dvc.yaml) if they fail anyway.
 
 from __future__ import annotations
 
-from retinopathy.core.config import Params
 from retinopathy.core.contract import ARMS, Layout
 from retinopathy.core.files import check_writable
 from retinopathy.data.cache import private_folder
 from retinopathy.engine.runtime import check_device
 
 
-def preflight(params: Params, layout: Layout) -> None:
-    """Check ``train.device``, the folders every later stage writes, and ``data.cache_dir``.
+def preflight(device: str, cache_dir: str | None, layout: Layout) -> None:
+    """Check ``train.device`` (``device``), the folders every later stage writes, and ``data.cache_dir``.
 
     Raises:
         RetinopathyError: naming the setting or folder and the fix.
     """
-    check_device(params.train.device)
+    check_device(device)
     folders = {layout.manifests: "the weights manifests", layout.plots: "the report"}
     for arm in ARMS:
         files = layout.arm(arm)
@@ -39,5 +38,5 @@ def preflight(params: Params, layout: Layout) -> None:
         folders[fused.reliability.parent] = "the reliability diagrams graded with both eyes"
     for folder, what in folders.items():
         check_writable(folder, what)
-    if params.data.cache_dir:
-        private_folder(params.data.cache_dir)
+    if cache_dir:
+        private_folder(cache_dir)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from torch import nn
 
-from retinopathy.core.config import Params
+from retinopathy.core.config import AugmentParams
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.engine import loops
 from retinopathy.engine.augment import Augment
@@ -25,29 +25,32 @@ from retinopathy.evaluation.scoring import grades_of_values, kappa_of_confusion,
 from retinopathy.models.head import Head, class_weights
 
 
-def make_head(params: Params, train_labels: list[int]) -> Head:
-    """The head of ``train.loss``, with inverse-frequency class weights for ``weighted_loss``."""
+def make_head(loss: str, class_balance: str, train_labels: list[int]) -> Head:
+    """The head of ``train.loss``, with inverse-frequency class weights for ``weighted_loss``.
+
+    Args:
+        loss: ``train.loss``: ``cross_entropy`` or ``regression``.
+        class_balance: ``train.class_balance``: ``none``, ``weighted_loss`` or ``sampler``.
+        train_labels: The grade of every training image.
+    """
     weights = None
-    if params.train.class_balance == "weighted_loss":
+    if class_balance == "weighted_loss":
         weights = class_weights(np.bincount(train_labels, minlength=NUM_GRADES).tolist())
-    return Head(params.train.loss, class_weights=weights)
+    return Head(loss, class_weights=weights)
 
 
-def make_sampler(params: Params, train_labels: list[int], process: Process) -> EpochShuffleSampler:
+def make_sampler(
+    class_balance: str, seed: int, train_labels: list[int], process: Process
+) -> EpochShuffleSampler:
     """The training order: a seeded shuffle, or class-balanced draws for ``class_balance: sampler``."""
-    if params.train.class_balance == "sampler":
-        return BalancedSampler(train_labels, params.train.seed, process)
-    return EpochShuffleSampler(len(train_labels), params.train.seed, process)
+    if class_balance == "sampler":
+        return BalancedSampler(train_labels, seed, process)
+    return EpochShuffleSampler(len(train_labels), seed, process)
 
 
-def make_augment(params: Params, process: Process) -> Augment | None:
+def make_augment(settings: AugmentParams, seed: int, process: Process) -> Augment | None:
     """The training-batch augmentation of the ``augment`` section; None when every knob is off."""
-    return Augment(params.augment, params.train.seed, process.rank) if params.augment.active else None
-
-
-def selection_column(with_val: bool, select_by: str) -> str:
-    """The history column that picks the epoch: validation if held out, else test (the lab's rule)."""
-    return f"{'val' if with_val else 'test'}_{'kappa' if select_by == 'kappa' else 'accuracy'}"
+    return Augment(settings, seed, process.rank) if settings.active else None
 
 
 def _row(name: str, result: loops.EpochResult) -> dict[str, float]:

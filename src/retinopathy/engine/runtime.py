@@ -13,7 +13,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -23,9 +23,6 @@ from retinopathy.core.portable import pin
 from retinopathy.engine.distributed import Process, join, leave, process_from_environment
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-
-if TYPE_CHECKING:
-    from retinopathy.core.config import Params
 
 
 @dataclass(frozen=True)
@@ -125,27 +122,43 @@ def plain_runtime(device: torch.device) -> Runtime:
     return Runtime(device, Process(), bf16=False, channels_last=False, pin_memory=False, num_workers=0)
 
 
-def from_params(params: Params, process: Process | None = None) -> Runtime:
-    """The runtime that params.yaml asks for: ``train.device``, ``train.precision``,
-    ``train.channels_last`` and ``data.num_workers`` (of one process, unless ``process`` is given)."""
-    train = params.train
-    device = resolve_device(train.device, process.local_rank if process is not None else 0)
+@dataclass(frozen=True)
+class Switches:
+    """Where to run and the speed switches, as params.yaml sets them (the stage reads them; see
+    :func:`runtime_of`).
+
+    Attributes:
+        device: ``train.device``: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``train.precision``: ``auto``, ``fp32`` or ``bf16``.
+        channels_last: ``train.channels_last``: ``auto``, ``on`` or ``off``.
+        num_workers: ``data.num_workers``: a count, or ``auto``.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    num_workers: int | str = "auto"
+
+
+def runtime_of(switches: Switches, process: Process | None = None) -> Runtime:
+    """The runtime that ``switches`` ask for (of one process, unless ``process`` is given)."""
+    device = resolve_device(switches.device, process.local_rank if process is not None else 0)
     return make_runtime(
         device,
-        precision=train.precision,
-        channels_last=train.channels_last,
-        num_workers=params.data.num_workers,
+        precision=switches.precision,
+        channels_last=switches.channels_last,
+        num_workers=switches.num_workers,
         process=process,
     )
 
 
-def start(params: Params) -> Runtime:
-    """:func:`from_params`, after joining torchrun's process group if there is one.
+def start(switches: Switches) -> Runtime:
+    """:func:`runtime_of`, after joining torchrun's process group if there is one.
 
     Call :func:`stop` at the end.
     """
     process = process_from_environment()
-    runtime = from_params(params, process)
+    runtime = runtime_of(switches, process)
     join(process, runtime.device)
     return runtime
 

@@ -6,7 +6,9 @@ closure of the command's module, :func:`retinopathy.pipeline.codedeps.code_deps`
 ``params`` (the module's ``PARAMS`` less the speed-only keys,
 :func:`retinopathy.pipeline.paramkeys.results_keys`), in place: comments, the other deps
 and everything else stay as they are. ``--check`` changes nothing; it prints each
-difference and exits 1 (the tests and CI run it).
+difference, and each read of a params key that a stage's ``PARAMS`` lacks
+(:func:`retinopathy.pipeline.paramkeys.undeclared_reads`), and exits 1 (the tests and CI
+run it). Such a read is the code's to mend: the rewrite then changes nothing either.
 
 The rewrite works on lines, so it relies on dvc.yaml's layout: stages under
 ``stages:`` at two spaces, their keys at four, list items at six (``- item``),
@@ -111,10 +113,23 @@ def _differences(kind: str, listed: list[str], want: list[str]) -> list[str]:
     return out
 
 
-def problems(path: Path) -> list[str]:
-    """Each stage of dvc.yaml at ``path`` whose generated lists differ from the code, with how."""
+def undeclared(path: Path) -> list[str]:
+    """Each read of a params key, in the stages of dvc.yaml at ``path``, that the stage's PARAMS lacks."""
     stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+    modules = sorted({module for spec in stages.values() if (module := stage_module(spec)) is not None})
     found = []
+    for module in modules:
+        source = codedeps.module_file(module)
+        assert source is not None  # stage_module: a command of the CLI, whose module exists
+        found += paramkeys.undeclared_reads(source, declared_params(module))
+    return found
+
+
+def problems(path: Path) -> list[str]:
+    """Each stage of dvc.yaml at ``path`` whose generated lists differ from the code, with how, and
+    each read of a params key that a stage does not declare (:func:`undeclared`)."""
+    stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+    found = undeclared(path)
     for name, spec in stages.items():
         want = wanted(spec)
         if want is None:
@@ -213,12 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         found = problems(args.file)
+        code = undeclared(args.file)  # the code's to mend (declare the key), not dvc.yaml's
         if args.check:
             for line in found:
                 print(line, file=sys.stderr)
-            if found:
+            if len(found) > len(code):
                 print(f"fix: run `{FIX}` (it rewrites these lists in {args.file} in place)", file=sys.stderr)
             return 1 if found else 0
+        if code:
+            for line in code:
+                print(line, file=sys.stderr)
+            print(f"{args.file}: not rewritten; declare those keys first", file=sys.stderr)
+            return 1
         text = args.file.read_text(encoding="utf-8")
         new = rewrite(text)
         if new != text:

@@ -54,14 +54,13 @@ from retinopathy.data.index import read_index
 from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine import checkpoint, loops
 from retinopathy.engine.batches import eval_batches, open_sources
-from retinopathy.engine.runtime import from_params
+from retinopathy.engine.runtime import Switches, runtime_of
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
 from retinopathy.evaluation.screening_files import screening_contents
 from retinopathy.models.head import require_finite
-from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = (
     "data.root",
@@ -179,27 +178,31 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     best, spec = trained.state, trained.spec
     history = status.history
     if (
-        best["fingerprint"] != status.fingerprint
-        or best["epoch"] != status.best_epoch
-        or not 1 <= best["epoch"] <= len(history)
+        best.fingerprint != status.fingerprint
+        or best.epoch != status.best_epoch
+        or not 1 <= best.epoch <= len(history)
     ):
         # A kill (or a full disk) between training's writes, or files put together by hand.
         raise RetinopathyError(
-            f"{files.best}: holds epoch {best['epoch']} of run {best['fingerprint']}, but {files.status} "
+            f"{files.best}: holds epoch {best.epoch} of run {best.fingerprint}, but {files.status} "
             f"says the best epoch of run {status.fingerprint} is {status.best_epoch}: they are from "
             f"different or interrupted training runs; run `dvc repro train@{arm}` (or `retinopathy train "
             f"--init {arm}`) to finish training, which writes both again"
         )
-    best_row = history[best["epoch"] - 1]
+    best_row = history[best.epoch - 1]
 
     train = params.train
-    runtime = from_params(params)
+    runtime = runtime_of(
+        Switches(train.device, train.precision, train.channels_last, params.data.num_workers)
+    )
     runtime.configure_backends()  # the numerics training evaluated with
     grader = runtime.place(trained.grader)
     index = read_index(layout.index)
     # The validation split (data.val_fraction > 0) picks the screening operating points.
     records = {"test": index["test"], "val": index["val"]}
-    sources, decoder = open_sources(params, runtime, records, spec.image_size, status.resident)
+    sources, decoder = open_sources(
+        params.data.root, records, spec.image_size, status.resident, runtime, params.data.cache_dir
+    )
     tta = params.evaluate.tta == "flips"
     lower = (
         f"train.batch_size in params.yaml (now {train.batch_size}; evaluation batches are twice it)"
@@ -246,7 +249,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
 
     numbers: dict[str, float] = {
         **scores(actual_np, predicted_np, tables),
-        "epoch": best["epoch"],
+        "epoch": best.epoch,
         "train": best_row["train_accuracy"],  # running accuracy over the epoch, as the lab reports it
         "base": summary.majority_baseline.test_accuracy,
     }
@@ -267,7 +270,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         test_size=int(len(actual_np)),
         decoder=decoder,
         trained_with_decoder=status.decoder,
-        fingerprint=best["fingerprint"],  # the checkpoint these numbers are of (export's card checks it)
+        fingerprint=best.fingerprint,  # the checkpoint these numbers are of (export's card checks it)
         numerics=portable.state(),  # train.portable (retinopathy.core.portable)
         patients=summary.patients,  # prepare's count of patients per split and across splits
     )
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
     )
     args = parser.parse_args(argv)
-    evaluation = evaluate_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
+    evaluation = evaluate_arm(load_params(args.params), args.init)
     info, metrics = evaluation.info, evaluation.metrics
     if isinstance(info, Skipped):
         warn(f"{args.init} arm skipped: {info.reason}\n  fix: {info.fix}")

@@ -54,7 +54,7 @@ from retinopathy.data.index import read_index
 from retinopathy.data.labels import patient_of
 from retinopathy.engine import checkpoint
 from retinopathy.engine.batches import eval_batches, open_sources
-from retinopathy.engine.runtime import from_params
+from retinopathy.engine.runtime import Switches, runtime_of
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
 from retinopathy.evaluation.screening_files import screening_contents
@@ -62,9 +62,8 @@ from retinopathy.fusion.blend import BlendRecord, Pairs, fused_scores, learn, st
 from retinopathy.fusion.features import Extracted, blend_inputs, extract
 from retinopathy.fusion.pairs import partners
 from retinopathy.models.head import Head, require_finite
-from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = (
     "fuse",
@@ -91,9 +90,9 @@ def load_arm(layout: Layout, arm: str, status: TrainingStatus) -> checkpoint.Tra
             f"restore it with `dvc checkout {files.model_dir}`, or run `dvc repro train@{arm}` to train again"
         ),
     )
-    if trained.state["fingerprint"] != status.fingerprint:
+    if trained.state.fingerprint != status.fingerprint:
         raise RetinopathyError(
-            f"{files.best}: of run {trained.state['fingerprint']}, but {files.status} is "
+            f"{files.best}: of run {trained.state.fingerprint}, but {files.status} is "
             f"of run {status.fingerprint}; run `dvc repro train@{arm}` to finish training"
         )
     return trained
@@ -175,13 +174,17 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     trained = load_arm(layout, arm, status)  # the one place this stage loads the trained grader
     best, spec = trained.state, trained.spec
     head, fuse, train = spec.head(), params.fuse, params.train
-    runtime = from_params(params)
+    runtime = runtime_of(
+        Switches(train.device, train.precision, train.channels_last, params.data.num_workers)
+    )
     runtime.configure_backends()
     grader = runtime.place(trained.grader)
     records = read_index(layout.index)
     if fuse.method == "none":  # the validation split still picks the operating points
         records = {"test": records["test"], "val": records["val"]}
-    sources, _ = open_sources(params, runtime, records, spec.image_size, status.resident)
+    sources, _ = open_sources(
+        params.data.root, records, spec.image_size, status.resident, runtime, params.data.cache_dir
+    )
     lower = f"train.batch_size in params.yaml (now {train.batch_size}; these batches are twice it)"
     extracted: dict[str, Extracted] = {
         split: extract(
@@ -206,7 +209,7 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
         None,
         0,
         0,
-        best["fingerprint"],
+        best.fingerprint,
         0,
         "none: fuse.method is none, every image graded alone",
         0,
@@ -247,7 +250,7 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
             thresholds_for(model, val, head),
             pairs["train"].this.shape[1],
             fuse.hidden,
-            best["fingerprint"],
+            best.fingerprint,
             epoch,
             rule,
             len(pairs["train"]),
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
     )
     args = parser.parse_args(argv)
-    metrics = fuse_arm(restrict(load_params(args.params), PARAMS, __name__), args.init)
+    metrics = fuse_arm(load_params(args.params), args.init)
     if not metrics:
         warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
     else:

@@ -46,9 +46,8 @@ from retinopathy.data.patients import (
     leakage_warning,
     split_by_patient,
 )
-from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("data.root", "data.image_size", "data.val_fraction", "data.seed", "data.max_pixels", "data.split")
 
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Threads that check the images open (default: the CPU count, at most 4).",
     )
     args = parser.parse_args(argv)
-    params = restrict(load_params(args.params), PARAMS, __name__)
+    params = load_params(args.params)
     summary = prepare(params, args.out, workers=args.workers)
     for name, split in summary.splits.items():
         print(f"{name}: {split.count} images, per grade {split.class_counts}")

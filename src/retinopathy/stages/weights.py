@@ -21,9 +21,8 @@ from retinopathy.core.files import check_output_file, json_with, write_json_atom
 from retinopathy.engine.preflight import preflight
 from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
 from retinopathy.models.manifest import describe_pretrained, describe_scratch
-from retinopathy.pipeline.paramkeys import restrict
 
-# The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
+# The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
 PARAMS = ("model", "train.weights", "train.seed", "train.zero_init_residual", "train.device")
 
@@ -56,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
-    params = restrict(load_params(args.params), PARAMS, __name__)
+    params = load_params(args.params)
     layout = Layout(manifests=args.out)
-    preflight(params, layout)  # this stage always runs, before train and evaluate
+    preflight(params.train.device, params.data.cache_dir, layout)  # always runs, before train and evaluate
     for arm in ARMS:  # a file of that name that is not a manifest is not replaced
         check_output_file(layout.manifest(arm), "weights", json_with("arm", "available"))
     manifests = {
