@@ -35,7 +35,7 @@ from retinopathy.core.contract import (
     TTAS,
 )
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.models.registry import DEFAULT, MODELS, REGISTRY, for_model, unknown_keys
+from retinopathy.core.registry import DEFAULT, MODELS, REGISTRY, for_model, unknown_keys
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -618,7 +618,7 @@ def _for_the_model(params: Params) -> None:
             source,
             key,
             f"is true for {model}, which has no residual blocks that start as the "
-            f"identity (only {allowed} have; see models/registry.py); set it false for {model}, "
+            f"identity (only {allowed} have; see core/registry.py); set it false for {model}, "
             f"e.g. `zero_init_residual: {{{DEFAULT}: false, resnet50: true}}`",
         )
 

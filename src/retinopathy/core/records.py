@@ -69,7 +69,7 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import json_text, write_json_atomic, write_text_atomic
-from retinopathy.models.registry import MODELS
+from retinopathy.core.registry import MODELS
 
 STATUS_VERSION = 1  # models/<arm>/status.json
 INFO_VERSION = 1  # metrics/<arm>.info.json

@@ -14,6 +14,7 @@ from typing import Any
 from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import sha256_of
 from retinopathy.core.records import parse_json
+from retinopathy.core.registry import architecture
 from retinopathy.models.build import (
     DOWNLOAD_TIMEOUT,
     IMAGENET,
@@ -22,7 +23,6 @@ from retinopathy.models.build import (
     fetch_imagenet,
     imagenet_cache_file,
 )
-from retinopathy.models.registry import architecture
 
 
 def describe_scratch(model: str, seed: int, zero_init_residual: bool) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from retinopathy.core.records import (
     read_status,
     read_working_tree,
 )
+from retinopathy.core.registry import title
 from retinopathy.evaluation.screening_files import FUSE_FIX, check_record
-from retinopathy.models.registry import title
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
 REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
