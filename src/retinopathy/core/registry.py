@@ -198,8 +198,13 @@ def for_model(value: T | Mapping[str, T], model: str, key: str) -> T:
         return value[model]
     if DEFAULT in value:
         return value[DEFAULT]
-    raise RetinopathyError(
-        f"`{key}` has no value for {model} (it names {', '.join(map(str, value))}); "
+    raise RetinopathyError(f"`{key}` {no_value(value, model)}")
+
+
+def no_value(mapping: Mapping[str, Any], model: str) -> str:
+    """What is wrong with a per-model mapping that names neither ``model`` nor a default, and the fix."""
+    return (
+        f"has no value for {model} (it names {', '.join(map(str, mapping))}); "
         f"add `{DEFAULT}: <value>` (for every model it does not name) or "
         f"`{model}: <value>`"
     )
