@@ -73,7 +73,14 @@ from retinopathy.engine.runtime import Runtime, compile_wanted, compiled, start,
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
-from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
+from retinopathy.models.manifest import (
+    RandomInit,
+    Unavailable,
+    WeightsFile,
+    read_manifest,
+    verify_weights,
+    weights_argument,
+)
 from retinopathy.pipeline.paramkeys import restrict
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys: reading any other is an error);
@@ -125,7 +132,7 @@ class Run:
     files: ArmFiles
     params: Params
     runtime: Runtime
-    manifest: dict[str, Any]
+    manifest: RandomInit | WeightsFile
     epochs: int
     with_val: bool
     resident: bool  # the splits decoded once into the device's memory (data.on_device)
@@ -183,7 +190,9 @@ def skip(files: ArmFiles, params: Params, skipped: records.Skipped) -> None:
     warn(f"{files.arm} arm skipped: {skipped.reason}\n  fix: {skipped.fix}")
 
 
-def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, Any], runtime: Runtime) -> Run:
+def build(
+    params: Params, files: ArmFiles, layout: Layout, manifest: RandomInit | WeightsFile, runtime: Runtime
+) -> Run:
     """The run: its settings, how its pixels are decoded, and its fingerprint and resume store."""
     train = params.train
     if train.batch_size % runtime.process.world_size:
@@ -197,7 +206,7 @@ def build(params: Params, files: ArmFiles, layout: Layout, manifest: dict[str, A
     inputs = checkpoint.fingerprint_inputs(
         params.to_dict(),
         files.arm,
-        manifest.get("sha256"),
+        manifest.sha256 if isinstance(manifest, WeightsFile) else None,
         sha256_of(layout.index),
         runtime.process.world_size,
         decoder,
@@ -522,7 +531,7 @@ def finish(run: Run) -> records.TrainingStatus:
         select_by=run.params.train.select_by,
         decoder=run.decoder,
         resident=run.resident,  # evaluate decodes the test split the same way
-        weights=run.manifest["description"],
+        weights=run.manifest.description,
         fingerprint=run.fingerprint,
         history=run.history,  # evaluate reads it here, not from the much larger last.pt
     )
@@ -674,15 +683,15 @@ def train_arm(
     runtime = start(params)
     try:
         manifest = read_manifest(layout.manifest(arm))
-        if manifest["model"] != params.model:
+        if manifest.model != params.model:
             raise RetinopathyError(
-                f"{layout.manifest(arm)}: written for {manifest['model']}, but params.yaml has "
+                f"{layout.manifest(arm)}: written for {manifest.model}, but params.yaml has "
                 f"model {params.model}; run `dvc repro` (or `retinopathy weights`)"
             )
         with guard(files, runtime):
-            if not manifest["available"]:
+            if isinstance(manifest, Unavailable):
                 skipped = records.Skipped(
-                    model=params.model, init=arm, reason=manifest["reason"], fix=manifest["fix"]
+                    model=params.model, init=arm, reason=manifest.reason, fix=manifest.fix
                 )
                 if runtime.process.is_main:
                     skip(files, params, skipped)
