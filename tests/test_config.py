@@ -9,7 +9,7 @@ import yaml
 
 from retinopathy.core.config import DataParams, DemoParams, Params, TrainParams, load_params, parse_params
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.models.registry import MODELS
+from retinopathy.core.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -112,8 +112,8 @@ def test_a_large_demo_split_pairs_like_the_course(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=0, train_size=400, test_size=10, image_size=32, variation=False)
     pairs = eye_pairs(read_course_splits(out).train)
-    assert pairs["pairs"] == 200 and abs(pairs["same_grade"] - 0.871) < 0.02
-    assert pairs["differences"][1] > pairs["differences"][2] > 0
+    assert pairs.pairs == 200 and pairs.same_grade is not None and abs(pairs.same_grade - 0.871) < 0.02
+    assert pairs.differences[1] > pairs.differences[2] > 0
 
 
 @pytest.mark.parametrize("patients", [0, 1, 4, 5, 6, 7, 50, 300, 100])

@@ -295,7 +295,7 @@ def test_a_download_behind_a_silent_proxy_times_out_and_leaves_no_file(tmp_path,
     described = manifests.describe_pretrained("resnet18", "imagenet", download=True, timeout=1)
     server.close()
     # The cause is this machine's: it is told on stderr, not written into the manifest.
-    assert described["available"] is False and "no answer within 1 s" in capsys.readouterr().err
+    assert described.available is False and "no answer within 1 s" in capsys.readouterr().err
     checkpoints = tmp_path / "torch/hub/checkpoints"
     assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
 

@@ -7,6 +7,7 @@ name at its last underscore.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from conftest import write_params
 from retinopathy.core.config import load_params
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import EyePairs, PatientCounts
 from retinopathy.data.labels import SPLIT_FILES, Record, read_course_splits
 from retinopathy.data.patients import (
     eye_pairs,
@@ -54,17 +56,17 @@ def test_the_course_lists_put_both_eyes_of_5618_patients_on_both_sides(lab):
     straddling = set(train) & set(test)
     counts = leakage({"train": lab.train, "val": [], "test": lab.test}, "lists")
     assert (
-        counts["count"]
+        counts.count
         == {"train": len(train), "val": 0, "test": len(test)}
         == {"train": 16859, "val": 0, "test": 6322}
     )
-    assert counts["test_and_train"] == len(straddling) == 5618
-    assert counts["test_images"] == sum(len(test[p]) for p in straddling) == 5618
-    assert counts["test_share"] == pytest.approx(5618 / 7026)
-    assert counts["val_and_train"] == 0
+    assert counts.test_and_train == len(straddling) == 5618
+    assert counts.test_images == sum(len(test[p]) for p in straddling) == 5618
+    assert counts.test_share == pytest.approx(5618 / 7026)
+    assert counts.val_and_train == 0
     # 11241 patients have both eyes in train; 87.1% of them have one grade in both.
-    assert counts["train_pairs"]["pairs"] == sum(len(e) == 2 for e in train.values()) == 11241
-    assert counts["train_pairs"]["differences"] == [9795, 970, 456, 8, 12]
+    assert counts.train_pairs.pairs == sum(len(e) == 2 for e in train.values()) == 11241
+    assert counts.train_pairs.differences == [9795, 970, 456, 8, 12]
     warning = leakage_warning(counts)
     assert "5618 patients have one eye in test and the other in train/val" in warning
     assert "5618 test images (80.0% of the test split)" in warning
@@ -76,10 +78,10 @@ def test_the_validation_split_of_the_lists_is_counted_against_train(lab):
     train, val = records[:60], records[60:]  # patient 30 (the 61st image) has an eye on each side
     test = [Record("99_left", 0)]
     counts = leakage({"train": train, "val": val, "test": test}, "lists")
-    assert (counts["val_and_train"], counts["val_images"], counts["test_and_train"]) == (0, 0, 0)
+    assert (counts.val_and_train, counts.val_images, counts.test_and_train) == (0, 0, 0)
     val = [records[59], *val]  # 29_right joins val; 29_left stays in train
     counts = leakage({"train": records[:59], "val": val, "test": test}, "lists")
-    assert (counts["val_and_train"], counts["val_images"]) == (1, 1)
+    assert (counts.val_and_train, counts.val_images) == (1, 1)
     assert "1 patients have one eye in val and the other in train" in leakage_warning(counts)
 
 
@@ -87,7 +89,7 @@ def test_the_patient_split_of_the_course_lists_leaves_no_patient_on_both_sides(l
     train, test = split_by_patient(lab.train, lab.test, seed=0)
     assert sorted(r.image for r in train + test) == sorted(r.image for r in lab.train + lab.test)
     counts = leakage({"train": train, "val": [], "test": test}, "patients")
-    assert counts["test_and_train"] == counts["test_images"] == 0 and leakage_warning(counts) is None
+    assert counts.test_and_train == counts.test_images == 0 and leakage_warning(counts) is None
     # The same test share (7026 of 35126 images), to within a few images.
     assert abs(len(test) - 7026) <= 10
     # Stratified by the patient's grade (the worse eye): each grade's share of patients is kept.
@@ -102,7 +104,7 @@ def test_the_patient_split_of_the_course_lists_leaves_no_patient_on_both_sides(l
     # A validation split by patient leaves none on both sides either, and takes the share asked.
     kept, val = hold_out_patients(train, 0.1, seed=0)
     both = leakage({"train": kept, "val": val, "test": test}, "patients")
-    assert both["val_and_train"] == both["test_and_train"] == 0
+    assert both.val_and_train == both.test_and_train == 0
     assert abs(len(val) - 0.1 * len(train)) <= 10
     assert hold_out_patients(list(reversed(train)), 0.1, seed=0)[1] == list(reversed(val))
 
@@ -118,7 +120,7 @@ def test_a_patient_is_graded_by_the_worse_eye_and_eye_pairs_count_differences():
     ]
     assert patient_grades(records) == {"1": 3, "2": 2, "3": 4, "x": 1}
     pairs = eye_pairs(records)
-    assert pairs == {"pairs": 2, "same_grade": 0.5, "differences": [1, 0, 0, 1, 0]}
+    assert pairs == EyePairs(pairs=2, same_grade=0.5, differences=[1, 0, 0, 1, 0])
 
 
 # ------------------------------------------------------- prepare, end to end, on a tiny course layout
@@ -224,7 +226,7 @@ def test_split_by_patients_on_names_without_eyes_is_an_error_naming_the_key(tmp_
 # ------------------------------------------------------------------------------------------ report
 
 
-def _report_with(tmp_path: Path, counts: dict | None) -> str:
+def _report_with(tmp_path: Path, counts: PatientCounts | None) -> str:
     metrics = write_metrics(tmp_path)
     for arm in ("scratch", "pretrained"):
         path = metrics / f"{arm}.info.json"
@@ -232,7 +234,7 @@ def _report_with(tmp_path: Path, counts: dict | None) -> str:
         if counts is None:
             info.pop("patients", None)  # an info.json written before patients were counted
         elif info["status"] == "trained":
-            info["patients"] = counts
+            info["patients"] = dataclasses.asdict(counts)
         path.write_text(json.dumps(info))
     write_report(metrics, tmp_path / "plots")
     return (tmp_path / "plots/report.md").read_text()

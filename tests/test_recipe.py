@@ -15,7 +15,7 @@ import torch
 from conftest import write_params
 from retinopathy.core.config import AugmentParams, load_params
 from retinopathy.core.contract import Layout
-from retinopathy.core.records import EvaluationInfo, TrainingStatus
+from retinopathy.core.records import EvaluationInfo, OperatingPoints, TrainingStatus
 from retinopathy.engine import checkpoint, loops, recipe
 from retinopathy.engine.augment import Augment, affine, colour
 from retinopathy.engine.distributed import BalancedSampler, Process
@@ -312,9 +312,10 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
         rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["image", "patient", "actual", "predicted", "value", "referable_score"]
     assert all(row["value"] == row["referable_score"] for row in rows)
-    assert evaluation.screening["calibration"]["ece"] is None  # no probability to calibrate
+    assert evaluation.screening.calibration.ece is None  # no probability to calibrate
     held_out = sum(line.startswith("val,") for line in Layout().index.read_text().splitlines())
-    assert evaluation.screening["operating_points"]["val_images"] == held_out > 0
+    assert isinstance(evaluation.screening.operating_points, OperatingPoints)
+    assert evaluation.screening.operating_points.val_images == held_out > 0
 
 
 def test_cosine_schedules_are_not_resumed_after_raising_the_epochs(tiny_project, capsys):

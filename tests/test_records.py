@@ -9,6 +9,7 @@ import pytest
 
 from retinopathy.core import records
 from retinopathy.core.records import (
+    Duplicates,
     EvaluationInfo,
     MajorityBaseline,
     PreparedSummary,
@@ -82,7 +83,9 @@ SUMMARY = PreparedSummary(
     },
     majority_baseline=MajorityBaseline(0, 0.75, "always predict the commonest grade"),
     notes=["a header row"],
-    identical_images={"groups": 0, "examples": []},
+    identical_images=Duplicates(
+        groups=0, images=0, across_splits=0, within_a_split=0, different_grades=0, examples=[]
+    ),
     patients=PATIENTS,
 )
 

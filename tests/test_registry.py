@@ -16,10 +16,10 @@ from torch import nn
 from conftest import REPO, make_tiny_project, tiny_params
 from retinopathy.core.config import load_params, parse_params
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.registry import DEFAULT, MODELS, OWN_MODELS, REGISTRY, architecture, for_model, title
 from retinopathy.models import build
 from retinopathy.models.gradcam import MIN_CELLS, grad_cam, target_layer
 from retinopathy.models.grader import Grader, GraderSpec
-from retinopathy.models.registry import DEFAULT, MODELS, OWN_MODELS, REGISTRY, architecture, for_model, title
 
 SIDE = 64  # small enough for every architecture on a CPU, large enough for its deepest maps to exist
 

@@ -11,7 +11,14 @@ from PIL import Image
 
 from retinopathy.core.contract import Layout
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.records import EvaluationInfo, Skipped, write_info
+from retinopathy.core.records import (
+    EvaluationInfo,
+    FusedScreeningRecord,
+    FusionFacts,
+    Skipped,
+    screening_data,
+    write_info,
+)
 from retinopathy.data.labels import Record
 from retinopathy.data.patients import leakage
 from retinopathy.evaluation import screening
@@ -138,22 +145,23 @@ def write_metrics(root: Path, skip: tuple[str, ...] = (), val: bool = False) -> 
     return metrics
 
 
-def write_fused(metrics: Path, arm: str, method: str = "blend") -> dict:
+def write_fused(metrics: Path, arm: str, method: str = "blend") -> FusedScreeningRecord:
     """Write the `fuse` stage's headline and screening files of ``arm``; return the screening record."""
     layout = Layout(metrics=metrics)
     test = screening_split(200, 7)
-    record = screening.record(
+    single = screening.record(
         test, None, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 50, 0, probabilities=True
     )
-    record["fusion"] = {
-        "method": method,
-        "selection": "epoch 7 of 60, the lowest validation loss",
-        "epoch": 7,
-        "images": 200,
-        "fused": 196,
-        "single_no_partner": 4,
-        "val_images": 0,
-    }
+    facts = FusionFacts(
+        method=method,
+        selection="epoch 7 of 60, the lowest validation loss",
+        epoch=7,
+        images=200,
+        fused=196,
+        single_no_partner=4,
+        val_images=0,
+    )
+    record = FusedScreeningRecord.of(single, facts)
     write_screening(layout.fused(arm), record, test, probabilities=True)
     layout.fused_metrics(arm).write_text(json.dumps({"acc": 0.777, "bacc": 0.5, "kappa": 0.654}))
     return record
@@ -211,7 +219,7 @@ def test_the_fused_grades_beside_the_single_eye_ones(tmp_path: Path) -> None:
     assert "- pretrained: skipped" in section
     row = next(line for line in section.splitlines() if line.startswith("| referable DR AUC"))
     for level in ("image", "patient"):
-        for figures in (alone[level], record[level]):
+        for figures in (alone[level], screening_data(record)[level]):
             entry = figures["auc_referable"]
             assert f"{entry['value']:.3f} [{entry['low']:.3f}-{entry['high']:.3f}]" in row
     header = (

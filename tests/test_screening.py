@@ -17,6 +17,7 @@ from sklearn.metrics import (
 from conftest import write_params
 from retinopathy.core.config import load_params
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import screening_data
 from retinopathy.data.labels import patient_of
 from retinopathy.evaluation import screening
 
@@ -152,7 +153,7 @@ def test_intervals_contain_the_estimate_and_narrow_as_the_test_set_grows():
     widths = []
     for patients in (40, 640):
         images = synthetic(patients, 5)
-        result = screening.record(images, None, {}, resamples=200, seed=0, probabilities=True)
+        result = screening_data(screening.record(images, None, {}, resamples=200, seed=0, probabilities=True))
         for level in ("image", "patient"):
             for key in screening.FIGURES:
                 entry = result[level][key]
@@ -188,7 +189,9 @@ def test_one_class_only_gives_undefined_figures_and_notes_never_a_number():
     val = screening.Scored(
         images.patients, np.zeros_like(images.actual), images.predicted, images.referable, images.threatening
     )
-    result = screening.record(healthy, val, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 20, 0, True)
+    result = screening_data(
+        screening.record(healthy, val, {"high_sensitivity": 0.9, "high_specificity": 0.9}, 20, 0, True)
+    )
     for level in ("image", "patient"):
         assert result[level]["auc_referable"] == {"value": None, "low": None, "high": None, "undefined": 20}
         assert result[level]["sensitivity"]["value"] is None
@@ -203,7 +206,7 @@ def test_rare_class_in_resamples_is_counted_not_faked():
     actual = np.zeros_like(images.actual)
     actual[0] = 4  # one vision-threatening patient: absent from about a third of the resamples
     rare = screening.Scored(images.patients, actual, images.predicted, images.referable, images.threatening)
-    result = screening.record(rare, None, {}, 100, 0, True)
+    result = screening_data(screening.record(rare, None, {}, 100, 0, True))
     undefined = result["patient"]["auc_vision_threatening"]["undefined"]
     assert 10 < undefined < 60
     assert any(f"undefined in {undefined} of 100 resamples" in note for note in result["notes"])

@@ -32,7 +32,7 @@ from retinopathy.core.contract import ARMS
 from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import check_output_folder, holds_only, staged_folder, starts_with
 from retinopathy.core.records import EvaluationInfo
-from retinopathy.models.registry import MODELS
+from retinopathy.core.registry import MODELS
 from retinopathy.reporting.escape import md_code, md_text
 from retinopathy.reporting.experiments import (
     WORKSPACE,

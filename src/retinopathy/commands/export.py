@@ -150,6 +150,21 @@ def _run_torchscript(path: Path, images: Tensor) -> Tensor:
 EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript)}
 
 
+@dataclass(frozen=True)
+class DecoderGap:
+    """How far the exported graph fed a plain full decode lands from `retinopathy predict`'s scores.
+
+    Attributes:
+        images: The test photographs measured on.
+        max: The largest difference of a score.
+        mean: The mean over the photographs of each one's largest difference.
+    """
+
+    images: int
+    max: float
+    mean: float
+
+
 @dataclass
 class Provenance:
     """What is known about the exported checkpoint, each part only where it is shown to belong to it.
@@ -250,7 +265,7 @@ def provenance(path: Path, state: BestCheckpoint, arm: str, layout: Layout) -> P
     )
 
 
-def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]) -> dict[str, Any] | None:
+def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]) -> DecoderGap | None:
     """How far the exported graph, fed a plain full decode, lands from `retinopathy predict`'s scores.
 
     For each photograph: the project's path (its decoder at the network's size,
@@ -291,7 +306,7 @@ def measure_decoders(model: PhotoGrader, run: Any, out: Path, photos: list[Path]
             "nothing was written. The network overflows: train the arm again, or pass "
             "another --checkpoint"
         )
-    return {"images": len(differences), "max": max(differences), "mean": sum(differences) / len(differences)}
+    return DecoderGap(len(differences), max(differences), sum(differences) / len(differences))
 
 
 def _test_photos(info: EvaluationInfo | None) -> list[Path]:
@@ -316,7 +331,7 @@ def model_card(
     known: Provenance,
     fmt: str,
     file: Path,
-    measured: dict[str, Any] | None,
+    measured: DecoderGap | None,
     checkpoint_path: Path,
 ) -> str:
     """The text of ``FILE.md``: only what is known about this checkpoint, and where it came from."""
@@ -384,9 +399,9 @@ def model_card(
     ]
     if measured:
         lines += [
-            f"- measured on {measured['images']} test images of `{data}` (Pillow's "
+            f"- measured on {measured.images} test images of `{data}` (Pillow's "
             f"full decode fed to this file, against `retinopathy predict`): scores differ by at most "
-            f"**{measured['max']:.4f}** (mean of the per-image maxima {measured['mean']:.4f}).",
+            f"**{measured.max:.4f}** (mean of the per-image maxima {measured.mean:.4f}).",
             "",
         ]
     else:

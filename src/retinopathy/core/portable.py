@@ -174,7 +174,7 @@ def pin(device_type: str) -> None:
         )
 
 
-def state() -> dict[str, Any]:
+def state() -> dict[str, str | int | bool]:
     """The numerics in effect, for ``metrics/<arm>.info.json`` and the checkpoint's fingerprint.
 
     ``portable`` is true only when every pin holds. The same on every AVX2
@@ -189,7 +189,7 @@ def state() -> dict[str, Any]:
         and capability == "AVX2"
         and all(os.environ.get(k) == v for k, v in ENVIRONMENT.items())
     )
-    numerics: dict[str, Any] = {"portable": pinned}
+    numerics: dict[str, str | int | bool] = {"portable": pinned}
     if pinned:
         numerics.update(
             {

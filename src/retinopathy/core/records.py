@@ -21,12 +21,16 @@ the file and the command that writes it again:
   the field's annotation (checked from the annotations, nested records included);
 - a value outside what the field allows, declared once beside it in its annotation
   (``Annotated[str, OneOf(ARMS)]``, ``Annotated[float, Between(0, 1)]``, a mapping's
-  ``Keys``, plain data checked ``Like`` a record), and always: a float that is not
-  finite, a negative int (every int here is a count, an epoch, a grade or a seed),
-  JSON's non-standard ``NaN`` and ``Infinity``, and JSON nested too deeply to read.
+  ``Keys``), fields that do not fit together (the record's ``__post_init__``), and
+  always: a float that is not finite, a negative int (every int here is a count, an
+  epoch, a grade or a seed), JSON's non-standard ``NaN`` and ``Infinity``, and JSON
+  nested too deeply to read.
 
-The screening files' JSON (:class:`ScreeningRecord`, :class:`FusedScreeningRecord`)
-is checked by the same reader (:func:`check_screening`) but kept as plain data.
+The reader is :func:`retinopathy.core.schema.parse`, the one typed layer that params,
+the weights manifest and the `fuse` stage's blend go through too. The screening files'
+JSON is written from a :class:`ScreeningRecord` or :class:`FusedScreeningRecord`
+(:func:`screening_data`) and read back as one (:func:`check_screening`,
+:func:`check_fused_screening`); the report reads the plain data once it is checked.
 
 To add a field: add it to the dataclass with its type (and a line to its docstring),
 set it where the one writer's caller builds the record, and raise the record's
@@ -42,12 +46,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, TypeVar
 
 from retinopathy.core.contract import (
     ARMS,
@@ -69,7 +71,8 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import json_text, write_json_atomic, write_text_atomic
-from retinopathy.models.registry import MODELS
+from retinopathy.core.registry import MODELS
+from retinopathy.core.schema import Between, Invalid, Keys, OneOf, parse, refuse
 
 STATUS_VERSION = 1  # models/<arm>/status.json
 INFO_VERSION = 1  # metrics/<arm>.info.json
@@ -81,81 +84,10 @@ STATUS_KEY = "status"  # status.json and info.json: "trained" or "skipped"
 TRAINED, SKIPPED = "trained", "skipped"
 
 
-# ------------------------------------------------------------------ what a field allows
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """``Annotated[str, OneOf(contract.ARMS)]``: the field holds one of ``values``."""
-
-    values: tuple[Any, ...]
-
-    def check(self, value: Any, where: str) -> None:
-        if value not in self.values:
-            raise ValueError(f"{where!r} is {_shown(value)}, not one of {', '.join(map(str, self.values))}")
-
-
-@dataclass(frozen=True)
-class Between:
-    """``Annotated[float, Between(0, 1)]``: a number in [low, high] (None: no bound on that side)."""
-
-    low: float | None = None
-    high: float | None = None
-
-    def check(self, value: Any, where: str) -> None:
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            wanted = (
-                "a fraction in [0, 1]"
-                if (self.low, self.high) == (0, 1)
-                else f"at least {self.low}"
-                if self.high is None
-                else f"at most {self.high}"
-                if self.low is None
-                else f"in [{self.low}, {self.high}]"
-            )
-            raise ValueError(f"{where!r} is {_shown(value)}, not {wanted}")
-
-
-@dataclass(frozen=True)
-class Keys:
-    """``Annotated[dict[str, float], Keys(a, b)]``: a mapping whose keys are exactly ``a``'s or ``b``'s."""
-
-    sets: tuple[tuple[str, ...], ...]
-
-    def __init__(self, *sets: tuple[str, ...]) -> None:
-        object.__setattr__(self, "sets", sets)
-
-    def check(self, value: Any, where: str) -> None:
-        if any(set(value) == set(keys) for keys in self.sets):
-            return
-        allowed = {key for keys in self.sets for key in keys}
-        extra = [key for key in value if key not in allowed]
-        closest = min(self.sets, key=lambda keys: len(set(keys) ^ set(value)))
-        missing = [key for key in closest if key not in value]
-        problem = (
-            f"has the key(s) {', '.join(map(repr, extra))}, which it may not have"
-            if extra
-            else f"lacks {', '.join(map(repr, missing))}"
-        )
-        raise ValueError(f"{where!r} {problem}")
-
-
-@dataclass(frozen=True)
-class Like:
-    """``Annotated[dict[str, Any], Like(PatientCounts)]``: plain data (as its writers and readers use
-    it), checked as the record ``record`` would be."""
-
-    record: type
-
-    def check(self, value: Any, where: str) -> None:
-        _build(self.record, value, where)
-
+# ------------------------------------------------------------------ the records
 
 Fraction = Annotated[float, Between(0, 1)]
 Epoch = Annotated[int, Between(1)]
-
-
-# ------------------------------------------------------------------ the records
 
 
 @dataclass(frozen=True)
@@ -205,6 +137,11 @@ class TrainingStatus:
     fingerprint: str
     history: list[Annotated[dict[str, float], Keys(HISTORY_COLUMNS, HISTORY_COLUMNS + VAL_COLUMNS)]]
 
+    def __post_init__(self) -> None:
+        problem = _history_problem(self)
+        if problem:
+            raise refuse("history", problem, text=problem)
+
 
 @dataclass(frozen=True)
 class EvaluationInfo:
@@ -243,8 +180,8 @@ class EvaluationInfo:
     decoder: str
     trained_with_decoder: str
     fingerprint: str
-    numerics: dict[str, Any]
-    patients: Annotated[dict[str, Any], Like(PatientCounts)]
+    numerics: dict[str, str | int | bool]
+    patients: PatientCounts
 
 
 @dataclass(frozen=True)
@@ -258,7 +195,21 @@ class EyePairs:
 
 @dataclass(frozen=True)
 class PatientCounts:
-    """prepare's patient counts (``data.patients.leakage``), in summary.json and info.json as plain data."""
+    """prepare's patient counts (``data.patients.leakage``), in summary.json and info.json.
+
+    Attributes:
+        split: ``data.split`` (``lists`` or ``patients``).
+        named_by_patient: Whether any name is ``<patient>_left|right`` (if not, every image is its own
+            patient and nothing can be counted).
+        count: The patients of each split.
+        test_and_train: Patients with an eye in test and another in train or val.
+        test_images: The test images of those patients.
+        test_share: Their share of the test split.
+        val_and_train: Patients with an eye in val and another in train.
+        val_images: The validation images of those patients.
+        val_share: Their share of the validation split.
+        train_pairs: The training patients with both eyes listed.
+    """
 
     split: Annotated[str, OneOf(DATA_SPLITS)]
     named_by_patient: bool
@@ -290,6 +241,27 @@ class MajorityBaseline:
 
 
 @dataclass(frozen=True)
+class Duplicates:
+    """The same photograph listed under several names (``data.checks.duplicates_summary``).
+
+    Attributes:
+        groups: Sets of identical images.
+        images: Images in them.
+        across_splits: Groups with images in more than one split.
+        within_a_split: Groups within one split.
+        different_grades: Groups whose images have different grades.
+        examples: The first few groups, as ``<split>:<image> (grade <g>)``, those across splits first.
+    """
+
+    groups: int
+    images: int
+    across_splits: int
+    within_a_split: int
+    different_grades: int
+    examples: list[list[str]]
+
+
+@dataclass(frozen=True)
 class PreparedSummary:
     """prepare's summary of the checked data: ``data/prepared/summary.json``.
 
@@ -310,8 +282,8 @@ class PreparedSummary:
     splits: Annotated[dict[str, SplitCounts], Keys(SPLITS)]
     majority_baseline: MajorityBaseline
     notes: list[str]
-    identical_images: dict[str, Any]
-    patients: Annotated[dict[str, Any], Like(PatientCounts)]
+    identical_images: Duplicates
+    patients: PatientCounts
 
 
 @dataclass(frozen=True)
@@ -409,7 +381,7 @@ class ScreeningRecord:
     """
 
     bootstrap: Bootstrap
-    operating_points: OperatingPoints | Annotated[dict[str, Any], Keys(())]
+    operating_points: OperatingPoints | Annotated[dict[str, OperatingPoint], Keys(())]
     calibration: Calibration
     image: LevelFigures
     patient: LevelFigures
@@ -442,9 +414,35 @@ class FusedScreeningRecord(ScreeningRecord):
 
     fusion: FusionFacts
 
+    @classmethod
+    def of(cls, record: ScreeningRecord, fusion: FusionFacts) -> FusedScreeningRecord:
+        """``record`` (of the fused grades) with the `fuse` stage's facts."""
+        fields = {field.name: getattr(record, field.name) for field in dataclasses.fields(ScreeningRecord)}
+        return cls(**fields, fusion=fusion)
+
     def __post_init__(self) -> None:
         if self.image.n != self.fusion.images:
             raise ValueError(f"'image.n' ({self.image.n}) and 'fusion.images' ({self.fusion.images}) differ")
+
+
+def screening_data(record: ScreeningRecord) -> dict[str, Any]:
+    """A screening record as its JSON file holds it: the fields in order, nested records as objects,
+    and a field at its default (a figure at an operating point no validation split chose) left out."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                field.name: plain(getattr(value, field.name))
+                for field in dataclasses.fields(value)
+                if field.default is dataclasses.MISSING or getattr(value, field.name) != field.default
+            }
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    return plain(record)
 
 
 def _names(record: type) -> tuple[str, ...]:
@@ -493,7 +491,7 @@ class ImportSummary:
             ...), and what was decided about its quirks.
     """
 
-    format: str
+    format: Annotated[str, OneOf(EXTERNAL_FORMATS)]
     root: str
     size: int
     images: int
@@ -510,24 +508,30 @@ class ImportSummary:
     label_files: dict[str, str]
     notes: list[str]
 
+    def __post_init__(self) -> None:
+        # counts that do not add up: a grade or a reason this version does not know
+        if len(self.grades) != NUM_GRADES or sum(self.grades) != self.images:
+            raise refuse(
+                "grades",
+                f"{self.grades} are not {NUM_GRADES} counts adding up to 'images' ({self.images})",
+            )
+        if list(self.left_out) != list(LEFT_OUT_REASONS):
+            raise refuse("left_out", f"has the reasons {list(self.left_out)}, not {list(LEFT_OUT_REASONS)}")
+
 
 # ------------------------------------------------------------------ writing
-
-
-def _fields(record: Any) -> dict[str, Any]:
-    return dataclasses.asdict(record)
 
 
 def write_status(path: Path, record: TrainingStatus | Skipped) -> None:
     """Write ``status.json`` (atomically): version, ``trained`` or ``skipped``, the fields."""
     kind = TRAINED if isinstance(record, TrainingStatus) else SKIPPED
-    write_json_atomic(path, {VERSION_KEY: STATUS_VERSION, STATUS_KEY: kind, **_fields(record)})
+    write_json_atomic(path, {VERSION_KEY: STATUS_VERSION, STATUS_KEY: kind, **dataclasses.asdict(record)})
 
 
 def info_text(path: Path, record: EvaluationInfo | Skipped) -> str:
     """The text of ``<arm>.info.json`` at ``path``: version, ``trained`` or ``skipped``, the fields."""
     kind = TRAINED if isinstance(record, EvaluationInfo) else SKIPPED
-    return json_text(path, {VERSION_KEY: INFO_VERSION, STATUS_KEY: kind, **_fields(record)})
+    return json_text(path, {VERSION_KEY: INFO_VERSION, STATUS_KEY: kind, **dataclasses.asdict(record)})
 
 
 def write_info(path: Path, record: EvaluationInfo | Skipped) -> None:
@@ -537,12 +541,12 @@ def write_info(path: Path, record: EvaluationInfo | Skipped) -> None:
 
 def summary_text(record: PreparedSummary) -> str:
     """The text of ``summary.json`` (prepare writes it into its staging folder)."""
-    return json.dumps({VERSION_KEY: SUMMARY_VERSION, **_fields(record)}, indent=2) + "\n"
+    return json.dumps({VERSION_KEY: SUMMARY_VERSION, **dataclasses.asdict(record)}, indent=2) + "\n"
 
 
 def import_summary_text(record: ImportSummary) -> str:
     """The text of ``import.json`` (import-external writes it into its staging folder)."""
-    return json.dumps({VERSION_KEY: IMPORT_VERSION, **_fields(record)}, indent=2) + "\n"
+    return json.dumps({VERSION_KEY: IMPORT_VERSION, **dataclasses.asdict(record)}, indent=2) + "\n"
 
 
 # ------------------------------------------------------------------ reading
@@ -562,109 +566,6 @@ class RecordError(RetinopathyError):
 
 
 Record = TypeVar("Record")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def _shown(value: Any) -> str:
-    """``value`` as JSON, cut short, for a message."""
-    try:
-        return json.dumps(value)[:80]
-    except (ValueError, RecursionError):
-        return repr(value)[:80]
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as the annotation ``hint`` says (nested records built), or ValueError saying where."""
-    if typing.get_origin(hint) is Annotated:
-        base, *marks = typing.get_args(hint)
-        converted = _convert(value, base, where)
-        for mark in marks:
-            mark.check(converted, where)
-        return converted
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in args:
-            try:
-                return _convert(value, option, where)
-            except ValueError as error:
-                errors.append(error)
-        if value is not None:  # the first option's own words (`Figure | None`: what is wrong in it)
-            raise errors[0]
-    elif hint is Any:
-        return value
-    elif origin is list and isinstance(value, list):
-        return [_convert(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
-    elif origin is dict and isinstance(value, dict):
-        return {key: _convert(item, args[1], f"{where}.{key}") for key, item in value.items()}
-    elif hint is None or hint is type(None):
-        if value is None:
-            return value
-    elif hint is float:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{where!r} is {value}, not a finite number")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value  # as written: an integer stays one, so that writing it again changes no byte
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                raise ValueError(
-                    f"{where!r} is {value}, but it is a count (or an epoch, a grade, a seed): never negative"
-                )
-            return value
-    elif isinstance(hint, type) and isinstance(value, hint):
-        return value
-    raise ValueError(f"{where!r} is {_shown(value)}, not of type {_type_name(hint)}")
-
-
-def _build(cls: type[Record], raw: Any, where: str = "") -> Record:
-    """A ``cls`` from the JSON object ``raw``: exactly its fields (those with a default may be absent),
-    each of its annotated type and within what its annotation allows."""
-    prefix = f"{where}." if where else ""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where or 'the file'} is not a JSON object")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    names = [field.name for field in fields]
-    optional = {
-        field.name
-        for field in fields
-        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
-    }
-    missing = [name for name in names if name not in raw and name not in optional]
-    if missing:
-        raise ValueError(
-            f"the key {prefix}{missing[0]!r} is missing"
-            if len(missing) == 1
-            else f"the keys {', '.join(repr(prefix + name) for name in missing)} are missing"
-        )
-    extra = [key for key in raw if key not in names]
-    if extra:
-        raise ValueError(
-            f"it has the key(s) {', '.join(repr(prefix + str(key)) for key in extra)}, which "
-            f"a {cls.__name__} does not"
-        )
-    values = {name: _convert(raw[name], hints[name], prefix + name) for name in names if name in raw}
-    try:
-        return cls(**values)
-    except ValueError as error:  # a record's own check of its fields together (__post_init__)
-        raise ValueError(f"{where or 'the record'}: {error}") from None
-
-
-def build_record(cls: type[Record], raw: Any) -> Record:
-    """A ``cls`` from plain data, checked from its annotations as every record here is.
-
-    For a record kept in another format than JSON (the `fuse` stage's blend, a torch file).
-
-    Raises:
-        ValueError: saying which key is missing, unknown, of the wrong type or not allowed.
-    """
-    return _build(cls, raw)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -699,7 +600,7 @@ def read_json_object(path: Path, read: ReadText, missing_fix: str, fix: str) -> 
     return raw
 
 
-def _versioned(path: Path, raw: dict[str, Any], version: int, fix: str) -> dict[str, Any]:
+def _versioned(path: Path, raw: dict[str, object], version: int, fix: str) -> dict[str, object]:
     """``raw`` without its version, which must be ``version``."""
     found = raw.get(VERSION_KEY)
     if found != version:
@@ -713,15 +614,15 @@ def _versioned(path: Path, raw: dict[str, Any], version: int, fix: str) -> dict[
     return {key: value for key, value in raw.items() if key != VERSION_KEY}
 
 
-def _record(path: Path, cls: type[Record], raw: dict[str, Any], fix: str) -> Record:
+def _record(path: Path, cls: type[Record], raw: object, fix: str) -> Record:
     try:
-        return _build(cls, raw)
-    except ValueError as error:
+        return parse(cls, raw)
+    except Invalid as error:
         raise RecordError(f"{path}: {error} (damaged, or written by another version); {fix}") from None
 
 
 def _trained_or_skipped(
-    path: Path, raw: dict[str, Any], trained: type[Record], what: str, fix: str
+    path: Path, raw: dict[str, object], trained: type[Record], what: str, fix: str
 ) -> Record | Skipped:
     kind = raw.get(STATUS_KEY)
     if kind not in (TRAINED, SKIPPED):
@@ -748,12 +649,7 @@ def read_status(path: Path, arm: str, read: ReadText = read_working_tree) -> Tra
     raw = _versioned(
         path, read_json_object(path, read, f"run `dvc repro train@{arm}` first", fix), STATUS_VERSION, fix
     )
-    status = _trained_or_skipped(path, raw, TrainingStatus, "a training status record", fix)
-    if isinstance(status, TrainingStatus):
-        problem = _history_problem(status)
-        if problem:
-            raise RecordError(f"{path}: {problem} (damaged, or written by another version); {fix}")
-    return status
+    return _trained_or_skipped(path, raw, TrainingStatus, "a training status record", fix)
 
 
 def _history_problem(status: TrainingStatus) -> str | None:
@@ -809,19 +705,22 @@ def read_summary(path: Path, read: ReadText = read_working_tree) -> PreparedSumm
     return _record(path, PreparedSummary, raw, PREPARE_FIX)
 
 
-def check_screening(path: Path, raw: Any, fix: str, fused: bool = False) -> dict[str, Any]:
-    """``raw``, a trained arm's screening JSON as read, if it is a whole :class:`ScreeningRecord`.
-
-    ``fused``: a :class:`FusedScreeningRecord` (the `fuse` stage's, with its ``fusion`` facts).
-    The record is checked, not converted: the report reads the plain data.
+def check_screening(path: Path, raw: object, fix: str) -> ScreeningRecord:
+    """A trained arm's screening JSON as read (``raw``), as the whole :class:`ScreeningRecord` it must be.
 
     Raises:
         RecordError: naming ``path``, what is wrong and ``fix``.
     """
     if not isinstance(raw, dict):
         raise RecordError(f"{path}: damaged, not a JSON object; {fix}")
-    _record(path, FusedScreeningRecord if fused else ScreeningRecord, raw, fix)
-    return raw
+    return _record(path, ScreeningRecord, raw, fix)
+
+
+def check_fused_screening(path: Path, raw: object, fix: str) -> FusedScreeningRecord:
+    """As :func:`check_screening`, the `fuse` stage's :class:`FusedScreeningRecord` (with its ``fusion``)."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{path}: damaged, not a JSON object; {fix}")
+    return _record(path, FusedScreeningRecord, raw, fix)
 
 
 def read_import_summary(path: Path, read: ReadText = read_working_tree) -> ImportSummary:
@@ -837,19 +736,4 @@ def read_import_summary(path: Path, read: ReadText = read_working_tree) -> Impor
     )
     missing = f"{path.parent} was not written by `retinopathy import-external`; {fix}"
     raw = _versioned(path, read_json_object(path, read, missing, fix), IMPORT_VERSION, fix)
-    summary = _record(path, ImportSummary, raw, fix)
-    if summary.format not in EXTERNAL_FORMATS:
-        raise RecordError(
-            f"{path}: 'format' is {summary.format!r}, not one of {', '.join(EXTERNAL_FORMATS)}; {fix}"
-        )
-    if len(summary.grades) != NUM_GRADES or sum(summary.grades) != summary.images:
-        raise RecordError(
-            f"{path}: 'grades' {summary.grades} are not {NUM_GRADES} counts adding up to "
-            f"'images' ({summary.images}); {fix}"
-        )
-    if list(summary.left_out) != list(LEFT_OUT_REASONS):
-        raise RecordError(
-            f"{path}: 'left_out' has the reasons {list(summary.left_out)}, not "
-            f"{list(LEFT_OUT_REASONS)}; {fix}"
-        )
-    return summary
+    return _record(path, ImportSummary, raw, fix)

@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from retinopathy.core.errors import RetinopathyError, where
+from retinopathy.core.records import Duplicates
 from retinopathy.data.images import MIN_IMAGE_SIDE, ImageFacts, check_image
 from retinopathy.data.labels import MAX_LISTED, SPLIT_FILES, Record, image_path, parse_split
 
@@ -114,20 +114,20 @@ def identical_images(
     return [group for group in groups.values() if len(group) > 1]
 
 
-def duplicates_summary(groups: list[list[tuple[str, Record]]]) -> dict[str, Any]:
+def duplicates_summary(groups: list[list[tuple[str, Record]]]) -> Duplicates:
     """The counts of :func:`identical_images`' groups for ``summary.json``, with the first few named."""
     across = [group for group in groups if len({split for split, _ in group}) > 1]
-    return {
-        "groups": len(groups),
-        "images": sum(len(group) for group in groups),
-        "across_splits": len(across),
-        "within_a_split": len(groups) - len(across),
-        "different_grades": sum(len({record.label for _, record in group}) > 1 for group in groups),
-        "examples": [
+    return Duplicates(
+        groups=len(groups),
+        images=sum(len(group) for group in groups),
+        across_splits=len(across),
+        within_a_split=len(groups) - len(across),
+        different_grades=sum(len({record.label for _, record in group}) > 1 for group in groups),
+        examples=[
             [f"{split}:{record.image} (grade {record.label})" for split, record in group]
             for group in (across + [g for g in groups if g not in across])[:MAX_LISTED]
         ],
-    }
+    )
 
 
 def check_one_size(root: str | Path, records: Sequence[Record], facts: dict[str, ImageFacts]) -> None:

@@ -12,13 +12,19 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from retinopathy.core.contract import INDEX_COLUMNS, NUM_GRADES, SPLITS
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.core.records import PREPARE_FIX, MajorityBaseline, PreparedSummary, SplitCounts
+from retinopathy.core.records import (
+    PREPARE_FIX,
+    Duplicates,
+    MajorityBaseline,
+    PatientCounts,
+    PreparedSummary,
+    SplitCounts,
+)
 from retinopathy.data.labels import Record, check_name, class_counts, grade_of
 
 
@@ -48,8 +54,8 @@ def build_summary(
     splits: dict[str, list[Record]],
     notes: list[str],
     synthetic: bool,
-    identical_images: dict[str, Any],
-    patients: dict[str, Any],
+    identical_images: Duplicates,
+    patients: PatientCounts,
 ) -> PreparedSummary:
     """Counts per class and split, and the accuracy of always predicting the commonest grade."""
     counts = {name: class_counts(records) for name, records in splits.items()}

@@ -14,12 +14,12 @@ straddles the split (``data.split: patients``), to measure what it was worth.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.records import EyePairs, PatientCounts
 from retinopathy.data.labels import Record, eye_of, patient_of
 
 # SeedSequence keys (data.seed, purpose): the test and validation re-splits draw from streams of their own.
@@ -99,7 +99,7 @@ def _patients(records: Sequence[Record]) -> set[str]:
     return {patient_of(record.image) for record in records}
 
 
-def leakage(splits: dict[str, list[Record]], split: str) -> dict[str, Any]:
+def leakage(splits: dict[str, list[Record]], split: str) -> PatientCounts:
     """Patients per split, and those with eyes on both sides: summary.json's ``patients``.
 
     Args:
@@ -107,62 +107,58 @@ def leakage(splits: dict[str, list[Record]], split: str) -> dict[str, Any]:
         split: ``data.split`` (``lists`` or ``patients``), recorded with the counts.
 
     Returns:
-        ``split``; ``named_by_patient`` (whether any name is ``<patient>_left|right``: if not,
-        every image is its own patient and nothing can be counted); ``count``, the patients of
-        each split; ``test_and_train``, the patients with an eye in test and another in train or
-        val, ``test_images``, the test images of those patients, and ``test_share``, their share
-        of the test split; ``val_and_train``, ``val_images`` and ``val_share``, the same for val
-        against train; ``train_pairs``, :func:`eye_pairs` of train.
+        The counts (:class:`~retinopathy.core.records.PatientCounts`); ``train_pairs`` is
+        :func:`eye_pairs` of train.
     """
     train, val, test = (_patients(splits[name]) for name in ("train", "val", "test"))
     across_test = test & (train | val)
     across_val = val & train
     test_images = sum(patient_of(r.image) in across_test for r in splits["test"])
     val_images = sum(patient_of(r.image) in across_val for r in splits["val"])
-    return {
-        "split": split,
-        "named_by_patient": any(eye_of(r.image) for records in splits.values() for r in records),
-        "count": {name: len(_patients(records)) for name, records in splits.items()},
-        "test_and_train": len(across_test),
-        "test_images": test_images,
-        "test_share": test_images / len(splits["test"]) if splits["test"] else 0.0,
-        "val_and_train": len(across_val),
-        "val_images": val_images,
-        "val_share": val_images / len(splits["val"]) if splits["val"] else 0.0,
-        "train_pairs": eye_pairs(splits["train"]),
-    }
+    return PatientCounts(
+        split=split,
+        named_by_patient=any(eye_of(r.image) for records in splits.values() for r in records),
+        count={name: len(_patients(records)) for name, records in splits.items()},
+        test_and_train=len(across_test),
+        test_images=test_images,
+        test_share=test_images / len(splits["test"]) if splits["test"] else 0.0,
+        val_and_train=len(across_val),
+        val_images=val_images,
+        val_share=val_images / len(splits["val"]) if splits["val"] else 0.0,
+        train_pairs=eye_pairs(splits["train"]),
+    )
 
 
-def leakage_warning(counts: dict[str, Any]) -> str | None:
+def leakage_warning(counts: PatientCounts) -> str | None:
     """Words for prepare's warning and the report: the patients on both sides, and what it does.
 
     None when no patient straddles a split. ``counts`` is :func:`leakage`'s result.
     """
     parts = []
-    if counts["test_and_train"]:
+    if counts.test_and_train:
         parts.append(
-            f"{counts['test_and_train']} patients have one eye in test and the other in train/val, so "
-            f"{counts['test_images']} test images ({counts['test_share']:.1%} of the test split) are graded "
+            f"{counts.test_and_train} patients have one eye in test and the other in train/val, so "
+            f"{counts.test_images} test images ({counts.test_share:.1%} of the test split) are graded "
             "after the network was trained on the other eye of the same patient; a patient's two eyes "
             "usually share a grade, so the test figures are flattered"
         )
-    if counts["val_and_train"]:
+    if counts.val_and_train:
         parts.append(
-            f"{counts['val_and_train']} patients have one eye in val and the other in train "
-            f"({counts['val_images']} validation images, {counts['val_share']:.1%}), which flatters the "
+            f"{counts.val_and_train} patients have one eye in val and the other in train "
+            f"({counts.val_images} validation images, {counts.val_share:.1%}), which flatters the "
             "validation figures and the epoch they pick"
         )
     if not parts:
         return None
     fix = (
         "set data.split: patients in params.yaml to split by patient (and measure what this was worth)"
-        if counts["split"] == "lists"
+        if counts.split == "lists"
         else ""
     )
     return "; ".join(parts) + (f" - {fix}" if fix else "")
 
 
-def eye_pairs(records: Sequence[Record]) -> dict[str, Any]:
+def eye_pairs(records: Sequence[Record]) -> EyePairs:
     """The patients of ``records`` with both eyes listed: how many, the share whose eyes share a
     grade, and how many differ by 0, 1, ... 4 grades."""
     eyes: dict[str, dict[str, int]] = {}
@@ -172,8 +168,8 @@ def eye_pairs(records: Sequence[Record]) -> dict[str, Any]:
             eyes.setdefault(patient_of(record.image), {})[eye] = record.label
     differences = [abs(e["left"] - e["right"]) for e in eyes.values() if len(e) == 2]
     counts = np.bincount(np.array(differences, dtype=int), minlength=NUM_GRADES).tolist()
-    return {
-        "pairs": len(differences),
-        "same_grade": counts[0] / len(differences) if differences else None,
-        "differences": counts,
-    }
+    return EyePairs(
+        pairs=len(differences),
+        same_grade=counts[0] / len(differences) if differences else None,
+        differences=counts,
+    )

@@ -8,7 +8,7 @@ previous checkpoint or the new one, never half of one (the pattern of timm's
 CheckpointSaver). On disk each is a plain dict of tensors and plain values
 (:meth:`LastCheckpoint.to_dict`). Loading uses ``weights_only=True``: a checkpoint is
 data, not code; and :func:`load` checks what it got, the plain entries through the
-project's typed record reader (:func:`retinopathy.core.records.build_record`) and the
+project's typed record reader (:func:`retinopathy.core.schema.parse`) and the
 tensors here, so a truncated, foreign or mixed-up file is an error that names it and
 the fix, not a traceback.
 
@@ -37,7 +37,8 @@ from retinopathy.core import portable
 from retinopathy.core.contract import HISTORY_COLUMNS, SELECT_BY, VAL_COLUMNS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import atomic_file
-from retinopathy.core.records import Epoch, Keys, build_record
+from retinopathy.core.records import Epoch
+from retinopathy.core.schema import Keys, parse
 from retinopathy.core.torchload import load_tensors
 from retinopathy.models.grader import Grader, GraderSpec, load_grader
 from retinopathy.pipeline import codedeps
@@ -367,7 +368,7 @@ def check(
     if kind == "best":  # the figure that selected the epoch: the one entry besides the best's own
         facts["selected"] = {key: value for key, value in state.items() if key not in BEST_KEYS}
     try:
-        checked = build_record(LastFacts, facts) if kind == "last" else build_record(BestFacts, facts)
+        checked = parse(LastFacts, facts) if kind == "last" else parse(BestFacts, facts)
     except ValueError as error:
         raise damaged(f"{error}: not a {kind}.pt of `retinopathy train`") from None
     # A NaN weight grades every photograph alike (grade 0 with probability "nan"): never use one.

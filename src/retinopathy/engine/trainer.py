@@ -51,7 +51,14 @@ from retinopathy.engine.store import CheckpointStore, write_history
 from retinopathy.models.build import build_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
-from retinopathy.models.manifest import read_manifest, verify_weights, weights_argument
+from retinopathy.models.manifest import (
+    RandomInit,
+    Unavailable,
+    WeightsFile,
+    read_manifest,
+    verify_weights,
+    weights_argument,
+)
 
 Batches = DataLoader | ResidentBatches  # a DataLoader, or batches from the device's memory
 
@@ -111,15 +118,15 @@ def train(
     runtime = start(settings.switches)
     try:
         manifest = read_manifest(layout.manifest(arm))
-        if manifest["model"] != settings.model:
+        if manifest.model != settings.model:
             raise RetinopathyError(
-                f"{layout.manifest(arm)}: written for {manifest['model']}, but params.yaml has "
+                f"{layout.manifest(arm)}: written for {manifest.model}, but params.yaml has "
                 f"model {settings.model}; run `dvc repro` (or `retinopathy weights`)"
             )
         with guard(files, runtime):
-            if not manifest["available"]:
+            if isinstance(manifest, Unavailable):
                 skipped = records.Skipped(
-                    model=settings.model, init=arm, reason=manifest["reason"], fix=manifest["fix"]
+                    model=settings.model, init=arm, reason=manifest.reason, fix=manifest.fix
                 )
                 if runtime.process.is_main:  # record it; keep any earlier checkpoints
                     records.write_status(files.status, skipped)
@@ -198,7 +205,7 @@ class Trainer:
         settings: TrainSettings,
         files: ArmFiles,
         layout: Layout,
-        manifest: dict[str, Any],
+        manifest: RandomInit | WeightsFile,
         runtime: Runtime,
     ) -> None:
         world = runtime.process.world_size
@@ -216,7 +223,7 @@ class Trainer:
         self.inputs = checkpoint.fingerprint_inputs(
             settings.config,
             files.arm,
-            manifest.get("sha256"),
+            manifest.sha256 if isinstance(manifest, WeightsFile) else None,
             sha256_of(layout.index),
             world,
             self.decoder,
@@ -504,7 +511,7 @@ class Trainer:
             select_by=settings.select_by,
             decoder=self.decoder,
             resident=self.resident,  # evaluate decodes the test split the same way
-            weights=self.manifest["description"],
+            weights=self.manifest.description,
             fingerprint=self.fingerprint,
             history=self.history,  # evaluate reads it here, not from the much larger last.pt
         )

@@ -28,13 +28,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
 from retinopathy.core.contract import NUM_GRADES, OPERATING_POINTS, REFERABLE_GRADE, VISION_THREATENING_GRADE
+from retinopathy.core.records import (
+    Bootstrap,
+    Calibration,
+    Figure,
+    LevelFigures,
+    OperatingPoint,
+    OperatingPoints,
+    ScreeningRecord,
+)
 from retinopathy.evaluation.scoring import kappa_of_confusion
 
 CALIBRATION_BINS = 10  # equal-width bins of P(grade >= 2) in [0, 1] for the ECE and the reliability diagram
@@ -310,8 +318,8 @@ def record(
     resamples: int,
     seed: int,
     probabilities: bool,
-) -> dict[str, Any]:
-    """Every screening figure of a test split, as plain data (the screening JSON file).
+) -> ScreeningRecord:
+    """Every screening figure of a test split (the screening JSON file's record).
 
     Args:
         test: The test split's images.
@@ -324,15 +332,16 @@ def record(
             is its calibration measured.
 
     Returns:
-        ``{"bootstrap": ..., "operating_points": ..., "calibration": ..., "image": {...},
-        "patient": {...}, "notes": [...]}``; each figure of a level is ``{"value", "low",
-        "high", "undefined"}`` (``undefined``: resamples where it had no value).
+        The bootstrap, the operating points, the calibration, the figures per image and per
+        patient (each :class:`~retinopathy.core.records.Figure` a value and its interval, with
+        ``undefined``: the resamples where it had no value) and notes.
     """
     notes: list[str] = []
     thresholds: dict[str, float | None] = {}
-    points: dict[str, Any] = {}
+    points: OperatingPoints | dict[str, OperatingPoint] = {}
     if val is not None and len(val):
         val_truth = val.actual >= REFERABLE_GRADE
+        chosen: dict[str, OperatingPoint] = {}
         for point in OPERATING_POINTS:
             threshold = operating_threshold(val_truth, val.referable, point, targets[point])
             thresholds[point] = threshold
@@ -341,18 +350,13 @@ def record(
                 if threshold is not None
                 else (None, None)
             )
-            points[point] = {
-                "target": targets[point],
-                "threshold": threshold,
-                "val_sensitivity": sensitivity,
-                "val_specificity": specificity,
-            }
+            chosen[point] = OperatingPoint(targets[point], threshold, sensitivity, specificity)
             if threshold is None:
                 notes.append(
                     f"{point}: the validation split has only one class of referable DR, so no "
                     "threshold can be chosen on it"
                 )
-        points["val_images"] = len(val)
+        points = OperatingPoints(**chosen, val_images=len(val))
     else:
         notes.append(
             "no validation split (data.val_fraction = 0): no operating points; set "
@@ -360,38 +364,17 @@ def record(
         )
     levels = {"image": test, "patient": per_patient(test)}
     intervals = bootstrap(test, thresholds, resamples, seed) if resamples and len(test) else None
-    out: dict[str, Any] = {
-        "bootstrap": {
-            "resamples": resamples,
-            "seed": seed,
-            "confidence": CONFIDENCE,
-            "unit": "patient",
-            "method": "percentile",
-        },
-        "operating_points": points,
-    }
     if probabilities:
         ece, _ = calibration(test.actual >= REFERABLE_GRADE, test.referable)
-        out["calibration"] = {"ece": ece, "bins": CALIBRATION_BINS, "level": "image"}
     else:
-        out["calibration"] = {"ece": None, "bins": CALIBRATION_BINS, "level": "image"}
+        ece = None
         notes.append("calibration: the regression value is no probability, so it has no calibration error")
+    at: dict[str, LevelFigures] = {}
     for level, rows in levels.items():
-        at_level = figures(rows, thresholds)
-        truth = rows.actual >= REFERABLE_GRADE
-        entry: dict[str, Any] = {
-            "n": len(rows),
-            "referable": int(truth.sum()),
-            "vision_threatening": int((rows.actual >= VISION_THREATENING_GRADE).sum()),
-        }
-        for key, value in at_level.items():
+        figures_of: dict[str, Figure] = {}
+        for key, value in figures(rows, thresholds).items():
             interval = intervals[level][key] if intervals else Interval(None, None, 0)
-            entry[key] = {
-                "value": value,
-                "low": interval.low,
-                "high": interval.high,
-                "undefined": interval.undefined,
-            }
+            figures_of[key] = Figure(value, interval.low, interval.high, interval.undefined)
             if value is None:
                 notes.append(f"{level} {key}: undefined, the test split has only one class")
             elif intervals and interval.undefined:
@@ -399,8 +382,20 @@ def record(
                     f"{level} {key}: undefined in {interval.undefined} of {resamples} resamples "
                     "(one class only), left out of its interval"
                 )
-        out[level] = entry
+        truth = rows.actual >= REFERABLE_GRADE
+        at[level] = LevelFigures(
+            n=len(rows),
+            referable=int(truth.sum()),
+            vision_threatening=int((rows.actual >= VISION_THREATENING_GRADE).sum()),
+            **figures_of,
+        )
     if not resamples:
         notes.append("evaluate.bootstrap = 0: no intervals")
-    out["notes"] = notes
-    return out
+    return ScreeningRecord(
+        bootstrap=Bootstrap(resamples, seed, CONFIDENCE, "patient", "percentile"),
+        operating_points=points,
+        calibration=Calibration(ece, CALIBRATION_BINS, "image"),
+        image=at["image"],
+        patient=at["patient"],
+        notes=notes,
+    )

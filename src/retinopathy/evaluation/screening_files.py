@@ -30,7 +30,14 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import csv_text, json_text, write_together
-from retinopathy.core.records import LevelFigures, check_screening, read_json_object, read_working_tree
+from retinopathy.core.records import (
+    LevelFigures,
+    ScreeningRecord,
+    check_screening,
+    read_json_object,
+    read_working_tree,
+    screening_data,
+)
 from retinopathy.evaluation.screening import FIGURES, Scored, calibration, per_patient, roc_points
 
 # The screening file's reader (core/records.py) names the figures as fields: the same list as the writer's.
@@ -57,7 +64,7 @@ def _rounded(value: Any) -> Any:
 
 
 def screening_contents(
-    files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None, probabilities: bool
+    files: ScreeningFiles, record: ScreeningRecord | None, test: Scored | None, probabilities: bool
 ) -> dict[Path, str]:
     """The texts of the arm's screening JSON, ROC curves and reliability bins (a skipped arm: ``{}``,
     headers), by file: for the stage to write with its other outputs (``files.write_together``)."""
@@ -81,12 +88,12 @@ def screening_contents(
             if b.count
         ]
     contents[files.reliability] = csv_text(list(RELIABILITY_COLUMNS), bins)
-    contents[files.screening] = json_text(files.screening, _rounded(record or {}))
+    contents[files.screening] = json_text(files.screening, _rounded(screening_data(record) if record else {}))
     return contents
 
 
 def write_screening(
-    files: ScreeningFiles, record: dict[str, Any] | None, test: Scored | None, probabilities: bool
+    files: ScreeningFiles, record: ScreeningRecord | None, test: Scored | None, probabilities: bool
 ) -> None:
     """Write :func:`screening_contents`, all of them or none."""
     write_together(screening_contents(files, record, test, probabilities))
@@ -94,7 +101,11 @@ def write_screening(
 
 @dataclass(frozen=True)
 class Screening:
-    """One trained arm's screening files, read back and checked."""
+    """One trained arm's screening files, read back and checked.
+
+    ``record`` is the JSON as read, once :func:`~retinopathy.core.records.check_screening` has found
+    it a whole :class:`~retinopathy.core.records.ScreeningRecord`: the report reads it as plain data.
+    """
 
     record: dict[str, Any]
     roc: dict[str, pd.DataFrame]  # level -> fpr, tpr, threshold
@@ -121,19 +132,6 @@ def _csv(path: Path, columns: tuple[str, ...], fix: str) -> pd.DataFrame:
     return frame
 
 
-def check_record(path: Path, record: Any, fix: str = EVALUATE_FIX, fused: bool = False) -> dict[str, Any]:
-    """``record`` if it is a whole screening record (``fused``: with the `fuse` stage's ``fusion`` facts).
-
-    Every figure per level is a finite number or null, with its interval; the counts are
-    counts; the bootstrap, calibration and operating points are as :func:`record` writes
-    them (``core.records.ScreeningRecord``).
-
-    Raises:
-        RetinopathyError: naming ``path``, what is wrong and ``fix``.
-    """
-    return check_screening(path, record, fix, fused)
-
-
 def load_screening(files: ScreeningFiles, fix: str = EVALUATE_FIX) -> Screening:
     """Read and check a trained arm's screening files (``fix``: the stage that writes them).
 
@@ -141,6 +139,6 @@ def load_screening(files: ScreeningFiles, fix: str = EVALUATE_FIX) -> Screening:
         RetinopathyError: a file is missing or malformed (the message names it).
     """
     raw = read_json_object(files.screening, read_working_tree, fix, fix)
-    record = check_record(files.screening, raw, fix)
+    check_screening(files.screening, raw, fix)  # the whole record, or a RecordError naming what is wrong
     roc = {level: _csv(files.roc(level), ROC_COLUMNS, fix) for level in LEVELS}
-    return Screening(record, roc, _csv(files.reliability, RELIABILITY_COLUMNS, fix))
+    return Screening(raw, roc, _csv(files.reliability, RELIABILITY_COLUMNS, fix))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from retinopathy.core.contract import FUSION_INPUTS, FUSION_METHODS, LOSSES, ROUNDING_THRESHOLDS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import atomic_file
-from retinopathy.core.records import OneOf, build_record
+from retinopathy.core.schema import Invalid, OneOf, parse
 from retinopathy.core.torchload import load_tensors
 from retinopathy.evaluation.scoring import tune_thresholds
 from retinopathy.models.head import Head, require_finite
@@ -187,8 +187,8 @@ class BlendRecord:
                 f"{path}: not a blend written by this version of `retinopathy fuse`; {fix}"
             )
         try:
-            record = build_record(cls, raw)
-        except ValueError as error:
+            record = parse(cls, raw)
+        except Invalid as error:
             raise RetinopathyError(f"{path}: damaged: {error}; {fix}") from None
         problem = record.broken()
         if problem:

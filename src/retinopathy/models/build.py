@@ -1,6 +1,6 @@
 """Building a network for training: from scratch, from ImageNet (torchvision), or from a file.
 
-Every architecture is a record of :mod:`retinopathy.models.registry`; this
+Every architecture is a record of :mod:`retinopathy.core.registry`; this
 module imports the module that builds each by the record's name and reaches a network's parts
 (its head) through the record's submodule paths. Pretrained weights are loaded
 strictly into the 1000-class network, then the final Linear (the record's
@@ -30,8 +30,8 @@ from torch import nn
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import sha256_of
+from retinopathy.core.registry import MODELS, REGISTRY, architecture
 from retinopathy.core.torchload import load_tensors
-from retinopathy.models.registry import MODELS, REGISTRY, architecture
 
 
 def builder_of(name: str) -> Callable[..., nn.Module]:
@@ -46,7 +46,7 @@ def builder_of(name: str) -> Callable[..., nn.Module]:
     builder = getattr(module, record.function, None)
     if not callable(builder):
         raise RetinopathyError(
-            f"models/registry.py: {record.name}'s builder {record.builder!r} is not a "
+            f"core/registry.py: {record.name}'s builder {record.builder!r} is not a "
             f"function of retinopathy/models/{record.module}.py; fix the record"
         )
     return builder

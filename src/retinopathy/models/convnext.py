@@ -3,7 +3,7 @@
 torchvision's own initialisation (truncated normal, std 0.02; layer scale 1e-6,
 so every block starts close to the identity) and its layout, so its ImageNet
 weights load strictly. Its record (head ``classifier.2``, Grad-CAM's stages
-``features.1/3/5/7``) is in :mod:`retinopathy.models.registry`.
+``features.1/3/5/7``) is in :mod:`retinopathy.core.registry`.
 """
 
 from __future__ import annotations
@@ -20,5 +20,5 @@ def convnext_tiny(num_classes: int = 1000, zero_init_residual: bool = False) -> 
             validation refuses it first).
     """
     if zero_init_residual:
-        raise ValueError("convnext_tiny has no zero_init_residual start (see models/registry.py)")
+        raise ValueError("convnext_tiny has no zero_init_residual start (see core/registry.py)")
     return tvm.convnext_tiny(weights=None, num_classes=num_classes)

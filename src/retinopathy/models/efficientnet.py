@@ -3,7 +3,7 @@
 torchvision's own initialisation (Kaiming normal convolutions, BatchNorm as the
 identity, uniform Linear) and its layout, so its ImageNet weights load strictly.
 Its record (head ``classifier.1``, Grad-CAM's ``features.N``) is in
-:mod:`retinopathy.models.registry`.
+:mod:`retinopathy.core.registry`.
 """
 
 from __future__ import annotations
@@ -20,5 +20,5 @@ def efficientnet_b0(num_classes: int = 1000, zero_init_residual: bool = False) -
             validation refuses it first).
     """
     if zero_init_residual:
-        raise ValueError("efficientnet_b0 has no zero_init_residual start (see models/registry.py)")
+        raise ValueError("efficientnet_b0 has no zero_init_residual start (see core/registry.py)")
     return tvm.efficientnet_b0(weights=None, num_classes=num_classes)

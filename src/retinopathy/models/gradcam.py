@@ -26,8 +26,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from retinopathy.core.files import PNG_SOFTWARE
+from retinopathy.core.registry import architecture
 from retinopathy.models.grader import Grader
-from retinopathy.models.registry import architecture
 from retinopathy.reporting.escape import plain_text
 
 matplotlib.use("Agg")  # before pyplot: DVC stages and CI have no display

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from retinopathy.core.contract import MAX_IMAGE_SIZE as MAX_SPEC_IMAGE_SIZE
 from retinopathy.core.contract import NORMALIZATIONS, PREPROCESSES
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.registry import MODELS, architecture
 from retinopathy.models.build import new_model
 from retinopathy.models.head import Head
-from retinopathy.models.registry import MODELS, architecture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -11,7 +11,7 @@ torchvision this is "ResNet v1.5": a bottleneck downsamples in its 3x3
 convolution rather than the first 1x1, which is about 0.5% more accurate on
 ImageNet (NVIDIA's DeepLearningExamples, ResNet v1.5). Their records (head
 ``fc``, first convolution ``conv1``, Grad-CAM's ``layer1``-``layer4``) are in
-:mod:`retinopathy.models.registry`.
+:mod:`retinopathy.core.registry`.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ BUILD = "retinopathy.models.build"  # imports each architecture's module by its 
 
 def architecture_modules() -> set[str]:
     """The modules that ``models/build.py`` imports by name: every registry record's builder module."""
-    from retinopathy.models.registry import REGISTRY  # torch-free
+    from retinopathy.core.registry import REGISTRY  # torch-free
 
     return {f"retinopathy.models.{record.module}" for record in REGISTRY.values()}
 

@@ -32,13 +32,14 @@ from retinopathy.core.records import (
     ReadText,
     RecordError,
     Skipped,
+    check_fused_screening,
     read_info,
     read_json_object,
     read_status,
     read_working_tree,
 )
-from retinopathy.evaluation.screening_files import FUSE_FIX, check_record
-from retinopathy.models.registry import title
+from retinopathy.core.registry import title
+from retinopathy.evaluation.screening_files import FUSE_FIX
 
 # Keys of a trained arm's metrics that the figures need; the table shows "n/a" for others.
 REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
@@ -226,20 +227,18 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
     for key in ("acc", "kappa"):
         if key not in metrics:
             raise RetinopathyError(f"{path}: '{key}' is missing: {FUSE_FIX}")
-    record = check_record(
-        files.screening, read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX), FUSE_FIX, fused=True
-    )
-    facts = record["fusion"]
+    raw = read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX)
+    facts = check_fused_screening(files.screening, raw, FUSE_FIX).fusion
     return Fused(
         metrics,
-        record,
-        facts["method"],
-        facts["selection"],
-        facts["epoch"],
-        facts["images"],
-        facts["fused"],
-        facts["single_no_partner"],
-        facts["val_images"],
+        raw,
+        facts.method,
+        facts.selection,
+        facts.epoch,
+        facts.images,
+        facts.fused,
+        facts.single_no_partner,
+        facts.val_images,
     )
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -49,7 +48,14 @@ from retinopathy.core.contract import (
 )
 from retinopathy.core.errors import RetinopathyError, warn
 from retinopathy.core.files import csv_text, json_text, write_together
-from retinopathy.core.records import EvaluationInfo, Skipped, info_text, read_status, read_summary
+from retinopathy.core.records import (
+    EvaluationInfo,
+    ScreeningRecord,
+    Skipped,
+    info_text,
+    read_status,
+    read_summary,
+)
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine import checkpoint, loops
@@ -132,7 +138,9 @@ class Evaluation:
 
     metrics: dict[str, float]
     info: EvaluationInfo | Skipped
-    screening: dict[str, Any] | None = None  # retinopathy.evaluation.screening.record; None for a skipped arm
+    screening: ScreeningRecord | None = (
+        None  # retinopathy.evaluation.screening.record; None for a skipped arm
+    )
 
 
 def write_evaluation(files: ArmFiles, evaluation: Evaluation, others: dict[Path, str]) -> None:
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{info.selection_rule}), kappa {metrics['kappa']:.3f}, "
             f"always-grade-0 baseline {metrics['base']:.1%}"
         )
-        auc = (evaluation.screening or {}).get("patient", {}).get("auc_referable", {}).get("value")
+        auc = evaluation.screening.patient.auc_referable.value if evaluation.screening else None
         print(
             f"{args.init}: referable DR AUC per patient "
             f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "

@@ -23,6 +23,7 @@ from retinopathy.core.contract import ARMS, GRADES, NUM_GRADES, PREDICTION_COLUM
 from retinopathy.core.errors import RetinopathyError, where
 from retinopathy.core.files import atomic_file
 from retinopathy.core.records import Skipped, read_info
+from retinopathy.core.registry import title
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import grade_of
@@ -30,7 +31,6 @@ from retinopathy.engine import checkpoint
 from retinopathy.engine.runtime import resolve_device
 from retinopathy.models.gradcam import grad_cam, save_grid, save_message
 from retinopathy.models.head import require_finite
-from retinopathy.models.registry import title
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +40,6 @@ from retinopathy.core.config import Params, load_params
 from retinopathy.core.contract import (
     ARMS,
     FUSED_METRIC_KEYS,
-    FUSION_FACTS,
     METRIC_DECIMALS,
     REFERABLE_GRADE,
     Layout,
@@ -49,7 +47,7 @@ from retinopathy.core.contract import (
 from retinopathy.core.contract import fused_prediction_columns as columns
 from retinopathy.core.errors import RetinopathyError, warn
 from retinopathy.core.files import csv_text, json_text, write_together
-from retinopathy.core.records import Skipped, TrainingStatus, read_status
+from retinopathy.core.records import FusedScreeningRecord, FusionFacts, Skipped, TrainingStatus, read_status
 from retinopathy.data.index import read_index
 from retinopathy.data.labels import patient_of
 from retinopathy.engine import checkpoint
@@ -282,16 +280,18 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
         settings.seed,
         probabilities=not head.regression,
     )
-    facts: dict[str, Any] = {
-        "method": blend.method,
-        "selection": blend.selection,
-        "epoch": blend.epoch,
-        "images": len(test_sources),
-        "fused": test_sources.count("fused"),
-        "single_no_partner": test_sources.count("single-no-partner"),
-        "val_images": len(val_scored) if val_scored is not None else 0,
-    }
-    screening["fusion"] = {key: facts[key] for key in FUSION_FACTS}
+    fused = FusedScreeningRecord.of(
+        screening,
+        FusionFacts(
+            method=blend.method,
+            selection=blend.selection,
+            epoch=blend.epoch,
+            images=len(test_sources),
+            fused=test_sources.count("fused"),
+            single_no_partner=test_sources.count("single-no-partner"),
+            val_images=len(val_scored) if val_scored is not None else 0,
+        ),
+    )
     numbers = scores(actual, test_grades.numpy(), confusion_tables(actual, test_grades.numpy()))
     metrics = {
         key: round(float(numbers[key]), METRIC_DECIMALS) for key in FUSED_METRIC_KEYS if key in numbers
@@ -313,7 +313,7 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
                     head,
                 ),
             ),
-            **screening_contents(layout.fused(arm), screening, test, probabilities=not head.regression),
+            **screening_contents(layout.fused(arm), fused, test, probabilities=not head.regression),
             layout.fused_metrics(arm): json_text(layout.fused_metrics(arm), metrics),
         }
     )

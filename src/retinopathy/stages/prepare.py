@@ -36,7 +36,7 @@ from retinopathy.core.config import Params, cli_positive_int, load_params
 from retinopathy.core.contract import INDEX_COLUMNS, Layout, is_demo_dataset
 from retinopathy.core.errors import RetinopathyError, note, warn
 from retinopathy.core.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
-from retinopathy.core.records import PreparedSummary, summary_text
+from retinopathy.core.records import Duplicates, PreparedSummary, summary_text
 from retinopathy.data.index import build_summary, index_text, split_validation
 from retinopathy.data.labels import Record, read_course_splits
 from retinopathy.data.patients import (
@@ -89,7 +89,7 @@ def prepare(params: Params, out: Path, workers: int = 1) -> PreparedSummary:
     if params.data.image_size is None:
         check_one_size(root, records, facts)
     duplicates = duplicates_summary(identical_images(splits, facts))
-    notes = [*course.notes, *([_duplicates_note(duplicates)] if duplicates["groups"] else [])]
+    notes = [*course.notes, *([_duplicates_note(duplicates)] if duplicates.groups else [])]
     summary = build_summary(
         str(root), splits, notes, is_demo_dataset(root), duplicates, leakage(splits, params.data.split)
     )
@@ -130,14 +130,14 @@ def _check_split_sizes(params: Params, listed: int, train: list, val: list) -> N
         )
 
 
-def _duplicates_note(counts: dict) -> str:
+def _duplicates_note(counts: Duplicates) -> str:
     """Words for summary.json's notes and the warning: the same photograph under several names."""
-    examples = "; ".join(" = ".join(group) for group in counts["examples"][:3])
+    examples = "; ".join(" = ".join(group) for group in counts.examples[:3])
     return (
-        f"{counts['images']} listed images are {counts['groups']} photographs under more than one name "
-        f"(identical bytes): {counts['across_splits']} across splits (the test measures images the "
-        f"network trained on), {counts['within_a_split']} within one split (counted twice), "
-        f"{counts['different_grades']} with different grades; e.g. {examples} - see `identical_images` "
+        f"{counts.images} listed images are {counts.groups} photographs under more than one name "
+        f"(identical bytes): {counts.across_splits} across splits (the test measures images the "
+        f"network trained on), {counts.within_a_split} within one split (counted twice), "
+        f"{counts.different_grades} with different grades; e.g. {examples} - see `identical_images` "
         "in summary.json; remove one of each from the split lists to fix it"
     )
 
@@ -170,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     patients = summary.patients
     print(
         "patients: "
-        + ", ".join(f"{name} {n}" for name, n in patients["count"].items())
-        + f" (data.split: {patients['split']})"
+        + ", ".join(f"{name} {n}" for name, n in patients.count.items())
+        + f" (data.split: {patients.split})"
     )
     baseline = summary.majority_baseline
     print(f"always grade {baseline.grade}: {baseline.test_accuracy:.2%} test accuracy")
     identical = summary.identical_images
-    duplicates = _duplicates_note(identical) if identical["groups"] else None
+    duplicates = _duplicates_note(identical) if identical.groups else None
     for text in summary.notes:
         if text != duplicates:
             note(f"note: {text}")

@@ -438,19 +438,19 @@ def _patients(infos: Sequence[EvaluationInfo]) -> list[str]:
     if not infos:
         return []
     counts = infos[0].patients
-    per_split = ", ".join(f"{name} {n}" for name, n in counts["count"].items() if n)
-    pairs = counts["train_pairs"]
+    per_split = ", ".join(f"{name} {n}" for name, n in counts.count.items() if n)
+    pairs = counts.train_pairs
     alike = (
         (
-            f"; {pairs['same_grade']:.1%} of the {pairs['pairs']} training patients with both eyes listed "
+            f"; {pairs.same_grade:.1%} of the {pairs.pairs} training patients with both eyes listed "
             "have one grade in both"
         )
-        if pairs["pairs"]
+        if pairs.pairs
         else ""
     )
-    split = md_code(f"data.split: {counts['split']}")
+    split = md_code(f"data.split: {counts.split}")
     lines = [f"Patients ({split}): {per_split}{alike}.", ""]
-    if not counts["named_by_patient"]:
+    if not counts.named_by_patient:
         lines[0] = lines[0][:-1] + " (the image names carry no patient: `<patient>_left|right`)."
     warning = leakage_warning(counts)
     if warning:
@@ -465,7 +465,7 @@ def _leakage_lines(infos: Sequence[EvaluationInfo]) -> list[str]:
     counts = infos[0].patients
     warning = leakage_warning(counts)
     if not warning:
-        split = md_code(f"data.split: {counts['split']}")
+        split = md_code(f"data.split: {counts.split}")
         return [f"Patient leakage: none; no patient has eyes on both sides of the split ({split})."]
     return [f"> **Patient leakage.** {warning}."]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from retinopathy.core.config import cli_positive_float, load_params
 from retinopathy.core.contract import ARMS, Layout
 from retinopathy.core.errors import warn
-from retinopathy.core.files import check_output_file, json_with, write_json_atomic
+from retinopathy.core.files import check_output_file, json_with
 from retinopathy.engine.preflight import preflight
 from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
-from retinopathy.models.manifest import describe_pretrained, describe_scratch
+from retinopathy.models.manifest import Unavailable, describe_pretrained, describe_scratch, write_manifest
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -73,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     assert tuple(manifests) == ARMS
     for arm, manifest in manifests.items():
-        write_json_atomic(layout.manifest(arm), manifest)
-        state = manifest.get("description") or f"UNAVAILABLE: {manifest['reason']}"
+        write_manifest(layout.manifest(arm), manifest)
+        state = (
+            f"UNAVAILABLE: {manifest.reason}" if isinstance(manifest, Unavailable) else manifest.description
+        )
         print(f"{arm}: {state}")
-    if not manifests["pretrained"]["available"]:
-        warn(f"the pretrained arm will be skipped. Fix: {manifests['pretrained']['fix']}")
+    pretrained = manifests["pretrained"]
+    if isinstance(pretrained, Unavailable):
+        warn(f"the pretrained arm will be skipped. Fix: {pretrained.fix}")
     return 0

@@ -14,7 +14,7 @@ from retinopathy.commands.bench.runner import Settings, run
 from retinopathy.core.config import PRECISIONS, SWITCHES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import check_output_file, json_with, rescue_text, write_json_atomic
-from retinopathy.models.registry import MODELS, OWN_MODELS
+from retinopathy.core.registry import MODELS, OWN_MODELS
 
 
 def _positive_int(text: str) -> int:

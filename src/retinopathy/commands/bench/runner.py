@@ -20,8 +20,8 @@ from retinopathy.commands.bench.inputs import (
 from retinopathy.commands.bench.machine import cpu_seconds, describe_machine, load_average, other_load
 from retinopathy.commands.bench.results import SECTIONS, BenchResult
 from retinopathy.commands.bench.training import bench_fastpath, bench_models, image_bank
+from retinopathy.core.registry import OWN_MODELS
 from retinopathy.engine.runtime import make_runtime, resolve_device
-from retinopathy.models.registry import OWN_MODELS
 
 
 @dataclass(frozen=True)

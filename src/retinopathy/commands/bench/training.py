@@ -17,6 +17,7 @@ from retinopathy.commands.bench.inputs import SPLIT
 from retinopathy.commands.bench.results import Comparison
 from retinopathy.commands.bench.timing import alternate, relabel, sync_for
 from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.registry import OWN_MODELS
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record
 from retinopathy.engine.loops import sgd_step
@@ -25,7 +26,6 @@ from retinopathy.engine.runtime import Runtime, make_runtime, plain_runtime
 from retinopathy.models.build import new_model
 from retinopathy.models.grader import Grader, GraderSpec
 from retinopathy.models.head import Head
-from retinopathy.models.registry import OWN_MODELS
 
 
 class SGDSettings(TypedDict):

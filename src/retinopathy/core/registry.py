@@ -8,8 +8,10 @@ whether ``train.zero_init_residual`` means anything for it. Code outside an
 architecture's own module reaches the network's parts through these submodule
 paths (``net.get_submodule(record.head)``), never by attribute names.
 
-This module imports no torch (params validation, the report and `compare` read
-it), so the builder is named, not imported: ``"<module>.<function>"`` under
+It is in ``core/``, beside params validation (``core/config.py`` checks ``model`` and
+the per-model keys against it), because ``core/`` imports nothing above it; and it
+imports no torch (params validation, the report and `compare` read it), so the
+builder is named, not imported: ``"<module>.<function>"`` under
 ``retinopathy.models``, resolved by :mod:`retinopathy.models.build`, which
 imports every architecture module (so their code is in the import closure of
 the stages that build networks, and in a checkpoint's fingerprint).
@@ -150,7 +152,7 @@ REGISTRY: dict[str, Architecture] = {record.name: record for record in RECORDS}
 MODELS = tuple(REGISTRY)  # params.yaml's choices for `model`, in this order everywhere
 OWN_MODELS = tuple(record.name for record in RECORDS if record.own)  # written here; `bench` times them
 if len(MODELS) != len(RECORDS):
-    raise ImportError("models/registry.py: two records have the same name")
+    raise ImportError("core/registry.py: two records have the same name")
 
 DEFAULT = "default"  # the key of a per-model mapping that holds the value of the models it does not name
 
@@ -196,8 +198,13 @@ def for_model(value: T | Mapping[str, T], model: str, key: str) -> T:
         return value[model]
     if DEFAULT in value:
         return value[DEFAULT]
-    raise RetinopathyError(
-        f"`{key}` has no value for {model} (it names {', '.join(map(str, value))}); "
+    raise RetinopathyError(f"`{key}` {no_value(value, model)}")
+
+
+def no_value(mapping: Mapping[str, Any], model: str) -> str:
+    """What is wrong with a per-model mapping that names neither ``model`` nor a default, and the fix."""
+    return (
+        f"has no value for {model} (it names {', '.join(map(str, mapping))}); "
         f"add `{DEFAULT}: <value>` (for every model it does not name) or "
         f"`{model}: <value>`"
     )
