@@ -310,6 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.init}: referable DR AUC per patient "
             f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "
-            f"see {Layout().arm(args.init).screening}"
+            f"see {Layout().arm(args.init).screening_files.screening}"
         )
     return 0
