@@ -28,6 +28,7 @@ from retinopathy.core.contract import (
 from retinopathy.core.records import Skipped
 from retinopathy.evaluation.screening_files import Screening
 from retinopathy.reporting.escape import plain_text
+from retinopathy.reporting.markdown import figure_text
 from retinopathy.reporting.results import Arm, at_baseline, majority_baseline, model_name
 
 if TYPE_CHECKING:  # matplotlib >= 3.8; only the type checker reads it
@@ -253,14 +254,6 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
     _save(fig, path)
 
 
-def _interval(entry: dict) -> str:
-    """``0.912 [0.871, 0.950]``, or ``undefined`` (one class only)."""
-    if entry.get("value") is None:
-        return "undefined"
-    bounds = f" [{entry['low']:.3f}, {entry['high']:.3f}]" if entry.get("low") is not None else ""
-    return f"{entry['value']:.3f}{bounds}"
-
-
 POINT_MARKERS = dict(zip(OPERATING_POINTS, ("^", "s"), strict=True))
 
 
@@ -284,7 +277,7 @@ def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, 
                 continue
             figures = screening.record[level]
             curve = screening.roc[level]
-            auc = _interval(figures["auc_referable"])
+            auc = figure_text(figures["auc_referable"], ", ", "undefined")
             if curve.empty:
                 ax.plot(
                     [],
