@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -54,6 +54,25 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def _star(ax: plt.Axes, epochs: Any, values: Any, colour: str) -> None:
+    """Star the selected epoch (the evaluated checkpoint's), so the selection rule is visible."""
+    ax.plot(epochs, values, ls="none", marker="*", ms=15, color=colour, mec="black", mew=0.8, zorder=5)
+
+
+def _star_handle() -> Line2D:
+    """The legend entry of :func:`_star`'s stars."""
+    return Line2D(
+        [], [], ls="none", marker="*", ms=12, color="white", mec="black", label="selected epoch (evaluated)"
+    )
+
+
+def _baseline(ax: plt.Axes, baseline: float) -> Line2D:
+    """The majority baseline (always grade 0) as a dashed line across ``ax``, in percent."""
+    return ax.axhline(
+        100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
+    )
+
+
 def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
     """Train/test (and validation) accuracy per epoch of every arm, with the baseline."""
     fig, ax = plt.subplots(figsize=(9.5, 5), layout="constrained")
@@ -86,41 +105,15 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
                     label=f"{arm.name}: {text}",
                 )
                 handles.append(line)
-        # Star the epoch whose checkpoint was evaluated, so the selection rule is visible.
         chosen = arm.history[arm.history["epoch"] == arm.metrics.get("epoch")]
         if not chosen.empty:
-            ax.plot(
-                chosen["epoch"],
-                100 * chosen["test_accuracy"],
-                ls="none",
-                marker="*",
-                ms=15,
-                color=colour,
-                mec="black",
-                mew=0.8,
-                zorder=5,
-            )
+            _star(ax, chosen["epoch"], 100 * chosen["test_accuracy"], colour)
             starred = True
     baseline = majority_baseline(arms)
     if baseline is not None:
-        handles.append(
-            ax.axhline(
-                100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
-            )
-        )
+        handles.append(_baseline(ax, baseline))
     if starred:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="none",
-                marker="*",
-                ms=12,
-                color="white",
-                mec="black",
-                label="selected epoch (evaluated)",
-            )
-        )
+        handles.append(_star_handle())
     ax.set(title=title, xlabel="epoch", ylabel="accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(arm.trained for arm in arms):
@@ -242,9 +235,7 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
             )
     baseline = majority_baseline(arms)
     if baseline is not None:
-        ax.axhline(
-            100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
-        )
+        _baseline(ax, baseline)
         # Below the axes: inside, it would cover a bar whatever corner it took.
         fig.legend(loc="outside lower center")
     ax.set_xticks(range(len(arms)), [arm.name for arm in arms])
@@ -470,43 +461,14 @@ def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None
             chosen = arm.history[epochs == arm.metrics.get("epoch")]
             if not chosen.empty:
                 for ax, values in ((acc_ax, 100 * chosen["test_accuracy"]), (kappa_ax, chosen["test_kappa"])):
-                    ax.plot(
-                        chosen["epoch"],
-                        values,
-                        ls="none",
-                        marker="*",
-                        ms=15,
-                        color=colour,
-                        mec="black",
-                        mew=0.8,
-                        zorder=5,
-                    )
+                    _star(ax, chosen["epoch"], values, colour)
                 starred = True
         baseline = majority_baseline([arm for _, arm in runs])
         if baseline is not None:
-            handles.append(
-                acc_ax.axhline(
-                    100 * baseline,
-                    color="grey",
-                    ls="--",
-                    lw=1.2,
-                    label=f"always grade 0 ({100 * baseline:.1f}%)",
-                )
-            )
+            handles.append(_baseline(acc_ax, baseline))
             kappa_ax.axhline(0, color="grey", ls="--", lw=1.2)
         if starred:
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    ls="none",
-                    marker="*",
-                    ms=12,
-                    color="white",
-                    mec="black",
-                    label="selected epoch (evaluated)",
-                )
-            )
+            handles.append(_star_handle())
         acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="test accuracy")
         acc_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
         kappa_ax.set(
