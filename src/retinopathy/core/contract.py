@@ -31,6 +31,11 @@ COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): sq
 MAX_IMAGE_SIZE = 4096
 
 ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
+# Fetching ImageNet weights (models/build.py, the `weights` stage): set the variable to 1 on machines
+# where a download attempt would hang (e.g. a firewall that drops packets); the timeout is the
+# seconds of silence from the server before a download gives up.
+NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
+DOWNLOAD_TIMEOUT = 60.0
 SPLITS = ("train", "val", "test")  # of the prepared index; val is empty unless data.val_fraction > 0
 NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling pixels to [0, 1]
 PREPROCESSES = ("none", "graham")  # of the pixels before that (graham: local average colour subtracted)
