@@ -374,8 +374,8 @@ def test_the_report_escapes_a_folder_and_a_reason_that_carry_markup(tmp_path, ca
 def test_compare_escapes_experiment_names_in_its_tables_and_draws_them_as_text(tmp_path, monkeypatch):
     from matplotlib.text import Text
 
-    from retinopathy.commands.compare import render
     from retinopathy.reporting import figures
+    from retinopathy.reporting.comparison import render
     from retinopathy.reporting.experiments import Experiment
     from retinopathy.reporting.results import Arm
     from test_report import SKIPPED, _trained
