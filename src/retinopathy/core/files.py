@@ -306,13 +306,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_file writes with mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    target = write_target(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        fd, tmp = _new_temporary(target)
-    except OSError as error:
-        raise _write_error(path, error) from None
+    target, fd, tmp = _temporary_beside(path)
     held = os.dup(fd)  # the lock lives as long as this descriptor: until after the rename
     try:
         _lock(held)
@@ -340,6 +334,24 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO
 def _new_temporary(target: Path) -> tuple[int, str]:
     """A new empty temporary file beside ``target``, named as :func:`remove_stale_temporaries` knows."""
     return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_owner()}.", suffix=".tmp")
+
+
+def _temporary_beside(path: Path) -> tuple[Path, int, str]:
+    """The file a write of ``path`` replaces (:func:`write_target`), and a new temporary beside it.
+
+    Its folder is created, and the stale temporaries of earlier runs are removed first.
+
+    Raises:
+        RetinopathyError: ``path`` is a folder or a special file, or the temporary cannot be made.
+    """
+    target = write_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = _new_temporary(target)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    return target, fd, tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -710,13 +722,7 @@ class _Swap:
 
 def _stage(path: Path, content: str | bytes, locks: list[int]) -> _Swap:
     """Write ``content`` to a temporary beside ``path``'s target (locked: ``locks`` gets the descriptor)."""
-    target = write_target(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        fd, tmp = _new_temporary(target)
-    except OSError as error:
-        raise _write_error(path, error) from None
+    target, fd, tmp = _temporary_beside(path)
     locks.append(os.dup(fd))
     _lock(locks[-1])
     try:
