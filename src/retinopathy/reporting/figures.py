@@ -245,6 +245,14 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
     _save(fig, path)
 
 
+def _percent_square(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Square axes from 0 to 100% both ways (with a margin for the points on the edges), gridded."""
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-2, 102), ylim=(-2, 102), aspect="equal")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PercentFormatter(100, decimals=0))
+    ax.grid(alpha=0.3)
+
+
 POINT_MARKERS = dict(zip(OPERATING_POINTS, ("^", "s"), strict=True))
 
 
@@ -313,17 +321,12 @@ def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, 
                     )
         n = next((s.record[level]["n"] for s in screenings.values()), None)
         unit = "images" if level == "image" else "patients (the worse eye; the higher eye score)"
-        ax.set(
-            title=f"per {level}" + (f": {n} {unit}" if n is not None else ""),
-            xlabel="1 - specificity (false positive rate)",
-            ylabel="sensitivity (true positive rate)",
-            xlim=(-2, 102),
-            ylim=(-2, 102),
-            aspect="equal",
+        _percent_square(
+            ax,
+            f"per {level}" + (f": {n} {unit}" if n is not None else ""),
+            "1 - specificity (false positive rate)",
+            "sensitivity (true positive rate)",
         )
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(PercentFormatter(100, decimals=0))
-        ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8.5)
     fig.suptitle(title)
     _save(fig, path)
@@ -376,17 +379,12 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
         ),
         "",
     )
-    ax.set(
-        title=title,
-        xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
-        ylabel="observed share with referable DR",
-        xlim=(-2, 102),
-        ylim=(-2, 102),
-        aspect="equal",
+    _percent_square(
+        ax,
+        title,
+        f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
+        "observed share with referable DR",
     )
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(PercentFormatter(100, decimals=0))
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     _save(fig, path)
 
