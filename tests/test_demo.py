@@ -181,7 +181,7 @@ def test_interrupted_write_keeps_old_folder(tmp_path: Path, monkeypatch: pytest.
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "_readme", crash)
+    monkeypatch.setattr("retinopathy.data.demo.readme", crash)  # the last file the stage writes
     with pytest.raises(KeyboardInterrupt):
         write_demo_dataset(out, seed=2, **SMALL)
     assert _files(out) == before

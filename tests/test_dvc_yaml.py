@@ -262,10 +262,10 @@ def test_stage_outputs_are_the_contract_paths() -> None:
             a.confusion_normalized,
             a.predictions,
             a.val_predictions,
-            a.screening,
-            a.roc_image,
-            a.roc_patient,
-            a.reliability,
+            a.screening_files.screening,
+            a.screening_files.roc_image,
+            a.screening_files.roc_patient,
+            a.screening_files.reliability,
         )
     }
     fused = [layout.fused(arm) for arm in ARMS]

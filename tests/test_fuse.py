@@ -242,10 +242,12 @@ def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_bot
     write_params(paired, demo={"test_size": TEST_SIZE}, train={"epochs": 1}, data={"val_fraction": 0.5})
     shutil.rmtree(paired / "data/prepared")
     prepare.prepare(load_params("params.yaml"), paired / "data/prepared")  # the network is not retrained
+    from retinopathy.fusion import grading  # where the fused grades are scored
+
     chosen = []
-    original = fuse.record
+    original = grading.record
     monkeypatch.setattr(
-        fuse,
+        grading,
         "record",
         lambda test, val, *rest, **named: chosen.append((test, val)) or original(test, val, *rest, **named),
     )

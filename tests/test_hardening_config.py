@@ -564,9 +564,11 @@ CONTAINERS = ("predict --explain", "weights", "report")
 def test_an_output_name_at_or_over_the_limit_is_refused_before_any_work(
     user, capsys, monkeypatch, command, length
 ):
-    from retinopathy.commands.bench import cli as bench_cli
-
-    monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
+    # bench imports its measuring code after parsing and checking --json: patched where it lives
+    monkeypatch.setattr(
+        "retinopathy.commands.bench.runner.run",
+        lambda *a, **k: pytest.fail("measured before checking --json"),
+    )
     name = "o" * length
     before = sorted(path.name for path in user.iterdir())
     argv = [name if arg == "OUT" else arg for arg in OUTPUTS[command]]

@@ -47,6 +47,7 @@ from retinopathy.models.grader import GraderSpec
 FINGERPRINT = "0123456789abcdef"
 LAYOUT = Layout()
 SCRATCH = LAYOUT.arm("scratch")
+SCREENING = SCRATCH.screening_files
 FUSE_OUTPUTS = (
     LAYOUT.blend("scratch"),
     LAYOUT.fused_predictions("scratch"),
@@ -63,10 +64,10 @@ EVALUATE_OUTPUTS = (
     SCRATCH.confusion_normalized,
     SCRATCH.predictions,
     SCRATCH.val_predictions,
-    SCRATCH.screening,
-    SCRATCH.roc_image,
-    SCRATCH.roc_patient,
-    SCRATCH.reliability,
+    SCREENING.screening,
+    SCREENING.roc_image,
+    SCREENING.roc_patient,
+    SCREENING.reliability,
 )
 
 
@@ -388,8 +389,8 @@ REPORT_INPUTS = {
     "metrics-negative-epoch": (SCRATCH.metrics, _json_literal("epoch", "-1"), "not an epoch"),
     "metrics-kappa-range": (SCRATCH.metrics, _json_literal("kappa", "7"), "not a kappa in [-1, 1]"),
     "fused-metrics-nan": (LAYOUT.fused_metrics("scratch"), _json_literal("kappa", "NaN"), "NaN"),
-    "screening-negative-count": (SCRATCH.screening, _json_literal("n", "-3"), "'image.n' is -3"),
-    "screening-infinite-figure": (SCRATCH.screening, _json_literal("value", "Infinity"), "Infinity"),
+    "screening-negative-count": (SCREENING.screening, _json_literal("n", "-3"), "'image.n' is -3"),
+    "screening-infinite-figure": (SCREENING.screening, _json_literal("value", "Infinity"), "Infinity"),
     "fused-screening-negative-count": (FUSED.screening, _json_literal("fused", "-1"), "'fusion.fused' is -1"),
     "fused-screening-fractional-count": (
         FUSED.screening,
@@ -405,7 +406,7 @@ REPORT_INPUTS = {
     "history-fractional-epoch": (SCRATCH.history, _text("\n1,", "\n1.5,"), "the epochs must be 1, 2"),
     "history-nan": (SCRATCH.history, _text("\n2,1.300000", "\n2,nan"), "empty, NaN or infinite"),
     "confusion-negative-count": (SCRATCH.confusion_counts, _text("\n0,", "\n0,-2"), "negative entries"),
-    "roc-infinite": (SCRATCH.roc_image, _text("\n0.", "\ninf,0."), "empty, NaN or infinite"),
+    "roc-infinite": (SCREENING.roc_image, _text("\n0.", "\ninf,0."), "empty, NaN or infinite"),
 }
 
 
@@ -557,35 +558,35 @@ RECORDS = {
     ),
     "screening-figure": (
         ("report",),
-        SCRATCH.screening,
+        SCREENING.screening,
         _set("image.kappa", {"value": 0.5}),
         "the keys 'image.kappa.low', 'image.kappa.high', 'image.kappa.undefined' are missing",
         "dvc repro evaluate",
     ),
     "screening-interval": (
         ("report",),
-        SCRATCH.screening,
+        SCREENING.screening,
         _set("patient.accuracy.high", None),
         "'low' and 'high' must both be numbers or both be null",
         "dvc repro evaluate",
     ),
     "screening-count-type": (
         ("report",),
-        SCRATCH.screening,
+        SCREENING.screening,
         _set("image.n", "many"),
         "'image.n' is \"many\", not of type int",
         "dvc repro evaluate",
     ),
     "screening-bootstrap": (
         ("report",),
-        SCRATCH.screening,
+        SCREENING.screening,
         _set("bootstrap", []),
         "bootstrap is not a JSON object",
         "dvc repro evaluate",
     ),
     "screening-operating-points": (
         ("report",),
-        SCRATCH.screening,
+        SCREENING.screening,
         _set("operating_points", {"high_sensitivity": 1}),
         "the keys 'operating_points.high_specificity'",
         "dvc repro evaluate",
@@ -619,7 +620,7 @@ def test_a_record_nested_thousands_of_levels_deep_is_a_clear_error(project, caps
     deep = "[" * 100_000 + "]" * 100_000
     for path, command in (
         (SCRATCH.info, ("report",)),
-        (SCRATCH.screening, ("report",)),
+        (SCREENING.screening, ("report",)),
         (LAYOUT.summary, ("evaluate", "--init", "scratch")),
         (SCRATCH.status, ("evaluate", "--init", "scratch")),
     ):

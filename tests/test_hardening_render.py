@@ -209,14 +209,14 @@ def test_import_kaggle_refuses_a_level_of_thousands_of_digits_with_the_line(tmp_
 
 
 def test_explain_refuses_a_damaged_grade_in_the_predictions_naming_the_line(tmp_path):
-    from retinopathy.stages.explain import _predictions
+    from retinopathy.reporting.heatmaps import read_grades
 
     path = tmp_path / "scratch.csv"
     path.write_text("image,patient,actual,predicted\n1_left,1,0,0\n1_right,1," + "0" * 5000 + "2,1\n")
     with pytest.raises(RetinopathyError, match=r"scratch\.csv:3: 'actual' is not a grade 0-4"):
-        _predictions(path, 2)
+        read_grades(path, 2)
     path.write_text("image,patient,actual,predicted\n1_left,1,0,0\n1_right,1,2,1\n")
-    actual, predicted = _predictions(path, 2)
+    actual, predicted = read_grades(path, 2)
     assert actual.tolist() == [0, 2] and predicted.tolist() == [0, 1]
 
 
@@ -374,8 +374,8 @@ def test_the_report_escapes_a_folder_and_a_reason_that_carry_markup(tmp_path, ca
 def test_compare_escapes_experiment_names_in_its_tables_and_draws_them_as_text(tmp_path, monkeypatch):
     from matplotlib.text import Text
 
-    from retinopathy.commands.compare import render
     from retinopathy.reporting import figures
+    from retinopathy.reporting.comparison import render
     from retinopathy.reporting.experiments import Experiment
     from retinopathy.reporting.results import Arm
     from test_report import SKIPPED, _trained

@@ -253,9 +253,11 @@ def test_weights_report_and_bench_refuse_files_they_did_not_write(user, capsys, 
     assert code == 2 and "init/scratch.json: exists and was not written by `retinopathy weights`" in err
     code, err = run(["report", "--metrics", str(REPO / "metrics"), "--out", "plots"], capsys)
     assert code == 2 and "plots/report.md: exists and was not written by `retinopathy report`" in err
-    from retinopathy.commands.bench import cli as bench_cli
-
-    monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
+    # bench imports its measuring code after parsing and checking --json: patched where it lives
+    monkeypatch.setattr(
+        "retinopathy.commands.bench.runner.run",
+        lambda *a, **k: pytest.fail("measured before checking --json"),
+    )
     code, err = run(["bench", "--json", "bench.json"], capsys)
     assert code == 2 and "bench.json: exists and was not written by `retinopathy bench`" in err
     assert snapshot(user) == before
@@ -307,9 +309,11 @@ def test_an_output_onto_a_device_or_a_pipe_is_refused(project, user, capsys, mon
     out = str(special_file(user)) if where == "fifo" else where
     if where == "/dev/null" and not os.path.exists(where):
         pytest.skip("no /dev/null here")
-    from retinopathy.commands.bench import cli as bench_cli
-
-    monkeypatch.setattr(bench_cli, "run", lambda *a, **k: pytest.fail("measured before checking --json"))
+    # bench imports its measuring code after parsing and checking --json: patched where it lives
+    monkeypatch.setattr(
+        "retinopathy.commands.bench.runner.run",
+        lambda *a, **k: pytest.fail("measured before checking --json"),
+    )
     before = os.stat(out)
     code, err = run(OUTPUT_FILE_COMMANDS[command](out, project), capsys)
     assert code == 2 and "Traceback" not in err

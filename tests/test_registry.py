@@ -230,8 +230,8 @@ def test_efficientnet_trains_evaluates_explains_predicts_and_exports(tmp_path, m
 
 
 def test_the_compare_table_has_a_row_per_model_the_experiments_trained():
-    from retinopathy.commands.compare import lab_table
     from retinopathy.core.records import EvaluationInfo, Skipped
+    from retinopathy.reporting.comparison import lab_table
     from retinopathy.reporting.experiments import Experiment
     from retinopathy.reporting.results import Arm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from retinopathy.commands.compare import render, seeds_table
+from retinopathy.reporting.comparison import render, seeds_table
 from retinopathy.reporting.experiments import Experiment, seed_groups
 from retinopathy.reporting.results import Arm, Fused
 from test_report import SKIPPED, _trained
@@ -88,7 +88,7 @@ def test_the_fused_kappa_and_auc_per_patient_across_seeds_count_the_runs_that_ha
 
 
 def test_the_results_table_shows_the_fused_accuracy_and_kappa_or_na():
-    from retinopathy.commands.compare import results_table
+    from retinopathy.reporting.comparison import results_table
 
     runs = [experiment("with", 0, 0.80, both=fused(0.825, 0.71, 0.9)), experiment("without", 0, 0.80, lr=0.1)]
     lines = results_table(runs)

@@ -24,250 +24,38 @@ else is ever deleted).
 from __future__ import annotations
 
 import argparse
-import statistics
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from retinopathy.core.contract import ARMS
 from retinopathy.core.errors import RetinopathyError, note
-from retinopathy.core.files import check_output_folder, holds_only, staged_folder, starts_with
-from retinopathy.core.records import EvaluationInfo
-from retinopathy.core.registry import MODELS
-from retinopathy.reporting.escape import md_code, md_text
-from retinopathy.reporting.experiments import (
-    WORKSPACE,
-    Experiment,
-    SeedGroup,
-    differing_params,
-    flatten,
-    load_experiments,
-    same_results,
-    seed_groups,
-)
-from retinopathy.reporting.figures import plot_curves
-from retinopathy.reporting.results import BASELINE_RULE, Arm, at_baseline, model_name
+from retinopathy.core.files import Ours, check_output_folder, holds_only, staged_folder, starts_with
+from retinopathy.reporting.escape import md_code
+from retinopathy.reporting.experiments import WORKSPACE
+
+if TYPE_CHECKING:  # the readers, DVC and matplotlib are imported in compare, so that --help is instant
+    from retinopathy.reporting.experiments import Experiment
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def _ours() -> Ours:
+    """What compare writes: only a folder holding nothing else is replaced (nothing else is deleted)."""
+    from retinopathy.reporting.comparison import TITLE
 
-
-def _kappa(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _cell(value: object) -> str:
-    """A param's value as a code span (or escaped text: :func:`~retinopathy.reporting.escape.md_code`)."""
-    return md_code(value)
-
-
-def settings_table(experiments: Sequence[Experiment], differ: Sequence[str]) -> list[str]:
-    """The params that differ, one row each, one column per experiment (readable however many differ)."""
-    flats = [flatten(e.params) for e in experiments]
-    lines = [
-        "| param | " + " | ".join(md_text(e.name) for e in experiments) + " |",
-        "|---|" + "---|" * len(experiments),
-    ]
-    lines += [
-        f"| {md_code(key)} | "
-        + " | ".join(_cell(flat[key]) if key in flat else "n/a" for flat in flats)
-        + " |"
-        for key in differ
-    ]
-    return lines
-
-
-def results_table(experiments: Sequence[Experiment]) -> list[str]:
-    """One row per experiment and arm: the selected epoch's figures, alone and graded with both eyes."""
-    header = [
-        "experiment",
-        "model",
-        "init",
-        "selected epoch",
-        "selected by",
-        "test accuracy",
-        "kappa",
-        "balanced accuracy",
-        "fused acc",
-        "fused kappa",
-        "vs. majority baseline",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for experiment in experiments:
-        for arm_name in ARMS:
-            arm = experiment.arms[arm_name]
-            if isinstance(arm.info, EvaluationInfo):
-                m, info, fused = arm.metrics, arm.info, arm.fused
-                flat = at_baseline(m)
-                figures = [
-                    str(int(m["epoch"])),
-                    md_text(f"{info.selection} {info.select_by}"),
-                    _pct(m["acc"]),
-                    _kappa(m["kappa"]),
-                    _pct(m.get("bacc")),
-                    _pct(fused.metrics["acc"]) if fused else "n/a",
-                    _kappa(fused.metrics["kappa"]) if fused else "n/a",
-                    f"**AT BASELINE** ({flat})" if flat else "above",
-                ]
-            else:
-                figures = ["skipped"] * 8
-            row = [md_text(experiment.name), md_text(model_name(arm.info.model)), arm_name, *figures]
-            lines.append("| " + " | ".join(row) + " |")
-    return lines
-
-
-def _spread(values: list[float], fmt: str) -> str:
-    """``mean ± sd``: the mean and the sample standard deviation (n - 1), or the one value."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:{fmt}}"
-    return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}"
-
-
-def _fused_auc_patient(arm: Arm) -> float | None:
-    return arm.fused.figure("patient", "auc_referable") if arm.fused else None
-
-
-# (column label, the figure of a trained arm or None where it has none, format)
-SEED_FIGURES: tuple[tuple[str, Callable[[Arm], float | None], str], ...] = (
-    ("test accuracy", lambda arm: arm.metrics["acc"], ".3f"),
-    ("kappa", lambda arm: arm.metrics["kappa"], ".3f"),
-    ("balanced accuracy", lambda arm: arm.metrics.get("bacc"), ".3f"),
-    ("fused kappa", lambda arm: arm.fused.metrics["kappa"] if arm.fused else None, ".3f"),
-    ("fused referable AUC per patient", _fused_auc_patient, ".3f"),
-)
-
-
-def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
-    """One row per group of experiments that differ only in ``train.seed``, and arm: mean ± sd (n).
-
-    A figure some of the trained runs lack (fusion, an AUC undefined on one class) is the
-    spread of those that have it, with their count: ``(n=2)``.
-    """
-    header = ["experiments (seeds)", "model", "init", "n", *(label for label, _, _ in SEED_FIGURES)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for group in groups:
-        names = ", ".join(
-            f"{md_code(e.name)} ({seed})" for e, seed in zip(group.members, group.seeds, strict=True)
-        )
-        for arm_name in ARMS:
-            trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
-            model = md_text(model_name(group.members[0].arms[arm_name].info.model))
-            figures = []
-            for _, of, fmt in SEED_FIGURES:
-                values = [value for value in map(of, trained) if value is not None]
-                count = "" if len(values) == len(trained) else f" (n={len(values)})"
-                figures.append(_spread(values, fmt) + count if values else "n/a")
-            cells = figures if trained else ["skipped"] * len(SEED_FIGURES)
-            lines.append("| " + " | ".join([names, model, arm_name, str(len(trained)), *cells]) + " |")
-    return lines
-
-
-def lab_table(experiments: Sequence[Experiment]) -> list[str] | None:
-    """The course report's table: test accuracy (kappa) per model and init, for two or more models trained.
-
-    One row per model any experiment trained, in the registry's order (an unknown name of an old run last).
-    """
-    cells: dict[tuple[str, str], list[str]] = {}
-    for experiment in experiments:
-        for arm_name, arm in experiment.arms.items():
-            if arm.trained:
-                label = f"{_pct(arm.metrics['acc'])} ({_kappa(arm.metrics['kappa'])})"
-                cells.setdefault((arm.info.model, arm_name), []).append(
-                    label if len(experiments) == 1 else f"{label} {md_text(experiment.name)}"
-                )
-    trained = {model for model, _ in cells}
-    models = [m for m in MODELS if m in trained] + sorted(trained - set(MODELS))
-    if len(models) < 2:
-        return None  # one model (or none) trained: no table of models against inits
-    lines = ["|  | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
-    for model in models:
-        row = ["<br>".join(cells.get((model, arm), ["not trained"])) for arm in ARMS]
-        lines.append(f"| {md_text(model_name(model))} | " + " | ".join(row) + " |")
-    return lines
-
-
-def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequence[str]) -> str:
-    """The text of compare.md."""
-    names = ", ".join(
-        md_code(e.name) + ("" if e.kind == "experiment" else f" ({e.kind})") for e in experiments
+    return holds_only(
+        {"compare.md": starts_with(TITLE.encode() + b"\n"), "compare.png": starts_with(b"\x89PNG")}
     )
-    lines = [TITLE, "", f"Compared: {names}."]
-    if notes:
-        lines += ["", *(f"- {note}" for note in notes)]
-    if differ:
-        lines += ["", "## What differs", "", *settings_table(experiments, differ)]
-    else:
-        lines += ["", "The experiments have the same params."]
-    if any(
-        isinstance(arm.info, EvaluationInfo) and arm.info.synthetic
-        for e in experiments
-        for arm in e.arms.values()
-    ):
-        lines += [
-            "",
-            "> **SYNTHETIC demo data**: these numbers show that the pipeline runs; they say "
-            "nothing about retinopathy.",
-        ]
-    flagged = [
-        f"{md_code(e.name)} {arm.name}"
-        for e in experiments
-        for arm in e.arms.values()
-        if arm.trained and at_baseline(arm.metrics)
-    ]
-    if flagged:
-        lines += [
-            "",
-            f"> **At the majority baseline** (learned nothing that always answering the commonest "
-            f"grade does not give): {', '.join(flagged)}. Rule: {BASELINE_RULE}.",
-        ]
-    lines += [
-        "",
-        "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
-        "(see each run's `metrics/<arm>.info.json` for the rule that selected it); *fused* the same "
-        "test images graded with both eyes of each patient (the `fuse` stage; "
-        "`metrics/fused/<arm>.json`, intervals in `metrics/fused/<arm>.screening.json`).",
-        "",
-        "## Every experiment and arm",
-        "",
-        *results_table(experiments),
-        "",
-    ]
-    groups = seed_groups(list(experiments))
-    if groups:
-        lines += [
-            "## Across seeds",
-            "",
-            "Experiments whose params differ only in `train.seed`: the mean ± the standard deviation "
-            "(sample, n - 1) over the seeds, and n, the trained runs.",
-            "",
-            *seeds_table(groups),
-            "",
-        ]
-        repeated = [name for group in groups for name in group.left_out]
-        if repeated:
-            lines += [
-                f"Not counted again (same params and seed as a member): {', '.join(map(md_code, repeated))}.",
-                "",
-            ]
-    lab = lab_table(experiments)
-    if lab:
-        lines += ["## With and without pretraining (test accuracy, kappa)", "", *lab, ""]
-    lines += ["## Per epoch", "", "![test accuracy and kappa per epoch](compare.png)", ""]
-    return "\n".join(lines)
-
-
-TITLE = "# Experiments compared"
-# What compare writes: only a folder holding nothing else is replaced (nothing else is deleted).
-OURS = holds_only({"compare.md": starts_with(TITLE.encode() + b"\n"), "compare.png": starts_with(b"\x89PNG")})
 
 
 def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experiment]:
     """Write compare.md and compare.png for the experiments into ``out`` (replaced as a whole).
 
-    ``out`` must be absent, empty or an earlier output of compare (:data:`OURS`), checked first.
+    ``out`` must be absent, empty or an earlier output of compare (:func:`_ours`), checked first.
     """
-    check_output_folder(out, "compare", OURS)
+    from retinopathy.reporting.comparison import render
+    from retinopathy.reporting.experiments import differing_params, load_experiments, same_results
+    from retinopathy.reporting.figures import plot_curves
+
+    ours = _ours()
+    check_output_folder(out, "compare", ours)
     experiments, notes = load_experiments(names, repo)
     if not names and len(experiments) > 1 and experiments[0].kind == WORKSPACE:
         workspace, rest = experiments[0], experiments[1:]
@@ -283,7 +71,7 @@ def compare(names: list[str] | None, out: Path, repo: str = ".") -> list[Experim
             "no arm of these experiments was trained: run `dvc repro` or `dvc exp run` first"
         )
     differ = differing_params(experiments)
-    with staged_folder(out, "compare", OURS) as staging:
+    with staged_folder(out, "compare", ours) as staging:
         runs = [(e.name, arm) for e in experiments for arm in e.arms.values()]
         plot_curves(
             runs,

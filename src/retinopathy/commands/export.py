@@ -42,7 +42,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,8 @@ FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 EXTRA = "pip install -e '.[export]'"
 MISSING_FIX = "train the arm first (`dvc repro`), or pass another --checkpoint"
+# Each input of an exported graph, in order, and its dynamic dimensions (axis -> torch.export.Dim).
+Shapes = dict[str, dict[int, Any]]
 MEASURE_IMAGES = 32  # test images on which a plain full decode is compared with the project's decoder
 
 
@@ -87,7 +89,38 @@ def _example(side: int, count: int = 2, width: int | None = None) -> Tensor:
     )
 
 
-def _export_onnx(model: PhotoGrader, example: Tensor, path: Path) -> None:
+def _example_of_one(side: int, count: int = 2, width: int | None = None) -> tuple[Tensor]:
+    """:func:`_example` as the single-eye graph's inputs: ``images`` alone."""
+    return (_example(side, count, width),)
+
+
+def _image_dims(batch: Any, prefix: str = "") -> dict[int, Any]:
+    """An image input's dynamic dimensions: the shared batch, and its own height and width."""
+    import torch
+
+    return {
+        0: batch,
+        2: torch.export.Dim(f"{prefix}height", min=2),
+        3: torch.export.Dim(f"{prefix}width", min=2),
+    }
+
+
+def _write_graph(model: Any, example: tuple[Tensor, ...], path: Path, fmt: str, shapes: Shapes) -> None:
+    """Trace ``model`` on ``example`` into ``path``: TorchScript, or ONNX with the inputs ``shapes`` names.
+
+    Args:
+        shapes: Each input's name, in the order of ``example``, and its dynamic dimensions (ONNX).
+
+    Raises:
+        RetinopathyError: ONNX without the export extra installed.
+    """
+    import torch
+
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice
+            torch.jit.trace(model, example).save(str(path))
+        return
     try:
         import onnxruntime  # noqa: F401  (checked here so the error names the extra)
         import onnxscript  # noqa: F401
@@ -95,26 +128,19 @@ def _export_onnx(model: PhotoGrader, example: Tensor, path: Path) -> None:
         raise RetinopathyError(
             f"ONNX export needs {error.name}, which is not installed; install the export extra: {EXTRA}"
         ) from None
-    import torch
-
-    dims = {
-        0: torch.export.Dim("batch", min=1),
-        2: torch.export.Dim("height", min=2),
-        3: torch.export.Dim("width", min=2),
-    }
     chatter = io.StringIO()  # the exporter prints its progress; it is shown only if it fails
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (example,),
+                example,
                 str(path),
                 dynamo=True,
                 external_data=False,
-                input_names=["images"],
+                input_names=list(shapes),
                 output_names=["scores"],
-                dynamic_shapes={"images": dims},
+                dynamic_shapes=shapes,
                 verbose=False,
             )
     except Exception:
@@ -122,32 +148,35 @@ def _export_onnx(model: PhotoGrader, example: Tensor, path: Path) -> None:
         raise
 
 
-def _run_onnx(path: Path, images: Tensor) -> Tensor:
-    import onnxruntime
+def run_graph(path: Path, fmt: str, feeds: dict[str, Tensor]) -> Tensor:
+    """The scores of an exported file (``fmt``) on ``feeds``, its inputs by name, in order."""
     import torch
+
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(str(path))(*feeds.values())
+    import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    return torch.from_numpy(session.run(None, {name: value.numpy() for name, value in feeds.items()})[0])
 
 
-def _export_torchscript(model: PhotoGrader, example: Tensor, path: Path) -> None:
-    import torch
+def _single_eye(fmt: str) -> tuple[Callable[[Any, Tensor, Path], None], Callable[[Path, Tensor], Tensor]]:
+    """The writer and the runner of the single-eye graph (``fmt``): one input, ``images``."""
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice
-        traced = torch.jit.trace(model, example)
-        traced.save(str(path))
+    def write(model: Any, example: Tensor, path: Path) -> None:
+        import torch
 
+        _write_graph(model, (example,), path, fmt, {"images": _image_dims(torch.export.Dim("batch", min=1))})
 
-def _run_torchscript(path: Path, images: Tensor) -> Tensor:
-    import torch
+    def run(path: Path, images: Tensor) -> Tensor:
+        return run_graph(path, fmt, {"images": images})
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.load(str(path))(images)
+    return write, run
 
 
-EXPORTERS = {"onnx": (_export_onnx, _run_onnx), "torchscript": (_export_torchscript, _run_torchscript)}
+EXPORTERS = {fmt: _single_eye(fmt) for fmt in FORMATS}
 
 
 @dataclass(frozen=True)
@@ -445,6 +474,72 @@ def _our_export(out: Path, card: Path) -> Callable[[Path], bool]:
     return ours
 
 
+def _check_outputs(out: Path, inputs: list[Path]) -> Path:
+    """Before any work: ``out`` and its card replace only an earlier export, never an input; the card.
+
+    Raises:
+        RetinopathyError: naming the output and the fix.
+    """
+    from retinopathy.core.files import check_output_file
+
+    card = out.with_name(out.name + ".md")
+    ours = _our_export(out, card)  # replace only an earlier export: never the checkpoint, nor others' files
+    for path in (out, card):
+        check_output_file(path, "export", ours, inputs=inputs)
+    return card
+
+
+def _load(path: Path, arm: str, given: bool, layout: Layout) -> Trained:
+    """The checkpoint to export (``--checkpoint``: ``given``, else the arm's ``best.pt``) and its grader."""
+    from retinopathy.engine import checkpoint
+    from retinopathy.reporting.results import missing_checkpoint_fix
+
+    return checkpoint.load_trained(path, fix=MISSING_FIX if given else missing_checkpoint_fix(arm, layout))
+
+
+@contextlib.contextmanager
+def _drafted(
+    out: Path,
+    fmt: str,
+    model: Any,
+    size: int,
+    examples: Callable[..., tuple[Tensor, ...]],
+    shapes: Shapes,
+) -> Iterator[tuple[Path, float]]:
+    """Export ``model`` into a draft beside ``out`` and check it against PyTorch before anything is written.
+
+    The check runs another batch size than the one traced, at the network's size and at
+    another (the resize inside the graph). A killed export's draft is removed by the next
+    export to ``out``.
+
+    Args:
+        size: The network's input side (each image is resized to it inside the graph).
+        examples: ``examples(side, count=2, width=None)``: the graph's inputs, in the order of ``shapes``.
+        shapes: Each input's name and its dynamic dimensions (ONNX).
+
+    Yields:
+        The draft file, and the largest difference from PyTorch's scores.
+
+    Raises:
+        RetinopathyError: the scores differ by more than :data:`TOLERANCE`, or are not finite.
+    """
+    import torch
+
+    from retinopathy.core.files import draft_folder
+
+    with draft_folder(out) as folder:
+        draft = folder / out.name
+        _write_graph(model, examples(size), draft, fmt, shapes)
+        differences = []
+        for check in (examples(size, 3), examples(size + size // 2, 2, size * 2)):
+            with torch.no_grad():
+                got = run_graph(draft, fmt, dict(zip(shapes, check, strict=True)))
+                differences.append(float((got - model(*check)).abs().max()))
+        difference = _worst(differences)
+        _check_agreement(out, fmt, difference)
+        yield draft, difference
+
+
 def export(
     arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None, layout: Layout | None = None
 ) -> float:
@@ -456,37 +551,20 @@ def export(
     """
     import torch
 
-    from retinopathy.core.files import check_output_file, draft_folder, write_together
-    from retinopathy.engine import checkpoint
-    from retinopathy.reporting.results import missing_checkpoint_fix
+    from retinopathy.core.files import write_together
 
     layout = layout or Layout()
-    files = layout.arm(arm)
-    path = checkpoint_path or files.best
-    card = out.with_name(out.name + ".md")
-    ours = _our_export(out, card)  # replace only an earlier export: never the checkpoint, nor others' files
-    check_output_file(out, "export", ours, inputs=[path])
-    check_output_file(card, "export", ours, inputs=[path])
-    fix = MISSING_FIX if checkpoint_path else missing_checkpoint_fix(arm, layout)
-    trained = checkpoint.load_trained(path, fix=fix)
-    state, spec = trained.state, trained.spec
+    path = checkpoint_path or layout.arm(arm).best
+    card = _check_outputs(out, [path])
+    trained = _load(path, arm, checkpoint_path is not None, layout)
     model = scores_model(trained)
-    example = _example(model.size)
-    write, run = EXPORTERS[fmt]
-    with draft_folder(out) as folder:  # a killed export's draft is removed by the next export to `out`
-        draft = folder / out.name
-        write(model, example, draft)
-        differences = []
-        # Another batch size than the one traced, at the network's size and at another (the resize).
-        for check in (_example(model.size, 3), _example(model.size + model.size // 2, 2, model.size * 2)):
-            with torch.no_grad():
-                differences.append(float((run(draft, check) - model(check)).abs().max()))
-        difference = _worst(differences)
-        _check_agreement(out, fmt, difference)
-        known = provenance(path, state, arm, layout)
-        measured = measure_decoders(model, run, draft, _test_photos(known.info))
+    shapes = {"images": _image_dims(torch.export.Dim("batch", min=1))}
+    with _drafted(out, fmt, model, model.size, _example_of_one, shapes) as (draft, difference):
+        known = provenance(path, trained.state, arm, layout)
+        measured = measure_decoders(model, EXPORTERS[fmt][1], draft, _test_photos(known.info))
         exported = draft.read_bytes()
-    write_together({out: exported, card: model_card(spec, arm, state, known, fmt, out, measured, path)})
+    text = model_card(trained.spec, arm, trained.state, known, fmt, out, measured, path)
+    write_together({out: exported, card: text})
     return difference
 
 
@@ -497,63 +575,9 @@ def _both_eyes_example(side: int, count: int = 2, width: int | None = None) -> t
     return images, images.flip(3), torch.arange(count, dtype=torch.float32) % 2
 
 
-def _export_fused(model: Any, example: tuple, path: Path, fmt: str) -> None:
-    import torch
-
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.jit.trace(model, example).save(str(path))
-        return
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise RetinopathyError(
-            f"ONNX export needs {error.name}, which is not installed; install the export extra: {EXTRA}"
-        ) from None
-    batch = torch.export.Dim("batch", min=1)
-    dims = {
-        name: {
-            0: batch,
-            2: torch.export.Dim(f"{name}_height", min=2),
-            3: torch.export.Dim(f"{name}_width", min=2),
-        }
-        for name in ("images", "others")
-    }
-    chatter = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                example,
-                str(path),
-                dynamo=True,
-                external_data=False,
-                input_names=["images", "others", "side"],
-                output_names=["scores"],
-                dynamic_shapes={**dims, "side": {0: batch}},
-                verbose=False,
-            )
-    except Exception:
-        print(chatter.getvalue(), file=sys.stderr)
-        raise
-
-
 def run_fused(path: Path, fmt: str, images: Tensor, others: Tensor, side: Tensor) -> Tensor:
     """Scores of an exported both-eyes grader (``--fused``)."""
-    import torch
-
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.load(str(path))(images, others, side)
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {"images": images.numpy(), "others": others.numpy(), "side": side.numpy()}
-    return torch.from_numpy(session.run(None, feeds)[0])
+    return run_graph(path, fmt, {"images": images, "others": others, "side": side})
 
 
 def export_fused(
@@ -572,22 +596,17 @@ def export_fused(
     """
     import torch
 
-    from retinopathy.core.files import check_output_file, draft_folder, write_together
-    from retinopathy.engine import checkpoint
+    from retinopathy.core.files import write_together
     from retinopathy.fusion.blend import BlendRecord
     from retinopathy.fusion.features import blend_width
     from retinopathy.fusion.graph import BothEyes
-    from retinopathy.reporting.results import missing_checkpoint_fix
 
     layout = layout or Layout()
-    path = checkpoint_path or layout.arm(arm).best
     blend_path = blend_path or layout.blend(arm)
-    card = out.with_name(out.name + ".md")
-    ours = _our_export(out, card)
-    check_output_file(out, "export", ours, inputs=[path, blend_path])
-    check_output_file(card, "export", ours, inputs=[path, blend_path])
-    missing = MISSING_FIX if checkpoint_path else missing_checkpoint_fix(arm, layout)
-    state = checkpoint.load(path, "best", fix=missing)
+    path = checkpoint_path or layout.arm(arm).best
+    card = _check_outputs(out, [path, blend_path])
+    trained = _load(path, arm, checkpoint_path is not None, layout)
+    state = trained.state
     fix = f"run `dvc repro fuse@{arm}` with fuse.method: blend, or pass --blend FILE"
     record = BlendRecord.load(blend_path, fix)
     if not record.learned:
@@ -597,20 +616,17 @@ def export_fused(
             f"{blend_path}: learned on the features of run {record.fingerprint}, not of "
             f"{path} (run {state.fingerprint}); {fix}"
         )
-    photo = load_scores_model(path)
+    photo = scores_model(trained)
     record.check_fits(blend_width(photo.grader, record.inputs, photo.spec.head()), blend_path, fix)
     model = BothEyes(photo, record).eval()
     size = model.photo.size
-    with draft_folder(out) as folder:
-        draft = folder / out.name
-        _export_fused(model, _both_eyes_example(size), draft, fmt)
-        differences = []
-        for check in (_both_eyes_example(size, 3), _both_eyes_example(size + size // 2, 2, size * 2)):
-            with torch.no_grad():
-                got = run_fused(draft, fmt, *check)
-                differences.append(float((got - model(*check)).abs().max()))
-        difference = _worst(differences)
-        _check_agreement(out, fmt, difference)
+    batch = torch.export.Dim("batch", min=1)
+    shapes = {
+        "images": _image_dims(batch, "images_"),
+        "others": _image_dims(batch, "others_"),
+        "side": {0: batch},
+    }
+    with _drafted(out, fmt, model, size, _both_eyes_example, shapes) as (draft, difference):
         exported = draft.read_bytes()
     output = (
         f"the regression value [N]; the grade is how many of the thresholds {record.thresholds} lie below it"

@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
 from retinopathy.core.config import cli_positive_float
 from retinopathy.core.contract import ARMS, Layout
 from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import exclusive_lock
-from retinopathy.engine.store import RESUME_FOLDER, StoredRun, megabytes, remove_stored_run, stored_runs
+
+if TYPE_CHECKING:  # the store imports torch: imported where it is used, so --help is instant
+    from retinopathy.engine.store import StoredRun
 
 
 def selected(
@@ -35,6 +38,8 @@ def selected(
     Raises:
         RetinopathyError: a named run is not in the store, or is not recognisably the store's own.
     """
+    from retinopathy.engine.store import RESUME_FOLDER
+
     if names:
         by_name = {run.name: run for run in runs}
         chosen = []
@@ -67,6 +72,8 @@ def selected(
 
 def prune(runs: list[StoredRun]) -> int:
     """Remove ``runs`` (each arm's under its training lock); returns the bytes freed."""
+    from retinopathy.engine.store import megabytes, remove_stored_run
+
     freed = 0
     with contextlib.ExitStack() as locks:
         for arm in sorted({run.arm for run in runs}):
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             "prune needs the runs to remove: RUN... (as `retinopathy resume list` names them), "
             "--older-than DAYS or --all"
         )
+    from retinopathy.engine.store import RESUME_FOLDER, megabytes, stored_runs
+
     store = Layout().models / RESUME_FOLDER
     runs = stored_runs(Layout().models)
     if args.action == "list":

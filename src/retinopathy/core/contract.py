@@ -31,6 +31,11 @@ COURSE_IMAGE_SIZE = 512  # the course's images (and import-kaggle's default): sq
 MAX_IMAGE_SIZE = 4096
 
 ARMS = ("scratch", "pretrained")  # how an arm's network starts: random, or train.weights
+# Fetching ImageNet weights (models/build.py, the `weights` stage): set the variable to 1 on machines
+# where a download attempt would hang (e.g. a firewall that drops packets); the timeout is the
+# seconds of silence from the server before a download gives up.
+NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
+DOWNLOAD_TIMEOUT = 60.0
 SPLITS = ("train", "val", "test")  # of the prepared index; val is empty unless data.val_fraction > 0
 NORMALIZATIONS = ("imagenet", "none")  # of the network's input, after scaling pixels to [0, 1]
 PREPROCESSES = ("none", "graham")  # of the pixels before that (graham: local average colour subtracted)
@@ -224,6 +229,16 @@ class ScreeningFiles:
         """The ROC curve's file of ``level`` (one of ``LEVELS``)."""
         return {"image": self.roc_image, "patient": self.roc_patient}[level]
 
+    @classmethod
+    def of(cls, folder: Path, arm: str) -> ScreeningFiles:
+        """``arm``'s files under ``folder``: evaluate's in ``metrics/``, fuse's in ``metrics/fused/``."""
+        return cls(
+            folder / f"{arm}.screening.json",
+            folder / "roc" / f"{arm}_image.csv",
+            folder / "roc" / f"{arm}_patient.csv",
+            folder / "reliability" / f"{arm}.csv",
+        )
+
 
 @dataclass(frozen=True)
 class ArmFiles:
@@ -242,10 +257,8 @@ class ArmFiles:
         confusion_normalized: The same, each row divided by the true grade's count.
         predictions: :func:`prediction_header` per test image.
         val_predictions: The same per validation image (header only without a validation split).
-        screening: The screening figures with their intervals (``retinopathy.evaluation.screening``).
-        roc_image: The ROC curve of referable DR per image (``ROC_COLUMNS``).
-        roc_patient: The same per patient.
-        reliability: The reliability diagram's bins of P(grade >= 2) (``RELIABILITY_COLUMNS``).
+        screening_files: evaluate's screening files of the arm (the network alone): the figures
+            with their intervals, the ROC curves and the reliability diagram.
     """
 
     arm: str
@@ -261,15 +274,7 @@ class ArmFiles:
     confusion_normalized: Path
     predictions: Path
     val_predictions: Path
-    screening: Path
-    roc_image: Path
-    roc_patient: Path
-    reliability: Path
-
-    @property
-    def screening_files(self) -> ScreeningFiles:
-        """evaluate's screening files of the arm (the network alone)."""
-        return ScreeningFiles(self.screening, self.roc_image, self.roc_patient, self.reliability)
+    screening_files: ScreeningFiles
 
 
 @dataclass(frozen=True)
@@ -328,13 +333,7 @@ class Layout:
 
     def fused(self, arm: str) -> ScreeningFiles:
         """The screening files of ``arm`` graded with both eyes (the `fuse` stage), as evaluate's."""
-        folder = self.metrics / "fused"
-        return ScreeningFiles(
-            folder / f"{arm}.screening.json",
-            folder / "roc" / f"{arm}_image.csv",
-            folder / "roc" / f"{arm}_patient.csv",
-            folder / "reliability" / f"{arm}.csv",
-        )
+        return ScreeningFiles.of(self.metrics / "fused", arm)
 
     def manifest(self, arm: str) -> Path:
         """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""
@@ -357,8 +356,5 @@ class Layout:
             confusion_normalized=self.metrics / "confusion" / f"{arm}_normalized.csv",
             predictions=self.metrics / "predictions" / f"{arm}.csv",
             val_predictions=self.metrics / "predictions" / f"{arm}.val.csv",
-            screening=self.metrics / f"{arm}.screening.json",
-            roc_image=self.metrics / "roc" / f"{arm}_image.csv",
-            roc_patient=self.metrics / "roc" / f"{arm}_patient.csv",
-            reliability=self.metrics / "reliability" / f"{arm}.csv",
+            screening_files=ScreeningFiles.of(self.metrics, arm),
         )

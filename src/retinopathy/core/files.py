@@ -306,13 +306,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_file writes with mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    target = write_target(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        fd, tmp = _new_temporary(target)
-    except OSError as error:
-        raise _write_error(path, error) from None
+    target, fd, tmp = _temporary_beside(path)
     held = os.dup(fd)  # the lock lives as long as this descriptor: until after the rename
     try:
         _lock(held)
@@ -340,6 +334,24 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO
 def _new_temporary(target: Path) -> tuple[int, str]:
     """A new empty temporary file beside ``target``, named as :func:`remove_stale_temporaries` knows."""
     return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_owner()}.", suffix=".tmp")
+
+
+def _temporary_beside(path: Path) -> tuple[Path, int, str]:
+    """The file a write of ``path`` replaces (:func:`write_target`), and a new temporary beside it.
+
+    Its folder is created, and the stale temporaries of earlier runs are removed first.
+
+    Raises:
+        RetinopathyError: ``path`` is a folder or a special file, or the temporary cannot be made.
+    """
+    target = write_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = _new_temporary(target)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    return target, fd, tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -585,18 +597,30 @@ def check_output_folder(out: str | Path, command: str, ours: Ours | None) -> Non
     check_writable(out.parent, f"the output of `retinopathy {command}`")
 
 
-def _staging_folder(target: Path) -> tuple[Path, int]:
-    """A new empty folder beside ``target`` to build it in, and the descriptor that holds its lock.
+@contextmanager
+def _temporary_folder(target: Path, failed: Path) -> Iterator[Path]:
+    """A new empty folder beside ``target``, locked while the block runs and deleted when it ends.
 
-    The prologue of :func:`staged_folder`, :func:`draft_folder` and :func:`staged_files`:
-    named ``.<target>.tmp-<host>-<pid>-<random>`` and ``flock``-ed, so the folder of a
-    killed run is found and removed by the next write of ``target``
-    (:func:`remove_stale_temporaries`), and never while its writer lives.
+    The one prologue and epilogue of :func:`staged_folder`, :func:`draft_folder` and
+    :func:`staged_files`: named ``.<target>.tmp-<host>-<pid>-<random>`` and ``flock``-ed, so the
+    folder of a killed run is found and removed by the next write of ``target``
+    (:func:`remove_stale_temporaries`), and never while its writer lives. A write in the block
+    that fails for want of space, quota or permission to write is a
+    :class:`~retinopathy.core.errors.RetinopathyError` naming ``failed``, the output.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_owner()}-", dir=target.parent))
-    return folder, _hold(folder)
+    held = _hold(folder)
+    try:
+        yield folder
+    except OSError as error:
+        if error.errno in _WRITE_ERRNOS:
+            raise _write_error(failed, error) from None
+        raise
+    finally:
+        os.close(held)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
@@ -618,9 +642,8 @@ def staged_folder(out: str | Path, command: str | None = None, ours: Ours | None
     if command is not None:
         check_output_folder(out, command, ours)
     out = _folder_target(Path(out))
-    staging, held = _staging_folder(out)
-    public_mode(staging, folder=True)
-    try:
+    with _temporary_folder(out, out) as staging:
+        public_mode(staging, folder=True)
         yield staging
         if command is not None:
             check_output_folder(out, command, ours)  # filled meanwhile?
@@ -635,13 +658,6 @@ def staged_folder(out: str | Path, command: str | None = None, ours: Ours | None
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(staging, out)
-    except OSError as error:
-        if error.errno in _WRITE_ERRNOS:
-            raise _write_error(out, error) from None
-        raise
-    finally:
-        os.close(held)
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager
@@ -651,12 +667,8 @@ def draft_folder(target: str | Path) -> Iterator[Path]:
     Named and locked as :func:`staged_folder`'s, so the draft of a killed run
     is removed by the next run that writes ``target``.
     """
-    draft, held = _staging_folder(write_target(target))
-    try:
+    with _temporary_folder(write_target(target), Path(target)) as draft:
         yield draft
-    finally:
-        os.close(held)
-        shutil.rmtree(draft, ignore_errors=True)
 
 
 @contextmanager
@@ -666,9 +678,9 @@ def staged_files(
     """Write files into a temporary folder; on success each replaces its namesake in ``folder``.
 
     For a stage that owns some files of a folder, not the folder (the report and
-    the heat maps share ``plots/``). Each rename is atomic; when the block raises,
-    nothing in ``folder`` changes. A namesake that is a link is written through
-    (:func:`write_target`).
+    the heat maps share ``plots/``). The files change together, or none does
+    (:func:`write_together`); when the block raises, nothing in ``folder`` changes.
+    A namesake that is a link is written through (:func:`write_target`).
 
     Args:
         folder: Where the files go.
@@ -679,29 +691,13 @@ def staged_files(
     """
     folder = Path(folder)
     # "staged": the name the temporaries are known by, for remove_stale_temporaries
-    staging, held = _staging_folder(folder / "staged")
-    try:
+    with _temporary_folder(folder / "staged", folder) as staging:
         yield staging
         written = sorted(staging.iterdir())
         if command is not None:
             for path in written:
                 check_output_file(folder / path.name, command, (ours or {}).get(path.name, lambda _: False))
-        with _together() as (swaps, locks):
-            for path in written:
-                public_mode(path)
-                goal = write_target(folder / path.name)
-                if goal.parent == folder and not goal.is_symlink():
-                    swaps.append(_Swap(folder / path.name, goal, path))
-                else:  # through a link, perhaps onto another filesystem: staged beside its target
-                    swaps.append(_stage(folder / path.name, path.read_bytes(), locks))
-            _publish(swaps, locks)
-    except OSError as error:
-        if error.errno in _WRITE_ERRNOS:
-            raise _write_error(folder, error) from None
-        raise
-    finally:
-        os.close(held)
-        shutil.rmtree(staging, ignore_errors=True)
+        write_together({folder / path.name: path.read_bytes() for path in written})
 
 
 # ------------------------------------------------------------------ several files as one output
@@ -726,13 +722,7 @@ class _Swap:
 
 def _stage(path: Path, content: str | bytes, locks: list[int]) -> _Swap:
     """Write ``content`` to a temporary beside ``path``'s target (locked: ``locks`` gets the descriptor)."""
-    target = write_target(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        fd, tmp = _new_temporary(target)
-    except OSError as error:
-        raise _write_error(path, error) from None
+    target, fd, tmp = _temporary_beside(path)
     locks.append(os.dup(fd))
     _lock(locks[-1])
     try:

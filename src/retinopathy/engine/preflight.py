@@ -30,8 +30,8 @@ def preflight(device: str, cache_dir: str | None, layout: Layout) -> None:
         folders[files.metrics.parent] = "the metrics"
         folders[files.confusion_counts.parent] = "the confusion matrices"
         folders[files.predictions.parent] = "the predictions"
-        folders[files.roc_image.parent] = "the ROC curves"
-        folders[files.reliability.parent] = "the reliability diagrams"
+        folders[files.screening_files.roc_image.parent] = "the ROC curves"
+        folders[files.screening_files.reliability.parent] = "the reliability diagrams"
         fused = layout.fused(arm)
         folders[layout.fused_metrics(arm).parent] = "the figures graded with both eyes"
         folders[fused.roc_image.parent] = "the ROC curves graded with both eyes"

@@ -27,7 +27,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.contract import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV, NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import sha256_of
 from retinopathy.core.registry import MODELS, REGISTRY, architecture
@@ -56,9 +56,6 @@ def builder_of(name: str) -> Callable[..., nn.Module]:
 # file lands in (and is read from) the usual TORCH_HOME cache.
 IMAGENET = {name: tvm.get_weight(REGISTRY[name].imagenet) for name in MODELS}
 WEIGHTS_KEY = "train.weights"  # the params.yaml key that points at a local file instead
-# Set to 1 on machines where a download attempt would hang (e.g. a firewall that drops packets).
-NO_DOWNLOAD_ENV = "RETINOPATHY_NO_DOWNLOAD"
-DOWNLOAD_TIMEOUT = 60.0  # seconds of silence from the server before a download gives up
 
 
 def check_model_name(name: str) -> None:

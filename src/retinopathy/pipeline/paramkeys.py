@@ -10,7 +10,7 @@ read that the declaration lacks, and writes each stage's ``params:`` in dvc.yaml
 declaration, less :data:`SPEED_ONLY`.
 
 What the check follows, in a stage module: ``params`` (a parameter of that name, one
-annotated ``Params``, or a ``load_params(...)`` call) and the names bound to it or to
+annotated ``Params``, or a ``load_params(...)`` or ``stage_params(...)`` call) and the names bound to it or to
 one of its sections (``train = params.train``; a parameter annotated ``TrainParams``).
 A read is ``params.model``, ``params.train.lr``, ``train.lr``, or a section's method
 (``train.epochs_for(model)`` reads ``train.epochs``: the method's own ``self.<key>``
@@ -171,7 +171,11 @@ class _Scope:
         """``params`` (all of it), a section's name, or None (anything else, or a key's value)."""
         if isinstance(node, ast.Name):
             return self.kinds.get(node.id)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "load_params":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("load_params", "stage_params")
+        ):
             return _PARAMS
         if isinstance(node, ast.Attribute) and self.kind(node.value) == _PARAMS:
             return node.attr if _SECTIONS.get(node.attr) is not None else None

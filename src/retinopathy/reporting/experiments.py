@@ -16,12 +16,14 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retinopathy.core.contract import ARMS, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.reporting.escape import md_code, md_prose
-from retinopathy.reporting.results import Arm, load_arm, read_working_tree
+
+if TYPE_CHECKING:  # the readers (pandas) are imported where they read, so that compare --help is instant
+    from retinopathy.reporting.results import Arm
 
 WORKSPACE = "workspace"
 FINISHED = (None, "Success")  # exp_show's State of experiments whose files are complete
@@ -88,6 +90,8 @@ def _git_revision(repo: str, name: str) -> str | None:
 def _read(repo: str, rev: str | None):
     import dvc.api
 
+    from retinopathy.reporting.results import read_working_tree
+
     if rev is None:
         return lambda path: read_working_tree(Path(repo) / path)
 
@@ -142,6 +146,8 @@ def load_experiments(names: list[str] | None = None, repo: str = ".") -> tuple[l
             results of a named one that are missing or malformed (naming the file).
     """
     import dvc.api
+
+    from retinopathy.reporting.results import load_arm
 
     listed = _listed(repo)
     chosen = _choose(names, listed, repo) if names else listed

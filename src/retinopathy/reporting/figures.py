@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -28,6 +28,7 @@ from retinopathy.core.contract import (
 from retinopathy.core.records import Skipped
 from retinopathy.evaluation.screening_files import Screening
 from retinopathy.reporting.escape import plain_text
+from retinopathy.reporting.markdown import figure_text
 from retinopathy.reporting.results import Arm, at_baseline, majority_baseline, model_name
 
 if TYPE_CHECKING:  # matplotlib >= 3.8; only the type checker reads it
@@ -51,6 +52,25 @@ def _save(fig: plt.Figure, path: Path) -> None:
     # arm's placeholder must keep the size of the heat map it stands in for.
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     plt.close(fig)
+
+
+def _star(ax: plt.Axes, epochs: Any, values: Any, colour: str) -> None:
+    """Star the selected epoch (the evaluated checkpoint's), so the selection rule is visible."""
+    ax.plot(epochs, values, ls="none", marker="*", ms=15, color=colour, mec="black", mew=0.8, zorder=5)
+
+
+def _star_handle() -> Line2D:
+    """The legend entry of :func:`_star`'s stars."""
+    return Line2D(
+        [], [], ls="none", marker="*", ms=12, color="white", mec="black", label="selected epoch (evaluated)"
+    )
+
+
+def _baseline(ax: plt.Axes, baseline: float) -> Line2D:
+    """The majority baseline (always grade 0) as a dashed line across ``ax``, in percent."""
+    return ax.axhline(
+        100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
+    )
 
 
 def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
@@ -85,41 +105,15 @@ def plot_accuracy(arms: Sequence[Arm], title: str, path: Path) -> None:
                     label=f"{arm.name}: {text}",
                 )
                 handles.append(line)
-        # Star the epoch whose checkpoint was evaluated, so the selection rule is visible.
         chosen = arm.history[arm.history["epoch"] == arm.metrics.get("epoch")]
         if not chosen.empty:
-            ax.plot(
-                chosen["epoch"],
-                100 * chosen["test_accuracy"],
-                ls="none",
-                marker="*",
-                ms=15,
-                color=colour,
-                mec="black",
-                mew=0.8,
-                zorder=5,
-            )
+            _star(ax, chosen["epoch"], 100 * chosen["test_accuracy"], colour)
             starred = True
     baseline = majority_baseline(arms)
     if baseline is not None:
-        handles.append(
-            ax.axhline(
-                100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
-            )
-        )
+        handles.append(_baseline(ax, baseline))
     if starred:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="none",
-                marker="*",
-                ms=12,
-                color="white",
-                mec="black",
-                label="selected epoch (evaluated)",
-            )
-        )
+        handles.append(_star_handle())
     ax.set(title=title, xlabel="epoch", ylabel="accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(arm.trained for arm in arms):
@@ -241,9 +235,7 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
             )
     baseline = majority_baseline(arms)
     if baseline is not None:
-        ax.axhline(
-            100 * baseline, color="grey", ls="--", lw=1.2, label=f"always grade 0 ({100 * baseline:.1f}%)"
-        )
+        _baseline(ax, baseline)
         # Below the axes: inside, it would cover a bar whatever corner it took.
         fig.legend(loc="outside lower center")
     ax.set_xticks(range(len(arms)), [arm.name for arm in arms])
@@ -253,12 +245,12 @@ def plot_best(arms: Sequence[Arm], title: str, path: Path) -> None:
     _save(fig, path)
 
 
-def _interval(entry: dict) -> str:
-    """``0.912 [0.871, 0.950]``, or ``undefined`` (one class only)."""
-    if entry.get("value") is None:
-        return "undefined"
-    bounds = f" [{entry['low']:.3f}, {entry['high']:.3f}]" if entry.get("low") is not None else ""
-    return f"{entry['value']:.3f}{bounds}"
+def _percent_square(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Square axes from 0 to 100% both ways (with a margin for the points on the edges), gridded."""
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-2, 102), ylim=(-2, 102), aspect="equal")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PercentFormatter(100, decimals=0))
+    ax.grid(alpha=0.3)
 
 
 POINT_MARKERS = dict(zip(OPERATING_POINTS, ("^", "s"), strict=True))
@@ -284,7 +276,7 @@ def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, 
                 continue
             figures = screening.record[level]
             curve = screening.roc[level]
-            auc = _interval(figures["auc_referable"])
+            auc = figure_text(figures["auc_referable"], ", ", "undefined")
             if curve.empty:
                 ax.plot(
                     [],
@@ -329,17 +321,12 @@ def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, 
                     )
         n = next((s.record[level]["n"] for s in screenings.values()), None)
         unit = "images" if level == "image" else "patients (the worse eye; the higher eye score)"
-        ax.set(
-            title=f"per {level}" + (f": {n} {unit}" if n is not None else ""),
-            xlabel="1 - specificity (false positive rate)",
-            ylabel="sensitivity (true positive rate)",
-            xlim=(-2, 102),
-            ylim=(-2, 102),
-            aspect="equal",
+        _percent_square(
+            ax,
+            f"per {level}" + (f": {n} {unit}" if n is not None else ""),
+            "1 - specificity (false positive rate)",
+            "sensitivity (true positive rate)",
         )
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(PercentFormatter(100, decimals=0))
-        ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8.5)
     fig.suptitle(title)
     _save(fig, path)
@@ -392,17 +379,12 @@ def plot_reliability(arms: Sequence[Arm], screenings: dict[str, Screening], titl
         ),
         "",
     )
-    ax.set(
-        title=title,
-        xlabel=f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
-        ylabel="observed share with referable DR",
-        xlim=(-2, 102),
-        ylim=(-2, 102),
-        aspect="equal",
+    _percent_square(
+        ax,
+        title,
+        f"mean P(grade >= 2) in the bin ({bins_text}area: images)",
+        "observed share with referable DR",
     )
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(PercentFormatter(100, decimals=0))
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     _save(fig, path)
 
@@ -477,43 +459,14 @@ def plot_curves(runs: Sequence[tuple[str, Arm]], title: str, path: Path) -> None
             chosen = arm.history[epochs == arm.metrics.get("epoch")]
             if not chosen.empty:
                 for ax, values in ((acc_ax, 100 * chosen["test_accuracy"]), (kappa_ax, chosen["test_kappa"])):
-                    ax.plot(
-                        chosen["epoch"],
-                        values,
-                        ls="none",
-                        marker="*",
-                        ms=15,
-                        color=colour,
-                        mec="black",
-                        mew=0.8,
-                        zorder=5,
-                    )
+                    _star(ax, chosen["epoch"], values, colour)
                 starred = True
         baseline = majority_baseline([arm for _, arm in runs])
         if baseline is not None:
-            handles.append(
-                acc_ax.axhline(
-                    100 * baseline,
-                    color="grey",
-                    ls="--",
-                    lw=1.2,
-                    label=f"always grade 0 ({100 * baseline:.1f}%)",
-                )
-            )
+            handles.append(_baseline(acc_ax, baseline))
             kappa_ax.axhline(0, color="grey", ls="--", lw=1.2)
         if starred:
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    ls="none",
-                    marker="*",
-                    ms=12,
-                    color="white",
-                    mec="black",
-                    label="selected epoch (evaluated)",
-                )
-            )
+            handles.append(_star_handle())
         acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="test accuracy")
         acc_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
         kappa_ax.set(

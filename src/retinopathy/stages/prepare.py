@@ -28,11 +28,10 @@ Nothing is written unless every check passes.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from retinopathy.core.config import Params, cli_positive_int, load_params
+from retinopathy.core.config import Params, cli_positive_int
 from retinopathy.core.contract import INDEX_COLUMNS, Layout, is_demo_dataset
 from retinopathy.core.errors import RetinopathyError, note, warn
 from retinopathy.core.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
@@ -46,6 +45,7 @@ from retinopathy.data.patients import (
     leakage_warning,
     split_by_patient,
 )
+from retinopathy.pipeline.options import stage_params, stage_parser
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -144,10 +144,7 @@ def _duplicates_note(counts: Duplicates) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy prepare [--params params.yaml] [--out data/prepared]``."""
-    parser = argparse.ArgumentParser(prog="retinopathy prepare", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
-    )
+    parser = stage_parser("retinopathy prepare", __doc__.split("\n")[0])
     parser.add_argument(
         "--out",
         type=Path,
@@ -163,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Threads that check the images open (default: the CPU count, at most 4).",
     )
     args = parser.parse_args(argv)
-    params = load_params(args.params)
+    params = stage_params(args)
     summary = prepare(params, args.out, workers=args.workers)
     for name, split in summary.splits.items():
         print(f"{name}: {split.count} images, per grade {split.class_counts}")

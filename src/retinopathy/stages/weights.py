@@ -10,17 +10,14 @@ train and evaluate on every `dvc repro`, it first runs
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from retinopathy.core.config import cli_positive_float, load_params
-from retinopathy.core.contract import ARMS, Layout
+from retinopathy.core.config import cli_positive_float
+from retinopathy.core.contract import ARMS, DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV, Layout
 from retinopathy.core.errors import warn
 from retinopathy.core.files import check_output_file, json_with
-from retinopathy.engine.preflight import preflight
-from retinopathy.models.build import DOWNLOAD_TIMEOUT, NO_DOWNLOAD_ENV
-from retinopathy.models.manifest import Unavailable, describe_pretrained, describe_scratch, write_manifest
+from retinopathy.pipeline.options import stage_params, stage_parser
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -29,10 +26,7 @@ PARAMS = ("model", "train.weights", "train.seed", "train.zero_init_residual", "t
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy weights [--params params.yaml] [--out models/init]``."""
-    parser = argparse.ArgumentParser(prog="retinopathy weights", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
-    )
+    parser = stage_parser("retinopathy weights", __doc__.split("\n")[0])
     parser.add_argument(
         "--out",
         type=Path,
@@ -54,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Give up a download after this long without data (default: %(default)g).",
     )
     args = parser.parse_args(argv)
+    # torch and torchvision: imported after parsing, so that --help is instant
+    from retinopathy.engine.preflight import preflight
+    from retinopathy.models.manifest import Unavailable, describe_pretrained, describe_scratch, write_manifest
+
     download = not (args.no_download or os.environ.get(NO_DOWNLOAD_ENV) == "1")
-    params = load_params(args.params)
+    params = stage_params(args)
     layout = Layout(manifests=args.out)
     preflight(params.train.device, params.data.cache_dir, layout)  # always runs, before train and evaluate
     for arm in ARMS:  # a file of that name that is not a manifest is not replaced

@@ -7,11 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from retinopathy.commands.bench.inputs import SOURCE_SIZE
-from retinopathy.commands.bench.output import format_result
 from retinopathy.commands.bench.results import SECTIONS
-from retinopathy.commands.bench.runner import Settings, run
 from retinopathy.core.config import PRECISIONS, SWITCHES
+from retinopathy.core.contract import COURSE_IMAGE_SIZE
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import check_output_file, json_with, rescue_text, write_json_atomic
 from retinopathy.core.registry import MODELS, OWN_MODELS
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source-size",
         type=_positive_int,
-        default=SOURCE_SIZE,
+        default=COURSE_IMAGE_SIZE,
         help="The side of the generated JPEGs (default: 512, the course's).",
     )
     parser.add_argument(
@@ -131,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.json:  # before minutes of measuring: a file of that name that is not ours is not replaced
         check_output_file(args.json, "bench", json_with("machine", "settings", "comparisons"))
+    # torch and the measuring code: imported after parsing, so that --help is instant
+    from retinopathy.commands.bench.output import format_result
+    from retinopathy.commands.bench.runner import Settings, run
 
     settings = Settings(
         device=args.device,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retinopathy.commands.bench.results import Comparison
 from retinopathy.commands.bench.timing import alternate, sync_for
-from retinopathy.core.contract import NUM_GRADES
+from retinopathy.core.contract import COURSE_IMAGE_SIZE, NUM_GRADES
 from retinopathy.data.cache import DecodedCache
 from retinopathy.data.dataset import RetinopathyDataset
 from retinopathy.data.labels import Record, image_path
@@ -22,7 +22,7 @@ from retinopathy.data.synthetic import render_fundus
 from retinopathy.engine.batches import loader
 from retinopathy.engine.runtime import Runtime, make_runtime
 
-SOURCE_SIZE = 512  # the course's images are 512x512
+SOURCE_SIZE = COURSE_IMAGE_SIZE  # the course's images are 512x512
 JPEG_QUALITY = 95
 INPUT_BATCH = 4  # the lab's batch size
 INPUT_TARGET = 3.0  # ours >= 3x the reference loader at 512 px

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from retinopathy.commands.bench.timing import Measurement
+if TYPE_CHECKING:  # timing imports torch; the options (SECTIONS) must not wait for it
+    from retinopathy.commands.bench.timing import Measurement
 
 SECTIONS = ("input", "models", "fastpath", "feed", "compile")
 
