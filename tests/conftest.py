@@ -8,8 +8,10 @@ shared by every test that needs a trained grader (:func:`trained_once`, :func:`t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,17 @@ TRAINED_COMMANDS = (
 )
 
 
+@contextlib.contextmanager
+def _session_environment(tmp_path_factory, folder: Path) -> Iterator[None]:
+    """What the per-test autouse fixture below sets, for a session fixture, with ``folder`` as cwd."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DVC_NO_ANALYTICS", "1")
+        patch.setenv(NO_DOWNLOAD_ENV, "1")
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+        patch.chdir(folder)
+        yield
+
+
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder`` -> (size, mtime in ns): enough to see that something wrote there."""
     return {
@@ -157,12 +170,7 @@ def trained_once(tmp_path_factory) -> Path:
     """
     folder = tmp_path_factory.mktemp("trained") / "project"
     folder.mkdir()
-    with pytest.MonkeyPatch.context() as patch:
-        # The autouse fixture below is per test: a session fixture sets the same environment itself.
-        patch.setenv("DVC_NO_ANALYTICS", "1")
-        patch.setenv(NO_DOWNLOAD_ENV, "1")
-        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
-        patch.chdir(folder)
+    with _session_environment(tmp_path_factory, folder):
         make_tiny_project(folder, paired=True, **TRAINED_OVERRIDES)
         for argv in TRAINED_COMMANDS:
             assert cli.main(argv) == 0, f"retinopathy {' '.join(argv)} failed (its error is printed above)"
@@ -182,11 +190,22 @@ def trained_project(trained_once, tmp_path, monkeypatch) -> Path:
     return project
 
 
+@pytest.fixture(scope="session")
+def _tiny_once(tmp_path_factory) -> Path:
+    """:func:`make_tiny_project` once per session; tiny_project copies it (its files hold no path)."""
+    folder = tmp_path_factory.mktemp("tiny") / "project"
+    folder.mkdir()
+    with _session_environment(tmp_path_factory, folder):
+        make_tiny_project(folder)
+    return folder
+
+
 @pytest.fixture()
-def tiny_project(tmp_path, monkeypatch) -> Path:
+def tiny_project(_tiny_once, tmp_path, monkeypatch) -> Path:
     """A folder with params.yaml, demo data, data/prepared and models/init; cwd set to it."""
+    shutil.copytree(_tiny_once, tmp_path, symlinks=True, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
-    return make_tiny_project(tmp_path)
+    return tmp_path
 
 
 def subprocess_env() -> dict[str, str]:

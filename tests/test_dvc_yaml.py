@@ -143,6 +143,7 @@ def test_restricted_params_refuse_an_undeclared_key_and_name_the_fix() -> None:
         paramkeys.restrict(load_params(REPO / "params.yaml"), ("train.lr_typo",), "retinopathy.stages.x")
 
 
+@pytest.mark.slow
 def test_each_stage_runs_on_the_params_it_declares(tiny_project) -> None:
     # Each DVC stage's main, as `dvc repro` runs it (conftest's fixture ran prepare and weights the same way).
     from retinopathy.stages import demo_data, evaluate, explain, prepare, train
