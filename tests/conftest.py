@@ -1,14 +1,23 @@
-"""Shared fixtures: a tiny project (params, demo data, prepared index, manifests) in tmp_path."""
+"""Shared fixtures: a tiny project (params, demo data, prepared index, manifests) in tmp_path, and
+one trained tiny project per test session for the tests that need a trained grader.
+
+A test that trains a network, or runs DVC end to end, is marked ``slow``: ``pytest -m "not slow"``
+is the inner loop (CONTRIBUTING.md). The session's one training run is the exception: it is
+shared by every test that needs a trained grader (:func:`trained_once`, :func:`trained_project`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from retinopathy import cli
 from retinopathy.core import portable
 
 # As `retinopathy <command>` does, before anything imports torch: in-process runs then get the same
@@ -74,9 +83,30 @@ def _quiet_environment(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
 
 
-def make_tiny_project(folder: Path, **overrides: dict) -> Path:
+def pair_names(root: Path) -> None:
+    """Rename the demo's images to EyePACS names: consecutive images are one patient's left and right eye.
+
+    The last two test images are two patients' only photographs: ``t6_left`` and ``t7_right``
+    (with the tiny 12 test images: patients t0-t4 with both eyes, t6 and t7 with one).
+    """
+    for split, prefix in (("train", "a"), ("test", "t")):
+        listed = root / f"{split}_img.csv"
+        names = listed.read_text().split()
+        new = [f"{prefix}{i // 2}_{'left' if i % 2 == 0 else 'right'}" for i in range(len(names))]
+        if split == "test":
+            new[-2:] = ["t6_left", "t7_right"]
+        for old, name in zip(names, new, strict=True):
+            (root / f"{old}.jpeg").rename(root / f"{name}.jpeg")
+        listed.write_text("\n".join(new) + "\n")
+
+
+def make_tiny_project(folder: Path, *, paired: bool = False, **overrides: dict) -> Path:
     """Write params.yaml (:func:`write_params` with ``overrides``), the demo data, data/prepared and
-    models/init into ``folder``, which must be the working directory (stages use relative paths)."""
+    models/init into ``folder``, which must be the working directory (stages use relative paths).
+
+    With ``paired``, the demo's images get EyePACS names first (:func:`pair_names`), so `fuse`
+    and `predict` find both eyes of a patient.
+    """
     write_params(folder, **overrides)
     params = load_params(folder / "params.yaml")
     write_demo_dataset(
@@ -87,16 +117,93 @@ def make_tiny_project(folder: Path, **overrides: dict) -> Path:
         image_size=params.demo.image_size,
         variation=params.demo.variation,
     )
+    if paired:
+        pair_names(folder / "data/demo")
     prepare.prepare(params, folder / "data/prepared")
     assert weights.main([]) == 0
     return folder
 
 
+# The shared trained project's params: TINY_PARAMS with one epoch. A test that rewrites its params.yaml
+# passes these too (write_params(project, **TRAINED_OVERRIDES, ...)), so only its own change differs.
+TRAINED_OVERRIDES = {"train": {"epochs": 1}}
+# As a user runs them, in this process: no torch import per command, the same code as the CLI.
+TRAINED_COMMANDS = (
+    ["train", "--init", "scratch"],
+    ["train", "--init", "pretrained"],  # skipped offline, with its reason: the tests check that too
+    ["evaluate", "--init", "scratch"],
+    ["evaluate", "--init", "pretrained"],
+)
+
+
+@contextlib.contextmanager
+def _session_environment(tmp_path_factory, folder: Path) -> Iterator[None]:
+    """What the per-test autouse fixture below sets, for a session fixture, with ``folder`` as cwd."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DVC_NO_ANALYTICS", "1")
+        patch.setenv(NO_DOWNLOAD_ENV, "1")
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+        patch.chdir(folder)
+        yield
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` -> (size, mtime in ns): enough to see that something wrote there."""
+    return {
+        str(path.relative_to(folder)): (path.lstat().st_size, path.lstat().st_mtime_ns)
+        for path in folder.rglob("*")
+        if not path.is_dir()
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_once(tmp_path_factory) -> Path:
+    """The session's one trained tiny project; READ ONLY (copy it, or use :func:`trained_project`).
+
+    :func:`make_tiny_project` with paired EyePACS names and :data:`TRAINED_OVERRIDES`, then
+    :data:`TRAINED_COMMANDS`: the scratch arm trained (1 epoch of 40 images at 32 px) and evaluated,
+    the pretrained arm skipped offline and evaluated as skipped; `fuse`, `explain` and `report`
+    have not run. Its one training run takes a few seconds, so it sits in the fast tier; a test
+    that changes these files fails the session at its end.
+    """
+    folder = tmp_path_factory.mktemp("trained") / "project"
+    folder.mkdir()
+    with _session_environment(tmp_path_factory, folder):
+        make_tiny_project(folder, paired=True, **TRAINED_OVERRIDES)
+        for argv in TRAINED_COMMANDS:
+            assert cli.main(argv) == 0, f"retinopathy {' '.join(argv)} failed (its error is printed above)"
+    before = _files(folder)
+    yield folder
+    after = _files(folder)
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert not changed, f"a test wrote into the shared trained project (use `trained_project`): {changed}"
+
+
 @pytest.fixture()
-def tiny_project(tmp_path, monkeypatch) -> Path:
+def trained_project(trained_once, tmp_path, monkeypatch) -> Path:
+    """A fresh copy of :func:`trained_once` that the test may change; cwd set to it."""
+    project = tmp_path / "project"
+    shutil.copytree(trained_once, project, symlinks=True)
+    monkeypatch.chdir(project)
+    return project
+
+
+@pytest.fixture(scope="session")
+def _tiny_once(tmp_path_factory) -> Path:
+    """:func:`make_tiny_project` once per session; tiny_project copies it (its files hold no path)."""
+    folder = tmp_path_factory.mktemp("tiny") / "project"
+    folder.mkdir()
+    with _session_environment(tmp_path_factory, folder):
+        make_tiny_project(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_project(_tiny_once, tmp_path, monkeypatch) -> Path:
     """A folder with params.yaml, demo data, data/prepared and models/init; cwd set to it."""
+    shutil.copytree(_tiny_once, tmp_path, symlinks=True, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
-    return make_tiny_project(tmp_path)
+    return tmp_path
 
 
 def subprocess_env() -> dict[str, str]:

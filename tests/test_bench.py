@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from retinopathy.commands import bench
+from retinopathy import cli
 from retinopathy.commands.bench.cli import main
 from retinopathy.commands.bench.inputs import INPUT_TARGET, ReferenceDataset, bench_input, write_bench_images
 from retinopathy.commands.bench.machine import describe_machine, machine_line
@@ -232,9 +232,16 @@ def test_main_rejects_bad_options():
         main(["--seconds", "0"])
 
 
-def test_the_package_exposes_main_for_the_dispatcher():
-    # retinopathy.cli imports "retinopathy.bench" and calls its main(argv).
-    assert bench.main is main
+def test_the_dispatcher_runs_bench_with_its_options(capsys):
+    # `retinopathy bench ...` as a user types it: the dispatcher imports the package and calls its main.
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: retinopathy bench") and "--only" in usage and "--threads" in usage
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--seconds", "0"])
+    assert exit_.value.code == 2 and "--seconds" in capsys.readouterr().err
 
 
 def test_option_a_travels_as_one_buffer_per_batch_and_decodes_as_a_batch(jpegs):

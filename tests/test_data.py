@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -428,10 +429,16 @@ def test_decode_path_has_no_float64(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- check_images
 
 
-def test_check_images_accepts_good_images(course: Path) -> None:
+def test_check_images_accepts_good_images_and_returns_each_ones_facts(course: Path) -> None:
     splits = read_course_splits(course)
-    check_images(course, splits.train + splits.test)
-    check_images(course, splits.train + splits.test, workers=2)
+    records = splits.train + splits.test
+    facts = check_images(course, records)
+    # One fact per record, in the records' order: prepare's duplicate and size checks index them so.
+    expected = [
+        (hashlib.sha256(image_path(course, r.image).read_bytes()).hexdigest(), 64, 48) for r in records
+    ]
+    assert [(f.sha256, f.width, f.height) for f in facts] == expected
+    assert check_images(course, records, workers=2) == facts  # threads change the speed only
 
 
 def test_check_images_names_the_file_and_the_csv_line(course: Path) -> None:

@@ -181,6 +181,7 @@ def test_library_code_takes_values_not_the_params_file() -> None:
         assert "Params" not in names, f"{relative} takes all of params.yaml"
 
 
+@pytest.mark.slow
 def test_each_stage_runs_on_the_params_it_declares(tiny_project) -> None:
     # Each DVC stage's main, as `dvc repro` runs it (conftest's fixture ran prepare and weights the same way).
     from retinopathy.stages import demo_data, evaluate, explain, prepare, train

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
-from conftest import subprocess_env, write_params
+from conftest import TINY_PARAMS, TRAINED_OVERRIDES, subprocess_env, write_params
 from retinopathy.commands import export, predict
 from retinopathy.core.config import load_params
 from retinopathy.core.contract import FUSION_FACTS, METRIC_KEYS, Layout, fused_prediction_columns
@@ -26,61 +25,24 @@ from retinopathy.data.photos import prepare_photo
 from retinopathy.fusion.blend import BlendRecord, Pairs, learn
 from retinopathy.fusion.pairs import NO_PARTNER, partners, photo_patients
 from retinopathy.models.head import Head
-from retinopathy.stages import evaluate, fuse, prepare, train, weights
-from retinopathy.stages.demo_data import write_demo_dataset
+from retinopathy.stages import evaluate, fuse, prepare
 
-TEST_SIZE = 14  # six two-eyed patients and two with a single photograph (the demo's sizes are even)
-
-
-def pair_names(root: Path) -> None:
-    """Rename the demo's images to EyePACS names: consecutive images are one patient's left and right eye.
-
-    The last two test images are two patients' only photographs: ``t6_left`` and ``t7_right``.
-    """
-    for split, prefix in (("train", "a"), ("test", "t")):
-        listed = root / f"{split}_img.csv"
-        names = listed.read_text().split()
-        new = [f"{prefix}{i // 2}_{'left' if i % 2 == 0 else 'right'}" for i in range(len(names))]
-        if split == "test":
-            new[-2:] = ["t6_left", "t7_right"]
-        for old, name in zip(names, new, strict=True):
-            (root / f"{old}.jpeg").rename(root / f"{name}.jpeg")
-        listed.write_text("\n".join(new) + "\n")
-
-
-def make_paired_project(folder: Path, **overrides: dict) -> None:
-    write_params(folder, **{"demo": {"test_size": TEST_SIZE}, "train": {"epochs": 1}, **overrides})
-    params = load_params(folder / "params.yaml")
-    write_demo_dataset(
-        folder / "data/demo",
-        seed=0,
-        train_size=params.demo.train_size,
-        test_size=params.demo.test_size,
-        image_size=params.demo.image_size,
-        variation=params.demo.variation,
-    )
-    pair_names(folder / "data/demo")
-    prepare.prepare(params, folder / "data/prepared")
-    assert weights.main([]) == 0
-    train.train_arm(params, "scratch")
-    evaluate.evaluate_arm(params, "scratch")
+# The shared trained project's test split (conftest.pair_names): five two-eyed patients and two one-eyed.
+TEST_SIZE = TINY_PARAMS["demo"]["test_size"]
 
 
 @pytest.fixture(scope="module")
-def _paired_once(tmp_path_factory) -> Path:
+def _paired_once(trained_once, tmp_path_factory) -> Path:
+    """The session's trained tiny project (its images have EyePACS names) with `fuse@scratch` run."""
     from retinopathy.models.build import NO_DOWNLOAD_ENV
 
-    folder = tmp_path_factory.mktemp("paired")
-    before, environment = os.getcwd(), dict(os.environ)
-    os.environ.update({NO_DOWNLOAD_ENV: "1", "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home"))})
-    os.chdir(folder)
-    try:
-        make_paired_project(folder)
-        fuse.fuse_arm(load_params("params.yaml"), "scratch")
-    finally:
-        os.chdir(before)
-        os.environ.clear()
-        os.environ.update(environment)
+    folder = tmp_path_factory.mktemp("paired") / "project"
+    shutil.copytree(trained_once, folder, symlinks=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(NO_DOWNLOAD_ENV, "1")
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+        patch.chdir(folder)
+        assert fuse.main(["--init", "scratch"]) == 0
     return folder
 
 
@@ -182,7 +144,7 @@ def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_o
     assert tuple(rows[0]) == fused_prediction_columns(regression=False)
     names = (paired / "data/demo/test_img.csv").read_text().split()
     assert [row["image"] for row in rows] == names
-    assert [row["source"] for row in rows] == ["fused"] * 12 + ["single-no-partner"] * 2
+    assert [row["source"] for row in rows] == ["fused"] * (TEST_SIZE - 2) + ["single-no-partner"] * 2
     single = read_rows(layout.arm("scratch").predictions)
     for lonely, alone, patient in zip(rows[-2:], single[-2:], ("t6", "t7"), strict=True):
         assert lonely["predicted"] == alone["predicted"] and lonely["patient"] == patient
@@ -194,7 +156,7 @@ def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_o
     facts = json.loads(layout.fused("scratch").screening.read_text())["fusion"]
     assert set(facts) == set(FUSION_FACTS) and facts["method"] == "blend"
     counts = (facts["images"], facts["fused"], facts["single_no_partner"], facts["epoch"])
-    assert counts == (TEST_SIZE, 12, 2, 60)
+    assert counts == (TEST_SIZE, TEST_SIZE - 2, 2, 60)
     record = BlendRecord.load(layout.blend("scratch"), "fix")
     assert record.learned and record.train_pairs == 40 and record.val_pairs == 0
 
@@ -239,7 +201,7 @@ def test_the_fused_screening_figures_are_recomputed_from_the_fused_csv(paired):
 
 
 def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_both_eyes(paired, monkeypatch):
-    write_params(paired, demo={"test_size": TEST_SIZE}, train={"epochs": 1}, data={"val_fraction": 0.5})
+    write_params(paired, **TRAINED_OVERRIDES, data={"val_fraction": 0.5})
     shutil.rmtree(paired / "data/prepared")
     prepare.prepare(load_params("params.yaml"), paired / "data/prepared")  # the network is not retrained
     from retinopathy.fusion import grading  # where the fused grades are scored
@@ -286,7 +248,7 @@ def test_the_blend_never_sees_the_test_images(paired):
 
 
 def test_method_none_grades_each_photograph_alone(paired):
-    write_params(paired, demo={"test_size": TEST_SIZE}, train={"epochs": 1}, fuse={"method": "none"})
+    write_params(paired, **TRAINED_OVERRIDES, fuse={"method": "none"})
     fuse.fuse_arm(load_params("params.yaml"), "scratch")
     rows = read_rows(Layout().fused_predictions("scratch"))
     single = read_rows(Layout().arm("scratch").predictions)

@@ -64,39 +64,35 @@ def _tensor_only(path: Path) -> None:
         ("best over last", "is a best.pt"),
     ],
 )
-def test_a_damaged_or_foreign_last_checkpoint_is_named_with_the_fix(tiny_project, damage, words):
-    write_params(tiny_project, train={"epochs": 1})
-    run_arm(tiny_project)
+def test_a_damaged_or_foreign_last_checkpoint_is_named_with_the_fix(trained_project, damage, words):
+    # The shared project's scratch arm was trained for 1 epoch.
     files = Layout().arm("scratch")
-    last = tiny_project / files.last
+    last = trained_project / files.last
     if damage == "best over last":
-        shutil.copy(tiny_project / files.best, last)
+        shutil.copy(trained_project / files.best, last)
     else:
         damage(last)
     before = last.read_bytes()
-    write_params(tiny_project, train={"epochs": 2})
+    write_params(trained_project, train={"epochs": 2})
     with pytest.raises(RetinopathyError) as caught:
-        run_arm(tiny_project)
+        run_arm(trained_project)
     message = str(caught.value)
     assert str(files.last) in message and words in message
     assert "dvc checkout models/scratch" in message and "mv models/scratch/last.pt" in message
     assert last.read_bytes() == before, "the damaged file is left for the user to look at"
 
 
-def test_a_damaged_best_checkpoint_stops_evaluate_with_the_fix(tiny_project):
-    write_params(tiny_project, train={"epochs": 1})
-    run_arm(tiny_project)
-    best = tiny_project / "models/scratch/best.pt"
+def test_a_damaged_best_checkpoint_stops_evaluate_with_the_fix(trained_project):
+    best = trained_project / "models/scratch/best.pt"  # the shared project's, trained for 1 epoch
     _truncate(best)
-    metrics_before = sorted(p.name for p in (tiny_project / "metrics").rglob("*"))
-    os.chdir(tiny_project)
+    metrics_before = sorted(p.name for p in (trained_project / "metrics").rglob("*"))
     with pytest.raises(
         RetinopathyError,
         match=r"models/scratch/best.pt: not a readable checkpoint.*"
         r"dvc checkout models/scratch",
     ):
         evaluate.evaluate_arm(load_params("params.yaml"), "scratch")
-    assert sorted(p.name for p in (tiny_project / "metrics").rglob("*")) == metrics_before
+    assert sorted(p.name for p in (trained_project / "metrics").rglob("*")) == metrics_before
 
 
 def test_load_checks_every_field_and_the_history(tmp_path):
@@ -183,6 +179,7 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     assert remove_stale_temporaries(target) == []
 
 
+@pytest.mark.slow
 def test_training_removes_a_temporary_left_by_a_killed_checkpoint_write(tiny_project, capsys):
     write_params(tiny_project, train={"epochs": 1})
     stale = tiny_project / f"models/scratch/.last.pt.{socket.gethostname()}-{dead_pid()}.a1b2c3.tmp"
@@ -205,6 +202,7 @@ def test_the_project_keeps_temporaries_out_of_dvc_outputs():
 # ----------------------------------------------------------------- 4. two runs of one arm at once
 
 
+@pytest.mark.slow
 def test_a_second_training_of_the_same_arm_fails_at_once_naming_the_first(tiny_project):
     lock = tiny_project / Layout().arm("scratch").lock
     already = rf"training of the scratch arm is already running \(process {os.getpid()} on "
@@ -333,6 +331,7 @@ def test_the_weights_stage_refuses_a_missing_gpu_before_train_can_remove_anythin
         weights.main([])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_older_version_is_not_resumed_but_not_called_damaged(tiny_project, capsys):
     write_params(tiny_project, train={"epochs": 1})
     last = tiny_project / "models/scratch/last.pt"

@@ -23,34 +23,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_tiny_project, subprocess_env
+from conftest import REPO, subprocess_env
 from retinopathy import cli
 from retinopathy.core import files
-from retinopathy.core.config import load_params
 from retinopathy.core.files import STALE_AFTER, csv_text, write_text_atomic
-from retinopathy.models.build import NO_DOWNLOAD_ENV
-from retinopathy.stages import train
 
 HOST = socket.gethostname()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A tiny project with a trained scratch arm (1 epoch), built once for this module."""
-    root = tmp_path_factory.mktemp("project")
-    before, download = os.getcwd(), os.environ.get(NO_DOWNLOAD_ENV)
-    os.environ[NO_DOWNLOAD_ENV] = "1"
-    os.chdir(root)
-    try:
-        make_tiny_project(root, train={"epochs": 1})
-        train.train_arm(load_params("params.yaml"), "scratch")
-    finally:
-        os.chdir(before)
-        if download is None:
-            os.environ.pop(NO_DOWNLOAD_ENV, None)
-        else:
-            os.environ[NO_DOWNLOAD_ENV] = download
-    return root
+@pytest.fixture()
+def project(trained_once) -> Path:
+    """The session's trained tiny project (conftest.trained_once): read only, the tests copy from it."""
+    return trained_once
 
 
 @pytest.fixture()

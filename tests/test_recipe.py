@@ -288,6 +288,7 @@ FIELD_PARAMS = {
 }
 
 
+@pytest.mark.slow
 def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     write_params(tiny_project, **FIELD_PARAMS)
     params = load_params(tiny_project / "params.yaml")
@@ -318,6 +319,7 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     assert evaluation.screening.operating_points.val_images == held_out > 0
 
 
+@pytest.mark.slow
 def test_cosine_schedules_are_not_resumed_after_raising_the_epochs(tiny_project, capsys):
     write_params(tiny_project, train={"schedule": "cosine", "epochs": 1})
     os.chdir(tiny_project)

@@ -150,7 +150,8 @@ def shipped_with(model: str, **train) -> dict:
 def test_a_per_model_mapping_names_the_models_it_overrides_and_the_rest_take_the_default():
     assert for_model(7, "convnext_tiny", "train.epochs") == 7
     mapping = {DEFAULT: 4, "resnet50": 5}
-    assert [for_model(mapping, m, "train.epochs") for m in MODELS] == [4, 5, 4, 4]
+    expected = {model: 5 if model == "resnet50" else 4 for model in MODELS}  # every model, however many
+    assert {m: for_model(mapping, m, "train.epochs") for m in MODELS} == expected
     with pytest.raises(
         RetinopathyError,
         match=r"`train.epochs` has no value for convnext_tiny \(it names "

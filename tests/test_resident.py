@@ -38,6 +38,7 @@ def test_resident_batches_are_the_dataloaders_batches(tiny_project):
         assert images.is_contiguous(memory_format=torch.channels_last)  # as the collate lays batches out
 
 
+@pytest.mark.slow
 def test_training_from_device_memory_gives_the_history_of_streaming(tiny_project, scratch_dir):
     twin = scratch_dir / "twin"
     shutil.copytree(tiny_project, twin)

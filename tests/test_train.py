@@ -28,6 +28,7 @@ def read_history(folder: Path, init: str = "scratch") -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
+@pytest.mark.slow
 def test_trains_evaluates_and_writes_every_output(tiny_project):
     status = run_arm(tiny_project)
     assert isinstance(status, TrainingStatus) and status.selection == "test"
@@ -85,6 +86,7 @@ def test_pretrained_arm_is_skipped_offline_with_reason_and_fix(tiny_project):
     assert not (tiny_project / "models/pretrained/last.pt").exists()
 
 
+@pytest.mark.slow
 def test_pretrained_arm_trains_from_a_state_dict_file(tiny_project):
     path = tiny_project / "test-written-weights.pth"
     torch.save(tvm.resnet18().state_dict(), path)
@@ -95,6 +97,7 @@ def test_pretrained_arm_trains_from_a_state_dict_file(tiny_project):
     assert str(path) in status.weights and "imagenet" not in status.weights.lower()
 
 
+@pytest.mark.slow
 def test_more_epochs_continue_and_match_an_uninterrupted_run(tiny_project, scratch_dir):
     twin = scratch_dir
     shutil.copytree(tiny_project, twin, dirs_exist_ok=True)
@@ -107,6 +110,7 @@ def test_more_epochs_continue_and_match_an_uninterrupted_run(tiny_project, scrat
     assert read_history(twin) == read_history(tiny_project)
 
 
+@pytest.mark.slow
 def test_changed_params_do_not_resume(tiny_project, capsys):
     run_arm(tiny_project)
     write_params(tiny_project, train={"lr": 0.02})
@@ -132,6 +136,7 @@ RECIPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, recipe):
     settings = RECIPES[recipe]
@@ -169,6 +174,7 @@ def test_killed_run_resumes_with_the_same_history(tiny_project, scratch_dir, rec
     assert not (tiny_project / "models/.resume").exists(), "the finished run's resume store is removed"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project, monkeypatch):
     real = loops.train_epoch
     calls = []
@@ -187,6 +193,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_project
     assert len(read_history(tiny_project)) == 1
 
 
+@pytest.mark.slow
 def test_validation_split_picks_the_epoch(tiny_project):
     write_params(tiny_project, data={"val_fraction": 0.25})
     from retinopathy.stages import prepare
@@ -204,6 +211,7 @@ def test_validation_split_picks_the_epoch(tiny_project):
     assert result.metrics["val"] == round(float(best["val_accuracy"]), 3)
 
 
+@pytest.mark.slow
 def test_the_decoded_cache_changes_speed_only(tiny_project, scratch_dir):
     twin = scratch_dir / "twin"
     shutil.copytree(tiny_project, twin)

@@ -190,6 +190,7 @@ def test_the_resume_store_removes_only_its_own_files(tmp_path):
     assert (tmp_path / "models/scratch/last.pt").read_bytes() == b"last"
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(
     tiny_project, monkeypatch, capsys
 ):
@@ -243,6 +244,7 @@ def test_a_kill_between_the_two_checkpoint_writes_leaves_a_pair_that_resumes(
 # --- a second command changes params.yaml under a run ------------------------------------------
 
 
+@pytest.mark.slow
 def test_params_changed_mid_run_stop_training_and_the_run_resumes_when_they_are_back(
     tiny_project, monkeypatch, capsys
 ):

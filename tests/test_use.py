@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_tiny_project
 from retinopathy.commands import export, predict
 from retinopathy.core.config import load_params
 from retinopathy.core.contract import Layout
@@ -22,39 +21,13 @@ from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.labels import patient_of
 from retinopathy.data.synthetic import render_fundus
 from retinopathy.fusion.pairs import photo_patients
-from retinopathy.stages import evaluate, explain, train
-
-
-@pytest.fixture(scope="module")
-def _trained_once(tmp_path_factory) -> Path:
-    """The tiny project with the scratch arm trained (1 epoch) and evaluated, made once for this file."""
-    from retinopathy.models.build import NO_DOWNLOAD_ENV
-
-    folder = tmp_path_factory.mktemp("trained")
-    before, environment = os.getcwd(), dict(os.environ)
-    os.environ.update({NO_DOWNLOAD_ENV: "1", "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home"))})
-    os.chdir(folder)
-    try:
-        make_tiny_project(folder, train={"epochs": 1})
-        params = load_params("params.yaml")
-        train.train_arm(params, "scratch")
-        train.train_arm(params, "pretrained")  # skipped offline
-        for arm in ("scratch", "pretrained"):
-            evaluate.evaluate_arm(params, arm)
-    finally:
-        os.chdir(before)
-        os.environ.clear()
-        os.environ.update(environment)
-    return folder
+from retinopathy.stages import explain
 
 
 @pytest.fixture()
-def trained(_trained_once, tmp_path, monkeypatch) -> Path:
-    """A copy of the trained tiny project (tests may change it); cwd is the project."""
-    project = tmp_path / "project"
-    shutil.copytree(_trained_once, project, symlinks=True)
-    monkeypatch.chdir(project)
-    return project
+def trained(trained_project) -> Path:
+    """A copy of the session's trained tiny project (conftest.trained_once); cwd is the project."""
+    return trained_project
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -16,10 +16,13 @@ builder is named, not imported: ``"<module>.<function>"`` under
 imports every architecture module (so their code is in the import closure of
 the stages that build networks, and in a checkpoint's fingerprint).
 
-Adding an architecture: a module ``models/<family>.py`` with the builder and a
-record below; nothing else (CONTRIBUTING.md). ``build.builder_of`` imports the
-module by the record's name and ``pipeline.codedeps`` counts it as imported by
-``models/build.py``.
+Adding an architecture (CONTRIBUTING.md, "Add an architecture"): a module
+``models/<family>.py`` with the builder, a record at the end of ``RECORDS`` below,
+the name in params.yaml's ``model`` comment, and ``python -m
+retinopathy.pipeline.dvcyaml`` to rewrite dvc.yaml's code deps; no other file.
+``build.builder_of`` imports the module by the record's name and
+``pipeline.codedeps`` counts it as imported by ``models/build.py``.
+tests/test_add_architecture.py follows these steps in a copy of the repository.
 
 Per-model params (``train.epochs``, ``train.weights``, ``train.zero_init_residual``)
 are one value for every model, or a mapping that names the models it
