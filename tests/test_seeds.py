@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+from retinopathy.core.records import FusionFacts
 from retinopathy.reporting.comparison import render, seeds_table
 from retinopathy.reporting.experiments import Experiment, seed_groups
 from retinopathy.reporting.results import Arm, Fused
@@ -16,13 +17,7 @@ def fused(acc: float, kappa: float, auc_patient: float | None) -> Fused:
     return Fused(
         {"acc": acc, "bacc": 0.4, "kappa": kappa},
         {"patient": {"auc_referable": figure}},
-        "blend",
-        "epoch 3 of 60",
-        3,
-        10,
-        8,
-        2,
-        0,
+        FusionFacts("blend", "epoch 3 of 60", 3, 10, 8, 2, 0),
     )
 
 

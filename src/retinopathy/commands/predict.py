@@ -294,7 +294,8 @@ def explain(
     folder: Path,
 ) -> None:
     """One PNG per graded image: the photograph, the heat map of its grade, the grade and score as title."""
-    from retinopathy.models.gradcam import grad_cam, save_explanation
+    from retinopathy.models.gradcam import grad_cam
+    from retinopathy.reporting.heatmaps import save_explanation
 
     device = next(grader.parameters()).device
     names = heat_map_names(dataset.paths)

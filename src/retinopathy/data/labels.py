@@ -133,6 +133,23 @@ def _split_files(root: Path, split: str) -> tuple[Path, Path]:
     return files
 
 
+def utf8_text(path: Path, notes: list[str], fix: str) -> str:
+    """The text of a UTF-8 file; a leading BOM is removed and noted in ``notes``.
+
+    Raises:
+        RetinopathyError: the bytes are not UTF-8 (naming the line, and ``fix``).
+    """
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+        notes.append(f"{path.name}: UTF-8 BOM removed")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        at = data[: error.start].count(b"\n") + 1
+        raise RetinopathyError(f"{where(path, at)}: not UTF-8 text ({error.reason}); {fix}") from None
+
+
 def read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     """Read a one-value-per-line file as ``(line number, stripped text)`` pairs.
 
@@ -141,18 +158,8 @@ def read_lines(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
     """
     if not path.is_file():
         raise RetinopathyError(f"{path}: file not found")
-    data = path.read_bytes()
     notes: list[str] = []
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-        notes.append(f"{path.name}: UTF-8 BOM removed")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        at = data[: error.start].count(b"\n") + 1
-        raise RetinopathyError(
-            f"{where(path, at)}: not UTF-8 text ({error.reason}); save the file as UTF-8"
-        ) from None
+    text = utf8_text(path, notes, "save the file as UTF-8")
     raw = text.split("\n")
     if raw[-1] == "":
         raw.pop()  # the final newline of a normal text file, not a blank line

@@ -32,7 +32,7 @@ from retinopathy.core.files import csv_text, json_text
 from retinopathy.core.records import FusedScreeningRecord, FusionFacts
 from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine.batches import eval_batches
-from retinopathy.evaluation.arm import Opened, overflow_fix
+from retinopathy.engine.evaluation import Opened, overflow_fix
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
 from retinopathy.evaluation.screening_files import screening_contents

@@ -241,17 +241,17 @@ def fusion_section(arms: Sequence[Arm], screenings: dict[str, Screening]) -> lis
             lines += [f"- {arm.name}: not graded with both eyes yet; run `dvc repro fuse@{arm.name}`", ""]
             continue
         lines += [f"### {arm.name}", ""]
-        if fused.method == "none":
+        if fused.facts.method == "none":
             lines += [
-                f"`fuse.method` is none: every one of the {fused.images} test images is graded "
+                f"`fuse.method` is none: every one of the {fused.facts.images} test images is graded "
                 "alone, so both columns agree up to test-time augmentation.",
                 "",
             ]
         else:
             lines += [
-                f"Test images: {fused.images}; graded with both eyes {fused.fused}, alone for want "
-                f"of the other eye {fused.single_no_partner}. The blend's selection rule: "
-                f"{_cell(fused.selection)}.",
+                f"Test images: {fused.facts.images}; graded with both eyes {fused.facts.fused}, alone for "
+                f"want of the other eye {fused.facts.single_no_partner}. The blend's selection rule: "
+                f"{_cell(fused.facts.selection)}.",
                 "",
             ]
         single = screenings[arm.name].record

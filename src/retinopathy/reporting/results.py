@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from retinopathy.core.contract import (
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import (
     EvaluationInfo,
+    FusionFacts,
     ReadText,
     RecordError,
     Skipped,
@@ -56,19 +57,12 @@ class Fused:
         metrics: ``metrics/fused/<arm>.json``: :data:`contract.FUSED_METRIC_KEYS` (headline keys).
         screening: ``metrics/fused/<arm>.screening.json``: the screening figures per image and per
             patient with their intervals, as evaluate's of the network alone.
-        method, selection, epoch, images, fused, single_no_partner, val_images: its ``fusion`` entry
-            (:data:`contract.FUSION_FACTS`).
+        facts: its ``fusion`` entry: how the grades were fused, and how many images were.
     """
 
     metrics: dict[str, float]
     screening: dict[str, Any]
-    method: str
-    selection: str
-    epoch: int
-    images: int
-    fused: int
-    single_no_partner: int
-    val_images: int
+    facts: FusionFacts
 
     def figure(self, level: str, key: str) -> float | None:
         """A screening figure's value (``level`` in ``LEVELS``, ``key`` in ``screening.FIGURES``)."""
@@ -121,16 +115,18 @@ def _metric_problem(key: str, value: Any) -> str | None:
     return None
 
 
-def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
-    metrics = read_json_object(path, read, EVALUATE_FIX, EVALUATE_FIX)
+def _numbers(path: Path, read: ReadText, keys: Collection[str], stage: str, fix: str) -> dict[str, float]:
+    """A metrics file of ``stage``: only ``keys``, each a finite number in its range."""
+    metrics = read_json_object(path, read, fix, fix)
     for key, value in metrics.items():
-        problem = (
-            "not one of the numbers evaluate writes"
-            if key not in METRIC_KEYS
-            else _metric_problem(key, value)
-        )
+        problem = f"not one of the numbers {stage} writes" if key not in keys else _metric_problem(key, value)
         if problem:
-            raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {EVALUATE_FIX}")
+            raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {fix}")
+    return metrics
+
+
+def _read_metrics(path: Path, trained: bool, read: ReadText) -> dict[str, float]:
+    metrics = _numbers(path, read, METRIC_KEYS, "evaluate", EVALUATE_FIX)
     if not trained:
         if metrics:
             raise RetinopathyError(f"{path}: has numbers, but the arm was skipped: {EVALUATE_FIX}")
@@ -213,15 +209,7 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
         read(path)
     except FileNotFoundError:
         return None
-    metrics = read_json_object(path, read, FUSE_FIX, FUSE_FIX)
-    for key, value in metrics.items():
-        problem = (
-            "not one of the numbers fuse writes"
-            if key not in FUSED_METRIC_KEYS
-            else _metric_problem(key, value)
-        )
-        if problem:
-            raise RetinopathyError(f"{path}: '{key}' is {value!r}: {problem}; {FUSE_FIX}")
+    metrics = _numbers(path, read, FUSED_METRIC_KEYS, "fuse", FUSE_FIX)
     if not metrics:
         return None  # the arm was skipped: nothing fused
     for key in ("acc", "kappa"):
@@ -229,17 +217,7 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
             raise RetinopathyError(f"{path}: '{key}' is missing: {FUSE_FIX}")
     raw = read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX)
     facts = check_fused_screening(files.screening, raw, FUSE_FIX).fusion
-    return Fused(
-        metrics,
-        raw,
-        facts.method,
-        facts.selection,
-        facts.epoch,
-        facts.images,
-        facts.fused,
-        facts.single_no_partner,
-        facts.val_images,
-    )
+    return Fused(metrics, raw, facts)
 
 
 def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> Arm:

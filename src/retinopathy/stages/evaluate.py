@@ -36,7 +36,7 @@ from retinopathy.core.errors import warn
 from retinopathy.pipeline.options import arm_parser, stage_params
 
 if TYPE_CHECKING:  # the library (and torch) is imported in evaluate_arm, so that --help is instant
-    from retinopathy.evaluation.arm import Evaluation
+    from retinopathy.engine.evaluation import Evaluation
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -64,8 +64,8 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
     from retinopathy.core.files import write_together
     from retinopathy.core.records import Skipped, read_status, read_summary
     from retinopathy.data.index import read_index
+    from retinopathy.engine.evaluation import evaluation, grade, load_best, open_grader, skipped
     from retinopathy.engine.runtime import Switches
-    from retinopathy.evaluation.arm import evaluation, grade, load_best, open_grader, skipped
 
     layout = layout or Layout()
     files = layout.arm(arm)

@@ -39,8 +39,7 @@ def explain_arm(params: Params, arm: str, layout: Layout | None = None) -> Path:
     from retinopathy.data.index import read_index
     from retinopathy.engine import checkpoint
     from retinopathy.engine.runtime import resolve_device
-    from retinopathy.models.gradcam import save_grid, save_message
-    from retinopathy.reporting.heatmaps import PER_GRADE, choose, read_grades, tiles
+    from retinopathy.reporting.heatmaps import PER_GRADE, choose, read_grades, save_grid, save_message, tiles
 
     layout = layout or Layout()
     files, out = layout.arm(arm), layout.explanation(arm)

@@ -68,8 +68,8 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     from retinopathy.core.files import write_together
     from retinopathy.core.records import Skipped, read_status
     from retinopathy.data.index import read_index
+    from retinopathy.engine.evaluation import load_best, open_grader
     from retinopathy.engine.runtime import Switches
-    from retinopathy.evaluation.arm import load_best, open_grader
     from retinopathy.fusion.grading import extract_splits, fused, learn_blend, skipped
 
     layout = layout or Layout()

@@ -8,7 +8,6 @@ would change a label is an error naming the file and the line.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from retinopathy.core.errors import RetinopathyError, where
 from retinopathy.data.external.listing import missing_file
+from retinopathy.data.labels import utf8_text
 
 
 @dataclass(frozen=True)
@@ -44,18 +44,7 @@ class Table:
 
 
 def _text(path: Path, notes: list[str]) -> str:
-    data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-        notes.append(f"{path.name}: UTF-8 BOM removed")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        at = data[: error.start].count(b"\n") + 1
-        raise RetinopathyError(
-            f"{where(path, at)}: not UTF-8 text ({error.reason}); save the file as "
-            "UTF-8 (or copy it again from the set)"
-        ) from None
+    text = utf8_text(path, notes, "save the file as UTF-8 (or copy it again from the set)")
     if "\r\n" in text:
         notes.append(f"{path.name}: CRLF line endings")
     return text
