@@ -1,22 +1,28 @@
 """Processes under torchrun and the samplers that split the data between them.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them a run is a single
-process. The samplers depend only on (seed, epoch), never on a running random
-generator, which is what lets a resumed run see exactly the batches an
-uninterrupted one would have seen.
+process. RANK and WORLD_SIZE count every process on every node: they split the
+data and pick the one writer (rank 0). LOCAL_RANK counts this node's processes
+and picks only the GPU. The samplers depend only on (seed, epoch), never on a
+running random generator, which is what lets a resumed run see exactly the
+batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,39 @@ def sum_over_processes(tensor: Tensor, process: Process) -> Tensor:
     if process.distributed:
         dist.all_reduce(tensor)
     return tensor
+
+
+def from_main(value: T | None, process: Process) -> T:
+    """Rank 0's ``value`` on every process (``value`` itself for a single process).
+
+    What only rank 0 may read (the checkpoint it resumes from: across nodes, only
+    its node need hold the files) reaches the others this way, pickled over the
+    process group. Every process must call it; the others pass None.
+    """
+    if not process.distributed:
+        return cast(T, value)  # a single process is rank 0: it passed a T
+    box: list[object] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return cast(T, box[0])
+
+
+def differing_processes(value: str, process: Process) -> list[str]:
+    """The processes whose ``value`` differs from rank 0's, as ``rank R on HOST (VALUE)`` (none if single).
+
+    Every process must call it, and every process gets the same answer, so all can
+    stop together.
+    """
+    if not process.distributed:
+        return []
+    mine = (value, socket.gethostname())
+    every: list[tuple[str, str] | None] = [None] * process.world_size
+    dist.all_gather_object(every, mine)
+    main = every[0]
+    return [
+        f"rank {rank} on {entry[1]} ({entry[0]})"
+        for rank, entry in enumerate(every)
+        if entry is not None and main is not None and entry[0] != main[0]
+    ]
 
 
 def torch_seed(value: int) -> int:

@@ -43,7 +43,14 @@ from retinopathy.data.index import read_index
 from retinopathy.engine import checkpoint, loops, recipe
 from retinopathy.engine.augment import Augment
 from retinopathy.engine.batches import batches, eval_batches, open_sources, resident_wanted
-from retinopathy.engine.distributed import EpochShuffleSampler, ShardSampler, sum_over_processes, torch_seed
+from retinopathy.engine.distributed import (
+    EpochShuffleSampler,
+    ShardSampler,
+    differing_processes,
+    from_main,
+    sum_over_processes,
+    torch_seed,
+)
 from retinopathy.engine.optim import make_optimizer, make_scheduler
 from retinopathy.engine.resident import ResidentBatches, planned_decoder
 from retinopathy.engine.runtime import Runtime, Switches, compile_wanted, compiled, start, stop
@@ -230,6 +237,16 @@ class Trainer:
         )
         runtime.configure_backends()
         self.fingerprint = checkpoint.fingerprint(self.inputs)
+        # Across nodes each node has its own checkout, params.yaml and data: one that differs
+        # would train a model nobody asked for under rank 0's fingerprint.
+        differ = differing_processes(self.fingerprint, runtime.process)
+        if differ:
+            raise RetinopathyError(
+                f"training the {files.arm} arm: the run's fingerprint (code, params.yaml, "
+                f"{layout.index}, weights) is {self.fingerprint} on rank 0 but differs on "
+                f"{', '.join(differ)}; "
+                "check out the same commit and run `dvc pull` (or `dvc checkout`) on every node"
+            )
         self.with_val = bool(self.splits["val"])
         self.column = checkpoint.selection_column(self.with_val, settings.select_by)
         self.store = CheckpointStore.of(layout.models, files, self.fingerprint, self.column, self.with_val)
@@ -374,8 +391,14 @@ class Trainer:
         return Model(grader, head, optimizer, scheduler, net_trained, eager)
 
     def resume(self, model: Model) -> None:
-        """Continue from the furthest checkpoint of this run's settings, code and data (else say why not)."""
-        state = self.store.resume(self.settings.epochs, self.inputs, self.main)
+        """Continue from the furthest checkpoint of this run's settings, code and data (else say why not).
+
+        Only rank 0 reads the store and sends what it resumes from to the others: every
+        process then starts at the same epoch from the same state, and across nodes only
+        rank 0's node needs the checkpoints on disk.
+        """
+        found = self.store.resume(self.settings.epochs, self.inputs, self.main) if self.main else None
+        state = from_main(found, self.runtime.process)
         if state is None:
             return
         model.grader.net.load_state_dict(state.model)
