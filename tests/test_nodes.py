@@ -1,0 +1,255 @@
+"""Two nodes on one box: two torchrun agents (`--nnodes=2 --nproc_per_node=1`, c10d on 127.0.0.1, gloo
+on the CPU) run the real `retinopathy train`, agree with one node of two processes, write through
+rank 0 alone, resume after a node dies, and a node that cannot reach the rendezvous fails in time.
+
+Every test ends only the processes it started, by process group (each agent leads its own, so its
+worker goes with it), in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import subprocess_env
+from retinopathy.engine import checkpoint
+
+pytestmark = pytest.mark.slow
+
+TRAIN = ["-m", "retinopathy", "train", "--init", "scratch"]
+EPOCH_LINE = re.compile(r"^scratch epoch (\d)/2:", re.MULTILINE)
+AGENT_TIMEOUT = 180  # s: a hung collective must not hang the suite
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def node_command(port: int, rdzv_conf: str = "join_timeout=60") -> list[str]:
+    """One node's torchrun agent: two nodes, one process each, meeting at 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        f"--rdzv_id=nodes-{port}",
+        f"--rdzv_conf={rdzv_conf}",
+        *TRAIN,
+    ]
+
+
+# The largest file a read-only node may write: Python's tempfile probes its folder with 4 bytes,
+# while every output of training (a checkpoint, the history, status.json, a metric) is far larger.
+READ_ONLY_BYTES = 16
+
+
+def no_file_writes() -> None:
+    """In the child, before exec: any write that would make a file larger than READ_ONLY_BYTES fails.
+
+    Python ignores SIGXFSZ, so such a write raises OSError (EFBIG): a training process that writes a
+    checkpoint, the history, a metric or status.json fails, and with it the run.
+    """
+    resource.setrlimit(resource.RLIMIT_FSIZE, (READ_ONLY_BYTES, READ_ONLY_BYTES))
+
+
+@dataclass
+class Agent:
+    """A torchrun agent started as one node, leading its own process group; its output collected."""
+
+    process: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    readers: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait(self, timeout: float = AGENT_TIMEOUT) -> int:
+        code = self.process.wait(timeout)
+        for reader in self.readers:
+            reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        """The whole node: the agent and its worker (the group the agent leads)."""
+        if self.process.poll() is None or _group_alive(self.process.pid):
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_agent(command: list[str], folder: Path, *, read_only: bool = False) -> Agent:
+    """Start ``command`` in ``folder`` as a node; ``read_only``: none of its processes may write a file.
+
+    Output goes through pipes (a file written by a read-only node would fail too), read by threads.
+    """
+    env = subprocess_env()
+    if read_only:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    process = subprocess.Popen(
+        command,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a node killed whole, nothing else
+        preexec_fn=no_file_writes if read_only else None,
+    )
+    agent = Agent(process)
+    assert process.stdout is not None
+    stream = process.stdout
+
+    def read() -> None:
+        for line in stream:
+            agent.lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    agent.readers.append(reader)
+    return agent
+
+
+@contextmanager
+def two_nodes(folder: Path, *, second_read_only: bool = False) -> Iterator[tuple[Agent, Agent]]:
+    """Two agents on a fresh port; the first started (lower PID) becomes node 0, so global rank 0.
+
+    c10d's rendezvous ranks the nodes by (address, PID), and both share the address here.
+    """
+    port = free_port()
+    agents: list[Agent] = []
+    try:
+        agents.append(start_agent(node_command(port), folder))
+        agents.append(start_agent(node_command(port), folder, read_only=second_read_only))
+        assert agents[0].process.pid < agents[1].process.pid, "PIDs wrapped: rank 0 is not the first"
+        yield agents[0], agents[1]
+    finally:
+        for agent in agents:
+            agent.kill()
+
+
+def last_of(folder: Path) -> checkpoint.LastCheckpoint:
+    return checkpoint.load(folder / "models/scratch/last.pt", "last")
+
+
+def history_of(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "metrics/history/scratch.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+def same_weights(one: checkpoint.LastCheckpoint, other: checkpoint.LastCheckpoint) -> bool:
+    return one.model.keys() == other.model.keys() and all(
+        torch.equal(one.model[key], other.model[key]) for key in one.model
+    )
+
+
+@pytest.fixture(scope="module")
+def two_node_run(_tiny_once, tmp_path_factory) -> Path:
+    """The tiny project (40 images at 32 px, 2 epochs, global batch 8) trained by two nodes, uninterrupted.
+
+    The second node may write no file: if rank 1 wrote a checkpoint, the history, status.json or a
+    metric, its write would fail and the run with it.
+    """
+    folder = tmp_path_factory.mktemp("two-nodes")
+    shutil.copytree(_tiny_once, folder, symlinks=True, dirs_exist_ok=True)
+    with two_nodes(folder, second_read_only=True) as (first, second):
+        codes = first.wait(), second.wait()
+    assert codes == (0, 0), first.output + second.output
+    # Only rank 0 speaks: every epoch line once, all on the first node; nothing of training on the second.
+    assert EPOCH_LINE.findall(first.output) == ["1", "2"], first.output
+    assert not EPOCH_LINE.findall(second.output) and "scratch: training" not in second.output, second.output
+    return folder
+
+
+def test_two_nodes_train_as_one_node_of_two_processes_would(two_node_run, _tiny_once, tmp_path):
+    """Same world size, so the same shards, fingerprint and per-process threads (portable mode: 2 //
+    WORLD_SIZE, counted over all nodes on purpose), and a sum of two gradients is the same in either
+    order: the topology may not change a bit, so the tolerance is zero."""
+    reference = tmp_path / "one-node"
+    shutil.copytree(_tiny_once, reference, symlinks=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *TRAIN]
+    one_node = subprocess.run(
+        command, cwd=reference, env=subprocess_env(), capture_output=True, text=True, timeout=AGENT_TIMEOUT
+    )
+    assert one_node.returncode == 0, one_node.stdout + one_node.stderr
+
+    nodes, single = last_of(two_node_run), last_of(reference)
+    assert nodes.epoch == single.epoch == 2
+    assert nodes.fingerprint_inputs.world_size == 2 and nodes.fingerprint == single.fingerprint
+    assert same_weights(nodes, single)
+    assert history_of(two_node_run) == history_of(reference)
+    status = (two_node_run / "models/scratch/status.json").read_text()
+    assert status == (reference / "models/scratch/status.json").read_text()
+
+
+def test_a_node_killed_mid_epoch_resumes_after_the_last_epoch(two_node_run, _tiny_once, tmp_path):
+    """Kill rank 0's node (the agent and its worker) once epoch 1 is saved, then start both nodes again."""
+    folder = tmp_path / "killed"
+    shutil.copytree(_tiny_once, folder, symlinks=True)
+    with two_nodes(folder) as (first, second):
+        deadline = time.monotonic() + AGENT_TIMEOUT
+        while not EPOCH_LINE.search(first.output):  # printed after epoch 1's checkpoints are written
+            assert first.process.poll() is None and time.monotonic() < deadline, first.output
+            time.sleep(0.02)
+        first.kill()  # epoch 2 takes seconds here: it dies mid-epoch
+        assert second.wait() != 0  # the surviving node fails: its partner is gone
+    assert last_of(folder).epoch == 1, "the kill came after epoch 2 was saved"
+
+    with two_nodes(folder) as (first, second):
+        codes = first.wait(), second.wait()
+    assert codes == (0, 0), first.output + second.output
+    said = (first.output + second.output).count("resuming after epoch 1 of 2")
+    assert said == 1, first.output + second.output  # by rank 0, once
+    assert EPOCH_LINE.findall(first.output) == ["2"], first.output
+
+    resumed, uninterrupted = last_of(folder), last_of(two_node_run)
+    assert resumed.epoch == 2 and same_weights(resumed, uninterrupted)
+    assert history_of(folder) == history_of(two_node_run)
+
+
+def test_an_unreachable_rendezvous_fails_in_time_naming_the_endpoint(tmp_path):
+    """torchrun's own client: it tries for read_timeout, waits up to half of it, tries once more (until
+    read_timeout has passed since the first try), then exits naming HOST:PORT; no training starts."""
+    port = free_port()  # closed: nobody hosts the rendezvous there
+    read_timeout = 5
+    agent = start_agent(node_command(port, f"is_host=false,read_timeout={read_timeout}"), tmp_path)
+    try:
+        started = time.monotonic()
+        code = agent.wait(timeout=60)
+        seconds = time.monotonic() - started
+    finally:
+        agent.kill()
+    assert code != 0
+    assert f"127.0.0.1:{port}" in agent.output and "RendezvousConnectionError" in agent.output
+    # read_timeout, plus a retry within it, plus torch's import: well under 4x read_timeout.
+    assert seconds < 4 * read_timeout + 10, seconds
+    assert not (tmp_path / "models").exists()
