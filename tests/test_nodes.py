@@ -253,3 +253,27 @@ def test_an_unreachable_rendezvous_fails_in_time_naming_the_endpoint(tmp_path):
     # read_timeout, plus a retry within it, plus torch's import: well under 4x read_timeout.
     assert seconds < 4 * read_timeout + 10, seconds
     assert not (tmp_path / "models").exists()
+
+
+def test_a_node_with_other_params_stops_the_run_naming_it(_tiny_once, tmp_path):
+    """Each node has its own params.yaml across machines: one that differs must not train under rank 0's
+    fingerprint. Here the second node reads another file (train.lr 0.02): both stop before any epoch."""
+    shutil.copytree(_tiny_once, tmp_path, symlinks=True, dirs_exist_ok=True)
+    other = (tmp_path / "params.yaml").read_text().replace("lr: 0.01", "lr: 0.02")
+    assert other != (tmp_path / "params.yaml").read_text()
+    (tmp_path / "other.yaml").write_text(other)
+    port = free_port()
+    agents: list[Agent] = []
+    try:
+        agents.append(start_agent(node_command(port), tmp_path))
+        agents.append(start_agent([*node_command(port), "--params", "other.yaml"], tmp_path))
+        codes = [agent.wait() for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert codes[0] != 0 and codes[1] != 0
+    message = f"differs on rank 1 on {socket.gethostname()}"
+    assert message in agents[0].output, agents[0].output  # said by rank 0, naming the node
+    assert "check out the same commit and run `dvc pull`" in agents[0].output
+    assert not EPOCH_LINE.search(agents[0].output + agents[1].output)
+    assert not (tmp_path / "models/scratch/last.pt").exists()

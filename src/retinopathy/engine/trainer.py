@@ -14,9 +14,10 @@ Between epochs training reads the params file again: when another command (a sec
 `dvc exp run -S ...`) has changed a setting under it, it stops, the last good
 checkpoint kept.
 
-Under ``torchrun --nproc_per_node=N`` it is DistributedDataParallel: every process
-trains on its share of each batch, accuracies are summed over all processes, and only
-rank 0 writes files and prints.
+Under ``torchrun --nproc_per_node=N`` (and ``--nnodes=M``) it is DistributedDataParallel:
+every process trains on its share of each batch, accuracies are summed over all processes,
+and only global rank 0 reads the checkpoint to resume from, writes files and prints; the
+processes of every node must agree on the run's fingerprint.
 """
 
 from __future__ import annotations
