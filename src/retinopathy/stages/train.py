@@ -13,12 +13,12 @@ torch is imported when training starts, not with this module: ``--help`` answers
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retinopathy.core.config import Params, load_params
-from retinopathy.core.contract import ARMS, Layout
+from retinopathy.core.config import Params
+from retinopathy.core.contract import Layout
+from retinopathy.pipeline.options import arm_parser, stage_params
 
 if TYPE_CHECKING:
     from retinopathy.core.records import Skipped, TrainingStatus
@@ -114,16 +114,11 @@ def train_arm(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``retinopathy train --init scratch|pretrained [--params params.yaml]``."""
-    parser = argparse.ArgumentParser(prog="retinopathy train", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--init",
-        choices=ARMS,
-        required=True,
-        help="The arm: scratch (random initialisation) or pretrained (train.weights).",
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", metavar="FILE", help="The parameters file (default: params.yaml)."
+    parser = arm_parser(
+        "retinopathy train",
+        __doc__.split("\n")[0],
+        "The arm: scratch (random initialisation) or pretrained (train.weights).",
     )
     args = parser.parse_args(argv)
-    train_arm(load_params(args.params), args.init, params_path=Path(args.params))
+    train_arm(stage_params(args), args.init, params_path=Path(args.params))
     return 0
