@@ -63,6 +63,13 @@ MAX_HIDDEN = 4096  # fuse.hidden (Kaggle 2015's o_O blended with 32 units; the d
 MAX_FUSE_EPOCHS = 10_000  # fuse.epochs (the default: 60)
 MAX_FUSE_BATCH = 65_536  # fuse.batch_size (a whole training split of two-eyed patients fits in one)
 MAX_FUSE_LR = 1.0  # fuse.lr, Adam's (its usual 0.001; beyond 1 every blend diverges)
+# The demo's grader (demo.grader_*): beyond these its labels stop describing the pictures; a
+# mild eye is missed or slips up, never both, so misses + slips / 2 stays at most 1.
+MAX_GRADER_MISSES = 0.8
+MAX_GRADER_SLIPS = 0.4
+MAX_GRADER_ARTEFACTS = 0.5
+# demo.ungradable and demo.usable, each (EyeQ: 19% Reject, 22% Usable; Beede 2020: 21% rejected).
+MAX_FAULTED = 0.5
 
 # What a params file may be. The project's params.yaml is about 7 KB, 3 levels deep (section, key,
 # per-model mapping) and about 100 values; a file far beyond these is a mistake or an attack (a
@@ -104,6 +111,13 @@ class DemoParams:
     test_size: int
     image_size: int
     variation: bool  # vary exposure, colour, blur, rotation and field of view between photos
+    subtlety: float  # 0-1: smaller, fainter and (at grades 1-2) fewer lesions
+    grader_misses: float  # share of mild eyes the labels' grader calls healthy
+    grader_slips: float  # share of the other eyes with retinopathy given a neighbouring grade
+    grader_artefacts: float  # share of healthy eyes the grader calls mild
+    ungradable: float  # share of photos made ungradable by a camera fault (EyeQ Reject)
+    usable: float  # share of photos with a mild camera fault (EyeQ Usable)
+    shifted_size: int  # photos of the shifted set from another camera (0: none)
 
 
 @dataclass(frozen=True)
@@ -373,7 +387,7 @@ def _switch(source: str, key: str, value: Any) -> str:
 
 
 def _demo(raw: Any, source: str) -> DemoParams:
-    raw = _section(DemoParams, raw, source, "demo")
+    raw = _numbers_from_text(DemoParams, _section(DemoParams, raw, source, "demo"))
     out = DemoParams(**raw)
     _seed(source, "demo.seed", out.seed)
     for key in ("train_size", "test_size"):  # images: two per patient
@@ -393,6 +407,17 @@ def _demo(raw: Any, source: str) -> DemoParams:
             )
     _int(source, "demo.image_size", out.image_size, 32, MAX_IMAGE_SIZE)
     _bool(source, "demo.variation", out.variation)
+    _number(source, "demo.subtlety", out.subtlety, 0.0, most=1.0)
+    for key, most in (
+        ("grader_misses", MAX_GRADER_MISSES),
+        ("grader_slips", MAX_GRADER_SLIPS),
+        ("grader_artefacts", MAX_GRADER_ARTEFACTS),
+        ("ungradable", MAX_FAULTED),
+        ("usable", MAX_FAULTED),
+    ):
+        _number(source, f"demo.{key}", getattr(out, key), 0.0, most=most)
+    if isinstance(out.shifted_size, bool) or out.shifted_size != 0 or not isinstance(out.shifted_size, int):
+        _int(source, "demo.shifted_size", out.shifted_size, 10, MAX_IMAGES, " (or 0: no shifted set)")
     return out
 
 
