@@ -9,9 +9,10 @@ mild, moderate, severe non-proliferative, proliferative). Lesions are drawn
 larger than life so that a small network can learn them from a few hundred
 images at 128 px; the demo shows that the pipeline works, not what real
 images look like. ``subtlety`` (params.yaml's ``demo.subtlety``) takes some of
-that back: smaller and fainter lesions, and fewer of them at the borderline
-grades (mild and moderate), so that the grades overlap as real ones do and a
-grader's referable-DR AUC is no longer 1.000.
+that back at the borderline grades (mild and moderate): smaller, fainter and
+fewer lesions, so that those grades overlap as real ones do and a grader's
+referable-DR AUC is no longer 1.000. Severe and proliferative eyes stay plainly
+diseased, as they are in life.
 
 The demo's images are patients' two eyes (:func:`pair_counts`: as often of
 equal grade as in the course's data). Each eye is painted on its own, as a
@@ -56,11 +57,12 @@ COURSE_TRAIN_PAIRS: dict[tuple[int, int], int] = {
 }
 
 _SS = 2  # supersampling factor of the drawn masks
+MODERATE = 2  # the highest of the borderline grades that ``subtlety`` makes subtler
 
-# What ``subtlety`` 1 does (0 draws the lesions as they always were): every lesion this
-# share smaller and this share fainter, and the counts at grades 1-2 down by these shares
-# (the fewest by more than the most, so some moderate eyes hold only a lesion or two and
-# pass for mild, as borderline eyes do for human graders).
+# What ``subtlety`` 1 does to a mild or moderate eye (0 draws the lesions as they always
+# were): every lesion this share smaller and this share fainter, and their counts down by
+# these shares (the fewest by more than the most, so some moderate eyes hold only a lesion
+# or two and pass for mild, as borderline eyes do for human graders).
 SUBTLE_SHRINK = 0.3
 SUBTLE_FADE = 0.4
 SUBTLE_FEWEST = 1.0
@@ -238,14 +240,14 @@ def _draw_lesions(
         return
     cx, cy, r = fundus
     avoid = (disc[0], disc[1], 1.6 * disc[2])
-    small = 1.0 - SUBTLE_SHRINK * subtlety
+    borderline = grade <= MODERATE
+    small = 1.0 - SUBTLE_SHRINK * subtlety if borderline else 1.0
 
     def anywhere(quadrant: int | None = None) -> Point:
         return _uniform_in_fundus(rng, cx, cy, r, avoid, quadrant)
 
     def count(low: int, high: int, least: int = 1) -> int:
-        # Only the borderline grades (1 and 2) get fewer lesions; severe eyes stay plainly severe.
-        if grade <= 2 and subtlety > 0:
+        if borderline and subtlety > 0:
             low, high = _count_range(low, high, subtlety, least)
         return int(rng.integers(low, high))
 
@@ -342,8 +344,8 @@ def render_fundus(
         size: Width and height in pixels (>= 16).
         eye: "left" or "right"; None draws one from ``rng``. A left eye is the mirror image.
         subtle: Draw grade 1 as it looks: a few small microaneurysms (not a dozen large ones).
-        subtlety: 0 (the lesions as they always were) to 1: lesions up to :data:`SUBTLE_SHRINK`
-            smaller and :data:`SUBTLE_FADE` fainter, and fewer at grades 1-2. It changes
+        subtlety: 0 (the lesions as they always were) to 1: at grades 1-2, lesions up to
+            :data:`SUBTLE_SHRINK` smaller and :data:`SUBTLE_FADE` fainter, and fewer. It changes
             only the lesions: the same generator state still gives the same eye.
 
     Returns:
@@ -404,7 +406,7 @@ def render_fundus(
 
     _draw_lesions(canvas, grade, rng, fundus, disc, macula, veins, subtle, subtlety)
     fibrous = canvas.alpha("fibrous", blur=0.04 * r)
-    faint = 1.0 - SUBTLE_FADE * subtlety  # the lesions of the retina; new vessels stay as they are
+    faint = 1.0 - SUBTLE_FADE * subtlety if grade <= MODERATE else 1.0  # borderline eyes only
     layers: list[tuple[str, float, np.ndarray, float]] = [
         # (layer, blur in px, colour, opacity) in drawing order, back to front.
         ("cotton", 0.02 * r, np.array([1.0, 0.95, 0.88]), 0.9 * faint),
