@@ -8,8 +8,9 @@ photographed by :func:`photograph`, a camera unlike the demo's
 
 - the frame is landscape 4:3 and cuts the top and bottom of the fundus, as many
   APTOS 2019 photographs do, at sizes that vary from photo to photo;
-- a softer, wider lens: the painting magnified, and vignetting that darkens the
-  rim to about half of the centre;
+- a softer, wider lens: the painting magnified and blurred (:data:`LENS_BLUR`: at
+  the 128 px the demo trains at, about a pixel, the size of a microaneurysm), and
+  vignetting that darkens the rim to about half of the centre;
 - a yellow-green colour cast and a lighter gamma, outside the demo's own range;
 - JPEG compression at quality 30-60 before the lossless PNG it is stored in
   (APTOS's PNGs carry the blocks of an earlier JPEG).
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from retinopathy.core.contract import DEMO_MARKER, DEMO_README, DEMO_TRUTH, NUM_GRADES
 from retinopathy.core.files import csv_text
@@ -58,6 +59,8 @@ FILL = (1.04, 1.12)
 # render_fundus draws the fundus's radius at 0.42-0.47 of its side; the middle of that.
 PAINTED_RADIUS = 0.445
 JPEG_QUALITY = (30, 60)  # the camera's compression, before the PNG
+# The lens's blur: a Gaussian radius in the frame's pixels (224-384 high; the grader sees 128).
+LENS_BLUR = (1.5, 3.0)
 # SeedSequence keys are (seed, SHIFTED, purpose, index): the demo's own keys
 # (stages/demo_data.py) have their purposes, 1-6, in the second place, never 9.
 SHIFTED = 9
@@ -122,12 +125,16 @@ def photograph(painting: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     c, s = math.cos(angle) / zoom, math.sin(angle) / zoom
     half = size / 2
     matrix = (c, s, half - c * centre[0] - s * centre[1], -s, c, half + s * centre[0] - c * centre[1])
-    frame = Image.fromarray(painting).transform(
-        (width, height),
-        Image.Transform.AFFINE,
-        matrix,
-        resample=Image.Resampling.BICUBIC,
-        fillcolor=(3, 3, 3),
+    frame = (
+        Image.fromarray(painting)
+        .transform(
+            (width, height),
+            Image.Transform.AFFINE,
+            matrix,
+            resample=Image.Resampling.BICUBIC,
+            fillcolor=(3, 3, 3),
+        )
+        .filter(ImageFilter.GaussianBlur(rng.uniform(*LENS_BLUR)))
     )
     pixels = np.asarray(frame, dtype=np.float32) / 255.0
     # Vignetting: the rim of the fundus at 40-60% of the centre's light.
