@@ -62,7 +62,7 @@ JPEG_QUALITY = (30, 60)  # the camera's compression, before the PNG
 # The lens's blur: a Gaussian radius in the frame's pixels (224-384 high; the grader sees 128).
 LENS_BLUR = (1.5, 3.0)
 # SeedSequence keys are (seed, SHIFTED, purpose, index): the demo's own keys
-# (stages/demo_data.py) have their purposes, 1-6, in the second place, never 9.
+# (data/demo.py) have their purposes, 1-6, in the second place, never 9.
 SHIFTED = 9
 _PAINT, _CAMERA, _GRADER, _ORDER = 1, 2, 3, 4
 
