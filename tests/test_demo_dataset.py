@@ -93,6 +93,7 @@ def test_params_yaml_holds_every_new_key_with_its_bound_in_a_comment() -> None:
         assert re.search(r"#\s*(0-[0-9.]+|0 or 10\+):", line), line
 
 
+@pytest.mark.slow  # two more 256 px demos: about 8 s (tests/test_demo.py checks the demo bytes fast)
 def test_same_seed_same_bytes_in_both_folders_and_another_seed_differs(
     written: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -100,7 +101,9 @@ def test_same_seed_same_bytes_in_both_folders_and_another_seed_differs(
     write_demo_dataset(tmp_path / "demo", shifted_out=tmp_path / "shifted", **SMALL)
     assert _files(tmp_path / "demo") == _files(demo_folder)
     assert _files(tmp_path / "shifted") == _files(shifted)
-    write_demo_dataset(tmp_path / "other", shifted_out=tmp_path / "other-shifted", **{**SMALL, "seed": 6})
+    # Another seed, on fewer patients (the first image's name is the same): only its bytes matter.
+    other = {**SMALL, "seed": 6, "train_size": 10, "test_size": 10}
+    write_demo_dataset(tmp_path / "other", shifted_out=tmp_path / "other-shifted", **other)
     name = _lines(demo_folder / "train_img.csv")[0]
     assert (tmp_path / "other" / f"{name}.jpeg").read_bytes() != (demo_folder / f"{name}.jpeg").read_bytes()
     assert (tmp_path / "other-shifted/train.csv").read_text() != (shifted / "train.csv").read_text()
@@ -318,6 +321,7 @@ def test_import_external_imports_the_shifted_set_unchanged(
 # ---------------------------------------------------------------- the command: params, folders, atomicity
 
 
+@pytest.mark.slow  # two demos at 256 px: about 2 s here
 def test_the_command_writes_the_shifted_set_beside_the_demo(tmp_path: Path, capsys) -> None:
     params = write_params(tmp_path, demo={"seed": 1, "train_size": 10, "test_size": 10, "image_size": 64})
     assert demo.main(["--params", str(params), "--out", str(tmp_path / "d")]) == 0
@@ -390,6 +394,7 @@ def test_a_shifted_folder_inside_the_demo_or_not_ours_is_refused(tmp_path: Path)
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow  # two demos: about 3 s here
 def test_an_interrupted_write_keeps_both_earlier_folders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
