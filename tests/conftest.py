@@ -47,7 +47,7 @@ def run_arm(folder: Path, init: str = "scratch") -> TrainingStatus | Skipped:
 TINY_PARAMS = {
     "model": "resnet18",
     "data": {"root": "data/demo", "image_size": 32, "num_workers": 0},
-    "demo": {"seed": 0, "train_size": 40, "test_size": 12, "image_size": 64},
+    "demo": {"seed": 0, "train_size": 40, "test_size": 12, "image_size": 64, "shifted_size": 10},
     "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "seed": 0, "device": "cpu"},
 }
 

@@ -249,7 +249,7 @@ def _outs(stage: str) -> set[str]:
 def test_stage_outputs_are_the_contract_paths() -> None:
     layout = Layout()
     arms = [layout.arm(arm) for arm in ARMS]
-    assert _outs("demo-data") == {str(layout.demo)}
+    assert _outs("demo-data") == {str(layout.demo), str(layout.demo_shifted)}
     assert _outs("prepare") == {str(layout.prepared)}
     assert _outs("weights") == {str(layout.manifests)}
     assert _outs("train") == {str(p) for a in arms for p in (a.model_dir, a.history)}
@@ -288,6 +288,7 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert fused_headlines | {str(layout.fused(arm).screening) for arm in ARMS} <= report_deps
     for stage, option, path in (
         ("demo-data", "--out", layout.demo),
+        ("demo-data", "--shifted", layout.demo_shifted),
         ("prepare", "--out", layout.prepared),
         ("weights", "--out", layout.manifests),
         ("report", "--out", layout.plots),

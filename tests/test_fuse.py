@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from conftest import TINY_PARAMS, TRAINED_OVERRIDES, subprocess_env, write_params
+from retinopathy import cli
 from retinopathy.commands import export, predict
 from retinopathy.core.config import load_params
 from retinopathy.core.contract import FUSION_FACTS, METRIC_KEYS, Layout, fused_prediction_columns
@@ -257,16 +258,39 @@ def test_method_none_grades_each_photograph_alone(paired):
     assert not BlendRecord.load(Layout().blend("scratch"), "fix").learned
 
 
-def test_no_two_eyed_patient_in_training_is_an_error_naming_the_fix(paired):
-    root = paired / "data/demo"
+def test_no_two_eyed_patient_in_training_skips_the_arms_fusion_with_a_note(trained_project, capsys):
+    # A user training on APTOS or IDRiD: no training image is named <patient>_left/_right.
+    root = trained_project / "data/demo"
     names = (root / "train_img.csv").read_text().split()
     for name in names:
         (root / f"{name}.jpeg").rename(root / f"{name.replace('_', '')}.jpeg")
     (root / "train_img.csv").write_text("\n".join(name.replace("_", "") for name in names) + "\n")
-    shutil.rmtree(paired / "data/prepared")
-    prepare.prepare(load_params("params.yaml"), paired / "data/prepared")
-    with pytest.raises(RetinopathyError, match="no patient has both eyes.*set fuse.method to none"):
-        fuse.fuse_arm(load_params("params.yaml"), "scratch")
+    shutil.rmtree(trained_project / "data/prepared")
+    assert cli.main(["prepare", "--out", "data/prepared"]) == 0
+    capsys.readouterr()
+    assert cli.main(["fuse", "--init", "scratch"]) == 0  # the default `dvc repro` goes on
+    err = capsys.readouterr().err
+    assert "scratch: fusion skipped: no patient has both eyes in the training split" in err
+    assert "fuse.method to none" in err
+    layout = Layout()
+    # Header-only outputs, as an arm skipped offline has; the reason in the blend and the facts.
+    assert json.loads(layout.fused_metrics("scratch").read_text()) == {}
+    assert read_rows(layout.fused_predictions("scratch")) == []
+    assert (
+        read_rows(layout.fused("scratch").roc("image"))
+        == read_rows(layout.fused("scratch").reliability)
+        == []
+    )
+    blend = BlendRecord.load(layout.blend("scratch"), "fix")
+    assert not blend.learned and blend.selection.startswith("fusion skipped: no patient has both eyes")
+    facts = json.loads(layout.fused("scratch").screening.read_text())["fusion"]
+    assert facts["method"] == "none" and facts["selection"] == blend.selection and facts["images"] == 0
+    # The report's Both eyes section says why, and draws no fused figures.
+    assert cli.main(["report"]) == 0
+    report = (trained_project / "plots/report.md").read_text()
+    section = report[report.index("## Both eyes (fusion)") :]
+    assert "- scratch: not graded with both eyes: fusion skipped: no patient has both eyes" in section
+    assert "- pretrained: skipped (the arm was not trained)" in section
 
 
 def test_a_killed_stage_leaves_no_partial_output(paired):

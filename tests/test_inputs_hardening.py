@@ -346,9 +346,10 @@ def test_params_refuse_an_image_size_over_the_maximum(tmp_path, monkeypatch, cap
 
 
 def test_a_val_fraction_that_empties_the_train_split_is_refused_by_prepare(tmp_path, monkeypatch, capsys):
-    # One training image per grade: each grade's single image goes to validation whole.
+    # One training image per grade, named without patients (so held out per image): each grade's
+    # single image goes to validation whole.
     project = course_project(
-        tmp_path, monkeypatch, train=[(f"{g}_left", g) for g in range(5)], val_fraction=0.6
+        tmp_path, monkeypatch, train=[(f"img{g}", g) for g in range(5)], val_fraction=0.6
     )
     status, err = run(capsys, "prepare", "--out", "data/prepared")
     assert status == 2 and "`data.val_fraction` 0.6 holds out all 5 training images" in err

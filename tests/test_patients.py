@@ -20,6 +20,7 @@ from conftest import write_params
 from retinopathy.core.config import load_params
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import EyePairs, PatientCounts
+from retinopathy.data.index import split_validation
 from retinopathy.data.labels import SPLIT_FILES, Record, read_course_splits
 from retinopathy.data.patients import (
     eye_pairs,
@@ -174,19 +175,48 @@ def test_prepare_counts_and_warns_about_patients_on_both_sides(course, capsys):
     assert "flattered" in err and "data.split: patients" in err
 
 
-def test_prepare_with_val_fraction_counts_the_validation_split_too(course, capsys):
+def _split_patients(index: Path) -> dict[str, set[str]]:
+    """Each split's patients in a prepared index.csv (the name before its last underscore)."""
+    patients: dict[str, set[str]] = defaultdict(set)
+    for line in index.read_text().split()[1:]:
+        split, image, _ = line.split(",")
+        patients[split].add(image.rsplit("_", 1)[0])
+    return patients
+
+
+def test_the_listed_split_draws_validation_by_patient_when_names_give_patients(course, capsys):
+    # data.split: lists keeps the lists' train and test, but the validation split takes whole
+    # patients out of train: fuse's blend chooses its epoch on patients with both eyes there.
     write_params(course, data={"root": "course", "val_fraction": 0.5})
     assert prepare.main(["--out", "data/prepared"]) == 0
     summary = json.loads((course / "data/prepared/summary.json").read_text())
-    val = {r for r in (course / "data/prepared/index.csv").read_text().split() if r.startswith("val,")}
-    val_patients = {line.split(",")[1].rsplit("_", 1)[0] for line in val}
-    train_patients = {
-        line.split(",")[1].rsplit("_", 1)[0]
-        for line in (course / "data/prepared/index.csv").read_text().split()
-        if line.startswith("train,")
-    }
-    assert summary["patients"]["val_and_train"] == len(val_patients & train_patients) > 0
-    assert "one eye in val and the other in train" in capsys.readouterr().err
+    patients = _split_patients(course / "data/prepared/index.csv")
+    assert patients["val"] and not patients["val"] & patients["train"]
+    assert summary["patients"]["val_and_train"] == 0
+    assert "one eye in val and the other in train" not in capsys.readouterr().err
+    val = [line.split(",")[1] for line in (course / "data/prepared/index.csv").read_text().split()[1:]]
+    val = [image for image in val if image.rsplit("_", 1)[0] in patients["val"]]
+    listed_train = {name for name, _ in TRAIN}
+    two_eyed = {p for p in patients["val"] if f"{p}_left" in listed_train and f"{p}_right" in listed_train}
+    assert two_eyed and all(f"{p}_left" in val and f"{p}_right" in val for p in two_eyed)
+    # The lists' test split is untouched: straddling patients are still counted and warned of.
+    assert summary["patients"]["test_and_train"] == 4
+    assert summary["splits"]["test"]["count"] == len(TEST)
+
+
+def test_names_without_patients_keep_the_validation_split_per_image(tmp_path, monkeypatch):
+    _course(
+        tmp_path / "course",
+        [(f"img{i}", i % 5) for i in range(20)],
+        [(f"img{i}", i % 5) for i in range(20, 25)],
+    )
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, data={"root": "course", "val_fraction": 0.25})
+    assert prepare.main(["--out", "data/prepared"]) == 0
+    rows = [line.split(",") for line in (tmp_path / "data/prepared/index.csv").read_text().split()[1:]]
+    train = [Record(image, int(label)) for split, image, label in rows if split in ("train", "val")]
+    expected = split_validation(sorted(train, key=lambda r: int(r.image[3:])), 0.25, seed=0)[1]
+    assert sorted(image for split, image, _ in rows if split == "val") == sorted(r.image for r in expected)
 
 
 def test_prepare_split_by_patients_leaves_none_on_both_sides(course, capsys):

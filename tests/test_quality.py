@@ -46,9 +46,13 @@ def retina() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def demo_photos(tmp_path_factory) -> list[np.ndarray]:
-    """Every photo of a small demo dataset written by `retinopathy demo-data` (256 px, varied)."""
+    """Every photo of a small demo dataset written by `retinopathy demo-data` (256 px, varied), with no
+    camera faults of its own (tests/test_demo_dataset.py checks the demo's faulted photos)."""
     folder = tmp_path_factory.mktemp("demo-quality")
-    params = write_params(folder, demo={"seed": 3, "train_size": 10, "test_size": 10, "image_size": 256})
+    params = write_params(
+        folder,
+        demo={"seed": 3, "train_size": 10, "test_size": 10, "image_size": 256, "ungradable": 0, "usable": 0},
+    )
     assert demo_data.main(["--params", str(params), "--out", str(folder / "demo")]) == 0
     paths = sorted((folder / "demo").glob("*.jpeg"))
     assert len(paths) == 20

@@ -80,6 +80,13 @@ MAX_HIDDEN = 4096  # fuse.hidden (Kaggle 2015's o_O blended with 32 units; the d
 MAX_FUSE_EPOCHS = 10_000  # fuse.epochs (the default: 60)
 MAX_FUSE_BATCH = 65_536  # fuse.batch_size (a whole training split of two-eyed patients fits in one)
 MAX_FUSE_LR = 1.0  # fuse.lr, Adam's (its usual 0.001; beyond 1 every blend diverges)
+# The demo's grader (demo.grader_*): beyond these its labels stop describing the pictures; a
+# mild eye is missed or slips up, never both, so misses + slips / 2 stays at most 1.
+MAX_GRADER_MISSES = 0.8
+MAX_GRADER_SLIPS = 0.4
+MAX_GRADER_ARTEFACTS = 0.5
+# demo.ungradable and demo.usable, each (EyeQ: 19% Reject, 22% Usable; Beede 2020: 21% rejected).
+MAX_FAULTED = 0.5
 
 # What a params file may be. The project's params.yaml is about 7 KB, 3 levels deep (section, key,
 # per-model mapping) and about 100 values; a file far beyond these is a mistake or an attack (a
@@ -123,6 +130,17 @@ class DemoParams:
     test_size: DemoImages
     image_size: Annotated[int, Between(32, MAX_IMAGE_SIZE)]
     variation: Flag  # vary exposure, colour, blur, rotation and field of view between photos
+    subtlety: Annotated[float, Between(0.0, 1.0)]  # 0-1: smaller, fainter and (at grades 1-2) fewer lesions
+    grader_misses: Annotated[float, Between(0.0, MAX_GRADER_MISSES)]  # share of mild eyes called healthy
+    # share of the other eyes with retinopathy given a neighbouring grade
+    grader_slips: Annotated[float, Between(0.0, MAX_GRADER_SLIPS)]
+    grader_artefacts: Annotated[float, Between(0.0, MAX_GRADER_ARTEFACTS)]  # healthy eyes called mild
+    ungradable: Annotated[float, Between(0.0, MAX_FAULTED)]  # photos made ungradable (EyeQ Reject)
+    usable: Annotated[float, Between(0.0, MAX_FAULTED)]  # photos with a mild camera fault (EyeQ Usable)
+    shifted_size: Annotated[  # photos of the shifted set from another camera (0: none)
+        Annotated[int, Between(10, MAX_IMAGES)] | Annotated[int, Between(0, 0)],
+        Say(f"an integer >= 10 and at most {MAX_IMAGES:,} (or 0: no shifted set)"),
+    ]
 
 
 @dataclass(frozen=True)

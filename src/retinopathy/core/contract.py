@@ -11,6 +11,7 @@ reads results (the report) does not pay for importing torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +197,21 @@ SCREENING_FIGURES = ("roc.png", "reliability.png")  # the report's screening fig
 # The synthetic demo's folder carries a README whose first line is this marker.
 DEMO_README = "README.txt"
 DEMO_MARKER = "SYNTHETIC DEMO DATASET"
+# Beside the course layout, the demo's folder holds every photo's quality in EyeQ's format
+# (QUALITY_HEADER) and what the painter knows: the true grade and the camera's fault.
+DEMO_QUALITY = "quality.csv"
+DEMO_TRUTH = "truth.csv"
+# demo-data writes the demo's shifted set (another camera, another population, in APTOS 2019's
+# layout) beside the demo's folder, under the folder's name and this suffix.
+SHIFTED_SUFFIX = "-shifted"
+
+
+def shifted_folder(demo: str | Path) -> Path:
+    """Where `demo-data` writes the shifted set of the demo at ``demo``: beside it, named + SHIFTED_SUFFIX."""
+    path = Path(demo)
+    if path.name in ("", ".", ".."):  # `--out .` or `--out ..` still names a folder
+        path = Path(os.path.abspath(path))
+    return path.with_name(path.name + SHIFTED_SUFFIX)
 
 
 def grade_label(grade: int) -> str:
@@ -292,6 +308,11 @@ class Layout:
     models: Path = Path("models")
     metrics: Path = Path("metrics")
     plots: Path = Path("plots")
+
+    @property
+    def demo_shifted(self) -> Path:
+        """The demo's shifted set, written by `demo-data` with the demo (:func:`shifted_folder`)."""
+        return shifted_folder(self.demo)
 
     @property
     def index(self) -> Path:

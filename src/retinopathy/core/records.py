@@ -409,6 +409,19 @@ class FusionFacts:
 
 
 @dataclass(frozen=True)
+class UnfusedRecord:
+    """``metrics/fused/<arm>.screening.json`` of a trained arm whose fusion was skipped (its training
+    split has no two-eyed patient): no figures, only the `fuse` stage's facts, whose ``selection``
+    says why. Written by ``fusion.grading.unfused``, read by the report (:func:`check_unfused_screening`)."""
+
+    fusion: FusionFacts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written."""
+        return {"fusion": dataclasses.asdict(self.fusion)}
+
+
+@dataclass(frozen=True)
 class FusedScreeningRecord(ScreeningRecord):
     """``metrics/fused/<arm>.screening.json``: the screening record of the fused grades, and ``fusion``."""
 
@@ -714,6 +727,13 @@ def check_screening(path: Path, raw: object, fix: str) -> ScreeningRecord:
     if not isinstance(raw, dict):
         raise RecordError(f"{path}: damaged, not a JSON object; {fix}")
     return _record(path, ScreeningRecord, raw, fix)
+
+
+def check_unfused_screening(path: Path, raw: object, fix: str) -> UnfusedRecord:
+    """As :func:`check_fused_screening`, the :class:`UnfusedRecord` of an arm whose fusion was skipped."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{path}: damaged, not a JSON object; {fix}")
+    return _record(path, UnfusedRecord, raw, fix)
 
 
 def check_fused_screening(path: Path, raw: object, fix: str) -> FusedScreeningRecord:

@@ -9,6 +9,9 @@ other in test, which flatters every test figure. :func:`leakage` counts that
 for ``summary.json`` and the report (``data.split: lists``, the lab's split);
 :func:`split_by_patient` re-splits the listed images so that no patient
 straddles the split (``data.split: patients``), to measure what it was worth.
+:func:`hold_out_validation` draws the validation split by patient whenever the names
+give patients, under either setting, so that fuse's blend chooses its epoch on
+two-eyed patients.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from retinopathy.core.contract import NUM_GRADES
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import EyePairs, PatientCounts
+from retinopathy.data.index import split_validation
 from retinopathy.data.labels import Record, eye_of, patient_of
 
 # SeedSequence keys (data.seed, purpose): the test and validation re-splits draw from streams of their own.
@@ -79,6 +83,26 @@ def hold_out_patients(
         held.update(rng.permutation(np.array(group, dtype=object))[:take].tolist())
     kept = [r for r in records if patient_of(r.image) not in held]
     return kept, [r for r in records if patient_of(r.image) in held]
+
+
+def hold_out_validation(
+    records: Sequence[Record], fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Hold out the validation split of the training ``records``: by patient where the names give patients.
+
+    Where any name is EyePACS's ``<patient>_left``/``<patient>_right``, ``fraction`` of the patients
+    go to validation with both eyes (:func:`hold_out_patients`): drawn per image, few validation
+    images would have their other eye there, and fuse's blend would choose its epoch on those few.
+    Names without patients are held out per image, as before
+    (:func:`~retinopathy.data.index.split_validation`). ``fraction`` 0 (the lab's protocol) holds
+    out nothing.
+
+    Returns:
+        (train, val), each in the records' order.
+    """
+    if any(eye_of(record.image) for record in records):
+        return hold_out_patients(records, fraction, seed)
+    return split_validation(list(records), fraction, seed)
 
 
 def split_by_patient(

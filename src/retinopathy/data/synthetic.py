@@ -8,7 +8,11 @@ plus lesions whose kind and number follow the clinical scale (ICDR: none,
 mild, moderate, severe non-proliferative, proliferative). Lesions are drawn
 larger than life so that a small network can learn them from a few hundred
 images at 128 px; the demo shows that the pipeline works, not what real
-images look like.
+images look like. ``subtlety`` (params.yaml's ``demo.subtlety``) takes some of
+that back at the borderline grades (mild and moderate): smaller, fainter and
+fewer lesions, so that those grades overlap as real ones do and a grader's
+referable-DR AUC is no longer 1.000. Severe and proliferative eyes stay plainly
+diseased, as they are in life.
 
 The demo's images are patients' two eyes (:func:`pair_counts`: as often of
 equal grade as in the course's data). Each eye is painted on its own, as a
@@ -53,6 +57,16 @@ COURSE_TRAIN_PAIRS: dict[tuple[int, int], int] = {
 }
 
 _SS = 2  # supersampling factor of the drawn masks
+MODERATE = 2  # the highest of the borderline grades that ``subtlety`` makes subtler
+
+# What ``subtlety`` 1 does to a mild or moderate eye (0 draws the lesions as they always
+# were): every lesion this share smaller and this share fainter, and their counts down by
+# these shares (the fewest by more than the most, so some moderate eyes hold only a lesion
+# or two and pass for mild, as borderline eyes do for human graders).
+SUBTLE_SHRINK = 0.3
+SUBTLE_FADE = 0.4
+SUBTLE_FEWEST = 1.0
+SUBTLE_MOST = 0.4
 
 Point = tuple[float, float]
 
@@ -196,6 +210,16 @@ def _blot(canvas: _Canvas, layer: str, rng: np.random.Generator, p: Point, radiu
         canvas.ellipse(layer, p[0] + ox, p[1] + oy, a, a * rng.uniform(0.6, 1.0), rng.uniform(0, np.pi))
 
 
+def _count_range(low: int, high: int, subtlety: float, least: int) -> tuple[int, int]:
+    """``rng.integers``' bounds of a lesion count at a borderline grade, fewer with ``subtlety``.
+
+    The same bounds at 0; at 1 the fewest down by :data:`SUBTLE_FEWEST` (to ``least``)
+    and the most by :data:`SUBTLE_MOST`, so the counts spread down towards the grade below.
+    """
+    fewest = max(least, round(low * (1.0 - SUBTLE_FEWEST * subtlety)))
+    return fewest, max(fewest + 1, round(high * (1.0 - SUBTLE_MOST * subtlety)))
+
+
 def _draw_lesions(
     canvas: _Canvas,
     grade: int,
@@ -205,29 +229,41 @@ def _draw_lesions(
     macula: Point,
     veins: list[tuple[Point, Point, float, int]],
     subtle: bool = False,
+    subtlety: float = 0.0,
 ) -> None:
-    """Draw the lesions of ``grade`` (cumulative along the clinical scale) onto ``canvas``."""
+    """Draw the lesions of ``grade`` (cumulative along the clinical scale) onto ``canvas``.
+
+    ``subtlety`` 0 draws exactly what this function always drew (the same calls on
+    ``rng``): the counts' bounds and the sizes are only scaled.
+    """
     if grade == 0:
         return
     cx, cy, r = fundus
     avoid = (disc[0], disc[1], 1.6 * disc[2])
+    borderline = grade <= MODERATE
+    small = 1.0 - SUBTLE_SHRINK * subtlety if borderline else 1.0
 
     def anywhere(quadrant: int | None = None) -> Point:
         return _uniform_in_fundus(rng, cx, cy, r, avoid, quadrant)
+
+    def count(low: int, high: int, least: int = 1) -> int:
+        if borderline and subtlety > 0:
+            low, high = _count_range(low, high, subtlety, least)
+        return int(rng.integers(low, high))
 
     # Microaneurysms: dark red dots, the only sign of grade 1. Drawn much larger
     # than real ones (1.5-2 px radius at 128 px, wider than most vessels) so that
     # they survive downscaling and do not pass for vessel ends.
     n_ma = {1: (3, 8) if subtle else (6, 13), 2: (8, 18), 3: (15, 30), 4: (15, 30)}[grade]
     size_ma = (0.02, 0.03) if subtle and grade == 1 else (0.026, 0.036)
-    for _ in range(int(rng.integers(*n_ma))):
-        canvas.disc("haem", *anywhere(), r * rng.uniform(*size_ma))
+    for _ in range(count(*n_ma)):
+        canvas.disc("haem", *anywhere(), small * r * rng.uniform(*size_ma))
     if grade < 2:
         return
     # Blot haemorrhages; severe and worse: in all four quadrants, plus flame-shaped
     # ones lying along the nerve fibres (radial from the disc).
     if grade == 2:
-        blots = [anywhere() for _ in range(int(rng.integers(3, 8)))]
+        blots = [anywhere() for _ in range(count(3, 8))]
     else:
         blots = [anywhere(q) for q in range(4) for _ in range(int(rng.integers(3, 6)))]
         for _ in range(int(rng.integers(3, 7))):
@@ -236,20 +272,21 @@ def _draw_lesions(
                 "haem",
                 x,
                 y,
-                r * rng.uniform(0.05, 0.08),
-                r * rng.uniform(0.015, 0.025),
+                small * r * rng.uniform(0.05, 0.08),
+                small * r * rng.uniform(0.015, 0.025),
                 math.atan2(y - disc[1], x - disc[0]),
             )
     for p in blots:
-        _blot(canvas, "haem", rng, p, r * rng.uniform(0.03, 0.055))
-    # Hard exudates: bright yellow specks in clusters around the posterior pole.
-    for _ in range(int(rng.integers(1, 4 if grade == 2 else 6))):
+        _blot(canvas, "haem", rng, p, small * r * rng.uniform(0.03, 0.055))
+    # Hard exudates: bright yellow specks in clusters around the posterior pole (a
+    # subtle moderate eye may have none).
+    for _ in range(count(1, 4, least=0) if grade == 2 else int(rng.integers(1, 6))):
         ccx = macula[0] + rng.normal(0.0, 0.3 * r)
         ccy = macula[1] + rng.normal(0.0, 0.3 * r)
         for _ in range(int(rng.integers(4, 10))):
             x, y = ccx + rng.normal(0.0, 0.07 * r), ccy + rng.normal(0.0, 0.07 * r)
             if math.hypot(x - cx, y - cy) < 0.9 * r:
-                canvas.disc("exudate", x, y, r * rng.uniform(0.015, 0.03))
+                canvas.disc("exudate", x, y, small * r * rng.uniform(0.015, 0.03))
     if grade < 3:
         return
     # Cotton-wool spots: soft pale patches near the arcades (blurred when composited).
@@ -287,7 +324,13 @@ def _draw_lesions(
 
 
 def render_fundus(
-    grade: int, rng: np.random.Generator, size: int, *, eye: str | None = None, subtle: bool = False
+    grade: int,
+    rng: np.random.Generator,
+    size: int,
+    *,
+    eye: str | None = None,
+    subtle: bool = False,
+    subtlety: float = 0.0,
 ) -> np.ndarray:
     """One synthetic fundus photograph.
 
@@ -301,6 +344,9 @@ def render_fundus(
         size: Width and height in pixels (>= 16).
         eye: "left" or "right"; None draws one from ``rng``. A left eye is the mirror image.
         subtle: Draw grade 1 as it looks: a few small microaneurysms (not a dozen large ones).
+        subtlety: 0 (the lesions as they always were) to 1: at grades 1-2, lesions up to
+            :data:`SUBTLE_SHRINK` smaller and :data:`SUBTLE_FADE` fainter, and fewer. It changes
+            only the lesions: the same generator state still gives the same eye.
 
     Returns:
         uint8 array [size, size, 3], RGB.
@@ -313,6 +359,8 @@ def render_fundus(
         eye = "left" if rng.random() < 0.5 else "right"
     if eye not in ("left", "right"):
         raise RetinopathyError(f"render_fundus: eye must be 'left' or 'right', got {eye!r}")
+    if isinstance(subtlety, bool) or not isinstance(subtlety, (int, float)) or not 0 <= subtlety <= 1:
+        raise RetinopathyError(f"render_fundus: subtlety must be a number from 0 to 1, got {subtlety!r}")
 
     # Framing and colours vary per image, as between cameras and patients.
     r = size * rng.uniform(0.42, 0.47)
@@ -356,15 +404,16 @@ def render_fundus(
                     veins += segs
     noise = rng.normal(0.0, 1.2 / 255, size=(size, size, 3)).astype(np.float32)
 
-    _draw_lesions(canvas, grade, rng, fundus, disc, macula, veins, subtle)
+    _draw_lesions(canvas, grade, rng, fundus, disc, macula, veins, subtle, subtlety)
     fibrous = canvas.alpha("fibrous", blur=0.04 * r)
+    faint = 1.0 - SUBTLE_FADE * subtlety if grade <= MODERATE else 1.0  # borderline eyes only
     layers: list[tuple[str, float, np.ndarray, float]] = [
         # (layer, blur in px, colour, opacity) in drawing order, back to front.
-        ("cotton", 0.02 * r, np.array([1.0, 0.95, 0.88]), 0.9),
+        ("cotton", 0.02 * r, np.array([1.0, 0.95, 0.88]), 0.9 * faint),
         ("vein", 0.4, base * [0.6, 0.32, 0.45], 0.95),
         ("artery", 0.4, base * [0.82, 0.55, 0.6], 0.9),
-        ("haem", 0.4, base * [0.35, 0.12, 0.25], 0.97),
-        ("exudate", 0.3, np.array([1.15, 1.0, 0.42]), 1.0),
+        ("haem", 0.4, base * [0.35, 0.12, 0.25], 0.97 * faint),
+        ("exudate", 0.3, np.array([1.15, 1.0, 0.42]), 1.0 * faint),
         ("nv", 0.3, base * [0.75, 0.25, 0.35], 1.0),
         ("preretinal", 1.0, base * [0.38, 0.1, 0.2], 0.95),
     ]

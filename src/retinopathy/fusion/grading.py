@@ -6,8 +6,10 @@ the training split's two-eyed patients (a validation split picks its epoch);
 :func:`grade_split` grades one split with it, each image whose other eye is in
 the split by the blend and every other image by the network alone, saying which
 (:data:`~retinopathy.core.contract.FUSION_SOURCES`); :func:`fused` scores the test
-split and gives the text of every file the `fuse` stage writes, and :func:`skipped`
-those of an arm that was not trained.
+split and gives the text of every file the `fuse` stage writes, :func:`skipped`
+those of an arm that was not trained, and :func:`unfused` those of an arm whose
+training split has no two-eyed patient (:func:`has_pairs`: a user training on APTOS
+or IDRiD), so that the default pipeline runs on such data and says why nothing was fused.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from retinopathy.core.contract import (
 from retinopathy.core.contract import fused_prediction_columns as columns
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import csv_text, json_text
-from retinopathy.core.records import FusedScreeningRecord, FusionFacts
+from retinopathy.core.records import FusedScreeningRecord, FusionFacts, UnfusedRecord
 from retinopathy.data.labels import Record, patient_of
 from retinopathy.engine.batches import eval_batches
 from retinopathy.engine.evaluation import Opened, overflow_fix
@@ -43,6 +45,18 @@ from retinopathy.models.head import Head, require_finite
 
 # What to do when the arm's blend gives scores that are not finite (its weights are finite: checked).
 BLEND_FIX = "lower fuse.lr in params.yaml and run the `fuse` stage again"
+# Why an arm's fusion is skipped when its training split has no two-eyed patient.
+NO_PAIRS = (
+    "no patient has both eyes in the training split (EyePACS names `<id>_left` and `<id>_right`), "
+    "so the blend has nothing to learn; each photograph is graded alone (the Screening section). "
+    "Set fuse.method to none in params.yaml to say so, or name the images by patient"
+)
+
+
+def has_pairs(names: list[str]) -> bool:
+    """Whether any patient has both eyes among ``names`` (a split's images): the blend learns from them."""
+    partner, _ = partners(names)
+    return any(p >= 0 for p in partner)
 
 
 def no_blend(inputs: str, loss: str, fingerprint: str, selection: str) -> BlendRecord:
@@ -121,12 +135,8 @@ def learn_blend(
         for split in extracted
     }
     val = pairs.get("val")
-    if not len(pairs["train"]):
-        raise RetinopathyError(
-            f"{index}: no patient has both eyes in the training split (EyePACS names "
-            "`<id>_left` and `<id>_right`), so the blend has nothing to learn; set fuse.method to none "
-            "in params.yaml to grade each photograph alone"
-        )
+    if not len(pairs["train"]):  # the stage skips such an arm first (has_pairs, unfused)
+        raise RetinopathyError(f"{index}: {NO_PAIRS}")
     model, epoch, rule = learn(
         pairs["train"],
         val,
@@ -221,7 +231,29 @@ class Fused:
 
 def skipped(layout: Layout, arm: str, inputs: str, loss: str, reason: str) -> Fused:
     """A skipped arm: no blend, no numbers, header-only predictions and screening files."""
-    blend = no_blend(inputs, loss, "", f"arm skipped: {reason}")
+    return _empty(layout, arm, no_blend(inputs, loss, "", f"arm skipped: {reason}"), loss)
+
+
+def unfused(layout: Layout, arm: str, inputs: str, loss: str, fingerprint: str) -> Fused:
+    """A trained arm whose fusion is skipped (:data:`NO_PAIRS`): no blend and no numbers, as a skipped
+    arm's, but the screening file's ``fusion`` entry says why (the report shows it)."""
+    blend = no_blend(inputs, loss, fingerprint, f"fusion skipped: {NO_PAIRS}")
+    result = _empty(layout, arm, blend, loss)
+    facts = FusionFacts(
+        method=blend.method,
+        selection=blend.selection,
+        epoch=0,
+        images=0,
+        fused=0,
+        single_no_partner=0,
+        val_images=0,
+    )
+    path = layout.fused(arm).screening
+    return Fused(blend, {}, {**result.outputs, path: json_text(path, UnfusedRecord(facts).to_dict())})
+
+
+def _empty(layout: Layout, arm: str, blend: BlendRecord, loss: str) -> Fused:
+    """``blend``'s record with header-only predictions, ROC and reliability files, and empty metrics."""
     outputs: dict[Path, str | bytes] = {
         layout.blend(arm): blend.to_bytes(layout.blend(arm)),
         layout.fused_predictions(arm): csv_text(list(columns(loss == "regression")), []),

@@ -237,6 +237,9 @@ def fusion_section(arms: Sequence[Arm], screenings: dict[str, Screening]) -> lis
         if not arm.trained:
             lines += [f"- {arm.name}: skipped (the arm was not trained)", ""]
             continue
+        if arm.unfused is not None:  # no two-eyed patient in training: nothing to put side by side
+            lines += [f"- {arm.name}: not graded with both eyes: {_cell(arm.unfused.selection)}", ""]
+            continue
         if fused is None or arm.name not in screenings:
             lines += [f"- {arm.name}: not graded with both eyes yet; run `dvc repro fuse@{arm.name}`", ""]
             continue

@@ -33,7 +33,9 @@ from retinopathy.core.records import (
     ReadText,
     RecordError,
     Skipped,
+    UnfusedRecord,
     check_fused_screening,
+    check_unfused_screening,
     read_info,
     read_json_object,
     read_status,
@@ -87,6 +89,8 @@ class Arm:
     normalized: np.ndarray | None = None
     counts: np.ndarray | None = None
     fused: Fused | None = None  # None: skipped, or no `fuse` stage has run (results from before it)
+    # The `fuse` stage's facts where it skipped the arm's fusion (no two-eyed patient in training).
+    unfused: FusionFacts | None = None
 
     @property
     def trained(self) -> bool:
@@ -202,16 +206,18 @@ def _read_confusion(path: Path, normalized: bool, read: ReadText) -> np.ndarray:
     return matrix
 
 
-def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | None:
-    """The arm's fused files; None where ``metrics/fused/<arm>.json`` is absent (no `fuse` run yet)."""
+def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | UnfusedRecord | None:
+    """The arm's fused files; None where ``metrics/fused/<arm>.json`` is absent (no `fuse` run yet),
+    and the :class:`UnfusedRecord` of an arm whose fusion was skipped (it says why)."""
     path, files = layout.fused_metrics(name), layout.fused(name)
     try:
         read(path)
     except FileNotFoundError:
         return None
     metrics = _numbers(path, read, FUSED_METRIC_KEYS, "fuse", FUSE_FIX)
-    if not metrics:
-        return None  # the arm was skipped: nothing fused
+    if not metrics:  # the arm was skipped, or its fusion was (no two-eyed patient in training): why
+        raw = read_json_object(files.screening, read, FUSE_FIX, FUSE_FIX)
+        return check_unfused_screening(files.screening, raw, FUSE_FIX) if raw else None
     for key in ("acc", "kappa"):
         if key not in metrics:
             raise RetinopathyError(f"{path}: '{key}' is missing: {FUSE_FIX}")
@@ -231,7 +237,11 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
     arm = Arm(name, info, _read_metrics(files.metrics, isinstance(info, EvaluationInfo), read))
     if not arm.trained:
         return arm
-    arm.fused = _read_fused(layout, name, read)
+    fused = _read_fused(layout, name, read)
+    if isinstance(fused, UnfusedRecord):
+        arm.unfused = fused.fusion
+    else:
+        arm.fused = fused
     arm.history = _read_history(files.history, read)
     arm.normalized = _read_confusion(files.confusion_normalized, normalized=True, read=read)
     arm.counts = _read_confusion(files.confusion_counts, normalized=False, read=read).astype(int)

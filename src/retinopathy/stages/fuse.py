@@ -24,8 +24,12 @@ evaluate's; the operating points chosen on the validation split graded the same
 way, never on test; ROC and reliability CSVs), whose ``fusion`` entry holds
 :data:`~retinopathy.core.contract.FUSION_FACTS`. The files change together or not
 at all (``files.write_together``): a full disk never leaves a new blend beside
-the old metrics. A blend that diverged (NaN or infinite weights: too high a
-``fuse.lr``) is refused, and so are features, outputs or scores that are not finite.
+the old metrics. An arm whose training split has no two-eyed patient (a user
+training on APTOS or IDRiD) is not fused, as an arm skipped offline is not: its
+files are header-only, and the screening file's ``fusion`` entry says why
+(:func:`~retinopathy.fusion.grading.unfused`). A blend that diverged (NaN or
+infinite weights: too high a ``fuse.lr``) is refused, and so are features, outputs
+or scores that are not finite.
 """
 
 from __future__ import annotations
@@ -70,7 +74,15 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     from retinopathy.data.index import read_index
     from retinopathy.engine.evaluation import load_best, open_grader
     from retinopathy.engine.runtime import Switches
-    from retinopathy.fusion.grading import extract_splits, fused, learn_blend, skipped
+    from retinopathy.fusion.grading import (
+        NO_PAIRS,
+        extract_splits,
+        fused,
+        has_pairs,
+        learn_blend,
+        skipped,
+        unfused,
+    )
 
     layout = layout or Layout()
     files = layout.arm(arm)
@@ -78,9 +90,15 @@ def fuse_arm(params: Params, arm: str, layout: Layout | None = None) -> dict[str
     if isinstance(status, Skipped):
         result = skipped(layout, arm, params.fuse.inputs, params.train.loss, status.reason)
         write_together(result.outputs)
+        warn(f"{arm} arm skipped: nothing to fuse (see {files.info})")
         return result.metrics
     trained = load_best(files, status)  # the one place this stage loads the trained grader
     records = read_index(layout.index)
+    if params.fuse.method == "blend" and not has_pairs([record.image for record in records["train"]]):
+        result = unfused(layout, arm, params.fuse.inputs, params.train.loss, trained.state.fingerprint)
+        write_together(result.outputs)
+        warn(f"{arm}: fusion skipped: {NO_PAIRS}")
+        return result.metrics
     if params.fuse.method == "none":  # the validation split still picks the operating points
         records = {"test": records["test"], "val": records["val"]}
     train = params.train
@@ -115,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = arm_parser("retinopathy fuse", __doc__.split("\n")[0], "The arm whose grades to fuse.")
     args = parser.parse_args(argv)
     metrics = fuse_arm(stage_params(args), args.init)
-    if not metrics:
-        warn(f"{args.init} arm skipped: nothing to fuse (see metrics/{args.init}.info.json)")
-    else:
+    if metrics:  # else fuse_arm said why nothing was fused
         print(
             f"{args.init}: both eyes {metrics['acc']:.1%} accuracy, kappa {metrics['kappa']:.3f}; "
             f"see {Layout().fused(args.init).screening} for the screening figures and their intervals"

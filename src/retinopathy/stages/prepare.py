@@ -4,7 +4,7 @@ Reads the course layout at ``data.root`` (every CSV line is a record; every
 image must decode), with ``data.split: patients`` re-splits the listed images
 by patient (:mod:`retinopathy.data.patients`), optionally holds out a
 stratified validation split of the training records (``data.val_fraction``;
-by patient too under ``data.split: patients``), and writes into ``data/prepared``:
+by patient whenever the names give patients), and writes into ``data/prepared``:
 
 - ``index.csv``: ``split,image,label`` for every record (split: train, val, test);
 - ``summary.json``: counts per class and split, the majority-class baseline,
@@ -36,11 +36,12 @@ from retinopathy.core.contract import INDEX_COLUMNS, Layout, is_demo_dataset
 from retinopathy.core.errors import RetinopathyError, note, warn
 from retinopathy.core.files import check_output_folder, holds_only, json_with, staged_folder, starts_with
 from retinopathy.core.records import Duplicates, PreparedSummary, summary_text
-from retinopathy.data.index import build_summary, index_text, split_validation
+from retinopathy.data.index import build_summary, index_text
 from retinopathy.data.labels import Record, read_course_splits
 from retinopathy.data.patients import (
     check_named_by_patient,
     hold_out_patients,
+    hold_out_validation,
     leakage,
     leakage_warning,
     split_by_patient,
@@ -105,7 +106,7 @@ def _splits(params: Params, train: list[Record], test: list[Record]) -> dict[str
     """train, val and test: the lists' (``data.split: lists``) or re-split by patient (``patients``)."""
     data = params.data
     if data.split == "lists":
-        train, val = split_validation(train, data.val_fraction, data.seed)
+        train, val = hold_out_validation(train, data.val_fraction, data.seed)
         return {"train": train, "val": val, "test": test}
     check_named_by_patient([*train, *test], params.source)
     train, test = split_by_patient(train, test, data.seed)

@@ -29,6 +29,7 @@ from retinopathy.data.external.tables import check_unique, read_table
 from retinopathy.data.labels import check_grade
 
 LABELS = "train.csv"
+COLUMNS = ("id_code", "diagnosis")  # LABELS' header (the demo's shifted set writes it too)
 IMAGES = "train_images"
 TEST_LIST = "test.csv"
 TEST_IMAGES = "test_images"
@@ -41,7 +42,7 @@ FIX = (
 
 def read(root: Path) -> Listing:
     """Read APTOS 2019 from ``root`` (see the module's docstring for the layout)."""
-    table = read_table(root / LABELS, ("id_code", "diagnosis"), "APTOS 2019 label file (train.csv)", FIX)
+    table = read_table(root / LABELS, COLUMNS, "APTOS 2019 label file (train.csv)", FIX)
     check_unique(table, "id_code")
     photos = []
     for row in table.rows:
