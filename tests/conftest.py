@@ -156,6 +156,14 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a trained grader (:func:`trained_once`) is slow: it trains, or runs the
+    commands that load one (each a second or more), so ``pytest -m "not slow"`` stays a quick loop."""
+    for item in items:
+        if "trained_once" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def trained_once(tmp_path_factory) -> Path:
     """The session's one trained tiny project; READ ONLY (copy it, or use :func:`trained_project`).
@@ -163,8 +171,9 @@ def trained_once(tmp_path_factory) -> Path:
     :func:`make_tiny_project` with paired EyePACS names and :data:`TRAINED_OVERRIDES`, then
     :data:`TRAINED_COMMANDS`: the scratch arm trained (1 epoch of 40 images at 32 px) and evaluated,
     the pretrained arm skipped offline and evaluated as skipped; `fuse`, `explain` and `report`
-    have not run. Its one training run takes a few seconds, so it sits in the fast tier; a test
-    that changes these files fails the session at its end.
+    have not run. A test that uses it is in the slow tier (:func:`pytest_collection_modifyitems`):
+    the training and the commands such tests run take seconds each. A test that changes these
+    files fails the session at its end.
     """
     folder = tmp_path_factory.mktemp("trained") / "project"
     folder.mkdir()

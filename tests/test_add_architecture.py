@@ -135,6 +135,7 @@ def copy(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_recipe_alone_adds_an_architecture_that_passes_the_quick_checks(copy, tmp_path):
     recipe = Recipe((REPO / "CONTRIBUTING.md").read_text())
     for name in ("conftest.py", Path(recipe.tests).name):

@@ -118,6 +118,7 @@ def test_bench_input_measures_both_sides(jpegs):
     assert len(without) == 3  # no workers row
 
 
+@pytest.mark.slow
 def test_bench_models_same_weights_both_sides(jpegs):
     folder, records = jpegs
     batches = image_bank(folder, records, 32, 3, CPU)
@@ -130,6 +131,7 @@ def test_bench_models_same_weights_both_sides(jpegs):
     assert c.baseline.images[0] % 3 == 0  # whole training steps of batch 3
 
 
+@pytest.mark.slow
 def test_bench_fastpath_forced_switches_and_flags_restored(jpegs):
     folder, records = jpegs
     batches = image_bank(folder, records, 32, 2, CPU)
@@ -177,6 +179,7 @@ def test_format_result_warns_about_a_busy_machine():
     assert "WARNING" in format_result(result) and "--threads 1" in format_result(result)
 
 
+@pytest.mark.slow
 def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     status = main(

@@ -215,6 +215,7 @@ def svg_texts(fragment: str, role: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_every_declared_plot_draws_offline_for_two_commits(plots_repo, tmp_path, capsys):
     needs_chromium()
     out = tmp_path / "dvc_plots"
@@ -262,6 +263,7 @@ def test_every_declared_plot_draws_offline_for_two_commits(plots_repo, tmp_path,
         print("".join(f"  console warning: {warning}\n" for warning in warnings), end="")
 
 
+@pytest.mark.slow
 def test_the_stock_page_stays_blank_here(plots_repo, tmp_path):
     """DVC's own page loads its libraries from a CDN: in the test's browser it must draw nothing,
     or the test above would not show that the offline template is what draws."""

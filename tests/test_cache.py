@@ -38,6 +38,7 @@ def test_cached_pixels_equal_decoded_pixels_and_survive_the_jpegs(demo, tmp_path
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
 
 
+@pytest.mark.slow
 def test_cache_works_in_dataloader_workers(demo, tmp_path):
     dataset = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
     batches = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_images)
@@ -47,6 +48,7 @@ def test_cache_works_in_dataloader_workers(demo, tmp_path):
     assert torch.equal(from_workers, direct)
 
 
+@pytest.mark.slow
 def test_a_different_size_gets_a_different_file_and_size_is_required(demo, tmp_path):
     small = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
     large = DecodedCache(RetinopathyDataset(demo, "test", 48, dtype=torch.uint8), tmp_path / "cache")
@@ -57,6 +59,7 @@ def test_a_different_size_gets_a_different_file_and_size_is_required(demo, tmp_p
         DecodedCache(RetinopathyDataset(demo, "test", 32), tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_the_cache_lives_in_a_private_folder_per_user(demo, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
@@ -66,6 +69,7 @@ def test_the_cache_lives_in_a_private_folder_per_user(demo, tmp_path):
     assert {p.parent for p in shared.rglob("*.u8")} == {own}
 
 
+@pytest.mark.slow
 def test_a_folder_open_to_others_or_a_link_is_refused(demo, tmp_path):
     shared = tmp_path / "shared"
     planted = shared / f"uid-{os.getuid()}"
@@ -81,6 +85,7 @@ def test_a_folder_open_to_others_or_a_link_is_refused(demo, tmp_path):
         DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), shared)
 
 
+@pytest.mark.slow
 def test_a_planted_symbolic_link_is_never_followed(demo, tmp_path):
     cache = DecodedCache(RetinopathyDataset(demo, "test", 32, dtype=torch.uint8), tmp_path / "cache")
     victim = tmp_path / "victim.txt"
@@ -92,6 +97,7 @@ def test_a_planted_symbolic_link_is_never_followed(demo, tmp_path):
     assert victim.read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_pixels_written_for_other_records_are_not_used(demo, tmp_path):
     dataset = RetinopathyDataset(demo, "test", 32, dtype=torch.uint8)
     cache = DecodedCache(dataset, tmp_path / "cache")

@@ -141,6 +141,7 @@ def _arms(folder: Path) -> list:
     return [load_arm(Layout(metrics=folder / "metrics"), arm) for arm in ARMS]
 
 
+@pytest.mark.slow
 def test_the_compare_figure_labels_lines_by_name_model_and_init_with_one_legend_outside(
     tmp_path, monkeypatch
 ):
@@ -225,6 +226,7 @@ LIGHT_HELP = tuple(command for command in cli.COMMANDS if command != "train")
 HEAVY = ("torch", "pandas", "sklearn", "matplotlib", "dvc")
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = (
         "import sys\nfrom retinopathy import cli\n"

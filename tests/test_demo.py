@@ -46,6 +46,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_layout(dataset: Path) -> None:
     csvs = ["train_img.csv", "train_label.csv", "test_img.csv", "test_label.csv"]
     assert all((dataset / name).is_file() for name in csvs)
@@ -108,6 +109,7 @@ def test_two_eyes_share_a_grade_as_often_as_in_the_course() -> None:
         assert np.abs(shares - np.array(COURSE) / sum(COURSE)).max() < 0.01
 
 
+@pytest.mark.slow
 def test_a_large_demo_split_pairs_like_the_course(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=0, train_size=400, test_size=10, image_size=32, variation=False)
@@ -124,12 +126,14 @@ def test_pair_counts_sum_and_every_grade(patients: int) -> None:
         assert min(_image_counts(counts)) >= 1
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes(dataset: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     write_demo_dataset(again, seed=7, **SMALL)
     assert _files(again) == _files(dataset)
 
 
+@pytest.mark.slow
 def test_other_seed_gives_other_images(dataset: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     write_demo_dataset(other, seed=8, **SMALL)
@@ -162,6 +166,7 @@ def test_lesions_grow_with_grade(seed: int) -> None:
     assert pixels[2] > pixels[1] and pixels[3] > pixels[2] and pixels[4] > pixels[2]
 
 
+@pytest.mark.slow
 def test_replaces_existing_demo_folder_entirely(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=1, **SMALL)
@@ -173,6 +178,7 @@ def test_replaces_existing_demo_folder_entirely(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["demo"], "no temporary folders left behind"
 
 
+@pytest.mark.slow
 def test_interrupted_write_keeps_old_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "demo"
     write_demo_dataset(out, seed=1, **SMALL)
@@ -208,6 +214,7 @@ def test_bad_settings_are_user_errors(tmp_path: Path, key: str, value: int) -> N
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_reads_demo_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     params = write_params(tmp_path, demo={"seed": 3, "train_size": 10, "test_size": 12, "image_size": 32})
     out = tmp_path / "demo"
@@ -218,6 +225,7 @@ def test_cli_reads_demo_section(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "10 train + 12 test" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_variation_changes_each_photo_deterministically_and_off_keeps_the_drawing(tmp_path: Path) -> None:
     plain, varied, again = tmp_path / "plain", tmp_path / "varied", tmp_path / "again"
     settings = {**SMALL, "train_size": 10, "test_size": 10}

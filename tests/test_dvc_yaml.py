@@ -31,11 +31,13 @@ def stage_command(spec: dict) -> str:
     return spec["cmd"].split()[1]  # `retinopathy <command> ...`
 
 
+@pytest.mark.slow
 def test_dvc_yaml_lists_each_stages_code_and_params() -> None:
     # The one check a contributor runs too: `python -m retinopathy.pipeline.dvcyaml --check`.
     assert dvcyaml.problems(REPO / "dvc.yaml") == []
 
 
+@pytest.mark.slow
 def test_the_check_names_the_stage_the_entries_and_the_fix_and_the_rewrite_mends_it(tmp_path, capsys) -> None:
     original = (REPO / "dvc.yaml").read_text()
     broken = original.replace("      - train.batch_size\n      - evaluate\n", "      - evaluate\n").replace(
@@ -55,6 +57,7 @@ def test_the_check_names_the_stage_the_entries_and_the_fix_and_the_rewrite_mends
     assert path.read_text() == original  # comments, order and the other deps kept
 
 
+@pytest.mark.slow
 def test_the_rewrite_adds_a_missing_list_and_drops_an_empty_one(tmp_path) -> None:
     text = (REPO / "dvc.yaml").read_text()
     start = text.index("    params:\n      - demo\n")
@@ -147,6 +150,7 @@ def test_the_check_follows_params_through_names_sections_and_methods(tmp_path) -
         paramkeys.check_declaration(("train.lr_typo",), "retinopathy.stages.x")
 
 
+@pytest.mark.slow
 def test_an_undeclared_read_fails_the_check_and_stops_the_rewrite(tmp_path, monkeypatch, capsys) -> None:
     # As if train.py's PARAMS lacked train.lr: the check names the line that reads it and the fix.
     declared = dvcyaml.declared_params
@@ -164,6 +168,7 @@ def test_an_undeclared_read_fails_the_check_and_stops_the_rewrite(tmp_path, monk
     assert path.read_text() == (REPO / "dvc.yaml").read_text()  # dvc.yaml still lists train.lr
 
 
+@pytest.mark.slow
 def test_library_code_takes_values_not_the_params_file() -> None:
     # Only the stages read params (and commands that are no stage, such as predict): every other
     # module takes the values it uses, so the check above sees every read of a stage.
@@ -196,6 +201,7 @@ def test_each_stage_runs_on_the_params_it_declares(tiny_project) -> None:
         assert stage.main(["--init", "scratch", *one]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_no_stage_module_imports_another_stage_module(command: str) -> None:
     module = module_of(command)
@@ -207,6 +213,7 @@ def test_no_stage_module_imports_another_stage_module(command: str) -> None:
             assert path == room or room in path.parents, f"{module} imports {path.relative_to(PACKAGE)}"
 
 
+@pytest.mark.slow
 def test_library_modules_import_no_stage_module() -> None:
     for path in PACKAGE.rglob("*.py"):
         if "stages" in path.relative_to(PACKAGE).parts:
@@ -225,6 +232,7 @@ def test_package_init_files_hold_only_docstrings() -> None:
         assert kinds <= {ast.Assign} and isinstance(body[0], ast.Expr), init  # docstring, __version__
 
 
+@pytest.mark.slow
 def test_the_fingerprinted_training_code_is_the_train_stage_deps() -> None:
     listed = [dep.removeprefix("src/") for dep in STAGES["train"]["deps"] if str(dep).startswith("src/")]
     assert sorted(listed) == codedeps.code_deps(checkpoint.TRAINING_STAGE)

@@ -55,6 +55,7 @@ def one_step(net, runtime, images, labels, optimizer_kind):
     return model, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_fast_path_agrees_with_plain_fp32(bf16):
     torch.manual_seed(0)
@@ -101,6 +102,7 @@ def test_train_epoch_detects_a_nan_loss():
         loops.train_epoch(loops.Learner(model, optimizer, CE), batches, plain_runtime(CPU))
 
 
+@pytest.mark.slow
 def test_bench_models_restores_the_backend_flags(monkeypatch):
     # bench.training's flags; here because tests/test_bench.py is owned elsewhere.
     from retinopathy.commands.bench import training

@@ -104,6 +104,7 @@ def synthetic(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[i
     return features, grades, partner, [float(i % 2) for i in range(2 * count)]
 
 
+@pytest.mark.slow
 def test_the_blend_learns_from_the_other_eye_and_is_seeded():
     head = Head("cross_entropy")
     train_pairs, test_pairs = Pairs.of(*synthetic(400, 0)), Pairs.of(*synthetic(200, 1))
@@ -139,6 +140,7 @@ def test_the_blend_keeps_the_best_validation_epoch():
 # ----------------------------------------------------------------- the stage
 
 
+@pytest.mark.slow
 def test_the_stage_writes_fused_rows_and_a_single_eye_row_for_the_patient_with_one_image(paired):
     layout = Layout()
     rows = read_rows(layout.fused_predictions("scratch"))
@@ -201,6 +203,7 @@ def test_the_fused_screening_figures_are_recomputed_from_the_fused_csv(paired):
     assert headline["acc"] == pytest.approx(record["image"]["accuracy"]["value"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_both_eyes(paired, monkeypatch):
     write_params(paired, **TRAINED_OVERRIDES, data={"val_fraction": 0.5})
     shutil.rmtree(paired / "data/prepared")
@@ -233,6 +236,7 @@ def test_the_operating_points_are_chosen_on_the_validation_split_graded_with_bot
     assert not np.allclose(val.referable[two_eyed], alone["referable_score"].to_numpy()[two_eyed], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_blend_never_sees_the_test_images(paired):
     layout = Layout()
     before = BlendRecord.load(layout.blend("scratch"), "fix")
@@ -248,6 +252,7 @@ def test_the_blend_never_sees_the_test_images(paired):
     assert layout.fused_predictions("scratch").read_text() != fused_before  # the test images were read
 
 
+@pytest.mark.slow
 def test_method_none_grades_each_photograph_alone(paired):
     write_params(paired, **TRAINED_OVERRIDES, fuse={"method": "none"})
     fuse.fuse_arm(load_params("params.yaml"), "scratch")
@@ -293,6 +298,7 @@ def test_no_two_eyed_patient_in_training_skips_the_arms_fusion_with_a_note(train
     assert "- pretrained: skipped (the arm was not trained)" in section
 
 
+@pytest.mark.slow
 def test_a_killed_stage_leaves_no_partial_output(paired):
     layout = Layout()
     for path in (layout.fused_predictions("scratch"), layout.fused_metrics("scratch")):
@@ -323,6 +329,7 @@ def test_a_killed_stage_leaves_no_partial_output(paired):
 # ----------------------------------------------------------------- predict
 
 
+@pytest.mark.slow
 def test_predict_on_a_pair_gives_the_fused_rows_of_the_stage(paired):
     fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
     out = paired / "pair.csv"
@@ -337,6 +344,7 @@ def test_predict_on_a_pair_gives_the_fused_rows_of_the_stage(paired):
             assert float(row[f"probability_{g}"]) == pytest.approx(float(expected[f"p{g}"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_pairs_explicitly_and_grades_alone_on_request(paired):
     out = paired / "pair.csv"
     left, right = "data/demo/t2_left.jpeg", "data/demo/t2_right.jpeg"
@@ -355,6 +363,7 @@ def test_predict_pairs_explicitly_and_grades_alone_on_request(paired):
     assert {r["source"] for r in read_rows(out)} == {"single"}
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_blend_of_another_checkpoint(paired):
     layout = Layout()
     record = BlendRecord.load(layout.blend("scratch"), "fix")
@@ -386,6 +395,7 @@ def test_bad_fuse_params_are_refused_naming_the_key(tmp_path, fuse_params, messa
 # ----------------------------------------------------------------- export
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(paired, fmt):
     if fmt == "onnx":

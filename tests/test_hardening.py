@@ -55,6 +55,7 @@ def _tensor_only(path: Path) -> None:
     torch.save(torch.zeros(3), path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
@@ -136,6 +137,7 @@ def test_load_checks_every_field_and_the_history(tmp_path):
 # ----------------------------------------------------------------- 2. outputs that cannot be written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocked", ["models/scratch", "metrics/history"])
 def test_unwritable_outputs_stop_training_before_the_first_epoch(tiny_project, blocked, monkeypatch):
     target = tiny_project / blocked
@@ -281,6 +283,7 @@ def test_a_file_too_big_for_any_image_under_the_limit_is_not_read(tmp_path):
 # ----------------------------------------------------------------- 8. a download that never answers
 
 
+@pytest.mark.slow
 def test_a_download_behind_a_silent_proxy_times_out_and_leaves_no_file(tmp_path, monkeypatch, capsys):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -56,6 +56,7 @@ def shipped_with(tmp_path: Path, old: str, new: str, name: str = "params.yaml") 
 # ----------------------------------------------------------------- 1. params files: shape and size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["yaml flow", "yaml block", "json"])
 def test_params_nested_thousands_of_levels_deep_are_refused_naming_the_file_and_line(tmp_path, capsys, kind):
     depth = 1000 if kind == "yaml block" else 5000  # a block level costs its indentation: 1000 fit in 1 MiB
@@ -173,6 +174,7 @@ def test_the_bounds_themselves_are_accepted(tmp_path, section, key, value):
     assert getattr(getattr(config.load_params(path), section), key) == value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["prepare"], ["train", "--init", "scratch"], ["report"]])
 def test_a_named_pipe_as_the_params_file_is_refused_at_once(tmp_path, command):
     fifo = tmp_path / "params.yaml"
@@ -559,6 +561,7 @@ OUTPUTS = {  # each command that takes an output path, with OUT where it goes
 CONTAINERS = ("predict --explain", "weights", "report")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", [240, 300])  # fits alone but not with a temporary; fits nowhere
 @pytest.mark.parametrize("command", OUTPUTS)
 def test_an_output_name_at_or_over_the_limit_is_refused_before_any_work(

@@ -209,6 +209,7 @@ def temporaries(folder: Path) -> list[Path]:
     return [path for path in folder.rglob(".*") if ".tmp" in path.name]
 
 
+@pytest.mark.slow
 def test_the_fixture_is_what_the_stages_wrote(project):
     info = json.loads(SCRATCH.info.read_text())
     assert info["status"] == "trained" and info["selection"] == "test"
@@ -255,6 +256,7 @@ def photos() -> list[str]:
 # ------------------------------------------------------------------ 1. non-finite numbers stop the command
 
 
+@pytest.mark.slow
 def test_a_diverged_blend_is_not_saved_and_the_fuse_stage_says_to_lower_fuse_lr(project, capsys, monkeypatch):
     before = contents(FUSE_OUTPUTS)
     set_params("fuse", lr=1e30)  # Adam's steps are about lr in size: the weights overflow to NaN
@@ -335,6 +337,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_every_command_that_loads_it
     assert _state_of(outputs) == before and not temporaries(project)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(READERS))
 def test_a_finite_checkpoint_whose_outputs_overflow_grades_nothing(project, capsys, command):
     argv, outputs = READERS[command]
@@ -660,6 +663,7 @@ def _foreign_blend(path: Path, inputs: str = "features", size: int = 5) -> None:
     ).save(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("inputs", "size", "words"),
     [
@@ -719,6 +723,7 @@ def fail_on(monkeypatch, name: str, call: int) -> list:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "call"), [("replace", 1), ("replace", 5), ("fsync", 4)])
 def test_a_full_disk_during_fuse_leaves_every_output_as_it_was(project, capsys, monkeypatch, name, call):
     before = contents(FUSE_OUTPUTS)
@@ -735,6 +740,7 @@ def test_a_full_disk_during_fuse_leaves_every_output_as_it_was(project, capsys, 
     assert all(after[path] != before[path] for path in changed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "call"), [("replace", 6), ("fsync", 10)])
 def test_a_full_disk_during_evaluate_leaves_every_output_as_it_was(project, capsys, monkeypatch, name, call):
     before = contents(EVALUATE_OUTPUTS)
@@ -747,6 +753,7 @@ def test_a_full_disk_during_evaluate_leaves_every_output_as_it_was(project, caps
     assert contents(EVALUATE_OUTPUTS) == before and not temporaries(project)
 
 
+@pytest.mark.slow
 def test_a_failed_rename_during_report_puts_back_the_figures_already_replaced(project, capsys, monkeypatch):
     before = contents(project.joinpath("plots").iterdir())
     rewrite_json(SCRATCH.metrics, _set("acc", 0.125))  # a valid change: report.md would change
@@ -757,6 +764,7 @@ def test_a_failed_rename_during_report_puts_back_the_figures_already_replaced(pr
     assert contents(project.joinpath("plots").iterdir()) == before and not temporaries(project)
 
 
+@pytest.mark.slow
 def test_an_export_s_model_and_card_are_written_together(project, capsys, monkeypatch):
     out, card = Path("grader.pt"), Path("grader.pt.md")
     fail_on(monkeypatch, "replace", 2)  # the card, after the model

@@ -179,6 +179,7 @@ def test_mixed_case_eyes_are_counted_as_leakage_under_the_course_lists(tmp_path,
     assert "6 patients have one eye in test and the other in train/val" in " ".join(err.split())
 
 
+@pytest.mark.slow
 def test_mixed_case_eyes_stay_together_under_the_split_by_patient_and_the_summary_agrees(
     tmp_path, monkeypatch, capsys
 ):
@@ -215,6 +216,7 @@ def test_mixed_case_eyes_pair_for_the_blend_of_fuse():
 # ------------------------------------------------------------- 2. one patient: one folder, or --pair
 
 
+@pytest.mark.slow
 def test_the_same_number_in_two_folders_is_two_patients_for_the_column_the_call_and_the_blend(grader, capsys):
     photo(grader / "a/7_left.jpeg", 1, grade=4)
     photo(grader / "b/7_right.jpeg", 2)
@@ -246,6 +248,7 @@ def test_the_rule_is_stated_in_predict_help_and_the_readme(capsys):
     assert "one patient's only when they are in the same folder" in readme
 
 
+@pytest.mark.slow
 def test_pair_joins_two_folders_and_is_used_without_a_blend_too(grader, capsys):
     photo(grader / "a/7_left.jpeg", 1)
     photo(grader / "b/9_Right.jpeg", 2)
@@ -269,6 +272,7 @@ def test_pair_joins_two_folders_and_is_used_without_a_blend_too(grader, capsys):
     assert [(row["patient"], row["patient_referable"]) for row in rows] == [("a/7", ""), ("b/9", "")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("inputs", "pair", "expected"),
     [
@@ -335,6 +339,7 @@ def test_a_pair_the_names_contradict_is_refused_before_grading(
     assert not Path("out.csv").exists()  # refused before grading: nothing written
 
 
+@pytest.mark.slow
 def test_a_photograph_in_two_pairs_is_refused(grader, capsys):
     for seed, name in enumerate(("a/1_left.jpeg", "b/1_right.jpeg", "c/1_right.jpeg")):
         photo(grader / name, seed)
@@ -353,6 +358,7 @@ def test_a_photograph_in_two_pairs_is_refused(grader, capsys):
     assert status == 2 and "a/1_left.jpeg is in two pairs (also with b/1_right.jpeg)" in err
 
 
+@pytest.mark.slow
 def test_mixed_case_eyes_pair_for_the_blend_in_predict(grader, capsys):
     photo(grader / "eyes/7_Left.jpeg", 1)
     photo(grader / "eyes/7_RIGHT.jpeg", 2)
@@ -365,6 +371,7 @@ def test_mixed_case_eyes_pair_for_the_blend_in_predict(grader, capsys):
 # ------------------------------------------------------------------------- 3. predict's inputs
 
 
+@pytest.mark.slow
 def test_predict_reads_a_list_as_prepare_does_header_row_and_jpeg_names(tmp_path, monkeypatch, capsys):
     root = course(tmp_path / "course", [f"p{i}_left" for i in range(10)], ["q1_left", "q1_right", "q2_left"])
     listed = root / "test_img.csv"
@@ -391,6 +398,7 @@ def test_predict_reads_a_list_as_prepare_does_header_row_and_jpeg_names(tmp_path
     assert status == 2 and f"{listed}:3: image 'q1_left' is listed twice" in err
 
 
+@pytest.mark.slow
 def test_a_folder_s_pipes_folders_and_dangling_links_are_rows_never_opened(tmp_path):
     folder = tmp_path / "photos"
     photo(folder / "good.jpeg", 1)

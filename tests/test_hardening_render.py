@@ -293,6 +293,7 @@ def test_import_kaggle_refuses_a_name_with_markup_with_the_line(tmp_path, capsys
     assert status == 2 and f"{labels}:3: '<!--x_right' is not an image name (it contains '<')" in err
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_photograph_whose_name_is_not_a_name_in_its_own_row(tmp_path, capsys):
     hostile = ["$x$.png", "a<b>.png", "IMG 0001.png", "a|b.png"]
     for seed, name in enumerate([*hostile, "7_left.png"]):
@@ -308,6 +309,7 @@ def test_predict_refuses_a_photograph_whose_name_is_not_a_name_in_its_own_row(tm
 # ---------------------------------------------------------- 3. names where they are rendered anyway
 
 
+@pytest.mark.slow
 def test_the_escaping_helpers_escape_every_class_of_character():
     hostile = "a|b <!-- <script> & `c` $x$ *d* _e_ [f](g) ~~h~~ i\nj"
     text = md_text(hostile)
@@ -338,6 +340,7 @@ def plt_figure(title: str):
     return fig
 
 
+@pytest.mark.slow
 def test_the_report_escapes_a_folder_and_a_reason_that_carry_markup(tmp_path, capsys):
     from test_report import write_metrics
 
@@ -441,6 +444,7 @@ def test_explain_draws_a_skipped_arms_reason_with_math_in_it(tmp_path, monkeypat
 # ---------------------------------------------------------- 4. the work is bounded after every step
 
 
+@pytest.mark.slow
 def test_a_strip_whose_square_is_over_the_limit_is_refused_in_its_own_row_and_the_others_are_graded(
     tmp_path, capsys
 ):
@@ -461,6 +465,7 @@ def test_a_strip_whose_square_is_over_the_limit_is_refused_in_its_own_row_and_th
         assert rows[name]["grade"] in list("01234") and rows[name]["error"] == ""
 
 
+@pytest.mark.slow
 def test_import_kaggle_refuses_a_strip_and_a_size_over_the_maximum_before_writing_anything(tmp_path, capsys):
     images = tmp_path / "train"
     images.mkdir()
@@ -551,6 +556,7 @@ def _hostile(path: Path, fmt: str, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torch", "pickle"])
 @pytest.mark.parametrize("route", ["--checkpoint", "--blend", "train.weights"])
 def test_a_pickle_is_refused_as_not_this_projects_file_without_advising_an_unsafe_load(

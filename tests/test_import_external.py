@@ -614,6 +614,7 @@ def test_the_summary_is_refused_when_its_counts_do_not_add_up(tmp_path, capsys):
         read_import_summary(ImportedSet(out).summary)
 
 
+@pytest.mark.slow
 def test_the_real_command_imports_a_set(tmp_path):
     root, out = eyepacs(tmp_path / "set"), tmp_path / "out"
     done = subprocess.run(

@@ -155,6 +155,7 @@ def test_prepare_of_distinct_photographs_counts_no_identical_images(tmp_path, mo
 # ------------------------------------------------------------------- 2. images decoded wrong
 
 
+@pytest.mark.slow
 def test_a_16_bit_greyscale_png_is_scaled_not_clipped_to_white(tmp_path, capsys):
     grey8 = np.asarray(Image.fromarray(fundus(1, 96)).convert("L"))
     Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # 8-bit values in 16 bits
@@ -175,6 +176,7 @@ def exif_jpeg(path: Path, pixels: np.ndarray, orientation: int) -> None:
     image.save(path, "JPEG", quality=95, exif=exif.tobytes())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [(200, 300), (96, 96)])  # a camera's photograph, a square one
 def test_a_jpeg_stored_rotated_is_graded_upright_by_its_exif_orientation(tmp_path, capsys, side):
     canvas = np.zeros((*side, 3), dtype=np.uint8)
@@ -207,6 +209,7 @@ def test_a_jpeg_without_an_orientation_tag_decodes_as_before(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_images_too_small_to_be_a_fundus_are_refused_by_predict_and_prepare(tmp_path, monkeypatch, capsys):
     for side in (1, 3):
         Image.fromarray(fundus(4, 64)).resize((side, side)).save(tmp_path / f"tiny{side}.png")
@@ -227,6 +230,7 @@ def test_images_too_small_to_be_a_fundus_are_refused_by_predict_and_prepare(tmp_
 # ------------------------------------------------------------------------------------ 3. folders
 
 
+@pytest.mark.slow
 def test_predict_on_a_folder_says_which_subfolders_it_did_not_grade(tmp_path, capsys):
     photos = tmp_path / "photos"
     (photos / "left-eyes/2024").mkdir(parents=True)
@@ -245,6 +249,7 @@ def test_predict_on_a_folder_says_which_subfolders_it_did_not_grade(tmp_path, ca
 # ------------------------------------------------------- 4. inputs unlike the training photographs
 
 
+@pytest.mark.slow
 def test_predict_flags_a_greyscale_copy_and_a_black_image_in_a_warning_column(tmp_path, capsys):
     colour = fundus(8, 96)
     Image.fromarray(colour).save(tmp_path / "colour.jpeg", quality=92)
@@ -321,6 +326,7 @@ def test_a_bad_number_on_the_command_line_is_a_usage_error_not_a_traceback(capsy
     assert status == 2 and f"argument {option}: must be" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_claiming_a_60000_px_image_size_is_refused_before_any_memory(tmp_path, capsys):
     checkpoint = fake_checkpoint(tmp_path / "huge.pt", image_size=60000)
     Image.fromarray(fundus(9, 64)).save(tmp_path / "a.jpeg")
@@ -369,6 +375,7 @@ def test_mixed_image_sizes_with_image_size_null_are_refused_naming_the_file(tmp_
 # ------------------------------------------------------------- 6. numbers that YAML 1.1 reads as text
 
 
+@pytest.mark.slow
 def test_dvc_exp_run_s_weight_decay_1e_minus_10_is_accepted_as_a_number(tmp_path, monkeypatch, capsys):
     from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` runs on params.yaml
 

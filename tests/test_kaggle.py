@@ -233,6 +233,7 @@ def test_missing_labels_file_and_existing_output(tmp_path: Path) -> None:
     assert only_child(tmp_path / "course") == ["old.txt"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_leaves_no_output(tmp_path: Path) -> None:
     labels, images = kaggle_download(tmp_path)
     raw = (images / "14_left.jpeg").read_bytes()

@@ -149,6 +149,7 @@ def test_prepare_refuses_before_it_reads_any_image(user, capsys, monkeypatch):
 # ----------------------------------------------------------------- 2. outputs onto inputs and others' files
 
 
+@pytest.mark.slow
 def test_predict_explain_into_the_folder_of_its_png_inputs_changes_none_of_them(project, user, capsys):
     folder = user / "photos"
     photos(folder, project, ["eye1.png", "eye2.png"], "PNG")
@@ -160,6 +161,7 @@ def test_predict_explain_into_the_folder_of_its_png_inputs_changes_none_of_them(
     assert snapshot(folder) == before and not (user / "out.csv").exists()
 
 
+@pytest.mark.slow
 def test_predict_writes_and_rewrites_its_own_heat_maps_beside_jpeg_inputs(project, user, capsys):
     photos(user / "photos", project, ["eye1.jpeg"])
     args = ["predict", "photos", "--explain", "photos", "--out", "out.csv", *checkpoint_args(project)]
@@ -185,6 +187,7 @@ def _foreign_png(user: Path) -> list[str]:
     return ["--out", "out.csv", "--explain", "."]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [_foreign_csv, _input_list, _foreign_png])
 def test_predict_refuses_to_replace_an_input_or_a_file_it_did_not_write(project, user, capsys, case):
     photos(user / "photos", project, ["eye1.jpeg"])
@@ -212,6 +215,7 @@ def test_export_refuses_its_own_checkpoint_and_a_file_it_did_not_write(project, 
     assert snapshot(user) == before
 
 
+@pytest.mark.slow
 def test_export_replaces_its_own_earlier_export(project, user, capsys):
     args = [
         "export",
@@ -285,6 +289,7 @@ OUTPUT_FILE_COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", OUTPUT_FILE_COMMANDS)
 @pytest.mark.parametrize("where", ["fifo", "/dev/null"])
 def test_an_output_onto_a_device_or_a_pipe_is_refused(project, user, capsys, monkeypatch, command, where):
@@ -338,6 +343,7 @@ def test_a_folder_out_through_a_link_replaces_the_linked_folder_and_keeps_the_li
 # ----------------------------------------------------------------- 4. results kept when writing fails
 
 
+@pytest.mark.slow
 def test_a_file_name_that_is_not_utf8_is_refused_in_its_own_row_and_written(project, user, capsys):
     folder = user / "photos"
     photos(folder, project, ["eye1.jpeg"])
@@ -368,6 +374,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_grading(project, use
     assert code == 2 and words in err
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_keeps_the_grades_in_a_file_and_says_where(project, user, capsys, monkeypatch):
     photos(user / "photos", project, ["eye1.jpeg", "eye2.jpeg"])
     (user / "tmp").mkdir()
@@ -389,6 +396,7 @@ def test_a_full_disk_at_the_end_keeps_the_grades_in_a_file_and_says_where(projec
     assert [p.name for p in user.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_at_the_end_prints_the_grades_rather_than_a_traceback(project, user):
     photos(user / "photos", project, [f"eye{i}.jpeg" for i in range(6)])
     code = (
@@ -416,6 +424,7 @@ def test_a_file_size_limit_at_the_end_prints_the_grades_rather_than_a_traceback(
 # ----------------------------------------------------------------- 5. CSV output
 
 
+@pytest.mark.slow
 def test_hostile_file_names_stay_one_row_each_and_never_a_formula(project, user, capsys, monkeypatch):
     names = ["=1+2.jpeg", "+cmd.jpeg", "-2+3.jpeg", "@sum.jpeg", "a\rb.jpeg", 'quote",comma.jpeg']
     photos(user / "photos", project, names)
@@ -465,6 +474,7 @@ def age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
+@pytest.mark.slow
 def test_a_killed_export_s_draft_folder_is_removed_by_the_next_export(project, user, capsys):
     draft = user / f".model.pt.tmp-{HOST}-{dead_pid()}-k1ll3d"
     draft.mkdir()
@@ -528,6 +538,7 @@ def test_temporaries_are_ignored_by_git_and_dvc():
     assert {".*.tmp", ".*.tmp-*-*", ".*.old-*-*"} <= set(patterns)
 
 
+@pytest.mark.slow
 def test_the_committed_outputs_of_an_earlier_version_are_recognised_as_their_commands(user, capsys):
     """plots/ and models/init as git has them (no marker of any kind): report and weights rewrite them."""
     shutil.copytree(REPO / "plots", user / "plots")

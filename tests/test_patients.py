@@ -86,6 +86,7 @@ def test_the_validation_split_of_the_lists_is_counted_against_train(lab):
     assert "1 patients have one eye in val and the other in train" in leakage_warning(counts)
 
 
+@pytest.mark.slow
 def test_the_patient_split_of_the_course_lists_leaves_no_patient_on_both_sides(lab):
     train, test = split_by_patient(lab.train, lab.test, seed=0)
     assert sorted(r.image for r in train + test) == sorted(r.image for r in lab.train + lab.test)
@@ -270,6 +271,7 @@ def _report_with(tmp_path: Path, counts: PatientCounts | None) -> str:
     return (tmp_path / "plots/report.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_report_names_the_leakage_of_the_course_lists(tmp_path, lab):
     counts = leakage({"train": lab.train, "val": [], "test": lab.test}, "lists")
     report = _report_with(tmp_path, counts)
@@ -284,6 +286,7 @@ def test_the_report_names_the_leakage_of_the_course_lists(tmp_path, lab):
     assert "flattered" in report
 
 
+@pytest.mark.slow
 def test_the_report_of_a_split_by_patient_has_no_warning(tmp_path, lab):
     train, test = split_by_patient(lab.train, lab.test, seed=0)
     report = _report_with(tmp_path, leakage({"train": train, "val": [], "test": test}, "patients"))

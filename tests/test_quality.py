@@ -82,6 +82,7 @@ def test_a_camera_frame_that_cuts_the_top_and_bottom_off_is_not_off_field(retina
     assert 0.75 < verdict.measures.disc_visible < 0.95
 
 
+@pytest.mark.slow
 def test_every_demo_photo_is_gradable(demo_photos):
     for index, photo in enumerate(demo_photos):
         verdict = assess(photo)

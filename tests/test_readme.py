@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, subprocess_env
 
 SCRIPT = REPO / "scripts/readme_samples.py"
@@ -27,6 +29,7 @@ def samples(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_readme_metrics_sample_is_what_dvc_prints():
     result = samples("--check", "--only", "dvc metrics show")
     assert result.returncode == 0, (
@@ -35,6 +38,7 @@ def test_the_readme_metrics_sample_is_what_dvc_prints():
     assert "1 of 1 README samples are current" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_stale_sample_is_found_and_rewritten(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("```\nPath  acc\n```\n")  # a block without the markers is not a sample

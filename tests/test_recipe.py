@@ -221,6 +221,7 @@ def test_graham_subtracts_the_local_average_and_greys_the_rim():
 # ----------------------------------------------------------------- with every knob off, the lab's loop
 
 
+@pytest.mark.slow
 def test_every_knob_off_trains_exactly_like_the_labs_loop():
     torch.manual_seed(0)
     net = resnet18(num_classes=5)

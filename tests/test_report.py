@@ -188,6 +188,7 @@ def _check_figures(out: Path) -> None:
             assert 400 <= image.width <= 2000 and 300 <= image.height <= 2000, (name, image.size)
 
 
+@pytest.mark.slow
 def test_both_arms_trained(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path)
     out = tmp_path / "plots"
@@ -205,6 +206,7 @@ def test_both_arms_trained(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".plots.*")), "temporary folders left behind"
 
 
+@pytest.mark.slow
 def test_the_fused_grades_beside_the_single_eye_ones(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path, skip=("pretrained",))
     record = write_fused(metrics, "scratch")
@@ -228,6 +230,7 @@ def test_the_fused_grades_beside_the_single_eye_ones(tmp_path: Path) -> None:
     assert header in section
 
 
+@pytest.mark.slow
 def test_a_report_without_the_fuse_stage_says_how_to_run_it(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path)
     write_fused(metrics, "pretrained", method="none")
@@ -237,6 +240,7 @@ def test_a_report_without_the_fuse_stage_says_how_to_run_it(tmp_path: Path) -> N
     assert "`fuse.method` is none: every one of the 200 test images is graded alone" in report
 
 
+@pytest.mark.slow
 def test_pretrained_skipped(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path, skip=("pretrained",))
     out = tmp_path / "plots"
@@ -248,6 +252,7 @@ def test_pretrained_skipped(tmp_path: Path) -> None:
     assert "88.5%" in report
 
 
+@pytest.mark.slow
 def test_all_arms_skipped(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path, skip=("scratch", "pretrained"))
     write_report(metrics, tmp_path / "plots")
@@ -255,6 +260,7 @@ def test_all_arms_skipped(tmp_path: Path) -> None:
     assert "| status | skipped | skipped |" in (tmp_path / "plots" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_validation_split_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     metrics = write_metrics(tmp_path, val=True)
     out = tmp_path / "nested" / "plots"
@@ -265,6 +271,7 @@ def test_validation_split_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "report.md" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_rerun_replaces_its_own_files_and_links_the_heat_maps(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path)
     out = tmp_path / "plots"
@@ -382,6 +389,7 @@ def test_percent_instead_of_fraction_is_rejected(tmp_path: Path) -> None:
         write_report(metrics, tmp_path / "plots")
 
 
+@pytest.mark.slow
 def test_an_arm_at_the_majority_baseline_is_flagged(tmp_path: Path) -> None:
     metrics = write_metrics(tmp_path)
     numbers = json.loads((metrics / "scratch.json").read_text())

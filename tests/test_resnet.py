@@ -22,6 +22,7 @@ def test_state_dict_keys_and_shapes_match_torchvision(ours, theirs):
     assert mine == ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("ours", "theirs"), PAIRS)
 def test_same_weights_give_same_logits_both_ways(ours, theirs):
     torch.manual_seed(0)

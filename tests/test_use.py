@@ -112,6 +112,7 @@ def test_predict_gives_the_patient_call_when_given_both_eyes(trained):
     assert rows["6_left"]["patient"] == str(folder / "6") and rows["6_left"]["patient_referable"] == ""
 
 
+@pytest.mark.slow
 def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stopping(trained, capsys):
     photos = trained / "photos"
     photos.mkdir()
@@ -136,6 +137,7 @@ def test_predict_grades_a_camera_photo_and_reports_a_broken_image_without_stoppi
     assert not (trained / "why/broken.png").exists()
 
 
+@pytest.mark.slow
 def test_predict_with_a_shipped_checkpoint_works_outside_the_project(
     trained, tmp_path_factory, monkeypatch, capsys
 ):
@@ -182,6 +184,7 @@ def test_a_camera_photo_is_cropped_to_the_fundus_as_import_kaggle_does(tmp_path)
     assert rows[0] <= 3 and cols[0] <= 3 and rows[-1] >= 60 and cols[-1] >= 60  # the fundus fills it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
     out = trained / f"grader.{fmt}"
@@ -226,6 +229,7 @@ def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
     assert measured and int(measured[1]) == 12 and 0 < float(measured[2]) < 0.25, card
 
 
+@pytest.mark.slow
 def test_the_export_card_shows_only_metrics_of_the_exported_checkpoint(trained, tmp_path_factory):
     """Metrics on disk from another run (another fingerprint) are not shown as the checkpoint's."""
     info_path = Layout().arm("scratch").info
@@ -268,6 +272,7 @@ def test_onnx_export_without_the_extra_names_it(trained, monkeypatch):
     assert not Path("grader.onnx").exists()
 
 
+@pytest.mark.slow
 def test_the_explain_stage_draws_heat_maps_and_says_when_an_arm_was_skipped(trained):
     params = load_params("params.yaml")
     for arm in ("scratch", "pretrained"):

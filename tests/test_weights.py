@@ -50,6 +50,7 @@ def test_unknown_model_lists_choices():
         build.build_model("resnet34")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_file_weights_load_backbone_and_replace_fc(tmp_path, arch):
     path = tmp_path / "test-written.pth"
