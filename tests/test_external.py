@@ -1,0 +1,146 @@
+"""The `external` stage: each arm's best.pt grades the sets of params.yaml's `external`.
+
+The sets are tiny copies that `import-external` writes from photographs the test writes
+(tests/test_import_external.py's layouts). The graders are the session's trained project (one
+epoch of 40 images at 32 px): fast tier. Every figure is recomputed with scikit-learn from the
+predictions CSV, at the operating points evaluate chose on the internal validation split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from conftest import TRAINED_OVERRIDES, write_params
+from retinopathy import cli
+from retinopathy.core.contract import FUSED_METRIC_KEYS, Layout
+from retinopathy.core.records import read_external_run
+from test_import_external import aptos, messidor
+
+LAYOUT = Layout()
+
+
+def import_set(project: Path, format: str, write) -> str:
+    """Import a tiny copy of ``format`` into data/external/<format>; its folder, relative to the project."""
+    root = write(project / "unpacked" / format)
+    out = f"data/external/{format}"
+    assert cli.main(["import-external", format, "--root", str(root), "--out", out, "--size", "32"]) == 0
+    return out
+
+
+@pytest.fixture()
+def validated(trained_project: Path) -> Path:
+    """The trained project with a validation split (evaluate chose operating points on it), two sets."""
+    sets = {
+        "aptos": import_set(trained_project, "aptos2019", aptos),
+        "messidor2": import_set(trained_project, "messidor2", messidor),
+    }
+    write_params(trained_project, **TRAINED_OVERRIDES, data={"val_fraction": 0.25}, external=sets)
+    # The same best.pt, evaluated again with a validation split: its operating points are chosen there.
+    assert cli.main(["prepare", "--out", "data/prepared"]) == 0
+    assert cli.main(["evaluate", "--init", "scratch"]) == 0
+    return trained_project
+
+
+def screening(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_each_set_is_scored_at_the_internal_operating_points_and_recomputes(validated, capsys):
+    assert cli.main(["external", "--init", "scratch"]) == 0
+    assert "graded aptos, messidor2" in capsys.readouterr().out
+    internal = screening(LAYOUT.arm("scratch").screening_files.screening)["operating_points"]
+    out = LAYOUT.external("scratch")
+    run = read_external_run(out.index)
+    assert list(run.sets) == ["aptos", "messidor2"] and run.skipped is None
+    assert sorted(p.name for p in out.headline.iterdir()) == ["aptos.json", "messidor2.json"]
+    for name in ("aptos", "messidor2"):
+        predictions = pd.read_csv(out.predictions(name))
+        evaluate_columns = pd.read_csv(LAYOUT.arm("scratch").predictions, nrows=0).columns
+        assert list(predictions.columns) == list(evaluate_columns)
+        record = screening(out.screening(name).screening)
+        # Applied unchanged: the thresholds and their validation figures are evaluate's.
+        assert record["operating_points"] == internal
+        truth = predictions["actual"].to_numpy() >= 2
+        score = predictions["referable_score"].to_numpy()
+        figures = record["image"]
+        assert figures["n"] == len(predictions) == run.sets[name].images
+        assert figures["auc_referable"]["value"] == pytest.approx(roc_auc_score(truth, score), abs=1e-4)
+        for point in ("high_sensitivity", "high_specificity"):
+            called = score >= internal[point]["threshold"]
+            assert figures[f"{point}_sensitivity"]["value"] == pytest.approx(called[truth].mean(), abs=1e-4)
+            assert figures[f"{point}_specificity"]["value"] == pytest.approx(
+                (~called[~truth]).mean(), abs=1e-4
+            )
+        metrics = json.loads(out.metrics(name).read_text())
+        assert set(metrics) <= set(FUSED_METRIC_KEYS) and "kappa" in metrics
+        assert metrics["acc"] == pytest.approx(
+            (predictions["actual"] == predictions["predicted"]).mean(), abs=1e-3
+        )
+    # Messidor-2 has DME labels: referable as Gulshan defines it, named beside the figures.
+    assert run.sets["messidor2"].gulshan and "macular edema" in run.sets["messidor2"].gulshan
+    assert run.sets["aptos"].gulshan is None and not out.gulshan("aptos").screening.exists()
+    gulshan = screening(out.gulshan("messidor2").screening)
+    assert "Gulshan" in gulshan["notes"][0]
+    predictions = pd.read_csv(out.predictions("messidor2"))
+    dme = np.array([line == "1" for line in Path("data/external/messidor2/test_dme.csv").read_text().split()])
+    truth = (predictions["actual"].to_numpy() >= 2) | dme
+    assert gulshan["image"]["referable"] == int(truth.sum())
+    auc = gulshan["image"]["auc_referable"]["value"]
+    assert auc == pytest.approx(roc_auc_score(truth, predictions["referable_score"]), abs=1e-4)
+    # Messidor-2 names its patients (exams): per patient is the worse eye, fewer rows than images.
+    assert screening(out.screening("messidor2").screening)["patient"]["n"] == run.sets["messidor2"].patients
+
+
+def test_a_folder_that_was_not_imported_is_refused_naming_the_key_and_nothing_is_written(
+    trained_project, capsys
+):
+    Path("data/by-hand").mkdir(parents=True)
+    Path("data/by-hand/test_img.csv").write_text("a\n")
+    write_params(trained_project, **TRAINED_OVERRIDES, external={"mine": "data/by-hand"})
+    assert cli.main(["external", "--init", "scratch"]) == 2
+    error = capsys.readouterr().err
+    assert "external.mine" in error and "has no import.json" in error
+    assert "retinopathy import-external FORMAT --root DIR --out data/by-hand" in error
+    assert "Traceback" not in error
+    assert not (trained_project / "metrics/external").exists()
+
+
+def test_no_set_writes_the_index_alone_and_a_set_taken_out_loses_its_files(trained_project, capsys):
+    assert cli.main(["external", "--init", "scratch"]) == 0
+    assert "no external set configured" in capsys.readouterr().out
+    out = LAYOUT.external("scratch")
+    assert read_external_run(out.index).sets == {} and list(out.headline.iterdir()) == []
+    folder = import_set(trained_project, "aptos2019", aptos)
+    write_params(trained_project, **TRAINED_OVERRIDES, external={"aptos": folder})
+    assert cli.main(["external", "--init", "scratch"]) == 0
+    assert out.metrics("aptos").is_file() and out.predictions("aptos").is_file()
+    write_params(trained_project, **TRAINED_OVERRIDES, external={})
+    assert cli.main(["external", "--init", "scratch"]) == 0
+    assert list(out.headline.iterdir()) == [] and not out.predictions("aptos").exists()
+
+
+def test_a_skipped_arm_writes_each_set_empty_with_its_reason(trained_project, capsys):
+    folder = import_set(trained_project, "aptos2019", aptos)
+    write_params(trained_project, **TRAINED_OVERRIDES, external={"aptos": folder})
+    assert cli.main(["external", "--init", "pretrained"]) == 0  # skipped offline (no ImageNet weights)
+    assert "pretrained arm skipped" in capsys.readouterr().err
+    out = LAYOUT.external("pretrained")
+    run = read_external_run(out.index)
+    assert run.sets == {} and run.skipped is not None and run.skipped.reason
+    assert json.loads(out.metrics("aptos").read_text()) == {}
+    assert screening(out.screening("aptos").screening) == {}
+    assert len(out.predictions("aptos").read_text().splitlines()) == 1  # the header only
+
+
+def test_set_names_follow_the_rule(trained_project, capsys):
+    write_params(trained_project, **TRAINED_OVERRIDES, external={"a.b": "data/x"})
+    assert cli.main(["external", "--init", "scratch"]) == 2
+    assert "`external` has the set name 'a.b'" in capsys.readouterr().err
+    assert yaml.safe_load(Path("params.yaml").read_text())["external"] == {"a.b": "data/x"}
