@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from retinopathy.cli import COMMANDS, module_of
-from retinopathy.core.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
+from retinopathy.core.contract import ARMS, EXTERNAL_FIGURE, REPORT_FIGURES, SCREENING_FIGURES, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.engine import checkpoint
 from retinopathy.pipeline import codedeps, dvcyaml, paramkeys
@@ -282,6 +282,7 @@ def test_stage_outputs_are_the_contract_paths() -> None:
         layout.report,
         *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
         *(layout.confusion_figure(arm) for arm in ARMS),
+        layout.figure(EXTERNAL_FIGURE),
     ]
     assert _outs("report") == {str(path) for path in figures}
     fused_headlines = {str(layout.fused_metrics(arm)) for arm in ARMS}

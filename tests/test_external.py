@@ -21,6 +21,7 @@ from conftest import TRAINED_OVERRIDES, write_params
 from retinopathy import cli
 from retinopathy.core.contract import FUSED_METRIC_KEYS, Layout
 from retinopathy.core.records import read_external_run
+from retinopathy.reporting.external import NO_EXTERNAL
 from test_import_external import aptos, messidor
 
 LAYOUT = Layout()
@@ -144,3 +145,33 @@ def test_set_names_follow_the_rule(trained_project, capsys):
     assert cli.main(["external", "--init", "scratch"]) == 2
     assert "`external` has the set name 'a.b'" in capsys.readouterr().err
     assert yaml.safe_load(Path("params.yaml").read_text())["external"] == {"a.b": "data/x"}
+
+
+def test_the_report_shows_every_set_beside_the_internal_test_set(validated, capsys):
+    assert cli.main(["external", "--init", "scratch"]) == 0
+    assert cli.main(["external", "--init", "pretrained"]) == 0
+    assert cli.main(["report", "--metrics", "metrics", "--out", "plots"]) == 0
+    text = Path("plots/report.md").read_text()
+    section = text[text.index("## External validation") :]
+    rows = [line for line in section.splitlines() if line.startswith("| scratch |")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "internal test (grade >= 2)",
+        "aptos (grade >= 2)",
+        "messidor2 (grade >= 2)",
+        "messidor2 (Gulshan: grade >= 2 or referable DME)",
+    ]
+    auc = screening(LAYOUT.external("scratch").screening("aptos").screening)["image"]["auc_referable"]
+    internal = screening(LAYOUT.arm("scratch").screening_files.screening)["image"]["auc_referable"]
+    assert f"({auc['value'] - internal['value']:+.3f})" in rows[1]  # the change from internal
+    assert "0.853 (Messidor-2)" in section and "![ROC of referable DR per set](roc_external.png)" in section
+    assert Path("plots/roc_external.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_without_sets_the_report_says_how_to_add_one_in_one_line(trained_project, capsys):
+    for arm in ("scratch", "pretrained"):
+        assert cli.main(["external", "--init", arm]) == 0
+    assert cli.main(["report", "--metrics", "metrics", "--out", "plots"]) == 0
+    text = Path("plots/report.md").read_text()
+    section = text[text.index("## External validation") :].split("\n## ")[0].strip().splitlines()
+    assert section[2:] == [NO_EXTERNAL]
+    assert cli.main(["report", "--metrics", "metrics", "--out", "plots"]) == 0  # its figure is ours again

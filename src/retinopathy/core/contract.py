@@ -202,6 +202,7 @@ class ImportedSet:
 
 REPORT_FIGURES = ("accuracy.png", "best_accuracy.png")  # the report's figures of both arms together
 SCREENING_FIGURES = ("roc.png", "reliability.png")  # the report's screening figures of both arms together
+EXTERNAL_FIGURE = "roc_external.png"  # the report's ROC of referable DR of every external set (and internal)
 
 # The synthetic demo's folder carries a README whose first line is this marker.
 DEMO_README = "README.txt"
