@@ -2,13 +2,15 @@
 
 The sets are tiny copies that `import-external` writes from photographs the test writes
 (tests/test_import_external.py's layouts). The graders are the session's trained project (one
-epoch of 40 images at 32 px): fast tier. Every figure is recomputed with scikit-learn from the
+epoch of 40 images at 32 px); the tests that grade are slow-marked (seconds each), the
+refusals are fast. Every figure is recomputed with scikit-learn from the
 predictions CSV, at the operating points evaluate chose on the internal validation split.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from conftest import TRAINED_OVERRIDES, write_params
 from retinopathy import cli
 from retinopathy.core.contract import FUSED_METRIC_KEYS, Layout
 from retinopathy.core.records import read_external_run
+from retinopathy.reporting.comparison import seeds_table
 from retinopathy.reporting.external import NO_EXTERNAL
 from test_import_external import aptos, messidor
 
@@ -53,6 +56,7 @@ def screening(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # grades the sets (seconds each on 2 shared cores)
 def test_each_set_is_scored_at_the_internal_operating_points_and_recomputes(validated, capsys):
     assert cli.main(["external", "--init", "scratch"]) == 0
     assert "graded aptos, messidor2" in capsys.readouterr().out
@@ -113,6 +117,7 @@ def test_a_folder_that_was_not_imported_is_refused_naming_the_key_and_nothing_is
     assert not (trained_project / "metrics/external").exists()
 
 
+@pytest.mark.slow  # grades the sets (seconds each on 2 shared cores)
 def test_no_set_writes_the_index_alone_and_a_set_taken_out_loses_its_files(trained_project, capsys):
     assert cli.main(["external", "--init", "scratch"]) == 0
     assert "no external set configured" in capsys.readouterr().out
@@ -127,6 +132,7 @@ def test_no_set_writes_the_index_alone_and_a_set_taken_out_loses_its_files(train
     assert list(out.headline.iterdir()) == [] and not out.predictions("aptos").exists()
 
 
+@pytest.mark.slow  # grades the sets (seconds each on 2 shared cores)
 def test_a_skipped_arm_writes_each_set_empty_with_its_reason(trained_project, capsys):
     folder = import_set(trained_project, "aptos2019", aptos)
     write_params(trained_project, **TRAINED_OVERRIDES, external={"aptos": folder})
@@ -147,6 +153,7 @@ def test_set_names_follow_the_rule(trained_project, capsys):
     assert yaml.safe_load(Path("params.yaml").read_text())["external"] == {"a.b": "data/x"}
 
 
+@pytest.mark.slow  # grades the sets (seconds each on 2 shared cores)
 def test_the_report_shows_every_set_beside_the_internal_test_set(validated, capsys):
     assert cli.main(["external", "--init", "scratch"]) == 0
     assert cli.main(["external", "--init", "pretrained"]) == 0
@@ -167,6 +174,7 @@ def test_the_report_shows_every_set_beside_the_internal_test_set(validated, caps
     assert Path("plots/roc_external.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # grades the sets (seconds each on 2 shared cores)
 def test_without_sets_the_report_says_how_to_add_one_in_one_line(trained_project, capsys):
     for arm in ("scratch", "pretrained"):
         assert cli.main(["external", "--init", arm]) == 0
@@ -175,3 +183,29 @@ def test_without_sets_the_report_says_how_to_add_one_in_one_line(trained_project
     section = text[text.index("## External validation") :].split("\n## ")[0].strip().splitlines()
     assert section[2:] == [NO_EXTERNAL]
     assert cli.main(["report", "--metrics", "metrics", "--out", "plots"]) == 0  # its figure is ours again
+
+
+@pytest.mark.slow  # grades the sets (seconds each on 2 shared cores)
+def test_compare_shows_external_auc_per_experiment_and_across_seeds(validated):
+    from retinopathy.reporting.comparison import results_table
+    from retinopathy.reporting.experiments import seed_groups
+    from retinopathy.reporting.results import load_arm
+    from test_seeds import experiment
+
+    assert cli.main(["external", "--init", "scratch"]) == 0
+    read = load_arm(LAYOUT, "scratch").external  # as compare reads each experiment's files
+    auc = screening(LAYOUT.external("scratch").screening("aptos").screening)["image"]["auc_referable"][
+        "value"
+    ]
+    assert list(read) == ["aptos", "messidor2"] and read["aptos"] == auc
+    runs = [experiment(name, seed, 0.8) for name, seed in (("a", 0), ("b", 1), ("c", 2))]
+    for run, value in zip(runs, (0.70, 0.80, None), strict=True):
+        run.arms["scratch"].external = {"messidor2": value}
+    assert "| external referable AUC |" in results_table(runs)[0]
+    assert "| messidor2 0.700 |" in next(line for line in results_table(runs) if line.startswith("| a |"))
+    lines = seeds_table(seed_groups(runs))
+    assert lines[0].endswith("| external AUC messidor2 |")
+    scratch = next(line for line in lines if "| scratch |" in line)
+    assert scratch.endswith(
+        f"| {statistics.fmean([0.7, 0.8]):.3f} ± {statistics.stdev([0.7, 0.8]):.3f} (n=2) |"
+    )

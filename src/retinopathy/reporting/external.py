@@ -19,8 +19,8 @@ from retinopathy.core.records import ExternalRun, ExternalSet, ReadText, read_ex
 from retinopathy.evaluation.screening_files import Screening, load_screening
 from retinopathy.reporting.escape import md_code, md_text
 from retinopathy.reporting.markdown import figure_text
+from retinopathy.reporting.results import EXTERNAL_FIX
 
-EXTERNAL_FIX = "run `dvc repro external`"
 # The section's one line when no set is configured (the figure is drawn all the same: it is an output).
 NO_EXTERNAL = (
     "No external set configured: import one with `retinopathy import-external FORMAT --root DIR "

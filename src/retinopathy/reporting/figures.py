@@ -417,7 +417,8 @@ def plot_external_roc(
     )
     axes = np.atleast_1d(axes)
     if not graded:
-        axes[0].text(50, 50, "no external set graded\n(params.yaml: external)", ha="center", va="center")
+        axes[0].set_axis_off()  # no axes to draw: a note in their place
+        axes[0].text(0.5, 0.5, "no external set graded\n(params.yaml: external)", ha="center", va="center")
     for ax, external in zip(axes, graded, strict=False):
         ax.plot([0, 100], [0, 100], color="grey", ls=":", lw=1, label="chance (AUC 0.5)")
         internal = screenings.get(external.arm)
