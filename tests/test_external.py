@@ -209,3 +209,48 @@ def test_compare_shows_external_auc_per_experiment_and_across_seeds(validated):
     assert scratch.endswith(
         f"| {statistics.fmean([0.7, 0.8]):.3f} ± {statistics.stdev([0.7, 0.8]):.3f} (n=2) |"
     )
+
+
+@pytest.mark.slow  # the whole pipeline under DVC
+def test_dvc_repro_with_two_sets_writes_their_metrics(tmp_path):
+    import subprocess
+
+    from conftest import subprocess_env
+    from test_pipeline import project as make_project
+    from test_pipeline import ran, run
+
+    folder = make_project.__wrapped__(tmp_path)  # the tiny DVC project of test_pipeline.py
+    sets = {}
+    for format, write in (("aptos2019", aptos), ("messidor2", messidor)):
+        root = write(tmp_path / "unpacked" / format)
+        out = f"data/external/{format}"
+        subprocess.run(
+            ["retinopathy", "import-external", format, "--root", str(root), "--out", out, "--size", "32"],
+            cwd=folder,
+            env=subprocess_env(),
+            check=True,
+            capture_output=True,
+        )
+        sets[format] = out
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["external"] = sets
+    params["data"]["val_fraction"] = 0.25
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run(folder, "dvc", "repro")
+    assert {"external@scratch", "external@pretrained", "report"} <= ran(output)
+    shown = run(folder, "dvc", "metrics", "show", stdout_only=True)
+    for name in sets:
+        assert f"metrics/external/scratch/{name}.json" in shown
+    report = (folder / "plots/report.md").read_text()
+    assert "| scratch | messidor2 (Gulshan: grade >= 2 or referable DME) |" in report
+    assert ran(run(folder, "dvc", "repro")) == {"weights"}  # nothing else changed
+
+
+def test_the_external_sets_are_no_part_of_a_training_run():
+    from conftest import tiny_params
+    from retinopathy.engine.checkpoint import training_params
+
+    params = tiny_params()
+    other = {**params, "external": {"messidor2": "data/external/messidor2"}}
+    # Naming a set to validate on must not make a finished training run another run (no resume, no retrain).
+    assert training_params(params) == training_params(other)
