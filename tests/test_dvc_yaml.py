@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from retinopathy.cli import COMMANDS, module_of
-from retinopathy.core.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
+from retinopathy.core.contract import ARMS, EXTERNAL_FIGURE, REPORT_FIGURES, SCREENING_FIGURES, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.engine import checkpoint
 from retinopathy.pipeline import codedeps, dvcyaml, paramkeys
@@ -284,16 +284,21 @@ def test_stage_outputs_are_the_contract_paths() -> None:
         for p in (layout.blend(arm), layout.fused_metrics(arm), layout.fused_predictions(arm))
     } | {str(p) for f in fused for p in (f.screening, f.roc_image, f.roc_patient, f.reliability)}
     assert _outs("explain") == {str(layout.explanation(arm)) for arm in ARMS}
+    external = [layout.external(arm) for arm in ARMS]
+    assert _outs("external") == {str(p) for e in external for p in (e.headline, e.folder)}
     figures = [
         layout.report,
         *(layout.figure(name) for name in (*REPORT_FIGURES, *SCREENING_FIGURES)),
         *(layout.confusion_figure(arm) for arm in ARMS),
+        layout.figure(EXTERNAL_FIGURE),
     ]
     assert _outs("report") == {str(path) for path in figures}
     fused_headlines = {str(layout.fused_metrics(arm)) for arm in ARMS}
-    assert set(DVC["metrics"]) == {str(a.metrics) for a in arms} | fused_headlines
+    external_headlines = {str(e.headline) for e in external}
+    assert set(DVC["metrics"]) == {str(a.metrics) for a in arms} | fused_headlines | external_headlines
     report_deps = set(DVC["stages"]["report"]["deps"])
     assert fused_headlines | {str(layout.fused(arm).screening) for arm in ARMS} <= report_deps
+    assert {str(e.folder) for e in external} <= report_deps
     for stage, option, path in (
         ("demo-data", "--out", layout.demo),
         ("demo-data", "--shifted", layout.demo_shifted),

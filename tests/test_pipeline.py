@@ -130,6 +130,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
         "train@pretrained",
         "evaluate@pretrained",
         "fuse@pretrained",
+        "external@pretrained",  # no set configured: its index alone, again
         "explain@pretrained",
         "report",
     }

@@ -32,6 +32,7 @@ FIGURES = (
     "best_accuracy.png",
     "roc.png",
     "reliability.png",
+    "roc_external.png",
 )
 COUNTS = [
     [137, 3, 6, 0, 1],

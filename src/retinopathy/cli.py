@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
     "evaluate": (_STAGES + "evaluate", "evaluate the best checkpoint of one arm on the test split"),
     "fuse": (_STAGES + "fuse", "grade each test image with both eyes of its patient (a blend)"),
+    "external": (
+        _STAGES + "external",
+        "grade the external sets of params.yaml with one arm's best checkpoint",
+    ),
     "report": (_STAGES + "report", "draw the figures and write plots/report.md"),
     "explain": (_STAGES + "explain", "draw test images with the heat maps of one arm's grades"),
     "compare": (_COMMANDS + "compare", "one table and one figure across DVC experiments"),

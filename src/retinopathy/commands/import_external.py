@@ -15,6 +15,10 @@ from retinopathy.core.config import cli_positive_int
 from retinopathy.core.contract import COURSE_IMAGE_SIZE, EXTERNAL_FORMATS
 from retinopathy.data.external.importer import import_external
 
+# It reads no params.yaml: dvc.yaml's `demo-shifted` stage runs it on the demo's shifted set
+# (retinopathy.pipeline.paramkeys reads this declaration).
+PARAMS: tuple[str, ...] = ()
+
 
 def main(argv: list[str] | None = None) -> int:
     """``retinopathy import-external``: parse the command line and run ``import_external``."""

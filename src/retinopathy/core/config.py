@@ -25,6 +25,8 @@ import yaml
 
 from retinopathy.core.contract import (
     DATA_SPLITS,
+    EXTERNAL_SET_NAME,
+    EXTERNAL_SET_RULE,
     FUSION_INPUTS,
     FUSION_METHODS,
     LOSSES,
@@ -295,10 +297,23 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     fuse: FuseParams
+    # external validation: a set's name -> the folder `retinopathy import-external` wrote ({}: none).
+    # Only the names are checked here: every stage loads params.yaml, and a folder may be written
+    # by an earlier stage of the same `dvc repro`; the external stage checks the folders.
+    external: dict[str, str]
     # where these came from, for error messages (not a parameter)
     source: str = dataclasses.field(default="params.yaml", metadata=NOT_READ)
 
     def __post_init__(self) -> None:
+        for name, folder in self.external.items():
+            if not EXTERNAL_SET_NAME.fullmatch(name):
+                raise refuse("external", f"has the set name {excerpt(name)}; {EXTERNAL_SET_RULE}")
+            if not folder.strip():
+                raise refuse(
+                    f"external.{name}",
+                    "is empty; give the folder that `retinopathy import-external FORMAT --root DIR "
+                    "--out DIR` wrote",
+                )
         # The per-model keys' values for `model`: each has one, and they fit the model.
         train, model = self.train, self.model
         for key in ("epochs", "weights", "zero_init_residual"):

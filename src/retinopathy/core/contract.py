@@ -12,6 +12,7 @@ reads results (the report) does not pay for importing torch.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,15 @@ METRIC_DECIMALS = 3  # a person compares these at a glance; the history and pred
 # `retinopathy import-external`: a public set that is not the training data, written as a test-only
 # folder in the course layout (the test split's two lists and <name>.jpeg) plus the files of
 # ImportedSet, for the pipeline's external validation to read.
+# params.yaml's `external:` names a set for the pipeline's external validation: the name becomes a
+# file name under metrics/external/ and part of a DVC stage's name (external@<arm>-<set>), so it is
+# the image-name rule of data/labels.py without its `.` and `+` (a dot would read as a suffix, a
+# key path or an interpolation in dvc.yaml).
+EXTERNAL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,59}")
+EXTERNAL_SET_RULE = (
+    "a set's name holds only ASCII letters, digits, _ and - (at most 60), and starts with a letter "
+    "or a digit (e.g. messidor2, aptos-2019)"
+)
 EXTERNAL_FORMATS = ("aptos2019", "messidor2", "idrid", "ddr", "deepdrid", "eyepacs")
 # Why a photograph of the set is not in the test split: the set calls it ungradable (it is still
 # written, for quality.csv), it has no grade, or its file is missing (only with --allow-missing).
@@ -193,6 +203,7 @@ class ImportedSet:
 
 REPORT_FIGURES = ("accuracy.png", "best_accuracy.png")  # the report's figures of both arms together
 SCREENING_FIGURES = ("roc.png", "reliability.png")  # the report's screening figures of both arms together
+EXTERNAL_FIGURE = "roc_external.png"  # the report's ROC of referable DR of every external set (and internal)
 
 # The synthetic demo's folder carries a README whose first line is this marker.
 DEMO_README = "README.txt"
@@ -254,6 +265,42 @@ class ScreeningFiles:
             folder / "roc" / f"{arm}_patient.csv",
             folder / "reliability" / f"{arm}.csv",
         )
+
+
+@dataclass(frozen=True)
+class ExternalFiles:
+    """The `external` stage's files of one arm (``metrics/external/``): per set, evaluate's files.
+
+    Attributes:
+        arm: The arm.
+        folder: ``metrics/external/files/<arm>``: the index, the screening files, the predictions.
+        headline: ``metrics/external/<arm>``: ``<set>.json`` only (a row of `dvc metrics show` each).
+    """
+
+    arm: str
+    folder: Path
+    headline: Path
+
+    @property
+    def index(self) -> Path:
+        """The sets graded and how (``core.records.ExternalRun``), or why none."""
+        return self.folder / "index.json"
+
+    def metrics(self, name: str) -> Path:
+        """The headline numbers of set ``name`` (:data:`FUSED_METRIC_KEYS`)."""
+        return self.headline / f"{name}.json"
+
+    def screening(self, name: str) -> ScreeningFiles:
+        """Set ``name``'s screening files, as evaluate's: referable = grade >= 2."""
+        return ScreeningFiles.of(self.folder, name)
+
+    def gulshan(self, name: str) -> ScreeningFiles:
+        """The same with Gulshan et al.'s referable (moderate DR or worse, or referable DME)."""
+        return ScreeningFiles.of(self.folder / "gulshan", name)
+
+    def predictions(self, name: str) -> Path:
+        """Set ``name``'s predictions (:func:`prediction_header`), one row per image."""
+        return self.folder / "predictions" / f"{name}.csv"
 
 
 @dataclass(frozen=True)
@@ -355,6 +402,15 @@ class Layout:
     def fused(self, arm: str) -> ScreeningFiles:
         """The screening files of ``arm`` graded with both eyes (the `fuse` stage), as evaluate's."""
         return ScreeningFiles.of(self.metrics / "fused", arm)
+
+    def external_metrics(self, arm: str) -> Path:
+        """The `external` stage's headline numbers of ``arm``: ``<set>.json`` per set
+        (:data:`FUSED_METRIC_KEYS`), nothing else, so that `dvc metrics show` reads the folder."""
+        return self.metrics / "external" / arm
+
+    def external(self, arm: str) -> ExternalFiles:
+        """Every other file the `external` stage writes for ``arm``."""
+        return ExternalFiles(arm, self.metrics / "external" / "files" / arm, self.external_metrics(arm))
 
     def manifest(self, arm: str) -> Path:
         """Where the initial weights of ``arm`` come from (written by the `weights` stage)."""

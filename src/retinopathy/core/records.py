@@ -8,7 +8,9 @@
 - :class:`PreparedSummary`, ``data/prepared/summary.json``: written by prepare (:func:`summary_text`),
   read by evaluate (:func:`read_summary`);
 - :class:`ImportSummary`, ``import.json`` in a folder of `import-external`: written by it
-  (:func:`import_summary_text`), read by the external validation (:func:`read_import_summary`).
+  (:func:`import_summary_text`), read by the external validation (:func:`read_import_summary`);
+- :class:`ExternalRun`, ``metrics/external/files/<arm>/index.json``: written by the `external`
+  stage (:func:`external_run_text`), read by report and compare (:func:`read_external_run`).
 
 Every file carries its format's version (``"version"``, first), and status.json and
 info.json say whether the arm was ``trained`` or ``skipped`` (``"status"``, second);
@@ -78,6 +80,7 @@ STATUS_VERSION = 1  # models/<arm>/status.json
 INFO_VERSION = 1  # metrics/<arm>.info.json
 SUMMARY_VERSION = 1  # data/prepared/summary.json
 IMPORT_VERSION = 1  # import.json of a folder written by `import-external`
+EXTERNAL_VERSION = 1  # metrics/external/files/<arm>/index.json
 
 VERSION_KEY = "version"
 STATUS_KEY = "status"  # status.json and info.json: "trained" or "skipped"
@@ -535,6 +538,52 @@ class ImportSummary:
 # ------------------------------------------------------------------ writing
 
 
+@dataclass(frozen=True)
+class ExternalSet:
+    """One external set as an arm graded it: an entry of the `external` stage's ``index.json``.
+
+    Attributes:
+        folder: params.yaml's ``external.<name>``, the folder `import-external` wrote.
+        format: The set's format (``import.json``).
+        images: Test images graded.
+        patients: Patients among them; None when the set names none (then per patient = per image).
+        referable: What "referable" means in ``<name>.screening.json``, in words.
+        gulshan: Where the set has DME labels: Gulshan et al.'s definition of referable, in words,
+            scored in ``gulshan/<name>.screening.json``; None otherwise.
+        referable_dme: Test images with referable DME (None as ``gulshan``).
+        operating_points: Where the operating points were chosen, in words (never on this set).
+    """
+
+    folder: str
+    format: Annotated[str, OneOf(EXTERNAL_FORMATS)]
+    images: int
+    patients: int | None
+    referable: str
+    gulshan: str | None
+    referable_dme: int | None
+    operating_points: str
+
+
+@dataclass(frozen=True)
+class ExternalRun:
+    """``metrics/external/files/<arm>/index.json``: the sets an arm's ``best.pt`` graded, or why none.
+
+    Attributes:
+        arm: The arm.
+        sets: Each graded set by its name (params.yaml's ``external``), in the order listed there.
+        skipped: Why the arm graded nothing (it was not trained), with the fix; None when trained.
+    """
+
+    arm: Annotated[str, OneOf(ARMS)]
+    sets: dict[str, ExternalSet]
+    skipped: Skipped | None
+
+
+def external_run_text(path: Path, record: ExternalRun) -> str:
+    """The text of the `external` stage's ``index.json`` at ``path``: version, then the fields."""
+    return json_text(path, {VERSION_KEY: EXTERNAL_VERSION, **dataclasses.asdict(record)})
+
+
 def write_status(path: Path, record: TrainingStatus | Skipped) -> None:
     """Write ``status.json`` (atomically): version, ``trained`` or ``skipped``, the fields."""
     kind = TRAINED if isinstance(record, TrainingStatus) else SKIPPED
@@ -757,3 +806,14 @@ def read_import_summary(path: Path, read: ReadText = read_working_tree) -> Impor
     missing = f"{path.parent} was not written by `retinopathy import-external`; {fix}"
     raw = _versioned(path, read_json_object(path, read, missing, fix), IMPORT_VERSION, fix)
     return _record(path, ImportSummary, raw, fix)
+
+
+def read_external_run(path: Path, read: ReadText = read_working_tree) -> ExternalRun:
+    """The `external` stage's ``index.json`` of one arm, checked whole.
+
+    Raises:
+        RecordError: missing, damaged or of another version; naming the file and the stage to rerun.
+    """
+    fix = "run `dvc repro external` to write it again"
+    raw = _versioned(path, read_json_object(path, read, fix, fix), EXTERNAL_VERSION, fix)
+    return _record(path, ExternalRun, raw, fix)

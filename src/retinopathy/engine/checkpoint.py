@@ -49,7 +49,7 @@ from retinopathy.pipeline import codedeps
 # run may resume across them; and train.epochs, so that raising it continues a
 # run (except under a cosine schedule, whose every step depends on the total).
 # Everything else in params is fingerprinted, but for the sections training
-# never reads (demo reaches it only through the index; evaluate and fuse not at all).
+# never reads (demo reaches it only through the index; evaluate, fuse and external not at all).
 NOT_FINGERPRINTED = {
     ("data", "num_workers"),
     ("data", "cache_dir"),
@@ -58,7 +58,7 @@ NOT_FINGERPRINTED = {
     ("train", "compile"),
     ("train", "epochs"),
 }
-NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate", "fuse"}
+NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate", "fuse", "external"}
 
 
 TRAINING_STAGE = "retinopathy.stages.train"  # "the training code": this module's import closure

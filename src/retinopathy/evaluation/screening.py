@@ -336,15 +336,21 @@ def record(
         patient (each :class:`~retinopathy.core.records.Figure` a value and its interval, with
         ``undefined``: the resamples where it had no value) and notes.
     """
+    points, notes = chosen_points(val, targets)
+    return record_at(test, points, resamples, seed, probabilities, notes)
+
+
+def chosen_points(
+    val: Scored | None, targets: Mapping[str, float]
+) -> tuple[OperatingPoints | dict[str, OperatingPoint], list[str]]:
+    """The operating points chosen on ``val`` for ``targets`` ({} without a validation split), and notes."""
     notes: list[str] = []
-    thresholds: dict[str, float | None] = {}
     points: OperatingPoints | dict[str, OperatingPoint] = {}
     if val is not None and len(val):
         val_truth = val.actual >= REFERABLE_GRADE
         chosen: dict[str, OperatingPoint] = {}
         for point in OPERATING_POINTS:
             threshold = operating_threshold(val_truth, val.referable, point, targets[point])
-            thresholds[point] = threshold
             sensitivity, specificity = (
                 sensitivity_specificity(val_truth, val.referable >= threshold)
                 if threshold is not None
@@ -362,6 +368,39 @@ def record(
             "no validation split (data.val_fraction = 0): no operating points; set "
             "data.val_fraction > 0 to choose them on validation"
         )
+    return points, notes
+
+
+def thresholds_of(points: OperatingPoints | Mapping[str, OperatingPoint]) -> dict[str, float | None]:
+    """Each operating point's score threshold (None: not chosen); {} without operating points."""
+    if not isinstance(points, OperatingPoints):
+        return {}
+    return {point: getattr(points, point).threshold for point in OPERATING_POINTS}
+
+
+def record_at(
+    test: Scored,
+    points: OperatingPoints | dict[str, OperatingPoint],
+    resamples: int,
+    seed: int,
+    probabilities: bool,
+    notes: Sequence[str] = (),
+) -> ScreeningRecord:
+    """Every screening figure of ``test`` at operating points chosen before (:func:`record`'s second half).
+
+    External validation passes the points an arm chose on its internal validation split, so that they
+    are applied unchanged, never chosen again on the set they are measured on.
+
+    Args:
+        test: The images to score.
+        points: The operating points and their thresholds ({}: none).
+        resamples: Bootstrap resamples of patients (0: no intervals).
+        seed: Seeds the bootstrap.
+        probabilities: Whether the referable score is a probability (only then is calibration measured).
+        notes: Notes so far (how the points were chosen), kept first.
+    """
+    notes = list(notes)
+    thresholds = thresholds_of(points)
     levels = {"image": test, "patient": per_patient(test)}
     intervals = bootstrap(test, thresholds, resamples, seed) if resamples and len(test) else None
     if probabilities:

@@ -64,6 +64,7 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
         "balanced accuracy",
         "fused acc",
         "fused kappa",
+        "external referable AUC",
         "vs. majority baseline",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -81,13 +82,21 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
                     _pct(m.get("bacc")),
                     _pct(fused.metrics["acc"]) if fused else "n/a",
                     _kappa(fused.metrics["kappa"]) if fused else "n/a",
+                    _external(arm),
                     f"**AT BASELINE** ({flat})" if flat else "above",
                 ]
             else:
-                figures = ["skipped"] * 8
+                figures = ["skipped"] * 9
             row = [md_text(experiment.name), md_text(model_name(arm.info.model)), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _external(arm: Arm) -> str:
+    """Each external set's referable AUC per image: ``messidor2 0.853<br>aptos 0.912`` (n/a: none graded)."""
+    if not arm.external:
+        return "n/a"
+    return "<br>".join(f"{md_text(name)} {_kappa(auc)}" for name, auc in arm.external.items())
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -112,13 +121,26 @@ SEED_FIGURES: tuple[tuple[str, Callable[[Arm], float | None], str], ...] = (
 )
 
 
+def _external_auc(name: str) -> Callable[[Arm], float | None]:
+    """The referable AUC per image on external set ``name`` (None where the arm did not grade it)."""
+    return lambda arm: arm.external.get(name)
+
+
 def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
     """One row per group of experiments that differ only in ``train.seed``, and arm: mean ± sd (n).
 
     A figure some of the trained runs lack (fusion, an AUC undefined on one class) is the
     spread of those that have it, with their count: ``(n=2)``.
     """
-    header = ["experiments (seeds)", "model", "init", "n", *(label for label, _, _ in SEED_FIGURES)]
+    # Every external set any member graded: a column each (referable AUC per image).
+    sets = sorted(
+        {name for group in groups for e in group.members for a in e.arms.values() for name in a.external}
+    )
+    figures_of = [
+        *SEED_FIGURES,
+        *((f"external AUC {md_text(name)}", _external_auc(name), ".3f") for name in sets),
+    ]
+    header = ["experiments (seeds)", "model", "init", "n", *(label for label, _, _ in figures_of)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         names = ", ".join(
@@ -128,11 +150,11 @@ def seeds_table(groups: Sequence[SeedGroup]) -> list[str]:
             trained = [e.arms[arm_name] for e in group.members if e.arms[arm_name].trained]
             model = md_text(model_name(group.members[0].arms[arm_name].info.model))
             figures = []
-            for _, of, fmt in SEED_FIGURES:
+            for _, of, fmt in figures_of:
                 values = [value for value in map(of, trained) if value is not None]
                 count = "" if len(values) == len(trained) else f" (n={len(values)})"
                 figures.append(_spread(values, fmt) + count if values else "n/a")
-            cells = figures if trained else ["skipped"] * len(SEED_FIGURES)
+            cells = figures if trained else ["skipped"] * len(figures_of)
             lines.append("| " + " | ".join([names, model, arm_name, str(len(trained)), *cells]) + " |")
     return lines
 
@@ -200,7 +222,9 @@ def render(experiments: Sequence[Experiment], differ: Sequence[str], notes: Sequ
         "Test accuracy, kappa and balanced accuracy are those of each arm's selected epoch "
         "(see each run's `metrics/<arm>.info.json` for the rule that selected it); *fused* the same "
         "test images graded with both eyes of each patient (the `fuse` stage; "
-        "`metrics/fused/<arm>.json`, intervals in `metrics/fused/<arm>.screening.json`).",
+        "`metrics/fused/<arm>.json`, intervals in `metrics/fused/<arm>.screening.json`); *external* "
+        "the referable AUC per image on each set of params.yaml's `external` (the `external` stage, at the "
+        "internal operating points; intervals in `metrics/external/files/<arm>/<set>.screening.json`).",
         "",
         "## Every experiment and arm",
         "",

@@ -28,6 +28,7 @@ from retinopathy.core.contract import (
 from retinopathy.core.records import Skipped
 from retinopathy.evaluation.screening_files import Screening
 from retinopathy.reporting.escape import plain_text
+from retinopathy.reporting.external import ArmExternal
 from retinopathy.reporting.markdown import figure_text
 from retinopathy.reporting.results import Arm, at_baseline, majority_baseline, model_name
 
@@ -401,6 +402,71 @@ def draw_screening_figures(
             plot_reliability(
                 arms, screenings, f"{name}:\nreliability of P(grade >= 2) per image", folder / reliability
             )
+    finally:
+        plt.close("all")
+
+
+def plot_external_roc(
+    externals: Sequence[ArmExternal], screenings: dict[str, Screening], title: str, path: Path
+) -> None:
+    """The ROC curve of referable DR (grade >= 2) per image of the internal test set and every external
+    set, one panel per arm that graded a set; each curve's label gives its AUC and 95% interval."""
+    graded = [external for external in externals if external.sets]
+    fig, axes = plt.subplots(
+        1, max(1, len(graded)), figsize=(6.5 * max(1, len(graded)), 6.5), layout="constrained"
+    )
+    axes = np.atleast_1d(axes)
+    if not graded:
+        axes[0].set_axis_off()  # no axes to draw: a note in their place
+        axes[0].text(0.5, 0.5, "no external set graded\n(params.yaml: external)", ha="center", va="center")
+    for ax, external in zip(axes, graded, strict=False):
+        ax.plot([0, 100], [0, 100], color="grey", ls=":", lw=1, label="chance (AUC 0.5)")
+        internal = screenings.get(external.arm)
+        curves = [("internal test", internal)] if internal else []
+        curves += [(result.name, result.screening) for result in external.sets]
+        for index, (name, screening) in enumerate(curves):
+            if screening is None:
+                continue
+            curve = screening.roc["image"]
+            auc = figure_text(screening.record["image"]["auc_referable"], ", ", "undefined")
+            if curve.empty:
+                ax.plot(
+                    [],
+                    [],
+                    ls="none",
+                    marker="x",
+                    color=f"C{index}",
+                    label=f"{name}: no curve (one class only)",
+                )
+                continue
+            ax.plot(
+                100 * curve["fpr"],
+                100 * curve["tpr"],
+                drawstyle="steps-post",
+                lw=2.5 if index == 0 else 1.8,
+                color=f"C{index}",
+                label=f"{name} ({screening.record['image']['n']} images): AUC {auc}",
+            )
+        _percent_square(
+            ax, external.arm, "1 - specificity (false positive rate)", "sensitivity (true positive rate)"
+        )
+        ax.legend(loc="lower right", fontsize=8.5)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def draw_external_figure(
+    externals: Sequence[ArmExternal],
+    screenings: dict[str, Screening],
+    model: str,
+    data_label: str,
+    path: Path,
+) -> None:
+    """Write the external ROC figure (:func:`plot_external_roc`) to ``path``."""
+    try:
+        with plt.rc_context(STYLE), plain_text():
+            title = f"{model} (trained on {data_label}):\nROC of referable DR (grade >= 2) per image, per set"
+            plot_external_roc(externals, screenings, title, path)
     finally:
         plt.close("all")
 

@@ -358,6 +358,7 @@ def render_markdown(
     arms: Sequence[Arm],
     explained: Collection[str] = (),
     screenings: dict[str, Screening] | None = None,
+    external: Sequence[str] = (),
 ) -> str:
     """The text of report.md (figures are linked by their file names).
 
@@ -365,6 +366,8 @@ def render_markdown(
         arms: Every arm, in display order, as :func:`~retinopathy.reporting.results.load_arm` read it.
         explained: The arms whose heat maps (the `explain` stage's) are beside the report.
         screenings: The trained arms' screening files, by arm name.
+        external: The lines of the "External validation" section
+            (:func:`retinopathy.reporting.external.external_section`), after fusion's.
 
     Raises:
         RetinopathyError: the arms were run with different models (:func:`describe_data`).
@@ -411,6 +414,7 @@ def render_markdown(
     ]
     lines += ["", *screening_section(arms, screenings or {}, leakage_lines(infos))]
     lines += fusion_section(arms, screenings or {})
+    lines += external
     lines += [
         "## Confusion matrices",
         "",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from retinopathy.core.records import (
     Skipped,
     UnfusedRecord,
     check_fused_screening,
+    check_screening,
     check_unfused_screening,
+    read_external_run,
     read_info,
     read_json_object,
     read_status,
@@ -49,6 +51,7 @@ REQUIRED_TRAINED = ("acc", "kappa", "base", "epoch")
 FRACTIONS = ("acc", "bacc", "base", "train", "val", *(recall_key(g) for g in GRADES))
 ROW_SUM_TOLERANCE = 0.01  # normalised rows are written rounded; 0.01 still catches a counts file
 EVALUATE_FIX = "run `dvc repro evaluate` first"
+EXTERNAL_FIX = "run `dvc repro external`"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class Arm:
     fused: Fused | None = None  # None: skipped, or no `fuse` stage has run (results from before it)
     # The `fuse` stage's facts where it skipped the arm's fusion (no two-eyed patient in training).
     unfused: FusionFacts | None = None
+    # The `external` stage's sets: name -> referable AUC per image (None: undefined, one class);
+    # empty where no set was graded, or the stage has not run (results from before it).
+    external: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
@@ -226,6 +232,21 @@ def _read_fused(layout: Layout, name: str, read: ReadText) -> Fused | UnfusedRec
     return Fused(metrics, raw, facts)
 
 
+def _read_external(layout: Layout, name: str, read: ReadText) -> dict[str, float | None]:
+    """Each external set's referable AUC per image (the `external` stage's files), by set name."""
+    files = layout.external(name)
+    try:
+        read(files.index)
+    except FileNotFoundError:
+        return {}
+    aucs: dict[str, float | None] = {}
+    for set_name in read_external_run(files.index, read).sets:
+        path = files.screening(set_name).screening
+        raw = read_json_object(path, read, EXTERNAL_FIX, EXTERNAL_FIX)
+        aucs[set_name] = check_screening(path, raw, EXTERNAL_FIX).image.auc_referable.value
+    return aucs
+
+
 def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> Arm:
     """Read and check one arm's metrics, info, history and confusion tables (a skipped arm: the JSONs).
 
@@ -242,6 +263,7 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
         arm.unfused = fused.fusion
     else:
         arm.fused = fused
+    arm.external = _read_external(layout, name, read)
     arm.history = _read_history(files.history, read)
     arm.normalized = _read_confusion(files.confusion_normalized, normalized=True, read=read)
     arm.counts = _read_confusion(files.confusion_counts, normalized=False, read=read).astype(int)

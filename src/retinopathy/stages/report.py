@@ -4,8 +4,9 @@ Reads what the train and evaluate stages wrote (``metrics/history/<arm>.csv``,
 ``metrics/<arm>.json``, ``metrics/confusion/<arm>_{normalized,counts}.csv``,
 and the screening files: ``metrics/<arm>.screening.json``, ``metrics/roc/``,
 ``metrics/reliability/``; and the `fuse` stage's, ``metrics/fused/``), checks it, and writes ``accuracy.png``,
-``confusion_<arm>.png``, ``best_accuracy.png``, ``roc.png``, ``reliability.png``
-and ``report.md`` into the output folder. Everything is
+``confusion_<arm>.png``, ``best_accuracy.png``, ``roc.png``, ``reliability.png``,
+``roc_external.png`` (the `external` stage's sets, ``metrics/external/``) and ``report.md``
+into the output folder. Everything is
 read and checked before anything is drawn, and the figures are drawn into a
 temporary folder that replaces the output folder only once all of it is
 written, so a failure never leaves a half-updated report behind.
@@ -17,7 +18,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from retinopathy.core.contract import ARMS, REPORT_FIGURES, SCREENING_FIGURES, Layout
+from retinopathy.core.contract import ARMS, EXTERNAL_FIGURE, REPORT_FIGURES, SCREENING_FIGURES, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import Ours, check_name_length, check_output_file, staged_files
 
@@ -50,10 +51,28 @@ def _our_figure(path: Path) -> bool:
     )
 
 
+def _our_external_figure(path: Path) -> bool:
+    """The external ROC figure of ours: linked from our report, or drawn beside a report without sets."""
+    from retinopathy.reporting.external import NO_EXTERNAL
+
+    report = path.with_name(Layout().report.name)
+    return (
+        _our_figure(path)
+        or path.is_file()
+        and path.read_bytes()[:4] == b"\x89PNG"
+        and _our_report(report)
+        and NO_EXTERNAL in report.read_text(encoding="utf-8", errors="replace")
+    )
+
+
 def outputs(arms: Sequence[str]) -> dict[str, Ours]:
     """The files report writes into its folder, each with how an earlier one of them is recognised."""
     names = [*REPORT_FIGURES, *SCREENING_FIGURES, *(Layout().confusion_figure(arm).name for arm in arms)]
-    return {Layout().report.name: _our_report, **dict.fromkeys(names, _our_figure)}
+    return {
+        Layout().report.name: _our_report,
+        **dict.fromkeys(names, _our_figure),
+        EXTERNAL_FIGURE: _our_external_figure,
+    }
 
 
 def write_report(
@@ -78,7 +97,12 @@ def write_report(
         RetinopathyError: an input is missing, malformed or inconsistent.
     """
     from retinopathy.evaluation.screening_files import load_screening
-    from retinopathy.reporting.figures import draw_report_figures, draw_screening_figures
+    from retinopathy.reporting.external import external_section, load_external
+    from retinopathy.reporting.figures import (
+        draw_external_figure,
+        draw_report_figures,
+        draw_screening_figures,
+    )
     from retinopathy.reporting.markdown import describe_data, render_markdown
     from retinopathy.reporting.results import load_arm
 
@@ -91,6 +115,7 @@ def write_report(
     screenings = {
         arm.name: load_screening(layout.arm(arm.name).screening_files) for arm in loaded if arm.trained
     }
+    externals = [load_external(layout, name) for name in arms]
     model, _, data_label, _ = describe_data(loaded)  # before anything is drawn: one model for all arms
     ours = outputs(arms)
     for name, recognise in ours.items():  # before drawing: replace only what report wrote
@@ -99,7 +124,8 @@ def write_report(
     with staged_files(out, "report", ours) as staging:
         draw_report_figures(loaded, model, data_label, staging)
         draw_screening_figures(loaded, screenings, model, data_label, staging)
-        text = render_markdown(loaded, explained, screenings)
+        draw_external_figure(externals, screenings, model, data_label, staging / EXTERNAL_FIGURE)
+        text = render_markdown(loaded, explained, screenings, external_section(screenings, externals))
         (staging / Layout().report.name).write_text(text, encoding="utf-8")
 
 

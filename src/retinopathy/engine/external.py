@@ -1,0 +1,275 @@
+"""External validation: an arm's ``best.pt`` grades every set that `import-external` wrote.
+
+Each set of params.yaml's ``external`` (a name -> a folder with ``import.json``) is graded
+as evaluate grades the test split (:mod:`retinopathy.engine.evaluation`'s :func:`open_grader`
+and :func:`grade`) and scored with evaluate's code and schema
+(:func:`retinopathy.evaluation.screening.record_at`, :mod:`retinopathy.evaluation.screening_files`),
+per image and per patient (where the set names no patients, each image is its own patient).
+
+The operating points are the ones the arm chose on the INTERNAL validation split
+(``metrics/<arm>.screening.json``), applied unchanged: choosing them again on the external set
+would report the figures a screening programme could not have set in advance. Where the set
+has DME labels, referable is scored a second time as Gulshan et al. 2016 define it (moderate DR
+or worse, or referable diabetic macular edema), in ``gulshan/<set>.screening.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from retinopathy.core.contract import (
+    FUSED_METRIC_KEYS,
+    METRIC_DECIMALS,
+    REFERABLE_GRADE,
+    ArmFiles,
+    ExternalFiles,
+    ImportedSet,
+    prediction_header,
+)
+from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.files import csv_text, json_text
+from retinopathy.core.records import (
+    ExternalRun,
+    ExternalSet,
+    ImportSummary,
+    RecordError,
+    ScreeningRecord,
+    Skipped,
+    TrainingStatus,
+    check_screening,
+    external_run_text,
+    read_external_run,
+    read_import_summary,
+    read_json_object,
+    read_working_tree,
+)
+from retinopathy.data.labels import Record, parse_split
+from retinopathy.engine.evaluation import Graded, grade, load_best, open_grader, prediction_rows
+from retinopathy.engine.runtime import Switches
+from retinopathy.evaluation.scoring import confusion_tables, scores
+from retinopathy.evaluation.screening import Scored, record_at
+from retinopathy.evaluation.screening_files import screening_contents
+
+REFERABLE = "referable DR: grade >= 2 (moderate non-proliferative DR or worse)"
+GULSHAN = (
+    "referable as Gulshan et al. 2016 define it: moderate DR or worse (grade >= 2), or referable "
+    "diabetic macular edema"
+)
+GULSHAN_NOTE = (
+    f"{GULSHAN}. A DME-referable image counts as grade 2 here when its grade is lower, so only the "
+    "referable figures (AUC, sensitivity, specificity) mean what they say; accuracy, kappa and the "
+    "vision-threatening figures of the set's own grades are in the set's screening file"
+)
+IMPORT_FIX = "retinopathy import-external FORMAT --root DIR --out DIR"
+
+
+@dataclass(frozen=True)
+class ExternalData:
+    """One configured set, read and checked: its import record, test images and DME labels."""
+
+    name: str
+    folder: Path
+    summary: ImportSummary
+    records: list[Record]
+    dme: np.ndarray | None  # referable DME (bool) per test image; None without DME labels
+
+
+def _dme_labels(files: ImportedSet, count: int, key: str) -> np.ndarray:
+    lines = files.dme.read_text(encoding="utf-8").splitlines()
+    if len(lines) != count or any(line not in ("0", "1") for line in lines):
+        raise RetinopathyError(
+            f"{files.dme}: expected {count} lines of 0 or 1 (one per line of test_img.csv), found "
+            f"{len(lines)} lines; the folder of {key} was changed after import - import the set again "
+            f"(`{IMPORT_FIX}`) into a new folder"
+        )
+    return np.array([line == "1" for line in lines], dtype=bool)
+
+
+def read_set(name: str, folder: str) -> ExternalData:
+    """The set ``name`` of params.yaml's ``external``, checked to be a folder `import-external` wrote.
+
+    Raises:
+        RetinopathyError: the folder is missing or was not imported (naming ``external.<name>`` and the
+            import command), or its lists no longer match its ``import.json``.
+    """
+    key = f"params.yaml's external.{name}"
+    path = Path(folder)
+    files = ImportedSet(path)
+    if not path.is_dir() or not files.summary.is_file():
+        what = "is not a folder" if not path.is_dir() else "has no import.json"
+        raise RetinopathyError(
+            f"{folder}: {what}, so it was not written by `retinopathy import-external` ({key}); "
+            f"import the set first with `{IMPORT_FIX.replace('--out DIR', f'--out {folder}')}`, "
+            f"or remove {name} from external in params.yaml"
+        )
+    try:
+        summary = read_import_summary(files.summary)
+    except RecordError as error:
+        raise RetinopathyError(f"{error} ({key})") from None
+    records = parse_split(path, "test").records
+    if len(records) != summary.images:
+        raise RetinopathyError(
+            f"{path}: test_img.csv lists {len(records)} images, import.json {summary.images} ({key}); "
+            f"the folder was changed after import - import the set again (`{IMPORT_FIX}`) into a new folder"
+        )
+    dme = _dme_labels(files, len(records), key) if summary.dme_definition else None
+    return ExternalData(name, path, summary, records, dme)
+
+
+def internal_points(files: ArmFiles) -> ScreeningRecord:
+    """The arm's internal screening record (evaluate's): the operating points chosen on validation."""
+    fix = f"run `dvc repro evaluate@{files.arm}` first"
+    path = files.screening_files.screening
+    return check_screening(path, read_json_object(path, read_working_tree, fix, fix), fix)
+
+
+def _with_gulshan(rows: Scored, dme: np.ndarray) -> Scored:
+    """``rows`` with each DME-referable image below grade 2 counted as grade 2 (Gulshan's referable)."""
+    raised = np.where(dme & (rows.actual < REFERABLE_GRADE), REFERABLE_GRADE, rows.actual)
+    return replace(rows, actual=raised.astype(np.int64))
+
+
+def _points_source(files: ArmFiles, internal: ScreeningRecord) -> str:
+    points = internal.operating_points
+    if isinstance(points, dict):
+        return f"none: {files.screening_files.screening} has none (no internal validation split)"
+    return (
+        f"chosen on the internal validation split ({points.val_images} images, "
+        f"{files.screening_files.screening}), applied unchanged"
+    )
+
+
+def set_contents(
+    out: ExternalFiles,
+    data: ExternalData,
+    graded: Graded,
+    internal: ScreeningRecord,
+    arm_files: ArmFiles,
+    bootstrap: int,
+    seed: int,
+    regression: bool,
+) -> tuple[ExternalSet, dict[Path, str]]:
+    """Score one graded set at the internal operating points: its entry of the index and its files' texts."""
+    rows = graded.rows
+    probabilities = not regression
+    source = _points_source(arm_files, internal)
+    notes = [f"operating points: {source}"]
+    if data.summary.patients is None:
+        notes.append(
+            f"{data.name} names no patients: each image is its own patient (per patient = per image)"
+        )
+    screening = record_at(rows, internal.operating_points, bootstrap, seed, probabilities, notes)
+    actual, predicted = rows.actual, graded.predicted
+    numbers = scores(actual, predicted, confusion_tables(actual, predicted))
+    metrics = {key: round(numbers[key], METRIC_DECIMALS) for key in FUSED_METRIC_KEYS if key in numbers}
+    contents = {
+        out.metrics(data.name): json_text(out.metrics(data.name), metrics),
+        out.predictions(data.name): csv_text(
+            list(prediction_header(regression)), prediction_rows(data.records, graded)
+        ),
+        **screening_contents(out.screening(data.name), screening, rows, probabilities),
+    }
+    if data.dme is not None:
+        gulshan = _with_gulshan(rows, data.dme)
+        record = record_at(
+            gulshan, internal.operating_points, bootstrap, seed, probabilities, [GULSHAN_NOTE, *notes]
+        )
+        contents.update(screening_contents(out.gulshan(data.name), record, gulshan, probabilities))
+    entry = ExternalSet(
+        folder=str(data.folder),
+        format=data.summary.format,
+        images=len(data.records),
+        patients=data.summary.patients,
+        referable=REFERABLE,
+        gulshan=GULSHAN if data.dme is not None else None,
+        referable_dme=int(data.dme.sum()) if data.dme is not None else None,
+        operating_points=source,
+    )
+    return entry, contents
+
+
+def skipped_contents(out: ExternalFiles, status: Skipped, names: list[str]) -> dict[Path, str]:
+    """A skipped arm, as evaluate writes one: per set ``{}`` as metrics, header-only CSVs, an empty
+    screening record; its index says why and how to fix it."""
+    contents: dict[Path, str] = {}
+    for name in names:
+        contents[out.metrics(name)] = json_text(out.metrics(name), {})
+        contents[out.predictions(name)] = csv_text(list(prediction_header(regression=False)), [])
+        contents.update(screening_contents(out.screening(name), None, None, probabilities=False))
+    contents[out.index] = external_run_text(out.index, ExternalRun(out.arm, {}, status))
+    return contents
+
+
+def stale_files(out: ExternalFiles, contents: Mapping[Path, str]) -> list[Path]:
+    """The files of sets that the previous run wrote (its index lists them) and this one does not.
+
+    The stage's folders are DVC outputs kept between runs (``persist``), so a set taken out of
+    params.yaml would otherwise keep its row in `dvc metrics show`.
+    """
+    if not out.index.is_file():
+        return []
+    try:
+        previous = read_external_run(out.index)
+    except RecordError:
+        return []  # an index of another version: its files are replaced or left, never guessed at
+    names = set(previous.sets)
+    paths: list[Path] = []
+    for name in names:
+        paths += [out.metrics(name), out.predictions(name)]
+        for files in (out.screening(name), out.gulshan(name)):
+            paths += [files.screening, files.roc_image, files.roc_patient, files.reliability]
+    return [path for path in paths if path not in contents and path.is_file()]
+
+
+def validate_external(
+    arm_files: ArmFiles,
+    out: ExternalFiles,
+    status: TrainingStatus,
+    sets: Mapping[str, str],
+    switches: Switches,
+    cache_dir: str | None,
+    batch_size: int,
+    tta: bool,
+    bootstrap: int,
+    seed: int,
+) -> dict[Path, str]:
+    """Grade every set of ``sets`` with the arm's ``best.pt``; the text of every file, by file.
+
+    Args:
+        arm_files: The arm's files (its ``best.pt`` and evaluate's screening record).
+        out: Where the `external` stage writes the arm's files.
+        status: What training recorded (checked against ``best.pt``).
+        sets: params.yaml's ``external``: a set's name -> the folder `import-external` wrote.
+        switches: The device and numerics (params.yaml's ``train`` switches, ``data.num_workers``).
+        cache_dir: ``data.cache_dir``.
+        batch_size: ``train.batch_size`` (evaluation batches are twice it).
+        tta: ``evaluate.tta == "flips"``.
+        bootstrap: ``evaluate.bootstrap``: resamples of patients for the intervals.
+        seed: ``evaluate.seed``.
+
+    Raises:
+        RetinopathyError: a set that was not imported, or changed since; a missing or foreign checkpoint
+            or internal screening record; outputs that are not finite. All before anything is written.
+    """
+    data = [read_set(name, folder) for name, folder in sets.items()]  # every set checked first
+    contents: dict[Path, str] = {}
+    entries: dict[str, ExternalSet] = {}
+    if data:
+        internal = internal_points(arm_files)
+        trained = load_best(arm_files, status)
+        regression = trained.spec.head().regression
+        for one in data:
+            records = {"test": one.records}
+            opened = open_grader(switches, str(one.folder), cache_dir, trained, status, records)
+            graded = grade(opened, records, batch_size, tta, arm_files, one.folder / "test_img.csv")
+            entry, texts = set_contents(
+                out, one, graded["test"], internal, arm_files, bootstrap, seed, regression
+            )
+            entries[one.name] = entry
+            contents.update(texts)
+    contents[out.index] = external_run_text(out.index, ExternalRun(out.arm, entries, None))
+    return contents
