@@ -51,7 +51,7 @@ def test_the_records_are_the_models_params_yaml_offers():
     assert title("an_old_model") == "an_old_model"
 
 
-@pytest.mark.slow
+# A quick check of CONTRIBUTING's recipe (tests/test_add_architecture.py): never slow-marked.
 def test_every_model_builds_for_both_heads_with_the_recorded_parts(model, net):
     record = architecture(model)
     head = net.get_submodule(record.head)
@@ -90,7 +90,7 @@ def test_the_grad_cam_layers_exist_with_the_recorded_strides(model, net):
     assert SIDE // dict(record.cam_layers)[name] >= MIN_CELLS and layer is net.get_submodule(name)
 
 
-@pytest.mark.slow
+# A quick check of CONTRIBUTING's recipe (tests/test_add_architecture.py): never slow-marked.
 def test_grad_cam_explains_every_model(model, net):
     grader = Grader(net, spec(model))
     heat = grad_cam(grader, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), [0, 3])
