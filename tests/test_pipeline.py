@@ -130,7 +130,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
         "train@pretrained",
         "evaluate@pretrained",
         "fuse@pretrained",
-        "external@pretrained",  # no set configured: its index alone, again
+        "external@pretrained",  # the demo's shifted set, graded with the new checkpoint
         "explain@pretrained",
         "report",
     }
@@ -141,7 +141,8 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
 
     metrics = run(project, "dvc", "metrics", "show", stdout_only=True)
     assert "metrics/scratch.json" in metrics and "metrics/pretrained.json" in metrics
-    assert max(len(line) for line in metrics.splitlines()) <= 120, metrics  # reads at a glance
+    # Reads at a glance; an external set's row (metrics/external/<arm>/<set>.json) is the widest.
+    assert max(len(line) for line in metrics.splitlines()) <= 130, metrics
     shown = json.loads(run(project, "dvc", "metrics", "show", "--json", stdout_only=True))
     values = [
         value
