@@ -257,6 +257,16 @@ def _percent_square(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
 POINT_MARKERS = dict(zip(OPERATING_POINTS, ("^", "s"), strict=True))
 
 
+def _roc_line(ax: plt.Axes, curve: Any, colour: str, name: str, label: str, lw: float) -> bool:
+    """Draw one ROC curve in percent (``label`` in the legend); where it is empty (one class only),
+    a legend mark saying so instead, and False."""
+    if curve.empty:
+        ax.plot([], [], ls="none", marker="x", color=colour, label=f"{name}: no curve (one class only)")
+        return False
+    ax.plot(100 * curve["fpr"], 100 * curve["tpr"], drawstyle="steps-post", lw=lw, color=colour, label=label)
+    return True
+
+
 def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, path: Path) -> None:
     """The ROC curve of referable DR of every arm, per image and per patient (two panels).
 
@@ -278,24 +288,8 @@ def plot_roc(arms: Sequence[Arm], screenings: dict[str, Screening], title: str, 
             figures = screening.record[level]
             curve = screening.roc[level]
             auc = figure_text(figures["auc_referable"], ", ", "undefined")
-            if curve.empty:
-                ax.plot(
-                    [],
-                    [],
-                    ls="none",
-                    marker="x",
-                    color=colour,
-                    label=f"{arm.name}: no curve (one class only)",
-                )
+            if not _roc_line(ax, curve, colour, arm.name, f"{arm.name}: AUC {auc}", lw=2):
                 continue
-            ax.plot(
-                100 * curve["fpr"],
-                100 * curve["tpr"],
-                drawstyle="steps-post",
-                lw=2,
-                color=colour,
-                label=f"{arm.name}: AUC {auc}",
-            )
             own = figures["sensitivity"]["value"], figures["specificity"]["value"]
             if None not in own:
                 ax.plot(
@@ -429,24 +423,8 @@ def plot_external_roc(
                 continue
             curve = screening.roc["image"]
             auc = figure_text(screening.record["image"]["auc_referable"], ", ", "undefined")
-            if curve.empty:
-                ax.plot(
-                    [],
-                    [],
-                    ls="none",
-                    marker="x",
-                    color=f"C{index}",
-                    label=f"{name}: no curve (one class only)",
-                )
-                continue
-            ax.plot(
-                100 * curve["fpr"],
-                100 * curve["tpr"],
-                drawstyle="steps-post",
-                lw=2.5 if index == 0 else 1.8,
-                color=f"C{index}",
-                label=f"{name} ({screening.record['image']['n']} images): AUC {auc}",
-            )
+            label = f"{name} ({screening.record['image']['n']} images): AUC {auc}"
+            _roc_line(ax, curve, f"C{index}", name, label, lw=2.5 if index == 0 else 1.8)
         _percent_square(
             ax, external.arm, "1 - specificity (false positive rate)", "sensitivity (true positive rate)"
         )
