@@ -9,6 +9,7 @@ camera would, then decoded the way the pipeline decodes its images.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import write_params
+from retinopathy.core.config import load_params
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.schema import Invalid, parse
 from retinopathy.data.fundus import fundus_pixels
 from retinopathy.data.images import decode_image
 from retinopathy.quality.degrade import FAULTS, defocus, flare, off_frame, overexpose
@@ -162,21 +165,29 @@ def test_the_thresholds_decide(demo_photos):
 
 
 @pytest.mark.parametrize(
-    "bad, word",
+    "bad, key, word",
     [
-        ({"min_focus": -0.1}, "min_focus must be a number >= 0"),
-        ({"max_flare": 1.5}, "max_flare must be a number between 0 and 1"),
-        ({"min_brightness": True}, "min_brightness must be a number"),
+        ({"min_focus": -0.1}, "min_focus", "not at least 0.0"),
+        ({"max_flare": 1.5}, "max_flare", "not a fraction in [0, 1]"),
+        ({"min_brightness": True}, "min_brightness", "true"),
         (
             {"min_brightness": 200.0, "max_brightness": 100.0},
-            "min_brightness (200.0) must be below max_brightness",
+            "min_brightness",
+            "(200) must be below max_brightness (100)",
         ),
     ],
 )
-def test_a_bad_threshold_is_refused_by_name(bad, word):
-    with pytest.raises(RetinopathyError) as error:
-        Thresholds(**bad)
+def test_a_bad_threshold_in_params_is_refused_by_its_key(bad, key, word):
+    with pytest.raises(Invalid) as error:
+        parse(Thresholds, bad, "quality.thresholds", by_hand=True)
+    assert error.value.key == f"quality.thresholds.{key}"
     assert word in str(error.value)
+
+
+def test_params_yaml_repeats_the_thresholds_defaults():
+    """predict without a project judges with the dataclass's defaults: params.yaml must say the same."""
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    assert params.quality.thresholds == Thresholds()
 
 
 def test_the_faults_are_deterministic_and_leave_their_input_alone(demo_photos):

@@ -37,6 +37,7 @@ from retinopathy.core.contract import (
     SCHEDULES,
     SELECT_BY,
     TTAS,
+    UNGRADABLE_POLICIES,
 )
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.registry import DEFAULT, MODELS, REGISTRY, for_model, no_value
@@ -286,6 +287,75 @@ class FuseParams:
     seed: Seed
 
 
+Brightness = Annotated[float, Between(0.0, 255.0)]  # mean luminance, ITU-R 601, 0-255
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Where each quality measure stops being gradable (units as on ``quality.measures.Measures``).
+
+    The one place these defaults are written in code (params.yaml repeats them and a test checks
+    that it does): `predict` without a project uses them. Each lies between what was measured on
+    photographs that must stay gradable and on copies that must not (BENCHMARKS.md, "Image
+    quality": the real photograph ``skimage.data.retina()``, the demo's 800 photos, and copies of
+    both degraded by ``quality.degrade`` at a ``mild`` and a ``reject`` strength).
+
+    Attributes:
+        min_coverage: Below this share of the frame covered by the disc, no fundus: 0.05.
+            A black frame or a speck of light covers under 0.01; the demo's photos cover
+            0.45-0.87, the real one 0.78, and still 0.39 with half the eye out of the frame.
+        min_visible: Below this share of the disc in the picture, off-field: 0.7. The demo's
+            photos measure 0.91-0.99 (those zoomed until the frame cuts them included), the
+            real one 0.95, and 0.85 in a camera's frame that cuts a tenth of the disc off
+            the top and the bottom; with half the eye out of the frame 0.36-0.63.
+        min_brightness: Below this mean luminance (0-255), dark: 20. The demo's darkest
+            photo is 38 (27 at 70% of its exposure), the real one 114; at 12% of their
+            exposure all measure 17 or less.
+        max_clipped_dark: Above this share of the disc clipped dark, dark: 0.5. The demo's
+            photos 0.06 at most; the real one 0.02, 0.79 at 12% of its exposure.
+        max_brightness: Above this mean luminance, overexposed: 210. The demo's brightest
+            photo is 135; the real one 186 with 3% of its fundus clipped, 228 with half.
+        max_clipped_bright: Above this share of the disc clipped in green, overexposed:
+            0.15. The demo's photos 0.02 at most (0.08 with 3% of the fundus clipped on
+            purpose); with half clipped 0.40 or more.
+        min_focus: Below this focus, blur: 0.18. The demo's softest photo measures 0.24
+            (0.21 blurred by a further 0.4% of the frame); the real one 0.47-0.50 and 0.37
+            so blurred. Defocus of 1.5% of the frame (7.7 px at 512 px) leaves 0.15 at
+            most; the real photograph drops below 0.18 at 1.1%.
+        max_flare: Above this share of the disc under a haze, flare: 0.15. The demo's
+            photos 0.09 at most (0.10 under a faint haze), the real one 0.00; under a haze
+            of 60% of white at its centre 0.21 or more.
+    """
+
+    min_coverage: Annotated[float, Between(0.0, 1.0)] = 0.05
+    min_visible: Annotated[float, Between(0.0, 1.0)] = 0.7
+    min_brightness: Brightness = 20.0
+    max_clipped_dark: Annotated[float, Between(0.0, 1.0)] = 0.5
+    max_brightness: Brightness = 210.0
+    max_clipped_bright: Annotated[float, Between(0.0, 1.0)] = 0.15
+    min_focus: Annotated[float, Between(0.0)] = 0.18
+    max_flare: Annotated[float, Between(0.0, 1.0)] = 0.15
+
+    def __post_init__(self) -> None:
+        if self.min_brightness >= self.max_brightness:
+            raise refuse(
+                "min_brightness",
+                f"({self.min_brightness:g}) must be below max_brightness ({self.max_brightness:g}), or "
+                "every photograph is dark or overexposed; fix one of them",
+            )
+
+
+@dataclass(frozen=True)
+class QualityParams:
+    """Whether a photograph can be graded (``retinopathy.quality``), and what is done with one that cannot."""
+
+    # EyeQ's format (contract.QUALITY_HEADER: 0 Good, 1 Usable, 2 Reject), matched to the photos' names:
+    # trains and tests the learned assessor and gives the quality confusion matrix (null: none)
+    labels: Annotated[str, NotEmpty(), Say("a CSV path (EyeQ's format) or null")] | None
+    ungradable: Annotated[str, OneOf(UNGRADABLE_POLICIES)]  # flag: grade it and mark it | withhold: no grade
+    thresholds: QualityThresholds
+
+
 @dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
@@ -297,6 +367,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     fuse: FuseParams
+    quality: QualityParams
     # external validation: a set's name -> the folder `retinopathy import-external` wrote ({}: none).
     # Only the names are checked here: every stage loads params.yaml, and a folder may be written
     # by an earlier stage of the same `dvc repro`; the external stage checks the folders.

@@ -163,6 +163,12 @@ EXTERNAL_FORMATS = ("aptos2019", "messidor2", "idrid", "ddr", "deepdrid", "eyepa
 LEFT_OUT_REASONS = ("ungradable", "unlabelled", "missing file")
 QUALITY_HEADER = ("", "image", "quality", "DR_grade")  # EyeQ's Label_EyeQ_{train,test}.csv (Fu et al. 2019)
 QUALITY_LEVELS = ("Good", "Usable", "Reject")  # EyeQ's quality 0, 1, 2
+# quality.ungradable: what predict does with a photograph the assessor finds ungradable (flag: grade it and
+# mark it; withhold: leave its grade empty, as a screening device does)
+UNGRADABLE_POLICIES = ("flag", "withhold")
+# Beside the grade, every predictions CSV (evaluate's, external's, predict's) says whether the photograph
+# could be graded: gradable true/false; quality, the reasons (quality.verdict.REASONS) joined by "; "
+QUALITY_COLUMNS = ("gradable", "quality")
 # One row per photograph the set lists or holds: written (status "test" or "ungradable") or left out.
 SOURCE_COLUMNS = ("image", "status", "source", "split", "patient", "eye", "grade", "dme", "sha256")
 

@@ -7,15 +7,17 @@ fundus photograph that scikit-image ships (``skimage.data.retina()``), on all 80
 photographs of the demo, and on degraded copies of both (BENCHMARKS.md, "Image
 quality"): the originals and mildly degraded copies are gradable, copies with a
 fault a screening nurse would reject are not, each with the fault's reason.
+``Thresholds`` is params.yaml's ``quality.thresholds`` (``core.config.QualityThresholds``,
+which documents each default and the measurements behind it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from retinopathy.core.errors import RetinopathyError
+from retinopathy.core.config import QualityThresholds as Thresholds
 from retinopathy.quality.measures import Measures, measure
 
 NO_FUNDUS = "no fundus"
@@ -26,74 +28,6 @@ BLUR = "blur"
 FLARE = "flare"
 # Every reason a verdict can give, in the order it lists them.
 REASONS = (NO_FUNDUS, OFF_FIELD, DARK, OVEREXPOSED, BLUR, FLARE)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Where each measure stops being gradable (units as on :class:`~retinopathy.quality.measures.Measures`).
-
-    Each default lies between what was measured on photographs that must stay gradable
-    and on copies that must not (BENCHMARKS.md, "Image quality": the real photograph
-    ``skimage.data.retina()``, the demo's 800 photos, and copies of both degraded by
-    :mod:`retinopathy.quality.degrade` at a ``mild`` and a ``reject`` strength).
-
-    Attributes:
-        min_coverage: Below this share of the frame covered by the disc, no fundus: 0.05.
-            A black frame or a speck of light covers under 0.01; the demo's photos cover
-            0.45-0.87, the real one 0.78, and still 0.39 with half the eye out of the frame.
-        min_visible: Below this share of the disc in the picture, off-field: 0.7. The demo's
-            photos measure 0.91-0.99 (those zoomed until the frame cuts them included), the
-            real one 0.95, and 0.85 in a camera's frame that cuts a tenth of the disc off
-            the top and the bottom; with half the eye out of the frame 0.36-0.63.
-        min_brightness: Below this mean luminance (0-255), dark: 20. The demo's darkest
-            photo is 38 (27 at 70% of its exposure), the real one 114; at 12% of their
-            exposure all measure 17 or less.
-        max_clipped_dark: Above this share of the disc clipped dark, dark: 0.5. The demo's
-            photos 0.06 at most; the real one 0.02, 0.79 at 12% of its exposure.
-        max_brightness: Above this mean luminance, overexposed: 210. The demo's brightest
-            photo is 135; the real one 186 with 3% of its fundus clipped, 228 with half.
-        max_clipped_bright: Above this share of the disc clipped in green, overexposed:
-            0.15. The demo's photos 0.02 at most (0.08 with 3% of the fundus clipped on
-            purpose); with half clipped 0.40 or more.
-        min_focus: Below this focus, blur: 0.18. The demo's softest photo measures 0.24
-            (0.21 blurred by a further 0.4% of the frame); the real one 0.47-0.50 and 0.37
-            so blurred. Defocus of 1.5% of the frame (7.7 px at 512 px) leaves 0.15 at
-            most; the real photograph drops below 0.18 at 1.1%.
-        max_flare: Above this share of the disc under a haze, flare: 0.15. The demo's
-            photos 0.09 at most (0.10 under a faint haze), the real one 0.00; under a haze
-            of 60% of white at its centre 0.21 or more.
-    """
-
-    min_coverage: float = 0.05
-    min_visible: float = 0.7
-    min_brightness: float = 20.0
-    max_clipped_dark: float = 0.5
-    max_brightness: float = 210.0
-    max_clipped_bright: float = 0.15
-    min_focus: float = 0.18
-    max_flare: float = 0.15
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            top = 255.0 if item.name.endswith("brightness") else None if item.name == "min_focus" else 1.0
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not np.isfinite(value)
-                or value < 0
-                or (top is not None and value > top)
-            ):
-                span = f"between 0 and {top:g}" if top is not None else ">= 0"
-                raise RetinopathyError(
-                    f"quality threshold {item.name} must be a number {span}, got "
-                    f"{value!r}; fix {item.name} (default {item.default})"
-                )
-        if self.min_brightness >= self.max_brightness:
-            raise RetinopathyError(
-                f"quality thresholds: min_brightness ({self.min_brightness}) must be below max_brightness "
-                f"({self.max_brightness}), or every photograph is dark or overexposed; fix one of them"
-            )
 
 
 @dataclass(frozen=True)
