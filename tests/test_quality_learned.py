@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from retinopathy.core.errors import RetinopathyError
-from retinopathy.quality.learned import MIN_PER_CLASS, TERMS, LearnedAssessor, fit, is_reject
+from retinopathy.quality.learned import (
+    MIN_PER_CLASS,
+    TERMS,
+    LearnedAssessor,
+    choose_threshold,
+    fit,
+    is_reject,
+)
 from retinopathy.quality.measures import Measures
 from retinopathy.quality.verdict import BLUR, DARK, NO_FUNDUS, OVEREXPOSED
 
@@ -155,3 +162,12 @@ def test_eyeq_levels_map_to_reject_and_others_are_refused() -> None:
         RetinopathyError, match=r"eyeq.csv: quality 3 of photograph 1 .* is not an EyeQ level"
     ):
         is_reject([0, 3], "eyeq.csv")
+
+
+def test_the_threshold_falls_between_scores_and_never_splits_a_tie() -> None:
+    scores, reject = np.array([3.0, 2.0, 2.0, 1.0]), np.array([True, True, False, False])
+    # At 95%: flagging the two 2.0s would flag a gradable photo (50%), so only the 3.0.
+    assert choose_threshold(scores, reject, 0.95) == (2.5, 0.5, 1.0)
+    assert choose_threshold(scores, reject, 0.5) == (1.5, 1.0, 0.5)
+    with pytest.raises(RetinopathyError, match="no threshold finds a Reject photo and keeps 95%"):
+        choose_threshold(np.array([2.0, 1.0]), np.array([False, True]), 0.95)

@@ -270,11 +270,22 @@ def is_reject(quality: Sequence[int], source: str) -> np.ndarray:
     return np.array([level == REJECT for level in levels], dtype=bool)
 
 
-def _threshold(scores: np.ndarray, reject: np.ndarray, specificity: float) -> tuple[float, float, float]:
-    """The threshold (log-odds), its sensitivity and its specificity on the training scores.
+def choose_threshold(
+    scores: np.ndarray, reject: np.ndarray, specificity: float
+) -> tuple[float, float, float]:
+    """The threshold on training scores, and its sensitivity and specificity there.
 
     Of the cuts that keep specificity >= ``specificity``, the most sensitive, then the most
-    specific; halfway between the lowest score it flags and the highest one it does not.
+    specific; halfway between the lowest score it flags and the highest one it does not. A
+    photograph scoring at or above the threshold is ungradable.
+
+    Args:
+        scores: Any score that rises with the odds of Reject (float [N]; here the log-odds).
+        reject: Bool [N], with both classes.
+        specificity: The share of the other photographs that must stay below the threshold.
+
+    Raises:
+        RetinopathyError: no cut keeps that specificity and finds a Reject photograph.
     """
     order = np.argsort(-scores, kind="stable")
     ranked, positive = scores[order], reject[order]
@@ -379,7 +390,7 @@ def fit(
     intercept = float(model.intercept_[0])
     coefficients = model.coef_[0]
     try:
-        threshold, sensitivity, kept = _threshold(intercept + terms @ coefficients, y, specificity)
+        threshold, sensitivity, kept = choose_threshold(intercept + terms @ coefficients, y, specificity)
     except RetinopathyError as error:
         raise RetinopathyError(f"{source}: {error}; label more photographs, or check the labels") from None
     return dataclasses.replace(
