@@ -171,3 +171,18 @@ def test_the_threshold_falls_between_scores_and_never_splits_a_tie() -> None:
     assert choose_threshold(scores, reject, 0.5) == (1.5, 1.0, 0.5)
     with pytest.raises(RetinopathyError, match="no threshold finds a Reject photo and keeps 95%"):
         choose_threshold(np.array([2.0, 1.0]), np.array([False, True]), 0.95)
+
+
+def test_the_order_of_a_records_keys_changes_nothing(assessor: LearnedAssessor) -> None:
+    reordered = dataclasses.replace(
+        assessor,
+        means=dict(reversed(assessor.means.items())),
+        scales=dict(reversed(assessor.scales.items())),
+        coefficients=dict(reversed(assessor.coefficients.items())),
+    )
+    measures, _ = clusters(seed=30)
+    assert np.array_equal(reordered.probability(measures), assessor.probability(measures))
+    extremes = [
+        dataclasses.replace(assessor, threshold=value).threshold_probability for value in (-1e4, 0, 1e4)
+    ]
+    assert extremes == [0.0, 0.5, 1.0]

@@ -119,12 +119,17 @@ class LearnedAssessor:
     @property
     def threshold_probability(self) -> float:
         """The threshold as a probability of Reject."""
-        return 1.0 / (1.0 + math.exp(-self.threshold))
+        odds = math.exp(-abs(self.threshold))  # never overflows, whatever the threshold's sign
+        return 1.0 / (1.0 + odds) if self.threshold >= 0 else odds / (1.0 + odds)
+
+    def _weights(self) -> np.ndarray:
+        """The coefficients in the order of :data:`TERMS` (a record built by hand may list them otherwise)."""
+        return np.array([self.coefficients[term] for term in TERMS])
 
     def _terms(self, values: np.ndarray) -> np.ndarray:
         """[N, len(TERMS)] inputs of measured photographs' [N, len(MEASURES)] values."""
-        means = np.array(list(self.means.values()))
-        scales = np.array(list(self.scales.values()))
+        means = np.array([self.means[name] for name in MEASURES])
+        scales = np.array([self.scales[name] for name in MEASURES])
         standard = (values - means) / scales
         squared = standard[:, [MEASURES.index(name) for name in SQUARED]] ** 2
         return np.hstack([standard, squared])
@@ -139,7 +144,7 @@ class LearnedAssessor:
         odds = np.full(len(measures), np.inf)
         if measured.any():
             terms = self._terms(values[measured])
-            odds[measured] = self.intercept + terms @ np.array(list(self.coefficients.values()))
+            odds[measured] = self.intercept + terms @ self._weights()
         return odds
 
     def probability(self, measures: Sequence[Measures]) -> np.ndarray:
@@ -171,7 +176,7 @@ class LearnedAssessor:
         """
         values, measured = _values(measures, "LearnedAssessor.reasons")
         flagged = self.ungradable(measures)
-        weights = np.array(list(self.coefficients.values()))
+        weights = self._weights()
         found: list[tuple[str, ...]] = []
         for row, is_measured, is_flagged in zip(values, measured, flagged, strict=True):
             if not is_flagged:
