@@ -62,6 +62,8 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
         "referable_score",
         "patient",
         "patient_referable",
+        "gradable",
+        "quality",
         "error",
         "warning",
         "source",
@@ -72,6 +74,7 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert int(row["grade"]) == int(np.argmax(probabilities)) and row["error"] == ""
         assert row["warning"] == ""  # the demo's colour fundus photographs are not flagged
+        assert (row["gradable"], row["quality"]) == ("true", "")  # nor found ungradable
         assert row["referable"] == str(int(int(row["grade"]) >= 2))
         assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
         image = Path(row["image"])  # the patient with its folder: data/demo/<id>
