@@ -438,7 +438,8 @@ def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(
 
     out = paired / f"both.{fmt}"
     assert export.main(["--arm", "scratch", "--format", fmt, "--out", str(out), "--fused"]) == 0
-    assert "both eyes" in out.with_name(out.name + ".md").read_text().splitlines()[0]
+    card = out.with_name(out.name + ".md").read_text()
+    assert "both eyes" in card.splitlines()[0] and "## Image quality: not computed by this graph" in card
     fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
     size = load_params("params.yaml").data.image_size
     left, right = (
