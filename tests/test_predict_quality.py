@@ -70,6 +70,15 @@ def test_predict_takes_the_thresholds_and_the_policy_from_params_yaml(tmp_path):
     assert parser.parse_args(["x.jpeg", "--ungradable", "withhold"]).ungradable == "withhold"
 
 
+def test_an_unknown_policy_is_refused_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["x.jpeg", "--ungradable", "skip"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # argparse quotes the choices on some Python versions only
+    assert "argument --ungradable: invalid choice: 'skip' (choose from" in err
+    assert "flag" in err.splitlines()[-1] and "withhold" in err.splitlines()[-1]
+
+
 def test_every_faulted_copy_is_ungradable_for_its_reason_and_the_originals_are_gradable(
     trained_project, demo_256, capsys
 ):
