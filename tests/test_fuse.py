@@ -364,6 +364,40 @@ def test_predict_pairs_explicitly_and_grades_alone_on_request(paired):
 
 
 @pytest.mark.slow
+def test_a_withheld_eye_gets_no_fused_grade_and_its_partner_is_graded_alone(paired, capsys):
+    """quality.ungradable withhold: the blend never reads an ungradable eye's features, and its
+    patient gets no call; flagged, the same eye is fused like any other."""
+    from PIL import Image
+
+    from retinopathy.data.images import decode_image
+    from retinopathy.quality.degrade import FAULTS
+
+    Path("eyes").mkdir()
+    shutil.copyfile("data/demo/t2_left.jpeg", "eyes/t2_left.jpeg")
+    dark = FAULTS["underexpose"]
+    Image.fromarray(dark(decode_image("data/demo/t2_right.jpeg"), dark.reject)).save("eyes/t2_right.jpeg")
+    inputs = ["eyes/t2_left.jpeg", "eyes/t2_right.jpeg", "data/demo/t3_left.jpeg", "data/demo/t3_right.jpeg"]
+    assert predict.main([*inputs, "--out", "flag.csv", "--ungradable", "flag"]) == 0
+    flagged = read_rows(Path("flag.csv"))
+    assert [r["source"] for r in flagged] == ["fused"] * 4 and flagged[1]["quality"] == "dark"
+    assert predict.main([*inputs, "--out", "withhold.csv", "--ungradable", "withhold"]) == 0
+    left, right, *gradable = read_rows(Path("withhold.csv"))
+    assert (right["source"], right["grade"], right["patient_referable"]) == ("withheld", "", "")
+    assert left["source"] == "single-no-partner" and left["patient_referable"] == ""
+    assert predict.main(["eyes/t2_left.jpeg", "--single", "--out", "alone.csv"]) == 0
+    alone = read_rows(Path("alone.csv"))[0]
+    assert left["grade"] == alone["grade"] and left["probability_0"] == alone["probability_0"]
+    for row, before in zip(gradable, flagged[2:], strict=True):  # the other patient's rows do not change
+        assert (row["source"], row["grade"], row["patient_referable"]) == (
+            "fused",
+            before["grade"],
+            before["patient_referable"],
+        )
+        assert float(row["probability_0"]) == pytest.approx(float(before["probability_0"]), abs=1e-5)
+    assert "1 patient(s) with both eyes given get no patient_referable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_predict_refuses_a_blend_of_another_checkpoint(paired):
     layout = Layout()
     record = BlendRecord.load(layout.blend("scratch"), "fix")
@@ -404,7 +438,8 @@ def test_export_writes_both_eyes_in_one_graph_that_gives_predict_s_fused_grades(
 
     out = paired / f"both.{fmt}"
     assert export.main(["--arm", "scratch", "--format", fmt, "--out", str(out), "--fused"]) == 0
-    assert "both eyes" in out.with_name(out.name + ".md").read_text().splitlines()[0]
+    card = out.with_name(out.name + ".md").read_text()
+    assert "both eyes" in card.splitlines()[0] and "## Image quality: not computed by this graph" in card
     fused = {row["image"]: row for row in read_rows(Layout().fused_predictions("scratch"))}
     size = load_params("params.yaml").data.image_size
     left, right = (

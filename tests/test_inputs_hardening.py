@@ -250,21 +250,24 @@ def test_predict_on_a_folder_says_which_subfolders_it_did_not_grade(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_predict_flags_a_greyscale_copy_and_a_black_image_in_a_warning_column(tmp_path, capsys):
+def test_predict_flags_a_greyscale_copy_and_a_flat_image_in_a_warning_column(tmp_path, capsys):
     colour = fundus(8, 96)
     Image.fromarray(colour).save(tmp_path / "colour.jpeg", quality=92)
     Image.fromarray(colour).convert("L").save(tmp_path / "grey.jpeg", quality=92)
     Image.fromarray(colour).convert("L").convert("RGB").save(tmp_path / "grey-rgb.png")
+    Image.new("RGB", (96, 96), (90, 60, 40)).save(tmp_path / "flat.png")
     Image.new("RGB", (96, 96)).save(tmp_path / "black.png")
-    names = ("colour.jpeg", "grey.jpeg", "grey-rgb.png", "black.png")
+    names = ("colour.jpeg", "grey.jpeg", "grey-rgb.png", "flat.png", "black.png")
     status, err, rows = predict_rows(capsys, tmp_path, *names)
     assert status == 0
-    assert rows["colour.jpeg"]["warning"] == ""
+    assert rows["colour.jpeg"]["warning"] == "" and rows["colour.jpeg"]["gradable"] == "true"
     assert rows["grey.jpeg"]["warning"].startswith("greyscale")
     assert rows["grey-rgb.png"]["warning"].startswith("greyscale")
-    assert rows["black.png"]["warning"].startswith("no fundus found")
+    assert rows["flat.png"]["warning"].startswith("one flat colour")
+    # A black frame is the quality assessor's to name: no fundus, not a warning.
+    assert (rows["black.png"]["warning"], rows["black.png"]["quality"]) == ("", "no fundus")
     assert all(rows[n]["grade"] in "01234" for n in names)  # still graded, never silently
-    assert "3 of 4 graded images do not look like colour fundus photographs" in err
+    assert "3 of 5 images do not look like colour fundus photographs" in err
 
 
 # ------------------------------------------------------------------- 5. bad values and settings

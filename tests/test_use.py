@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -15,9 +16,10 @@ import torch
 from PIL import Image
 
 from retinopathy.commands import export, predict
-from retinopathy.core.config import load_params
+from retinopathy.core.config import QualityThresholds, load_params
 from retinopathy.core.contract import Layout
 from retinopathy.core.errors import RetinopathyError
+from retinopathy.data.images import decode_image
 from retinopathy.data.labels import patient_of
 from retinopathy.data.synthetic import render_fundus
 from retinopathy.fusion.pairs import photo_patients
@@ -62,6 +64,8 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
         "referable_score",
         "patient",
         "patient_referable",
+        "gradable",
+        "quality",
         "error",
         "warning",
         "source",
@@ -72,6 +76,7 @@ def test_predict_on_the_test_split_gives_exactly_the_grades_evaluate_wrote(train
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert int(row["grade"]) == int(np.argmax(probabilities)) and row["error"] == ""
         assert row["warning"] == ""  # the demo's colour fundus photographs are not flagged
+        assert (row["gradable"], row["quality"]) == ("true", "")  # nor found ungradable
         assert row["referable"] == str(int(int(row["grade"]) >= 2))
         assert float(row["referable_score"]) == pytest.approx(sum(probabilities[2:]), abs=2e-6)
         image = Path(row["image"])  # the patient with its folder: data/demo/<id>
@@ -227,6 +232,39 @@ def test_export_round_trips_within_1e_4_and_writes_a_card(trained, fmt):
     assert "| `acc` |" in card and "whose evaluation carries this checkpoint's fingerprint" in card
     measured = re.search(r"measured on (\d+) test images .* at most \*\*([0-9.]+)\*\*", card)
     assert measured and int(measured[1]) == 12 and 0 < float(measured[2]) < 0.25, card
+    # The quality verdict is not in the graph: the card says so, with the project's thresholds and policy.
+    assert "## Image quality: not computed by this graph" in card and "does **not**" in card
+    assert "Thresholds in force (`quality` of `params.yaml`)" in card and f"min_focus={0.18!r}," in card
+    assert "Policy in force: `quality.ungradable: flag`" in card
+
+
+def test_the_card_says_how_to_judge_quality_and_its_code_gives_predict_s_verdict(tmp_path):
+    """The card's recipe, run as written, gives the verdict predict gives, with the thresholds in force."""
+    from retinopathy.quality.degrade import defocus
+    from retinopathy.quality.verdict import assess
+
+    thresholds = dataclasses.replace(QualityThresholds(), min_focus=0.2, max_flare=0.1)
+    policy = export.QualityPolicy(thresholds, "withhold", "`quality` of `mine.yaml`")
+    card = "\n".join(export.quality_section(policy))
+    sharp = render_fundus(0, np.random.default_rng(3), 128)
+    paths = {"sharp": tmp_path / "sharp.jpeg", "blurred": tmp_path / "blurred.jpeg"}
+    Image.fromarray(sharp).save(paths["sharp"], quality=92)
+    Image.fromarray(defocus(sharp, 1.0)).save(paths["blurred"], quality=92)
+    code = card.split("```python\n")[1].split("```")[0]
+    verdicts = {}
+    for name, path in paths.items():
+        namespace = {"path": path}
+        exec(code, namespace)  # the recipe exactly as the card prints it
+        verdicts[name] = namespace["verdict"]
+        assert namespace["verdict"] == assess(decode_image(path), thresholds)
+    assert verdicts["sharp"].gradable and verdicts["blurred"].reasons == ("blur",)
+    for field in dataclasses.fields(thresholds):  # every threshold, with its value in force
+        value = getattr(thresholds, field.name)
+        assert f"{field.name}={value!r}," in code and re.search(
+            rf"\| `{field.name}` \|.*\| [<>] {value:g} \|", card
+        )
+    assert "`retinopathy.quality.verdict.assess`" in card and "longer side is 256 px" in card
+    assert "Policy in force: `quality.ungradable: withhold` (`quality` of `mine.yaml`)" in card
 
 
 @pytest.mark.slow

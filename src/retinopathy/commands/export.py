@@ -13,7 +13,11 @@ exact input, what the checkpoint itself records (epoch, selection figure,
 fingerprint), the test metrics only when ``metrics/<arm>.info.json`` carries
 the checkpoint's fingerprint, how far a plain full decode lands from the
 project's own decoder (measured on the arm's test images when they are
-there), and what it is not for.
+there), and what it is not for. The graph does not judge whether a photograph
+can be graded: the card states the quality thresholds and the policy in force
+(params.yaml's ``quality``, ``--params``; the assessor's defaults and ``flag``
+without a params.yaml) and exactly how to compute the verdict beside the graph
+(:func:`retinopathy.quality.verdict.assess`, torch-free).
 
 ONNX goes through ``torch.onnx.export`` (the dynamo exporter, with dynamic
 batch, height and width) and needs the ``export`` extra (onnx, onnxscript,
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retinopathy.core.config import QualityThresholds
 from retinopathy.core.contract import ARMS, METRIC_KEYS, Layout
 from retinopathy.core.errors import RetinopathyError
 
@@ -65,6 +70,119 @@ MISSING_FIX = "train the arm first (`dvc repro`), or pass another --checkpoint"
 # Each input of an exported graph, in order, and its dynamic dimensions (axis -> torch.export.Dim).
 Shapes = dict[str, dict[int, Any]]
 MEASURE_IMAGES = 32  # test images on which a plain full decode is compared with the project's decoder
+PARAMS_FILE = "params.yaml"
+# Each quality threshold as the card states it: the measure it bounds (``quality.measures.Measures``,
+# on the analysis copy, inside the fundus disc), the comparison that makes a photograph ungradable,
+# and the reason it then gives (``quality.verdict.judge`` applies them). {dark} and {bright} are the
+# measures' clipping levels (``quality.measures.DARK_LEVEL``, ``BRIGHT_LEVEL``), filled in where the
+# card is written: the measures module imports SciPy, which `export --help` must not wait for.
+THRESHOLD_ROWS = {
+    "min_coverage": ("`coverage`: share of the frame inside the fundus disc", "<", "no fundus"),
+    "min_visible": ("`disc_visible`: share of the disc that lies in the picture", "<", "off-field"),
+    "min_brightness": ("`brightness`: mean luminance (ITU-R 601, 0-255) in the disc", "<", "dark"),
+    "max_clipped_dark": ("`clipped_dark`: share of the disc with luminance below {dark}", ">", "dark"),
+    "max_brightness": ("`brightness`: mean luminance (0-255) in the disc", ">", "overexposed"),
+    "max_clipped_bright": ("`clipped_bright`: share of the disc with green >= {bright}", ">", "overexposed"),
+    "min_focus": ("`focus`: fine over coarse detail (differences of Gaussian blurs)", "<", "blur"),
+    "max_flare": ("`flare`: share of the disc under a whitish haze", ">", "flare"),
+}
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """The quality thresholds and the ungradable policy the card states, and where they came from."""
+
+    thresholds: QualityThresholds
+    ungradable: str  # contract.UNGRADABLE_POLICIES
+    source: str
+
+
+def quality_policy(params_path: str | None) -> QualityPolicy:
+    """params.yaml's ``quality`` (``params_path``, else ./params.yaml when there is one), else the
+    assessor's defaults and ``flag``, as `retinopathy predict` uses them.
+
+    Raises:
+        RetinopathyError: ``--params`` names a file that is missing or invalid.
+    """
+    if params_path is None and not Path(PARAMS_FILE).is_file():
+        return QualityPolicy(QualityThresholds(), "flag", "the defaults without a params.yaml")
+    from retinopathy.core.config import load_params
+
+    path = params_path or PARAMS_FILE
+    quality = load_params(path).quality
+    return QualityPolicy(quality.thresholds, quality.ungradable, f"`quality` of `{path}`")
+
+
+def quality_section(policy: QualityPolicy) -> list[str]:
+    """The card's lines on image quality: not in the graph, the thresholds and policy, and how to judge."""
+    import dataclasses
+
+    from retinopathy.quality.measures import ANALYSIS_SIDE, BRIGHT_LEVEL, DARK_LEVEL
+
+    thresholds = policy.thresholds
+    withhold = policy.ungradable == "withhold"
+    lines = [
+        "## Image quality: not computed by this graph",
+        "",
+        "This graph grades whatever it is given; it does **not** say whether a photograph can be graded "
+        "(blurred, dark, overexposed, off-field, flare, no fundus). `retinopathy predict` judges that with "
+        "a transparent assessor whose measures are NumPy/SciPy code, not part of this file. Judge every "
+        "photograph before trusting its grade:",
+        "",
+        "```python",
+        "from retinopathy.core.config import QualityThresholds",
+        "from retinopathy.data.images import decode_image",
+        "from retinopathy.quality.verdict import assess",
+        "",
+        "image = decode_image(path)  # at its own size: RGB uint8 [H, W, 3], upright (EXIF), 8 bits",
+        "thresholds = QualityThresholds(",
+        *(
+            f"    {field.name}={getattr(thresholds, field.name)!r},"
+            for field in dataclasses.fields(thresholds)
+        ),
+        ")",
+        "verdict = assess(image, thresholds)",
+        "verdict.gradable, verdict.reasons  # e.g. False, ('blur',)",
+        f"verdict.explain()  # e.g. ['blur: focus 0.12 (at least {thresholds.min_focus:.2f})']: "
+        "each measure and its threshold",
+        "```",
+        "",
+        "`retinopathy.quality.verdict.assess` needs this project's package (`pip install` it; the quality "
+        "code imports NumPy, Pillow and SciPy, not torch). Give it the photograph decoded at its own "
+        "size, as stored (before the crop and the resize this graph's input has; any decoder that gives "
+        "the upright RGB uint8 pixels will do); it measures an analysis copy "
+        f"resized so that its longer side is {ANALYSIS_SIDE} px (bilinear; "
+        "`retinopathy.quality.measures.ANALYSIS_SIDE`), so each threshold means the same at any "
+        "resolution. A photograph is ungradable when any measure crosses its threshold; its reasons "
+        "come in the order of `retinopathy.quality.verdict.REASONS`, and without a fundus disc nothing "
+        "else is judged.",
+        "",
+        f"Thresholds in force ({policy.source}):",
+        "",
+        "| threshold | measure (analysis copy, inside the fundus disc) | ungradable when | reason |",
+        "|---|---|---|---|",
+    ]
+    for field in dataclasses.fields(thresholds):
+        measure, comparison, reason = THRESHOLD_ROWS[field.name]
+        measure = measure.format(dark=DARK_LEVEL, bright=BRIGHT_LEVEL)
+        lines.append(
+            f"| `{field.name}` | {measure} | {comparison} {getattr(thresholds, field.name):g} | {reason} |"
+        )
+    lines += [
+        "",
+        f"Policy in force: `quality.ungradable: {policy.ungradable}` ({policy.source}). "
+        + (
+            "`retinopathy predict` gives an ungradable photograph no grade, no scores and no patient "
+            "call, as screening devices report it; do the same with this graph's scores: leave the grade "
+            "of an ungradable photograph empty and have the eye re-imaged or referred."
+            if withhold
+            else "`retinopathy predict` grades an ungradable photograph and marks it (`gradable` false, "
+            "`quality` the reasons); a grade of an ungradable photograph means little, so show the "
+            "reasons beside it and have the eye re-imaged."
+        ),
+        "",
+    ]
+    return lines
 
 
 def scores_model(trained: Trained) -> PhotoGrader:
@@ -362,6 +480,7 @@ def model_card(
     file: Path,
     measured: DecoderGap | None,
     checkpoint_path: Path,
+    quality: QualityPolicy,
 ) -> str:
     """The text of ``FILE.md``: only what is known about this checkpoint, and where it came from."""
     status, info = known.status, known.info
@@ -435,6 +554,7 @@ def model_card(
         ]
     else:
         lines += ["- not measured here: the checkpoint's test images were not found beside this export.", ""]
+    lines += quality_section(quality)
     lines += ["## Test metrics", "", f"Source: {known.source}.", ""]
     if known.metrics:
         lines += ["| metric | value | meaning |", "|---|---|---|"]
@@ -541,9 +661,16 @@ def _drafted(
 
 
 def export(
-    arm: str, fmt: str, out: Path, checkpoint_path: Path | None = None, layout: Layout | None = None
+    arm: str,
+    fmt: str,
+    out: Path,
+    checkpoint_path: Path | None = None,
+    layout: Layout | None = None,
+    quality: QualityPolicy | None = None,
 ) -> float:
     """Write ``out`` and ``out.md``; returns the largest difference from PyTorch's scores.
+
+    ``quality``: the thresholds and policy the card states (None: :func:`quality_policy` of ./params.yaml).
 
     Raises:
         RetinopathyError: a missing or damaged checkpoint, a missing extra, or an
@@ -554,6 +681,7 @@ def export(
     from retinopathy.core.files import write_together
 
     layout = layout or Layout()
+    quality = quality or quality_policy(None)
     path = checkpoint_path or layout.arm(arm).best
     card = _check_outputs(out, [path])
     trained = _load(path, arm, checkpoint_path is not None, layout)
@@ -563,7 +691,7 @@ def export(
         known = provenance(path, trained.state, arm, layout)
         measured = measure_decoders(model, EXPORTERS[fmt][1], draft, _test_photos(known.info))
         exported = draft.read_bytes()
-    text = model_card(trained.spec, arm, trained.state, known, fmt, out, measured, path)
+    text = model_card(trained.spec, arm, trained.state, known, fmt, out, measured, path, quality)
     write_together({out: exported, card: text})
     return difference
 
@@ -587,8 +715,11 @@ def export_fused(
     checkpoint_path: Path | None = None,
     blend_path: Path | None = None,
     layout: Layout | None = None,
+    quality: QualityPolicy | None = None,
 ) -> float:
     """Write the both-eyes grader to ``out`` and its card ``out.md``; returns the largest difference.
+
+    ``quality``: the thresholds and policy the card states (None: :func:`quality_policy` of ./params.yaml).
 
     Raises:
         RetinopathyError: a missing checkpoint or blend, a blend of another checkpoint, a missing
@@ -602,6 +733,7 @@ def export_fused(
     from retinopathy.fusion.graph import BothEyes
 
     layout = layout or Layout()
+    quality = quality or quality_policy(None)
     blend_path = blend_path or layout.blend(arm)
     path = checkpoint_path or layout.arm(arm).best
     card = _check_outputs(out, [path, blend_path])
@@ -652,6 +784,7 @@ def export_fused(
                     f"- output `scores`: this eye's {output}",
                     f"- test metrics: `{layout.fused_metrics(arm)}` of the run that wrote the blend",
                     "",
+                    *quality_section(quality),
                 ]
             ),
         }
@@ -688,6 +821,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--blend", type=Path, metavar="FILE", help="With --fused: this blend (default: models/<arm>.fuse.pt)."
     )
+    parser.add_argument(
+        "--params",
+        metavar="FILE",
+        help="The quality thresholds and ungradable policy the card states (default: params.yaml when "
+        "the current folder has one, else the assessor's defaults and flag, as predict uses them).",
+    )
     return parser
 
 
@@ -697,9 +836,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.blend and not args.fused:
         parser.error("--blend belongs to --fused")
+    quality = quality_policy(args.params)
     if args.fused:
-        difference = export_fused(args.arm, args.format, args.out, args.checkpoint, args.blend)
+        difference = export_fused(
+            args.arm, args.format, args.out, args.checkpoint, args.blend, quality=quality
+        )
     else:
-        difference = export(args.arm, args.format, args.out, args.checkpoint)
+        difference = export(args.arm, args.format, args.out, args.checkpoint, quality=quality)
     print(f"wrote {args.out} ({args.format}; scores within {difference:.1g} of PyTorch's) and {args.out}.md")
     return 0

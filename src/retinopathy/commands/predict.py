@@ -1,7 +1,7 @@
 """`retinopathy predict`: grade new photographs with a trained arm, and show where it looked.
 
 ``retinopathy predict PATH... [--arm scratch|pretrained | --checkpoint FILE]
-[--out predictions.csv] [--tta flips] [--explain DIR]``
+[--out predictions.csv] [--tta flips] [--explain DIR] [--ungradable flag|withhold]``
 
 PATH is an image, a folder (every JPEG/PNG in it, sorted; an entry named like
 one that is no regular file, such as a named pipe or a folder, is a row with its
@@ -26,7 +26,7 @@ with ``--checkpoint``), each eye is graded by the blend over both eyes' features
 as `fuse` grades the test split (without ``--tta``); ``--single`` grades every
 photograph alone. The last column, ``source``, says which grade each row got:
 ``fused``, ``single-no-partner`` (a blend, but the other eye is not among the
-inputs) or ``single`` (no blend).
+inputs, unreadable or withheld), ``single`` (no blend) or ``withheld`` (no grade).
 
 The CSV has one row per input, in input order: ``image``, ``grade``,
 ``probability_0``..``probability_4`` (or ``value`` for the regression head),
@@ -35,18 +35,30 @@ the regression value: the score the screening figures rank by), ``patient``
 (``<folder>/<id>`` for an EyePACS name ``<id>_left``/``<id>_right``, else the
 image's own name in its folder; ``+`` joins the two of a ``--pair`` from two
 folders), ``patient_referable`` (when both eyes of the patient were given and
-graded: 1 if either eye's grade is >= 2, else 0; empty otherwise), ``error`` and
+graded: 1 if either eye's grade is >= 2, else 0; empty otherwise), ``gradable``
+(``true``/``false``) and ``quality`` (why not: the reasons of
+:data:`retinopathy.quality.verdict.REASONS`, ``"; "`` between them), ``error`` and
 ``warning`` (an input that is clearly not a colour fundus photograph: greyscale,
-or no fundus). An image that cannot be graded gets
+or one flat colour). An image that cannot be read gets
 its reason in ``error`` and does not stop the others; the command then exits
 with status 1 and says how many failed.
 
+Quality: every photograph that can be read is judged by the transparent assessor
+(:func:`retinopathy.quality.verdict.assess`), decoded at its own size, with
+params.yaml's ``quality.thresholds``. An ungradable one is graded and marked
+(``quality.ungradable: flag``), or gets no grade, no scores and no patient call
+(``withhold``, ``source`` ``withheld``; its other eye is then graded alone);
+``--ungradable`` overrides the param. One line per ungradable photograph names
+its reasons, each with its measure and threshold, and a count follows; an
+ungradable photograph is no error (the exit status stays 0).
+
 params.yaml (``--params``) gives only the device, its speed switches, the
-batch size and ``data.max_pixels``. Without it (a shipped checkpoint graded
-outside the project: no ``--params`` and no params.yaml in the current
-folder) :data:`STANDALONE` holds them: the device picked automatically (CUDA
-when there is one), its switches automatic, a batch of 32, and the
-``data.max_pixels`` of the project's params.yaml.
+batch size, ``data.max_pixels`` and the ``quality`` thresholds and policy. Without it
+(a shipped checkpoint graded outside the project: no ``--params`` and no params.yaml
+in the current folder) :data:`STANDALONE` holds them: the device picked automatically
+(CUDA when there is one), its switches automatic, a batch of 32, the
+``data.max_pixels`` of the project's params.yaml, the assessor's default thresholds
+and ``flag``.
 
 Only ``argparse`` and the light contract module are imported at the top, so
 ``retinopathy predict --help`` does not wait for torch.
@@ -60,8 +72,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retinopathy.core.config import cli_positive_int
-from retinopathy.core.contract import ARMS, COURSE_IMAGE_SIZE, GRADES, REFERABLE_GRADE, Layout, grade_label
+from retinopathy.core.config import QualityThresholds, cli_positive_int
+from retinopathy.core.contract import (
+    ARMS,
+    COURSE_IMAGE_SIZE,
+    GRADES,
+    QUALITY_COLUMNS,
+    REFERABLE_GRADE,
+    UNGRADABLE_POLICIES,
+    Layout,
+    grade_label,
+)
 from retinopathy.core.errors import RetinopathyError, note, warn
 from retinopathy.core.files import (
     atomic_file,
@@ -84,8 +105,11 @@ if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help
     from retinopathy.fusion.blend import BlendRecord
     from retinopathy.models.grader import Grader
     from retinopathy.models.head import Head
+    from retinopathy.quality.verdict import Verdict
 
 PARAMS_FILE = "params.yaml"
+# The `source` of a row whose grade was withheld (--ungradable withhold): no grade, see `quality`.
+WITHHELD = "withheld"
 # The one rule of who is whom, as `predict --help` states it (fusion.pairs.photo_patients applies it).
 PATIENTS = (
     "Patients: two photographs are one patient's only when they are in the same folder and named "
@@ -97,7 +121,8 @@ PATIENTS = (
 
 @dataclass(frozen=True)
 class Settings:
-    """What predict takes from params.yaml: the device, its switches, the batch and the pixel limit."""
+    """What predict takes from params.yaml: the device, its switches, the batch, the pixel limit,
+    the quality thresholds and what to do with an ungradable photograph."""
 
     device: str
     precision: str
@@ -105,11 +130,14 @@ class Settings:
     num_workers: int | str
     batch_size: int
     max_pixels: int
+    thresholds: QualityThresholds
+    ungradable: str  # contract.UNGRADABLE_POLICIES
     source: str  # where they came from, for the message
 
 
 # Without a params file: the device (and its switches) chosen automatically, as
-# params.yaml's `auto` does, and params.yaml's own data.max_pixels.
+# params.yaml's `auto` does, params.yaml's own data.max_pixels, the assessor's default
+# thresholds (params.yaml repeats them) and params.yaml's `flag`: grade every photograph.
 STANDALONE = Settings(
     device="auto",
     precision="auto",
@@ -117,6 +145,8 @@ STANDALONE = Settings(
     num_workers="auto",
     batch_size=32,
     max_pixels=40_000_000,
+    thresholds=QualityThresholds(),
+    ungradable="flag",
     source="built-in defaults (no params.yaml)",
 )
 
@@ -141,6 +171,8 @@ def settings(params_path: str | None) -> Settings:
         num_workers=params.data.num_workers,
         batch_size=2 * train.batch_size,
         max_pixels=params.data.max_pixels,
+        thresholds=params.quality.thresholds,
+        ungradable=params.quality.ungradable,
         source=str(path),
     )
 
@@ -156,11 +188,12 @@ def columns(head: Head) -> list[str]:
         "referable_score",
         "patient",
         "patient_referable",
+        *QUALITY_COLUMNS,
         "error",
     ]
 
 
-def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
+def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head, quality: tuple[str, str]) -> list:
     values = [f"{float(scores):.6f}"] if head.regression else [f"{p:.6f}" for p in scores.tolist()]
     referable = float(scores) if head.regression else float(scores[REFERABLE_GRADE:].sum())
     return [
@@ -171,8 +204,20 @@ def _row(photo: Path, grade: int, scores: torch.Tensor, head: Head) -> list:
         f"{referable:.6f}",
         patient_of(photo.stem),
         "",
+        *quality,
         "",
     ]
+
+
+def _blank_grade(head: Head) -> list[str]:
+    """The grade, the scores, ``referable`` and ``referable_score`` of a row that has none."""
+    # Every column but the image, patient, patient_referable, the two quality cells and error.
+    return [""] * (len(columns(head)) - 6)
+
+
+def _withheld_row(photo: Path, head: Head, quality: tuple[str, str]) -> list:
+    """An ungradable photograph's row under ``withhold``: no grade, no scores, its reasons."""
+    return [str(photo), *_blank_grade(head), patient_of(photo.stem), "", *quality, ""]
 
 
 def patient_calls(groups: list[int], eyes: list[str | None], grades: list[int | None]) -> list[str]:
@@ -259,8 +304,9 @@ def _failed_row(photo: Path, size: int, max_pixels: int, head: Head) -> list:
 
     # The dataset's worker saw the error; here it is raised again to be told.
     reason = photo_error(photo, size, max_pixels) or "could not be read"
-    # Blank grade, scores, referable and referable score; the patient; a blank call; the reason.
-    return [str(photo), "", *[""] * (len(columns(head)) - 7), "", "", patient_of(photo.stem), "", reason]
+    # Blank grade, scores, referable and referable score; the patient; a blank call; no verdict
+    # (the photograph could not be read); the reason.
+    return [str(photo), *_blank_grade(head), patient_of(photo.stem), "", "", "", reason]
 
 
 def heat_map_names(photos: list[Path]) -> list[str]:
@@ -393,10 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
         f"{STANDALONE.batch_size} without params.yaml).",
     )
     parser.add_argument(
+        "--ungradable",
+        choices=UNGRADABLE_POLICIES,
+        help="What to do with a photograph the quality assessor finds ungradable: flag (grade it, "
+        "gradable false) or withhold (no grade, no scores, no patient call) (default: "
+        "params.yaml's quality.ungradable; flag without params.yaml).",
+    )
+    parser.add_argument(
         "--params",
         metavar="FILE",
-        help="The device, its switches, the batch size and data.max_pixels (default: "
-        "params.yaml when the current folder has one, else built-in defaults).",
+        help="The device, its switches, the batch size, data.max_pixels, quality.thresholds and "
+        "quality.ungradable (default: params.yaml when the current folder has one, else built-in "
+        "defaults).",
     )
     return parser
 
@@ -468,6 +522,50 @@ def fuse_pairs(
     return {index: (int(grades[row]), scores[row]) for row, index in enumerate(rows)}
 
 
+def report_ungradable(
+    photos: list[Path], verdicts: dict[int, Verdict | None], policy: str, source: str, out: Path
+) -> None:
+    """Print one line per ungradable photograph (each reason: its measure and threshold), then how many.
+
+    Args:
+        photos: The inputs, by index.
+        verdicts: The verdict on each photograph that could be read, by input index (None: not judged).
+        policy: ``flag`` or ``withhold`` (:data:`~retinopathy.core.contract.UNGRADABLE_POLICIES`).
+        source: Where the policy came from, for the message.
+        out: The CSV written.
+    """
+    from retinopathy.quality.photos import explain_verdict
+
+    ungradable = [(index, v) for index, v in sorted(verdicts.items()) if v is not None and not v.gradable]
+    for index, verdict in ungradable:
+        note(f"ungradable: {photos[index]}: {explain_verdict(verdict)}")
+    if not ungradable:
+        return
+    done = (
+        "their grades, scores and patient calls are left empty"
+        if policy == "withhold"
+        else "they were graded anyway, so their grades mean little"
+    )
+    warn(
+        f"{len(ungradable)} of {len(verdicts)} photographs are ungradable: {done} ({source}: {policy}); "
+        f"re-image them - `gradable` and `quality` in {out} say why"
+    )
+
+
+def report_withheld_patients(patients: Patients, withheld: set[int], read: set[int]) -> None:
+    """Say how many patients whose two eyes were given get no call, because an eye's grade was withheld."""
+    eyes: dict[int, set[str]] = {}
+    for index in read:
+        if (eye := patients.eye[index]) is not None:
+            eyes.setdefault(patients.group[index], set()).add(eye)
+    missed = {patients.group[i] for i in withheld if eyes.get(patients.group[i], set()) == {"left", "right"}}
+    if missed:
+        note(
+            f"{len(missed)} patient(s) with both eyes given get no patient_referable: an eye is "
+            "ungradable and its grade withheld (a screening programme refers or re-images them)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: see the module's docstring. Returns 1 if any image could not be graded."""
     args = build_parser().parse_args(argv)
@@ -480,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.engine.batches import loader
     from retinopathy.engine.runtime import make_runtime, resolve_device
     from retinopathy.models.head import require_finite
+    from retinopathy.quality.photos import assess_photo, quality_cells
     from retinopathy.reporting.results import missing_checkpoint_fix
 
     path = args.checkpoint or Layout().arm(args.arm).best
@@ -509,6 +608,15 @@ def main(argv: list[str] | None = None) -> int:
     batches = loader(dataset, args.batch_size or chosen.batch_size, list(range(len(dataset))), runtime)
     tta = args.tta == "flips"
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
+    # Only the photographs the grader could read: an unreadable one is no photograph to judge,
+    # and an entry that is no regular file (a named pipe) is never opened.
+    verdicts = {
+        index: assess_photo(photos[index], chosen.thresholds, max_pixels)
+        for index in indices.tolist()
+        if index >= 0
+    }
+    policy = args.ungradable or chosen.ungradable
+    withheld = {i for i, v in verdicts.items() if policy == "withhold" and v is not None and not v.gradable}
     read = indices >= 0  # the others could not be read: their rows are blank, whatever the network said
     again = (
         "pass another --checkpoint"
@@ -530,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             blend,
             grader,
             dataset,
-            [i for i in indices.tolist() if i >= 0],
+            # A withheld eye has no grade: its partner is graded alone, and the patient gets no call.
+            [i for i in indices.tolist() if i >= 0 and i not in withheld],
             patients,
             args.batch_size or chosen.batch_size,
             runtime,
@@ -543,19 +652,36 @@ def main(argv: list[str] | None = None) -> int:
     for row_scores, grade, index in zip(scores, grades.tolist(), indices.tolist(), strict=True):
         if index < 0:
             rows.append([*_failed_row(photos[-1 - index], size, max_pixels, head), "", ""])
-        else:
-            warning = photo_warning(photos[index], max_pixels)
-            source = "fused" if index in fused else "single" if blend is None else "single-no-partner"
-            shown_grade, shown_scores = fused.get(index, (grade, row_scores))
-            rows.append([*_row(photos[index], shown_grade, shown_scores, head), warning, source])
-            graded.append((index, grade, row_scores))
+            continue
+        warning = photo_warning(photos[index], max_pixels)
+        cells = quality_cells(verdicts[index])
+        if index in withheld:
+            rows.append([*_withheld_row(photos[index], head, cells), warning, WITHHELD])
+            continue
+        source = "fused" if index in fused else "single" if blend is None else "single-no-partner"
+        shown_grade, shown_scores = fused.get(index, (grade, row_scores))
+        rows.append([*_row(photos[index], shown_grade, shown_scores, head, cells), warning, source])
+        graded.append((index, grade, row_scores))
     label_patients(rows, head, patients, [-1 - index if index < 0 else index for index in indices.tolist()])
     header = [*columns(head), "warning", "source"]
     try:
         write_csv_atomic(args.out, header, rows)
     except RetinopathyError as error:  # a full disk: the grades are kept elsewhere, not lost
         raise rescue_text(args.out, csv_text(header, rows), "grades", error) from None
-    print(f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}")
+    print(
+        f"wrote {args.out}: {len(graded)} of {len(rows)} images graded with {path}"
+        + (f" ({len(withheld)} ungradable, withheld)" if withheld else "")
+    )
+    policy_source = (
+        "--ungradable"
+        if args.ungradable
+        else "the default without params.yaml"
+        if chosen is STANDALONE
+        else f"quality.ungradable of {chosen.source}"
+    )
+    report_ungradable(photos, verdicts, policy, policy_source, args.out)
+    if withheld:
+        report_withheld_patients(patients, withheld, set(verdicts))
     if fused:
         print(
             f"{len(fused)} images graded with both eyes by {blend_path}"
@@ -563,8 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if flagged := sum(bool(row[-2]) for row in rows):
         warn(
-            f"{flagged} of {len(graded)} graded images do not look like colour fundus photographs "
-            f"(greyscale, or no fundus); their grades mean little - see the `warning` column of {args.out}"
+            f"{flagged} of {len(verdicts)} images do not look like colour fundus photographs "
+            "(greyscale, or one flat colour); their grades mean little - see the `warning` column of "
+            f"{args.out}"
         )
     if args.explain and graded:
         try:
@@ -572,10 +699,10 @@ def main(argv: list[str] | None = None) -> int:
         except RetinopathyError as error:
             raise RetinopathyError(f"{error}. The grades are in {args.out}") from None
         print(f"wrote {len(graded)} heat maps to {args.explain}/")
-    if len(graded) < len(rows):
+    # A withheld photograph was read and judged: only those that could not be read are failures.
+    if failed := len(rows) - len(verdicts):
         note(
-            f"error: {len(rows) - len(graded)} of {len(rows)} images could not be graded; "
-            f"see the `error` column of {args.out}"
+            f"error: {failed} of {len(rows)} images could not be graded; see the `error` column of {args.out}"
         )
         return 1
     return 0

@@ -206,7 +206,7 @@ class PhotoDataset(Dataset):
 # Thresholds of :func:`photo_warning`, on a copy about 64 px a side (0-255 levels).
 _CHECK_SIDE = 64
 _COLOUR_SPREAD = 12  # a pixel whose channels differ by more than this is coloured
-_COLOUR_SHARE = 0.01  # a colour photograph has more than 1% of such pixels
+_COLOUR_SHARE = 0.01  # in a colour photograph more than 1% of the fundus's pixels are
 _BRIGHT = 10  # the fundus threshold of fundus.crop_to_fundus
 _BRIGHT_SHARE = 0.01  # a fundus covers far more than 1% of the photograph
 _FLAT_STD = 2.0  # one flat colour: the grey levels vary less than this
@@ -217,24 +217,25 @@ def photo_warning(path: Path, max_pixels: int) -> str:
 
     The grader only ever saw colour fundus photographs, and it still answers
     confidently on anything else (a greyscale copy of a grade-0 photo was graded 3
-    at p=0.99). Flagged: greyscale images (the channels agree almost everywhere),
-    and images with no fundus (almost all black, or one flat colour). Cheap: the
-    image is decoded at about 64 px a side. An image that cannot be decoded gives
-    "" here; grading it reports the error.
+    at p=0.99). Flagged: one flat colour, and greyscale (the channels agree almost
+    everywhere in the fundus: its pixels brighter than the border, so a sliver of an
+    eye at the frame's edge is not "greyscale" for the black around it). What the
+    quality assessor names (:mod:`retinopathy.quality`: a black frame is "no fundus",
+    an eye mostly out of the frame "off-field") is left to it. Cheap: the image is
+    decoded at about 64 px a side. An image that cannot be decoded gives "" here;
+    grading it reports the error.
     """
     try:
         pixels = decode_image(path, _CHECK_SIDE, max_pixels=max_pixels).astype(np.int16)
     except RetinopathyError:
         return ""
-    spread = pixels.max(axis=2) - pixels.min(axis=2)
-    brightest = pixels.max(axis=2)
-    if (brightest > _BRIGHT).mean() < _BRIGHT_SHARE:
-        return "no fundus found: the image is black; not a fundus photograph, the grade means nothing"
+    fundus = pixels.max(axis=2) > _BRIGHT
+    if fundus.mean() < _BRIGHT_SHARE:
+        return ""  # black: the assessor says "no fundus"
     if pixels.mean(axis=2).std() < _FLAT_STD:
-        return (
-            "no fundus found: the image is one flat colour; not a fundus photograph, the grade means nothing"
-        )
-    if (spread > _COLOUR_SPREAD).mean() < _COLOUR_SHARE:
+        return "one flat colour: not a fundus photograph, the grade means nothing"
+    spread = pixels.max(axis=2) - pixels.min(axis=2)
+    if (spread[fundus] > _COLOUR_SPREAD).mean() < _COLOUR_SHARE:
         return (
             "greyscale: the grader was trained on colour fundus photographs only, so its grade of a "
             "greyscale image means little"

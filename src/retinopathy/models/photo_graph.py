@@ -19,6 +19,10 @@ JPEGs it lets libjpeg-turbo decode at a reduced DCT scale (the smallest n/8
 of the stored size that is still at least the network's size), then Pillow's
 bilinear filter makes the size exact. The `export` command measures what
 that difference does to the scores and writes it into the model card.
+
+The graph does not judge whether a photograph can be graded: the quality verdict
+(:func:`retinopathy.quality.verdict.assess`) is NumPy/SciPy code on the photograph
+at its own size, outside the graph, and the model card says how to compute it.
 """
 
 from __future__ import annotations
