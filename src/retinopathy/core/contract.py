@@ -169,6 +169,12 @@ UNGRADABLE_POLICIES = ("flag", "withhold")
 # Beside the grade, every predictions CSV (evaluate's, external's, predict's) says whether the photograph
 # could be graded: gradable true/false; quality, the reasons (quality.verdict.REASONS) joined by "; "
 QUALITY_COLUMNS = ("gradable", "quality")
+QUALITY_REASON_SEPARATOR = "; "  # between the reasons of a `quality` cell
+# metrics/quality/photos.csv (the `quality` stage): one row per photograph of the prepared index, these
+# columns first, then each measure of quality.measures.Measures by its name, then QUALITY_LABEL_COLUMN (the
+# EyeQ level's name of quality.labels, empty without one), then any other assessor's columns.
+QUALITY_PHOTO_COLUMNS = ("image", "split", "patient", *QUALITY_COLUMNS)
+QUALITY_LABEL_COLUMN = "label"
 # One row per photograph the set lists or holds: written (status "test" or "ungradable") or left out.
 SOURCE_COLUMNS = ("image", "status", "source", "split", "patient", "eye", "grade", "dme", "sha256")
 
@@ -376,6 +382,21 @@ class Layout:
     def summary(self) -> Path:
         """Counts per grade and split, the majority baseline, notes on the input."""
         return self.prepared / "summary.json"
+
+    @property
+    def quality_photos(self) -> Path:
+        """The `quality` stage's verdict on every photograph of the index (:data:`QUALITY_PHOTO_COLUMNS`)."""
+        return self.metrics / "quality" / "photos.csv"
+
+    @property
+    def quality_metrics(self) -> Path:
+        """The `quality` stage's numbers: imageability, the reasons' shares, the agreement with labels."""
+        return self.metrics / "quality.json"
+
+    @property
+    def quality_info(self) -> Path:
+        """The `quality` stage's words (``core.records.QualitySurvey``): thresholds, labels, confusion."""
+        return self.metrics / "quality.info.json"
 
     @property
     def report(self) -> Path:
