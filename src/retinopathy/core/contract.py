@@ -68,8 +68,9 @@ PROBABILITY_COLUMNS = tuple(f"p{grade}" for grade in GRADES)  # the classifier's
 
 
 # metrics/predictions/<arm>.csv in full: the image, its patient, the grades, the head's scores
-# (PROBABILITY_COLUMNS, or "value" for the regression head) and the referable score
-# (P(grade >= 2) = p2 + p3 + p4, or the value), from which every screening figure is recomputed.
+# (PROBABILITY_COLUMNS, or "value" for the regression head), the referable score
+# (P(grade >= 2) = p2 + p3 + p4, or the value) and the quality verdict (QUALITY_COLUMNS, below:
+# empty where the photograph was not judged), from which every screening figure is recomputed.
 def prediction_header(regression: bool) -> tuple[str, ...]:
     """The predictions CSV's columns for a classifier or (``regression``) a regression head."""
     return (
@@ -78,6 +79,7 @@ def prediction_header(regression: bool) -> tuple[str, ...]:
         *PREDICTION_COLUMNS,
         *(("value",) if regression else PROBABILITY_COLUMNS),
         "referable_score",
+        *QUALITY_COLUMNS,
     )
 
 
@@ -98,7 +100,8 @@ def fused_prediction_columns(regression: bool) -> tuple[str, ...]:
     ``p0``..``p4`` are the grade probabilities (``value`` for the regression head);
     ``referable_score`` is P(grade >= 2), the sum of p2..p4 (regression: the value itself,
     a score, not a probability); ``patient`` is the EyePACS patient (data.labels.patient_of);
-    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns, then ``source``.
+    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns less the quality
+    verdict (:data:`QUALITY_COLUMNS`), then ``source``.
     """
     scores = ("value",) if regression else tuple(f"p{grade}" for grade in GRADES)
     return ("image", "patient", "actual", "predicted", *scores, "referable_score", "source")
