@@ -21,6 +21,11 @@ from retinopathy.evaluation.screening import (
     record,
     record_at,
 )
+from retinopathy.evaluation.screening_files import Screening
+from retinopathy.quality.survey import summarise
+from retinopathy.quality.verdict import Thresholds
+from retinopathy.reporting.gradability import gradability_section
+from test_quality_stage import LABELS, PHOTOS
 
 # Patients a (both eyes gradable, one referable and referred), b (the referred eye ungradable, not
 # referable), c (one eye, referable but graded 0, ungradable), d (one eye, healthy, gradable).
@@ -171,3 +176,47 @@ def test_every_gradability_figure_is_recomputed_from_the_predictions_csv(tmp_pat
         )
     reasons = part["reasons"]
     assert sum(reasons.values()) >= (~ok).sum() > 0
+
+
+def _screening(made) -> Screening:
+    return Screening(json.loads(json.dumps(screening_data(made))), {}, None)
+
+
+def test_the_report_section_shows_each_arm_and_the_quality_confusion_matrix():
+
+    _, survey = summarise(PHOTOS, Thresholds(), LABELS, "data/demo/quality.csv", resamples=0, seed=0)
+    judged = record(IMAGES, None, {}, resamples=40, seed=0, probabilities=True, reasons=survey.reasons)
+    plain = Scored(IMAGES.patients, IMAGES.actual, IMAGES.predicted, IMAGES.referable, IMAGES.threatening)
+    old = record_at(
+        plain, {}, resamples=0, seed=0, probabilities=True
+    )  # a file from before the quality stage
+    lines = gradability_section(
+        ["scratch", "pretrained", "third"],
+        {"scratch": _screening(judged), "pretrained": _screening(old)},
+        survey,
+    )
+    text = "\n".join(lines)
+    assert lines[0] == "## Gradability" and "counts an ungradable photograph as referred" in text
+    assert "IDx-DR's imageability 96.1%" in text
+    row = next(line for line in lines if line.startswith("| imageability |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    image = judged.gradability.image.imageability
+    assert cells[0] == f"{image.value:.3f} [{image.low:.3f}-{image.high:.3f}]"
+    assert cells[1].startswith("0.500 [") and cells[2:] == ["not judged"] * 2 + ["skipped"] * 2
+    assert "| test cases (gradable) | 6 (4) | 4 (2) |" in text
+    its = next(line for line in lines if line.startswith("| specificity at its grade, intention to screen |"))
+    assert "| 0.750 [" in its and "| 0.500 [" in its
+    assert not any("point" in line for line in lines if line.startswith("| ")), "no arm has operating points"
+    assert "Ungradable test photographs: 2 of 7; by reason (one may have several):" in text
+    assert "blur 2" in text and "dark 1" in text
+    assert "| Reject | 1 | 2 |" in text and "| Good | 3 | 0 |" in text
+    assert "1 label rows name no photograph of the index (e.g. zz_left.jpeg)" in text
+
+
+def test_the_report_section_says_what_to_run_without_verdicts_or_labels():
+
+    lines = gradability_section(["scratch"], {}, None)
+    assert "run `dvc repro quality`" in "\n".join(lines)
+    _, survey = summarise(PHOTOS, Thresholds(), None, None, resamples=0, seed=0)
+    text = "\n".join(gradability_section(["scratch"], {}, survey))
+    assert "run `dvc repro evaluate`" in text and "(`quality.labels` is null): no confusion matrix" in text
