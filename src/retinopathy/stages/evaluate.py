@@ -143,4 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "
             f"see {Layout().arm(args.init).screening_files.screening}"
         )
+        part = evaluation.screening.gradability if evaluation.screening else None
+        if part is not None:
+            image, patient = part.image.imageability.value, part.patient.imageability.value
+            its = part.patient.sensitivity.value
+            print(
+                f"{args.init}: imageability {image or 0:.1%} per image, {patient or 0:.1%} per patient; "
+                "referable DR sensitivity per patient by intention to screen (ungradable = referred) "
+                f"{'undefined' if its is None else f'{its:.3f}'}"
+            )
     return 0
