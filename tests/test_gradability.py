@@ -220,3 +220,20 @@ def test_the_report_section_says_what_to_run_without_verdicts_or_labels():
     _, survey = summarise(PHOTOS, Thresholds(), None, None, resamples=0, seed=0)
     text = "\n".join(gradability_section(["scratch"], {}, survey))
     assert "run `dvc repro evaluate`" in text and "(`quality.labels` is null): no confusion matrix" in text
+
+
+def test_compare_shows_imageability_and_intention_to_screen_per_experiment():
+    from retinopathy.reporting.comparison import results_table
+    from test_seeds import experiment
+
+    runs = [experiment("a", 0, 0.8), experiment("b", 1, 0.8)]
+    made = record(IMAGES, None, {}, resamples=0, seed=0, probabilities=True)
+    runs[0].arms["scratch"].gradability = made.gradability  # b: results from before the quality stage
+    lines = results_table(runs)
+    assert "| imageable patients | sensitivity, intention to screen |" in lines[0]
+    assert "| 50.0% | 100.0% |" in next(
+        line for line in lines if line.startswith("| a | ResNet18 | scratch |")
+    )
+    assert "| n/a | n/a |" in next(line for line in lines if line.startswith("| b | ResNet18 | scratch |"))
+    pretrained = next(line for line in lines if line.startswith("| a | ResNet18 | pretrained |"))
+    assert pretrained.count("skipped") == 11
