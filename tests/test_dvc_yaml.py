@@ -189,7 +189,7 @@ def test_library_code_takes_values_not_the_params_file() -> None:
 @pytest.mark.slow
 def test_each_stage_runs_on_the_params_it_declares(tiny_project) -> None:
     # Each DVC stage's main, as `dvc repro` runs it (conftest's fixture ran prepare and weights the same way).
-    from retinopathy.stages import demo_data, evaluate, explain, prepare, train
+    from retinopathy.stages import demo_data, evaluate, explain, prepare, quality, train
 
     shutil.copy(tiny_project / "params.yaml", tiny_project / "one-epoch.yaml")
     text = (tiny_project / "one-epoch.yaml").read_text().replace("epochs: 2", "epochs: 1")
@@ -197,6 +197,7 @@ def test_each_stage_runs_on_the_params_it_declares(tiny_project) -> None:
     one = ["--params", "one-epoch.yaml"]
     assert demo_data.main(["--out", "demo-again", *one]) == 0
     assert prepare.main(["--out", "prepared-again", *one]) == 0
+    assert quality.main(one) == 0
     for stage in (train, evaluate, explain):
         assert stage.main(["--init", "scratch", *one]) == 0
 
@@ -260,6 +261,9 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("demo-data") == {str(layout.demo), str(layout.demo_shifted)}
     assert _outs("prepare") == {str(layout.prepared)}
     assert _outs("weights") == {str(layout.manifests)}
+    assert _outs("quality") == {
+        str(p) for p in (layout.quality_photos, layout.quality_metrics, layout.quality_info)
+    }
     assert _outs("train") == {str(p) for a in arms for p in (a.model_dir, a.history)}
     assert _outs("evaluate") == {
         str(p)

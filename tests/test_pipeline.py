@@ -71,6 +71,7 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert {
         "demo-data",
         "prepare",
+        "quality",
         "weights",
         "train@scratch",
         "train@pretrained",
@@ -90,6 +91,9 @@ def test_dvc_pipeline_end_to_end(project, tmp_path):
     assert json.loads((project / "metrics/pretrained.json").read_text()) == {}  # a row of dashes
     report = (project / "plots/report.md").read_text()
     assert "skipped" in report and md_prose(skipped["fix"]) in report  # its `$TORCH_HOME` escaped: no math
+    assert "## Gradability" in report and "| imageability |" in report
+    gradability = json.loads((project / "metrics/scratch.screening.json").read_text())["gradability"]
+    assert gradability["image"]["n"] == 12 and 0 <= gradability["image"]["imageability"]["value"] <= 1
     commit(project, "offline run")
 
     # 2. Nothing changed: only the always-changed weights stage runs. A temporary left by a

@@ -14,7 +14,7 @@ import torch
 
 from conftest import write_params
 from retinopathy.core.config import AugmentParams, load_params
-from retinopathy.core.contract import Layout
+from retinopathy.core.contract import QUALITY_COLUMNS, Layout
 from retinopathy.core.records import EvaluationInfo, OperatingPoints, TrainingStatus
 from retinopathy.engine import checkpoint, loops, recipe
 from retinopathy.engine.augment import Augment, affine, colour
@@ -312,7 +312,15 @@ def test_the_fields_recipe_trains_selects_by_kappa_and_evaluates(tiny_project):
     assert set(evaluation.metrics) >= {"acc", "kappa", "val"}
     with open(tiny_project / "metrics/predictions/scratch.csv") as stream:  # the regression head's value
         rows = list(csv.DictReader(stream))
-    assert list(rows[0]) == ["image", "patient", "actual", "predicted", "value", "referable_score"]
+    assert list(rows[0]) == [
+        "image",
+        "patient",
+        "actual",
+        "predicted",
+        "value",
+        "referable_score",
+        *QUALITY_COLUMNS,
+    ]
     assert all(row["value"] == row["referable_score"] for row in rows)
     assert evaluation.screening.calibration.ece is None  # no probability to calibrate
     held_out = sum(line.startswith("val,") for line in Layout().index.read_text().splitlines())

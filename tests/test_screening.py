@@ -16,6 +16,7 @@ from sklearn.metrics import (
 
 from conftest import write_params
 from retinopathy.core.config import load_params
+from retinopathy.core.contract import QUALITY_COLUMNS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import screening_data
 from retinopathy.data.labels import patient_of
@@ -279,6 +280,7 @@ def test_every_screening_figure_is_recomputed_from_the_predictions_csv(tmp_path,
         "p3",
         "p4",
         "referable_score",
+        *QUALITY_COLUMNS,
     ]
     assert len(test) == 30 and len(val) > 0 and record["bootstrap"]["resamples"] == 30
     assert test["referable_score"].to_numpy() == pytest.approx(test[["p2", "p3", "p4"]].sum(axis=1), abs=2e-6)

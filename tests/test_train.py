@@ -17,6 +17,7 @@ import torchvision.models as tvm
 
 from conftest import run_arm, subprocess_env, write_params
 from retinopathy.core.config import load_params
+from retinopathy.core.contract import QUALITY_COLUMNS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import INFO_VERSION, SUMMARY_VERSION, EvaluationInfo, Skipped, TrainingStatus
 from retinopathy.engine import checkpoint, loops
@@ -71,6 +72,7 @@ def test_trains_evaluates_and_writes_every_output(tiny_project):
         "p3",
         "p4",
         "referable_score",
+        *QUALITY_COLUMNS,  # empty: the quality stage has not run in this project
     ]
     correct = sum(row["actual"] == row["predicted"] for row in predictions)
     assert round(correct / 12, 3) == metrics["acc"]

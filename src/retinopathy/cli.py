@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write a public DR set (APTOS, Messidor-2, IDRiD, DDR, ...) as a test set",
     ),
     "prepare": (_STAGES + "prepare", "check the raw data and write the index and summary"),
+    "quality": (_STAGES + "quality", "judge whether each photograph can be graded, and why not"),
     "weights": (_STAGES + "weights", "resolve the initial weights of each arm and write manifests"),
     "train": (_STAGES + "train", "train one arm (scratch or pretrained), resuming from its checkpoint"),
     "evaluate": (_STAGES + "evaluate", "evaluate the best checkpoint of one arm on the test split"),

@@ -68,8 +68,9 @@ PROBABILITY_COLUMNS = tuple(f"p{grade}" for grade in GRADES)  # the classifier's
 
 
 # metrics/predictions/<arm>.csv in full: the image, its patient, the grades, the head's scores
-# (PROBABILITY_COLUMNS, or "value" for the regression head) and the referable score
-# (P(grade >= 2) = p2 + p3 + p4, or the value), from which every screening figure is recomputed.
+# (PROBABILITY_COLUMNS, or "value" for the regression head), the referable score
+# (P(grade >= 2) = p2 + p3 + p4, or the value) and the quality verdict (QUALITY_COLUMNS, below:
+# empty where the photograph was not judged), from which every screening figure is recomputed.
 def prediction_header(regression: bool) -> tuple[str, ...]:
     """The predictions CSV's columns for a classifier or (``regression``) a regression head."""
     return (
@@ -78,6 +79,7 @@ def prediction_header(regression: bool) -> tuple[str, ...]:
         *PREDICTION_COLUMNS,
         *(("value",) if regression else PROBABILITY_COLUMNS),
         "referable_score",
+        *QUALITY_COLUMNS,
     )
 
 
@@ -98,7 +100,8 @@ def fused_prediction_columns(regression: bool) -> tuple[str, ...]:
     ``p0``..``p4`` are the grade probabilities (``value`` for the regression head);
     ``referable_score`` is P(grade >= 2), the sum of p2..p4 (regression: the value itself,
     a score, not a probability); ``patient`` is the EyePACS patient (data.labels.patient_of);
-    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns, then ``source``.
+    ``source`` is one of :data:`FUSION_SOURCES`. Evaluate's predictions' columns less the quality
+    verdict (:data:`QUALITY_COLUMNS`), then ``source``.
     """
     scores = ("value",) if regression else tuple(f"p{grade}" for grade in GRADES)
     return ("image", "patient", "actual", "predicted", *scores, "referable_score", "source")
@@ -169,6 +172,12 @@ UNGRADABLE_POLICIES = ("flag", "withhold")
 # Beside the grade, every predictions CSV (evaluate's, external's, predict's) says whether the photograph
 # could be graded: gradable true/false; quality, the reasons (quality.verdict.REASONS) joined by "; "
 QUALITY_COLUMNS = ("gradable", "quality")
+QUALITY_REASON_SEPARATOR = "; "  # between the reasons of a `quality` cell
+# metrics/quality/photos.csv (the `quality` stage): one row per photograph of the prepared index, these
+# columns first, then each measure of quality.measures.Measures by its name, then QUALITY_LABEL_COLUMN (the
+# EyeQ level's name of quality.labels, empty without one), then any other assessor's columns.
+QUALITY_PHOTO_COLUMNS = ("image", "split", "patient", *QUALITY_COLUMNS)
+QUALITY_LABEL_COLUMN = "label"
 # One row per photograph the set lists or holds: written (status "test" or "ungradable") or left out.
 SOURCE_COLUMNS = ("image", "status", "source", "split", "patient", "eye", "grade", "dme", "sha256")
 
@@ -376,6 +385,21 @@ class Layout:
     def summary(self) -> Path:
         """Counts per grade and split, the majority baseline, notes on the input."""
         return self.prepared / "summary.json"
+
+    @property
+    def quality_photos(self) -> Path:
+        """The `quality` stage's verdict on every photograph of the index (:data:`QUALITY_PHOTO_COLUMNS`)."""
+        return self.metrics / "quality" / "photos.csv"
+
+    @property
+    def quality_metrics(self) -> Path:
+        """The `quality` stage's numbers: imageability, the reasons' shares, the agreement with labels."""
+        return self.metrics / "quality.json"
+
+    @property
+    def quality_info(self) -> Path:
+        """The `quality` stage's words (``core.records.QualitySurvey``): thresholds, labels, confusion."""
+        return self.metrics / "quality.info.json"
 
     @property
     def report(self) -> Path:

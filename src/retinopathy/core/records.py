@@ -10,7 +10,9 @@
 - :class:`ImportSummary`, ``import.json`` in a folder of `import-external`: written by it
   (:func:`import_summary_text`), read by the external validation (:func:`read_import_summary`);
 - :class:`ExternalRun`, ``metrics/external/files/<arm>/index.json``: written by the `external`
-  stage (:func:`external_run_text`), read by report and compare (:func:`read_external_run`).
+  stage (:func:`external_run_text`), read by report and compare (:func:`read_external_run`);
+- :class:`QualitySurvey`, ``metrics/quality.info.json``: written by the `quality` stage
+  (:func:`quality_survey_text`), read by report (:func:`read_quality_survey`).
 
 Every file carries its format's version (``"version"``, first), and status.json and
 info.json say whether the arm was ``trained`` or ``skipped`` (``"status"``, second);
@@ -53,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+from retinopathy.core.config import QualityThresholds
 from retinopathy.core.contract import (
     ARMS,
     DATA_SPLITS,
@@ -65,6 +68,7 @@ from retinopathy.core.contract import (
     LEVELS,
     NUM_GRADES,
     OPERATING_POINTS,
+    QUALITY_LEVELS,
     SELECT_BY,
     SELECTION_SPLITS,
     SPLITS,
@@ -81,6 +85,7 @@ INFO_VERSION = 1  # metrics/<arm>.info.json
 SUMMARY_VERSION = 1  # data/prepared/summary.json
 IMPORT_VERSION = 1  # import.json of a folder written by `import-external`
 EXTERNAL_VERSION = 1  # metrics/external/files/<arm>/index.json
+QUALITY_VERSION = 1  # metrics/quality.info.json
 
 VERSION_KEY = "version"
 STATUS_KEY = "status"  # status.json and info.json: "trained" or "skipped"
@@ -377,10 +382,65 @@ class OperatingPoints:
 
 
 @dataclass(frozen=True)
+class LevelGradability:
+    """What ungradable photographs do to the screening figures of one level (per image or per patient).
+
+    A patient is gradable when every photograph of theirs is (IDx-DR's protocol needs both eyes).
+
+    Attributes:
+        n: Cases (images or patients).
+        gradable: Gradable cases.
+        imageability: The gradable share of the cases.
+        gradable_only: The screening figures on the gradable cases only.
+        sensitivity: Intention to screen: sensitivity of referable DR at the model's grade, an
+            ungradable case counted as referred (a patient: any photograph referred or ungradable).
+        specificity: The same specificity.
+        high_sensitivity_sensitivity: The same at the operating points, where a validation split chose them.
+    """
+
+    n: int
+    gradable: int
+    imageability: Figure
+    gradable_only: LevelFigures
+    sensitivity: Figure
+    specificity: Figure
+    high_sensitivity_sensitivity: Figure | None = None
+    high_sensitivity_specificity: Figure | None = None
+    high_specificity_sensitivity: Figure | None = None
+    high_specificity_specificity: Figure | None = None
+
+    def __post_init__(self) -> None:
+        if not self.gradable_only.n == self.gradable <= self.n:
+            raise ValueError(
+                f"it counts {self.n} cases, {self.gradable} gradable and {self.gradable_only.n} in "
+                "'gradable_only': not n >= gradable = gradable_only.n"
+            )
+
+
+@dataclass(frozen=True)
+class Gradability:
+    """The `quality` stage's verdicts on the test photographs, and the figures they change.
+
+    Attributes:
+        rule: How ungradable photographs were counted, in words.
+        reasons: Test photographs per reason they are ungradable for (one may have several).
+        image: The figures per image.
+        patient: The figures per patient.
+    """
+
+    rule: str
+    reasons: dict[str, int]
+    image: LevelGradability
+    patient: LevelGradability
+
+
+@dataclass(frozen=True)
 class ScreeningRecord:
     """``metrics/<arm>.screening.json`` of a trained arm (``evaluation.screening.record``), read back.
 
-    ``operating_points`` is ``{}`` without a validation split.
+    ``operating_points`` is ``{}`` without a validation split. ``gradability`` is there when the test
+    photographs' quality verdicts were given (evaluate: the `quality` stage's); a file written before
+    it existed reads as None. Keyword-only, so that records built on this one add required fields.
     """
 
     bootstrap: Bootstrap
@@ -389,6 +449,7 @@ class ScreeningRecord:
     image: LevelFigures
     patient: LevelFigures
     notes: list[str]
+    gradability: Gradability | None = dataclasses.field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -577,6 +638,54 @@ class ExternalRun:
     arm: Annotated[str, OneOf(ARMS)]
     sets: dict[str, ExternalSet]
     skipped: Skipped | None
+
+
+@dataclass(frozen=True)
+class VerdictCounts:
+    """Photographs of one EyeQ level that the assessor found gradable and ungradable."""
+
+    gradable: int
+    ungradable: int
+
+
+@dataclass(frozen=True)
+class QualitySurvey:
+    """``metrics/quality.info.json``: what the `quality` stage judged, with what, and how labels agree.
+
+    Attributes:
+        thresholds: ``quality.thresholds``, as judged with.
+        labels: ``quality.labels`` (None: no labels).
+        photos: Photographs judged per split.
+        ungradable: Of them, those found ungradable, per split.
+        test_patients: Patients of the test split.
+        reasons: Test photographs per reason they are ungradable for (one may have several).
+        labelled: Test photographs with a label.
+        unmatched: Label rows that name no photograph of the prepared index.
+        unmatched_examples: The first few of those names.
+        unlabelled: Photographs of the index (every split) without a label.
+        confusion: The test split's EyeQ level -> the verdicts on its photographs (``{}`` without labels).
+        bootstrap: How the intervals of ``metrics/quality.json`` were drawn.
+        notes: What a reader of the figures should know.
+    """
+
+    thresholds: QualityThresholds
+    labels: str | None
+    photos: Annotated[dict[str, int], Keys(SPLITS)]
+    ungradable: Annotated[dict[str, int], Keys(SPLITS)]
+    test_patients: int
+    reasons: dict[str, int]
+    labelled: int
+    unmatched: int
+    unmatched_examples: list[str]
+    unlabelled: int
+    confusion: Annotated[dict[str, VerdictCounts], Keys(QUALITY_LEVELS, ())]
+    bootstrap: Bootstrap
+    notes: list[str]
+
+
+def quality_survey_text(path: Path, record: QualitySurvey) -> str:
+    """The text of ``metrics/quality.info.json`` at ``path``: version, then the fields."""
+    return json_text(path, {VERSION_KEY: QUALITY_VERSION, **dataclasses.asdict(record)})
 
 
 def external_run_text(path: Path, record: ExternalRun) -> str:
@@ -817,3 +926,16 @@ def read_external_run(path: Path, read: ReadText = read_working_tree) -> Externa
     fix = "run `dvc repro external` to write it again"
     raw = _versioned(path, read_json_object(path, read, fix, fix), EXTERNAL_VERSION, fix)
     return _record(path, ExternalRun, raw, fix)
+
+
+def read_quality_survey(path: Path, read: ReadText = read_working_tree) -> QualitySurvey:
+    """The `quality` stage's ``quality.info.json``, checked whole.
+
+    Raises:
+        RecordError: missing, damaged or of another version; naming the file and the stage to rerun.
+    """
+    fix = "run `dvc repro quality` to write it again"
+    raw = _versioned(
+        path, read_json_object(path, read, "run `dvc repro quality` first", fix), QUALITY_VERSION, fix
+    )
+    return _record(path, QualitySurvey, raw, fix)

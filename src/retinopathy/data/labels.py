@@ -52,7 +52,8 @@ NAME_RULE = (
     "a name holds only ASCII letters, digits and _ - . + and starts with a letter or a digit "
     "(e.g. 2576_right, IDRiD_001, 007-0004-000)"
 )
-_OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+# Image files besides the course layout's .jpeg (a listed name ending so is refused; quality labels drop it).
+OTHER_EXTENSIONS = (".jpg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 MAX_LISTED = 20
 # EyePACS names a photograph `<patient>_left` or `<patient>_right`. The eye is read in any case
 # (`_Left`, `_RIGHT`): a case-sensitive parse made `7_Left` a patient of its own, so that its other
@@ -366,9 +367,7 @@ def check_name(path: Path, line: int, name: str) -> None:
             "rename the image and fix the line"
         )
     lower = name.lower()
-    if lower.endswith(_OTHER_EXTENSIONS) or (
-        lower.endswith(IMAGE_SUFFIX) and not name.endswith(IMAGE_SUFFIX)
-    ):
+    if lower.endswith(OTHER_EXTENSIONS) or (lower.endswith(IMAGE_SUFFIX) and not name.endswith(IMAGE_SUFFIX)):
         raise RetinopathyError(
             f"{where(path, line)}: {name!r} has a file extension; list names without one - the "
             f"images are read as <name>{IMAGE_SUFFIX}, so convert or rename the file to match"

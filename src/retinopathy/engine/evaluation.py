@@ -12,6 +12,7 @@ can call :func:`grade` and :func:`prediction_rows`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from retinopathy.core.contract import (
     GRADES,
     METRIC_DECIMALS,
     METRIC_KEYS,
+    QUALITY_REASON_SEPARATOR,
     ArmFiles,
     prediction_header,
 )
@@ -47,6 +49,23 @@ from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record, scored
 from retinopathy.evaluation.screening_files import screening_contents
 from retinopathy.models.head import Head, require_finite
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The `quality` stage's verdicts, as evaluate reads them (plain values: fuse and external, which
+    import this module, then depend on no quality code).
+
+    Attributes:
+        source: The file they were read from (``metrics/quality/photos.csv``), for messages.
+        verdicts: Split -> image name -> (gradable, the reasons joined by
+            ``contract.QUALITY_REASON_SEPARATOR``, empty when gradable).
+        reasons: Every reason a verdict can give, in its order (``quality.verdict.REASONS``).
+    """
+
+    source: Path
+    verdicts: Mapping[str, Mapping[str, tuple[bool, str]]]
+    reasons: tuple[str, ...]
 
 
 def selection_rule(split: str, metric: str) -> str:
@@ -203,15 +222,55 @@ def grade(
     return graded
 
 
-def prediction_rows(records: list[Record], graded: Graded) -> list[list]:
-    """The predictions CSV's rows (:func:`contract.prediction_header`): one per image, in index order."""
+def prediction_rows(
+    records: list[Record], graded: Graded, judged: list[tuple[bool, str]] | None = None
+) -> list[list]:
+    """The predictions CSV's rows (:func:`contract.prediction_header`): one per image, in index order.
+
+    Args:
+        records: The split's records, as graded.
+        graded: Their grades and scores.
+        judged: Each image's quality verdict (:func:`verdicts_of`); None: not judged (the
+            ``contract.QUALITY_COLUMNS`` left empty, as the external sets' until they are judged).
+    """
     scores = graded.outputs.reshape(len(records), -1)
     return [
-        [r.image, patient, r.label, int(p), *(f"{v:.6f}" for v in s), f"{referable:.6f}"]
-        for r, patient, p, s, referable in zip(
-            records, graded.rows.patients, graded.predicted, scores, graded.rows.referable, strict=True
+        [r.image, patient, r.label, int(p), *(f"{v:.6f}" for v in s), f"{referable:.6f}", *cells]
+        for r, patient, p, s, referable, cells in zip(
+            records,
+            graded.rows.patients,
+            graded.predicted,
+            scores,
+            graded.rows.referable,
+            quality_cells(judged, len(records)),
+            strict=True,
         )
     ]
+
+
+def verdicts_of(records: list[Record], quality: Judged, split: str) -> list[tuple[bool, str]]:
+    """The quality verdict of each of ``records`` (of ``split``), in their order.
+
+    Raises:
+        RetinopathyError: an image has no verdict (the index changed since the `quality` stage ran),
+            naming the file, the image and the fix.
+    """
+    verdicts = quality.verdicts.get(split, {})
+    missing = [r.image for r in records if r.image not in verdicts]
+    if missing:
+        raise RetinopathyError(
+            f"{quality.source}: has no quality verdict for {len(missing)} of the {split} split's "
+            f"{len(records)} images (e.g. {', '.join(missing[:3])}): it was written for another index; "
+            "run `dvc repro quality` (or `retinopathy quality`) again"
+        )
+    return [verdicts[r.image] for r in records]
+
+
+def quality_cells(judged: list[tuple[bool, str]] | None, count: int) -> list[list[str]]:
+    """The predictions' ``contract.QUALITY_COLUMNS`` of ``count`` images (empty: not judged)."""
+    if judged is None:
+        return [["", ""]] * count
+    return [["true" if gradable else "false", reasons] for gradable, reasons in judged]
 
 
 def table_contents(
@@ -291,6 +350,7 @@ def evaluation(
     graded: dict[str, Graded],
     settings: EvaluateParams,
     data_root: str,
+    quality: Judged | None = None,
 ) -> Evaluation:
     """Score the graded test split and give the text of every file evaluate writes.
 
@@ -304,19 +364,30 @@ def evaluation(
             picks the screening operating points.
         settings: params.yaml's ``evaluate`` section.
         data_root: ``data.root`` (recorded in the info).
+        quality: The `quality` stage's verdicts on each split's images: the predictions say whether each
+            image is gradable, and the screening record gains its ``gradability`` part. None: not judged
+            (the columns left empty, no such part).
     """
     best, spec, head = opened.trained.state, opened.trained.spec, opened.head
     best_row = status.history[best.epoch - 1]
     test = graded["test"]
     actual, predicted = test.rows.actual, test.predicted
     tables = confusion_tables(actual, predicted)
+    judged = {split: verdicts_of(list(records[split]), quality, split) for split in graded} if quality else {}
+    test_rows, reasons = test.rows, None
+    if quality is not None:
+        gradable = np.array([ok for ok, _ in judged["test"]], dtype=bool)
+        test_rows = dataclasses.replace(test.rows, gradable=gradable)
+        said = [text.split(QUALITY_REASON_SEPARATOR) for _, text in judged["test"]]
+        reasons = {reason: sum(reason in words for words in said) for reason in quality.reasons}
     screening = record(
-        test.rows,
+        test_rows,
         graded["val"].rows if "val" in graded else None,
         settings.operating_points,
         settings.bootstrap,
         settings.seed,
         probabilities=not head.regression,
+        reasons=reasons,
     )
     numbers: dict[str, float] = {
         **scores(actual, predicted, tables),
@@ -345,7 +416,7 @@ def evaluation(
         numerics=portable.state(),  # train.portable (retinopathy.core.portable)
         patients=summary.patients,  # prepare's count of patients per split and across splits
     )
-    rows = {split: prediction_rows(records[split], graded[split]) for split in graded}
+    rows = {split: prediction_rows(records[split], graded[split], judged.get(split)) for split in graded}
     others = {
         **table_contents(
             files, tables, prediction_header(head.regression), rows["test"], rows.get("val", [])

@@ -16,7 +16,14 @@ the higher eye score, its predicted grade the worse predicted eye: the
 - the expected calibration error of P(grade >= 2) over :data:`CALIBRATION_BINS`
   equal-width bins (Guo et al. 2017), and the bins themselves (a reliability diagram);
 - 95% percentile bootstrap intervals, resampling PATIENTS with replacement (both
-  eyes of a patient stay together), seeded.
+  eyes of a patient stay together), seeded;
+- where each image's quality verdict is given (:attr:`Scored.gradable`), what ungradable
+  photographs do to the figures, as screening trials report it (:func:`gradability_figures`):
+  imageability (the gradable share; a patient is imageable when every photograph of theirs
+  is, as IDx-DR's protocol needs both eyes), the figures on the gradable cases only, and
+  intention-to-screen sensitivity and specificity of referable DR, where an ungradable
+  photograph counts as referred (a patient: any photograph referred or ungradable), as a
+  screening programme would send the patient on.
 
 A figure that is undefined (an AUC, a sensitivity or a specificity where the set
 has only one class) is None, never a made-up number; the bootstrap says in how
@@ -38,7 +45,9 @@ from retinopathy.core.records import (
     Bootstrap,
     Calibration,
     Figure,
+    Gradability,
     LevelFigures,
+    LevelGradability,
     OperatingPoint,
     OperatingPoints,
     ScreeningRecord,
@@ -50,6 +59,15 @@ CONFIDENCE = 0.95  # of the bootstrap intervals (percentile: the 2.5th and 97.5t
 
 # The figures of one set of images (or patients), each bootstrapped. Keys of the screening file.
 FIGURES = ("accuracy", "kappa", "auc_referable", "auc_vision_threatening", "sensitivity", "specificity")
+# gradability_figures' keys: imageability, the intention-to-screen figures (ITS_ + the figure), and
+# every figure on the gradable cases only (GRADABLE_ + the figure).
+IMAGEABILITY = "imageability"
+ITS_ = "its_"
+GRADABLE_ = "gradable_"
+GRADABILITY_RULE = (
+    "an ungradable photograph counts as referred (intention to screen); a patient is gradable, and "
+    "imageable, when every photograph of theirs is gradable, and referred when any is referred or ungradable"
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class Scored:
         predicted: Predicted grades 0-4.
         referable: The referable score: P(grade >= 2), or the regression value.
         threatening: The vision-threatening score: P(grade >= 3), or the regression value.
+        gradable: Whether each image can be graded (the `quality` stage's verdict); None: not judged.
     """
 
     patients: np.ndarray
@@ -69,6 +88,7 @@ class Scored:
     predicted: np.ndarray
     referable: np.ndarray
     threatening: np.ndarray
+    gradable: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         sizes = {
@@ -77,6 +97,7 @@ class Scored:
             len(self.predicted),
             len(self.referable),
             len(self.threatening),
+            *(() if self.gradable is None else (len(self.gradable),)),
         }
         if len(sizes) != 1:
             raise ValueError(f"the arrays of one split differ in length: {sorted(sizes)}")
@@ -119,7 +140,11 @@ def per_patient(images: Scored) -> Scored:
         return out[order]
 
     actual, predicted = worst(images.actual).astype(np.int64), worst(images.predicted).astype(np.int64)
-    return Scored(names[order], actual, predicted, worst(images.referable), worst(images.threatening))
+    # A patient is gradable when every photograph is: the worst of "ungradable", negated.
+    gradable = None if images.gradable is None else ~worst(~images.gradable).astype(bool)
+    return Scored(
+        names[order], actual, predicted, worst(images.referable), worst(images.threatening), gradable
+    )
 
 
 def auc(truth: np.ndarray, score: np.ndarray) -> float | None:
@@ -182,7 +207,7 @@ def figures(rows: Scored, thresholds: Mapping[str, float | None] | None = None) 
     sensitivity, specificity = sensitivity_specificity(truth, rows.predicted >= REFERABLE_GRADE)
     out: dict[str, float | None] = {
         "accuracy": float((rows.actual == rows.predicted).mean()) if len(rows) else None,
-        "kappa": kappa_of_confusion(confusion),
+        "kappa": kappa_of_confusion(confusion) if len(rows) else None,  # none of no cases (all ungradable)
         "auc_referable": auc(truth, rows.referable),
         "auc_vision_threatening": auc(rows.actual >= VISION_THREATENING_GRADE, rows.threatening),
         "sensitivity": sensitivity,
@@ -195,6 +220,48 @@ def figures(rows: Scored, thresholds: Mapping[str, float | None] | None = None) 
             out[f"{point}_sensitivity"], out[f"{point}_specificity"] = sensitivity_specificity(
                 truth, rows.referable >= threshold
             )
+    return out
+
+
+def gradability_figures(
+    rows: Scored, thresholds: Mapping[str, float | None] | None = None
+) -> dict[str, float | None]:
+    """What ungradable cases do to the figures of one set (``rows.gradable`` must be given).
+
+    Args:
+        rows: images, or patients (:func:`per_patient`: gradable when every photograph is).
+        thresholds: as :func:`figures`.
+
+    Returns:
+        :data:`IMAGEABILITY` (the gradable share; None without cases); ``its_sensitivity`` and
+        ``its_specificity`` of referable DR, an ungradable case called referable, at the model's grade
+        and ``its_<point>_...`` at each threshold; and ``gradable_<figure>``, :func:`figures` of the
+        gradable cases alone.
+    """
+    if rows.gradable is None:
+        raise ValueError("gradability_figures needs each case's verdict (Scored.gradable)")
+    gradable = rows.gradable.astype(bool)
+    truth = rows.actual >= REFERABLE_GRADE
+    out: dict[str, float | None] = {IMAGEABILITY: float(gradable.mean()) if len(rows) else None}
+    calls: dict[str, np.ndarray | None] = {"": rows.predicted >= REFERABLE_GRADE}
+    for point, threshold in (thresholds or {}).items():
+        calls[f"{point}_"] = None if threshold is None else rows.referable >= threshold
+    for prefix, called in calls.items():
+        if called is None:
+            out[f"{ITS_}{prefix}sensitivity"] = out[f"{ITS_}{prefix}specificity"] = None
+        else:
+            sensitivity, specificity = sensitivity_specificity(truth, called | ~gradable)
+            out[f"{ITS_}{prefix}sensitivity"], out[f"{ITS_}{prefix}specificity"] = sensitivity, specificity
+    only = figures(_take(rows, np.flatnonzero(gradable)), thresholds)
+    out.update({f"{GRADABLE_}{key}": value for key, value in only.items()})
+    return out
+
+
+def _all_figures(rows: Scored, thresholds: Mapping[str, float | None]) -> dict[str, float | None]:
+    """:func:`figures`, and :func:`gradability_figures` where the cases' verdicts are given."""
+    out = figures(rows, thresholds)
+    if rows.gradable is not None:
+        out.update(gradability_figures(rows, thresholds))
     return out
 
 
@@ -239,7 +306,7 @@ def bootstrap(
         offsets = np.repeat(starts[drawn] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         chosen = by_patient[offsets + np.arange(lengths.sum())]
         for level, rows in (("image", _take(images, chosen)), ("patient", _take(patients, drawn))):
-            for key, value in figures(rows, thresholds).items():
+            for key, value in _all_figures(rows, thresholds).items():
                 samples[level].setdefault(key, []).append(value)
     tail = 100 * (1 - CONFIDENCE) / 2
     out: dict[str, dict[str, Interval]] = {}
@@ -262,6 +329,7 @@ def _take(rows: Scored, index: np.ndarray) -> Scored:
         rows.predicted[index],
         rows.referable[index],
         rows.threatening[index],
+        None if rows.gradable is None else rows.gradable[index],
     )
 
 
@@ -318,6 +386,7 @@ def record(
     resamples: int,
     seed: int,
     probabilities: bool,
+    reasons: Mapping[str, int] | None = None,
 ) -> ScreeningRecord:
     """Every screening figure of a test split (the screening JSON file's record).
 
@@ -330,6 +399,7 @@ def record(
         seed: Seeds the bootstrap.
         probabilities: Whether the referable score is a probability (the classifier): only then
             is its calibration measured.
+        reasons: Where ``test.gradable`` is given: the test images per reason they are ungradable for.
 
     Returns:
         The bootstrap, the operating points, the calibration, the figures per image and per
@@ -337,7 +407,7 @@ def record(
         ``undefined``: the resamples where it had no value) and notes.
     """
     points, notes = chosen_points(val, targets)
-    return record_at(test, points, resamples, seed, probabilities, notes)
+    return record_at(test, points, resamples, seed, probabilities, notes, reasons)
 
 
 def chosen_points(
@@ -385,6 +455,7 @@ def record_at(
     seed: int,
     probabilities: bool,
     notes: Sequence[str] = (),
+    reasons: Mapping[str, int] | None = None,
 ) -> ScreeningRecord:
     """Every screening figure of ``test`` at operating points chosen before (:func:`record`'s second half).
 
@@ -398,6 +469,7 @@ def record_at(
         seed: Seeds the bootstrap.
         probabilities: Whether the referable score is a probability (only then is calibration measured).
         notes: Notes so far (how the points were chosen), kept first.
+        reasons: As :func:`record`'s; the ``gradability`` part is there when ``test.gradable`` is given.
     """
     notes = list(notes)
     thresholds = thresholds_of(points)
@@ -409,27 +481,39 @@ def record_at(
         ece = None
         notes.append("calibration: the regression value is no probability, so it has no calibration error")
     at: dict[str, LevelFigures] = {}
+    graded: dict[str, LevelGradability] = {}
     for level, rows in levels.items():
-        figures_of: dict[str, Figure] = {}
-        for key, value in figures(rows, thresholds).items():
+        values = _all_figures(rows, thresholds)
+
+        def figure(key: str, level: str = level, values: dict[str, float | None] = values) -> Figure:
             interval = intervals[level][key] if intervals else Interval(None, None, 0)
-            figures_of[key] = Figure(value, interval.low, interval.high, interval.undefined)
-            if value is None:
-                notes.append(f"{level} {key}: undefined, the test split has only one class")
+            if values[key] is None:
+                notes.append(f"{level} {key}: undefined, the test split has only one class (or no such case)")
             elif intervals and interval.undefined:
                 notes.append(
                     f"{level} {key}: undefined in {interval.undefined} of {resamples} resamples "
                     "(one class only), left out of its interval"
                 )
-        truth = rows.actual >= REFERABLE_GRADE
-        at[level] = LevelFigures(
-            n=len(rows),
-            referable=int(truth.sum()),
-            vision_threatening=int((rows.actual >= VISION_THREATENING_GRADE).sum()),
-            **figures_of,
-        )
+            return Figure(values[key], interval.low, interval.high, interval.undefined)
+
+        keys = list(figures(rows, thresholds))
+        at[level] = _level_figures(rows, {key: figure(key) for key in keys})
+        if rows.gradable is not None:
+            only = _take(rows, np.flatnonzero(rows.gradable))
+            graded[level] = LevelGradability(
+                n=len(rows),
+                gradable=len(only),
+                imageability=figure(IMAGEABILITY),
+                gradable_only=_level_figures(only, {key: figure(GRADABLE_ + key) for key in keys}),
+                **{key: figure(ITS_ + key) for key in keys if key.endswith(("sensitivity", "specificity"))},
+            )
     if not resamples:
         notes.append("evaluate.bootstrap = 0: no intervals")
+    gradability = (
+        Gradability(GRADABILITY_RULE, dict(reasons or {}), graded["image"], graded["patient"])
+        if graded
+        else None
+    )
     return ScreeningRecord(
         bootstrap=Bootstrap(resamples, seed, CONFIDENCE, "patient", "percentile"),
         operating_points=points,
@@ -437,4 +521,15 @@ def record_at(
         image=at["image"],
         patient=at["patient"],
         notes=notes,
+        gradability=gradability,
+    )
+
+
+def _level_figures(rows: Scored, figures_of: Mapping[str, Figure]) -> LevelFigures:
+    """The :class:`LevelFigures` of ``rows``: their counts, and ``figures_of`` by key."""
+    return LevelFigures(
+        n=len(rows),
+        referable=int((rows.actual >= REFERABLE_GRADE).sum()),
+        vision_threatening=int((rows.actual >= VISION_THREATENING_GRADE).sum()),
+        **figures_of,
     )

@@ -2,8 +2,9 @@
 
 :func:`render` writes the page (`retinopathy compare`, ``commands/compare.py``): what
 differs between the experiments (:func:`settings_table`), every experiment and arm
-(:func:`results_table`), the spread across seeds (:func:`seeds_table`) and the lab's
-table of models against inits (:func:`lab_table`). Text that is not the code's own
+(:func:`results_table`, with imageability and intention-to-screen sensitivity per patient),
+the spread across seeds (:func:`seeds_table`) and the lab's table of models against inits
+(:func:`lab_table`). Text that is not the code's own
 goes through :mod:`retinopathy.reporting.escape`.
 """
 
@@ -65,6 +66,8 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
         "fused acc",
         "fused kappa",
         "external referable AUC",
+        "imageable patients",
+        "sensitivity, intention to screen",
         "vs. majority baseline",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -83,13 +86,22 @@ def results_table(experiments: Sequence[Experiment]) -> list[str]:
                     _pct(fused.metrics["acc"]) if fused else "n/a",
                     _kappa(fused.metrics["kappa"]) if fused else "n/a",
                     _external(arm),
+                    _pct(_per_patient(arm, "imageability")),
+                    _pct(_per_patient(arm, "sensitivity")),
                     f"**AT BASELINE** ({flat})" if flat else "above",
                 ]
             else:
-                figures = ["skipped"] * 9
+                figures = ["skipped"] * 11
             row = [md_text(experiment.name), md_text(model_name(arm.info.model)), arm_name, *figures]
             lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _per_patient(arm: Arm, key: str) -> float | None:
+    """A gradability figure per patient (``imageability``, or ``sensitivity`` by intention to screen: an
+    ungradable photograph counted as referred); None where the arm has no such figures."""
+    part = arm.gradability
+    return None if part is None else getattr(part.patient, key).value
 
 
 def _external(arm: Arm) -> str:

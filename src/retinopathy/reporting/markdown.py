@@ -3,7 +3,7 @@
 :func:`render_markdown` writes the whole page: the title and the data it was run on,
 the patients line, the results table (:func:`results_table`), the screening section
 (:func:`screening_section`: the figures with their intervals, the operating points,
-prepare's count of patients on both sides of the split), grading with both eyes
+prepare's count of patients on both sides of the split), gradability (passed in), grading with both eyes
 (:func:`fusion_section`), the confusion matrices, the heat maps and the skipped arms.
 The figures are linked by their file names; `retinopathy report` draws them
 (:mod:`retinopathy.reporting.figures`). Text that is not the code's own goes through
@@ -359,6 +359,7 @@ def render_markdown(
     explained: Collection[str] = (),
     screenings: dict[str, Screening] | None = None,
     external: Sequence[str] = (),
+    gradability: Sequence[str] = (),
 ) -> str:
     """The text of report.md (figures are linked by their file names).
 
@@ -368,6 +369,8 @@ def render_markdown(
         screenings: The trained arms' screening files, by arm name.
         external: The lines of the "External validation" section
             (:func:`retinopathy.reporting.external.external_section`), after fusion's.
+        gradability: The lines of the "Gradability" section
+            (:func:`retinopathy.reporting.gradability.gradability_section`), after the screening section.
 
     Raises:
         RetinopathyError: the arms were run with different models (:func:`describe_data`).
@@ -413,6 +416,7 @@ def render_markdown(
         *results_table(arms),
     ]
     lines += ["", *screening_section(arms, screenings or {}, leakage_lines(infos))]
+    lines += gradability
     lines += fusion_section(arms, screenings or {})
     lines += external
     lines += [

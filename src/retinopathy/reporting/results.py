@@ -30,6 +30,7 @@ from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import (
     EvaluationInfo,
     FusionFacts,
+    Gradability,
     ReadText,
     RecordError,
     Skipped,
@@ -97,6 +98,9 @@ class Arm:
     # The `external` stage's sets: name -> referable AUC per image (None: undefined, one class);
     # empty where no set was graded, or the stage has not run (results from before it).
     external: dict[str, float | None] = field(default_factory=dict)
+    # The gradability part of the arm's screening record (imageability, intention to screen); None where
+    # it has none (the `quality` stage had not run: results from before it).
+    gradability: Gradability | None = None
 
     @property
     def trained(self) -> bool:
@@ -247,6 +251,18 @@ def _read_external(layout: Layout, name: str, read: ReadText) -> dict[str, float
     return aucs
 
 
+def _read_gradability(layout: Layout, name: str, read: ReadText) -> Gradability | None:
+    """The gradability part of the arm's screening record; None where there is none, or no record
+    (results from before the screening files)."""
+    path = layout.arm(name).screening_files.screening
+    try:
+        read(path)
+    except FileNotFoundError:
+        return None
+    raw = read_json_object(path, read, EVALUATE_FIX, EVALUATE_FIX)
+    return check_screening(path, raw, EVALUATE_FIX).gradability
+
+
 def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> Arm:
     """Read and check one arm's metrics, info, history and confusion tables (a skipped arm: the JSONs).
 
@@ -264,6 +280,7 @@ def load_arm(layout: Layout, name: str, read: ReadText = read_working_tree) -> A
     else:
         arm.fused = fused
     arm.external = _read_external(layout, name, read)
+    arm.gradability = _read_gradability(layout, name, read)
     arm.history = _read_history(files.history, read)
     arm.normalized = _read_confusion(files.confusion_normalized, normalized=True, read=read)
     arm.counts = _read_confusion(files.confusion_counts, normalized=False, read=read).astype(int)

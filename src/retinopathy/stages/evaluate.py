@@ -12,12 +12,15 @@ summing to 1 as the lab defines it); ``metrics/predictions/<arm>.csv``
 referable score, :func:`contract.prediction_header`; ``actual,predicted`` is
 the long format DVC's ``confusion`` plot template reads) and
 ``<arm>.val.csv``, the same for the validation split (header only without
-one); and the screening files (``retinopathy.evaluation.screening_files``):
+one), each row ending with the `quality` stage's verdict on the photograph
+(``contract.QUALITY_COLUMNS``: gradable, and the reasons it is not, from
+``metrics/quality/photos.csv``); and the screening files (``retinopathy.evaluation.screening_files``):
 ``metrics/<arm>.screening.json`` (referable and vision-threatening AUC,
 sensitivity and specificity at the model's grade and at the operating points
 chosen on validation, per image and per patient, with bootstrap intervals over
-patients; the calibration error), the ROC curves ``metrics/roc/<arm>_image.csv``
-and ``<arm>_patient.csv``, and ``metrics/reliability/<arm>.csv``.
+patients; the calibration error; imageability, the figures on gradable photographs only and
+intention to screen, an ungradable photograph counted as referred), the ROC curves
+``metrics/roc/<arm>_image.csv`` and ``<arm>_patient.csv``, and ``metrics/reliability/<arm>.csv``.
 
 A skipped arm gets ``{}`` as metrics (a row of dashes), the reason and the fix
 in its info, and header-only CSVs, so the report and `dvc metrics show` show the gap.
@@ -32,11 +35,11 @@ from typing import TYPE_CHECKING
 
 from retinopathy.core.config import Params
 from retinopathy.core.contract import Layout
-from retinopathy.core.errors import warn
+from retinopathy.core.errors import note, warn
 from retinopathy.pipeline.options import arm_parser, stage_params
 
 if TYPE_CHECKING:  # the library (and torch) is imported in evaluate_arm, so that --help is instant
-    from retinopathy.engine.evaluation import Evaluation
+    from retinopathy.engine.evaluation import Evaluation, Judged
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
@@ -84,10 +87,38 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
         tta = params.evaluate.tta == "flips"
         graded = grade(opened, records, params.train.batch_size, tta, files, layout.index)
         result = evaluation(
-            files, opened, status, summary, records, graded, params.evaluate, params.data.root
+            files,
+            opened,
+            status,
+            summary,
+            records,
+            graded,
+            params.evaluate,
+            params.data.root,
+            _quality(layout),
         )
     write_together(result.outputs)
     return result
+
+
+def _quality(layout: Layout) -> Judged | None:
+    """The `quality` stage's verdicts on the test and validation photographs (None, said, without them)."""
+    from retinopathy.engine.evaluation import Judged
+    from retinopathy.quality.survey import read_verdicts
+    from retinopathy.quality.verdict import REASONS
+
+    path = layout.quality_photos
+    if not path.is_file():  # `dvc repro` always runs the quality stage first; a hand-run pipeline may not
+        note(
+            f"note: {path} not found: the predictions' gradable and quality columns stay empty and the "
+            "screening record has no gradability figures; run `retinopathy quality` first to have them"
+        )
+        return None
+    verdicts = {
+        split: {image: (v.gradable, v.quality) for image, v in read_verdicts(path, split).items()}
+        for split in ("test", "val")
+    }
+    return Judged(path, verdicts, REASONS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,4 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{'undefined (one class only)' if auc is None else f'{auc:.3f}'}; "
             f"see {Layout().arm(args.init).screening_files.screening}"
         )
+        part = evaluation.screening.gradability if evaluation.screening else None
+        if part is not None:
+            image, patient = part.image.imageability.value, part.patient.imageability.value
+            its = part.patient.sensitivity.value
+            print(
+                f"{args.init}: imageability {image or 0:.1%} per image, {patient or 0:.1%} per patient; "
+                "referable DR sensitivity per patient by intention to screen (ungradable = referred) "
+                f"{'undefined' if its is None else f'{its:.3f}'}"
+            )
     return 0

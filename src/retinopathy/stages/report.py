@@ -6,6 +6,7 @@ and the screening files: ``metrics/<arm>.screening.json``, ``metrics/roc/``,
 ``metrics/reliability/``; and the `fuse` stage's, ``metrics/fused/``), checks it, and writes ``accuracy.png``,
 ``confusion_<arm>.png``, ``best_accuracy.png``, ``roc.png``, ``reliability.png``,
 ``roc_external.png`` (the `external` stage's sets, ``metrics/external/``) and ``report.md``
+(with the `quality` stage's ``metrics/quality.info.json``: the Gradability section)
 into the output folder. Everything is
 read and checked before anything is drawn, and the figures are drawn into a
 temporary folder that replaces the output folder only once all of it is
@@ -96,6 +97,7 @@ def write_report(
     Raises:
         RetinopathyError: an input is missing, malformed or inconsistent.
     """
+    from retinopathy.core.records import read_quality_survey
     from retinopathy.evaluation.screening_files import load_screening
     from retinopathy.reporting.external import external_section, load_external
     from retinopathy.reporting.figures import (
@@ -103,6 +105,7 @@ def write_report(
         draw_report_figures,
         draw_screening_figures,
     )
+    from retinopathy.reporting.gradability import gradability_section
     from retinopathy.reporting.markdown import describe_data, render_markdown
     from retinopathy.reporting.results import load_arm
 
@@ -116,6 +119,8 @@ def write_report(
         arm.name: load_screening(layout.arm(arm.name).screening_files) for arm in loaded if arm.trained
     }
     externals = [load_external(layout, name) for name in arms]
+    # Without the quality stage's record (a pipeline run by hand) the section says to run it.
+    survey = read_quality_survey(layout.quality_info) if layout.quality_info.is_file() else None
     model, _, data_label, _ = describe_data(loaded)  # before anything is drawn: one model for all arms
     ours = outputs(arms)
     for name, recognise in ours.items():  # before drawing: replace only what report wrote
@@ -125,7 +130,10 @@ def write_report(
         draw_report_figures(loaded, model, data_label, staging)
         draw_screening_figures(loaded, screenings, model, data_label, staging)
         draw_external_figure(externals, screenings, model, data_label, staging / EXTERNAL_FIGURE)
-        text = render_markdown(loaded, explained, screenings, external_section(screenings, externals))
+        gradability = gradability_section(list(arms), screenings, survey)
+        text = render_markdown(
+            loaded, explained, screenings, external_section(screenings, externals), gradability
+        )
         (staging / Layout().report.name).write_text(text, encoding="utf-8")
 
 

@@ -1,0 +1,91 @@
+"""The `quality` stage: judge whether every photograph of the prepared index can be graded.
+
+Measures each photograph of the index (train, val and test: ``<data.root>/<name>.jpeg``) and judges
+it against ``quality.thresholds`` (``retinopathy.quality.verdict``), matches it to its label where
+``quality.labels`` names EyeQ-format labels, and writes, all together or nothing:
+
+- ``metrics/quality/photos.csv``: one row per photograph: image, split, patient, gradable
+  (true/false), quality (the reasons, ``; ``-separated, empty when gradable), each measure, and
+  the EyeQ label (empty without one);
+- ``metrics/quality.json``: numbers only, of the test split: imageability per image and per
+  patient, the share of each reason and, with labels, the share of Reject photographs found
+  ungradable (``sens``) and of Good or Usable ones kept (``spec``), each with its 95% interval
+  (a bootstrap over patients, ``evaluate.bootstrap`` and ``evaluate.seed``);
+- ``metrics/quality.info.json``: the words (``core.records.QualitySurvey``): the thresholds, the
+  label file, its names that match no photograph, and the confusion matrix label x verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from retinopathy.core.contract import QUALITY_PHOTO_COLUMNS, Layout
+from retinopathy.core.errors import warn
+from retinopathy.core.files import check_output_file, csv_with, json_with
+from retinopathy.pipeline.options import stage_params, stage_parser
+
+# The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
+# `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
+PARAMS = ("data.root", "quality.thresholds", "quality.labels", "evaluate.bootstrap", "evaluate.seed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``retinopathy quality [--params params.yaml]``."""
+    parser = stage_parser("retinopathy quality", __doc__.split("\n")[0])
+    args = parser.parse_args(argv)
+    # the measures (SciPy) and the decoders: imported after parsing, so that --help is instant
+    from retinopathy.core.files import json_text, write_together
+    from retinopathy.core.records import quality_survey_text
+    from retinopathy.data.index import read_index
+    from retinopathy.quality.labels import read_quality_labels
+    from retinopathy.quality.survey import photos_text, summarise, survey
+
+    params = stage_params(args)
+    layout = Layout()
+    outputs = {
+        layout.quality_photos: csv_with(*QUALITY_PHOTO_COLUMNS),
+        layout.quality_metrics: json_with("n"),
+        layout.quality_info: json_with("version", "thresholds", "confusion"),
+    }
+    for path, ours in outputs.items():  # before any work: replace only what this stage wrote
+        check_output_file(path, "quality", ours, inputs=[layout.index])
+    index = read_index(layout.index)
+    names = [record.image for records in index.values() for record in records]
+    labels_path = params.quality.labels
+    labels = None if labels_path is None else read_quality_labels(Path(labels_path), names)
+    if labels is not None and labels.unmatched:
+        warn(
+            f"{labels.unmatched} of {labels.rows} rows of {labels_path} (quality.labels) name no photograph "
+            f"of {layout.index}, e.g. {', '.join(labels.unmatched_examples)}"
+        )
+    started = time.perf_counter()
+    photos = survey(params.data.root, index, params.quality.thresholds, labels)
+    seconds = time.perf_counter() - started
+    metrics, record = summarise(
+        photos,
+        params.quality.thresholds,
+        labels,
+        labels_path,
+        params.evaluate.bootstrap,
+        params.evaluate.seed,
+    )
+    write_together(
+        {
+            layout.quality_photos: photos_text(photos),
+            layout.quality_metrics: json_text(layout.quality_metrics, metrics),
+            layout.quality_info: quality_survey_text(layout.quality_info, record),
+        }
+    )
+    print(
+        f"judged {len(photos)} photographs in {seconds:.1f} s; test split: {metrics['n']:.0f} photographs, "
+        f"imageability {metrics.get('img', 0):.1%} per image, {metrics.get('pat', 0):.1%} per patient"
+    )
+    if "sens" in metrics or "spec" in metrics:
+        found = record.confusion["Reject"]
+        print(
+            f"against {labels_path}: {found.ungradable} of {found.ungradable + found.gradable} Reject "
+            f"photographs found ungradable; {metrics.get('spec', 0):.1%} of the Good and Usable ones kept"
+        )
+    print(f"wrote {layout.quality_photos}, {layout.quality_metrics} and {layout.quality_info}")
+    return 0
