@@ -4,6 +4,7 @@ photos CSV read back as evaluate reads it; and the stage end to end on a tiny de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from retinopathy.quality.measures import Measures
 from retinopathy.quality.survey import (
     METRIC_KEYS,
     Surveyed,
+    learn,
     photos_text,
     read_verdicts,
     share_intervals,
@@ -187,3 +189,42 @@ def test_the_stage_judges_every_photo_of_the_index_and_finds_the_demos_rejects(t
     )
     assert done.returncode != 0 and "was not written by `retinopathy quality`" in done.stderr
     assert "Traceback" not in done.stderr and layout.quality_photos.read_text() == before
+
+
+def _learned_photos(train_rejects: int) -> list[Surveyed]:
+    """200 train photographs (``train_rejects`` of them blurred and labelled Reject) and a test split
+    of 20 sharp Good and 10 blurred Reject ones; measures scattered so the model has work to do."""
+    rng = np.random.default_rng(0)
+
+    def one(image: str, split: str, blurred: bool) -> Surveyed:
+        focus = (0.12 if blurred else 0.45) + 0.04 * rng.standard_normal()
+        measures = dataclasses.replace(
+            SHARP, focus=max(0.0, focus), brightness=90 + 8 * rng.standard_normal()
+        )
+        return Surveyed(
+            image,
+            split,
+            image.split("_")[0],
+            Verdict((BLUR,) if blurred else (), measures),
+            2 if blurred else 0,
+        )
+
+    train = [one(f"t{n}_left", "train", n < train_rejects) for n in range(200)]
+    test = [one(f"s{n}_left", "test", n < 10) for n in range(30)]
+    return train + test
+
+
+def test_the_learned_assessor_fits_on_the_train_labels_and_scores_every_photo():
+    learned = learn(_learned_photos(40), "labels.csv")
+    assert learned.assessor is not None and learned.why is None
+    assert learned.assessor.photos == 200 and learned.assessor.rejects == 40  # the train split only
+    assert len(learned.column) == 230 and all(0 <= float(value) <= 1 for value in learned.column)
+    # blurred test photographs score above sharp ones: the AUC, sensitivity and specificity say so
+    assert learned.metrics == {"l_auc": 1.0, "l_sens": 1.0, "l_spec": 1.0}
+    assert float(learned.column[200]) > float(learned.column[229])  # s0 blurred, s29 sharp
+
+
+def test_too_few_labelled_rejects_leave_the_learned_assessor_out_and_say_why():
+    learned = learn(_learned_photos(5), "labels.csv")
+    assert learned.assessor is None and learned.metrics == {} and set(learned.column) == {""}
+    assert learned.why is not None and "5 Reject" in learned.why and "at least 20" in learned.why

@@ -12,12 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from retinopathy.core.config import QualityThresholds
+from retinopathy.core.contract import QUALITY_REASON_SEPARATOR as REASON_SEPARATOR
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.images import decode_image
 from retinopathy.quality.verdict import Verdict, assess
-
-# Between the reasons of one photograph's `quality` cell (a comma would need CSV quoting).
-REASON_SEPARATOR = "; "
 
 
 def assess_photo(path: Path, thresholds: QualityThresholds, max_pixels: int) -> Verdict | None:

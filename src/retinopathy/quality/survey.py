@@ -34,6 +34,7 @@ from retinopathy.core.records import Bootstrap, QualitySurvey, VerdictCounts
 from retinopathy.data.images import decode_image
 from retinopathy.data.labels import Record, image_path, patient_of
 from retinopathy.quality.labels import QualityLabels
+from retinopathy.quality.learned import LearnedAssessor, fit, is_reject
 from retinopathy.quality.measures import Measures
 from retinopathy.quality.verdict import REASONS, Thresholds, Verdict, assess
 
@@ -58,6 +59,10 @@ METRIC_KEYS: dict[str, str] = {
     **{reason_key(reason): f"share of test photographs ungradable for {reason}" for reason in REASONS},
     "sens": "of the test photographs labelled Reject, the share found ungradable",
     "spec": "of the test photographs labelled Good or Usable, the share found gradable",
+    # the learned assessor's (quality/learned.py), where quality.labels could fit it: see learn()
+    "l_auc": "learned assessor: AUC of EyeQ Reject on the labelled test photographs",
+    "l_sens": "learned assessor: share of the Reject test photographs at or above its threshold",
+    "l_spec": "learned assessor: share of the Good or Usable test photographs below its threshold",
 }
 _BOUNDED = ("img", "pat", "sens", "spec")  # the keys that get an interval
 
@@ -239,6 +244,62 @@ def _ordered(numbers: Mapping[str, float]) -> dict[str, float]:
     """``numbers`` in :data:`METRIC_KEYS`' order, each bounded figure followed by its interval."""
     order = [part for key in METRIC_KEYS for part in (key, f"{key}_lo", f"{key}_hi")]
     return {key: numbers[key] for key in order if key in numbers}
+
+
+@dataclass(frozen=True)
+class Learned:
+    """The learned assessor (:mod:`retinopathy.quality.learned`) fitted on the train split's labels.
+
+    Attributes:
+        assessor: The fitted model, or None where it could not be fitted (``why`` says why).
+        column: ``learned_reject`` of ``metrics/quality/photos.csv``: each photograph's probability of
+            EyeQ Reject (empty where not fitted).
+        metrics: Its figures on the labelled test photographs (``metrics/quality.json``'s ``l_*`` keys).
+        why: Why it was not fitted (None when it was).
+    """
+
+    assessor: LearnedAssessor | None
+    column: list[str]
+    metrics: dict[str, float]
+    why: str | None
+
+
+def learn(photos: Sequence[Surveyed], source: str) -> Learned:
+    """Fit the learned assessor on the train split's labelled photographs and apply it to every one.
+
+    A photograph's probability of Reject is what the model says; it does not change the verdict
+    (the transparent thresholds give the reasons a person can check). Too few labelled photographs
+    (:data:`retinopathy.quality.learned.MIN_PER_CLASS` of each kind) are not an error here: the
+    labels still give the confusion matrix, and the survey's notes and the stage say why there
+    is no learned figure.
+
+    Args:
+        photos: :func:`survey`'s photographs, with their labels.
+        source: The labels' file (``quality.labels``), for the messages.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    train = [photo for photo in photos if photo.split == "train" and photo.label is not None]
+    try:
+        assessor = fit(
+            [photo.verdict.measures for photo in train],
+            is_reject([p.label or 0 for p in train], source),
+            source,
+        )
+    except RetinopathyError as error:
+        return Learned(None, [""] * len(photos), {}, str(error))
+    probability = assessor.probability([photo.verdict.measures for photo in photos])
+    flagged = assessor.ungradable([photo.verdict.measures for photo in photos])
+    test = [n for n, photo in enumerate(photos) if photo.split == "test" and photo.label is not None]
+    reject = np.array([photos[n].label == REJECT for n in test], dtype=bool)
+    metrics: dict[str, float] = {}
+    if reject.any() and (~reject).any():
+        metrics["l_auc"] = round(float(roc_auc_score(reject, probability[test])), DECIMALS)
+    if reject.any():
+        metrics["l_sens"] = round(float(flagged[test][reject].mean()), DECIMALS)
+    if (~reject).any():
+        metrics["l_spec"] = round(float(1 - flagged[test][~reject].mean()), DECIMALS)
+    return Learned(assessor, [f"{value:.4f}" for value in probability], metrics, None)
 
 
 def _survey_record(

@@ -17,6 +17,7 @@ it against ``quality.thresholds`` (``retinopathy.quality.verdict``), matches it 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.core.records import quality_survey_text
     from retinopathy.data.index import read_index
     from retinopathy.quality.labels import read_quality_labels
-    from retinopathy.quality.survey import photos_text, summarise, survey
+    from retinopathy.quality.survey import learn, photos_text, summarise, survey
 
     params = stage_params(args)
     layout = Layout()
@@ -70,9 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         params.evaluate.bootstrap,
         params.evaluate.seed,
     )
+    extra = None
+    if labels is not None:  # the learned assessor beside the thresholds (quality/learned.py)
+        learned = learn(photos, str(labels_path))
+        extra = {"learned_reject": learned.column}
+        metrics.update(learned.metrics)
+        if learned.assessor is None:
+            said = f"learned assessor not fitted: {learned.why}"
+            warn(said)
+        else:
+            a = learned.assessor
+            said = (
+                f"learned assessor (column learned_reject; l_auc, l_sens, l_spec): a logistic regression on "
+                f"the measures, fitted on {a.photos} labelled train photographs ({a.rejects} Reject); it "
+                f"calls a photograph ungradable at P(Reject) >= {a.threshold_probability:.3f} (train "
+                f"sensitivity {a.train_sensitivity:.3f}, specificity {a.train_specificity:.3f}); the "
+                "verdict and its reasons stay the thresholds'"
+            )
+        record = dataclasses.replace(record, notes=[*record.notes, said])
     write_together(
         {
-            layout.quality_photos: photos_text(photos),
+            layout.quality_photos: photos_text(photos, extra),
             layout.quality_metrics: json_text(layout.quality_metrics, metrics),
             layout.quality_info: quality_survey_text(layout.quality_info, record),
         }
