@@ -83,6 +83,14 @@ def test_each_set_is_scored_at_the_internal_operating_points_and_recomputes(vali
             assert figures[f"{point}_specificity"]["value"] == pytest.approx(
                 (~called[~truth]).mean(), abs=1e-4
             )
+        # The quality assessor judged every image: imageability and intention to screen recompute.
+        assert set(predictions["gradable"]) <= {True, False} and predictions["gradable"].notna().all()
+        gradable = predictions["gradable"].to_numpy(dtype=bool)
+        judged = record["gradability"]["image"]
+        assert judged["n"] == len(predictions) and judged["gradable"] == gradable.sum()
+        assert judged["imageability"]["value"] == pytest.approx(gradable.mean(), abs=1e-4)
+        referred = (predictions["predicted"].to_numpy() >= 2) | ~gradable
+        assert judged["sensitivity"]["value"] == pytest.approx(referred[truth].mean(), abs=1e-4)
         metrics = json.loads(out.metrics(name).read_text())
         assert set(metrics) <= set(FUSED_METRIC_KEYS) and "kappa" in metrics
         assert metrics["acc"] == pytest.approx(
@@ -170,6 +178,8 @@ def test_the_report_shows_every_set_beside_the_internal_test_set(validated, caps
     auc = screening(LAYOUT.external("scratch").screening("aptos").screening)["image"]["auc_referable"]
     internal = screening(LAYOUT.arm("scratch").screening_files.screening)["image"]["auc_referable"]
     assert f"({auc['value'] - internal['value']:+.3f})" in rows[1]  # the change from internal
+    imageability = screening(LAYOUT.external("scratch").screening("aptos").screening)["gradability"]["image"]
+    assert f"{imageability['imageability']['value']:.3f}" in rows[1]  # the set's imageability, judged
     assert "0.853 (Messidor-2)" in section and "![ROC of referable DR per set](roc_external.png)" in section
     assert Path("plots/roc_external.png").read_bytes()[:4] == b"\x89PNG"
 

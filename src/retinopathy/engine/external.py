@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from retinopathy.core.config import QualityThresholds
 from retinopathy.core.contract import (
     FUSED_METRIC_KEYS,
     METRIC_DECIMALS,
+    QUALITY_REASON_SEPARATOR,
     REFERABLE_GRADE,
     ArmFiles,
     ExternalFiles,
@@ -47,12 +49,14 @@ from retinopathy.core.records import (
     read_json_object,
     read_working_tree,
 )
-from retinopathy.data.labels import Record, parse_split
+from retinopathy.data.images import decode_image
+from retinopathy.data.labels import Record, image_path, parse_split
 from retinopathy.engine.evaluation import Graded, grade, load_best, open_grader, prediction_rows
 from retinopathy.engine.runtime import Switches
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record_at
 from retinopathy.evaluation.screening_files import screening_contents
+from retinopathy.quality.verdict import REASONS, assess
 
 REFERABLE = "referable DR: grade >= 2 (moderate non-proliferative DR or worse)"
 GULSHAN = (
@@ -143,6 +147,20 @@ def _points_source(files: ArmFiles, internal: ScreeningRecord) -> str:
     )
 
 
+def judge_set(data: ExternalData, thresholds: QualityThresholds) -> list[tuple[bool, str]]:
+    """The transparent quality verdict on each test image of the set, as evaluate has the `quality`
+    stage's: (gradable, the reasons joined by ``contract.QUALITY_REASON_SEPARATOR``).
+
+    The set's own quality labels (its ``quality.csv``) decided which photographs were imported as
+    gradable; this is the assessor's verdict on those, measured on the imported copies.
+    """
+    judged = []
+    for record in data.records:
+        verdict = assess(decode_image(image_path(data.folder, record.image)), thresholds)
+        judged.append((verdict.gradable, QUALITY_REASON_SEPARATOR.join(verdict.reasons)))
+    return judged
+
+
 def set_contents(
     out: ExternalFiles,
     data: ExternalData,
@@ -152,9 +170,17 @@ def set_contents(
     bootstrap: int,
     seed: int,
     regression: bool,
+    judged: list[tuple[bool, str]],
 ) -> tuple[ExternalSet, dict[Path, str]]:
-    """Score one graded set at the internal operating points: its entry of the index and its files' texts."""
-    rows = graded.rows
+    """Score one graded set at the internal operating points: its entry of the index and its files' texts.
+
+    ``judged`` is :func:`judge_set`'s verdicts: the predictions say whether each image is gradable and
+    the screening records gain their ``gradability`` part (imageability, the figures on gradable
+    images only, intention to screen), as evaluate's do.
+    """
+    rows = replace(graded.rows, gradable=np.array([ok for ok, _ in judged], dtype=bool))
+    said = [text.split(QUALITY_REASON_SEPARATOR) for _, text in judged]
+    reasons = {reason: sum(reason in words for words in said) for reason in REASONS}
     probabilities = not regression
     source = _points_source(arm_files, internal)
     notes = [f"operating points: {source}"]
@@ -162,21 +188,27 @@ def set_contents(
         notes.append(
             f"{data.name} names no patients: each image is its own patient (per patient = per image)"
         )
-    screening = record_at(rows, internal.operating_points, bootstrap, seed, probabilities, notes)
+    screening = record_at(rows, internal.operating_points, bootstrap, seed, probabilities, notes, reasons)
     actual, predicted = rows.actual, graded.predicted
     numbers = scores(actual, predicted, confusion_tables(actual, predicted))
     metrics = {key: round(numbers[key], METRIC_DECIMALS) for key in FUSED_METRIC_KEYS if key in numbers}
     contents = {
         out.metrics(data.name): json_text(out.metrics(data.name), metrics),
         out.predictions(data.name): csv_text(
-            list(prediction_header(regression)), prediction_rows(data.records, graded)
+            list(prediction_header(regression)), prediction_rows(data.records, graded, judged)
         ),
         **screening_contents(out.screening(data.name), screening, rows, probabilities),
     }
     if data.dme is not None:
         gulshan = _with_gulshan(rows, data.dme)
         record = record_at(
-            gulshan, internal.operating_points, bootstrap, seed, probabilities, [GULSHAN_NOTE, *notes]
+            gulshan,
+            internal.operating_points,
+            bootstrap,
+            seed,
+            probabilities,
+            [GULSHAN_NOTE, *notes],
+            reasons,
         )
         contents.update(screening_contents(out.gulshan(data.name), record, gulshan, probabilities))
     entry = ExternalSet(
@@ -236,6 +268,7 @@ def validate_external(
     tta: bool,
     bootstrap: int,
     seed: int,
+    thresholds: QualityThresholds,
 ) -> dict[Path, str]:
     """Grade every set of ``sets`` with the arm's ``best.pt``; the text of every file, by file.
 
@@ -250,6 +283,7 @@ def validate_external(
         tta: ``evaluate.tta == "flips"``.
         bootstrap: ``evaluate.bootstrap``: resamples of patients for the intervals.
         seed: ``evaluate.seed``.
+        thresholds: ``quality.thresholds``: each image's quality verdict (:func:`judge_set`).
 
     Raises:
         RetinopathyError: a set that was not imported, or changed since; a missing or foreign checkpoint
@@ -266,8 +300,9 @@ def validate_external(
             records = {"test": one.records}
             opened = open_grader(switches, str(one.folder), cache_dir, trained, status, records)
             graded = grade(opened, records, batch_size, tta, arm_files, one.folder / "test_img.csv")
+            judged = judge_set(one, thresholds)
             entry, texts = set_contents(
-                out, one, graded["test"], internal, arm_files, bootstrap, seed, regression
+                out, one, graded["test"], internal, arm_files, bootstrap, seed, regression, judged
             )
             entries[one.name] = entry
             contents.update(texts)

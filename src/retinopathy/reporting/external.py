@@ -91,18 +91,33 @@ def _cell(entry: dict | None, internal: dict | None) -> str:
 
 # Gulshan's rows count a DME-referable image as grade 2: their kappa is not of the set's grades.
 GRADE_FIGURES = ("kappa",)
+# From each record's gradability part (per image; "n/a" where the images were not judged for quality).
+GRADABILITY_COLUMNS = (("imageability", "imageability"), ("sensitivity", "sens. intention to screen"))
+
+
+def _gradability(record: dict | None) -> dict | None:
+    part = (record or {}).get("gradability")
+    return part["image"] if part else None
 
 
 def _row(
-    arm: str, label: str, n: int, figures: dict, internal: dict | None, referable_only: bool = False
+    arm: str, label: str, record: dict, internal_record: dict | None, referable_only: bool = False
 ) -> str:
+    figures, internal = record["image"], (internal_record or {}).get("image")
     cells = [
         "n/a"
         if referable_only and key in GRADE_FIGURES
         else _cell(figures.get(key), internal.get(key) if internal else None)
         for key, _ in COLUMNS
     ]
-    return f"| {arm} | {label} | {n} | " + " | ".join(cells) + " |"
+    judged, internal_judged = _gradability(record), _gradability(internal_record)
+    cells += [
+        "n/a"
+        if judged is None
+        else _cell(judged.get(key), internal_judged.get(key) if internal_judged else None)
+        for key, _ in GRADABILITY_COLUMNS
+    ]
+    return f"| {arm} | {label} | {figures['n']} | " + " | ".join(cells) + " |"
 
 
 def external_section(screenings: dict[str, Screening], externals: Sequence[ArmExternal]) -> list[str]:
@@ -129,25 +144,30 @@ def external_section(screenings: dict[str, Screening], externals: Sequence[ArmEx
         "AUC 0.991 (EyePACS-1) and 0.990 (Messidor-2); Voets et al. 2019, 0.951 (Kaggle test) and "
         "0.853 (Messidor-2).",
         "",
-        "| arm | set (referable) | images | " + " | ".join(label for _, label in COLUMNS) + " |",
-        "|---|---|---:|" + "---:|" * len(COLUMNS),
+        "| arm | set (referable) | images | "
+        + " | ".join(label for _, label in (*COLUMNS, *GRADABILITY_COLUMNS))
+        + " |",
+        "|---|---|---:|" + "---:|" * (len(COLUMNS) + len(GRADABILITY_COLUMNS)),
     ]
     for external in graded:
         own = screenings.get(external.arm)
-        internal = own.record["image"] if own else None
+        internal = own.record if own else None
         if internal is not None:
-            lines.append(_row(external.arm, f"{INTERNAL} ({REFERABLE_WORDS})", internal["n"], internal, None))
+            lines.append(_row(external.arm, f"{INTERNAL} ({REFERABLE_WORDS})", internal, None))
         for result in external.sets:
-            figures = result.screening.record["image"]
             label = f"{md_text(result.name)} ({REFERABLE_WORDS})"
-            lines.append(_row(external.arm, label, figures["n"], figures, internal))
+            lines.append(_row(external.arm, label, result.screening.record, internal))
             if result.gulshan is not None:
-                gulshan = result.gulshan.record["image"]
                 label = f"{md_text(result.name)} ({GULSHAN_WORDS})"
-                lines.append(_row(external.arm, label, gulshan["n"], gulshan, internal, referable_only=True))
+                lines.append(_row(external.arm, label, result.gulshan.record, internal, referable_only=True))
     lines += [""]
     definitions = {r.entry.gulshan for e in graded for r in e.sets if r.entry.gulshan}
     lines += [f"- {REFERABLE_WORDS}: referable DR, moderate non-proliferative DR or worse."]
+    lines += [
+        "- imageability: the share of the set's images the quality assessor finds gradable; sens. "
+        "intention to screen: sensitivity with an ungradable image counted as referred (section "
+        "Gradability). The set's own quality labels chose which photographs were imported."
+    ]
     lines += [
         f"- {GULSHAN_WORDS} (the sets with DME labels): {md_text(words)}; "
         "its kappa is n/a (not of the set's grades)."

@@ -43,6 +43,7 @@ PARAMS = (
     "evaluate.tta",
     "evaluate.bootstrap",
     "evaluate.seed",
+    "quality.thresholds",
 )
 
 
@@ -79,6 +80,7 @@ def external_arm(params: Params, arm: str, layout: Layout | None = None) -> list
             evaluate.tta == "flips",
             evaluate.bootstrap,
             evaluate.seed,
+            params.quality.thresholds,
         )
     stale = stale_files(out, contents)
     out.headline.mkdir(
