@@ -99,6 +99,12 @@ def test_each_set_is_scored_at_the_internal_operating_points_and_recomputes(vali
     # Messidor-2 has DME labels: referable as Gulshan defines it, named beside the figures.
     assert run.sets["messidor2"].gulshan and "macular edema" in run.sets["messidor2"].gulshan
     assert run.sets["aptos"].gulshan is None and not out.gulshan("aptos").screening.exists()
+    # Messidor-2's adjudicated_gradable: every photograph it wrote is judged, ungradable ones included.
+    assert run.sets["aptos"].quality is None
+    labelled = pd.read_csv(Path(run.sets["messidor2"].folder) / "quality.csv")
+    counts = run.sets["messidor2"].quality
+    assert counts is not None and sum(c.gradable + c.ungradable for c in counts.values()) == len(labelled)
+    assert counts["Reject"].gradable + counts["Reject"].ungradable == (labelled["quality"] == 2).sum()
     gulshan = screening(out.gulshan("messidor2").screening)
     assert "Gulshan" in gulshan["notes"][0]
     predictions = pd.read_csv(out.predictions("messidor2"))
@@ -180,6 +186,8 @@ def test_the_report_shows_every_set_beside_the_internal_test_set(validated, caps
     assert f"({auc['value'] - internal['value']:+.3f})" in rows[1]  # the change from internal
     imageability = screening(LAYOUT.external("scratch").screening("aptos").screening)["gradability"]["image"]
     assert f"{imageability['imageability']['value']:.3f}" in rows[1]  # the set's imageability, judged
+    assert "- messidor2's own quality labels against the quality assessor: found ungradable" in section
+    assert "aptos's own quality labels" not in section  # APTOS says nothing of quality
     assert "0.853 (Messidor-2)" in section and "![ROC of referable DR per set](roc_external.png)" in section
     assert Path("plots/roc_external.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -613,6 +613,9 @@ class ExternalSet:
             scored in ``gulshan/<name>.screening.json``; None otherwise.
         referable_dme: Test images with referable DME (None as ``gulshan``).
         operating_points: Where the operating points were chosen, in words (never on this set).
+        quality: Where the set has quality labels (its ``quality.csv``): each EyeQ level -> the
+            quality assessor's verdicts on the set's photographs of that level, the ones the set calls
+            ungradable (not graded) included; None for a set without (and in files written before).
     """
 
     folder: str
@@ -623,6 +626,7 @@ class ExternalSet:
     gulshan: str | None
     referable_dme: int | None
     operating_points: str
+    quality: Annotated[dict[str, VerdictCounts], Keys(QUALITY_LEVELS, ())] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ or worse, or referable diabetic macular edema), in ``gulshan/<set>.screening.jso
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from retinopathy.core.config import QualityThresholds
 from retinopathy.core.contract import (
     FUSED_METRIC_KEYS,
     METRIC_DECIMALS,
+    QUALITY_LEVELS,
     QUALITY_REASON_SEPARATOR,
     REFERABLE_GRADE,
     ArmFiles,
@@ -42,6 +44,7 @@ from retinopathy.core.records import (
     ScreeningRecord,
     Skipped,
     TrainingStatus,
+    VerdictCounts,
     check_screening,
     external_run_text,
     read_external_run,
@@ -56,6 +59,7 @@ from retinopathy.engine.runtime import Switches
 from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record_at
 from retinopathy.evaluation.screening_files import screening_contents
+from retinopathy.quality.labels import read_quality_labels
 from retinopathy.quality.verdict import REASONS, assess
 
 REFERABLE = "referable DR: grade >= 2 (moderate non-proliferative DR or worse)"
@@ -161,6 +165,32 @@ def judge_set(data: ExternalData, thresholds: QualityThresholds) -> list[tuple[b
     return judged
 
 
+def quality_agreement(
+    data: ExternalData, judged: list[tuple[bool, str]], thresholds: QualityThresholds
+) -> dict[str, VerdictCounts] | None:
+    """The set's own quality labels against the assessor: per EyeQ level, its verdicts.
+
+    Every photograph `import-external` wrote is judged: the test images (``judged``, :func:`judge_set`)
+    and those the set calls ungradable, written only for ``quality.csv`` (``sources.csv``'s status).
+
+    Returns:
+        EyeQ level -> verdict counts; None for a set without quality labels.
+    """
+    files = ImportedSet(data.folder)
+    if not files.quality.is_file():
+        return None
+    with files.sources.open(encoding="utf-8", newline="") as handle:
+        written = [row["image"] for row in csv.DictReader(handle) if row["status"] in ("test", "ungradable")]
+    labels = read_quality_labels(files.quality, written, key=f"the quality labels of {data.folder}")
+    verdicts = {record.image: ok for record, (ok, _) in zip(data.records, judged, strict=True)}
+    counts = {level: [0, 0] for level in QUALITY_LEVELS}
+    for name, level in labels.levels.items():
+        if name not in verdicts:
+            verdicts[name] = assess(decode_image(image_path(data.folder, name)), thresholds).gradable
+        counts[QUALITY_LEVELS[level]][0 if verdicts[name] else 1] += 1
+    return {level: VerdictCounts(gradable=g, ungradable=u) for level, (g, u) in counts.items()}
+
+
 def set_contents(
     out: ExternalFiles,
     data: ExternalData,
@@ -171,6 +201,7 @@ def set_contents(
     seed: int,
     regression: bool,
     judged: list[tuple[bool, str]],
+    quality: dict[str, VerdictCounts] | None = None,
 ) -> tuple[ExternalSet, dict[Path, str]]:
     """Score one graded set at the internal operating points: its entry of the index and its files' texts.
 
@@ -220,6 +251,7 @@ def set_contents(
         gulshan=GULSHAN if data.dme is not None else None,
         referable_dme=int(data.dme.sum()) if data.dme is not None else None,
         operating_points=source,
+        quality=quality,
     )
     return entry, contents
 
@@ -301,8 +333,9 @@ def validate_external(
             opened = open_grader(switches, str(one.folder), cache_dir, trained, status, records)
             graded = grade(opened, records, batch_size, tta, arm_files, one.folder / "test_img.csv")
             judged = judge_set(one, thresholds)
+            agreement = quality_agreement(one, judged, thresholds)
             entry, texts = set_contents(
-                out, one, graded["test"], internal, arm_files, bootstrap, seed, regression, judged
+                out, one, graded["test"], internal, arm_files, bootstrap, seed, regression, judged, agreement
             )
             entries[one.name] = entry
             contents.update(texts)

@@ -173,6 +173,16 @@ def external_section(screenings: dict[str, Screening], externals: Sequence[ArmEx
         "its kappa is n/a (not of the set's grades)."
         for words in sorted(definitions)
     ]
+    for result in graded[0].sets:  # the verdicts are the same for every arm: the first arm's
+        counts = result.entry.quality
+        if counts:
+            said = ", ".join(
+                f"{level} {c.ungradable} of {c.gradable + c.ungradable}" for level, c in counts.items()
+            )
+            lines += [
+                f"- {md_text(result.name)}'s own quality labels against the quality assessor: found "
+                f"ungradable, per label: {said}."
+            ]
     first = graded[0]
 
     def described(result: SetResult) -> str:
