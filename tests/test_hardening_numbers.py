@@ -171,6 +171,7 @@ def _built(tmp_path_factory) -> Path:
         make_tiny_project(folder, fuse={"epochs": 3})
         _fake_training(folder)
         for command in (
+            ["quality"],  # evaluate reads its verdicts, as under dvc repro
             ["evaluate", "--init", "scratch"],
             ["evaluate", "--init", "pretrained"],
             ["fuse", "--init", "scratch"],
