@@ -104,6 +104,22 @@ def pair_names(root: Path) -> None:
         listed.write_text("\n".join(new) + "\n")
 
 
+def faulted_demo(folder: Path, test_size: int, usable: float = 0.0) -> None:
+    """The tiny project's photographs (names, grades, 40 train images at 64 px) painted again in
+    ``folder/data/demo`` with a quarter of them spoilt by a camera fault (and ``usable`` mildly),
+    with their quality labels, for the quality stage's tests."""
+    write_demo_dataset(
+        folder / "data/demo",
+        seed=0,
+        train_size=40,
+        test_size=test_size,
+        image_size=64,
+        variation=True,
+        ungradable=0.25,
+        usable=usable,
+    )
+
+
 def make_tiny_project(folder: Path, *, paired: bool = False, **overrides: dict) -> Path:
     """Write params.yaml (:func:`write_params` with ``overrides``), the demo data, data/prepared and
     models/init into ``folder``, which must be the working directory (stages use relative paths).

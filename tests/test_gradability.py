@@ -114,23 +114,14 @@ def test_every_gradability_figure_is_recomputed_from_the_predictions_csv(tmp_pat
     """A tiny run with a quarter of the photos spoilt: evaluate's figures are scikit-learn's of its CSV."""
     import pandas as pd
 
-    from conftest import make_tiny_project
+    from conftest import faulted_demo, make_tiny_project
     from retinopathy.core.config import load_params
     from retinopathy.stages import evaluate, quality, train
-    from retinopathy.stages.demo_data import write_demo_dataset
 
     monkeypatch.chdir(tmp_path)
     make_tiny_project(tmp_path, demo={"test_size": 30}, train={"epochs": 1}, evaluate={"bootstrap": 30})
     # The same photographs (names, grades; patients demo_<n>, two eyes each), a quarter spoilt by a fault.
-    write_demo_dataset(
-        tmp_path / "data/demo",
-        seed=0,
-        train_size=40,
-        test_size=30,
-        image_size=64,
-        variation=True,
-        ungradable=0.25,
-    )
+    faulted_demo(tmp_path, test_size=30)
     assert quality.main([]) == 0
     params = load_params("params.yaml")
     train.train_arm(params, "scratch")

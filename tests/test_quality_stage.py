@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_tiny_project, subprocess_env
+from conftest import faulted_demo, make_tiny_project, subprocess_env
 from retinopathy.core.contract import QUALITY_LEVELS, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import read_quality_survey
@@ -29,7 +29,6 @@ from retinopathy.quality.survey import (
     summarise,
 )
 from retinopathy.quality.verdict import BLUR, DARK, Thresholds, Verdict
-from retinopathy.stages.demo_data import write_demo_dataset
 
 SHARP = Measures(0.7, 0.95, 90.0, 0.01, 0.0, 0.5, 0.0)
 
@@ -152,16 +151,7 @@ def test_the_stage_judges_every_photo_of_the_index_and_finds_the_demos_rejects(t
     monkeypatch.chdir(tmp_path)
     make_tiny_project(tmp_path)
     # The same photographs (names, grades), a quarter of them spoilt by a camera fault, a tenth mildly.
-    write_demo_dataset(
-        tmp_path / "data/demo",
-        seed=0,
-        train_size=40,
-        test_size=12,
-        image_size=64,
-        variation=True,
-        ungradable=0.25,
-        usable=0.1,
-    )
+    faulted_demo(tmp_path, test_size=12, usable=0.1)
     layout = Layout()
     done = subprocess.run(
         [sys.executable, "-m", "retinopathy", "quality"], capture_output=True, text=True, env=subprocess_env()
