@@ -272,3 +272,18 @@ def test_the_external_sets_are_no_part_of_a_training_run():
     other = {**params, "external": {"messidor2": "data/external/messidor2"}}
     # Naming a set to validate on must not make a finished training run another run (no resume, no retrain).
     assert training_params(params) == training_params(other)
+
+
+def test_a_sets_sources_csv_damaged_after_import_is_named_with_the_fix(tmp_path):
+    from retinopathy.core.contract import ImportedSet
+    from retinopathy.core.errors import RetinopathyError
+    from retinopathy.engine.external import _written_images
+
+    files = ImportedSet(tmp_path)
+    with pytest.raises(RetinopathyError, match=r"sources\.csv: not found, but quality\.csv is there; "):
+        _written_images(files)
+    files.sources.write_text("name,state\na,test\n")
+    with pytest.raises(RetinopathyError, match=r"sources\.csv:1: lacks the columns image and status; "):
+        _written_images(files)
+    files.sources.write_text("image,status\na,test\nb,ungradable\nc,missing\n")
+    assert _written_images(files) == ["a", "b"]

@@ -97,6 +97,27 @@ def _dme_labels(files: ImportedSet, count: int, key: str) -> np.ndarray:
     return np.array([line == "1" for line in lines], dtype=bool)
 
 
+def _written_images(files: ImportedSet) -> list[str]:
+    """The photographs `import-external` wrote (``sources.csv``'s status ``test`` or ``ungradable``).
+
+    Raises:
+        RetinopathyError: ``sources.csv`` is missing, unreadable or lacks its columns (the folder
+            was changed after import), naming it and the fix.
+    """
+    again = f"the folder was changed after import - import the set again (`{IMPORT_FIX}`) into a new folder"
+    try:
+        with files.sources.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows, columns = list(reader), reader.fieldnames or []
+    except FileNotFoundError:
+        raise RetinopathyError(f"{files.sources}: not found, but quality.csv is there; {again}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise RetinopathyError(f"{files.sources}: cannot read it ({error}); {again}") from None
+    if not {"image", "status"} <= set(columns):
+        raise RetinopathyError(f"{files.sources}:1: lacks the columns image and status; {again}")
+    return [row["image"] for row in rows if row["status"] in ("test", "ungradable")]
+
+
 def read_set(name: str, folder: str) -> ExternalData:
     """The set ``name`` of params.yaml's ``external``, checked to be a folder `import-external` wrote.
 
@@ -179,8 +200,7 @@ def quality_agreement(
     files = ImportedSet(data.folder)
     if not files.quality.is_file():
         return None
-    with files.sources.open(encoding="utf-8", newline="") as handle:
-        written = [row["image"] for row in csv.DictReader(handle) if row["status"] in ("test", "ungradable")]
+    written = _written_images(files)
     labels = read_quality_labels(files.quality, written, key=f"the quality labels of {data.folder}")
     verdicts = {record.image: ok for record, (ok, _) in zip(data.records, judged, strict=True)}
     counts = {level: [0, 0] for level in QUALITY_LEVELS}
