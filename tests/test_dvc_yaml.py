@@ -262,7 +262,8 @@ def test_stage_outputs_are_the_contract_paths() -> None:
     assert _outs("prepare") == {str(layout.prepared)}
     assert _outs("weights") == {str(layout.manifests)}
     assert _outs("quality") == {
-        str(p) for p in (layout.quality_photos, layout.quality_metrics, layout.quality_info)
+        str(p)
+        for p in (layout.quality_photos, layout.quality_metrics, layout.quality_info, layout.quality_assessor)
     }
     assert _outs("train") == {str(p) for a in arms for p in (a.model_dir, a.history)}
     assert _outs("evaluate") == {

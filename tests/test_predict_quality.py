@@ -14,16 +14,19 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import TRAINED_OVERRIDES, write_params
 from retinopathy.commands import predict
 from retinopathy.core.config import QualityThresholds
-from retinopathy.core.contract import QUALITY_COLUMNS, Layout
+from retinopathy.core.contract import LEARNED_COLUMN, QUALITY_COLUMNS, Layout
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.data.images import decode_image
 from retinopathy.quality.degrade import FAULTS, off_frame, underexpose
-from retinopathy.quality.verdict import NO_FUNDUS
+from retinopathy.quality.learned import MIN_PER_CLASS, LearnedAssessor, assessor_text, fit
+from retinopathy.quality.verdict import NO_FUNDUS, assess
 from retinopathy.stages import demo_data
 
 
@@ -194,3 +197,51 @@ def test_withhold_leaves_an_ungradable_photo_and_its_patient_without_a_grade(tra
     assert flagged["7_left.jpeg"]["patient_referable"] in ("0", "1")
     assert flagged["7_left.jpeg"]["grade"] == withheld["7_left.jpeg"]["grade"]
     assert "(--ungradable: flag)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def learned(demo_256) -> LearnedAssessor:
+    """A learned assessor fitted on every demo-256 photo (Good) and a dark copy of each (Reject: at
+    12-30% of its brightness)."""
+    originals = sorted(demo_256[0].parent.glob("*.jpeg"))
+    assert len(originals) >= MIN_PER_CLASS
+    images = [decode_image(path) for path in originals]
+    dark = [underexpose(image, 0.7 + 0.18 * n / len(images)) for n, image in enumerate(images)]
+    measures = [assess(image).measures for image in images + dark]
+    return fit(measures, np.array([False] * len(images) + [True] * len(dark)), "demo-256 labels")
+
+
+def test_a_learned_assessor_adds_its_probability_and_names_the_photos_only_it_rejects(
+    trained_project, demo_256, learned, capsys
+):
+    photos = trained_project / "photos"
+    photos.mkdir()
+    shutil.copy(demo_256[0], photos / "original.jpeg")
+    save(underexpose(decode_image(demo_256[0]), 0.8), photos / "dark.jpeg")  # a strength it never saw
+    model, out = trained_project / "quality.json", trained_project / "graded.csv"
+    model.write_text(assessor_text(learned, None, str(model)))
+    assert predict.main([str(photos), "--out", str(out), "--quality-model", str(model)]) == 0
+    rows = read_rows(out)
+    assert list(rows["dark.jpeg"])[-1] == LEARNED_COLUMN
+    original, dark = (float(rows[name][LEARNED_COLUMN]) for name in ("original.jpeg", "dark.jpeg"))
+    assert original < learned.threshold_probability <= dark
+    # The verdict stays the thresholds'.
+    assert (rows["dark.jpeg"]["gradable"], rows["dark.jpeg"]["quality"]) == ("false", "dark")
+    said = capsys.readouterr()
+    assert f"learned assessor {model}: 1 of 2 photographs at or above its threshold" in said.out
+    assert "the thresholds find it gradable" not in said.err  # they agree on both
+
+    # An assessor that rejects everything: the photograph the thresholds keep is named, with its reason.
+    model.write_text(assessor_text(dataclasses.replace(learned, threshold=-50.0), None, str(model)))
+    assert predict.main([str(photos), "--out", str(out), "--quality-model", str(model)]) == 0
+    err = capsys.readouterr().err
+    assert f"learned assessor: {photos / 'original.jpeg'}: P(Reject) {original:.3f}, mostly " in err
+    assert err.count("the thresholds find it gradable") == 1  # not the dark copy: the thresholds reject it
+
+    # A file the stage wrote without a model (no labels, or too few) is refused before any grading.
+    before = out.read_bytes()
+    model.write_text(assessor_text(None, "3 Reject and 30 Good or Usable photographs", str(model)))
+    refused = "holds no learned assessor: 3 Reject .*; run `dvc repro quality`"
+    with pytest.raises(RetinopathyError, match=refused):
+        predict.main([str(photos), "--out", str(out), "--quality-model", str(model)])
+    assert out.read_bytes() == before

@@ -229,3 +229,22 @@ def test_bad_input_is_refused_with_what_to_do(call, message):
     with pytest.raises(RetinopathyError) as error:
         call()
     assert message in str(error.value)
+
+
+def test_processes_judge_each_photo_as_one_process_does_in_input_order(retina, tmp_path):
+    from retinopathy.quality.photos import assess_files
+
+    small = np.asarray(Image.fromarray(retina).resize((384, 384), Image.Resampling.LANCZOS))
+    faults = [None, FAULTS["defocus"], FAULTS["underexpose"], FAULTS["overexpose"], FAULTS["off_frame"]]
+    paths = []
+    for number, fault in enumerate(faults * 2):  # 10 photographs: several per process
+        pixels = small if fault is None else fault(small, fault.reject, seed=number)
+        paths.append(tmp_path / f"{number}.jpeg")
+        Image.fromarray(pixels).save(paths[-1], "JPEG", quality=90)
+    alone = assess_files(paths, Thresholds())
+    assert [v.reasons[:1] for v in alone] == [(), *((f.reason,) for f in faults[1:])] * 2
+    assert assess_files(paths, Thresholds(), workers=2) == alone
+    # A photograph that cannot be decoded is named, from whichever process judged it.
+    (tmp_path / "7.jpeg").write_bytes(b"not a JPEG")
+    with pytest.raises(RetinopathyError, match="7.jpeg"):
+        assess_files(paths, Thresholds(), workers=2)

@@ -13,9 +13,11 @@ from retinopathy.quality.learned import (
     MIN_PER_CLASS,
     TERMS,
     LearnedAssessor,
+    assessor_text,
     choose_threshold,
     fit,
     is_reject,
+    read_assessor,
 )
 from retinopathy.quality.measures import Measures
 from retinopathy.quality.verdict import BLUR, DARK, NO_FUNDUS, OVEREXPOSED
@@ -125,6 +127,23 @@ def test_a_damaged_json_is_refused_naming_the_file_and_the_fix(
     with pytest.raises(RetinopathyError, match="run the quality stage again") as error:
         LearnedAssessor.from_json(json.dumps(raw), "models/quality.json", "run the quality stage again")
     assert str(error.value).startswith("models/quality.json: ") and words in str(error.value)
+
+
+def test_the_stages_file_holds_the_model_or_says_why_there_is_none(
+    assessor: LearnedAssessor, tmp_path
+) -> None:
+    path = tmp_path / "quality.json"
+    path.write_text(assessor_text(assessor, None, str(path)))
+    assert read_assessor(path, "fix it") == assessor
+    why = "7 Reject photographs; at least 20 needed"
+    path.write_text(assessor_text(None, why, str(path)))
+    assert json.loads(path.read_text()) == {"version": 1, "not_fitted": why}
+    with pytest.raises(RetinopathyError) as error:
+        read_assessor(path, "run `dvc repro quality`")
+    assert str(error.value) == f"{path}: holds no learned assessor: {why}; run `dvc repro quality`"
+    for missing, words in ((tmp_path / "none.json", "not found"), (tmp_path, "cannot read it")):
+        with pytest.raises(RetinopathyError, match=rf"^{missing}: {words}.*; run it$"):
+            read_assessor(missing, "run it")
 
 
 def test_not_json_and_nan_are_refused(assessor: LearnedAssessor) -> None:

@@ -18,16 +18,17 @@ from retinopathy.core.contract import QUALITY_LEVELS, Layout
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.records import read_quality_survey
 from retinopathy.quality.labels import QualityLabels
+from retinopathy.quality.learned import read_assessor
 from retinopathy.quality.measures import Measures
 from retinopathy.quality.survey import (
     METRIC_KEYS,
     Surveyed,
     learn,
     photos_text,
-    read_verdicts,
     share_intervals,
     summarise,
 )
+from retinopathy.quality.table import read_verdicts
 from retinopathy.quality.verdict import BLUR, DARK, Thresholds, Verdict
 
 SHARP = Measures(0.7, 0.95, 90.0, 0.01, 0.0, 0.5, 0.0)
@@ -172,6 +173,10 @@ def test_the_stage_judges_every_photo_of_the_index_and_finds_the_demos_rejects(t
     assert "learned assessor not fitted" in done.stderr
     assert {photo["learned_reject"] for photo in photos} == {""}
     assert any("learned assessor not fitted" in note and "at least 20" in note for note in survey.notes)
+    # The assessor's file is written all the same, and says why predict --quality-model cannot use it.
+    with pytest.raises(RetinopathyError, match="holds no learned assessor: .*at least 20.*; fix"):
+        read_assessor(layout.quality_assessor, "fix")
+    assert f"{layout.quality_assessor} (no learned assessor: it says why)" in done.stdout
     reject = survey.confusion[QUALITY_LEVELS[2]]
     assert (
         reject.ungradable == metrics["n"] - round(metrics["img"] * metrics["n"]) > 0

@@ -1,7 +1,8 @@
 """`retinopathy predict`: grade new photographs with a trained arm, and show where it looked.
 
 ``retinopathy predict PATH... [--arm scratch|pretrained | --checkpoint FILE]
-[--out predictions.csv] [--tta flips] [--explain DIR] [--ungradable flag|withhold]``
+[--out predictions.csv] [--tta flips] [--explain DIR] [--ungradable flag|withhold]
+[--quality-model FILE]``
 
 PATH is an image, a folder (every JPEG/PNG in it, sorted; an entry named like
 one that is no regular file, such as a named pipe or a folder, is a row with its
@@ -50,7 +51,13 @@ params.yaml's ``quality.thresholds``. An ungradable one is graded and marked
 (``withhold``, ``source`` ``withheld``; its other eye is then graded alone);
 ``--ungradable`` overrides the param. One line per ungradable photograph names
 its reasons, each with its measure and threshold, and a count follows; an
-ungradable photograph is no error (the exit status stays 0).
+ungradable photograph is no error (the exit status stays 0). ``--quality-model
+FILE`` (``models/quality.json``, the learned assessor the `quality` stage fits on
+``quality.labels``) adds a last column, ``learned_reject``: its P(EyeQ Reject) of
+each photograph read, from the same measures. It is a second opinion: the verdict,
+``gradable``, ``quality`` and the policy stay the thresholds', since the learned
+model knows only its training camera (BENCHMARKS.md, "Learned image quality"), and
+each photograph it would reject that the thresholds keep is named.
 
 params.yaml (``--params``) gives only the device, its speed switches, the
 batch size, ``data.max_pixels`` and the ``quality`` thresholds and policy. Without it
@@ -77,6 +84,7 @@ from retinopathy.core.contract import (
     ARMS,
     COURSE_IMAGE_SIZE,
     GRADES,
+    LEARNED_COLUMN,
     QUALITY_COLUMNS,
     REFERABLE_GRADE,
     UNGRADABLE_POLICIES,
@@ -105,9 +113,14 @@ if TYPE_CHECKING:  # the heavy modules are imported in `predict`, so that --help
     from retinopathy.fusion.blend import BlendRecord
     from retinopathy.models.grader import Grader
     from retinopathy.models.head import Head
+    from retinopathy.quality.photos import SecondOpinion
     from retinopathy.quality.verdict import Verdict
 
 PARAMS_FILE = "params.yaml"
+QUALITY_MODEL_FIX = (
+    "run `dvc repro quality` with quality.labels naming EyeQ-format labels (at least 20 Reject and 20 other "
+    "photographs in the train split) to write models/quality.json, or leave --quality-model out"
+)
 # The `source` of a row whose grade was withheld (--ungradable withhold): no grade, see `quality`.
 WITHHELD = "withheld"
 # The one rule of who is whom, as `predict --help` states it (fusion.pairs.photo_patients applies it).
@@ -446,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
         "params.yaml's quality.ungradable; flag without params.yaml).",
     )
     parser.add_argument(
+        "--quality-model",
+        type=Path,
+        metavar="FILE",
+        help="A learned quality assessor (models/quality.json, which the quality stage fits on "
+        "quality.labels): adds the column learned_reject, its P(EyeQ Reject) of each photograph, and "
+        "names the photographs it would reject; gradable, quality and --ungradable stay the thresholds'.",
+    )
+    parser.add_argument(
         "--params",
         metavar="FILE",
         help="The device, its switches, the batch size, data.max_pixels, quality.thresholds and "
@@ -552,6 +573,38 @@ def report_ungradable(
     )
 
 
+def report_second_opinions(
+    photos: list[Path],
+    verdicts: dict[int, Verdict | None],
+    opinions: dict[int, SecondOpinion],
+    threshold: float,
+    source: Path,
+) -> None:
+    """Say how many photographs the learned assessor would reject, and name those the thresholds keep.
+
+    Args:
+        photos: The inputs, by index.
+        verdicts: The thresholds' verdict on each photograph read, by input index.
+        opinions: The learned assessor's view of each, by input index.
+        threshold: Its threshold as P(Reject).
+        source: Its file (``--quality-model``).
+    """
+    rejected = [index for index, opinion in sorted(opinions.items()) if opinion.ungradable]
+    for index in rejected:
+        verdict = verdicts[index]
+        if verdict is not None and verdict.gradable:
+            opinion = opinions[index]
+            note(
+                f"learned assessor: {photos[index]}: P(Reject) {opinion.probability:.3f}, mostly "
+                f"{', '.join(opinion.reasons)}; the thresholds find it gradable"
+            )
+    print(
+        f"learned assessor {source}: {len(rejected)} of {len(opinions)} photographs at or above its "
+        f"threshold, P(Reject) >= {threshold:.3f} (column {LEARNED_COLUMN}); gradable and quality are "
+        "the thresholds'"
+    )
+
+
 def report_withheld_patients(patients: Patients, withheld: set[int], read: set[int]) -> None:
     """Say how many patients whose two eyes were given get no call, because an eye's grade was withheld."""
     eyes: dict[int, set[str]] = {}
@@ -578,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.engine.batches import loader
     from retinopathy.engine.runtime import make_runtime, resolve_device
     from retinopathy.models.head import require_finite
-    from retinopathy.quality.photos import assess_photo, quality_cells
+    from retinopathy.quality.learned import read_assessor
+    from retinopathy.quality.photos import assess_photo, quality_cells, second_opinions
     from retinopathy.reporting.results import missing_checkpoint_fix
 
     path = args.checkpoint or Layout().arm(args.arm).best
@@ -591,9 +645,11 @@ def main(argv: list[str] | None = None) -> int:
         raise RetinopathyError(f"{' '.join(args.paths)}: no JPEG or PNG image there to grade")
     patients = photo_patients(photos, pair_indices(args.pair or [], photos))
     blend = blend_for(args, trained.state.fingerprint)
+    learned = None if args.quality_model is None else read_assessor(args.quality_model, QUALITY_MODEL_FIX)
     given = [Path(raw) for raw in args.paths if Path(raw).is_file()]
     params_file = [Path(args.params)] if args.params else []
-    check_outputs(args.out, args.explain, photos, [*given, path, *params_file])
+    models = [path, *([args.quality_model] if args.quality_model else [])]
+    check_outputs(args.out, args.explain, photos, [*given, *models, *params_file])
 
     runtime = make_runtime(
         resolve_device(chosen.device),
@@ -662,8 +718,14 @@ def main(argv: list[str] | None = None) -> int:
         shown_grade, shown_scores = fused.get(index, (grade, row_scores))
         rows.append([*_row(photos[index], shown_grade, shown_scores, head, cells), warning, source])
         graded.append((index, grade, row_scores))
-    label_patients(rows, head, patients, [-1 - index if index < 0 else index for index in indices.tolist()])
+    order = [-1 - index if index < 0 else index for index in indices.tolist()]
+    label_patients(rows, head, patients, order)
     header = [*columns(head), "warning", "source"]
+    opinions = {} if learned is None else second_opinions(learned, verdicts)
+    if learned is not None:  # the learned assessor's view, after every other column
+        header.append(LEARNED_COLUMN)
+        for row, index in zip(rows, order, strict=True):
+            row.append(f"{opinions[index].probability:.4f}" if index in opinions else "")
     try:
         write_csv_atomic(args.out, header, rows)
     except RetinopathyError as error:  # a full disk: the grades are kept elsewhere, not lost
@@ -680,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"quality.ungradable of {chosen.source}"
     )
     report_ungradable(photos, verdicts, policy, policy_source, args.out)
+    if learned is not None:
+        report_second_opinions(photos, verdicts, opinions, learned.threshold_probability, args.quality_model)
     if withheld:
         report_withheld_patients(patients, withheld, set(verdicts))
     if fused:

@@ -172,6 +172,10 @@ UNGRADABLE_POLICIES = ("flag", "withhold")
 # Beside the grade, every predictions CSV (evaluate's, external's, predict's) says whether the photograph
 # could be graded: gradable true/false; quality, the reasons (quality.verdict.REASONS) joined by "; "
 QUALITY_COLUMNS = ("gradable", "quality")
+GRADABLE_CELLS = ("false", "true")  # a `gradable` cell, by the verdict: GRADABLE_CELLS[gradable]
+# The learned assessor's column (quality.learned: P(EyeQ Reject), 4 decimals), after the others in
+# metrics/quality/photos.csv and in predict's CSV with --quality-model.
+LEARNED_COLUMN = "learned_reject"
 QUALITY_REASON_SEPARATOR = "; "  # between the reasons of a `quality` cell
 # metrics/quality/photos.csv (the `quality` stage): one row per photograph of the prepared index, these
 # columns first, then each measure of quality.measures.Measures by its name, then QUALITY_LABEL_COLUMN (the
@@ -400,6 +404,11 @@ class Layout:
     def quality_info(self) -> Path:
         """The `quality` stage's words (``core.records.QualitySurvey``): thresholds, labels, confusion."""
         return self.metrics / "quality.info.json"
+
+    @property
+    def quality_assessor(self) -> Path:
+        """The `quality` stage's learned assessor (``quality.learned``): the model, or why there is none."""
+        return self.models / "quality.json"
 
     @property
     def report(self) -> Path:

@@ -24,6 +24,7 @@ from retinopathy.core import portable
 from retinopathy.core.config import EvaluateParams
 from retinopathy.core.contract import (
     CONFUSION_COLUMNS,
+    GRADABLE_CELLS,
     GRADES,
     METRIC_DECIMALS,
     METRIC_KEYS,
@@ -270,7 +271,7 @@ def quality_cells(judged: list[tuple[bool, str]] | None, count: int) -> list[lis
     """The predictions' ``contract.QUALITY_COLUMNS`` of ``count`` images (empty: not judged)."""
     if judged is None:
         return [["", ""]] * count
-    return [["true" if gradable else "false", reasons] for gradable, reasons in judged]
+    return [[GRADABLE_CELLS[gradable], reasons] for gradable, reasons in judged]
 
 
 def table_contents(

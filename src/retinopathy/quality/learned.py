@@ -8,7 +8,9 @@ would rate the photograph Reject (quality 2) rather than Good or Usable: an L2-r
 logistic regression (scikit-learn, lbfgs, which is deterministic: no seed). ``fit`` learns it,
 ``LearnedAssessor.probability`` and ``.ungradable`` apply it with numpy alone, and
 ``to_json``/``from_json`` keep it as plain JSON (coefficients, means, scales, threshold): no
-pickle, so a file of it can be read without running anything in it.
+pickle, so a file of it can be read without running anything in it. The `quality` stage writes
+it to ``models/quality.json`` (:func:`assessor_text`: the model, or why there is none), and
+``retinopathy predict --quality-model`` reads it (:func:`read_assessor`).
 
 A photograph without a measurable fundus disc (its measures are None: a black frame, a speck
 of light) has nothing for the model to read. The rule decides it, as the transparent verdict
@@ -34,6 +36,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -70,6 +73,8 @@ SPECIFICITY = 0.95  # the training specificity the threshold keeps, by default
 MIN_PER_CLASS = 20
 FORMAT_VERSION = 1  # of the JSON; raise it when a field changes
 VERSION_KEY = "version"
+# The `quality` stage's file without a model (no labels, or too few to learn from): why, under this key.
+NOT_FITTED_KEY = "not_fitted"
 
 
 @dataclass(frozen=True)
@@ -227,12 +232,51 @@ class LearnedAssessor:
                 f"{source}: not a learned quality assessor of format version {FORMAT_VERSION} "
                 f"(its {VERSION_KEY} is {found!r}); {fix}"
             )
+        if NOT_FITTED_KEY in raw:
+            raise RetinopathyError(f"{source}: holds no learned assessor: {raw[NOT_FITTED_KEY]}; {fix}")
         try:
             return parse(cls, {key: value for key, value in raw.items() if key != VERSION_KEY})
         except Invalid as error:
             raise RetinopathyError(
                 f"{source}: {error} (damaged, or written by another version); {fix}"
             ) from None
+
+
+def assessor_text(assessor: LearnedAssessor | None, why: str | None, path: str) -> str:
+    """The text of the `quality` stage's assessor file (``contract.Layout.quality_assessor``).
+
+    The model as :meth:`LearnedAssessor.to_json` writes it or, where none was fitted, why not
+    (under :data:`NOT_FITTED_KEY`): the stage always writes the file, and reading one without a
+    model says why (:func:`read_assessor`).
+
+    Args:
+        assessor: The fitted model, or None.
+        why: Why there is none (with ``assessor`` None).
+        path: The file it is for, for the messages.
+    """
+    if assessor is not None:
+        return assessor.to_json(path)
+    return json_text(path, {VERSION_KEY: FORMAT_VERSION, NOT_FITTED_KEY: why or "not fitted"})
+
+
+def read_assessor(path: Path, fix: str) -> LearnedAssessor:
+    """The learned assessor in ``path`` (:func:`assessor_text`'s file), every field checked.
+
+    Args:
+        path: The JSON file.
+        fix: What to do when it is missing, damaged or holds no model.
+
+    Raises:
+        RetinopathyError: missing, unreadable, damaged, of another version, or written without a
+            model (saying why there is none), naming ``path`` and ``fix``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RetinopathyError(f"{path}: not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as error:  # a folder, no permission, binary
+        raise RetinopathyError(f"{path}: cannot read it ({error}); {fix}") from None
+    return LearnedAssessor.from_json(text, str(path), fix)
 
 
 def _values(measures: Sequence[Measures], what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -6,43 +6,41 @@ writes one row per photograph (``contract.QUALITY_PHOTO_COLUMNS``, the measures,
 and any other assessor's columns); :func:`summarise` gives the test split's numbers (imageability
 per image and per patient, the share of each reason, and, with labels, how many Reject photographs
 the assessor found ungradable and how many Good or Usable ones it kept), with intervals from a
-bootstrap over patients, and the words (``core.records.QualitySurvey``). :func:`read_verdicts` reads
+bootstrap over patients, and the words (``core.records.QualitySurvey``); ``quality.table`` reads
 the verdicts back for evaluate. Torch-free.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from retinopathy.core.contract import (
+    GRADABLE_CELLS,
     QUALITY_LABEL_COLUMN,
     QUALITY_LEVELS,
     QUALITY_PHOTO_COLUMNS,
     QUALITY_REASON_SEPARATOR,
     SPLITS,
 )
-from retinopathy.core.errors import RetinopathyError, where
+from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import csv_text
 from retinopathy.core.records import Bootstrap, QualitySurvey, VerdictCounts
-from retinopathy.data.images import decode_image
 from retinopathy.data.labels import Record, image_path, patient_of
 from retinopathy.quality.labels import QualityLabels
 from retinopathy.quality.learned import LearnedAssessor, fit, is_reject
 from retinopathy.quality.measures import Measures
-from retinopathy.quality.verdict import REASONS, Thresholds, Verdict, assess
+from retinopathy.quality.photos import assess_files
+from retinopathy.quality.verdict import REASONS, Thresholds, Verdict
 
 MEASURE_COLUMNS = tuple(field.name for field in dataclasses.fields(Measures))
 REJECT = QUALITY_LEVELS.index("Reject")
 CONFIDENCE = 0.95  # of the intervals, as the screening figures' (percentile bootstrap over patients)
 DECIMALS = 3  # of metrics/quality.json, as the headline metrics' (contract.METRIC_DECIMALS)
-QUALITY_FIX = "run `dvc repro quality` (or `retinopathy quality`) to write it again"
 
 
 def reason_key(reason: str) -> str:
@@ -91,7 +89,7 @@ def survey(
     index: Mapping[str, Sequence[Record]],
     thresholds: Thresholds,
     labels: QualityLabels | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    workers: int = 0,
 ) -> list[Surveyed]:
     """Measure and judge every photograph of ``index`` (``<root>/<name>.jpeg``), split by split.
 
@@ -100,20 +98,23 @@ def survey(
         index: The prepared index's records per split (``data.index.read_index``).
         thresholds: ``quality.thresholds``.
         labels: The quality labels matched to the index's names; None: no labels.
-        progress: Called with (photographs done, all of them) after each.
+        workers: Processes to judge them in (``quality.photos.assess_files``); 0: this one.
 
     Raises:
         RetinopathyError: a photograph is missing or cannot be decoded (naming it).
     """
     records = [(split, record) for split in SPLITS for record in index.get(split, ())]
-    out = []
-    for done, (split, record) in enumerate(records, start=1):
-        verdict = assess(decode_image(image_path(root, record.image)), thresholds)
-        label = None if labels is None else labels.levels.get(record.image)
-        out.append(Surveyed(record.image, split, patient_of(record.image), verdict, label))
-        if progress is not None:
-            progress(done, len(records))
-    return out
+    verdicts = assess_files([image_path(root, record.image) for _, record in records], thresholds, workers)
+    return [
+        Surveyed(
+            record.image,
+            split,
+            patient_of(record.image),
+            verdict,
+            None if labels is None else labels.levels.get(record.image),
+        )
+        for (split, record), verdict in zip(records, verdicts, strict=True)
+    ]
 
 
 def photos_text(photos: Sequence[Surveyed], extra: Mapping[str, Sequence[str]] | None = None) -> str:
@@ -139,7 +140,7 @@ def photos_text(photos: Sequence[Surveyed], extra: Mapping[str, Sequence[str]] |
                 photo.image,
                 photo.split,
                 photo.patient,
-                "true" if photo.verdict.gradable else "false",
+                GRADABLE_CELLS[photo.verdict.gradable],
                 QUALITY_REASON_SEPARATOR.join(photo.verdict.reasons),
                 *("" if measures[name] is None else f"{measures[name]:.4f}" for name in MEASURE_COLUMNS),
                 "" if photo.label is None else QUALITY_LEVELS[photo.label],
@@ -350,61 +351,3 @@ def _survey_record(
         bootstrap=Bootstrap(resamples, seed, CONFIDENCE, "patient", "percentile"),
         notes=notes,
     )
-
-
-@dataclass(frozen=True)
-class PhotoVerdict:
-    """One photograph's verdict as ``metrics/quality/photos.csv`` holds it (``contract.QUALITY_COLUMNS``)."""
-
-    gradable: bool
-    quality: str  # the reasons joined by contract.QUALITY_REASON_SEPARATOR; empty when gradable
-
-
-def read_verdicts(path: Path, split: str) -> dict[str, PhotoVerdict]:
-    """The verdicts of ``split``'s photographs in ``metrics/quality/photos.csv``, by image name.
-
-    Raises:
-        RetinopathyError: the file is missing or not the `quality` stage's (its header, a split, a
-            ``gradable`` that is not true or false, a reason out of ``verdict.REASONS``, reasons on a
-            gradable photograph or none on an ungradable one, a photograph listed twice), naming the
-            file, the line and the fix.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RetinopathyError(f"{path}: not found; run `dvc repro quality` first") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RetinopathyError(f"{path}: cannot read it ({error}); {QUALITY_FIX}") from None
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = next(rows, None) or []
-    if tuple(header[: len(QUALITY_PHOTO_COLUMNS)]) != QUALITY_PHOTO_COLUMNS:
-        raise RetinopathyError(
-            f"{where(path, 1)}: the header starts {','.join(header[:5])[:80]!r}, not "
-            f"{','.join(QUALITY_PHOTO_COLUMNS)}; {QUALITY_FIX}"
-        )
-    out: dict[str, PhotoVerdict] = {}
-    for row in rows:
-        line = rows.line_num
-        if len(row) != len(header):
-            raise RetinopathyError(
-                f"{where(path, line)}: {len(row)} fields where {len(header)} belong; {QUALITY_FIX}"
-            )
-        image, row_split, _, gradable, quality = row[: len(QUALITY_PHOTO_COLUMNS)]
-        reasons = [reason for reason in quality.split(QUALITY_REASON_SEPARATOR) if reason]
-        if (
-            row_split not in SPLITS
-            or gradable not in ("true", "false")
-            or any(reason not in REASONS for reason in reasons)
-            or (gradable == "true") == bool(reasons)
-        ):
-            raise RetinopathyError(
-                f"{where(path, line)}: {','.join(row[:5])[:100]!r} is no verdict (split, gradable true or "
-                f"false, and the reasons of an ungradable photograph from {', '.join(REASONS)}); "
-                + QUALITY_FIX
-            )
-        if row_split != split:
-            continue
-        if image in out:
-            raise RetinopathyError(f"{where(path, line)}: {image} is listed twice; {QUALITY_FIX}")
-        out[image] = PhotoVerdict(gradable == "true", quality)
-    return out

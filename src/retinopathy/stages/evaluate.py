@@ -104,7 +104,7 @@ def evaluate_arm(params: Params, arm: str, layout: Layout | None = None) -> Eval
 def _quality(layout: Layout) -> Judged | None:
     """The `quality` stage's verdicts on the test and validation photographs (None, said, without them)."""
     from retinopathy.engine.evaluation import Judged
-    from retinopathy.quality.survey import read_verdicts
+    from retinopathy.quality.table import read_verdicts
     from retinopathy.quality.verdict import REASONS
 
     path = layout.quality_photos

@@ -12,7 +12,10 @@ it against ``quality.thresholds`` (``retinopathy.quality.verdict``), matches it 
   ungradable (``sens``) and of Good or Usable ones kept (``spec``), each with its 95% interval
   (a bootstrap over patients, ``evaluate.bootstrap`` and ``evaluate.seed``);
 - ``metrics/quality.info.json``: the words (``core.records.QualitySurvey``): the thresholds, the
-  label file, its names that match no photograph, and the confusion matrix label x verdict.
+  label file, its names that match no photograph, and the confusion matrix label x verdict;
+- ``models/quality.json``: the learned assessor fitted on the train split's labels
+  (``quality.learned``), which ``retinopathy predict --quality-model`` applies, or why there is
+  none (no labels, or too few).
 """
 
 from __future__ import annotations
@@ -21,14 +24,21 @@ import dataclasses
 import time
 from pathlib import Path
 
-from retinopathy.core.contract import QUALITY_PHOTO_COLUMNS, Layout
+from retinopathy.core.contract import LEARNED_COLUMN, QUALITY_PHOTO_COLUMNS, Layout
 from retinopathy.core.errors import warn
 from retinopathy.core.files import check_output_file, csv_with, json_with
 from retinopathy.pipeline.options import stage_params, stage_parser
 
 # The params keys this stage reads (retinopathy.pipeline.paramkeys checks the code against it);
 # `python -m retinopathy.pipeline.dvcyaml` writes them, less the speed-only ones, into dvc.yaml.
-PARAMS = ("data.root", "quality.thresholds", "quality.labels", "evaluate.bootstrap", "evaluate.seed")
+PARAMS = (
+    "data.root",
+    "data.num_workers",
+    "quality.thresholds",
+    "quality.labels",
+    "evaluate.bootstrap",
+    "evaluate.seed",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.core.records import quality_survey_text
     from retinopathy.data.index import read_index
     from retinopathy.quality.labels import read_quality_labels
+    from retinopathy.quality.learned import assessor_text
+    from retinopathy.quality.photos import cpu_workers
     from retinopathy.quality.survey import learn, photos_text, summarise, survey
 
     params = stage_params(args)
@@ -48,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         layout.quality_photos: csv_with(*QUALITY_PHOTO_COLUMNS),
         layout.quality_metrics: json_with("n"),
         layout.quality_info: json_with("version", "thresholds", "confusion"),
+        layout.quality_assessor: json_with("version"),
     }
     for path, ours in outputs.items():  # before any work: replace only what this stage wrote
         check_output_file(path, "quality", ours, inputs=[layout.index])
@@ -60,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{labels.unmatched} of {labels.rows} rows of {labels_path} (quality.labels) name no photograph "
             f"of {layout.index}, e.g. {', '.join(labels.unmatched_examples)}"
         )
+    workers = cpu_workers(params.data.num_workers)  # the verdicts are the same whatever the count
     started = time.perf_counter()
-    photos = survey(params.data.root, index, params.quality.thresholds, labels)
+    photos = survey(params.data.root, index, params.quality.thresholds, labels, workers)
     seconds = time.perf_counter() - started
     metrics, record = summarise(
         photos,
@@ -72,18 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         params.evaluate.seed,
     )
     extra = None
+    assessor = None
+    why: str | None = "quality.labels is null in params.yaml: no quality labels to learn from"
     if labels is not None:  # the learned assessor beside the thresholds (quality/learned.py)
         learned = learn(photos, str(labels_path))
-        extra = {"learned_reject": learned.column}
+        extra = {LEARNED_COLUMN: learned.column}
         metrics.update(learned.metrics)
+        assessor, why = learned.assessor, learned.why
         if learned.assessor is None:
             said = f"learned assessor not fitted: {learned.why}"
             warn(said)
         else:
             a = learned.assessor
             said = (
-                f"learned assessor (column learned_reject; l_auc, l_sens, l_spec): a logistic regression on "
-                f"the measures, fitted on {a.photos} labelled train photographs ({a.rejects} Reject); it "
+                f"learned assessor (column {LEARNED_COLUMN}; l_auc, l_sens, l_spec): a logistic regression "
+                f"on the measures, fitted on {a.photos} labelled train photographs ({a.rejects} Reject); it "
                 f"calls a photograph ungradable at P(Reject) >= {a.threshold_probability:.3f} (train "
                 f"sensitivity {a.train_sensitivity:.3f}, specificity {a.train_specificity:.3f}); the "
                 "verdict and its reasons stay the thresholds'"
@@ -94,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             layout.quality_photos: photos_text(photos, extra),
             layout.quality_metrics: json_text(layout.quality_metrics, metrics),
             layout.quality_info: quality_survey_text(layout.quality_info, record),
+            layout.quality_assessor: assessor_text(assessor, why, str(layout.quality_assessor)),
         }
     )
     print(
-        f"judged {len(photos)} photographs in {seconds:.1f} s; test split: {metrics['n']:.0f} photographs, "
-        f"imageability {metrics.get('img', 0):.1%} per image, {metrics.get('pat', 0):.1%} per patient"
+        f"judged {len(photos)} photographs in {seconds:.1f} s ({max(workers, 1)} processes); test split: "
+        f"{metrics['n']:.0f} photographs, imageability {metrics.get('img', 0):.1%} per image, "
+        f"{metrics.get('pat', 0):.1%} per patient"
     )
     if "sens" in metrics or "spec" in metrics:
         found = record.confusion["Reject"]
@@ -106,5 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             f"against {labels_path}: {found.ungradable} of {found.ungradable + found.gradable} Reject "
             f"photographs found ungradable; {metrics.get('spec', 0):.1%} of the Good and Usable ones kept"
         )
-    print(f"wrote {layout.quality_photos}, {layout.quality_metrics} and {layout.quality_info}")
+    without = "" if assessor is not None else " (no learned assessor: it says why)"
+    print(
+        f"wrote {layout.quality_photos}, {layout.quality_metrics}, {layout.quality_info} and "
+        f"{layout.quality_assessor}{without}"
+    )
     return 0
