@@ -230,3 +230,15 @@ def test_too_few_labelled_rejects_leave_the_learned_assessor_out_and_say_why():
     learned = learn(_learned_photos(5), "labels.csv")
     assert learned.assessor is None and learned.metrics == {} and set(learned.column) == {""}
     assert learned.why is not None and "5 Reject" in learned.why and "at least 20" in learned.why
+
+
+def test_quality_params_do_not_change_what_training_fingerprints():
+    """Training never reads `quality`: a threshold changed mid-run leaves the run resumable."""
+    from conftest import tiny_params
+    from retinopathy.engine.checkpoint import training_params
+
+    params = tiny_params()
+    before = training_params(params)
+    params["quality"].update(labels=None, ungradable="withhold")
+    params["quality"]["thresholds"] = {"focus": 0.5}
+    assert training_params(params) == before and "quality" not in before

@@ -49,7 +49,8 @@ from retinopathy.pipeline import codedeps
 # run may resume across them; and train.epochs, so that raising it continues a
 # run (except under a cosine schedule, whose every step depends on the total).
 # Everything else in params is fingerprinted, but for the sections training
-# never reads (demo reaches it only through the index; evaluate, fuse and external not at all).
+# never reads (demo reaches it only through the index; evaluate, fuse, external and quality
+# not at all: a quality threshold changed mid-run must not stop the run from resuming).
 NOT_FINGERPRINTED = {
     ("data", "num_workers"),
     ("data", "cache_dir"),
@@ -58,7 +59,7 @@ NOT_FINGERPRINTED = {
     ("train", "compile"),
     ("train", "epochs"),
 }
-NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate", "fuse", "external"}
+NOT_FINGERPRINTED_SECTIONS = {"demo", "evaluate", "fuse", "external", "quality"}
 
 
 TRAINING_STAGE = "retinopathy.stages.train"  # "the training code": this module's import closure
