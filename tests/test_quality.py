@@ -248,3 +248,27 @@ def test_processes_judge_each_photo_as_one_process_does_in_input_order(retina, t
     (tmp_path / "7.jpeg").write_bytes(b"not a JPEG")
     with pytest.raises(RetinopathyError, match="7.jpeg"):
         assess_files(paths, Thresholds(), workers=2)
+
+
+@pytest.mark.slow  # starts two fresh processes (about a second)
+def test_predicts_fresh_processes_judge_the_rest_in_order_and_pass_over_an_unreadable_file(
+    retina, tmp_path, monkeypatch
+):
+    from retinopathy.quality import photos
+
+    small = np.asarray(Image.fromarray(retina).resize((256, 256), Image.Resampling.LANCZOS))
+    paths = []
+    for number, fault in enumerate([None, FAULTS["defocus"], FAULTS["underexpose"], None, None]):
+        pixels = small if fault is None else fault(small, fault.reject, seed=number)
+        paths.append(tmp_path / f"{number}.jpeg")
+        Image.fromarray(pixels).save(paths[-1], "JPEG", quality=90)
+    paths[3].write_bytes(b"not a JPEG")  # predict's row says why; here it has no verdict
+    alone = photos.assess_photos(paths, Thresholds(), 10**8)
+    assert [None if v is None else v.reasons for v in alone] == [(), ("blur",), ("dark",), None, ()]
+    # The first photograph judged here, the rest over two spawned processes: the same, in order.
+    monkeypatch.setattr(photos, "JUDGE_HERE_S", 0.0)
+    monkeypatch.setattr(photos, "SPAWN_WORTH_S", 0.0)
+    spawned, in_processes = [], photos._in_processes
+    monkeypatch.setattr(photos, "_in_processes", lambda *a: spawned.append(a[3]) or in_processes(*a))
+    assert photos.assess_photos(paths, Thresholds(), 10**8, workers=2) == alone
+    assert spawned == ["spawn"]

@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.engine.runtime import make_runtime, resolve_device
     from retinopathy.models.head import require_finite
     from retinopathy.quality.learned import read_assessor
-    from retinopathy.quality.photos import assess_photo, quality_cells, second_opinions
+    from retinopathy.quality.photos import assess_photos, cpu_workers, quality_cells, second_opinions
     from retinopathy.reporting.results import missing_checkpoint_fix
 
     path = args.checkpoint or Layout().arm(args.arm).best
@@ -666,11 +666,11 @@ def main(argv: list[str] | None = None) -> int:
     scores, grades, indices = loops.predict(grader, batches, runtime, head, "predict", tta=tta)
     # Only the photographs the grader could read: an unreadable one is no photograph to judge,
     # and an entry that is no regular file (a named pipe) is never opened.
-    verdicts = {
-        index: assess_photo(photos[index], chosen.thresholds, max_pixels)
-        for index in indices.tolist()
-        if index >= 0
-    }
+    judged = [index for index in indices.tolist() if index >= 0]
+    assessed = assess_photos(
+        [photos[index] for index in judged], chosen.thresholds, max_pixels, cpu_workers(chosen.num_workers)
+    )
+    verdicts = dict(zip(judged, assessed, strict=True))
     policy = args.ungradable or chosen.ungradable
     withheld = {i for i, v in verdicts.items() if policy == "withhold" and v is not None and not v.gradable}
     read = indices >= 0  # the others could not be read: their rows are blank, whatever the network said
