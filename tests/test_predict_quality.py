@@ -230,6 +230,9 @@ def test_a_learned_assessor_adds_its_probability_and_names_the_photos_only_it_re
     said = capsys.readouterr()
     assert f"learned assessor {model}: 1 of 2 photographs at or above its threshold" in said.out
     assert "the thresholds find it gradable" not in said.err  # they agree on both
+    # The column comes last: every other column keeps its place and meaning.
+    assert all(row["warning"] == "" and row["source"] == "single" for row in rows.values())
+    assert "do not look like colour fundus photographs" not in said.err
 
     # An assessor that rejects everything: the photograph the thresholds keep is named, with its reason.
     model.write_text(assessor_text(dataclasses.replace(learned, threshold=-50.0), None, str(model)))

@@ -721,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     order = [-1 - index if index < 0 else index for index in indices.tolist()]
     label_patients(rows, head, patients, order)
     header = [*columns(head), "warning", "source"]
+    warned = header.index("warning")
     opinions = {} if learned is None else second_opinions(learned, verdicts)
     if learned is not None:  # the learned assessor's view, after every other column
         header.append(LEARNED_COLUMN)
@@ -751,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(fused)} images graded with both eyes by {blend_path}"
             f"{' (without --tta)' if tta else ''}; see the `source` column"
         )
-    if flagged := sum(bool(row[-2]) for row in rows):
+    if flagged := sum(bool(row[warned]) for row in rows):
         warn(
             f"{flagged} of {len(verdicts)} images do not look like colour fundus photographs "
             "(greyscale, or one flat colour); their grades mean little - see the `warning` column of "
