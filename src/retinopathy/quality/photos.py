@@ -69,7 +69,7 @@ def assess_files(paths: Sequence[Path], thresholds: QualityThresholds, workers: 
     """The verdict on each photograph in ``paths``, in their order, over ``workers`` processes.
 
     The verdicts are the same whatever ``workers``: each photograph is judged alone. On 2 cores,
-    two processes judged the demo's 800 photographs 1.96x as fast as one (BENCHMARKS.md, "Image
+    two processes judged the demo's 800 photographs 1.9x as fast as one (BENCHMARKS.md, "Image
     quality"). The processes are forks of this one: call it where torch is not loaded (the
     `quality` stage); :func:`assess_photos` is for a process that has it.
 
@@ -129,7 +129,8 @@ def cpu_workers(setting: int | str) -> int:
     """Processes for judging photographs: ``data.num_workers`` as given, or every usable core for ``auto``.
 
     Unlike training's DataLoader (``engine.runtime.default_workers``, none on CPU: the model's
-    threads need the cores), judging is all this stage does, so ``auto`` uses every core.
+    threads need the cores), nothing else runs while photographs are judged (the `quality`
+    stage; predict, after grading), so ``auto`` uses every core.
     """
     if setting != "auto":
         return int(setting)
