@@ -191,6 +191,15 @@ def test_the_stage_judges_every_photo_of_the_index_and_finds_the_demos_rejects(t
     )
     assert done.returncode != 0 and "was not written by `retinopathy quality`" in done.stderr
     assert "Traceback" not in done.stderr and layout.quality_photos.read_text() == before
+    # Nor is a JSON of one's own where the learned assessor goes, though it has a version.
+    layout.quality_info.unlink()
+    layout.quality_assessor.write_text('{"version": 1, "mine": true}\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "retinopathy", "quality"], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert done.returncode != 0 and f"{layout.quality_assessor}: exists and was not written" in done.stderr
+    assert layout.quality_assessor.read_text() == '{"version": 1, "mine": true}\n'
+    assert not layout.quality_info.exists() and layout.quality_photos.read_text() == before
 
 
 def _learned_photos(train_rejects: int) -> list[Surveyed]:

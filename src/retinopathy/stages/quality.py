@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from retinopathy.core.records import quality_survey_text
     from retinopathy.data.index import read_index
     from retinopathy.quality.labels import read_quality_labels
-    from retinopathy.quality.learned import assessor_text
+    from retinopathy.quality.learned import NOT_FITTED_KEY, assessor_text
     from retinopathy.quality.photos import cpu_workers
     from retinopathy.quality.survey import learn, photos_text, summarise, survey
 
@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         layout.quality_photos: csv_with(*QUALITY_PHOTO_COLUMNS),
         layout.quality_metrics: json_with("n"),
         layout.quality_info: json_with("version", "thresholds", "confusion"),
-        layout.quality_assessor: json_with("version"),
+        # the model, or the note of why there is none: a JSON of the user's with a version is neither
+        layout.quality_assessor: lambda path: (
+            json_with("version", "coefficients", "threshold")(path)
+            or json_with("version", NOT_FITTED_KEY)(path)
+        ),
     }
     for path, ours in outputs.items():  # before any work: replace only what this stage wrote
         check_output_file(path, "quality", ours, inputs=[layout.index])
