@@ -92,11 +92,30 @@ class Agent:
         return code
 
     def kill(self) -> None:
-        """The whole node: the agent and its worker (the group the agent leads)."""
+        """The whole node, as when its machine dies: the agent's group and each worker's.
+
+        torchrun starts every worker in a session of its own (``start_new_session``), so killing the
+        group the agent leads leaves the worker running, orphaned: it must be killed too. The workers
+        are found before the agent dies (after, they are no longer its children).
+        """
+        workers = descendants(self.process.pid)
         if self.process.poll() is None or _group_alive(self.process.pid):
             with suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in workers:
+            with suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
         self.process.wait(30)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: /proc/<pid>/task/<tid>/children)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError):  # a thread or the process ended meanwhile
+            for child in map(int, children.read_text().split()):
+                found += [child, *descendants(child)]
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
@@ -107,14 +126,49 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def start_agent(command: list[str], folder: Path, *, read_only: bool = False) -> Agent:
-    """Start ``command`` in ``folder`` as a node; ``read_only``: none of its processes may write a file.
+# Rank 0's worker, where the test puts this file as sitecustomize.py on PYTHONPATH: its second
+# epoch stops after one step until the node is killed. Without it the kill raced the end of a
+# sub-second epoch 2 on a quiet machine, and lost: both nodes finished and the test failed.
+PAUSE_IN_EPOCH_2 = """
+import os
+
+if os.environ.get("RANK") == "0":  # the worker of rank 0 (torchrun's agents have no RANK)
+    import time
+
+    from retinopathy.engine import loops
+
+    epochs, steps = [], []
+    real_epoch, real_step = loops.train_epoch, loops.sgd_step
+
+    def train_epoch(*args, **kwargs):
+        epochs.append(1)
+        steps.clear()
+        return real_epoch(*args, **kwargs)
+
+    def sgd_step(*args, **kwargs):
+        steps.append(1)
+        if len(epochs) == 2 and len(steps) == 2:
+            print("paused in epoch 2", flush=True)
+            time.sleep(3600)  # until the test kills the node
+        return real_step(*args, **kwargs)
+
+    loops.train_epoch, loops.sgd_step = train_epoch, sgd_step
+"""
+
+
+def start_agent(
+    command: list[str], folder: Path, *, read_only: bool = False, hooks: Path | None = None
+) -> Agent:
+    """Start ``command`` in ``folder`` as a node; ``read_only``: none of its processes may write a file;
+    ``hooks``: a folder put first on PYTHONPATH (its sitecustomize.py runs in every process of the node).
 
     Output goes through pipes (a file written by a read-only node would fail too), read by threads.
     """
     env = subprocess_env()
     if read_only:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if hooks is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hooks), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         command,
         cwd=folder,
@@ -140,16 +194,19 @@ def start_agent(command: list[str], folder: Path, *, read_only: bool = False) ->
 
 
 @contextmanager
-def two_nodes(folder: Path, *, second_read_only: bool = False) -> Iterator[tuple[Agent, Agent]]:
+def two_nodes(
+    folder: Path, *, second_read_only: bool = False, hooks: Path | None = None
+) -> Iterator[tuple[Agent, Agent]]:
     """Two agents on a fresh port; the first started (lower PID) becomes node 0, so global rank 0.
 
     c10d's rendezvous ranks the nodes by (address, PID), and both share the address here.
+    ``hooks``: see :func:`start_agent` (both nodes).
     """
     port = free_port()
     agents: list[Agent] = []
     try:
-        agents.append(start_agent(node_command(port), folder))
-        agents.append(start_agent(node_command(port), folder, read_only=second_read_only))
+        agents.append(start_agent(node_command(port), folder, hooks=hooks))
+        agents.append(start_agent(node_command(port), folder, read_only=second_read_only, hooks=hooks))
         assert agents[0].process.pid < agents[1].process.pid, "PIDs wrapped: rank 0 is not the first"
         yield agents[0], agents[1]
     finally:
@@ -212,15 +269,20 @@ def test_two_nodes_train_as_one_node_of_two_processes_would(two_node_run, _tiny_
 
 
 def test_a_node_killed_mid_epoch_resumes_after_the_last_epoch(two_node_run, _tiny_once, tmp_path):
-    """Kill rank 0's node (the agent and its worker) once epoch 1 is saved, then start both nodes again."""
+    """Kill rank 0's node (the agent and its worker) in epoch 2, once epoch 1 is saved, then start both
+    nodes again. Rank 0 pauses after epoch 2's first step (PAUSE_IN_EPOCH_2), so the kill lands there."""
     folder = tmp_path / "killed"
     shutil.copytree(_tiny_once, folder, symlinks=True)
-    with two_nodes(folder) as (first, second):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(PAUSE_IN_EPOCH_2)
+    with two_nodes(folder, hooks=hooks) as (first, second):
         deadline = time.monotonic() + AGENT_TIMEOUT
-        while not EPOCH_LINE.search(first.output):  # printed after epoch 1's checkpoints are written
+        while "paused in epoch 2" not in first.output:
             assert first.process.poll() is None and time.monotonic() < deadline, first.output
             time.sleep(0.02)
-        first.kill()  # epoch 2 takes seconds here: it dies mid-epoch
+        assert EPOCH_LINE.findall(first.output) == ["1"], first.output  # epoch 1 done and saved
+        first.kill()
         assert second.wait() != 0  # the surviving node fails: its partner is gone
     assert last_of(folder).epoch == 1, "the kill came after epoch 2 was saved"
 
