@@ -756,16 +756,28 @@ def parse_json(text: str) -> Any:
         raise ValueError("it is nested too deeply to read (thousands of levels)") from None
 
 
-def read_json_object(path: Path, read: ReadText, missing_fix: str, fix: str) -> dict[str, Any]:
-    """The JSON object in ``path``; else a :class:`RecordError` naming it and ``missing_fix`` or ``fix``."""
+def read_text_file(path: Path, missing_fix: str, fix: str, read: ReadText = read_working_tree) -> str:
+    """The text of a file a stage wrote; else a :class:`RecordError` naming it and the fix.
+
+    Args:
+        path: The file.
+        missing_fix: What to do when it is missing (the stage that writes it).
+        fix: What to do when it cannot be read: not UTF-8, a folder, no permission.
+        read: How to read it (the working tree, or a git revision's).
+    """
     try:
-        text = read(path)
+        return read(path)
     except FileNotFoundError:
         raise RecordError(f"{path}: not found; {missing_fix}") from None
     except UnicodeDecodeError:
         raise RecordError(f"{path}: damaged, not UTF-8 text; {fix}") from None
     except OSError as error:
         raise RecordError(f"{path}: cannot read it ({error.strerror}); {fix}") from None
+
+
+def read_json_object(path: Path, read: ReadText, missing_fix: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; else a :class:`RecordError` naming it and ``missing_fix`` or ``fix``."""
+    text = read_text_file(path, missing_fix, fix, read)
     try:
         raw = parse_json(text)
     except ValueError as error:

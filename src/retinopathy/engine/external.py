@@ -52,7 +52,6 @@ from retinopathy.core.records import (
     read_json_object,
     read_working_tree,
 )
-from retinopathy.data.images import decode_image
 from retinopathy.data.labels import Record, image_path, parse_split
 from retinopathy.engine.evaluation import Graded, grade, load_best, open_grader, prediction_rows
 from retinopathy.engine.runtime import Switches
@@ -60,7 +59,8 @@ from retinopathy.evaluation.scoring import confusion_tables, scores
 from retinopathy.evaluation.screening import Scored, record_at
 from retinopathy.evaluation.screening_files import screening_contents
 from retinopathy.quality.labels import read_quality_labels
-from retinopathy.quality.verdict import REASONS, assess
+from retinopathy.quality.photos import assess_files
+from retinopathy.quality.verdict import REASONS
 
 REFERABLE = "referable DR: grade >= 2 (moderate non-proliferative DR or worse)"
 GULSHAN = (
@@ -179,11 +179,8 @@ def judge_set(data: ExternalData, thresholds: QualityThresholds) -> list[tuple[b
     The set's own quality labels (its ``quality.csv``) decided which photographs were imported as
     gradable; this is the assessor's verdict on those, measured on the imported copies.
     """
-    judged = []
-    for record in data.records:
-        verdict = assess(decode_image(image_path(data.folder, record.image)), thresholds)
-        judged.append((verdict.gradable, QUALITY_REASON_SEPARATOR.join(verdict.reasons)))
-    return judged
+    verdicts = assess_files([image_path(data.folder, record.image) for record in data.records], thresholds)
+    return [(verdict.gradable, QUALITY_REASON_SEPARATOR.join(verdict.reasons)) for verdict in verdicts]
 
 
 def quality_agreement(
@@ -203,10 +200,11 @@ def quality_agreement(
     written = _written_images(files)
     labels = read_quality_labels(files.quality, written, key=f"the quality labels of {data.folder}")
     verdicts = {record.image: ok for record, (ok, _) in zip(data.records, judged, strict=True)}
+    others = [name for name in labels.levels if name not in verdicts]  # those not imported as test images
+    paths = [image_path(data.folder, name) for name in others]
+    verdicts.update(zip(others, (v.gradable for v in assess_files(paths, thresholds)), strict=True))
     counts = {level: [0, 0] for level in QUALITY_LEVELS}
     for name, level in labels.levels.items():
-        if name not in verdicts:
-            verdicts[name] = assess(decode_image(image_path(data.folder, name)), thresholds).gradable
         counts[QUALITY_LEVELS[level]][0 if verdicts[name] else 1] += 1
     return {level: VerdictCounts(gradable=g, ungradable=u) for level, (g, u) in counts.items()}
 

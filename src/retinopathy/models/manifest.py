@@ -20,7 +20,7 @@ from typing import Annotated
 from retinopathy.core.contract import ARMS
 from retinopathy.core.errors import RetinopathyError, note
 from retinopathy.core.files import sha256_of, write_json_atomic
-from retinopathy.core.records import parse_json
+from retinopathy.core.records import parse_json, read_text_file
 from retinopathy.core.registry import architecture
 from retinopathy.core.schema import Invalid, OneOf, parse
 from retinopathy.models.build import (
@@ -148,12 +148,7 @@ def read_manifest(path: Path) -> Manifest:
             manifest, or has a key missing, unknown or of the wrong type; the message names the
             file and says to run the weights stage again.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RetinopathyError(f"{path}: not found; run `dvc repro weights` first") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RetinopathyError(f"{path}: cannot read it ({error}); {WEIGHTS_FIX}") from None
+    text = read_text_file(path, "run `dvc repro weights` first", WEIGHTS_FIX)
     try:
         raw = parse_json(text)
     except ValueError as error:

@@ -44,7 +44,7 @@ import numpy as np
 from retinopathy.core.contract import QUALITY_LEVELS
 from retinopathy.core.errors import RetinopathyError
 from retinopathy.core.files import json_text
-from retinopathy.core.records import parse_json
+from retinopathy.core.records import parse_json, read_text_file
 from retinopathy.core.schema import Between, Invalid, Keys, parse, refuse
 from retinopathy.quality.measures import Measures
 from retinopathy.quality.verdict import BLUR, DARK, FLARE, NO_FUNDUS, OFF_FIELD, OVEREXPOSED
@@ -270,13 +270,7 @@ def read_assessor(path: Path, fix: str) -> LearnedAssessor:
         RetinopathyError: missing, unreadable, damaged, of another version, or written without a
             model (saying why there is none), naming ``path`` and ``fix``.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RetinopathyError(f"{path}: not found; {fix}") from None
-    except (OSError, UnicodeDecodeError) as error:  # a folder, no permission, binary
-        raise RetinopathyError(f"{path}: cannot read it ({error}); {fix}") from None
-    return LearnedAssessor.from_json(text, str(path), fix)
+    return LearnedAssessor.from_json(read_text_file(path, fix, fix), str(path), fix)
 
 
 def _values(measures: Sequence[Measures], what: str) -> tuple[np.ndarray, np.ndarray]:

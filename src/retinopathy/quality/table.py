@@ -14,6 +14,7 @@ from pathlib import Path
 
 from retinopathy.core.contract import GRADABLE_CELLS, QUALITY_PHOTO_COLUMNS, QUALITY_REASON_SEPARATOR, SPLITS
 from retinopathy.core.errors import RetinopathyError, where
+from retinopathy.core.records import read_text_file
 from retinopathy.quality.verdict import REASONS
 
 QUALITY_FIX = "run `dvc repro quality` (or `retinopathy quality`) to write it again"
@@ -36,12 +37,7 @@ def read_verdicts(path: Path, split: str) -> dict[str, PhotoVerdict]:
             gradable photograph or none on an ungradable one, a photograph listed twice), naming the
             file, the line and the fix.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RetinopathyError(f"{path}: not found; run `dvc repro quality` first") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RetinopathyError(f"{path}: cannot read it ({error}); {QUALITY_FIX}") from None
+    text = read_text_file(path, "run `dvc repro quality` first", QUALITY_FIX)
     rows = csv.reader(io.StringIO(text, newline=""))
     header = next(rows, None) or []
     if tuple(header[: len(QUALITY_PHOTO_COLUMNS)]) != QUALITY_PHOTO_COLUMNS:
